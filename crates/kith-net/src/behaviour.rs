@@ -1,0 +1,162 @@
+//! The composed `NetworkBehaviour`. Field order is the order behaviours are consulted in, so the
+//! connection limits come first: a later denial after others accepted a connection has caused
+//! inconsistent state upstream (rust-libp2p #4773, #4870).
+
+use std::time::Duration;
+
+use libp2p::{
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
+    identity::Keypair,
+    kad, mdns, memory_connection_limits, ping, relay,
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+};
+
+use crate::{Config, DhtMode, IDENTIFY_PROTOCOL, NetError};
+
+/// Largest gossipsub message; group envelopes are capped below this by the service.
+const GOSSIP_MAX_TRANSMIT: usize = 256 * 1024;
+
+/// Every protocol a kith node speaks.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Caps established and pending connections; first so it can refuse before anyone accepts.
+    pub(crate) limits: connection_limits::Behaviour,
+    /// Refuses new connections when the process uses more than 90% of system memory.
+    pub(crate) memory: memory_connection_limits::Behaviour,
+    /// Lets NATed nodes listen through a relay (reservations come with the relay issue).
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Upgrades relayed connections to direct ones by hole punching.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// Relay mode only: circuit relay v2 server.
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    /// Personal nodes: asks AutoNAT servers whether our addresses are reachable.
+    pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// Relay mode only: answers other nodes' AutoNAT probes.
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Exchanges listen addresses and protocols; feeds the routing table.
+    pub(crate) identify: identify::Behaviour,
+    /// Liveness and RTT.
+    pub(crate) ping: ping::Behaviour,
+    /// kith's private DHT.
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Group messaging.
+    pub(crate) gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, GossipFilter>,
+    /// LAN discovery; off in tests and on servers.
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Subscription filter with limits far above gossipsub 0.50's default of 100 topics: with the
+/// default, a node in more than 100 groups sends a hello that peers reject wholesale.
+pub(crate) type GossipFilter =
+    gossipsub::MaxCountSubscriptionFilter<gossipsub::AllowAllSubscriptionFilter>;
+
+impl Behaviour {
+    pub(crate) fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &Config,
+    ) -> Result<Self, NetError> {
+        let peer_id = key.public().to_peer_id();
+
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections))
+                .with_max_established_per_peer(Some(4))
+                .with_max_pending_incoming(Some(64))
+                .with_max_pending_outgoing(Some(64)),
+        );
+
+        let kad_protocol = StreamProtocol::try_from_owned(crate::kad_protocol(&config.network_id))
+            .map_err(|_| NetError::NetworkId(config.network_id.clone()))?;
+        let mut kad_config = kad::Config::new(kad_protocol);
+        kad_config.set_query_timeout(config.query_timeout);
+        // kith validates every record itself before storing it (names, key bundles).
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        kad.set_mode(match (config.relay_server, config.dht_mode) {
+            (true, _) | (false, DhtMode::Server) => Some(kad::Mode::Server),
+            (false, DhtMode::Client) => Some(kad::Mode::Client),
+            (false, DhtMode::Auto) => None,
+        });
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                .with_agent_version(config.agent_version.clone())
+                .with_push_listen_addr_updates(true),
+        );
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .heartbeat_initial_delay(Duration::from_millis(200))
+            .heartbeat_interval(Duration::from_millis(700))
+            .mesh_n(4)
+            .mesh_n_low(3)
+            .mesh_n_high(8)
+            .mesh_outbound_min(1)
+            .max_transmit_size(GOSSIP_MAX_TRANSMIT)
+            // Identical ciphertext is the same message: retries and relayed copies deduplicate.
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+            })
+            .build()
+            .map_err(|e| NetError::Behaviour(format!("gossipsub: {e}")))?;
+        let gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+            gossipsub::MaxCountSubscriptionFilter {
+                filter: gossipsub::AllowAllSubscriptionFilter {},
+                max_subscribed_topics: 10_000,
+                max_subscriptions_per_request: 10_000,
+            },
+        )
+        .map_err(|e| NetError::Behaviour(format!("gossipsub: {e}")))?;
+
+        let mdns = if config.mdns {
+            let mdns_config = mdns::Config {
+                query_interval: Duration::from_secs(30),
+                ..Default::default()
+            };
+            Toggle::from(Some(
+                mdns::tokio::Behaviour::new(mdns_config, peer_id)
+                    .map_err(|e| NetError::Behaviour(format!("mDNS: {e}")))?,
+            ))
+        } else {
+            Toggle::from(None)
+        };
+
+        let (relay_server, autonat_server, autonat_client) = if config.relay_server {
+            (
+                Toggle::from(Some(relay::Behaviour::new(
+                    peer_id,
+                    relay::Config::default(),
+                ))),
+                Toggle::from(Some(autonat::v2::server::Behaviour::default())),
+                Toggle::from(None),
+            )
+        } else {
+            (
+                Toggle::from(None),
+                Toggle::from(None),
+                Toggle::from(Some(autonat::v2::client::Behaviour::default())),
+            )
+        };
+
+        Ok(Self {
+            limits,
+            memory: memory_connection_limits::Behaviour::with_max_percentage(0.9),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            relay_server,
+            autonat_client,
+            autonat_server,
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            gossipsub,
+            mdns,
+        })
+    }
+}

@@ -1,0 +1,104 @@
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{NetStatus, PeerInfo, RequestError};
+
+/// What a [`Client`] asks the event loop to do. Each carries its own reply channel.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Status {
+        reply: oneshot::Sender<NetStatus>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    RoutingTable {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ClosestPeers {
+        key: PeerId,
+        reply: oneshot::Sender<Result<Vec<PeerId>, RequestError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    Bootstrap {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to the network. Cheap to clone; every method is a message to the event loop.
+///
+/// All methods are cancel-safe: dropping the future drops the reply receiver and the loop ignores
+/// the failed reply.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+}
+
+impl Client {
+    pub(crate) fn new(commands: mpsc::Sender<Command>, local_peer_id: PeerId) -> Self {
+        Self {
+            commands,
+            local_peer_id,
+        }
+    }
+
+    /// This node's peer id (no round trip).
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// A snapshot of listeners, connections, DHT and NAT state.
+    pub async fn status(&self) -> Result<NetStatus, RequestError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Connected peers with their addresses and protocols.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, RequestError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Every peer in the Kademlia routing table.
+    pub async fn routing_table(&self) -> Result<Vec<PeerId>, RequestError> {
+        self.ask(|reply| Command::RoutingTable { reply }).await
+    }
+
+    /// Runs a Kademlia `FIND_NODE` walk for `key` and returns the closest peers found.
+    pub async fn get_closest_peers(&self, key: PeerId) -> Result<Vec<PeerId>, RequestError> {
+        self.ask(|reply| Command::ClosestPeers { key, reply })
+            .await?
+    }
+
+    /// Dials an address (with or without `/p2p/<id>`); returns once the dial has started.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Starts a Kademlia bootstrap; returns once it has started.
+    pub async fn bootstrap(&self) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Bootstrap { reply }).await?
+    }
+
+    /// Stops the event loop and closes every connection; returns once the swarm is gone.
+    pub async fn shutdown(&self) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Shutdown { reply }).await
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| RequestError::Shutdown)?;
+        rx.await.map_err(|_| RequestError::Shutdown)
+    }
+}

@@ -1,0 +1,109 @@
+use std::time::Duration;
+
+use libp2p::{Multiaddr, identity::Keypair};
+
+/// Whether this node answers DHT queries for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DhtMode {
+    /// Client until the node has a confirmed external address (AutoNAT, relay reservation or
+    /// `--external-addr`), then server. Right for nodes behind NAT: they do not poison other
+    /// nodes' routing tables with addresses nobody can dial.
+    #[default]
+    Auto,
+    /// Always answer queries. Relays, bootstrap nodes and nodes on a LAN or loopback.
+    Server,
+    /// Never answer queries.
+    Client,
+}
+
+/// Everything the network layer needs to start. Built by `node/` from CLI flags and `bootstrap.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's identity; its public key is the peer id.
+    pub keypair: Keypair,
+    /// Network id from `bootstrap.toml`; namespaces the Kademlia protocol (see [`crate::kad_protocol`]).
+    pub network_id: String,
+    /// Addresses to listen on. Empty means the defaults: TCP and QUIC on all IPv4 interfaces on
+    /// [`Config::default_port`], or a random port when that one is taken.
+    pub listen: Vec<Multiaddr>,
+    /// The fixed port tried first when `listen` is empty. Default 4717.
+    pub default_port: u16,
+    /// Bootstrap nodes. Entries with `/p2p/<id>` go straight into the routing table; entries
+    /// without one are dialed and identified first. Unreachable entries are reported, not fatal.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses other nodes can reach us at (a relay's public address). Confirmed immediately,
+    /// which also switches [`DhtMode::Auto`] to server.
+    pub external_addrs: Vec<Multiaddr>,
+    /// LAN discovery. Default on; tests and servers switch it off.
+    pub mdns: bool,
+    /// See [`DhtMode`].
+    pub dht_mode: DhtMode,
+    /// Community relay role: serve circuit relay v2 and AutoNAT v2 to others, force DHT server.
+    pub relay_server: bool,
+    /// How long a connection with no open streams stays up. Default 60 s (libp2p's 10 s causes
+    /// redial churn in a chat).
+    pub idle_timeout: Duration,
+    /// Upper bound on established connections. Default 256.
+    pub max_connections: u32,
+    /// Capacity of the event channel to the consumer; events beyond it are dropped and counted.
+    pub event_buffer: usize,
+    /// Capacity of the command channel from [`crate::Client`]s.
+    pub command_buffer: usize,
+    /// identify agent string, e.g. `kith/0.1.0`.
+    pub agent_version: String,
+    /// Kademlia query timeout. Default 30 s.
+    pub query_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with documented defaults for the given identity.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            network_id: "main".to_owned(),
+            listen: Vec::new(),
+            default_port: 4717,
+            bootstrap: Vec::new(),
+            external_addrs: Vec::new(),
+            mdns: true,
+            dht_mode: DhtMode::Auto,
+            relay_server: false,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            event_buffer: 1024,
+            command_buffer: 256,
+            agent_version: format!("kith/{}", env!("CARGO_PKG_VERSION")),
+            query_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the listen addresses.
+    pub fn with_listen(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.listen = addrs;
+        self
+    }
+
+    /// Sets the bootstrap list.
+    pub fn with_bootstrap(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.bootstrap = addrs;
+        self
+    }
+
+    /// Switches mDNS on or off.
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Sets the DHT mode.
+    pub fn with_dht_mode(mut self, mode: DhtMode) -> Self {
+        self.dht_mode = mode;
+        self
+    }
+
+    /// Sets the network id.
+    pub fn with_network_id(mut self, id: impl Into<String>) -> Self {
+        self.network_id = id.into();
+        self
+    }
+}

@@ -1,0 +1,43 @@
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The transport stack could not be built (TCP, QUIC, Noise, DNS).
+    #[error("could not set up the network transports: {0}")]
+    Transport(String),
+    /// A behaviour rejected its configuration.
+    #[error("invalid network configuration: {0}")]
+    Behaviour(String),
+    /// None of the listen addresses could be bound.
+    #[error("could not listen on any address ({tried}); pass --listen with a free port")]
+    NoListener {
+        /// The addresses that were tried, with the errors.
+        tried: String,
+    },
+    /// The network id makes an invalid protocol name.
+    #[error("network id '{0}' is not usable in a protocol name; use letters, digits and '-'")]
+    NetworkId(String),
+}
+
+/// Why a [`crate::Client`] request failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The event loop has stopped (the node is shutting down).
+    #[error("the network has shut down")]
+    Shutdown,
+    /// The DHT query found nobody to ask: the routing table is empty.
+    #[error("no known peers to ask; is the node connected to any bootstrap node?")]
+    NoKnownPeers,
+    /// The DHT query ran out of time.
+    #[error("the DHT query timed out")]
+    Timeout,
+    /// A dial was refused before it started.
+    #[error("could not dial {addr}: {reason}")]
+    Dial {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,124 @@
+use std::time::SystemTime;
+
+use libp2p::{Multiaddr, PeerId, kad};
+
+use crate::DhtMode;
+
+/// Whether other nodes can dial this one, as AutoNAT v2 last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NatStatus {
+    /// No AutoNAT server has tested us yet.
+    #[default]
+    Unknown,
+    /// A server dialed this address back successfully.
+    Public {
+        /// The confirmed address.
+        addr: Multiaddr,
+    },
+    /// Every dial-back attempt failed: we sit behind NAT or a firewall.
+    Private,
+}
+
+impl std::fmt::Display for NatStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatStatus::Unknown => f.write_str("unknown"),
+            NatStatus::Public { .. } => f.write_str("public"),
+            NatStatus::Private => f.write_str("private"),
+        }
+    }
+}
+
+/// Something the rest of the node may want to react to. Deliberately small and closed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A listener is up on this address.
+    ListenAddr {
+        /// The bound address.
+        addr: Multiaddr,
+    },
+    /// The first connection to a peer was established.
+    PeerConnected {
+        /// Who.
+        peer: PeerId,
+        /// The remote address of that connection.
+        addr: Multiaddr,
+        /// True if the peer dialed us.
+        inbound: bool,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// Who.
+        peer: PeerId,
+    },
+    /// A peer told us who it is. Only kith peers (`kith == true`) enter the routing table.
+    PeerIdentified {
+        /// Who.
+        peer: PeerId,
+        /// Its agent string.
+        agent: String,
+        /// Addresses it listens on.
+        listen_addrs: Vec<Multiaddr>,
+        /// Whether it speaks kith's identify version and our DHT protocol.
+        kith: bool,
+    },
+    /// AutoNAT changed its verdict.
+    NatChanged(NatStatus),
+    /// Kademlia switched between client and server.
+    DhtModeChanged {
+        /// True when we now answer queries.
+        server: bool,
+    },
+    /// A bootstrap entry could not be reached; the node keeps going with the others.
+    BootstrapUnreachable {
+        /// The entry as configured.
+        addr: Multiaddr,
+        /// The dial error.
+        error: String,
+    },
+}
+
+/// A connected peer, as `kith peers` shows it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Who.
+    pub peer_id: PeerId,
+    /// Remote addresses of the open connections.
+    pub addrs: Vec<Multiaddr>,
+    /// Protocols it announced over identify (empty until identified).
+    pub protocols: Vec<String>,
+    /// Its agent string (empty until identified).
+    pub agent: String,
+    /// True if the first open connection was inbound.
+    pub inbound: bool,
+    /// When the first of the open connections was established.
+    pub connected_since: SystemTime,
+}
+
+/// A snapshot of the network, as `kith status` shows it.
+#[derive(Debug, Clone)]
+pub struct NetStatus {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Addresses we listen on.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Confirmed external addresses.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Number of peers with at least one open connection.
+    pub connected_peers: usize,
+    /// Number of peers in the Kademlia routing table.
+    pub routing_table_peers: usize,
+    /// Records held in the local DHT store.
+    pub dht_records: usize,
+    /// The configured DHT mode.
+    pub dht_mode: DhtMode,
+    /// Whether the DHT currently answers queries.
+    pub dht_server: bool,
+    /// AutoNAT's verdict.
+    pub nat: NatStatus,
+}
+
+pub(crate) fn mode_is_server(mode: kad::Mode) -> bool {
+    matches!(mode, kad::Mode::Server)
+}

@@ -1,0 +1,535 @@
+//! The task that owns the swarm.
+//!
+//! Message flow: `Client` → `Command` (bounded mpsc) → [`EventLoop::run`] → `Swarm`; replies go back
+//! on the command's `oneshot`; swarm events become [`Event`]s sent with `try_send`. Handlers are
+//! plain `fn`s: nothing in the loop awaits except the `select!` itself.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    time::{Duration, SystemTime},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, gossipsub, identify, kad,
+    kad::store::RecordStore,
+    mdns, noise,
+    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Client, Config, DhtMode, Event, Metrics, NatStatus, NetError, NetStatus, PeerInfo,
+    RequestError,
+    behaviour::{Behaviour, BehaviourEvent},
+    client::Command,
+    event::mode_is_server,
+    listen,
+    metrics::Kind,
+};
+
+type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
+
+/// Owns the swarm; run it with [`EventLoop::run`] on its own task.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    metrics: Metrics,
+    dht_mode: DhtMode,
+    kad_protocol: StreamProtocol,
+    peers: HashMap<PeerId, PeerState>,
+    pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
+    bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
+    nat: NatStatus,
+}
+
+struct PeerState {
+    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    protocols: Vec<String>,
+    agent: String,
+    since: SystemTime,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", self.swarm.local_peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn build(
+    config: Config,
+    metrics: Metrics,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), NetError> {
+    let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(format!("TCP: {e}")))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NetError::Transport(format!("DNS: {e}")))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Transport(format!("relay client: {e}")))?
+        .with_behaviour(|key, relay_client| Ok(Behaviour::new(key, relay_client, &config)?))
+        .map_err(|e| NetError::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+
+    let listen_addrs = if config.listen.is_empty() {
+        listen::default_addrs(config.default_port)
+    } else {
+        config.listen.clone()
+    };
+    let mut failures = Vec::new();
+    for addr in &listen_addrs {
+        if let Err(e) = swarm.listen_on(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot listen on this address");
+            failures.push(format!("{addr}: {e}"));
+        }
+    }
+    if failures.len() == listen_addrs.len() {
+        return Err(NetError::NoListener {
+            tried: failures.join("; "),
+        });
+    }
+    for addr in &config.external_addrs {
+        swarm.add_external_address(addr.clone());
+    }
+
+    let mut bootstrap_dials = HashMap::new();
+    for addr in &config.bootstrap {
+        if let Some((peer, base)) = listen::split_peer_id(addr) {
+            if peer == *swarm.local_peer_id() {
+                continue;
+            }
+            swarm.behaviour_mut().kad.add_address(&peer, base);
+        }
+        let opts = DialOpts::from(addr.clone());
+        let id = opts.connection_id();
+        match swarm.dial(opts) {
+            Ok(()) => {
+                bootstrap_dials.insert(id, addr.clone());
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "bootstrap entry cannot be dialed; skipping it")
+            }
+        }
+    }
+    if !config.bootstrap.is_empty() {
+        // Fails only with an empty routing table; entries without /p2p are added once identified.
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    let (command_tx, command_rx) = mpsc::channel(config.command_buffer.max(1));
+    let (event_tx, event_rx) = mpsc::channel(config.event_buffer.max(1));
+    let kad_protocol = StreamProtocol::try_from_owned(crate::kad_protocol(&config.network_id))
+        .map_err(|_| NetError::NetworkId(config.network_id.clone()))?;
+    let client = Client::new(command_tx, *swarm.local_peer_id());
+    let event_loop = EventLoop {
+        swarm,
+        commands: command_rx,
+        events: event_tx,
+        metrics,
+        dht_mode: config.dht_mode,
+        kad_protocol,
+        peers: HashMap::new(),
+        pending_closest: HashMap::new(),
+        bootstrap_dials,
+        nat: NatStatus::Unknown,
+    };
+    Ok((client, event_rx, event_loop))
+}
+
+impl EventLoop {
+    /// Drives the swarm until [`Client::shutdown`] is called or every `Client` is dropped.
+    pub async fn run(mut self) {
+        let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown_reply = loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.handle_command(command),
+                    None => break None,
+                },
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                _ = gauges.tick() => self.refresh_gauges(),
+            }
+        };
+        for (_, (_, reply)) in self.pending_closest.drain() {
+            let _ = reply.send(Err(RequestError::Shutdown));
+        }
+        let peer_id = *self.swarm.local_peer_id();
+        // Dropping the swarm closes every listener and connection.
+        drop(self.swarm);
+        tracing::info!(%peer_id, "network stopped");
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::RoutingTable { reply } => {
+                let _ = reply.send(self.routing_table());
+            }
+            Command::ClosestPeers { key, reply } => {
+                if self.routing_table_len() == 0 {
+                    let _ = reply.send(Err(RequestError::NoKnownPeers));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.pending_closest.insert(id, (Vec::new(), reply));
+            }
+            Command::Dial { addr, reply } => {
+                let result = self
+                    .swarm
+                    .dial(addr.clone())
+                    .map_err(|e| RequestError::Dial {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    });
+                let _ = reply.send(result);
+            }
+            Command::Bootstrap { reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .bootstrap()
+                    .map(|_| ())
+                    .map_err(|_| RequestError::NoKnownPeers);
+                let _ = reply.send(result);
+            }
+            // Handled in `run`, which has to leave the loop.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit(Event::ListenAddr { addr: address });
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                self.metrics.connection_established();
+                self.bootstrap_dials.remove(&connection_id);
+                let inbound = endpoint.is_listener();
+                let addr = endpoint.get_remote_address().clone();
+                let first = match self.peers.entry(peer_id) {
+                    Entry::Occupied(mut e) => {
+                        e.get_mut()
+                            .connections
+                            .insert(connection_id, (addr.clone(), inbound));
+                        false
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(PeerState {
+                            connections: HashMap::from([(connection_id, (addr.clone(), inbound))]),
+                            protocols: Vec::new(),
+                            agent: String::new(),
+                            since: SystemTime::now(),
+                        });
+                        true
+                    }
+                };
+                self.metrics.set_peers_connected(self.peers.len());
+                if first {
+                    tracing::debug!(%peer_id, %addr, inbound, "peer connected");
+                    self.emit(Event::PeerConnected {
+                        peer: peer_id,
+                        addr,
+                        inbound,
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                let gone = match self.peers.get_mut(&peer_id) {
+                    Some(state) => {
+                        state.connections.remove(&connection_id);
+                        state.connections.is_empty()
+                    }
+                    None => false,
+                };
+                if gone {
+                    self.peers.remove(&peer_id);
+                    tracing::debug!(%peer_id, "peer disconnected");
+                    self.emit(Event::PeerDisconnected { peer: peer_id });
+                }
+                self.metrics.set_peers_connected(self.peers.len());
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                self.metrics.dial_failed();
+                if let Some(addr) = self.bootstrap_dials.remove(&connection_id) {
+                    tracing::warn!(%addr, %error, "bootstrap node unreachable; continuing without it");
+                    self.emit(Event::BootstrapUnreachable {
+                        addr,
+                        error: error.to_string(),
+                    });
+                } else {
+                    tracing::debug!(?peer_id, %error, "dial failed");
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                tracing::warn!(?addresses, ?reason, "listener closed");
+            }
+            other => tracing::trace!(?other, "swarm event"),
+        }
+    }
+
+    fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, info);
+            }
+            BehaviourEvent::Kad(event) => self.handle_kad_event(event),
+            BehaviourEvent::AutonatClient(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            }) => {
+                let status = match result {
+                    Ok(()) => NatStatus::Public { addr: tested_addr },
+                    Err(e) => {
+                        tracing::debug!(%server, %tested_addr, error = %e, "AutoNAT probe failed");
+                        match &self.nat {
+                            // One failed address does not make a public node private.
+                            NatStatus::Public { .. } => self.nat.clone(),
+                            _ => NatStatus::Private,
+                        }
+                    }
+                };
+                if status != self.nat {
+                    tracing::info!(nat = %status, "reachability changed");
+                    self.nat = status.clone();
+                    self.emit(Event::NatChanged(status));
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    tracing::debug!(%peer, %addr, "found on the LAN");
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "could not dial LAN peer");
+                    }
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                ..
+            }) => {
+                self.metrics.message_in(Kind::Gossip);
+                // No group is handled by this build yet: drop without penalising the forwarder.
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
+            }
+            other => tracing::trace!(?other, "behaviour event"),
+        }
+    }
+
+    fn on_identified(&mut self, peer_id: PeerId, info: identify::Info) {
+        let kith = info.protocol_version == crate::IDENTIFY_PROTOCOL;
+        let dht = info.protocols.contains(&self.kad_protocol);
+        if let Some(state) = self.peers.get_mut(&peer_id) {
+            state.protocols = info.protocols.iter().map(ToString::to_string).collect();
+            state.agent = info.agent_version.clone();
+        }
+        if !kith {
+            // Not one of us (another libp2p network); keep it out of the DHT and hang up.
+            self.metrics.peer_not_kith();
+            tracing::debug!(%peer_id, version = %info.protocol_version, "peer does not speak kith; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+        } else if dht {
+            for addr in &info.listen_addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer_id, addr.clone());
+            }
+        }
+        self.emit(Event::PeerIdentified {
+            peer: peer_id,
+            agent: info.agent_version,
+            listen_addrs: info.listen_addrs,
+            kith,
+        });
+    }
+
+    fn handle_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::GetClosestPeers(result) => {
+                    let Some((found, _)) = self.pending_closest.get_mut(&id) else {
+                        return;
+                    };
+                    match result {
+                        Ok(ok) => found.extend(ok.peers.into_iter().map(|p| p.peer_id)),
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                            found.extend(peers.into_iter().map(|p| p.peer_id));
+                            if step.last && found.is_empty() {
+                                if let Some((_, reply)) = self.pending_closest.remove(&id) {
+                                    let _ = reply.send(Err(RequestError::Timeout));
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    if step.last
+                        && let Some((found, reply)) = self.pending_closest.remove(&id)
+                    {
+                        let _ = reply.send(Ok(found));
+                    }
+                }
+                kad::QueryResult::Bootstrap(result) => {
+                    tracing::debug!(?result, "DHT bootstrap step");
+                }
+                other => tracing::trace!(?other, "DHT query progressed"),
+            },
+            kad::Event::RoutingUpdated { peer, .. } => {
+                tracing::debug!(%peer, "routing table updated");
+                let n = self.routing_table_len();
+                self.metrics.set_routing_table_peers(n);
+            }
+            kad::Event::ModeChanged { new_mode } => {
+                tracing::info!(mode = %new_mode, "DHT mode changed");
+                self.emit(Event::DhtModeChanged {
+                    server: mode_is_server(new_mode),
+                });
+            }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(_),
+                        ..
+                    },
+            } => {
+                // No record type is defined by this build yet, so every record is refused.
+                self.metrics.dht_put_rejected();
+                tracing::debug!(%source, "refused a DHT record of unknown type");
+            }
+            other => tracing::trace!(?other, "DHT event"),
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+            self.metrics.event_dropped();
+        }
+    }
+
+    fn refresh_gauges(&mut self) {
+        let n = self.routing_table_len();
+        self.metrics.set_routing_table_peers(n);
+        let records = self.swarm.behaviour_mut().kad.store_mut().records().count();
+        self.metrics.set_dht_records(records);
+        self.metrics.set_peers_connected(self.peers.len());
+    }
+
+    fn routing_table_len(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
+    fn routing_table(&mut self) -> Vec<PeerId> {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                peers.push(*entry.node.key.preimage());
+            }
+        }
+        peers
+    }
+
+    fn status(&mut self) -> NetStatus {
+        let dht_records = self.swarm.behaviour_mut().kad.store_mut().records().count();
+        NetStatus {
+            peer_id: *self.swarm.local_peer_id(),
+            listen_addrs: self.swarm.listeners().cloned().collect(),
+            external_addrs: self.swarm.external_addresses().cloned().collect(),
+            connected_peers: self.peers.len(),
+            routing_table_peers: self.routing_table_len(),
+            dht_records,
+            dht_mode: self.dht_mode,
+            dht_server: mode_is_server(self.swarm.behaviour().kad.mode()),
+            nat: self.nat.clone(),
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut infos: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(peer_id, state)| {
+                let mut conns: Vec<_> = state.connections.iter().collect();
+                conns.sort_by_key(|(id, _)| **id);
+                PeerInfo {
+                    peer_id: *peer_id,
+                    addrs: conns.iter().map(|(_, (a, _))| a.clone()).collect(),
+                    protocols: state.protocols.clone(),
+                    agent: state.agent.clone(),
+                    inbound: conns.first().is_some_and(|(_, (_, inbound))| *inbound),
+                    connected_since: state.since,
+                }
+            })
+            .collect();
+        infos.sort_by_key(|p| p.connected_since);
+        infos
+    }
+}

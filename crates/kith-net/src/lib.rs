@@ -1,0 +1,64 @@
+//! kith-net: kith's libp2p node.
+//!
+//! One task owns the [`libp2p::Swarm`]: the [`EventLoop`]. Everyone else talks to it through a
+//! cloneable [`Client`] (bounded command channel, `oneshot` replies) and listens to a small closed
+//! [`Event`] enum; raw `SwarmEvent`s never leave this crate.
+//!
+//! ```text
+//!   Client ──Command{reply: oneshot}──▶ EventLoop ──owns──▶ Swarm<Behaviour>
+//!      ▲                                   │
+//!      └──────── oneshot reply ◀───────────┤
+//!                                          └──try_send(Event)──▶ consumer (kith-service)
+//! ```
+//!
+//! - [`Config`]: what the node listens on, who it bootstraps from, DHT mode, mDNS, relay role.
+//! - [`new`]: builds the swarm and starts listening; returns `(Client, events, EventLoop)`.
+//! - [`Metrics`]: Prometheus counters and gauges the loop maintains.
+//!
+//! The loop never awaits anything but its `select!`: events go out with `try_send` and a full
+//! channel is counted as a drop, so a slow consumer can never stall the network.
+
+mod behaviour;
+mod client;
+mod config;
+mod error;
+mod event;
+mod event_loop;
+mod listen;
+mod metrics;
+
+pub use client::Client;
+pub use config::{Config, DhtMode};
+pub use error::{NetError, RequestError};
+pub use event::{Event, NatStatus, NetStatus, PeerInfo};
+pub use event_loop::EventLoop;
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use metrics::Metrics;
+
+/// The identify protocol version every kith node announces; peers announcing anything else are
+/// never added to the DHT routing table.
+pub const IDENTIFY_PROTOCOL: &str = "/kith/id/1.0.0";
+
+/// The Kademlia protocol name for a network id: `/kith/kad/1.0.0` for the main network and
+/// `/kith/<id>/kad/1.0.0` for any other, so test and private networks never mix with it.
+pub fn kad_protocol(network_id: &str) -> String {
+    if network_id == "main" {
+        "/kith/kad/1.0.0".to_owned()
+    } else {
+        format!("/kith/{network_id}/kad/1.0.0")
+    }
+}
+
+/// Builds the node: swarm, behaviours, listeners and bootstrap dials.
+///
+/// Must be called inside a tokio runtime. The returned [`EventLoop`] does nothing until
+/// [`EventLoop::run`] is spawned; events are buffered (up to `config.event_buffer`) until then.
+pub fn new(
+    config: Config,
+    metrics: Metrics,
+) -> Result<(Client, tokio::sync::mpsc::Receiver<Event>, EventLoop), NetError> {
+    event_loop::build(config, metrics)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Direction of a counted message.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub(crate) enum Kind {
+    /// Gossipsub group traffic.
+    Gossip,
+}
+
+/// Label set for message counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    /// Which protocol carried the message.
+    pub(crate) kind: Kind,
+}
+
+/// The network's Prometheus metrics. Cheap to clone; all clones update the same series.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    peers_connected: Gauge,
+    routing_table_peers: Gauge,
+    dht_records: Gauge,
+    connections_established: Counter,
+    dial_failures: Counter,
+    events_dropped: Counter,
+    messages_in: Family<KindLabel, Counter>,
+    messages_out: Family<KindLabel, Counter>,
+    dht_puts_rejected: Counter,
+    peers_not_kith: Counter,
+}
+
+impl Metrics {
+    /// Registers every series under `registry` (prefix it with `kith_` via a sub-registry).
+    pub fn register(&self, registry: &mut Registry) {
+        let i = &self.inner;
+        registry.register(
+            "peers_connected",
+            "Peers with at least one open connection",
+            i.peers_connected.clone(),
+        );
+        registry.register(
+            "dht_routing_table_peers",
+            "Peers in the Kademlia routing table",
+            i.routing_table_peers.clone(),
+        );
+        registry.register(
+            "dht_records",
+            "Records in the local DHT store",
+            i.dht_records.clone(),
+        );
+        registry.register(
+            "connections_established",
+            "Connections established",
+            i.connections_established.clone(),
+        );
+        registry.register(
+            "dial_failures",
+            "Outgoing dials that failed",
+            i.dial_failures.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Network events dropped because the consumer was behind",
+            i.events_dropped.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages received, by protocol",
+            i.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages sent, by protocol",
+            i.messages_out.clone(),
+        );
+        registry.register(
+            "dht_puts_rejected",
+            "Inbound DHT records refused by validation",
+            i.dht_puts_rejected.clone(),
+        );
+        registry.register(
+            "peers_not_kith",
+            "Identified peers that do not speak kith and were kept out of the DHT",
+            i.peers_not_kith.clone(),
+        );
+    }
+
+    pub(crate) fn set_peers_connected(&self, n: usize) {
+        self.inner.peers_connected.set(gauge_value(n));
+    }
+    pub(crate) fn set_routing_table_peers(&self, n: usize) {
+        self.inner.routing_table_peers.set(gauge_value(n));
+    }
+    pub(crate) fn set_dht_records(&self, n: usize) {
+        self.inner.dht_records.set(gauge_value(n));
+    }
+    pub(crate) fn connection_established(&self) {
+        self.inner.connections_established.inc();
+    }
+    pub(crate) fn dial_failed(&self) {
+        self.inner.dial_failures.inc();
+    }
+    pub(crate) fn event_dropped(&self) {
+        self.inner.events_dropped.inc();
+    }
+    pub(crate) fn dht_put_rejected(&self) {
+        self.inner.dht_puts_rejected.inc();
+    }
+    pub(crate) fn peer_not_kith(&self) {
+        self.inner.peers_not_kith.inc();
+    }
+    pub(crate) fn message_in(&self, kind: Kind) {
+        self.inner
+            .messages_in
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// Events dropped so far (for tests and `kith status`).
+    pub fn events_dropped(&self) -> u64 {
+        self.inner.events_dropped.get()
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,18 @@
+//! kith-store: the node's embedded database.
+//!
+//! One sled database per home directory, opened once per process. Each kind of record has its own
+//! typed tree; values are prost-encoded (`kith-proto`) and keys use big-endian integers so range
+//! scans come out in order.
+//!
+//! - [`Store`]: opens the database, enforces the schema version and the single-process lock, flushes.
+//! - [`PeerBook`]: the address book of peers this node has met, used to rejoin the network after a restart.
+//!
+//! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
+
+mod error;
+mod peers;
+mod store;
+
+pub use error::StoreError;
+pub use peers::{KnownPeer, PeerBook};
+pub use store::{SCHEMA_VERSION, Store, StoreConfig};

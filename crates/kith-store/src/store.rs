@@ -1,0 +1,148 @@
+use std::path::{Path, PathBuf};
+
+use crate::{PeerBook, StoreError};
+
+/// The on-disk format version this build writes and the newest it can read.
+///
+/// Bump it together with a migration in [`Store::open`] whenever a tree's key or value layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_TREE: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// How the database is opened.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Page cache size in bytes. Default 64 MiB: sled's own default of 1 GiB is far too much for a
+    /// messenger on a laptop or phone, and sled's RSS grows well past this figure anyway.
+    pub cache_capacity: u64,
+    /// How often sled's background thread flushes, in milliseconds. Default 500. Durable writes do
+    /// not rely on it: they call [`Store::flush`] before anything is acknowledged.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 64 * 1024 * 1024,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Sets the page cache size in bytes.
+    pub fn with_cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+}
+
+/// The node's database: cheap to clone, every clone shares the same sled handles.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    peers: PeerBook,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `path`.
+    ///
+    /// Fails with [`StoreError::Locked`] when another process has it open, and with
+    /// [`StoreError::NewerSchema`] when a newer kith wrote it; neither touches the data.
+    pub fn open(path: impl AsRef<Path>, config: &StoreConfig) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(config.flush_every_ms)
+            .open()
+            .map_err(|e| StoreError::from_sled(&path, e))?;
+        if db.was_recovered() {
+            tracing::debug!(path = %path.display(), "opened existing store");
+        }
+        let meta = open_tree(&db, &path, META_TREE)?;
+        match meta
+            .get(SCHEMA_KEY)
+            .map_err(|e| StoreError::from_sled(&path, e))?
+        {
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| StoreError::from_sled(&path, e))?;
+                db.flush().map_err(|e| StoreError::from_sled(&path, e))?;
+            }
+            Some(raw) => {
+                let found = decode_version(&raw)?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        path,
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                // Versions below SCHEMA_VERSION would be migrated here; version 1 is the first.
+            }
+        }
+        let peers = PeerBook::new(open_tree(&db, &path, crate::peers::TREE)?, path.clone());
+        Ok(Self { path, db, peers })
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let meta = open_tree(&self.db, &self.path, META_TREE)?;
+        match meta
+            .get(SCHEMA_KEY)
+            .map_err(|e| StoreError::from_sled(&self.path, e))?
+        {
+            Some(raw) => decode_version(&raw),
+            None => Err(StoreError::Corrupt {
+                tree: META_TREE,
+                reason: "schema version missing".into(),
+            }),
+        }
+    }
+
+    /// The address book of peers this node has met.
+    pub fn peers(&self) -> &PeerBook {
+        &self.peers
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes everything to disk. Call before acknowledging anything to anyone; returns bytes flushed.
+    ///
+    /// Cancel-safe: a cancelled flush leaves the data in sled's cache, to be flushed by the next call.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StoreError::from_sled(&self.path, e))
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db
+            .size_on_disk()
+            .map_err(|e| StoreError::from_sled(&self.path, e))
+    }
+}
+
+fn open_tree(db: &sled::Db, path: &Path, name: &str) -> Result<sled::Tree, StoreError> {
+    db.open_tree(name)
+        .map_err(|e| StoreError::from_sled(path, e))
+}
+
+fn decode_version(raw: &[u8]) -> Result<u32, StoreError> {
+    let bytes: [u8; 4] = raw.try_into().map_err(|_| StoreError::Corrupt {
+        tree: META_TREE,
+        reason: format!("schema version has {} bytes, expected 4", raw.len()),
+    })?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests;

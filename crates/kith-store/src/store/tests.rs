@@ -1,0 +1,173 @@
+use super::*;
+
+fn open(dir: &Path) -> Result<Store, StoreError> {
+    Store::open(dir.join("db"), &StoreConfig::default())
+}
+
+#[test]
+fn fresh_store_records_the_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn second_open_of_the_same_home_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path()).unwrap();
+    let err = open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "got {err:?}");
+    let text = err.to_string();
+    assert!(text.contains("in use by another kith process"), "{text}");
+}
+
+#[test]
+fn store_can_be_reopened_after_the_first_handle_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .peers()
+            .record_seen(b"peer-a", Some(b"addr-1"), None, 5)
+            .unwrap();
+    }
+    let store = open(dir.path()).unwrap();
+    let peers = store.peers().all().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].addrs, vec![b"addr-1".to_vec()]);
+}
+
+#[test]
+fn a_store_from_a_newer_kith_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        db.open_tree(META_TREE)
+            .unwrap()
+            .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = open(dir.path()).unwrap_err();
+    match err {
+        StoreError::NewerSchema {
+            found, supported, ..
+        } => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(supported, SCHEMA_VERSION);
+        }
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_damaged_schema_version_is_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        db.open_tree(META_TREE)
+            .unwrap()
+            .insert(SCHEMA_KEY, b"xx".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "got {err:?}");
+}
+
+#[tokio::test]
+async fn flush_reports_bytes_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store
+        .peers()
+        .record_seen(b"p", Some(b"a"), Some("kith/0.1.0"), 1)
+        .unwrap();
+    assert!(store.flush().await.unwrap() > 0);
+}
+
+#[test]
+fn address_book_keeps_newest_addresses_first_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let book = store.peers();
+    for i in 0..20u8 {
+        book.record_seen(b"peer", Some(&[i]), None, u64::from(i))
+            .unwrap();
+    }
+    // Seeing an old address again moves it to the front instead of duplicating it.
+    book.record_seen(b"peer", Some(&[15]), Some("kith/9"), 100)
+        .unwrap();
+    let peer = &book.all().unwrap()[0];
+    assert_eq!(peer.addrs.len(), 8);
+    assert_eq!(peer.addrs[0], vec![15]);
+    assert_eq!(peer.addrs[1], vec![19]);
+    assert_eq!(peer.addrs.iter().filter(|a| a[0] == 15).count(), 1);
+    assert_eq!(peer.last_seen_ms, 100);
+    assert_eq!(peer.agent, "kith/9");
+}
+
+#[test]
+fn damaged_address_book_entries_are_skipped_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    store
+        .peers()
+        .tree
+        .insert(b"bad", b"\xff\xff\xff".as_slice())
+        .unwrap();
+    store
+        .peers()
+        .record_seen(b"good", Some(b"a"), None, 1)
+        .unwrap();
+    let all = store.peers().all().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].peer_id, b"good".to_vec());
+    store
+        .peers()
+        .record_seen(b"bad", Some(b"b"), None, 2)
+        .unwrap();
+    assert_eq!(store.peers().all().unwrap().len(), 2);
+}
+
+#[test]
+fn prune_keeps_the_most_recent_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    for i in 0..10u8 {
+        store
+            .peers()
+            .record_seen(&[i], None, None, u64::from(i))
+            .unwrap();
+    }
+    assert_eq!(store.peers().prune(3).unwrap(), 7);
+    let ids: Vec<_> = store
+        .peers()
+        .all()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect();
+    assert_eq!(ids, vec![vec![9], vec![8], vec![7]]);
+}
+
+proptest::proptest! {
+    #[test]
+    fn address_book_never_holds_duplicates_or_more_than_the_cap(
+        addrs in proptest::collection::vec(0u8..12, 0..64)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).unwrap();
+        for (i, a) in addrs.iter().enumerate() {
+            store.peers().record_seen(b"p", Some(&[*a]), None, i as u64).unwrap();
+        }
+        if let Some(peer) = store.peers().all().unwrap().first() {
+            let mut seen = peer.addrs.clone();
+            seen.sort();
+            seen.dedup();
+            proptest::prop_assert_eq!(seen.len(), peer.addrs.len());
+            proptest::prop_assert!(peer.addrs.len() <= 8);
+            proptest::prop_assert_eq!(&peer.addrs[0], &vec![*addrs.last().unwrap()]);
+        }
+    }
+}

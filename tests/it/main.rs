@@ -1,0 +1,1 @@
+//! multi-node tests
