@@ -1,1 +1,24 @@
-//! placeholder
+//! kith-service: the node itself.
+//!
+//! [`Node`] wires the store ([`kith_store::Store`]) to the network ([`kith_net`]) and owns the
+//! policies that are neither storage nor networking: which peers to remember, whom to dial after a
+//! restart, what a status report contains, how shutdown is ordered.
+//!
+//! ```text
+//!   kith-api ──▶ Node ──▶ kith_net::Client ──▶ EventLoop (own task)
+//!                 │                                 │ Event (try_send)
+//!                 ├──▶ Store (sled)  ◀── service task ◀┘
+//! ```
+//!
+//! - [`Node::start`]: spawns the network loop and the service task.
+//! - [`Node::status`], [`Node::peers`], [`Node::metrics_text`]: what the API serves.
+//! - [`Node::request_shutdown`] / [`Node::shutdown`]: orderly stop (network closed, store flushed).
+
+mod error;
+mod node;
+
+pub use error::ServiceError;
+pub use node::{Node, Status};
+
+/// This build's version, as `kith status` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

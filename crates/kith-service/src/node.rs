@@ -1,0 +1,284 @@
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use kith_net::{Event, Metrics as NetMetrics, NetStatus, PeerInfo};
+use kith_store::Store;
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use prometheus_client::registry::Registry;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::ServiceError;
+
+/// How many remembered peers a restarted node dials to rejoin the network.
+const REDIAL_ON_START: usize = 16;
+/// Upper bound on the address book; the least recently seen peers fall off.
+const ADDRESS_BOOK_LIMIT: usize = 2048;
+
+/// A running node. Cheap to clone; every clone controls the same node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: kith_net::Client,
+    store: Store,
+    registry: Registry,
+    net_metrics: NetMetrics,
+    started: Instant,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Everything `kith status` shows.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Network state.
+    pub net: NetStatus,
+    /// kith version.
+    pub version: &'static str,
+    /// Time since [`Node::start`].
+    pub uptime: Duration,
+    /// Peers in the address book.
+    pub known_peers: usize,
+    /// Bytes the store occupies on disk.
+    pub store_bytes: u64,
+    /// Network events the service could not keep up with.
+    pub events_dropped: u64,
+}
+
+impl Node {
+    /// Starts the network loop and the service task on the current tokio runtime.
+    ///
+    /// The store must already be open (that is where a second node on the same home is refused).
+    pub async fn start(config: kith_net::Config, store: Store) -> Result<Self, ServiceError> {
+        let mut registry = Registry::with_prefix("kith");
+        let net_metrics = NetMetrics::default();
+        net_metrics.register(&mut registry);
+
+        let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
+        let net_task = tokio::spawn(event_loop.run());
+        let (shutdown_tx, _) = watch::channel(false);
+
+        let service_task = tokio::spawn(consume_events(events, store.clone()));
+        let node = Node {
+            inner: Arc::new(Inner {
+                client,
+                store,
+                registry,
+                net_metrics,
+                started: Instant::now(),
+                shutdown_tx,
+                tasks: std::sync::Mutex::new(vec![net_task, service_task]),
+            }),
+        };
+        node.rejoin().await;
+        Ok(node)
+    }
+
+    /// Dials the most recently seen peers from the address book, so a restarted node finds the
+    /// network again even when every bootstrap node is down.
+    async fn rejoin(&self) {
+        let known = match self.inner.store.peers().all() {
+            Ok(known) => known,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the address book; relying on bootstrap nodes");
+                return;
+            }
+        };
+        let me = self.peer_id();
+        let mut dialed = 0;
+        for peer in known {
+            if dialed == REDIAL_ON_START {
+                break;
+            }
+            let Ok(peer_id) = PeerId::from_bytes(&peer.peer_id) else {
+                continue;
+            };
+            if peer_id == me {
+                continue;
+            }
+            let Some(addr) = peer
+                .addrs
+                .iter()
+                .find_map(|raw| Multiaddr::try_from(raw.clone()).ok())
+            else {
+                continue;
+            };
+            if self
+                .inner
+                .client
+                .dial(addr.with(Protocol::P2p(peer_id)))
+                .await
+                .is_ok()
+            {
+                dialed += 1;
+            }
+        }
+        if dialed > 0 {
+            tracing::info!(dialed, "redialing peers from the address book");
+        }
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.client.local_peer_id()
+    }
+
+    /// The network handle, for features built on top of the node.
+    pub fn net(&self) -> &kith_net::Client {
+        &self.inner.client
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// A status snapshot.
+    pub async fn status(&self) -> Result<Status, ServiceError> {
+        let net = self.inner.client.status().await?;
+        Ok(Status {
+            net,
+            version: crate::VERSION,
+            uptime: self.inner.started.elapsed(),
+            known_peers: self.inner.store.peers().len(),
+            store_bytes: self.inner.store.size_on_disk()?,
+            events_dropped: self.inner.net_metrics.events_dropped(),
+        })
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, ServiceError> {
+        Ok(self.inner.client.peers().await?)
+    }
+
+    /// Every metric in the Prometheus/OpenMetrics text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+
+    /// Asks whoever waits in [`Node::shutdown_requested`] to stop the node (e.g. `kith stop`).
+    pub fn request_shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+    }
+
+    /// Resolves once [`Node::request_shutdown`] has been called. Cancel-safe.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.inner.shutdown_tx.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` holds it.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Stops the network, waits for the service task to drain, and flushes the store.
+    pub async fn shutdown(&self) -> Result<(), ServiceError> {
+        // Already stopped is fine: shutdown is idempotent.
+        let _ = self.inner.client.shutdown().await;
+        let tasks = match self.inner.tasks.lock() {
+            Ok(mut tasks) => std::mem::take(&mut *tasks),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "a node task ended abnormally");
+            }
+        }
+        self.inner.store.flush().await?;
+        Ok(())
+    }
+}
+
+/// The service task: turns network events into store updates. Ends when the network loop ends.
+async fn consume_events(mut events: tokio::sync::mpsc::Receiver<Event>, store: Store) {
+    let mut seen = 0usize;
+    while let Some(event) = events.recv().await {
+        let result = match &event {
+            Event::PeerConnected {
+                peer,
+                addr,
+                inbound: false,
+            } => store
+                .peers()
+                .record_seen(&peer.to_bytes(), Some(&addr.to_vec()), None, now_ms()),
+            Event::PeerIdentified {
+                peer,
+                agent,
+                listen_addrs,
+                kith: true,
+            } => {
+                let mut result =
+                    store
+                        .peers()
+                        .record_seen(&peer.to_bytes(), None, Some(agent), now_ms());
+                // Oldest first, so the first listed address ends up at the front of the book.
+                for addr in listen_addrs.iter().rev().filter(|a| is_dialable(a)) {
+                    result = result.and_then(|()| {
+                        store.peers().record_seen(
+                            &peer.to_bytes(),
+                            Some(&addr.to_vec()),
+                            None,
+                            now_ms(),
+                        )
+                    });
+                }
+                seen += 1;
+                result
+            }
+            Event::BootstrapUnreachable { addr, error } => {
+                tracing::warn!(%addr, %error, "bootstrap entry unreachable");
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not update the address book");
+        }
+        if seen >= 256 {
+            seen = 0;
+            if let Err(e) = store.peers().prune(ADDRESS_BOOK_LIMIT) {
+                tracing::warn!(error = %e, "could not prune the address book");
+            }
+        }
+    }
+}
+
+/// Unspecified (0.0.0.0) and circuit addresses cannot be redialed as they are.
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        Protocol::P2pCircuit => true,
+        _ => false,
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_and_circuit_addresses_are_not_redialed() {
+        let ok: Multiaddr = "/ip4/127.0.0.1/tcp/4717".parse().unwrap();
+        let any: Multiaddr = "/ip4/0.0.0.0/tcp/4717".parse().unwrap();
+        let circuit: Multiaddr = "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp/p2p-circuit"
+            .parse()
+            .unwrap();
+        assert!(is_dialable(&ok));
+        assert!(!is_dialable(&any));
+        assert!(!is_dialable(&circuit));
+    }
+}
