@@ -1,1 +1,79 @@
-fn main() {}
+//! `kith`: the node binary. Parses the command line, sets up logging and dispatches; everything
+//! else lives in the crates under `crates/`.
+
+mod cli;
+mod commands;
+mod config;
+mod exit;
+mod home;
+mod run;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Cli, Command},
+    exit::CliError,
+    home::Home,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version exit 0; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
+        }
+    };
+    // libp2p-kad warns on every bootstrap attempt of a node with no peers yet; that is normal
+    // for a first node, so it is only shown when asked for with RUST_LOG.
+    let default_level = if matches!(cli.command, Command::Run(_)) {
+        "info,libp2p_kad::behaviour=error"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<CliError>()
+                .map_or(exit::FAILURE, |c| c.code);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::locate(cli.global.home)?;
+    let json = cli.global.json;
+    match cli.command {
+        Command::Init => commands::init(&home, json),
+        Command::Id => commands::id(&home, json),
+        Command::Run(args) => run::run(&home, args, json).await,
+        Command::Status => commands::status(&home, json).await,
+        Command::Peers => commands::peers(&home, json).await,
+        Command::Stop => commands::stop(&home, json).await,
+    }
+}

@@ -1,1 +1,14 @@
-//! multi-node tests
+//! kith's multi-node integration tests: real nodes with real TCP and QUIC sockets on 127.0.0.1,
+//! each with its own temporary home, driven through the same APIs the CLI uses.
+//!
+//! One test binary (matklad, *Delete Cargo Integration Tests*) with a shared [`harness`]:
+//!
+//! - [`dht`]: discovery, bootstrap over TCP and QUIC, bad bootstrap entries, restarts.
+//! - [`api`]: the local HTTP API, its token check and its client.
+//!
+//! Every wait is bounded (`harness::wait_until`, `tokio::time::timeout`); no test touches the
+//! public network (mDNS off, loopback listeners, a private network id).
+
+mod api;
+mod dht;
+mod harness;

@@ -1,0 +1,130 @@
+//! The command line. Global flags (`--home`, `--json`) are accepted anywhere on the line.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use libp2p::Multiaddr;
+
+/// kith: a peer-to-peer messenger. Run a node with `kith run`, then drive it with the other commands.
+#[derive(Debug, Parser)]
+#[command(name = "kith", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The node's home directory (identity, store, API address). Default: the platform data dir.
+    #[arg(long, global = true, env = "KITH_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// Print exactly one JSON document on stdout instead of human output.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the home directory and identity if missing; print the peer id.
+    Init,
+    /// Print this home's peer id (no running node needed).
+    Id,
+    /// Run the node in the foreground until Ctrl-C, SIGTERM or `kith stop`.
+    Run(RunArgs),
+    /// Show the running node's peer id, addresses, peers, DHT and NAT state.
+    Status,
+    /// List connected peers with their addresses and protocols.
+    Peers,
+    /// Ask the running node to shut down cleanly.
+    Stop,
+}
+
+/// Whether this node answers DHT queries for others.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum DhtModeArg {
+    /// Server once reachability is confirmed (AutoNAT, relay, --external-addr).
+    Auto,
+    /// Always answer (LAN, loopback, servers).
+    Server,
+    /// Never answer.
+    Client,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Listen address (repeatable). Default: TCP and QUIC on all interfaces, port 4717, or a random
+    /// port if 4717 is taken.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) listen: Vec<Multiaddr>,
+    /// Bootstrap node (repeatable). Replaces the entries of the bootstrap file.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<String>,
+    /// Bootstrap file to use instead of the built-in copy of the repository's bootstrap.toml.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) bootstrap_file: Option<PathBuf>,
+    /// Switch off LAN discovery (mDNS).
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Run as a community relay: DHT server, circuit relay v2 and AutoNAT server.
+    #[arg(long)]
+    pub(crate) relay: bool,
+    /// DHT mode.
+    #[arg(long, value_enum, default_value_t = DhtModeArg::Auto)]
+    pub(crate) dht_mode: DhtModeArg,
+    /// An address other nodes can reach this one at (repeatable); confirms reachability.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) external_addr: Vec<Multiaddr>,
+    /// Where the local API listens. Must be a loopback address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub(crate) api_addr: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_are_accepted_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["kith", "status", "--json", "--home", "/tmp/x"]).unwrap();
+        assert!(cli.global.json);
+        assert_eq!(cli.global.home, Some(PathBuf::from("/tmp/x")));
+        assert!(matches!(cli.command, Command::Status));
+    }
+
+    #[test]
+    fn run_flags_repeat() {
+        let cli = Cli::try_parse_from([
+            "kith",
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/9",
+            "--no-mdns",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.listen.len(), 2);
+        assert_eq!(run.bootstrap.len(), 1);
+        assert!(run.no_mdns);
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_a_usage_error() {
+        let err = Cli::try_parse_from(["kith", "run", "--listen", "nonsense"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,176 @@
+//! The commands that talk to a running node through its local API.
+
+use std::time::Duration;
+
+use kith_api::{ApiClient, ClientError, PeerReport, StatusReport};
+use serde_json::json;
+
+use crate::{
+    exit::{self, CliError},
+    home::Home,
+};
+
+/// `kith init`.
+pub(crate) fn init(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    home.create()?;
+    let keypair = home.identity(true)?;
+    home.token(true)?;
+    let peer_id = keypair.public().to_peer_id().to_string();
+    if json_output {
+        println!(
+            "{}",
+            json!({ "peer_id": peer_id, "home": home.dir().display().to_string() })
+        );
+    } else {
+        println!("{peer_id}");
+    }
+    Ok(())
+}
+
+/// `kith id`.
+pub(crate) fn id(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let peer_id = home.identity(false)?.public().to_peer_id().to_string();
+    if json_output {
+        println!("{}", json!({ "peer_id": peer_id }));
+    } else {
+        println!("{peer_id}");
+    }
+    Ok(())
+}
+
+/// `kith status`.
+pub(crate) async fn status(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let status = client.status().await.map_err(|e| api_error(home, e))?;
+    if json_output {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+/// `kith peers`.
+pub(crate) async fn peers(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let peers = client.peers().await.map_err(|e| api_error(home, e))?;
+    if json_output {
+        println!("{}", serde_json::to_string(&peers)?);
+    } else {
+        print_peers(&peers);
+    }
+    Ok(())
+}
+
+/// `kith stop`: asks the node to stop and waits (bounded) until it has.
+pub(crate) async fn stop(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let info = home.read_api_info()?;
+    let client = connect(home)?;
+    client.shutdown().await.map_err(|e| api_error(home, e))?;
+    let mut stopped = false;
+    for _ in 0..300 {
+        if matches!(client.status().await, Err(ClientError::NotRunning { .. })) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !stopped {
+        return Err(CliError::new(
+            exit::FAILURE,
+            format!(
+                "node {} (pid {}) accepted the stop request but is still running after 30 s",
+                info.peer_id, info.pid
+            ),
+        )
+        .into());
+    }
+    if json_output {
+        println!(
+            "{}",
+            json!({ "stopped": true, "peer_id": info.peer_id, "pid": info.pid })
+        );
+    } else {
+        println!("stopped node {} (pid {})", info.peer_id, info.pid);
+    }
+    Ok(())
+}
+
+fn connect(home: &Home) -> anyhow::Result<ApiClient> {
+    let info = home.read_api_info()?;
+    let token = home.token(false)?;
+    Ok(ApiClient::new(info.addr, token)?)
+}
+
+/// Maps API failures to exit codes; "nothing answers" is exit 5 like a missing `api.json`.
+fn api_error(home: &Home, error: ClientError) -> anyhow::Error {
+    match error {
+        ClientError::NotRunning { addr } => CliError::new(
+            exit::NO_NODE,
+            format!(
+                "no kith node is running for home {} (nothing answers at {addr}); start one with `kith run --home {}`",
+                home.dir().display(),
+                home.dir().display()
+            ),
+        )
+        .into(),
+        other => CliError::new(exit::FAILURE, other.to_string()).into(),
+    }
+}
+
+fn print_status(s: &StatusReport) {
+    println!("peer id        {}", s.peer_id);
+    println!("version        {}", s.version);
+    println!("uptime         {} s", s.uptime_secs);
+    let mut label = "listening";
+    for addr in &s.listen_addrs {
+        println!("{label:<15}{addr}");
+        label = "";
+    }
+    if s.listen_addrs.is_empty() {
+        println!("listening      (nothing)");
+    }
+    for addr in &s.external_addrs {
+        println!("external       {addr}");
+    }
+    println!(
+        "peers          {} connected, {} remembered",
+        s.connected_peers, s.known_peers
+    );
+    println!(
+        "dht            {} peers in routing table, {} records, {} ({} mode)",
+        s.routing_table_peers,
+        s.dht_records,
+        if s.dht_server {
+            "serving"
+        } else {
+            "client only"
+        },
+        s.dht_mode
+    );
+    match &s.nat_addr {
+        Some(addr) => println!("nat            {} ({addr})", s.nat),
+        None => println!("nat            {}", s.nat),
+    }
+    println!("store          {} bytes", s.store_bytes);
+}
+
+fn print_peers(peers: &[PeerReport]) {
+    if peers.is_empty() {
+        println!("no connected peers");
+        return;
+    }
+    for p in peers {
+        let agent = if p.agent.is_empty() { "?" } else { &p.agent };
+        println!(
+            "{}  {}  {}  {} s",
+            p.peer_id, agent, p.direction, p.connected_secs
+        );
+        for addr in &p.addrs {
+            println!("    {addr}");
+        }
+        if !p.protocols.is_empty() {
+            println!("    protocols: {}", p.protocols.join(", "));
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `kith run`: the daemon.
+//!
+//! Order matters: the store is opened (and locked) before anything is written to the home, so a
+//! second node on the same home fails early and leaves the first one's `api.json` alone.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kith_service::Node;
+use kith_store::{Store, StoreConfig};
+use serde_json::json;
+
+use crate::{
+    cli::{DhtModeArg, RunArgs},
+    config::Bootstrap,
+    exit::{self, CliError},
+    home::{ApiInfo, Home},
+};
+
+pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow::Result<()> {
+    if !args.api_addr.ip().is_loopback() {
+        return Err(CliError::new(
+            exit::USAGE,
+            format!(
+                "--api-addr {} is not a loopback address; the local API must never be reachable from other machines",
+                args.api_addr
+            ),
+        )
+        .into());
+    }
+    let bootstrap = Bootstrap::load(args.bootstrap_file.as_deref(), &args.bootstrap)
+        .map_err(|e| CliError::new(exit::USAGE, format!("{e:#}")))?;
+    for warning in &bootstrap.warnings {
+        tracing::warn!("{warning}");
+    }
+
+    home.create()?;
+    let keypair = home.identity(true)?;
+    let store = Store::open(home.db_path(), &StoreConfig::default())
+        .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    let token = home.token(true)?;
+
+    let mut config = kith_net::Config::new(keypair)
+        .with_network_id(bootstrap.network_id.clone())
+        .with_listen(args.listen)
+        .with_bootstrap(bootstrap.entries.iter().map(|e| e.addr.clone()).collect())
+        .with_mdns(!args.no_mdns)
+        .with_dht_mode(match args.dht_mode {
+            DhtModeArg::Auto => kith_net::DhtMode::Auto,
+            DhtModeArg::Server => kith_net::DhtMode::Server,
+            DhtModeArg::Client => kith_net::DhtMode::Client,
+        });
+    config.relay_server = args.relay;
+    config.external_addrs = args.external_addr;
+
+    let node = Node::start(config, store)
+        .await
+        .context("cannot start the node")?;
+    let listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("cannot listen for the local API on {}", args.api_addr))?;
+    let api_addr = listener
+        .local_addr()
+        .context("API listener has no address")?;
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(kith_api::serve(listener, node.clone(), token, async {
+        let _ = api_stopped.await;
+    }));
+
+    let pid = std::process::id();
+    let peer_id = node.peer_id();
+    home.write_api_info(&ApiInfo {
+        addr: api_addr,
+        pid,
+        peer_id: peer_id.to_string(),
+    })?;
+
+    let listen_addrs = wait_for_listeners(&node).await;
+    if json_output {
+        println!(
+            "{}",
+            json!({
+                "peer_id": peer_id.to_string(),
+                "api_addr": api_addr.to_string(),
+                "listen_addrs": listen_addrs,
+                "home": home.dir().display().to_string(),
+                "relay": args.relay,
+            })
+        );
+    } else {
+        println!(
+            "kith node {peer_id} is running (home {})",
+            home.dir().display()
+        );
+        for addr in &listen_addrs {
+            println!("  listening on {addr}");
+        }
+        println!("  local API on http://{api_addr} (token in api.token)");
+        println!("Stop it with Ctrl-C or `kith stop`.");
+    }
+
+    wait_for_stop(&node).await;
+    tracing::info!("shutting down");
+    let _ = stop_api.send(());
+    match tokio::time::timeout(Duration::from_secs(10), api).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "API task failed"),
+        Err(_) => tracing::warn!("API server did not stop within 10 s"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    let result = node.shutdown().await.context("shutdown failed");
+    home.remove_api_info(pid);
+    result?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Listeners come up asynchronously; wait a little (bounded) so the ready line can name them.
+async fn wait_for_listeners(node: &Node) -> Vec<String> {
+    for _ in 0..40 {
+        if let Ok(status) = node.status().await
+            && !status.net.listen_addrs.is_empty()
+        {
+            return status
+                .net
+                .listen_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
+/// Resolves on Ctrl-C, SIGTERM or `kith stop`.
+async fn wait_for_stop(node: &Node) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        () = terminate => tracing::info!("terminated"),
+        () = node.shutdown_requested() => {},
+    }
+}

@@ -1,0 +1,331 @@
+//! The `kith` binary as a user runs it: real processes, real homes in temp dirs, loopback only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const KITH: &str = env!("CARGO_BIN_EXE_kith");
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `kith <args> --home <home>` to completion (bounded) and returns (exit code, stdout, stderr).
+fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(KITH)
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env_remove("KITH_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, TIMEOUT);
+    let out = child.wait_with_output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("kith did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `kith run` process; killed on drop if the test did not stop it.
+struct Daemon {
+    child: Child,
+    ready: Value,
+    stderr: mpsc::Receiver<String>,
+    log: String,
+}
+
+impl Daemon {
+    fn start(home: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(KITH)
+            .args([
+                "run",
+                "--json",
+                "--no-mdns",
+                "--dht-mode",
+                "server",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .args(extra)
+            .arg("--home")
+            .arg(home)
+            .env_remove("KITH_HOME")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = line_rx
+            .recv_timeout(TIMEOUT)
+            .expect("kith run printed no ready line");
+        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
+        Daemon {
+            child,
+            ready,
+            stderr: err_rx,
+            log: String::new(),
+        }
+    }
+
+    fn peer_id(&self) -> String {
+        self.ready["peer_id"].as_str().unwrap().to_owned()
+    }
+
+    fn tcp_addr(&self) -> String {
+        let addrs = self.ready["listen_addrs"].as_array().unwrap();
+        let tcp = addrs
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/tcp/"))
+            .expect("a TCP listen address");
+        format!("{tcp}/p2p/{}", self.peer_id())
+    }
+
+    /// Waits (bounded) until the node's log contains `needle`; the log is read by another thread.
+    fn log_contains(&mut self, needle: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if self.log.contains(needle) {
+                return true;
+            }
+            match self.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    self.log.push_str(&line);
+                    self.log.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.log.contains(needle),
+            }
+        }
+        false
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        wait_bounded(&mut self.child, TIMEOUT)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(stdout: &str) -> Value {
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"))
+}
+
+/// Polls `kith status --json` until `check` holds (bounded).
+fn wait_for_status(home: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (code, out, err) = kith(home, &["status", "--json"]);
+        assert_eq!(code, 0, "status failed: {err}");
+        let status = json(&out);
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "timed out waiting for {what}; last status {status}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn init_creates_an_identity_that_id_reports() {
+    let home = tempfile::tempdir().unwrap();
+    let (code, init_out, _) = kith(home.path(), &["init"]);
+    assert_eq!(code, 0);
+    let (code, id_out, _) = kith(home.path(), &["id", "--json"]);
+    assert_eq!(code, 0);
+    let id = json(&id_out);
+    assert_eq!(id["peer_id"].as_str().unwrap(), init_out.trim());
+    assert!(init_out.trim().starts_with("12D3Koo"));
+    // A second init keeps the identity.
+    let (_, again, _) = kith(home.path(), &["init"]);
+    assert_eq!(again, init_out);
+}
+
+#[test]
+fn commands_without_a_running_node_exit_5_with_a_hint() {
+    let home = tempfile::tempdir().unwrap();
+    for cmd in ["status", "peers", "stop"] {
+        let (code, out, err) = kith(home.path(), &[cmd, "--json"]);
+        assert_eq!(code, 5, "{cmd}: {err}");
+        assert!(out.is_empty(), "{cmd} printed {out}");
+        assert!(err.contains("no kith node is running"), "{cmd}: {err}");
+        assert!(err.contains("kith run"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_exits_0() {
+    let home = tempfile::tempdir().unwrap();
+    assert_eq!(kith(home.path(), &["frobnicate"]).0, 2);
+    assert_eq!(kith(home.path(), &["run", "--listen", "not-an-addr"]).0, 2);
+    assert_eq!(kith(home.path(), &["run", "--api-addr", "0.0.0.0:0"]).0, 2);
+    let (code, out, _) = kith(home.path(), &["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_node_runs_reports_status_refuses_a_second_instance_and_stops_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let mut node = Daemon::start(home.path(), &[]);
+    let peer_id = node.peer_id();
+
+    let (code, out, _) = kith(home.path(), &["status", "--json"]);
+    assert_eq!(code, 0);
+    let status = json(&out);
+    assert_eq!(status["peer_id"], peer_id.as_str());
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!status["listen_addrs"].as_array().unwrap().is_empty());
+    for field in ["connected_peers", "routing_table_peers", "nat"] {
+        assert!(
+            status.get(field).is_some(),
+            "status lacks {field}: {status}"
+        );
+    }
+    let (code, human, _) = kith(home.path(), &["status"]);
+    assert_eq!(code, 0);
+    assert!(human.contains(&peer_id));
+
+    // A second node on the same home is refused in words, and the first keeps running.
+    let (code, _, err) = kith(
+        home.path(),
+        &["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another kith process"), "{err}");
+    assert_eq!(kith(home.path(), &["status"]).0, 0);
+
+    let (code, out, err) = kith(home.path(), &["stop", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["stopped"], true);
+    assert!(node.wait().success());
+    assert!(
+        !home.path().join("api.json").exists(),
+        "api.json is removed on a clean exit"
+    );
+    assert_eq!(kith(home.path(), &["status"]).0, 5);
+
+    // Same identity after a restart.
+    let again = Daemon::start(home.path(), &[]);
+    assert_eq!(again.peer_id(), peer_id);
+}
+
+#[test]
+fn sigterm_stops_the_node_with_exit_0() {
+    let home = tempfile::tempdir().unwrap();
+    let mut node = Daemon::start(home.path(), &[]);
+    let pid = node.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = node.wait();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(node.log_contains("stopped cleanly"));
+}
+
+#[test]
+fn a_stale_api_json_after_a_crash_means_no_node() {
+    let home = tempfile::tempdir().unwrap();
+    let mut node = Daemon::start(home.path(), &[]);
+    node.child.kill().unwrap();
+    node.wait();
+    assert!(home.path().join("api.json").exists());
+    let (code, _, err) = kith(home.path(), &["status"]);
+    assert_eq!(code, 5, "{err}");
+    // And the home is usable again: sled's lock died with the process.
+    let _again = Daemon::start(home.path(), &[]);
+    assert_eq!(kith(home.path(), &["status"]).0, 0);
+}
+
+#[test]
+fn two_nodes_meet_through_a_bootstrap_flag_and_list_each_other() {
+    let a_home = tempfile::tempdir().unwrap();
+    let b_home = tempfile::tempdir().unwrap();
+    let a = Daemon::start(a_home.path(), &[]);
+    let addr = a.tcp_addr();
+    let mut b = Daemon::start(
+        b_home.path(),
+        &["--bootstrap", &addr, "--bootstrap", "garbage"],
+    );
+    let status = wait_for_status(b_home.path(), "b to have a in its routing table", |s| {
+        s["routing_table_peers"] == 1 && s["connected_peers"] == 1
+    });
+    assert_eq!(status["dht_server"], true);
+    wait_for_status(a_home.path(), "a to have b in its routing table", |s| {
+        s["routing_table_peers"] == 1
+    });
+    let (code, out, _) = kith(b_home.path(), &["peers", "--json"]);
+    assert_eq!(code, 0);
+    let peers = json(&out);
+    let peers = peers.as_array().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["peer_id"], a.peer_id().as_str());
+    assert!(
+        peers[0]["protocols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/kith/kad/1.0.0")
+    );
+    assert!(
+        b.log_contains("'garbage'"),
+        "the bad entry is named in a warning"
+    );
+}
