@@ -1,7 +1,9 @@
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{NetStatus, PeerInfo, RequestError};
+use std::time::SystemTime;
+
+use crate::{GetRecordResult, NetStatus, PeerInfo, RequestError};
 
 /// What a [`Client`] asks the event loop to do. Each carries its own reply channel.
 #[derive(Debug)]
@@ -18,6 +20,23 @@ pub(crate) enum Command {
     ClosestPeers {
         key: PeerId,
         reply: oneshot::Sender<Result<Vec<PeerId>, RequestError>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires: Option<SystemTime>,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    PutRecordTo {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        quorum: usize,
+        reply: oneshot::Sender<Result<GetRecordResult, RequestError>>,
     },
     Dial {
         addr: Multiaddr,
@@ -72,6 +91,52 @@ impl Client {
     /// Runs a Kademlia `FIND_NODE` walk for `key` and returns the closest peers found.
     pub async fn get_closest_peers(&self, key: PeerId) -> Result<Vec<PeerId>, RequestError> {
         self.ask(|reply| Command::ClosestPeers { key, reply })
+            .await?
+    }
+
+    /// Stores a record locally and at the closest peers (quorum one). Success means at least one
+    /// peer answered; with record filtering a peer may still have refused it, so callers that need
+    /// certainty read it back with [`Client::get_record`].
+    pub async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires: Option<SystemTime>,
+    ) -> Result<(), RequestError> {
+        self.ask(|reply| Command::PutRecord {
+            key,
+            value,
+            expires,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends a record to exactly these peers, without storing it locally (write-back after a
+    /// GET, and tests that play a misbehaving publisher).
+    pub async fn put_record_to(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        peers: Vec<PeerId>,
+    ) -> Result<(), RequestError> {
+        self.ask(|reply| Command::PutRecordTo {
+            key,
+            value,
+            peers,
+            reply,
+        })
+        .await?
+    }
+
+    /// Looks a key up in the DHT. Every answer is checked by the configured validator; the query
+    /// stops early once `quorum` distinct holders agree (same validator class).
+    pub async fn get_record(
+        &self,
+        key: Vec<u8>,
+        quorum: usize,
+    ) -> Result<GetRecordResult, RequestError> {
+        self.ask(|reply| Command::GetRecord { key, quorum, reply })
             .await?
     }
 

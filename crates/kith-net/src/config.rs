@@ -1,6 +1,8 @@
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, identity::Keypair};
+
+use crate::RecordValidator;
 
 /// Whether this node answers DHT queries for others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,7 +19,7 @@ pub enum DhtMode {
 }
 
 /// Everything the network layer needs to start. Built by `node/` from CLI flags and `bootstrap.toml`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// The node's identity; its public key is the peer id.
     pub keypair: Keypair,
@@ -53,6 +55,24 @@ pub struct Config {
     pub agent_version: String,
     /// Kademlia query timeout. Default 30 s.
     pub query_timeout: Duration,
+    /// Rules for DHT records. Without one, every inbound record is refused and every answer to a
+    /// GET is returned unchecked.
+    pub record_validator: Option<Arc<dyn RecordValidator>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("peer_id", &self.keypair.public().to_peer_id())
+            .field("network_id", &self.network_id)
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("mdns", &self.mdns)
+            .field("dht_mode", &self.dht_mode)
+            .field("relay_server", &self.relay_server)
+            .field("record_validator", &self.record_validator.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -74,6 +94,7 @@ impl Config {
             command_buffer: 256,
             agent_version: format!("kith/{}", env!("CARGO_PKG_VERSION")),
             query_timeout: Duration::from_secs(30),
+            record_validator: None,
         }
     }
 
@@ -98,6 +119,12 @@ impl Config {
     /// Sets the DHT mode.
     pub fn with_dht_mode(mut self, mode: DhtMode) -> Self {
         self.dht_mode = mode;
+        self
+    }
+
+    /// Sets the DHT record rules.
+    pub fn with_record_validator(mut self, validator: Arc<dyn RecordValidator>) -> Self {
+        self.record_validator = Some(validator);
         self
     }
 

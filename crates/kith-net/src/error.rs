@@ -32,6 +32,12 @@ pub enum RequestError {
     /// The DHT query ran out of time.
     #[error("the DHT query timed out")]
     Timeout,
+    /// The record could not be stored locally (too large, store full).
+    #[error("cannot store the record: {0}")]
+    Store(String),
+    /// No peer accepted the record.
+    #[error("no DHT peer accepted the record: {0}")]
+    PutFailed(String),
     /// A dial was refused before it started.
     #[error("could not dial {addr}: {reason}")]
     Dial {

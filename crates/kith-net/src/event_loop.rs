@@ -5,8 +5,9 @@
 //! plain `fn`s: nothing in the loop awaits except the `select!` itself.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
-    time::{Duration, SystemTime},
+    collections::{HashMap, HashSet, hash_map::Entry},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::StreamExt;
@@ -20,8 +21,8 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Client, Config, DhtMode, Event, Metrics, NatStatus, NetError, NetStatus, PeerInfo,
-    RequestError,
+    Client, Config, DhtMode, Event, GetRecordResult, Metrics, NatStatus, NetError, NetStatus,
+    PeerInfo, RecordAnswer, RecordValidator, RequestError,
     behaviour::{Behaviour, BehaviourEvent},
     client::Command,
     event::mode_is_server,
@@ -30,6 +31,16 @@ use crate::{
 };
 
 type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
+type PutReply = oneshot::Sender<Result<(), RequestError>>;
+
+/// A GET in flight: answers so far, distinct holders per agreement class, the caller.
+struct PendingGet {
+    key: Vec<u8>,
+    quorum: usize,
+    result: GetRecordResult,
+    classes: HashMap<Vec<u8>, HashSet<Option<PeerId>>>,
+    reply: oneshot::Sender<Result<GetRecordResult, RequestError>>,
+}
 
 /// Owns the swarm; run it with [`EventLoop::run`] on its own task.
 pub struct EventLoop {
@@ -41,6 +52,9 @@ pub struct EventLoop {
     kad_protocol: StreamProtocol,
     peers: HashMap<PeerId, PeerState>,
     pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
+    pending_puts: HashMap<kad::QueryId, PutReply>,
+    pending_gets: HashMap<kad::QueryId, PendingGet>,
+    validator: Option<Arc<dyn RecordValidator>>,
     bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
     nat: NatStatus,
 }
@@ -141,6 +155,9 @@ pub(crate) fn build(
         kad_protocol,
         peers: HashMap::new(),
         pending_closest: HashMap::new(),
+        pending_puts: HashMap::new(),
+        pending_gets: HashMap::new(),
+        validator: config.record_validator.clone(),
         bootstrap_dials,
         nat: NatStatus::Unknown,
     };
@@ -166,6 +183,12 @@ impl EventLoop {
         };
         for (_, (_, reply)) in self.pending_closest.drain() {
             let _ = reply.send(Err(RequestError::Shutdown));
+        }
+        for (_, reply) in self.pending_puts.drain() {
+            let _ = reply.send(Err(RequestError::Shutdown));
+        }
+        for (_, get) in self.pending_gets.drain() {
+            let _ = get.reply.send(Err(RequestError::Shutdown));
         }
         let peer_id = *self.swarm.local_peer_id();
         // Dropping the swarm closes every listener and connection.
@@ -194,6 +217,71 @@ impl EventLoop {
                 }
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
                 self.pending_closest.insert(id, (Vec::new(), reply));
+            }
+            Command::PutRecord {
+                key,
+                value,
+                expires,
+                reply,
+            } => {
+                let record = kad::Record {
+                    key: kad::RecordKey::new(&key),
+                    value,
+                    publisher: None,
+                    expires: expires.map(instant_at),
+                };
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(id) => {
+                        self.pending_puts.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RequestError::Store(format!("{e:?}"))));
+                    }
+                }
+            }
+            Command::PutRecordTo {
+                key,
+                value,
+                peers,
+                reply,
+            } => {
+                if peers.is_empty() {
+                    let _ = reply.send(Err(RequestError::PutFailed("no peers given".into())));
+                    return;
+                }
+                let record = kad::Record::new(kad::RecordKey::new(&key), value);
+                let id = self.swarm.behaviour_mut().kad.put_record_to(
+                    record,
+                    peers.into_iter(),
+                    kad::Quorum::All,
+                );
+                self.pending_puts.insert(id, reply);
+            }
+            Command::GetRecord { key, quorum, reply } => {
+                if self.routing_table_len() == 0 {
+                    let _ = reply.send(Err(RequestError::NoKnownPeers));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
+                self.pending_gets.insert(
+                    id,
+                    PendingGet {
+                        key,
+                        quorum: quorum.max(1),
+                        result: GetRecordResult::default(),
+                        classes: HashMap::new(),
+                        reply,
+                    },
+                );
             }
             Command::Dial { addr, reply } => {
                 let result = self
@@ -432,6 +520,16 @@ impl EventLoop {
                         let _ = reply.send(Ok(found));
                     }
                 }
+                kad::QueryResult::PutRecord(result) => {
+                    if let Some(reply) = self.pending_puts.remove(&id) {
+                        let _ = reply.send(
+                            result
+                                .map(|_| ())
+                                .map_err(|e| RequestError::PutFailed(e.to_string())),
+                        );
+                    }
+                }
+                kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
                 kad::QueryResult::Bootstrap(result) => {
                     tracing::debug!(?result, "DHT bootstrap step");
                 }
@@ -452,15 +550,102 @@ impl EventLoop {
                 request:
                     kad::InboundRequest::PutRecord {
                         source,
-                        record: Some(_),
+                        record: Some(record),
                         ..
                     },
-            } => {
-                // No record type is defined by this build yet, so every record is refused.
-                self.metrics.dht_put_rejected();
-                tracing::debug!(%source, "refused a DHT record of unknown type");
-            }
+            } => self.on_inbound_record(source, record),
             other => tracing::trace!(?other, "DHT event"),
+        }
+    }
+
+    /// A peer asks us to hold a record: store it only if the validator accepts it and it may
+    /// replace what we hold (kad acknowledges the PUT either way; see ARCHITECTURE.md).
+    fn on_inbound_record(&mut self, source: PeerId, mut record: kad::Record) {
+        let Some(validator) = self.validator.clone() else {
+            self.metrics.dht_put_rejected();
+            tracing::debug!(%source, "refused a DHT record: no record rules configured");
+            return;
+        };
+        let key = record.key.to_vec();
+        let validated = match validator.validate(&key, &record.value) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.metrics.dht_put_rejected();
+                tracing::debug!(%source, %reason, "refused an invalid DHT record");
+                return;
+            }
+        };
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Some(stored) = store.get(&record.key)
+            && validator.validate(&key, &stored.value).is_ok()
+            && !validator.may_replace(&key, &stored.value, &record.value)
+        {
+            self.metrics.dht_put_rejected();
+            tracing::debug!(%source, "refused a DHT record that may not replace the one held");
+            return;
+        }
+        record.publisher = Some(source);
+        record.expires = validated.expires.map(instant_at);
+        if let Err(e) = store.put(record) {
+            self.metrics.dht_put_rejected();
+            tracing::warn!(%source, error = ?e, "cannot hold a valid DHT record");
+        }
+    }
+
+    fn on_get_record(
+        &mut self,
+        id: kad::QueryId,
+        result: Result<kad::GetRecordOk, kad::GetRecordError>,
+        last: bool,
+    ) {
+        let Some(get) = self.pending_gets.get_mut(&id) else {
+            return;
+        };
+        let mut done = last;
+        match result {
+            Ok(kad::GetRecordOk::FoundRecord(kad::PeerRecord { peer, record })) => {
+                let class = match &self.validator {
+                    Some(v) => match v.validate(&get.key, &record.value) {
+                        Ok(valid) => Some(valid.class),
+                        Err(reason) => {
+                            self.metrics.dht_answer_rejected();
+                            tracing::debug!(?peer, %reason, "ignored an invalid DHT answer");
+                            None
+                        }
+                    },
+                    None => Some(Vec::new()),
+                };
+                match class {
+                    Some(class) => {
+                        let holders = get.classes.entry(class).or_default();
+                        holders.insert(peer);
+                        let agreed = holders.len();
+                        get.result.answers.push(RecordAnswer {
+                            holder: peer,
+                            value: record.value,
+                        });
+                        if agreed >= get.quorum {
+                            done = true;
+                            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                                query.finish();
+                            }
+                        }
+                    }
+                    None => get.result.rejected += 1,
+                }
+            }
+            Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
+            Err(kad::GetRecordError::Timeout { .. }) if get.result.answers.is_empty() => {
+                if let Some(get) = self.pending_gets.remove(&id) {
+                    let _ = get.reply.send(Err(RequestError::Timeout));
+                }
+                return;
+            }
+            // Not found, quorum failed, or a timeout after some answers: report what we have.
+            Err(_) => done = true,
+        }
+        if done && let Some(get) = self.pending_gets.remove(&id) {
+            let _ = get.reply.send(Ok(get.result));
         }
     }
 
@@ -531,5 +716,16 @@ impl EventLoop {
             .collect();
         infos.sort_by_key(|p| p.connected_since);
         infos
+    }
+}
+
+/// Converts a wall-clock expiry into the `Instant` Kademlia records use.
+fn instant_at(at: SystemTime) -> Instant {
+    let now = Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => now
+            .checked_add(ahead)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+        Err(_) => now,
     }
 }

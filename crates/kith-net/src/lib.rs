@@ -26,6 +26,7 @@ mod event;
 mod event_loop;
 mod listen;
 mod metrics;
+mod records;
 
 pub use client::Client;
 pub use config::{Config, DhtMode};
@@ -34,6 +35,7 @@ pub use event::{Event, NatStatus, NetStatus, PeerInfo};
 pub use event_loop::EventLoop;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use metrics::Metrics;
+pub use records::{GetRecordResult, RecordAnswer, RecordValidator, Validated};
 
 /// The identify protocol version every kith node announces; peers announcing anything else are
 /// never added to the DHT routing table.

@@ -37,6 +37,7 @@ struct Inner {
     messages_in: Family<KindLabel, Counter>,
     messages_out: Family<KindLabel, Counter>,
     dht_puts_rejected: Counter,
+    dht_answers_rejected: Counter,
     peers_not_kith: Counter,
 }
 
@@ -116,6 +117,9 @@ impl Metrics {
     }
     pub(crate) fn dht_put_rejected(&self) {
         self.inner.dht_puts_rejected.inc();
+    }
+    pub(crate) fn dht_answer_rejected(&self) {
+        self.inner.dht_answers_rejected.inc();
     }
     pub(crate) fn peer_not_kith(&self) {
         self.inner.peers_not_kith.inc();

@@ -5,14 +5,17 @@
 //! scans come out in order.
 //!
 //! - [`Store`]: opens the database, enforces the schema version and the single-process lock, flushes.
+//! - [`NameBook`]: names this node owns, names pinned to the owner first resolved, contacts.
 //! - [`PeerBook`]: the address book of peers this node has met, used to rejoin the network after a restart.
 //!
 //! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
 
 mod error;
+mod names;
 mod peers;
 mod store;
 
 pub use error::StoreError;
+pub use names::{Contact, NameBook, Pin};
 pub use peers::{KnownPeer, PeerBook};
 pub use store::{SCHEMA_VERSION, Store, StoreConfig};

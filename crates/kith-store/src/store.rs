@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use crate::{PeerBook, StoreError};
+use crate::{NameBook, PeerBook, StoreError};
 
 /// The on-disk format version this build writes and the newest it can read.
 ///
@@ -44,6 +44,7 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     peers: PeerBook,
+    names: NameBook,
 }
 
 impl Store {
@@ -85,7 +86,18 @@ impl Store {
             }
         }
         let peers = PeerBook::new(open_tree(&db, &path, crate::peers::TREE)?, path.clone());
-        Ok(Self { path, db, peers })
+        let names = NameBook::new(
+            open_tree(&db, &path, crate::names::OWN_NAMES)?,
+            open_tree(&db, &path, crate::names::PINS)?,
+            open_tree(&db, &path, crate::names::CONTACTS)?,
+            path.clone(),
+        );
+        Ok(Self {
+            path,
+            db,
+            peers,
+            names,
+        })
     }
 
     /// The schema version recorded in the database.
@@ -106,6 +118,11 @@ impl Store {
     /// The address book of peers this node has met.
     pub fn peers(&self) -> &PeerBook {
         &self.peers
+    }
+
+    /// Owned names, pins and contacts.
+    pub fn names(&self) -> &NameBook {
+        &self.names
     }
 
     /// Where the database lives.

@@ -1,0 +1,24 @@
+//! kith-core: the rules every kith node applies the same way, with no I/O.
+//!
+//! - [`Name`]: what a valid name is (NFKC + case fold, one script, not confusable with ASCII,
+//!   3–32 characters of letters, digits, `-` and `_`) and where it lives in the DHT.
+//! - [`pow`]: the proof of work that makes claiming names in bulk expensive.
+//! - [`NameRecord`]: a signed name claim; [`NameRecord::verify`] is what holders and resolvers run.
+//! - [`select`]: choosing the owner among conflicting answers from DHT holders.
+//! - [`safety_number`]: the fingerprint two people read to each other.
+//! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
+//!
+//! Everything here is deterministic given its inputs (time is always passed in), so it is tested
+//! without sockets.
+
+mod invite;
+mod name;
+pub mod pow;
+mod record;
+mod safety;
+pub mod select;
+
+pub use invite::{Invite, InviteError};
+pub use name::{MAX_LEN as NAME_MAX_LEN, MIN_LEN as NAME_MIN_LEN, Name, NameError};
+pub use record::{ClaimParams, NameRecord, NameRules, RecordError};
+pub use safety::safety_number;
