@@ -195,6 +195,35 @@ async fn unreachable_and_malformed_bootstrap_entries_do_not_stop_the_node() {
     shutdown_all(vec![node, good]).await.unwrap();
 }
 
+// An entry with `/p2p/<id>` goes into Kademlia before it is dialed; when the dial fails it must
+// leave again, or `routing_table_peers` counts a peer that never existed and every walk asks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_bootstrap_peers_leave_the_routing_table() {
+    let good = TestNode::start(Vec::new()).await.unwrap();
+    let ghost = PeerId::random();
+    let unreachable: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{ghost}").parse().unwrap();
+    let node = TestNode::start(vec![unreachable, good.tcp_addr()])
+        .await
+        .unwrap();
+
+    let settled = wait_until(
+        "the routing table to hold the good peer and not the unreachable one",
+        CONNECT,
+        POLL,
+        async || {
+            node.routing_table()
+                .await
+                .is_ok_and(|t| t == HashSet::from([good.peer_id()]))
+        },
+    )
+    .await;
+    let table = node.routing_table().await.unwrap();
+    shutdown_all(vec![node, good]).await.unwrap();
+    if let Err(e) = settled {
+        panic!("{e}; routing table: {table:?}, unreachable entry: {ghost}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_keeps_its_address_book_and_rejoins_without_bootstrap() {
     let (a, b) = node_pair().await.unwrap();

@@ -137,7 +137,7 @@ impl TestNode {
     /// identity and the given bootstrap list. Its listen ports change.
     pub(crate) async fn restart(self, bootstrap: Vec<Multiaddr>) -> Result<Self> {
         let (home, keypair) = self.stop().await?;
-        let store = open_store(&home).context("reopening the store after a clean shutdown")?;
+        let store = reopen_store(&home).await?;
         Self::start_in(home, store, keypair, bootstrap).await
     }
 
@@ -156,13 +156,44 @@ impl TestNode {
 
 fn open_store(home: &TempDir) -> Result<Store> {
     let path = home.path().join("db");
-    match Store::open(&path, &StoreConfig::default()) {
-        Ok(store) => Ok(store),
-        Err(e @ StoreError::Locked { .. }) => {
-            Err(anyhow!(e).context("the store is still locked by a node that was shut down"))
-        }
-        Err(e) => Err(anyhow!(e).context(format!("opening the store at {}", path.display()))),
+    Store::open(&path, &StoreConfig::default())
+        .with_context(|| format!("opening the store at {}", path.display()))
+}
+
+/// Opens the store of a node that was just shut down in this process.
+///
+/// Dropping the last `Store` handle does not release sled's file lock synchronously: a log write
+/// that sled 0.34 handed to its own I/O thread pool (`pagecache/iobuf.rs`, `threadpool::spawn`)
+/// holds the last reference to the open file until that thread finishes, a moment after the
+/// flush it belongs to has returned. Retrying `Locked` for a bounded time covers that window; a
+/// node that really still held the store would keep failing and the error would say so.
+async fn reopen_store(home: &TempDir) -> Result<Store> {
+    let mut last_error = None;
+    let reopened = poll_until(
+        "sled to release the store lock after a clean shutdown",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        async || match open_store(home) {
+            Ok(store) => Some(Ok(store)),
+            Err(e) if is_locked(&e) => {
+                last_error = Some(e);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        },
+    )
+    .await;
+    match reopened {
+        Ok(result) => result,
+        Err(timeout) => Err(match last_error {
+            Some(e) => e.context(timeout),
+            None => timeout,
+        }),
     }
+}
+
+fn is_locked(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref(), Some(StoreError::Locked { .. }))
 }
 
 /// Waits until the node reports a TCP and a QUIC listen address; returns both with `/p2p/<id>`.

@@ -381,6 +381,11 @@ impl EventLoop {
                 self.metrics.dial_failed();
                 if let Some(addr) = self.bootstrap_dials.remove(&connection_id) {
                     tracing::warn!(%addr, %error, "bootstrap node unreachable; continuing without it");
+                    // It went into the routing table before the dial; a dead entry would be
+                    // asked again by every query.
+                    if let Some((peer, base)) = listen::split_peer_id(&addr) {
+                        self.swarm.behaviour_mut().kad.remove_address(&peer, &base);
+                    }
                     self.emit(Event::BootstrapUnreachable {
                         addr,
                         error: error.to_string(),

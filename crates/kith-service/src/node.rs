@@ -204,9 +204,12 @@ async fn consume_events(mut events: tokio::sync::mpsc::Receiver<Event>, store: S
                 peer,
                 addr,
                 inbound: false,
-            } => store
-                .peers()
-                .record_seen(&peer.to_bytes(), Some(&addr.to_vec()), None, now_ms()),
+            } => store.peers().record_seen(
+                &peer.to_bytes(),
+                Some(&without_peer_id(addr).to_vec()),
+                None,
+                now_ms(),
+            ),
             Event::PeerIdentified {
                 peer,
                 agent,
@@ -249,8 +252,17 @@ async fn consume_events(mut events: tokio::sync::mpsc::Receiver<Event>, store: S
     }
 }
 
+/// The address book stores transport addresses; `/p2p/<id>` is added back when dialing.
+fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if let Some(Protocol::P2p(_)) = addr.iter().last() {
+        addr.pop();
+    }
+    addr
+}
+
 /// Unspecified (0.0.0.0) and circuit addresses cannot be redialed as they are.
-fn is_dialable(addr: &Multiaddr) -> bool {
+pub(crate) fn is_dialable(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_unspecified(),
         Protocol::Ip6(ip) => ip.is_unspecified(),
@@ -259,7 +271,7 @@ fn is_dialable(addr: &Multiaddr) -> bool {
     })
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -269,6 +281,14 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_addresses_lose_their_peer_id_suffix() {
+        let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let base: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        assert_eq!(without_peer_id(&base.clone().with(Protocol::P2p(peer))), base);
+        assert_eq!(without_peer_id(&base), base);
+    }
 
     #[test]
     fn unspecified_and_circuit_addresses_are_not_redialed() {
