@@ -40,6 +40,70 @@ pub(crate) enum Command {
     Peers,
     /// Ask the running node to shut down cleanly.
     Stop,
+    /// Claim, list and release names.
+    #[command(subcommand)]
+    Name(NameCommand),
+    /// Look up who owns a name (and pin the answer the first time).
+    Resolve {
+        /// The name.
+        name: String,
+    },
+    /// Local petnames for people.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Print the safety number to compare with a contact (petname, name or peer id).
+    Verify {
+        /// Who.
+        target: String,
+    },
+    /// Print an invite link (and QR code) that lets a friend add you without any lookup.
+    Invite {
+        /// Do not draw the QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NameCommand {
+    /// Claim a name for this node's key (or renew our claim); does about a second of proof of work.
+    Register {
+        /// The name: 3-32 letters or digits of one script, '-' and '_'.
+        name: String,
+    },
+    /// Names this node owns.
+    List,
+    /// Give a name up; anyone may claim it a minute later.
+    Release {
+        /// The name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContactsCommand {
+    /// Add a contact: a petname for whoever a name resolves to, or for a peer id.
+    Add {
+        /// Your name for them (case-insensitive).
+        petname: String,
+        /// Their name or peer id.
+        target: String,
+    },
+    /// Add a contact from a `kith://invite/...` link.
+    AddInvite {
+        /// The link.
+        invite: String,
+        /// Petname to use instead of the name in the invite.
+        #[arg(long = "as", value_name = "PETNAME")]
+        petname: Option<String>,
+    },
+    /// List contacts.
+    List,
+    /// Remove a contact.
+    Remove {
+        /// The petname.
+        petname: String,
+    },
 }
 
 /// Whether this node answers DHT queries for others.

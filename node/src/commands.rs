@@ -96,14 +96,15 @@ pub(crate) async fn stop(home: &Home, json_output: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn connect(home: &Home) -> anyhow::Result<ApiClient> {
+pub(crate) fn connect(home: &Home) -> anyhow::Result<ApiClient> {
     let info = home.read_api_info()?;
     let token = home.token(false)?;
     Ok(ApiClient::new(info.addr, token)?)
 }
 
-/// Maps API failures to exit codes; "nothing answers" is exit 5 like a missing `api.json`.
-fn api_error(home: &Home, error: ClientError) -> anyhow::Error {
+/// Maps API failures to exit codes: "nothing answers" is 5 like a missing `api.json`; the node's
+/// 400/404/409 answers are 2/3/4.
+pub(crate) fn api_error(home: &Home, error: ClientError) -> anyhow::Error {
     match error {
         ClientError::NotRunning { addr } => CliError::new(
             exit::NO_NODE,
@@ -114,6 +115,15 @@ fn api_error(home: &Home, error: ClientError) -> anyhow::Error {
             ),
         )
         .into(),
+        ClientError::Api { status, body } => {
+            let code = match status {
+                400 => exit::USAGE,
+                404 => exit::NOT_FOUND,
+                409 => exit::CONFLICT,
+                _ => exit::FAILURE,
+            };
+            CliError::new(code, body.error).into()
+        }
         other => CliError::new(exit::FAILURE, other.to_string()).into(),
     }
 }

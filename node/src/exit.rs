@@ -6,7 +6,10 @@ use std::fmt;
 pub(crate) const FAILURE: u8 = 1;
 /// The command line or an argument was invalid.
 pub(crate) const USAGE: u8 = 2;
-// 3 (not found) and 4 (conflict) are reserved for names and contacts; see README.md.
+/// What was asked for does not exist (an unclaimed name, an unknown contact).
+pub(crate) const NOT_FOUND: u8 = 3;
+/// The request conflicts with existing state (a name held by another key, a changed key).
+pub(crate) const CONFLICT: u8 = 4;
 /// No node is running for this home.
 pub(crate) const NO_NODE: u8 = 5;
 

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod exit;
 mod home;
+mod names;
 mod run;
 
 use std::{io::IsTerminal as _, process::ExitCode};
@@ -75,5 +76,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status => commands::status(&home, json).await,
         Command::Peers => commands::peers(&home, json).await,
         Command::Stop => commands::stop(&home, json).await,
+        Command::Name(cmd) => names::name(&home, cmd, json).await,
+        Command::Resolve { name } => names::resolve(&home, &name, json).await,
+        Command::Contacts(cmd) => names::contacts(&home, cmd, json).await,
+        Command::Verify { target } => names::verify(&home, &target, json).await,
+        Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
     }
 }

@@ -3,7 +3,12 @@ use std::{net::SocketAddr, time::Duration};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::{ApiToken, ErrorBody, PeerReport, StatusReport};
+use serde::Serialize;
+
+use crate::{
+    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ErrorBody, InviteReport,
+    NameReport, PeerReport, PowParams, RegisterRequest, ResolveReport, StatusReport, VerifyReport,
+};
 
 /// Why an API call failed. The CLI maps these to exit codes.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +27,12 @@ pub enum ClientError {
         addr: SocketAddr,
     },
     /// The node answered with an error.
-    #[error("{message}")]
+    #[error("{}", body.error)]
     Api {
         /// HTTP status.
         status: u16,
-        /// The node's explanation.
-        message: String,
+        /// The node's explanation and details.
+        body: ErrorBody,
     },
     /// Transport-level failure other than "nothing listening".
     #[error("talking to the node failed: {0}")]
@@ -80,6 +85,104 @@ impl ApiClient {
             .map_err(|e| ClientError::Http(e.to_string()))
     }
 
+    /// `GET /v1/names/pow`.
+    pub async fn pow_params(&self) -> Result<PowParams, ClientError> {
+        self.get_json("/v1/names/pow").await
+    }
+
+    /// `POST /v1/names`.
+    pub async fn register(&self, request: &RegisterRequest) -> Result<NameReport, ClientError> {
+        self.send_json(reqwest::Method::POST, "/v1/names", Some(request))
+            .await
+    }
+
+    /// `GET /v1/names`.
+    pub async fn names(&self) -> Result<Vec<NameReport>, ClientError> {
+        self.get_json("/v1/names").await
+    }
+
+    /// `DELETE /v1/names/{name}`.
+    pub async fn release(&self, name: &str) -> Result<NameReport, ClientError> {
+        let path = format!("/v1/names/{}", segment(name));
+        self.send_json::<(), _>(reqwest::Method::DELETE, &path, None)
+            .await
+    }
+
+    /// `GET /v1/resolve/{name}`.
+    pub async fn resolve(&self, name: &str) -> Result<ResolveReport, ClientError> {
+        self.get_json(&format!("/v1/resolve/{}", segment(name)))
+            .await
+    }
+
+    /// `GET /v1/contacts`.
+    pub async fn contacts(&self) -> Result<Vec<ContactReport>, ClientError> {
+        self.get_json("/v1/contacts").await
+    }
+
+    /// `POST /v1/contacts`.
+    pub async fn add_contact(
+        &self,
+        petname: &str,
+        target: &str,
+    ) -> Result<ContactReport, ClientError> {
+        let body = AddContactRequest {
+            petname: petname.to_owned(),
+            target: target.to_owned(),
+        };
+        self.send_json(reqwest::Method::POST, "/v1/contacts", Some(&body))
+            .await
+    }
+
+    /// `POST /v1/contacts/invite`.
+    pub async fn add_invite(
+        &self,
+        invite: &str,
+        petname: Option<&str>,
+    ) -> Result<ContactReport, ClientError> {
+        let body = AddInviteRequest {
+            invite: invite.to_owned(),
+            petname: petname.map(str::to_owned),
+        };
+        self.send_json(reqwest::Method::POST, "/v1/contacts/invite", Some(&body))
+            .await
+    }
+
+    /// `DELETE /v1/contacts/{petname}`.
+    pub async fn remove_contact(&self, petname: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/contacts/{}", segment(petname)));
+        let response = self.send(self.http.delete(url)).await?;
+        self.check(response).await.map(|_| ())
+    }
+
+    /// `GET /v1/verify/{target}`.
+    pub async fn verify(&self, target: &str) -> Result<VerifyReport, ClientError> {
+        self.get_json(&format!("/v1/verify/{}", segment(target)))
+            .await
+    }
+
+    /// `GET /v1/invite`.
+    pub async fn invite(&self) -> Result<InviteReport, ClientError> {
+        self.get_json("/v1/invite").await
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.send(request).await?;
+        self.check(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Http(format!("unexpected answer from the node: {e}")))
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let response = self.send(self.http.get(self.url(path))).await?;
         self.check(response)
@@ -114,17 +217,30 @@ impl ApiClient {
         if status == StatusCode::UNAUTHORIZED {
             return Err(ClientError::Unauthorized { addr: self.addr });
         }
-        let message = match response.json::<ErrorBody>().await {
-            Ok(body) => body.error,
-            Err(_) => format!("the node answered HTTP {status}"),
+        let body = match response.json::<ErrorBody>().await {
+            Ok(body) => body,
+            Err(_) => ErrorBody::message(format!("the node answered HTTP {status}")),
         };
         Err(ClientError::Api {
             status: status.as_u16(),
-            message,
+            body,
         })
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+}
+
+/// Percent-encodes one path segment (names may be any script; petnames may contain spaces).
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

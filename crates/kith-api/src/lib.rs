@@ -9,9 +9,21 @@
 //! | GET | `/v1/status` | [`StatusReport`] |
 //! | GET | `/v1/peers` | `[`[`PeerReport`]`]` |
 //! | POST | `/v1/shutdown` | 202, then the node stops cleanly |
+//! | GET | `/v1/names/pow` | [`PowParams`] |
+//! | POST | `/v1/names` | [`RegisterRequest`] → [`NameReport`] (409 if held by another key) |
+//! | GET | `/v1/names` | `[`[`NameReport`]`]` |
+//! | DELETE | `/v1/names/{name}` | [`NameReport`] of the final, short-lived claim |
+//! | GET | `/v1/resolve/{name}` | [`ResolveReport`] (404 unclaimed, 409 key changed) |
+//! | GET | `/v1/contacts` | `[`[`ContactReport`]`]` |
+//! | POST | `/v1/contacts` | [`AddContactRequest`] → [`ContactReport`] |
+//! | POST | `/v1/contacts/invite` | [`AddInviteRequest`] → [`ContactReport`] |
+//! | DELETE | `/v1/contacts/{petname}` | 204 |
+//! | GET | `/v1/verify/{target}` | [`VerifyReport`] |
+//! | GET | `/v1/invite` | [`InviteReport`] |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //!
-//! Errors are `{"error": "..."}` with a 4xx/5xx status; a missing or wrong token is 401.
+//! Errors are [`ErrorBody`] (`{"error": "...", "kind": "..."}`) with a 4xx/5xx status: 400 invalid
+//! input, 401 missing or wrong token, 404 not found, 409 conflict, 503 no DHT peers.
 //!
 //! - [`serve`] / [`router`]: the server side.
 //! - [`ApiClient`]: the client side, used by the CLI and the tests.
@@ -25,4 +37,7 @@ mod types;
 pub use client::{ApiClient, ClientError};
 pub use server::{router, serve};
 pub use token::{ApiToken, TokenError};
-pub use types::{ErrorBody, PeerReport, StatusReport};
+pub use types::{
+    AddContactRequest, AddInviteRequest, ContactReport, ErrorBody, InviteReport, NameReport,
+    PeerReport, PowParams, RegisterRequest, ResolveReport, StatusReport, VerifyReport,
+};

@@ -2,15 +2,18 @@ use std::future::Future;
 
 use axum::{
     Json, Router,
-    extract::{Request, State},
+    extract::{Path, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
-use kith_service::Node;
+use kith_service::{Node, ServiceError, SuppliedPow};
 
-use crate::{ApiToken, ErrorBody, PeerReport, StatusReport};
+use crate::{
+    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ErrorBody, InviteReport,
+    NameReport, PeerReport, PowParams, RegisterRequest, ResolveReport, StatusReport, VerifyReport,
+};
 
 #[derive(Clone)]
 struct AppState {
@@ -25,6 +28,15 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/names/pow", get(pow_params))
+        .route("/v1/names", post(register).get(list_names))
+        .route("/v1/names/{name}", delete(release))
+        .route("/v1/resolve/{name}", get(resolve))
+        .route("/v1/contacts", get(list_contacts).post(add_contact))
+        .route("/v1/contacts/invite", post(add_invite))
+        .route("/v1/contacts/{petname}", delete(remove_contact))
+        .route("/v1/verify/{target}", get(verify))
+        .route("/v1/invite", get(invite))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -61,7 +73,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 async fn status(State(state): State<AppState>) -> Response {
     match state.node.status().await {
         Ok(status) => Json(StatusReport::from(status)).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => service_error(e),
     }
 }
 
@@ -70,7 +82,7 @@ async fn peers(State(state): State<AppState>) -> Response {
         Ok(peers) => {
             Json(peers.into_iter().map(PeerReport::from).collect::<Vec<_>>()).into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => service_error(e),
     }
 }
 
@@ -99,11 +111,196 @@ async fn not_found() -> Response {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: message.to_owned(),
+    (status, Json(ErrorBody::message(message))).into_response()
+}
+
+/// Maps a service error onto a status code and a body the CLI turns into an exit code.
+fn service_error(e: ServiceError) -> Response {
+    let mut body = ErrorBody::message(e.to_string());
+    let (status, kind) = match &e {
+        ServiceError::InvalidName(_)
+        | ServiceError::InvalidPetname(_)
+        | ServiceError::InvalidInvite(_)
+        | ServiceError::BadProofOfWork(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        ServiceError::NameNotFound(_)
+        | ServiceError::UnknownRecipient(_)
+        | ServiceError::NoSuchContact(_)
+        | ServiceError::NotOurName(_) => (StatusCode::NOT_FOUND, "not_found"),
+        ServiceError::NameTaken { holder, since, .. } => {
+            body.found_peer_id = Some(holder.to_string());
+            body.since = Some(since.clone());
+            (StatusCode::CONFLICT, "name_taken")
+        }
+        ServiceError::NameConflict {
+            pinned,
+            pinned_since,
+            found,
+            ..
+        } => {
+            body.pinned_peer_id = Some(pinned.to_string());
+            body.found_peer_id = Some(found.to_string());
+            body.since = Some(pinned_since.clone());
+            (StatusCode::CONFLICT, "name_conflict")
+        }
+        ServiceError::PetnameTaken { peer, .. } => {
+            body.found_peer_id = Some(peer.to_string());
+            (StatusCode::CONFLICT, "petname_taken")
+        }
+        ServiceError::Request(kith_net::RequestError::NoKnownPeers) => {
+            body.error = format!(
+                "{e}: the node knows no DHT peers yet; check its bootstrap list or wait for LAN peers"
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, "no_peers")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    body.kind = Some(kind.to_owned());
+    (status, Json(body)).into_response()
+}
+
+fn respond<T: serde::Serialize>(status: StatusCode, result: Result<T, ServiceError>) -> Response {
+    match result {
+        Ok(value) => (status, Json(value)).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn pow_params(State(state): State<AppState>) -> Response {
+    Json(PowParams {
+        peer_id: state.node.peer_id().to_string(),
+        difficulty: state.node.name_rules().difficulty,
+        now_ms: now_ms(),
+    })
+    .into_response()
+}
+
+async fn register(State(state): State<AppState>, Json(req): Json<RegisterRequest>) -> Response {
+    let supplied = match (req.created_at_ms, req.pow_nonce) {
+        (Some(created_at_ms), Some(nonce)) => Some(SuppliedPow {
+            created_at_ms,
+            nonce,
         }),
-    )
-        .into_response()
+        _ => None,
+    };
+    let result = state
+        .node
+        .register_name(&req.name, supplied)
+        .await
+        .map(|reg| {
+            let mut report = NameReport::from(&reg.record);
+            report.renewed = Some(reg.renewed);
+            report.published = Some(reg.published);
+            report
+        });
+    respond(StatusCode::CREATED, result)
+}
+
+async fn list_names(State(state): State<AppState>) -> Response {
+    let result = state
+        .node
+        .own_names()
+        .map(|names| names.iter().map(NameReport::from).collect::<Vec<_>>());
+    respond(StatusCode::OK, result)
+}
+
+async fn release(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let result = state
+        .node
+        .release_name(&name)
+        .await
+        .map(|r| NameReport::from(&r));
+    respond(StatusCode::OK, result)
+}
+
+async fn resolve(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let result = state.node.resolve_name(&name).await.map(|r| {
+        let p = r.record.params();
+        ResolveReport {
+            name: p.name.to_string(),
+            peer_id: r.record.peer_id().to_string(),
+            pinned: true,
+            newly_pinned: r.newly_pinned,
+            pinned_at: r.pinned_at_ms,
+            expires_at: p.expires_at_ms,
+            created_at: p.created_at_ms,
+            holders: r.holders,
+            addrs: p.addrs.iter().map(ToString::to_string).collect(),
+            rivals: r.rivals.iter().map(|(peer, _)| peer.to_string()).collect(),
+        }
+    });
+    respond(StatusCode::OK, result)
+}
+
+fn contact_report(c: kith_store::Contact) -> ContactReport {
+    ContactReport {
+        petname: c.petname,
+        peer_id: libp2p::PeerId::from_bytes(&c.peer_id)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|_| "<damaged>".to_owned()),
+        name: c.name,
+        added_at: c.added_at_ms,
+    }
+}
+
+async fn list_contacts(State(state): State<AppState>) -> Response {
+    let result = state
+        .node
+        .contacts()
+        .map(|cs| cs.into_iter().map(contact_report).collect::<Vec<_>>());
+    respond(StatusCode::OK, result)
+}
+
+async fn add_contact(
+    State(state): State<AppState>,
+    Json(req): Json<AddContactRequest>,
+) -> Response {
+    let result = state
+        .node
+        .add_contact(&req.petname, &req.target)
+        .await
+        .map(contact_report);
+    respond(StatusCode::CREATED, result)
+}
+
+async fn add_invite(State(state): State<AppState>, Json(req): Json<AddInviteRequest>) -> Response {
+    let result = state
+        .node
+        .add_invite(&req.invite, req.petname.as_deref())
+        .await
+        .map(contact_report);
+    respond(StatusCode::CREATED, result)
+}
+
+async fn remove_contact(State(state): State<AppState>, Path(petname): Path<String>) -> Response {
+    match state.node.remove_contact(&petname).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn verify(State(state): State<AppState>, Path(target): Path<String>) -> Response {
+    let you = state.node.peer_id().to_string();
+    let result = state.node.verify(&target).await.map(|v| VerifyReport {
+        you,
+        peer_id: v.peer_id.to_string(),
+        safety_number: v.safety_number,
+    });
+    respond(StatusCode::OK, result)
+}
+
+async fn invite(State(state): State<AppState>) -> Response {
+    let result = state.node.invite().await.map(|i| InviteReport {
+        url: i.to_url(),
+        peer_id: i.peer_id.to_string(),
+        name: i.name.map(|n| n.to_string()),
+        addrs: i.addrs.iter().map(ToString::to_string).collect(),
+    });
+    respond(StatusCode::OK, result)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

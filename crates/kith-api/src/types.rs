@@ -106,8 +106,175 @@ impl From<kith_net::PeerInfo> for PeerReport {
 }
 
 /// The body of every error answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {
     /// What went wrong, in words a user can act on.
     pub error: String,
+    /// Machine-readable kind: `invalid`, `not_found`, `name_taken`, `name_conflict`,
+    /// `petname_taken`, `no_peers`, `unauthorized`, `internal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name conflicts: the key the name was pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_peer_id: Option<String>,
+    /// Name conflicts and taken names: the key the DHT returns now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_peer_id: Option<String>,
+    /// Taken names and conflicts: since when the (pinned) holder has held it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error with only a message.
+    pub fn message(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// `GET /v1/names/pow`: what a client needs to compute a claim's proof of work itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PowParams {
+    /// The node's peer id (the work covers it).
+    pub peer_id: String,
+    /// Leading zero bits required.
+    pub difficulty: u8,
+    /// The node's clock, unix ms (use it as the claim time).
+    pub now_ms: u64,
+}
+
+/// `POST /v1/names`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisterRequest {
+    /// The name as typed.
+    pub name: String,
+    /// Claim time the supplied work covers (unix ms); omit both to let the node do the work.
+    #[serde(default)]
+    pub created_at_ms: Option<u64>,
+    /// The proof-of-work nonce.
+    #[serde(default)]
+    pub pow_nonce: Option<u64>,
+}
+
+/// A name claim: `POST /v1/names`, `GET /v1/names`, `DELETE /v1/names/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NameReport {
+    /// The normalized name.
+    pub name: String,
+    /// The owner.
+    pub peer_id: String,
+    /// Original claim time, unix ms.
+    pub created_at: u64,
+    /// Expiry, unix ms.
+    pub expires_at: u64,
+    /// Version of the claim.
+    pub seq: u64,
+    /// Addresses in the claim.
+    pub addrs: Vec<String>,
+    /// Registration only: whether this renewed an existing claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed: Option<bool>,
+    /// Registration only: whether a DHT peer took it (false: stored, published later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<bool>,
+}
+
+impl From<&kith_core::NameRecord> for NameReport {
+    fn from(r: &kith_core::NameRecord) -> Self {
+        let p = r.params();
+        Self {
+            name: p.name.to_string(),
+            peer_id: r.peer_id().to_string(),
+            created_at: p.created_at_ms,
+            expires_at: p.expires_at_ms,
+            seq: p.seq,
+            addrs: p.addrs.iter().map(ToString::to_string).collect(),
+            renewed: None,
+            published: None,
+        }
+    }
+}
+
+/// `GET /v1/resolve/{name}` and `kith resolve --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResolveReport {
+    /// The normalized name.
+    pub name: String,
+    /// Its owner.
+    pub peer_id: String,
+    /// Always true on success: the owner matches the pin (or was just pinned).
+    pub pinned: bool,
+    /// True when this lookup created the pin.
+    pub newly_pinned: bool,
+    /// When the pin was made, unix ms.
+    pub pinned_at: u64,
+    /// Claim expiry, unix ms.
+    pub expires_at: u64,
+    /// Original claim time, unix ms.
+    pub created_at: u64,
+    /// Distinct DHT holders that agreed.
+    pub holders: usize,
+    /// Addresses in the claim.
+    pub addrs: Vec<String>,
+    /// Other owners some holders returned (ignored).
+    pub rivals: Vec<String>,
+}
+
+/// A contact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContactReport {
+    /// The local petname.
+    pub petname: String,
+    /// Their peer id.
+    pub peer_id: String,
+    /// The name they were added by (empty if none).
+    pub name: String,
+    /// When added, unix ms.
+    pub added_at: u64,
+}
+
+/// `POST /v1/contacts`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddContactRequest {
+    /// The petname to use.
+    pub petname: String,
+    /// A name or a peer id.
+    pub target: String,
+}
+
+/// `POST /v1/contacts/invite`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddInviteRequest {
+    /// The `kith://invite/...` link.
+    pub invite: String,
+    /// Petname to use instead of the invite's name.
+    #[serde(default)]
+    pub petname: Option<String>,
+}
+
+/// `GET /v1/verify/{target}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyReport {
+    /// Our peer id.
+    pub you: String,
+    /// Their peer id.
+    pub peer_id: String,
+    /// 12 groups of 5 digits, the same on both sides.
+    pub safety_number: String,
+}
+
+/// `GET /v1/invite`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InviteReport {
+    /// The link to share.
+    pub url: String,
+    /// Our peer id.
+    pub peer_id: String,
+    /// Our name, if we own one.
+    pub name: Option<String>,
+    /// Addresses in the link.
+    pub addrs: Vec<String>,
 }

@@ -151,6 +151,16 @@ impl NameRecord {
     /// Checks everything a holder or resolver must check: size, encoding, key ↔ peer id,
     /// signature over the exact claim bytes, normalized name, lifetime, clock skew, proof of work.
     pub fn verify(bytes: &[u8], rules: &NameRules, now_ms: u64) -> Result<Self, RecordError> {
+        Self::check(bytes, rules, Some(now_ms))
+    }
+
+    /// Like [`NameRecord::verify`] but accepts an expired claim and skips the time checks: for
+    /// the owner reading back its own claim to renew it after being offline.
+    pub fn verify_own(bytes: &[u8], rules: &NameRules) -> Result<Self, RecordError> {
+        Self::check(bytes, rules, None)
+    }
+
+    fn check(bytes: &[u8], rules: &NameRules, now_ms: Option<u64>) -> Result<Self, RecordError> {
         if bytes.len() > rules.max_record_bytes {
             return Err(RecordError::TooLarge {
                 size: bytes.len(),
@@ -176,24 +186,25 @@ impl NameRecord {
         if name.as_str() != claim.name {
             return Err(RecordError::NotNormalized(claim.name));
         }
-        if claim.expires_at_ms <= now_ms {
-            return Err(RecordError::Expired {
-                expires_at_ms: claim.expires_at_ms,
-            });
-        }
-        let skew = millis(rules.max_clock_skew);
-        if claim.created_at_ms > now_ms.saturating_add(skew) {
-            return Err(RecordError::FromTheFuture);
-        }
-        // Renewals keep created_at, so the lifetime is measured from now, not from created_at.
-        if claim.expires_at_ms
-            > now_ms
+        if let Some(now_ms) = now_ms {
+            if claim.expires_at_ms <= now_ms {
+                return Err(RecordError::Expired {
+                    expires_at_ms: claim.expires_at_ms,
+                });
+            }
+            let skew = millis(rules.max_clock_skew);
+            if claim.created_at_ms > now_ms.saturating_add(skew) {
+                return Err(RecordError::FromTheFuture);
+            }
+            // Renewals keep created_at, so the lifetime is measured from now.
+            let latest = now_ms
                 .saturating_add(millis(rules.max_ttl))
-                .saturating_add(skew)
-        {
-            return Err(RecordError::LivesTooLong {
-                max_days: rules.max_ttl.as_secs() / 86_400,
-            });
+                .saturating_add(skew);
+            if claim.expires_at_ms > latest {
+                return Err(RecordError::LivesTooLong {
+                    max_days: rules.max_ttl.as_secs() / 86_400,
+                });
+            }
         }
         if !pow::verify(
             &claim.name,

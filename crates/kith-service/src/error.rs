@@ -28,9 +28,7 @@ pub enum ServiceError {
     #[error("name record error: {0}")]
     Record(#[from] RecordError),
     /// Someone else holds the name.
-    #[error(
-        "name '{name}' is held by another key ({holder}) since {since}; pick another name"
-    )]
+    #[error("name '{name}' is held by another key ({holder}) since {since}; pick another name")]
     NameTaken {
         /// The name.
         name: String,
@@ -63,7 +61,9 @@ pub enum ServiceError {
     #[error("'{0}' is not a contact, a claimed name or a peer id")]
     UnknownRecipient(String),
     /// The petname is taken by another contact.
-    #[error("petname '{petname}' already names {peer}; remove it first (`kith contacts remove {petname}`)")]
+    #[error(
+        "petname '{petname}' already names {peer}; remove it first (`kith contacts remove {petname}`)"
+    )]
     PetnameTaken {
         /// The petname.
         petname: String,

@@ -12,13 +12,20 @@
 //!
 //! - [`Node::start`]: spawns the network loop and the service task.
 //! - [`Node::status`], [`Node::peers`], [`Node::metrics_text`]: what the API serves.
+//! - names: [`Node::register_name`], [`Node::resolve_name`], contacts, invites, safety numbers.
 //! - [`Node::request_shutdown`] / [`Node::shutdown`]: orderly stop (network closed, store flushed).
 
+// Errors carry both peer ids of a name conflict so the user sees them; they are rare, never on a
+// hot path, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 mod error;
+mod names;
 mod node;
 
 pub use error::ServiceError;
-pub use node::{Node, Status};
+pub use names::{Registration, Resolution, SuppliedPow, Verification};
+pub use node::{Node, Options, Status};
 
 /// This build's version, as `kith status` reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,9 +3,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use kith_core::NameRules;
 use kith_net::{Event, Metrics as NetMetrics, NetStatus, PeerInfo};
 use kith_store::Store;
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -19,11 +20,40 @@ const ADDRESS_BOOK_LIMIT: usize = 2048;
 /// A running node. Cheap to clone; every clone controls the same node.
 #[derive(Debug, Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Node policies that are not networking or storage. Every node of a network must agree on
+/// `name_rules`; the rest is local.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Name record rules (difficulty, lifetime). Default: the main network's.
+    pub name_rules: NameRules,
+    /// A resolve stops once this many distinct holders agree. Default 4 (as Substrate's
+    /// authority discovery).
+    pub resolve_quorum: usize,
+    /// How often owned names are re-published (and renewed when half their lifetime is gone).
+    /// Default 1 hour; the first run is a few seconds after start.
+    pub republish_every: Duration,
+    /// Delay before the first re-publish, so bootstrap connections are up. Default 3 s.
+    pub first_republish_after: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            name_rules: NameRules::default(),
+            resolve_quorum: 4,
+            republish_every: Duration::from_secs(3600),
+            first_republish_after: Duration::from_secs(3),
+        }
+    }
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
+    pub(crate) keypair: Keypair,
+    pub(crate) options: Options,
     client: kith_net::Client,
     store: Store,
     registry: Registry,
@@ -51,10 +81,22 @@ pub struct Status {
 }
 
 impl Node {
-    /// Starts the network loop and the service task on the current tokio runtime.
+    /// Starts a node with default [`Options`].
+    pub async fn start(config: kith_net::Config, store: Store) -> Result<Self, ServiceError> {
+        Self::start_with(config, store, Options::default()).await
+    }
+
+    /// Starts the network loop, the service task and the name re-publisher on the current tokio
+    /// runtime.
     ///
     /// The store must already be open (that is where a second node on the same home is refused).
-    pub async fn start(config: kith_net::Config, store: Store) -> Result<Self, ServiceError> {
+    pub async fn start_with(
+        mut config: kith_net::Config,
+        store: Store,
+        options: Options,
+    ) -> Result<Self, ServiceError> {
+        config.record_validator = Some(crate::names::validator(options.name_rules.clone()));
+        let keypair = config.keypair.clone();
         let mut registry = Registry::with_prefix("kith");
         let net_metrics = NetMetrics::default();
         net_metrics.register(&mut registry);
@@ -66,6 +108,8 @@ impl Node {
         let service_task = tokio::spawn(consume_events(events, store.clone()));
         let node = Node {
             inner: Arc::new(Inner {
+                keypair,
+                options,
                 client,
                 store,
                 registry,
@@ -76,7 +120,16 @@ impl Node {
             }),
         };
         node.rejoin().await;
+        let republisher = tokio::spawn(republish_loop(Arc::downgrade(&node.inner)));
+        node.push_task(republisher);
         Ok(node)
+    }
+
+    fn push_task(&self, task: JoinHandle<()>) {
+        match self.inner.tasks.lock() {
+            Ok(mut tasks) => tasks.push(task),
+            Err(poisoned) => poisoned.into_inner().push(task),
+        }
     }
 
     /// Dials the most recently seen peers from the address book, so a restarted node finds the
@@ -179,6 +232,8 @@ impl Node {
 
     /// Stops the network, waits for the service task to drain, and flushes the store.
     pub async fn shutdown(&self) -> Result<(), ServiceError> {
+        // Tells the re-publisher to stop, too.
+        self.request_shutdown();
         // Already stopped is fine: shutdown is idempotent.
         let _ = self.inner.client.shutdown().await;
         let tasks = match self.inner.tasks.lock() {
@@ -192,6 +247,34 @@ impl Node {
         }
         self.inner.store.flush().await?;
         Ok(())
+    }
+}
+
+/// Re-publishes owned names periodically. Holds only a weak reference so it never keeps a
+/// stopped node alive; ends when the node shuts down.
+async fn republish_loop(inner: std::sync::Weak<Inner>) {
+    let (first, every, mut stop) = match inner.upgrade() {
+        Some(i) => (
+            i.options.first_republish_after,
+            i.options.republish_every,
+            i.shutdown_tx.subscribe(),
+        ),
+        None => return,
+    };
+    let mut delay = first;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let node = Node { inner };
+        match node.republish_names().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(published = n, "re-published owned names"),
+            Err(e) => tracing::warn!(error = %e, "could not re-publish owned names"),
+        }
+        delay = every;
     }
 }
 
@@ -284,9 +367,14 @@ mod tests {
 
     #[test]
     fn stored_addresses_lose_their_peer_id_suffix() {
-        let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
         let base: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
-        assert_eq!(without_peer_id(&base.clone().with(Protocol::P2p(peer))), base);
+        assert_eq!(
+            without_peer_id(&base.clone().with(Protocol::P2p(peer))),
+            base
+        );
         assert_eq!(without_peer_id(&base), base);
     }
 

@@ -158,3 +158,19 @@ proptest::proptest! {
         let _ = NameRecord::verify(&bytes, &rules(), NOW);
     }
 }
+
+#[test]
+fn the_owner_can_read_back_its_expired_claim_for_renewal() {
+    let key = Keypair::generate_ed25519();
+    let record = NameRecord::sign(&key, params(&key, "alice", 3)).unwrap();
+    let later = NOW + 40 * DAY;
+    assert!(NameRecord::verify(record.to_bytes(), &rules(), later).is_err());
+    let own = NameRecord::verify_own(record.to_bytes(), &rules()).unwrap();
+    assert_eq!(own.params().seq, 3);
+    // Signature and proof of work are still checked.
+    let strict = NameRules {
+        difficulty: 30,
+        ..rules()
+    };
+    assert!(NameRecord::verify_own(record.to_bytes(), &strict).is_err());
+}
