@@ -17,12 +17,12 @@ pub(crate) fn init(home: &Home, json_output: bool) -> anyhow::Result<()> {
     home.token(true)?;
     let peer_id = keypair.public().to_peer_id().to_string();
     if json_output {
-        println!(
+        outln!(
             "{}",
             json!({ "peer_id": peer_id, "home": home.dir().display().to_string() })
         );
     } else {
-        println!("{peer_id}");
+        outln!("{peer_id}");
     }
     Ok(())
 }
@@ -31,9 +31,9 @@ pub(crate) fn init(home: &Home, json_output: bool) -> anyhow::Result<()> {
 pub(crate) fn id(home: &Home, json_output: bool) -> anyhow::Result<()> {
     let peer_id = home.identity(false)?.public().to_peer_id().to_string();
     if json_output {
-        println!("{}", json!({ "peer_id": peer_id }));
+        outln!("{}", json!({ "peer_id": peer_id }));
     } else {
-        println!("{peer_id}");
+        outln!("{peer_id}");
     }
     Ok(())
 }
@@ -43,7 +43,7 @@ pub(crate) async fn status(home: &Home, json_output: bool) -> anyhow::Result<()>
     let client = connect(home)?;
     let status = client.status().await.map_err(|e| api_error(home, e))?;
     if json_output {
-        println!("{}", serde_json::to_string(&status)?);
+        outln!("{}", serde_json::to_string(&status)?);
     } else {
         print_status(&status);
     }
@@ -55,7 +55,7 @@ pub(crate) async fn peers(home: &Home, json_output: bool) -> anyhow::Result<()> 
     let client = connect(home)?;
     let peers = client.peers().await.map_err(|e| api_error(home, e))?;
     if json_output {
-        println!("{}", serde_json::to_string(&peers)?);
+        outln!("{}", serde_json::to_string(&peers)?);
     } else {
         print_peers(&peers);
     }
@@ -86,12 +86,12 @@ pub(crate) async fn stop(home: &Home, json_output: bool) -> anyhow::Result<()> {
         .into());
     }
     if json_output {
-        println!(
+        outln!(
             "{}",
             json!({ "stopped": true, "peer_id": info.peer_id, "pid": info.pid })
         );
     } else {
-        println!("stopped node {} (pid {})", info.peer_id, info.pid);
+        outln!("stopped node {} (pid {})", info.peer_id, info.pid);
     }
     Ok(())
 }
@@ -129,25 +129,26 @@ pub(crate) fn api_error(home: &Home, error: ClientError) -> anyhow::Error {
 }
 
 fn print_status(s: &StatusReport) {
-    println!("peer id        {}", s.peer_id);
-    println!("version        {}", s.version);
-    println!("uptime         {} s", s.uptime_secs);
+    outln!("peer id        {}", s.peer_id);
+    outln!("version        {}", s.version);
+    outln!("uptime         {} s", s.uptime_secs);
     let mut label = "listening";
     for addr in &s.listen_addrs {
-        println!("{label:<15}{addr}");
+        outln!("{label:<15}{addr}");
         label = "";
     }
     if s.listen_addrs.is_empty() {
-        println!("listening      (nothing)");
+        outln!("listening      (nothing)");
     }
     for addr in &s.external_addrs {
-        println!("external       {addr}");
+        outln!("external       {addr}");
     }
-    println!(
+    outln!(
         "peers          {} connected, {} remembered",
-        s.connected_peers, s.known_peers
+        s.connected_peers,
+        s.known_peers
     );
-    println!(
+    outln!(
         "dht            {} peers in routing table, {} records, {} ({} mode)",
         s.routing_table_peers,
         s.dht_records,
@@ -159,28 +160,31 @@ fn print_status(s: &StatusReport) {
         s.dht_mode
     );
     match &s.nat_addr {
-        Some(addr) => println!("nat            {} ({addr})", s.nat),
-        None => println!("nat            {}", s.nat),
+        Some(addr) => outln!("nat            {} ({addr})", s.nat),
+        None => outln!("nat            {}", s.nat),
     }
-    println!("store          {} bytes", s.store_bytes);
+    outln!("store          {} bytes", s.store_bytes);
 }
 
 fn print_peers(peers: &[PeerReport]) {
     if peers.is_empty() {
-        println!("no connected peers");
+        outln!("no connected peers");
         return;
     }
     for p in peers {
         let agent = if p.agent.is_empty() { "?" } else { &p.agent };
-        println!(
+        outln!(
             "{}  {}  {}  {} s",
-            p.peer_id, agent, p.direction, p.connected_secs
+            p.peer_id,
+            agent,
+            p.direction,
+            p.connected_secs
         );
         for addr in &p.addrs {
-            println!("    {addr}");
+            outln!("    {addr}");
         }
         if !p.protocols.is_empty() {
-            println!("    protocols: {}", p.protocols.join(", "));
+            outln!("    protocols: {}", p.protocols.join(", "));
         }
     }
 }

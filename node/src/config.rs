@@ -17,6 +17,8 @@ pub(crate) const BUILTIN: &str = include_str!("../../bootstrap.toml");
 pub(crate) struct Bootstrap {
     /// Network id; namespaces the DHT protocol.
     pub(crate) network_id: String,
+    /// Network-wide name rules (every node of a network must agree on them).
+    pub(crate) name_rules: kith_core::NameRules,
     /// Usable entries.
     pub(crate) entries: Vec<Entry>,
     /// One line per skipped entry, naming it.
@@ -44,16 +46,26 @@ struct RawFile {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawNetwork {
     /// Default "main".
     #[serde(default = "default_network_id")]
     id: String,
+    /// Proof-of-work difficulty for name claims, in leading zero bits. Default 22 (about a second
+    /// on one core); test networks lower it.
+    #[serde(default)]
+    name_difficulty: Option<u8>,
+    /// Longest lifetime of a name claim, in seconds. Default 30 days; at most that.
+    #[serde(default)]
+    name_max_ttl_secs: Option<u64>,
 }
 
 impl Default for RawNetwork {
     fn default() -> Self {
         Self {
             id: default_network_id(),
+            name_difficulty: None,
+            name_max_ttl_secs: None,
         }
     }
 }
@@ -77,6 +89,22 @@ impl Bootstrap {
             anyhow::bail!(
                 "{origin}: network id '{id}' must be 1-32 characters of a-z, 0-9 and '-'"
             );
+        }
+        let mut name_rules = kith_core::NameRules::default();
+        if let Some(difficulty) = raw.network.name_difficulty {
+            if difficulty > 40 {
+                anyhow::bail!(
+                    "{origin}: name_difficulty {difficulty} is above 40; nobody could register a name"
+                );
+            }
+            name_rules.difficulty = difficulty;
+        }
+        if let Some(secs) = raw.network.name_max_ttl_secs {
+            let max = name_rules.max_ttl.as_secs();
+            if secs == 0 || secs > max {
+                anyhow::bail!("{origin}: name_max_ttl_secs must be between 1 and {max}");
+            }
+            name_rules.max_ttl = std::time::Duration::from_secs(secs);
         }
         let mut entries = Vec::new();
         let mut warnings = Vec::new();
@@ -115,6 +143,7 @@ impl Bootstrap {
         }
         Ok(Self {
             network_id: id,
+            name_rules,
             entries,
             warnings,
         })
@@ -222,6 +251,26 @@ mod tests {
     fn an_unusable_network_id_is_an_error() {
         let err = Bootstrap::parse("[network]\nid = \"Bad Id!\"", "f").unwrap_err();
         assert!(err.to_string().contains("network id 'Bad Id!'"));
+    }
+
+    #[test]
+    fn network_wide_name_rules_come_from_the_network_table() {
+        let list = Bootstrap::parse(
+            "[network]\nid = \"lab\"\nname_difficulty = 8\nname_max_ttl_secs = 60\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(list.name_rules.difficulty, 8);
+        assert_eq!(list.name_rules.max_ttl.as_secs(), 60);
+        let main = Bootstrap::parse("", "f").unwrap();
+        assert_eq!(main.name_rules, kith_core::NameRules::default());
+        assert!(Bootstrap::parse("[network]\nname_difficulty = 99\n", "f").is_err());
+        assert!(Bootstrap::parse("[network]\nname_max_ttl_secs = 0\n", "f").is_err());
+        assert!(Bootstrap::parse("[network]\nname_max_ttl_secs = 99999999\n", "f").is_err());
+        assert!(
+            Bootstrap::parse("[network]\nnmae_difficulty = 8\n", "f").is_err(),
+            "typos are errors"
+        );
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! `kith`: the node binary. Parses the command line, sets up logging and dispatches; everything
 //! else lives in the crates under `crates/`.
 
+/// `println!` that never panics: a closed stdout (`kith peers | head -1`) is not an error worth a
+/// crash, and the daemon must keep running if whoever started it stopped reading.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 mod config;

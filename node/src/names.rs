@@ -41,21 +41,21 @@ pub(crate) async fn name(home: &Home, cmd: NameCommand, json_output: bool) -> an
                 .await
                 .map_err(|e| api_error(home, e))?;
             if json_output {
-                println!("{}", serde_json::to_string(&report)?);
+                outln!("{}", serde_json::to_string(&report)?);
             } else {
                 let verb = if report.renewed == Some(true) {
                     "renewed"
                 } else {
                     "registered"
                 };
-                println!(
+                outln!(
                     "{verb} '{}' for {} until {}",
                     report.name,
                     report.peer_id,
                     date(report.expires_at)
                 );
                 if report.published == Some(false) {
-                    println!(
+                    outln!(
                         "no DHT peers yet: the claim is stored and will be published once the node has peers"
                     );
                 }
@@ -64,9 +64,9 @@ pub(crate) async fn name(home: &Home, cmd: NameCommand, json_output: bool) -> an
         NameCommand::List => {
             let names = client.names().await.map_err(|e| api_error(home, e))?;
             if json_output {
-                println!("{}", serde_json::to_string(&names)?);
+                outln!("{}", serde_json::to_string(&names)?);
             } else if names.is_empty() {
-                println!("this node owns no names; claim one with `kith name register NAME`");
+                outln!("this node owns no names; claim one with `kith name register NAME`");
             } else {
                 for n in &names {
                     print_name(n);
@@ -79,12 +79,12 @@ pub(crate) async fn name(home: &Home, cmd: NameCommand, json_output: bool) -> an
                 .await
                 .map_err(|e| api_error(home, e))?;
             if json_output {
-                println!(
+                outln!(
                     "{}",
                     json!({ "released": report.name, "free_after": report.expires_at })
                 );
             } else {
-                println!(
+                outln!(
                     "released '{}'; others may claim it after {}",
                     report.name,
                     date(report.expires_at)
@@ -139,7 +139,7 @@ pub(crate) async fn resolve(home: &Home, name: &str, json_output: bool) -> anyho
     match client.resolve(name).await {
         Ok(report) => {
             if json_output {
-                println!("{}", serde_json::to_string(&report)?);
+                outln!("{}", serde_json::to_string(&report)?);
             } else {
                 print_resolution(&report);
             }
@@ -148,7 +148,7 @@ pub(crate) async fn resolve(home: &Home, name: &str, json_output: bool) -> anyho
         Err(ClientError::Api { status: 409, body }) => {
             // Both keys go to stdout: this is the answer the user needs to see, not noise.
             if json_output {
-                println!(
+                outln!(
                     "{}",
                     json!({
                         "name": name,
@@ -159,12 +159,12 @@ pub(crate) async fn resolve(home: &Home, name: &str, json_output: bool) -> anyho
                     })
                 );
             } else {
-                println!("name        {name}");
-                println!(
+                outln!("name        {name}");
+                outln!(
                     "you know    {}",
                     body.pinned_peer_id.as_deref().unwrap_or("?")
                 );
-                println!(
+                outln!(
                     "DHT now     {}",
                     body.found_peer_id.as_deref().unwrap_or("?")
                 );
@@ -188,9 +188,9 @@ pub(crate) async fn contacts(
                 .await
                 .map_err(|e| api_error(home, e))?;
             if json_output {
-                println!("{}", serde_json::to_string(&c)?);
+                outln!("{}", serde_json::to_string(&c)?);
             } else {
-                println!("added '{}' → {}", c.petname, c.peer_id);
+                outln!("added '{}' → {}", c.petname, c.peer_id);
             }
         }
         ContactsCommand::AddInvite { invite, petname } => {
@@ -199,17 +199,17 @@ pub(crate) async fn contacts(
                 .await
                 .map_err(|e| api_error(home, e))?;
             if json_output {
-                println!("{}", serde_json::to_string(&c)?);
+                outln!("{}", serde_json::to_string(&c)?);
             } else {
-                println!("added '{}' → {}", c.petname, c.peer_id);
+                outln!("added '{}' → {}", c.petname, c.peer_id);
             }
         }
         ContactsCommand::List => {
             let list = client.contacts().await.map_err(|e| api_error(home, e))?;
             if json_output {
-                println!("{}", serde_json::to_string(&list)?);
+                outln!("{}", serde_json::to_string(&list)?);
             } else if list.is_empty() {
-                println!("no contacts yet; add one with `kith contacts add PETNAME NAME`");
+                outln!("no contacts yet; add one with `kith contacts add PETNAME NAME`");
             } else {
                 for c in &list {
                     let via = if c.name.is_empty() {
@@ -217,7 +217,7 @@ pub(crate) async fn contacts(
                     } else {
                         format!(" (name '{}')", c.name)
                     };
-                    println!("{:<20} {}{via}", c.petname, c.peer_id);
+                    outln!("{:<20} {}{via}", c.petname, c.peer_id);
                 }
             }
         }
@@ -227,9 +227,9 @@ pub(crate) async fn contacts(
                 .await
                 .map_err(|e| api_error(home, e))?;
             if json_output {
-                println!("{}", json!({ "removed": petname }));
+                outln!("{}", json!({ "removed": petname }));
             } else {
-                println!("removed '{petname}'");
+                outln!("removed '{petname}'");
             }
         }
     }
@@ -243,14 +243,14 @@ pub(crate) async fn verify(home: &Home, target: &str, json_output: bool) -> anyh
         .await
         .map_err(|e| api_error(home, e))?;
     if json_output {
-        println!("{}", serde_json::to_string(&v)?);
+        outln!("{}", serde_json::to_string(&v)?);
     } else {
-        println!("safety number with {target} ({}):", v.peer_id);
+        outln!("safety number with {target} ({}):", v.peer_id);
         let groups: Vec<&str> = v.safety_number.split(' ').collect();
         for row in groups.chunks(4) {
-            println!("    {}", row.join(" "));
+            outln!("    {}", row.join(" "));
         }
-        println!(
+        outln!(
             "Read it to each other in person or on a call; if both of you see the same digits, nobody is in between."
         );
     }
@@ -261,13 +261,13 @@ pub(crate) async fn invite(home: &Home, no_qr: bool, json_output: bool) -> anyho
     let client = connect(home)?;
     let invite = client.invite().await.map_err(|e| api_error(home, e))?;
     if json_output {
-        println!("{}", serde_json::to_string(&invite)?);
+        outln!("{}", serde_json::to_string(&invite)?);
         return Ok(());
     }
-    println!("{}", invite.url);
+    outln!("{}", invite.url);
     if !no_qr {
         match qrcode::QrCode::new(invite.url.as_bytes()) {
-            Ok(code) => println!(
+            Ok(code) => outln!(
                 "{}",
                 code.render::<qrcode::render::unicode::Dense1x2>()
                     .quiet_zone(true)
@@ -276,12 +276,12 @@ pub(crate) async fn invite(home: &Home, no_qr: bool, json_output: bool) -> anyho
             Err(e) => eprintln!("(no QR code: {e})"),
         }
     }
-    println!("Your friend adds you with: kith contacts add-invite '<link>'");
+    outln!("Your friend adds you with: kith contacts add-invite '<link>'");
     Ok(())
 }
 
 fn print_name(n: &NameReport) {
-    println!(
+    outln!(
         "{:<24} since {}  expires {}  seq {}",
         n.name,
         date(n.created_at),
@@ -291,9 +291,9 @@ fn print_name(n: &NameReport) {
 }
 
 fn print_resolution(r: &ResolveReport) {
-    println!("name        {}", r.name);
-    println!("peer id     {}", r.peer_id);
-    println!(
+    outln!("name        {}", r.name);
+    outln!("peer id     {}", r.peer_id);
+    outln!(
         "pinned      {}",
         if r.newly_pinned {
             "now (first lookup)"
@@ -301,14 +301,14 @@ fn print_resolution(r: &ResolveReport) {
             "yes, same key as before"
         }
     );
-    println!("claimed     {}", date(r.created_at));
-    println!("expires     {}", date(r.expires_at));
-    println!("holders     {} agreeing", r.holders);
+    outln!("claimed     {}", date(r.created_at));
+    outln!("expires     {}", date(r.expires_at));
+    outln!("holders     {} agreeing", r.holders);
     for addr in &r.addrs {
-        println!("address     {addr}");
+        outln!("address     {addr}");
     }
     if !r.rivals.is_empty() {
-        println!(
+        outln!(
             "ignored     {} other key(s) some holders returned",
             r.rivals.len()
         );

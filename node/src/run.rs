@@ -53,7 +53,11 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     config.relay_server = args.relay;
     config.external_addrs = args.external_addr;
 
-    let node = Node::start(config, store)
+    let options = kith_service::Options {
+        name_rules: bootstrap.name_rules.clone(),
+        ..kith_service::Options::default()
+    };
+    let node = Node::start_with(config, store, options)
         .await
         .context("cannot start the node")?;
     let listener = tokio::net::TcpListener::bind(args.api_addr)
@@ -77,7 +81,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
 
     let listen_addrs = wait_for_listeners(&node).await;
     if json_output {
-        println!(
+        outln!(
             "{}",
             json!({
                 "peer_id": peer_id.to_string(),
@@ -88,15 +92,15 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             })
         );
     } else {
-        println!(
+        outln!(
             "kith node {peer_id} is running (home {})",
             home.dir().display()
         );
         for addr in &listen_addrs {
-            println!("  listening on {addr}");
+            outln!("  listening on {addr}");
         }
-        println!("  local API on http://{api_addr} (token in api.token)");
-        println!("Stop it with Ctrl-C or `kith stop`.");
+        outln!("  local API on http://{api_addr} (token in api.token)");
+        outln!("Stop it with Ctrl-C or `kith stop`.");
     }
 
     wait_for_stop(&node).await;
