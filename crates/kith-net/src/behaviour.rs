@@ -7,7 +7,7 @@ use std::time::Duration;
 use libp2p::{
     StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
     identity::Keypair,
-    kad, mdns, memory_connection_limits, ping, relay,
+    kad, mdns, memory_connection_limits, ping, relay, request_response,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
 };
 
@@ -39,6 +39,8 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     /// kith's private DHT.
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Direct messages: one encrypted envelope per request, one ack per response.
+    pub(crate) dm: request_response::Behaviour<crate::dm::Codec>,
     /// Group messaging.
     pub(crate) gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, GossipFilter>,
     /// LAN discovery; off in tests and on servers.
@@ -155,6 +157,16 @@ impl Behaviour {
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
+            dm: request_response::Behaviour::with_codec(
+                crate::dm::Codec,
+                [(
+                    StreamProtocol::new(crate::dm::PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(config.dm_timeout)
+                    .with_max_concurrent_streams(256),
+            ),
             gossipsub,
             mdns,
         })

@@ -3,7 +3,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::time::SystemTime;
 
-use crate::{GetRecordResult, NetStatus, PeerInfo, RequestError};
+use crate::{DmRequestId, GetRecordResult, NetStatus, PeerInfo, RequestError};
 
 /// What a [`Client`] asks the event loop to do. Each carries its own reply channel.
 #[derive(Debug)]
@@ -37,6 +37,17 @@ pub(crate) enum Command {
         key: Vec<u8>,
         quorum: usize,
         reply: oneshot::Sender<Result<GetRecordResult, RequestError>>,
+    },
+    SendDm {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
+    },
+    RespondDm {
+        request: DmRequestId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), RequestError>>,
     },
     Dial {
         addr: Multiaddr,
@@ -138,6 +149,37 @@ impl Client {
     ) -> Result<GetRecordResult, RequestError> {
         self.ask(|reply| Command::GetRecord { key, quorum, reply })
             .await?
+    }
+
+    /// Sends one direct-message frame and waits for the peer's answer (dialing with `addrs` and
+    /// any known address if not connected). Bounded by the configured `dm_timeout`.
+    pub async fn send_dm(
+        &self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.ask(|reply| Command::SendDm {
+            peer,
+            bytes,
+            addrs,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers an inbound direct message.
+    pub async fn respond_dm(
+        &self,
+        request: DmRequestId,
+        bytes: Vec<u8>,
+    ) -> Result<(), RequestError> {
+        self.ask(|reply| Command::RespondDm {
+            request,
+            bytes,
+            reply,
+        })
+        .await?
     }
 
     /// Dials an address (with or without `/p2p/<id>`); returns once the dial has started.

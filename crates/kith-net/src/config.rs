@@ -55,6 +55,8 @@ pub struct Config {
     pub agent_version: String,
     /// Kademlia query timeout. Default 30 s.
     pub query_timeout: Duration,
+    /// How long a direct-message request may take, dial included. Default 20 s.
+    pub dm_timeout: Duration,
     /// Rules for DHT records. Without one, every inbound record is refused and every answer to a
     /// GET is returned unchecked.
     pub record_validator: Option<Arc<dyn RecordValidator>>,
@@ -94,6 +96,7 @@ impl Config {
             command_buffer: 256,
             agent_version: format!("kith/{}", env!("CARGO_PKG_VERSION")),
             query_timeout: Duration::from_secs(30),
+            dm_timeout: Duration::from_secs(20),
             record_validator: None,
         }
     }

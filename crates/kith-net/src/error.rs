@@ -38,6 +38,12 @@ pub enum RequestError {
     /// No peer accepted the record.
     #[error("no DHT peer accepted the record: {0}")]
     PutFailed(String),
+    /// A direct message did not get an answer.
+    #[error("could not deliver to the peer: {0}")]
+    Undelivered(String),
+    /// The ack could not be sent (the peer hung up or the request timed out).
+    #[error("the peer is no longer waiting for this answer")]
+    AnswerDropped,
     /// A dial was refused before it started.
     #[error("could not dial {addr}: {reason}")]
     Dial {

@@ -63,6 +63,16 @@ pub enum Event {
         /// Whether it speaks kith's identify version and our DHT protocol.
         kith: bool,
     },
+    /// A peer sent a direct-message frame; answer it with [`crate::Client::respond_dm`] (or the
+    /// peer sees a timeout and retries).
+    DirectMessage {
+        /// The authenticated sender (the connection's peer).
+        peer: PeerId,
+        /// Where to send the ack.
+        request: DmRequestId,
+        /// The frame body (at most [`crate::dm::MAX_REQUEST`] bytes).
+        bytes: Vec<u8>,
+    },
     /// AutoNAT changed its verdict.
     NatChanged(NatStatus),
     /// Kademlia switched between client and server.
@@ -78,6 +88,10 @@ pub enum Event {
         error: String,
     },
 }
+
+/// Identifies an inbound direct message awaiting its ack ([`crate::Client::respond_dm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DmRequestId(pub(crate) u64);
 
 /// A connected peer, as `kith peers` shows it.
 #[derive(Debug, Clone)]

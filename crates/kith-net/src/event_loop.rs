@@ -14,7 +14,7 @@ use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, gossipsub, identify, kad,
     kad::store::RecordStore,
-    mdns, noise,
+    mdns, noise, request_response,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
     tcp, yamux,
 };
@@ -53,6 +53,13 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
     pending_puts: HashMap<kad::QueryId, PutReply>,
+    pending_dm_out: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<Vec<u8>, RequestError>>,
+    >,
+    pending_dm_in: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    inbound_ids: HashMap<request_response::InboundRequestId, u64>,
+    next_dm_id: u64,
     pending_gets: HashMap<kad::QueryId, PendingGet>,
     validator: Option<Arc<dyn RecordValidator>>,
     bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
@@ -156,6 +163,10 @@ pub(crate) fn build(
         peers: HashMap::new(),
         pending_closest: HashMap::new(),
         pending_puts: HashMap::new(),
+        pending_dm_out: HashMap::new(),
+        pending_dm_in: HashMap::new(),
+        inbound_ids: HashMap::new(),
+        next_dm_id: 0,
         pending_gets: HashMap::new(),
         validator: config.record_validator.clone(),
         bootstrap_dials,
@@ -185,6 +196,9 @@ impl EventLoop {
             let _ = reply.send(Err(RequestError::Shutdown));
         }
         for (_, reply) in self.pending_puts.drain() {
+            let _ = reply.send(Err(RequestError::Shutdown));
+        }
+        for (_, reply) in self.pending_dm_out.drain() {
             let _ = reply.send(Err(RequestError::Shutdown));
         }
         for (_, get) in self.pending_gets.drain() {
@@ -282,6 +296,36 @@ impl EventLoop {
                         reply,
                     },
                 );
+            }
+            Command::SendDm {
+                peer,
+                bytes,
+                addrs,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .dm
+                    .send_request_with_addresses(&peer, bytes, addrs);
+                self.metrics.message_out(Kind::Dm);
+                self.pending_dm_out.insert(id, reply);
+            }
+            Command::RespondDm {
+                request,
+                bytes,
+                reply,
+            } => {
+                let result = match self.pending_dm_in.remove(&request.0) {
+                    Some(channel) => self
+                        .swarm
+                        .behaviour_mut()
+                        .dm
+                        .send_response(channel, bytes)
+                        .map_err(|_| RequestError::AnswerDropped),
+                    None => Err(RequestError::AnswerDropped),
+                };
+                let _ = reply.send(result);
             }
             Command::Dial { addr, reply } => {
                 let result = self
@@ -415,6 +459,7 @@ impl EventLoop {
                 self.on_identified(peer_id, info);
             }
             BehaviourEvent::Kad(event) => self.handle_kad_event(event),
+            BehaviourEvent::Dm(event) => self.handle_dm_event(event),
             BehaviourEvent::AutonatClient(autonat::v2::client::Event {
                 tested_addr,
                 server,
@@ -467,6 +512,74 @@ impl EventLoop {
                     );
             }
             other => tracing::trace!(?other, "behaviour event"),
+        }
+    }
+
+    fn handle_dm_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => {
+                self.metrics.message_in(Kind::Dm);
+                let id = self.next_dm_id;
+                self.next_dm_id = self.next_dm_id.wrapping_add(1);
+                self.pending_dm_in.insert(id, channel);
+                self.inbound_ids.insert(request_id, id);
+                self.emit(Event::DirectMessage {
+                    peer,
+                    request: crate::DmRequestId(id),
+                    bytes: request,
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_dm_out.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "direct message not delivered");
+                if let Some(reply) = self.pending_dm_out.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Undelivered(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let request_response::InboundFailure::Io(e) = &error {
+                    self.metrics.dm_frame_rejected();
+                    tracing::info!(%peer, error = %e, "refused a malformed direct-message frame");
+                } else {
+                    tracing::debug!(%peer, %error, "inbound direct message failed");
+                }
+                if let Some(id) = self.inbound_ids.remove(&request_id) {
+                    self.pending_dm_in.remove(&id);
+                }
+            }
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.inbound_ids.remove(&request_id);
+            }
         }
     }
 

@@ -21,6 +21,7 @@
 mod behaviour;
 mod client;
 mod config;
+pub mod dm;
 mod error;
 mod event;
 mod event_loop;
@@ -31,7 +32,7 @@ mod records;
 pub use client::Client;
 pub use config::{Config, DhtMode};
 pub use error::{NetError, RequestError};
-pub use event::{Event, NatStatus, NetStatus, PeerInfo};
+pub use event::{DmRequestId, Event, NatStatus, NetStatus, PeerInfo};
 pub use event_loop::EventLoop;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use metrics::Metrics;

@@ -11,6 +11,8 @@ use prometheus_client::{
 pub(crate) enum Kind {
     /// Gossipsub group traffic.
     Gossip,
+    /// Direct-message frames.
+    Dm,
 }
 
 /// Label set for message counters.
@@ -38,6 +40,7 @@ struct Inner {
     messages_out: Family<KindLabel, Counter>,
     dht_puts_rejected: Counter,
     dht_answers_rejected: Counter,
+    dm_frames_rejected: Counter,
     peers_not_kith: Counter,
 }
 
@@ -117,6 +120,15 @@ impl Metrics {
     }
     pub(crate) fn dht_put_rejected(&self) {
         self.inner.dht_puts_rejected.inc();
+    }
+    pub(crate) fn dm_frame_rejected(&self) {
+        self.inner.dm_frames_rejected.inc();
+    }
+    pub(crate) fn message_out(&self, kind: Kind) {
+        self.inner
+            .messages_out
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
     pub(crate) fn dht_answer_rejected(&self) {
         self.inner.dht_answers_rejected.inc();
