@@ -11,11 +11,15 @@
 //! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
 
 mod error;
+mod messages;
 mod names;
 mod peers;
 mod store;
 
 pub use error::StoreError;
+pub use messages::{
+    Correspondent, Incoming, Message, MessageId, MessageStore, OutboxItem, Status, Trust,
+};
 pub use names::{Contact, NameBook, Pin};
 pub use peers::{KnownPeer, PeerBook};
 pub use store::{SCHEMA_VERSION, Store, StoreConfig};

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use crate::{NameBook, PeerBook, StoreError};
+use crate::{MessageStore, NameBook, PeerBook, StoreError};
 
 /// The on-disk format version this build writes and the newest it can read.
 ///
@@ -45,6 +45,7 @@ pub struct Store {
     db: sled::Db,
     peers: PeerBook,
     names: NameBook,
+    messages: MessageStore,
 }
 
 impl Store {
@@ -92,11 +93,13 @@ impl Store {
             open_tree(&db, &path, crate::names::CONTACTS)?,
             path.clone(),
         );
+        let messages = MessageStore::new(&db, path.clone())?;
         Ok(Self {
             path,
             db,
             peers,
             names,
+            messages,
         })
     }
 
@@ -123,6 +126,17 @@ impl Store {
     /// Owned names, pins and contacts.
     pub fn names(&self) -> &NameBook {
         &self.names
+    }
+
+    /// Direct messages, outbox, Olm state, correspondents.
+    pub fn messages(&self) -> &MessageStore {
+        &self.messages
+    }
+
+    /// Synchronous flush, for tests that reopen the store.
+    #[cfg(test)]
+    pub(crate) fn db_flush_for_tests(&self) {
+        let _ = self.db.flush();
     }
 
     /// Where the database lives.

@@ -1,0 +1,608 @@
+//! Direct messages: conversations, the outbox, the Olm state and what we know of correspondents.
+//!
+//! Trees and keys:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `messages` | blake3(peer id) ‖ message id | `StoredMessage` |
+//! | `message_ids` | message id | blake3(peer id) (dedupe, status updates) |
+//! | `outbox` | message id | `OutboxEntry` |
+//! | `crypto` | `olm` | the encrypted Olm pickle |
+//! | `correspondents` | peer id | `Correspondent` |
+//!
+//! Message ids are time-ordered, so a conversation scans in order on both sides. Every change that
+//! touches more than one tree is one sled transaction; callers flush before acknowledging.
+
+use std::path::PathBuf;
+
+use kith_proto::v1 as pb;
+use prost::Message as _;
+use sled::{
+    Transactional as _,
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+};
+
+use crate::StoreError;
+
+pub(crate) const MESSAGES: &str = "messages";
+pub(crate) const MESSAGE_IDS: &str = "message_ids";
+pub(crate) const OUTBOX: &str = "outbox";
+pub(crate) const CRYPTO: &str = "crypto";
+pub(crate) const CORRESPONDENTS: &str = "correspondents";
+const OLM_KEY: &[u8] = b"olm";
+
+/// A message id: 16 bytes, time-ordered.
+pub type MessageId = [u8; 16];
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Outgoing, not yet acknowledged.
+    Queued,
+    /// Outgoing, stored by the recipient.
+    Delivered,
+    /// Outgoing, read by the recipient.
+    Read,
+    /// Outgoing, refused for good.
+    Failed,
+    /// Incoming, unread.
+    Received,
+    /// Incoming, read.
+    Seen,
+}
+
+impl Status {
+    fn to_pb(self) -> pb::MessageStatus {
+        match self {
+            Status::Queued => pb::MessageStatus::StatusQueued,
+            Status::Delivered => pb::MessageStatus::StatusDelivered,
+            Status::Read => pb::MessageStatus::StatusRead,
+            Status::Failed => pb::MessageStatus::StatusFailed,
+            Status::Received => pb::MessageStatus::StatusReceived,
+            Status::Seen => pb::MessageStatus::StatusSeen,
+        }
+    }
+
+    fn from_pb(s: i32) -> Self {
+        match pb::MessageStatus::try_from(s) {
+            Ok(pb::MessageStatus::StatusDelivered) => Status::Delivered,
+            Ok(pb::MessageStatus::StatusRead) => Status::Read,
+            Ok(pb::MessageStatus::StatusFailed) => Status::Failed,
+            Ok(pb::MessageStatus::StatusReceived) => Status::Received,
+            Ok(pb::MessageStatus::StatusSeen) => Status::Seen,
+            _ => Status::Queued,
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its id.
+    pub id: MessageId,
+    /// The other side of the conversation (binary peer id).
+    pub peer_id: Vec<u8>,
+    /// Sent by us.
+    pub outgoing: bool,
+    /// The text.
+    pub text: String,
+    /// When the sender sent it, unix ms.
+    pub sent_at_ms: u64,
+    /// When we stored it (incoming) or it was delivered (outgoing), unix ms; 0 if not yet.
+    pub received_at_ms: u64,
+    /// Where it stands.
+    pub status: Status,
+    /// Why it failed, if it did.
+    pub failure: String,
+}
+
+/// Something waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// The message id.
+    pub id: MessageId,
+    /// Recipient (binary peer id).
+    pub peer_id: Vec<u8>,
+    /// Encoded payload, until encrypted.
+    pub payload: Vec<u8>,
+    /// Encrypted envelope, once made; retries resend these bytes.
+    pub envelope: Option<Vec<u8>>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Next attempt, unix ms.
+    pub next_attempt_ms: u64,
+    /// When queued, unix ms.
+    pub created_ms: u64,
+    /// A receipt (not shown in history).
+    pub receipt: bool,
+}
+
+/// Whether messages from a peer are welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Their messages wait in requests.
+    Unknown,
+    /// A conversation we accepted or started.
+    Accepted,
+    /// Refused.
+    Blocked,
+}
+
+/// What we know about someone we exchange messages with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correspondent {
+    /// Binary peer id.
+    pub peer_id: Vec<u8>,
+    /// Trust.
+    pub trust: Trust,
+    /// Their Olm identity key, bound on first use.
+    pub identity_key: Option<[u8; 32]>,
+    /// Unread incoming messages.
+    pub unread: u32,
+    /// Time of the last message either way, unix ms.
+    pub last_message_ms: u64,
+    /// Its text (shortened).
+    pub last_text: String,
+}
+
+/// The result of storing an incoming message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// New, stored.
+    Stored,
+    /// Seen before: nothing written.
+    Duplicate,
+}
+
+/// The message trees. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MessageStore {
+    messages: sled::Tree,
+    ids: sled::Tree,
+    outbox: sled::Tree,
+    crypto: sled::Tree,
+    correspondents: sled::Tree,
+    path: PathBuf,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn conv_key(peer_id: &[u8]) -> [u8; 32] {
+    *blake3::hash(peer_id).as_bytes()
+}
+
+fn message_key(peer_id: &[u8], id: &MessageId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(48);
+    key.extend_from_slice(&conv_key(peer_id));
+    key.extend_from_slice(id);
+    key
+}
+
+fn corrupt(tree: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        reason: reason.to_string(),
+    }
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn encode_message(m: &Message) -> Vec<u8> {
+    pb::StoredMessage {
+        id: m.id.to_vec(),
+        peer_id: m.peer_id.clone(),
+        outgoing: m.outgoing,
+        text: m.text.clone(),
+        sent_at_ms: m.sent_at_ms,
+        received_at_ms: m.received_at_ms,
+        status: m.status.to_pb() as i32,
+        failure: m.failure.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_message(raw: &[u8]) -> Result<Message, StoreError> {
+    let m = pb::StoredMessage::decode(raw).map_err(|e| corrupt(MESSAGES, e))?;
+    let id: MessageId =
+        m.id.as_slice()
+            .try_into()
+            .map_err(|_| corrupt(MESSAGES, "message id is not 16 bytes"))?;
+    Ok(Message {
+        id,
+        peer_id: m.peer_id,
+        outgoing: m.outgoing,
+        text: m.text,
+        sent_at_ms: m.sent_at_ms,
+        received_at_ms: m.received_at_ms,
+        status: Status::from_pb(m.status),
+        failure: m.failure,
+    })
+}
+
+fn encode_item(i: &OutboxItem) -> Vec<u8> {
+    pb::OutboxEntry {
+        peer_id: i.peer_id.clone(),
+        payload: i.payload.clone(),
+        envelope: i.envelope.clone().unwrap_or_default(),
+        attempts: i.attempts,
+        next_attempt_ms: i.next_attempt_ms,
+        created_ms: i.created_ms,
+        receipt: i.receipt,
+    }
+    .encode_to_vec()
+}
+
+fn decode_item(id: &[u8], raw: &[u8]) -> Result<OutboxItem, StoreError> {
+    let e = pb::OutboxEntry::decode(raw).map_err(|e| corrupt(OUTBOX, e))?;
+    Ok(OutboxItem {
+        id: id
+            .try_into()
+            .map_err(|_| corrupt(OUTBOX, "outbox key is not 16 bytes"))?,
+        peer_id: e.peer_id,
+        payload: e.payload,
+        envelope: (!e.envelope.is_empty()).then_some(e.envelope),
+        attempts: e.attempts,
+        next_attempt_ms: e.next_attempt_ms,
+        created_ms: e.created_ms,
+        receipt: e.receipt,
+    })
+}
+
+fn decode_correspondent(peer_id: &[u8], raw: &[u8]) -> Result<Correspondent, StoreError> {
+    let c = pb::Correspondent::decode(raw).map_err(|e| corrupt(CORRESPONDENTS, e))?;
+    Ok(Correspondent {
+        peer_id: peer_id.to_vec(),
+        trust: match pb::Trust::try_from(c.trust) {
+            Ok(pb::Trust::Accepted) => Trust::Accepted,
+            Ok(pb::Trust::Blocked) => Trust::Blocked,
+            _ => Trust::Unknown,
+        },
+        identity_key: c.identity_key.as_slice().try_into().ok(),
+        unread: c.unread,
+        last_message_ms: c.last_message_ms,
+        last_text: c.last_text,
+    })
+}
+
+fn encode_correspondent(c: &Correspondent) -> Vec<u8> {
+    pb::Correspondent {
+        trust: match c.trust {
+            Trust::Unknown => pb::Trust::Unknown,
+            Trust::Accepted => pb::Trust::Accepted,
+            Trust::Blocked => pb::Trust::Blocked,
+        } as i32,
+        identity_key: c.identity_key.map(|k| k.to_vec()).unwrap_or_default(),
+        unread: c.unread,
+        last_message_ms: c.last_message_ms,
+        last_text: c.last_text.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn tx_correspondent(tree: &TransactionalTree, peer_id: &[u8]) -> TxResult<Correspondent> {
+    Ok(match tree.get(peer_id)? {
+        Some(raw) => decode_correspondent(peer_id, &raw).map_err(abort)?,
+        None => Correspondent {
+            peer_id: peer_id.to_vec(),
+            trust: Trust::Unknown,
+            identity_key: None,
+            unread: 0,
+            last_message_ms: 0,
+            last_text: String::new(),
+        },
+    })
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+impl MessageStore {
+    pub(crate) fn new(db: &sled::Db, path: PathBuf) -> Result<Self, StoreError> {
+        let open = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| StoreError::from_sled(&path, e))
+        };
+        Ok(Self {
+            messages: open(MESSAGES)?,
+            ids: open(MESSAGE_IDS)?,
+            outbox: open(OUTBOX)?,
+            crypto: open(CRYPTO)?,
+            correspondents: open(CORRESPONDENTS)?,
+            path,
+        })
+    }
+
+    fn err(&self, e: sled::Error) -> StoreError {
+        StoreError::from_sled(&self.path, e)
+    }
+
+    fn tx_err(&self, e: TransactionError<StoreError>) -> StoreError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => self.err(e),
+        }
+    }
+
+    /// Queues an outgoing message (or a receipt, with `message` = None) in one transaction:
+    /// the message, its id, the outbox entry and the conversation summary. Sending to someone
+    /// accepts them.
+    pub fn enqueue(&self, message: Option<&Message>, item: &OutboxItem) -> Result<(), StoreError> {
+        (
+            &self.messages,
+            &self.ids,
+            &self.outbox,
+            &self.correspondents,
+        )
+            .transaction(|(messages, ids, outbox, correspondents)| {
+                if let Some(m) = message {
+                    messages.insert(message_key(&m.peer_id, &m.id), encode_message(m))?;
+                    ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
+                    let mut c = tx_correspondent(correspondents, &m.peer_id)?;
+                    if c.trust == Trust::Unknown {
+                        c.trust = Trust::Accepted;
+                    }
+                    c.last_message_ms = m.sent_at_ms;
+                    c.last_text = preview(&m.text);
+                    correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
+                }
+                outbox.insert(&item.id[..], encode_item(item))?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Records the encrypted envelope for an outbox entry together with the Olm state that made
+    /// it, atomically: a crash can never leave a ciphertext whose ratchet step was not saved.
+    pub fn set_envelope(&self, item: &OutboxItem, olm_pickle: &[u8]) -> Result<(), StoreError> {
+        (&self.outbox, &self.crypto)
+            .transaction(|(outbox, crypto)| {
+                outbox.insert(&item.id[..], encode_item(item))?;
+                crypto.insert(OLM_KEY, olm_pickle)?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Updates attempt count and time of an outbox entry (if it is still there).
+    pub fn reschedule(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        if self.outbox.contains_key(item.id).map_err(|e| self.err(e))? {
+            self.outbox
+                .insert(&item.id[..], encode_item(item))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends an outbox entry: removes it and sets the message's status (delivered or failed).
+    pub fn complete(
+        &self,
+        id: &MessageId,
+        status: Status,
+        failure: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        (&self.messages, &self.ids, &self.outbox)
+            .transaction(|(messages, ids, outbox)| {
+                outbox.remove(&id[..])?;
+                if let Some(conv) = ids.get(&id[..])? {
+                    let mut key = conv.to_vec();
+                    key.extend_from_slice(id);
+                    if let Some(raw) = messages.get(&key)? {
+                        let mut m = decode_message(&raw).map_err(abort)?;
+                        // A read receipt may have arrived first; never step back.
+                        if !(m.status == Status::Read && status == Status::Delivered) {
+                            m.status = status;
+                        }
+                        m.failure = failure.to_owned();
+                        if m.received_at_ms == 0 {
+                            m.received_at_ms = at_ms;
+                        }
+                        messages.insert(key, encode_message(&m))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Marks our outgoing messages as read by the recipient (a read receipt arrived).
+    pub fn mark_read_by_peer(
+        &self,
+        peer_id: &[u8],
+        ids: &[MessageId],
+    ) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        for id in ids {
+            let key = message_key(peer_id, id);
+            if let Some(raw) = self.messages.get(&key).map_err(|e| self.err(e))? {
+                let mut m = decode_message(&raw)?;
+                if m.outgoing && m.status != Status::Read {
+                    m.status = Status::Read;
+                    self.messages
+                        .insert(key, encode_message(&m))
+                        .map_err(|e| self.err(e))?;
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Stores an incoming message with the Olm state that decrypted it, unless its id is known.
+    /// A new correspondent starts as [`Trust::Unknown`] (a request); `identity_key` is bound on
+    /// first use.
+    pub fn store_incoming(
+        &self,
+        message: &Message,
+        olm_pickle: &[u8],
+        identity_key: [u8; 32],
+    ) -> Result<Incoming, StoreError> {
+        (
+            &self.messages,
+            &self.ids,
+            &self.crypto,
+            &self.correspondents,
+        )
+            .transaction(|(messages, ids, crypto, correspondents)| {
+                if ids.get(&message.id[..])?.is_some() {
+                    return Ok(Incoming::Duplicate);
+                }
+                messages.insert(
+                    message_key(&message.peer_id, &message.id),
+                    encode_message(message),
+                )?;
+                ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                crypto.insert(OLM_KEY, olm_pickle)?;
+                let mut c = tx_correspondent(correspondents, &message.peer_id)?;
+                if c.identity_key.is_none() {
+                    c.identity_key = Some(identity_key);
+                }
+                c.unread = c.unread.saturating_add(1);
+                c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
+                c.last_text = preview(&message.text);
+                correspondents.insert(message.peer_id.as_slice(), encode_correspondent(&c))?;
+                Ok(Incoming::Stored)
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Saves the Olm state alone (after decrypting something that is not stored, e.g. a receipt).
+    pub fn save_olm(&self, olm_pickle: &[u8]) -> Result<(), StoreError> {
+        self.crypto
+            .insert(OLM_KEY, olm_pickle)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The saved Olm state, if any.
+    pub fn olm(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .crypto
+            .get(OLM_KEY)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Whether a message id was seen before (either direction).
+    pub fn is_known(&self, id: &MessageId) -> Result<bool, StoreError> {
+        self.ids.contains_key(id).map_err(|e| self.err(e))
+    }
+
+    /// One message by id.
+    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
+        let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let mut key = conv.to_vec();
+        key.extend_from_slice(id);
+        match self.messages.get(key).map_err(|e| self.err(e))? {
+            Some(raw) => Ok(Some(decode_message(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last `limit` messages with `peer_id` (before `before`, if given), oldest first.
+    pub fn history(
+        &self,
+        peer_id: &[u8],
+        limit: usize,
+        before: Option<&MessageId>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let conv = conv_key(peer_id);
+        let end = match before {
+            Some(id) => message_key(peer_id, id),
+            None => {
+                let mut end = conv.to_vec();
+                end.extend_from_slice(&[0xff; 17]);
+                end
+            }
+        };
+        let mut out = Vec::new();
+        for item in self.messages.range(conv.to_vec()..end).rev().take(limit) {
+            let (_, raw) = item.map_err(|e| self.err(e))?;
+            out.push(decode_message(&raw)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Marks every unread incoming message from `peer_id` as seen; returns their ids (for read
+    /// receipts).
+    pub fn mark_seen(&self, peer_id: &[u8]) -> Result<Vec<MessageId>, StoreError> {
+        let conv = conv_key(peer_id);
+        let mut seen = Vec::new();
+        for item in self.messages.scan_prefix(conv) {
+            let (key, raw) = item.map_err(|e| self.err(e))?;
+            let mut m = decode_message(&raw)?;
+            if !m.outgoing && m.status == Status::Received {
+                m.status = Status::Seen;
+                self.messages
+                    .insert(key, encode_message(&m))
+                    .map_err(|e| self.err(e))?;
+                seen.push(m.id);
+            }
+        }
+        self.update_correspondent(peer_id, |c| c.unread = 0)?;
+        Ok(seen)
+    }
+
+    /// Everyone we exchanged messages with, most recent first.
+    pub fn correspondents(&self) -> Result<Vec<Correspondent>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.correspondents.iter() {
+            let (key, raw) = item.map_err(|e| self.err(e))?;
+            out.push(decode_correspondent(&key, &raw)?);
+        }
+        out.sort_by_key(|c| std::cmp::Reverse(c.last_message_ms));
+        Ok(out)
+    }
+
+    /// One correspondent.
+    pub fn correspondent(&self, peer_id: &[u8]) -> Result<Option<Correspondent>, StoreError> {
+        match self.correspondents.get(peer_id).map_err(|e| self.err(e))? {
+            Some(raw) => Ok(Some(decode_correspondent(peer_id, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets a correspondent's trust (accept, block).
+    pub fn set_trust(&self, peer_id: &[u8], trust: Trust) -> Result<(), StoreError> {
+        self.update_correspondent(peer_id, |c| c.trust = trust)
+    }
+
+    fn update_correspondent(
+        &self,
+        peer_id: &[u8],
+        f: impl Fn(&mut Correspondent),
+    ) -> Result<(), StoreError> {
+        self.correspondents
+            .transaction(|tree| {
+                let mut c = tx_correspondent(tree, peer_id)?;
+                f(&mut c);
+                tree.insert(peer_id, encode_correspondent(&c))?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Every outbox entry.
+    pub fn outbox(&self) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.outbox.iter() {
+            let (key, raw) = item.map_err(|e| self.err(e))?;
+            out.push(decode_item(&key, &raw)?);
+        }
+        Ok(out)
+    }
+
+    /// Number of outbox entries.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

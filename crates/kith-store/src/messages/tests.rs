@@ -1,0 +1,163 @@
+use super::*;
+use crate::{Store, StoreConfig};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+    (dir, store)
+}
+
+fn id(n: u8) -> MessageId {
+    let mut id = [0u8; 16];
+    id[5] = n;
+    id
+}
+
+fn outgoing(n: u8, peer: &[u8]) -> (Message, OutboxItem) {
+    let m = Message {
+        id: id(n),
+        peer_id: peer.to_vec(),
+        outgoing: true,
+        text: format!("msg {n}"),
+        sent_at_ms: u64::from(n),
+        received_at_ms: 0,
+        status: Status::Queued,
+        failure: String::new(),
+    };
+    let o = OutboxItem {
+        id: id(n),
+        peer_id: peer.to_vec(),
+        payload: vec![n],
+        envelope: None,
+        attempts: 0,
+        next_attempt_ms: 0,
+        created_ms: 0,
+        receipt: false,
+    };
+    (m, o)
+}
+
+fn incoming(n: u8, peer: &[u8]) -> Message {
+    Message {
+        id: id(n),
+        peer_id: peer.to_vec(),
+        outgoing: false,
+        text: format!("in {n}"),
+        sent_at_ms: u64::from(n),
+        received_at_ms: 9,
+        status: Status::Received,
+        failure: String::new(),
+    }
+}
+
+#[test]
+fn queued_messages_are_in_history_and_outbox_until_completed() {
+    let (_d, store) = store();
+    let db = store.messages();
+    for n in [3, 1, 2] {
+        let (m, o) = outgoing(n, b"bob");
+        db.enqueue(Some(&m), &o).unwrap();
+    }
+    let history = db.history(b"bob", 10, None).unwrap();
+    let ids: Vec<_> = history.iter().map(|m| m.id[5]).collect();
+    assert_eq!(ids, vec![1, 2, 3], "history is in id order");
+    assert_eq!(db.outbox_len(), 3);
+    assert_eq!(
+        db.correspondent(b"bob").unwrap().unwrap().trust,
+        Trust::Accepted
+    );
+
+    db.complete(&id(2), Status::Delivered, "", 50).unwrap();
+    assert_eq!(db.outbox_len(), 2);
+    let m = db.message(&id(2)).unwrap().unwrap();
+    assert_eq!(m.status, Status::Delivered);
+    assert_eq!(m.received_at_ms, 50);
+}
+
+#[test]
+fn history_pages_backwards() {
+    let (_d, store) = store();
+    let db = store.messages();
+    for n in 1..=10 {
+        let (m, o) = outgoing(n, b"bob");
+        db.enqueue(Some(&m), &o).unwrap();
+    }
+    let last3: Vec<_> = db
+        .history(b"bob", 3, None)
+        .unwrap()
+        .iter()
+        .map(|m| m.id[5])
+        .collect();
+    assert_eq!(last3, vec![8, 9, 10]);
+    let before: Vec<_> = db
+        .history(b"bob", 3, Some(&id(8)))
+        .unwrap()
+        .iter()
+        .map(|m| m.id[5])
+        .collect();
+    assert_eq!(before, vec![5, 6, 7]);
+    assert!(db.history(b"alice", 3, None).unwrap().is_empty());
+}
+
+#[test]
+fn incoming_messages_are_deduplicated_and_start_as_requests() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let m = incoming(1, b"eve");
+    assert_eq!(
+        db.store_incoming(&m, b"pickle1", [7; 32]).unwrap(),
+        Incoming::Stored
+    );
+    assert_eq!(
+        db.store_incoming(&m, b"pickle2", [8; 32]).unwrap(),
+        Incoming::Duplicate
+    );
+    assert_eq!(
+        db.olm().unwrap().unwrap(),
+        b"pickle1",
+        "a duplicate writes nothing"
+    );
+    let c = db.correspondent(b"eve").unwrap().unwrap();
+    assert_eq!(c.trust, Trust::Unknown);
+    assert_eq!(c.identity_key, Some([7; 32]));
+    assert_eq!(c.unread, 1);
+    assert!(db.is_known(&id(1)).unwrap());
+
+    assert_eq!(db.mark_seen(b"eve").unwrap(), vec![id(1)]);
+    assert_eq!(db.correspondent(b"eve").unwrap().unwrap().unread, 0);
+    assert!(db.mark_seen(b"eve").unwrap().is_empty());
+
+    db.set_trust(b"eve", Trust::Blocked).unwrap();
+    assert_eq!(
+        db.correspondent(b"eve").unwrap().unwrap().trust,
+        Trust::Blocked
+    );
+}
+
+#[test]
+fn read_receipts_never_step_back_to_delivered() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let (m, o) = outgoing(1, b"bob");
+    db.enqueue(Some(&m), &o).unwrap();
+    assert_eq!(db.mark_read_by_peer(b"bob", &[id(1)]).unwrap(), 1);
+    db.complete(&id(1), Status::Delivered, "", 5).unwrap();
+    assert_eq!(db.message(&id(1)).unwrap().unwrap().status, Status::Read);
+}
+
+#[test]
+fn envelope_and_olm_state_are_saved_together_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let (m, mut o) = outgoing(1, b"bob");
+        store.messages().enqueue(Some(&m), &o).unwrap();
+        o.envelope = Some(b"ciphertext".to_vec());
+        store.messages().set_envelope(&o, b"olm-after").unwrap();
+        store.db_flush_for_tests();
+    }
+    let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+    let outbox = store.messages().outbox().unwrap();
+    assert_eq!(outbox[0].envelope.as_deref(), Some(&b"ciphertext"[..]));
+    assert_eq!(store.messages().olm().unwrap().unwrap(), b"olm-after");
+}
