@@ -3,6 +3,7 @@
 //! ```text
 //! <home>/identity.key   libp2p ed25519 keypair, protobuf-encoded, mode 0600
 //! <home>/db/            the sled store
+//! <home>/olm.key        32-byte key that encrypts the Olm state in the store, mode 0600
 //! <home>/api.token      bearer token for the local API, mode 0600
 //! <home>/api.json       {"addr", "pid", "peer_id"} of the running node; removed on clean exit
 //! ```
@@ -112,6 +113,23 @@ impl Home {
                 ),
             )
             .into()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Loads the key that encrypts the end-to-end encryption state at rest, creating it on first
+    /// start. Losing it makes the stored sessions unreadable (messages stay readable).
+    pub(crate) fn pickle_key(&self) -> anyhow::Result<kith_crypto::PickleKey> {
+        let path = self.dir.join("olm.key");
+        match fs::read(&path) {
+            Ok(bytes) => kith_crypto::PickleKey::from_bytes(&bytes).with_context(|| {
+                format!("{} is damaged; restore it from a backup", path.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = kith_crypto::PickleKey::generate()?;
+                write_private(&path, key.as_bytes())?;
+                Ok(key)
+            }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
     }
@@ -270,6 +288,19 @@ mod tests {
             fs::read(home.dir().join("identity.key")).unwrap(),
             b"garbage"
         );
+    }
+
+    #[test]
+    fn pickle_key_is_created_once_private_and_stable() {
+        let (_dir, home) = home();
+        home.create().unwrap();
+        let a = home.pickle_key().unwrap();
+        let b = home.pickle_key().unwrap();
+        assert_eq!(a.as_bytes(), b.as_bytes());
+        let mode = fs::metadata(home.dir().join("olm.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(home.dir().join("olm.key"), b"short").unwrap();
+        assert!(home.pickle_key().is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     let store = Store::open(home.db_path(), &StoreConfig::default())
         .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     let token = home.token(true)?;
+    let pickle_key = home.pickle_key()?;
 
     let mut config = kith_net::Config::new(keypair)
         .with_network_id(bootstrap.network_id.clone())
@@ -55,6 +56,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
 
     let options = kith_service::Options {
         name_rules: bootstrap.name_rules.clone(),
+        pickle_key: Some(pickle_key),
         ..kith_service::Options::default()
     };
     let node = Node::start_with(config, store, options)

@@ -79,6 +79,16 @@ pub enum ServiceError {
     /// The peer id has no embedded public key (not ed25519).
     #[error("cannot read a public key from peer id {0}")]
     NoPublicKey(PeerId),
+    /// End-to-end encryption failed.
+    #[error("encryption error: {0}")]
+    Crypto(kith_crypto::CryptoError),
+    /// The message cannot be sent as it is.
+    #[error("{0}")]
+    InvalidMessage(String),
+    /// The recipient has published no usable key bundle (it never ran a node that publishes one,
+    /// or the DHT cannot be reached): the message waits in the outbox.
+    #[error("no encryption key bundle found for {0}")]
+    NoKeyBundle(PeerId),
     /// A background job (proof of work) failed to run.
     #[error("internal task failed: {0}")]
     Task(String),

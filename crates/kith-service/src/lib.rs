@@ -19,11 +19,15 @@
 // hot path, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod dm;
 mod error;
 mod names;
 mod node;
 
+pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;
+pub use kith_crypto::PickleKey;
+pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
 pub use names::{Registration, Resolution, SuppliedPow, Verification};
 pub use node::{Node, Options, Status};
 

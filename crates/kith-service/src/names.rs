@@ -31,6 +31,20 @@ pub(crate) struct NameValidator {
 
 impl RecordValidator for NameValidator {
     fn validate(&self, key: &[u8], value: &[u8]) -> Result<Validated, String> {
+        if let Some(peer) = crate::dm::bundle_claimed_peer(value) {
+            let bundle = crate::dm::decode_bundle(value, &peer)?;
+            if crate::dm::bundle_key(&peer) != key {
+                return Err("key bundle stored under another peer's key".into());
+            }
+            return Ok(Validated {
+                class: peer.to_bytes(),
+                expires: Some(
+                    UNIX_EPOCH
+                        + Duration::from_millis(bundle.created_at_ms())
+                        + Duration::from_secs(30 * 86_400),
+                ),
+            });
+        }
         let record = NameRecord::verify(value, &self.rules, now_ms()).map_err(|e| e.to_string())?;
         if record.name().dht_key() != key {
             return Err(format!(
@@ -45,6 +59,20 @@ impl RecordValidator for NameValidator {
     }
 
     fn may_replace(&self, _key: &[u8], stored: &[u8], incoming: &[u8]) -> bool {
+        if let (Some(a), Some(b)) = (
+            crate::dm::bundle_claimed_peer(stored),
+            crate::dm::bundle_claimed_peer(incoming),
+        ) {
+            // Same key means same peer (the validator checked it); newer bundles win.
+            return match (
+                crate::dm::decode_bundle(stored, &a),
+                crate::dm::decode_bundle(incoming, &b),
+            ) {
+                (Ok(s), Ok(i)) => i.created_at_ms() >= s.created_at_ms(),
+                (Err(_), Ok(_)) => true,
+                _ => false,
+            };
+        }
         let now = now_ms();
         match (
             NameRecord::verify(stored, &self.rules, now),

@@ -37,6 +37,9 @@ pub struct Options {
     pub republish_every: Duration,
     /// Delay before the first re-publish, so bootstrap connections are up. Default 3 s.
     pub first_republish_after: Duration,
+    /// Key that encrypts the Olm state at rest. `node/` keeps it in the home directory; without
+    /// one a random key is used and the state cannot be read after a restart.
+    pub pickle_key: Option<kith_crypto::PickleKey>,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             resolve_quorum: 4,
             republish_every: Duration::from_secs(3600),
             first_republish_after: Duration::from_secs(3),
+            pickle_key: None,
         }
     }
 }
@@ -54,12 +58,13 @@ impl Default for Options {
 pub(crate) struct Inner {
     pub(crate) keypair: Keypair,
     pub(crate) options: Options,
+    pub(crate) dm: crate::dm::Dm,
     client: kith_net::Client,
     store: Store,
     registry: Registry,
     net_metrics: NetMetrics,
     started: Instant,
-    shutdown_tx: watch::Sender<bool>,
+    pub(crate) shutdown_tx: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -101,27 +106,36 @@ impl Node {
         let net_metrics = NetMetrics::default();
         net_metrics.register(&mut registry);
 
+        let pickle_key = match &options.pickle_key {
+            Some(key) => key.clone(),
+            None => kith_crypto::PickleKey::generate().map_err(ServiceError::Crypto)?,
+        };
+        let dm = crate::dm::Dm::load(&store, pickle_key, &mut registry)?;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
 
-        let service_task = tokio::spawn(consume_events(events, store.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 keypair,
                 options,
+                dm,
                 client,
                 store,
                 registry,
                 net_metrics,
                 started: Instant::now(),
                 shutdown_tx,
-                tasks: std::sync::Mutex::new(vec![net_task, service_task]),
+                tasks: std::sync::Mutex::new(vec![net_task]),
             }),
         };
+        let service_task = tokio::spawn(consume_events(events, Arc::downgrade(&node.inner)));
+        node.push_task(service_task);
         node.rejoin().await;
         let republisher = tokio::spawn(republish_loop(Arc::downgrade(&node.inner)));
         node.push_task(republisher);
+        let delivery = tokio::spawn(crate::dm::delivery_loop(Arc::downgrade(&node.inner)));
+        node.push_task(delivery);
         Ok(node)
     }
 
@@ -274,25 +288,60 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
             Ok(n) => tracing::debug!(published = n, "re-published owned names"),
             Err(e) => tracing::warn!(error = %e, "could not re-publish owned names"),
         }
+        if let Err(e) = node.refresh_key_bundle().await {
+            tracing::warn!(error = %e, "could not publish the key bundle");
+        }
         delay = every;
     }
 }
 
-/// The service task: turns network events into store updates. Ends when the network loop ends.
-async fn consume_events(mut events: tokio::sync::mpsc::Receiver<Event>, store: Store) {
+/// The service task: turns network events into store updates and hands direct messages to their
+/// own tasks. Ends when the network loop ends.
+async fn consume_events(
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    inner: std::sync::Weak<Inner>,
+) {
+    // Bounds the direct messages being processed at once; the network keeps buffering the rest.
+    let inbound = Arc::new(tokio::sync::Semaphore::new(64));
     let mut seen = 0usize;
     while let Some(event) = events.recv().await {
-        let result = match &event {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let node = Node { inner: strong };
+        let store = node.store().clone();
+        let result = match event {
+            Event::DirectMessage {
+                peer,
+                request,
+                bytes,
+            } => {
+                let Ok(permit) = inbound.clone().acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    node.on_direct_message(peer, request, bytes).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
             Event::PeerConnected {
                 peer,
                 addr,
-                inbound: false,
-            } => store.peers().record_seen(
-                &peer.to_bytes(),
-                Some(&without_peer_id(addr).to_vec()),
-                None,
-                now_ms(),
-            ),
+                inbound,
+            } => {
+                node.on_peer_connected(peer);
+                if inbound {
+                    Ok(())
+                } else {
+                    store.peers().record_seen(
+                        &peer.to_bytes(),
+                        Some(&without_peer_id(&addr).to_vec()),
+                        None,
+                        now_ms(),
+                    )
+                }
+            }
             Event::PeerIdentified {
                 peer,
                 agent,
@@ -302,13 +351,13 @@ async fn consume_events(mut events: tokio::sync::mpsc::Receiver<Event>, store: S
                 let mut result =
                     store
                         .peers()
-                        .record_seen(&peer.to_bytes(), None, Some(agent), now_ms());
+                        .record_seen(&peer.to_bytes(), None, Some(&agent), now_ms());
                 // Oldest first, so the first listed address ends up at the front of the book.
                 for addr in listen_addrs.iter().rev().filter(|a| is_dialable(a)) {
                     result = result.and_then(|()| {
                         store.peers().record_seen(
                             &peer.to_bytes(),
-                            Some(&addr.to_vec()),
+                            Some(&without_peer_id(addr).to_vec()),
                             None,
                             now_ms(),
                         )

@@ -568,6 +568,11 @@ impl MessageStore {
         }
     }
 
+    /// Binds (or re-binds, after a verified key bundle) a peer's Olm identity key.
+    pub fn bind_identity_key(&self, peer_id: &[u8], key: [u8; 32]) -> Result<(), StoreError> {
+        self.update_correspondent(peer_id, |c| c.identity_key = Some(key))
+    }
+
     /// Sets a correspondent's trust (accept, block).
     pub fn set_trust(&self, peer_id: &[u8], trust: Trust) -> Result<(), StoreError> {
         self.update_correspondent(peer_id, |c| c.trust = trust)

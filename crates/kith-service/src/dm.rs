@@ -1,0 +1,894 @@
+//! Direct messages: the send and receive pipelines, retries, receipts, requests and blocks.
+//!
+//! ```text
+//! send:    validate → id → store message + outbox (one transaction) → flush → deliver
+//! deliver: encrypt once (Olm state saved with the envelope) → /kith/dm → Ack → delivered
+//!          └─ no answer: backoff and retry (same id, same bytes) until acknowledged
+//! receive: frame cap (kith-net) → decode → blocked? rate? dedupe → decrypt → store + flush → Ack
+//! ```
+//!
+//! Invariants: a message is in the store before it is sent and stays in the outbox until the
+//! recipient acknowledged storing it; the recipient acknowledges only after a flush; the Olm state
+//! that produced or consumed a ciphertext is saved in the same transaction as that ciphertext's
+//! effect, so a crash can never reuse a ratchet step.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex as StdMutex},
+    time::{Duration, Instant},
+};
+
+use kith_crypto::{
+    Ciphertext, CryptoError, Curve25519Key, DecryptFailure, KeyBundle, Olm, PickleKey,
+};
+use kith_proto::v1 as pb;
+use kith_store::{Incoming, Message, MessageId, OutboxItem, Status, Trust};
+use libp2p::{PeerId, multiaddr::Protocol};
+use prost::Message as _;
+use tokio::sync::{Mutex, Notify, broadcast};
+
+use crate::{Node, ServiceError, node::now_ms};
+
+/// Longest text message, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Token bucket per sender: burst size and refill per second.
+const RATE_BURST: f64 = 500.0;
+const RATE_PER_SEC: f64 = 200.0;
+/// Retry backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long `send` waits for the first delivery attempt before answering "queued".
+const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(5);
+
+/// What happened to a message, pushed to API clients (WebSocket) and `kith chat`.
+#[derive(Debug, Clone)]
+pub enum MessageEvent {
+    /// A new incoming message was stored.
+    Received(Message),
+    /// An outgoing message changed status (delivered, read, failed).
+    Status {
+        /// The message.
+        id: MessageId,
+        /// The conversation.
+        peer: PeerId,
+        /// The new status.
+        status: Status,
+    },
+}
+
+/// The outcome of [`Node::send_text`].
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The message id.
+    pub id: MessageId,
+    /// The recipient.
+    pub peer: PeerId,
+    /// `Delivered` if the recipient acknowledged within a few seconds, else `Queued`.
+    pub status: Status,
+}
+
+/// A conversation as the inbox lists it.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    /// The other side.
+    pub peer: PeerId,
+    /// Unread incoming messages.
+    pub unread: u32,
+    /// Last message time, unix ms.
+    pub last_message_ms: u64,
+    /// Last message text (shortened).
+    pub last_text: String,
+    /// Trust: a request (unknown sender), accepted, or blocked.
+    pub trust: Trust,
+}
+
+/// Direct-message state owned by the node.
+pub(crate) struct Dm {
+    olm: Mutex<Olm>,
+    pickle_key: PickleKey,
+    events: broadcast::Sender<MessageEvent>,
+    wake: Notify,
+    peer_locks: StdMutex<HashMap<PeerId, Arc<Mutex<()>>>>,
+    busy: StdMutex<HashSet<PeerId>>,
+    buckets: StdMutex<HashMap<PeerId, (f64, Instant)>>,
+    last_id: StdMutex<(u64, u16)>,
+    rejected: prometheus_client::metrics::counter::Counter,
+}
+
+impl std::fmt::Debug for Dm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dm").finish_non_exhaustive()
+    }
+}
+
+impl Dm {
+    /// Restores the Olm state from the store (or creates it) with the home's pickle key.
+    pub(crate) fn load(
+        store: &kith_store::Store,
+        pickle_key: PickleKey,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Self, ServiceError> {
+        let olm = match store.messages().olm()? {
+            Some(bytes) => Olm::from_pickle(&bytes, &pickle_key).map_err(ServiceError::Crypto)?,
+            None => {
+                let olm = Olm::new();
+                let pickle = olm.to_pickle(&pickle_key).map_err(ServiceError::Crypto)?;
+                store.messages().save_olm(&pickle)?;
+                olm
+            }
+        };
+        let rejected = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "dm_rejected",
+            "Inbound direct messages refused (malformed, undecryptable, forged, blocked, rate limited)",
+            rejected.clone(),
+        );
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            olm: Mutex::new(olm),
+            pickle_key,
+            events,
+            wake: Notify::new(),
+            peer_locks: StdMutex::new(HashMap::new()),
+            busy: StdMutex::new(HashSet::new()),
+            buckets: StdMutex::new(HashMap::new()),
+            last_id: StdMutex::new((0, 0)),
+            rejected,
+        })
+    }
+
+    fn next_id(&self) -> MessageId {
+        let now = now_ms();
+        let (ms, counter) = {
+            let mut last = lock(&self.last_id);
+            let next = if now > last.0 {
+                (now, 0)
+            } else if last.1 == u16::MAX {
+                (last.0 + 1, 0)
+            } else {
+                (last.0, last.1 + 1)
+            };
+            *last = next;
+            next
+        };
+        let mut id = [0u8; 16];
+        id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        id[6..8].copy_from_slice(&counter.to_be_bytes());
+        // The rest is random so ids from different nodes never collide.
+        if getrandom::fill(&mut id[8..]).is_err() {
+            id[8..].copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..8]);
+        }
+        id
+    }
+
+    fn allow(&self, peer: PeerId) -> bool {
+        let mut buckets = lock(&self.buckets);
+        let now = Instant::now();
+        let (tokens, at) = buckets.entry(peer).or_insert((RATE_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_SEC).min(RATE_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn emit(&self, event: MessageEvent) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// DHT key of a peer's key bundle: `blake3("kith/keys/v1/" ‖ peer id)`.
+pub(crate) fn bundle_key(peer: &PeerId) -> Vec<u8> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"kith/keys/v1/");
+    hasher.update(&peer.to_bytes());
+    hasher.finalize().as_bytes().to_vec()
+}
+
+fn ack(id: &[u8], status: pb::AckStatus, reason: &str) -> pb::Ack {
+    pb::Ack {
+        id: id.to_vec(),
+        status: status as i32,
+        reason: reason.to_owned(),
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let exp = BACKOFF_MIN.saturating_mul(1u32 << attempts.min(16));
+    exp.min(BACKOFF_MAX)
+}
+
+fn peer_of(bytes: &[u8]) -> Option<PeerId> {
+    PeerId::from_bytes(bytes).ok()
+}
+
+impl Node {
+    fn dm(&self) -> &Dm {
+        &self.inner.dm
+    }
+
+    /// Subscribes to message events (new messages, status changes). Bounded: a subscriber that
+    /// falls more than 1,024 events behind loses the oldest and is told so.
+    pub fn subscribe(&self) -> broadcast::Receiver<MessageEvent> {
+        self.dm().events.subscribe()
+    }
+
+    /// Sends a text message to a petname, name or peer id.
+    ///
+    /// Returns once the message is stored (and flushed) and the first delivery attempt finished
+    /// or a few seconds passed: `Delivered` or `Queued`. A queued message keeps being retried.
+    pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ServiceError> {
+        if text.trim().is_empty() {
+            return Err(ServiceError::InvalidMessage("the message is empty".into()));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(ServiceError::InvalidMessage(format!(
+                "the message is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let peer = self.resolve_recipient(target).await?;
+        if peer == self.peer_id() {
+            return Err(ServiceError::InvalidMessage(
+                "you cannot message yourself".into(),
+            ));
+        }
+        if let Some(c) = self.store().messages().correspondent(&peer.to_bytes())?
+            && c.trust == Trust::Blocked
+        {
+            return Err(ServiceError::InvalidMessage(format!(
+                "{peer} is blocked; unblock with `kith accept {target}` first"
+            )));
+        }
+        let id = self.dm().next_id();
+        let now = now_ms();
+        let payload = pb::DirectPayload {
+            id: id.to_vec(),
+            sender: self.peer_id().to_bytes(),
+            recipient: peer.to_bytes(),
+            sent_at_ms: now,
+            body: Some(pb::direct_payload::Body::Text(text.to_owned())),
+        };
+        let message = Message {
+            id,
+            peer_id: peer.to_bytes(),
+            outgoing: true,
+            text: text.to_owned(),
+            sent_at_ms: now,
+            received_at_ms: 0,
+            status: Status::Queued,
+            failure: String::new(),
+        };
+        let item = OutboxItem {
+            id,
+            peer_id: peer.to_bytes(),
+            payload: payload.encode_to_vec(),
+            envelope: None,
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: now,
+            receipt: false,
+        };
+        self.store().messages().enqueue(Some(&message), &item)?;
+        self.store().flush().await?;
+        let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, self.deliver_to(peer)).await;
+        let status = self
+            .store()
+            .messages()
+            .message(&id)?
+            .map_or(Status::Queued, |m| m.status);
+        Ok(Sent { id, peer, status })
+    }
+
+    /// The last `limit` messages with a contact, oldest first.
+    pub async fn history(
+        &self,
+        target: &str,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<(PeerId, Vec<Message>), ServiceError> {
+        let peer = self.resolve_recipient(target).await?;
+        let messages = self
+            .store()
+            .messages()
+            .history(&peer.to_bytes(), limit, before.as_ref())?;
+        Ok((peer, messages))
+    }
+
+    /// Marks a conversation read and sends read receipts for what was unread.
+    pub async fn mark_read(&self, peer: PeerId) -> Result<usize, ServiceError> {
+        let ids = self.store().messages().mark_seen(&peer.to_bytes())?;
+        let trusted = self
+            .store()
+            .messages()
+            .correspondent(&peer.to_bytes())?
+            .is_some_and(|c| c.trust == Trust::Accepted);
+        if !ids.is_empty() && trusted {
+            let id = self.dm().next_id();
+            let payload = pb::DirectPayload {
+                id: id.to_vec(),
+                sender: self.peer_id().to_bytes(),
+                recipient: peer.to_bytes(),
+                sent_at_ms: now_ms(),
+                body: Some(pb::direct_payload::Body::Receipt(pb::Receipt {
+                    ids: ids.iter().map(|i| i.to_vec()).collect(),
+                    kind: pb::ReceiptKind::ReceiptRead as i32,
+                })),
+            };
+            let item = OutboxItem {
+                id,
+                peer_id: peer.to_bytes(),
+                payload: payload.encode_to_vec(),
+                envelope: None,
+                attempts: 0,
+                next_attempt_ms: 0,
+                created_ms: now_ms(),
+                receipt: true,
+            };
+            self.store().messages().enqueue(None, &item)?;
+            self.store().flush().await?;
+            self.dm().wake.notify_one();
+        } else {
+            self.store().flush().await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Conversations, most recent first (requests included, flagged by their trust).
+    pub fn inbox(&self) -> Result<Vec<Conversation>, ServiceError> {
+        Ok(self
+            .store()
+            .messages()
+            .correspondents()?
+            .into_iter()
+            .filter_map(|c| {
+                Some(Conversation {
+                    peer: peer_of(&c.peer_id)?,
+                    unread: c.unread,
+                    last_message_ms: c.last_message_ms,
+                    last_text: c.last_text,
+                    trust: c.trust,
+                })
+            })
+            .collect())
+    }
+
+    /// Accepts a sender (from requests) or unblocks a peer.
+    pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
+        let peer = self.resolve_recipient(target).await?;
+        self.store()
+            .messages()
+            .set_trust(&peer.to_bytes(), Trust::Accepted)?;
+        self.store().flush().await?;
+        Ok(peer)
+    }
+
+    /// Blocks a peer: their messages are refused, not stored.
+    pub async fn block(&self, target: &str) -> Result<PeerId, ServiceError> {
+        let peer = self.resolve_recipient(target).await?;
+        self.store()
+            .messages()
+            .set_trust(&peer.to_bytes(), Trust::Blocked)?;
+        self.store().flush().await?;
+        Ok(peer)
+    }
+
+    /// Publishes our key bundle in the DHT so others can start a session while we are offline.
+    pub async fn publish_key_bundle(&self) -> Result<bool, ServiceError> {
+        let signed = {
+            let olm = self.dm().olm.lock().await;
+            olm.key_bundle(&self.inner.keypair, now_ms())
+                .map_err(ServiceError::Crypto)?
+        };
+        let value = pb::DhtRecord {
+            body: Some(pb::dht_record::Body::KeyBundle(signed.to_bytes())),
+        }
+        .encode_to_vec();
+        let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 86_400);
+        Ok(self
+            .net()
+            .put_record(bundle_key(&self.peer_id()), value, Some(expires))
+            .await
+            .is_ok())
+    }
+
+    /// Fetches and verifies a peer's key bundle from the DHT (newest valid one wins).
+    async fn fetch_bundle(&self, peer: PeerId) -> Result<KeyBundle, ServiceError> {
+        let result = self.net().get_record(bundle_key(&peer), 1).await?;
+        result
+            .answers
+            .iter()
+            .filter_map(|a| decode_bundle(&a.value, &peer).ok())
+            .max_by_key(KeyBundle::created_at_ms)
+            .ok_or(ServiceError::NoKeyBundle(peer))
+    }
+
+    /// Delivers everything due for `peer`, oldest first; one delivery run per peer at a time.
+    pub(crate) async fn deliver_to(&self, peer: PeerId) {
+        let peer_lock = {
+            let mut locks = lock(&self.dm().peer_locks);
+            locks.entry(peer).or_default().clone()
+        };
+        let _guard = peer_lock.lock().await;
+        let items = match self.store().messages().outbox() {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        let now = now_ms();
+        let mut due: Vec<OutboxItem> = items
+            .into_iter()
+            .filter(|i| i.peer_id == peer.to_bytes() && i.next_attempt_ms <= now)
+            .collect();
+        due.sort_by_key(|i| i.id);
+        let mut failed_at: Option<u32> = None;
+        for mut item in due {
+            if let Some(attempts) = failed_at {
+                // The peer is unreachable: don't hammer it once per queued message.
+                item.next_attempt_ms = now_ms() + millis(backoff(attempts));
+                let _ = self.store().messages().reschedule(&item);
+                continue;
+            }
+            if let Err(attempts) = self.attempt(peer, item).await {
+                failed_at = Some(attempts);
+            }
+        }
+    }
+
+    /// One delivery attempt. `Err(attempts)` when the peer could not be reached.
+    async fn attempt(&self, peer: PeerId, mut item: OutboxItem) -> Result<(), u32> {
+        let envelope = match &item.envelope {
+            Some(envelope) => envelope.clone(),
+            None => match self.encrypt_item(peer, &mut item).await {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot encrypt yet; will retry");
+                    return Err(self.retry_later(item));
+                }
+            },
+        };
+        let addrs = self.known_addrs(&peer);
+        match self.net().send_dm(peer, envelope, addrs).await {
+            Ok(response) => {
+                let status = pb::Ack::decode(response.as_slice())
+                    .ok()
+                    .filter(|a| a.id == item.id)
+                    .map(|a| (pb::AckStatus::try_from(a.status).ok(), a.reason));
+                match status {
+                    Some((Some(pb::AckStatus::AckStored | pb::AckStatus::AckDuplicate), _)) => {
+                        self.finish(peer, &item, Status::Delivered, "");
+                        Ok(())
+                    }
+                    Some((Some(pb::AckStatus::AckUndecryptable), reason)) => {
+                        // The recipient lost its session: start over from its bundle.
+                        tracing::info!(%peer, %reason, "recipient cannot decrypt; re-encrypting from its key bundle");
+                        if let Ok(Some(c)) = self.store().messages().correspondent(&peer.to_bytes())
+                            && let Some(key) = c.identity_key
+                        {
+                            self.dm()
+                                .olm
+                                .lock()
+                                .await
+                                .forget_sessions(&Curve25519Key::from_bytes(key));
+                        }
+                        item.envelope = None;
+                        Err(self.retry_later(item))
+                    }
+                    Some((Some(pb::AckStatus::AckRateLimited), _)) => Err(self.retry_later(item)),
+                    Some((Some(pb::AckStatus::AckBlocked), _)) => {
+                        self.finish(
+                            peer,
+                            &item,
+                            Status::Failed,
+                            "the recipient does not accept messages from you",
+                        );
+                        Ok(())
+                    }
+                    Some((_, reason)) => {
+                        self.finish(peer, &item, Status::Failed, &format!("refused: {reason}"));
+                        Ok(())
+                    }
+                    None => Err(self.retry_later(item)),
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "delivery attempt failed");
+                Err(self.retry_later(item))
+            }
+        }
+    }
+
+    fn retry_later(&self, mut item: OutboxItem) -> u32 {
+        item.attempts = item.attempts.saturating_add(1);
+        item.next_attempt_ms = now_ms() + millis(backoff(item.attempts));
+        if let Err(e) = self.store().messages().reschedule(&item) {
+            tracing::warn!(error = %e, "cannot reschedule a message");
+        }
+        item.attempts
+    }
+
+    fn finish(&self, peer: PeerId, item: &OutboxItem, status: Status, failure: &str) {
+        if let Err(e) = self
+            .store()
+            .messages()
+            .complete(&item.id, status, failure, now_ms())
+        {
+            tracing::warn!(error = %e, "cannot record delivery");
+            return;
+        }
+        if !item.receipt {
+            self.dm().emit(MessageEvent::Status {
+                id: item.id,
+                peer,
+                status,
+            });
+        }
+    }
+
+    /// Encrypts an outbox entry once and saves the envelope with the Olm state that made it.
+    async fn encrypt_item(
+        &self,
+        peer: PeerId,
+        item: &mut OutboxItem,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let bound = self
+            .store()
+            .messages()
+            .correspondent(&peer.to_bytes())?
+            .and_then(|c| c.identity_key)
+            .map(Curve25519Key::from_bytes);
+        let has_session = match &bound {
+            Some(key) => self.dm().olm.lock().await.has_session(key),
+            None => false,
+        };
+        let bundle = if has_session {
+            None
+        } else {
+            Some(self.fetch_bundle(peer).await?)
+        };
+        let mut olm = self.dm().olm.lock().await;
+        let ciphertext = match (&bundle, &bound) {
+            (Some(bundle), _) => olm.encrypt_to_bundle(bundle, &item.payload),
+            (None, Some(key)) => olm.encrypt(key, &item.payload),
+            (None, None) => return Err(ServiceError::NoKeyBundle(peer)),
+        }
+        .map_err(ServiceError::Crypto)?;
+        let envelope = pb::Envelope {
+            id: item.id.to_vec(),
+            ciphertext: ciphertext.to_bytes(),
+        }
+        .encode_to_vec();
+        item.envelope = Some(envelope.clone());
+        let pickle = olm
+            .to_pickle(&self.dm().pickle_key)
+            .map_err(ServiceError::Crypto)?;
+        self.store().messages().set_envelope(item, &pickle)?;
+        if let Some(bundle) = &bundle {
+            self.store()
+                .messages()
+                .bind_identity_key(&peer.to_bytes(), bundle.identity_key().to_bytes())?;
+        }
+        drop(olm);
+        self.store().flush().await?;
+        Ok(envelope)
+    }
+
+    fn known_addrs(&self, peer: &PeerId) -> Vec<libp2p::Multiaddr> {
+        let bytes = peer.to_bytes();
+        self.store()
+            .peers()
+            .all()
+            .ok()
+            .and_then(|all| all.into_iter().find(|p| p.peer_id == bytes))
+            .map(|p| {
+                p.addrs
+                    .into_iter()
+                    .filter_map(|a| libp2p::Multiaddr::try_from(a).ok())
+                    .map(|a| a.with(Protocol::P2p(*peer)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Handles one inbound frame and answers it. Runs on its own task.
+    pub(crate) async fn on_direct_message(
+        &self,
+        peer: PeerId,
+        request: kith_net::DmRequestId,
+        bytes: Vec<u8>,
+    ) {
+        let ack = self.receive(peer, &bytes).await;
+        let status = ack.status;
+        if status != pb::AckStatus::AckStored as i32 && status != pb::AckStatus::AckDuplicate as i32
+        {
+            self.dm().rejected.inc();
+            tracing::info!(%peer, reason = %ack.reason, "refused a direct message");
+        }
+        if let Err(e) = self.net().respond_dm(request, ack.encode_to_vec()).await {
+            tracing::debug!(%peer, error = %e, "could not acknowledge");
+        }
+    }
+
+    async fn receive(&self, peer: PeerId, bytes: &[u8]) -> pb::Ack {
+        let Ok(envelope) = pb::Envelope::decode(bytes) else {
+            return ack(&[], pb::AckStatus::AckRejected, "malformed envelope");
+        };
+        let Ok(id) = MessageId::try_from(envelope.id.as_slice()) else {
+            return ack(
+                &envelope.id,
+                pb::AckStatus::AckRejected,
+                "message id is not 16 bytes",
+            );
+        };
+        match self.receive_checked(peer, id, &envelope.ciphertext).await {
+            Ok(status) => ack(&id, status, ""),
+            Err((status, reason)) => ack(&id, status, &reason),
+        }
+    }
+
+    async fn receive_checked(
+        &self,
+        peer: PeerId,
+        id: MessageId,
+        ciphertext: &[u8],
+    ) -> Result<pb::AckStatus, (pb::AckStatus, String)> {
+        let internal = |e: ServiceError| {
+            (
+                pb::AckStatus::AckRateLimited,
+                format!("try again later: {e}"),
+            )
+        };
+        let correspondent = self
+            .store()
+            .messages()
+            .correspondent(&peer.to_bytes())
+            .map_err(|e| internal(e.into()))?;
+        if correspondent
+            .as_ref()
+            .is_some_and(|c| c.trust == Trust::Blocked)
+        {
+            return Err((pb::AckStatus::AckBlocked, "blocked".into()));
+        }
+        if !self.dm().allow(peer) {
+            return Err((pb::AckStatus::AckRateLimited, "too many messages".into()));
+        }
+        if self
+            .store()
+            .messages()
+            .is_known(&id)
+            .map_err(|e| internal(e.into()))?
+        {
+            return Ok(pb::AckStatus::AckDuplicate);
+        }
+        let ciphertext = Ciphertext::from_bytes(ciphertext).map_err(|e| {
+            (
+                pb::AckStatus::AckRejected,
+                format!("malformed ciphertext: {e}"),
+            )
+        })?;
+        let sender_key = ciphertext.sender_identity_key();
+        if let Some(bound) = correspondent.as_ref().and_then(|c| c.identity_key)
+            && bound != sender_key.to_bytes()
+        {
+            return Err((
+                pb::AckStatus::AckRejected,
+                "sender's encryption key differs from the one bound to this peer".into(),
+            ));
+        }
+        let mut olm = self.dm().olm.lock().await;
+        let plaintext = olm.decrypt(&sender_key, &ciphertext).map_err(|e| match e {
+            CryptoError::Undecryptable(DecryptFailure::AlreadyUsed) => {
+                (pb::AckStatus::AckRejected, "replayed ciphertext".to_owned())
+            }
+            other => (pb::AckStatus::AckUndecryptable, other.to_string()),
+        })?;
+        let payload = pb::DirectPayload::decode(plaintext.as_slice())
+            .map_err(|_| (pb::AckStatus::AckRejected, "malformed payload".to_owned()))?;
+        if payload.id != id
+            || payload.sender != peer.to_bytes()
+            || payload.recipient != self.peer_id().to_bytes()
+        {
+            return Err((
+                pb::AckStatus::AckRejected,
+                "payload is not from this sender to this node".into(),
+            ));
+        }
+        let pickle = olm
+            .to_pickle(&self.dm().pickle_key)
+            .map_err(|e| internal(ServiceError::Crypto(e)))?;
+        match payload.body {
+            Some(pb::direct_payload::Body::Text(text)) => {
+                if text.len() > MAX_TEXT_BYTES || text.is_empty() {
+                    return Err((pb::AckStatus::AckRejected, "empty or oversized text".into()));
+                }
+                let message = Message {
+                    id,
+                    peer_id: peer.to_bytes(),
+                    outgoing: false,
+                    text,
+                    sent_at_ms: payload.sent_at_ms,
+                    received_at_ms: now_ms(),
+                    status: Status::Received,
+                    failure: String::new(),
+                };
+                let stored = self
+                    .store()
+                    .messages()
+                    .store_incoming(&message, &pickle, sender_key.to_bytes())
+                    .map_err(|e| internal(e.into()))?;
+                drop(olm);
+                self.store().flush().await.map_err(|e| internal(e.into()))?;
+                if stored == Incoming::Stored {
+                    self.dm().emit(MessageEvent::Received(message));
+                }
+                Ok(pb::AckStatus::AckStored)
+            }
+            Some(pb::direct_payload::Body::Receipt(receipt)) => {
+                self.store()
+                    .messages()
+                    .save_olm(&pickle)
+                    .map_err(|e| internal(e.into()))?;
+                drop(olm);
+                let ids: Vec<MessageId> = receipt
+                    .ids
+                    .iter()
+                    .filter_map(|i| MessageId::try_from(i.as_slice()).ok())
+                    .collect();
+                if receipt.kind == pb::ReceiptKind::ReceiptRead as i32 {
+                    let _ = self
+                        .store()
+                        .messages()
+                        .mark_read_by_peer(&peer.to_bytes(), &ids);
+                    for id in ids {
+                        self.dm().emit(MessageEvent::Status {
+                            id,
+                            peer,
+                            status: Status::Read,
+                        });
+                    }
+                }
+                self.store().flush().await.map_err(|e| internal(e.into()))?;
+                Ok(pb::AckStatus::AckStored)
+            }
+            None => Err((pb::AckStatus::AckRejected, "empty payload".into())),
+        }
+    }
+
+    /// A peer connected: whatever waits for it is due now.
+    pub(crate) fn on_peer_connected(&self, peer: PeerId) {
+        let Ok(items) = self.store().messages().outbox() else {
+            return;
+        };
+        let mut any = false;
+        for mut item in items.into_iter().filter(|i| i.peer_id == peer.to_bytes()) {
+            if item.next_attempt_ms > 0 {
+                item.next_attempt_ms = 0;
+                let _ = self.store().messages().reschedule(&item);
+            }
+            any = true;
+        }
+        if any {
+            self.dm().wake.notify_one();
+        }
+    }
+}
+
+/// Decodes and verifies a key-bundle DHT value for `peer`.
+pub(crate) fn decode_bundle(value: &[u8], peer: &PeerId) -> Result<KeyBundle, String> {
+    let record = pb::DhtRecord::decode(value).map_err(|e| e.to_string())?;
+    match record.body {
+        Some(pb::dht_record::Body::KeyBundle(bytes)) => {
+            KeyBundle::verify(&bytes, peer).map_err(|e| e.to_string())
+        }
+        _ => Err("not a key bundle".into()),
+    }
+}
+
+/// Reads the peer id a key-bundle DHT value claims, without verifying it (the caller verifies).
+pub(crate) fn bundle_claimed_peer(value: &[u8]) -> Option<PeerId> {
+    let record = pb::DhtRecord::decode(value).ok()?;
+    let Some(pb::dht_record::Body::KeyBundle(bytes)) = record.body else {
+        return None;
+    };
+    let signed = pb::SignedKeyBundle::decode(bytes.as_slice()).ok()?;
+    let bundle = pb::KeyBundle::decode(signed.bundle.as_slice()).ok()?;
+    PeerId::from_bytes(&bundle.peer_id).ok()
+}
+
+/// The delivery worker: wakes on new outbox entries, on peers connecting, and when the earliest
+/// retry is due; runs one delivery per peer at a time. Ends when the node shuts down.
+pub(crate) async fn delivery_loop(inner: std::sync::Weak<crate::node::Inner>) {
+    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let node = Node { inner: strong };
+        let items = node.store().messages().outbox().unwrap_or_default();
+        let now = now_ms();
+        let mut next = now + 30_000;
+        let mut due_peers = HashSet::new();
+        for item in &items {
+            if item.next_attempt_ms <= now {
+                if let Some(peer) = peer_of(&item.peer_id) {
+                    due_peers.insert(peer);
+                }
+            } else {
+                next = next.min(item.next_attempt_ms);
+            }
+        }
+        for peer in due_peers {
+            let fresh = lock(&node.dm().busy).insert(peer);
+            if fresh {
+                let worker = node.clone();
+                tokio::spawn(async move {
+                    worker.deliver_to(peer).await;
+                    lock(&worker.dm().busy).remove(&peer);
+                    worker.dm().wake.notify_one();
+                });
+            }
+        }
+        let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(50));
+        let wake = node.dm().wake.notified();
+        tokio::select! {
+            () = wake => {}
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Node {
+    /// Rotates the fallback key if someone used it, then (re)publishes the key bundle.
+    pub(crate) async fn refresh_key_bundle(&self) -> Result<bool, ServiceError> {
+        {
+            let mut olm = self.dm().olm.lock().await;
+            if olm.rotate_fallback_key_if_used() {
+                let pickle = olm
+                    .to_pickle(&self.dm().pickle_key)
+                    .map_err(ServiceError::Crypto)?;
+                self.store().messages().save_olm(&pickle)?;
+                drop(olm);
+                self.store().flush().await?;
+            }
+        }
+        self.publish_key_bundle().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(30), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn bundle_keys_differ_per_peer_and_from_name_keys() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        assert_ne!(bundle_key(&a), bundle_key(&b));
+        assert_eq!(bundle_key(&a).len(), 32);
+    }
+}
