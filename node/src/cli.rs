@@ -56,6 +56,43 @@ pub(crate) enum Command {
         /// Who.
         target: String,
     },
+    /// Send a message to a petname, name or peer id.
+    Send {
+        /// Who.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Show a conversation, newest last (and mark it read).
+    History {
+        /// Petname, name or peer id.
+        with: String,
+        /// How many messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only messages before this message id.
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
+    },
+    /// Interactive chat in the terminal.
+    Chat {
+        /// Petname, name or peer id.
+        with: String,
+    },
+    /// Conversations with unread counts.
+    Inbox,
+    /// Messages from people you have not accepted yet.
+    Requests,
+    /// Accept a sender (or unblock one).
+    Accept {
+        /// Petname, name or peer id.
+        who: String,
+    },
+    /// Block a sender: their messages are refused.
+    Block {
+        /// Petname, name or peer id.
+        who: String,
+    },
     /// Print an invite link (and QR code) that lets a friend add you without any lookup.
     Invite {
         /// Do not draw the QR code.

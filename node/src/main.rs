@@ -14,7 +14,9 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+mod chat;
 mod home;
+mod messages;
 mod names;
 mod run;
 
@@ -90,5 +92,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Contacts(cmd) => names::contacts(&home, cmd, json).await,
         Command::Verify { target } => names::verify(&home, &target, json).await,
         Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
+        Command::Send { to, text } => messages::send(&home, &to, &text, json).await,
+        Command::History {
+            with,
+            limit,
+            before,
+        } => messages::history(&home, &with, limit, before.as_deref(), json).await,
+        Command::Chat { with } => chat::run(&home, &with).await,
+        Command::Inbox => messages::inbox(&home, false, json).await,
+        Command::Requests => messages::inbox(&home, true, json).await,
+        Command::Accept { who } => messages::trust(&home, &who, true, json).await,
+        Command::Block { who } => messages::trust(&home, &who, false, json).await,
     }
 }

@@ -6,8 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{
-    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ErrorBody, InviteReport,
-    NameReport, PeerReport, PowParams, RegisterRequest, ResolveReport, StatusReport, VerifyReport,
+    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, ErrorBody,
+    HistoryReport, InviteReport, NameReport, PeerReport, PowParams, RegisterRequest,
+    ResolveReport, SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
 };
 
 /// Why an API call failed. The CLI maps these to exit codes.
@@ -163,6 +164,56 @@ impl ApiClient {
     /// `GET /v1/invite`.
     pub async fn invite(&self) -> Result<InviteReport, ClientError> {
         self.get_json("/v1/invite").await
+    }
+
+    /// `POST /v1/messages`.
+    pub async fn send_message(&self, to: &str, text: &str) -> Result<SendReport, ClientError> {
+        let body = SendRequest {
+            to: to.to_owned(),
+            text: text.to_owned(),
+        };
+        self.send_json(reqwest::Method::POST, "/v1/messages", Some(&body)).await
+    }
+
+    /// `GET /v1/messages/{target}`.
+    pub async fn history(
+        &self,
+        target: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<HistoryReport, ClientError> {
+        let mut path = format!("/v1/messages/{}?limit={limit}", segment(target));
+        if let Some(before) = before {
+            path.push_str(&format!("&before={}", segment(before)));
+        }
+        self.get_json(&path).await
+    }
+
+    /// `GET /v1/inbox`.
+    pub async fn inbox(&self) -> Result<Vec<ConversationReport>, ClientError> {
+        self.get_json("/v1/inbox").await
+    }
+
+    /// `GET /v1/requests`.
+    pub async fn requests(&self) -> Result<Vec<ConversationReport>, ClientError> {
+        self.get_json("/v1/requests").await
+    }
+
+    /// `POST /v1/accept/{target}`.
+    pub async fn accept(&self, target: &str) -> Result<TrustReport, ClientError> {
+        let path = format!("/v1/accept/{}", segment(target));
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None).await
+    }
+
+    /// `POST /v1/block/{target}`.
+    pub async fn block(&self, target: &str) -> Result<TrustReport, ClientError> {
+        let path = format!("/v1/block/{}", segment(target));
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None).await
+    }
+
+    /// The WebSocket URL of the event stream, token included (for clients that cannot set headers).
+    pub fn events_url(&self) -> String {
+        format!("ws://{}/v1/events?token={}", self.addr, self.token.as_str())
     }
 
     async fn send_json<B: Serialize, T: DeserializeOwned>(

@@ -20,6 +20,13 @@
 //! | DELETE | `/v1/contacts/{petname}` | 204 |
 //! | GET | `/v1/verify/{target}` | [`VerifyReport`] |
 //! | GET | `/v1/invite` | [`InviteReport`] |
+//! | POST | `/v1/messages` | [`SendRequest`] → [`SendReport`] (`delivered` or `queued`) |
+//! | GET | `/v1/messages/{target}?limit=N&before=ID` | [`HistoryReport`]; marks the conversation read |
+//! | GET | `/v1/inbox` | `[`[`ConversationReport`]`]` |
+//! | GET | `/v1/requests` | `[`[`ConversationReport`]`]` of unknown senders |
+//! | POST | `/v1/accept/{target}` | [`TrustReport`] |
+//! | POST | `/v1/block/{target}` | [`TrustReport`] |
+//! | GET | `/v1/events` | WebSocket of [`EventReport`] JSON texts |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //!
 //! Errors are [`ErrorBody`] (`{"error": "...", "kind": "..."}`) with a 4xx/5xx status: 400 invalid
@@ -38,6 +45,8 @@ pub use client::{ApiClient, ClientError};
 pub use server::{router, serve};
 pub use token::{ApiToken, TokenError};
 pub use types::{
-    AddContactRequest, AddInviteRequest, ContactReport, ErrorBody, InviteReport, NameReport,
-    PeerReport, PowParams, RegisterRequest, ResolveReport, StatusReport, VerifyReport,
+    AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, ErrorBody,
+    EventReport, HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams,
+    RegisterRequest, ResolveReport, SendReport, SendRequest, StatusReport, TrustReport,
+    VerifyReport, status_name, trust_name,
 };

@@ -2,7 +2,10 @@ use std::future::Future;
 
 use axum::{
     Json, Router,
-    extract::{Path, Request, State},
+    extract::{
+        Path, Query, Request, State,
+        ws::{Message as WsMessage, WebSocket, WebSocketUpgrade},
+    },
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -11,8 +14,10 @@ use axum::{
 use kith_service::{Node, ServiceError, SuppliedPow};
 
 use crate::{
-    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ErrorBody, InviteReport,
-    NameReport, PeerReport, PowParams, RegisterRequest, ResolveReport, StatusReport, VerifyReport,
+    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, ErrorBody,
+    EventReport, HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams,
+    RegisterRequest, ResolveReport, SendReport, SendRequest, StatusReport, TrustReport,
+    VerifyReport, status_name, trust_name,
 };
 
 #[derive(Clone)]
@@ -37,6 +42,13 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/contacts/{petname}", delete(remove_contact))
         .route("/v1/verify/{target}", get(verify))
         .route("/v1/invite", get(invite))
+        .route("/v1/messages", post(send))
+        .route("/v1/messages/{target}", get(history))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/requests", get(requests))
+        .route("/v1/accept/{target}", post(accept))
+        .route("/v1/block/{target}", post(block))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -56,11 +68,20 @@ pub async fn serve(
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // Browsers cannot set headers on a WebSocket, so `/v1/events` also takes `?token=`.
+    let from_query = (request.uri().path() == "/v1/events")
+        .then(|| request.uri().query())
+        .flatten()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .map(str::to_owned);
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .or(from_query);
+    let presented = presented.as_deref();
     match presented {
         Some(token) if state.token.matches(token) => next.run(request).await,
         _ => error(
@@ -121,7 +142,8 @@ fn service_error(e: ServiceError) -> Response {
         ServiceError::InvalidName(_)
         | ServiceError::InvalidPetname(_)
         | ServiceError::InvalidInvite(_)
-        | ServiceError::BadProofOfWork(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        | ServiceError::BadProofOfWork(_)
+        | ServiceError::InvalidMessage(_) => (StatusCode::BAD_REQUEST, "invalid"),
         ServiceError::NameNotFound(_)
         | ServiceError::UnknownRecipient(_)
         | ServiceError::NoSuchContact(_)
@@ -296,6 +318,154 @@ async fn invite(State(state): State<AppState>) -> Response {
         addrs: i.addrs.iter().map(ToString::to_string).collect(),
     });
     respond(StatusCode::OK, result)
+}
+
+async fn send(State(state): State<AppState>, Json(req): Json<SendRequest>) -> Response {
+    let result = state
+        .node
+        .send_text(&req.to, &req.text)
+        .await
+        .map(|sent| SendReport {
+            id: hex::encode(sent.id),
+            peer_id: sent.peer.to_string(),
+            status: status_name(sent.status).to_owned(),
+        });
+    respond(StatusCode::CREATED, result)
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let before = match q.before.as_deref().map(parse_id) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(())) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'before' must be a message id (32 hex characters)",
+            );
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let me = state.node.peer_id();
+    let result = match state.node.history(&target, limit, before).await {
+        Ok((peer, messages)) => {
+            if let Err(e) = state.node.mark_read(peer).await {
+                tracing::warn!(error = %e, "could not mark the conversation read");
+            }
+            Ok(HistoryReport {
+                peer_id: peer.to_string(),
+                messages: messages
+                    .iter()
+                    .map(|m| MessageReport::from_message(m, &me))
+                    .collect(),
+            })
+        }
+        Err(e) => Err(e),
+    };
+    respond(StatusCode::OK, result)
+}
+
+fn parse_id(text: &str) -> Result<kith_service::MessageId, ()> {
+    let bytes = hex::decode(text).map_err(|_| ())?;
+    bytes.try_into().map_err(|_| ())
+}
+
+fn conversations(state: &AppState, only_requests: bool) -> Response {
+    let petnames: std::collections::HashMap<Vec<u8>, String> = state
+        .node
+        .contacts()
+        .map(|cs| cs.into_iter().map(|c| (c.peer_id, c.petname)).collect())
+        .unwrap_or_default();
+    let result = state.node.inbox().map(|list| {
+        list.into_iter()
+            .filter(|c| !only_requests || c.trust == kith_service::Trust::Unknown)
+            .map(|c| ConversationReport {
+                peer_id: c.peer.to_string(),
+                petname: petnames.get(&c.peer.to_bytes()).cloned(),
+                unread: c.unread,
+                last_message_at: c.last_message_ms,
+                last_text: c.last_text,
+                trust: trust_name(c.trust).to_owned(),
+            })
+            .collect::<Vec<_>>()
+    });
+    respond(StatusCode::OK, result)
+}
+
+async fn inbox(State(state): State<AppState>) -> Response {
+    conversations(&state, false)
+}
+
+async fn requests(State(state): State<AppState>) -> Response {
+    conversations(&state, true)
+}
+
+async fn accept(State(state): State<AppState>, Path(target): Path<String>) -> Response {
+    let result = state.node.accept(&target).await.map(|peer| TrustReport {
+        peer_id: peer.to_string(),
+        trust: "accepted".into(),
+    });
+    respond(StatusCode::OK, result)
+}
+
+async fn block(State(state): State<AppState>, Path(target): Path<String>) -> Response {
+    let result = state.node.block(&target).await.map(|peer| TrustReport {
+        peer_id: peer.to_string(),
+        trust: "blocked".into(),
+    });
+    respond(StatusCode::OK, result)
+}
+
+async fn events(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| stream_events(socket, state.node))
+}
+
+/// Pushes message events to one WebSocket client until it goes away or the node stops.
+async fn stream_events(mut socket: WebSocket, node: Node) {
+    let mut events = node.subscribe();
+    let me = node.peer_id();
+    loop {
+        let report = tokio::select! {
+            event = events.recv() => match event {
+                Ok(kith_service::MessageEvent::Received(m)) => EventReport::Message {
+                    message: MessageReport::from_message(&m, &me),
+                },
+                Ok(kith_service::MessageEvent::Status { id, peer, status }) => EventReport::Status {
+                    id: hex::encode(id),
+                    peer_id: peer.to_string(),
+                    status: status_name(status).to_owned(),
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    EventReport::Lagged { missed }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                // The client talks only to close or ping; anything else is ignored.
+                Some(Ok(_)) => continue,
+                _ => return,
+            },
+            () = node.shutdown_requested() => {
+                let _ = socket.send(WsMessage::Close(None)).await;
+                return;
+            }
+        };
+        let Ok(text) = serde_json::to_string(&report) else {
+            continue;
+        };
+        if socket.send(WsMessage::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn now_ms() -> u64 {

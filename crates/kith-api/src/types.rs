@@ -278,3 +278,151 @@ pub struct InviteReport {
     /// Addresses in the link.
     pub addrs: Vec<String>,
 }
+
+/// `POST /v1/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SendRequest {
+    /// Petname, name or peer id.
+    pub to: String,
+    /// The text (1 byte to 64 KiB of UTF-8).
+    pub text: String,
+}
+
+/// The answer to `POST /v1/messages` and `kith send --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SendReport {
+    /// Message id (32 hex characters).
+    pub id: String,
+    /// The recipient.
+    pub peer_id: String,
+    /// `delivered` or `queued`.
+    pub status: String,
+}
+
+/// One message in `GET /v1/messages/{target}` and `kith history --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageReport {
+    /// Message id (32 hex characters).
+    pub id: String,
+    /// Sender peer id.
+    pub from: String,
+    /// Recipient peer id.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// When sent, unix ms (sender's clock).
+    pub sent_at: u64,
+    /// When stored by the recipient (incoming) or acknowledged (outgoing), unix ms; 0 if not yet.
+    pub received_at: u64,
+    /// `queued`, `delivered`, `read`, `failed` (outgoing); `received`, `seen` (incoming).
+    pub status: String,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failure: String,
+}
+
+/// `GET /v1/messages/{target}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistoryReport {
+    /// The other side.
+    pub peer_id: String,
+    /// Oldest first.
+    pub messages: Vec<MessageReport>,
+}
+
+/// One conversation in `GET /v1/inbox` and `GET /v1/requests`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConversationReport {
+    /// The other side.
+    pub peer_id: String,
+    /// Our petname for them, if any.
+    pub petname: Option<String>,
+    /// Unread messages.
+    pub unread: u32,
+    /// Last message time, unix ms.
+    pub last_message_at: u64,
+    /// Last message text (shortened).
+    pub last_text: String,
+    /// `accepted`, `request` (unknown sender) or `blocked`.
+    pub trust: String,
+}
+
+/// `POST /v1/accept/{target}` and `POST /v1/block/{target}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrustReport {
+    /// Who.
+    pub peer_id: String,
+    /// The new trust.
+    pub trust: String,
+}
+
+/// One WebSocket event on `/v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventReport {
+    /// A new incoming message.
+    Message {
+        /// The message.
+        message: MessageReport,
+    },
+    /// An outgoing message changed status.
+    Status {
+        /// Message id.
+        id: String,
+        /// The conversation.
+        peer_id: String,
+        /// The new status.
+        status: String,
+    },
+    /// Events were dropped because this client read too slowly; re-read history.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
+
+/// The API's name for a message status.
+pub fn status_name(status: kith_service::MessageStatus) -> &'static str {
+    use kith_service::MessageStatus as S;
+    match status {
+        S::Queued => "queued",
+        S::Delivered => "delivered",
+        S::Read => "read",
+        S::Failed => "failed",
+        S::Received => "received",
+        S::Seen => "seen",
+    }
+}
+
+/// The API's name for a trust level.
+pub fn trust_name(trust: kith_service::Trust) -> &'static str {
+    match trust {
+        kith_service::Trust::Unknown => "request",
+        kith_service::Trust::Accepted => "accepted",
+        kith_service::Trust::Blocked => "blocked",
+    }
+}
+
+impl MessageReport {
+    /// Converts a stored message; `me` is our peer id.
+    pub fn from_message(m: &kith_service::Message, me: &libp2p::PeerId) -> Self {
+        let other = libp2p::PeerId::from_bytes(&m.peer_id)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let (from, to) = if m.outgoing {
+            (me.to_string(), other)
+        } else {
+            (other, me.to_string())
+        };
+        Self {
+            id: hex::encode(m.id),
+            from,
+            to,
+            text: m.text.clone(),
+            sent_at: m.sent_at_ms,
+            received_at: m.received_at_ms,
+            status: status_name(m.status).to_owned(),
+            failure: m.failure.clone(),
+        }
+    }
+}
