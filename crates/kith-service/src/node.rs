@@ -40,6 +40,9 @@ pub struct Options {
     /// Key that encrypts the Olm state at rest. `node/` keeps it in the home directory; without
     /// one a random key is used and the state cannot be read after a restart.
     pub pickle_key: Option<kith_crypto::PickleKey>,
+    /// Inbound direct messages accepted per sender: (burst, per second). Default (1000, 200);
+    /// beyond it senders are told to retry later, so a flood costs them, not us.
+    pub dm_rate: (f64, f64),
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             republish_every: Duration::from_secs(3600),
             first_republish_after: Duration::from_secs(3),
             pickle_key: None,
+            dm_rate: (1000.0, 200.0),
         }
     }
 }

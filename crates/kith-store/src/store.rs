@@ -1,4 +1,10 @@
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use crate::{MessageStore, NameBook, PeerBook, StoreError};
 
@@ -46,6 +52,19 @@ pub struct Store {
     peers: PeerBook,
     names: NameBook,
     messages: MessageStore,
+    commit: Arc<GroupCommit>,
+}
+
+/// Group commit: callers that ask for a flush while one is running share the next one, so N
+/// concurrent writers cost one or two disk syncs instead of N.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Flush requests so far; a caller's ticket is the value after its increment.
+    requested: AtomicU64,
+    /// Every ticket up to this one is on disk.
+    completed: AtomicU64,
+    /// One flush at a time.
+    running: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -100,6 +119,7 @@ impl Store {
             peers,
             names,
             messages,
+            commit: Arc::new(GroupCommit::default()),
         })
     }
 
@@ -144,14 +164,30 @@ impl Store {
         &self.path
     }
 
-    /// Writes everything to disk. Call before acknowledging anything to anyone; returns bytes flushed.
+    /// Writes everything written so far to disk. Call before acknowledging anything to anyone.
+    /// Concurrent callers share flushes (group commit); returns the bytes this call flushed
+    /// itself (0 when another caller's flush covered it).
     ///
     /// Cancel-safe: a cancelled flush leaves the data in sled's cache, to be flushed by the next call.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        self.db
+        let commit = &self.commit;
+        let ticket = commit.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        if commit.completed.load(Ordering::SeqCst) >= ticket {
+            return Ok(0);
+        }
+        let _running = commit.running.lock().await;
+        if commit.completed.load(Ordering::SeqCst) >= ticket {
+            return Ok(0);
+        }
+        // Everything requested before this point was written before this flush starts.
+        let covers = commit.requested.load(Ordering::SeqCst);
+        let bytes = self
+            .db
             .flush_async()
             .await
-            .map_err(|e| StoreError::from_sled(&self.path, e))
+            .map_err(|e| StoreError::from_sled(&self.path, e))?;
+        commit.completed.fetch_max(covers, Ordering::SeqCst);
+        Ok(bytes)
     }
 
     /// Bytes the database occupies on disk.

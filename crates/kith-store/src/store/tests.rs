@@ -86,6 +86,40 @@ async fn flush_reports_bytes_written() {
     assert!(store.flush().await.unwrap() > 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_share_disk_syncs_and_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .peers()
+                .record_seen(&[i], Some(&[i]), None, 1)
+                .unwrap();
+            store.flush().await.unwrap()
+        }));
+    }
+    let mut flushed_by_self = 0;
+    for t in tasks {
+        if t.await.unwrap() > 0 {
+            flushed_by_self += 1;
+        }
+    }
+    assert!(flushed_by_self >= 1);
+    assert!(
+        flushed_by_self < 64,
+        "every caller synced on its own: no group commit"
+    );
+    assert_eq!(store.peers().len(), 64);
+    let c = &store.commit;
+    assert_eq!(
+        c.completed.load(Ordering::SeqCst),
+        c.requested.load(Ordering::SeqCst)
+    );
+}
+
 #[test]
 fn address_book_keeps_newest_addresses_first_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
