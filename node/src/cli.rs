@@ -154,6 +154,17 @@ pub(crate) enum DhtModeArg {
     Client,
 }
 
+/// When to listen through relays.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum RelayPolicyArg {
+    /// Once AutoNAT says direct dials fail.
+    WhenPrivate,
+    /// From the start.
+    Always,
+    /// Never.
+    Never,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Listen address (repeatable). Default: TCP and QUIC on all interfaces, port 4717, or a random
@@ -178,6 +189,10 @@ pub(crate) struct RunArgs {
     /// An address other nodes can reach this one at (repeatable); confirms reachability.
     #[arg(long, value_name = "MULTIADDR")]
     pub(crate) external_addr: Vec<Multiaddr>,
+    /// When to listen through the relays of the bootstrap list: when AutoNAT finds us unreachable
+    /// (default), always, or never.
+    #[arg(long, value_enum, default_value_t = RelayPolicyArg::WhenPrivate)]
+    pub(crate) relay_policy: RelayPolicyArg,
     /// Where the local API listens. Must be a loopback address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub(crate) api_addr: SocketAddr,

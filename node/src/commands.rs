@@ -163,6 +163,24 @@ fn print_status(s: &StatusReport) {
         Some(addr) => outln!("nat            {} ({addr})", s.nat),
         None => outln!("nat            {}", s.nat),
     }
+    if s.relays.is_empty() {
+        outln!("reachability   {}", s.reachability);
+    } else {
+        outln!(
+            "reachability   {} ({})",
+            s.reachability,
+            s.relays.join(", ")
+        );
+    }
+    if let Some(r) = &s.relay {
+        outln!(
+            "relay role     {} reservations, {} circuits ({} since start, {} denied)",
+            r.reservations,
+            r.circuits,
+            r.circuits_total,
+            r.denied_total
+        );
+    }
     outln!("store          {} bytes", s.store_bytes);
 }
 

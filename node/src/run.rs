@@ -11,7 +11,7 @@ use kith_store::{Store, StoreConfig};
 use serde_json::json;
 
 use crate::{
-    cli::{DhtModeArg, RunArgs},
+    cli::{DhtModeArg, RelayPolicyArg, RunArgs},
     config::Bootstrap,
     exit::{self, CliError},
     home::{ApiInfo, Home},
@@ -52,6 +52,23 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             DhtModeArg::Client => kith_net::DhtMode::Client,
         });
     config.relay_server = args.relay;
+    config.relays = bootstrap
+        .entries
+        .iter()
+        .filter(|e| e.relay)
+        .filter(|e| {
+            matches!(
+                e.addr.iter().last(),
+                Some(libp2p::multiaddr::Protocol::P2p(_))
+            )
+        })
+        .map(|e| e.addr.clone())
+        .collect();
+    config.relay_policy = match args.relay_policy {
+        RelayPolicyArg::WhenPrivate => kith_net::RelayPolicy::WhenPrivate,
+        RelayPolicyArg::Always => kith_net::RelayPolicy::Always,
+        RelayPolicyArg::Never => kith_net::RelayPolicy::Never,
+    };
     config.external_addrs = args.external_addr;
 
     let options = kith_service::Options {

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::{
     AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, ErrorBody,
-    HistoryReport, InviteReport, NameReport, PeerReport, PowParams, RegisterRequest,
-    ResolveReport, SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
+    HistoryReport, InviteReport, NameReport, PeerReport, PowParams, RegisterRequest, ResolveReport,
+    SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
 };
 
 /// Why an API call failed. The CLI maps these to exit codes.
@@ -172,7 +172,8 @@ impl ApiClient {
             to: to.to_owned(),
             text: text.to_owned(),
         };
-        self.send_json(reqwest::Method::POST, "/v1/messages", Some(&body)).await
+        self.send_json(reqwest::Method::POST, "/v1/messages", Some(&body))
+            .await
     }
 
     /// `GET /v1/messages/{target}`.
@@ -202,13 +203,15 @@ impl ApiClient {
     /// `POST /v1/accept/{target}`.
     pub async fn accept(&self, target: &str) -> Result<TrustReport, ClientError> {
         let path = format!("/v1/accept/{}", segment(target));
-        self.send_json::<(), _>(reqwest::Method::POST, &path, None).await
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None)
+            .await
     }
 
     /// `POST /v1/block/{target}`.
     pub async fn block(&self, target: &str) -> Result<TrustReport, ClientError> {
         let path = format!("/v1/block/{}", segment(target));
-        self.send_json::<(), _>(reqwest::Method::POST, &path, None).await
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None)
+            .await
     }
 
     /// The WebSocket URL of the event stream, token included (for clients that cannot set headers).

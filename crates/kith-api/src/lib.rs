@@ -45,8 +45,8 @@ pub use client::{ApiClient, ClientError};
 pub use server::{router, serve};
 pub use token::{ApiToken, TokenError};
 pub use types::{
-    AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, ErrorBody,
-    EventReport, HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams,
-    RegisterRequest, ResolveReport, SendReport, SendRequest, StatusReport, TrustReport,
+    AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, ErrorBody, EventReport,
+    HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams, RegisterRequest,
+    RelayServedReport, ResolveReport, SendReport, SendRequest, StatusReport, TrustReport,
     VerifyReport, status_name, trust_name,
 };

@@ -31,6 +31,13 @@ pub struct StatusReport {
     pub nat: String,
     /// The address AutoNAT confirmed, when `nat` is `public`.
     pub nat_addr: Option<String>,
+    /// How others reach us: `public`, `private via relay`, `private` or `unknown`.
+    pub reachability: String,
+    /// Relays holding a reservation for us.
+    pub relays: Vec<String>,
+    /// Relay role only: live reservations and circuits served, totals since start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayServedReport>,
     /// Seconds since the node started.
     pub uptime_secs: u64,
     /// Peers in the address book.
@@ -39,6 +46,19 @@ pub struct StatusReport {
     pub store_bytes: u64,
     /// Network events dropped because the service fell behind.
     pub events_dropped: u64,
+}
+
+/// What a community relay is doing for others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayServedReport {
+    /// Live reservations.
+    pub reservations: usize,
+    /// Live circuits.
+    pub circuits: usize,
+    /// Circuits accepted since start.
+    pub circuits_total: u64,
+    /// Requests denied since start.
+    pub denied_total: u64,
 }
 
 impl From<Status> for StatusReport {
@@ -64,6 +84,20 @@ impl From<Status> for StatusReport {
                 kith_net::NatStatus::Public { addr } => Some(addr.to_string()),
                 _ => None,
             },
+            reachability: match (&s.net.nat, s.net.relayed_via.is_empty()) {
+                (kith_net::NatStatus::Public { .. }, _) => "public",
+                (_, false) => "private via relay",
+                (kith_net::NatStatus::Private, true) => "private",
+                (kith_net::NatStatus::Unknown, true) => "unknown",
+            }
+            .to_owned(),
+            relays: s.net.relayed_via.iter().map(ToString::to_string).collect(),
+            relay: s.net.relay_served.map(|r| RelayServedReport {
+                reservations: r.reservations,
+                circuits: r.circuits,
+                circuits_total: r.circuits_total,
+                denied_total: r.denied_total,
+            }),
             uptime_secs: s.uptime.as_secs(),
             known_peers: s.known_peers,
             store_bytes: s.store_bytes,

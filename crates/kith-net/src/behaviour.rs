@@ -131,10 +131,7 @@ impl Behaviour {
 
         let (relay_server, autonat_server, autonat_client) = if config.relay_server {
             (
-                Toggle::from(Some(relay::Behaviour::new(
-                    peer_id,
-                    relay::Config::default(),
-                ))),
+                Toggle::from(Some(relay_server(peer_id, &config.relay_limits))),
                 Toggle::from(Some(autonat::v2::server::Behaviour::default())),
                 Toggle::from(None),
             )
@@ -171,4 +168,22 @@ impl Behaviour {
             mdns,
         })
     }
+}
+
+fn relay_server(peer_id: libp2p::PeerId, limits: &crate::RelayLimits) -> relay::Behaviour {
+    let config = relay::Config {
+        max_reservations: limits.max_reservations,
+        max_reservations_per_peer: limits.max_reservations_per_peer,
+        reservation_duration: limits.reservation_duration,
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuit_duration: limits.max_circuit_duration,
+        max_circuit_bytes: limits.max_circuit_bytes,
+        ..relay::Config::default()
+    };
+    let mut server = relay::Behaviour::new(peer_id, config);
+    // Serve from the start: a relay's address is usually configured, not discovered, and
+    // loopback test networks never confirm an external address.
+    server.set_status(Some(relay::Status::Enable));
+    server
 }

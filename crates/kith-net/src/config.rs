@@ -18,6 +18,52 @@ pub enum DhtMode {
     Client,
 }
 
+/// Limits a community relay applies to the circuits it carries. The stock libp2p limits
+/// (2 minutes, 128 KiB per circuit) suit a hole-punching handshake, not a chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once. Default 1,024.
+    pub max_reservations: usize,
+    /// Reservations per peer. Default 4.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before renewal. Default 1 hour.
+    pub reservation_duration: Duration,
+    /// Circuits at once. Default 256.
+    pub max_circuits: usize,
+    /// Circuits per peer. Default 16.
+    pub max_circuits_per_peer: usize,
+    /// Lifetime of one circuit. Default 1 hour.
+    pub max_circuit_duration: Duration,
+    /// Bytes one circuit may carry (both ways). Default 64 MiB.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 1024,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(3600),
+            max_circuits: 256,
+            max_circuits_per_peer: 16,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// When a personal node listens through its relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayPolicy {
+    /// Once AutoNAT says we are not reachable directly.
+    #[default]
+    WhenPrivate,
+    /// From the start (networks where direct dials are known to fail).
+    Always,
+    /// Never.
+    Never,
+}
+
 /// Everything the network layer needs to start. Built by `node/` from CLI flags and `bootstrap.toml`.
 #[derive(Clone)]
 pub struct Config {
@@ -42,6 +88,13 @@ pub struct Config {
     pub dht_mode: DhtMode,
     /// Community relay role: serve circuit relay v2 and AutoNAT v2 to others, force DHT server.
     pub relay_server: bool,
+    /// Limits of the relay role.
+    pub relay_limits: RelayLimits,
+    /// Relays this node may listen through (bootstrap entries marked `relay = true`), each with
+    /// `/p2p/<relay id>`.
+    pub relays: Vec<Multiaddr>,
+    /// When to listen through them.
+    pub relay_policy: RelayPolicy,
     /// How long a connection with no open streams stays up. Default 60 s (libp2p's 10 s causes
     /// redial churn in a chat).
     pub idle_timeout: Duration,
@@ -90,6 +143,9 @@ impl Config {
             mdns: true,
             dht_mode: DhtMode::Auto,
             relay_server: false,
+            relay_limits: RelayLimits::default(),
+            relays: Vec::new(),
+            relay_policy: RelayPolicy::WhenPrivate,
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
             event_buffer: 1024,

@@ -75,6 +75,11 @@ pub enum Event {
     },
     /// AutoNAT changed its verdict.
     NatChanged(NatStatus),
+    /// A relay accepted (or renewed) our reservation: we are reachable through it.
+    RelayReserved {
+        /// The relay.
+        relay: PeerId,
+    },
     /// Kademlia switched between client and server.
     DhtModeChanged {
         /// True when we now answer queries.
@@ -131,6 +136,23 @@ pub struct NetStatus {
     pub dht_server: bool,
     /// AutoNAT's verdict.
     pub nat: NatStatus,
+    /// Relays holding a reservation for us (we are reachable through them).
+    pub relayed_via: Vec<PeerId>,
+    /// Relay role: reservations and circuits we currently serve.
+    pub relay_served: Option<RelayServed>,
+}
+
+/// What a community relay is currently doing for others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayServed {
+    /// Live reservations.
+    pub reservations: usize,
+    /// Live circuits.
+    pub circuits: usize,
+    /// Circuits accepted since start.
+    pub circuits_total: u64,
+    /// Reservation or circuit requests denied since start.
+    pub denied_total: u64,
 }
 
 pub(crate) fn mode_is_server(mode: kad::Mode) -> bool {

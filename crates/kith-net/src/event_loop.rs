@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Client, Config, DhtMode, Event, GetRecordResult, Metrics, NatStatus, NetError, NetStatus,
-    PeerInfo, RecordAnswer, RecordValidator, RequestError,
+    PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed, RequestError,
     behaviour::{Behaviour, BehaviourEvent},
     client::Command,
     event::mode_is_server,
@@ -64,6 +64,14 @@ pub struct EventLoop {
     validator: Option<Arc<dyn RecordValidator>>,
     bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
     nat: NatStatus,
+    relays: Vec<Multiaddr>,
+    relay_policy: RelayPolicy,
+    relay_listening: bool,
+    relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    reserved_on: HashSet<PeerId>,
+    served: Option<RelayServed>,
+    /// Relay without `--external-addr`: its listen addresses are taken as public.
+    listen_is_external: bool,
 }
 
 struct PeerState {
@@ -108,6 +116,30 @@ pub(crate) fn build(
     } else {
         config.listen.clone()
     };
+    // Circuit addresses are listened on once the relay is connected (see `listen_via_relays`);
+    // asking the relay client before that races our own bootstrap dial and loses.
+    let (circuit_listens, listen_addrs): (Vec<Multiaddr>, Vec<Multiaddr>) =
+        listen_addrs.into_iter().partition(|a| {
+            a.iter()
+                .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+        });
+    let mut relays = config.relays.clone();
+    for circuit in &circuit_listens {
+        let relay: Multiaddr = circuit
+            .iter()
+            .take_while(|p| *p != libp2p::multiaddr::Protocol::P2pCircuit)
+            .collect();
+        if listen::split_peer_id(&relay).is_none() {
+            return Err(NetError::NoListener {
+                tried: format!(
+                    "{circuit}: a relay address needs /p2p/<relay id> before /p2p-circuit"
+                ),
+            });
+        }
+        if !relays.contains(&relay) {
+            relays.push(relay);
+        }
+    }
     let mut failures = Vec::new();
     for addr in &listen_addrs {
         if let Err(e) = swarm.listen_on(addr.clone()) {
@@ -115,7 +147,7 @@ pub(crate) fn build(
             failures.push(format!("{addr}: {e}"));
         }
     }
-    if failures.len() == listen_addrs.len() {
+    if failures.len() == listen_addrs.len() && circuit_listens.is_empty() {
         return Err(NetError::NoListener {
             tried: failures.join("; "),
         });
@@ -153,7 +185,7 @@ pub(crate) fn build(
     let kad_protocol = StreamProtocol::try_from_owned(crate::kad_protocol(&config.network_id))
         .map_err(|_| NetError::NetworkId(config.network_id.clone()))?;
     let client = Client::new(command_tx, *swarm.local_peer_id());
-    let event_loop = EventLoop {
+    let mut event_loop = EventLoop {
         swarm,
         commands: command_rx,
         events: event_tx,
@@ -171,7 +203,21 @@ pub(crate) fn build(
         validator: config.record_validator.clone(),
         bootstrap_dials,
         nat: NatStatus::Unknown,
+        relays,
+        relay_policy: if circuit_listens.is_empty() {
+            config.relay_policy
+        } else {
+            RelayPolicy::Always
+        },
+        relay_listeners: HashMap::new(),
+        relay_listening: false,
+        reserved_on: HashSet::new(),
+        served: config.relay_server.then(RelayServed::default),
+        listen_is_external: config.relay_server && config.external_addrs.is_empty(),
     };
+    if event_loop.relay_policy == RelayPolicy::Always {
+        event_loop.listen_via_relays();
+    }
     Ok((client, event_rx, event_loop))
 }
 
@@ -359,6 +405,11 @@ impl EventLoop {
             SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                if self.listen_is_external {
+                    // Reservations must name the relay's addresses; a relay is expected to listen
+                    // on reachable ones (else it is started with --external-addr).
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.emit(Event::ListenAddr { addr: address });
             }
             SwarmEvent::ConnectionEstablished {
@@ -389,6 +440,9 @@ impl EventLoop {
                     }
                 };
                 self.metrics.set_peers_connected(self.peers.len());
+                if first && self.relay_listening {
+                    self.listen_via(peer_id);
+                }
                 if first {
                     tracing::debug!(%peer_id, %addr, inbound, "peer connected");
                     self.emit(Event::PeerConnected {
@@ -445,9 +499,17 @@ impl EventLoop {
                 tracing::warn!(%error, "listener error");
             }
             SwarmEvent::ListenerClosed {
-                addresses, reason, ..
+                listener_id,
+                addresses,
+                reason,
             } => {
-                tracing::warn!(?addresses, ?reason, "listener closed");
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    // The relay went away or refused us; listen again once it is back.
+                    self.reserved_on.remove(&relay);
+                    tracing::info!(%relay, ?reason, "relay listener closed; will retry");
+                } else {
+                    tracing::warn!(?addresses, ?reason, "listener closed");
+                }
             }
             other => tracing::trace!(?other, "swarm event"),
         }
@@ -480,9 +542,38 @@ impl EventLoop {
                 if status != self.nat {
                     tracing::info!(nat = %status, "reachability changed");
                     self.nat = status.clone();
+                    if status == NatStatus::Private && self.relay_policy == RelayPolicy::WhenPrivate
+                    {
+                        self.listen_via_relays();
+                    }
                     self.emit(Event::NatChanged(status));
                 }
             }
+            BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "reachable through relay");
+                }
+                self.reserved_on.insert(relay_peer_id);
+                self.emit(Event::RelayReserved {
+                    relay: relay_peer_id,
+                });
+            }
+            BehaviourEvent::RelayServer(event) => self.on_relay_served(event),
+            BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed")
+                }
+            },
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
@@ -512,6 +603,68 @@ impl EventLoop {
                     );
             }
             other => tracing::trace!(?other, "behaviour event"),
+        }
+    }
+
+    /// Starts listening through every configured relay: connected relays get a circuit listener
+    /// now, the others are dialed first (the listener follows in `ConnectionEstablished`). The relay
+    /// client then reserves a slot and our circuit address becomes an external address.
+    fn listen_via_relays(&mut self) {
+        self.relay_listening = true;
+        for relay in self.relays.clone() {
+            let Some((relay_id, _)) = listen::split_peer_id(&relay) else {
+                continue;
+            };
+            if self.relay_listeners.values().any(|id| *id == relay_id) {
+                continue;
+            }
+            if self.swarm.is_connected(&relay_id) {
+                self.listen_via(relay_id);
+            } else if let Err(e) = self.swarm.dial(relay.clone()) {
+                tracing::debug!(%relay, error = %e, "cannot dial relay yet");
+            }
+        }
+    }
+
+    fn listen_via(&mut self, relay_id: PeerId) {
+        let Some(relay) = self
+            .relays
+            .iter()
+            .find(|r| listen::split_peer_id(r).is_some_and(|(id, _)| id == relay_id))
+            .cloned()
+        else {
+            return;
+        };
+        if self.relay_listeners.values().any(|id| *id == relay_id) {
+            return;
+        }
+        let circuit = relay.with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(listener) => {
+                tracing::info!(%circuit, "listening through relay");
+                self.relay_listeners.insert(listener, relay_id);
+            }
+            Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through relay"),
+        }
+    }
+
+    fn on_relay_served(&mut self, event: libp2p::relay::Event) {
+        use libp2p::relay::Event as R;
+        let Some(served) = self.served.as_mut() else {
+            return;
+        };
+        match event {
+            R::ReservationReqAccepted { renewed: false, .. } => served.reservations += 1,
+            R::ReservationClosed { .. } | R::ReservationTimedOut { .. } => {
+                served.reservations = served.reservations.saturating_sub(1);
+            }
+            R::CircuitReqAccepted { .. } => {
+                served.circuits += 1;
+                served.circuits_total += 1;
+            }
+            R::CircuitClosed { .. } => served.circuits = served.circuits.saturating_sub(1),
+            R::ReservationReqDenied { .. } | R::CircuitReqDenied { .. } => served.denied_total += 1,
+            _ => {}
         }
     }
 
@@ -774,6 +927,9 @@ impl EventLoop {
     }
 
     fn refresh_gauges(&mut self) {
+        if self.relay_listening && self.relay_listeners.len() < self.relays.len() {
+            self.listen_via_relays();
+        }
         let n = self.routing_table_len();
         self.metrics.set_routing_table_peers(n);
         let records = self.swarm.behaviour_mut().kad.store_mut().records().count();
@@ -812,6 +968,8 @@ impl EventLoop {
             dht_mode: self.dht_mode,
             dht_server: mode_is_server(self.swarm.behaviour().kad.mode()),
             nat: self.nat.clone(),
+            relayed_via: self.reserved_on.iter().copied().collect(),
+            relay_served: self.served,
         }
     }
 

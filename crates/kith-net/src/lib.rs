@@ -30,9 +30,9 @@ mod metrics;
 mod records;
 
 pub use client::Client;
-pub use config::{Config, DhtMode};
+pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};
 pub use error::{NetError, RequestError};
-pub use event::{DmRequestId, Event, NatStatus, NetStatus, PeerInfo};
+pub use event::{DmRequestId, Event, NatStatus, NetStatus, PeerInfo, RelayServed};
 pub use event_loop::EventLoop;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use metrics::Metrics;
