@@ -297,7 +297,10 @@ mod tests {
         let a = home.pickle_key().unwrap();
         let b = home.pickle_key().unwrap();
         assert_eq!(a.as_bytes(), b.as_bytes());
-        let mode = fs::metadata(home.dir().join("olm.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(home.dir().join("olm.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         fs::write(home.dir().join("olm.key"), b"short").unwrap();
         assert!(home.pickle_key().is_err());

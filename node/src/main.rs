@@ -10,11 +10,11 @@ macro_rules! outln {
     }};
 }
 
+mod chat;
 mod cli;
 mod commands;
 mod config;
 mod exit;
-mod chat;
 mod home;
 mod messages;
 mod names;

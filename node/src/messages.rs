@@ -7,7 +7,12 @@ use crate::{
     home::Home,
 };
 
-pub(crate) async fn send(home: &Home, to: &str, text: &str, json_output: bool) -> anyhow::Result<()> {
+pub(crate) async fn send(
+    home: &Home,
+    to: &str,
+    text: &str,
+    json_output: bool,
+) -> anyhow::Result<()> {
     let client = connect(home)?;
     let report = client
         .send_message(to, text)
@@ -47,7 +52,11 @@ pub(crate) async fn history(
 
 /// One line of history: time, who, text, and a mark for outgoing status.
 pub(crate) fn render(m: &MessageReport, peer_id: &str, their_label: &str) -> String {
-    let who = if m.from == peer_id { their_label } else { "you" };
+    let who = if m.from == peer_id {
+        their_label
+    } else {
+        "you"
+    };
     let mark = match m.status.as_str() {
         "queued" => " …",
         "delivered" => " ✓",
@@ -63,7 +72,11 @@ fn clock(ms: u64) -> String {
     format!("{:02}:{:02}", (secs % 86_400) / 3600, (secs % 3600) / 60)
 }
 
-pub(crate) async fn inbox(home: &Home, only_requests: bool, json_output: bool) -> anyhow::Result<()> {
+pub(crate) async fn inbox(
+    home: &Home,
+    only_requests: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
     let client = connect(home)?;
     let list = if only_requests {
         client.requests().await
@@ -76,7 +89,14 @@ pub(crate) async fn inbox(home: &Home, only_requests: bool, json_output: bool) -
         return Ok(());
     }
     if list.is_empty() {
-        outln!("{}", if only_requests { "no message requests" } else { "no conversations yet" });
+        outln!(
+            "{}",
+            if only_requests {
+                "no message requests"
+            } else {
+                "no conversations yet"
+            }
+        );
     }
     for c in &list {
         outln!("{}", conversation_line(c));
@@ -89,7 +109,11 @@ pub(crate) async fn inbox(home: &Home, only_requests: bool, json_output: bool) -
 
 fn conversation_line(c: &ConversationReport) -> String {
     let who = c.petname.as_deref().unwrap_or(&c.peer_id);
-    let unread = if c.unread > 0 { format!(" ({} unread)", c.unread) } else { String::new() };
+    let unread = if c.unread > 0 {
+        format!(" ({} unread)", c.unread)
+    } else {
+        String::new()
+    };
     let tag = match c.trust.as_str() {
         "request" => " [request]",
         "blocked" => " [blocked]",
@@ -98,7 +122,12 @@ fn conversation_line(c: &ConversationReport) -> String {
     format!("{who}{tag}{unread}: {}", c.last_text)
 }
 
-pub(crate) async fn trust(home: &Home, who: &str, accept: bool, json_output: bool) -> anyhow::Result<()> {
+pub(crate) async fn trust(
+    home: &Home,
+    who: &str,
+    accept: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
     let client = connect(home)?;
     let report = if accept {
         client.accept(who).await
