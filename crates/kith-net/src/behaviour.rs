@@ -41,6 +41,8 @@ pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Direct messages: one encrypted envelope per request, one ack per response.
     pub(crate) dm: request_response::Behaviour<crate::dm::Codec>,
+    /// Mailboxes at community relays: register, deposit, fetch, delete.
+    pub(crate) mailbox: request_response::Behaviour<crate::dm::Codec>,
     /// Group messaging.
     pub(crate) gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, GossipFilter>,
     /// LAN discovery; off in tests and on servers.
@@ -154,8 +156,18 @@ impl Behaviour {
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
+            mailbox: request_response::Behaviour::with_codec(
+                crate::dm::Codec::mailbox(),
+                [(
+                    StreamProtocol::new(crate::dm::MAILBOX_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(config.dm_timeout)
+                    .with_max_concurrent_streams(256),
+            ),
             dm: request_response::Behaviour::with_codec(
-                crate::dm::Codec,
+                crate::dm::Codec::dm(),
                 [(
                     StreamProtocol::new(crate::dm::PROTOCOL),
                     request_response::ProtocolSupport::Full,

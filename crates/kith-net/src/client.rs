@@ -39,6 +39,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<GetRecordResult, RequestError>>,
     },
     SendDm {
+        mailbox: bool,
         peer: PeerId,
         bytes: Vec<u8>,
         addrs: Vec<Multiaddr>,
@@ -160,6 +161,7 @@ impl Client {
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
         self.ask(|reply| Command::SendDm {
+            mailbox: false,
             peer,
             bytes,
             addrs,
@@ -168,7 +170,24 @@ impl Client {
         .await?
     }
 
-    /// Answers an inbound direct message.
+    /// Sends one mailbox request to a relay and waits for its answer.
+    pub async fn mailbox_request(
+        &self,
+        relay: PeerId,
+        bytes: Vec<u8>,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.ask(|reply| Command::SendDm {
+            mailbox: true,
+            peer: relay,
+            bytes,
+            addrs,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers an inbound direct message or mailbox request.
     pub async fn respond_dm(
         &self,
         request: DmRequestId,

@@ -1,4 +1,5 @@
-//! `/kith/dm/1.0.0`: one request (an encrypted envelope) and one response (an ack) per stream.
+//! `/kith/dm/1.0.0` (one encrypted envelope, one ack) and `/kith/mailbox/1.0.0` (a mailbox
+//! request to a relay, its answer): one request and one response per stream.
 //!
 //! Frames are an unsigned-varint length followed by that many bytes, the same framing as libp2p's
 //! own prost codecs. This crate treats the bytes as opaque: `kith-service` decodes them (prost
@@ -16,10 +17,35 @@ pub const PROTOCOL: &str = "/kith/dm/1.0.0";
 pub const MAX_REQUEST: usize = 256 * 1024;
 /// Largest response frame (an ack).
 pub const MAX_RESPONSE: usize = 4 * 1024;
+/// The mailbox protocol name.
+pub const MAILBOX_PROTOCOL: &str = "/kith/mailbox/1.0.0";
+/// Largest mailbox request (a deposit: an envelope plus the recipient).
+pub const MAILBOX_MAX_REQUEST: usize = MAX_REQUEST + 1024;
+/// Largest mailbox response (a page of held envelopes).
+pub const MAILBOX_MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
 /// Length-prefixed opaque frames with size caps.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Codec;
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Codec {
+    max_request: usize,
+    max_response: usize,
+}
+
+impl Codec {
+    pub(crate) fn dm() -> Self {
+        Self {
+            max_request: MAX_REQUEST,
+            max_response: MAX_RESPONSE,
+        }
+    }
+
+    pub(crate) fn mailbox() -> Self {
+        Self {
+            max_request: MAILBOX_MAX_REQUEST,
+            max_response: MAILBOX_MAX_RESPONSE,
+        }
+    }
+}
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len: u64 = 0;
@@ -92,14 +118,14 @@ impl request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_REQUEST).await
+        read_frame(io, self.max_request).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_RESPONSE).await
+        read_frame(io, self.max_response).await
     }
 
     async fn write_request<T>(
@@ -111,7 +137,7 @@ impl request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req, MAX_REQUEST).await
+        write_frame(io, &req, self.max_request).await
     }
 
     async fn write_response<T>(
@@ -123,7 +149,7 @@ impl request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res, MAX_RESPONSE).await
+        write_frame(io, &res, self.max_response).await
     }
 }
 

@@ -73,6 +73,16 @@ pub enum Event {
         /// The frame body (at most [`crate::dm::MAX_REQUEST`] bytes).
         bytes: Vec<u8>,
     },
+    /// A peer sent a mailbox request (register, deposit, fetch, delete); answer it with
+    /// [`crate::Client::respond_dm`].
+    MailboxRequest {
+        /// The authenticated requester.
+        peer: PeerId,
+        /// Where to send the answer.
+        request: DmRequestId,
+        /// The request body.
+        bytes: Vec<u8>,
+    },
     /// AutoNAT changed its verdict.
     NatChanged(NatStatus),
     /// A relay accepted (or renewed) our reservation: we are reachable through it.

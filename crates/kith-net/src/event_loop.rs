@@ -32,6 +32,8 @@ use crate::{
 
 type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
 type PutReply = oneshot::Sender<Result<(), RequestError>>;
+/// Reply to a request on `/kith/dm` or `/kith/mailbox` (the bool in the map keys says which).
+type BytesReply = oneshot::Sender<Result<Vec<u8>, RequestError>>;
 
 /// A GET in flight: answers so far, distinct holders per agreement class, the caller.
 struct PendingGet {
@@ -53,12 +55,9 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
     pending_puts: HashMap<kad::QueryId, PutReply>,
-    pending_dm_out: HashMap<
-        request_response::OutboundRequestId,
-        oneshot::Sender<Result<Vec<u8>, RequestError>>,
-    >,
-    pending_dm_in: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
-    inbound_ids: HashMap<request_response::InboundRequestId, u64>,
+    pending_dm_out: HashMap<(bool, request_response::OutboundRequestId), BytesReply>,
+    pending_dm_in: HashMap<u64, (bool, request_response::ResponseChannel<Vec<u8>>)>,
+    inbound_ids: HashMap<(bool, request_response::InboundRequestId), u64>,
     next_dm_id: u64,
     pending_gets: HashMap<kad::QueryId, PendingGet>,
     validator: Option<Arc<dyn RecordValidator>>,
@@ -344,18 +343,24 @@ impl EventLoop {
                 );
             }
             Command::SendDm {
+                mailbox,
                 peer,
                 bytes,
                 addrs,
                 reply,
             } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .dm
-                    .send_request_with_addresses(&peer, bytes, addrs);
-                self.metrics.message_out(Kind::Dm);
-                self.pending_dm_out.insert(id, reply);
+                let behaviour = self.swarm.behaviour_mut();
+                let id = if mailbox {
+                    behaviour
+                        .mailbox
+                        .send_request_with_addresses(&peer, bytes, addrs)
+                } else {
+                    self.metrics.message_out(Kind::Dm);
+                    behaviour
+                        .dm
+                        .send_request_with_addresses(&peer, bytes, addrs)
+                };
+                self.pending_dm_out.insert((mailbox, id), reply);
             }
             Command::RespondDm {
                 request,
@@ -363,12 +368,16 @@ impl EventLoop {
                 reply,
             } => {
                 let result = match self.pending_dm_in.remove(&request.0) {
-                    Some(channel) => self
-                        .swarm
-                        .behaviour_mut()
-                        .dm
-                        .send_response(channel, bytes)
-                        .map_err(|_| RequestError::AnswerDropped),
+                    Some((mailbox, channel)) => {
+                        let behaviour = self.swarm.behaviour_mut();
+                        let rr = if mailbox {
+                            &mut behaviour.mailbox
+                        } else {
+                            &mut behaviour.dm
+                        };
+                        rr.send_response(channel, bytes)
+                            .map_err(|_| RequestError::AnswerDropped)
+                    }
                     None => Err(RequestError::AnswerDropped),
                 };
                 let _ = reply.send(result);
@@ -521,7 +530,8 @@ impl EventLoop {
                 self.on_identified(peer_id, info);
             }
             BehaviourEvent::Kad(event) => self.handle_kad_event(event),
-            BehaviourEvent::Dm(event) => self.handle_dm_event(event),
+            BehaviourEvent::Dm(event) => self.handle_dm_event(false, event),
+            BehaviourEvent::Mailbox(event) => self.handle_dm_event(true, event),
             BehaviourEvent::AutonatClient(autonat::v2::client::Event {
                 tested_addr,
                 server,
@@ -668,7 +678,7 @@ impl EventLoop {
         }
     }
 
-    fn handle_dm_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn handle_dm_event(&mut self, mailbox: bool, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -680,16 +690,25 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.metrics.message_in(Kind::Dm);
                 let id = self.next_dm_id;
                 self.next_dm_id = self.next_dm_id.wrapping_add(1);
-                self.pending_dm_in.insert(id, channel);
-                self.inbound_ids.insert(request_id, id);
-                self.emit(Event::DirectMessage {
-                    peer,
-                    request: crate::DmRequestId(id),
-                    bytes: request,
-                });
+                self.pending_dm_in.insert(id, (mailbox, channel));
+                self.inbound_ids.insert((mailbox, request_id), id);
+                let handle = crate::DmRequestId(id);
+                if mailbox {
+                    self.emit(Event::MailboxRequest {
+                        peer,
+                        request: handle,
+                        bytes: request,
+                    });
+                } else {
+                    self.metrics.message_in(Kind::Dm);
+                    self.emit(Event::DirectMessage {
+                        peer,
+                        request: handle,
+                        bytes: request,
+                    });
+                }
             }
             request_response::Event::Message {
                 message:
@@ -699,7 +718,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending_dm_out.remove(&request_id) {
+                if let Some(reply) = self.pending_dm_out.remove(&(mailbox, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -710,7 +729,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "direct message not delivered");
-                if let Some(reply) = self.pending_dm_out.remove(&request_id) {
+                if let Some(reply) = self.pending_dm_out.remove(&(mailbox, request_id)) {
                     let _ = reply.send(Err(RequestError::Undelivered(error.to_string())));
                 }
             }
@@ -726,12 +745,12 @@ impl EventLoop {
                 } else {
                     tracing::debug!(%peer, %error, "inbound direct message failed");
                 }
-                if let Some(id) = self.inbound_ids.remove(&request_id) {
+                if let Some(id) = self.inbound_ids.remove(&(mailbox, request_id)) {
                     self.pending_dm_in.remove(&id);
                 }
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.inbound_ids.remove(&request_id);
+                self.inbound_ids.remove(&(mailbox, request_id));
             }
         }
     }

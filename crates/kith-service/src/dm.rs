@@ -279,6 +279,7 @@ impl Node {
             next_attempt_ms: 0,
             created_ms: now,
             receipt: false,
+            deposited: false,
         };
         self.store().messages().enqueue(Some(&message), &item)?;
         self.store().flush().await?;
@@ -335,6 +336,7 @@ impl Node {
                 next_attempt_ms: 0,
                 created_ms: now_ms(),
                 receipt: true,
+                deposited: false,
             };
             self.store().messages().enqueue(None, &item)?;
             self.store().flush().await?;

@@ -11,12 +11,14 @@
 //! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
 
 mod error;
+mod mailbox;
 mod messages;
 mod names;
 mod peers;
 mod store;
 
 pub use error::StoreError;
+pub use mailbox::{Deposit, Mail, MailId, MailboxStats, MailboxStore, Quota};
 pub use messages::{
     Correspondent, Incoming, Message, MessageId, MessageStore, OutboxItem, Status, Trust,
 };

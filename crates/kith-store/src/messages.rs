@@ -115,6 +115,8 @@ pub struct OutboxItem {
     pub created_ms: u64,
     /// A receipt (not shown in history).
     pub receipt: bool,
+    /// Held at one of the recipient's mailbox relays.
+    pub deposited: bool,
 }
 
 /// Whether messages from a peer are welcome.
@@ -230,6 +232,7 @@ fn encode_item(i: &OutboxItem) -> Vec<u8> {
         next_attempt_ms: i.next_attempt_ms,
         created_ms: i.created_ms,
         receipt: i.receipt,
+        deposited: i.deposited,
     }
     .encode_to_vec()
 }
@@ -247,6 +250,7 @@ fn decode_item(id: &[u8], raw: &[u8]) -> Result<OutboxItem, StoreError> {
         next_attempt_ms: e.next_attempt_ms,
         created_ms: e.created_ms,
         receipt: e.receipt,
+        deposited: e.deposited,
     })
 }
 

@@ -6,7 +6,7 @@ use std::{
     },
 };
 
-use crate::{MessageStore, NameBook, PeerBook, StoreError};
+use crate::{MailboxStore, MessageStore, NameBook, PeerBook, StoreError};
 
 /// The on-disk format version this build writes and the newest it can read.
 ///
@@ -52,6 +52,7 @@ pub struct Store {
     peers: PeerBook,
     names: NameBook,
     messages: MessageStore,
+    mailboxes: MailboxStore,
     commit: Arc<GroupCommit>,
 }
 
@@ -113,12 +114,14 @@ impl Store {
             path.clone(),
         );
         let messages = MessageStore::new(&db, path.clone())?;
+        let mailboxes = MailboxStore::new(&db, path.clone())?;
         Ok(Self {
             path,
             db,
             peers,
             names,
             messages,
+            mailboxes,
             commit: Arc::new(GroupCommit::default()),
         })
     }
@@ -151,6 +154,11 @@ impl Store {
     /// Direct messages, outbox, Olm state, correspondents.
     pub fn messages(&self) -> &MessageStore {
         &self.messages
+    }
+
+    /// A relay's mailboxes.
+    pub fn mailboxes(&self) -> &MailboxStore {
+        &self.mailboxes
     }
 
     /// Synchronous flush, for tests that reopen the store.

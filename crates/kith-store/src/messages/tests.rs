@@ -33,6 +33,7 @@ fn outgoing(n: u8, peer: &[u8]) -> (Message, OutboxItem) {
         next_attempt_ms: 0,
         created_ms: 0,
         receipt: false,
+        deposited: false,
     };
     (m, o)
 }
