@@ -93,12 +93,21 @@ pub(crate) enum Command {
         /// Petname, name or peer id.
         who: String,
     },
+    /// Community relay commands.
+    #[command(subcommand)]
+    Relay(RelayCommand),
     /// Print an invite link (and QR code) that lets a friend add you without any lookup.
     Invite {
         /// Do not draw the QR code.
         #[arg(long)]
         no_qr: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelayCommand {
+    /// Reservations, circuits, mailbox counts and bytes, per-recipient usage.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +202,18 @@ pub(crate) struct RunArgs {
     /// (default), always, or never.
     #[arg(long, value_enum, default_value_t = RelayPolicyArg::WhenPrivate)]
     pub(crate) relay_policy: RelayPolicyArg,
+    /// Relay mode: also serve Prometheus `/metrics` here, without a token (for scrapers).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Relay mode: most messages held per recipient.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) mailbox_items: u64,
+    /// Relay mode: most bytes held per recipient.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub(crate) mailbox_bytes: u64,
+    /// Relay mode: how long mail is held, in seconds (default 30 days).
+    #[arg(long, default_value_t = 30 * 86_400)]
+    pub(crate) mailbox_ttl_secs: u64,
     /// Where the local API listens. Must be a loopback address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub(crate) api_addr: SocketAddr,

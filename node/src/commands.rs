@@ -128,6 +128,38 @@ pub(crate) fn api_error(home: &Home, error: ClientError) -> anyhow::Error {
     }
 }
 
+/// `kith relay status`.
+pub(crate) async fn relay_status(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let r = client.relay().await.map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    if !r.relay {
+        outln!("this node is not a relay (start it with `kith run --relay`)");
+    }
+    if let Some(c) = &r.circuits {
+        outln!(
+            "circuits       {} reservations, {} circuits ({} since start, {} denied)",
+            c.reservations,
+            c.circuits,
+            c.circuits_total,
+            c.denied_total
+        );
+    }
+    outln!(
+        "mailboxes      {} recipients, {} messages, {} bytes",
+        r.mailbox_recipients,
+        r.mailbox_items,
+        r.mailbox_bytes
+    );
+    for u in &r.recipients {
+        outln!("    {}  {} messages, {} bytes", u.peer_id, u.items, u.bytes);
+    }
+    Ok(())
+}
+
 fn print_status(s: &StatusReport) {
     outln!("peer id        {}", s.peer_id);
     outln!("version        {}", s.version);

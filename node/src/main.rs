@@ -91,6 +91,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve { name } => names::resolve(&home, &name, json).await,
         Command::Contacts(cmd) => names::contacts(&home, cmd, json).await,
         Command::Verify { target } => names::verify(&home, &target, json).await,
+        Command::Relay(cli::RelayCommand::Status) => commands::relay_status(&home, json).await,
         Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
         Command::Send { to, text } => messages::send(&home, &to, &text, json).await,
         Command::History {

@@ -71,9 +71,23 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     };
     config.external_addrs = args.external_addr;
 
+    let mailbox_relays = if args.relay {
+        Vec::new()
+    } else {
+        config.relays.clone()
+    };
     let options = kith_service::Options {
         name_rules: bootstrap.name_rules.clone(),
         pickle_key: Some(pickle_key),
+        mailbox_server: args.relay.then(|| kith_service::MailboxConfig {
+            quota: kith_service::Quota {
+                max_items: args.mailbox_items,
+                max_bytes: args.mailbox_bytes,
+            },
+            ttl: Duration::from_secs(args.mailbox_ttl_secs.max(1)),
+            ..kith_service::MailboxConfig::default()
+        }),
+        mailbox_relays,
         ..kith_service::Options::default()
     };
     let node = Node::start_with(config, store, options)
@@ -89,6 +103,21 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     let api = tokio::spawn(kith_api::serve(listener, node.clone(), token, async {
         let _ = api_stopped.await;
     }));
+
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(%addr, "serving /metrics without a token");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(kith_api::serve_metrics(listener, node.clone(), async {
+                let _ = stopped.await;
+            }));
+            Some((stop, task))
+        }
+        None => None,
+    };
 
     let pid = std::process::id();
     let peer_id = node.peer_id();
@@ -125,6 +154,10 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     wait_for_stop(&node).await;
     tracing::info!("shutting down");
     let _ = stop_api.send(());
+    if let Some((stop, task)) = metrics {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     match tokio::time::timeout(Duration::from_secs(10), api).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "API task failed"),

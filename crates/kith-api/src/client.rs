@@ -214,6 +214,11 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /v1/relay`.
+    pub async fn relay(&self) -> Result<crate::RelayReport, ClientError> {
+        self.get_json("/v1/relay").await
+    }
+
     /// The WebSocket URL of the event stream, token included (for clients that cannot set headers).
     pub fn events_url(&self) -> String {
         format!("ws://{}/v1/events?token={}", self.addr, self.token.as_str())

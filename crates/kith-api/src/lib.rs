@@ -26,6 +26,7 @@
 //! | GET | `/v1/requests` | `[`[`ConversationReport`]`]` of unknown senders |
 //! | POST | `/v1/accept/{target}` | [`TrustReport`] |
 //! | POST | `/v1/block/{target}` | [`TrustReport`] |
+//! | GET | `/v1/relay` | [`RelayReport`] |
 //! | GET | `/v1/events` | WebSocket of [`EventReport`] JSON texts |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //!
@@ -42,11 +43,11 @@ mod token;
 mod types;
 
 pub use client::{ApiClient, ClientError};
-pub use server::{router, serve};
+pub use server::{router, serve, serve_metrics};
 pub use token::{ApiToken, TokenError};
 pub use types::{
     AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, ErrorBody, EventReport,
-    HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams, RegisterRequest,
-    RelayServedReport, ResolveReport, SendReport, SendRequest, StatusReport, TrustReport,
-    VerifyReport, status_name, trust_name,
+    HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
+    RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SendReport, SendRequest,
+    StatusReport, TrustReport, VerifyReport, status_name, trust_name,
 };

@@ -16,8 +16,8 @@ use kith_service::{Node, ServiceError, SuppliedPow};
 use crate::{
     AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, ErrorBody,
     EventReport, HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams,
-    RegisterRequest, ResolveReport, SendReport, SendRequest, StatusReport, TrustReport,
-    VerifyReport, status_name, trust_name,
+    RecipientUsage, RegisterRequest, RelayReport, ResolveReport, SendReport, SendRequest,
+    StatusReport, TrustReport, VerifyReport, status_name, trust_name,
 };
 
 #[derive(Clone)]
@@ -49,10 +49,38 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/accept/{target}", post(accept))
         .route("/v1/block/{target}", post(block))
         .route("/v1/events", get(events))
+        .route("/v1/relay", get(relay_status))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// Serves only `/metrics`, without a token, for Prometheus on a relay (`--metrics-addr`). The
+/// series carry no secrets; the operator chooses where this listens.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let node = node.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    node.metrics_text(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
@@ -422,6 +450,38 @@ async fn block(State(state): State<AppState>, Path(target): Path<String>) -> Res
         peer_id: peer.to_string(),
         trust: "blocked".into(),
     });
+    respond(StatusCode::OK, result)
+}
+
+async fn relay_status(State(state): State<AppState>) -> Response {
+    let node = &state.node;
+    let result = async {
+        let status = node.status().await?;
+        let stats = node.mailbox_stats()?;
+        let recipients = node
+            .store()
+            .mailboxes()
+            .recipients(100)?
+            .into_iter()
+            .map(|(peer, items, bytes)| RecipientUsage {
+                peer_id: libp2p::PeerId::from_bytes(&peer)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                items,
+                bytes,
+            })
+            .collect();
+        let circuits = StatusReport::from(status).relay;
+        Ok::<_, ServiceError>(RelayReport {
+            relay: circuits.is_some(),
+            circuits,
+            mailbox_recipients: stats.recipients,
+            mailbox_items: stats.items,
+            mailbox_bytes: stats.bytes,
+            recipients,
+        })
+    }
+    .await;
     respond(StatusCode::OK, result)
 }
 

@@ -460,3 +460,31 @@ impl MessageReport {
         }
     }
 }
+
+/// `GET /v1/relay` and `kith relay status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayReport {
+    /// Whether this node runs as a community relay.
+    pub relay: bool,
+    /// Circuit relay: live reservations and circuits, totals.
+    pub circuits: Option<RelayServedReport>,
+    /// Registered mailbox recipients.
+    pub mailbox_recipients: usize,
+    /// Envelopes held.
+    pub mailbox_items: usize,
+    /// Bytes held.
+    pub mailbox_bytes: u64,
+    /// Per-recipient usage, most items first (at most 100).
+    pub recipients: Vec<RecipientUsage>,
+}
+
+/// One recipient's mailbox usage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecipientUsage {
+    /// The recipient.
+    pub peer_id: String,
+    /// Envelopes held.
+    pub items: u64,
+    /// Bytes held.
+    pub bytes: u64,
+}

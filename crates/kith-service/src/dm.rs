@@ -316,35 +316,48 @@ impl Node {
             .correspondent(&peer.to_bytes())?
             .is_some_and(|c| c.trust == Trust::Accepted);
         if !ids.is_empty() && trusted {
-            let id = self.dm().next_id();
-            let payload = pb::DirectPayload {
-                id: id.to_vec(),
-                sender: self.peer_id().to_bytes(),
-                recipient: peer.to_bytes(),
-                sent_at_ms: now_ms(),
-                body: Some(pb::direct_payload::Body::Receipt(pb::Receipt {
-                    ids: ids.iter().map(|i| i.to_vec()).collect(),
-                    kind: pb::ReceiptKind::ReceiptRead as i32,
-                })),
-            };
-            let item = OutboxItem {
-                id,
-                peer_id: peer.to_bytes(),
-                payload: payload.encode_to_vec(),
-                envelope: None,
-                attempts: 0,
-                next_attempt_ms: 0,
-                created_ms: now_ms(),
-                receipt: true,
-                deposited: false,
-            };
-            self.store().messages().enqueue(None, &item)?;
-            self.store().flush().await?;
-            self.dm().wake.notify_one();
+            let ids = ids.iter().map(|i| i.to_vec()).collect();
+            self.queue_receipt(peer, ids, pb::ReceiptKind::ReceiptRead)
+                .await?;
         } else {
             self.store().flush().await?;
         }
         Ok(ids.len())
+    }
+
+    /// Queues a receipt (delivered or read) for `peer`; delivered like any message.
+    pub(crate) async fn queue_receipt(
+        &self,
+        peer: PeerId,
+        ids: Vec<Vec<u8>>,
+        kind: pb::ReceiptKind,
+    ) -> Result<(), ServiceError> {
+        let id = self.dm().next_id();
+        let payload = pb::DirectPayload {
+            id: id.to_vec(),
+            sender: self.peer_id().to_bytes(),
+            recipient: peer.to_bytes(),
+            sent_at_ms: now_ms(),
+            body: Some(pb::direct_payload::Body::Receipt(pb::Receipt {
+                ids,
+                kind: kind as i32,
+            })),
+        };
+        let item = OutboxItem {
+            id,
+            peer_id: peer.to_bytes(),
+            payload: payload.encode_to_vec(),
+            envelope: None,
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: now_ms(),
+            receipt: true,
+            deposited: false,
+        };
+        self.store().messages().enqueue(None, &item)?;
+        self.store().flush().await?;
+        self.dm().wake.notify_one();
+        Ok(())
     }
 
     /// Conversations, most recent first (requests included, flagged by their trust).
@@ -540,6 +553,10 @@ impl Node {
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "delivery attempt failed");
+                if !item.deposited && !item.receipt && self.deposit(peer, &mut item).await {
+                    // Held at the recipient's mailbox; keep trying directly, but rarely.
+                    item.attempts = item.attempts.max(8);
+                }
                 Err(self.retry_later(item))
             }
         }
@@ -656,7 +673,7 @@ impl Node {
         }
     }
 
-    async fn receive(&self, peer: PeerId, bytes: &[u8]) -> pb::Ack {
+    pub(crate) async fn receive(&self, peer: PeerId, bytes: &[u8]) -> pb::Ack {
         let Ok(envelope) = pb::Envelope::decode(bytes) else {
             return ack(&[], pb::AckStatus::AckRejected, "malformed envelope");
         };
@@ -781,7 +798,31 @@ impl Node {
                     .iter()
                     .filter_map(|i| MessageId::try_from(i.as_slice()).ok())
                     .collect();
-                if receipt.kind == pb::ReceiptKind::ReceiptRead as i32 {
+                if receipt.kind == pb::ReceiptKind::ReceiptDelivered as i32 {
+                    // Our message reached the recipient through a mailbox relay.
+                    for id in ids {
+                        let ours = self
+                            .store()
+                            .messages()
+                            .message(&id)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|m| m.outgoing && m.peer_id == peer.to_bytes());
+                        if ours {
+                            let _ = self.store().messages().complete(
+                                &id,
+                                Status::Delivered,
+                                "",
+                                now_ms(),
+                            );
+                            self.dm().emit(MessageEvent::Status {
+                                id,
+                                peer,
+                                status: Status::Delivered,
+                            });
+                        }
+                    }
+                } else if receipt.kind == pb::ReceiptKind::ReceiptRead as i32 {
                     let _ = self
                         .store()
                         .messages()

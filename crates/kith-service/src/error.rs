@@ -89,6 +89,9 @@ pub enum ServiceError {
     /// or the DHT cannot be reached): the message waits in the outbox.
     #[error("no encryption key bundle found for {0}")]
     NoKeyBundle(PeerId),
+    /// A mailbox relay refused or failed a request.
+    #[error("mailbox relay: {0}")]
+    Mailbox(String),
     /// A background job (proof of work) failed to run.
     #[error("internal task failed: {0}")]
     Task(String),

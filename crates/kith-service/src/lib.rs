@@ -21,13 +21,16 @@
 
 mod dm;
 mod error;
+mod mailbox;
 mod names;
 mod node;
 
 pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;
 pub use kith_crypto::PickleKey;
+pub use kith_store::{MailboxStats, Quota};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
+pub use mailbox::MailboxConfig;
 pub use names::{Registration, Resolution, SuppliedPow, Verification};
 pub use node::{Node, Options, Status};
 

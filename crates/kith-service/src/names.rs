@@ -31,6 +31,18 @@ pub(crate) struct NameValidator {
 
 impl RecordValidator for NameValidator {
     fn validate(&self, key: &[u8], value: &[u8]) -> Result<Validated, String> {
+        if crate::mailbox::is_pointer(value) {
+            let (peer, _, created) = crate::mailbox::verify_pointer(value)?;
+            if crate::mailbox::pointer_key(&peer) != key {
+                return Err("mailbox pointer stored under another peer's key".into());
+            }
+            return Ok(Validated {
+                class: peer.to_bytes(),
+                expires: Some(
+                    UNIX_EPOCH + Duration::from_millis(created) + Duration::from_secs(30 * 86_400),
+                ),
+            });
+        }
         if let Some(peer) = crate::dm::bundle_claimed_peer(value) {
             let bundle = crate::dm::decode_bundle(value, &peer)?;
             if crate::dm::bundle_key(&peer) != key {
@@ -59,6 +71,16 @@ impl RecordValidator for NameValidator {
     }
 
     fn may_replace(&self, _key: &[u8], stored: &[u8], incoming: &[u8]) -> bool {
+        if crate::mailbox::is_pointer(incoming) {
+            return match (
+                crate::mailbox::verify_pointer(stored),
+                crate::mailbox::verify_pointer(incoming),
+            ) {
+                (Ok((_, _, s)), Ok((_, _, i))) => i >= s,
+                (Err(_), Ok(_)) => true,
+                _ => false,
+            };
+        }
         if let (Some(a), Some(b)) = (
             crate::dm::bundle_claimed_peer(stored),
             crate::dm::bundle_claimed_peer(incoming),

@@ -43,6 +43,13 @@ pub struct Options {
     /// Inbound direct messages accepted per sender: (burst, per second). Default (1000, 200);
     /// beyond it senders are told to retry later, so a flood costs them, not us.
     pub dm_rate: (f64, f64),
+    /// Relay role: host mailboxes for registered recipients (None: refuse mailbox requests).
+    pub mailbox_server: Option<crate::MailboxConfig>,
+    /// Relays (with `/p2p/<id>`) where this node keeps its mailbox; published in the DHT so
+    /// senders can leave messages there while we are offline.
+    pub mailbox_relays: Vec<Multiaddr>,
+    /// How often the mailbox is fetched while connected. Default 60 s (also on every connect).
+    pub mailbox_sync_every: Duration,
 }
 
 impl Default for Options {
@@ -54,6 +61,9 @@ impl Default for Options {
             first_republish_after: Duration::from_secs(3),
             pickle_key: None,
             dm_rate: (1000.0, 200.0),
+            mailbox_server: None,
+            mailbox_relays: Vec::new(),
+            mailbox_sync_every: Duration::from_secs(60),
         }
     }
 }
@@ -63,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) keypair: Keypair,
     pub(crate) options: Options,
     pub(crate) dm: crate::dm::Dm,
+    pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
+    pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
     store: Store,
     registry: Registry,
@@ -115,6 +127,13 @@ impl Node {
             None => kith_crypto::PickleKey::generate().map_err(ServiceError::Crypto)?,
         };
         let dm = crate::dm::Dm::load(&store, pickle_key, &mut registry)?;
+        let mailbox_refused = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "mailbox_refused",
+            "Mailbox requests refused (unregistered recipient, forged registration, full, garbage)",
+            mailbox_refused.clone(),
+        );
+        let sync_every = options.mailbox_sync_every;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
@@ -124,6 +143,8 @@ impl Node {
                 keypair,
                 options,
                 dm,
+                mailbox_refused,
+                mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                 client,
                 store,
                 registry,
@@ -140,6 +161,11 @@ impl Node {
         node.push_task(republisher);
         let delivery = tokio::spawn(crate::dm::delivery_loop(Arc::downgrade(&node.inner)));
         node.push_task(delivery);
+        let mailbox = tokio::spawn(crate::mailbox::mailbox_loop(
+            Arc::downgrade(&node.inner),
+            sync_every,
+        ));
+        node.push_task(mailbox);
         Ok(node)
     }
 
@@ -222,6 +248,11 @@ impl Node {
         })
     }
 
+    /// Mailboxes this node hosts (relay role).
+    pub fn mailbox_stats(&self) -> Result<kith_store::MailboxStats, ServiceError> {
+        Ok(self.store().mailboxes().stats()?)
+    }
+
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ServiceError> {
         Ok(self.inner.client.peers().await?)
@@ -295,6 +326,9 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
         if let Err(e) = node.refresh_key_bundle().await {
             tracing::warn!(error = %e, "could not publish the key bundle");
         }
+        if let Err(e) = node.publish_mailbox_pointer().await {
+            tracing::warn!(error = %e, "could not publish the mailbox pointer");
+        }
         delay = every;
     }
 }
@@ -329,12 +363,29 @@ async fn consume_events(
                 });
                 Ok(())
             }
+            Event::MailboxRequest {
+                peer,
+                request,
+                bytes,
+            } => {
+                let Ok(permit) = inbound.clone().acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    node.on_mailbox_request(peer, request, bytes).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
             Event::PeerConnected {
                 peer,
                 addr,
                 inbound,
             } => {
                 node.on_peer_connected(peer);
+                if crate::mailbox::is_mailbox_relay(&node, &peer) {
+                    node.inner.mailbox_wake.notify_one();
+                }
                 if inbound {
                     Ok(())
                 } else {

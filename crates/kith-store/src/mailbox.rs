@@ -277,6 +277,19 @@ impl MailboxStore {
         ))
     }
 
+    /// Registered recipients with their usage (items, bytes), most items first, at most `limit`.
+    pub fn recipients(&self, limit: usize) -> Result<Vec<(Vec<u8>, u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.registrations.iter() {
+            let (recipient, _) = entry.map_err(|e| self.err(e))?;
+            let (items, bytes) = self.usage(&recipient)?;
+            out.push((recipient.to_vec(), items, bytes));
+        }
+        out.sort_by_key(|(_, items, bytes)| std::cmp::Reverse((*items, *bytes)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Totals.
     pub fn stats(&self) -> Result<MailboxStats, StoreError> {
         let mut stats = MailboxStats {

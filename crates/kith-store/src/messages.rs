@@ -412,6 +412,23 @@ impl MessageStore {
             .map_err(|e| self.tx_err(e))
     }
 
+    /// Records why an outgoing message is not getting through, without changing its status.
+    pub fn note_failure(&self, id: &MessageId, reason: &str) -> Result<(), StoreError> {
+        let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? else {
+            return Ok(());
+        };
+        let mut key = conv.to_vec();
+        key.extend_from_slice(id);
+        if let Some(raw) = self.messages.get(&key).map_err(|e| self.err(e))? {
+            let mut m = decode_message(&raw)?;
+            m.failure = reason.to_owned();
+            self.messages
+                .insert(key, encode_message(&m))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// Marks our outgoing messages as read by the recipient (a read receipt arrived).
     pub fn mark_read_by_peer(
         &self,

@@ -1,0 +1,391 @@
+//! The raw libp2p baseline: a bare swarm with only what a scenario needs, driven by the same
+//! actor shape kith uses (one task owns the swarm, commands arrive on a bounded channel with
+//! `oneshot` replies), so the ratio measures kith's own cost and not the shape of the driver.
+//!
+//! - [`RawConfig`]: transports are always TCP+Noise+Yamux and QUIC (as in kith); behaviours are
+//!   identify and Kademlia (`Mode::Server`, `MemoryStore`), plus ping and gossipsub for the idle
+//!   footprint.
+//! - [`RawNode::start`]: builds the swarm, waits for its listeners, dials the bootstrap entries.
+//! - [`run_process`]: the hidden `__raw-node` subcommand, a raw node as its own process.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, identify, kad,
+    multiaddr::Protocol,
+    noise, ping,
+    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// The identify protocol version raw nodes announce.
+const RAW_IDENTIFY: &str = "/kith-bench/raw/1.0.0";
+
+/// How long [`RawNode::start`] waits for its listeners to come up.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// How a raw node is built.
+#[derive(Debug, Clone)]
+pub(crate) struct RawConfig {
+    /// Kademlia protocol; the same name the kith nodes of the scenario use.
+    pub(crate) kad_protocol: String,
+    /// Listen addresses (loopback only).
+    pub(crate) listen: Vec<Multiaddr>,
+    /// Bootstrap entries, each ending in `/p2p/<id>`.
+    pub(crate) bootstrap: Vec<Multiaddr>,
+    /// Also run ping and gossipsub, as a personal node would (footprint baseline).
+    pub(crate) full: bool,
+    /// Idle connection timeout; kith's default is 60 s.
+    pub(crate) idle_timeout: Duration,
+    /// Kademlia query timeout; kith's default is 30 s.
+    pub(crate) query_timeout: Duration,
+}
+
+impl RawConfig {
+    /// The baseline for a kith node with default settings on the given network id.
+    pub(crate) fn dht(network_id: &str) -> Self {
+        Self {
+            kad_protocol: kith_net::kad_protocol(network_id),
+            listen: vec![loopback_tcp()],
+            bootstrap: Vec::new(),
+            full: false,
+            idle_timeout: Duration::from_secs(60),
+            query_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `/ip4/127.0.0.1/tcp/0`: the only kind of address benchmark nodes listen on (plus QUIC's twin).
+pub(crate) fn loopback_tcp() -> Multiaddr {
+    Multiaddr::empty()
+        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+        .with(Protocol::Tcp(0))
+}
+
+/// `/ip4/127.0.0.1/udp/0/quic-v1`.
+pub(crate) fn loopback_quic() -> Multiaddr {
+    Multiaddr::empty()
+        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+        .with(Protocol::Udp(0))
+        .with(Protocol::QuicV1)
+}
+
+/// What a raw node runs.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Exchanges listen addresses; feeds the routing table as in kith.
+    identify: identify::Behaviour,
+    /// The DHT.
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Footprint baseline only.
+    ping: Toggle<ping::Behaviour>,
+    /// Footprint baseline only, default settings.
+    gossipsub: Toggle<gossipsub::Behaviour>,
+}
+
+type ClosestReply = oneshot::Sender<anyhow::Result<Vec<PeerId>>>;
+
+enum Command {
+    Closest { key: PeerId, reply: ClosestReply },
+    RoutingLen { reply: oneshot::Sender<usize> },
+    Bootstrap { reply: oneshot::Sender<()> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A handle to a running raw node.
+#[derive(Debug, Clone)]
+pub(crate) struct RawNode {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl RawNode {
+    /// Builds the swarm, waits until every listener is bound, dials the bootstrap entries and
+    /// spawns the driver on the current runtime.
+    pub(crate) async fn start(config: RawConfig) -> anyhow::Result<Self> {
+        let mut swarm = build_swarm(&config)?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("raw node cannot listen on {addr}"))?;
+        }
+        let mut listen_addrs = Vec::new();
+        let wait = async {
+            while listen_addrs.len() < config.listen.len() {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    listen_addrs.push(address);
+                }
+            }
+        };
+        tokio::time::timeout(LISTEN_WAIT, wait)
+            .await
+            .context("raw node listeners did not come up")?;
+
+        for addr in &config.bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                let base: Multiaddr = addr
+                    .iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect();
+                swarm.behaviour_mut().kad.add_address(&peer, base);
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                bail!("raw node cannot dial {addr}: {e}");
+            }
+        }
+        if !config.bootstrap.is_empty() {
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+
+        let peer_id = *swarm.local_peer_id();
+        let (commands, rx) = mpsc::channel(64);
+        let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
+            .context("invalid Kademlia protocol name")?;
+        tokio::spawn(
+            Driver {
+                swarm,
+                commands: rx,
+                kad_protocol,
+                pending: HashMap::new(),
+            }
+            .run(),
+        );
+        Ok(Self {
+            commands,
+            peer_id,
+            listen_addrs,
+        })
+    }
+
+    /// The node's peer id.
+    pub(crate) fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The bound listen addresses.
+    pub(crate) fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// A Kademlia `FIND_NODE` walk, answered like kith's `get_closest_peers`.
+    pub(crate) async fn get_closest_peers(&self, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
+        self.ask(|reply| Command::Closest { key, reply }).await?
+    }
+
+    /// Peers in the routing table.
+    pub(crate) async fn routing_len(&self) -> anyhow::Result<usize> {
+        self.ask(|reply| Command::RoutingLen { reply }).await
+    }
+
+    /// Starts a Kademlia bootstrap.
+    pub(crate) async fn bootstrap(&self) -> anyhow::Result<()> {
+        self.ask(|reply| Command::Bootstrap { reply }).await
+    }
+
+    /// Stops the driver and drops the swarm.
+    pub(crate) async fn shutdown(&self) -> anyhow::Result<()> {
+        self.ask(|reply| Command::Shutdown { reply }).await
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> anyhow::Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| anyhow::anyhow!("raw node stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("raw node stopped"))
+    }
+}
+
+fn build_swarm(config: &RawConfig) -> anyhow::Result<Swarm<Behaviour>> {
+    let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
+        .context("invalid Kademlia protocol name")?;
+    let full = config.full;
+    let query_timeout = config.query_timeout;
+    let swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .context("TCP transport")?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(kad_protocol);
+            kad_config.set_query_timeout(query_timeout);
+            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let gossipsub = if full {
+                Some(gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::Config::default(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    RAW_IDENTIFY.to_owned(),
+                    key.public(),
+                )),
+                kad,
+                ping: Toggle::from(full.then(|| ping::Behaviour::new(ping::Config::new()))),
+                gossipsub: Toggle::from(gossipsub),
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("raw behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// Owns the swarm. Like kith's loop: `select!` with local commands first, plain handlers.
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    kad_protocol: StreamProtocol,
+    pending: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let shutdown_reply = loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.handle_command(command),
+                    None => break None,
+                },
+                event = self.swarm.select_next_some() => self.handle_event(event),
+            }
+        };
+        drop(self.swarm);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn routing_len(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Closest { key, reply } => {
+                if self.routing_len() == 0 {
+                    let _ = reply.send(Err(anyhow::anyhow!("no known peers")));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.pending.insert(id, (Vec::new(), reply));
+            }
+            Command::RoutingLen { reply } => {
+                let _ = reply.send(self.routing_len());
+            }
+            Command::Bootstrap { reply } => {
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                let _ = reply.send(());
+            }
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&self.kad_protocol) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            })) => {
+                let Some((found, _)) = self.pending.get_mut(&id) else {
+                    return;
+                };
+                match result {
+                    Ok(ok) => found.extend(ok.peers.into_iter().map(|p| p.peer_id)),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                        found.extend(peers.into_iter().map(|p| p.peer_id));
+                    }
+                }
+                if step.last
+                    && let Some((found, reply)) = self.pending.remove(&id)
+                {
+                    let result = if found.is_empty() {
+                        Err(anyhow::anyhow!("walk found no peer"))
+                    } else {
+                        Ok(found)
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The hidden `__raw-node` subcommand: one raw node with the footprint settings (TCP and QUIC on
+/// loopback, identify, Kademlia, ping, gossipsub), printing one JSON ready line and running until
+/// its standard input closes.
+pub(crate) fn run_process() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let config = RawConfig {
+            listen: vec![loopback_tcp(), loopback_quic()],
+            full: true,
+            ..RawConfig::dht("bench")
+        };
+        let node = RawNode::start(config).await?;
+        let addrs: Vec<String> = node
+            .listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"peer_id": node.peer_id().to_string(), "listen_addrs": addrs})
+        );
+        // The parent closes our stdin to stop us; a blocking read is the simplest portable wait.
+        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            let _ = closed_tx.send(());
+        });
+        let _ = closed_rx.await;
+        node.shutdown().await
+    })
+}

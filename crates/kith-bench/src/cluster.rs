@@ -1,0 +1,329 @@
+//! In-process networks of kith nodes or raw libp2p nodes, started the same way, so a scenario can
+//! run the same measurement on both.
+//!
+//! Every node listens on `/ip4/127.0.0.1/tcp/0` only, has mDNS off and speaks the Kademlia
+//! protocol of network id [`NETWORK_ID`] (`/kith/bench/kad/1.0.0`); kith nodes keep their store
+//! under the cluster's directory, which the caller owns and removes.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use kith_net::{Config, DhtMode, Keypair, Multiaddr, PeerId};
+use kith_service::Node;
+use kith_store::{Store, StoreConfig};
+use libp2p::multiaddr::Protocol;
+
+use crate::baseline::{self, RawConfig, RawNode};
+
+/// The network id of every benchmark node.
+pub(crate) const NETWORK_ID: &str = "bench";
+
+/// Upper bound for one request to a node (start, status, routing table).
+const STEP: Duration = Duration::from_secs(10);
+
+/// Which implementation a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `kith_service::Node` with its own `kith_store::Store`.
+    Kith,
+    /// A bare libp2p swarm (identify + Kademlia), see [`crate::baseline`].
+    Raw,
+}
+
+impl Kind {
+    /// `kith` or `raw`, as the hidden worker's `--kind` flag spells it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kith => "kith",
+            Kind::Raw => "raw",
+        }
+    }
+}
+
+/// Per-node settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeSettings {
+    /// Small buffers and caches for large networks (`scale`); defaults otherwise.
+    pub(crate) reduced: bool,
+}
+
+impl NodeSettings {
+    fn idle_timeout(self) -> Duration {
+        // Both kinds use the same value, so both hold their connections equally long. A joining
+        // node's bootstrap touches a large part of the network; with kith's default of 60 s those
+        // connections pile up faster than a 20,000-descriptor limit allows at a few hundred nodes.
+        if self.reduced {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(60)
+        }
+    }
+
+    fn query_timeout(self) -> Duration {
+        if self.reduced {
+            Duration::from_secs(20)
+        } else {
+            Duration::from_secs(30)
+        }
+    }
+}
+
+enum Handle {
+    Kith(Node),
+    Raw(RawNode),
+}
+
+struct Member {
+    handle: Handle,
+    peer_id: PeerId,
+    /// TCP listen address ending in `/p2p/<peer id>`.
+    addr: Multiaddr,
+}
+
+/// A set of running nodes of one [`Kind`].
+pub(crate) struct Cluster {
+    kind: Kind,
+    settings: NodeSettings,
+    dir: PathBuf,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    /// An empty cluster; kith homes go under `dir`, which must exist.
+    pub(crate) fn new(kind: Kind, settings: NodeSettings, dir: PathBuf) -> Self {
+        Self {
+            kind,
+            settings,
+            dir,
+            members: Vec::new(),
+        }
+    }
+
+    /// What the cluster runs.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Number of running nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Peer ids, in start order.
+    pub(crate) fn peer_ids(&self) -> Vec<PeerId> {
+        self.members.iter().map(|m| m.peer_id).collect()
+    }
+
+    /// Dialable address (with `/p2p/`) of node `i`.
+    pub(crate) fn addr(&self, i: usize) -> Option<Multiaddr> {
+        self.members.get(i).map(|m| m.addr.clone())
+    }
+
+    /// Starts one more node that bootstraps from `bootstrap`; returns once it listens.
+    pub(crate) async fn start_node(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
+        let member = match self.kind {
+            Kind::Kith => self.start_kith(bootstrap).await?,
+            Kind::Raw => {
+                let config = RawConfig {
+                    bootstrap,
+                    idle_timeout: self.settings.idle_timeout(),
+                    query_timeout: self.settings.query_timeout(),
+                    ..RawConfig::dht(NETWORK_ID)
+                };
+                let node = tokio::time::timeout(STEP, RawNode::start(config))
+                    .await
+                    .context("raw node did not start in time")??;
+                let peer_id = node.peer_id();
+                let addr = node
+                    .listen_addrs()
+                    .first()
+                    .cloned()
+                    .context("raw node has no listen address")?
+                    .with(Protocol::P2p(peer_id));
+                Member {
+                    handle: Handle::Raw(node),
+                    peer_id,
+                    addr,
+                }
+            }
+        };
+        self.members.push(member);
+        Ok(())
+    }
+
+    async fn start_kith(&self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<Member> {
+        let home = self.dir.join(format!("node-{}", self.members.len()));
+        let mut store_config = StoreConfig::default();
+        if self.settings.reduced {
+            // 1 MiB of page cache and no background flusher thread per node.
+            store_config = store_config.with_cache_capacity(1024 * 1024);
+            store_config.flush_every_ms = None;
+        }
+        let store = Store::open(&home, &store_config)
+            .with_context(|| format!("cannot open a store in {}", home.display()))?;
+        let mut config = Config::new(Keypair::generate_ed25519())
+            .with_network_id(NETWORK_ID)
+            .with_mdns(false)
+            .with_dht_mode(DhtMode::Server)
+            .with_listen(vec![baseline::loopback_tcp()])
+            .with_bootstrap(bootstrap);
+        config.idle_timeout = self.settings.idle_timeout();
+        config.query_timeout = self.settings.query_timeout();
+        if self.settings.reduced {
+            config.event_buffer = 64;
+            config.command_buffer = 16;
+        }
+        let node = tokio::time::timeout(STEP, Node::start(config, store))
+            .await
+            .context("kith node did not start in time")?
+            .context("kith node failed to start")?;
+        let peer_id = node.peer_id();
+        let deadline = Instant::now() + STEP;
+        let addr = loop {
+            let status = node.net().status().await.context("kith node stopped")?;
+            if let Some(addr) = status.listen_addrs.first() {
+                break addr.clone().with(Protocol::P2p(peer_id));
+            }
+            if Instant::now() > deadline {
+                bail!("kith node did not start listening in time");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Ok(Member {
+            handle: Handle::Kith(node),
+            peer_id,
+            addr,
+        })
+    }
+
+    /// A `get_closest_peers` walk for `key` from node `i`.
+    pub(crate) async fn closest(&self, i: usize, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
+        match &self.member(i)?.handle {
+            Handle::Kith(node) => Ok(node.net().get_closest_peers(key).await?),
+            Handle::Raw(node) => node.get_closest_peers(key).await,
+        }
+    }
+
+    /// Routing table size of node `i`.
+    pub(crate) async fn routing_len(&self, i: usize) -> anyhow::Result<usize> {
+        let ask = async {
+            match &self.member(i)?.handle {
+                Handle::Kith(node) => Ok(node.net().routing_table().await?.len()),
+                Handle::Raw(node) => node.routing_len().await,
+            }
+        };
+        tokio::time::timeout(STEP, ask)
+            .await
+            .context("routing table request timed out")?
+    }
+
+    /// Starts a Kademlia bootstrap on node `i`.
+    pub(crate) async fn bootstrap(&self, i: usize) -> anyhow::Result<()> {
+        match &self.member(i)?.handle {
+            Handle::Kith(node) => Ok(node.net().bootstrap().await?),
+            Handle::Raw(node) => node.bootstrap().await,
+        }
+    }
+
+    /// Routing table sizes of every node: (smallest, mean).
+    pub(crate) async fn routing_summary(&self) -> anyhow::Result<(usize, f64)> {
+        let mut min = usize::MAX;
+        let mut total = 0;
+        for i in 0..self.len() {
+            let n = self.routing_len(i).await?;
+            min = min.min(n);
+            total += n;
+        }
+        let mean = total as f64 / self.len().max(1) as f64;
+        Ok((if self.len() == 0 { 0 } else { min }, mean))
+    }
+
+    /// Stops every node (bounded); kith nodes flush their stores.
+    pub(crate) async fn shutdown(self) {
+        let stops = self.members.into_iter().map(|m| async move {
+            let _ = tokio::time::timeout(STEP, async {
+                match m.handle {
+                    Handle::Kith(node) => {
+                        let _ = node.shutdown().await;
+                    }
+                    Handle::Raw(node) => {
+                        let _ = node.shutdown().await;
+                    }
+                }
+            })
+            .await;
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    fn member(&self, i: usize) -> anyhow::Result<&Member> {
+        self.members
+            .get(i)
+            .with_context(|| format!("no node {i} in a cluster of {}", self.len()))
+    }
+}
+
+/// A small, fast, seedable generator for picking nodes (not for keys, which come from
+/// [`PeerId::random`]). SplitMix64.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the OS.
+    pub(crate) fn from_os() -> Self {
+        Self(getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// A number in `0..n` (`0` for `n == 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z % n as u64) as usize
+    }
+}
+
+/// The peer among `candidates` (except `origin`) closest to `key` in Kademlia's XOR metric: the
+/// right answer a `get_closest_peers(key)` walk from `origin` should include.
+pub(crate) fn true_closest(candidates: &[PeerId], origin: PeerId, key: PeerId) -> Option<PeerId> {
+    let key = libp2p::kad::KBucketKey::from(key);
+    candidates
+        .iter()
+        .filter(|p| **p != origin)
+        .min_by_key(|p| libp2p::kad::KBucketKey::from(**p).distance(&key))
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_stays_in_range_and_varies() {
+        let mut rng = Rng(1);
+        let picks: Vec<usize> = (0..1000).map(|_| rng.below(10)).collect();
+        assert!(picks.iter().all(|p| *p < 10));
+        for value in 0..10 {
+            assert!(picks.contains(&value), "{value} never picked");
+        }
+        assert_eq!(rng.below(0), 0);
+    }
+
+    #[test]
+    fn true_closest_skips_the_origin() {
+        let peers: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
+        let key = peers[3];
+        assert_eq!(true_closest(&peers, peers[0], key), Some(key));
+        let without_key = true_closest(&peers, key, key).unwrap();
+        assert_ne!(without_key, key);
+        assert_eq!(true_closest(&[], peers[0], key), None);
+    }
+}

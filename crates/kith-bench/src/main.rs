@@ -1,0 +1,325 @@
+//! `kith-bench`: measures kith beside the raw libp2p it is built on, in the same run on the same
+//! machine, and prints one JSON document (`--json`, stdout) and a table (stderr).
+//!
+//! - `report`: the JSON contract, the table, percentiles and ratios.
+//! - `machine`: cores, CPU model, OS, profile, date; RSS and descriptor counts from `/proc`.
+//! - `scenarios`: the catalogue (every scenario of issue #8) and one module per measured group.
+//! - `cluster`: in-process networks of kith nodes or raw swarms, started the same way.
+//! - `baseline`: the raw libp2p node (in-process, or as the hidden `__raw-node` process).
+//! - `process`: child processes that are always reaped.
+//!
+//! `BENCHMARKS.md` at the repository root says how to run it and keeps the latest figures.
+
+mod baseline;
+mod cluster;
+mod machine;
+mod process;
+mod report;
+mod scenarios;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::{
+    cluster::Kind,
+    machine::Machine,
+    report::Report,
+    scenarios::{CATALOGUE, Group, Settings},
+};
+
+/// Measures kith against raw libp2p, side by side, in one run. Loopback only.
+#[derive(Debug, Parser)]
+#[command(name = "kith-bench", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Smoke mode for CI: tiny counts, short waits; figures are not meaningful.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Print exactly one JSON document on stdout (the table still goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every scenario with its unit, what it measures, its baseline and whether it runs.
+    List,
+    /// Run every scenario.
+    All,
+    /// Direct messages: latency and throughput (not built yet: reported as unavailable).
+    Dm(DmArgs),
+    /// Name resolution, cold and warm (not built yet: reported as unavailable).
+    Resolve(NodesArg),
+    /// Group delivery latency (not built yet: reported as unavailable).
+    Group(NodesArg),
+    /// Message history: open and page times (not built yet: reported as unavailable).
+    History(HistoryArgs),
+    /// RSS of an idle `kith run` process beside a raw libp2p node process.
+    Footprint(FootprintArgs),
+    /// The largest in-process network within a time budget, kith beside raw swarms.
+    Scale(ScaleArgs),
+    /// Kademlia `get_closest_peers` walk latency, kith beside raw swarms.
+    Dht(DhtArgs),
+    /// Internal: a raw libp2p node process for the footprint baseline.
+    #[command(name = "__raw-node", hide = true)]
+    RawNode,
+    /// Internal: grows one network for `scale` and prints JSON lines.
+    #[command(name = "__scale-worker", hide = true)]
+    ScaleWorker(WorkerCli),
+}
+
+#[derive(Debug, Args)]
+struct DmArgs {
+    /// Nodes taking part.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Messages to send.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+}
+
+#[derive(Debug, Args)]
+struct NodesArg {
+    /// Nodes in the network.
+    #[arg(long, default_value_t = 50)]
+    nodes: usize,
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    /// Messages in the store.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: usize,
+}
+
+#[derive(Debug, Args)]
+struct FootprintArgs {
+    /// Idle seconds before RSS is read (default 60, quick 3).
+    #[arg(long)]
+    wait_secs: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// Target network size (default 1000, quick 20).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Upper bound on growing each network, seconds (default 240, quick 20).
+    #[arg(long)]
+    budget_secs: Option<u64>,
+    /// Walks per network (default 200, quick 20).
+    #[arg(long)]
+    walks: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct DhtArgs {
+    /// Nodes per network (default 50, quick 8).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Timed walks per network (default 200, quick 20).
+    #[arg(long)]
+    queries: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct WorkerCli {
+    #[arg(long)]
+    kind: String,
+    #[arg(long)]
+    nodes: usize,
+    #[arg(long)]
+    budget_secs: u64,
+    #[arg(long)]
+    settle_secs: u64,
+    #[arg(long)]
+    walks: usize,
+    #[arg(long)]
+    walk_budget_secs: u64,
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::new(cli.global.quick);
+    let groups: Vec<Group> = match cli.command {
+        Command::List => return list(cli.global.json),
+        Command::RawNode => return baseline::run_process(),
+        Command::ScaleWorker(args) => return scale_worker(args),
+        Command::All => Group::ALL.to_vec(),
+        // Their flags are accepted now so scripts keep working once the features land.
+        Command::Dm(DmArgs { .. }) => vec![Group::Dm],
+        Command::Resolve(NodesArg { .. }) => vec![Group::Resolve],
+        Command::Group(NodesArg { .. }) => vec![Group::Chat],
+        Command::History(HistoryArgs { .. }) => vec![Group::History],
+        Command::Footprint(args) => {
+            if let Some(secs) = args.wait_secs {
+                settings.footprint.wait = Duration::from_secs(secs);
+            }
+            vec![Group::Footprint]
+        }
+        Command::Scale(args) => {
+            if let Some(nodes) = args.nodes {
+                settings.scale.nodes = nodes.max(1);
+            }
+            if let Some(secs) = args.budget_secs {
+                settings.scale.budget = Duration::from_secs(secs);
+            }
+            if let Some(walks) = args.walks {
+                settings.scale.walks = walks;
+            }
+            vec![Group::Scale]
+        }
+        Command::Dht(args) => {
+            if let Some(nodes) = args.nodes {
+                settings.dht.nodes = nodes.max(2);
+            }
+            if let Some(queries) = args.queries {
+                settings.dht.queries = queries;
+            }
+            vec![Group::Dht]
+        }
+    };
+    // In-process networks need many sockets; the default soft limit is often 1024.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+
+    let date = machine::now_rfc3339();
+    let bar = progress_bar();
+    let scenarios = scenarios::run(&groups, &settings, &bar);
+    bar.finish_and_clear();
+    let report = Report {
+        machine: Machine::detect(),
+        profile: machine::profile(),
+        date,
+        quick: cli.global.quick,
+        scenarios,
+    };
+    eprint!("{}", report.table());
+    if cli.global.json {
+        println!("{}", report.to_json().context("cannot encode the report")?);
+    }
+    Ok(())
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:24} {pos}/{len} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn list(json: bool) -> anyhow::Result<()> {
+    if json {
+        let entries: Vec<serde_json::Value> = CATALOGUE
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "unit": s.unit,
+                    "measures": s.measures,
+                    "baseline": s.baseline,
+                    "available": s.missing.is_none(),
+                    "notes": s.missing.unwrap_or(""),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(entries));
+        return Ok(());
+    }
+    let width = CATALOGUE.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in CATALOGUE {
+        let state = s
+            .missing
+            .map_or("runs".to_owned(), |m| format!("unavailable: {m}"));
+        println!("{:<width$}  {:<5}  {}", s.name, s.unit, s.measures);
+        println!("{:<width$}  {:<5}  baseline: {}", "", "", s.baseline);
+        println!("{:<width$}  {:<5}  {state}", "", "");
+    }
+    Ok(())
+}
+
+fn scale_worker(args: WorkerCli) -> anyhow::Result<()> {
+    let kind = match args.kind.as_str() {
+        "kith" => Kind::Kith,
+        "raw" => Kind::Raw,
+        other => anyhow::bail!("unknown --kind {other}; expected kith or raw"),
+    };
+    scenarios::scale::worker(scenarios::scale::WorkerArgs {
+        kind,
+        nodes: args.nodes,
+        budget: Duration::from_secs(args.budget_secs),
+        settle: Duration::from_secs(args.settle_secs),
+        walks: args.walks,
+        walk_budget: Duration::from_secs(args.walk_budget_secs),
+        dir: args.dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from(["kith-bench", "all", "--quick", "--json"]).unwrap();
+        assert!(cli.global.quick && cli.global.json);
+        let cli = Cli::try_parse_from([
+            "kith-bench",
+            "--json",
+            "dm",
+            "--nodes",
+            "2",
+            "--messages",
+            "5",
+        ])
+        .unwrap();
+        assert!(cli.global.json);
+        assert!(matches!(
+            cli.command,
+            Command::Dm(DmArgs {
+                nodes: 2,
+                messages: 5
+            })
+        ));
+        let cli = Cli::try_parse_from(["kith-bench", "scale", "--nodes", "1000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Scale(ScaleArgs {
+                nodes: Some(1000),
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,282 @@
+//! The catalogue of scenarios and the runner.
+//!
+//! Every scenario of issue #8 is listed here, in report order. Those whose kith feature does not
+//! exist yet carry the reason in [`Spec::missing`] and are reported as unavailable, with no figure.
+//!
+//! - [`dht`]: `dht.closest`, Kademlia walks in an in-process network, kith vs raw swarms.
+//! - [`footprint`]: `footprint.idle`, RSS of an idle `kith run` process vs a raw node process.
+//! - [`scale`]: `scale`, the largest in-process network within a time budget, kith vs raw.
+
+pub(crate) mod dht;
+pub(crate) mod footprint;
+pub(crate) mod scale;
+
+use indicatif::ProgressBar;
+
+use crate::report::Scenario;
+
+/// Scenario groups, one per subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// Direct messages.
+    Dm,
+    /// Name resolution.
+    Resolve,
+    /// Group chat (the `group` subcommand).
+    Chat,
+    /// Message history in the store.
+    History,
+    /// Memory of one process.
+    Footprint,
+    /// Many nodes in one process.
+    Scale,
+    /// Kademlia.
+    Dht,
+}
+
+impl Group {
+    /// Every group, in report order.
+    pub(crate) const ALL: [Group; 7] = [
+        Group::Dm,
+        Group::Resolve,
+        Group::Chat,
+        Group::History,
+        Group::Footprint,
+        Group::Scale,
+        Group::Dht,
+    ];
+}
+
+/// One scenario of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spec {
+    /// Stable name used in the JSON.
+    pub(crate) name: &'static str,
+    /// Its group (subcommand).
+    pub(crate) group: Group,
+    /// Unit of the headline figures.
+    pub(crate) unit: &'static str,
+    /// What kith is measured doing.
+    pub(crate) measures: &'static str,
+    /// The baseline it is compared with.
+    pub(crate) baseline: &'static str,
+    /// Why it cannot run yet; `None` when implemented.
+    pub(crate) missing: Option<&'static str>,
+}
+
+/// Every scenario, in report order.
+pub(crate) const CATALOGUE: &[Spec] = &[
+    Spec {
+        name: "dm.latency",
+        group: Group::Dm,
+        unit: "us",
+        measures: "sequential direct message send until stored at the recipient, p50/p90/p99",
+        baseline: "raw libp2p request-response round trip over TCP+Noise+Yamux",
+        missing: Some("direct messages are not built yet (issue #5)"),
+    },
+    Spec {
+        name: "dm.throughput",
+        group: Group::Dm,
+        unit: "msg/s",
+        measures: "sustained durable, encrypted messages per second between two nodes",
+        baseline: "raw libp2p request-response with 64 requests in flight",
+        missing: Some("direct messages are not built yet (issue #5)"),
+    },
+    Spec {
+        name: "dm.latency.quic",
+        group: Group::Dm,
+        unit: "us",
+        measures: "dm.latency over QUIC",
+        baseline: "raw libp2p request-response round trip over QUIC",
+        missing: Some("direct messages are not built yet (issue #5)"),
+    },
+    Spec {
+        name: "resolve.cold",
+        group: Group::Resolve,
+        unit: "us",
+        measures: "name resolution in a 50-node in-process DHT, nothing cached",
+        baseline: "raw Kademlia get_record",
+        missing: Some("names are not built yet (issue #4)"),
+    },
+    Spec {
+        name: "resolve.warm",
+        group: Group::Resolve,
+        unit: "us",
+        measures: "name resolution of a name resolved before",
+        baseline: "raw Kademlia get_record",
+        missing: Some("names are not built yet (issue #4)"),
+    },
+    Spec {
+        name: "group.latency.10",
+        group: Group::Chat,
+        unit: "us",
+        measures: "group message delivery latency with 10 members",
+        baseline: "raw gossipsub, same topology and settings",
+        missing: Some("groups are not built yet (issue #7)"),
+    },
+    Spec {
+        name: "group.latency.50",
+        group: Group::Chat,
+        unit: "us",
+        measures: "group message delivery latency with 50 members",
+        baseline: "raw gossipsub, same topology and settings",
+        missing: Some("groups are not built yet (issue #7)"),
+    },
+    Spec {
+        name: "history.open",
+        group: Group::History,
+        unit: "ms",
+        measures: "opening a store holding 1M messages",
+        baseline: "raw sled with the same keys",
+        missing: Some("message history is not stored yet (issue #5)"),
+    },
+    Spec {
+        name: "history.page",
+        group: Group::History,
+        unit: "us",
+        measures: "reading the last 50 messages of a conversation, p50/p99",
+        baseline: "raw sled range scan with the same keys",
+        missing: Some("message history is not stored yet (issue #5)"),
+    },
+    Spec {
+        name: "footprint.idle",
+        group: Group::Footprint,
+        unit: "MB",
+        measures: "RSS of an idle `kith run` process (TCP+QUIC on loopback, no peers) after the wait",
+        baseline: "RSS of a raw libp2p node process (TCP+QUIC, identify, Kademlia, ping, gossipsub)",
+        missing: None,
+    },
+    Spec {
+        name: "footprint.relay",
+        group: Group::Footprint,
+        unit: "MB",
+        measures: "RSS of a relay holding 10,000 mailboxes",
+        baseline: "none planned",
+        missing: Some("relay mailboxes are not built yet (issue #6)"),
+    },
+    Spec {
+        name: "scale",
+        group: Group::Scale,
+        unit: "nodes",
+        measures: "largest in-process network within a time budget, its RSS, and the fraction of get_closest_peers walks that succeed",
+        baseline: "the same number of raw libp2p swarms (identify + Kademlia), same topology and walks",
+        missing: None,
+    },
+    Spec {
+        name: "dht.closest",
+        group: Group::Dht,
+        unit: "us",
+        measures: "get_closest_peers walk latency in an in-process network, p50/p90/p99",
+        baseline: "raw libp2p swarms (identify + Kademlia Mode::Server, MemoryStore), same protocol name and topology",
+        missing: None,
+    },
+];
+
+/// Everything the runnable scenarios need to know.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `dht.closest`.
+    pub(crate) dht: dht::Params,
+    /// `footprint.idle`.
+    pub(crate) footprint: footprint::Params,
+    /// `scale`.
+    pub(crate) scale: scale::Params,
+}
+
+impl Settings {
+    /// Full-run or `--quick` defaults.
+    pub(crate) fn new(quick: bool) -> Self {
+        Self {
+            dht: dht::Params::new(quick),
+            footprint: footprint::Params::new(quick),
+            scale: scale::Params::new(quick),
+        }
+    }
+}
+
+/// Runs every scenario of `groups`, in catalogue order, ticking `bar` once per scenario.
+pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> Vec<Scenario> {
+    let specs: Vec<&Spec> = CATALOGUE
+        .iter()
+        .filter(|s| groups.contains(&s.group))
+        .collect();
+    bar.set_length(specs.len() as u64);
+    let mut out = Vec::new();
+    for spec in specs {
+        bar.set_message(spec.name);
+        let scenario = match (spec.missing, spec.name) {
+            (Some(missing), _) => Scenario::unavailable(
+                spec.name,
+                spec.unit,
+                format!(
+                    "unavailable: {missing}; will compare with {}",
+                    spec.baseline
+                ),
+            ),
+            (None, "dht.closest") => dht::run(&settings.dht, bar),
+            (None, "footprint.idle") => footprint::run(&settings.footprint, bar),
+            (None, "scale") => scale::run(&settings.scale, bar),
+            (None, other) => Scenario::unavailable(
+                spec.name,
+                spec.unit,
+                format!("no runner for {other} in this build"),
+            ),
+        };
+        out.push(scenario);
+        bar.inc(1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_keeps_the_contract_names() {
+        let names: Vec<&str> = CATALOGUE.iter().map(|s| s.name).collect();
+        for required in [
+            "dm.latency",
+            "dm.throughput",
+            "dm.latency.quic",
+            "resolve.cold",
+            "resolve.warm",
+            "group.latency.10",
+            "group.latency.50",
+            "history.open",
+            "history.page",
+            "footprint.idle",
+            "footprint.relay",
+            "scale",
+        ] {
+            assert!(names.contains(&required), "{required} missing");
+        }
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "duplicate scenario names");
+    }
+
+    #[test]
+    fn every_group_has_a_scenario() {
+        for group in Group::ALL {
+            assert!(CATALOGUE.iter().any(|s| s.group == group), "{group:?}");
+        }
+    }
+
+    #[test]
+    fn unavailable_scenarios_have_no_figures() {
+        let bar = ProgressBar::hidden();
+        let scenarios = run(
+            &[Group::Dm, Group::Resolve, Group::Chat, Group::History],
+            &Settings::new(true),
+            &bar,
+        );
+        assert_eq!(scenarios.len(), 9);
+        for s in scenarios {
+            assert!(!s.available, "{}", s.name);
+            assert!(s.kith.is_none() && s.baseline.is_none() && s.ratio.is_none());
+            assert!(s.notes.contains("issue #"), "{}", s.notes);
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! `scale`: the largest in-process network this machine holds within a time budget.
+//!
+//! Each network grows in a process of its own (this binary re-executed as the hidden
+//! `__scale-worker`), so its RSS and file descriptors are its own and everything is released when
+//! it exits. The worker starts nodes one by one, each bootstrapping from up to three random earlier
+//! nodes, and stops growing at the target, the time budget, 85% of the file-descriptor limit or the
+//! memory cap, whichever comes first. After a short settle it runs `get_closest_peers` walks from
+//! random nodes to random keys and reports how many found at least one peer and how many found the
+//! true closest node. kith runs first, then the raw baseline with the same target and budget.
+//!
+//! Worker protocol: one JSON object per stdout line, [`WorkerLine`].
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use indicatif::ProgressBar;
+use kith_net::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cluster::{self, Cluster, Kind, NodeSettings, Rng},
+    machine,
+    process::ChildProcess,
+    report::{self, Figures, Scenario},
+};
+
+const NAME: &str = "scale";
+const UNIT: &str = "nodes";
+/// Walks in flight at once.
+const WALK_CONCURRENCY: usize = 4;
+/// Upper bound for one walk (the reduced query timeout is 20 s).
+const WALK_TIMEOUT: Duration = Duration::from_secs(25);
+/// Longest pause in growth waiting for idle connections to close.
+const FD_WAIT: Duration = Duration::from_secs(15);
+/// Shortest time between two joins.
+const JOIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Bootstrap entries per new node.
+const BOOTSTRAP_FANOUT: usize = 3;
+
+/// Sizes of the scenario.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    /// Target network size.
+    pub(crate) nodes: usize,
+    /// Upper bound on growing one network.
+    pub(crate) budget: Duration,
+    /// Pause between the last node and the first walk.
+    pub(crate) settle: Duration,
+    /// Walks per network.
+    pub(crate) walks: usize,
+    /// Upper bound on the walks of one network.
+    pub(crate) walk_budget: Duration,
+}
+
+impl Params {
+    /// Full-run or `--quick` defaults.
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                nodes: 20,
+                budget: Duration::from_secs(20),
+                settle: Duration::from_secs(2),
+                walks: 20,
+                walk_budget: Duration::from_secs(15),
+            }
+        } else {
+            Self {
+                nodes: 1000,
+                budget: Duration::from_secs(240),
+                settle: Duration::from_secs(10),
+                walks: 200,
+                walk_budget: Duration::from_secs(90),
+            }
+        }
+    }
+
+    /// The longest a worker may take before it is killed.
+    fn worker_deadline(&self) -> Duration {
+        self.budget + self.settle + self.walk_budget + Duration::from_secs(120)
+    }
+}
+
+/// One line of worker output.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WorkerLine {
+    /// Progress while growing or walking.
+    Progress {
+        /// `grow` or `walk`.
+        phase: String,
+        /// Done so far.
+        done: usize,
+        /// Target.
+        of: usize,
+    },
+    /// The final result.
+    Result(WorkerResult),
+}
+
+/// What one worker measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerResult {
+    /// Nodes running at the end.
+    pub(crate) nodes: usize,
+    /// Why growth stopped.
+    pub(crate) stop_reason: String,
+    /// Seconds spent starting the nodes.
+    pub(crate) start_secs: f64,
+    /// Process RSS with every node running, MiB.
+    pub(crate) rss_mb: f64,
+    /// Open file descriptors with every node running.
+    pub(crate) fds: usize,
+    /// The soft file-descriptor limit after raising it.
+    pub(crate) fd_limit: u64,
+    /// Smallest routing table.
+    pub(crate) routing_min: usize,
+    /// Mean routing table size.
+    pub(crate) routing_mean: f64,
+    /// Walks that ran.
+    pub(crate) walks: usize,
+    /// Walks that returned at least one peer.
+    pub(crate) walk_ok: usize,
+    /// Walks whose result included the true closest node to the key.
+    pub(crate) walk_exact: usize,
+    /// Median walk time of the successful walks, ms.
+    pub(crate) walk_p50_ms: f64,
+}
+
+impl WorkerResult {
+    fn figures(&self) -> Figures {
+        let walks = self.walks.max(1) as f64;
+        Figures::default()
+            .with("nodes", self.nodes as f64)
+            .with("rss_mb", self.rss_mb)
+            .with(
+                "rss_mb_per_node",
+                report::round_to(self.rss_mb / self.nodes.max(1) as f64, 2),
+            )
+            .with(
+                "walk_success",
+                report::round_to(self.walk_ok as f64 / walks, 3),
+            )
+            .with(
+                "walk_exact",
+                report::round_to(self.walk_exact as f64 / walks, 3),
+            )
+            .with("walk_p50_ms", self.walk_p50_ms)
+            .with("start_s", report::round_to(self.start_secs, 1))
+    }
+
+    fn describe(&self, kind: Kind) -> String {
+        format!(
+            "{}: {} nodes ({}), {} descriptors open after the settle (limit {}), routing tables min {} mean {:.1}, {}/{} walks found a peer, {} found the true closest",
+            kind.as_str(),
+            self.nodes,
+            self.stop_reason,
+            self.fds,
+            self.fd_limit,
+            self.routing_min,
+            self.routing_mean,
+            self.walk_ok,
+            self.walks,
+            self.walk_exact
+        )
+    }
+}
+
+/// Runs the scenario: kith, then the raw baseline, each aiming for the same target.
+pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
+    let kith = run_worker(Kind::Kith, params.nodes, params, bar);
+    let raw = run_worker(Kind::Raw, params.nodes, params, bar);
+    let mut notes = vec![format!(
+        "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds); joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 15 s",
+        params.nodes,
+        params.budget.as_secs()
+    )];
+    let kith_figures = match &kith {
+        Ok(r) => {
+            notes.push(r.describe(Kind::Kith));
+            Some(r.figures())
+        }
+        Err(e) => {
+            notes.push(format!("kith failed: {e:#}"));
+            None
+        }
+    };
+    let raw_figures = match &raw {
+        Ok(r) => {
+            notes.push(r.describe(Kind::Raw));
+            Some(r.figures())
+        }
+        Err(e) => {
+            notes.push(format!("raw baseline failed: {e:#}"));
+            None
+        }
+    };
+    notes.push(format!(
+        "walk_success: fraction of get_closest_peers walks (random node, random key, {WALK_CONCURRENCY} in flight) returning at least one peer; walk_exact: fraction including the true closest node; name resolution (issue #4) and group delivery (issue #7) are not built yet, so their success fractions are not measured"
+    ));
+    if kith
+        .as_ref()
+        .is_ok_and(|k| k.stop_reason.contains("descriptors"))
+    {
+        notes.push("kith's connections never go idle: gossipsub holds a long-lived stream on every connection, so the idle timeout never fires (rust-libp2p #5190) and every node keeps each connection it ever opened, while raw swarms close theirs".to_owned());
+    }
+    notes.push("baseline: bare libp2p swarms (identify + Kademlia, no store) aiming for the same target, grown and walked the same way".to_owned());
+    Scenario::measured(NAME, UNIT, kith_figures, raw_figures, notes.join("; "))
+}
+
+fn run_worker(
+    kind: Kind,
+    nodes: usize,
+    params: &Params,
+    bar: &ProgressBar,
+) -> anyhow::Result<WorkerResult> {
+    let dir = tempfile::Builder::new()
+        .prefix("kith-bench-scale-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let exe = std::env::current_exe().context("cannot locate kith-bench itself")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("__scale-worker")
+        .args(["--kind", kind.as_str()])
+        .args(["--nodes", &nodes.to_string()])
+        .args(["--budget-secs", &params.budget.as_secs().to_string()])
+        .args(["--settle-secs", &params.settle.as_secs().to_string()])
+        .args(["--walks", &params.walks.to_string()])
+        .args([
+            "--walk-budget-secs",
+            &params.walk_budget.as_secs().to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stderr(Stdio::inherit());
+    let mut child = ChildProcess::spawn(command, format!("the {} scale worker", kind.as_str()))?;
+    let deadline = Instant::now() + params.worker_deadline();
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            anyhow::bail!(
+                "the {} worker did not finish within {} s",
+                kind.as_str(),
+                params.worker_deadline().as_secs()
+            );
+        }
+        let Some(line) = child.next_line(left) else {
+            anyhow::bail!("the {} worker stopped without a result", kind.as_str());
+        };
+        match serde_json::from_str::<WorkerLine>(&line) {
+            Ok(WorkerLine::Progress { phase, done, of }) => {
+                bar.set_message(format!("{NAME}: {} {phase} {done}/{of}", kind.as_str()));
+            }
+            Ok(WorkerLine::Result(result)) => break result,
+            Err(_) => {}
+        }
+    };
+    child.wait_or_kill(Duration::from_secs(30));
+    drop(child);
+    drop(dir);
+    Ok(result)
+}
+
+/// Arguments of the hidden `__scale-worker` subcommand.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerArgs {
+    /// What to run.
+    pub(crate) kind: Kind,
+    /// Target size.
+    pub(crate) nodes: usize,
+    /// Growth budget.
+    pub(crate) budget: Duration,
+    /// Pause before walking.
+    pub(crate) settle: Duration,
+    /// Walks.
+    pub(crate) walks: usize,
+    /// Walk budget.
+    pub(crate) walk_budget: Duration,
+    /// Where node homes go (owned by the parent, which removes it).
+    pub(crate) dir: PathBuf,
+}
+
+/// The worker: grows one network, walks it, prints the result, exits without tearing down
+/// (process exit closes every socket; the parent removes the homes).
+pub(crate) fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let fd_limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(grow_and_walk(&args, fd_limit))?;
+    emit(&WorkerLine::Result(result));
+    // Tearing down thousands of nodes one by one would take longer than the measurement.
+    std::process::exit(0)
+}
+
+fn emit(line: &WorkerLine) {
+    if let Ok(text) = serde_json::to_string(line) {
+        println!("{text}");
+    }
+}
+
+async fn grow_and_walk(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<WorkerResult> {
+    let mut cluster = Cluster::new(args.kind, NodeSettings { reduced: true }, args.dir.clone());
+    let mut rng = Rng::from_os();
+    let fd_cap = usize::try_from(fd_limit.saturating_mul(85) / 100).unwrap_or(usize::MAX);
+    let rss_cap_mb = memory_cap_mb();
+    let started = Instant::now();
+    let mut stop_reason = "target reached".to_owned();
+    let mut last_join = tokio::time::Instant::now();
+    for i in 0..args.nodes {
+        if started.elapsed() > args.budget {
+            stop_reason = format!("time budget of {} s", args.budget.as_secs());
+            break;
+        }
+        if !descriptors_available(fd_cap).await {
+            stop_reason = format!(
+                "open descriptors stayed above {} of {fd_limit} for {} s",
+                fd_cap / 2,
+                FD_WAIT.as_secs()
+            );
+            break;
+        }
+        // Joins are paced: each one's bootstrap opens connections a moment later.
+        tokio::time::sleep_until(last_join + JOIN_INTERVAL).await;
+        last_join = tokio::time::Instant::now();
+        if i % 25 == 0 && machine::own_rss_mb().is_some_and(|mb| mb > rss_cap_mb) {
+            stop_reason = format!("memory cap of {rss_cap_mb:.0} MB");
+            break;
+        }
+        let mut bootstrap = Vec::new();
+        for _ in 0..BOOTSTRAP_FANOUT.min(i) {
+            if let Some(addr) = cluster.addr(rng.below(i))
+                && !bootstrap.contains(&addr)
+            {
+                bootstrap.push(addr);
+            }
+        }
+        if let Err(e) = cluster.start_node(bootstrap).await {
+            stop_reason = format!("node {i} failed to start: {e:#}");
+            break;
+        }
+        if (i + 1) % 10 == 0 || i + 1 == args.nodes {
+            emit(&WorkerLine::Progress {
+                phase: "grow".to_owned(),
+                done: i + 1,
+                of: args.nodes,
+            });
+        }
+    }
+    let start_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(args.settle).await;
+
+    let rss_mb = machine::own_rss_mb().unwrap_or(0.0);
+    let fds = machine::open_fds().unwrap_or(0);
+    let (routing_min, routing_mean) = cluster.routing_summary().await.unwrap_or((0, 0.0));
+
+    let peers = cluster.peer_ids();
+    let n = cluster.len();
+    let plans: Vec<(usize, PeerId)> = (0..args.walks)
+        .map(|_| (rng.below(n), PeerId::random()))
+        .collect();
+    let cluster = &cluster;
+    let peers = &peers;
+    let mut walks = futures::stream::iter(plans)
+        .map(|(origin, key)| async move {
+            let began = Instant::now();
+            let found = tokio::time::timeout(WALK_TIMEOUT, cluster.closest(origin, key)).await;
+            let elapsed = began.elapsed();
+            let found = match found {
+                Ok(Ok(found)) => found,
+                _ => Vec::new(),
+            };
+            let truth = peers
+                .get(origin)
+                .and_then(|o| cluster::true_closest(peers, *o, key));
+            let exact = truth.is_some_and(|t| found.contains(&t));
+            (!found.is_empty(), exact, elapsed)
+        })
+        .buffer_unordered(WALK_CONCURRENCY);
+    let walk_deadline = tokio::time::Instant::now() + args.walk_budget;
+    let (mut done, mut ok, mut exact) = (0, 0, 0);
+    let mut ok_ms = Vec::new();
+    while let Ok(Some((found, hit, elapsed))) =
+        tokio::time::timeout_at(walk_deadline, walks.next()).await
+    {
+        done += 1;
+        if found {
+            ok += 1;
+            ok_ms.push(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        }
+        if hit {
+            exact += 1;
+        }
+        if done % 10 == 0 {
+            emit(&WorkerLine::Progress {
+                phase: "walk".to_owned(),
+                done,
+                of: args.walks,
+            });
+        }
+    }
+    ok_ms.sort_unstable();
+    Ok(WorkerResult {
+        nodes: n,
+        stop_reason,
+        start_secs,
+        rss_mb,
+        fds,
+        fd_limit,
+        routing_min,
+        routing_mean: report::round_to(routing_mean, 1),
+        walks: done,
+        walk_ok: ok,
+        walk_exact: exact,
+        walk_p50_ms: report::percentile(&ok_ms, 50.0).map_or(0.0, |v| v as f64),
+    })
+}
+
+/// Waits (bounded by [`FD_WAIT`]) until fewer than half of `fd_cap` descriptors are open, so
+/// idle connections of earlier joins can close before the next node joins. False if they never do.
+async fn descriptors_available(fd_cap: usize) -> bool {
+    let deadline = Instant::now() + FD_WAIT;
+    loop {
+        if machine::open_fds().is_some_and(|open| open < fd_cap / 2) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stop growing at 60% of physical memory (the machine is shared with the build).
+fn memory_cap_mb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| machine::parse_status_kib(&text, "MemTotal:"))
+        .map_or(8192.0, |kib| kib as f64 / 1024.0 * 0.6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_lines_round_trip() {
+        let line = WorkerLine::Progress {
+            phase: "grow".to_owned(),
+            done: 10,
+            of: 20,
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(matches!(
+            serde_json::from_str::<WorkerLine>(&text).unwrap(),
+            WorkerLine::Progress { done: 10, .. }
+        ));
+    }
+
+    #[test]
+    fn figures_are_fractions_of_walks() {
+        let result = WorkerResult {
+            nodes: 100,
+            stop_reason: "target reached".to_owned(),
+            start_secs: 12.34,
+            rss_mb: 250.0,
+            fds: 900,
+            fd_limit: 20000,
+            routing_min: 5,
+            routing_mean: 20.0,
+            walks: 40,
+            walk_ok: 39,
+            walk_exact: 30,
+            walk_p50_ms: 12.0,
+        };
+        let figures = result.figures();
+        assert_eq!(figures.get("nodes"), Some(100.0));
+        assert_eq!(figures.get("rss_mb_per_node"), Some(2.5));
+        assert_eq!(figures.get("walk_success"), Some(0.975));
+        assert_eq!(figures.get("walk_exact"), Some(0.75));
+        assert_eq!(figures.get("start_s"), Some(12.3));
+    }
+}

@@ -1,0 +1,471 @@
+//! Mailboxes at community relays, for friends who are never online at the same time.
+//!
+//! ```text
+//! recipient ──register (signed)──▶ relay          pointer in DHT: blake3("kith/mailbox/v1/" ‖ peer)
+//! sender ── direct delivery fails ──▶ deposit(envelope) ──▶ relay (quota, TTL, sled)
+//! recipient connects ──fetch──▶ items ──receive pipeline (store + flush)──▶ delete ──▶ relay
+//!                       └──▶ delivery receipt to the sender (a message like any other)
+//! ```
+//!
+//! The relay holds the same encrypted envelope `/kith/dm` carries; it learns who deposited for
+//! whom and when, never what.
+
+use std::time::Duration;
+
+use kith_proto::v1 as pb;
+use kith_store::{Deposit, MailId, OutboxItem, Quota};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use prost::Message as _;
+
+use crate::{Node, ServiceError, node::now_ms};
+
+/// What a relay offers as mailbox host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxConfig {
+    /// Per-recipient limits. Default 1,000 items and 64 MiB.
+    pub quota: Quota,
+    /// How long mail is held. Default 30 days.
+    pub ttl: Duration,
+    /// Items per fetch page. Default 256.
+    pub page: usize,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            quota: Quota {
+                max_items: 1000,
+                max_bytes: 64 * 1024 * 1024,
+            },
+            ttl: Duration::from_secs(30 * 86_400),
+            page: 256,
+        }
+    }
+}
+
+const REGISTER_CONTEXT: &[u8] = b"kith/mailbox/register/v1";
+const POINTER_CONTEXT: &[u8] = b"kith/mailbox/pointer/v1";
+
+fn registration_bytes(relay: &[u8], created_at_ms: u64) -> Vec<u8> {
+    let mut out = REGISTER_CONTEXT.to_vec();
+    out.extend_from_slice(relay);
+    out.extend_from_slice(&created_at_ms.to_be_bytes());
+    out
+}
+
+/// DHT key of a peer's mailbox pointer.
+pub(crate) fn pointer_key(peer: &PeerId) -> Vec<u8> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"kith/mailbox/v1/");
+    hasher.update(&peer.to_bytes());
+    hasher.finalize().as_bytes().to_vec()
+}
+
+fn pointer_signed_bytes(p: &pb::MailboxPointer) -> Vec<u8> {
+    let mut unsigned = p.clone();
+    unsigned.signature.clear();
+    let mut out = POINTER_CONTEXT.to_vec();
+    out.extend_from_slice(&unsigned.encode_to_vec());
+    out
+}
+
+/// Verifies a mailbox pointer DHT value: signed by the peer it names, relays parse.
+pub(crate) fn verify_pointer(value: &[u8]) -> Result<(PeerId, Vec<Multiaddr>, u64), String> {
+    let record = pb::DhtRecord::decode(value).map_err(|e| e.to_string())?;
+    let Some(pb::dht_record::Body::Mailbox(pointer)) = record.body else {
+        return Err("not a mailbox pointer".into());
+    };
+    let peer = PeerId::from_bytes(&pointer.peer_id).map_err(|e| e.to_string())?;
+    let key = crate::names::public_key_of(&peer).map_err(|e| e.to_string())?;
+    if !key.verify(&pointer_signed_bytes(&pointer), &pointer.signature) {
+        return Err("mailbox pointer signature is invalid".into());
+    }
+    if pointer.relays.len() > 8 {
+        return Err("mailbox pointer names too many relays".into());
+    }
+    let relays = pointer
+        .relays
+        .iter()
+        .map(|r| Multiaddr::try_from(r.clone()).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((peer, relays, pointer.created_at_ms))
+}
+
+/// Whether a DHT value is a mailbox pointer (to dispatch validation).
+pub(crate) fn is_pointer(value: &[u8]) -> bool {
+    matches!(
+        pb::DhtRecord::decode(value).map(|r| r.body),
+        Ok(Some(pb::dht_record::Body::Mailbox(_)))
+    )
+}
+
+fn response(status: pb::MailboxStatus, reason: &str) -> pb::MailboxResponse {
+    pb::MailboxResponse {
+        status: status as i32,
+        reason: reason.to_owned(),
+        items: Vec::new(),
+        remaining: 0,
+    }
+}
+
+fn relay_id(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Some(id),
+        _ => None,
+    }
+}
+
+impl Node {
+    /// Relay side: answers one mailbox request. Runs on its own task.
+    pub(crate) async fn on_mailbox_request(
+        &self,
+        peer: PeerId,
+        request: kith_net::DmRequestId,
+        bytes: Vec<u8>,
+    ) {
+        let answer = self.serve_mailbox(peer, &bytes).await;
+        if answer.status != pb::MailboxStatus::MailboxOk as i32 {
+            self.inner.mailbox_refused.inc();
+            tracing::info!(%peer, reason = %answer.reason, "refused a mailbox request");
+        }
+        if let Err(e) = self.net().respond_dm(request, answer.encode_to_vec()).await {
+            tracing::debug!(%peer, error = %e, "could not answer a mailbox request");
+        }
+    }
+
+    async fn serve_mailbox(&self, peer: PeerId, bytes: &[u8]) -> pb::MailboxResponse {
+        use pb::MailboxStatus as S;
+        let Some(config) = self.inner.options.mailbox_server.clone() else {
+            return response(S::MailboxRejected, "this node is not a mailbox relay");
+        };
+        let Ok(request) = pb::MailboxRequest::decode(bytes) else {
+            return response(S::MailboxRejected, "malformed mailbox request");
+        };
+        let boxes = self.store().mailboxes();
+        let me = self.peer_id().to_bytes();
+        let now = now_ms();
+        let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let result: Result<pb::MailboxResponse, ServiceError> = async {
+            Ok(match request.kind {
+                Some(pb::mailbox_request::Kind::Register(r)) => {
+                    let Ok(key) = crate::names::public_key_of(&peer) else {
+                        return Ok(response(S::MailboxRejected, "no public key in peer id"));
+                    };
+                    let fresh = r.created_at_ms.abs_diff(now) < 10 * 60_000;
+                    if r.relay != me
+                        || !fresh
+                        || !key.verify(&registration_bytes(&r.relay, r.created_at_ms), &r.signature)
+                    {
+                        return Ok(response(
+                            S::MailboxRejected,
+                            "registration is not signed by the requester for this relay now",
+                        ));
+                    }
+                    boxes.register(&peer.to_bytes(), now)?;
+                    self.store().flush().await?;
+                    response(S::MailboxOk, "")
+                }
+                Some(pb::mailbox_request::Kind::Deposit(d)) => {
+                    if !boxes.is_registered(&d.recipient)? {
+                        return Ok(response(
+                            S::MailboxUnknownRecipient,
+                            "the recipient has no mailbox at this relay",
+                        ));
+                    }
+                    let valid = pb::Envelope::decode(d.envelope.as_slice())
+                        .is_ok_and(|e| e.id.len() == 16 && !e.ciphertext.is_empty());
+                    if !valid || d.envelope.len() > kith_net::dm::MAX_REQUEST {
+                        return Ok(response(S::MailboxRejected, "not an envelope"));
+                    }
+                    let mut id: MailId = [0u8; 16];
+                    id[..8].copy_from_slice(&now.to_be_bytes());
+                    if getrandom::fill(&mut id[8..]).is_err() {
+                        id[8..].copy_from_slice(&blake3::hash(&d.envelope).as_bytes()[..8]);
+                    }
+                    match boxes.deposit(
+                        &d.recipient,
+                        id,
+                        &peer.to_bytes(),
+                        &d.envelope,
+                        now,
+                        config.quota,
+                    )? {
+                        Deposit::Stored(_) => {
+                            self.store().flush().await?;
+                            response(S::MailboxOk, "")
+                        }
+                        Deposit::Full { items, bytes } => response(
+                            S::MailboxFull,
+                            &format!(
+                                "the recipient's mailbox is full ({items} messages, {bytes} bytes)"
+                            ),
+                        ),
+                    }
+                }
+                Some(pb::mailbox_request::Kind::Fetch(f)) => {
+                    let max = usize::try_from(f.max_items)
+                        .unwrap_or(usize::MAX)
+                        .clamp(1, config.page);
+                    let (items, remaining) = boxes.fetch(&peer.to_bytes(), max, now, ttl)?;
+                    pb::MailboxResponse {
+                        status: S::MailboxOk as i32,
+                        reason: String::new(),
+                        items: items
+                            .into_iter()
+                            .map(|m| pb::MailItem {
+                                id: m.id.to_vec(),
+                                from: m.from,
+                                envelope: m.envelope,
+                                deposited_at_ms: m.deposited_at_ms,
+                            })
+                            .collect(),
+                        remaining,
+                    }
+                }
+                Some(pb::mailbox_request::Kind::Delete(d)) => {
+                    let ids: Vec<MailId> = d
+                        .ids
+                        .iter()
+                        .filter_map(|i| MailId::try_from(i.as_slice()).ok())
+                        .collect();
+                    boxes.delete(&peer.to_bytes(), &ids)?;
+                    self.store().flush().await?;
+                    response(S::MailboxOk, "")
+                }
+                None => response(S::MailboxRejected, "empty mailbox request"),
+            })
+        }
+        .await;
+        result.unwrap_or_else(|e| response(S::MailboxRejected, &format!("relay error: {e}")))
+    }
+
+    /// The relays this node keeps a mailbox at.
+    pub(crate) fn mailbox_relays(&self) -> &[Multiaddr] {
+        &self.inner.options.mailbox_relays
+    }
+
+    /// Publishes where our mail waits (signed pointer in the DHT).
+    pub(crate) async fn publish_mailbox_pointer(&self) -> Result<bool, ServiceError> {
+        if self.mailbox_relays().is_empty() {
+            return Ok(false);
+        }
+        let mut pointer = pb::MailboxPointer {
+            peer_id: self.peer_id().to_bytes(),
+            relays: self.mailbox_relays().iter().map(|a| a.to_vec()).collect(),
+            created_at_ms: now_ms(),
+            signature: Vec::new(),
+        };
+        pointer.signature = self
+            .inner
+            .keypair
+            .sign(&pointer_signed_bytes(&pointer))
+            .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let value = pb::DhtRecord {
+            body: Some(pb::dht_record::Body::Mailbox(pointer)),
+        }
+        .encode_to_vec();
+        let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 86_400);
+        Ok(self
+            .net()
+            .put_record(pointer_key(&self.peer_id()), value, Some(expires))
+            .await
+            .is_ok())
+    }
+
+    /// Recipient side: registers with a relay, fetches everything waiting, runs each item through
+    /// the receive pipeline, deletes what was stored, and tells the senders. Returns items stored.
+    pub(crate) async fn sync_mailbox(&self, relay: &Multiaddr) -> Result<usize, ServiceError> {
+        let Some(relay_peer) = relay_id(relay) else {
+            return Ok(0);
+        };
+        let addrs = vec![relay.clone()];
+        let created = now_ms();
+        let signature = self
+            .inner
+            .keypair
+            .sign(&registration_bytes(&relay_peer.to_bytes(), created))
+            .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let register = pb::MailboxRequest {
+            kind: Some(pb::mailbox_request::Kind::Register(
+                pb::MailboxRegistration {
+                    relay: relay_peer.to_bytes(),
+                    created_at_ms: created,
+                    signature,
+                },
+            )),
+        };
+        let answer = self.mailbox_call(relay_peer, &register, &addrs).await?;
+        if answer.status != pb::MailboxStatus::MailboxOk as i32 {
+            return Err(ServiceError::Mailbox(answer.reason));
+        }
+        let mut stored = 0;
+        // Bounded: each page deletes what it stored, so the mailbox shrinks every round.
+        for _ in 0..64 {
+            let fetch = pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::Fetch(pb::MailboxFetch {
+                    max_items: 256,
+                })),
+            };
+            let page = self.mailbox_call(relay_peer, &fetch, &addrs).await?;
+            if page.items.is_empty() {
+                break;
+            }
+            let mut done = Vec::new();
+            let mut receipts: Vec<(PeerId, Vec<Vec<u8>>)> = Vec::new();
+            for item in &page.items {
+                let Some(from) = PeerId::from_bytes(&item.from).ok() else {
+                    done.push(item.id.clone());
+                    continue;
+                };
+                let ack = self.receive(from, &item.envelope).await;
+                let status =
+                    pb::AckStatus::try_from(ack.status).unwrap_or(pb::AckStatus::AckRejected);
+                match status {
+                    pb::AckStatus::AckStored | pb::AckStatus::AckDuplicate => {
+                        done.push(item.id.clone());
+                        let text = kith_store::MessageId::try_from(ack.id.as_slice())
+                            .ok()
+                            .and_then(|id| self.store().messages().message(&id).ok().flatten())
+                            .is_some_and(|m| !m.outgoing);
+                        if text {
+                            stored += 1;
+                            match receipts.iter_mut().find(|(p, _)| *p == from) {
+                                Some((_, ids)) => ids.push(ack.id.clone()),
+                                None => receipts.push((from, vec![ack.id.clone()])),
+                            }
+                        }
+                    }
+                    // Retry later (rate limit, our own store failing): keep it at the relay.
+                    pb::AckStatus::AckRateLimited => {}
+                    // Undecryptable, rejected, blocked: holding it helps nobody.
+                    _ => done.push(item.id.clone()),
+                }
+            }
+            let delete = pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::Delete(pb::MailboxDelete {
+                    ids: done,
+                })),
+            };
+            self.mailbox_call(relay_peer, &delete, &addrs).await?;
+            for (from, ids) in receipts {
+                self.queue_receipt(from, ids, pb::ReceiptKind::ReceiptDelivered)
+                    .await?;
+            }
+            if page.remaining == 0 {
+                break;
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn mailbox_call(
+        &self,
+        relay: PeerId,
+        request: &pb::MailboxRequest,
+        addrs: &[Multiaddr],
+    ) -> Result<pb::MailboxResponse, ServiceError> {
+        let bytes = self
+            .net()
+            .mailbox_request(relay, request.encode_to_vec(), addrs.to_vec())
+            .await?;
+        pb::MailboxResponse::decode(bytes.as_slice())
+            .map_err(|e| ServiceError::Mailbox(format!("malformed answer from relay: {e}")))
+    }
+
+    /// Sender side: direct delivery failed; hold the envelope at the recipient's mailbox relay.
+    /// Returns whether a relay took it.
+    pub(crate) async fn deposit(&self, peer: PeerId, item: &mut OutboxItem) -> bool {
+        let Some(envelope) = item.envelope.clone() else {
+            return false;
+        };
+        let relays = match self.net().get_record(pointer_key(&peer), 1).await {
+            Ok(result) => result
+                .answers
+                .iter()
+                .filter_map(|a| verify_pointer(&a.value).ok())
+                .filter(|(p, _, _)| *p == peer)
+                .max_by_key(|(_, _, created)| *created)
+                .map(|(_, relays, _)| relays)
+                .unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let request = pb::MailboxRequest {
+            kind: Some(pb::mailbox_request::Kind::Deposit(pb::MailboxDeposit {
+                recipient: peer.to_bytes(),
+                envelope,
+            })),
+        };
+        for relay in relays {
+            let Some(relay_peer) = relay_id(&relay) else {
+                continue;
+            };
+            match self
+                .mailbox_call(relay_peer, &request, std::slice::from_ref(&relay))
+                .await
+            {
+                Ok(answer) if answer.status == pb::MailboxStatus::MailboxOk as i32 => {
+                    item.deposited = true;
+                    tracing::info!(%peer, relay = %relay_peer, "recipient unreachable; message held at its mailbox relay");
+                    return true;
+                }
+                Ok(answer) => {
+                    tracing::info!(%peer, relay = %relay_peer, reason = %answer.reason, "mailbox relay refused the deposit");
+                    if answer.status == pb::MailboxStatus::MailboxFull as i32 {
+                        let _ = self
+                            .store()
+                            .messages()
+                            .note_failure(&item.id, &answer.reason);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, relay = %relay_peer, error = %e, "mailbox relay unreachable")
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Keeps the mailbox in sync: at start, whenever a mailbox relay connects, and every `every`.
+pub(crate) async fn mailbox_loop(inner: std::sync::Weak<crate::node::Inner>, every: Duration) {
+    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
+        return;
+    };
+    let mut delay = Duration::from_secs(2);
+    loop {
+        let wake = inner.upgrade().map(|i| i.mailbox_wake.clone());
+        let Some(wake) = wake else { return };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = wake.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        delay = every;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let node = Node { inner: strong };
+        for relay in node.mailbox_relays().to_vec() {
+            match node.sync_mailbox(&relay).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(%relay, messages = n, "fetched mail held while offline"),
+                Err(e) => tracing::debug!(%relay, error = %e, "mailbox sync failed"),
+            }
+        }
+        if let Some(config) = &node.inner.options.mailbox_server {
+            let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+            match node.store().mailboxes().sweep(now_ms(), ttl) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(dropped = n, "dropped expired mail"),
+                Err(e) => tracing::warn!(error = %e, "mailbox sweep failed"),
+            }
+        }
+    }
+}
+
+/// True when `peer` is one of our mailbox relays.
+pub(crate) fn is_mailbox_relay(node: &Node, peer: &PeerId) -> bool {
+    node.mailbox_relays()
+        .iter()
+        .any(|r| relay_id(r) == Some(*peer))
+}
