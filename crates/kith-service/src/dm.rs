@@ -568,6 +568,8 @@ impl Node {
         if let Err(e) = self.store().messages().reschedule(&item) {
             tracing::warn!(error = %e, "cannot reschedule a message");
         }
+        // The worker may be asleep until a later deadline; make it see this one.
+        self.dm().wake.notify_one();
         item.attempts
     }
 
