@@ -52,15 +52,15 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             DhtModeArg::Client => kith_net::DhtMode::Client,
         });
     config.relay_server = args.relay;
+    // One entry per relay: a relay listed with its TCP and QUIC addresses is still one mailbox.
+    let mut relay_ids = std::collections::HashSet::new();
     config.relays = bootstrap
         .entries
         .iter()
         .filter(|e| e.relay)
-        .filter(|e| {
-            matches!(
-                e.addr.iter().last(),
-                Some(libp2p::multiaddr::Protocol::P2p(_))
-            )
+        .filter(|e| match e.addr.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(id)) => relay_ids.insert(id),
+            _ => false,
         })
         .map(|e| e.addr.clone())
         .collect();

@@ -5,6 +5,8 @@
 //!
 //! - [`dht`]: discovery, bootstrap over TCP and QUIC, bad bootstrap entries, restarts.
 //! - [`api`]: the local HTTP API, its token check and its client.
+//! - [`names`]: registering, resolving and pinning names across ten-node networks; forged records,
+//!   lying holders, key changes, contacts and invites.
 //!
 //! Every wait is bounded (`harness::wait_until`, `tokio::time::timeout`); no test touches the
 //! public network (mDNS off, loopback listeners, a private network id).
@@ -12,3 +14,4 @@
 mod api;
 mod dht;
 mod harness;
+mod names;

@@ -59,6 +59,7 @@ impl Behaviour {
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         config: &Config,
+        metrics: &crate::Metrics,
     ) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
 
@@ -157,7 +158,7 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
             mailbox: request_response::Behaviour::with_codec(
-                crate::dm::Codec::mailbox(),
+                crate::dm::Codec::mailbox(metrics.frames_rejected_counter()),
                 [(
                     StreamProtocol::new(crate::dm::MAILBOX_PROTOCOL),
                     request_response::ProtocolSupport::Full,
@@ -167,7 +168,7 @@ impl Behaviour {
                     .with_max_concurrent_streams(256),
             ),
             dm: request_response::Behaviour::with_codec(
-                crate::dm::Codec::dm(),
+                crate::dm::Codec::dm(metrics.frames_rejected_counter()),
                 [(
                     StreamProtocol::new(crate::dm::PROTOCOL),
                     request_response::ProtocolSupport::Full,

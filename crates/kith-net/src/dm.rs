@@ -10,6 +10,7 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::{StreamProtocol, request_response};
+use prometheus_client::metrics::counter::Counter;
 
 /// The protocol name.
 pub const PROTOCOL: &str = "/kith/dm/1.0.0";
@@ -25,24 +26,28 @@ pub const MAILBOX_MAX_REQUEST: usize = MAX_REQUEST + 1024;
 pub const MAILBOX_MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
 /// Length-prefixed opaque frames with size caps.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Codec {
     max_request: usize,
     max_response: usize,
+    /// Counts inbound frames refused while reading (libp2p only logs those).
+    rejected: Counter,
 }
 
 impl Codec {
-    pub(crate) fn dm() -> Self {
+    pub(crate) fn dm(rejected: Counter) -> Self {
         Self {
             max_request: MAX_REQUEST,
             max_response: MAX_RESPONSE,
+            rejected,
         }
     }
 
-    pub(crate) fn mailbox() -> Self {
+    pub(crate) fn mailbox(rejected: Counter) -> Self {
         Self {
             max_request: MAILBOX_MAX_REQUEST,
             max_response: MAILBOX_MAX_RESPONSE,
+            rejected,
         }
     }
 }
@@ -118,7 +123,12 @@ impl request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request).await
+        let frame = read_frame(io, self.max_request).await;
+        if let Err(e) = &frame {
+            self.rejected.inc();
+            tracing::info!(error = %e, "refused an inbound frame");
+        }
+        frame
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>

@@ -105,7 +105,9 @@ pub(crate) fn build(
         .map_err(|e| NetError::Transport(format!("DNS: {e}")))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Transport(format!("relay client: {e}")))?
-        .with_behaviour(|key, relay_client| Ok(Behaviour::new(key, relay_client, &config)?))
+        .with_behaviour(|key, relay_client| {
+            Ok(Behaviour::new(key, relay_client, &config, &metrics)?)
+        })
         .map_err(|e| NetError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
@@ -739,12 +741,8 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let request_response::InboundFailure::Io(e) = &error {
-                    self.metrics.dm_frame_rejected();
-                    tracing::info!(%peer, error = %e, "refused a malformed direct-message frame");
-                } else {
-                    tracing::debug!(%peer, %error, "inbound direct message failed");
-                }
+                // Frames that fail to read never get here (the codec counts them).
+                tracing::debug!(%peer, %error, "inbound request failed");
                 if let Some(id) = self.inbound_ids.remove(&(mailbox, request_id)) {
                     self.pending_dm_in.remove(&id);
                 }

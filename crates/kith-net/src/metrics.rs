@@ -94,6 +94,16 @@ impl Metrics {
             i.dht_puts_rejected.clone(),
         );
         registry.register(
+            "dht_answers_rejected",
+            "Answers to our DHT lookups refused by validation",
+            i.dht_answers_rejected.clone(),
+        );
+        registry.register(
+            "dm_frames_rejected",
+            "Inbound /kith/dm and /kith/mailbox frames refused before decoding (oversized, truncated)",
+            i.dm_frames_rejected.clone(),
+        );
+        registry.register(
             "peers_not_kith",
             "Identified peers that do not speak kith and were kept out of the DHT",
             i.peers_not_kith.clone(),
@@ -121,8 +131,10 @@ impl Metrics {
     pub(crate) fn dht_put_rejected(&self) {
         self.inner.dht_puts_rejected.inc();
     }
-    pub(crate) fn dm_frame_rejected(&self) {
-        self.inner.dm_frames_rejected.inc();
+    /// The counter the codecs increment themselves: request-response never reports a frame
+    /// that failed to read to the behaviour.
+    pub(crate) fn frames_rejected_counter(&self) -> Counter {
+        self.inner.dm_frames_rejected.clone()
     }
     pub(crate) fn message_out(&self, kind: Kind) {
         self.inner

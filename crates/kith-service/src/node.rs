@@ -38,7 +38,7 @@ pub struct Options {
     /// Delay before the first re-publish, so bootstrap connections are up. Default 3 s.
     pub first_republish_after: Duration,
     /// Key that encrypts the Olm state at rest. `node/` keeps it in the home directory; without
-    /// one a random key is used and the state cannot be read after a restart.
+    /// one it is derived from the node's identity key.
     pub pickle_key: Option<kith_crypto::PickleKey>,
     /// Inbound direct messages accepted per sender: (burst, per second). Default (1000, 200);
     /// beyond it senders are told to retry later, so a flood costs them, not us.
@@ -124,7 +124,14 @@ impl Node {
 
         let pickle_key = match &options.pickle_key {
             Some(key) => key.clone(),
-            None => kith_crypto::PickleKey::generate().map_err(ServiceError::Crypto)?,
+            // Derived from the identity, so the state stays readable across restarts.
+            None => {
+                let secret = keypair
+                    .to_protobuf_encoding()
+                    .map_err(|e| ServiceError::Task(format!("cannot encode the identity: {e}")))?;
+                let derived = blake3::derive_key("kith olm pickle key v1", &secret);
+                kith_crypto::PickleKey::from_bytes(&derived).map_err(ServiceError::Crypto)?
+            }
         };
         let dm = crate::dm::Dm::load(&store, pickle_key, &mut registry)?;
         let mailbox_refused = prometheus_client::metrics::counter::Counter::default();
@@ -308,6 +315,13 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
             i.options.republish_every,
             i.shutdown_tx.subscribe(),
         ),
+        None => return,
+    };
+    // Claims must be renewed well before they lapse, whatever the configured interval.
+    let every = match inner.upgrade() {
+        Some(i) => every
+            .min(i.options.name_rules.max_ttl / 4)
+            .max(Duration::from_secs(1)),
         None => return,
     };
     let mut delay = first;

@@ -36,7 +36,7 @@ const WALK_CONCURRENCY: usize = 4;
 /// Upper bound for one walk (the reduced query timeout is 20 s).
 const WALK_TIMEOUT: Duration = Duration::from_secs(25);
 /// Longest pause in growth waiting for idle connections to close.
-const FD_WAIT: Duration = Duration::from_secs(15);
+const FD_WAIT: Duration = Duration::from_secs(30);
 /// Shortest time between two joins.
 const JOIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Bootstrap entries per new node.
@@ -174,7 +174,7 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
     let kith = run_worker(Kind::Kith, params.nodes, params, bar);
     let raw = run_worker(Kind::Raw, params.nodes, params, bar);
     let mut notes = vec![format!(
-        "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds); joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 15 s",
+        "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds); joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 30 s",
         params.nodes,
         params.budget.as_secs()
     )];

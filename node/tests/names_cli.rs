@@ -1,0 +1,451 @@
+//! Names from the command line: real `kith run` daemons on loopback (TCP only, mDNS off) on a lab
+//! network whose bootstrap file lowers the proof of work to 8 bits, driven with `kith name`,
+//! `kith resolve`, `kith contacts`, `kith verify` and `kith invite` as a user would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const KITH: &str = env!("CARGO_BIN_EXE_kith");
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `kith <args> --home <home>` to completion (bounded) and returns (exit code, stdout, stderr).
+fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(KITH)
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env_remove("KITH_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, TIMEOUT);
+    let out = child.wait_with_output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`kith`] that must exit 0; returns stdout.
+fn kith_ok(home: &Path, args: &[&str]) -> String {
+    let (code, out, err) = kith(home, args);
+    assert_eq!(code, 0, "kith {args:?} failed with {code}: {err}{out}");
+    out
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("kith did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json(stdout: &str) -> Value {
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A lab network: a bootstrap file with its `[network]` rules in a temp dir, shared by every
+/// daemon of a test.
+struct Lab {
+    dir: TempDir,
+    file: PathBuf,
+}
+
+impl Lab {
+    /// Network "lab", 8-bit proof of work, and optionally a short claim lifetime.
+    fn new(max_ttl_secs: Option<u64>) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bootstrap.toml");
+        let mut text = "[network]\nid = \"lab\"\nname_difficulty = 8\n".to_owned();
+        if let Some(secs) = max_ttl_secs {
+            text.push_str(&format!("name_max_ttl_secs = {secs}\n"));
+        }
+        std::fs::write(&file, text).unwrap();
+        Lab { dir, file }
+    }
+
+    /// A fresh home inside the lab's temp dir.
+    fn home(&self, name: &str) -> PathBuf {
+        let home = self.dir.path().join(name);
+        std::fs::create_dir(&home).unwrap();
+        home
+    }
+
+    /// Starts a daemon on this lab network, bootstrapping from `bootstrap` (a multiaddr), if any.
+    fn start(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
+        let home = self.home(name);
+        let file = self.file.to_str().unwrap();
+        let mut extra = vec!["--bootstrap-file", file];
+        if let Some(addr) = bootstrap {
+            extra.extend(["--bootstrap", addr]);
+        }
+        Daemon::start(&home, &extra)
+    }
+}
+
+/// A `kith run` process; killed on drop if the test did not stop it.
+struct Daemon {
+    child: Child,
+    home: PathBuf,
+    ready: Value,
+}
+
+impl Daemon {
+    fn start(home: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(KITH)
+            .args([
+                "run",
+                "--json",
+                "--no-mdns",
+                "--dht-mode",
+                "server",
+                // TCP only: a stopped node's TCP port refuses dials at once, where a dead QUIC
+                // port would stall every later DHT walk for the QUIC handshake timeout.
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .args(extra)
+            .arg("--home")
+            .arg(home)
+            .env_remove("KITH_HOME")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = line_rx
+            .recv_timeout(TIMEOUT)
+            .expect("kith run printed no ready line");
+        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
+        Daemon {
+            child,
+            home: home.to_owned(),
+            ready,
+        }
+    }
+
+    fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn peer_id(&self) -> String {
+        self.ready["peer_id"].as_str().unwrap().to_owned()
+    }
+
+    fn tcp_addr(&self) -> String {
+        let addrs = self.ready["listen_addrs"].as_array().unwrap();
+        let tcp = addrs
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/tcp/"))
+            .expect("a TCP listen address");
+        format!("{tcp}/p2p/{}", self.peer_id())
+    }
+
+    /// Waits (bounded) until the routing table holds at least `n` peers.
+    fn wait_for_peers(&self, n: u64) {
+        let start = Instant::now();
+        loop {
+            let status = json(&kith_ok(&self.home, &["status", "--json"]));
+            if status["routing_table_peers"].as_u64().unwrap_or(0) >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "timed out waiting for {n} DHT peers; last status {status}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `kith stop`, and the process exits 0.
+    fn stop(mut self) {
+        kith_ok(&self.home, &["stop", "--json"]);
+        let status = wait_bounded(&mut self.child, TIMEOUT);
+        assert!(status.success(), "exit status {status:?}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn names_register_resolve_and_refuse_with_the_documented_exit_codes() {
+    let lab = Lab::new(None);
+    let a = lab.start("a", None);
+    let b = lab.start("b", Some(&a.tcp_addr()));
+    b.wait_for_peers(1);
+    a.wait_for_peers(1);
+
+    // Register: exit 0 and the claim as JSON.
+    let reg = json(&kith_ok(a.home(), &["name", "register", "alice", "--json"]));
+    assert_eq!(reg["name"], "alice");
+    assert_eq!(reg["peer_id"], a.peer_id().as_str());
+    assert_eq!(reg["seq"], 1);
+    assert_eq!(reg["renewed"], false);
+    assert_eq!(reg["published"], true);
+    let created = reg["created_at"].as_u64().unwrap();
+    let expires = reg["expires_at"].as_u64().unwrap();
+    assert!(created <= now_ms() && expires > now_ms(), "{reg}");
+    assert!(!reg["addrs"].as_array().unwrap().is_empty(), "{reg}");
+    // Registering again renews, with the same claim time.
+    let renewed = json(&kith_ok(a.home(), &["name", "register", "Alice", "--json"]));
+    assert_eq!(renewed["renewed"], true);
+    assert_eq!(renewed["seq"], 2);
+    assert_eq!(renewed["created_at"], created);
+    let human = kith_ok(a.home(), &["name", "register", "alice"]);
+    assert!(human.contains("renewed 'alice'"), "{human}");
+    let list = json(&kith_ok(a.home(), &["name", "list", "--json"]));
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "alice");
+
+    // Resolve from the other node: pinned the first time, then found pinned.
+    let r = json(&kith_ok(b.home(), &["resolve", "alice", "--json"]));
+    assert_eq!(r["name"], "alice");
+    assert_eq!(r["peer_id"], a.peer_id().as_str());
+    assert_eq!(r["pinned"], true);
+    assert_eq!(r["newly_pinned"], true);
+    assert_eq!(r["created_at"], created);
+    assert!(r["expires_at"].as_u64().unwrap() > now_ms());
+    assert!(r["holders"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["rivals"].as_array().unwrap().is_empty(), "{r}");
+    let again = json(&kith_ok(b.home(), &["resolve", "ALICE", "--json"]));
+    assert_eq!(again["newly_pinned"], false);
+    assert_eq!(again["peer_id"], a.peer_id().as_str());
+    let human = kith_ok(b.home(), &["resolve", "alice"]);
+    assert!(human.contains(&a.peer_id()), "{human}");
+
+    // Unknown name: exit 3, after a real lookup.
+    let (code, out, err) = kith(b.home(), &["resolve", "nobody-here"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("no one has claimed 'nobody-here'"), "{err}");
+
+    // Invalid names: exit 2 naming the rule, for resolve and for register (before any work).
+    for (name, rule) in [
+        ("ab", "too short"),
+        ("al!ce", "'!'"),
+        ("a/b", "'/'"),
+        ("p\u{430}ypal", "mixes letters of different scripts"),
+    ] {
+        for cmd in [&["resolve", name][..], &["name", "register", name][..]] {
+            let (code, _, err) = kith(b.home(), cmd);
+            assert_eq!(code, 2, "{cmd:?}: {err}");
+            assert!(err.contains(rule), "{cmd:?} should say {rule:?}: {err}");
+        }
+    }
+
+    // Held by someone else: exit 4 naming the holder and since when; nothing is kept.
+    let (code, _, err) = kith(b.home(), &["name", "register", "alice"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&a.peer_id()), "names the holder: {err}");
+    assert!(err.contains("since 20"), "says since when: {err}");
+    let b_names = json(&kith_ok(b.home(), &["name", "list", "--json"]));
+    assert_eq!(b_names, Value::Array(vec![]));
+
+    // Releasing gives the name up on this node.
+    let released = json(&kith_ok(a.home(), &["name", "release", "alice", "--json"]));
+    assert_eq!(released["released"], "alice");
+    let list = json(&kith_ok(a.home(), &["name", "list", "--json"]));
+    assert_eq!(list, Value::Array(vec![]));
+    let (code, _, err) = kith(a.home(), &["name", "release", "alice"]);
+    assert_eq!(code, 3, "releasing a name we do not own: {err}");
+
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn contacts_safety_numbers_and_invites() {
+    let lab = Lab::new(None);
+    let a = lab.start("a", None);
+    let b = lab.start("b", Some(&a.tcp_addr()));
+    b.wait_for_peers(1);
+    kith_ok(a.home(), &["name", "register", "alice"]);
+
+    // By name and by peer id.
+    let mum = json(&kith_ok(
+        b.home(),
+        &["contacts", "add", "Mum", "alice", "--json"],
+    ));
+    assert_eq!(mum["petname"], "mum");
+    assert_eq!(mum["peer_id"], a.peer_id().as_str());
+    assert_eq!(mum["name"], "alice");
+    assert!(mum["added_at"].as_u64().unwrap() > 0);
+    let by_id = json(&kith_ok(
+        b.home(),
+        &["contacts", "add", "work", &a.peer_id(), "--json"],
+    ));
+    assert_eq!(by_id["peer_id"], a.peer_id().as_str());
+    assert_eq!(by_id["name"], "");
+    let (code, _, err) = kith(b.home(), &["contacts", "add", "mum", &b.peer_id()]);
+    assert_eq!(code, 4, "a petname in use: {err}");
+    let (code, _, err) = kith(b.home(), &["contacts", "add", "x", "nobody-here"]);
+    assert_eq!(code, 3, "{err}");
+    let list = json(&kith_ok(b.home(), &["contacts", "list", "--json"]));
+    let mut petnames: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["petname"].as_str().unwrap())
+        .collect();
+    petnames.sort_unstable();
+    assert_eq!(petnames, ["mum", "work"]);
+
+    // The same safety number on both sides.
+    let b_side = json(&kith_ok(b.home(), &["verify", "mum", "--json"]));
+    let a_side = json(&kith_ok(a.home(), &["verify", &b.peer_id(), "--json"]));
+    assert_eq!(b_side["peer_id"], a.peer_id().as_str());
+    assert_eq!(b_side["you"], b.peer_id().as_str());
+    assert_eq!(a_side["peer_id"], b.peer_id().as_str());
+    let number = b_side["safety_number"].as_str().unwrap();
+    assert_eq!(a_side["safety_number"], number);
+    assert_eq!(number.split(' ').count(), 12, "{number}");
+    let human = kith_ok(b.home(), &["verify", "mum"]);
+    assert!(human.contains(number.split(' ').next().unwrap()), "{human}");
+
+    // An invite, added on a node that knows nobody: no lookup needed.
+    let invite = json(&kith_ok(a.home(), &["invite", "--json"]));
+    assert_eq!(invite["peer_id"], a.peer_id().as_str());
+    assert_eq!(invite["name"], "alice");
+    let url = invite["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("kith://invite/{}", a.peer_id())),
+        "{url}"
+    );
+    assert!(!invite["addrs"].as_array().unwrap().is_empty(), "{invite}");
+    let human = kith_ok(a.home(), &["invite", "--no-qr"]);
+    assert!(human.contains(url), "{human}");
+    let c = lab.start("c", None);
+    let added = json(&kith_ok(
+        c.home(),
+        &["contacts", "add-invite", url, "--json"],
+    ));
+    assert_eq!(added["petname"], "alice");
+    assert_eq!(added["peer_id"], a.peer_id().as_str());
+    assert_eq!(added["name"], "alice");
+    let c_side = json(&kith_ok(c.home(), &["verify", "alice", "--json"]));
+    let a_to_c = json(&kith_ok(a.home(), &["verify", &c.peer_id(), "--json"]));
+    assert_eq!(c_side["peer_id"], a.peer_id().as_str());
+    assert_eq!(c_side["safety_number"], a_to_c["safety_number"]);
+    let (code, _, err) = kith(c.home(), &["contacts", "add-invite", "kith://nonsense"]);
+    assert_eq!(code, 2, "a broken invite is a usage error: {err}");
+
+    c.stop();
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn a_name_that_changes_key_is_a_conflict_showing_both_keys() {
+    // Claims live four seconds on this network, so a stopped owner loses its name quickly.
+    let lab = Lab::new(Some(4));
+    let a = lab.start("a", None);
+    let b = lab.start("b", Some(&a.tcp_addr()));
+    let c = lab.start("c", Some(&a.tcp_addr()));
+    b.wait_for_peers(2);
+    c.wait_for_peers(2);
+
+    let first = json(&kith_ok(a.home(), &["name", "register", "zed", "--json"]));
+    assert_eq!(first["peer_id"], a.peer_id().as_str());
+    let pinned = json(&kith_ok(b.home(), &["resolve", "zed", "--json"]));
+    assert_eq!(pinned["peer_id"], a.peer_id().as_str());
+    let a_id = a.peer_id();
+    a.stop();
+
+    // Once nobody renews it, the claim lapses and the name is free again.
+    let start = Instant::now();
+    loop {
+        let (code, _, err) = kith(b.home(), &["resolve", "zed"]);
+        if code == 3 {
+            break;
+        }
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the stopped owner's claim did not lapse"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    let second = json(&kith_ok(c.home(), &["name", "register", "zed", "--json"]));
+    assert_eq!(second["peer_id"], c.peer_id().as_str());
+
+    // B pinned A: exit 4, both keys on stdout, the message on stderr.
+    let (code, out, err) = kith(b.home(), &["resolve", "zed"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains(&a_id) && out.contains(&c.peer_id()), "{out}");
+    assert!(err.contains(&a_id) && err.contains(&c.peer_id()), "{err}");
+    let (code, out, _) = kith(b.home(), &["resolve", "zed", "--json"]);
+    assert_eq!(code, 4);
+    let conflict = json(&out);
+    assert_eq!(conflict["conflict"], true);
+    assert_eq!(conflict["name"], "zed");
+    assert_eq!(conflict["pinned_peer_id"], a_id.as_str());
+    assert_eq!(conflict["found_peer_id"], c.peer_id().as_str());
+    // Nothing that reaches people follows the new key either.
+    let (code, _, err) = kith(b.home(), &["verify", "zed"]);
+    assert_eq!(code, 4, "{err}");
+
+    c.stop();
+    b.stop();
+}
+
+// The issue: "The owner re-publishes its claims before they expire". With claims that live a few
+// seconds (`name_max_ttl_secs`), a running owner must renew them faster than its hourly default.
+#[test]
+fn a_running_owner_keeps_a_short_lived_claim_alive() {
+    let lab = Lab::new(Some(4));
+    let a = lab.start("a", None);
+    let b = lab.start("b", Some(&a.tcp_addr()));
+    b.wait_for_peers(1);
+    kith_ok(a.home(), &["name", "register", "zed"]);
+    // Three lifetimes later the owner, still running, should still hold its name.
+    thread::sleep(Duration::from_secs(12));
+    let (code, out, err) = kith(b.home(), &["resolve", "zed", "--json"]);
+    assert_eq!(code, 0, "the running owner's claim lapsed: {err}");
+    assert_eq!(json(&out)["peer_id"], a.peer_id().as_str());
+    b.stop();
+    a.stop();
+}

@@ -1,0 +1,1769 @@
+//! Community relays as users and operators run them: a `kith run --relay` process and personal
+//! `kith run` processes on loopback (and, as root, in network namespaces behind NAT).
+//!
+//! - Two nodes that can only be reached through a relay circuit chat through it.
+//! - Mail for an offline friend is held at its mailbox relay, survives a relay restart and arrives
+//!   exactly once; quota refusals lose nothing; expired mail is dropped.
+//! - Garbage, forged and unregistered `/kith/mailbox/1.0.0` requests, sent raw by a bare libp2p
+//!   swarm in this process, are refused and counted on the relay's `--metrics-addr`.
+//! - As root with `ip` and `nft`/`iptables`: a NAT scenario in namespaces this test creates.
+//!
+//! Every node gets a temp home and listens on 127.0.0.1 (or on addresses that exist only inside
+//! the test's own namespaces). Processes are killed when their guard drops; every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+
+const KITH: &str = env!("CARGO_BIN_EXE_kith");
+/// How long a process may take to start, print its ready line, or exit.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The usual bound for "wait until the nodes got there".
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Two fresh nodes meeting and exchanging a first message (see `acquaint`).
+const ACQUAINT_TIMEOUT: Duration = Duration::from_secs(45);
+const NETWORK: &str = "[network]\nid = \"lab\"\nname_difficulty = 8\n";
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// One test's temp dir: bootstrap files, homes and logs. Removed on drop unless
+/// `KITH_TEST_KEEP` is set (then its path is printed, for reading the logs).
+struct Lab {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let temp = tempfile::tempdir().unwrap();
+        fs::write(temp.path().join("plain.toml"), NETWORK).unwrap();
+        if std::env::var_os("KITH_TEST_KEEP").is_some() {
+            let dir = temp.keep();
+            eprintln!("keeping homes and logs in {}", dir.display());
+            return Lab { dir, _temp: None };
+        }
+        Lab {
+            dir: temp.path().to_owned(),
+            _temp: Some(temp),
+        }
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The bootstrap file naming only the network (no entries).
+    fn plain_bootstrap(&self) -> PathBuf {
+        self.dir.join("plain.toml")
+    }
+
+    /// A bootstrap file for the lab network that lists `relay` (a multiaddr with /p2p) as
+    /// bootstrap node, relay and mailbox.
+    fn relay_bootstrap(&self, relay: &str) -> PathBuf {
+        self.relays_bootstrap(&[relay.to_owned()])
+    }
+
+    /// The same with several entries (e.g. one relay's TCP and QUIC addresses).
+    fn relays_bootstrap(&self, relays: &[String]) -> PathBuf {
+        let path = self.dir.join("with-relay.toml");
+        let mut text = NETWORK.to_owned();
+        for relay in relays {
+            text.push_str(&format!(
+                "\n[[bootstrap]]\naddr = \"{relay}\"\nrelay = true\n"
+            ));
+        }
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `kith run --json <args> --home <home of name>`, inside `netns` if given; waits for the
+    /// ready line.
+    fn spawn(&self, name: &str, args: &[String], netns: Option<&str>) -> Daemon {
+        let home = self.home(name);
+        let log = self.dir.join(format!("{name}.log"));
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, KITH]);
+                c
+            }
+            None => Command::new(KITH),
+        };
+        let mut child = command
+            .args(["run", "--json"])
+            .args(args)
+            .arg("--home")
+            .arg(&home)
+            .env_remove("KITH_HOME")
+            .env(
+                "RUST_LOG",
+                std::env::var("KITH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        // Keeps draining stdout after the ready line so the node never blocks on a full pipe.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let mut daemon = Daemon {
+            name: name.to_owned(),
+            child,
+            ready: Value::Null,
+            home,
+            log,
+            netns: netns.map(str::to_owned),
+        };
+        let line = line_rx
+            .recv_timeout(PROCESS_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{name}: no ready line ({e})"));
+        daemon.ready = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{name}: ready line is not JSON ({e}): {line}"));
+        daemon
+    }
+
+    /// A community relay listening on `listen` (bootstrap file: the network only).
+    fn relay(&self, name: &str, listen: &str, extra: &[&str]) -> Daemon {
+        let mut args = strings(&["--relay", "--no-mdns", "--listen", listen]);
+        args.push("--bootstrap-file".into());
+        args.push(self.plain_bootstrap().display().to_string());
+        args.extend(strings(extra));
+        self.spawn(name, &args, None)
+    }
+
+    /// A personal node on a loopback TCP port, using `bootstrap_file`.
+    fn personal(&self, name: &str, bootstrap_file: &Path) -> Daemon {
+        let mut args = strings(&[
+            "--no-mdns",
+            "--dht-mode",
+            "server",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]);
+        args.push("--bootstrap-file".into());
+        args.push(bootstrap_file.display().to_string());
+        self.spawn(name, &args, None)
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// A `kith run` process; SIGKILLed on drop if still running (with its log tail printed when the
+/// test is failing).
+struct Daemon {
+    name: String,
+    child: Child,
+    ready: Value,
+    home: PathBuf,
+    log: PathBuf,
+    netns: Option<String>,
+}
+
+impl Daemon {
+    fn peer_id(&self) -> String {
+        self.ready["peer_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The first TCP listen address of the ready line (without /p2p).
+    fn tcp_listen(&self) -> String {
+        self.ready["listen_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
+            .unwrap_or_else(|| panic!("{}: no TCP listen address in {}", self.name, self.ready))
+            .to_owned()
+    }
+
+    /// `<tcp listen addr>/p2p/<peer id>`.
+    fn tcp_addr(&self) -> String {
+        format!("{}/p2p/{}", self.tcp_listen(), self.peer_id())
+    }
+
+    /// `<quic listen addr>/p2p/<peer id>`.
+    fn quic_addr(&self) -> String {
+        let quic = self.ready["listen_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/quic-v1") && !a.contains("p2p-circuit"))
+            .unwrap_or_else(|| panic!("{}: no QUIC listen address in {}", self.name, self.ready));
+        format!("{quic}/p2p/{}", self.peer_id())
+    }
+
+    fn tcp_port(&self) -> u16 {
+        let addr = self.tcp_listen();
+        let port = addr.rsplit('/').next().unwrap();
+        port.parse().unwrap()
+    }
+
+    /// Runs `kith <args> --home <home>` against this node (in its namespace) to completion.
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        cli(self.netns.as_deref(), &self.home, args)
+    }
+
+    /// Runs `kith <args> --json` and parses the one JSON document it prints; exit code must be 0.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.cli(&all);
+        assert_eq!(code, 0, "{}: kith {args:?} failed: {err}", self.name);
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{}: not one JSON document ({e}): {out}", self.name))
+    }
+
+    fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    fn relay_status(&self) -> Value {
+        self.json(&["relay", "status"])
+    }
+
+    fn send(&self, to: &str, text: &str) -> Value {
+        self.json(&["send", to, text])
+    }
+
+    fn history(&self, with: &str) -> Vec<Value> {
+        self.json(&["history", with, "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// `kith stop`, then waits for the process to exit cleanly.
+    fn stop(&mut self) {
+        let (code, _, err) = self.cli(&["stop", "--json"]);
+        assert_eq!(code, 0, "{}: kith stop failed: {err}", self.name);
+        let status = wait_bounded(&mut self.child, PROCESS_TIMEOUT);
+        assert!(status.success(), "{} exited with {status:?}", self.name);
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "---- last {} log lines of {} ({}) ----\n{}",
+                tail.len(),
+                self.name,
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `kith <args> --home <home>` (inside `netns` if given) to completion, bounded; returns
+/// (exit code, stdout, stderr).
+fn cli(netns: Option<&str>, home: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, KITH]);
+            c
+        }
+        None => Command::new(KITH),
+    };
+    let mut child = command
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env_remove("KITH_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Output is small (one JSON document), so the pipes cannot fill before the exit.
+    let status = wait_bounded(&mut child, PROCESS_TIMEOUT);
+    let out = child.wait_with_output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, for at most `limit`.
+fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field].as_str().unwrap_or("")
+}
+
+fn delivered(m: &Value) -> bool {
+    matches!(str_of(m, "status"), "delivered" | "read")
+}
+
+/// How often each text occurs.
+fn text_counts(messages: &[Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for m in messages {
+        *counts.entry(str_of(m, "text").to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn assert_unique_ids(who: &str, messages: &[Value]) {
+    let mut ids = std::collections::HashSet::new();
+    for m in messages {
+        assert!(
+            ids.insert(str_of(m, "id").to_owned()),
+            "{who}: id {} listed twice",
+            m["id"]
+        );
+    }
+}
+
+fn mailbox_items(relay: &Daemon) -> u64 {
+    relay.relay_status()["mailbox_items"].as_u64().unwrap()
+}
+
+/// Polls `relay` until it holds exactly `n` envelopes; returns its relay status.
+fn wait_mailbox_items(relay: &Daemon, n: u64, limit: Duration) -> Value {
+    poll(
+        &format!("{} to hold {n} envelopes", relay.name),
+        limit,
+        || {
+            let r = relay.relay_status();
+            (r["mailbox_items"].as_u64() == Some(n)).then_some(r)
+        },
+    )
+}
+
+/// Polls `relay` until `node` has a mailbox there.
+fn wait_registered(relay: &Daemon, node: &Daemon) {
+    let id = node.peer_id();
+    poll(
+        &format!("{} to register a mailbox at {}", node.name, relay.name),
+        TIMEOUT,
+        || {
+            let r = relay.relay_status();
+            r["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u["peer_id"] == id.as_str())
+                .then_some(())
+        },
+    );
+}
+
+/// Polls `sender`'s history until message `id` is delivered (or read).
+fn wait_delivered(sender: &Daemon, to: &str, id: &str, limit: Duration) -> Value {
+    poll(&format!("message {id} to be delivered"), limit, || {
+        sender
+            .history(to)
+            .into_iter()
+            .find(|m| m["id"] == id && delivered(m))
+    })
+}
+
+/// Waits until `recipient` has been up long enough to have published its key bundle and mailbox
+/// pointer (about 3 s after start), then sends a warm-up message from `sender` and waits until it
+/// is delivered. Sent earlier, it would be queued and wait for the delivery loop's 30 s idle
+/// timer (see dm_cli.rs, `a_message_queued_for_lack_of_a_key_bundle_is_retried_within_seconds`).
+fn acquaint(sender: &Daemon, recipient: &Daemon) {
+    let start = Instant::now();
+    poll(
+        &format!("{} to have been up 4 s", recipient.name),
+        TIMEOUT,
+        || (recipient.status()["uptime_secs"].as_u64()? >= 4).then_some(()),
+    );
+    let text = format!("warm-up from {}", sender.name);
+    let sent = sender.send(&recipient.peer_id(), &text);
+    let id = str_of(&sent, "id").to_owned();
+    wait_delivered(sender, &recipient.peer_id(), &id, ACQUAINT_TIMEOUT);
+    eprintln!(
+        "{} -> {}: warm-up delivered ({} at first) in {:.1?}",
+        sender.name,
+        recipient.name,
+        sent["status"],
+        start.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nodes_that_cannot_dial_each_other_chat_through_the_relay() {
+    let lab = Lab::new();
+    let start = Instant::now();
+    let relay = lab.relay("relay", "/ip4/127.0.0.1/tcp/0", &[]);
+    let relay_addr = relay.tcp_addr();
+    let circuit = format!("{relay_addr}/p2p-circuit");
+    // No direct listener at all: the only way in is the circuit. `--bootstrap` entries are not
+    // mailbox relays, so nothing can take the mailbox path either.
+    let personal = |name: &str| {
+        let mut args = strings(&[
+            "--no-mdns",
+            "--dht-mode",
+            "server",
+            "--listen",
+            &circuit,
+            "--bootstrap",
+            &relay_addr,
+        ]);
+        args.push("--bootstrap-file".into());
+        args.push(lab.plain_bootstrap().display().to_string());
+        lab.spawn(name, &args, None)
+    };
+    let a = personal("a");
+    let b = personal("b");
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+
+    for node in [&a, &b] {
+        let status = poll(
+            &format!("{} to be reachable through the relay", node.name),
+            TIMEOUT,
+            || {
+                let s = node.status();
+                (s["reachability"] == "private via relay").then_some(s)
+            },
+        );
+        assert_eq!(
+            status["relays"],
+            serde_json::json!([relay.peer_id()]),
+            "{}: {status}",
+            node.name
+        );
+        let listen: Vec<&str> = status["listen_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            !listen.is_empty() && listen.iter().all(|l| l.contains("/p2p-circuit")),
+            "{}: listens only through the relay: {listen:?}",
+            node.name
+        );
+    }
+    let circuits = relay.relay_status()["circuits"].clone();
+    assert!(
+        circuits["reservations"].as_u64().unwrap() >= 2,
+        "both hold a reservation: {circuits}"
+    );
+
+    // A publishes its key bundle about 3 s after start; sent earlier, the message would wait for
+    // the delivery loop's 30 s timer (see `acquaint`).
+    let text = "hello through the relay";
+    poll("A to have been up 4 s", TIMEOUT, || {
+        (a.status()["uptime_secs"].as_u64()? >= 4).then_some(())
+    });
+    let sent = b.send(&a_id, text);
+    let id = str_of(&sent, "id").to_owned();
+    let mine = wait_delivered(&b, &a_id, &id, ACQUAINT_TIMEOUT);
+    let theirs = poll("A to list the message", TIMEOUT, || {
+        a.history(&b_id)
+            .into_iter()
+            .find(|m| m["id"] == id.as_str())
+    });
+    for m in [&mine, &theirs] {
+        assert_eq!(m["text"], text);
+        assert_eq!(m["from"], b_id.as_str());
+        assert_eq!(m["to"], a_id.as_str());
+        assert_eq!(m["sent_at"], mine["sent_at"]);
+    }
+    assert_eq!(a.history(&b_id).len(), 1);
+    assert_eq!(b.history(&a_id).len(), 1);
+
+    let circuits = relay.relay_status()["circuits"].clone();
+    assert!(
+        circuits["circuits_total"].as_u64().unwrap() >= 1,
+        "the relay carried a circuit: {circuits}"
+    );
+    assert!(
+        circuits["reservations"].as_u64().unwrap() >= 2,
+        "{circuits}"
+    );
+    let peers = b.json(&["peers"]);
+    let to_a = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == a_id.as_str())
+        .map(|p| p["addrs"].clone());
+    if let Some(addrs) = to_a.as_ref().and_then(Value::as_array) {
+        assert!(
+            addrs
+                .iter()
+                .filter_map(Value::as_str)
+                .all(|a| a.contains("/p2p-circuit/")),
+            "B reaches A only through the relay: {addrs:?}"
+        );
+    }
+    eprintln!(
+        "relayed chat: delivered ({} at first) {:.1?} after the relay started; relay counters \
+         {circuits}; B's connection to A: {to_a:?}",
+        sent["status"],
+        start.elapsed()
+    );
+}
+
+#[test]
+fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
+    let lab = Lab::new();
+    let mut relay = lab.relay("relay", "/ip4/127.0.0.1/tcp/0", &[]);
+    let relay_id = relay.peer_id();
+    let port = relay.tcp_port();
+    let file = lab.relay_bootstrap(&relay.tcp_addr());
+    let mut a = lab.personal("a", &file);
+    let mut b = lab.personal("b", &file);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    acquaint(&b, &a);
+    acquaint(&a, &b);
+    wait_registered(&relay, &a);
+
+    a.stop();
+    let texts: Vec<String> = (1..=3).map(|n| format!("held for you {n}")).collect();
+    for text in &texts {
+        let sent = b.send(&a_id, text);
+        assert_eq!(sent["status"], "queued", "{text} with A offline: {sent}");
+    }
+    let held = wait_mailbox_items(&relay, 3, TIMEOUT);
+    assert_eq!(held["relay"], true);
+    let usage = held["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["peer_id"] == a_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("A's mailbox is listed: {held}"));
+    assert_eq!(usage["items"], 3, "{held}");
+    assert!(usage["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(held["mailbox_bytes"], usage["bytes"]);
+    b.stop();
+
+    // The relay restarts on the same home and port: the mail is still there.
+    relay.stop();
+    let held_before = held;
+    let relay = {
+        drop(relay);
+        lab.relay("relay", &format!("/ip4/127.0.0.1/tcp/{port}"), &[])
+    };
+    assert_eq!(relay.peer_id(), relay_id);
+    assert_eq!(relay.tcp_port(), port);
+    let after = relay.relay_status();
+    assert_eq!(after["mailbox_items"], 3, "after the restart: {after}");
+    assert_eq!(after["mailbox_bytes"], held_before["mailbox_bytes"]);
+
+    // A comes back (new port) and fetches its mail from the relay.
+    let back = Instant::now();
+    let a = {
+        drop(a);
+        lab.personal("a", &file)
+    };
+    assert_eq!(a.peer_id(), a_id);
+    poll("A to receive the held messages", TIMEOUT, || {
+        let on_a = a.history(&b_id);
+        texts
+            .iter()
+            .all(|t| on_a.iter().any(|m| m["text"] == t.as_str()))
+            .then_some(())
+    });
+    let arrived_in = back.elapsed();
+    let empty = wait_mailbox_items(&relay, 0, TIMEOUT);
+    assert_eq!(empty["mailbox_bytes"], 0, "{empty}");
+    // Give a duplicate a chance to show up before counting.
+    thread::sleep(Duration::from_secs(2));
+    let on_a = a.history(&b_id);
+    assert_unique_ids("A", &on_a);
+    let counts = text_counts(&on_a);
+    for text in &texts {
+        assert_eq!(
+            counts.get(text),
+            Some(&1),
+            "A holds {text:?} once: {on_a:?}"
+        );
+    }
+    assert_eq!(on_a.len(), 2 + texts.len(), "two warm-ups and the three");
+    for m in on_a
+        .iter()
+        .filter(|m| texts.iter().any(|t| m["text"] == t.as_str()))
+    {
+        assert_eq!(m["from"], b_id.as_str());
+        assert_eq!(m["to"], a_id.as_str());
+    }
+    assert_eq!(mailbox_items(&relay), 0);
+    eprintln!("mail held across a relay restart arrived {arrived_in:.1?} after A returned");
+}
+
+#[test]
+fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
+    let lab = Lab::new();
+    let metrics = free_loopback_addr();
+    let relay = lab.relay(
+        "relay",
+        "/ip4/127.0.0.1/tcp/0",
+        &["--mailbox-items", "2", "--metrics-addr", &metrics],
+    );
+    let file = lab.relay_bootstrap(&relay.tcp_addr());
+    let mut a = lab.personal("a", &file);
+    let b = lab.personal("b", &file);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    acquaint(&b, &a);
+    wait_registered(&relay, &a);
+    let refused_before = refused_total(&metrics);
+
+    a.stop();
+    let texts: Vec<String> = (1..=4).map(|n| format!("quota {n}")).collect();
+    let mut ids = Vec::new();
+    for text in &texts {
+        let sent = b.send(&a_id, text);
+        assert_eq!(sent["status"], "queued", "{text} with A offline: {sent}");
+        ids.push(str_of(&sent, "id").to_owned());
+    }
+    wait_mailbox_items(&relay, 2, TIMEOUT);
+    // The refused ones stay in B's outbox and say why.
+    let on_b = poll(
+        "B to note that the relay refused two deposits as full",
+        TIMEOUT,
+        || {
+            let on_b = b.history(&a_id);
+            let full = on_b
+                .iter()
+                .filter(|m| str_of(m, "failure").contains("full"))
+                .count();
+            (full == 2).then_some(on_b)
+        },
+    );
+    for id in &ids {
+        let m = on_b
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("B's history lists {id}: {on_b:?}"));
+        assert_eq!(m["status"], "queued", "{m}");
+    }
+    let failures: Vec<&str> = on_b
+        .iter()
+        .map(|m| str_of(m, "failure"))
+        .filter(|f| !f.is_empty())
+        .collect();
+    eprintln!("B reports for the refused deposits: {failures:?}");
+    assert!(
+        failures.iter().all(|f| f.contains("mailbox is full")),
+        "{failures:?}"
+    );
+    let refused = refused_total(&metrics) - refused_before;
+    assert!(refused >= 2, "the relay counted {refused} refusals");
+    // Retries are refused too, and nothing already held is lost or replaced.
+    thread::sleep(Duration::from_secs(2));
+    let held = relay.relay_status();
+    assert_eq!(held["mailbox_items"], 2, "{held}");
+
+    // A returns: the two held arrive from the relay, the two refused directly from B's retries.
+    let back = Instant::now();
+    let a = {
+        drop(a);
+        lab.personal("a", &file)
+    };
+    poll("A to receive all four", TIMEOUT, || {
+        let on_a = a.history(&b_id);
+        texts
+            .iter()
+            .all(|t| on_a.iter().any(|m| m["text"] == t.as_str()))
+            .then_some(())
+    });
+    let arrived_in = back.elapsed();
+    let on_b = poll("B to see all four delivered", TIMEOUT, || {
+        let on_b = b.history(&a_id);
+        ids.iter()
+            .all(|id| on_b.iter().any(|m| m["id"] == id.as_str() && delivered(m)))
+            .then_some(on_b)
+    });
+    for m in &on_b {
+        assert_eq!(
+            m["failure"],
+            Value::Null,
+            "a delivered message carries no failure: {m}"
+        );
+    }
+    wait_mailbox_items(&relay, 0, TIMEOUT);
+    thread::sleep(Duration::from_secs(1));
+    let on_a = a.history(&b_id);
+    assert_unique_ids("A", &on_a);
+    let counts = text_counts(&on_a);
+    for text in &texts {
+        assert_eq!(
+            counts.get(text),
+            Some(&1),
+            "A holds {text:?} once: {on_a:?}"
+        );
+    }
+    assert_eq!(on_a.len(), 1 + texts.len(), "the warm-up and the four");
+    for (id, text) in ids.iter().zip(&texts) {
+        let m = on_a.iter().find(|m| m["text"] == text.as_str()).unwrap();
+        assert_eq!(m["id"], id.as_str(), "{text}: same id on both sides");
+    }
+    let from_mailbox: Vec<String> = a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("fetched mail held while offline"))
+        .map(|l| l.rsplit("messages=").next().unwrap_or("?").to_owned())
+        .collect();
+    eprintln!(
+        "quota: 2 held, 2 refused ({refused} refusals counted); all four arrived once \
+         {arrived_in:.1?} after A returned ({from_mailbox:?} first taken from the mailbox, the \
+         rest directly)"
+    );
+}
+
+#[test]
+fn expired_mail_is_dropped() {
+    let lab = Lab::new();
+    let relay = lab.relay(
+        "relay",
+        "/ip4/127.0.0.1/tcp/0",
+        &["--mailbox-ttl-secs", "2"],
+    );
+    let file = lab.relay_bootstrap(&relay.tcp_addr());
+    let mut a = lab.personal("a", &file);
+    let mut b = lab.personal("b", &file);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    acquaint(&b, &a);
+    wait_registered(&relay, &a);
+
+    a.stop();
+    let text = "this will expire";
+    let sent = b.send(&a_id, text);
+    assert_eq!(sent["status"], "queued", "{sent}");
+    wait_mailbox_items(&relay, 1, TIMEOUT);
+    let deposited = Instant::now();
+    // B must not deliver it directly later.
+    b.stop();
+    // Past the TTL (2 s) with a margin; the relay drops expired mail when it is fetched.
+    let ttl_passed = Duration::from_secs(3);
+    if let Some(left) = ttl_passed.checked_sub(deposited.elapsed()) {
+        thread::sleep(left);
+    }
+    let back = Instant::now();
+    let a = {
+        drop(a);
+        lab.personal("a", &file)
+    };
+    wait_mailbox_items(&relay, 0, TIMEOUT);
+    let emptied_in = back.elapsed();
+    // Watch A for a while (10 s after its start in all): the message never shows up.
+    let watch = Duration::from_secs(10);
+    while back.elapsed() < watch {
+        let on_a = a.history(&b_id);
+        assert!(
+            !on_a.iter().any(|m| m["text"] == text),
+            "expired mail was delivered: {on_a:?}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    let on_a = a.history(&b_id);
+    assert_eq!(on_a.len(), 1, "only the warm-up: {on_a:?}");
+    assert_eq!(mailbox_items(&relay), 0);
+    eprintln!("expired mail: the relay's mailbox was empty {emptied_in:.1?} after A returned");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw /kith/mailbox/1.0.0 requests
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback address nobody listens on right now (bound, read, released).
+fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// `GET <path>` over plain HTTP/1.1 without any token; returns (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// The value of an (unlabelled) series in a metrics text, if present.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.split_once(' ')?;
+        (series == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn refused_total(metrics_addr: &str) -> u64 {
+    let (code, body) = http_get(metrics_addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    metric(&body, "kith_mailbox_refused_total")
+        .unwrap_or_else(|| panic!("no kith_mailbox_refused_total in:\n{body}"))
+}
+
+/// Just enough protobuf to speak `kith.v1.Mailbox*` by hand (the test cannot use prost).
+mod pb {
+    pub(super) fn varint(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    pub(super) fn bytes_field(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+        varint((field << 3) | 2, out);
+        varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+
+    pub(super) fn varint_field(field: u64, n: u64, out: &mut Vec<u8>) {
+        varint(field << 3, out);
+        varint(n, out);
+    }
+
+    /// A `MailboxRequest` with `kind` = field `field` holding `inner`.
+    fn request(field: u64, inner: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes_field(field, inner, &mut out);
+        out
+    }
+
+    pub(super) fn register(relay: &[u8], created_at_ms: u64, signature: &[u8]) -> Vec<u8> {
+        let mut inner = Vec::new();
+        bytes_field(1, relay, &mut inner);
+        varint_field(2, created_at_ms, &mut inner);
+        bytes_field(3, signature, &mut inner);
+        request(1, &inner)
+    }
+
+    pub(super) fn deposit(recipient: &[u8], envelope: &[u8]) -> Vec<u8> {
+        let mut inner = Vec::new();
+        bytes_field(1, recipient, &mut inner);
+        bytes_field(2, envelope, &mut inner);
+        request(2, &inner)
+    }
+
+    pub(super) fn fetch(max_items: u64) -> Vec<u8> {
+        let mut inner = Vec::new();
+        varint_field(1, max_items, &mut inner);
+        request(3, &inner)
+    }
+
+    pub(super) fn delete(ids: &[Vec<u8>]) -> Vec<u8> {
+        let mut inner = Vec::new();
+        for id in ids {
+            bytes_field(1, id, &mut inner);
+        }
+        request(4, &inner)
+    }
+
+    pub(super) fn envelope(id: &[u8; 16], ciphertext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes_field(1, id, &mut out);
+        bytes_field(2, ciphertext, &mut out);
+        out
+    }
+
+    /// A decoded `MailboxResponse`: status (0 ok, 1 unknown recipient, 2 full, 3 rejected),
+    /// reason, the ids of the items, remaining.
+    #[derive(Debug, Default)]
+    pub(super) struct Response {
+        pub(super) status: u64,
+        pub(super) reason: String,
+        pub(super) item_ids: Vec<Vec<u8>>,
+        pub(super) remaining: u64,
+    }
+
+    fn read_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *buf.get(*at)?;
+            *at += 1;
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    /// One field's value: a varint (`Ok`) or length-delimited bytes (`Err`).
+    type FieldValue = Result<u64, Vec<u8>>;
+
+    /// Fields of one message: (field number, value).
+    fn fields(buf: &[u8]) -> Option<Vec<(u64, FieldValue)>> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < buf.len() {
+            let key = read_varint(buf, &mut at)?;
+            match key & 7 {
+                0 => out.push((key >> 3, Ok(read_varint(buf, &mut at)?))),
+                2 => {
+                    let len = usize::try_from(read_varint(buf, &mut at)?).ok()?;
+                    let bytes = buf.get(at..at.checked_add(len)?)?.to_vec();
+                    at += len;
+                    out.push((key >> 3, Err(bytes)));
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    pub(super) fn response(buf: &[u8]) -> Option<Response> {
+        let mut r = Response::default();
+        for (field, value) in fields(buf)? {
+            match (field, value) {
+                (1, Ok(n)) => r.status = n,
+                (2, Err(b)) => r.reason = String::from_utf8(b).ok()?,
+                (3, Err(item)) => {
+                    for (f, v) in fields(&item)? {
+                        if let (1, Err(id)) = (f, v) {
+                            r.item_ids.push(id);
+                        }
+                    }
+                }
+                (4, Ok(n)) => r.remaining = n,
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+}
+
+/// A bare libp2p swarm that speaks `/kith/mailbox/1.0.0` outbound only and writes whatever bytes
+/// it is given, frame prefix included: garbage, forged, oversized and truncated frames alike.
+mod raw {
+    use std::{io, time::Duration};
+
+    use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
+    use libp2p::{
+        Multiaddr, PeerId, StreamProtocol, Swarm,
+        identity::Keypair,
+        request_response::{self, ProtocolSupport},
+        swarm::SwarmEvent,
+    };
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub(super) struct RawCodec;
+
+    impl request_response::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        /// Exactly the bytes written on the stream (length prefix included).
+        type Request = Vec<u8>;
+        /// The response body (length prefix removed).
+        type Response = Vec<u8>;
+
+        async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            Err(io::Error::other("this swarm only sends requests"))
+        }
+
+        async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            let mut len = 0u64;
+            for shift in (0..64).step_by(7) {
+                let mut byte = [0u8; 1];
+                io.read_exact(&mut byte).await?;
+                len |= u64::from(byte[0] & 0x7f) << shift;
+                if byte[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > 8 * 1024 * 1024 {
+                return Err(io::Error::other("response too large"));
+            }
+            let mut buf = vec![0u8; len];
+            io.read_exact(&mut buf).await?;
+            Ok(buf)
+        }
+
+        async fn write_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            io.write_all(&req).await?;
+            io.close().await
+        }
+
+        async fn write_response<T>(
+            &mut self,
+            _: &StreamProtocol,
+            _: &mut T,
+            _: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            Err(io::Error::other("this swarm only sends requests"))
+        }
+    }
+
+    pub(super) type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
+
+    /// Must be called inside a tokio runtime.
+    pub(super) fn swarm(keypair: &Keypair) -> RawSwarm {
+        let behaviour = request_response::Behaviour::with_codec(
+            RawCodec,
+            [(
+                StreamProtocol::new(kith_net::dm::MAILBOX_PROTOCOL),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
+        );
+        libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    }
+
+    /// Sends `wire` (a whole frame) to `relay` at `addr` and waits for the answer's body, or the
+    /// failure (the relay reset the stream, closed it without an answer, ...). Bounded.
+    pub(super) async fn call(
+        swarm: &mut RawSwarm,
+        relay: PeerId,
+        addr: &Multiaddr,
+        wire: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let id =
+            swarm
+                .behaviour_mut()
+                .send_request_with_addresses(&relay, wire, vec![addr.clone()]);
+        let wait = async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    }) if request_id == id => return Ok(response),
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        request_id,
+                        error,
+                        ..
+                    }) if request_id == id => return Err(error.to_string()),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 30 s".to_owned()))
+    }
+
+    /// Wraps a body into a frame: unsigned-varint length, then the body.
+    pub(super) fn frame(body: &[u8]) -> Vec<u8> {
+        kith_net::dm::encode_frame(body)
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn registration_signature(key: &libp2p::identity::Keypair, relay: &[u8], at_ms: u64) -> Vec<u8> {
+    let mut msg = b"kith/mailbox/register/v1".to_vec();
+    msg.extend_from_slice(relay);
+    msg.extend_from_slice(&at_ms.to_be_bytes());
+    key.sign(&msg).unwrap()
+}
+
+/// A relay with `--metrics-addr`, a raw swarm connected to it, and a runtime to drive the swarm.
+struct RawLab {
+    relay: Daemon,
+    metrics: String,
+    relay_peer: libp2p::PeerId,
+    relay_addr: libp2p::Multiaddr,
+    key: libp2p::identity::Keypair,
+    swarm: raw::RawSwarm,
+    rt: tokio::runtime::Runtime,
+    _lab: Lab,
+}
+
+impl RawLab {
+    fn new() -> RawLab {
+        let lab = Lab::new();
+        let metrics = free_loopback_addr();
+        let relay = lab.relay(
+            "relay",
+            "/ip4/127.0.0.1/tcp/0",
+            &["--metrics-addr", &metrics],
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let swarm = {
+            let _guard = rt.enter();
+            raw::swarm(&key)
+        };
+        RawLab {
+            relay_peer: relay.peer_id().parse().unwrap(),
+            relay_addr: relay.tcp_listen().parse().unwrap(),
+            relay,
+            metrics,
+            key,
+            swarm,
+            rt,
+            _lab: lab,
+        }
+    }
+
+    /// Sends one whole frame; `Ok(response)` or `Err(why there was none)`.
+    fn call_wire(&mut self, wire: Vec<u8>) -> Result<pb::Response, String> {
+        let body = self.rt.block_on(raw::call(
+            &mut self.swarm,
+            self.relay_peer,
+            &self.relay_addr,
+            wire,
+        ))?;
+        pb::response(&body).ok_or_else(|| format!("undecodable answer {body:?}"))
+    }
+
+    /// A second raw swarm with another identity, driven by the same runtime.
+    fn other_swarm(&self, key: &libp2p::identity::Keypair) -> raw::RawSwarm {
+        let _guard = self.rt.enter();
+        raw::swarm(key)
+    }
+
+    /// Sends one well-formed request from `swarm` (see `other_swarm`) and expects an answer.
+    fn call_from(&self, swarm: &mut raw::RawSwarm, body: &[u8]) -> pb::Response {
+        let body = self
+            .rt
+            .block_on(raw::call(
+                swarm,
+                self.relay_peer,
+                &self.relay_addr,
+                raw::frame(body),
+            ))
+            .unwrap_or_else(|e| panic!("the relay did not answer: {e}"));
+        pb::response(&body).unwrap_or_else(|| panic!("undecodable answer {body:?}"))
+    }
+
+    /// Sends one request body in a well-formed frame and expects an answer.
+    fn call(&mut self, body: &[u8]) -> pb::Response {
+        self.call_wire(raw::frame(body))
+            .unwrap_or_else(|e| panic!("the relay did not answer a well-formed frame: {e}"))
+    }
+
+    fn refused_total(&self) -> u64 {
+        refused_total(&self.metrics)
+    }
+
+    fn my_id(&self) -> Vec<u8> {
+        self.key.public().to_peer_id().to_bytes()
+    }
+
+    /// Registers the raw swarm's own peer id properly; proves the relay still serves.
+    fn register_properly(&mut self) {
+        let relay = self.relay_peer.to_bytes();
+        let at = now_ms();
+        let sig = registration_signature(&self.key, &relay, at);
+        let answer = self.call(&pb::register(&relay, at, &sig));
+        assert_eq!(answer.status, 0, "a proper registration: {answer:?}");
+    }
+
+    /// Frames refused by the frame codec before any protobuf is decoded: longer than the limit,
+    /// shorter than announced, and a length varint that never ends. Each must get no answer.
+    fn send_bad_frames(&mut self) -> usize {
+        let mut oversized = Vec::new();
+        let len = kith_net::dm::MAILBOX_MAX_REQUEST + 1;
+        pb::varint(len as u64, &mut oversized);
+        oversized.resize(oversized.len() + len, 0xab);
+        let mut truncated = Vec::new();
+        pb::varint(100, &mut truncated);
+        truncated.extend_from_slice(&[1; 10]);
+        let endless = vec![0xff; 16];
+        let cases = [
+            ("oversized", oversized),
+            ("truncated", truncated),
+            ("endless length", endless),
+        ];
+        let n = cases.len();
+        for (what, wire) in cases {
+            match self.call_wire(wire) {
+                Err(why) => eprintln!("{what} frame: no answer ({why})"),
+                Ok(answer) => panic!("the relay answered a {what} frame: {answer:?}"),
+            }
+        }
+        n
+    }
+}
+
+#[test]
+fn garbage_and_unregistered_requests_are_refused_and_counted() {
+    let mut lab = RawLab::new();
+
+    // /metrics on --metrics-addr answers without a token, and only /metrics.
+    let (code, body) = http_get(&lab.metrics, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("kith_mailbox_refused_total"), "{body}");
+    assert_eq!(http_get(&lab.metrics, "/v1/status").0, 404);
+    let before = lab.refused_total();
+    assert_eq!(before, 0);
+
+    let relay = lab.relay_peer.to_bytes();
+    let stranger = libp2p::identity::Keypair::generate_ed25519();
+    let nobody = stranger.public().to_peer_id().to_bytes();
+    let now = now_ms();
+    let envelope = pb::envelope(&[7; 16], b"opaque ciphertext");
+    let my_sig = registration_signature(&lab.key, &relay, now);
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        ("garbage bytes", vec![0xff; 12], 3),
+        ("truncated protobuf", vec![0x0a, 0x20, 0x01], 3),
+        ("empty request", Vec::new(), 3),
+        (
+            "registration with a garbage signature",
+            pb::register(&relay, now, &[0x55; 64]),
+            3,
+        ),
+        (
+            "registration signed by another key",
+            pb::register(&relay, now, &registration_signature(&stranger, &relay, now)),
+            3,
+        ),
+        (
+            "registration for another relay",
+            pb::register(
+                &nobody,
+                now,
+                &registration_signature(&lab.key, &nobody, now),
+            ),
+            3,
+        ),
+        (
+            "registration from an hour ago",
+            pb::register(
+                &relay,
+                now - 3_600_000,
+                &registration_signature(&lab.key, &relay, now - 3_600_000),
+            ),
+            3,
+        ),
+        (
+            "registration whose signature covers another time",
+            pb::register(&relay, now + 1, &my_sig),
+            3,
+        ),
+        (
+            "deposit for a recipient who never registered",
+            pb::deposit(&nobody, &envelope),
+            1,
+        ),
+        (
+            "deposit for ourselves before registering",
+            pb::deposit(&lab.my_id(), &envelope),
+            1,
+        ),
+    ];
+    let refusals = cases.len();
+    for (what, body, status) in cases {
+        let answer = lab.call(&body);
+        assert_eq!(answer.status, status, "{what}: {answer:?}");
+        assert!(!answer.reason.is_empty(), "{what}: a refusal says why");
+        eprintln!("{what}: refused ({})", answer.reason);
+    }
+    assert_eq!(
+        lab.refused_total() - before,
+        refusals as u64,
+        "every refusal is counted"
+    );
+
+    // Frames the codec refuses get no answer; the relay keeps serving afterwards.
+    lab.send_bad_frames();
+
+    // A proper registration works, and a deposit that is not an envelope is still refused.
+    lab.register_properly();
+    let me = lab.my_id();
+    let counted = lab.refused_total();
+    for (what, bad) in [
+        ("not protobuf", vec![0xff; 8]),
+        (
+            "an envelope without ciphertext",
+            pb::envelope(&[1; 16], b""),
+        ),
+        ("an envelope with a short id", {
+            let mut e = Vec::new();
+            pb::bytes_field(1, &[1; 4], &mut e);
+            pb::bytes_field(2, b"x", &mut e);
+            e
+        }),
+    ] {
+        let answer = lab.call(&pb::deposit(&me, &bad));
+        assert_eq!(answer.status, 3, "deposit of {what}: {answer:?}");
+    }
+    assert_eq!(lab.refused_total() - counted, 3);
+    let status = lab.relay.relay_status();
+    assert_eq!(
+        status["mailbox_items"], 0,
+        "nothing refused was stored: {status}"
+    );
+    assert_eq!(status["mailbox_recipients"], 1, "{status}");
+
+    // The real thing still works end to end: deposit, fetch, delete.
+    let answer = lab.call(&pb::deposit(&me, &envelope));
+    assert_eq!(answer.status, 0, "{answer:?}");
+    assert_eq!(lab.relay.relay_status()["mailbox_items"], 1);
+    let page = lab.call(&pb::fetch(10));
+    assert_eq!(page.status, 0, "{page:?}");
+    assert_eq!(page.item_ids.len(), 1, "{page:?}");
+    assert_eq!(page.remaining, 0);
+    // Someone else can neither read nor delete it: requests act on the requester's own box.
+    let mut other = lab.other_swarm(&stranger);
+    let theirs = lab.call_from(&mut other, &pb::fetch(10));
+    assert!(theirs.item_ids.is_empty(), "a stranger fetched: {theirs:?}");
+    lab.call_from(&mut other, &pb::delete(&page.item_ids));
+    assert_eq!(
+        lab.relay.relay_status()["mailbox_items"],
+        1,
+        "a stranger's delete removed nothing"
+    );
+    let answer = lab.call(&pb::delete(&page.item_ids));
+    assert_eq!(answer.status, 0, "{answer:?}");
+    assert_eq!(lab.relay.relay_status()["mailbox_items"], 0);
+    assert_eq!(lab.refused_total() - counted, 3);
+    let (code, _, err) = lab.relay.cli(&["status"]);
+    assert_eq!(code, 0, "the relay is still up: {err}");
+}
+
+/// Frames the codec refuses (oversized, truncated, endless length varint) are counted in
+/// `kith_dm_frames_rejected_total` (libp2p-request-response only logs them, so the codec counts).
+#[test]
+fn oversized_and_truncated_mailbox_frames_are_counted() {
+    let mut lab = RawLab::new();
+    let (_, before) = http_get(&lab.metrics, "/metrics");
+    let before = metric(&before, "kith_dm_frames_rejected_total");
+    let sent = lab.send_bad_frames();
+    lab.register_properly();
+    let (_, after) = http_get(&lab.metrics, "/metrics");
+    let after = metric(&after, "kith_dm_frames_rejected_total")
+        .unwrap_or_else(|| panic!("no kith_dm_frames_rejected_total in:\n{after}"));
+    assert_eq!(after - before.unwrap_or(0), sent as u64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// NAT in network namespaces (root only)
+// ---------------------------------------------------------------------------------------------
+
+fn tool_exists(name: &str) -> bool {
+    Command::new(name)
+        .arg(if name == "ip" { "-V" } else { "--version" })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a setup command; panics with its stderr if it fails.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a setup command inside a namespace, feeding `stdin`.
+fn sh_in(ns: &str, args: &[&str], stdin: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let status = wait_bounded(&mut child, PROCESS_TIMEOUT);
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "{ns}: {args:?} failed: {err}");
+}
+
+/// Network namespaces this test created; deleted on drop (which also removes their interfaces).
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    fn add(&mut self, name: &str) -> String {
+        sh(&["ip", "netns", "add", name]);
+        self.names.push(name.to_owned());
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        name.to_owned()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Makes `nat` a home router between `lan` (private) and `wan` (public): forwards only lan → wan
+/// and the answers, rewrites sources to the wan address, and silently drops whatever arrives
+/// unsolicited on the wan side (as home routers do; answering with RST breaks TCP hole punching).
+fn masquerade(nat: &str, nft: bool) {
+    sh_in(
+        nat,
+        &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        "",
+    );
+    if nft {
+        sh_in(
+            nat,
+            &["nft", "-f", "-"],
+            "table ip nat {\n  chain postrouting {\n    type nat hook postrouting priority 100;\n    oifname \"wan\" masquerade\n  }\n}\n\
+             table ip filter {\n  chain forward {\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    iifname \"lan\" oifname \"wan\" accept\n  }\n\
+               chain input {\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iifname { \"lo\", \"lan\" } accept\n  }\n}\n",
+        );
+    } else {
+        for rule in [
+            "iptables -t nat -A POSTROUTING -o wan -j MASQUERADE",
+            "iptables -P FORWARD DROP",
+            "iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "iptables -A FORWARD -i lan -o wan -j ACCEPT",
+            "iptables -P INPUT DROP",
+            "iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "iptables -A INPUT -i lo -j ACCEPT",
+            "iptables -A INPUT -i lan -j ACCEPT",
+        ] {
+            let args: Vec<&str> = rule.split(' ').collect();
+            sh_in(nat, &args, "");
+        }
+    }
+}
+
+#[test]
+fn nat_namespaces() {
+    if !is_root() {
+        eprintln!("SKIPPED nat_namespaces: needs root to create network namespaces");
+        return;
+    }
+    if !tool_exists("ip") {
+        eprintln!("SKIPPED nat_namespaces: `ip` (iproute2) is not installed");
+        return;
+    }
+    let nft = tool_exists("nft");
+    if !nft && !tool_exists("iptables") {
+        eprintln!("SKIPPED nat_namespaces: neither `nft` nor `iptables` is installed");
+        return;
+    }
+    let lab = Lab::new();
+    // Declared before the daemons so that they die before their namespaces go.
+    let mut spaces = Namespaces { names: Vec::new() };
+    let tag = format!("kith{}", std::process::id());
+    let public = spaces.add(&format!("{tag}-pub"));
+    // Public network 10.203.0.0/24 on a bridge in the public namespace (the relay is .1); each
+    // NAT router has .2/.3 there and its private network 10.203.1.0/24 or 10.203.2.0/24 behind.
+    // None of these addresses exists outside the namespaces, and no namespace has a link out.
+    sh(&["ip", "-n", &public, "link", "add", "br0", "type", "bridge"]);
+    sh(&[
+        "ip",
+        "-n",
+        &public,
+        "addr",
+        "add",
+        "10.203.0.1/24",
+        "dev",
+        "br0",
+    ]);
+    sh(&["ip", "-n", &public, "link", "set", "br0", "up"]);
+    let mut homes = Vec::new();
+    for (n, side) in [(1u8, "a"), (2u8, "b")] {
+        let nat = spaces.add(&format!("{tag}-nat{side}"));
+        let host = spaces.add(&format!("{tag}-{side}"));
+        let port = format!("port{side}");
+        sh(&[
+            "ip", "-n", &nat, "link", "add", "wan", "type", "veth", "peer", "name", &port, "netns",
+            &public,
+        ]);
+        sh(&["ip", "-n", &public, "link", "set", &port, "master", "br0"]);
+        sh(&["ip", "-n", &public, "link", "set", &port, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &nat,
+            "addr",
+            "add",
+            &format!("10.203.0.{}/24", n + 1),
+            "dev",
+            "wan",
+        ]);
+        sh(&["ip", "-n", &nat, "link", "set", "wan", "up"]);
+        sh(&[
+            "ip", "-n", &nat, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+            "netns", &host,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &nat,
+            "addr",
+            "add",
+            &format!("10.203.{n}.1/24"),
+            "dev",
+            "lan",
+        ]);
+        sh(&["ip", "-n", &nat, "link", "set", "lan", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("10.203.{n}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.203.{n}.1"),
+        ]);
+        masquerade(&nat, nft);
+        homes.push((host, format!("10.203.{n}.2")));
+    }
+
+    let start = Instant::now();
+    let relay = lab.spawn(
+        "relay",
+        &strings(&[
+            "--relay",
+            "--no-mdns",
+            "--listen",
+            "/ip4/10.203.0.1/tcp/0",
+            "--listen",
+            "/ip4/10.203.0.1/udp/0/quic-v1",
+            "--bootstrap-file",
+            &lab.plain_bootstrap().display().to_string(),
+        ]),
+        Some(&public),
+    );
+    let file = lab.relays_bootstrap(&[relay.tcp_addr(), relay.quic_addr()]);
+    let private = |name: &str, (ns, ip): &(String, String)| {
+        lab.spawn(
+            name,
+            &strings(&[
+                "--no-mdns",
+                "--dht-mode",
+                "server",
+                "--relay-policy",
+                "always",
+                "--listen",
+                &format!("/ip4/{ip}/tcp/0"),
+                "--listen",
+                &format!("/ip4/{ip}/udp/0/quic-v1"),
+                "--bootstrap-file",
+                &file.display().to_string(),
+            ]),
+            Some(ns),
+        )
+    };
+    let a = private("a", &homes[0]);
+    let b = private("b", &homes[1]);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    for node in [&a, &b] {
+        let status = poll(
+            &format!("{} to hold a reservation at the relay", node.name),
+            TIMEOUT,
+            || {
+                let s = node.status();
+                (!s["relays"].as_array()?.is_empty()).then_some(s)
+            },
+        );
+        eprintln!(
+            "{} behind NAT: reachability {}, nat {}, relays {}",
+            node.name, status["reachability"], status["nat"], status["relays"]
+        );
+    }
+
+    poll("A to have been up 4 s", TIMEOUT, || {
+        (a.status()["uptime_secs"].as_u64()? >= 4).then_some(())
+    });
+    let text = "hello across two NATs";
+    let sent = b.send(&a_id, text);
+    let id = str_of(&sent, "id").to_owned();
+    wait_delivered(&b, &a_id, &id, ACQUAINT_TIMEOUT);
+    let got = poll("A to list the message", TIMEOUT, || {
+        a.history(&b_id)
+            .into_iter()
+            .find(|m| m["id"] == id.as_str())
+    });
+    assert_eq!(got["text"], text);
+    let reply = a.send(&b_id, "and back");
+    wait_delivered(&a, &b_id, str_of(&reply, "id"), ACQUAINT_TIMEOUT);
+    let delivered_in = start.elapsed();
+
+    // DCUtR runs on its own; give it a moment, then report, never fail on it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !(a.log_text().contains("hole punch succeeded")
+            || b.log_text().contains("hole punch succeeded"))
+    {
+        thread::sleep(Duration::from_millis(250));
+    }
+    let punched = a.log_text().contains("hole punch succeeded")
+        || b.log_text().contains("hole punch succeeded");
+    let path = b
+        .json(&["peers"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == a_id.as_str())
+        .map(|p| p["addrs"].clone());
+    for node in [&a, &b] {
+        // At RUST_LOG=info only successes show; KITH_TEST_LOG=info,kith_net=debug shows why not.
+        for line in node.log_text().lines().filter(|l| l.contains("hole punch")) {
+            eprintln!("{}: {line}", node.name);
+        }
+    }
+    let circuits = relay.relay_status()["circuits"].clone();
+    eprintln!(
+        "NAT: A and B chatted via the relay in {delivered_in:.1?}; DCUtR {}; B's connection to A: \
+         {path:?}; relay counters {circuits}",
+        if punched {
+            "upgraded the connection (hole punch succeeded)"
+        } else {
+            "did not upgrade the connection (no hole punch succeeded)"
+        }
+    );
+    assert!(
+        circuits["circuits_total"].as_u64().unwrap_or(0) >= 1,
+        "the first contact went through a relay circuit: {circuits}"
+    );
+}
