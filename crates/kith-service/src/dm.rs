@@ -19,9 +19,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use kith_crypto::{
-    Ciphertext, CryptoError, Curve25519Key, DecryptFailure, KeyBundle, Olm, PickleKey,
-};
+use kith_crypto::{Ciphertext, Curve25519Key, KeyBundle, Olm, PickleKey};
 use kith_proto::v1 as pb;
 use kith_store::{Incoming, Message, MessageId, OutboxItem, Status, Trust};
 use libp2p::{PeerId, multiaddr::Protocol};
@@ -452,9 +450,12 @@ impl Node {
             let now = now_ms();
             let mut due: Vec<OutboxItem> = items
                 .into_iter()
-                .filter(|i| i.peer_id == peer.to_bytes() && i.next_attempt_ms <= now)
+                .filter(|i| i.peer_id == peer.to_bytes())
                 .collect();
-            if due.is_empty() {
+            // Once anything for this peer is due, everything for it goes, oldest first: entries
+            // hold consecutive Olm chain steps, and delivering later steps far ahead of earlier
+            // ones would exhaust the receiver's skipped-key window.
+            if !due.iter().any(|i| i.next_attempt_ms <= now) {
                 return;
             }
             due.sort_by_key(|i| i.id);
@@ -742,12 +743,12 @@ impl Node {
             ));
         }
         let mut olm = self.dm().olm.lock().await;
-        let plaintext = olm.decrypt(&sender_key, &ciphertext).map_err(|e| match e {
-            CryptoError::Undecryptable(DecryptFailure::AlreadyUsed) => {
-                (pb::AckStatus::AckRejected, "replayed ciphertext".to_owned())
-            }
-            other => (pb::AckStatus::AckUndecryptable, other.to_string()),
-        })?;
+        // A replayed envelope was answered DUPLICATE above, by id. A message key that is gone is
+        // either a ciphertext replayed under a new id or a step that arrived too far out of
+        // order; either way the honest sender's remedy is to re-encrypt, so say undecryptable.
+        let plaintext = olm
+            .decrypt(&sender_key, &ciphertext)
+            .map_err(|e| (pb::AckStatus::AckUndecryptable, e.to_string()))?;
         let payload = pb::DirectPayload::decode(plaintext.as_slice())
             .map_err(|_| (pb::AckStatus::AckRejected, "malformed payload".to_owned()))?;
         if payload.id != id
