@@ -54,7 +54,7 @@ impl NodeSettings {
     fn idle_timeout(self) -> Duration {
         // Both kinds use the same value, so both hold their connections equally long. A joining
         // node's bootstrap touches a large part of the network; with kith's default of 60 s those
-        // connections pile up faster than a 20,000-descriptor limit allows at a few hundred nodes.
+        // connections pile up faster than a 20,000-descriptor limit allows at a hundred nodes.
         if self.reduced {
             Duration::from_secs(5)
         } else {

@@ -42,9 +42,11 @@ pub(crate) fn profile() -> &'static str {
     }
 }
 
-/// Now, as RFC 3339 in UTC.
+/// Now, as RFC 3339 in UTC, to the second.
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0)
+        .unwrap_or(now)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "unknown".to_owned())
 }

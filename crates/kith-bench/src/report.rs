@@ -77,18 +77,6 @@ impl Serialize for Figures {
     }
 }
 
-impl std::fmt::Display for Figures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, value)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            write!(f, "{name}={}", compact(*value))?;
-        }
-        Ok(())
-    }
-}
-
 /// Nearest-rank percentile of already sorted samples: the smallest sample with at least `p`
 /// percent of the samples at or below it. `None` for no samples.
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
@@ -182,29 +170,45 @@ impl Report {
         serde_json::to_string(self)
     }
 
-    /// A plain-text table with the notes underneath, for people.
+    /// A plain-text table with the notes underneath, for people: one row per figure.
     pub(crate) fn table(&self) -> String {
-        let header = ["scenario", "unit", "kith", "baseline", "kith/baseline"];
-        let rows: Vec<[String; 5]> = self
-            .scenarios
-            .iter()
-            .map(|s| {
-                let show =
-                    |f: &Option<Figures>| f.as_ref().map_or("-".to_owned(), |f| f.to_string());
-                let kith = if s.available {
-                    show(&s.kith)
-                } else {
-                    "unavailable".to_owned()
+        let header = ["scenario", "figure", "kith", "baseline", "kith/baseline"];
+        let mut rows: Vec<[String; 5]> = Vec::new();
+        for s in &self.scenarios {
+            let title = format!("{} ({})", s.name, s.unit);
+            let Some(kith) = s.kith.as_ref().filter(|_| s.available) else {
+                rows.push([
+                    title,
+                    "unavailable".to_owned(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+                continue;
+            };
+            let mut names: Vec<&'static str> = kith.0.iter().map(|(n, _)| *n).collect();
+            if let Some(baseline) = &s.baseline {
+                for (name, _) in &baseline.0 {
+                    if !names.contains(name) {
+                        names.push(name);
+                    }
+                }
+            }
+            for (i, name) in names.iter().enumerate() {
+                let cell = |f: &Option<Figures>| {
+                    f.as_ref()
+                        .and_then(|f| f.get(name))
+                        .map_or("-".to_owned(), compact)
                 };
-                [
-                    s.name.to_owned(),
-                    s.unit.to_owned(),
-                    kith,
-                    show(&s.baseline),
-                    show(&s.ratio),
-                ]
-            })
-            .collect();
+                rows.push([
+                    if i == 0 { title.clone() } else { String::new() },
+                    (*name).to_owned(),
+                    compact_or_dash(kith.get(name)),
+                    cell(&s.baseline),
+                    cell(&s.ratio),
+                ]);
+            }
+        }
         let mut widths = header.map(str::len);
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -247,6 +251,10 @@ impl Report {
         }
         out
     }
+}
+
+fn compact_or_dash(value: Option<f64>) -> String {
+    value.map_or("-".to_owned(), compact)
 }
 
 /// A number as people read it: integers without decimals, small values with a few.

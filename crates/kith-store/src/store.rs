@@ -161,6 +161,13 @@ impl Store {
         &self.mailboxes
     }
 
+    /// Flushes from synchronous code (tools and benchmarks; the node uses [`Store::flush`]).
+    pub fn flush_blocking(&self) -> Result<usize, StoreError> {
+        self.db
+            .flush()
+            .map_err(|e| StoreError::from_sled(&self.path, e))
+    }
+
     /// Synchronous flush, for tests that reopen the store.
     #[cfg(test)]
     pub(crate) fn db_flush_for_tests(&self) {

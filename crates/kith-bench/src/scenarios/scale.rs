@@ -74,7 +74,7 @@ impl Params {
                 budget: Duration::from_secs(240),
                 settle: Duration::from_secs(10),
                 walks: 200,
-                walk_budget: Duration::from_secs(90),
+                walk_budget: Duration::from_secs(60),
             }
         }
     }
