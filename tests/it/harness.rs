@@ -7,6 +7,8 @@
 //!   re-publish).
 //! - [`TestNode::restart`], [`TestNode::restart_with`]: stop a node, release its store and start it
 //!   again from the same home with the same identity and pickle key.
+//! - [`TestNode::stop_keeping_home`], [`StoppedNode::start`]: the same in two steps, with the node
+//!   down in between.
 //! - [`star`], [`star_with`], [`chain_with`], [`node_pair`]: networks where everyone bootstraps from
 //!   the first node, or each node from the one before; [`wait_for_mesh`] waits until every node
 //!   knows every other.
@@ -227,6 +229,21 @@ impl TestNode {
         Self::start_in(home, store, keypair, bootstrap, options, transports).await
     }
 
+    /// Stops the node and releases its store but keeps its home, identity and options, so that
+    /// it can be started again later ([`StoppedNode::start`]); in between its peer id is free for
+    /// a test to play (e.g. with a raw swarm holding [`StoppedNode::keypair`]).
+    pub(crate) async fn stop_keeping_home(self) -> Result<StoppedNode> {
+        let options = self.options.clone();
+        let transports = self.transports;
+        let (home, keypair) = self.stop().await?;
+        Ok(StoppedNode {
+            home,
+            keypair,
+            options,
+            transports,
+        })
+    }
+
     async fn stop(self) -> Result<(TempDir, Keypair)> {
         let peer_id = self.peer_id();
         tokio::time::timeout(STEP, self.node.shutdown())
@@ -237,6 +254,41 @@ impl TestNode {
         drop(self.node);
         drop(self.store);
         Ok((self.home, self.keypair))
+    }
+}
+
+/// A node stopped with [`TestNode::stop_keeping_home`]: its home, identity and options.
+pub(crate) struct StoppedNode {
+    home: TempDir,
+    keypair: Keypair,
+    options: Options,
+    transports: Transports,
+}
+
+impl StoppedNode {
+    /// Its peer id.
+    pub(crate) fn peer_id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    /// Its identity key.
+    pub(crate) fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
+    /// Starts it again from the same home with the same identity, pickle key and options, and
+    /// the given bootstrap list. Its listen ports change.
+    pub(crate) async fn start(self, bootstrap: Vec<Multiaddr>) -> Result<TestNode> {
+        let store = reopen_store(&self.home).await?;
+        TestNode::start_in(
+            self.home,
+            store,
+            self.keypair,
+            bootstrap,
+            self.options,
+            self.transports,
+        )
+        .await
     }
 }
 

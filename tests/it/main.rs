@@ -7,11 +7,14 @@
 //! - [`api`]: the local HTTP API, its token check and its client.
 //! - [`names`]: registering, resolving and pinning names across ten-node networks; forged records,
 //!   lying holders, key changes, contacts and invites.
+//! - [`dm`]: direct chat between real nodes: by peer id, name and petname, receipts, requests and
+//!   blocks, tampered, replayed, oversized and garbage frames, no plaintext on the wire, floods.
 //!
 //! Every wait is bounded (`harness::wait_until`, `tokio::time::timeout`); no test touches the
 //! public network (mDNS off, loopback listeners, a private network id).
 
 mod api;
 mod dht;
+mod dm;
 mod harness;
 mod names;
