@@ -787,11 +787,13 @@ async fn tampered_replayed_oversized_and_garbage_frames_are_refused() {
     let id: MessageId = genuine.id.as_slice().try_into().unwrap();
     assert_eq!(stored(&recipient, &id).unwrap().text, text);
 
-    // (b) Replayed verbatim, by its sender or anyone: DUPLICATE, still one copy.
-    for from in [&sender, &hub] {
-        let ack = send_raw(from, &recipient, wire.clone()).await;
-        assert_eq!(ack_status(&ack), pb::AckStatus::AckDuplicate, "{ack:?}");
-    }
+    // (b) Replayed verbatim by its sender: DUPLICATE. Forwarded by anyone else: refused before
+    // decrypting (the key belongs to the sender). Either way still one copy.
+    let ack = send_raw(&sender, &recipient, wire.clone()).await;
+    assert_eq!(ack_status(&ack), pb::AckStatus::AckDuplicate, "{ack:?}");
+    let ack = send_raw(&hub, &recipient, wire.clone()).await;
+    assert_eq!(ack_status(&ack), pb::AckStatus::AckRejected, "{ack:?}");
+    refusals += 1.0;
     let copies = conversation(&recipient, sender.peer_id())
         .iter()
         .filter(|m| m.text == text)
@@ -931,9 +933,6 @@ async fn a_genuine_envelope_forwarded_by_another_peer_is_refused_and_the_message
 /// The same, stricter: a refused frame must leave the recipient's Olm state as it was, so the
 /// real sender's byte-identical envelope is still stored (no re-keying forced by a third peer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: kith-service dm.rs receive_checked decrypts (consuming the Olm message key) before \
-            checking that the payload is from the peer that sent the frame, so a third peer that \
-            forwards a captured envelope burns it; the real sender gets UNDECRYPTABLE and must re-key"]
 async fn a_forwarded_envelope_does_not_consume_the_recipients_olm_state() {
     let HeldEnvelope {
         hub,
@@ -965,10 +964,6 @@ async fn a_forwarded_envelope_does_not_consume_the_recipients_olm_state() {
 /// peer sends the recipient a message of its own under that id first. The real message must still
 /// be stored when it arrives, not be taken for a duplicate of another peer's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: kith-service dm.rs receive_checked and kith-store messages.rs is_known/store_incoming \
-            deduplicate by message id alone, not by (sender, id): another peer's message under the \
-            same id makes the real one DUPLICATE, so it is never stored and its sender marks it \
-            delivered"]
 async fn another_peers_message_under_the_same_id_does_not_suppress_the_real_one() {
     let HeldEnvelope {
         hub: squatter,

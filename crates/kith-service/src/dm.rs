@@ -93,6 +93,8 @@ pub(crate) struct Dm {
     busy: StdMutex<HashSet<PeerId>>,
     buckets: StdMutex<HashMap<PeerId, (f64, Instant)>>,
     last_id: StdMutex<(u64, u16)>,
+    /// Olm identity key → the peer it is bound to (from the correspondents tree).
+    key_owners: StdMutex<HashMap<[u8; 32], PeerId>>,
     rejected: prometheus_client::metrics::counter::Counter,
 }
 
@@ -125,6 +127,12 @@ impl Dm {
             rejected.clone(),
         );
         let (events, _) = broadcast::channel(1024);
+        let mut key_owners = HashMap::new();
+        for c in store.messages().correspondents()? {
+            if let (Some(key), Some(peer)) = (c.identity_key, peer_of(&c.peer_id)) {
+                key_owners.insert(key, peer);
+            }
+        }
         Ok(Self {
             olm: Mutex::new(olm),
             pickle_key,
@@ -134,6 +142,7 @@ impl Dm {
             busy: StdMutex::new(HashSet::new()),
             buckets: StdMutex::new(HashMap::new()),
             last_id: StdMutex::new((0, 0)),
+            key_owners: StdMutex::new(key_owners),
             rejected,
         })
     }
@@ -160,6 +169,14 @@ impl Dm {
             id[8..].copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..8]);
         }
         id
+    }
+
+    fn key_owner(&self, key: &[u8; 32]) -> Option<PeerId> {
+        lock(&self.key_owners).get(key).copied()
+    }
+
+    fn set_key_owner(&self, key: [u8; 32], peer: PeerId) {
+        lock(&self.key_owners).insert(key, peer);
     }
 
     fn allow(&self, peer: PeerId, (burst, per_sec): (f64, f64)) -> bool {
@@ -634,6 +651,8 @@ impl Node {
             self.store()
                 .messages()
                 .bind_identity_key(&peer.to_bytes(), bundle.identity_key().to_bytes())?;
+            self.dm()
+                .set_key_owner(bundle.identity_key().to_bytes(), peer);
         }
         drop(olm);
         // The caller flushes once for the whole batch before anything is sent.
@@ -722,7 +741,7 @@ impl Node {
         if self
             .store()
             .messages()
-            .is_known(&id)
+            .is_known_from(&peer.to_bytes(), &id)
             .map_err(|e| internal(e.into()))?
         {
             return Ok(pb::AckStatus::AckDuplicate);
@@ -734,6 +753,16 @@ impl Node {
             )
         })?;
         let sender_key = ciphertext.sender_identity_key();
+        // Someone forwarding another peer's envelope must not make us spend that peer's message
+        // key: refuse before decrypting when the key is known to belong to someone else.
+        if let Some(owner) = self.dm().key_owner(&sender_key.to_bytes())
+            && owner != peer
+        {
+            return Err((
+                pb::AckStatus::AckRejected,
+                "this encryption key belongs to another peer".into(),
+            ));
+        }
         if let Some(bound) = correspondent.as_ref().and_then(|c| c.identity_key)
             && bound != sender_key.to_bytes()
         {
@@ -783,6 +812,7 @@ impl Node {
                     .messages()
                     .store_incoming(&message, &pickle, sender_key.to_bytes())
                     .map_err(|e| internal(e.into()))?;
+                self.dm().set_key_owner(sender_key.to_bytes(), peer);
                 drop(olm);
                 self.store().flush().await.map_err(|e| internal(e.into()))?;
                 if stored == Incoming::Stored {

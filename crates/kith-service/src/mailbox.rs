@@ -325,7 +325,13 @@ impl Node {
                         done.push(item.id.clone());
                         let text = kith_store::MessageId::try_from(ack.id.as_slice())
                             .ok()
-                            .and_then(|id| self.store().messages().message(&id).ok().flatten())
+                            .and_then(|id| {
+                                self.store()
+                                    .messages()
+                                    .message_from(&from.to_bytes(), &id)
+                                    .ok()
+                                    .flatten()
+                            })
                             .is_some_and(|m| !m.outgoing);
                         if text {
                             stored += 1;

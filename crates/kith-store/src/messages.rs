@@ -468,14 +468,21 @@ impl MessageStore {
             &self.correspondents,
         )
             .transaction(|(messages, ids, crypto, correspondents)| {
-                if ids.get(&message.id[..])?.is_some() {
+                // Duplicate means the same sender sent this id before: another peer reusing an id
+                // (it travels in clear) must not suppress the real message.
+                let key = message_key(&message.peer_id, &message.id);
+                if messages.get(&key)?.is_some() {
                     return Ok(Incoming::Duplicate);
                 }
                 messages.insert(
                     message_key(&message.peer_id, &message.id),
                     encode_message(message),
                 )?;
-                ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                // The id index keeps the first conversation an id was seen in (our own outgoing
+                // ids are never overwritten by someone else's message).
+                if ids.get(&message.id[..])?.is_none() {
+                    ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                }
                 crypto.insert(OLM_KEY, olm_pickle)?;
                 let mut c = tx_correspondent(correspondents, &message.peer_id)?;
                 if c.identity_key.is_none() {
@@ -505,6 +512,29 @@ impl MessageStore {
             .get(OLM_KEY)
             .map_err(|e| self.err(e))?
             .map(|v| v.to_vec()))
+    }
+
+    /// Whether `peer_id` already sent (or was sent) a message with this id.
+    pub fn is_known_from(&self, peer_id: &[u8], id: &MessageId) -> Result<bool, StoreError> {
+        self.messages
+            .contains_key(message_key(peer_id, id))
+            .map_err(|e| self.err(e))
+    }
+
+    /// One message of the conversation with `peer_id`.
+    pub fn message_from(
+        &self,
+        peer_id: &[u8],
+        id: &MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        match self
+            .messages
+            .get(message_key(peer_id, id))
+            .map_err(|e| self.err(e))?
+        {
+            Some(raw) => Ok(Some(decode_message(&raw)?)),
+            None => Ok(None),
+        }
     }
 
     /// Whether a message id was seen before (either direction).

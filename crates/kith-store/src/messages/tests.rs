@@ -136,6 +136,32 @@ fn incoming_messages_are_deduplicated_and_start_as_requests() {
 }
 
 #[test]
+fn another_peers_message_under_the_same_id_is_stored_too() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let real = incoming(1, b"alice");
+    let fake = incoming(1, b"mallory");
+    assert_eq!(
+        db.store_incoming(&fake, b"p", [1; 32]).unwrap(),
+        Incoming::Stored
+    );
+    assert_eq!(
+        db.store_incoming(&real, b"p", [2; 32]).unwrap(),
+        Incoming::Stored
+    );
+    assert_eq!(
+        db.store_incoming(&real, b"p", [2; 32]).unwrap(),
+        Incoming::Duplicate
+    );
+    assert!(db.is_known_from(b"alice", &id(1)).unwrap());
+    assert_eq!(db.history(b"alice", 10, None).unwrap().len(), 1);
+    assert_eq!(
+        db.message_from(b"alice", &id(1)).unwrap().unwrap().peer_id,
+        b"alice"
+    );
+}
+
+#[test]
 fn read_receipts_never_step_back_to_delivered() {
     let (_d, store) = store();
     let db = store.messages();
