@@ -203,7 +203,7 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
         }
     };
     notes.push(format!(
-        "walk_success: fraction of get_closest_peers walks (random node, random key, {WALK_CONCURRENCY} in flight) returning at least one peer; walk_exact: fraction including the true closest node; name resolution (issue #4) and group delivery (issue #7) are not built yet, so their success fractions are not measured"
+        "walk_success: fraction of get_closest_peers walks (random node, random key, {WALK_CONCURRENCY} in flight) returning at least one peer; walk_exact: fraction including the true closest node; the success fractions of name resolution (issue #4) and group delivery (issue #7) are not measured by scale yet"
     ));
     if kith
         .as_ref()
