@@ -2,6 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
+mod common;
+
+use common::{json, kith, wait_bounded};
+
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -13,42 +17,8 @@ use std::{
 
 use serde_json::Value;
 
-const KITH: &str = env!("CARGO_BIN_EXE_kith");
+use common::KITH;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `kith <args> --home <home>` to completion (bounded) and returns (exit code, stdout, stderr).
-fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(KITH)
-        .args(args)
-        .arg("--home")
-        .arg(home)
-        .env_remove("KITH_HOME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_bounded(&mut child, TIMEOUT);
-    let out = child.wait_with_output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("kith did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A `kith run` process; killed on drop if the test did not stop it.
 struct Daemon {
@@ -154,11 +124,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn json(stdout: &str) -> Value {
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"))
 }
 
 /// Polls `kith status --json` until `check` holds (bounded).

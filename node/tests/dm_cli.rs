@@ -10,13 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
+mod common;
+
+use common::{kith, wait_bounded};
+
 use std::{
     collections::{HashMap, HashSet},
     fs,
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -29,7 +33,7 @@ use std::{
 use kith_api::{ApiClient, ApiToken, ClientError, MessageReport, SendReport};
 use serde_json::Value;
 
-const KITH: &str = env!("CARGO_BIN_EXE_kith");
+use common::KITH;
 /// How long a process may take to start, print its ready line, or exit after `kith stop`.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long two fresh nodes may take to find each other and exchange a first message.
@@ -206,41 +210,6 @@ impl Drop for Daemon {
             );
         }
     }
-}
-
-fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `kith <args> --home <home>` to completion (bounded) and returns (exit code, stdout, stderr).
-fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(KITH)
-        .args(args)
-        .arg("--home")
-        .arg(home)
-        .env_remove("KITH_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_bounded(&mut child, PROCESS_TIMEOUT);
-    let out = child.wait_with_output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Polls `what` every 200 ms until it returns `Some`, for at most `limit`.
