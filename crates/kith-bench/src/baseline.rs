@@ -25,6 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 const RAW_IDENTIFY: &str = "/kith-bench/raw/1.0.0";
 
 /// How long [`RawNode::start`] waits for its listeners to come up.
+/// Answer to a raw `get_record`.
+type RecordReply = oneshot::Sender<anyhow::Result<Vec<u8>>>;
+
+/// Records a raw lookup waits for, as kith's resolver waits for 4 agreeing holders.
+const RECORD_QUORUM: usize = 4;
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
 /// How a raw node is built.
@@ -89,10 +94,28 @@ pub(crate) struct Behaviour {
 type ClosestReply = oneshot::Sender<anyhow::Result<Vec<PeerId>>>;
 
 enum Command {
-    Closest { key: PeerId, reply: ClosestReply },
-    RoutingLen { reply: oneshot::Sender<usize> },
-    Bootstrap { reply: oneshot::Sender<()> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Closest {
+        key: PeerId,
+        reply: ClosestReply,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<anyhow::Result<Vec<u8>>>,
+    },
+    RoutingLen {
+        reply: oneshot::Sender<usize>,
+    },
+    Bootstrap {
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle to a running raw node.
@@ -151,6 +174,8 @@ impl RawNode {
                 commands: rx,
                 kad_protocol,
                 pending: HashMap::new(),
+                puts: HashMap::new(),
+                gets: HashMap::new(),
             }
             .run(),
         );
@@ -177,6 +202,18 @@ impl RawNode {
     }
 
     /// Peers in the routing table.
+    /// Stores a record locally and at the closest peers (quorum one), like kith's publish.
+    pub(crate) async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.ask(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// Looks a key up; returns once 4 holders answered or the walk ended (raw Kademlia validates
+    /// nothing).
+    pub(crate) async fn get_record(&self, key: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        self.ask(|reply| Command::GetRecord { key, reply }).await?
+    }
+
     pub(crate) async fn routing_len(&self) -> anyhow::Result<usize> {
         self.ask(|reply| Command::RoutingLen { reply }).await
     }
@@ -259,6 +296,8 @@ struct Driver {
     commands: mpsc::Receiver<Command>,
     kad_protocol: StreamProtocol,
     pending: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
+    puts: HashMap<kad::QueryId, oneshot::Sender<anyhow::Result<()>>>,
+    gets: HashMap<kad::QueryId, (usize, RecordReply)>,
 }
 
 impl Driver {
@@ -298,6 +337,30 @@ impl Driver {
                 }
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
                 self.pending.insert(id, (Vec::new(), reply));
+            }
+            Command::PutRecord { key, value, reply } => {
+                let record = kad::Record::new(kad::RecordKey::new(&key), value);
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(id) => {
+                        self.puts.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(anyhow::anyhow!("put_record: {e:?}")));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
+                self.gets.insert(id, (0, reply));
             }
             Command::RoutingLen { reply } => {
                 let _ = reply.send(self.routing_len());
@@ -347,6 +410,47 @@ impl Driver {
                         Ok(found)
                     };
                     let _ = reply.send(result);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::PutRecord(result),
+                ..
+            })) => {
+                if let Some(reply) = self.puts.remove(&id) {
+                    let _ = reply.send(result.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(result),
+                ..
+            })) => {
+                let Some((found, _)) = self.gets.get_mut(&id) else {
+                    return;
+                };
+                let answer = match result {
+                    // Like kith's resolver: done once 4 holders answered (or the walk ends).
+                    Ok(kad::GetRecordOk::FoundRecord(record)) => {
+                        *found += 1;
+                        (*found >= RECORD_QUORUM).then_some(Ok(record.record.value))
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {
+                        Some(if *found > 0 {
+                            Ok(Vec::new())
+                        } else {
+                            Err(anyhow::anyhow!("no record"))
+                        })
+                    }
+                    Err(e) => Some(Err(anyhow::anyhow!("{e}"))),
+                };
+                if let Some(answer) = answer
+                    && let Some((_, reply)) = self.gets.remove(&id)
+                {
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                    let _ = reply.send(answer);
                 }
             }
             _ => {}

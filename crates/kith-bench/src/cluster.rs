@@ -122,6 +122,22 @@ impl Cluster {
         self.members.get(i).map(|m| m.addr.clone())
     }
 
+    /// The kith node `i`, in a kith cluster.
+    pub(crate) fn kith(&self, i: usize) -> Option<&Node> {
+        match &self.members.get(i)?.handle {
+            Handle::Kith(node) => Some(node),
+            Handle::Raw(_) => None,
+        }
+    }
+
+    /// The raw node `i`, in a raw cluster.
+    pub(crate) fn raw(&self, i: usize) -> Option<&RawNode> {
+        match &self.members.get(i)?.handle {
+            Handle::Raw(node) => Some(node),
+            Handle::Kith(_) => None,
+        }
+    }
+
     /// Starts one more node that bootstraps from `bootstrap`; returns once it listens.
     pub(crate) async fn start_node(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
         let member = match self.kind {

@@ -11,6 +11,7 @@ pub(crate) mod dht;
 pub(crate) mod dm;
 pub(crate) mod footprint;
 pub(crate) mod history;
+pub(crate) mod resolve;
 pub(crate) mod scale;
 
 use indicatif::ProgressBar;
@@ -98,9 +99,7 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         unit: "us",
         measures: "name resolution in a 50-node in-process DHT, nothing cached",
         baseline: "raw Kademlia get_record",
-        missing: Some(
-            "names exist (issue #4) but this benchmark is not written yet (needs a raw get_record baseline)",
-        ),
+        missing: None,
     },
     Spec {
         name: "resolve.warm",
@@ -108,9 +107,7 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         unit: "us",
         measures: "name resolution of a name resolved before",
         baseline: "raw Kademlia get_record",
-        missing: Some(
-            "names exist (issue #4) but this benchmark is not written yet (needs a raw get_record baseline)",
-        ),
+        missing: None,
     },
     Spec {
         name: "group.latency.10",
@@ -187,6 +184,8 @@ pub(crate) struct Settings {
     pub(crate) dm: dm::Params,
     /// `history.*`.
     pub(crate) history: history::Params,
+    /// `resolve.*`.
+    pub(crate) resolve: resolve::Params,
     /// `footprint.idle`.
     pub(crate) footprint: footprint::Params,
     /// `scale`.
@@ -200,6 +199,7 @@ impl Settings {
             dht: dht::Params::new(quick),
             dm: dm::Params::new(quick),
             history: history::Params::new(quick),
+            resolve: resolve::Params::new(quick),
             footprint: footprint::Params::new(quick),
             scale: scale::Params::new(quick),
         }
@@ -216,6 +216,8 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
     let mut out = Vec::new();
     // history.open and history.page share one fill.
     let mut history: Option<Vec<Scenario>> = None;
+    // resolve.cold and resolve.warm share one network of each kind.
+    let mut resolve: Option<Vec<Scenario>> = None;
     for spec in specs {
         bar.set_message(spec.name);
         let scenario = match (spec.missing, spec.name) {
@@ -231,6 +233,17 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
             (None, "dm.latency") => dm::run_latency(&settings.dm, false, bar),
             (None, "dm.latency.quic") => dm::run_latency(&settings.dm, true, bar),
             (None, "dm.throughput") => dm::run_throughput(&settings.dm, bar),
+            (None, name @ ("resolve.cold" | "resolve.warm")) => {
+                let all = resolve.get_or_insert_with(|| resolve::run(&settings.resolve, bar));
+                match all.iter().position(|s| s.name == name) {
+                    Some(i) => all.remove(i),
+                    None => Scenario::unavailable(
+                        spec.name,
+                        spec.unit,
+                        "resolve run produced no figure",
+                    ),
+                }
+            }
             (None, name @ ("history.open" | "history.page")) => {
                 let all = history.get_or_insert_with(|| history::run(&settings.history, bar));
                 match all.iter().position(|s| s.name == name) {
@@ -295,8 +308,8 @@ mod tests {
     #[test]
     fn unavailable_scenarios_have_no_figures() {
         let bar = ProgressBar::hidden();
-        let scenarios = run(&[Group::Resolve, Group::Chat], &Settings::new(true), &bar);
-        assert_eq!(scenarios.len(), 4);
+        let scenarios = run(&[Group::Chat], &Settings::new(true), &bar);
+        assert_eq!(scenarios.len(), 2);
         for s in scenarios {
             assert!(!s.available, "{}", s.name);
             assert!(s.kith.is_none() && s.baseline.is_none() && s.ratio.is_none());
