@@ -24,7 +24,7 @@ use crate::{
 const NAME: &str = "footprint.idle";
 const UNIT: &str = "MB";
 /// How long a process may take to print its ready line.
-const READY_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const READY_WAIT: Duration = Duration::from_secs(30);
 /// How long a process may take to stop before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(15);
 
@@ -139,19 +139,19 @@ fn measure(kith: &Path, params: &Params, bar: &ProgressBar) -> anyhow::Result<Sc
 }
 
 /// `kith stop`, then wait; kill after [`STOP_WAIT`]. True when it stopped by itself.
-fn stop_kith(kith: &Path, home: &Path, child: &mut ChildProcess) -> bool {
+pub(crate) fn stop_kith(kith: &Path, home: &Path, child: &mut ChildProcess) -> bool {
     let mut stop = Command::new(kith);
     stop.arg("stop").arg("--home").arg(home);
     process::run_bounded(stop, STOP_WAIT);
     child.wait_or_kill(STOP_WAIT)
 }
 
-fn log_file(dir: &Path, name: &str) -> Stdio {
+pub(crate) fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 /// The `kith` binary beside this one: the same profile first, then the other.
-fn find_kith() -> Option<PathBuf> {
+pub(crate) fn find_kith() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     let mut candidates = vec![dir.join("kith")];
@@ -163,7 +163,7 @@ fn find_kith() -> Option<PathBuf> {
 }
 
 /// `release` or `debug`, from the directory the binary sits in.
-fn binary_profile(path: &Path) -> &'static str {
+pub(crate) fn binary_profile(path: &Path) -> &'static str {
     match path.parent().and_then(Path::file_name) {
         Some(name) if name == "debug" => "debug",
         Some(name) if name == "release" => "release",

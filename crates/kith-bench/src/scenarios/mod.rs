@@ -11,6 +11,7 @@ pub(crate) mod dht;
 pub(crate) mod dm;
 pub(crate) mod footprint;
 pub(crate) mod history;
+pub(crate) mod relay;
 pub(crate) mod resolve;
 pub(crate) mod scale;
 
@@ -155,7 +156,7 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         unit: "MB",
         measures: "RSS of a relay holding 10,000 mailboxes",
         baseline: "none planned",
-        missing: Some("relay mailboxes exist (issue #6) but this benchmark is not written yet"),
+        missing: None,
     },
     Spec {
         name: "scale",
@@ -186,6 +187,8 @@ pub(crate) struct Settings {
     pub(crate) history: history::Params,
     /// `resolve.*`.
     pub(crate) resolve: resolve::Params,
+    /// `footprint.relay`: mailboxes held by the relay.
+    pub(crate) relay_mailboxes: usize,
     /// `footprint.idle`.
     pub(crate) footprint: footprint::Params,
     /// `scale`.
@@ -200,6 +203,7 @@ impl Settings {
             dm: dm::Params::new(quick),
             history: history::Params::new(quick),
             resolve: resolve::Params::new(quick),
+            relay_mailboxes: if quick { 1_000 } else { 10_000 },
             footprint: footprint::Params::new(quick),
             scale: scale::Params::new(quick),
         }
@@ -256,6 +260,9 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
                 }
             }
             (None, "footprint.idle") => footprint::run(&settings.footprint, bar),
+            (None, "footprint.relay") => {
+                relay::run(&settings.footprint, settings.relay_mailboxes, bar)
+            }
             (None, "scale") => scale::run(&settings.scale, bar),
             (None, other) => Scenario::unavailable(
                 spec.name,
