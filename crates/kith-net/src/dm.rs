@@ -96,19 +96,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
             ),
         ));
     }
-    let mut prefix = Vec::with_capacity(10);
-    let mut n = bytes.len() as u64;
-    loop {
-        let mut byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n != 0 {
-            byte |= 0x80;
-        }
-        prefix.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
+    let prefix = varint_prefix(bytes.len());
     io.write_all(&prefix).await?;
     io.write_all(bytes).await?;
     io.close().await
@@ -165,8 +153,15 @@ impl request_response::Codec for Codec {
 
 /// Encodes a frame the way the codec writes it (for tests that speak the protocol by hand).
 pub fn encode_frame(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + 10);
-    let mut n = bytes.len() as u64;
+    let mut out = varint_prefix(bytes.len());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The unsigned-varint length prefix of a frame.
+fn varint_prefix(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    let mut n = len as u64;
     loop {
         let mut byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -175,11 +170,9 @@ pub fn encode_frame(bytes: &[u8]) -> Vec<u8> {
         }
         out.push(byte);
         if n == 0 {
-            break;
+            return out;
         }
     }
-    out.extend_from_slice(bytes);
-    out
 }
 
 #[cfg(test)]
