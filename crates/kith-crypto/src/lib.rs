@@ -18,6 +18,7 @@
 
 mod bundle;
 mod error;
+mod group;
 mod keys;
 mod message;
 mod olm;
@@ -26,6 +27,7 @@ mod safety;
 
 pub use bundle::{KeyBundle, SignedKeyBundle};
 pub use error::{BundleError, CryptoError, DecryptFailure, PickleError};
+pub use group::{GroupReceiver, GroupSender, GroupSessionId, GroupSessionKey};
 pub use keys::{Curve25519Key, Ed25519Key, PickleKey};
 pub use message::{Ciphertext, MessageType};
 pub use olm::Olm;
