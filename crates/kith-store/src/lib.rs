@@ -11,6 +11,7 @@
 //! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
 
 mod error;
+mod groups;
 mod mailbox;
 mod messages;
 mod names;
@@ -18,6 +19,10 @@ mod peers;
 mod store;
 
 pub use error::StoreError;
+pub use groups::{
+    GroupId, GroupMessage, GroupRecord, GroupStore, PendingEnvelope, ReceiverState, SenderState,
+    SessionId,
+};
 pub use mailbox::{Deposit, Mail, MailId, MailboxStats, MailboxStore, Quota};
 pub use messages::{
     Correspondent, Incoming, Message, MessageId, MessageStore, OutboxItem, Status, Trust,

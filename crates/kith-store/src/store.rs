@@ -6,7 +6,7 @@ use std::{
     },
 };
 
-use crate::{MailboxStore, MessageStore, NameBook, PeerBook, StoreError};
+use crate::{GroupStore, MailboxStore, MessageStore, NameBook, PeerBook, StoreError};
 
 /// The on-disk format version this build writes and the newest it can read.
 ///
@@ -53,6 +53,7 @@ pub struct Store {
     names: NameBook,
     messages: MessageStore,
     mailboxes: MailboxStore,
+    groups: GroupStore,
     commit: Arc<GroupCommit>,
 }
 
@@ -115,6 +116,7 @@ impl Store {
         );
         let messages = MessageStore::new(&db, path.clone())?;
         let mailboxes = MailboxStore::new(&db, path.clone())?;
+        let groups = GroupStore::new(&db, path.clone())?;
         Ok(Self {
             path,
             db,
@@ -122,6 +124,7 @@ impl Store {
             names,
             messages,
             mailboxes,
+            groups,
             commit: Arc::new(GroupCommit::default()),
         })
     }
@@ -159,6 +162,11 @@ impl Store {
     /// A relay's mailboxes.
     pub fn mailboxes(&self) -> &MailboxStore {
         &self.mailboxes
+    }
+
+    /// Groups: members, Megolm sessions, envelopes, history.
+    pub fn groups(&self) -> &GroupStore {
+        &self.groups
     }
 
     /// Flushes from synchronous code (tools and benchmarks; the node uses [`Store::flush`]).
