@@ -43,6 +43,8 @@ pub(crate) struct Behaviour {
     pub(crate) dm: request_response::Behaviour<crate::dm::Codec>,
     /// Mailboxes at community relays: register, deposit, fetch, delete.
     pub(crate) mailbox: request_response::Behaviour<crate::dm::Codec>,
+    /// Group catch-up: a member asks another for the envelopes it lacks.
+    pub(crate) sync: request_response::Behaviour<crate::dm::Codec>,
     /// Group messaging.
     pub(crate) gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, GossipFilter>,
     /// LAN discovery; off in tests and on servers.
@@ -176,6 +178,16 @@ impl Behaviour {
                 request_response::Config::default()
                     .with_request_timeout(config.dm_timeout)
                     .with_max_concurrent_streams(256),
+            ),
+            sync: request_response::Behaviour::with_codec(
+                crate::dm::Codec::sync(metrics.frames_rejected_counter()),
+                [(
+                    StreamProtocol::new(crate::dm::SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(config.dm_timeout)
+                    .with_max_concurrent_streams(64),
             ),
             gossipsub,
             mdns,

@@ -3,7 +3,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::time::SystemTime;
 
-use crate::{DmRequestId, GetRecordResult, NetStatus, PeerInfo, RequestError};
+use crate::{Channel, DmRequestId, GossipId, GossipVerdict, GetRecordResult, NetStatus, PeerInfo, RequestError};
 
 /// What a [`Client`] asks the event loop to do. Each carries its own reply channel.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<GetRecordResult, RequestError>>,
     },
     SendDm {
-        mailbox: bool,
+        channel: Channel,
         peer: PeerId,
         bytes: Vec<u8>,
         addrs: Vec<Multiaddr>,
@@ -49,6 +49,28 @@ pub(crate) enum Command {
         request: DmRequestId,
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    Subscribe {
+        topic: String,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    Unsubscribe {
+        topic: String,
+        reply: oneshot::Sender<()>,
+    },
+    Publish {
+        topic: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, RequestError>>,
+    },
+    ReportGossip {
+        message_id: GossipId,
+        source: PeerId,
+        accept: GossipVerdict,
+    },
+    TopicPeers {
+        topic: String,
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
     Dial {
         addr: Multiaddr,
@@ -161,7 +183,7 @@ impl Client {
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
         self.ask(|reply| Command::SendDm {
-            mailbox: false,
+            channel: Channel::Dm,
             peer,
             bytes,
             addrs,
@@ -178,13 +200,74 @@ impl Client {
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
         self.ask(|reply| Command::SendDm {
-            mailbox: true,
+            channel: Channel::Mailbox,
             peer: relay,
             bytes,
             addrs,
             reply,
         })
         .await?
+    }
+
+    /// Sends one `/kith/sync` request (group catch-up) to a member and waits for its page.
+    pub async fn sync_request(
+        &self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.ask(|reply| Command::SendDm {
+            channel: Channel::Sync,
+            peer,
+            bytes,
+            addrs,
+            reply,
+        })
+        .await?
+    }
+
+    /// Joins a gossipsub topic (a group).
+    pub async fn subscribe(&self, topic: String) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Subscribe { topic, reply }).await?
+    }
+
+    /// Leaves a gossipsub topic.
+    pub async fn unsubscribe(&self, topic: String) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Unsubscribe { topic, reply }).await
+    }
+
+    /// Publishes on a topic. `Ok(false)` when no subscribed peer was reachable (or the same bytes
+    /// went out before): the message is not lost, members fetch it by sync.
+    pub async fn publish(&self, topic: String, bytes: Vec<u8>) -> Result<bool, RequestError> {
+        self.ask(|reply| Command::Publish {
+            topic,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+
+    /// Tells gossipsub whether to forward a message delivered as [`crate::Event::GroupMessage`].
+    /// Call exactly once per message, within a few heartbeats.
+    pub async fn report_gossip(
+        &self,
+        message_id: GossipId,
+        source: PeerId,
+        accept: GossipVerdict,
+    ) -> Result<(), RequestError> {
+        self.commands
+            .send(Command::ReportGossip {
+                message_id,
+                source,
+                accept,
+            })
+            .await
+            .map_err(|_| RequestError::Shutdown)
+    }
+
+    /// Connected peers subscribed to a topic.
+    pub async fn topic_peers(&self, topic: String) -> Result<Vec<PeerId>, RequestError> {
+        self.ask(|reply| Command::TopicPeers { topic, reply }).await
     }
 
     /// Answers an inbound direct message or mailbox request.

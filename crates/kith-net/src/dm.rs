@@ -25,6 +25,13 @@ pub const MAILBOX_MAX_REQUEST: usize = MAX_REQUEST + 1024;
 /// Largest mailbox response (a page of held envelopes).
 pub const MAILBOX_MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
+/// The group catch-up protocol name.
+pub const SYNC_PROTOCOL: &str = "/kith/sync/1.0.0";
+/// Largest sync request (the sender heads of one group).
+pub const SYNC_MAX_REQUEST: usize = 64 * 1024;
+/// Largest sync response (a page of envelopes).
+pub const SYNC_MAX_RESPONSE: usize = 4 * 1024 * 1024;
+
 /// Length-prefixed opaque frames with size caps.
 #[derive(Debug, Clone)]
 pub(crate) struct Codec {
@@ -39,6 +46,14 @@ impl Codec {
         Self {
             max_request: MAX_REQUEST,
             max_response: MAX_RESPONSE,
+            rejected,
+        }
+    }
+
+    pub(crate) fn sync(rejected: Counter) -> Self {
+        Self {
+            max_request: SYNC_MAX_REQUEST,
+            max_response: SYNC_MAX_RESPONSE,
             rejected,
         }
     }

@@ -44,6 +44,9 @@ pub enum RequestError {
     /// The ack could not be sent (the peer hung up or the request timed out).
     #[error("the peer is no longer waiting for this answer")]
     AnswerDropped,
+    /// Gossipsub refused a subscription or publication.
+    #[error("group messaging failed: {0}")]
+    Gossip(String),
     /// A dial was refused before it started.
     #[error("could not dial {addr}: {reason}")]
     Dial {

@@ -83,6 +83,37 @@ pub enum Event {
         /// The request body.
         bytes: Vec<u8>,
     },
+    /// A member asks for group envelopes it lacks (`/kith/sync/1.0.0`); answer with
+    /// [`crate::Client::respond_dm`].
+    SyncRequest {
+        /// The authenticated requester.
+        peer: PeerId,
+        /// Where to send the page.
+        request: DmRequestId,
+        /// The request body.
+        bytes: Vec<u8>,
+    },
+    /// A gossipsub message arrived; it is held (not forwarded) until the service reports a
+    /// verdict with [`crate::Client::report_gossip`].
+    GroupMessage {
+        /// Who published it (gossipsub's signed author).
+        author: PeerId,
+        /// Who forwarded it to us.
+        source: PeerId,
+        /// The id to report the verdict for.
+        message_id: GossipId,
+        /// The topic.
+        topic: String,
+        /// The payload.
+        bytes: Vec<u8>,
+    },
+    /// A connected peer subscribed to a topic (a member came online).
+    GroupPeerSubscribed {
+        /// Who.
+        peer: PeerId,
+        /// The topic.
+        topic: String,
+    },
     /// AutoNAT changed its verdict.
     NatChanged(NatStatus),
     /// A relay accepted (or renewed) our reservation: we are reachable through it.
@@ -107,6 +138,29 @@ pub enum Event {
 /// Identifies an inbound direct message awaiting its ack ([`crate::Client::respond_dm`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DmRequestId(pub(crate) u64);
+
+/// Identifies a held gossipsub message (see [`Event::GroupMessage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GossipId(pub(crate) Vec<u8>);
+
+/// The service's verdict on a gossipsub message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipVerdict {
+    /// Valid: store it and forward it to the mesh.
+    Accept,
+    /// Invalid (forged, not a member, garbage): drop it and penalise the forwarder.
+    Reject,
+    /// Not ours to judge (an unknown group, a duplicate): drop it without penalty.
+    Ignore,
+}
+
+/// Which request-response protocol a request travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Channel {
+    Dm,
+    Mailbox,
+    Sync,
+}
 
 /// A connected peer, as `kith peers` shows it.
 #[derive(Debug, Clone)]

@@ -20,6 +20,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Channel;
 use crate::{
     Client, Config, DhtMode, Event, GetRecordResult, Metrics, NatStatus, NetError, NetStatus,
     PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed, RequestError,
@@ -32,7 +33,7 @@ use crate::{
 
 type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
 type PutReply = oneshot::Sender<Result<(), RequestError>>;
-/// Reply to a request on `/kith/dm` or `/kith/mailbox` (the bool in the map keys says which).
+/// Reply to a request on `/kith/dm`, `/kith/mailbox` or `/kith/sync` (the channel in the map keys says which).
 type BytesReply = oneshot::Sender<Result<Vec<u8>, RequestError>>;
 
 /// A GET in flight: answers so far, distinct holders per agreement class, the caller.
@@ -55,9 +56,9 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
     pending_puts: HashMap<kad::QueryId, PutReply>,
-    pending_dm_out: HashMap<(bool, request_response::OutboundRequestId), BytesReply>,
-    pending_dm_in: HashMap<u64, (bool, request_response::ResponseChannel<Vec<u8>>)>,
-    inbound_ids: HashMap<(bool, request_response::InboundRequestId), u64>,
+    pending_dm_out: HashMap<(Channel, request_response::OutboundRequestId), BytesReply>,
+    pending_dm_in: HashMap<u64, (Channel, request_response::ResponseChannel<Vec<u8>>)>,
+    inbound_ids: HashMap<(Channel, request_response::InboundRequestId), u64>,
     next_dm_id: u64,
     pending_gets: HashMap<kad::QueryId, PendingGet>,
     validator: Option<Arc<dyn RecordValidator>>,
@@ -345,24 +346,19 @@ impl EventLoop {
                 );
             }
             Command::SendDm {
-                mailbox,
+                channel,
                 peer,
                 bytes,
                 addrs,
                 reply,
             } => {
-                let behaviour = self.swarm.behaviour_mut();
-                let id = if mailbox {
-                    behaviour
-                        .mailbox
-                        .send_request_with_addresses(&peer, bytes, addrs)
-                } else {
+                if channel == Channel::Dm {
                     self.metrics.message_out(Kind::Dm);
-                    behaviour
-                        .dm
-                        .send_request_with_addresses(&peer, bytes, addrs)
-                };
-                self.pending_dm_out.insert((mailbox, id), reply);
+                }
+                let id = self
+                    .rr(channel)
+                    .send_request_with_addresses(&peer, bytes, addrs);
+                self.pending_dm_out.insert((channel, id), reply);
             }
             Command::RespondDm {
                 request,
@@ -370,19 +366,73 @@ impl EventLoop {
                 reply,
             } => {
                 let result = match self.pending_dm_in.remove(&request.0) {
-                    Some((mailbox, channel)) => {
-                        let behaviour = self.swarm.behaviour_mut();
-                        let rr = if mailbox {
-                            &mut behaviour.mailbox
-                        } else {
-                            &mut behaviour.dm
-                        };
-                        rr.send_response(channel, bytes)
-                            .map_err(|_| RequestError::AnswerDropped)
-                    }
+                    Some((channel, response)) => self
+                        .rr(channel)
+                        .send_response(response, bytes)
+                        .map_err(|_| RequestError::AnswerDropped),
                     None => Err(RequestError::AnswerDropped),
                 };
                 let _ = reply.send(result);
+            }
+            Command::Subscribe { topic, reply } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&topic)
+                    .map(|_| ())
+                    .map_err(|e| RequestError::Gossip(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { topic, reply } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let _ = self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                let _ = reply.send(());
+            }
+            Command::Publish {
+                topic,
+                bytes,
+                reply,
+            } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                self.metrics.message_out(Kind::Gossip);
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => Ok(true),
+                    // Nobody to send to right now, or sent before: members catch up by sync.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                    | Err(gossipsub::PublishError::Duplicate) => Ok(false),
+                    Err(e) => Err(RequestError::Gossip(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::ReportGossip {
+                message_id,
+                source,
+                accept,
+            } => {
+                let acceptance = match accept {
+                    crate::GossipVerdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    crate::GossipVerdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    crate::GossipVerdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                let id = gossipsub::MessageId::new(&message_id.0);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::TopicPeers { topic, reply } => {
+                let hash = gossipsub::IdentTopic::new(topic).hash();
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(p, _)| *p)
+                    .collect();
+                let _ = reply.send(peers);
             }
             Command::Dial { addr, reply } => {
                 let result = self
@@ -532,8 +582,9 @@ impl EventLoop {
                 self.on_identified(peer_id, info);
             }
             BehaviourEvent::Kad(event) => self.handle_kad_event(event),
-            BehaviourEvent::Dm(event) => self.handle_dm_event(false, event),
-            BehaviourEvent::Mailbox(event) => self.handle_dm_event(true, event),
+            BehaviourEvent::Dm(event) => self.handle_dm_event(Channel::Dm, event),
+            BehaviourEvent::Mailbox(event) => self.handle_dm_event(Channel::Mailbox, event),
+            BehaviourEvent::Sync(event) => self.handle_dm_event(Channel::Sync, event),
             BehaviourEvent::AutonatClient(autonat::v2::client::Event {
                 tested_addr,
                 server,
@@ -601,18 +652,37 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
-                ..
+                message,
             }) => {
                 self.metrics.message_in(Kind::Gossip);
-                // No group is handled by this build yet: drop without penalising the forwarder.
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        gossipsub::MessageAcceptance::Ignore,
-                    );
+                let Some(author) = message.source else {
+                    // Strict validation never delivers unsigned messages; be safe anyway.
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            gossipsub::MessageAcceptance::Reject,
+                        );
+                    return;
+                };
+                // The service validates (signature, membership) and answers with `report_gossip`;
+                // nothing is forwarded before that. If the event is dropped, gossipsub forgets the
+                // message after a few heartbeats and members catch up by sync.
+                self.emit(Event::GroupMessage {
+                    author,
+                    source: propagation_source,
+                    message_id: crate::GossipId(message_id.0),
+                    topic: message.topic.into_string(),
+                    bytes: message.data,
+                });
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                self.emit(Event::GroupPeerSubscribed {
+                    peer: peer_id,
+                    topic: topic.into_string(),
+                });
             }
             other => tracing::trace!(?other, "behaviour event"),
         }
@@ -680,7 +750,16 @@ impl EventLoop {
         }
     }
 
-    fn handle_dm_event(&mut self, mailbox: bool, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn rr(&mut self, channel: Channel) -> &mut request_response::Behaviour<crate::dm::Codec> {
+        let behaviour = self.swarm.behaviour_mut();
+        match channel {
+            Channel::Dm => &mut behaviour.dm,
+            Channel::Mailbox => &mut behaviour.mailbox,
+            Channel::Sync => &mut behaviour.sync,
+        }
+    }
+
+    fn handle_dm_event(&mut self, channel: Channel, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -688,28 +767,34 @@ impl EventLoop {
                     request_response::Message::Request {
                         request_id,
                         request,
-                        channel,
+                        channel: response,
                     },
                 ..
             } => {
                 let id = self.next_dm_id;
                 self.next_dm_id = self.next_dm_id.wrapping_add(1);
-                self.pending_dm_in.insert(id, (mailbox, channel));
-                self.inbound_ids.insert((mailbox, request_id), id);
+                self.pending_dm_in.insert(id, (channel, response));
+                self.inbound_ids.insert((channel, request_id), id);
                 let handle = crate::DmRequestId(id);
-                if mailbox {
-                    self.emit(Event::MailboxRequest {
+                match channel {
+                    Channel::Mailbox => self.emit(Event::MailboxRequest {
                         peer,
                         request: handle,
                         bytes: request,
-                    });
-                } else {
-                    self.metrics.message_in(Kind::Dm);
-                    self.emit(Event::DirectMessage {
+                    }),
+                    Channel::Sync => self.emit(Event::SyncRequest {
                         peer,
                         request: handle,
                         bytes: request,
-                    });
+                    }),
+                    Channel::Dm => {
+                        self.metrics.message_in(Kind::Dm);
+                        self.emit(Event::DirectMessage {
+                            peer,
+                            request: handle,
+                            bytes: request,
+                        });
+                    }
                 }
             }
             request_response::Event::Message {
@@ -720,7 +805,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending_dm_out.remove(&(mailbox, request_id)) {
+                if let Some(reply) = self.pending_dm_out.remove(&(channel, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -731,7 +816,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "direct message not delivered");
-                if let Some(reply) = self.pending_dm_out.remove(&(mailbox, request_id)) {
+                if let Some(reply) = self.pending_dm_out.remove(&(channel, request_id)) {
                     let _ = reply.send(Err(RequestError::Undelivered(error.to_string())));
                 }
             }
@@ -743,12 +828,12 @@ impl EventLoop {
             } => {
                 // Frames that fail to read never get here (the codec counts them).
                 tracing::debug!(%peer, %error, "inbound request failed");
-                if let Some(id) = self.inbound_ids.remove(&(mailbox, request_id)) {
+                if let Some(id) = self.inbound_ids.remove(&(channel, request_id)) {
                     self.pending_dm_in.remove(&id);
                 }
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.inbound_ids.remove(&(mailbox, request_id));
+                self.inbound_ids.remove(&(channel, request_id));
             }
         }
     }

@@ -32,7 +32,10 @@ mod records;
 pub use client::Client;
 pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};
 pub use error::{NetError, RequestError};
-pub use event::{DmRequestId, Event, NatStatus, NetStatus, PeerInfo, RelayServed};
+pub(crate) use event::Channel;
+pub use event::{
+    DmRequestId, Event, GossipId, GossipVerdict, NatStatus, NetStatus, PeerInfo, RelayServed,
+};
 pub use event_loop::EventLoop;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use metrics::Metrics;
