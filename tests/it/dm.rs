@@ -1010,6 +1010,7 @@ async fn another_peers_message_under_the_same_id_does_not_suppress_the_real_one(
         created_ms: now,
         receipt: false,
         deposited: false,
+        control: false,
     };
     squatter
         .node()

@@ -214,6 +214,101 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /v1/groups`.
+    pub async fn groups(&self) -> Result<Vec<crate::GroupReport>, ClientError> {
+        self.get_json("/v1/groups").await
+    }
+
+    /// `GET /v1/groups/invitations`.
+    pub async fn group_invitations(&self) -> Result<Vec<crate::GroupReport>, ClientError> {
+        self.get_json("/v1/groups/invitations").await
+    }
+
+    /// `POST /v1/groups`.
+    pub async fn create_group(&self, title: &str) -> Result<crate::GroupReport, ClientError> {
+        let body = crate::CreateGroupRequest {
+            title: title.to_owned(),
+        };
+        self.send_json(reqwest::Method::POST, "/v1/groups", Some(&body))
+            .await
+    }
+
+    /// `GET /v1/groups/{group}`.
+    pub async fn group(&self, group: &str) -> Result<crate::GroupReport, ClientError> {
+        self.get_json(&format!("/v1/groups/{}", segment(group)))
+            .await
+    }
+
+    /// `POST /v1/groups/{group}/join`.
+    pub async fn join_group(&self, group: &str) -> Result<crate::GroupReport, ClientError> {
+        let path = format!("/v1/groups/{}/join", segment(group));
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None)
+            .await
+    }
+
+    /// `POST /v1/groups/{group}/leave`.
+    pub async fn leave_group(&self, group: &str) -> Result<crate::GroupReport, ClientError> {
+        let path = format!("/v1/groups/{}/leave", segment(group));
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None)
+            .await
+    }
+
+    /// `POST /v1/groups/{group}/invite`.
+    pub async fn invite_to_group(
+        &self,
+        group: &str,
+        member: &str,
+    ) -> Result<crate::GroupReport, ClientError> {
+        let path = format!("/v1/groups/{}/invite", segment(group));
+        let body = crate::GroupMemberRequest {
+            member: member.to_owned(),
+        };
+        self.send_json(reqwest::Method::POST, &path, Some(&body))
+            .await
+    }
+
+    /// `POST /v1/groups/{group}/remove`.
+    pub async fn remove_from_group(
+        &self,
+        group: &str,
+        member: &str,
+    ) -> Result<crate::GroupReport, ClientError> {
+        let path = format!("/v1/groups/{}/remove", segment(group));
+        let body = crate::GroupMemberRequest {
+            member: member.to_owned(),
+        };
+        self.send_json(reqwest::Method::POST, &path, Some(&body))
+            .await
+    }
+
+    /// `POST /v1/groups/{group}/messages`.
+    pub async fn send_group(
+        &self,
+        group: &str,
+        text: &str,
+    ) -> Result<crate::GroupSendReport, ClientError> {
+        let path = format!("/v1/groups/{}/messages", segment(group));
+        let body = crate::GroupSendRequest {
+            text: text.to_owned(),
+        };
+        self.send_json(reqwest::Method::POST, &path, Some(&body))
+            .await
+    }
+
+    /// `GET /v1/groups/{group}/messages`.
+    pub async fn group_history(
+        &self,
+        group: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<crate::GroupHistoryReport, ClientError> {
+        let mut path = format!("/v1/groups/{}/messages?limit={limit}", segment(group));
+        if let Some(before) = before {
+            path.push_str(&format!("&before={}", segment(before)));
+        }
+        self.get_json(&path).await
+    }
+
     /// `GET /v1/relay`.
     pub async fn relay(&self) -> Result<crate::RelayReport, ClientError> {
         self.get_json("/v1/relay").await

@@ -46,8 +46,10 @@ pub use client::{ApiClient, ClientError};
 pub use server::{router, serve, serve_metrics};
 pub use token::{ApiToken, TokenError};
 pub use types::{
-    AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, ErrorBody, EventReport,
-    HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
+    AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, CreateGroupRequest,
+    ErrorBody, EventReport, GroupHistoryReport, GroupMemberReport, GroupMemberRequest,
+    GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
+    InviteReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
     RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SendReport, SendRequest,
     StatusReport, TrustReport, VerifyReport, status_name, trust_name,
 };

@@ -14,10 +14,12 @@ use axum::{
 use kith_service::{Node, ServiceError, SuppliedPow};
 
 use crate::{
-    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, ErrorBody,
-    EventReport, HistoryReport, InviteReport, MessageReport, NameReport, PeerReport, PowParams,
-    RecipientUsage, RegisterRequest, RelayReport, ResolveReport, SendReport, SendRequest,
-    StatusReport, TrustReport, VerifyReport, status_name, trust_name,
+    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport,
+    CreateGroupRequest, ErrorBody, EventReport, GroupHistoryReport, GroupMemberRequest,
+    GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
+    InviteReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
+    RegisterRequest, RelayReport, ResolveReport, SendReport, SendRequest, StatusReport,
+    TrustReport, VerifyReport, status_name, trust_name,
 };
 
 #[derive(Clone)]
@@ -48,6 +50,17 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/requests", get(requests))
         .route("/v1/accept/{target}", post(accept))
         .route("/v1/block/{target}", post(block))
+        .route("/v1/groups", get(list_groups).post(create_group))
+        .route("/v1/groups/invitations", get(group_invitations))
+        .route("/v1/groups/{group}", get(group_info))
+        .route("/v1/groups/{group}/join", post(join_group))
+        .route("/v1/groups/{group}/leave", post(leave_group))
+        .route("/v1/groups/{group}/invite", post(invite_to_group))
+        .route("/v1/groups/{group}/remove", post(remove_from_group))
+        .route(
+            "/v1/groups/{group}/messages",
+            get(group_history).post(send_group),
+        )
         .route("/v1/events", get(events))
         .route("/v1/relay", get(relay_status))
         .route("/metrics", get(metrics))
@@ -172,7 +185,11 @@ fn service_error(e: ServiceError) -> Response {
         | ServiceError::InvalidInvite(_)
         | ServiceError::BadProofOfWork(_)
         | ServiceError::InvalidMessage(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        ServiceError::NotGroupAdmin(_) => (StatusCode::FORBIDDEN, "not_admin"),
+        ServiceError::GroupClosed(_) => (StatusCode::CONFLICT, "not_a_member"),
+        ServiceError::AmbiguousGroup { .. } => (StatusCode::CONFLICT, "ambiguous"),
         ServiceError::NameNotFound(_)
+        | ServiceError::UnknownGroup(_)
         | ServiceError::UnknownRecipient(_)
         | ServiceError::NoSuchContact(_)
         | ServiceError::NotOurName(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -485,6 +502,151 @@ async fn relay_status(State(state): State<AppState>) -> Response {
     respond(StatusCode::OK, result)
 }
 
+fn group_report(node: &Node, g: &kith_service::GroupInfo) -> GroupReport {
+    let contacts = node.contacts().unwrap_or_default();
+    GroupReport::from_info(g, |p| {
+        contacts
+            .iter()
+            .find(|c| c.peer_id == p.to_bytes())
+            .map(|c| c.petname.clone())
+    })
+}
+
+async fn list_groups(State(state): State<AppState>) -> Response {
+    let node = &state.node;
+    let result = node
+        .groups()
+        .map(|gs| gs.iter().map(|g| group_report(node, g)).collect::<Vec<_>>());
+    respond(StatusCode::OK, result)
+}
+
+async fn group_invitations(State(state): State<AppState>) -> Response {
+    let node = &state.node;
+    let result = node
+        .group_invitations()
+        .map(|gs| gs.iter().map(|g| group_report(node, g)).collect::<Vec<_>>());
+    respond(StatusCode::OK, result)
+}
+
+async fn create_group(
+    State(state): State<AppState>,
+    Json(req): Json<CreateGroupRequest>,
+) -> Response {
+    let node = &state.node;
+    let result = node
+        .create_group(&req.title)
+        .await
+        .map(|g| group_report(node, &g));
+    respond(StatusCode::CREATED, result)
+}
+
+async fn group_info(State(state): State<AppState>, Path(group): Path<String>) -> Response {
+    let node = &state.node;
+    respond(
+        StatusCode::OK,
+        node.group(&group).map(|g| group_report(node, &g)),
+    )
+}
+
+async fn join_group(State(state): State<AppState>, Path(group): Path<String>) -> Response {
+    let node = &state.node;
+    let result = node
+        .join_group(&group)
+        .await
+        .map(|g| group_report(node, &g));
+    respond(StatusCode::OK, result)
+}
+
+async fn leave_group(State(state): State<AppState>, Path(group): Path<String>) -> Response {
+    let node = &state.node;
+    let result = node
+        .leave_group(&group)
+        .await
+        .map(|g| group_report(node, &g));
+    respond(StatusCode::OK, result)
+}
+
+async fn invite_to_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Json(req): Json<GroupMemberRequest>,
+) -> Response {
+    let node = &state.node;
+    let result = node
+        .invite_to_group(&group, &req.member)
+        .await
+        .map(|(g, _)| group_report(node, &g));
+    respond(StatusCode::OK, result)
+}
+
+async fn remove_from_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Json(req): Json<GroupMemberRequest>,
+) -> Response {
+    let node = &state.node;
+    let result = node
+        .remove_from_group(&group, &req.member)
+        .await
+        .map(|(g, _)| group_report(node, &g));
+    respond(StatusCode::OK, result)
+}
+
+async fn send_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Json(req): Json<GroupSendRequest>,
+) -> Response {
+    let node = &state.node;
+    let result = async {
+        let info = node.group(&group)?;
+        let sent = node.send_group_text(&group, &req.text).await?;
+        Ok::<_, ServiceError>(GroupSendReport {
+            id: hex::encode(sent.id),
+            group_id: hex::encode(info.id),
+            seq: sent.seq,
+            published: sent.published,
+        })
+    }
+    .await;
+    respond(StatusCode::CREATED, result)
+}
+
+async fn group_history(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let before = match q.before.as_deref().map(parse_id) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(())) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "'before' must be a message id (32 hex characters)",
+            );
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let node = &state.node;
+    let result = node
+        .group_history(&group, limit, before)
+        .map(|(info, messages)| {
+            if let Err(e) = node.mark_group_read(&group) {
+                tracing::warn!(error = %e, "could not mark the group read");
+            }
+            GroupHistoryReport {
+                group_id: hex::encode(info.id),
+                title: info.title,
+                messages: messages
+                    .iter()
+                    .map(GroupMessageReport::from_message)
+                    .collect(),
+            }
+        });
+    respond(StatusCode::OK, result)
+}
+
 async fn events(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |socket| stream_events(socket, state.node))
 }
@@ -504,6 +666,18 @@ async fn stream_events(mut socket: WebSocket, node: Node) {
                     peer_id: peer.to_string(),
                     status: status_name(status).to_owned(),
                 },
+                Ok(kith_service::MessageEvent::GroupReceived { group, message }) => {
+                    EventReport::GroupMessage {
+                        group_id: hex::encode(group),
+                        message: GroupMessageReport::from_message(&message),
+                    }
+                }
+                Ok(kith_service::MessageEvent::GroupInvited { group }) => {
+                    EventReport::GroupInvitation { group_id: hex::encode(group) }
+                }
+                Ok(kith_service::MessageEvent::GroupChanged { group }) => {
+                    EventReport::GroupChanged { group_id: hex::encode(group) }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     EventReport::Lagged { missed }
                 }

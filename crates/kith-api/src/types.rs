@@ -408,11 +408,179 @@ pub enum EventReport {
         /// The new status.
         status: String,
     },
+    /// A new group message (from another member).
+    GroupMessage {
+        /// The group id (32 hex characters).
+        group_id: String,
+        /// The message.
+        message: GroupMessageReport,
+    },
+    /// An invitation to a group arrived (see `GET /v1/groups/invitations`).
+    GroupInvitation {
+        /// The group id.
+        group_id: String,
+    },
+    /// A group's member list changed.
+    GroupChanged {
+        /// The group id.
+        group_id: String,
+    },
     /// Events were dropped because this client read too slowly; re-read history.
     Lagged {
         /// How many.
         missed: u64,
     },
+}
+
+/// `POST /v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreateGroupRequest {
+    /// The title (1 to 64 characters).
+    pub title: String,
+}
+
+/// `POST /v1/groups/{group}/invite` and `/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupMemberRequest {
+    /// Petname, name or peer id.
+    pub member: String,
+}
+
+/// `POST /v1/groups/{group}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupSendRequest {
+    /// The text (1 byte to 64 KiB of UTF-8).
+    pub text: String,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupMemberReport {
+    /// Peer id.
+    pub peer_id: String,
+    /// May change the member list.
+    pub admin: bool,
+    /// Our petname for them, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub petname: Option<String>,
+}
+
+/// A group, as `GET /v1/groups` and `kith group ... --json` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupReport {
+    /// Group id (32 hex characters).
+    pub group_id: String,
+    /// Title.
+    pub title: String,
+    /// Member-list version.
+    pub version: u64,
+    /// Members.
+    pub members: Vec<GroupMemberReport>,
+    /// `joined`, `invited`, `left` or `removed`.
+    pub state: String,
+    /// Whether this node is an admin.
+    pub admin: bool,
+    /// Who invited us, if someone did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_by: Option<String>,
+    /// Unread messages.
+    pub unread: u32,
+}
+
+/// The answer to `POST /v1/groups/{group}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupSendReport {
+    /// Message id.
+    pub id: String,
+    /// The group.
+    pub group_id: String,
+    /// Our sequence number in this group.
+    pub seq: u64,
+    /// Whether a member was reachable by gossip right away (others catch up by sync).
+    pub published: bool,
+}
+
+/// One group message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupMessageReport {
+    /// Message id.
+    pub id: String,
+    /// Sender peer id.
+    pub from: String,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// The text.
+    pub text: String,
+    /// When sent, unix ms (sender's clock).
+    pub sent_at: u64,
+    /// When stored here, unix ms.
+    pub received_at: u64,
+    /// Sent by this node.
+    pub outgoing: bool,
+}
+
+/// `GET /v1/groups/{group}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupHistoryReport {
+    /// The group.
+    pub group_id: String,
+    /// Its title.
+    pub title: String,
+    /// Oldest first.
+    pub messages: Vec<GroupMessageReport>,
+}
+
+impl GroupMessageReport {
+    /// Converts a stored group message.
+    pub fn from_message(m: &kith_service::GroupMessage) -> Self {
+        Self {
+            id: hex::encode(m.id),
+            from: libp2p::PeerId::from_bytes(&m.sender)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            seq: m.seq,
+            text: m.text.clone(),
+            sent_at: m.sent_at_ms,
+            received_at: m.received_at_ms,
+            outgoing: m.outgoing,
+        }
+    }
+}
+
+impl GroupReport {
+    /// Converts a group; `petname` names members we have as contacts.
+    pub fn from_info(
+        g: &kith_service::GroupInfo,
+        petname: impl Fn(&libp2p::PeerId) -> Option<String>,
+    ) -> Self {
+        let state = if g.removed {
+            "removed"
+        } else if g.left {
+            "left"
+        } else if g.joined {
+            "joined"
+        } else {
+            "invited"
+        };
+        Self {
+            group_id: hex::encode(g.id),
+            title: g.title.clone(),
+            version: g.version,
+            members: g
+                .members
+                .iter()
+                .map(|(p, admin)| GroupMemberReport {
+                    peer_id: p.to_string(),
+                    admin: *admin,
+                    petname: petname(p),
+                })
+                .collect(),
+            state: state.to_owned(),
+            admin: g.admin,
+            invited_by: g.invited_by.map(|p| p.to_string()),
+            unread: g.unread,
+        }
+    }
 }
 
 /// The API's name for a message status.

@@ -55,6 +55,23 @@ pub enum MessageEvent {
         /// The new status.
         status: Status,
     },
+    /// A group message was stored (from gossip or catch-up).
+    GroupReceived {
+        /// The group.
+        group: kith_store::GroupId,
+        /// The message.
+        message: kith_store::GroupMessage,
+    },
+    /// An invitation to a group arrived.
+    GroupInvited {
+        /// The group.
+        group: kith_store::GroupId,
+    },
+    /// A group's member list changed.
+    GroupChanged {
+        /// The group.
+        group: kith_store::GroupId,
+    },
 }
 
 /// The outcome of [`Node::send_text`].
@@ -147,7 +164,7 @@ impl Dm {
         })
     }
 
-    fn next_id(&self) -> MessageId {
+    pub(crate) fn next_id(&self) -> MessageId {
         let now = now_ms();
         let (ms, counter) = {
             let mut last = lock(&self.last_id);
@@ -193,7 +210,15 @@ impl Dm {
         }
     }
 
-    fn emit(&self, event: MessageEvent) {
+    pub(crate) fn pickle_key(&self) -> &PickleKey {
+        &self.pickle_key
+    }
+
+    pub(crate) fn wake_delivery(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn emit(&self, event: MessageEvent) {
         // No subscriber is fine.
         let _ = self.events.send(event);
     }
@@ -229,7 +254,7 @@ fn peer_of(bytes: &[u8]) -> Option<PeerId> {
 }
 
 impl Node {
-    fn dm(&self) -> &Dm {
+    pub(crate) fn dm(&self) -> &Dm {
         &self.inner.dm
     }
 
@@ -295,6 +320,7 @@ impl Node {
             created_ms: now,
             receipt: false,
             deposited: false,
+            control: false,
         };
         self.store().messages().enqueue(Some(&message), &item)?;
         self.store().flush().await?;
@@ -368,11 +394,44 @@ impl Node {
             created_ms: now_ms(),
             receipt: true,
             deposited: false,
+            control: false,
         };
         self.store().messages().enqueue(None, &item)?;
         self.store().flush().await?;
         self.dm().wake.notify_one();
         Ok(())
+    }
+
+    /// Queues a group control message (invitation, member list, session key) for `peer` over the
+    /// Olm channel: retried until acknowledged and deposited at the peer's mailbox when it is
+    /// offline. The caller flushes, then calls [`Dm::wake_delivery`].
+    pub(crate) fn enqueue_control(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+    ) -> Result<MessageId, ServiceError> {
+        let id = self.dm().next_id();
+        let payload = pb::DirectPayload {
+            id: id.to_vec(),
+            sender: self.peer_id().to_bytes(),
+            recipient: peer.to_bytes(),
+            sent_at_ms: now_ms(),
+            body: Some(body),
+        };
+        let item = OutboxItem {
+            id,
+            peer_id: peer.to_bytes(),
+            payload: payload.encode_to_vec(),
+            envelope: None,
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: now_ms(),
+            receipt: true,
+            deposited: false,
+            control: true,
+        };
+        self.store().messages().enqueue(None, &item)?;
+        Ok(id)
     }
 
     /// Conversations, most recent first (requests included, flagged by their trust).
@@ -571,7 +630,10 @@ impl Node {
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "delivery attempt failed");
-                if !item.deposited && !item.receipt && self.deposit(peer, &mut item).await {
+                if !item.deposited
+                    && (!item.receipt || item.control)
+                    && self.deposit(peer, &mut item).await
+                {
                     // Held at the recipient's mailbox; keep trying directly, but rarely.
                     item.attempts = item.attempts.max(8);
                 }
@@ -659,7 +721,7 @@ impl Node {
         Ok(envelope)
     }
 
-    fn known_addrs(&self, peer: &PeerId) -> Vec<libp2p::Multiaddr> {
+    pub(crate) fn known_addrs(&self, peer: &PeerId) -> Vec<libp2p::Multiaddr> {
         let bytes = peer.to_bytes();
         self.store()
             .peers()
@@ -867,6 +929,36 @@ impl Node {
                             status: Status::Read,
                         });
                     }
+                }
+                self.store().flush().await.map_err(|e| internal(e.into()))?;
+                Ok(pb::AckStatus::AckStored)
+            }
+            Some(
+                body @ (pb::direct_payload::Body::GroupInvite(_)
+                | pb::direct_payload::Body::GroupUpdate(_)
+                | pb::direct_payload::Body::GroupKey(_)),
+            ) => {
+                self.store()
+                    .messages()
+                    .save_olm(&pickle)
+                    .map_err(|e| internal(e.into()))?;
+                if correspondent
+                    .as_ref()
+                    .and_then(|c| c.identity_key)
+                    .is_none()
+                {
+                    self.store()
+                        .messages()
+                        .bind_identity_key(&peer.to_bytes(), sender_key.to_bytes())
+                        .map_err(|e| internal(e.into()))?;
+                }
+                self.dm().set_key_owner(sender_key.to_bytes(), peer);
+                drop(olm);
+                // A control message that makes no sense (not a member, stale list) is still
+                // acknowledged: the Olm step is spent and a retry would not change the answer.
+                if let Err(reason) = self.on_group_control(peer, body).await {
+                    self.dm().rejected.inc();
+                    tracing::info!(%peer, %reason, "ignored a group control message");
                 }
                 self.store().flush().await.map_err(|e| internal(e.into()))?;
                 Ok(pb::AckStatus::AckStored)

@@ -82,6 +82,23 @@ pub enum ServiceError {
     /// End-to-end encryption failed.
     #[error("encryption error: {0}")]
     Crypto(kith_crypto::CryptoError),
+    /// No group matches the reference.
+    #[error("no group is called '{0}'; see `kith group list`")]
+    UnknownGroup(String),
+    /// Several groups match the reference.
+    #[error("'{reference}' names several groups ({}); use the group id", ids.join(", "))]
+    AmbiguousGroup {
+        /// What was asked for.
+        reference: String,
+        /// The matching group ids (hex).
+        ids: Vec<String>,
+    },
+    /// Only admins may change the member list.
+    #[error("only an admin of '{0}' can change who is in it")]
+    NotGroupAdmin(String),
+    /// We are not (or no longer) taking part in the group.
+    #[error("{0}")]
+    GroupClosed(String),
     /// The message cannot be sent as it is.
     #[error("{0}")]
     InvalidMessage(String),

@@ -21,13 +21,19 @@
 
 mod dm;
 mod error;
+mod groups;
 mod mailbox;
 mod names;
 mod node;
 
 pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;
+pub use groups::{
+    GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
+    ROTATE_EVERY, topic as group_topic,
+};
 pub use kith_crypto::PickleKey;
+pub use kith_store::{GroupId, GroupMessage};
 pub use kith_store::{MailboxStats, Quota};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
 pub use mailbox::MailboxConfig;

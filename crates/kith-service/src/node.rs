@@ -50,6 +50,9 @@ pub struct Options {
     pub mailbox_relays: Vec<Multiaddr>,
     /// How often the mailbox is fetched while connected. Default 60 s (also on every connect).
     pub mailbox_sync_every: Duration,
+    /// How often every joined group catches up from its members. Default 30 s (also on start, on
+    /// join, when a member comes online, on a sequence gap and when a session key arrives).
+    pub group_sync_every: Duration,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             mailbox_server: None,
             mailbox_relays: Vec::new(),
             mailbox_sync_every: Duration::from_secs(60),
+            group_sync_every: Duration::from_secs(30),
         }
     }
 }
@@ -73,6 +77,7 @@ pub(crate) struct Inner {
     pub(crate) keypair: Keypair,
     pub(crate) options: Options,
     pub(crate) dm: crate::dm::Dm,
+    pub(crate) groups: crate::groups::Groups,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
@@ -141,6 +146,8 @@ impl Node {
             mailbox_refused.clone(),
         );
         let sync_every = options.mailbox_sync_every;
+        let group_sync_every = options.group_sync_every;
+        let groups = crate::groups::Groups::new(&mut registry);
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
@@ -150,6 +157,7 @@ impl Node {
                 keypair,
                 options,
                 dm,
+                groups,
                 mailbox_refused,
                 mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                 client,
@@ -173,6 +181,12 @@ impl Node {
             sync_every,
         ));
         node.push_task(mailbox);
+        node.resubscribe_groups().await;
+        let groups = tokio::spawn(crate::groups::group_loop(
+            Arc::downgrade(&node.inner),
+            group_sync_every,
+        ));
+        node.push_task(groups);
         Ok(node)
     }
 
@@ -389,6 +403,41 @@ async fn consume_events(
                     node.on_mailbox_request(peer, request, bytes).await;
                     drop(permit);
                 });
+                Ok(())
+            }
+            Event::SyncRequest {
+                peer,
+                request,
+                bytes,
+            } => {
+                let Ok(permit) = inbound.clone().acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    node.on_sync_request(peer, request, bytes).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
+            Event::GroupMessage {
+                author,
+                source,
+                message_id,
+                topic,
+                bytes,
+            } => {
+                let Ok(permit) = inbound.clone().acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    node.on_group_message(author, source, message_id, topic, bytes)
+                        .await;
+                    drop(permit);
+                });
+                Ok(())
+            }
+            Event::GroupPeerSubscribed { peer, topic } => {
+                node.on_group_peer_subscribed(peer, &topic);
                 Ok(())
             }
             Event::PeerConnected {

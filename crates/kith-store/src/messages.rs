@@ -117,6 +117,9 @@ pub struct OutboxItem {
     pub receipt: bool,
     /// Held at one of the recipient's mailbox relays.
     pub deposited: bool,
+    /// A group control message (invitation, member list, session key): not in history, but
+    /// deposited at mailboxes like a text because the recipient needs it to read the group.
+    pub control: bool,
 }
 
 /// Whether messages from a peer are welcome.
@@ -233,6 +236,7 @@ fn encode_item(i: &OutboxItem) -> Vec<u8> {
         created_ms: i.created_ms,
         receipt: i.receipt,
         deposited: i.deposited,
+        control: i.control,
     }
     .encode_to_vec()
 }
@@ -251,6 +255,7 @@ fn decode_item(id: &[u8], raw: &[u8]) -> Result<OutboxItem, StoreError> {
         created_ms: e.created_ms,
         receipt: e.receipt,
         deposited: e.deposited,
+        control: e.control,
     })
 }
 

@@ -34,6 +34,7 @@ fn outgoing(n: u8, peer: &[u8]) -> (Message, OutboxItem) {
         created_ms: 0,
         receipt: false,
         deposited: false,
+        control: false,
     };
     (m, o)
 }

@@ -1,0 +1,1578 @@
+//! Groups: end-to-end encrypted group chat over gossipsub, with catch-up by `/kith/sync/1.0.0`.
+//!
+//! ```text
+//! send:    member? → our Megolm session (new after a removal or every ROTATE_EVERY messages;
+//!          its key queued over Olm to members who lack it) → encrypt → sign envelope →
+//!          envelope + history + next seq + Megolm state in one transaction → flush → publish
+//! receive: gossipsub holds it → signature → known group → sender is a member → not held yet →
+//!          decrypt (or hold until the sender's key arrives) → store + flush → Accept (forward)
+//! sync:    on join, on a member subscribing, on a sequence gap, on a new key, and periodically:
+//!          "my heads per sender" → a page of envelopes after them + the member list
+//! members: a signed, versioned list; version n+1 is valid if an admin of n signed it, or a member
+//!          of n removing only itself; equal versions: the lower blake3 of the signed bytes wins
+//! ```
+//!
+//! Invariants: every envelope is stored once per (sender, sequence) and that is the deduplication
+//! point; our own envelope, its history entry, our next sequence and the Megolm state that made it
+//! are one transaction; a removed or departed member's absence starts a new Megolm session before
+//! our next message, so it cannot read what follows.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex as StdMutex},
+    time::Duration,
+};
+
+use kith_crypto::{GroupReceiver, GroupSender, GroupSessionKey};
+use kith_net::{GossipId, GossipVerdict};
+use kith_proto::v1 as pb;
+use kith_store::{
+    GroupId, GroupMessage, GroupRecord, Incoming, ReceiverState, SenderState, SessionId,
+};
+use libp2p::{PeerId, identity::PublicKey};
+use prost::Message as _;
+use tokio::sync::Mutex;
+
+use crate::{MessageEvent, Node, ServiceError, dm::MAX_TEXT_BYTES, node::now_ms};
+
+/// A Megolm session encrypts at most this many messages before a new one starts.
+pub const ROTATE_EVERY: u32 = 100;
+/// Most members in a group.
+pub const MAX_MEMBERS: usize = 256;
+/// Longest group title, in characters.
+pub const MAX_TITLE_CHARS: usize = 64;
+/// Largest envelope accepted from gossip or sync.
+pub const MAX_ENVELOPE: usize = 200 * 1024;
+/// Envelopes per sync page (the responder also caps the bytes).
+const SYNC_PAGE: usize = 256;
+const SYNC_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Pages fetched in one catch-up before yielding to the next round.
+const SYNC_MAX_PAGES: usize = 64;
+/// Members asked in one catch-up round before giving up until the next.
+const SYNC_MAX_PEERS: usize = 4;
+
+/// The gossipsub topic of a group.
+pub fn topic(group: &GroupId) -> String {
+    format!("kith/v1/group/{}", hex::encode(group))
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    /// The group id.
+    pub id: GroupId,
+    /// Its title.
+    pub title: String,
+    /// The member-list version.
+    pub version: u64,
+    /// Members and whether they are admins.
+    pub members: Vec<(PeerId, bool)>,
+    /// Whether this node takes part (false while only invited).
+    pub joined: bool,
+    /// Whether this node left.
+    pub left: bool,
+    /// Whether an admin removed this node.
+    pub removed: bool,
+    /// Who invited us.
+    pub invited_by: Option<PeerId>,
+    /// Unread messages.
+    pub unread: u32,
+    /// Whether this node is an admin.
+    pub admin: bool,
+    /// When the current member-list version was signed, unix ms.
+    pub list_signed_at_ms: u64,
+}
+
+/// The outcome of [`Node::send_group_text`].
+#[derive(Debug, Clone)]
+pub struct GroupSent {
+    /// The message id.
+    pub id: kith_store::MessageId,
+    /// Our sequence number for it.
+    pub seq: u64,
+    /// Whether gossipsub had a member to hand it to right now (if not, members fetch it by sync).
+    pub published: bool,
+}
+
+/// A verified member list.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberList {
+    id: GroupId,
+    version: u64,
+    title: String,
+    members: BTreeMap<PeerId, bool>,
+    author: PeerId,
+    created_at_ms: u64,
+    /// The encoded `SignedMemberList`, as stored and forwarded.
+    signed: Vec<u8>,
+}
+
+impl MemberList {
+    fn is_member(&self, peer: &PeerId) -> bool {
+        self.members.contains_key(peer)
+    }
+
+    fn is_admin(&self, peer: &PeerId) -> bool {
+        self.members.get(peer).copied().unwrap_or(false)
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.signed).as_bytes()
+    }
+
+    /// Verifies signature, author key and shape.
+    fn verify(signed: &[u8]) -> Result<Self, String> {
+        if signed.len() > 64 * 1024 {
+            return Err("member list too large".into());
+        }
+        let s = pb::SignedMemberList::decode(signed).map_err(|e| format!("malformed list: {e}"))?;
+        let key = PublicKey::try_decode_protobuf(&s.public_key)
+            .map_err(|e| format!("bad author key: {e}"))?;
+        if !key.verify(&s.list, &s.signature) {
+            return Err("member list signature does not verify".into());
+        }
+        let l = pb::MemberList::decode(s.list.as_slice())
+            .map_err(|e| format!("malformed list: {e}"))?;
+        let author = PeerId::from_bytes(&l.author).map_err(|_| "bad author id".to_owned())?;
+        if author != key.to_peer_id() {
+            return Err("member list author does not match its key".into());
+        }
+        let id: GroupId = l
+            .group_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| "group id is not 16 bytes".to_owned())?;
+        if l.version == 0
+            || l.members.len() > MAX_MEMBERS
+            || l.title.chars().count() > MAX_TITLE_CHARS
+        {
+            return Err("member list out of bounds".into());
+        }
+        let mut members = BTreeMap::new();
+        for m in l.members {
+            let peer = PeerId::from_bytes(&m.peer_id).map_err(|_| "bad member id".to_owned())?;
+            if members.insert(peer, m.admin).is_some() {
+                return Err("member listed twice".into());
+            }
+        }
+        Ok(Self {
+            id,
+            version: l.version,
+            title: l.title,
+            members,
+            author,
+            created_at_ms: l.created_at_ms,
+            signed: signed.to_vec(),
+        })
+    }
+
+    fn sign(
+        keypair: &libp2p::identity::Keypair,
+        id: GroupId,
+        version: u64,
+        title: &str,
+        members: &BTreeMap<PeerId, bool>,
+    ) -> Result<Self, ServiceError> {
+        let list = pb::MemberList {
+            group_id: id.to_vec(),
+            version,
+            title: title.to_owned(),
+            members: members
+                .iter()
+                .map(|(p, admin)| pb::GroupMember {
+                    peer_id: p.to_bytes(),
+                    admin: *admin,
+                })
+                .collect(),
+            author: keypair.public().to_peer_id().to_bytes(),
+            created_at_ms: now_ms(),
+        }
+        .encode_to_vec();
+        let signature = keypair
+            .sign(&list)
+            .map_err(|e| ServiceError::Task(format!("cannot sign the member list: {e}")))?;
+        let signed = pb::SignedMemberList {
+            list,
+            signature,
+            public_key: keypair.public().encode_protobuf(),
+        }
+        .encode_to_vec();
+        Self::verify(&signed).map_err(ServiceError::Task)
+    }
+
+    /// Whether `next` may replace `self` (see the module doc for the rules).
+    fn may_be_replaced_by(&self, next: &MemberList) -> bool {
+        if next.id != self.id || next.signed == self.signed {
+            return false;
+        }
+        let authorised = self.is_admin(&next.author) || self.is_leave(next);
+        match next.version.cmp(&self.version) {
+            std::cmp::Ordering::Greater => authorised,
+            std::cmp::Ordering::Equal => authorised && next.hash() < self.hash(),
+            std::cmp::Ordering::Less => false,
+        }
+    }
+
+    /// `next` is `self` minus its author, with the lowest remaining member promoted if the author
+    /// was the last admin.
+    fn is_leave(&self, next: &MemberList) -> bool {
+        if !self.is_member(&next.author) || next.is_member(&next.author) {
+            return false;
+        }
+        let mut expected = self.members.clone();
+        expected.remove(&next.author);
+        if !expected.values().any(|a| *a)
+            && let Some((_, admin)) = expected.iter_mut().next()
+        {
+            *admin = true;
+        }
+        expected == next.members && next.title == self.title
+    }
+}
+
+/// Group state held in memory by the node.
+pub(crate) struct Groups {
+    send_locks: StdMutex<HashMap<GroupId, Arc<Mutex<()>>>>,
+    syncing: StdMutex<HashSet<GroupId>>,
+    receivers: Mutex<HashMap<(GroupId, SessionId), GroupReceiver>>,
+    rejected: prometheus_client::metrics::counter::Counter,
+    received: prometheus_client::metrics::counter::Counter,
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Groups").finish_non_exhaustive()
+    }
+}
+
+impl Groups {
+    pub(crate) fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let rejected = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "group_rejected",
+            "Group envelopes refused (forged, not a member, malformed, oversized, undecryptable)",
+            rejected.clone(),
+        );
+        let received = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "group_received",
+            "Group messages stored (from gossip or sync)",
+            received.clone(),
+        );
+        Self {
+            send_locks: StdMutex::new(HashMap::new()),
+            syncing: StdMutex::new(HashSet::new()),
+            receivers: Mutex::new(HashMap::new()),
+            rejected,
+            received,
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why an envelope was not taken.
+enum Refusal {
+    /// Forged, malformed, from a non-member: penalise the forwarder and count it.
+    Reject(String),
+    /// Not for us, already held, or we are behind: drop quietly.
+    Ignore(&'static str),
+}
+
+struct VerifiedEnvelope {
+    env: pb::GroupEnvelope,
+    group: GroupId,
+    sender: PeerId,
+    session: SessionId,
+}
+
+fn verify_envelope(bytes: &[u8]) -> Result<VerifiedEnvelope, String> {
+    if bytes.len() > MAX_ENVELOPE {
+        return Err(format!(
+            "envelope is {} bytes; the limit is {MAX_ENVELOPE}",
+            bytes.len()
+        ));
+    }
+    let env = pb::GroupEnvelope::decode(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
+    let key = PublicKey::try_decode_protobuf(&env.public_key)
+        .map_err(|e| format!("bad sender key: {e}"))?;
+    let sender = PeerId::from_bytes(&env.sender).map_err(|_| "bad sender id".to_owned())?;
+    if key.to_peer_id() != sender {
+        return Err("sender does not match the signing key".into());
+    }
+    let mut unsigned = env.clone();
+    unsigned.signature.clear();
+    if !key.verify(&unsigned.encode_to_vec(), &env.signature) {
+        return Err("envelope signature does not verify".into());
+    }
+    let group: GroupId = env
+        .group_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| "group id is not 16 bytes".to_owned())?;
+    let session: SessionId = env
+        .session_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| "session id is not 32 bytes".to_owned())?;
+    if env.seq == 0 {
+        return Err("sequence 0".into());
+    }
+    Ok(VerifiedEnvelope {
+        env,
+        group,
+        sender,
+        session,
+    })
+}
+
+fn parse_group_id(s: &str) -> Option<GroupId> {
+    let bytes = hex::decode(s).ok()?;
+    bytes.as_slice().try_into().ok()
+}
+
+impl Node {
+    fn groups_state(&self) -> &Groups {
+        &self.inner.groups
+    }
+
+    fn list_of(&self, record: &GroupRecord) -> Result<MemberList, ServiceError> {
+        MemberList::verify(&record.list).map_err(|e| {
+            ServiceError::Store(kith_store::StoreError::Corrupt {
+                tree: "groups",
+                reason: e,
+            })
+        })
+    }
+
+    fn info(&self, record: &GroupRecord) -> Result<GroupInfo, ServiceError> {
+        let list = self.list_of(record)?;
+        let me = self.peer_id();
+        Ok(GroupInfo {
+            id: record.id,
+            title: list.title.clone(),
+            version: list.version,
+            members: list.members.iter().map(|(p, a)| (*p, *a)).collect(),
+            joined: record.joined,
+            left: record.left,
+            removed: record.removed,
+            invited_by: PeerId::from_bytes(&record.invited_by).ok(),
+            unread: record.unread,
+            admin: list.is_admin(&me),
+            list_signed_at_ms: list.created_at_ms,
+        })
+    }
+
+    /// Finds a group by id (hex), unique id prefix, or title.
+    fn find_group(&self, reference: &str) -> Result<GroupRecord, ServiceError> {
+        let reference = reference.trim();
+        if let Some(id) = parse_group_id(reference)
+            && let Some(g) = self.store().groups().group(&id)?
+        {
+            return Ok(g);
+        }
+        let all = self.store().groups().groups()?;
+        let lower = reference.to_lowercase();
+        let mut by_title: Vec<&GroupRecord> = all
+            .iter()
+            .filter(|g| MemberList::verify(&g.list).is_ok_and(|l| l.title.to_lowercase() == lower))
+            .collect();
+        if by_title.len() > 1 {
+            // Prefer groups we take part in over old ones.
+            let active: Vec<&GroupRecord> = by_title
+                .iter()
+                .copied()
+                .filter(|g| g.joined && !g.left && !g.removed)
+                .collect();
+            if !active.is_empty() {
+                by_title = active;
+            }
+        }
+        let candidates = if by_title.is_empty() && reference.len() >= 6 {
+            all.iter()
+                .filter(|g| hex::encode(g.id).starts_with(&lower))
+                .collect()
+        } else {
+            by_title
+        };
+        match candidates.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ServiceError::UnknownGroup(reference.to_owned())),
+            many => Err(ServiceError::AmbiguousGroup {
+                reference: reference.to_owned(),
+                ids: many.iter().map(|g| hex::encode(g.id)).collect(),
+            }),
+        }
+    }
+
+    /// Every group this node knows, joined ones first.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, ServiceError> {
+        let mut out = Vec::new();
+        for g in self.store().groups().groups()? {
+            out.push(self.info(&g)?);
+        }
+        out.sort_by_key(|g| (!g.joined || g.left || g.removed, g.title.to_lowercase()));
+        Ok(out)
+    }
+
+    /// Invitations not answered yet.
+    pub fn group_invitations(&self) -> Result<Vec<GroupInfo>, ServiceError> {
+        Ok(self
+            .groups()?
+            .into_iter()
+            .filter(|g| !g.joined && !g.left && !g.removed)
+            .collect())
+    }
+
+    /// One group.
+    pub fn group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+        let record = self.find_group(reference)?;
+        self.info(&record)
+    }
+
+    /// Creates a group with this node as its only member and admin.
+    pub async fn create_group(&self, title: &str) -> Result<GroupInfo, ServiceError> {
+        let title = title.trim();
+        if title.is_empty()
+            || title.chars().count() > MAX_TITLE_CHARS
+            || title.chars().any(char::is_control)
+        {
+            return Err(ServiceError::InvalidMessage(format!(
+                "a group title needs 1 to {MAX_TITLE_CHARS} printable characters"
+            )));
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| ServiceError::Task(format!("no randomness for a group id: {e}")))?;
+        let members = BTreeMap::from([(self.peer_id(), true)]);
+        let list = MemberList::sign(&self.inner.keypair, id, 1, title, &members)?;
+        let record = GroupRecord {
+            id,
+            list: list.signed,
+            joined: true,
+            invited_by: Vec::new(),
+            invited_at_ms: 0,
+            left: false,
+            removed: false,
+            next_seq: 1,
+            unread: 0,
+        };
+        self.store().groups().put_group(&record)?;
+        self.store().flush().await?;
+        self.net().subscribe(topic(&id)).await?;
+        self.info(&record)
+    }
+
+    /// Adds a member (admins only): a new list version goes to every member, an invitation to
+    /// the new one.
+    pub async fn invite_to_group(
+        &self,
+        reference: &str,
+        target: &str,
+    ) -> Result<(GroupInfo, PeerId), ServiceError> {
+        let record = self.find_group(reference)?;
+        let peer = self.resolve_recipient(target).await?;
+        let list = self.list_of(&record)?;
+        self.require_admin(&record, &list)?;
+        if list.is_member(&peer) {
+            return Err(ServiceError::InvalidMessage(format!(
+                "{target} is already a member of '{}'",
+                list.title
+            )));
+        }
+        if list.members.len() >= MAX_MEMBERS {
+            return Err(ServiceError::InvalidMessage(format!(
+                "'{}' has {MAX_MEMBERS} members, the most a group can have",
+                list.title
+            )));
+        }
+        let mut members = list.members.clone();
+        members.insert(peer, false);
+        let next = MemberList::sign(
+            &self.inner.keypair,
+            record.id,
+            list.version + 1,
+            &list.title,
+            &members,
+        )?;
+        let recipients: Vec<PeerId> = list.members.keys().copied().collect();
+        let record = self.publish_list(record, &next, &recipients)?;
+        self.enqueue_control(
+            peer,
+            pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
+                list: pb::SignedMemberList::decode(next.signed.as_slice()).ok(),
+            }),
+        )?;
+        self.store().flush().await?;
+        self.dm().wake_delivery();
+        Ok((self.info(&record)?, peer))
+    }
+
+    /// Removes a member (admins only). The removed member is told; everyone starts a new Megolm
+    /// session before their next message, so it cannot read what follows.
+    pub async fn remove_from_group(
+        &self,
+        reference: &str,
+        target: &str,
+    ) -> Result<(GroupInfo, PeerId), ServiceError> {
+        let record = self.find_group(reference)?;
+        let peer = self.resolve_recipient(target).await?;
+        let list = self.list_of(&record)?;
+        self.require_admin(&record, &list)?;
+        if !list.is_member(&peer) {
+            return Err(ServiceError::InvalidMessage(format!(
+                "{target} is not a member of '{}'",
+                list.title
+            )));
+        }
+        if peer == self.peer_id() {
+            return Err(ServiceError::InvalidMessage(
+                "to leave a group use `kith group leave`".into(),
+            ));
+        }
+        let mut members = list.members.clone();
+        members.remove(&peer);
+        let next = MemberList::sign(
+            &self.inner.keypair,
+            record.id,
+            list.version + 1,
+            &list.title,
+            &members,
+        )?;
+        let recipients: Vec<PeerId> = list.members.keys().copied().collect();
+        let record = self.publish_list(record, &next, &recipients)?;
+        self.store().flush().await?;
+        self.dm().wake_delivery();
+        Ok((self.info(&record)?, peer))
+    }
+
+    /// Leaves a group: a list without us (signed by us) goes to every member; we unsubscribe.
+    pub async fn leave_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+        let record = self.find_group(reference)?;
+        let list = self.list_of(&record)?;
+        let me = self.peer_id();
+        if record.left || record.removed {
+            return self.info(&record);
+        }
+        if list.is_member(&me) && record.joined {
+            let mut members = list.members.clone();
+            members.remove(&me);
+            if !members.is_empty() {
+                if !members.values().any(|a| *a)
+                    && let Some((_, admin)) = members.iter_mut().next()
+                {
+                    *admin = true;
+                }
+                let next = MemberList::sign(
+                    &self.inner.keypair,
+                    record.id,
+                    list.version + 1,
+                    &list.title,
+                    &members,
+                )?;
+                let recipients: Vec<PeerId> = members.keys().copied().collect();
+                self.publish_list(record.clone(), &next, &recipients)?;
+            }
+        }
+        let record = self
+            .store()
+            .groups()
+            .update_group(&record.id, |g| {
+                g.left = true;
+                g.joined = false;
+            })?
+            .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
+        self.store().groups().drop_sender(&record.id)?;
+        self.store().flush().await?;
+        self.dm().wake_delivery();
+        let _ = self.net().unsubscribe(topic(&record.id)).await;
+        self.info(&record)
+    }
+
+    /// Accepts an invitation: subscribe and catch up.
+    pub async fn join_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+        let record = self.find_group(reference)?;
+        let list = self.list_of(&record)?;
+        if record.removed || !list.is_member(&self.peer_id()) {
+            return Err(ServiceError::GroupClosed(format!(
+                "you are not a member of '{}'; ask an admin to invite you again",
+                list.title
+            )));
+        }
+        let record = self
+            .store()
+            .groups()
+            .update_group(&record.id, |g| {
+                g.joined = true;
+                g.left = false;
+            })?
+            .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
+        self.store().flush().await?;
+        self.net().subscribe(topic(&record.id)).await?;
+        let node = self.clone();
+        let id = record.id;
+        tokio::spawn(async move { node.sync_group(id).await });
+        self.info(&record)
+    }
+
+    fn require_admin(&self, record: &GroupRecord, list: &MemberList) -> Result<(), ServiceError> {
+        if !record.joined || record.left || record.removed {
+            return Err(ServiceError::GroupClosed(format!(
+                "you are not taking part in '{}'",
+                list.title
+            )));
+        }
+        if !list.is_admin(&self.peer_id()) {
+            return Err(ServiceError::NotGroupAdmin(list.title.clone()));
+        }
+        Ok(())
+    }
+
+    /// Applies our own new list and queues it for `recipients` (the caller flushes).
+    fn publish_list(
+        &self,
+        record: GroupRecord,
+        next: &MemberList,
+        recipients: &[PeerId],
+    ) -> Result<GroupRecord, ServiceError> {
+        let old = self.list_of(&record)?;
+        let record = self.apply_list(record, &old, next)?;
+        let me = self.peer_id();
+        let signed = pb::SignedMemberList::decode(next.signed.as_slice()).ok();
+        for peer in recipients.iter().filter(|p| **p != me) {
+            self.enqueue_control(
+                *peer,
+                pb::direct_payload::Body::GroupUpdate(pb::GroupUpdate {
+                    list: signed.clone(),
+                }),
+            )?;
+        }
+        Ok(record)
+    }
+
+    /// Stores a list that replaces `old`; a removal anywhere starts a new Megolm session for us.
+    fn apply_list(
+        &self,
+        record: GroupRecord,
+        old: &MemberList,
+        next: &MemberList,
+    ) -> Result<GroupRecord, ServiceError> {
+        let me = self.peer_id();
+        let removed_someone = old.members.keys().any(|p| !next.is_member(p));
+        let we_are_out = old.is_member(&me) && !next.is_member(&me);
+        let updated = self
+            .store()
+            .groups()
+            .update_group(&record.id, |g| {
+                g.list = next.signed.clone();
+                if we_are_out && !g.left {
+                    g.removed = true;
+                    g.joined = false;
+                }
+            })?
+            .unwrap_or(record);
+        if removed_someone || we_are_out {
+            self.store().groups().drop_sender(&updated.id)?;
+        }
+        if we_are_out {
+            let net = self.net().clone();
+            let t = topic(&updated.id);
+            tokio::spawn(async move {
+                let _ = net.unsubscribe(t).await;
+            });
+        }
+        self.dm()
+            .emit(MessageEvent::GroupChanged { group: updated.id });
+        Ok(updated)
+    }
+
+    /// A group control message arrived over Olm from `peer`.
+    pub(crate) async fn on_group_control(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+    ) -> Result<(), String> {
+        let me = self.peer_id();
+        match body {
+            pb::direct_payload::Body::GroupInvite(invite) => {
+                let signed = invite.list.ok_or("invitation without a member list")?;
+                let list = MemberList::verify(&signed.encode_to_vec())?;
+                if !list.is_member(&me) || !list.is_admin(&list.author) || !list.is_member(&peer) {
+                    return Err("invitation that does not add us, signed by a non-admin".into());
+                }
+                let groups = self.store().groups();
+                match groups.group(&list.id).map_err(|e| e.to_string())? {
+                    None => {
+                        groups
+                            .put_group(&GroupRecord {
+                                id: list.id,
+                                list: list.signed.clone(),
+                                joined: false,
+                                invited_by: peer.to_bytes(),
+                                invited_at_ms: now_ms(),
+                                left: false,
+                                removed: false,
+                                next_seq: 1,
+                                unread: 0,
+                            })
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Some(existing) => {
+                        let old = self.list_of(&existing).map_err(|e| e.to_string())?;
+                        let rejoin = existing.left || existing.removed;
+                        if rejoin || old.may_be_replaced_by(&list) {
+                            groups
+                                .update_group(&list.id, |g| {
+                                    g.list = list.signed.clone();
+                                    if rejoin {
+                                        g.left = false;
+                                        g.removed = false;
+                                        g.joined = false;
+                                        g.invited_by = peer.to_bytes();
+                                        g.invited_at_ms = now_ms();
+                                    }
+                                })
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
+                tracing::info!(group = %hex::encode(list.id), from = %peer, title = %list.title, "group invitation");
+                self.dm()
+                    .emit(MessageEvent::GroupInvited { group: list.id });
+                Ok(())
+            }
+            pb::direct_payload::Body::GroupUpdate(update) => {
+                let signed = update.list.ok_or("update without a member list")?;
+                let list = MemberList::verify(&signed.encode_to_vec())?;
+                self.consider_list(&list).map(|_| ())
+            }
+            pb::direct_payload::Body::GroupKey(share) => self.on_key_share(peer, share).await,
+            _ => Err("not a group control message".into()),
+        }
+    }
+
+    /// Applies `list` if it may replace what we hold. Returns whether it did.
+    fn consider_list(&self, list: &MemberList) -> Result<bool, String> {
+        let Some(record) = self
+            .store()
+            .groups()
+            .group(&list.id)
+            .map_err(|e| e.to_string())?
+        else {
+            return Err("member list for a group we do not know".into());
+        };
+        let old = self.list_of(&record).map_err(|e| e.to_string())?;
+        if !old.may_be_replaced_by(list) {
+            return Ok(false);
+        }
+        self.apply_list(record, &old, list)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    async fn on_key_share(&self, peer: PeerId, share: pb::GroupKeyShare) -> Result<(), String> {
+        let group: GroupId = share
+            .group_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| "group id is not 16 bytes")?;
+        if let Some(record) = self
+            .store()
+            .groups()
+            .group(&group)
+            .map_err(|e| e.to_string())?
+        {
+            let list = self.list_of(&record).map_err(|e| e.to_string())?;
+            if !list.is_member(&peer) {
+                return Err(format!("{peer} shared a key for a group it is not in"));
+            }
+        }
+        let key = GroupSessionKey::from_bytes(&share.session_key).map_err(|e| e.to_string())?;
+        let receiver = GroupReceiver::new(&key).map_err(|e| e.to_string())?;
+        let session = receiver.session_id().map_err(|e| e.to_string())?;
+        if session.0.as_slice() != share.session_id.as_slice() {
+            return Err("session key does not match its session id".into());
+        }
+        let pickle = receiver
+            .to_pickle(self.dm().pickle_key())
+            .map_err(|e| e.to_string())?;
+        self.store()
+            .groups()
+            .save_receiver(
+                &group,
+                &session.0,
+                &ReceiverState {
+                    sender: peer.to_bytes(),
+                    pickle,
+                    first_seq: share.first_seq.max(1),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        self.groups_state()
+            .receivers
+            .lock()
+            .await
+            .insert((group, session.0), receiver);
+        self.decrypt_pending(group, session.0, peer).await;
+        // Messages sent before the key reached us may have been missed entirely.
+        let node = self.clone();
+        tokio::spawn(async move { node.sync_group(group).await });
+        Ok(())
+    }
+
+    /// Decrypts envelopes that waited for `session`'s key.
+    async fn decrypt_pending(&self, group: GroupId, session: SessionId, sender: PeerId) {
+        let Ok(pending) = self.store().groups().pending(&group, &session, 10_000) else {
+            return;
+        };
+        for p in pending {
+            let Ok(v) = verify_envelope(&p.envelope) else {
+                continue;
+            };
+            let message = match self.decrypt_envelope(&v).await {
+                Ok(Some(m)) => Some(m),
+                Ok(None) => continue,
+                Err(reason) => {
+                    tracing::info!(%reason, "dropping a held group envelope");
+                    None
+                }
+            };
+            match self.store().groups().resolve_pending(
+                &group,
+                &session,
+                &sender.to_bytes(),
+                p.seq,
+                message.as_ref(),
+            ) {
+                Ok(Incoming::Stored) => {
+                    if let Some(m) = message {
+                        self.groups_state().received.inc();
+                        self.dm()
+                            .emit(MessageEvent::GroupReceived { group, message: m });
+                    }
+                }
+                Ok(Incoming::Duplicate) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot store a group message"),
+            }
+        }
+    }
+
+    /// Sends a text to a group.
+    pub async fn send_group_text(
+        &self,
+        reference: &str,
+        text: &str,
+    ) -> Result<GroupSent, ServiceError> {
+        if text.trim().is_empty() {
+            return Err(ServiceError::InvalidMessage("the message is empty".into()));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(ServiceError::InvalidMessage(format!(
+                "the message is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let record = self.find_group(reference)?;
+        let group = record.id;
+        let send_lock = lock(&self.groups_state().send_locks)
+            .entry(group)
+            .or_default()
+            .clone();
+        let _guard = send_lock.lock().await;
+        // Re-read under the lock: the sequence and the session are ours to advance now.
+        let record = self
+            .store()
+            .groups()
+            .group(&group)?
+            .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
+        let list = self.list_of(&record)?;
+        let me = self.peer_id();
+        if !record.joined || record.left || record.removed || !list.is_member(&me) {
+            return Err(ServiceError::GroupClosed(format!(
+                "you are not taking part in '{}'{}",
+                list.title,
+                if record.joined || record.left || record.removed {
+                    ""
+                } else {
+                    "; join it first (`kith group join`)"
+                }
+            )));
+        }
+        let seq = record.next_seq.max(1);
+        let (mut sender, mut state, shared) = self.current_sender(&record, &list, seq)?;
+        let id = self.dm().next_id();
+        let now = now_ms();
+        let payload = pb::GroupPayload {
+            id: id.to_vec(),
+            group_id: group.to_vec(),
+            sender: me.to_bytes(),
+            seq,
+            sent_at_ms: now,
+            body: Some(pb::group_payload::Body::Text(text.to_owned())),
+        };
+        let ciphertext = sender
+            .encrypt(&payload.encode_to_vec())
+            .map_err(ServiceError::Crypto)?;
+        let mut env = pb::GroupEnvelope {
+            group_id: group.to_vec(),
+            sender: me.to_bytes(),
+            seq,
+            session_id: sender
+                .session_id()
+                .map_err(ServiceError::Crypto)?
+                .0
+                .to_vec(),
+            ciphertext,
+            list_version: list.version,
+            public_key: self.inner.keypair.public().encode_protobuf(),
+            signature: Vec::new(),
+        };
+        env.signature = self
+            .inner
+            .keypair
+            .sign(&env.encode_to_vec())
+            .map_err(|e| ServiceError::Task(format!("cannot sign: {e}")))?;
+        let bytes = env.encode_to_vec();
+        state.pickle = sender
+            .to_pickle(self.dm().pickle_key())
+            .map_err(ServiceError::Crypto)?;
+        state.messages = state.messages.saturating_add(1);
+        let message = GroupMessage {
+            id,
+            sender: me.to_bytes(),
+            seq,
+            text: text.to_owned(),
+            sent_at_ms: now,
+            received_at_ms: now,
+            outgoing: true,
+        };
+        self.store()
+            .groups()
+            .record_outgoing(&group, &bytes, &message, &state)?;
+        self.store().flush().await?;
+        if shared {
+            self.dm().wake_delivery();
+        }
+        let published = match self.net().publish(topic(&group), bytes).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(error = %e, "group message not published now; members will sync it");
+                false
+            }
+        };
+        Ok(GroupSent { id, seq, published })
+    }
+
+    /// Our Megolm session for `record`, new if needed, with its key queued (over Olm) for every
+    /// member who lacks it. Returns whether any key was queued.
+    fn current_sender(
+        &self,
+        record: &GroupRecord,
+        list: &MemberList,
+        next_seq: u64,
+    ) -> Result<(GroupSender, SenderState, bool), ServiceError> {
+        let key = self.dm().pickle_key();
+        let existing = match self.store().groups().sender(&record.id)? {
+            Some(state) if state.messages < ROTATE_EVERY => {
+                match GroupSender::from_pickle(&state.pickle, key) {
+                    Ok(sender) => Some((sender, state)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot restore our group session; starting a new one");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (sender, mut state) = match existing {
+            Some(s) => s,
+            None => {
+                let sender = GroupSender::new();
+                let state = SenderState {
+                    pickle: sender.to_pickle(key).map_err(ServiceError::Crypto)?,
+                    messages: 0,
+                    shared_with: Vec::new(),
+                    created_ms: now_ms(),
+                };
+                (sender, state)
+            }
+        };
+        let me = self.peer_id();
+        let lacking: Vec<PeerId> = list
+            .members
+            .keys()
+            .filter(|p| **p != me && !state.shared_with.contains(&p.to_bytes()))
+            .copied()
+            .collect();
+        if !lacking.is_empty() {
+            let session = sender.session_id().map_err(ServiceError::Crypto)?;
+            let session_key = sender.session_key();
+            for peer in &lacking {
+                self.enqueue_control(
+                    *peer,
+                    pb::direct_payload::Body::GroupKey(pb::GroupKeyShare {
+                        group_id: record.id.to_vec(),
+                        session_id: session.0.to_vec(),
+                        session_key: session_key.to_bytes(),
+                        first_seq: next_seq,
+                    }),
+                )?;
+                state.shared_with.push(peer.to_bytes());
+            }
+        }
+        Ok((sender, state, !lacking.is_empty()))
+    }
+
+    /// The last `limit` messages of a group, oldest first.
+    pub fn group_history(
+        &self,
+        reference: &str,
+        limit: usize,
+        before: Option<kith_store::MessageId>,
+    ) -> Result<(GroupInfo, Vec<GroupMessage>), ServiceError> {
+        let record = self.find_group(reference)?;
+        let messages = self
+            .store()
+            .groups()
+            .history(&record.id, limit, before.as_ref())?;
+        Ok((self.info(&record)?, messages))
+    }
+
+    /// Marks a group read.
+    pub fn mark_group_read(&self, reference: &str) -> Result<(), ServiceError> {
+        let record = self.find_group(reference)?;
+        self.store()
+            .groups()
+            .update_group(&record.id, |g| g.unread = 0)?;
+        Ok(())
+    }
+
+    /// A gossipsub message arrived: validate, report the verdict, store.
+    pub(crate) async fn on_group_message(
+        &self,
+        author: PeerId,
+        source: PeerId,
+        message_id: GossipId,
+        topic_name: String,
+        bytes: Vec<u8>,
+    ) {
+        let verdict = match self
+            .take_envelope(&bytes, Some((author, &topic_name)))
+            .await
+        {
+            Ok(()) => GossipVerdict::Accept,
+            Err(Refusal::Ignore(why)) => {
+                tracing::debug!(%why, "ignored a group message");
+                GossipVerdict::Ignore
+            }
+            Err(Refusal::Reject(reason)) => {
+                self.groups_state().rejected.inc();
+                tracing::info!(%source, %reason, "rejected a group message");
+                GossipVerdict::Reject
+            }
+        };
+        if let Err(e) = self.net().report_gossip(message_id, source, verdict).await {
+            tracing::debug!(error = %e, "could not report a gossip verdict");
+        }
+    }
+
+    /// Validates and stores one envelope (from gossip, with its author and topic, or from sync).
+    async fn take_envelope(
+        &self,
+        bytes: &[u8],
+        gossip: Option<(PeerId, &str)>,
+    ) -> Result<(), Refusal> {
+        let v = verify_envelope(bytes).map_err(Refusal::Reject)?;
+        if let Some((author, topic_name)) = gossip {
+            if author != v.sender {
+                return Err(Refusal::Reject(
+                    "published by someone other than its sender".into(),
+                ));
+            }
+            if topic_name != topic(&v.group) {
+                return Err(Refusal::Reject("envelope on another group's topic".into()));
+            }
+        }
+        let record = self
+            .store()
+            .groups()
+            .group(&v.group)
+            .ok()
+            .flatten()
+            .ok_or(Refusal::Ignore("not a group we know"))?;
+        if !record.joined || record.left || record.removed {
+            return Err(Refusal::Ignore("not a group we take part in"));
+        }
+        if v.sender == self.peer_id() {
+            return Err(Refusal::Ignore("our own message"));
+        }
+        let list = self
+            .list_of(&record)
+            .map_err(|_| Refusal::Ignore("our member list is damaged"))?;
+        if !list.is_member(&v.sender) {
+            if v.env.list_version > list.version {
+                // We may have missed the update that added the sender.
+                self.spawn_sync(v.group);
+                return Err(Refusal::Ignore("sender unknown to our (older) member list"));
+            }
+            return Err(Refusal::Reject(format!(
+                "{} is not a member of this group",
+                v.sender
+            )));
+        }
+        let sender_bytes = v.sender.to_bytes();
+        if self
+            .store()
+            .groups()
+            .has_envelope(&v.group, &sender_bytes, v.env.seq)
+            .unwrap_or(false)
+        {
+            return Err(Refusal::Ignore("already held"));
+        }
+        let message = self.decrypt_envelope(&v).await.map_err(Refusal::Reject)?;
+        let head = self.store().groups().heads(&v.group).ok().and_then(|h| {
+            h.into_iter()
+                .find(|(s, _)| *s == sender_bytes)
+                .map(|(_, n)| n)
+        });
+        let stored = self
+            .store()
+            .groups()
+            .store_envelope(
+                &v.group,
+                &sender_bytes,
+                v.env.seq,
+                bytes,
+                &v.session,
+                message.as_ref(),
+            )
+            .map_err(|_| Refusal::Ignore("store failed"))?;
+        if stored == Incoming::Duplicate {
+            return Err(Refusal::Ignore("already held"));
+        }
+        if let Err(e) = self.store().flush().await {
+            tracing::warn!(error = %e, "cannot flush a group message");
+        }
+        if let Some(m) = message {
+            self.groups_state().received.inc();
+            self.dm().emit(MessageEvent::GroupReceived {
+                group: v.group,
+                message: m,
+            });
+        }
+        // A gap below this message: fetch what is missing.
+        if gossip.is_some() && head.is_some_and(|h| v.env.seq > h + 1) {
+            self.spawn_sync(v.group);
+        }
+        Ok(())
+    }
+
+    /// Decrypts a verified envelope. `Ok(None)`: no key for its session yet (hold it).
+    async fn decrypt_envelope(&self, v: &VerifiedEnvelope) -> Result<Option<GroupMessage>, String> {
+        let mut receivers = self.groups_state().receivers.lock().await;
+        let cache_key = (v.group, v.session);
+        if let std::collections::hash_map::Entry::Vacant(slot) = receivers.entry(cache_key) {
+            let Some(state) = self
+                .store()
+                .groups()
+                .receiver(&v.group, &v.session)
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            if state.sender != v.sender.to_bytes() {
+                return Err("envelope uses another member's session".into());
+            }
+            let receiver = GroupReceiver::from_pickle(&state.pickle, self.dm().pickle_key())
+                .map_err(|e| e.to_string())?;
+            slot.insert(receiver);
+        }
+        let Some(receiver) = receivers.get_mut(&cache_key) else {
+            return Ok(None);
+        };
+        let (plaintext, _) = receiver
+            .decrypt(&v.env.ciphertext)
+            .map_err(|e| format!("cannot decrypt: {e}"))?;
+        drop(receivers);
+        let payload = pb::GroupPayload::decode(plaintext.as_slice())
+            .map_err(|_| "malformed group payload".to_owned())?;
+        if payload.group_id != v.group.as_slice()
+            || payload.sender != v.sender.to_bytes()
+            || payload.seq != v.env.seq
+        {
+            return Err("payload does not match its envelope".into());
+        }
+        let id: kith_store::MessageId = payload
+            .id
+            .as_slice()
+            .try_into()
+            .map_err(|_| "message id is not 16 bytes".to_owned())?;
+        let text = match payload.body {
+            Some(pb::group_payload::Body::Text(t))
+                if !t.is_empty() && t.len() <= MAX_TEXT_BYTES =>
+            {
+                t
+            }
+            _ => return Err("empty, oversized or unknown group message".into()),
+        };
+        Ok(Some(GroupMessage {
+            id,
+            sender: v.sender.to_bytes(),
+            seq: v.env.seq,
+            text,
+            sent_at_ms: payload.sent_at_ms,
+            received_at_ms: now_ms(),
+            outgoing: false,
+        }))
+    }
+
+    fn spawn_sync(&self, group: GroupId) {
+        let node = self.clone();
+        tokio::spawn(async move { node.sync_group(group).await });
+    }
+
+    /// Answers a member's `/kith/sync` request.
+    pub(crate) async fn on_sync_request(
+        &self,
+        peer: PeerId,
+        request: kith_net::DmRequestId,
+        bytes: Vec<u8>,
+    ) {
+        let response = match self.sync_page(peer, &bytes) {
+            Ok(r) => r,
+            Err(error) => {
+                self.groups_state().rejected.inc();
+                tracing::info!(%peer, %error, "refused a sync request");
+                pb::SyncResponse {
+                    error,
+                    ..Default::default()
+                }
+            }
+        };
+        if let Err(e) = self
+            .net()
+            .respond_dm(request, response.encode_to_vec())
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "could not answer a sync request");
+        }
+    }
+
+    fn sync_page(&self, peer: PeerId, bytes: &[u8]) -> Result<pb::SyncResponse, String> {
+        let request = pb::SyncRequest::decode(bytes).map_err(|_| "malformed sync request")?;
+        let group: GroupId = request
+            .group_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| "group id is not 16 bytes")?;
+        let record = self
+            .store()
+            .groups()
+            .group(&group)
+            .map_err(|e| e.to_string())?
+            .ok_or("not a group this node knows")?;
+        let list = self.list_of(&record).map_err(|e| e.to_string())?;
+        if !list.is_member(&peer) {
+            return Err(format!("{peer} is not a member of this group"));
+        }
+        let max = (request.max as usize).clamp(1, SYNC_PAGE);
+        let mut envelopes = Vec::new();
+        let mut size = 0usize;
+        let mut more = false;
+        for have in request.have.iter().take(MAX_MEMBERS * 4) {
+            if envelopes.len() >= max || size >= SYNC_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            let room = max - envelopes.len();
+            let page = self
+                .store()
+                .groups()
+                .envelopes_after(&group, &have.sender, have.seq, room + 1)
+                .map_err(|e| e.to_string())?;
+            if page.len() > room {
+                more = true;
+            }
+            for e in page.into_iter().take(room) {
+                if size + e.len() > SYNC_PAGE_BYTES {
+                    more = true;
+                    break;
+                }
+                size += e.len();
+                envelopes.push(e);
+            }
+        }
+        Ok(pb::SyncResponse {
+            envelopes,
+            more,
+            list: pb::SignedMemberList::decode(list.signed.as_slice()).ok(),
+            error: String::new(),
+        })
+    }
+
+    /// Catches a group up from its online members: pages of envelopes after our heads, until
+    /// nothing is missing (bounded). One catch-up per group at a time.
+    pub(crate) async fn sync_group(&self, group: GroupId) {
+        if !lock(&self.groups_state().syncing).insert(group) {
+            return;
+        }
+        let result = self.sync_group_inner(group).await;
+        lock(&self.groups_state().syncing).remove(&group);
+        if let Err(e) = result {
+            tracing::debug!(group = %hex::encode(group), error = %e, "group catch-up incomplete");
+        }
+    }
+
+    async fn sync_group_inner(&self, group: GroupId) -> Result<(), ServiceError> {
+        let Some(record) = self.store().groups().group(&group)? else {
+            return Ok(());
+        };
+        if !record.joined || record.left || record.removed {
+            return Ok(());
+        }
+        let list = self.list_of(&record)?;
+        let me = self.peer_id();
+        // Connected members first (subscribed to the topic), then the rest.
+        let subscribed = self
+            .net()
+            .topic_peers(topic(&group))
+            .await
+            .unwrap_or_default();
+        let connected: HashSet<PeerId> = self
+            .net()
+            .peers()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.peer_id)
+            .collect();
+        let mut peers: Vec<PeerId> = list.members.keys().filter(|p| **p != me).copied().collect();
+        peers.sort_by_key(|p| (!subscribed.contains(p), !connected.contains(p)));
+        for peer in peers.into_iter().take(SYNC_MAX_PEERS) {
+            match self.sync_from(group, peer).await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "sync from member failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls pages from one member until it has nothing more for us.
+    async fn sync_from(&self, group: GroupId, peer: PeerId) -> Result<(), ServiceError> {
+        for _ in 0..SYNC_MAX_PAGES {
+            let have: Vec<pb::SyncHave> = self
+                .store()
+                .groups()
+                .heads(&group)?
+                .into_iter()
+                .map(|(sender, seq)| pb::SyncHave { sender, seq })
+                .collect();
+            let request = pb::SyncRequest {
+                group_id: group.to_vec(),
+                have,
+                max: SYNC_PAGE as u32,
+            };
+            let addrs = self.known_addrs(&peer);
+            let raw = self
+                .net()
+                .sync_request(peer, request.encode_to_vec(), addrs)
+                .await?;
+            let response = pb::SyncResponse::decode(raw.as_slice())
+                .map_err(|_| ServiceError::InvalidMessage("malformed sync answer".into()))?;
+            if !response.error.is_empty() {
+                return Err(ServiceError::InvalidMessage(response.error));
+            }
+            if let Some(signed) = response.list
+                && let Ok(list) = MemberList::verify(&signed.encode_to_vec())
+                && list.id == group
+            {
+                let _ = self.consider_list(&list);
+            }
+            let mut progress = false;
+            for e in &response.envelopes {
+                match self.take_envelope(e, None).await {
+                    Ok(()) => progress = true,
+                    Err(Refusal::Reject(reason)) => {
+                        self.groups_state().rejected.inc();
+                        tracing::info!(%peer, %reason, "refused a synced envelope");
+                    }
+                    Err(Refusal::Ignore(_)) => {}
+                }
+            }
+            if !response.more || !progress {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// A member subscribed to a group topic (it came online): catch up from it.
+    pub(crate) fn on_group_peer_subscribed(&self, peer: PeerId, topic_name: &str) {
+        let Some(hex_id) = topic_name.strip_prefix("kith/v1/group/") else {
+            return;
+        };
+        let Some(group) = parse_group_id(hex_id) else {
+            return;
+        };
+        let known = self
+            .store()
+            .groups()
+            .group(&group)
+            .ok()
+            .flatten()
+            .and_then(|r| self.list_of(&r).ok())
+            .is_some_and(|l| l.is_member(&peer));
+        if known {
+            self.spawn_sync(group);
+        }
+    }
+
+    /// Subscribes to every joined group (after a start).
+    pub(crate) async fn resubscribe_groups(&self) {
+        let Ok(groups) = self.store().groups().groups() else {
+            return;
+        };
+        for g in groups.iter().filter(|g| g.joined && !g.left && !g.removed) {
+            if let Err(e) = self.net().subscribe(topic(&g.id)).await {
+                tracing::warn!(group = %hex::encode(g.id), error = %e, "cannot subscribe to a group");
+            }
+        }
+    }
+}
+
+/// Catches every joined group up periodically (and once shortly after start).
+pub(crate) async fn group_loop(inner: std::sync::Weak<crate::node::Inner>, every: Duration) {
+    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
+        return;
+    };
+    let mut delay = Duration::from_secs(2).min(every);
+    loop {
+        let wake = match inner.upgrade() {
+            Some(i) => {
+                let i2 = i.clone();
+                drop(i);
+                i2
+            }
+            None => return,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = wake.groups.wake.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        drop(wake);
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let node = Node { inner: strong };
+        let groups = node.store().groups().groups().unwrap_or_default();
+        for g in groups.iter().filter(|g| g.joined && !g.left && !g.removed) {
+            node.sync_group(g.id).await;
+        }
+        delay = every;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use libp2p::identity::Keypair;
+
+    fn list(k: &Keypair, version: u64, members: &[(PeerId, bool)]) -> MemberList {
+        MemberList::sign(
+            k,
+            [1; 16],
+            version,
+            "climbing",
+            &members.iter().copied().collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_admins_change_the_list_and_members_may_leave() {
+        let (a, b, c) = (
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+        );
+        let (pa, pb_, pc) = (
+            a.public().to_peer_id(),
+            b.public().to_peer_id(),
+            c.public().to_peer_id(),
+        );
+        let v1 = list(&a, 1, &[(pa, true), (pb_, false)]);
+        let by_admin = list(&a, 2, &[(pa, true), (pb_, false), (pc, false)]);
+        assert!(v1.may_be_replaced_by(&by_admin));
+        let by_member = list(&b, 2, &[(pa, true), (pb_, false), (pc, false)]);
+        assert!(!v1.may_be_replaced_by(&by_member));
+        let b_leaves = list(&b, 2, &[(pa, true)]);
+        assert!(v1.may_be_replaced_by(&b_leaves));
+        let b_kicks_a = list(&b, 2, &[(pb_, true)]);
+        assert!(!v1.may_be_replaced_by(&b_kicks_a));
+        let a_leaves = list(&a, 2, &[(pb_, true)]);
+        assert!(
+            v1.may_be_replaced_by(&a_leaves),
+            "last admin leaving promotes the next member"
+        );
+        let older = list(&a, 1, &[(pa, true)]);
+        assert!(!by_admin.may_be_replaced_by(&older));
+    }
+
+    #[test]
+    fn concurrent_versions_resolve_the_same_way_everywhere() {
+        let a = Keypair::generate_ed25519();
+        let b = Keypair::generate_ed25519();
+        let (pa, pb_) = (a.public().to_peer_id(), b.public().to_peer_id());
+        let v1 = list(&a, 1, &[(pa, true), (pb_, true)]);
+        let x = list(&a, 2, &[(pa, true), (pb_, true), (PeerId::random(), false)]);
+        let y = list(&b, 2, &[(pa, true), (pb_, true), (PeerId::random(), false)]);
+        let winner = if x.hash() < y.hash() { &x } else { &y };
+        let loser = if x.hash() < y.hash() { &y } else { &x };
+        assert!(v1.may_be_replaced_by(winner) && v1.may_be_replaced_by(loser));
+        assert!(loser.may_be_replaced_by(winner));
+        assert!(!winner.may_be_replaced_by(loser));
+    }
+
+    #[test]
+    fn forged_lists_and_envelopes_are_refused() {
+        let a = Keypair::generate_ed25519();
+        let l = list(&a, 1, &[(a.public().to_peer_id(), true)]);
+        let mut signed = pb::SignedMemberList::decode(l.signed.as_slice()).unwrap();
+        signed.signature[0] ^= 1;
+        assert!(MemberList::verify(&signed.encode_to_vec()).is_err());
+        assert!(MemberList::verify(b"garbage").is_err());
+
+        let mut env = pb::GroupEnvelope {
+            group_id: vec![1; 16],
+            sender: a.public().to_peer_id().to_bytes(),
+            seq: 1,
+            session_id: vec![2; 32],
+            ciphertext: vec![3; 10],
+            list_version: 1,
+            public_key: a.public().encode_protobuf(),
+            signature: vec![],
+        };
+        env.signature = a.sign(&env.encode_to_vec()).unwrap();
+        assert!(verify_envelope(&env.encode_to_vec()).is_ok());
+        let mut other = env.clone();
+        other.seq = 2;
+        assert!(
+            verify_envelope(&other.encode_to_vec()).is_err(),
+            "replayed under a new seq"
+        );
+        let mut impostor = env.clone();
+        impostor.sender = PeerId::random().to_bytes();
+        assert!(
+            verify_envelope(&impostor.encode_to_vec()).is_err(),
+            "forged sender"
+        );
+        assert!(verify_envelope(&vec![0u8; MAX_ENVELOPE + 1]).is_err());
+    }
+}
