@@ -569,6 +569,7 @@ async fn two_nodes_chat_by_peer_id_name_and_petname() {
                     }
                 }
                 MessageEvent::Received(m) => received.push(m.id),
+                _ => {}
             }
         }
     })

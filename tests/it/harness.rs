@@ -147,6 +147,11 @@ impl TestNode {
         })
     }
 
+    /// Its identity key (tests that play a misbehaving peer sign with it).
+    pub(crate) fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
     /// The node itself.
     pub(crate) fn node(&self) -> &Node {
         &self.node

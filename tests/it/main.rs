@@ -9,6 +9,8 @@
 //!   lying holders, key changes, contacts and invites.
 //! - [`dm`]: direct chat between real nodes: by peer id, name and petname, receipts, requests and
 //!   blocks, tampered, replayed, oversized and garbage frames, no plaintext on the wire, floods.
+//! - [`groups`]: five-member groups, catch-up after 100 missed messages, removal and outsiders,
+//!   150 groups on one node.
 //!
 //! Every wait is bounded (`harness::wait_until`, `tokio::time::timeout`); no test touches the
 //! public network (mDNS off, loopback listeners, a private network id).
@@ -16,5 +18,6 @@
 mod api;
 mod dht;
 mod dm;
+mod groups;
 mod harness;
 mod names;

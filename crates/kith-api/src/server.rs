@@ -678,6 +678,7 @@ async fn stream_events(mut socket: WebSocket, node: Node) {
                 Ok(kith_service::MessageEvent::GroupChanged { group }) => {
                     EventReport::GroupChanged { group_id: hex::encode(group) }
                 }
+                Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     EventReport::Lagged { missed }
                 }

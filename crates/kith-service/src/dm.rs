@@ -43,6 +43,7 @@ const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(5);
 
 /// What happened to a message, pushed to API clients (WebSocket) and `kith chat`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum MessageEvent {
     /// A new incoming message was stored.
     Received(Message),
