@@ -1,4 +1,7 @@
-//! `kith chat`: interactive terminal chat with one person.
+//! `kith chat`: interactive terminal chat with one person or a group.
+//!
+//! `kith chat <x>` opens the group whose title or id is `x` if there is one, else the
+//! conversation with the contact, name or peer id `x`; both use the same screen.
 //!
 //! A full-screen ratatui UI over the node's local API: the conversation (from
 //! `GET /v1/messages/{target}`, which also marks it read), an input line, and live updates from
@@ -19,7 +22,10 @@ use crossterm::{
     terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
 };
 use futures::StreamExt as _;
-use kith_api::{ApiClient, EventReport, HistoryReport, MessageReport, SendReport};
+use kith_api::{
+    ApiClient, ClientError, EventReport, GroupHistoryReport, GroupMessageReport, HistoryReport,
+    MessageReport, SendReport,
+};
 use ratatui::{
     Frame, Terminal,
     backend::CrosstermBackend,
@@ -60,13 +66,24 @@ pub(crate) async fn run(home: &Home, with: &str) -> anyhow::Result<()> {
     }
     let client = connect(home)?;
     let me = home.read_api_info()?.peer_id;
+    // A group of that title or id comes first (a local lookup); otherwise a person.
+    let target = match client.group(with).await {
+        Ok(g) => Target::Group(g.group_id),
+        Err(ClientError::Api { status: 404, .. }) => Target::Peer(with.to_owned()),
+        Err(e) => return Err(api_error(home, e)),
+    };
     // Before the screen switches: an unknown contact or a stopped node is reported like any
     // other command's error, with its exit code.
-    let history = client
-        .history(with, HISTORY_LIMIT, None)
+    let history = target
+        .history(&client, HISTORY_LIMIT)
         .await
         .map_err(|e| api_error(home, e))?;
     let mut state = ChatState::new(with, &me, history);
+    if let Target::Group(id) = &target {
+        let title = client.group(id).await.map(|g| g.title).unwrap_or_default();
+        state.set_group(title, crate::groups::petnames(&client).await);
+    }
+    let with = &target;
 
     let (tx, rx) = mpsc::channel(256);
     let events = tokio::spawn(event_stream(home.clone(), client.clone(), tx.clone()));
@@ -79,6 +96,69 @@ pub(crate) async fn run(home: &Home, with: &str) -> anyhow::Result<()> {
     };
     events.abort();
     result
+}
+
+/// Who the chat is with.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// A person (petname, name or peer id, as typed).
+    Peer(String),
+    /// A group, by id.
+    Group(String),
+}
+
+impl Target {
+    async fn history(
+        &self,
+        client: &ApiClient,
+        limit: usize,
+    ) -> Result<HistoryReport, ClientError> {
+        match self {
+            Target::Peer(who) => client.history(who, limit, None).await,
+            Target::Group(id) => client
+                .group_history(id, limit, None)
+                .await
+                .map(group_history),
+        }
+    }
+
+    async fn send(&self, client: &ApiClient, text: &str) -> Result<SendReport, ClientError> {
+        match self {
+            Target::Peer(who) => client.send_message(who, text).await,
+            Target::Group(id) => client.send_group(id, text).await.map(|r| SendReport {
+                id: r.id,
+                peer_id: r.group_id,
+                status: if r.published { "sent" } else { "queued" }.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A group's history in the shape the screen uses for any conversation (the group id stands
+/// where a 1:1 history has the other peer).
+pub(crate) fn group_history(h: GroupHistoryReport) -> HistoryReport {
+    let id = h.group_id.clone();
+    HistoryReport {
+        peer_id: h.group_id,
+        messages: h
+            .messages
+            .into_iter()
+            .map(|m| group_message(&id, m))
+            .collect(),
+    }
+}
+
+fn group_message(group_id: &str, m: GroupMessageReport) -> MessageReport {
+    MessageReport {
+        id: m.id,
+        from: m.from,
+        to: group_id.to_owned(),
+        text: m.text,
+        sent_at: m.sent_at,
+        received_at: m.received_at,
+        status: if m.outgoing { "sent" } else { "received" }.to_owned(),
+        failure: String::new(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +257,8 @@ pub(crate) struct ChatState {
     link: Link,
     /// Counter for temporary ids.
     next_pending: u64,
+    /// Group chats: the title and petnames for members (peer id, petname).
+    group: Option<(String, Vec<(String, String)>)>,
 }
 
 impl ChatState {
@@ -195,6 +277,7 @@ impl ChatState {
             notice: None,
             link: Link::Connecting,
             next_pending: 0,
+            group: None,
         };
         state.apply_history(history);
         state
@@ -216,6 +299,32 @@ impl ChatState {
     /// Screen lines scrolled up from the bottom.
     pub(crate) fn scroll(&self) -> usize {
         self.scroll
+    }
+
+    /// Turns this into a group chat: `peer_id` is the group id, senders are labelled by
+    /// petname (or a short peer id).
+    pub(crate) fn set_group(&mut self, title: String, petnames: Vec<(String, String)>) {
+        self.group = Some((title, petnames));
+    }
+
+    /// Whether `m` came from someone else.
+    fn is_incoming(&self, m: &MessageReport) -> bool {
+        match self.group {
+            Some(_) => m.from != self.me,
+            None => m.from == self.peer_id,
+        }
+    }
+
+    /// The label of an incoming message's sender.
+    fn sender_label(&self, m: &MessageReport, theirs: &str) -> String {
+        match &self.group {
+            Some((_, names)) => names
+                .iter()
+                .find(|(p, _)| *p == m.from)
+                .map(|(_, n)| n.clone())
+                .unwrap_or_else(|| short_id(&m.from)),
+            None => theirs.to_owned(),
+        }
     }
 
     /// Sets the status line's note.
@@ -240,6 +349,9 @@ impl ChatState {
 
     /// The title line.
     pub(crate) fn title(&self) -> String {
+        if let Some((title, _)) = &self.group {
+            return format!(" kith chat · group '{title}' ({})", self.peer_id);
+        }
         if self.label == self.peer_id {
             format!(" kith chat · {}", self.peer_id)
         } else {
@@ -306,7 +418,21 @@ impl ChatState {
                     None => Effect::Reload,
                 }
             }
+            EventReport::GroupMessage { group_id, message } => {
+                if self.group.is_none() || group_id != self.peer_id {
+                    return Effect::None;
+                }
+                let message = group_message(&group_id, message);
+                if self.messages.iter().any(|m| m.id == message.id) {
+                    Effect::None
+                } else {
+                    self.messages.push(message);
+                    self.messages.sort_by_key(|m| m.sent_at);
+                    Effect::MarkRead
+                }
+            }
             EventReport::Lagged { .. } => Effect::Reload,
+            _ => Effect::None,
         }
     }
 
@@ -442,8 +568,12 @@ impl ChatState {
         let theirs = self.their_label();
         let mut out = Vec::new();
         for m in &self.messages {
-            let incoming = m.from == self.peer_id;
-            let who = if incoming { theirs.as_str() } else { "you" };
+            let incoming = self.is_incoming(m);
+            let who = if incoming {
+                self.sender_label(m, &theirs)
+            } else {
+                "you".to_owned()
+            };
             let mut text = format!("{} {who}: {}", clock(m.sent_at), m.text);
             if !incoming {
                 text.push_str(mark(&m.status));
@@ -539,7 +669,7 @@ fn status_rank(status: &str) -> u8 {
         "sending" => 0,
         "queued" | "received" => 1,
         "failed" => 2,
-        "delivered" | "seen" => 3,
+        "delivered" | "seen" | "sent" => 3,
         "read" => 4,
         _ => 0,
     }
@@ -554,7 +684,7 @@ fn upgrade(current: &mut String, new: &str) {
 fn mark(status: &str) -> &'static str {
     match status {
         "sending" | "queued" => " …",
-        "delivered" => " ✓",
+        "delivered" | "sent" => " ✓",
         "read" => " ✓✓",
         "failed" => " ✗",
         _ => "",
@@ -807,7 +937,7 @@ struct Reloader {
 }
 
 impl Reloader {
-    fn request(&mut self, client: &ApiClient, with: &str, tx: &mpsc::Sender<Incoming>) {
+    fn request(&mut self, client: &ApiClient, with: &Target, tx: &mpsc::Sender<Incoming>) {
         if self.in_flight {
             self.again = true;
             return;
@@ -816,7 +946,7 @@ impl Reloader {
         fetch_history(client, with, HISTORY_LIMIT, true, tx);
     }
 
-    fn finished(&mut self, client: &ApiClient, with: &str, tx: &mpsc::Sender<Incoming>) {
+    fn finished(&mut self, client: &ApiClient, with: &Target, tx: &mpsc::Sender<Incoming>) {
         self.in_flight = false;
         if std::mem::take(&mut self.again) {
             self.request(client, with, tx);
@@ -826,15 +956,15 @@ impl Reloader {
 
 fn fetch_history(
     client: &ApiClient,
-    with: &str,
+    with: &Target,
     limit: usize,
     full: bool,
     tx: &mpsc::Sender<Incoming>,
 ) {
-    let (client, with, tx) = (client.clone(), with.to_owned(), tx.clone());
+    let (client, with, tx) = (client.clone(), with.clone(), tx.clone());
     tokio::spawn(async move {
-        let result = client
-            .history(&with, limit, None)
+        let result = with
+            .history(&client, limit)
             .await
             .map_err(|e| e.to_string());
         let _ = tx.send(Incoming::History { full, result }).await;
@@ -845,7 +975,7 @@ async fn ui_loop(
     terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
     state: &mut ChatState,
     mut client: ApiClient,
-    with: &str,
+    with: &Target,
     tx: mpsc::Sender<Incoming>,
     mut rx: mpsc::Receiver<Incoming>,
 ) -> anyhow::Result<()> {
@@ -868,10 +998,10 @@ async fn ui_loop(
                     match state.on_key(key) {
                         Action::Quit => return Ok(()),
                         Action::Send { pending, text } => {
-                            let (client, with, tx) = (client.clone(), with.to_owned(), tx.clone());
+                            let (client, with, tx) = (client.clone(), with.clone(), tx.clone());
                             tokio::spawn(async move {
-                                let result = client
-                                    .send_message(&with, &text)
+                                let result = with
+                                    .send(&client, &text)
                                     .await
                                     .map_err(|e| e.to_string());
                                 let _ = tx.send(Incoming::Sent { pending, result }).await;
@@ -949,6 +1079,56 @@ mod tests {
 
     fn state(messages: Vec<MessageReport>) -> ChatState {
         ChatState::new("alice", ME, history(messages))
+    }
+
+    #[test]
+    fn group_chats_label_each_sender_and_take_only_their_group() {
+        const GROUP: &str = "00112233445566778899aabbccddeeff";
+        const CAROL: &str = "12D3KooWCarolCarolCarolCarolCarolCarolCarol";
+        let gm = |id: &str, from: &str, text: &str, at: u64| GroupMessageReport {
+            id: id.into(),
+            from: from.into(),
+            seq: 1,
+            text: text.into(),
+            sent_at: at,
+            received_at: at,
+            outgoing: from == ME,
+        };
+        let h = group_history(GroupHistoryReport {
+            group_id: GROUP.into(),
+            title: "climbing".into(),
+            messages: vec![
+                gm("a", PEER, "rope?", 60_000),
+                gm("b", ME, "in my car", 120_000),
+            ],
+        });
+        let mut s = ChatState::new("climbing", ME, h);
+        s.set_group("climbing".into(), vec![(PEER.into(), "alice".into())]);
+        assert!(s.title().contains("group 'climbing'"));
+        let effect = s.apply_event(EventReport::GroupMessage {
+            group_id: GROUP.into(),
+            message: gm("c", CAROL, "see you at 6", 180_000),
+        });
+        assert_eq!(effect, Effect::MarkRead);
+        // Another group's message and a repeat are not shown.
+        let other = s.apply_event(EventReport::GroupMessage {
+            group_id: "ffeeddccbbaa99887766554433221100".into(),
+            message: gm("d", CAROL, "wrong room", 190_000),
+        });
+        assert_eq!(other, Effect::None);
+        s.apply_event(EventReport::GroupMessage {
+            group_id: GROUP.into(),
+            message: gm("c", CAROL, "see you at 6", 180_000),
+        });
+        let lines = s.lines(80);
+        assert_eq!(
+            texts(&lines),
+            vec![
+                "00:01 alice: rope?",
+                "00:02 you: in my car ✓",
+                &format!("00:03 {}: see you at 6", short_id(CAROL)),
+            ]
+        );
     }
 
     fn key(code: KeyCode) -> KeyEvent {

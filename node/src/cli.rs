@@ -96,11 +96,74 @@ pub(crate) enum Command {
     /// Community relay commands.
     #[command(subcommand)]
     Relay(RelayCommand),
+    /// Group chats: create, invite, join, send, history, members, remove, leave.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Print an invite link (and QR code) that lets a friend add you without any lookup.
     Invite {
         /// Do not draw the QR code.
         #[arg(long)]
         no_qr: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Creates a group with you as its admin; prints its id.
+    Create {
+        /// Its title (1 to 64 characters).
+        title: String,
+    },
+    /// Lists your groups and invitations.
+    List,
+    /// Invites someone (admins only): by petname, name or peer id.
+    Invite {
+        /// The group: title, id or id prefix.
+        group: String,
+        /// Who.
+        who: String,
+    },
+    /// Lists invitations you have not answered.
+    Invitations,
+    /// Accepts an invitation and catches up on the group.
+    Join {
+        /// The group: id (or title) from `kith group invitations`.
+        group: String,
+    },
+    /// Sends a message to a group.
+    Send {
+        /// The group: title, id or id prefix.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// Shows a group's messages, oldest first.
+    History {
+        /// The group: title, id or id prefix.
+        group: String,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only messages before this id.
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
+    },
+    /// Lists a group's members.
+    Members {
+        /// The group: title, id or id prefix.
+        group: String,
+    },
+    /// Removes a member (admins only); they cannot read what is sent afterwards.
+    Remove {
+        /// The group: title, id or id prefix.
+        group: String,
+        /// Who.
+        who: String,
+    },
+    /// Leaves a group.
+    Leave {
+        /// The group: title, id or id prefix.
+        group: String,
     },
 }
 

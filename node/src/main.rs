@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+mod groups;
 mod home;
 mod messages;
 mod names;
@@ -92,6 +93,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Contacts(cmd) => names::contacts(&home, cmd, json).await,
         Command::Verify { target } => names::verify(&home, &target, json).await,
         Command::Relay(cli::RelayCommand::Status) => commands::relay_status(&home, json).await,
+        Command::Group(cmd) => groups::group(&home, cmd, json).await,
         Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
         Command::Send { to, text } => messages::send(&home, &to, &text, json).await,
         Command::History {

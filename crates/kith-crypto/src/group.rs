@@ -225,11 +225,12 @@ impl std::fmt::Debug for GroupReceiver {
 }
 
 fn seal_json<T: Serialize>(value: &T, key: &PickleKey) -> Result<Vec<u8>, CryptoError> {
-    let json = Zeroizing::new(
-        serde_json::to_vec(value).map_err(|e| CryptoError::MalformedMessage {
-            reason: format!("cannot serialise group session: {e}"),
-        })?,
-    );
+    let json =
+        Zeroizing::new(
+            serde_json::to_vec(value).map_err(|e| CryptoError::MalformedMessage {
+                reason: format!("cannot serialise group session: {e}"),
+            })?,
+        );
     pickle::seal(&json, key)
 }
 

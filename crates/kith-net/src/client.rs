@@ -3,7 +3,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::time::SystemTime;
 
-use crate::{Channel, DmRequestId, GossipId, GossipVerdict, GetRecordResult, NetStatus, PeerInfo, RequestError};
+use crate::{
+    Channel, DmRequestId, GetRecordResult, GossipId, GossipVerdict, NetStatus, PeerInfo,
+    RequestError,
+};
 
 /// What a [`Client`] asks the event loop to do. Each carries its own reply channel.
 #[derive(Debug)]
@@ -228,12 +231,14 @@ impl Client {
 
     /// Joins a gossipsub topic (a group).
     pub async fn subscribe(&self, topic: String) -> Result<(), RequestError> {
-        self.ask(|reply| Command::Subscribe { topic, reply }).await?
+        self.ask(|reply| Command::Subscribe { topic, reply })
+            .await?
     }
 
     /// Leaves a gossipsub topic.
     pub async fn unsubscribe(&self, topic: String) -> Result<(), RequestError> {
-        self.ask(|reply| Command::Unsubscribe { topic, reply }).await
+        self.ask(|reply| Command::Unsubscribe { topic, reply })
+            .await
     }
 
     /// Publishes on a topic. `Ok(false)` when no subscribed peer was reachable (or the same bytes

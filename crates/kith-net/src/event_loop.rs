@@ -759,7 +759,11 @@ impl EventLoop {
         }
     }
 
-    fn handle_dm_event(&mut self, channel: Channel, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn handle_dm_event(
+        &mut self,
+        channel: Channel,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+    ) {
         match event {
             request_response::Event::Message {
                 peer,
