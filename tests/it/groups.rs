@@ -178,17 +178,30 @@ async fn an_offline_member_catches_up_on_100_messages() {
     for node in &nodes {
         wait_for_count(node.node(), &id, 3).await;
     }
+    let first_session = latest_envelope(nodes[1].node(), &id, nodes[0].peer_id()).session_id;
     let away = nodes.pop().unwrap().stop_keeping_home().await.unwrap();
+    // The first member's 100 messages cross its session's rotation (after 100 messages), so the
+    // member that is away also needs a key that was made while it was away.
     for i in 0..100 {
-        let from = &nodes[i % 2];
-        from.node()
+        nodes[0]
+            .node()
             .send_group_text(&id, &format!("while you were away {i}"))
             .await
             .unwrap();
     }
+    for i in 0..10 {
+        nodes[1]
+            .node()
+            .send_group_text(&id, &format!("me too {i}"))
+            .await
+            .unwrap();
+    }
+    let rotated = latest_envelope(nodes[0].node(), &id, nodes[0].peer_id()).session_id;
+    assert_ne!(rotated, first_session, "no new session after 100 messages");
     let back = away.start(vec![nodes[0].tcp_addr()]).await.unwrap();
-    wait_for_count(back.node(), &id, 103).await;
+    wait_for_count(back.node(), &id, 113).await;
     let expected = summary(&history(nodes[0].node(), &id));
+    assert_eq!(expected.len(), 113);
     assert_eq!(summary(&history(back.node(), &id)), expected);
     assert_eq!(summary(&history(nodes[1].node(), &id)), expected);
     nodes.push(back);
