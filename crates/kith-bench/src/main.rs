@@ -58,6 +58,8 @@ enum Command {
     All,
     /// Direct messages: latency and throughput (not built yet: reported as unavailable).
     Dm(DmArgs),
+    /// Direct messages through a circuit relay vs direct, and relay mailbox deposit + fetch.
+    Relay(RelayArgs),
     /// Name resolution, cold and warm (not built yet: reported as unavailable).
     Resolve(NodesArg),
     /// Group delivery latency (not built yet: reported as unavailable).
@@ -86,6 +88,19 @@ struct DmArgs {
     /// Messages to send.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Sequential messages per path for relay.latency (default 1000, quick 30).
+    #[arg(long)]
+    latency_messages: Option<usize>,
+    /// Messages per path for relay.throughput (default 20000, quick 200).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Messages held and fetched for mailbox.throughput (default 1000, quick 50).
+    #[arg(long)]
+    mailbox_messages: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +185,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::All => Group::ALL.to_vec(),
         // Their flags are accepted now so scripts keep working once the features land.
         Command::Dm(DmArgs { .. }) => vec![Group::Dm],
+        Command::Relay(args) => {
+            if let Some(n) = args.latency_messages {
+                settings.relayed.latency_messages = n.max(1);
+            }
+            if let Some(n) = args.messages {
+                settings.relayed.throughput_messages = n.max(1);
+            }
+            if let Some(n) = args.mailbox_messages {
+                settings.relayed.mailbox_messages = n.max(1);
+            }
+            vec![Group::Relay]
+        }
         Command::Resolve(NodesArg { .. }) => vec![Group::Resolve],
         Command::Group(NodesArg { .. }) => vec![Group::Chat],
         Command::History(HistoryArgs { .. }) => vec![Group::History],
@@ -311,6 +338,14 @@ mod tests {
             Command::Dm(DmArgs {
                 nodes: 2,
                 messages: 5
+            })
+        ));
+        let cli = Cli::try_parse_from(["kith-bench", "relay", "--mailbox-messages", "64"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Relay(RelayArgs {
+                mailbox_messages: Some(64),
+                ..
             })
         ));
         let cli = Cli::try_parse_from(["kith-bench", "scale", "--nodes", "1000"]).unwrap();

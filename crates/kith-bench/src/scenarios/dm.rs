@@ -24,7 +24,7 @@ use libp2p::{
 use crate::report::{Figures, Scenario};
 
 /// Payload size of every message, bytes (a short chat line).
-const PAYLOAD: usize = 100;
+pub(crate) const PAYLOAD: usize = 100;
 
 /// Sizes of the scenarios.
 #[derive(Debug, Clone)]
@@ -56,7 +56,8 @@ impl Params {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// A multi-threaded runtime for one scenario.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,12 +136,6 @@ impl Pair {
         } else {
             "/ip4/127.0.0.1/tcp/0".parse()?
         };
-        let options = || Options {
-            first_republish_after: Duration::from_millis(100),
-            // Benchmarks measure the pipeline, not the flood protection.
-            dm_rate: (1e9, 1e9),
-            ..Options::default()
-        };
         let start = |bootstrap: Vec<Multiaddr>| {
             let listen = listen.clone();
             async move {
@@ -175,20 +170,7 @@ impl Pair {
             a,
             b,
         };
-        // Warm up: the first message needs A's key bundle from the DHT (published shortly after
-        // start) and opens the Olm session; bounded.
-        let target = pair.a.peer_id().to_string();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let sent = pair.b.send_text(&target, "warm-up").await?;
-            if sent.status == MessageStatus::Delivered {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the warm-up message was not delivered within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        warm_up(&pair.b, &pair.a, Duration::from_secs(30)).await?;
         Ok(pair)
     }
 
@@ -198,12 +180,63 @@ impl Pair {
     }
 }
 
-fn payload(i: usize) -> String {
-    let mut text = format!("message {i} ");
+/// The options every benchmark node runs with: a quick first re-publish (key bundle) and no
+/// inbound rate limit (benchmarks measure the pipeline, not the flood protection).
+pub(crate) fn options() -> Options {
+    Options {
+        first_republish_after: Duration::from_millis(100),
+        dm_rate: (1e9, 1e9),
+        ..Options::default()
+    }
+}
+
+/// Sends messages from `sender` to `recipient` until one is delivered within `send_text`'s first
+/// attempt: the first needs the recipient's key bundle from the DHT (published shortly after
+/// start) and opens the Olm session. Bounded by `limit`.
+pub(crate) async fn warm_up(
+    sender: &Node,
+    recipient: &Node,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let target = recipient.peer_id().to_string();
+    let deadline = Instant::now() + limit;
+    loop {
+        let sent = sender.send_text(&target, "warm-up").await?;
+        if sent.status == MessageStatus::Delivered {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the warm-up message was not delivered within {} s",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Message `i` of a run: `"{prefix} {i} "` padded with `x` to [`PAYLOAD`] bytes.
+pub(crate) fn text(prefix: &str, i: usize) -> String {
+    let mut text = format!("{prefix} {i} ");
     while text.len() < PAYLOAD {
         text.push('x');
     }
     text
+}
+
+fn payload(i: usize) -> String {
+    text("message", i)
+}
+
+/// Sends one message and returns the microseconds until `send_text` answered `Delivered` (the
+/// recipient stored, flushed and acknowledged it); an error if it was only queued.
+pub(crate) async fn timed_send(sender: &Node, target: &str, i: usize) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let sent = sender.send_text(target, &payload(i)).await?;
+    if sent.status != MessageStatus::Delivered {
+        bail!("message {i} was queued, not delivered, on an idle loopback link");
+    }
+    Ok(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
 async fn kith_latency(n: usize, quic: bool, bar: &ProgressBar) -> anyhow::Result<Vec<u64>> {
@@ -212,12 +245,7 @@ async fn kith_latency(n: usize, quic: bool, bar: &ProgressBar) -> anyhow::Result
     let mut samples = Vec::with_capacity(n);
     let budget = Instant::now() + Duration::from_secs(300);
     for i in 0..n {
-        let started = Instant::now();
-        let sent = pair.b.send_text(&target, &payload(i)).await?;
-        if sent.status != MessageStatus::Delivered {
-            bail!("message {i} was queued, not delivered, on an idle loopback link");
-        }
-        samples.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        samples.push(timed_send(&pair.b, &target, i).await?);
         if i % 50 == 0 {
             bar.tick();
         }
@@ -231,11 +259,26 @@ async fn kith_latency(n: usize, quic: bool, bar: &ProgressBar) -> anyhow::Result
 
 async fn kith_throughput(n: usize, senders: usize, bar: &ProgressBar) -> anyhow::Result<f64> {
     let pair = Pair::start(false).await?;
-    let target = pair.a.peer_id().to_string();
+    let rate = throughput(&pair.b, &pair.a, n, senders, bar).await;
+    pair.shutdown().await;
+    rate
+}
+
+/// `n` messages from `sender` to `recipient` by `senders` concurrent tasks, each calling
+/// `send_text` in turn; the clock stops once the sender's outbox is empty (every message
+/// acknowledged). Messages per second.
+pub(crate) async fn throughput(
+    sender: &Node,
+    recipient: &Node,
+    n: usize,
+    senders: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<f64> {
+    let target = recipient.peer_id().to_string();
     let started = Instant::now();
     let per = n.div_ceil(senders.max(1));
     let tasks = (0..senders).map(|s| {
-        let node = pair.b.clone();
+        let node = sender.clone();
         let target = target.clone();
         tokio::spawn(async move {
             for i in 0..per {
@@ -249,7 +292,7 @@ async fn kith_throughput(n: usize, senders: usize, bar: &ProgressBar) -> anyhow:
     }
     // Everything queued must be acknowledged before the clock stops (bounded).
     let deadline = Instant::now() + Duration::from_secs(300);
-    while pair.b.store().messages().outbox_len() > 0 {
+    while sender.store().messages().outbox_len() > 0 {
         if Instant::now() > deadline {
             bail!("the outbox did not drain within 300 s");
         }
@@ -258,7 +301,6 @@ async fn kith_throughput(n: usize, senders: usize, bar: &ProgressBar) -> anyhow:
     }
     let elapsed = started.elapsed().as_secs_f64();
     let sent = per * senders;
-    pair.shutdown().await;
     Ok(sent as f64 / elapsed)
 }
 

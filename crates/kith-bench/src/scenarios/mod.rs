@@ -6,12 +6,15 @@
 //! - [`dht`]: `dht.closest`, Kademlia walks in an in-process network, kith vs raw swarms.
 //! - [`footprint`]: `footprint.idle`, RSS of an idle `kith run` process vs a raw node process.
 //! - [`scale`]: `scale`, the largest in-process network within a time budget, kith vs raw.
+//! - [`relayed`]: `relay.latency`, `relay.throughput` (through a circuit relay vs direct) and
+//!   `mailbox.throughput` (held at a relay for an offline recipient vs direct delivery).
 
 pub(crate) mod dht;
 pub(crate) mod dm;
 pub(crate) mod footprint;
 pub(crate) mod history;
 pub(crate) mod relay;
+pub(crate) mod relayed;
 pub(crate) mod resolve;
 pub(crate) mod scale;
 
@@ -36,12 +39,15 @@ pub(crate) enum Group {
     Scale,
     /// Kademlia.
     Dht,
+    /// Direct messages through a circuit relay, and relay mailboxes (the `relay` subcommand).
+    Relay,
 }
 
 impl Group {
     /// Every group, in report order.
-    pub(crate) const ALL: [Group; 7] = [
+    pub(crate) const ALL: [Group; 8] = [
         Group::Dm,
+        Group::Relay,
         Group::Resolve,
         Group::Chat,
         Group::History,
@@ -92,6 +98,30 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         unit: "us",
         measures: "dm.latency over QUIC",
         baseline: "raw libp2p request-response round trip over QUIC",
+        missing: None,
+    },
+    Spec {
+        name: "relay.latency",
+        group: Group::Relay,
+        unit: "us",
+        measures: "sequential direct message send until stored at the recipient, the two nodes reaching each other only through a circuit relay v2 at a kith relay, p50/p90/p99",
+        baseline: "the same kind of kith pair connected directly (TCP), same run, alternating messages",
+        missing: None,
+    },
+    Spec {
+        name: "relay.throughput",
+        group: Group::Relay,
+        unit: "msg/s",
+        measures: "durable, encrypted messages per second with 64 concurrent senders, through a circuit relay v2 at a kith relay",
+        baseline: "the same kind of kith pair connected directly (TCP), same run",
+        missing: None,
+    },
+    Spec {
+        name: "mailbox.throughput",
+        group: Group::Relay,
+        unit: "msg/s",
+        measures: "messages for an offline recipient deposited at its mailbox relay (deposit_rate), then fetched and stored when it returns (fetch_rate), and end to end (rate)",
+        baseline: "the same two nodes delivering the same number of messages directly, same run",
         missing: None,
     },
     Spec {
@@ -187,6 +217,8 @@ pub(crate) struct Settings {
     pub(crate) history: history::Params,
     /// `resolve.*`.
     pub(crate) resolve: resolve::Params,
+    /// `relay.*`, `mailbox.throughput`.
+    pub(crate) relayed: relayed::Params,
     /// `footprint.relay`: mailboxes held by the relay.
     pub(crate) relay_mailboxes: usize,
     /// `footprint.idle`.
@@ -203,6 +235,7 @@ impl Settings {
             dm: dm::Params::new(quick),
             history: history::Params::new(quick),
             resolve: resolve::Params::new(quick),
+            relayed: relayed::Params::new(quick),
             relay_mailboxes: if quick { 1_000 } else { 10_000 },
             footprint: footprint::Params::new(quick),
             scale: scale::Params::new(quick),
@@ -222,6 +255,8 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
     let mut history: Option<Vec<Scenario>> = None;
     // resolve.cold and resolve.warm share one network of each kind.
     let mut resolve: Option<Vec<Scenario>> = None;
+    // relay.latency and relay.throughput share one relayed and one direct trio.
+    let mut relay_dm: Option<Vec<Scenario>> = None;
     for spec in specs {
         bar.set_message(spec.name);
         let scenario = match (spec.missing, spec.name) {
@@ -248,6 +283,17 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
                     ),
                 }
             }
+            (None, name @ ("relay.latency" | "relay.throughput")) => {
+                let all =
+                    relay_dm.get_or_insert_with(|| relayed::run_relay(&settings.relayed, bar));
+                match all.iter().position(|s| s.name == name) {
+                    Some(i) => all.remove(i),
+                    None => {
+                        Scenario::unavailable(spec.name, spec.unit, "relay run produced no figure")
+                    }
+                }
+            }
+            (None, "mailbox.throughput") => relayed::run_mailbox(&settings.relayed, bar),
             (None, name @ ("history.open" | "history.page")) => {
                 let all = history.get_or_insert_with(|| history::run(&settings.history, bar));
                 match all.iter().position(|s| s.name == name) {
@@ -295,6 +341,9 @@ mod tests {
             "history.page",
             "footprint.idle",
             "footprint.relay",
+            "relay.latency",
+            "relay.throughput",
+            "mailbox.throughput",
             "scale",
         ] {
             assert!(names.contains(&required), "{required} missing");
