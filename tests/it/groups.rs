@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt as _;
 use kith_net::PeerId;
 use kith_proto::v1 as pb;
 use kith_service::{GroupId, GroupMessage, Node, Options, group_topic};
@@ -68,6 +69,19 @@ async fn group_of(title: &str, admin: &TestNode, others: &[&TestNode]) -> String
     }
     for other in others {
         join_when_invited(other.node(), &id).await;
+    }
+    // Member-list updates travel as direct messages; a member sending before it knows of another
+    // member does not share its key with it (that member reads it from its next message on).
+    let size = others.len() + 1;
+    for node in std::iter::once(admin).chain(others.iter().copied()) {
+        wait_until(
+            &format!("{} to know all {size} members", node.peer_id()),
+            ARRIVAL,
+            POLL,
+            async || node.node().group(&id).unwrap().members.len() == size,
+        )
+        .await
+        .unwrap();
     }
     id
 }
@@ -357,28 +371,37 @@ async fn a_node_in_150_groups_sends_and_receives_in_all() {
     let nodes = network(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     const GROUPS: usize = 150;
-    let mut ids = Vec::with_capacity(GROUPS);
-    for i in 0..GROUPS {
-        let info = a.node().create_group(&format!("group {i}")).await.unwrap();
-        let id = hex::encode(info.id);
-        a.node()
-            .invite_to_group(&id, &b.peer_id().to_string())
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    // Sixteen operations at a time, as a busy user's node would see them.
+    let b_id = b.peer_id().to_string();
+    let ids: Vec<String> = futures::stream::iter(0..GROUPS)
+        .map(|i| {
+            let b_id = b_id.clone();
+            async move {
+                let info = a.node().create_group(&format!("group {i}")).await.unwrap();
+                let id = hex::encode(info.id);
+                a.node().invite_to_group(&id, &b_id).await.unwrap();
+                id
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
     wait_until("all invitations to arrive", ARRIVAL, POLL, async || {
         b.node().group_invitations().unwrap().len() == GROUPS
     })
     .await
     .unwrap();
-    for id in &ids {
-        b.node().join_group(id).await.unwrap();
-    }
-    for id in &ids {
-        a.node().send_group_text(id, "from a").await.unwrap();
-        b.node().send_group_text(id, "from b").await.unwrap();
-    }
+    futures::stream::iter(&ids)
+        .for_each_concurrent(16, |id| async move {
+            b.node().join_group(id).await.unwrap();
+        })
+        .await;
+    futures::stream::iter(&ids)
+        .for_each_concurrent(16, |id| async move {
+            a.node().send_group_text(id, "from a").await.unwrap();
+            b.node().send_group_text(id, "from b").await.unwrap();
+        })
+        .await;
     let mut missing = BTreeMap::new();
     let complete = wait_until(
         "every group to hold both messages",

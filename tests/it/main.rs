@@ -9,6 +9,7 @@
 //!   lying holders, key changes, contacts and invites.
 //! - [`dm`]: direct chat between real nodes: by peer id, name and petname, receipts, requests and
 //!   blocks, tampered, replayed, oversized and garbage frames, no plaintext on the wire, floods.
+//! - [`mailbox`]: more mail for an offline friend than one delivery batch holds.
 //! - [`groups`]: five-member groups, catch-up after 100 missed messages, removal and outsiders,
 //!   150 groups on one node.
 //!
@@ -20,4 +21,5 @@ mod dht;
 mod dm;
 mod groups;
 mod harness;
+mod mailbox;
 mod names;

@@ -525,9 +525,13 @@ impl Node {
                 }
             };
             let now = now_ms();
+            // Entries already held at the peer's mailbox wait for their own (slower) retry time:
+            // they are queued there in order, and re-sending them every round would keep the
+            // batch full of them, so nothing after the first batch would ever be deposited.
             let mut due: Vec<OutboxItem> = items
                 .into_iter()
                 .filter(|i| i.peer_id == peer.to_bytes())
+                .filter(|i| !(i.deposited && i.next_attempt_ms > now))
                 .collect();
             // Once anything for this peer is due, everything for it goes, oldest first: entries
             // hold consecutive Olm chain steps, and delivering later steps far ahead of earlier

@@ -275,6 +275,14 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Why a sync request was refused.
+enum SyncRefusal {
+    /// Malformed: counted as rejected.
+    Bad(String),
+    /// We do not (yet) know the requester as a member: one of us is behind; not counted.
+    Stale(String),
+}
+
 /// Why an envelope was not taken.
 enum Refusal {
     /// Forged, malformed, from a non-member: penalise the forwarder and count it.
@@ -859,6 +867,9 @@ impl Node {
                 Err(e) => tracing::warn!(error = %e, "cannot store a group message"),
             }
         }
+        if let Err(e) = self.store().flush().await {
+            tracing::warn!(error = %e, "cannot flush group messages");
+        }
     }
 
     /// Sends a text to a group.
@@ -1154,6 +1165,19 @@ impl Node {
         if stored == Incoming::Duplicate {
             return Err(Refusal::Ignore("already held"));
         }
+        // Held for a key that may have arrived between our decrypt attempt and the store: the
+        // key handler saves the key before it scans what is held, so one of us sees the other.
+        if message.is_none()
+            && self
+                .store()
+                .groups()
+                .receiver(&v.group, &v.session)
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            self.decrypt_pending(v.group, v.session, v.sender).await;
+        }
         if let Err(e) = self.store().flush().await {
             tracing::warn!(error = %e, "cannot flush a group message");
         }
@@ -1244,7 +1268,14 @@ impl Node {
     ) {
         let response = match self.sync_page(peer, &bytes) {
             Ok(r) => r,
-            Err(error) => {
+            Err(SyncRefusal::Stale(error)) => {
+                tracing::debug!(%peer, %error, "sync request from someone our member list lacks");
+                pb::SyncResponse {
+                    error,
+                    ..Default::default()
+                }
+            }
+            Err(SyncRefusal::Bad(error)) => {
                 self.groups_state().rejected.inc();
                 tracing::info!(%peer, %error, "refused a sync request");
                 pb::SyncResponse {
@@ -1262,22 +1293,32 @@ impl Node {
         }
     }
 
-    fn sync_page(&self, peer: PeerId, bytes: &[u8]) -> Result<pb::SyncResponse, String> {
-        let request = pb::SyncRequest::decode(bytes).map_err(|_| "malformed sync request")?;
+    fn sync_page(&self, peer: PeerId, bytes: &[u8]) -> Result<pb::SyncResponse, SyncRefusal> {
+        let bad = |e: &str| SyncRefusal::Bad(e.to_owned());
+        let request = pb::SyncRequest::decode(bytes).map_err(|_| bad("malformed sync request"))?;
         let group: GroupId = request
             .group_id
             .as_slice()
             .try_into()
-            .map_err(|_| "group id is not 16 bytes")?;
+            .map_err(|_| bad("group id is not 16 bytes"))?;
+        // The requester may know a newer member list than we do (one that added it).
+        if let Some(signed) = &request.list
+            && let Ok(list) = MemberList::verify(&signed.encode_to_vec())
+            && list.id == group
+        {
+            let _ = self.consider_list(&list);
+        }
         let record = self
             .store()
             .groups()
             .group(&group)
-            .map_err(|e| e.to_string())?
-            .ok_or("not a group this node knows")?;
-        let list = self.list_of(&record).map_err(|e| e.to_string())?;
+            .map_err(|e| bad(&e.to_string()))?
+            .ok_or_else(|| SyncRefusal::Stale("not a group this node knows".into()))?;
+        let list = self.list_of(&record).map_err(|e| bad(&e.to_string()))?;
         if !list.is_member(&peer) {
-            return Err(format!("{peer} is not a member of this group"));
+            return Err(SyncRefusal::Stale(format!(
+                "{peer} is not a member of this group"
+            )));
         }
         let max = (request.max as usize).clamp(1, SYNC_PAGE);
         let mut envelopes = Vec::new();
@@ -1293,7 +1334,7 @@ impl Node {
                 .store()
                 .groups()
                 .envelopes_after(&group, &have.sender, have.seq, room + 1)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| bad(&e.to_string()))?;
             if page.len() > room {
                 more = true;
             }
@@ -1371,10 +1412,16 @@ impl Node {
                 .into_iter()
                 .map(|(sender, seq)| pb::SyncHave { sender, seq })
                 .collect();
+            let list = self
+                .store()
+                .groups()
+                .group(&group)?
+                .and_then(|r| pb::SignedMemberList::decode(r.list.as_slice()).ok());
             let request = pb::SyncRequest {
                 group_id: group.to_vec(),
                 have,
                 max: SYNC_PAGE as u32,
+                list,
             };
             let addrs = self.known_addrs(&peer);
             let raw = self
