@@ -62,8 +62,8 @@ enum Command {
     Relay(RelayArgs),
     /// Name resolution, cold and warm (not built yet: reported as unavailable).
     Resolve(NodesArg),
-    /// Group delivery latency (not built yet: reported as unavailable).
-    Group(NodesArg),
+    /// Group delivery latency (10 and 50 members) beside raw gossipsub, and catch-up throughput.
+    Group(GroupArgs),
     /// Message history: open and page times (not built yet: reported as unavailable).
     History(HistoryArgs),
     /// RSS of an idle `kith run` process beside a raw libp2p node process.
@@ -108,6 +108,16 @@ struct NodesArg {
     /// Nodes in the network.
     #[arg(long, default_value_t = 50)]
     nodes: usize,
+}
+
+#[derive(Debug, Args)]
+struct GroupArgs {
+    /// Measured messages per latency scenario.
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Messages the offline member misses in `group.catchup`.
+    #[arg(long)]
+    catchup: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -198,7 +208,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             vec![Group::Relay]
         }
         Command::Resolve(NodesArg { .. }) => vec![Group::Resolve],
-        Command::Group(NodesArg { .. }) => vec![Group::Chat],
+        Command::Group(args) => {
+            if let Some(n) = args.messages {
+                settings.group.messages = n.max(1);
+            }
+            if let Some(n) = args.catchup {
+                settings.group.catchup = n.max(1);
+            }
+            vec![Group::Chat]
+        }
         Command::History(HistoryArgs { .. }) => vec![Group::History],
         Command::Footprint(args) => {
             if let Some(secs) = args.wait_secs {

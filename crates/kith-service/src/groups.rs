@@ -1071,23 +1071,34 @@ impl Node {
         topic_name: String,
         bytes: Vec<u8>,
     ) {
-        let verdict = match self
-            .take_envelope(&bytes, Some((author, &topic_name)))
-            .await
-        {
-            Ok(()) => GossipVerdict::Accept,
+        // The verdict goes out as soon as the envelope is checked (signature, membership, not
+        // held), before decrypting and storing, so forwarding to the rest of the mesh does not
+        // wait for our disk.
+        let (verdict, valid) = match self.check_envelope(&bytes, Some((author, &topic_name))) {
+            Ok(v) => (GossipVerdict::Accept, Some(v)),
             Err(Refusal::Ignore(why)) => {
                 tracing::debug!(%why, "ignored a group message");
-                GossipVerdict::Ignore
+                (GossipVerdict::Ignore, None)
             }
             Err(Refusal::Reject(reason)) => {
                 self.groups_state().rejected.inc();
                 tracing::info!(%source, %reason, "rejected a group message");
-                GossipVerdict::Reject
+                (GossipVerdict::Reject, None)
             }
         };
         if let Err(e) = self.net().report_gossip(message_id, source, verdict).await {
             tracing::debug!(error = %e, "could not report a gossip verdict");
+        }
+        if let Some(v) = valid {
+            match self.keep_envelope(v, &bytes, true).await {
+                Ok(()) => {}
+                Err(Refusal::Ignore(why)) => tracing::debug!(%why, "group message not kept"),
+                Err(Refusal::Reject(reason)) => {
+                    // Signed by a member, but its content is broken: never stored.
+                    self.groups_state().rejected.inc();
+                    tracing::info!(%source, %reason, "refused a member's group message");
+                }
+            }
         }
     }
 
@@ -1097,6 +1108,17 @@ impl Node {
         bytes: &[u8],
         gossip: Option<(PeerId, &str)>,
     ) -> Result<(), Refusal> {
+        let v = self.check_envelope(bytes, gossip)?;
+        self.keep_envelope(v, bytes, gossip.is_some()).await
+    }
+
+    /// Everything that can be checked without the session key: signature, topic, a group we take
+    /// part in, a sender in our member list, not held yet.
+    fn check_envelope(
+        &self,
+        bytes: &[u8],
+        gossip: Option<(PeerId, &str)>,
+    ) -> Result<VerifiedEnvelope, Refusal> {
         let v = verify_envelope(bytes).map_err(Refusal::Reject)?;
         if let Some((author, topic_name)) = gossip {
             if author != v.sender {
@@ -1144,6 +1166,18 @@ impl Node {
         {
             return Err(Refusal::Ignore("already held"));
         }
+        Ok(v)
+    }
+
+    /// Decrypts (or holds, without its key) and stores a checked envelope, flushes, tells
+    /// subscribers, and starts a catch-up when it shows a gap.
+    async fn keep_envelope(
+        &self,
+        v: VerifiedEnvelope,
+        bytes: &[u8],
+        from_gossip: bool,
+    ) -> Result<(), Refusal> {
+        let sender_bytes = v.sender.to_bytes();
         let message = self.decrypt_envelope(&v).await.map_err(Refusal::Reject)?;
         let head = self.store().groups().heads(&v.group).ok().and_then(|h| {
             h.into_iter()
@@ -1189,7 +1223,7 @@ impl Node {
             });
         }
         // A gap below this message: fetch what is missing.
-        if gossip.is_some() && head.is_some_and(|h| v.env.seq > h + 1) {
+        if from_gossip && head.is_some_and(|h| v.env.seq > h + 1) {
             self.spawn_sync(v.group);
         }
         Ok(())
