@@ -14,6 +14,10 @@ use crate::ServiceError;
 
 /// How many remembered peers a restarted node dials to rejoin the network.
 const REDIAL_ON_START: usize = 16;
+/// Retry delay when the key bundle reached no DHT peer.
+const BUNDLE_RETRY: Duration = Duration::from_secs(15);
+/// The second publication of the key bundle, after the first one at start.
+const BUNDLE_SECOND_PUBLISH: Duration = Duration::from_secs(30);
 /// Upper bound on the address book; the least recently seen peers fall off.
 const ADDRESS_BOOK_LIMIT: usize = 2048;
 
@@ -339,6 +343,7 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
         None => return,
     };
     let mut delay = first;
+    let mut runs = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -351,13 +356,27 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
             Ok(n) => tracing::debug!(published = n, "re-published owned names"),
             Err(e) => tracing::warn!(error = %e, "could not re-publish owned names"),
         }
-        if let Err(e) = node.refresh_key_bundle().await {
-            tracing::warn!(error = %e, "could not publish the key bundle");
-        }
+        let bundle_out = match node.refresh_key_bundle().await {
+            Ok(published) => published,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish the key bundle");
+                false
+            }
+        };
         if let Err(e) = node.publish_mailbox_pointer().await {
             tracing::warn!(error = %e, "could not publish the mailbox pointer");
         }
-        delay = every;
+        runs += 1;
+        // Nobody can send us a first message without the bundle: retry soon when no peer took
+        // it, and publish once more shortly after start, when the routing table has grown and
+        // the peers closest to the key are known.
+        delay = if !bundle_out {
+            every.min(BUNDLE_RETRY)
+        } else if runs == 1 {
+            every.min(BUNDLE_SECOND_PUBLISH)
+        } else {
+            every
+        };
     }
 }
 

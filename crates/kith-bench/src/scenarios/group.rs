@@ -180,6 +180,22 @@ async fn kith_network(dir: &Path, n: usize) -> anyhow::Result<Vec<KithMember>> {
     for i in 1..n {
         members.push(start_kith(dir, i, Keypair::generate_ed25519(), hub.clone()).await?);
     }
+    // Every routing table holds a fair part of the network, then every key bundle is published
+    // again, so the first direct messages (invitations, keys) find them.
+    let want = (n - 1).min(8);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for m in &members {
+        while m.node.net().routing_table().await?.len() < want {
+            if Instant::now() > deadline {
+                bail!("routing tables did not fill in 60 s");
+            }
+            let _ = m.node.net().bootstrap().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for m in &members {
+        m.node.publish_key_bundle().await?;
+    }
     Ok(members)
 }
 
