@@ -379,3 +379,137 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
     );
     phase("chat exited cleanly");
 }
+
+/// Polls `check` every 200 ms until it holds, for at most `limit`; `report` explains a timeout.
+fn wait_until(limit: Duration, report: impl Fn() -> String, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{}", report());
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kith chat <group title>`: a message another member sends from the command line shows up live,
+/// and one typed in the chat reaches the other member.
+#[test]
+fn group_chat_shows_members_messages_live_and_sends_to_them() {
+    if let Some(reason) = tmux_missing() {
+        println!("skipping the kith chat group terminal test: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap.toml");
+    std::fs::write(&bootstrap, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
+    let a_home = dir.path().join("a");
+    let b_home = dir.path().join("b");
+    let a = Daemon::start(&a_home, &bootstrap, &[]);
+    let b = Daemon::start(&b_home, &bootstrap, &["--bootstrap", &a.tcp_addr()]);
+    let b_id = b.peer_id();
+    for home in [&a_home, &b_home] {
+        wait_for_status(home, "the other node in the routing table", |s| {
+            s["routing_table_peers"] == 1
+        });
+    }
+    let began = Instant::now();
+    let phase = |name: &str| println!("{:>6.1} s  {name}", began.elapsed().as_secs_f64());
+
+    // A creates the group and invites B, who joins once the invitation (sent over Olm) arrived.
+    let (code, out, err) = kith(&a_home, &["group", "create", "climbing", "--json"]);
+    assert_eq!(code, 0, "create failed: {err}");
+    let created: Value = serde_json::from_str(out.trim()).unwrap();
+    let gid = created["group_id"].as_str().unwrap().to_owned();
+    let (code, _, err) = kith(&a_home, &["group", "invite", "climbing", &b_id]);
+    assert_eq!(code, 0, "invite failed: {err}");
+    let log_tails = || {
+        format!(
+            "node a log:\n{}\nnode b log:\n{}",
+            a.log_tail(),
+            b.log_tail()
+        )
+    };
+    wait_until(
+        DELIVERY_TIMEOUT,
+        || format!("b was never invited\n{}", log_tails()),
+        || {
+            let (code, out, _) = kith(&b_home, &["group", "invitations", "--json"]);
+            code == 0 && out.contains(&gid)
+        },
+    );
+    let (code, _, err) = kith(&b_home, &["group", "join", &gid]);
+    assert_eq!(code, 0, "join failed: {err}");
+    phase("b joined the group");
+
+    let tmux = Tmux {
+        socket: dir.path().join("tmux.sock"),
+    };
+    let script = format!(
+        "{} chat climbing --home {}; echo \"chat-exit=$?\"; sleep 600",
+        quote(KITH),
+        quote(&b_home.display().to_string()),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &script,
+    ]);
+    let report = |what: &str| format!("{what}\nscreen:\n{}\n{}", tmux.screen(), log_tails());
+    let screen = tmux.wait_for("the group chat UI to connect", |s| {
+        s.contains("kith chat · group 'climbing'") && s.contains(" live")
+    });
+    assert!(
+        screen.contains(&gid),
+        "the title names the group id: {screen}"
+    );
+    phase("b's group chat is live");
+
+    // A writes from the command line; B's chat shows it live, labelled with A's short id.
+    let (code, out, err) = kith(
+        &a_home,
+        &["group", "send", "climbing", "hello group from a"],
+    );
+    assert_eq!(code, 0, "group send failed: {out} {err}");
+    wait_until(
+        DELIVERY_TIMEOUT,
+        || report("b's chat never showed a's group message"),
+        || {
+            tmux.screen()
+                .lines()
+                .any(|l| l.contains(": hello group from a") && !l.contains("you:"))
+        },
+    );
+    phase("b's chat shows a's message");
+
+    // B types in the chat; A gets it.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "hi a, from the tui ✓ü"]);
+    tmux.run(&["send-keys", "-t", "chat", "Enter"]);
+    wait_until(
+        DELIVERY_TIMEOUT,
+        || report("a never got the message typed in b's group chat"),
+        || {
+            let (code, out, _) = kith(&a_home, &["group", "history", &gid, "--json"]);
+            code == 0
+                && serde_json::from_str::<Value>(out.trim()).is_ok_and(|h| {
+                    h.as_array().is_some_and(|ms| {
+                        ms.iter().any(|m| {
+                            m["text"] == "hi a, from the tui ✓ü" && m["from"] == b_id.as_str()
+                        })
+                    })
+                })
+        },
+    );
+    tmux.wait_for("b's chat to show its own message", |s| {
+        s.contains("you: hi a, from the tui ✓ü")
+    });
+    phase("a has b's message");
+    println!("b's screen:\n{}", tmux.screen().trim_end());
+
+    tmux.run(&["send-keys", "-t", "chat", "Escape"]);
+    let screen = tmux.wait_for("kith chat to exit", |s| s.contains("chat-exit="));
+    assert!(screen.contains("chat-exit=0"), "{screen}");
+}

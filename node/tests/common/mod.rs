@@ -64,3 +64,15 @@ pub(crate) fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stdout}"))
 }
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`; panics naming `what`.
+pub(crate) fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
