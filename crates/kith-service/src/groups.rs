@@ -48,6 +48,8 @@ const SYNC_PAGE: usize = 256;
 const SYNC_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Pages fetched in one catch-up before yielding to the next round.
 const SYNC_MAX_PAGES: usize = 64;
+/// How long the first message to a group after a start waits for a catch-up.
+const FIRST_SEND_SYNC: Duration = Duration::from_secs(2);
 /// Members asked in one catch-up round before giving up until the next.
 const SYNC_MAX_PEERS: usize = 4;
 
@@ -234,6 +236,8 @@ impl MemberList {
 pub(crate) struct Groups {
     send_locks: StdMutex<HashMap<GroupId, Arc<Mutex<()>>>>,
     syncing: StdMutex<HashSet<GroupId>>,
+    /// Groups a catch-up was tried for since start.
+    tried: StdMutex<HashSet<GroupId>>,
     receivers: Mutex<HashMap<(GroupId, SessionId), GroupReceiver>>,
     rejected: prometheus_client::metrics::counter::Counter,
     received: prometheus_client::metrics::counter::Counter,
@@ -263,6 +267,7 @@ impl Groups {
         Self {
             send_locks: StdMutex::new(HashMap::new()),
             syncing: StdMutex::new(HashSet::new()),
+            tried: StdMutex::new(HashSet::new()),
             receivers: Mutex::new(HashMap::new()),
             rejected,
             received,
@@ -566,7 +571,17 @@ impl Node {
         if record.left || record.removed {
             return self.info(&record);
         }
-        if list.is_member(&me) && record.joined {
+        // Marked left first, so applying our own departure below does not read as a removal.
+        let was_joined = record.joined;
+        let left = self
+            .store()
+            .groups()
+            .update_group(&record.id, |g| {
+                g.left = true;
+                g.joined = false;
+            })?
+            .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
+        if list.is_member(&me) && was_joined {
             let mut members = list.members.clone();
             members.remove(&me);
             if !members.is_empty() {
@@ -583,16 +598,13 @@ impl Node {
                     &members,
                 )?;
                 let recipients: Vec<PeerId> = members.keys().copied().collect();
-                self.publish_list(record.clone(), &next, &recipients)?;
+                self.publish_list(left, &next, &recipients)?;
             }
         }
         let record = self
             .store()
             .groups()
-            .update_group(&record.id, |g| {
-                g.left = true;
-                g.joined = false;
-            })?
+            .group(&record.id)?
             .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
         self.store().groups().drop_sender(&record.id)?;
         self.store().flush().await?;
@@ -756,6 +768,23 @@ impl Node {
             pb::direct_payload::Body::GroupUpdate(update) => {
                 let signed = update.list.ok_or("update without a member list")?;
                 let list = MemberList::verify(&signed.encode_to_vec())?;
+                let known = self
+                    .store()
+                    .groups()
+                    .group(&list.id)
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                if !known && list.is_member(&me) && list.is_member(&peer) {
+                    // The update that follows our invitation overtook it (both were in flight
+                    // at once): it invites us just as well.
+                    return Box::pin(self.on_group_control(
+                        peer,
+                        pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
+                            list: Some(signed),
+                        }),
+                    ))
+                    .await;
+                }
                 self.consider_list(&list).map(|_| ())
             }
             pb::direct_payload::Body::GroupKey(share) => self.on_key_share(peer, share).await,
@@ -889,6 +918,11 @@ impl Node {
         }
         let record = self.find_group(reference)?;
         let group = record.id;
+        // The first message after a start waits briefly for a catch-up, which brings member-list
+        // updates made while we were away: our key then goes to members we did not know of yet.
+        if !lock(&self.groups_state().tried).contains(&group) {
+            let _ = tokio::time::timeout(FIRST_SEND_SYNC, self.sync_group(group)).await;
+        }
         let send_lock = lock(&self.groups_state().send_locks)
             .entry(group)
             .or_default()
@@ -1403,6 +1437,7 @@ impl Node {
     }
 
     async fn sync_group_inner(&self, group: GroupId) -> Result<(), ServiceError> {
+        lock(&self.groups_state().tried).insert(group);
         let Some(record) = self.store().groups().group(&group)? else {
             return Ok(());
         };
