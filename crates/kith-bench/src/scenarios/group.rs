@@ -72,6 +72,16 @@ impl Params {
     }
 }
 
+/// Phase timings on stderr when `KITH_BENCH_DEBUG` is set (setup problems are otherwise silent
+/// waits).
+macro_rules! phase {
+    ($($arg:tt)*) => {
+        if std::env::var_os("KITH_BENCH_DEBUG").is_some() {
+            eprintln!("[group] {}", format!($($arg)*));
+        }
+    };
+}
+
 /// Members that take turns sending.
 const SENDERS: usize = 3;
 /// Longest wait for one message to reach every member.
@@ -193,9 +203,11 @@ async fn kith_network(dir: &Path, n: usize) -> anyhow::Result<Vec<KithMember>> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    phase!("{n} kith nodes up, routing tables filled");
     for m in &members {
         m.node.publish_key_bundle().await?;
     }
+    phase!("key bundles published");
     Ok(members)
 }
 
@@ -291,6 +303,7 @@ async fn kith_group(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    phase!("everyone joined");
     // Warm-up: each sender's first message carries its key to everyone.
     for s in 0..SENDERS.min(members.len()) {
         let i = first + s;
@@ -300,11 +313,17 @@ async fn kith_group(
             .await?;
         let receivers: Vec<usize> = (0..members.len()).filter(|r| *r != s).collect();
         let deadline = Instant::now() + SETUP;
-        while wait_all(arrivals, i, &receivers).await > 0 {
+        loop {
+            let missing = wait_all(arrivals, i, &receivers).await;
+            if missing == 0 {
+                break;
+            }
+            phase!("warm-up {s}: {missing} members still lack it");
             if Instant::now() > deadline {
                 bail!("warm-up message {i} did not reach every member");
             }
         }
+        phase!("warm-up {s} reached everyone");
     }
     Ok(id)
 }
@@ -633,6 +652,7 @@ async fn raw_latency(
         members.push(start_raw(i, Some(hub.clone()), arrivals.clone()).await?);
     }
     let result = async {
+        phase!("{n} raw nodes up");
         // Warm-up as for kith: each sender's first message must reach everyone (the mesh formed).
         for (s, sender) in members.iter().enumerate().take(SENDERS.min(n)) {
             let i = 1_000_000 + s;
