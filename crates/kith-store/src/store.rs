@@ -188,6 +188,7 @@ impl Store {
     }
 
     /// Writes everything written so far to disk. Call before acknowledging anything to anyone.
+    /// The flush itself runs on tokio's blocking pool.
     /// Concurrent callers share flushes (group commit); returns the bytes this call flushed
     /// itself (0 when another caller's flush covered it).
     ///
@@ -204,10 +205,16 @@ impl Store {
         }
         // Everything requested before this point was written before this flush starts.
         let covers = commit.requested.load(Ordering::SeqCst);
-        let bytes = self
-            .db
-            .flush_async()
+        // Not `flush_async`: in sled 0.34 its futures can stay pending forever when several
+        // are polled at once (spacejam/sled#1241, #1308), which hung sends in a 50-node
+        // benchmark. A blocking flush on tokio's blocking pool has no such wake-up.
+        let db = self.db.clone();
+        let bytes = tokio::task::spawn_blocking(move || db.flush())
             .await
+            .map_err(|e| StoreError::Sled {
+                path: self.path.clone(),
+                source: sled::Error::Io(std::io::Error::other(format!("flush task: {e}"))),
+            })?
             .map_err(|e| StoreError::from_sled(&self.path, e))?;
         commit.completed.fetch_max(covers, Ordering::SeqCst);
         Ok(bytes)
