@@ -53,8 +53,9 @@ fn registration_bytes(relay: &[u8], created_at_ms: u64) -> Vec<u8> {
     out
 }
 
-/// DHT key of a peer's mailbox pointer.
-pub(crate) fn pointer_key(peer: &PeerId) -> Vec<u8> {
+/// DHT key of a peer's mailbox pointer, `blake3("kith/mailbox/v1/" ‖ peer id)`: public so tools
+/// (benchmarks, diagnostics) can look pointers up without copying the rule.
+pub fn pointer_key(peer: &PeerId) -> Vec<u8> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"kith/mailbox/v1/");
     hasher.update(&peer.to_bytes());

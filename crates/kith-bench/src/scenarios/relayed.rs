@@ -596,13 +596,8 @@ async fn latency(
     (relayed, direct)
 }
 
-/// DHT key of a peer's mailbox pointer, as kith-service computes it (`mailbox::pointer_key`,
-/// which is crate-private): `blake3("kith/mailbox/v1/" ‖ peer id bytes)`.
 fn pointer_key(peer: &PeerId) -> Vec<u8> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"kith/mailbox/v1/");
-    hasher.update(&peer.to_bytes());
-    hasher.finalize().as_bytes().to_vec()
+    kith_service::mailbox_pointer_key(peer)
 }
 
 /// Runs `mailbox.throughput`.
