@@ -221,14 +221,29 @@ impl MemberList {
         if !self.is_member(&next.author) || next.is_member(&next.author) {
             return false;
         }
-        let mut expected = self.members.clone();
-        expected.remove(&next.author);
-        if !expected.values().any(|a| *a)
-            && let Some((_, admin)) = expected.iter_mut().next()
+        self.without(&next.author) == next.members && next.title == self.title
+    }
+
+    /// The members once `leaver` has left; if it was the last admin, the lowest remaining
+    /// member becomes admin (the one rule both the leaver and every member apply).
+    fn without(&self, leaver: &PeerId) -> BTreeMap<PeerId, bool> {
+        let mut members = self.members.clone();
+        members.remove(leaver);
+        if !members.values().any(|a| *a)
+            && let Some((_, admin)) = members.iter_mut().next()
         {
             *admin = true;
         }
-        expected == next.members && next.title == self.title
+        members
+    }
+
+    /// The next version of this list with `members`, signed by `keypair`.
+    fn successor(
+        &self,
+        keypair: &libp2p::identity::Keypair,
+        members: &BTreeMap<PeerId, bool>,
+    ) -> Result<Self, ServiceError> {
+        Self::sign(keypair, self.id, self.version + 1, &self.title, members)
     }
 }
 
@@ -505,13 +520,7 @@ impl Node {
         }
         let mut members = list.members.clone();
         members.insert(peer, false);
-        let next = MemberList::sign(
-            &self.inner.keypair,
-            record.id,
-            list.version + 1,
-            &list.title,
-            &members,
-        )?;
+        let next = list.successor(&self.inner.keypair, &members)?;
         let recipients: Vec<PeerId> = list.members.keys().copied().collect();
         let record = self.publish_list(record, &next, &recipients)?;
         self.enqueue_control(
@@ -549,13 +558,7 @@ impl Node {
         }
         let mut members = list.members.clone();
         members.remove(&peer);
-        let next = MemberList::sign(
-            &self.inner.keypair,
-            record.id,
-            list.version + 1,
-            &list.title,
-            &members,
-        )?;
+        let next = list.successor(&self.inner.keypair, &members)?;
         let recipients: Vec<PeerId> = list.members.keys().copied().collect();
         let record = self.publish_list(record, &next, &recipients)?;
         self.store().flush().await?;
@@ -582,21 +585,9 @@ impl Node {
             })?
             .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
         if list.is_member(&me) && was_joined {
-            let mut members = list.members.clone();
-            members.remove(&me);
+            let members = list.without(&me);
             if !members.is_empty() {
-                if !members.values().any(|a| *a)
-                    && let Some((_, admin)) = members.iter_mut().next()
-                {
-                    *admin = true;
-                }
-                let next = MemberList::sign(
-                    &self.inner.keypair,
-                    record.id,
-                    list.version + 1,
-                    &list.title,
-                    &members,
-                )?;
+                let next = list.successor(&self.inner.keypair, &members)?;
                 let recipients: Vec<PeerId> = members.keys().copied().collect();
                 self.publish_list(left, &next, &recipients)?;
             }
