@@ -1,0 +1,521 @@
+// Test harness for the kith browser tests: real `kith run` daemons on loopback, each with its own
+// temp home and a bootstrap file for a private test network (low proof-of-work difficulty), the
+// `kith` CLI run bounded in time, raw HTTP requests with headers `fetch` may not set, and
+// Debian's chromium through playwright-core.
+//
+// Every wait is a poll with a time bound. Daemons are SIGKILLed when the lab is cleaned up (and
+// when this process exits, whatever happened), so a failing test never leaves nodes behind.
+//
+// Environment:
+//   KITH_BIN          the kith binary (default <CARGO_TARGET_DIR or repo/target>/debug/kith)
+//   CARGO_TARGET_DIR  where screenshots go (<dir>/browser-screenshots)
+//   CHROMIUM          the browser (default /usr/bin/chromium); missing fails under CI=true
+//   KITH_TEST_KEEP=1  keep the temp dir (homes and <node>.log) for a post-mortem
+//   KITH_TEST_LOG     the nodes' RUST_LOG (default info)
+
+import { spawn, execFile } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const TARGET_DIR = process.env.CARGO_TARGET_DIR
+  ? path.resolve(REPO, process.env.CARGO_TARGET_DIR)
+  : path.join(REPO, 'target');
+export const KITH_BIN = process.env.KITH_BIN
+  ? path.resolve(process.env.KITH_BIN)
+  : path.join(TARGET_DIR, 'debug', 'kith');
+export const SCREENSHOT_DIR = path.join(TARGET_DIR, 'browser-screenshots');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
+
+const BOOTSTRAP_TOML = '[network]\nid = "lab"\nname_difficulty = 8\n';
+/** How long a daemon may take to print its ready line, or to exit after `kith stop`. */
+export const PROCESS_TIMEOUT_MS = 30_000;
+/** Upper bound for one CLI command. */
+export const CLI_TIMEOUT_MS = 30_000;
+/** How long fresh nodes may take to have each other in their routing tables. */
+export const MESH_TIMEOUT_MS = 30_000;
+
+/** Every daemon ever started by this process, so an exit of any kind kills them all. */
+const LIVE = new Set();
+process.on('exit', () => {
+  for (const child of LIVE) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Calls `check` every `intervalMs` until it returns something other than undefined/null/false,
+ * for at most `limitMs`; throws naming `what` (and the last value or error seen) on timeout.
+ * Thrown errors inside `check` count as "not yet".
+ */
+export async function poll(what, limitMs, check, intervalMs = 200) {
+  const start = Date.now();
+  let last;
+  let lastError;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      last = await check();
+      lastError = undefined;
+      if (last !== undefined && last !== null && last !== false) return last;
+    } catch (e) {
+      lastError = e;
+    }
+    if (Date.now() - start >= limitMs || attempt > 10_000) {
+      const detail = lastError ? `; last error: ${lastError.message}` : `; last value: ${JSON.stringify(last)}`;
+      throw new Error(`timed out after ${limitMs} ms: ${what}${detail}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+/** Runs `kith <args>` bounded in time; never throws for a non-zero exit: {code, stdout, stderr}. */
+export function runKith(args, { timeoutMs = CLI_TIMEOUT_MS, env = {} } = {}) {
+  return new Promise((resolve) => {
+    const childEnv = { ...process.env, ...env };
+    delete childEnv.KITH_HOME;
+    execFile(
+      KITH_BIN,
+      args,
+      { timeout: timeoutMs, killSignal: 'SIGKILL', env: childEnv, maxBuffer: 16 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        let code = 0;
+        if (error) {
+          code = typeof error.code === 'number' ? error.code : -1;
+          if (error.killed) stderr += `\n[harness] killed after ${timeoutMs} ms`;
+        }
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      },
+    );
+  });
+}
+
+/** The TCP listen address of a ready line or status, with `/p2p/<peer id>`, for `--bootstrap`. */
+function tcpAddrOf(listenAddrs, peerId, who) {
+  const tcp = (listenAddrs || []).find((a) => a.startsWith('/ip4/127.0.0.1/tcp/'));
+  if (!tcp) throw new Error(`${who}: no 127.0.0.1 TCP listen address in ${JSON.stringify(listenAddrs)}`);
+  return `${tcp}/p2p/${peerId}`;
+}
+
+/** One `kith run` process on its own home (a restart makes a new KithNode on the same home). */
+export class KithNode {
+  constructor(lab, name, home, child, ready, logPath) {
+    this.lab = lab;
+    this.name = name;
+    this.home = home;
+    this.child = child;
+    this.ready = ready;
+    this.logPath = logPath;
+    this.exited = new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve({ code: child.exitCode, signal: child.signalCode });
+      else child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+    this.exited.then(() => LIVE.delete(child));
+  }
+
+  get peerId() {
+    return this.ready.peer_id;
+  }
+
+  /** `127.0.0.1:PORT` of the local API (and web app). */
+  get apiAddr() {
+    return this.ready.api_addr;
+  }
+
+  get apiPort() {
+    return Number(this.apiAddr.split(':').pop());
+  }
+
+  get baseUrl() {
+    return `http://${this.apiAddr}`;
+  }
+
+  /** The API token from the home (what `kith open` puts in the URL fragment). */
+  get token() {
+    return fs.readFileSync(path.join(this.home, 'api.token'), 'utf8').trim();
+  }
+
+  /** `<tcp listen addr>/p2p/<peer id>`, for other nodes' `--bootstrap`. */
+  tcpAddr() {
+    return tcpAddrOf(this.ready.listen_addrs, this.peerId, this.name);
+  }
+
+  running() {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** `kith <args> --home <home>`, bounded: {code, stdout, stderr}. */
+  cli(args, opts) {
+    return runKith([...args, '--home', this.home], opts);
+  }
+
+  /** `kith <args> --json --home <home>` that must exit 0; its one JSON document. */
+  async json(args, opts) {
+    const { code, stdout, stderr } = await this.cli([...args, '--json'], opts);
+    if (code !== 0) throw new Error(`${this.name}: kith ${args.join(' ')} --json exited ${code}: ${stderr.trim()} ${stdout.trim()}`);
+    try {
+      return JSON.parse(stdout);
+    } catch (e) {
+      throw new Error(`${this.name}: kith ${args.join(' ')} --json printed no single JSON document (${e.message}): ${stdout}`);
+    }
+  }
+
+  status() {
+    return this.json(['status']);
+  }
+
+  /** Polls `kith status` until at least `n` peers are in the routing table. */
+  async waitForRouting(n, limitMs = MESH_TIMEOUT_MS) {
+    await poll(`${this.name} to have ${n} peer(s) in its routing table`, limitMs, async () => {
+      const status = await this.status();
+      return status.routing_table_peers >= n;
+    }, 300);
+  }
+
+  /** `kith open --print --json`: the signed-in URL (token in the fragment). */
+  async openUrl() {
+    const out = await this.json(['open', '--print']);
+    if (typeof out.url !== 'string' || !out.url.includes('#token=')) {
+      throw new Error(`${this.name}: kith open --print --json gave no URL with #token=: ${JSON.stringify(out)}`);
+    }
+    return out.url;
+  }
+
+  /**
+   * `kith stop`, then waits (bounded) for the process to exit; SIGKILLs it after the bound.
+   * Returns {clean, code, signal, stopOutput}: clean when it exited 0 by itself.
+   */
+  async stop(limitMs = PROCESS_TIMEOUT_MS) {
+    if (!this.running()) {
+      const { code, signal } = await this.exited;
+      return { clean: code === 0, code, signal, stopOutput: 'already exited' };
+    }
+    const stopped = await this.cli(['stop'], { timeoutMs: limitMs });
+    const outcome = await Promise.race([this.exited, sleep(limitMs).then(() => null)]);
+    if (outcome === null) {
+      this.child.kill('SIGKILL');
+      const { code, signal } = await this.exited;
+      return { clean: false, code, signal, stopOutput: `${stopped.code} ${stopped.stderr}; SIGKILLed after ${limitMs} ms` };
+    }
+    return { clean: outcome.code === 0, ...outcome, stopOutput: `${stopped.code} ${stopped.stdout} ${stopped.stderr}`.trim() };
+  }
+
+  /** SIGKILL and wait (bounded) for the exit. */
+  async kill() {
+    if (!this.running()) return;
+    this.child.kill('SIGKILL');
+    await Promise.race([this.exited, sleep(PROCESS_TIMEOUT_MS)]);
+  }
+
+  /** The last `n` lines of this node's log. */
+  logTail(n = 25) {
+    try {
+      const lines = fs.readFileSync(this.logPath, 'utf8').split('\n');
+      return lines.slice(Math.max(0, lines.length - n - 1)).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+}
+
+/**
+ * A private test network: one temp dir holding the bootstrap file, the homes and the logs.
+ * `await lab.cleanup()` in an `after` hook kills every daemon and removes the dir.
+ */
+export class Lab {
+  constructor(prefix = 'kith-browser-') {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    this.bootstrapFile = path.join(this.dir, 'bootstrap.toml');
+    fs.writeFileSync(this.bootstrapFile, BOOTSTRAP_TOML);
+    this.nodes = [];
+    this.failed = false;
+  }
+
+  home(name) {
+    return path.join(this.dir, name);
+  }
+
+  /**
+   * Starts (or restarts, on the same home) node `name`, bootstrapping from `bootstrap`
+   * (multiaddrs); resolves once the node printed its JSON ready line (bounded).
+   */
+  async start(name, { bootstrap = [] } = {}) {
+    if (!fs.existsSync(KITH_BIN)) {
+      throw new Error(`no kith binary at ${KITH_BIN}: run \`cargo build -p kith\` or set KITH_BIN`);
+    }
+    const home = this.home(name);
+    const logPath = path.join(this.dir, `${name}.log`);
+    // Appended to: a restarted node logs after its earlier run.
+    const logFd = fs.openSync(logPath, 'a');
+    const args = [
+      'run',
+      '--json',
+      '--no-mdns',
+      '--dht-mode',
+      'server',
+      '--listen',
+      '/ip4/127.0.0.1/tcp/0',
+      '--bootstrap-file',
+      this.bootstrapFile,
+    ];
+    for (const addr of bootstrap) args.push('--bootstrap', addr);
+    args.push('--home', home);
+    const env = { ...process.env, RUST_LOG: process.env.KITH_TEST_LOG || 'info' };
+    delete env.KITH_HOME;
+    const child = spawn(KITH_BIN, args, { stdio: ['ignore', 'pipe', logFd], env });
+    fs.closeSync(logFd);
+    LIVE.add(child);
+    const lines = readline.createInterface({ input: child.stdout });
+    const ready = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`${name}: no ready line within ${PROCESS_TIMEOUT_MS} ms`));
+      }, PROCESS_TIMEOUT_MS);
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`${name}: kith run exited (${code ?? signal}) before its ready line; log ${logPath}:\n${tail(logPath)}`));
+      });
+      child.once('error', (e) => {
+        clearTimeout(timer);
+        reject(new Error(`${name}: cannot start ${KITH_BIN}: ${e.message}`));
+      });
+      lines.once('line', (line) => {
+        clearTimeout(timer);
+        try {
+          resolve(JSON.parse(line));
+        } catch (e) {
+          child.kill('SIGKILL');
+          reject(new Error(`${name}: ready line is not JSON (${e.message}): ${line}`));
+        }
+      });
+    });
+    // Keep draining stdout so the node can never block on a full pipe.
+    lines.on('line', () => {});
+    for (const field of ['peer_id', 'api_addr', 'listen_addrs']) {
+      if (!(field in ready)) throw new Error(`${name}: ready line without ${field}: ${JSON.stringify(ready)}`);
+    }
+    const node = new KithNode(this, name, home, child, ready, logPath);
+    this.nodes.push(node);
+    return node;
+  }
+
+  /** Kills every daemon of this lab (printing log tails if `failed`), then removes the dir. */
+  async cleanup() {
+    await Promise.all(this.nodes.map((n) => n.kill().catch(() => {})));
+    if (this.failed) {
+      const seen = new Set();
+      for (const node of this.nodes) {
+        if (seen.has(node.logPath)) continue;
+        seen.add(node.logPath);
+        console.error(`---- last log lines of ${node.name} (${node.logPath}) ----\n${node.logTail()}`);
+      }
+    }
+    if (process.env.KITH_TEST_KEEP) {
+      console.error(`KITH_TEST_KEEP: homes and logs kept in ${this.dir}`);
+    } else {
+      fs.rmSync(this.dir, { recursive: true, force: true });
+    }
+  }
+}
+
+function tail(file, n = 20) {
+  try {
+    const lines = fs.readFileSync(file, 'utf8').split('\n');
+    return lines.slice(Math.max(0, lines.length - n - 1)).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/**
+ * A raw HTTP request with full control over the headers (fetch may not set Host or Origin):
+ * resolves {status, headers, text, json} (json undefined when the body is not JSON). Bounded.
+ */
+export function rawRequest(node, { method = 'GET', path: reqPath = '/', headers = {}, body, timeoutMs = 10_000 }) {
+  const [host, port] = [node.apiAddr.slice(0, node.apiAddr.lastIndexOf(':')), node.apiPort];
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host, port, method, path: reqPath, headers: { Connection: 'close', ...headers }, setHost: !('Host' in headers) },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let json;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: res.statusCode, headers: res.headers, text, json });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${reqPath}: no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+/**
+ * A raw WebSocket upgrade request to `reqPath` (node:http, no library), resolving
+ * {status, headers, text}: 101 means the server accepted the socket (which is then closed).
+ */
+export function rawUpgrade(node, { path: reqPath = '/v1/events', headers = {}, timeoutMs = 10_000 }) {
+  const [host, port] = [node.apiAddr.slice(0, node.apiAddr.lastIndexOf(':')), node.apiPort];
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host,
+      port,
+      path: reqPath,
+      headers: {
+        Connection: 'Upgrade',
+        Upgrade: 'websocket',
+        'Sec-WebSocket-Version': '13',
+        'Sec-WebSocket-Key': Buffer.from('kith-browser-test').toString('base64'),
+        ...headers,
+      },
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`upgrade ${reqPath}: no answer within ${timeoutMs} ms`)));
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve({ status: res.statusCode, headers: res.headers, text: '' });
+    });
+    req.on('response', (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let json;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode, headers: res.headers, text, json });
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** `POST /v1/session {token}` → the `name=value` of the session cookie the node sets. */
+export async function sessionCookie(node) {
+  const res = await rawRequest(node, {
+    method: 'POST',
+    path: '/v1/session',
+    headers: { 'Content-Type': 'application/json', Origin: node.baseUrl },
+    body: JSON.stringify({ token: node.token }),
+  });
+  if (res.status !== 204 && res.status !== 200) {
+    throw new Error(`${node.name}: POST /v1/session answered ${res.status}: ${res.text}`);
+  }
+  const setCookie = res.headers['set-cookie'];
+  if (!setCookie || setCookie.length === 0) throw new Error(`${node.name}: POST /v1/session set no cookie`);
+  return setCookie[0].split(';')[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Browser
+
+/** Flags for Debian's chromium in a container: no sandbox, no GPU, no chatter with Google. */
+export const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+];
+
+/**
+ * Why the browser tests cannot run here, or null when they can. Under CI a missing chromium or
+ * kith binary is not a reason to skip: callers turn it into a failure (see `skipReason`).
+ */
+export function missingPrerequisite() {
+  if (!fs.existsSync(CHROMIUM)) return `no chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`;
+  if (!fs.existsSync(KITH_BIN)) return `no kith binary at ${KITH_BIN} (cargo build -p kith, or set KITH_BIN)`;
+  return null;
+}
+
+/**
+ * For `describe(..., { skip: skipReason() })`: a message to skip with outside CI; under CI it
+ * throws, so a missing browser or binary fails the run instead of passing it silently.
+ */
+export function skipReason() {
+  const missing = missingPrerequisite();
+  if (missing && IN_CI) {
+    throw new Error(`browser tests cannot run under CI: ${missing}`);
+  }
+  return missing ? `browser tests skipped: ${missing}` : false;
+}
+
+/** Launches headless chromium (bounded). */
+export async function launchBrowser() {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60_000 });
+}
+
+/** A desktop context: 1280×800. */
+export function desktopContext(browser, extra = {}) {
+  return browser.newContext({ viewport: { width: 1280, height: 800 }, ...extra });
+}
+
+/** A phone context: Playwright's Pixel 7 (touch, mobile viewport). */
+export async function phoneContext(browser, extra = {}) {
+  const { devices } = await import('playwright-core');
+  return browser.newContext({ ...devices['Pixel 7'], ...extra });
+}
+
+/**
+ * Opens `node`'s app signed in (the `kith open` URL) in a new page of `context`, collecting the
+ * page's console errors and failed requests in `page.problems` for failure messages.
+ */
+export async function openSignedIn(context, node) {
+  const url = await node.openUrl();
+  const page = await context.newPage();
+  watchProblems(page);
+  await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 20_000 });
+  return page;
+}
+
+/** Records console errors, page errors and CSP violations of `page` in `page.problems`. */
+export function watchProblems(page) {
+  page.problems = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') page.problems.push(`console: ${msg.text()}`);
+  });
+  page.on('pageerror', (err) => page.problems.push(`pageerror: ${err.message}`));
+  return page;
+}
+
+/** Writes a full-page screenshot to SCREENSHOT_DIR/<name>.png; returns the path. */
+export async function screenshot(page, name) {
+  fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
+  const file = path.join(SCREENSHOT_DIR, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true, timeout: 15_000 });
+  return file;
+}
+
+/** Best-effort screenshot for a failure message: the path, or why there is none. */
+export async function failureShot(page, name) {
+  try {
+    return await screenshot(page, `FAILED-${name}`);
+  } catch (e) {
+    return `(no screenshot: ${e.message})`;
+  }
+}
