@@ -39,10 +39,13 @@ export async function shows(locator, what, timeout = UI_TIMEOUT_MS) {
   }
 }
 
-/** The chat list is on screen (phone: go Back from a conversation; else the "Chats" nav). */
+/**
+ * The chat list screen is showing (phone: go Back from a conversation; else the "Chats" nav).
+ * Its marker is the "New chat" button: an empty list "Chats" has no size and counts as hidden.
+ */
 export async function showChats(page) {
-  const chats = list(page, 'Chats');
-  if (await chats.isVisible()) return;
+  const marker = button(page, 'New chat');
+  if (await marker.isVisible()) return;
   const back = button(page, 'Back');
   if (await back.isVisible()) {
     await back.click();
@@ -50,10 +53,13 @@ export async function showChats(page) {
     const nav = navControl(page, /^chats$/i);
     if (await nav.first().isVisible()) await nav.first().click();
   }
-  await shows(chats, 'list "Chats"');
+  await shows(marker, 'the chat list screen (button "New chat")');
 }
 
-/** The list "Requests" is on screen (on the chat list, or behind a "Requests" nav control). */
+/**
+ * Brings the requests into view (they are on the chat list screen, or behind a "Requests" nav
+ * control) and returns the list "Requests". Does not wait for it: an empty list may be hidden.
+ */
 export async function showRequests(page) {
   const requests = list(page, 'Requests');
   if (await requests.isVisible()) return requests;
@@ -61,7 +67,6 @@ export async function showRequests(page) {
   if (await requests.isVisible()) return requests;
   const nav = navControl(page, /^requests/i);
   if (await nav.first().isVisible()) await nav.first().click();
-  await shows(requests, 'list "Requests"');
   return requests;
 }
 

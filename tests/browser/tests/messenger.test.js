@@ -143,7 +143,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
       await textbox(page, 'Name').fill(name);
       await button(page, 'Register').click();
       await shows(page.getByRole('progressbar'), `the proof-of-work progress while registering ${name}`, 1400);
-      await shows(list(page, 'Chats'), `the chat list after registering ${name}`, 20_000);
+      await shows(button(page, 'New chat'), `the chat list screen (button "New chat") after registering ${name}`, 20_000);
     } finally {
       await page.unroute('**/v1/names', hold);
     }
@@ -455,7 +455,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     // On a phone the conversation replaces the list, and "Back" brings the list back.
     assert.equal(await list(pageB, 'Chats').isVisible(), false, 'the chat list is hidden behind an open conversation at 360 px');
     await button(pageB, 'Back').click();
-    await shows(list(pageB, 'Chats'), 'list "Chats" after "Back"');
+    await shows(list(pageB, 'Chats'), 'list "Chats" (with the A–B chat) after "Back"');
     assert.equal(await textbox(pageB, 'Message').isVisible(), false, 'the conversation is gone after "Back"');
 
     if (done.group) {
