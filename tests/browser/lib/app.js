@@ -161,13 +161,13 @@ export async function createGroup(page, title) {
   await shows(textbox(page, 'Message'), `the new group ${title}`);
 }
 
-/** In an open group: "Invite" → "Name or peer id" → submit. */
+/** In an open group: "Invite" → "Member" (or "Name or peer id") → "Send invite" (or "Invite"). */
 export async function inviteToGroup(page, who) {
   await button(page, 'Invite').first().click();
-  const box = textbox(page, 'Name or peer id');
-  await shows(box, 'the invite form (textbox "Name or peer id")');
+  const box = page.getByRole('textbox', { name: /^(member|name or peer id)$/i });
+  await shows(box, 'the invite form (textbox "Member")');
   await box.fill(who);
-  await submit(page, /^(invite|add|send invitation)$/i);
+  await submit(page, /^(invite|add|send invite|send invitation)$/i);
   // The form closes (or empties) once the node took the invitation.
   await poll(`the invite form to close or empty after inviting ${who}`, ARRIVAL_TIMEOUT_MS, async () => {
     if (!(await box.isVisible())) return true;
@@ -175,9 +175,14 @@ export async function inviteToGroup(page, who) {
   }, 300);
 }
 
-/** Opens the node panel through the "Node" nav control. */
-export async function openNodePanel(page) {
+/** Opens the node panel through the "Node" nav control; waits until it shows `peerId`. */
+export async function openNodePanel(page, peerId) {
   await navControl(page, /^node$/i).first().click();
+  const field = page.getByRole('textbox', { name: 'Peer id', exact: true });
+  await poll(`the node panel to show the peer id ${peerId}`, UI_TIMEOUT_MS, async () => {
+    for (const el of await field.all()) if ((await el.isVisible()) && (await el.inputValue()) === peerId) return true;
+    return false;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
