@@ -1,0 +1,664 @@
+// All application state in one place: a state object, subscribe, and the actions that call the
+// API client and update the state. Views read the state through useStore() and call actions;
+// they never talk to the node themselves.
+
+import { useEffect, useReducer } from './vendor/preact-htm.js';
+import * as api from './api.js';
+import { shortId } from './format.js';
+
+export { ApiError } from './api.js';
+
+const SKIP_KEY = 'kith.firstRunSkipped';
+const PAGE = 50;
+
+function readSkip() {
+  try {
+    return localStorage.getItem(SKIP_KEY) === '1';
+  } catch {
+    return false;
+  }
+}
+
+/** An empty conversation (direct or group) before its first page arrives. */
+const EMPTY_THREAD = Object.freeze({ messages: [], more: false, loaded: false, loading: false, error: '' });
+
+let state = {
+  auth: 'unknown', // unknown | ok | signed-out
+  authError: '',
+  socket: 'connecting', // connecting | open | down
+  me: '', // our peer id
+  status: null, // GET /v1/status
+  peers: [], // GET /v1/peers
+  names: null, // our own names; null until known
+  skipped: readSkip(), // the first-run screen was skipped
+  contacts: [],
+  inbox: [], // conversations, requests included (trust)
+  groups: [],
+  invitations: [],
+  listsLoaded: false,
+  threads: {}, // "chat:<peer id>" | "group:<group id>" → { messages, more, loaded, loading, error }
+  open: null, // the conversation on screen: { kind: 'chat' | 'group', id }
+  dialog: null, // { name, ...props }
+  invite: null, // GET /v1/invite
+  welcome: null, // after the first run: { name } (or {}) shows our invite on the chat list
+  notice: '', // a short message for everyone (errors of background work)
+};
+
+const subscribers = new Set();
+let notifyQueued = false;
+
+export const getState = () => state;
+
+export function subscribe(fn) {
+  subscribers.add(fn);
+  return () => subscribers.delete(fn);
+}
+
+function set(patch) {
+  const next = typeof patch === 'function' ? patch(state) : patch;
+  state = { ...state, ...next };
+  if (!notifyQueued) {
+    notifyQueued = true;
+    queueMicrotask(() => {
+      notifyQueued = false;
+      for (const fn of [...subscribers]) fn(state);
+    });
+  }
+}
+
+/** The current state; re-renders the calling component on every change. */
+export function useStore() {
+  const [, tick] = useReducer((n) => n + 1, 0);
+  useEffect(() => subscribe(tick), []);
+  return state;
+}
+
+// --- names -------------------------------------------------------------------------------------
+
+let nameCache = { contacts: null, inbox: null, groups: null, map: new Map() };
+
+function nameMap(s) {
+  const c = nameCache;
+  if (c.contacts === s.contacts && c.inbox === s.inbox && c.groups === s.groups) return c.map;
+  const map = new Map();
+  for (const g of s.groups) for (const m of g.members || []) if (m.petname) map.set(m.peer_id, m.petname);
+  for (const i of s.inbox) if (i.petname) map.set(i.peer_id, i.petname);
+  // Contacts last so they win; the oldest petname of a peer wins over later ones.
+  const sorted = [...s.contacts].sort((a, b) => b.added_at - a.added_at);
+  for (const k of sorted) map.set(k.peer_id, k.petname);
+  nameCache = { contacts: s.contacts, inbox: s.inbox, groups: s.groups, map };
+  return map;
+}
+
+/** How we call a peer: "You", our petname for them, or their shortened peer id. */
+export function displayName(s, peer) {
+  if (!peer) return '';
+  if (peer === s.me) return 'You';
+  return nameMap(s).get(peer) || shortId(peer);
+}
+
+/** Our petname for a peer, if any. */
+export function petnameOf(s, peer) {
+  const mine = s.contacts.filter((k) => k.peer_id === peer).sort((a, b) => a.added_at - b.added_at);
+  return mine.length ? mine[0].petname : '';
+}
+
+// --- derived lists -------------------------------------------------------------------------------
+
+export const requestsOf = (s) => s.inbox.filter((c) => c.trust === 'request');
+export const conversationOf = (s, peer) => s.inbox.find((c) => c.peer_id === peer) || null;
+export const groupOf = (s, id) => s.groups.find((g) => g.group_id === id) || null;
+export const threadOf = (s, kind, id) => s.threads[`${kind}:${id}`] || EMPTY_THREAD;
+
+/** The chat list: accepted conversations and joined groups, most recent first. */
+export function chatItems(s) {
+  const items = [];
+  for (const c of s.inbox) {
+    if (c.trust !== 'accepted') continue;
+    items.push({
+      kind: 'chat',
+      id: c.peer_id,
+      title: displayName(s, c.peer_id),
+      text: c.last_text || '',
+      at: c.last_message_at || 0,
+      unread: c.unread || 0,
+    });
+  }
+  for (const g of s.groups) {
+    if (g.state !== 'joined') continue;
+    items.push({
+      kind: 'group',
+      id: g.group_id,
+      title: g.title,
+      text: g.last_text || '',
+      at: g.last_message_at || 0,
+      unread: g.unread || 0,
+    });
+  }
+  return items.sort((a, b) => b.at - a.at);
+}
+
+/** Group invitations waiting for an answer. */
+export function invitationsOf(s) {
+  const seen = new Set();
+  const out = [];
+  for (const g of [...s.invitations, ...s.groups]) {
+    if (g.state !== 'invited' || seen.has(g.group_id)) continue;
+    seen.add(g.group_id);
+    out.push(g);
+  }
+  return out;
+}
+
+export const needsFirstRun = (s) => s.auth === 'ok' && Array.isArray(s.names) && s.names.length === 0 && !s.skipped;
+
+// --- messages ------------------------------------------------------------------------------------
+
+const RANK = { queued: 0, failed: 1, delivered: 2, read: 3, received: 0, seen: 1 };
+// Status changes that arrived before the message itself (the send answer can lose the race).
+const earlyStatus = new Map();
+
+function mergeOne(old, m) {
+  let merged = old ? { ...old, ...m } : m;
+  if (old && old.status && m.status && (RANK[old.status] ?? 0) > (RANK[m.status] ?? 0)) {
+    merged.status = old.status;
+  }
+  const early = earlyStatus.get(merged.id);
+  if (early) {
+    earlyStatus.delete(merged.id);
+    if ((RANK[early] ?? 0) > (RANK[merged.status] ?? 0)) merged = { ...merged, status: early };
+  }
+  return merged;
+}
+
+const byId = (a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
+/** Merges messages by id (ids are time-ordered: the node sorts by them too); never duplicates. */
+export function mergeMessages(list, incoming) {
+  if (!incoming.length) return list;
+  const map = new Map(list.map((m) => [m.id, m]));
+  for (const m of incoming) map.set(m.id, mergeOne(map.get(m.id), m));
+  return [...map.values()].sort(byId);
+}
+
+const kinds = {
+  chat: { history: api.history, read: api.markRead },
+  group: { history: api.groupHistory, read: api.markGroupRead },
+};
+
+function updateThread(key, fn) {
+  set((s) => ({ threads: { ...s.threads, [key]: fn(s.threads[key] || EMPTY_THREAD) } }));
+}
+
+const hasMore = (res) => (typeof res.more === 'boolean' ? res.more : res.messages.length >= PAGE);
+
+/**
+ * Loads (or reloads) the newest page of a conversation and merges it in. When the fresh page
+ * does not reach what is already shown (many messages arrived while away) it replaces it, so no
+ * gap is ever shown. Returns the answer (a direct conversation's carries the resolved peer id).
+ */
+export async function loadLatest(kind, id) {
+  const key = `${kind}:${id}`;
+  updateThread(key, (t) => ({ ...t, loading: true, error: '' }));
+  let res;
+  try {
+    res = await kinds[kind].history(id, { limit: PAGE });
+  } catch (e) {
+    updateThread(key, (t) => ({ ...t, loading: false, error: e.message }));
+    throw e;
+  }
+  updateThread(key, (t) => {
+    const fresh = res.messages || [];
+    const last = t.messages.length ? t.messages[t.messages.length - 1].id : null;
+    const reaches = !hasMore(res) || !fresh.length || !last || fresh[0].id <= last;
+    if (t.loaded && t.messages.length && reaches) {
+      return { ...t, messages: mergeMessages(t.messages, fresh), loading: false, loaded: true };
+    }
+    return { messages: mergeMessages([], fresh), more: hasMore(res), loading: false, loaded: true, error: '' };
+  });
+  return res;
+}
+
+/** Loads the page before the oldest message shown, if there is one. */
+export async function loadOlder(kind, id) {
+  const key = `${kind}:${id}`;
+  const t = threadOf(state, kind, id);
+  if (!t.loaded || t.loading || !t.more || !t.messages.length) return;
+  updateThread(key, (x) => ({ ...x, loading: true }));
+  try {
+    const res = await kinds[kind].history(id, { limit: PAGE, before: t.messages[0].id });
+    updateThread(key, (x) => ({
+      ...x,
+      messages: mergeMessages(x.messages, res.messages || []),
+      more: hasMore(res),
+      loading: false,
+    }));
+  } catch (e) {
+    updateThread(key, (x) => ({ ...x, loading: false, error: e.message }));
+  }
+}
+
+/** Adds messages to a conversation that is already loaded (one not loaded loads on opening). */
+function addToThread(kind, id, messages, force = false) {
+  const key = `${kind}:${id}`;
+  if (!force && !(state.threads[key] && state.threads[key].loaded)) return;
+  updateThread(key, (t) => ({ ...t, loaded: true, messages: mergeMessages(t.messages, messages) }));
+}
+
+function setMessageStatus(peer, id, status) {
+  const key = `chat:${peer}`;
+  const t = state.threads[key];
+  if (!t || !t.messages.some((m) => m.id === id)) {
+    if (earlyStatus.size > 500) earlyStatus.clear();
+    earlyStatus.set(id, status);
+    return;
+  }
+  updateThread(key, (x) => ({ ...x, messages: mergeMessages(x.messages, [{ id, status }]) }));
+}
+
+/** Whether a conversation is on screen and the page is visible. */
+export function isVisible(kind, id) {
+  const o = state.open;
+  return !!o && o.kind === kind && o.id === id && document.visibilityState === 'visible';
+}
+
+const reading = new Set();
+
+/** Marks a conversation read on the node (read receipts) and here. */
+export async function markRead(kind, id) {
+  const key = `${kind}:${id}`;
+  if (reading.has(key)) return;
+  reading.add(key);
+  try {
+    await kinds[kind].read(id);
+    if (kind === 'chat') {
+      set((s) => ({ inbox: s.inbox.map((c) => (c.peer_id === id ? { ...c, unread: 0 } : c)) }));
+      updateThread(key, (t) => ({
+        ...t,
+        messages: t.messages.map((m) => (m.status === 'received' ? { ...m, status: 'seen' } : m)),
+      }));
+    } else {
+      set((s) => ({ groups: s.groups.map((g) => (g.group_id === id ? { ...g, unread: 0 } : g)) }));
+    }
+  } catch {
+    // Not fatal: the next open or incoming message tries again.
+  } finally {
+    reading.delete(key);
+  }
+}
+
+/** Tells the store which conversation is on screen (null for none); loads and marks it read. */
+export async function setOpen(open) {
+  const same = state.open && open && state.open.kind === open.kind && state.open.id === open.id;
+  set({ open });
+  if (!open || same) return null;
+  const res = await loadLatest(open.kind, open.id).catch(() => null);
+  if (res && isVisible(open.kind, open.id)) markRead(open.kind, open.id);
+  if (open.kind === 'group' && !groupOf(state, open.id)) refreshGroup(open.id);
+  return res;
+}
+
+document.addEventListener('visibilitychange', () => {
+  const o = state.open;
+  if (o && document.visibilityState === 'visible') markRead(o.kind, o.id);
+});
+
+/** Sends a message in a direct or group conversation; shows it at once. */
+export async function sendMessage(kind, id, text) {
+  if (kind === 'chat') {
+    const res = await api.send(id, text);
+    const now = Date.now();
+    const m = { id: res.id, from: state.me, to: res.peer_id, text, sent_at: now, received_at: 0, status: res.status };
+    addToThread('chat', res.peer_id, [m], true);
+    bumpConversation(res.peer_id, text, now, false);
+    return res;
+  }
+  const res = await api.sendGroup(id, text);
+  const now = Date.now();
+  const m = { id: res.id, from: state.me, seq: res.seq, text, sent_at: now, received_at: now, outgoing: true };
+  addToThread('group', id, [m], true);
+  bumpGroup(id, text, now, false);
+  return res;
+}
+
+function bumpConversation(peer, text, at, incoming) {
+  const known = state.inbox.some((c) => c.peer_id === peer);
+  if (!known) {
+    refreshListsSoon();
+    return;
+  }
+  set((s) => {
+    const inbox = s.inbox.map((c) =>
+      c.peer_id === peer
+        ? { ...c, last_text: text, last_message_at: at, unread: (c.unread || 0) + (incoming ? 1 : 0) }
+        : c,
+    );
+    return { inbox: inbox.sort((a, b) => (b.last_message_at || 0) - (a.last_message_at || 0)) };
+  });
+  refreshListsSoon();
+}
+
+function bumpGroup(id, text, at, incoming) {
+  set((s) => ({
+    groups: s.groups.map((g) =>
+      g.group_id === id
+        ? { ...g, last_text: text, last_message_at: at, unread: (g.unread || 0) + (incoming ? 1 : 0) }
+        : g,
+    ),
+  }));
+  refreshListsSoon();
+}
+
+// --- events --------------------------------------------------------------------------------------
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case 'message': {
+      const m = ev.message;
+      if (!m) return;
+      const incoming = m.from !== state.me;
+      const peer = incoming ? m.from : m.to;
+      addToThread('chat', peer, [m]);
+      const visible = isVisible('chat', peer);
+      bumpConversation(peer, m.text, m.received_at || m.sent_at || Date.now(), incoming && !visible);
+      if (incoming && visible) markRead('chat', peer);
+      break;
+    }
+    case 'status':
+      setMessageStatus(ev.peer_id, ev.id, ev.status);
+      break;
+    case 'group_message': {
+      const m = ev.message;
+      if (!m) return;
+      addToThread('group', ev.group_id, [m]);
+      const visible = isVisible('group', ev.group_id);
+      bumpGroup(ev.group_id, m.text, m.received_at || m.sent_at || Date.now(), !m.outgoing && !visible);
+      if (!m.outgoing && visible) markRead('group', ev.group_id);
+      break;
+    }
+    case 'group_invitation':
+    case 'group_changed':
+      refreshListsSoon();
+      break;
+    case 'lagged':
+      refreshAll();
+      break;
+    default:
+      break;
+  }
+}
+
+// --- loading -------------------------------------------------------------------------------------
+
+let listsTimer = 0;
+
+/** Re-reads the chat list soon (coalesces bursts of events into one request each). */
+export function refreshListsSoon(delay = 300) {
+  clearTimeout(listsTimer);
+  listsTimer = setTimeout(() => refreshLists().catch(() => {}), delay);
+}
+
+export async function refreshLists() {
+  const [inbox, groups, invitations, contacts] = await Promise.all([
+    api.inbox(),
+    api.groups(),
+    api.groupInvitations().catch(() => []),
+    api.contacts(),
+  ]);
+  set({ inbox, groups, invitations, contacts, listsLoaded: true });
+}
+
+async function refreshGroup(id) {
+  try {
+    const g = await api.group(id);
+    upsertGroup(g);
+  } catch {
+    // The group view shows what it can.
+  }
+}
+
+function upsertGroup(g) {
+  set((s) => {
+    const has = s.groups.some((x) => x.group_id === g.group_id);
+    const groups = has ? s.groups.map((x) => (x.group_id === g.group_id ? { ...x, ...g } : x)) : [...s.groups, g];
+    const invitations = s.invitations.filter((x) => x.group_id !== g.group_id || g.state === 'invited');
+    return { groups, invitations };
+  });
+}
+
+let refreshing = null;
+let refreshAgain = false;
+
+/** Re-reads everything on screen: after every (re)connect of the event socket and on "lagged". */
+export function refreshAll() {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    try {
+      const [status, names] = await Promise.all([api.status(), api.names()]);
+      set({ status, me: status.peer_id, names });
+      await refreshLists();
+      const o = state.open;
+      if (o) {
+        await loadLatest(o.kind, o.id).catch(() => {});
+        if (isVisible(o.kind, o.id)) markRead(o.kind, o.id);
+      }
+    } catch {
+      // The socket loop retries; a 401 already switched to the signed-out view.
+    }
+  })().finally(() => {
+    refreshing = null;
+    if (refreshAgain) {
+      refreshAgain = false;
+      refreshAll();
+    }
+  });
+  return refreshing;
+}
+
+let socket = null;
+
+function startEvents() {
+  if (socket) return;
+  socket = api.connectEvents({
+    onEvent,
+    onState: (s) => {
+      set({ socket: s });
+      if (s === 'open') refreshAll();
+    },
+  });
+}
+
+function signedOut(message = '') {
+  if (socket) socket.close();
+  socket = null;
+  set({ auth: 'signed-out', authError: message, threads: {}, open: null, dialog: null });
+}
+
+api.on('signed-out', () => signedOut());
+
+/** Starts the app: exchanges a `#token=` for the session, then loads and follows events. */
+export async function boot() {
+  try {
+    await api.exchangeToken();
+  } catch (e) {
+    signedOut(
+      e.status === 401
+        ? 'That sign-in link was not accepted (it is used up or belongs to another node).'
+        : e.message,
+    );
+    return;
+  }
+  await start();
+}
+
+async function start() {
+  try {
+    const [status, names] = await Promise.all([api.status(), api.names()]);
+    set({ auth: 'ok', authError: '', status, me: status.peer_id, names });
+  } catch (e) {
+    if (e.status === 401) return; // signed out already
+    // The node is not answering (restarting?): show the app and let the socket loop retry.
+    set({ auth: 'ok' });
+  }
+  startEvents();
+  refreshLists().catch(() => {});
+}
+
+/** The "Try again" of the signed-out view: maybe `kith open` ran in another tab meanwhile. */
+export async function retrySignIn() {
+  try {
+    await api.status();
+  } catch (e) {
+    set({ authError: e.status === 401 ? 'Still not signed in.' : e.message });
+    return false;
+  }
+  await start();
+  return true;
+}
+
+export async function signOut() {
+  try {
+    await api.signOut();
+  } finally {
+    signedOut('You signed out.');
+  }
+}
+
+// --- first run, names, invite -----------------------------------------------------------------------
+
+export const powParams = () => api.powParams();
+
+export async function registerName(name) {
+  const r = await api.registerName(name);
+  set((s) => ({ names: [...(s.names || []).filter((n) => n.name !== r.name), r], invite: null, welcome: { name: r.name } }));
+  loadInvite();
+  return r;
+}
+
+export function skipFirstRun() {
+  try {
+    localStorage.setItem(SKIP_KEY, '1');
+  } catch {
+    // Private mode: remembered for this page only.
+  }
+  set({ skipped: true, welcome: {} });
+}
+
+export const hideWelcome = () => set({ welcome: null });
+
+export async function loadInvite() {
+  try {
+    set({ invite: await api.invite() });
+  } catch (e) {
+    setNotice(e.message);
+  }
+}
+
+export const inviteQrUrl = api.inviteQrUrl;
+
+/** The node panel's data: status, connected peers, our names. */
+export async function loadNode() {
+  const [status, peers, names] = await Promise.all([api.status(), api.peers(), api.names()]);
+  set({ status, peers, names, me: status.peer_id });
+}
+
+// --- contacts and trust ----------------------------------------------------------------------------
+
+/**
+ * Starts a chat from what a person typed: a `kith://invite/...` link (added as a contact), or a
+ * name, petname or peer id (checked by asking for the conversation). Optionally saves a petname.
+ * Returns the peer id.
+ */
+export async function startChat(target, petname) {
+  target = target.trim();
+  petname = (petname || '').trim();
+  let peer;
+  if (/^kith:\/\/invite\//i.test(target)) {
+    const contact = await api.addInvite(target, petname || undefined);
+    peer = contact.peer_id;
+  } else {
+    const res = await api.history(target, { limit: 1 });
+    peer = res.peer_id;
+    if (petname && petnameOf(state, peer) !== petname) await api.addContact(petname, peer);
+  }
+  set({ contacts: await api.contacts() });
+  return peer;
+}
+
+/** Gives a peer a (new) petname; the old petnames of that peer are removed after. */
+export async function setPetname(peer, petname) {
+  petname = petname.trim();
+  const old = state.contacts.filter((k) => k.peer_id === peer);
+  const added = await api.addContact(petname, peer);
+  for (const k of old) if (k.petname !== added.petname) await api.removeContact(k.petname).catch(() => {});
+  set({ contacts: await api.contacts() });
+  refreshListsSoon(0);
+  return added;
+}
+
+export const verify = (peer) => api.verify(peer);
+
+export async function accept(peer) {
+  const r = await api.accept(peer);
+  set((s) => ({ inbox: s.inbox.map((c) => (c.peer_id === r.peer_id ? { ...c, trust: r.trust } : c)) }));
+  if (isVisible('chat', r.peer_id)) markRead('chat', r.peer_id);
+  refreshListsSoon(0);
+  return r;
+}
+
+export async function block(peer) {
+  const r = await api.block(peer);
+  set((s) => ({ inbox: s.inbox.map((c) => (c.peer_id === r.peer_id ? { ...c, trust: r.trust } : c)) }));
+  refreshListsSoon(0);
+  return r;
+}
+
+// --- groups ----------------------------------------------------------------------------------------
+
+export async function createGroup(title) {
+  const g = await api.createGroup(title.trim());
+  upsertGroup(g);
+  return g;
+}
+
+export async function joinGroup(id) {
+  const g = await api.joinGroup(id);
+  upsertGroup(g);
+  refreshListsSoon(0);
+  return g;
+}
+
+export async function leaveGroup(id) {
+  const g = await api.leaveGroup(id);
+  upsertGroup(g);
+  return g;
+}
+
+export async function inviteMember(id, member) {
+  const g = await api.inviteMember(id, member.trim());
+  upsertGroup(g);
+  return g;
+}
+
+export async function removeMember(id, member) {
+  const g = await api.removeMember(id, member);
+  upsertGroup(g);
+  return g;
+}
+
+// --- dialogs and notices -------------------------------------------------------------------------------
+
+export const openDialog = (name, props = {}) => set({ dialog: { name, ...props } });
+export const closeDialog = () => set({ dialog: null });
+
+let noticeTimer = 0;
+
+/** A short message in the status area, cleared after a while. */
+export function setNotice(notice) {
+  clearTimeout(noticeTimer);
+  set({ notice });
+  if (notice) noticeTimer = setTimeout(() => set({ notice: '' }), 8000);
+}

@@ -1,0 +1,117 @@
+// A direct conversation: header with "Verify" and "Set petname", the messages (shared message
+// list), delivery marks, the offline notice, the request banner and the composer.
+
+import { html, useMemo } from '../vendor/preact-htm.js';
+import { shortId } from '../format.js';
+import { Composer } from '../components/composer.js';
+import { InlineError, useAction } from '../components/form.js';
+import { ViewHeader } from '../components/header.js';
+import { go } from '../components/hooks.js';
+import { IconEdit, IconShield } from '../components/icons.js';
+import { MessageList } from '../components/messages.js';
+import { Avatar } from '../components/rows.js';
+import {
+  accept,
+  block,
+  conversationOf,
+  displayName,
+  loadOlder,
+  openDialog,
+  petnameOf,
+  sendMessage,
+  threadOf,
+  useStore,
+} from '../state.js';
+
+const OUTGOING = new Set(['queued', 'delivered', 'read', 'failed']);
+
+/** Accept or block someone who wrote to us first (also used by the requests view). */
+export function TrustButtons({ peer, onDone }) {
+  const { busy, error, run } = useAction();
+  return html`<div class="trust-buttons">
+    <button type="button" class="btn primary small" disabled=${busy} onClick=${() => run(async () => onDone && onDone(await accept(peer)))}>
+      Accept
+    </button>
+    <button type="button" class="btn danger small" disabled=${busy} onClick=${() => run(async () => onDone && onDone(await block(peer)))}>
+      Block
+    </button>
+    <${InlineError} error=${error} />
+  </div>`;
+}
+
+function TrustBanner({ s, peer, trust }) {
+  const name = displayName(s, peer);
+  const { busy, error, run } = useAction();
+  if (trust === 'request') {
+    return html`<div class="banner" role="region" aria-label="Message request">
+      <p><strong>${name}</strong> is not in your contacts. Accept to chat and send read receipts, or block them to refuse their messages.</p>
+      <${TrustButtons} peer=${peer} onDone=${(r) => r.trust === 'blocked' && go('#/')} />
+    </div>`;
+  }
+  if (trust === 'blocked') {
+    return html`<div class="banner warn" role="region" aria-label="Blocked">
+      <p>You blocked <strong>${name}</strong>. Their messages are refused.</p>
+      <button type="button" class="btn small" disabled=${busy} onClick=${() => run(() => accept(peer))}>Unblock</button>
+      <${InlineError} error=${error} />
+    </div>`;
+  }
+  return null;
+}
+
+export function Conversation({ peer }) {
+  const s = useStore();
+  const thread = threadOf(s, 'chat', peer);
+  const conv = conversationOf(s, peer);
+  const name = displayName(s, peer);
+  const pet = petnameOf(s, peer);
+
+  const items = useMemo(
+    () =>
+      thread.messages.map((m) => {
+        const outgoing = m.from === s.me || (m.from !== peer && OUTGOING.has(m.status));
+        return {
+          id: m.id,
+          text: m.text,
+          at: m.sent_at || m.received_at,
+          outgoing,
+          sender: outgoing ? 'You' : name,
+          status: m.status,
+          failure: m.failure,
+        };
+      }),
+    [thread.messages, s.me, name, peer],
+  );
+
+  const lastOwn = [...items].reverse().find((m) => m.outgoing);
+  const queued = lastOwn && lastOwn.status === 'queued';
+
+  return html`<section class="view conversation" aria-label=${`Conversation with ${name}`}>
+    <${ViewHeader}
+      title=${name}
+      subtitle=${pet ? shortId(peer) : 'No petname yet'}
+      avatar=${html`<${Avatar} title=${name} seed=${peer} />`}
+    >
+      <button type="button" class="btn ghost" onClick=${() => openDialog('verify', { peer })}>
+        <${IconShield} /><span>Verify</span>
+      </button>
+      <button type="button" class="btn ghost" onClick=${() => openDialog('petname', { peer })}>
+        <${IconEdit} /><span>Set petname</span>
+      </button>
+    <//>
+    ${conv && html`<${TrustBanner} s=${s} peer=${peer} trust=${conv.trust} />`}
+    <${MessageList}
+      key=${peer}
+      items=${items}
+      more=${thread.more}
+      loading=${thread.loading || !thread.loaded}
+      onOlder=${() => loadOlder('chat', peer)}
+      error=${thread.error}
+      empty=${`No messages with ${name} yet. Say hello!`}
+    />
+    <div class="notice-live" aria-live="polite">
+      ${queued && html`<p class="notice">Queued — will be delivered when ${name} comes online</p>`}
+    </div>
+    ${(!conv || conv.trust !== 'blocked') &&
+    html`<${Composer} key=${peer} onSend=${(text) => sendMessage('chat', peer, text)} placeholder=${`Message ${name}`} />`}
+  </section>`;
+}

@@ -1,0 +1,109 @@
+// First run: choose a name (the node does the proof of work) or skip. Then the chat list opens
+// with our invite link, QR code and peer id on top (WelcomeCard) until dismissed.
+
+import { html, useEffect, useRef, useState } from '../vendor/preact-htm.js';
+import { count, powEstimate } from '../format.js';
+import { ActionForm, Field } from '../components/form.js';
+import { go, useMounted } from '../components/hooks.js';
+import { InviteCard } from '../components/invitecard.js';
+import { hideWelcome, powParams, registerName, skipFirstRun, useStore } from '../state.js';
+
+/** An estimated progress for work we cannot observe: approaches 1, never reaches it. */
+function PowProgress({ estimate }) {
+  const [value, setValue] = useState(0);
+  const start = useRef(Date.now());
+  useEffect(() => {
+    const expected = Math.max(estimate ? estimate.secs : 1, 0.5) * 1000;
+    const t = setInterval(() => setValue(1 - Math.exp(-(Date.now() - start.current) / expected)), 100);
+    return () => clearInterval(t);
+  }, [estimate]);
+  return html`<div class="pow">
+    <progress aria-label="Proof of work" max="1" value=${value}></progress>
+    <p role="status">
+      ${estimate
+        ? `Doing the proof of work: about ${count(estimate.hashes)} hashes, ${estimate.time} at 4 million hashes a second.`
+        : 'Doing the proof of work…'}
+    </p>
+  </div>`;
+}
+
+/** Our invite on top of the chat list after the first run. */
+export function WelcomeCard() {
+  const s = useStore();
+  if (!s.welcome) return null;
+  const name = s.welcome.name;
+  return html`<section class="welcome" aria-labelledby="welcome-heading">
+    <h2 id="welcome-heading">${name ? `You are ${name}` : 'Your invite'}</h2>
+    <p>
+      ${name
+        ? 'Friends can start a chat with your name, or with your invite link or QR code.'
+        : 'Send a friend your invite link, or let them scan the code. You can choose a name later in the node panel.'}
+    </p>
+    <${InviteCard} compact />
+    <div class="form-actions">
+      <button type="button" class="btn" onClick=${hideWelcome}>Done</button>
+    </div>
+  </section>`;
+}
+
+export function FirstRun() {
+  const s = useStore();
+  const [name, setName] = useState('');
+  const [estimate, setEstimate] = useState(null);
+  const mounted = useMounted();
+
+  useEffect(() => {
+    powParams()
+      .then((p) => mounted.current && setEstimate(powEstimate(p.difficulty)))
+      .catch(() => {});
+  }, []);
+
+  const own = (s.names || [])[0];
+  if (own) {
+    return html`<section class="page firstrun" aria-labelledby="fr-title">
+      <h2 id="fr-title">You are ${own.name}</h2>
+      <p>Friends can start a chat with your name, or with your invite link or QR code.</p>
+      <${InviteCard} />
+      <div class="form-actions">
+        <button type="button" class="btn primary" onClick=${() => go('#/')}>Continue</button>
+      </div>
+    </section>`;
+  }
+
+  const skip = () => {
+    skipFirstRun();
+    go('#/');
+  };
+
+  const register = async () => {
+    await registerName(name);
+    go('#/');
+  };
+
+  return html`<section class="page firstrun" aria-labelledby="fr-title">
+    <p class="brand big" aria-hidden="true">kith</p>
+    <h2 id="fr-title">Welcome to kith</h2>
+    <p>
+      Choose a name your friends can find you by. Your node registers it on the network with a proof of work,
+      so it can take a moment. You can also skip this and share your invite link instead.
+    </p>
+    <${ActionForm}
+      onSubmit=${register}
+      submit="Register"
+      secondary=${html`<button type="button" class="btn ghost" onClick=${skip}>Skip</button>`}
+    >
+      ${(busy) => html`<${Field}
+          label="Name"
+          value=${name}
+          onInput=${setName}
+          required
+          autofocus
+          maxlength="64"
+          hint="3 to 32 letters or digits of one script, “-” and “_”."
+          readonly=${busy}
+        />
+        ${estimate && !busy && html`<p class="muted">Registering takes about ${count(estimate.hashes)} hashes of work: ${estimate.time} on a typical computer.</p>`}
+        ${busy && html`<${PowProgress} estimate=${estimate} />`}`}
+    <//>
+  </section>`;
+}
