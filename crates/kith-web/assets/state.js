@@ -40,7 +40,6 @@ let state = {
   open: null, // the conversation on screen: { kind: 'chat' | 'group', id }
   dialog: null, // { name, ...props }
   invite: null, // GET /v1/invite
-  welcome: null, // after the first run: { name } (or {}) shows our invite on the chat list
   notice: '', // a short message for everyone (errors of background work)
 };
 
@@ -533,7 +532,7 @@ export const powParams = () => api.powParams();
 
 export async function registerName(name) {
   const r = await api.registerName(name);
-  set((s) => ({ names: [...(s.names || []).filter((n) => n.name !== r.name), r], invite: null, welcome: { name: r.name } }));
+  set((s) => ({ names: [...(s.names || []).filter((n) => n.name !== r.name), r], invite: null }));
   loadInvite();
   return r;
 }
@@ -544,10 +543,8 @@ export function skipFirstRun() {
   } catch {
     // Private mode: remembered for this page only.
   }
-  set({ skipped: true, welcome: {} });
+  set({ skipped: true });
 }
-
-export const hideWelcome = () => set({ welcome: null });
 
 export async function loadInvite() {
   try {

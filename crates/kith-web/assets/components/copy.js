@@ -1,23 +1,17 @@
-// A value shown as text with a copy button ("Copy peer id", "Copy invite link").
+// A value in a read-only text box with a copy button ("Copy peer id", "Copy invite link").
 
 import { html, useRef, useState } from '../vendor/preact-htm.js';
+import { useId } from './hooks.js';
 import { IconCopy } from './icons.js';
 
-function selectText(el) {
-  const range = document.createRange();
-  range.selectNodeContents(el);
-  const sel = getSelection();
-  sel.removeAllRanges();
-  sel.addRange(range);
-}
-
-async function copyText(text, el) {
+async function copyText(text, input) {
   try {
     await navigator.clipboard.writeText(text);
     return true;
   } catch {
-    if (!el) return false;
-    selectText(el);
+    if (!input) return false;
+    input.focus();
+    input.select();
     try {
       return document.execCommand('copy');
     } catch {
@@ -28,21 +22,21 @@ async function copyText(text, el) {
 
 export function CopyField({ label, value, buttonLabel }) {
   const [done, setDone] = useState('');
-  const text = useRef(null);
+  const input = useRef(null);
+  const id = useId('copy');
   const timer = useRef(0);
 
   const copy = async () => {
-    const ok = await copyText(value, text.current);
-    if (!ok && text.current) selectText(text.current);
+    const ok = await copyText(value, input.current);
     setDone(ok ? 'Copied' : 'Selected: press Ctrl+C to copy');
     clearTimeout(timer.current);
     timer.current = setTimeout(() => setDone(''), 3000);
   };
 
   return html`<div class="copy-field">
-    <p class="copy-label">${label}</p>
+    <label for=${id}>${label}</label>
     <div class="copy-row">
-      <code class="copy-value" ref=${text}>${value}</code>
+      <input id=${id} ref=${input} class="mono copy-value" readonly value=${value} onFocus=${(e) => e.currentTarget.select()} />
       <button type="button" class="btn" onClick=${copy}><${IconCopy} /><span>${buttonLabel}</span></button>
     </div>
     <p class="copy-status" role="status">${done}</p>

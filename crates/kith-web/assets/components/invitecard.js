@@ -18,7 +18,6 @@ export function InviteCard({ compact = false }) {
       <figcaption>Let a friend scan this with their phone, or send them the link.</figcaption>
     </figure>
     <div class="invite-fields">
-      ${inv.name && html`<p>Your name is <strong>${inv.name}</strong>. Friends can start a chat with it.</p>`}
       <${CopyField} label="Invite link" value=${inv.url} buttonLabel="Copy invite link" />
       <${CopyField} label="Peer id" value=${inv.peer_id} buttonLabel="Copy peer id" />
     </div>

@@ -8,7 +8,6 @@ import { go, useNow } from '../components/hooks.js';
 import { IconPlus, IconUsers } from '../components/icons.js';
 import { Row } from '../components/rows.js';
 import { chatItems, displayName, invitationsOf, joinGroup, openDialog, useStore } from '../state.js';
-import { WelcomeCard } from './firstrun.js';
 import { Requests } from './requests.js';
 
 function Invitation({ g, s }) {
@@ -45,7 +44,6 @@ export function Chats({ active }) {
         <${IconUsers} /><span>New group</span>
       </button>
     </div>
-    <${WelcomeCard} />
     <${Requests} now=${now} active=${active} />
     <h2 class="side-heading">Chats</h2>
     <ul class="rows" aria-label="Chats">

@@ -1,12 +1,12 @@
-// First run: choose a name (the node does the proof of work) or skip. Then the chat list opens
-// with our invite link, QR code and peer id on top (WelcomeCard) until dismissed.
+// First run: choose a name (the node does the proof of work) or skip; then our invite link, QR
+// code and peer id, and "Continue" to the chats.
 
 import { html, useEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { count, powEstimate } from '../format.js';
 import { ActionForm, Field } from '../components/form.js';
 import { go, useMounted } from '../components/hooks.js';
 import { InviteCard } from '../components/invitecard.js';
-import { hideWelcome, powParams, registerName, skipFirstRun, useStore } from '../state.js';
+import { powParams, registerName, skipFirstRun, useStore } from '../state.js';
 
 /** An estimated progress for work we cannot observe: approaches 1, never reaches it. */
 function PowProgress({ estimate }) {
@@ -27,21 +27,22 @@ function PowProgress({ estimate }) {
   </div>`;
 }
 
-/** Our invite on top of the chat list after the first run. */
-export function WelcomeCard() {
-  const s = useStore();
-  if (!s.welcome) return null;
-  const name = s.welcome.name;
-  return html`<section class="welcome" aria-labelledby="welcome-heading">
-    <h2 id="welcome-heading">${name ? `You are ${name}` : 'Your invite'}</h2>
+/** After registering or skipping: who we are now, and how friends reach us. */
+function Done({ name }) {
+  const heading = useRef(null);
+  useEffect(() => {
+    if (heading.current) heading.current.focus();
+  }, []);
+  return html`<section class="page firstrun" aria-labelledby="fr-done">
+    <h2 id="fr-done" ref=${heading} tabindex="-1">${name ? `You are ${name}` : 'Your invite'}</h2>
     <p>
       ${name
-        ? 'Friends can start a chat with your name, or with your invite link or QR code.'
+        ? 'Friends can now start a chat with your name. You can also send them your invite link, or let them scan the code.'
         : 'Send a friend your invite link, or let them scan the code. You can choose a name later in the node panel.'}
     </p>
-    <${InviteCard} compact />
+    <${InviteCard} />
     <div class="form-actions">
-      <button type="button" class="btn" onClick=${hideWelcome}>Done</button>
+      <button type="button" class="btn primary" onClick=${() => go('#/')}>Continue</button>
     </div>
   </section>`;
 }
@@ -50,6 +51,7 @@ export function FirstRun() {
   const s = useStore();
   const [name, setName] = useState('');
   const [estimate, setEstimate] = useState(null);
+  const [skipped, setSkipped] = useState(false);
   const mounted = useMounted();
 
   useEffect(() => {
@@ -59,25 +61,11 @@ export function FirstRun() {
   }, []);
 
   const own = (s.names || [])[0];
-  if (own) {
-    return html`<section class="page firstrun" aria-labelledby="fr-title">
-      <h2 id="fr-title">You are ${own.name}</h2>
-      <p>Friends can start a chat with your name, or with your invite link or QR code.</p>
-      <${InviteCard} />
-      <div class="form-actions">
-        <button type="button" class="btn primary" onClick=${() => go('#/')}>Continue</button>
-      </div>
-    </section>`;
-  }
+  if (own || skipped) return html`<${Done} name=${own ? own.name : ''} />`;
 
   const skip = () => {
     skipFirstRun();
-    go('#/');
-  };
-
-  const register = async () => {
-    await registerName(name);
-    go('#/');
+    setSkipped(true);
   };
 
   return html`<section class="page firstrun" aria-labelledby="fr-title">
@@ -88,7 +76,7 @@ export function FirstRun() {
       so it can take a moment. You can also skip this and share your invite link instead.
     </p>
     <${ActionForm}
-      onSubmit=${register}
+      onSubmit=${() => registerName(name)}
       submit="Register"
       secondary=${html`<button type="button" class="btn ghost" onClick=${skip}>Skip</button>`}
     >

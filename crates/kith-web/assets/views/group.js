@@ -40,11 +40,11 @@ export function InviteMemberDialog({ group }) {
   return html`<${Dialog} title=${`Invite to ${g ? g.title : 'group'}`} onClose=${closeDialog}>
     <${ActionForm}
       onSubmit=${send}
-      submit="Send invitation"
+      submit="Send invite"
       secondary=${html`<button type="button" class="btn ghost" onClick=${closeDialog}>Cancel</button>`}
     >
       <${Field}
-        label="Name or peer id"
+        label="Member"
         value=${member}
         onInput=${setMember}
         required
