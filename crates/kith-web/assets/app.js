@@ -168,14 +168,14 @@ function App() {
   const home = route.name === 'home';
   return html`<div class=${`app ${home ? 'at-home' : 'in-view'}`}>
     <${TopBar} s=${s} route=${route} />
-    <div class="panes">
+    <main class="panes" id="main">
       <nav class="side" aria-label="Conversations">
         <${Chats} active=${route} />
       </nav>
-      <main class="main" id="main">
+      <div class="main">
         <${MainView} route=${route} />
-      </main>
-    </div>
+      </div>
+    </main>
     ${Dlg && html`<${Dlg} key=${s.dialog.name} ...${s.dialog} />`}
   </div>`;
 }

@@ -89,7 +89,6 @@ export function NodeView() {
                 ${names.map(
                   (n) => html`<li key=${n.name}>
                     <strong>${n.name}</strong> — ${expiresIn(n.expires_at)}
-                    <span class="muted"> (renewed automatically while the node runs)</span>
                   </li>`,
                 )}
               </ul>`
