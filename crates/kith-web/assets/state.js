@@ -579,7 +579,12 @@ export async function startChat(target, petname) {
   } else {
     const res = await api.history(target, { limit: 1 });
     peer = res.peer_id;
-    if (petname && petnameOf(state, peer) !== petname) await api.addContact(petname, peer);
+    if (petname && petnameOf(state, peer) !== petname) {
+      await api.addContact(petname, peer);
+    } else if (!petname && target !== peer && !petnameOf(state, peer)) {
+      // Started by name: remember it as the petname, so the chat shows "alice", not a key.
+      await api.addContact(target, peer).catch(() => {});
+    }
   }
   set({ contacts: await api.contacts() });
   return peer;

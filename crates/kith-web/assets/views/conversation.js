@@ -28,11 +28,15 @@ const OUTGOING = new Set(['queued', 'delivered', 'read', 'failed']);
 /** Accept or block someone who wrote to us first (also used by the requests view). */
 export function TrustButtons({ peer, onDone }) {
   const { busy, error, run } = useAction();
+  const decide = async (action) => {
+    const r = await action(peer);
+    if (onDone) onDone(r);
+  };
   return html`<div class="trust-buttons">
-    <button type="button" class="btn primary small" disabled=${busy} onClick=${() => run(async () => onDone && onDone(await accept(peer)))}>
+    <button type="button" class="btn primary small" disabled=${busy} onClick=${() => run(() => decide(accept))}>
       Accept
     </button>
-    <button type="button" class="btn danger small" disabled=${busy} onClick=${() => run(async () => onDone && onDone(await block(peer)))}>
+    <button type="button" class="btn danger small" disabled=${busy} onClick=${() => run(() => decide(block))}>
       Block
     </button>
     <${InlineError} error=${error} />
