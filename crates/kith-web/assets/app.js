@@ -1,7 +1,7 @@
 // The entry point: the session exchange (before anything renders), the hash router, the layout
 // (two panes from 760 px, one pane with "Back" below) and the dialogs.
 
-import { html, render, useEffect, useState } from './vendor/preact-htm.js';
+import { html, render, useEffect, useRef, useState } from './vendor/preact-htm.js';
 import { go } from './components/hooks.js';
 import { IconNode } from './components/icons.js';
 import { boot, needsFirstRun, setOpen, useStore } from './state.js';
@@ -140,11 +140,20 @@ function App() {
     }
   }, [s.names, s.auth]);
 
-  // Views without a composer focus their heading (ViewHeader); pages focus their first field.
+  // Views without a composer focus their heading (ViewHeader); the first run its name field;
+  // coming back to the list (phone "Back") focuses the chat that was open.
+  const prevRoute = useRef(route);
   useEffect(() => {
-    const target = document.querySelector('main [data-autofocus]');
-    if (target && route.name === 'welcome') target.focus();
-  }, [route.name, s.auth]);
+    const prev = prevRoute.current;
+    prevRoute.current = route;
+    if (route.name === 'welcome') {
+      const field = document.querySelector('main [data-autofocus]');
+      if (field) field.focus();
+    } else if (route.name === 'home' && (prev.name === 'chat' || prev.name === 'group')) {
+      const link = document.querySelector(`.side a[href="#/${prev.name}/${encodeURIComponent(prev.id)}"]`);
+      if (link && link.offsetParent) link.focus();
+    }
+  }, [route.name, route.id, s.auth]);
 
   useEffect(() => {
     document.title = s.auth === 'signed-out' ? 'kith — not signed in' : 'kith';

@@ -38,6 +38,7 @@ export function MessageList({ items, more, loading, onOlder, showSender = false,
   const anchor = useRef(null);
   const prev = useRef({ first: null, last: null });
   const [unseen, setUnseen] = useState(0);
+  const olderFocused = useRef(false);
 
   const loadOlder = () => {
     const el = scroller.current;
@@ -87,6 +88,14 @@ export function MessageList({ items, more, loading, onOlder, showSender = false,
     prev.current = { first, last };
   }, [items]);
 
+  // The "Load older messages" button goes away with the last page: keep the focus nearby.
+  useLayoutEffect(() => {
+    if (!more && olderFocused.current) {
+      olderFocused.current = false;
+      if (scroller.current) scroller.current.focus({ preventScroll: true });
+    }
+  }, [more]);
+
   useEffect(() => {
     if (!loading) anchor.current = null;
     // Not enough messages to scroll yet: keep loading older ones until the list fills the pane.
@@ -108,7 +117,14 @@ export function MessageList({ items, more, loading, onOlder, showSender = false,
     <div class="messages-scroll" ref=${scroller} onScroll=${onScroll} tabindex="0" role="region" aria-label="Message history">
       ${more &&
       html`<div class="older">
-        <button type="button" class="btn ghost small" onClick=${loadOlder} disabled=${loading}>
+        <button
+          type="button"
+          class="btn ghost small"
+          onClick=${loadOlder}
+          onFocus=${() => (olderFocused.current = true)}
+          onBlur=${() => (olderFocused.current = false)}
+          aria-disabled=${loading ? 'true' : undefined}
+        >
           ${loading ? 'Loading older messages…' : 'Load older messages'}
         </button>
       </div>`}
