@@ -70,14 +70,13 @@ export async function showRequests(page) {
   return requests;
 }
 
-/** Clicks the chat (or group) whose item in list "Chats" contains `text`; waits for its "Message" box. */
+/** Clicks the chat (or group) whose link in list "Chats" contains `text`; waits for its "Message" box. */
 export async function openChat(page, text, timeout = ARRIVAL_TIMEOUT_MS) {
   await showChats(page);
-  const item = items(page, 'Chats', text);
-  await shows(item, `an item containing ${text} in list "Chats"`, timeout);
-  const target = item.first().getByRole('link').or(item.first().getByRole('button')).first();
-  if (await target.count()) await target.click();
-  else await item.first().click();
+  // The link of a joined chat or group (an invitation row has a "Join" button and no link).
+  const link = items(page, 'Chats', text).getByRole('link');
+  await shows(link, `a chat or group containing ${text} in list "Chats"`, timeout);
+  await link.first().click();
   await shows(textbox(page, 'Message'), `the conversation with ${text} (textbox "Message")`);
   await shows(list(page, 'Messages'), `list "Messages" of ${text}`);
 }

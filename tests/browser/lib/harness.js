@@ -53,6 +53,8 @@ process.on('exit', () => {
 });
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A sleep for `Promise.race` bounds: its timer does not keep the process alive once all is done. */
+const bound = (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 /**
  * Calls `check` every `intervalMs` until it returns something other than undefined/null/false,
@@ -201,7 +203,7 @@ export class KithNode {
       return { clean: code === 0, code, signal, stopOutput: 'already exited' };
     }
     const stopped = await this.cli(['stop'], { timeoutMs: limitMs });
-    const outcome = await Promise.race([this.exited, sleep(limitMs).then(() => null)]);
+    const outcome = await Promise.race([this.exited, bound(limitMs).then(() => null)]);
     if (outcome === null) {
       this.child.kill('SIGKILL');
       const { code, signal } = await this.exited;
@@ -214,7 +216,7 @@ export class KithNode {
   async kill() {
     if (!this.running()) return;
     this.child.kill('SIGKILL');
-    await Promise.race([this.exited, sleep(PROCESS_TIMEOUT_MS)]);
+    await Promise.race([this.exited, bound(PROCESS_TIMEOUT_MS)]);
   }
 
   /** The last `n` lines of this node's log. */
