@@ -106,6 +106,11 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
       throw err;
     }
   };
+  /** Prints how long each phase of a test took (as a test diagnostic). */
+  const phases = (t) => {
+    const start = Date.now();
+    return (what) => t.diagnostic(`${((Date.now() - start) / 1000).toFixed(1)} s  ${what}`);
+  };
   const needs = (t, ...what) => {
     const missing = what.filter((w) => !done[w]);
     if (missing.length) {
@@ -166,10 +171,12 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     assert.ok(names.json.some((n) => n.name === name), `${node.name} owns ${name}: ${names.text}`);
   }
 
-  it('1. registers names, starts a chat by name and exchanges messages live up to "Read"', step('chat', async () => {
+  it('1. registers names, starts a chat by name and exchanges messages live up to "Read"', step('chat', async (t) => {
+    const phase = phases(t);
     await register(pageA, A, 'alice');
     await register(pageB, B, 'bob');
     done.names = true;
+    phase('alice and bob registered');
 
     // B starts the chat by A's name and writes first (Send button).
     await startChat(pageB, 'alice');
@@ -191,6 +198,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     }
     await openChat(pageA, T.hello);
     await waitForMessage(pageA, T.hello, UI_TIMEOUT_MS);
+    phase(`B's first message reached A's page (in ${where}) and A opened it`);
 
     // A answers with Enter; it appears live in B's open conversation.
     await sendMessage(pageA, T.reply, { enter: true });
@@ -201,6 +209,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     await sendMessage(pageB, T.second);
     await waitForMessage(pageA, T.second);
     done.chat = true;
+    phase('messages went both ways');
 
     // A has read both of B's messages: B sees "Read" on them; B has A's reply open: A sees "Read".
     await waitForStatus(pageB, T.hello, 'read');
@@ -238,6 +247,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
 
   it('3. a group of three: two browsers and a CLI node see every message once', step('group', async (t) => {
     if (!needs(t, 'names')) return;
+    const phase = phases(t);
     await createGroup(pageA, GROUP);
     await inviteToGroup(pageA, 'bob');
     await inviteToGroup(pageA, C.peerId);
@@ -245,6 +255,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     const group = groups.find((g) => g.title === GROUP);
     assert.ok(group, `A's node has the group ${GROUP}: ${JSON.stringify(groups)}`);
     const gid = group.group_id;
+    phase('A created the group and invited B and C');
     const members = new Set(group.members.map((m) => m.peer_id));
     assert.deepEqual(members, new Set([A.peerId, B.peerId, C.peerId]), 'A, B and C are members');
 
@@ -265,6 +276,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
       return null;
     }, 300);
     if (opened !== 'open') await openChat(pageB, GROUP, UI_TIMEOUT_MS);
+    phase('B joined on its page');
 
     // C joins from the command line.
     await poll(`C to be invited to ${GROUP}`, ARRIVAL_TIMEOUT_MS, async () => {
@@ -273,11 +285,13 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     }, 500);
     const joined = await C.cli(['group', 'join', gid, '--json']);
     assert.equal(joined.code, 0, `kith group join on C: ${joined.stderr}${joined.stdout}`);
+    phase('C joined from the command line');
 
     await sendMessage(pageA, T.gAlice);
     await sendMessage(pageB, T.gBob, { enter: true });
     const sent = await C.cli(['group', 'send', gid, T.gCarol, '--json']);
     assert.equal(sent.code, 0, `kith group send on C: ${sent.stderr}${sent.stdout}`);
+    phase('A, B and C sent');
 
     for (const [who, page] of [['A', pageA], ['B', pageB]]) {
       for (const text of [T.gAlice, T.gBob, T.gCarol]) {
@@ -289,6 +303,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
         }
       }
     }
+    phase('both pages show the three messages');
     const history = await poll('C\'s `kith group history` to hold all three messages', ARRIVAL_TIMEOUT_MS, async () => {
       const h = await C.json(['group', 'history', gid, '--limit', '1000']);
       const texts = h.map((m) => m.text);
@@ -312,8 +327,10 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     await openChat(pageB, abChat(), UI_TIMEOUT_MS);
     const before = { apiAddr: A.apiAddr, peerId: A.peerId };
 
+    const phase = phases(t);
     const stopped = await A.stop();
     assert.ok(stopped.clean, `kith stop ends A cleanly: ${JSON.stringify(stopped)}`);
+    phase('A stopped');
 
     for (const text of T.away) {
       await sendMessage(pageB, text);
@@ -325,12 +342,14 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     A = await lab.start('a', { bootstrap: [B.tcpAddr()] });
     assert.equal(A.peerId, before.peerId, 'same home, same peer id');
     assert.equal(A.apiAddr, before.apiAddr, 'the restarted node reuses its API port (the open page depends on it)');
+    phase('B queued three messages; A restarted');
 
     const all = [T.hello, T.reply, T.second, ...T.away];
     await poll('A\'s open page to show every message, each once, after the restart', 60_000, async () => {
       for (const text of all) if ((await countMessages(pageA, text)) !== 1) return false;
       return true;
     }, 500);
+    phase('A\'s page shows every message once');
     // Still exactly once a little later (a duplicate from a late refetch or event would show now).
     const settle = Date.now();
     await poll('the counts to stay at one for 2 s', 5_000, async () => {
@@ -434,6 +453,15 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
   }));
 
   it('7. axe-core finds no serious or critical violations on any main view', step('axe', async () => {
+    // First prove the checker works in this browser: a page with known faults must fail it.
+    const scratch = await pageA.context().newPage();
+    try {
+      await scratch.setContent('<html><body><img src="data:,"><button></button></body></html>');
+      const found = (await seriousViolations(scratch)).map((v) => v.id);
+      assert.ok(found.includes('image-alt') && found.includes('button-name'), `axe-core found ${JSON.stringify(found)} on a page with an unlabelled image and button`);
+    } finally {
+      await scratch.close();
+    }
     const report = [];
     const failures = await eachView(async (view, size, page) => {
       const violations = await seriousViolations(page);
