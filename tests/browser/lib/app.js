@@ -11,7 +11,7 @@ const require = createRequire(import.meta.url);
 /** How long the UI may take to show something that is already known to the node. */
 export const UI_TIMEOUT_MS = 10_000;
 /** How long something sent over the network may take to show on the other side. */
-export const ARRIVAL_TIMEOUT_MS = 45_000;
+export const ARRIVAL_TIMEOUT_MS = 60_000;
 
 export const list = (page, name) => page.getByRole('list', { name, exact: true });
 export const textbox = (page, name) => page.getByRole('textbox', { name, exact: true });

@@ -106,6 +106,12 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
       throw err;
     }
   };
+  /** Asserts neither page was reloaded (or navigated away) since the start. */
+  const assertNoReload = async () => {
+    for (const [who, page] of [['A', pageA], ['B', pageB]]) {
+      assert.equal(await page.evaluate(() => window.kithTestNoReload), true, `${who}'s page was reloaded`);
+    }
+  };
   /** Prints how long each phase of a test took (as a test diagnostic). */
   const phases = (t) => {
     const start = Date.now();
@@ -131,6 +137,8 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     await Promise.all([A, B, C, D].map((n) => n.waitForRouting(2)));
     pageA = await openSignedIn(desktop, A);
     pageB = await openSignedIn(phone, B);
+    // A mark that only survives as long as the page is never reloaded: everything must come live.
+    for (const page of [pageA, pageB]) await page.evaluate(() => (window.kithTestNoReload = true));
   });
 
   after(async () => {
@@ -221,6 +229,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
         assert.equal(await countMessages(page, text), 1, `${text} shown exactly once`);
       }
     }
+    await assertNoReload();
   }));
 
   it('2. a stranger\'s message appears in "Requests"; "Accept" moves it to "Chats"', step('requests', async () => {
@@ -367,6 +376,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     await waitForMessage(pageB, T.back);
     abTexts.push(T.back);
     for (const text of T.away) await waitForStatus(pageB, text, ['delivered', 'read']);
+    await assertNoReload();
     done.restart = true;
   }));
 
