@@ -8,6 +8,7 @@
 // 6. screenshots of every main view at both sizes (CI artefacts)
 // 7. axe-core: no serious or critical violations on any main view
 // 8. phone layout at 360 px: no horizontal scroll, 44 px targets, "Back" from a conversation
+// 9. no uncaught errors and no CSP violations in either page
 // (5, security, is in security.test.js.)
 //
 // The tests run in order and build on each other (one set of nodes keeps the suite fast); a test
@@ -142,6 +143,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
   });
 
   after(async () => {
+    for (const [who, page] of [['A', pageA], ['B', pageB]]) if (page?.problems?.length) console.error(`${who} page problems:\n  ${page.problems.join('\n  ')}`);
     await browser?.close().catch(() => {});
     await lab?.cleanup();
   });
@@ -527,6 +529,15 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     await fits(pageB, 'node');
 
     assert.equal(problems.length, 0, `phone layout problems at 360 px:\n${problems.join('\n')}`);
+  }));
+
+  it('9. the pages threw no uncaught errors and broke no CSP rule along the way', step('console', async () => {
+    const pages = [['A', pageA], ['B', pageB]];
+    if (firstRun) pages.push(['D desktop', firstRun.desktop], ['D phone', firstRun.phone]);
+    for (const [who, page] of pages) {
+      const bad = (page.problems || []).filter((p) => p.startsWith('pageerror:') || /Content Security Policy|Refused to/i.test(p));
+      assert.equal(bad.length, 0, `${who}'s page:\n  ${bad.join('\n  ')}`);
+    }
   }));
 });
 
