@@ -20,7 +20,7 @@ function readSkip() {
 }
 
 /** An empty conversation (direct or group) before its first page arrives. */
-const EMPTY_THREAD = Object.freeze({ messages: [], more: false, loaded: false, loading: false, error: '' });
+const EMPTY_THREAD = Object.freeze({ messages: [], more: false, loaded: false, loading: false, older: false, error: '' });
 
 let state = {
   auth: 'unknown', // unknown | ok | signed-out
@@ -36,7 +36,7 @@ let state = {
   groups: [],
   invitations: [],
   listsLoaded: false,
-  threads: {}, // "chat:<peer id>" | "group:<group id>" → { messages, more, loaded, loading, error }
+  threads: {}, // "chat:<peer id>" | "group:<group id>" → { messages, more, loaded, loading, older, error }
   open: null, // the conversation on screen: { kind: 'chat' | 'group', id }
   dialog: null, // { name, ...props }
   invite: null, // GET /v1/invite
@@ -213,7 +213,7 @@ export async function loadLatest(kind, id) {
     if (t.loaded && t.messages.length && reaches) {
       return { ...t, messages: mergeMessages(t.messages, fresh), loading: false, loaded: true };
     }
-    return { messages: mergeMessages([], fresh), more: hasMore(res), loading: false, loaded: true, error: '' };
+    return { ...t, messages: mergeMessages([], fresh), more: hasMore(res), loading: false, loaded: true, error: '' };
   });
   return res;
 }
@@ -222,18 +222,18 @@ export async function loadLatest(kind, id) {
 export async function loadOlder(kind, id) {
   const key = `${kind}:${id}`;
   const t = threadOf(state, kind, id);
-  if (!t.loaded || t.loading || !t.more || !t.messages.length) return;
-  updateThread(key, (x) => ({ ...x, loading: true }));
+  if (!t.loaded || t.loading || t.older || !t.more || !t.messages.length) return;
+  const first = t.messages[0].id;
+  updateThread(key, (x) => ({ ...x, older: true }));
   try {
-    const res = await kinds[kind].history(id, { limit: PAGE, before: t.messages[0].id });
-    updateThread(key, (x) => ({
-      ...x,
-      messages: mergeMessages(x.messages, res.messages || []),
-      more: hasMore(res),
-      loading: false,
-    }));
+    const res = await kinds[kind].history(id, { limit: PAGE, before: first });
+    updateThread(key, (x) => {
+      // A reload replaced the list meanwhile: this page no longer joins it, drop it.
+      if (!x.messages.length || x.messages[0].id !== first) return { ...x, older: false };
+      return { ...x, messages: mergeMessages(x.messages, res.messages || []), more: hasMore(res), older: false };
+    });
   } catch (e) {
-    updateThread(key, (x) => ({ ...x, loading: false, error: e.message }));
+    updateThread(key, (x) => ({ ...x, older: false, error: e.message }));
   }
 }
 

@@ -107,7 +107,7 @@ export function Conversation({ peer }) {
       key=${peer}
       items=${items}
       more=${thread.more}
-      loading=${thread.loading || !thread.loaded}
+      loading=${thread.older || !thread.loaded}
       onOlder=${() => loadOlder('chat', peer)}
       error=${thread.error}
       empty=${`No messages with ${name} yet. Say hello!`}

@@ -153,7 +153,7 @@ export function GroupView({ id }) {
           key=${id}
           items=${items}
           more=${thread.more}
-          loading=${thread.loading || !thread.loaded}
+          loading=${thread.older || !thread.loaded}
           onOlder=${() => loadOlder('group', id)}
           error=${thread.error}
           showSender
