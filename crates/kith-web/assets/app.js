@@ -3,8 +3,8 @@
 
 import { html, render, useEffect, useRef, useState } from './vendor/preact-htm.js';
 import { go } from './components/hooks.js';
-import { IconNode } from './components/icons.js';
-import { boot, needsFirstRun, setOpen, useStore } from './state.js';
+import { IconLink, IconNode } from './components/icons.js';
+import { boot, chatItems, needsFirstRun, requestsOf, setOpen, useStore } from './state.js';
 import { Chats } from './views/chats.js';
 import { Conversation } from './views/conversation.js';
 import { FirstRun } from './views/firstrun.js';
@@ -72,7 +72,7 @@ function TopBar({ s, route }) {
     <h1 class="brand"><a href="#/" aria-label="kith, chats">kith</a></h1>
     <${ConnectionStatus} socket=${s.socket} />
     <p class="notice-area" aria-live="polite">${s.notice}</p>
-    <nav class="top-nav" aria-label="Node">
+    <div class="top-nav">
       <button
         type="button"
         class=${`btn ghost${route.name === 'node' ? ' current' : ''}`}
@@ -81,7 +81,7 @@ function TopBar({ s, route }) {
       >
         <${IconNode} /><span>Node</span>
       </button>
-    </nav>
+    </div>
   </header>`;
 }
 
@@ -90,6 +90,7 @@ function Home() {
     <div class="home-card">
       <p class="brand big" aria-hidden="true">kith</p>
       <p>Pick a chat on the left, or start a new one.</p>
+      <p><a class="btn" href="#/invite"><${IconLink} /><span>Your invite link</span></a></p>
       <p class="muted">Messages go straight to your friends’ nodes, end-to-end encrypted. When someone is offline, they are queued and delivered later.</p>
     </div>
   </section>`;
@@ -155,9 +156,11 @@ function App() {
     }
   }, [route.name, route.id, s.auth]);
 
+  const unread = chatItems(s).reduce((n, it) => n + it.unread, 0) + requestsOf(s).length;
   useEffect(() => {
-    document.title = s.auth === 'signed-out' ? 'kith — not signed in' : 'kith';
-  }, [s.auth]);
+    if (s.auth === 'signed-out') document.title = 'kith — not signed in';
+    else document.title = unread ? `(${unread}) kith` : 'kith';
+  }, [s.auth, unread]);
 
   if (s.auth === 'unknown') {
     return html`<main class="center-page" id="main"><p class="muted" role="status">Opening kith…</p></main>`;
