@@ -330,6 +330,19 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
       }
     }
     done.group = true;
+    phase('C holds all three; nothing doubled');
+
+    // Sharing group keys (over Olm) is not a conversation: a fellow member who never wrote
+    // directly must not show up as a message request.
+    for (const [who, node, page] of [['A', A, pageA], ['B', B, pageB]]) {
+      const requests = await rawRequest(node, { path: '/v1/requests', headers: { Authorization: `Bearer ${node.token}` } });
+      assert.equal(requests.status, 200, requests.text);
+      const members = requests.json.filter((r) => [A, B, C].some((n) => n.peerId === r.peer_id));
+      assert.equal(members.length, 0, `${who}'s node lists group members as requests: ${JSON.stringify(members)}`);
+      await showRequests(page);
+      const shown = await list(page, 'Requests').getByRole('listitem').count();
+      assert.equal(shown, 0, `${who}'s page lists ${shown} request(s) though nobody outside the group wrote`);
+    }
   }));
 
   it('4. A\'s node restarts under its open page: reconnects, every message exactly once', step('restart', async (t) => {
