@@ -104,7 +104,8 @@ export function petnameOf(s, peer) {
 
 // --- derived lists -------------------------------------------------------------------------------
 
-export const requestsOf = (s) => s.inbox.filter((c) => c.trust === 'request');
+/** Message requests: someone not accepted wrote to us (entries without any message are not). */
+export const requestsOf = (s) => s.inbox.filter((c) => c.trust === 'request' && (c.last_message_at || c.last_text));
 export const conversationOf = (s, peer) => s.inbox.find((c) => c.peer_id === peer) || null;
 export const groupOf = (s, id) => s.groups.find((g) => g.group_id === id) || null;
 export const threadOf = (s, kind, id) => s.threads[`${kind}:${id}`] || EMPTY_THREAD;
