@@ -108,17 +108,28 @@ pub(crate) enum Target {
 }
 
 impl Target {
+    /// The latest `limit` messages; the screen shows them, so the conversation is then read.
     async fn history(
         &self,
         client: &ApiClient,
         limit: usize,
     ) -> Result<HistoryReport, ClientError> {
-        match self {
-            Target::Peer(who) => client.history(who, limit, None).await,
+        let history = match self {
+            Target::Peer(who) => client.history(who, limit, None).await?,
             Target::Group(id) => client
                 .group_history(id, limit, None)
                 .await
-                .map(group_history),
+                .map(group_history)?,
+        };
+        self.mark_read(client).await?;
+        Ok(history)
+    }
+
+    /// Marks what the screen shows as read (read receipts go out for a person's messages).
+    async fn mark_read(&self, client: &ApiClient) -> Result<(), ClientError> {
+        match self {
+            Target::Peer(who) => client.mark_read(who).await.map(|_| ()),
+            Target::Group(id) => client.mark_group_read(id).await,
         }
     }
 
@@ -145,6 +156,7 @@ pub(crate) fn group_history(h: GroupHistoryReport) -> HistoryReport {
             .into_iter()
             .map(|m| group_message(&id, m))
             .collect(),
+        more: h.more,
     }
 }
 
@@ -852,11 +864,10 @@ enum Incoming {
     Retrying { attempt: u32, delay: Duration },
     /// The stream dropped for good.
     GaveUp(String),
-    /// A history read finished; `full` for reloads, not for mark-read calls.
-    History {
-        full: bool,
-        result: Result<HistoryReport, String>,
-    },
+    /// A history reload finished.
+    History(Result<HistoryReport, String>),
+    /// Something the user should know that is not a message (a failed mark-read).
+    Notice(String),
     /// A send finished.
     Sent {
         pending: String,
@@ -943,7 +954,7 @@ impl Reloader {
             return;
         }
         self.in_flight = true;
-        fetch_history(client, with, HISTORY_LIMIT, true, tx);
+        fetch_history(client, with, tx);
     }
 
     fn finished(&mut self, client: &ApiClient, with: &Target, tx: &mpsc::Sender<Incoming>) {
@@ -954,20 +965,14 @@ impl Reloader {
     }
 }
 
-fn fetch_history(
-    client: &ApiClient,
-    with: &Target,
-    limit: usize,
-    full: bool,
-    tx: &mpsc::Sender<Incoming>,
-) {
+fn fetch_history(client: &ApiClient, with: &Target, tx: &mpsc::Sender<Incoming>) {
     let (client, with, tx) = (client.clone(), with.clone(), tx.clone());
     tokio::spawn(async move {
         let result = with
-            .history(&client, limit)
+            .history(&client, HISTORY_LIMIT)
             .await
             .map_err(|e| e.to_string());
-        let _ = tx.send(Incoming::History { full, result }).await;
+        let _ = tx.send(Incoming::History(result)).await;
     });
 }
 
@@ -1023,7 +1028,15 @@ async fn ui_loop(
                 Incoming::Event(event) => match state.apply_event(event) {
                     Effect::None => {}
                     Effect::Reload => reloader.request(&client, with, &tx),
-                    Effect::MarkRead => fetch_history(&client, with, 1, false, &tx),
+                    Effect::MarkRead => {
+                        let (client, with, tx) = (client.clone(), with.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = with.mark_read(&client).await {
+                                let notice = format!("cannot mark the conversation read: {e}");
+                                let _ = tx.send(Incoming::Notice(notice)).await;
+                            }
+                        });
+                    }
                 },
                 Incoming::Retrying { attempt, delay } => {
                     state.set_link(Link::Retrying { attempt, delay });
@@ -1032,15 +1045,14 @@ async fn ui_loop(
                     state.set_link(Link::Down);
                     state.set_notice(format!("cannot reach the node's event stream: {why}"));
                 }
-                Incoming::History { full, result } => {
+                Incoming::History(result) => {
                     match result {
                         Ok(history) => state.apply_history(history),
                         Err(e) => state.set_notice(format!("cannot read the history: {e}")),
                     }
-                    if full {
-                        reloader.finished(&client, with, &tx);
-                    }
+                    reloader.finished(&client, with, &tx);
                 }
+                Incoming::Notice(notice) => state.set_notice(notice),
                 Incoming::Sent { pending, result } => state.apply_sent(&pending, result),
             },
             _ = terminate.recv() => return Ok(()),
@@ -1074,6 +1086,7 @@ mod tests {
         HistoryReport {
             peer_id: PEER.into(),
             messages,
+            more: false,
         }
     }
 
@@ -1101,6 +1114,7 @@ mod tests {
                 gm("a", PEER, "rope?", 60_000),
                 gm("b", ME, "in my car", 120_000),
             ],
+            more: false,
         });
         let mut s = ChatState::new("climbing", ME, h);
         s.set_group("climbing".into(), vec![(PEER.into(), "alice".into())]);

@@ -99,6 +99,12 @@ pub(crate) enum Command {
     /// Group chats: create, invite, join, send, history, members, remove, leave.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Open the web app of the running node in the browser, signed in.
+    Open {
+        /// Only print the URL (it carries the API token: do not share it).
+        #[arg(long)]
+        print: bool,
+    },
     /// Print an invite link (and QR code) that lets a friend add you without any lookup.
     Invite {
         /// Do not draw the QR code.

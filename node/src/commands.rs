@@ -38,6 +38,67 @@ pub(crate) fn id(home: &Home, json_output: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kith open`: the web app's URL with the token in the fragment (never sent to the server,
+/// never in the history once the app has traded it for a cookie), and the browser opened on it.
+pub(crate) async fn open(home: &Home, print_only: bool, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    // Only hand out a URL that works: the node must answer.
+    client.status().await.map_err(|e| api_error(home, e))?;
+    let info = home.read_api_info()?;
+    let token = home.token(false)?;
+    let url = format!("http://{}/#token={}", info.addr, token.as_str());
+    let opened = !print_only && open_browser(&url);
+    if json_output {
+        outln!("{}", json!({ "url": url }));
+    } else if opened {
+        outln!("Opened kith in your browser. If nothing appeared, open this address:\n{url}");
+    } else if print_only {
+        outln!("{url}");
+    } else {
+        outln!("No browser found here; open this address in a browser on this computer:\n{url}");
+    }
+    Ok(())
+}
+
+/// Starts the user's browser on `url` without waiting for it; false when none could be started.
+fn open_browser(url: &str) -> bool {
+    let mut candidates: Vec<String> = Vec::new();
+    if let Ok(browser) = std::env::var("BROWSER") {
+        candidates.extend(
+            browser
+                .split(':')
+                .filter(|b| !b.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let graphical = cfg!(target_os = "macos")
+        || std::env::var_os("DISPLAY").is_some()
+        || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if graphical {
+        candidates.push(
+            if cfg!(target_os = "macos") {
+                "open"
+            } else {
+                "xdg-open"
+            }
+            .to_owned(),
+        );
+    }
+    candidates.into_iter().any(|program| {
+        std::process::Command::new(&program)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(|mut child| {
+                // Reap it in the background so it never lingers as a zombie.
+                std::thread::spawn(move || child.wait());
+            })
+            .is_ok()
+    })
+}
+
 /// `kith status`.
 pub(crate) async fn status(home: &Home, json_output: bool) -> anyhow::Result<()> {
     let client = connect(home)?;

@@ -96,9 +96,10 @@ pub(crate) async fn group(home: &Home, cmd: GroupCommand, json: bool) -> anyhow:
             before,
         } => {
             let h = client
-                .group_history(&group, limit, before.as_deref())
+                .group_history_up_to(&group, limit, before.as_deref())
                 .await
                 .map_err(err)?;
+            client.mark_group_read(&h.group_id).await.map_err(err)?;
             if json {
                 outln!("{}", serde_json::to_string(&h.messages)?);
             } else if h.messages.is_empty() {

@@ -6,6 +6,8 @@
 //! <home>/olm.key        32-byte key that encrypts the Olm state in the store, mode 0600
 //! <home>/api.token      bearer token for the local API, mode 0600
 //! <home>/api.json       {"addr", "pid", "peer_id"} of the running node; removed on clean exit
+//! <home>/api.port       the API's last port, reused on the next start so open web app tabs
+//!                       and bookmarks keep working across restarts
 //! ```
 
 use std::{
@@ -147,6 +149,21 @@ impl Home {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.no_node()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+    }
+
+    /// The port the API listened on last time, if it is known.
+    pub(crate) fn last_api_port(&self) -> Option<u16> {
+        fs::read_to_string(self.dir.join("api.port"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+    }
+
+    /// Remembers the API's port for the next start.
+    pub(crate) fn remember_api_port(&self, port: u16) -> anyhow::Result<()> {
+        write_private(&self.dir.join("api.port"), port.to_string().as_bytes())
     }
 
     pub(crate) fn write_api_info(&self, info: &ApiInfo) -> anyhow::Result<()> {

@@ -35,7 +35,12 @@ pub(crate) async fn history(
 ) -> anyhow::Result<()> {
     let client = connect(home)?;
     let report = client
-        .history(with, limit, before)
+        .history_up_to(with, limit, before)
+        .await
+        .map_err(|e| api_error(home, e))?;
+    // Reading a conversation on the command line is reading it: mark it read (receipts go out).
+    client
+        .mark_read(&report.peer_id)
         .await
         .map_err(|e| api_error(home, e))?;
     if json_output {

@@ -93,12 +93,13 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     let node = Node::start_with(config, store, options)
         .await
         .context("cannot start the node")?;
-    let listener = tokio::net::TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("cannot listen for the local API on {}", args.api_addr))?;
+    let listener = bind_api(home, args.api_addr).await?;
     let api_addr = listener
         .local_addr()
         .context("API listener has no address")?;
+    if let Err(e) = home.remember_api_port(api_addr.port()) {
+        tracing::warn!(error = %e, "cannot remember the API port; the next start may use another");
+    }
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(kith_api::serve(listener, node.clone(), token, async {
         let _ = api_stopped.await;
@@ -148,6 +149,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             outln!("  listening on {addr}");
         }
         outln!("  local API on http://{api_addr} (token in api.token)");
+        outln!("  web app: run `kith open` to open it signed in");
         outln!("Stop it with Ctrl-C or `kith stop`.");
     }
 
@@ -169,6 +171,28 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     result?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Binds the API. With port 0 (the default) the last run's port is tried first, so a web app tab
+/// left open reconnects to the restarted node; when that port is taken, any free one will do.
+async fn bind_api(
+    home: &Home,
+    requested: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if requested.port() == 0
+        && let Some(port) = home.last_api_port()
+    {
+        let previous = std::net::SocketAddr::new(requested.ip(), port);
+        match tokio::net::TcpListener::bind(previous).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => {
+                tracing::info!(%previous, error = %e, "last API port is taken; using another")
+            }
+        }
+    }
+    tokio::net::TcpListener::bind(requested)
+        .await
+        .with_context(|| format!("cannot listen for the local API on {requested}"))
 }
 
 /// Listeners come up asynchronously; wait a little (bounded) so the ready line can name them.

@@ -90,6 +90,21 @@ impl Api {
     }
 }
 
+/// Reads a JSON error body and returns its `kind` field (every error has one).
+async fn error_kind(response: reqwest::Response) -> Result<String> {
+    let body: Value = response.json().await.context("error body is not JSON")?;
+    anyhow::ensure!(
+        body.get("error")
+            .and_then(Value::as_str)
+            .is_some_and(|e| !e.is_empty()),
+        "error body has no 'error' text: {body}"
+    );
+    body.get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("error body has no string 'kind' field: {body}"))
+}
+
 /// Reads a JSON error body and returns its `error` field.
 async fn error_message(response: reqwest::Response) -> Result<String> {
     let body: Value = response.json().await.context("error body is not JSON")?;
@@ -253,7 +268,7 @@ async fn metrics_with_the_right_token_serve_prometheus_text() {
 async fn unknown_paths_with_the_right_token_get_404_with_a_json_error() {
     let api = Api::start().await.unwrap();
 
-    for path in ["/", "/v1", "/v1/nope", "/v2/status"] {
+    for path in ["/v1", "/v1/nope", "/v2/status", "/assets/nope.js"] {
         let response = api.get_authorized(path).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "GET {path}");
         assert!(!error_message(response).await.unwrap().is_empty());
@@ -329,5 +344,383 @@ async fn api_client_shutdown_requests_a_shutdown() {
         .await
         .expect("ApiClient::shutdown should make shutdown_requested resolve");
 
+    api.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_is_served_without_a_token_under_a_strict_csp() {
+    let api = Api::start().await.unwrap();
+
+    let page = api.get("/", None).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    let csp = header(&page, "content-security-policy");
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "CSP lacks {directive}: {csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(header(&page, "x-content-type-options"), "nosniff");
+    let etag = header(&page, "etag");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/assets/app.js"), "{html}");
+
+    let script = api.get("/assets/app.js", None).await.unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(header(&script, "content-type").starts_with("text/javascript"));
+
+    // The browser's cached copy is still good: 304 without a body.
+    let again = api
+        .http
+        .get(api.url("/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    // Nothing outside the app's folder is reachable (a literal or encoded `..` segment is folded
+    // away by the client already; an encoded slash reaches the server as `../identity.key`).
+    for path in ["/assets/%2E%2E%2Fidentity.key", "/assets/nope.js"] {
+        let response = api.get(path, None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "GET {path}");
+        assert_eq!(error_kind(response).await.unwrap(), "not_found");
+    }
+
+    api.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_header_is_refused_even_with_the_token() {
+    let api = Api::start().await.unwrap();
+
+    let port = api.addr.port();
+    for host in [
+        format!("evil.example:{port}"),
+        format!("127.0.0.1.evil.example:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+    ] {
+        for path in ["/", "/v1/status"] {
+            let response = api
+                .http
+                .get(api.url(path))
+                .header("host", &host)
+                .bearer_auth(api.token.as_str())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "Host {host} {path}"
+            );
+            assert_eq!(error_kind(response).await.unwrap(), "forbidden_host");
+        }
+    }
+    let ours = api
+        .http
+        .get(api.url("/v1/status"))
+        .header("host", format!("localhost:{port}"))
+        .bearer_auth(api.token.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ours.status(), StatusCode::OK, "localhost is our own name");
+
+    api.stop().await.unwrap();
+}
+
+/// Trades the token for the session cookie; returns the `Cookie` header value to send.
+async fn session_cookie(api: &Api) -> Result<String> {
+    let response = api
+        .http
+        .post(api.url("/v1/session"))
+        .header("origin", format!("http://{}", api.addr))
+        .json(&serde_json::json!({ "token": api.token.as_str() }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::NO_CONTENT,
+        "{}",
+        response.status()
+    );
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .context("no Set-Cookie")?
+        .to_owned();
+    anyhow::ensure!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    anyhow::ensure!(
+        !set.contains(api.token.as_str()),
+        "the cookie must not carry the token"
+    );
+    Ok(set.split(';').next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_traded_once_for_a_cookie_that_only_our_own_pages_can_use() {
+    let api = Api::start().await.unwrap();
+    let origin = format!("http://{}", api.addr);
+
+    let wrong = api
+        .http
+        .post(api.url("/v1/session"))
+        .json(&serde_json::json!({ "token": ApiToken::generate().unwrap().as_str() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_kind(wrong).await.unwrap(), "unauthorized");
+
+    let cookie = session_cookie(&api).await.unwrap();
+    let with_cookie = |method: reqwest::Method, path: &str| {
+        api.http
+            .request(method, api.url(path))
+            .header("cookie", &cookie)
+    };
+    let status = with_cookie(reqwest::Method::GET, "/v1/status")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::OK);
+
+    // A change with the cookie from another site's page is refused; from ours it goes through.
+    let target = format!("/v1/messages/{}/read", api.node.peer_id());
+    let forged = with_cookie(reqwest::Method::POST, &target)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_kind(forged).await.unwrap(), "forbidden_origin");
+    let ours = with_cookie(reqwest::Method::POST, &target)
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ours.status(), StatusCode::OK);
+
+    // Signing out clears the cookie.
+    let out = with_cookie(reqwest::Method::DELETE, "/v1/session")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let cleared = out
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+
+    api.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_from_another_sites_page_is_refused() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest as _, http::HeaderValue};
+
+    let api = Api::start().await.unwrap();
+    let url = format!("ws://{}/v1/events?token={}", api.addr, api.token.as_str());
+
+    let mut foreign = url.as_str().into_client_request().unwrap();
+    foreign
+        .headers_mut()
+        .insert("origin", HeaderValue::from_static("http://evil.example"));
+    match tokio_tungstenite::connect_async(foreign).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN.as_u16());
+        }
+        other => panic!(
+            "a foreign Origin must be refused, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+
+    let mut ours = url.as_str().into_client_request().unwrap();
+    ours.headers_mut().insert(
+        "origin",
+        HeaderValue::from_str(&format!("http://{}", api.addr)).unwrap(),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(ours).await.unwrap();
+    drop(socket);
+
+    api.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_misdirected_requests_get_json_errors() {
+    let api = Api::start().await.unwrap();
+    let post = |body: Vec<u8>| {
+        api.http
+            .post(api.url("/v1/messages"))
+            .bearer_auth(api.token.as_str())
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    let malformed = post(b"{\"to\": ".to_vec()).send().await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_kind(malformed).await.unwrap(), "bad_request");
+
+    let wrong_shape = post(b"{\"to\": 5}".to_vec()).send().await.unwrap();
+    assert_eq!(wrong_shape.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_kind(wrong_shape).await.unwrap(), "invalid");
+
+    let mut huge = b"{\"to\":\"x\",\"text\":\"".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 3 * 1024 * 1024));
+    huge.extend(b"\"}");
+    let oversized = post(huge).send().await.unwrap();
+    assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_kind(oversized).await.unwrap(), "too_large");
+
+    let no_type = api
+        .http
+        .post(api.url("/v1/messages"))
+        .bearer_auth(api.token.as_str())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_kind(no_type).await.unwrap(), "bad_request");
+
+    let wrong_method = api
+        .http
+        .delete(api.url("/v1/status"))
+        .bearer_auth(api.token.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        error_kind(wrong_method).await.unwrap(),
+        "method_not_allowed"
+    );
+
+    // The node still serves after all of that.
+    assert_eq!(
+        api.get_authorized("/v1/status").await.unwrap().status(),
+        StatusCode::OK
+    );
+    api.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_history_changes_nothing_and_marking_read_invents_no_conversation() {
+    let api = Api::start().await.unwrap();
+    let stranger = libp2p::PeerId::random().to_string();
+
+    let history = api
+        .get_authorized(&format!("/v1/messages/{stranger}"))
+        .await
+        .unwrap();
+    assert_eq!(history.status(), StatusCode::OK);
+    let body: Value = history.json().await.unwrap();
+    assert_eq!(body["messages"], Value::Array(Vec::new()), "{body}");
+    assert_eq!(body["more"], Value::Bool(false), "{body}");
+
+    let marked = api
+        .http
+        .post(api.url(&format!("/v1/messages/{stranger}/read")))
+        .bearer_auth(api.token.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), StatusCode::OK);
+    let marked: Value = marked.json().await.unwrap();
+    assert_eq!(marked["marked"], 0, "{marked}");
+
+    for path in ["/v1/inbox", "/v1/requests"] {
+        let list: Value = api
+            .get_authorized(path)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            list,
+            Value::Array(Vec::new()),
+            "{path} after a read and a mark-read: {list}"
+        );
+    }
+    api.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_page_says_when_older_messages_remain_and_reading_does_not_mark_read() {
+    let (a, b) = crate::harness::node_pair().await.unwrap();
+    let api = Api::serve(a).await.unwrap();
+    let b_id = b.peer_id().to_string();
+    let a_id = api.node.peer_id().to_string();
+    for i in 0..5 {
+        b.node().send_text(&a_id, &format!("m{i}")).await.unwrap();
+    }
+    let client = api.client().unwrap();
+    wait_until(
+        "five messages at A",
+        Duration::from_secs(30),
+        POLL,
+        async || {
+            client
+                .history(&b_id, 10, None)
+                .await
+                .is_ok_and(|h| h.messages.len() == 5)
+        },
+    )
+    .await
+    .unwrap();
+
+    let newest = client.history(&b_id, 2, None).await.unwrap();
+    let texts = |h: &kith_api::HistoryReport| {
+        h.messages
+            .iter()
+            .map(|m| m.text.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&newest), ["m3", "m4"]);
+    assert!(newest.more);
+    let older = client
+        .history(&b_id, 3, Some(&newest.messages[0].id))
+        .await
+        .unwrap();
+    assert_eq!(texts(&older), ["m0", "m1", "m2"]);
+    assert!(!older.more, "m0 is the first message");
+    let all = client.history_up_to(&b_id, 5, None).await.unwrap();
+    assert_eq!(texts(&all), ["m0", "m1", "m2", "m3", "m4"]);
+
+    // None of these reads marked anything read; the POST does.
+    let inbox = client.inbox().await.unwrap();
+    assert_eq!(
+        inbox.iter().find(|c| c.peer_id == b_id).map(|c| c.unread),
+        Some(5)
+    );
+    assert_eq!(client.mark_read(&b_id).await.unwrap().marked, 5);
+    let inbox = client.inbox().await.unwrap();
+    assert_eq!(
+        inbox.iter().find(|c| c.peer_id == b_id).map(|c| c.unread),
+        Some(0)
+    );
+
+    b.shutdown().await.unwrap();
     api.stop().await.unwrap();
 }

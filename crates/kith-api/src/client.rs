@@ -11,6 +11,9 @@ use crate::{
     SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
 };
 
+/// The largest page the server answers; longer reads page with `before`.
+const PAGE: usize = 1000;
+
 /// Why an API call failed. The CLI maps these to exit codes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -190,6 +193,36 @@ impl ApiClient {
         self.get_json(&path).await
     }
 
+    /// The newest `limit` messages before `before` (any number: pages of at most 1,000 are
+    /// fetched with `before` until `limit` are in hand or the conversation begins), oldest first.
+    pub async fn history_up_to(
+        &self,
+        target: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<HistoryReport, ClientError> {
+        let mut page = self.history(target, limit.min(PAGE), before).await?;
+        while page.more && page.messages.len() < limit {
+            let Some(first) = page.messages.first().map(|m| m.id.clone()) else {
+                break;
+            };
+            let want = (limit - page.messages.len()).min(PAGE);
+            let older = self.history(target, want, Some(&first)).await?;
+            page.more = older.more;
+            let mut messages = older.messages;
+            messages.append(&mut page.messages);
+            page.messages = messages;
+        }
+        Ok(page)
+    }
+
+    /// `POST /v1/messages/{target}/read`: marks a conversation read (sends read receipts).
+    pub async fn mark_read(&self, target: &str) -> Result<crate::MarkReadReport, ClientError> {
+        let path = format!("/v1/messages/{}/read", segment(target));
+        self.send_json::<(), _>(reqwest::Method::POST, &path, None)
+            .await
+    }
+
     /// `GET /v1/inbox`.
     pub async fn inbox(&self) -> Result<Vec<ConversationReport>, ClientError> {
         self.get_json("/v1/inbox").await
@@ -307,6 +340,35 @@ impl ApiClient {
             path.push_str(&format!("&before={}", segment(before)));
         }
         self.get_json(&path).await
+    }
+
+    /// Like [`ApiClient::history_up_to`], for a group.
+    pub async fn group_history_up_to(
+        &self,
+        group: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<crate::GroupHistoryReport, ClientError> {
+        let mut page = self.group_history(group, limit.min(PAGE), before).await?;
+        while page.more && page.messages.len() < limit {
+            let Some(first) = page.messages.first().map(|m| m.id.clone()) else {
+                break;
+            };
+            let want = (limit - page.messages.len()).min(PAGE);
+            let older = self.group_history(group, want, Some(&first)).await?;
+            page.more = older.more;
+            let mut messages = older.messages;
+            messages.append(&mut page.messages);
+            page.messages = messages;
+        }
+        Ok(page)
+    }
+
+    /// `POST /v1/groups/{group}/read`.
+    pub async fn mark_group_read(&self, group: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/groups/{}/read", segment(group));
+        let response = self.send(self.http.post(self.url(&path))).await?;
+        self.check(response).await.map(|_| ())
     }
 
     /// `GET /v1/relay`.

@@ -1,8 +1,14 @@
 //! kith-api: the node's local HTTP API, server and client.
 //!
-//! The node serves it on `127.0.0.1` only; every request carries `Authorization: Bearer <token>`
-//! with the token from the home directory's `api.token`. The CLI is just a client of this API, and
-//! so are the web app, bots and scripts.
+//! The node serves it on `127.0.0.1` only; every `/v1` request carries `Authorization: Bearer
+//! <token>` with the token from the home directory's `api.token`, or the web app's session cookie.
+//! The CLI is just a client of this API, and so are the web app, bots and scripts.
+//!
+//! The same server serves the web app (`/` and `/assets/...`, from the `kith-web` crate) without a
+//! token. `kith open` hands the browser the token in the URL fragment; the app trades it for an
+//! `HttpOnly; SameSite=Strict` cookie at `POST /v1/session`. Every request's `Host` must be the
+//! server's own loopback address (DNS rebinding), WebSockets and cookie-authenticated changes must
+//! come from our own page (`Origin`), and every answer carries a strict Content-Security-Policy.
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -21,7 +27,16 @@
 //! | GET | `/v1/verify/{target}` | [`VerifyReport`] |
 //! | GET | `/v1/invite` | [`InviteReport`] |
 //! | POST | `/v1/messages` | [`SendRequest`] → [`SendReport`] (`delivered` or `queued`) |
-//! | GET | `/v1/messages/{target}?limit=N&before=ID` | [`HistoryReport`]; marks the conversation read |
+//! | GET | `/` and `/assets/{path}` | the web app (no token needed) |
+//! | POST | `/v1/session` | `{"token"}` → 204 and the session cookie (no token header needed) |
+//! | DELETE | `/v1/session` | 204, the cookie cleared |
+//! | GET | `/v1/invite/qr` | the invite link as an SVG QR code |
+//! | GET | `/v1/messages/{target}?limit=N&before=ID` | [`HistoryReport`] (at most 1,000; `more` says older ones exist); reads change nothing |
+//! | POST | `/v1/messages/{target}/read` | [`MarkReadReport`]; marks the conversation read, sends read receipts |
+//! | GET | `/v1/groups`, `/v1/groups/invitations`, `/v1/groups/{group}` | [`GroupReport`]s |
+//! | POST | `/v1/groups`, `/v1/groups/{group}/join`, `/leave`, `/invite`, `/remove` | [`GroupReport`] |
+//! | GET/POST | `/v1/groups/{group}/messages` | [`GroupHistoryReport`] / [`GroupSendReport`] |
+//! | POST | `/v1/groups/{group}/read` | 204 |
 //! | GET | `/v1/inbox` | `[`[`ConversationReport`]`]` |
 //! | GET | `/v1/requests` | `[`[`ConversationReport`]`]` of unknown senders |
 //! | POST | `/v1/accept/{target}` | [`TrustReport`] |
@@ -30,8 +45,9 @@
 //! | GET | `/v1/events` | WebSocket of [`EventReport`] JSON texts |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //!
-//! Errors are [`ErrorBody`] (`{"error": "...", "kind": "..."}`) with a 4xx/5xx status: 400 invalid
-//! input, 401 missing or wrong token, 404 not found, 409 conflict, 503 no DHT peers.
+//! Errors are always [`ErrorBody`] (`{"error": "...", "kind": "..."}`) with a 4xx/5xx status: 400
+//! invalid input or malformed JSON, 401 missing or wrong token, 403 foreign `Host` or `Origin`, 404
+//! not found, 405 wrong method, 409 conflict, 413 body over 1 MiB, 503 no DHT peers.
 //!
 //! - [`serve`] / [`router`]: the server side.
 //! - [`ApiClient`]: the client side, used by the CLI and the tests.
@@ -41,6 +57,7 @@ mod client;
 mod server;
 mod token;
 mod types;
+mod web;
 
 pub use client::{ApiClient, ClientError};
 pub use server::{router, serve, serve_metrics};
@@ -49,7 +66,7 @@ pub use types::{
     AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, CreateGroupRequest,
     ErrorBody, EventReport, GroupHistoryReport, GroupMemberReport, GroupMemberRequest,
     GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
-    InviteReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
+    InviteReport, MarkReadReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
     RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SendReport, SendRequest,
     StatusReport, TrustReport, VerifyReport, status_name, trust_name,
 };

@@ -1,12 +1,14 @@
 use std::future::Future;
 
+use std::net::SocketAddr;
+
 use axum::{
     Json, Router,
     extract::{
-        Path, Query, Request, State,
+        DefaultBodyLimit, Path, Query, Request, State,
         ws::{Message as WsMessage, WebSocket, WebSocketUpgrade},
     },
-    http::{StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -17,21 +19,33 @@ use crate::{
     AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport,
     CreateGroupRequest, ErrorBody, EventReport, GroupHistoryReport, GroupMemberRequest,
     GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
-    InviteReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
+    InviteReport, MarkReadReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
     RegisterRequest, RelayReport, ResolveReport, SendReport, SendRequest, StatusReport,
-    TrustReport, VerifyReport, status_name, trust_name,
+    TrustReport, VerifyReport, status_name, trust_name, web,
 };
 
 #[derive(Clone)]
 struct AppState {
     node: Node,
     token: ApiToken,
+    session: web::Session,
 }
 
-/// The API's routes, every one behind the bearer token.
-pub fn router(node: Node, token: ApiToken) -> Router {
-    let state = AppState { node, token };
-    Router::new()
+/// The largest request body the API reads. Messages are at most 64 KiB of text; files travel over
+/// their own protocol, never through a JSON body.
+pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The API's routes and the web app, for a server listening on `addr` (its port is part of the
+/// `Host` every request must carry). `/v1/...` routes need the bearer token or the session cookie;
+/// the web app's files and the token-for-cookie exchange do not.
+pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
+    let session = web::Session::new(&token, addr);
+    let state = AppState {
+        node,
+        token,
+        session,
+    };
+    let api = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/shutdown", post(shutdown))
@@ -44,8 +58,10 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/contacts/{petname}", delete(remove_contact))
         .route("/v1/verify/{target}", get(verify))
         .route("/v1/invite", get(invite))
+        .route("/v1/invite/qr", get(invite_qr))
         .route("/v1/messages", post(send))
         .route("/v1/messages/{target}", get(history))
+        .route("/v1/messages/{target}/read", post(mark_read))
         .route("/v1/inbox", get(inbox))
         .route("/v1/requests", get(requests))
         .route("/v1/accept/{target}", post(accept))
@@ -57,6 +73,7 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/groups/{group}/leave", post(leave_group))
         .route("/v1/groups/{group}/invite", post(invite_to_group))
         .route("/v1/groups/{group}/remove", post(remove_from_group))
+        .route("/v1/groups/{group}/read", post(mark_group_read))
         .route(
             "/v1/groups/{group}/messages",
             get(group_history).post(send_group),
@@ -65,8 +82,20 @@ pub fn router(node: Node, token: ApiToken) -> Router {
         .route("/v1/relay", get(relay_status))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let open = Router::new()
+        .route("/", get(web::index))
+        .route("/assets/{*path}", get(web::asset))
+        .route("/v1/session", post(open_session).delete(close_session));
+    open.merge(api)
         .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(web::json_errors))
+        .layer(middleware::from_fn(web::security_headers))
+        .layer(middleware::from_fn_with_state(
+            web::Authority::new(addr),
+            web::check_host,
+        ))
 }
 
 /// Serves only `/metrics`, without a token, for Prometheus on a relay (`--metrics-addr`). The
@@ -96,40 +125,62 @@ pub async fn serve_metrics(
         .await
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves the API and the web app on `listener` until `shutdown` resolves, then finishes
+/// in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
     token: ApiToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, token))
+    let addr = listener.local_addr()?;
+    axum::serve(listener, router(node, token, addr))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Lets a request through with the bearer token (CLI, scripts), `?token=` on the WebSocket, or the
+/// web app's session cookie. Cookies ride along with any request the browser makes, so a
+/// cookie-authenticated change and every WebSocket must also come from our own page.
+async fn require_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let is_events = request.uri().path() == "/v1/events";
     // Browsers cannot set headers on a WebSocket, so `/v1/events` also takes `?token=`.
-    let from_query = (request.uri().path() == "/v1/events")
+    let from_query = is_events
         .then(|| request.uri().query())
         .flatten()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .map(str::to_owned);
-    let presented = request
-        .headers()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned)
         .or(from_query);
-    let presented = presented.as_deref();
-    match presented {
-        Some(token) if state.token.matches(token) => next.run(request).await,
-        _ => error(
+    let by_token = presented.is_some_and(|t| state.token.matches(t));
+    let by_cookie = !by_token && state.session.presented_in(headers);
+    if !by_token && !by_cookie {
+        return web::error(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong API token: send 'Authorization: Bearer <token>' with the token from api.token in the node's home",
-        ),
+            "unauthorized",
+            "missing or wrong API token: send 'Authorization: Bearer <token>' with the token from api.token in the node's home, or open the web app with `kith open`",
+        );
     }
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if (is_events || (by_cookie && changes)) && !web::same_origin(headers) {
+        return web::forbidden_origin();
+    }
+    next.run(request).await
+}
+
+async fn open_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<web::SessionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    web::open_session(&state.token, &state.session, &headers, body)
+}
+
+async fn close_session(State(state): State<AppState>) -> Response {
+    web::close_session(&state.session)
 }
 
 async fn status(State(state): State<AppState>) -> Response {
@@ -166,14 +217,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(
+    web::error(
         StatusCode::NOT_FOUND,
+        "not_found",
         "no such API endpoint; see the API table in README.md",
     )
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(ErrorBody::message(message))).into_response()
+fn bad_before() -> Response {
+    web::error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "'before' must be a message id (32 hex characters)",
+    )
 }
 
 /// Maps a service error onto a status code and a body the CLI turns into an exit code.
@@ -378,44 +434,94 @@ async fn send(State(state): State<AppState>, Json(req): Json<SendRequest>) -> Re
     respond(StatusCode::CREATED, result)
 }
 
+/// `GET /v1/invite/qr`: the invite link as an SVG QR code, for the web app to show.
+async fn invite_qr(State(state): State<AppState>) -> Response {
+    match state.node.invite().await {
+        Ok(invite) => match qrcode::QrCode::new(invite.to_url().as_bytes()) {
+            Ok(code) => {
+                let svg = code
+                    .render::<qrcode::render::svg::Color<'_>>()
+                    .min_dimensions(256, 256)
+                    .quiet_zone(true)
+                    .build();
+                ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
+            }
+            Err(e) => web::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &format!("the invite link does not fit a QR code: {e}"),
+            ),
+        },
+        Err(e) => service_error(e),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct HistoryQuery {
     limit: Option<usize>,
     before: Option<String>,
 }
 
+/// The most messages one history answer carries; `more` tells the caller to page with `before`.
+const HISTORY_PAGE_MAX: usize = 1000;
+
+impl HistoryQuery {
+    /// The page size and the `before` id; `Err` for a malformed id (answer with [`bad_before`]).
+    fn page(&self) -> Result<(usize, Option<kith_service::MessageId>), ()> {
+        let before = self.before.as_deref().map(parse_id).transpose()?;
+        Ok((self.limit.unwrap_or(50).clamp(1, HISTORY_PAGE_MAX), before))
+    }
+}
+
+/// Asks for one more than `limit` and drops the oldest: whether it was there is `more`.
+fn split_page<T>(mut messages: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let more = messages.len() > limit;
+    if more {
+        messages.drain(..messages.len() - limit);
+    }
+    (messages, more)
+}
+
+/// `GET /v1/messages/{target}`: a page of history. Reading changes nothing (marking read is
+/// `POST .../read`), so a look at a stranger's id invents no conversation.
 async fn history(
     State(state): State<AppState>,
     Path(target): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let before = match q.before.as_deref().map(parse_id) {
-        Some(Ok(id)) => Some(id),
-        Some(Err(())) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "'before' must be a message id (32 hex characters)",
-            );
-        }
-        None => None,
+    let Ok((limit, before)) = q.page() else {
+        return bad_before();
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let me = state.node.peer_id();
-    let result = match state.node.history(&target, limit, before).await {
-        Ok((peer, messages)) => {
-            if let Err(e) = state.node.mark_read(peer).await {
-                tracing::warn!(error = %e, "could not mark the conversation read");
-            }
-            Ok(HistoryReport {
+    let result = state
+        .node
+        .history(&target, limit + 1, before)
+        .await
+        .map(|(peer, messages)| {
+            let (messages, more) = split_page(messages, limit);
+            HistoryReport {
                 peer_id: peer.to_string(),
                 messages: messages
                     .iter()
                     .map(|m| MessageReport::from_message(m, &me))
                     .collect(),
-            })
-        }
-        Err(e) => Err(e),
-    };
+                more,
+            }
+        });
+    respond(StatusCode::OK, result)
+}
+
+/// `POST /v1/messages/{target}/read`: marks a conversation read and sends read receipts.
+async fn mark_read(State(state): State<AppState>, Path(target): Path<String>) -> Response {
+    let result = async {
+        let peer = state.node.resolve_recipient(&target).await?;
+        let marked = state.node.mark_read(peer).await?;
+        Ok::<_, ServiceError>(MarkReadReport {
+            peer_id: peer.to_string(),
+            marked,
+        })
+    }
+    .await;
     respond(StatusCode::OK, result)
 }
 
@@ -504,12 +610,20 @@ async fn relay_status(State(state): State<AppState>) -> Response {
 
 fn group_report(node: &Node, g: &kith_service::GroupInfo) -> GroupReport {
     let contacts = node.contacts().unwrap_or_default();
-    GroupReport::from_info(g, |p| {
+    let mut report = GroupReport::from_info(g, |p| {
         contacts
             .iter()
             .find(|c| c.peer_id == p.to_bytes())
             .map(|c| c.petname.clone())
-    })
+    });
+    // The chat list shows each group's last message beside the conversations'.
+    if let Ok((_, last)) = node.group_history(&report.group_id, 1, None)
+        && let Some(m) = last.last()
+    {
+        report.last_text = kith_store::preview(&m.text);
+        report.last_message_at = m.received_at_ms.max(m.sent_at_ms);
+    }
+    report
 }
 
 async fn list_groups(State(state): State<AppState>) -> Response {
@@ -617,24 +731,14 @@ async fn group_history(
     Path(group): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let before = match q.before.as_deref().map(parse_id) {
-        Some(Ok(id)) => Some(id),
-        Some(Err(())) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "'before' must be a message id (32 hex characters)",
-            );
-        }
-        None => None,
+    let Ok((limit, before)) = q.page() else {
+        return bad_before();
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let node = &state.node;
-    let result = node
-        .group_history(&group, limit, before)
+    let result = state
+        .node
+        .group_history(&group, limit + 1, before)
         .map(|(info, messages)| {
-            if let Err(e) = node.mark_group_read(&group) {
-                tracing::warn!(error = %e, "could not mark the group read");
-            }
+            let (messages, more) = split_page(messages, limit);
             GroupHistoryReport {
                 group_id: hex::encode(info.id),
                 title: info.title,
@@ -642,9 +746,18 @@ async fn group_history(
                     .iter()
                     .map(GroupMessageReport::from_message)
                     .collect(),
+                more,
             }
         });
     respond(StatusCode::OK, result)
+}
+
+/// `POST /v1/groups/{group}/read`.
+async fn mark_group_read(State(state): State<AppState>, Path(group): Path<String>) -> Response {
+    match state.node.mark_group_read(&group) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => service_error(e),
+    }
 }
 
 async fn events(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {

@@ -362,6 +362,18 @@ pub struct HistoryReport {
     pub peer_id: String,
     /// Oldest first.
     pub messages: Vec<MessageReport>,
+    /// Older messages exist before the first one: page on with `before=<first id>`.
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// `POST /v1/messages/{target}/read`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MarkReadReport {
+    /// The conversation.
+    pub peer_id: String,
+    /// How many incoming messages became read (each gets a read receipt).
+    pub marked: usize,
 }
 
 /// One conversation in `GET /v1/inbox` and `GET /v1/requests`.
@@ -485,6 +497,12 @@ pub struct GroupReport {
     pub invited_by: Option<String>,
     /// Unread messages.
     pub unread: u32,
+    /// The last message's text, shortened (empty when there is none).
+    #[serde(default)]
+    pub last_text: String,
+    /// When the last message was sent or stored, unix ms (0 when there is none).
+    #[serde(default)]
+    pub last_message_at: u64,
 }
 
 /// The answer to `POST /v1/groups/{group}/messages`.
@@ -528,6 +546,9 @@ pub struct GroupHistoryReport {
     pub title: String,
     /// Oldest first.
     pub messages: Vec<GroupMessageReport>,
+    /// Older messages exist before the first one: page on with `before=<first id>`.
+    #[serde(default)]
+    pub more: bool,
 }
 
 impl GroupMessageReport {
@@ -579,6 +600,8 @@ impl GroupReport {
             admin: g.admin,
             invited_by: g.invited_by.map(|p| p.to_string()),
             unread: g.unread,
+            last_text: String::new(),
+            last_message_at: 0,
         }
     }
 }

@@ -442,6 +442,9 @@ impl Node {
             .messages()
             .correspondents()?
             .into_iter()
+            // A stranger we only exchanged group keys or receipts with has sent nothing to show:
+            // that is not a request.
+            .filter(|c| c.trust != Trust::Unknown || c.last_message_ms != 0)
             .filter_map(|c| {
                 Some(Conversation {
                     peer: peer_of(&c.peer_id)?,

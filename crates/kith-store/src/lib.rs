@@ -25,7 +25,7 @@ pub use groups::{
 };
 pub use mailbox::{Deposit, Mail, MailId, MailboxStats, MailboxStore, Quota};
 pub use messages::{
-    Correspondent, Incoming, Message, MessageId, MessageStore, OutboxItem, Status, Trust,
+    Correspondent, Incoming, Message, MessageId, MessageStore, OutboxItem, Status, Trust, preview,
 };
 pub use names::{Contact, NameBook, Pin};
 pub use peers::{KnownPeer, PeerBook};

@@ -304,7 +304,9 @@ fn tx_correspondent(tree: &TransactionalTree, peer_id: &[u8]) -> TxResult<Corres
     })
 }
 
-fn preview(text: &str) -> String {
+/// The shortened text a conversation list shows as the last message (80 characters), the same
+/// for conversations and groups.
+pub fn preview(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
@@ -601,7 +603,14 @@ impl MessageStore {
                 seen.push(m.id);
             }
         }
-        self.update_correspondent(peer_id, |c| c.unread = 0)?;
+        // Marking read a conversation that does not exist must not invent one.
+        if self
+            .correspondents
+            .contains_key(peer_id)
+            .map_err(|e| self.err(e))?
+        {
+            self.update_correspondent(peer_id, |c| c.unread = 0)?;
+        }
         Ok(seen)
     }
 
