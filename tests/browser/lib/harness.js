@@ -16,6 +16,7 @@
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -368,6 +369,110 @@ export function rawRequest(node, { method = 'GET', path: reqPath = '/', headers 
     req.on('error', reject);
     if (body !== undefined) req.write(body);
     req.end();
+  });
+}
+
+/**
+ * One HTTP/1.1 request written on a bare socket, for bodies the server may refuse before reading
+ * them all: the body goes out in 64 KiB pieces and stops as soon as an answer begins (as curl
+ * does), write errors are ignored, and the answer is parsed. The socket is never half-closed
+ * (hyper drops the answer of a client that sent FIN). With `expectContinue` it sends
+ * `Expect: 100-continue` and the body only after "100 Continue". Resolves {status, headers, text,
+ * json, writeError}. Bounded.
+ */
+export function rawExchange(node, { method = 'POST', path: reqPath, headers = {}, body = Buffer.alloc(0), expectContinue = false, timeoutMs = 15_000 }) {
+  const [host, port] = [node.apiAddr.slice(0, node.apiAddr.lastIndexOf(':')), node.apiPort];
+  const payload = Buffer.isBuffer(body) ? body : Buffer.from(body);
+  const head = [
+    `${method} ${reqPath} HTTP/1.1`,
+    `Host: ${node.apiAddr}`,
+    `Content-Length: ${payload.length}`,
+    ...(expectContinue ? ['Expect: 100-continue'] : []),
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+    '',
+    '',
+  ].join('\r\n');
+  return new Promise((resolve, reject) => {
+    let received = Buffer.alloc(0);
+    let writeError;
+    let answered = false; // a final response began: stop uploading
+    let settled = false;
+    const socket = net.connect({ host, port });
+    const finish = (error, value) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      clearTimeout(expectTimer);
+      socket.destroy();
+      if (error) reject(error);
+      else resolve(value);
+    };
+    const timer = setTimeout(
+      () => finish(new Error(`${method} ${reqPath}: no complete answer within ${timeoutMs} ms; got ${JSON.stringify(received.toString('utf8').slice(0, 200))}`)),
+      timeoutMs,
+    );
+    let bodyStarted = false;
+    const sendBody = async () => {
+      if (bodyStarted) return;
+      bodyStarted = true;
+      const CHUNK = 64 * 1024;
+      for (let at = 0; at < payload.length && !answered && !socket.destroyed; at += CHUNK) {
+        if (!socket.write(payload.subarray(at, at + CHUNK))) {
+          await new Promise((resolve) => {
+            socket.once('drain', resolve);
+            socket.once('close', resolve);
+          });
+        }
+      }
+    };
+    // A server that ignores Expect gets the body after a second anyway (RFC 9110, 10.1.1).
+    const expectTimer = expectContinue ? setTimeout(sendBody, 1000) : null;
+    /** The complete response in `received`, or null while more is to come. */
+    const parse = (closed) => {
+      const raw = received.toString('latin1');
+      const split = raw.indexOf('\r\n\r\n');
+      const match = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
+      if (!match || split < 0) return null;
+      const responseHeaders = {};
+      for (const line of raw.slice(0, split).split('\r\n').slice(1)) {
+        const i = line.indexOf(':');
+        if (i > 0) responseHeaders[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+      }
+      const bodyBytes = received.subarray(Buffer.byteLength(raw.slice(0, split + 4), 'latin1'));
+      const length = Number(responseHeaders['content-length']);
+      if (!closed && (Number.isNaN(length) || bodyBytes.length < length)) return null;
+      const text = bodyBytes.toString('utf8');
+      let json;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        json = undefined;
+      }
+      return { status: Number(match[1]), headers: responseHeaders, text, json, writeError };
+    };
+    socket.on('data', (c) => {
+      received = Buffer.concat([received, c]);
+      const interim = /^HTTP\/1\.1 100[^\r]*\r\n\r\n/.exec(received.toString('latin1'));
+      if (interim) {
+        // "Go on": drop the interim response and send the body.
+        received = received.subarray(interim[0].length);
+        sendBody();
+        if (!received.length) return;
+      }
+      answered = true;
+      const done = parse(false);
+      if (done) finish(null, done);
+    });
+    socket.on('error', (e) => {
+      if (!writeError) writeError = e;
+    });
+    socket.on('close', () => {
+      const done = parse(true);
+      if (done) finish(null, done);
+      else finish(new Error(`${method} ${reqPath}: connection closed without an answer (${writeError ? writeError.message : 'no error'}); got ${JSON.stringify(received.toString('utf8').slice(0, 200))}`));
+    });
+    socket.write(head);
+    if (!expectContinue) sendBody();
   });
 }
 

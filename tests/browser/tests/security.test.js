@@ -12,6 +12,7 @@ import {
   watchProblems,
   rawRequest,
   rawUpgrade,
+  rawExchange,
   sessionCookie,
   skipReason,
   failureShot,
@@ -152,21 +153,21 @@ describe('5. security of the local API and web app', { skip: skipReason() }, () 
     });
     assertErrorJson(notJson, 400, undefined, 'POST /v1/messages with a form body');
 
-    // 4 MiB of otherwise valid JSON: far over any sane limit for a text message.
-    const huge = JSON.stringify({ to: peer, text: 'x'.repeat(4 * 1024 * 1024) });
+    // Otherwise valid JSON just over the node's limit (1 MiB). The server may answer and close
+    // before reading it all, so the request goes out on a bare socket that tolerates that.
+    const huge = JSON.stringify({ to: peer, text: 'x'.repeat(1024 * 1024 + 64 * 1024) });
     let big;
     try {
-      big = await rawRequest(node, {
+      big = await rawExchange(node, {
         method: 'POST',
         path: '/v1/messages',
-        headers: { ...bearer, 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(huge) },
+        headers: { ...bearer, 'Content-Type': 'application/json' },
         body: huge,
-        timeoutMs: 20_000,
       });
     } catch (e) {
-      assert.fail(`a 4 MiB body got no answer (the connection failed: ${e.message}); expected 413 JSON`);
+      assert.fail(`a body over the limit got no answer: ${e.message}; expected 413 JSON`);
     }
-    assertErrorJson(big, 413, 'too_large', 'POST /v1/messages with a 4 MiB body');
+    assertErrorJson(big, 413, 'too_large', 'POST /v1/messages with a 1.06 MiB body');
 
     // Nothing was stored by these requests.
     const history = await rawRequest(node, { path: `/v1/messages/${peer}?limit=50`, headers: bearer });
