@@ -1,7 +1,8 @@
 //! `kith chat` as a person uses it: two real nodes on loopback, the chat UI running in a detached
 //! tmux session, keys typed with `send-keys` and the screen read with `capture-pane`.
 //!
-//! Skipped (with a printed reason) where tmux is not installed.
+//! Skipped (with a printed reason) where tmux is not installed, except under `CI=true`, where
+//! a missing tmux fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -212,17 +213,20 @@ impl Drop for Tmux {
     }
 }
 
+/// Why tmux cannot be used, if it cannot. Under `CI=true` a missing tmux fails the test instead:
+/// CI installs it, so its absence there is a broken setup, not a reason to pass.
 fn tmux_missing() -> Option<String> {
-    match Command::new("tmux").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "`tmux -V` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Err(e) => Some(format!(
-            "tmux is not installed ({e}); `apt-get install tmux` to run it"
-        )),
-    }
+    let reason = match Command::new("tmux").arg("-V").output() {
+        Ok(out) if out.status.success() => return None,
+        Ok(out) => format!("`tmux -V` failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => format!("tmux is not installed ({e}); `apt-get install tmux` to run it"),
+    };
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !in_ci,
+        "CI=true but the terminal chat test cannot run: {reason}"
+    );
+    Some(reason)
 }
 
 /// Polls `kith status --json` until `check` holds (bounded).
