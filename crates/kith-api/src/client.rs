@@ -201,19 +201,10 @@ impl ApiClient {
         limit: usize,
         before: Option<&str>,
     ) -> Result<HistoryReport, ClientError> {
-        let mut page = self.history(target, limit.min(PAGE), before).await?;
-        while page.more && page.messages.len() < limit {
-            let Some(first) = page.messages.first().map(|m| m.id.clone()) else {
-                break;
-            };
-            let want = (limit - page.messages.len()).min(PAGE);
-            let older = self.history(target, want, Some(&first)).await?;
-            page.more = older.more;
-            let mut messages = older.messages;
-            messages.append(&mut page.messages);
-            page.messages = messages;
-        }
-        Ok(page)
+        page_back(limit, before, async |n, before| {
+            self.history(target, n, before).await
+        })
+        .await
     }
 
     /// `POST /v1/messages/{target}/read`: marks a conversation read (sends read receipts).
@@ -349,19 +340,10 @@ impl ApiClient {
         limit: usize,
         before: Option<&str>,
     ) -> Result<crate::GroupHistoryReport, ClientError> {
-        let mut page = self.group_history(group, limit.min(PAGE), before).await?;
-        while page.more && page.messages.len() < limit {
-            let Some(first) = page.messages.first().map(|m| m.id.clone()) else {
-                break;
-            };
-            let want = (limit - page.messages.len()).min(PAGE);
-            let older = self.group_history(group, want, Some(&first)).await?;
-            page.more = older.more;
-            let mut messages = older.messages;
-            messages.append(&mut page.messages);
-            page.messages = messages;
-        }
-        Ok(page)
+        page_back(limit, before, async |n, before| {
+            self.group_history(group, n, before).await
+        })
+        .await
     }
 
     /// `POST /v1/groups/{group}/read`.
@@ -449,6 +431,56 @@ impl ApiClient {
 }
 
 /// Percent-encodes one path segment (names may be any script; petnames may contain spaces).
+/// A page of history that knows its first message and whether older ones exist.
+trait HistoryPage: Sized {
+    fn first_id(&self) -> Option<String>;
+    fn len(&self) -> usize;
+    fn more(&self) -> bool;
+    /// Puts an older page in front of this one.
+    fn prepend(&mut self, older: Self);
+}
+
+/// Both history answers page the same way: messages oldest first, `more` for older ones.
+macro_rules! history_page {
+    ($report:ty) => {
+        impl HistoryPage for $report {
+            fn first_id(&self) -> Option<String> {
+                self.messages.first().map(|m| m.id.clone())
+            }
+            fn len(&self) -> usize {
+                self.messages.len()
+            }
+            fn more(&self) -> bool {
+                self.more
+            }
+            fn prepend(&mut self, mut older: Self) {
+                older.messages.append(&mut self.messages);
+                self.messages = older.messages;
+                self.more = older.more;
+            }
+        }
+    };
+}
+history_page!(HistoryReport);
+history_page!(crate::GroupHistoryReport);
+
+/// Reads `limit` messages back from `before`, a server page (at most [`PAGE`]) at a time.
+async fn page_back<P: HistoryPage>(
+    limit: usize,
+    before: Option<&str>,
+    fetch: impl AsyncFn(usize, Option<&str>) -> Result<P, ClientError>,
+) -> Result<P, ClientError> {
+    let mut page = fetch(limit.min(PAGE), before).await?;
+    while page.more() && page.len() < limit {
+        let Some(first) = page.first_id() else {
+            break;
+        };
+        let older = fetch((limit - page.len()).min(PAGE), Some(&first)).await?;
+        page.prepend(older);
+    }
+    Ok(page)
+}
+
 fn segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
