@@ -176,6 +176,21 @@ async fn five_members_get_every_message_once_in_order() {
         assert_complete(&h, &senders, EACH);
         assert_eq!(summary(&h), reference, "histories differ");
         assert_eq!(node.metric(GROUP_REJECTED), 0.0);
+        // Members only exchanged group keys over Olm, never a direct message: nobody is a
+        // message request (or a conversation) because of that.
+        let requests: Vec<_> = node
+            .node()
+            .inbox()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.trust == kith_service::Trust::Unknown)
+            .map(|c| c.peer)
+            .collect();
+        assert!(
+            requests.is_empty(),
+            "{} lists requests {requests:?}",
+            node.peer_id()
+        );
     }
     shutdown_all(nodes).await.unwrap();
 }
