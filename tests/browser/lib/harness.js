@@ -607,6 +607,18 @@ export function watchProblems(page) {
     if (msg.type() === 'error') page.problems.push(`console: ${msg.text()}`);
   });
   page.on('pageerror', (err) => page.problems.push(`pageerror: ${err.message}`));
+  // API calls that took long: worth knowing when a step is slow.
+  page.slow = [];
+  const started = new Map();
+  page.on('request', (req) => started.set(req, Date.now()));
+  const done = (req, outcome) => {
+    const t0 = started.get(req);
+    started.delete(req);
+    const ms = t0 ? Date.now() - t0 : 0;
+    if (ms >= 3000 && req.url().includes('/v1/')) page.slow.push(`${req.method()} ${new URL(req.url()).pathname} ${outcome} after ${ms} ms`);
+  };
+  page.on('requestfinished', async (req) => done(req, (await req.response().catch(() => null))?.status() ?? '?'));
+  page.on('requestfailed', (req) => done(req, `failed (${req.failure()?.errorText})`));
   return page;
 }
 

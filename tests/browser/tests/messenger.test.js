@@ -143,7 +143,10 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
   });
 
   after(async () => {
-    for (const [who, page] of [['A', pageA], ['B', pageB]]) if (page?.problems?.length) console.error(`${who} page problems:\n  ${page.problems.join('\n  ')}`);
+    for (const [who, page] of [['A', pageA], ['B', pageB]]) {
+      if (page?.problems?.length) console.error(`${who} page problems:\n  ${page.problems.join('\n  ')}`);
+      if (page?.slow?.length) console.error(`${who} page, slow API calls (>= 3 s; the events socket is long by design):\n  ${page.slow.join('\n  ')}`);
+    }
     await browser?.close().catch(() => {});
     await lab?.cleanup();
   });
