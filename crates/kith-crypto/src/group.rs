@@ -231,7 +231,7 @@ fn seal_json<T: Serialize>(value: &T, key: &PickleKey) -> Result<Vec<u8>, Crypto
                 reason: format!("cannot serialise group session: {e}"),
             })?,
         );
-    pickle::seal(&json, key)
+    pickle::seal(&json, key, pickle::Kind::Account)
 }
 
 fn open_json<T: DeserializeOwned>(
@@ -239,7 +239,7 @@ fn open_json<T: DeserializeOwned>(
     key: &PickleKey,
     what: &'static str,
 ) -> Result<T, CryptoError> {
-    let json = pickle::open(bytes, key)?;
+    let json = pickle::open(bytes, key, pickle::Kind::Account)?;
     serde_json::from_slice(&json).map_err(|e| {
         CryptoError::Pickle(PickleError::Corrupt {
             reason: format!("{what}: {e}"),

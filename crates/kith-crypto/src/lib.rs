@@ -2,10 +2,14 @@
 //! ratchet, audited).
 //!
 //! Pure logic: bytes in, bytes out. No I/O, no async, no store; the node decides when to save the
-//! state (after every call that takes `&mut Olm`) and where to publish the key bundle.
+//! state (after every call that takes `&mut`) and where to publish the key bundle.
 //!
-//! - [`Olm`]: one per node. Owns the Olm account and the sessions with other nodes, encrypts and
-//!   decrypts, rotates the fallback key, saves and restores itself encrypted with a [`PickleKey`].
+//! - [`OlmAccount`]: one per node. The Olm identity and fallback keys; starts sessions, rotates
+//!   the fallback key, saves and restores itself encrypted with a [`PickleKey`].
+//! - [`PeerSessions`]: the sessions with one peer; encrypts and decrypts on them and saves them on
+//!   their own, so the node locks and saves one conversation's state at a time.
+//! - [`Olm`]: the account and every peer's sessions in one value (tools, tests, and the
+//!   whole-state pickle of older stores, which [`OlmAccount::from_pickle`] also reads).
 //! - [`KeyBundle`] / [`SignedKeyBundle`]: the identity and fallback keys a node publishes in the
 //!   DHT, signed with its libp2p key, so a first message can reach it while it is offline.
 //!   [`KeyBundle::verify`] checks a fetched bundle against the peer id it was fetched for.
@@ -30,7 +34,7 @@ pub use error::{BundleError, CryptoError, DecryptFailure, PickleError};
 pub use group::{GroupReceiver, GroupSender, GroupSessionId, GroupSessionKey};
 pub use keys::{Curve25519Key, Ed25519Key, PickleKey};
 pub use message::{Ciphertext, MessageType};
-pub use olm::Olm;
+pub use olm::{Olm, OlmAccount, PeerSessions};
 pub use safety::{Party, SafetyNumber};
 
 #[cfg(test)]

@@ -854,6 +854,127 @@ fn pickle_round_trip_keeps_sessions_working() {
     assert_eq!(alice.receive(&b, &reply).unwrap(), b"after the restart");
 }
 
+/// A whole-state pickle (the format of stores written before sessions were saved per peer) splits
+/// into the account and per-peer sessions that keep working in both directions, each saved and
+/// restored on its own.
+#[test]
+fn a_whole_state_pickle_splits_into_an_account_and_per_peer_sessions() {
+    let (mut alice, mut bob) = established();
+    let mut carol = Node::new();
+    let carol_bundle = carol.bundle();
+    let to_carol = alice.send(&carol_bundle, b"hello carol");
+    carol.receive(&alice.identity_key(), &to_carol).unwrap();
+    let (a, b, c) = (
+        alice.identity_key(),
+        bob.identity_key(),
+        carol.identity_key(),
+    );
+    let key = PickleKey::generate().unwrap();
+    let whole = alice.olm.to_pickle(&key).unwrap();
+
+    let (account, legacy) = OlmAccount::from_pickle(&whole, &key).unwrap();
+    assert_eq!(account.identity_key(), a);
+    let mut peers: Vec<Curve25519Key> = legacy.iter().map(PeerSessions::peer).collect();
+    peers.sort_by_key(Curve25519Key::to_bytes);
+    let mut want = vec![b, c];
+    want.sort_by_key(Curve25519Key::to_bytes);
+    assert_eq!(peers, want, "one entry per peer");
+
+    // Save each part on its own, as the node does after migrating, and restore from those.
+    let account_pickle = account.to_pickle(&key).unwrap();
+    let saved: Vec<(Curve25519Key, Vec<u8>)> = legacy
+        .iter()
+        .map(|p| (p.peer(), p.to_pickle(&key).unwrap()))
+        .collect();
+    let (account, none) = OlmAccount::from_pickle(&account_pickle, &key).unwrap();
+    assert!(none.is_empty(), "an account pickle holds no sessions");
+    let mut restored: Vec<PeerSessions> = saved
+        .iter()
+        .map(|(peer, bytes)| account.restore_sessions(*peer, bytes, &key).unwrap())
+        .collect();
+    for sessions in &mut restored {
+        let (other, name): (&mut Node, &[u8]) = if sessions.peer() == b {
+            (&mut bob, b"bob")
+        } else {
+            (&mut carol, b"carol")
+        };
+        let wire = sessions.encrypt(name).unwrap().to_bytes();
+        assert_eq!(other.receive(&a, &wire).unwrap(), name);
+        let reply = other.send_on_session(&a, b"reply");
+        let ciphertext = Ciphertext::from_bytes(&reply).unwrap();
+        assert!(!sessions.needs_account(&ciphertext));
+        assert_eq!(sessions.decrypt(&ciphertext).unwrap(), b"reply");
+    }
+}
+
+#[test]
+fn a_sessions_pickle_restores_only_for_its_own_peer_and_never_as_an_account() {
+    let (alice, bob) = established();
+    let key = PickleKey::generate().unwrap();
+    let (account, peers) = Olm::from_pickle(&alice.olm.to_pickle(&key).unwrap(), &key)
+        .unwrap()
+        .into_parts();
+    let sessions = peers.into_iter().next().unwrap();
+    assert_eq!(sessions.peer(), bob.identity_key());
+    let bytes = sessions.to_pickle(&key).unwrap();
+
+    let stranger = Node::new().identity_key();
+    let err = account
+        .restore_sessions(stranger, &bytes, &key)
+        .unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Pickle(PickleError::Corrupt { .. })),
+        "{err:?}"
+    );
+    let err = OlmAccount::from_pickle(&bytes, &key).unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Pickle(PickleError::UnknownFormat)),
+        "{err:?}"
+    );
+    let account_bytes = account.to_pickle(&key).unwrap();
+    let err = account
+        .restore_sessions(bob.identity_key(), &account_bytes, &key)
+        .unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Pickle(PickleError::UnknownFormat)),
+        "{err:?}"
+    );
+    let wrong = PickleKey::generate().unwrap();
+    let err = account
+        .restore_sessions(bob.identity_key(), &bytes, &wrong)
+        .unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Pickle(PickleError::WrongKeyOrDamaged)),
+        "{err:?}"
+    );
+}
+
+/// A pre-key message that starts a session needs the account; later messages on that session do
+/// not, so they can be decrypted under the peer's lock alone.
+#[test]
+fn only_a_new_inbound_session_needs_the_account() {
+    let mut bob_account = OlmAccount::new();
+    let keypair = Keypair::generate_ed25519();
+    let bytes = bob_account.key_bundle(&keypair, 1).unwrap().to_bytes();
+    let bundle = KeyBundle::verify(&bytes, &keypair.public().to_peer_id()).unwrap();
+    let mut alice = Node::new();
+    let first = Ciphertext::from_bytes(&alice.send(&bundle, b"first")).unwrap();
+    let second = Ciphertext::from_bytes(&alice.send(&bundle, b"second")).unwrap();
+
+    let mut sessions = bob_account.sessions_with(alice.identity_key());
+    assert!(sessions.needs_account(&first));
+    let err = sessions.decrypt(&first).unwrap_err();
+    assert!(matches!(err, CryptoError::NoSession { .. }), "{err:?}");
+    assert_eq!(
+        bob_account.decrypt(&mut sessions, &first).unwrap(),
+        b"first"
+    );
+    assert!(bob_account.fallback_key_used());
+    assert!(!sessions.needs_account(&second), "same session");
+    assert_eq!(sessions.decrypt(&second).unwrap(), b"second");
+    assert_eq!(sessions.len(), 1);
+}
+
 #[test]
 fn pickle_keeps_fallback_keys_and_their_state() {
     let mut bob = Node::new();
