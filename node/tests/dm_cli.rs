@@ -803,3 +803,88 @@ fn an_offline_recipient_gets_a_queued_burst_of_300_exactly_once() {
         back.elapsed()
     );
 }
+
+/// Olm sessions are saved per peer, each in the transaction of the envelope it produced. A sender
+/// killed with SIGKILL between encryptions to two different peers restarts with both sessions as
+/// they were, and both keep working in both directions: nothing is refused as undecryptable and
+/// no side falls back to a new session from a key bundle.
+///
+/// A process test with the real binary, because only SIGKILL leaves the store as a crash does
+/// (no shutdown flush, no destructor); an in-process drop would still run sled's.
+#[test]
+fn a_sender_killed_between_encryptions_to_two_peers_keeps_both_sessions() {
+    let lab = Lab::new();
+    let mut a = lab.start("a", None);
+    let b = lab.start("b", Some(&a.tcp_addr()));
+    let c = lab.start("c", Some(&a.tcp_addr()));
+    acquaint(&lab, &a, &b);
+    acquaint(&lab, &a, &c);
+    let send = |from: &Daemon, to: &Daemon, text: &str| {
+        let report = lab
+            .rt
+            .block_on(from.api().send_message(&to.peer_id(), text))
+            .unwrap_or_else(|e| panic!("{text}: not accepted: {e}"));
+        wait_delivered(&lab, from, to, &report.id, ACQUAINT_TIMEOUT);
+    };
+    // Replies first, so both of A's sessions have turned from pre-key to normal messages.
+    send(&b, &a, "b to a before");
+    send(&c, &a, "c to a before");
+    for i in 0..3 {
+        send(&a, &b, &format!("a to b {i}"));
+        send(&a, &c, &format!("a to c {i}"));
+    }
+    // Answered means encrypted, saved with B's sessions and flushed; kill before the next
+    // encryption (to C) starts.
+    lab.rt
+        .block_on(a.api().send_message(&b.peer_id(), "a to b last"))
+        .expect("accepted");
+    a.kill9();
+
+    let a = {
+        drop(a);
+        lab.start("a", Some(&b.tcp_addr()))
+    };
+    send(&a, &c, "a to c after");
+    send(&a, &b, "a to b after");
+    send(&b, &a, "b to a after");
+    send(&c, &a, "c to a after");
+
+    for (node, with, texts) in [
+        (
+            &b,
+            &a,
+            [
+                "b to a before",
+                "a to b last",
+                "a to b after",
+                "b to a after",
+            ],
+        ),
+        (
+            &c,
+            &a,
+            ["c to a before", "a to c 2", "a to c after", "c to a after"],
+        ),
+    ] {
+        let history = full_history(&lab, node, &with.peer_id());
+        assert_unique_ids(&node.name, &history);
+        let counts = text_counts(&history);
+        for text in texts {
+            assert_eq!(
+                counts.get(text),
+                Some(&1),
+                "{}: {text:?} exactly once",
+                node.name
+            );
+        }
+    }
+    for name in ["a", "b", "c"] {
+        let log = fs::read_to_string(lab.dir.path().join(format!("{name}.log"))).unwrap();
+        for bad in ["cannot decrypt", "refused a direct message"] {
+            assert!(
+                !log.contains(bad),
+                "{name}'s log says {bad:?}: a session was lost or replaced"
+            );
+        }
+    }
+}

@@ -31,12 +31,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kith_crypto::{Curve25519Key, Olm, OlmAccount, PeerSessions};
 use kith_net::{Keypair, PeerId};
 use kith_proto::v1 as pb;
 use kith_service::{
     MAX_TEXT_BYTES, Message, MessageEvent, MessageId, MessageStatus, Options, Sent, ServiceError,
     Trust,
 };
+use kith_store::OlmSave;
 use prost::Message as _;
 
 use crate::harness::{
@@ -580,6 +582,109 @@ async fn two_nodes_chat_by_peer_id_name_and_petname() {
     );
     assert_eq!(received, [reply.id]);
 
+    shutdown_all(vec![a, b]).await.unwrap();
+}
+
+/// Our sessions with `with`, as `node` saved them in its store.
+fn saved_sessions(node: &TestNode, with: &TestNode) -> PeerSessions {
+    let db = node.node().store().messages();
+    let key = db
+        .correspondent(&with.peer_id().to_bytes())
+        .unwrap()
+        .unwrap()
+        .identity_key
+        .expect("bound on first use");
+    let pickle_key = node.pickle_key().unwrap();
+    let (account, _) =
+        OlmAccount::from_pickle(&db.olm_account().unwrap().unwrap(), pickle_key).unwrap();
+    PeerSessions::from_pickle(
+        account.identity_key(),
+        Curve25519Key::from_bytes(key),
+        &db.olm_sessions(&key).unwrap().expect("saved per peer"),
+        pickle_key,
+    )
+    .unwrap()
+}
+
+/// A store written before sessions were saved per peer holds the whole Olm state (account and
+/// every session) under one key. It opens, is split once into the account and per-peer entries,
+/// and the sessions it held keep working in both directions: no new session is started (which
+/// would show as a second session on the other side) and nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_the_old_whole_state_olm_pickle_opens_and_decrypts_both_ways() {
+    let mut nodes = network(2).await.into_iter();
+    let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    let first = send(&a, &b_id.to_string(), "before the upgrade").await;
+    wait_status(&a, first.id, MessageStatus::Delivered).await;
+    let reply = send(&b, &a_id.to_string(), "reply before the upgrade").await;
+    wait_status(&b, reply.id, MessageStatus::Delivered).await;
+    assert_eq!(saved_sessions(&b, &a).len(), 1);
+
+    // Rewrite A's store into the old layout: one whole-state pickle, no per-peer entry.
+    let b_addr = b.tcp_addr();
+    let stopped = a.stop_keeping_home().await.unwrap();
+    let b_key = stopped
+        .with_store(|store, key| {
+            let db = store.messages();
+            let b_key = db
+                .correspondent(&b_id.to_bytes())
+                .unwrap()
+                .unwrap()
+                .identity_key
+                .unwrap();
+            let (account, none) =
+                OlmAccount::from_pickle(&db.olm_account().unwrap().unwrap(), key).unwrap();
+            assert!(none.is_empty(), "the account pickle holds no sessions");
+            let sessions = PeerSessions::from_pickle(
+                account.identity_key(),
+                Curve25519Key::from_bytes(b_key),
+                &db.olm_sessions(&b_key).unwrap().unwrap(),
+                key,
+            )
+            .unwrap();
+            let whole = Olm::from_parts(account, vec![sessions])
+                .to_pickle(key)
+                .unwrap();
+            db.save_olm(OlmSave {
+                sessions: None,
+                account: Some(&whole),
+            })
+            .unwrap();
+            db.remove_olm_sessions(&b_key).unwrap();
+            b_key
+        })
+        .await
+        .unwrap();
+
+    let a = stopped.start(vec![b_addr]).await.unwrap();
+    let db = a.node().store().messages();
+    assert!(db.olm_sessions(&b_key).unwrap().is_some(), "split on open");
+    let (_, left) =
+        OlmAccount::from_pickle(&db.olm_account().unwrap().unwrap(), a.pickle_key().unwrap())
+            .unwrap();
+    assert!(
+        left.is_empty(),
+        "the account is saved alone after the split"
+    );
+
+    let rejected = (a.metric(DM_REJECTED), b.metric(DM_REJECTED));
+    let after = send(&a, &b_id.to_string(), "after the upgrade").await;
+    wait_status(&a, after.id, MessageStatus::Delivered).await;
+    let back = send(&b, &a_id.to_string(), "reply after the upgrade").await;
+    wait_status(&b, back.id, MessageStatus::Delivered).await;
+    wait_status(&a, back.id, MessageStatus::Received).await;
+    assert_eq!(
+        (a.metric(DM_REJECTED), b.metric(DM_REJECTED)),
+        rejected,
+        "nothing refused"
+    );
+    assert_eq!(
+        saved_sessions(&b, &a).len(),
+        1,
+        "A kept using the session from the old pickle"
+    );
+    assert_eq!(saved_sessions(&a, &b).len(), 1);
     shutdown_all(vec![a, b]).await.unwrap();
 }
 

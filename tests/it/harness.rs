@@ -147,6 +147,11 @@ impl TestNode {
         })
     }
 
+    /// The key its Olm state is encrypted with in its store.
+    pub(crate) fn pickle_key(&self) -> Option<&PickleKey> {
+        self.options.pickle_key.as_ref()
+    }
+
     /// Its identity key (tests that play a misbehaving peer sign with it).
     pub(crate) fn keypair(&self) -> &Keypair {
         &self.keypair
@@ -271,6 +276,21 @@ pub(crate) struct StoppedNode {
 }
 
 impl StoppedNode {
+    /// Opens its store while it is stopped (to inspect it or to make it look like an older
+    /// store), runs `f` with it and the node's pickle key, flushes and closes it.
+    pub(crate) async fn with_store<T>(&self, f: impl FnOnce(&Store, &PickleKey) -> T) -> Result<T> {
+        let store = reopen_store(&self.home).await?;
+        let key = self
+            .options
+            .pickle_key
+            .clone()
+            .context("a test node always has a pickle key")?;
+        let out = f(&store, &key);
+        store.flush_blocking()?;
+        drop(store);
+        Ok(out)
+    }
+
     /// Its peer id.
     pub(crate) fn peer_id(&self) -> PeerId {
         self.keypair.public().to_peer_id()

@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! send:    validate → id → store message + outbox (one transaction) → flush → deliver
-//! deliver: encrypt once (Olm state saved with the envelope) → /kith/dm → Ack → delivered
+//! deliver: encrypt the due batch once under the peer's Olm lock (envelopes + that peer's
+//!          sessions in one transaction) → flush → /kith/dm (WINDOW in flight) → Ack → delivered
 //!          └─ no answer: backoff and retry (same id, same bytes) until acknowledged
-//! receive: frame cap (kith-net) → decode → blocked? rate? dedupe → decrypt → store + flush → Ack
+//! receive: frame cap (kith-net) → decode → blocked? rate? dedupe → queue for the sender's key
+//!          → whoever holds that peer's Olm lock drains the queue: decrypt each → one
+//!          transaction (messages + receipts + sessions) → one flush → Ack each
 //! ```
 //!
 //! Invariants: a message is in the store before it is sent and stays in the outbox until the
@@ -19,14 +22,16 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use kith_crypto::{Ciphertext, Curve25519Key, KeyBundle, Olm, PickleKey};
+use kith_crypto::{Ciphertext, Curve25519Key, KeyBundle, OlmAccount, PickleKey};
 use kith_proto::v1 as pb;
-use kith_store::{Incoming, Message, MessageId, OutboxItem, Status, Trust};
+use kith_store::{
+    Incoming, Message, MessageId, OlmSave, OutboxItem, ReceiptKind, Received, Status, Trust,
+};
 use libp2p::{PeerId, multiaddr::Protocol};
 use prost::Message as _;
-use tokio::sync::{Mutex, Notify, broadcast};
+use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, oneshot};
 
-use crate::{Node, ServiceError, node::now_ms};
+use crate::{Node, ServiceError, node::now_ms, olm_state::OlmState};
 
 /// Longest text message, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -101,9 +106,26 @@ pub struct Conversation {
     pub trust: Trust,
 }
 
+/// How a queued inbound frame ends: an ack status, or a refusal with its reason.
+type Verdict = Result<pb::AckStatus, (pb::AckStatus, String)>;
+
+/// A decrypted receipt (its kind and the ids it names) and where its verdict goes.
+type PendingReceipt = ((ReceiptKind, Vec<MessageId>), oneshot::Sender<Verdict>);
+
+/// An inbound frame that passed the checks that need no decryption, waiting for its sender's Olm
+/// lock. Whoever takes that lock decrypts every frame queued for the sender in one batch.
+struct Inbound {
+    peer: PeerId,
+    id: MessageId,
+    ciphertext: Ciphertext,
+    reply: oneshot::Sender<Verdict>,
+}
+
 /// Direct-message state owned by the node.
 pub(crate) struct Dm {
-    olm: Mutex<Olm>,
+    olm: OlmState,
+    /// Inbound frames per sender identity key, waiting for a batch (see [`Inbound`]).
+    inbound: StdMutex<HashMap<Curve25519Key, Vec<Inbound>>>,
     pickle_key: PickleKey,
     events: broadcast::Sender<MessageEvent>,
     wake: Notify,
@@ -129,15 +151,7 @@ impl Dm {
         pickle_key: PickleKey,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, ServiceError> {
-        let olm = match store.messages().olm()? {
-            Some(bytes) => Olm::from_pickle(&bytes, &pickle_key).map_err(ServiceError::Crypto)?,
-            None => {
-                let olm = Olm::new();
-                let pickle = olm.to_pickle(&pickle_key).map_err(ServiceError::Crypto)?;
-                store.messages().save_olm(&pickle)?;
-                olm
-            }
-        };
+        let olm = OlmState::load(store, pickle_key.clone())?;
         let rejected = prometheus_client::metrics::counter::Counter::default();
         registry.register(
             "dm_rejected",
@@ -152,7 +166,8 @@ impl Dm {
             }
         }
         Ok(Self {
-            olm: Mutex::new(olm),
+            olm,
+            inbound: StdMutex::new(HashMap::new()),
             pickle_key,
             events,
             wake: Notify::new(),
@@ -223,6 +238,24 @@ impl Dm {
         // No subscriber is fine.
         let _ = self.events.send(event);
     }
+
+    fn queue_inbound(&self, key: Curve25519Key, inbound: Inbound) {
+        lock(&self.inbound).entry(key).or_default().push(inbound);
+    }
+
+    fn take_inbound(&self, key: &Curve25519Key) -> Vec<Inbound> {
+        lock(&self.inbound).remove(key).unwrap_or_default()
+    }
+}
+
+/// The outcome of [`Node::encrypt_batch`].
+struct Encrypted {
+    /// How many of the entries (a prefix, in order) have an envelope and may be sent.
+    ready: usize,
+    /// Whether any envelope was made now (so a flush must come before sending).
+    fresh: bool,
+    /// Why the entry after the ready ones could not be encrypted.
+    error: Option<ServiceError>,
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -324,8 +357,14 @@ impl Node {
             control: false,
         };
         self.store().messages().enqueue(Some(&message), &item)?;
-        self.store().flush().await?;
+        // No flush of its own before the first attempt: the delivery run flushes the message,
+        // its outbox entry and the envelope together before anything leaves (sled's log is
+        // written in order), and `flush_through` below flushes only if no flush started after
+        // the enqueue has finished (it sent nothing, or timed out). Either way the answer comes
+        // only after the message and its outbox entry are on disk.
+        let enqueued = self.store().flush_ticket();
         let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, self.deliver_to(peer)).await;
+        self.store().flush_through(enqueued).await?;
         let status = self
             .store()
             .messages()
@@ -479,11 +518,13 @@ impl Node {
 
     /// Publishes our key bundle in the DHT so others can start a session while we are offline.
     pub async fn publish_key_bundle(&self) -> Result<bool, ServiceError> {
-        let signed = {
-            let olm = self.dm().olm.lock().await;
-            olm.key_bundle(&self.inner.keypair, now_ms())
-                .map_err(ServiceError::Crypto)?
-        };
+        let signed = self
+            .dm()
+            .olm
+            .account()
+            .await
+            .key_bundle(&self.inner.keypair, now_ms())
+            .map_err(ServiceError::Crypto)?;
         let value = pb::DhtRecord {
             body: Some(pb::dht_record::Body::KeyBundle(signed.to_bytes())),
         }
@@ -544,23 +585,20 @@ impl Node {
             }
             due.sort_by_key(|i| i.id);
             due.truncate(BATCH);
-            let mut ready = Vec::with_capacity(due.len());
-            let mut encrypted = false;
+            let encrypted = self.encrypt_batch(peer, &mut due).await;
             let mut pending = due.into_iter();
-            for mut item in pending.by_ref() {
-                if item.envelope.is_none() {
-                    if let Err(e) = self.encrypt_item(peer, &mut item).await {
-                        tracing::debug!(%peer, error = %e, "cannot encrypt yet; will retry");
-                        let attempts = self.retry_later(item);
-                        self.postpone(pending, attempts);
-                        // Whatever was encrypted before still goes out below.
-                        break;
-                    }
-                    encrypted = true;
+            let ready: Vec<OutboxItem> = pending.by_ref().take(encrypted.ready).collect();
+            if let Some(e) = &encrypted.error {
+                tracing::debug!(%peer, error = %e, "cannot encrypt yet; will retry");
+                if let Some(first) = pending.next() {
+                    let attempts = self.retry_later(first);
+                    self.postpone(pending, attempts);
                 }
-                ready.push(item);
+                // Whatever was encrypted before still goes out below.
             }
-            if encrypted && let Err(e) = self.store().flush().await {
+            if encrypted.fresh
+                && let Err(e) = self.store().flush().await
+            {
                 tracing::warn!(error = %e, "cannot flush the Olm state; not sending");
                 return;
             }
@@ -609,12 +647,15 @@ impl Node {
                         tracing::info!(%peer, %reason, "recipient cannot decrypt; re-encrypting from its key bundle");
                         if let Ok(Some(c)) = self.store().messages().correspondent(&peer.to_bytes())
                             && let Some(key) = c.identity_key
-                        {
-                            self.dm()
+                            && let Ok(mut sessions) = self
+                                .dm()
                                 .olm
-                                .lock()
+                                .lock_peer(Curve25519Key::from_bytes(key))
                                 .await
-                                .forget_sessions(&Curve25519Key::from_bytes(key));
+                        {
+                            // In memory only: the next encryption starts a session from the
+                            // bundle and saves it with its envelope.
+                            sessions.forget();
                         }
                         item.envelope = None;
                         Err(self.retry_later(item))
@@ -679,20 +720,45 @@ impl Node {
         }
     }
 
-    /// Encrypts an outbox entry once and saves the envelope with the Olm state that made it.
-    async fn encrypt_item(
+    /// Encrypts the entries of `items` (one peer's, oldest first) that have no envelope yet,
+    /// under that peer's Olm lock, and saves their envelopes with the sessions after the last one
+    /// in one transaction: one pickle and one write per batch, not per message. The caller flushes
+    /// before anything is sent.
+    ///
+    /// Without a session with the peer's bound identity key, the peer's key bundle is fetched
+    /// first (not under the lock: a DHT lookup must not hold up the peer's inbound messages).
+    async fn encrypt_batch(&self, peer: PeerId, items: &mut [OutboxItem]) -> Encrypted {
+        let already = items.iter().take_while(|i| i.envelope.is_some()).count();
+        if already == items.len() {
+            return Encrypted {
+                ready: already,
+                fresh: false,
+                error: None,
+            };
+        }
+        match self.try_encrypt_batch(peer, items).await {
+            Ok(encrypted) => encrypted,
+            Err(error) => Encrypted {
+                ready: already,
+                fresh: false,
+                error: Some(error),
+            },
+        }
+    }
+
+    async fn try_encrypt_batch(
         &self,
         peer: PeerId,
-        item: &mut OutboxItem,
-    ) -> Result<Vec<u8>, ServiceError> {
+        items: &mut [OutboxItem],
+    ) -> Result<Encrypted, ServiceError> {
         let bound = self
             .store()
             .messages()
             .correspondent(&peer.to_bytes())?
             .and_then(|c| c.identity_key)
             .map(Curve25519Key::from_bytes);
-        let has_session = match &bound {
-            Some(key) => self.dm().olm.lock().await.has_session(key),
+        let has_session = match bound {
+            Some(key) => !self.dm().olm.lock_peer(key).await?.is_empty(),
             None => false,
         };
         let bundle = if has_session {
@@ -700,23 +766,66 @@ impl Node {
         } else {
             Some(self.fetch_bundle(peer).await?)
         };
-        let mut olm = self.dm().olm.lock().await;
-        let ciphertext = match (&bundle, &bound) {
-            (Some(bundle), _) => olm.encrypt_to_bundle(bundle, &item.payload),
-            (None, Some(key)) => olm.encrypt(key, &item.payload),
+        let key = match (&bundle, bound) {
+            (Some(bundle), _) => bundle.identity_key(),
+            (None, Some(key)) => key,
             (None, None) => return Err(ServiceError::NoKeyBundle(peer)),
+        };
+        let mut sessions = self.dm().olm.lock_peer(key).await?;
+        let mut ready = 0;
+        let mut fresh = Vec::new();
+        let mut error = None;
+        for (index, item) in items.iter_mut().enumerate() {
+            if item.envelope.is_none() {
+                let ciphertext = match &bundle {
+                    Some(bundle) if sessions.is_empty() => {
+                        let account = self.dm().olm.account().await;
+                        account.encrypt_to_bundle(&mut sessions, bundle, &item.payload)
+                    }
+                    _ => sessions.encrypt(&item.payload),
+                };
+                match ciphertext {
+                    Ok(ciphertext) => {
+                        item.envelope = Some(
+                            pb::Envelope {
+                                id: item.id.to_vec(),
+                                ciphertext: ciphertext.to_bytes(),
+                            }
+                            .encode_to_vec(),
+                        );
+                        fresh.push(index);
+                    }
+                    Err(e) => {
+                        error = Some(ServiceError::Crypto(e));
+                        break;
+                    }
+                }
+            }
+            ready += 1;
         }
-        .map_err(ServiceError::Crypto)?;
-        let envelope = pb::Envelope {
-            id: item.id.to_vec(),
-            ciphertext: ciphertext.to_bytes(),
+        if fresh.is_empty() {
+            return Ok(Encrypted {
+                ready,
+                fresh: false,
+                error,
+            });
         }
-        .encode_to_vec();
-        item.envelope = Some(envelope.clone());
-        let pickle = olm
-            .to_pickle(&self.dm().pickle_key)
-            .map_err(ServiceError::Crypto)?;
-        self.store().messages().set_envelope(item, &pickle)?;
+        let saved = self.dm().olm.pickle(&sessions).and_then(|pickle| {
+            self.store()
+                .messages()
+                .set_envelopes(&items[..ready], OlmSave::sessions(key.to_bytes(), &pickle))
+                .map_err(ServiceError::from)
+        });
+        if let Err(e) = saved {
+            // Nothing made here may leave: the envelopes were not saved with their ratchet
+            // steps. Forget them, and re-read the sessions from the store next time.
+            for index in fresh {
+                items[index].envelope = None;
+            }
+            sessions.reload();
+            return Err(e);
+        }
+        drop(sessions);
         if let Some(bundle) = &bundle {
             self.store()
                 .messages()
@@ -724,18 +833,19 @@ impl Node {
             self.dm()
                 .set_key_owner(bundle.identity_key().to_bytes(), peer);
         }
-        drop(olm);
-        // The caller flushes once for the whole batch before anything is sent.
-        Ok(envelope)
+        Ok(Encrypted {
+            ready,
+            fresh: true,
+            error,
+        })
     }
 
     pub(crate) fn known_addrs(&self, peer: &PeerId) -> Vec<libp2p::Multiaddr> {
-        let bytes = peer.to_bytes();
         self.store()
             .peers()
-            .all()
+            .get(&peer.to_bytes())
             .ok()
-            .and_then(|all| all.into_iter().find(|p| p.peer_id == bytes))
+            .flatten()
             .map(|p| {
                 p.addrs
                     .into_iter()
@@ -841,137 +951,275 @@ impl Node {
                 "sender's encryption key differs from the one bound to this peer".into(),
             ));
         }
-        let mut olm = self.dm().olm.lock().await;
-        // A replayed envelope was answered DUPLICATE above, by id. A message key that is gone is
-        // either a ciphertext replayed under a new id or a step that arrived too far out of
-        // order; either way the honest sender's remedy is to re-encrypt, so say undecryptable.
-        let plaintext = olm
-            .decrypt(&sender_key, &ciphertext)
-            .map_err(|e| (pb::AckStatus::AckUndecryptable, e.to_string()))?;
-        let payload = pb::DirectPayload::decode(plaintext.as_slice())
-            .map_err(|_| (pb::AckStatus::AckRejected, "malformed payload".to_owned()))?;
-        if payload.id != id
-            || payload.sender != peer.to_bytes()
-            || payload.recipient != self.peer_id().to_bytes()
-        {
-            return Err((
-                pb::AckStatus::AckRejected,
-                "payload is not from this sender to this node".into(),
-            ));
-        }
-        let pickle = olm
-            .to_pickle(&self.dm().pickle_key)
-            .map_err(|e| internal(ServiceError::Crypto(e)))?;
-        match payload.body {
-            Some(pb::direct_payload::Body::Text(text)) => {
-                if text.len() > MAX_TEXT_BYTES || text.is_empty() {
-                    return Err((pb::AckStatus::AckRejected, "empty or oversized text".into()));
+        let (reply, verdict) = oneshot::channel();
+        self.dm().queue_inbound(
+            sender_key,
+            Inbound {
+                peer,
+                id,
+                ciphertext,
+                reply,
+            },
+        );
+        // Whoever gets the sender's lock first decrypts everything queued for it by then, this
+        // frame included or not; a frame already handled by an earlier holder finds the queue
+        // empty and only waits for its verdict.
+        match self.dm().olm.lock_peer(sender_key).await {
+            Ok(sessions) => {
+                let batch = self.dm().take_inbound(&sender_key);
+                if !batch.is_empty() {
+                    self.receive_batch(sessions, sender_key, batch).await;
                 }
-                let message = Message {
-                    id,
-                    peer_id: peer.to_bytes(),
-                    outgoing: false,
-                    text,
-                    sent_at_ms: payload.sent_at_ms,
-                    received_at_ms: now_ms(),
-                    status: Status::Received,
-                    failure: String::new(),
-                };
-                let stored = self
-                    .store()
-                    .messages()
-                    .store_incoming(&message, &pickle, sender_key.to_bytes())
-                    .map_err(|e| internal(e.into()))?;
-                self.dm().set_key_owner(sender_key.to_bytes(), peer);
-                drop(olm);
-                self.store().flush().await.map_err(|e| internal(e.into()))?;
-                if stored == Incoming::Stored {
-                    self.dm().emit(MessageEvent::Received(message));
-                }
-                Ok(pb::AckStatus::AckStored)
             }
-            Some(pb::direct_payload::Body::Receipt(receipt)) => {
-                self.store()
-                    .messages()
-                    .save_olm(&pickle)
-                    .map_err(|e| internal(e.into()))?;
-                drop(olm);
-                let ids: Vec<MessageId> = receipt
-                    .ids
-                    .iter()
-                    .filter_map(|i| MessageId::try_from(i.as_slice()).ok())
-                    .collect();
-                if receipt.kind == pb::ReceiptKind::ReceiptDelivered as i32 {
-                    // Our message reached the recipient through a mailbox relay.
-                    for id in ids {
-                        let ours = self
-                            .store()
-                            .messages()
-                            .message(&id)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|m| m.outgoing && m.peer_id == peer.to_bytes());
-                        if ours {
-                            let _ = self.store().messages().complete(
-                                &id,
-                                Status::Delivered,
-                                "",
-                                now_ms(),
-                            );
-                            self.dm().emit(MessageEvent::Status {
-                                id,
-                                peer,
-                                status: Status::Delivered,
-                            });
+            Err(e) => {
+                let reason = format!("try again later: {e}");
+                for inbound in self.dm().take_inbound(&sender_key) {
+                    let _ = inbound
+                        .reply
+                        .send(Err((pb::AckStatus::AckRateLimited, reason.clone())));
+                }
+            }
+        }
+        verdict.await.unwrap_or_else(|_| {
+            Err((
+                pb::AckStatus::AckRateLimited,
+                "try again later: the receiving task stopped".into(),
+            ))
+        })
+    }
+
+    /// Decrypts a batch of frames from the holder of `sender_key` (all checked already) and
+    /// stores what they carry in one transaction with the sessions after the last of them, then
+    /// one flush, then a verdict per frame.
+    ///
+    /// Group control messages are applied after that transaction, by the group store's own
+    /// writes, before the flush: a crash in between leaves their Olm step spent and the frame
+    /// unacknowledged, so the sender's retry is undecryptable and it re-sends on a fresh session.
+    async fn receive_batch(
+        &self,
+        mut sessions: crate::olm_state::PeerGuard,
+        sender_key: Curve25519Key,
+        batch: Vec<Inbound>,
+    ) {
+        let internal = |e: &ServiceError| {
+            (
+                pb::AckStatus::AckRateLimited,
+                format!("try again later: {e}"),
+            )
+        };
+        let me = self.peer_id().to_bytes();
+        // Held from the first new session to the end of the write, so no other save of the
+        // account (a rotation) can land between our change and our write of it.
+        let mut account: Option<MutexGuard<'_, OlmAccount>> = None;
+        let mut account_changed = false;
+        let mut seen = HashSet::new();
+        let mut texts: Vec<(Message, oneshot::Sender<Verdict>)> = Vec::new();
+        let mut receipts: Vec<PendingReceipt> = Vec::new();
+        let mut controls: Vec<(PeerId, pb::direct_payload::Body, oneshot::Sender<Verdict>)> =
+            Vec::new();
+        let mut spent = false;
+        let Some(peer) = batch.first().map(|i| i.peer) else {
+            return;
+        };
+        // Frames under this key from another peer (possible only before the key is bound to its
+        // owner) go back to the queue: their own tasks take this lock after us and handle them.
+        let (batch, others): (Vec<Inbound>, Vec<Inbound>) =
+            batch.into_iter().partition(|i| i.peer == peer);
+        for inbound in others {
+            self.dm().queue_inbound(sender_key, inbound);
+        }
+        for inbound in batch {
+            // The same frame twice in one batch (a retry that overtook the ack), or one stored
+            // since it was checked: the second decrypt would fail, so answer it by id.
+            let known = self
+                .store()
+                .messages()
+                .is_known_from(&inbound.peer.to_bytes(), &inbound.id)
+                .unwrap_or(false);
+            if !seen.insert(inbound.id) || known {
+                let _ = inbound.reply.send(Ok(pb::AckStatus::AckDuplicate));
+                continue;
+            }
+            let decrypted = if sessions.needs_account(&inbound.ciphertext) {
+                let account = match &mut account {
+                    Some(account) => account,
+                    None => account.insert(self.dm().olm.account().await),
+                };
+                let before = account.fallback_key_used();
+                let result = account.decrypt(&mut sessions, &inbound.ciphertext);
+                account_changed |= account.fallback_key_used() != before;
+                result
+            } else {
+                sessions.decrypt(&inbound.ciphertext)
+            };
+            // A replayed envelope was answered DUPLICATE above, by id. A message key that is gone
+            // is either a ciphertext replayed under a new id or a step that arrived too far out of
+            // order; either way the honest sender's remedy is to re-encrypt, so say undecryptable.
+            let plaintext = match decrypted {
+                Ok(plaintext) => plaintext,
+                Err(e) => {
+                    let _ = inbound
+                        .reply
+                        .send(Err((pb::AckStatus::AckUndecryptable, e.to_string())));
+                    continue;
+                }
+            };
+            spent = true;
+            let Ok(payload) = pb::DirectPayload::decode(plaintext.as_slice()) else {
+                let _ = inbound.reply.send(Err((
+                    pb::AckStatus::AckRejected,
+                    "malformed payload".into(),
+                )));
+                continue;
+            };
+            if payload.id != inbound.id
+                || payload.sender != peer.to_bytes()
+                || payload.recipient != me
+            {
+                let _ = inbound.reply.send(Err((
+                    pb::AckStatus::AckRejected,
+                    "payload is not from this sender to this node".into(),
+                )));
+                continue;
+            }
+            match payload.body {
+                Some(pb::direct_payload::Body::Text(text)) => {
+                    if text.len() > MAX_TEXT_BYTES || text.is_empty() {
+                        let _ = inbound.reply.send(Err((
+                            pb::AckStatus::AckRejected,
+                            "empty or oversized text".into(),
+                        )));
+                        continue;
+                    }
+                    let message = Message {
+                        id: inbound.id,
+                        peer_id: peer.to_bytes(),
+                        outgoing: false,
+                        text,
+                        sent_at_ms: payload.sent_at_ms,
+                        received_at_ms: now_ms(),
+                        status: Status::Received,
+                        failure: String::new(),
+                    };
+                    texts.push((message, inbound.reply));
+                }
+                Some(pb::direct_payload::Body::Receipt(receipt)) => {
+                    let ids: Vec<MessageId> = receipt
+                        .ids
+                        .iter()
+                        .filter_map(|i| MessageId::try_from(i.as_slice()).ok())
+                        .collect();
+                    let kind = if receipt.kind == pb::ReceiptKind::ReceiptDelivered as i32 {
+                        // Our message reached the recipient through a mailbox relay.
+                        Some(ReceiptKind::Delivered)
+                    } else if receipt.kind == pb::ReceiptKind::ReceiptRead as i32 {
+                        Some(ReceiptKind::Read)
+                    } else {
+                        None
+                    };
+                    match kind {
+                        Some(kind) => receipts.push(((kind, ids), inbound.reply)),
+                        None => {
+                            let _ = inbound.reply.send(Ok(pb::AckStatus::AckStored));
                         }
                     }
-                } else if receipt.kind == pb::ReceiptKind::ReceiptRead as i32 {
-                    let _ = self
-                        .store()
-                        .messages()
-                        .mark_read_by_peer(&peer.to_bytes(), &ids);
-                    for id in ids {
-                        self.dm().emit(MessageEvent::Status {
-                            id,
-                            peer,
-                            status: Status::Read,
-                        });
-                    }
                 }
-                self.store().flush().await.map_err(|e| internal(e.into()))?;
-                Ok(pb::AckStatus::AckStored)
+                Some(
+                    body @ (pb::direct_payload::Body::GroupInvite(_)
+                    | pb::direct_payload::Body::GroupUpdate(_)
+                    | pb::direct_payload::Body::GroupKey(_)),
+                ) => controls.push((peer, body, inbound.reply)),
+                None => {
+                    let _ = inbound
+                        .reply
+                        .send(Err((pb::AckStatus::AckRejected, "empty payload".into())));
+                }
             }
-            Some(
-                body @ (pb::direct_payload::Body::GroupInvite(_)
-                | pb::direct_payload::Body::GroupUpdate(_)
-                | pb::direct_payload::Body::GroupKey(_)),
-            ) => {
-                self.store()
-                    .messages()
-                    .save_olm(&pickle)
-                    .map_err(|e| internal(e.into()))?;
-                if correspondent
-                    .as_ref()
-                    .and_then(|c| c.identity_key)
-                    .is_none()
+        }
+        if !spent {
+            return;
+        }
+        let messages: Vec<Message> = texts.iter().map(|(m, _)| m.clone()).collect();
+        let receipt_list: Vec<(ReceiptKind, Vec<MessageId>)> =
+            receipts.iter().map(|(r, _)| r.clone()).collect();
+        let written = self.dm().olm.pickle(&sessions).and_then(|pickle| {
+            let account_pickle = match (&account, account_changed) {
+                (Some(account), true) => Some(self.dm().olm.account_pickle(account)?),
+                _ => None,
+            };
+            self.store()
+                .messages()
+                .store_received(
+                    &Received {
+                        peer_id: &peer.to_bytes(),
+                        // Texts and group controls bind the sender's key on first use.
+                        identity_key: (!messages.is_empty() || !controls.is_empty())
+                            .then_some(sender_key.to_bytes()),
+                        messages: &messages,
+                        receipts: &receipt_list,
+                        olm: OlmSave::sessions(sender_key.to_bytes(), &pickle)
+                            .with_account(account_pickle.as_deref()),
+                    },
+                    now_ms(),
+                )
+                .map_err(ServiceError::from)
+        });
+        let outcome = match written {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot store received messages");
+                // Memory must not run ahead of the store: the sender will retry these frames.
+                sessions.reload();
+                let reason = internal(&e);
+                for reply in texts
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .chain(receipts.into_iter().map(|(_, r)| r))
+                    .chain(controls.into_iter().map(|(_, _, r)| r))
                 {
-                    self.store()
-                        .messages()
-                        .bind_identity_key(&peer.to_bytes(), sender_key.to_bytes())
-                        .map_err(|e| internal(e.into()))?;
+                    let _ = reply.send(Err(reason.clone()));
                 }
-                self.dm().set_key_owner(sender_key.to_bytes(), peer);
-                drop(olm);
-                // A control message that makes no sense (not a member, stale list) is still
-                // acknowledged: the Olm step is spent and a retry would not change the answer.
-                if let Err(reason) = self.on_group_control(peer, body).await {
-                    self.dm().rejected.inc();
-                    tracing::info!(%peer, %reason, "ignored a group control message");
-                }
-                self.store().flush().await.map_err(|e| internal(e.into()))?;
-                Ok(pb::AckStatus::AckStored)
+                return;
             }
-            None => Err((pb::AckStatus::AckRejected, "empty payload".into())),
+        };
+        drop(account);
+        drop(sessions);
+        if !messages.is_empty() || !controls.is_empty() {
+            self.dm().set_key_owner(sender_key.to_bytes(), peer);
+        }
+        let mut control_replies = Vec::with_capacity(controls.len());
+        for (from, body, reply) in controls {
+            // A control message that makes no sense (not a member, stale list) is still
+            // acknowledged: the Olm step is spent and a retry would not change the answer.
+            if let Err(reason) = self.on_group_control(from, body).await {
+                self.dm().rejected.inc();
+                tracing::info!(peer = %from, %reason, "ignored a group control message");
+            }
+            control_replies.push(reply);
+        }
+        let flushed = self.store().flush().await;
+        let verdict = match &flushed {
+            Ok(_) => Ok(pb::AckStatus::AckStored),
+            Err(e) => Err(internal(&ServiceError::Task(e.to_string()))),
+        };
+        for ((message, reply), stored) in texts.into_iter().zip(&outcome.messages) {
+            let _ = reply.send(verdict.clone());
+            if flushed.is_ok() && *stored == Incoming::Stored {
+                self.dm().emit(MessageEvent::Received(message));
+            }
+        }
+        for (((kind, _), reply), ours) in receipts.into_iter().zip(outcome.receipts) {
+            let _ = reply.send(verdict.clone());
+            let status = match kind {
+                ReceiptKind::Delivered => Status::Delivered,
+                ReceiptKind::Read => Status::Read,
+            };
+            for id in ours {
+                self.dm().emit(MessageEvent::Status { id, peer, status });
+            }
+        }
+        for reply in control_replies {
+            let _ = reply.send(verdict.clone());
         }
     }
 
@@ -1069,13 +1317,14 @@ impl Node {
     /// Rotates the fallback key if someone used it, then (re)publishes the key bundle.
     pub(crate) async fn refresh_key_bundle(&self) -> Result<bool, ServiceError> {
         {
-            let mut olm = self.dm().olm.lock().await;
-            if olm.rotate_fallback_key_if_used() {
-                let pickle = olm
-                    .to_pickle(&self.dm().pickle_key)
-                    .map_err(ServiceError::Crypto)?;
-                self.store().messages().save_olm(&pickle)?;
-                drop(olm);
+            let mut account = self.dm().olm.account().await;
+            if account.rotate_fallback_key_if_used() {
+                let pickle = self.dm().olm.account_pickle(&account)?;
+                self.store().messages().save_olm(OlmSave {
+                    sessions: None,
+                    account: Some(&pickle),
+                })?;
+                drop(account);
                 self.store().flush().await?;
             }
         }

@@ -25,6 +25,7 @@ mod groups;
 mod mailbox;
 mod names;
 mod node;
+mod olm_state;
 
 pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;

@@ -313,12 +313,20 @@ impl Node {
             }
             let mut done = Vec::new();
             let mut receipts: Vec<(PeerId, Vec<Vec<u8>>)> = Vec::new();
-            for item in &page.items {
-                let Some(from) = PeerId::from_bytes(&item.from).ok() else {
+            // Received together, so each sender's items are decrypted and stored as one batch
+            // (one transaction, one flush) instead of one at a time.
+            let acks = futures::future::join_all(page.items.iter().map(|item| async move {
+                match PeerId::from_bytes(&item.from) {
+                    Ok(from) => Some((from, self.receive(from, &item.envelope).await)),
+                    Err(_) => None,
+                }
+            }))
+            .await;
+            for (item, received) in page.items.iter().zip(acks) {
+                let Some((from, ack)) = received else {
                     done.push(item.id.clone());
                     continue;
                 };
-                let ack = self.receive(from, &item.envelope).await;
                 let status =
                     pb::AckStatus::try_from(ack.status).unwrap_or(pb::AckStatus::AckRejected);
                 match status {

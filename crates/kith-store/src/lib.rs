@@ -25,8 +25,9 @@ pub use groups::{
 };
 pub use mailbox::{Deposit, Mail, MailId, MailboxStats, MailboxStore, Quota};
 pub use messages::{
-    Correspondent, Incoming, Message, MessageId, MessageStore, OutboxItem, Status, Trust, preview,
+    Correspondent, Incoming, Message, MessageId, MessageStore, OlmSave, OutboxItem, ReceiptKind,
+    Received, ReceivedOutcome, Status, Trust, preview,
 };
 pub use names::{Contact, NameBook, Pin};
 pub use peers::{KnownPeer, PeerBook};
-pub use store::{SCHEMA_VERSION, Store, StoreConfig};
+pub use store::{FlushTicket, SCHEMA_VERSION, Store, StoreConfig};

@@ -7,7 +7,8 @@
 //! | `messages` | blake3(peer id) ‖ message id | `StoredMessage` |
 //! | `message_ids` | message id | blake3(peer id) (dedupe, status updates) |
 //! | `outbox` | message id | `OutboxEntry` |
-//! | `crypto` | `olm` | the encrypted Olm pickle |
+//! | `crypto` | `olm` | the encrypted Olm account pickle (in stores from before per-peer sessions: the whole state, migrated by the node on start) |
+//! | `crypto` | `olm/s/` ‖ Curve25519 identity key (32) | the encrypted Olm sessions with that peer |
 //! | `correspondents` | peer id | `Correspondent` |
 //!
 //! Message ids are time-ordered, so a conversation scans in order on both sides. Every change that
@@ -30,6 +31,89 @@ pub(crate) const OUTBOX: &str = "outbox";
 pub(crate) const CRYPTO: &str = "crypto";
 pub(crate) const CORRESPONDENTS: &str = "correspondents";
 const OLM_KEY: &[u8] = b"olm";
+/// Prefix of the per-peer session pickles in the `crypto` tree.
+const OLM_SESSIONS_PREFIX: &[u8] = b"olm/s/";
+
+fn sessions_key(identity_key: &[u8; 32]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(OLM_SESSIONS_PREFIX.len() + 32);
+    key.extend_from_slice(OLM_SESSIONS_PREFIX);
+    key.extend_from_slice(identity_key);
+    key
+}
+
+/// Olm state to save in the same transaction as the ciphertext it produced or the message it
+/// decrypted, so a crash can never reuse a ratchet step or lose one that was acknowledged.
+///
+/// The pickles are opaque here (encrypted by `kith-crypto`). Only what changed is written: the
+/// sessions of the one peer involved, and the account only when it changed (a session started
+/// from our fallback key, a rotation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OlmSave<'a> {
+    /// The peer's Olm identity key and the pickle of our sessions with it.
+    pub sessions: Option<([u8; 32], &'a [u8])>,
+    /// The account pickle, when the account changed.
+    pub account: Option<&'a [u8]>,
+}
+
+impl<'a> OlmSave<'a> {
+    /// The sessions with one peer.
+    pub fn sessions(identity_key: [u8; 32], pickle: &'a [u8]) -> Self {
+        Self {
+            sessions: Some((identity_key, pickle)),
+            account: None,
+        }
+    }
+
+    /// Adds the account pickle.
+    pub fn with_account(mut self, pickle: Option<&'a [u8]>) -> Self {
+        self.account = pickle;
+        self
+    }
+
+    fn write(&self, crypto: &TransactionalTree) -> TxResult<()> {
+        if let Some((key, pickle)) = self.sessions {
+            crypto.insert(sessions_key(&key), pickle)?;
+        }
+        if let Some(pickle) = self.account {
+            crypto.insert(OLM_KEY, pickle)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one sender's frames, decrypted together, amount to; see [`MessageStore::store_received`].
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// The sender (binary peer id); every message in `messages` is from it.
+    pub peer_id: &'a [u8],
+    /// The sender's Olm identity key, bound to it on first use (`None`: leave the binding as it
+    /// is, e.g. for receipts alone).
+    pub identity_key: Option<[u8; 32]>,
+    /// Its messages, in the order they were decrypted.
+    pub messages: &'a [Message],
+    /// Its receipts: which of our messages it stored or read.
+    pub receipts: &'a [(ReceiptKind, Vec<MessageId>)],
+    /// The Olm state after decrypting all of it.
+    pub olm: OlmSave<'a>,
+}
+
+/// The result of [`MessageStore::store_received`], in the order of its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedOutcome {
+    /// Per message: stored or a duplicate.
+    pub messages: Vec<Incoming>,
+    /// Per receipt: the ids that were our messages to that peer.
+    pub receipts: Vec<Vec<MessageId>>,
+}
+
+/// A receipt's effect on our outgoing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptKind {
+    /// The recipient stored them (they went through a mailbox relay): delivered.
+    Delivered,
+    /// The recipient read them.
+    Read,
+}
 
 /// A message id: 16 bytes, time-ordered.
 pub type MessageId = [u8; 16];
@@ -304,6 +388,36 @@ fn tx_correspondent(tree: &TransactionalTree, peer_id: &[u8]) -> TxResult<Corres
     })
 }
 
+/// Removes an outbox entry and sets its message's status, inside a transaction.
+fn tx_complete(
+    messages: &TransactionalTree,
+    ids: &TransactionalTree,
+    outbox: &TransactionalTree,
+    id: &MessageId,
+    status: Status,
+    failure: &str,
+    at_ms: u64,
+) -> TxResult<()> {
+    outbox.remove(&id[..])?;
+    if let Some(conv) = ids.get(&id[..])? {
+        let mut key = conv.to_vec();
+        key.extend_from_slice(id);
+        if let Some(raw) = messages.get(&key)? {
+            let mut m = decode_message(&raw).map_err(abort)?;
+            // A read receipt may have arrived first; never step back.
+            if !(m.status == Status::Read && status == Status::Delivered) {
+                m.status = status;
+            }
+            m.failure = failure.to_owned();
+            if m.received_at_ms == 0 {
+                m.received_at_ms = at_ms;
+            }
+            messages.insert(key, encode_message(&m))?;
+        }
+    }
+    Ok(())
+}
+
 /// The shortened text a conversation list shows as the last message (80 characters), the same
 /// for conversations and groups.
 pub fn preview(text: &str) -> String {
@@ -365,13 +479,16 @@ impl MessageStore {
             .map_err(|e| self.tx_err(e))
     }
 
-    /// Records the encrypted envelope for an outbox entry together with the Olm state that made
-    /// it, atomically: a crash can never leave a ciphertext whose ratchet step was not saved.
-    pub fn set_envelope(&self, item: &OutboxItem, olm_pickle: &[u8]) -> Result<(), StoreError> {
+    /// Records the encrypted envelopes of outbox entries (one peer's, encrypted in a row) together
+    /// with the Olm state that made them, atomically: a crash can never leave a ciphertext whose
+    /// ratchet step was not saved. One transaction and one pickle for the whole batch.
+    pub fn set_envelopes(&self, items: &[OutboxItem], olm: OlmSave<'_>) -> Result<(), StoreError> {
         (&self.outbox, &self.crypto)
             .transaction(|(outbox, crypto)| {
-                outbox.insert(&item.id[..], encode_item(item))?;
-                crypto.insert(OLM_KEY, olm_pickle)?;
+                for item in items {
+                    outbox.insert(&item.id[..], encode_item(item))?;
+                }
+                olm.write(crypto)?;
                 Ok(())
             })
             .map_err(|e| self.tx_err(e))
@@ -397,26 +514,36 @@ impl MessageStore {
     ) -> Result<(), StoreError> {
         (&self.messages, &self.ids, &self.outbox)
             .transaction(|(messages, ids, outbox)| {
-                outbox.remove(&id[..])?;
-                if let Some(conv) = ids.get(&id[..])? {
-                    let mut key = conv.to_vec();
-                    key.extend_from_slice(id);
-                    if let Some(raw) = messages.get(&key)? {
-                        let mut m = decode_message(&raw).map_err(abort)?;
-                        // A read receipt may have arrived first; never step back.
-                        if !(m.status == Status::Read && status == Status::Delivered) {
-                            m.status = status;
-                        }
-                        m.failure = failure.to_owned();
-                        if m.received_at_ms == 0 {
-                            m.received_at_ms = at_ms;
-                        }
-                        messages.insert(key, encode_message(&m))?;
-                    }
-                }
+                tx_complete(messages, ids, outbox, id, status, failure, at_ms)?;
                 Ok(())
             })
             .map_err(|e| self.tx_err(e))
+    }
+
+    /// Applies a receipt from `peer_id` to our outgoing messages `ids` together with the Olm state
+    /// that decrypted it, in one transaction. Delivered: like [`MessageStore::complete`] for each
+    /// of our messages to that peer. Read: marks them read. Ids that are not our messages to that
+    /// peer are ignored. Returns the ids that were ours.
+    pub fn apply_receipt(
+        &self,
+        peer_id: &[u8],
+        kind: ReceiptKind,
+        ids: &[MessageId],
+        at_ms: u64,
+        olm: OlmSave<'_>,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let receipts = [(kind, ids.to_vec())];
+        let outcome = self.store_received(
+            &Received {
+                peer_id,
+                identity_key: None,
+                messages: &[],
+                receipts: &receipts,
+                olm,
+            },
+            at_ms,
+        )?;
+        Ok(outcome.receipts.into_iter().next().unwrap_or_default())
     }
 
     /// Records why an outgoing message is not getting through, without changing its status.
@@ -465,58 +592,190 @@ impl MessageStore {
     pub fn store_incoming(
         &self,
         message: &Message,
-        olm_pickle: &[u8],
+        olm: OlmSave<'_>,
         identity_key: [u8; 32],
     ) -> Result<Incoming, StoreError> {
+        let stored = self.store_incoming_batch(std::slice::from_ref(message), olm, identity_key)?;
+        Ok(stored.first().copied().unwrap_or(Incoming::Duplicate))
+    }
+
+    /// Stores incoming messages from one sender, decrypted in a row, with the Olm state after the
+    /// last of them, in one transaction. See [`MessageStore::store_received`].
+    pub fn store_incoming_batch(
+        &self,
+        batch: &[Message],
+        olm: OlmSave<'_>,
+        identity_key: [u8; 32],
+    ) -> Result<Vec<Incoming>, StoreError> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .store_received(
+                &Received {
+                    peer_id: &first.peer_id,
+                    identity_key: Some(identity_key),
+                    messages: batch,
+                    receipts: &[],
+                    olm,
+                },
+                0,
+            )?
+            .messages)
+    }
+
+    /// Stores what one sender's frames, decrypted in a row, amount to: its messages, the effect
+    /// of its receipts on our outgoing messages, the binding of its identity key, and the Olm
+    /// state after the last of them, all in one transaction (group commit on the receiving side:
+    /// one write and one flush for what arrived together).
+    ///
+    /// Each message is stored unless its id is known from that sender (a repeat inside the batch
+    /// included). A new correspondent starts as [`Trust::Unknown`] (a request).
+    pub fn store_received(
+        &self,
+        batch: &Received<'_>,
+        at_ms: u64,
+    ) -> Result<ReceivedOutcome, StoreError> {
         (
             &self.messages,
             &self.ids,
+            &self.outbox,
             &self.crypto,
             &self.correspondents,
         )
-            .transaction(|(messages, ids, crypto, correspondents)| {
-                // Duplicate means the same sender sent this id before: another peer reusing an id
-                // (it travels in clear) must not suppress the real message.
-                let key = message_key(&message.peer_id, &message.id);
-                if messages.get(&key)?.is_some() {
-                    return Ok(Incoming::Duplicate);
+            .transaction(|(messages, ids, outbox, crypto, correspondents)| {
+                let mut outcome = ReceivedOutcome {
+                    messages: Vec::with_capacity(batch.messages.len()),
+                    receipts: Vec::with_capacity(batch.receipts.len()),
+                };
+                let mut summary: Option<Correspondent> = None;
+                if let Some(key) = batch.identity_key {
+                    let mut c = tx_correspondent(correspondents, batch.peer_id)?;
+                    if c.identity_key.is_none() {
+                        c.identity_key = Some(key);
+                    }
+                    summary = Some(c);
                 }
-                messages.insert(
-                    message_key(&message.peer_id, &message.id),
-                    encode_message(message),
-                )?;
-                // The id index keeps the first conversation an id was seen in (our own outgoing
-                // ids are never overwritten by someone else's message).
-                if ids.get(&message.id[..])?.is_none() {
-                    ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                for message in batch.messages {
+                    // Duplicate means the same sender sent this id before: another peer reusing an
+                    // id (it travels in clear) must not suppress the real message.
+                    let key = message_key(&message.peer_id, &message.id);
+                    if messages.get(&key)?.is_some() {
+                        outcome.messages.push(Incoming::Duplicate);
+                        continue;
+                    }
+                    messages.insert(key, encode_message(message))?;
+                    // The id index keeps the first conversation an id was seen in (our own
+                    // outgoing ids are never overwritten by someone else's message).
+                    if ids.get(&message.id[..])?.is_none() {
+                        ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                    }
+                    let c = match &mut summary {
+                        Some(c) => c,
+                        None => summary.insert(tx_correspondent(correspondents, batch.peer_id)?),
+                    };
+                    c.unread = c.unread.saturating_add(1);
+                    c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
+                    c.last_text = preview(&message.text);
+                    outcome.messages.push(Incoming::Stored);
                 }
-                crypto.insert(OLM_KEY, olm_pickle)?;
-                let mut c = tx_correspondent(correspondents, &message.peer_id)?;
-                if c.identity_key.is_none() {
-                    c.identity_key = Some(identity_key);
+                if let Some(c) = &summary {
+                    correspondents.insert(batch.peer_id, encode_correspondent(c))?;
                 }
-                c.unread = c.unread.saturating_add(1);
-                c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
-                c.last_text = preview(&message.text);
-                correspondents.insert(message.peer_id.as_slice(), encode_correspondent(&c))?;
-                Ok(Incoming::Stored)
+                for (kind, receipt_ids) in batch.receipts {
+                    let mut ours = Vec::new();
+                    for id in receipt_ids {
+                        let key = message_key(batch.peer_id, id);
+                        let Some(raw) = messages.get(&key)? else {
+                            continue;
+                        };
+                        let mut m = decode_message(&raw).map_err(abort)?;
+                        if !m.outgoing {
+                            continue;
+                        }
+                        match kind {
+                            ReceiptKind::Delivered => {
+                                tx_complete(
+                                    messages,
+                                    ids,
+                                    outbox,
+                                    id,
+                                    Status::Delivered,
+                                    "",
+                                    at_ms,
+                                )?;
+                            }
+                            ReceiptKind::Read => {
+                                if m.status != Status::Read {
+                                    m.status = Status::Read;
+                                    messages.insert(key, encode_message(&m))?;
+                                }
+                            }
+                        }
+                        ours.push(*id);
+                    }
+                    outcome.receipts.push(ours);
+                }
+                batch.olm.write(crypto)?;
+                Ok(outcome)
             })
             .map_err(|e| self.tx_err(e))
     }
 
-    /// Saves the Olm state alone (after decrypting something that is not stored, e.g. a receipt).
-    pub fn save_olm(&self, olm_pickle: &[u8]) -> Result<(), StoreError> {
+    /// Saves Olm state alone: after decrypting something that changes nothing else (a group
+    /// control message, whose effects the group store records), a fallback-key rotation, or a
+    /// sessions reset.
+    pub fn save_olm(&self, olm: OlmSave<'_>) -> Result<(), StoreError> {
         self.crypto
-            .insert(OLM_KEY, olm_pickle)
+            .transaction(|crypto| {
+                olm.write(crypto)?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Replaces a whole-state Olm pickle (stores from before per-peer sessions) by the account
+    /// alone and one sessions pickle per peer, in one transaction: a crash leaves either the old
+    /// layout or the new one.
+    pub fn migrate_olm(
+        &self,
+        account: &[u8],
+        sessions: &[([u8; 32], Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        self.crypto
+            .transaction(|crypto| {
+                for (key, pickle) in sessions {
+                    crypto.insert(sessions_key(key), pickle.as_slice())?;
+                }
+                crypto.insert(OLM_KEY, account)?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Drops the saved sessions with the peer whose Olm identity key is `identity_key` (a reset:
+    /// the next message to it starts a new session from its key bundle).
+    pub fn remove_olm_sessions(&self, identity_key: &[u8; 32]) -> Result<(), StoreError> {
+        self.crypto
+            .remove(sessions_key(identity_key))
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// The saved Olm state, if any.
-    pub fn olm(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The saved Olm account pickle, if any (a whole-state pickle in stores not yet migrated).
+    pub fn olm_account(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .crypto
             .get(OLM_KEY)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The saved pickle of our sessions with the peer whose Olm identity key is `identity_key`.
+    pub fn olm_sessions(&self, identity_key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .crypto
+            .get(sessions_key(identity_key))
             .map_err(|e| self.err(e))?
             .map(|v| v.to_vec()))
     }

@@ -81,6 +81,30 @@ impl PeerBook {
         Ok(())
     }
 
+    /// One remembered peer, by its binary peer id: a point lookup, for the send path (which must
+    /// not decode the whole book per message). A damaged entry reads as unknown, with a warning.
+    pub fn get(&self, peer_id: &[u8]) -> Result<Option<KnownPeer>, StoreError> {
+        let Some(value) = self
+            .tree
+            .get(peer_id)
+            .map_err(|e| StoreError::from_sled(&self.path, e))?
+        else {
+            return Ok(None);
+        };
+        match PeerRecord::decode(value.as_ref()) {
+            Ok(record) => Ok(Some(KnownPeer {
+                peer_id: peer_id.to_vec(),
+                addrs: record.addrs,
+                last_seen_ms: record.last_seen_ms,
+                agent: record.agent,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a damaged address-book entry");
+                Ok(None)
+            }
+        }
+    }
+
     /// Every remembered peer, most recently seen first. Damaged entries are skipped with a warning.
     pub fn all(&self) -> Result<Vec<KnownPeer>, StoreError> {
         let mut peers = Vec::new();

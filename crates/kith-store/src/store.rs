@@ -57,6 +57,10 @@ pub struct Store {
     commit: Arc<GroupCommit>,
 }
 
+/// A point in the store's write history; see [`Store::flush_ticket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushTicket(u64);
+
 /// Group commit: callers that ask for a flush while one is running share the next one, so N
 /// concurrent writers cost one or two disk syncs instead of N.
 #[derive(Debug, Default)]
@@ -194,8 +198,24 @@ impl Store {
     ///
     /// Cancel-safe: a cancelled flush leaves the data in sled's cache, to be flushed by the next call.
     pub async fn flush(&self) -> Result<usize, StoreError> {
+        let ticket = self.flush_ticket();
+        self.flush_through(ticket).await
+    }
+
+    /// Marks everything written so far: [`Store::flush_through`] with the returned ticket is done
+    /// as soon as any flush that started after this call has finished. For a caller that expects
+    /// someone else to flush soon (the delivery run after a send) and must only make sure of it.
+    pub fn flush_ticket(&self) -> FlushTicket {
+        FlushTicket(self.commit.requested.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Makes sure everything written before `ticket` was taken is on disk: returns at once when a
+    /// flush that covers it already finished, else flushes (sharing with concurrent callers).
+    ///
+    /// Cancel-safe, like [`Store::flush`].
+    pub async fn flush_through(&self, ticket: FlushTicket) -> Result<usize, StoreError> {
         let commit = &self.commit;
-        let ticket = commit.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let ticket = ticket.0;
         if commit.completed.load(Ordering::SeqCst) >= ticket {
             return Ok(0);
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use indicatif::ProgressBar;
 use kith_proto::v1 as pb;
-use kith_store::{Message, Status as MessageStatus, Store, StoreConfig};
+use kith_store::{Message, OlmSave, Status as MessageStatus, Store, StoreConfig};
 use prost::Message as _;
 
 use crate::report::{Figures, Scenario};
@@ -101,7 +101,11 @@ fn kith(params: &Params, bar: &ProgressBar) -> anyhow::Result<Measured> {
         let store = Store::open(&path, &StoreConfig::default())?;
         let db = store.messages();
         for i in 0..params.messages {
-            db.store_incoming(&message(i), b"olm-state", [7; 32])?;
+            db.store_incoming(
+                &message(i),
+                OlmSave::sessions([7; 32], b"olm-state"),
+                [7; 32],
+            )?;
             if i % 10_000 == 0 {
                 bar.tick();
             }

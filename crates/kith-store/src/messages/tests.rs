@@ -107,17 +107,19 @@ fn incoming_messages_are_deduplicated_and_start_as_requests() {
     let db = store.messages();
     let m = incoming(1, b"eve");
     assert_eq!(
-        db.store_incoming(&m, b"pickle1", [7; 32]).unwrap(),
+        db.store_incoming(&m, OlmSave::sessions([7; 32], b"pickle1"), [7; 32])
+            .unwrap(),
         Incoming::Stored
     );
     assert_eq!(
-        db.store_incoming(&m, b"pickle2", [8; 32]).unwrap(),
+        db.store_incoming(&m, OlmSave::sessions([7; 32], b"pickle2"), [8; 32])
+            .unwrap(),
         Incoming::Duplicate
     );
     assert_eq!(
-        db.olm().unwrap().unwrap(),
-        b"pickle1",
-        "a duplicate writes nothing"
+        db.olm_sessions(&[7; 32]).unwrap().unwrap(),
+        b"pickle2",
+        "the Olm state is saved even for a duplicate (its ratchet step was spent)"
     );
     let c = db.correspondent(b"eve").unwrap().unwrap();
     assert_eq!(c.trust, Trust::Unknown);
@@ -143,15 +145,18 @@ fn another_peers_message_under_the_same_id_is_stored_too() {
     let real = incoming(1, b"alice");
     let fake = incoming(1, b"mallory");
     assert_eq!(
-        db.store_incoming(&fake, b"p", [1; 32]).unwrap(),
+        db.store_incoming(&fake, OlmSave::sessions([1; 32], b"p"), [1; 32])
+            .unwrap(),
         Incoming::Stored
     );
     assert_eq!(
-        db.store_incoming(&real, b"p", [2; 32]).unwrap(),
+        db.store_incoming(&real, OlmSave::sessions([2; 32], b"p"), [2; 32])
+            .unwrap(),
         Incoming::Stored
     );
     assert_eq!(
-        db.store_incoming(&real, b"p", [2; 32]).unwrap(),
+        db.store_incoming(&real, OlmSave::sessions([2; 32], b"p"), [2; 32])
+            .unwrap(),
         Incoming::Duplicate
     );
     assert!(db.is_known_from(b"alice", &id(1)).unwrap());
@@ -181,11 +186,92 @@ fn envelope_and_olm_state_are_saved_together_and_survive_reopen() {
         let (m, mut o) = outgoing(1, b"bob");
         store.messages().enqueue(Some(&m), &o).unwrap();
         o.envelope = Some(b"ciphertext".to_vec());
-        store.messages().set_envelope(&o, b"olm-after").unwrap();
+        store
+            .messages()
+            .set_envelopes(
+                std::slice::from_ref(&o),
+                OlmSave::sessions([3; 32], b"sessions-after").with_account(Some(b"account")),
+            )
+            .unwrap();
         store.db_flush_for_tests();
     }
     let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
     let outbox = store.messages().outbox().unwrap();
     assert_eq!(outbox[0].envelope.as_deref(), Some(&b"ciphertext"[..]));
-    assert_eq!(store.messages().olm().unwrap().unwrap(), b"olm-after");
+    let db = store.messages();
+    assert_eq!(
+        db.olm_sessions(&[3; 32]).unwrap().unwrap(),
+        b"sessions-after"
+    );
+    assert_eq!(db.olm_account().unwrap().unwrap(), b"account");
+    assert!(db.olm_sessions(&[4; 32]).unwrap().is_none(), "per peer");
+}
+
+#[test]
+fn a_batch_of_incoming_messages_is_one_write_with_its_olm_state() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let batch = vec![
+        incoming(1, b"eve"),
+        incoming(2, b"eve"),
+        incoming(1, b"eve"),
+    ];
+    let results = db
+        .store_incoming_batch(&batch, OlmSave::sessions([9; 32], b"after-two"), [9; 32])
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![Incoming::Stored, Incoming::Stored, Incoming::Duplicate],
+        "a repeat inside the batch is a duplicate too"
+    );
+    assert_eq!(db.history(b"eve", 10, None).unwrap().len(), 2);
+    assert_eq!(db.correspondent(b"eve").unwrap().unwrap().unread, 2);
+    assert_eq!(db.olm_sessions(&[9; 32]).unwrap().unwrap(), b"after-two");
+}
+
+#[test]
+fn receipts_touch_only_our_messages_to_that_peer_and_save_the_olm_state() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let (m1, o1) = outgoing(1, b"bob");
+    let (m2, o2) = outgoing(2, b"bob");
+    let (m3, o3) = outgoing(3, b"carol");
+    for (m, o) in [(&m1, &o1), (&m2, &o2), (&m3, &o3)] {
+        db.enqueue(Some(m), o).unwrap();
+    }
+    // Bob says 1 and 3 were delivered; 3 is Carol's, so only 1 changes.
+    let ours = db
+        .apply_receipt(
+            b"bob",
+            ReceiptKind::Delivered,
+            &[id(1), id(3)],
+            7,
+            OlmSave::sessions([5; 32], b"after-receipt"),
+        )
+        .unwrap();
+    assert_eq!(ours, vec![id(1)]);
+    assert_eq!(
+        db.message(&id(1)).unwrap().unwrap().status,
+        Status::Delivered
+    );
+    assert_eq!(db.message(&id(3)).unwrap().unwrap().status, Status::Queued);
+    let left: Vec<MessageId> = db.outbox().unwrap().iter().map(|i| i.id).collect();
+    assert_eq!(left, vec![id(2), id(3)]);
+    assert_eq!(
+        db.olm_sessions(&[5; 32]).unwrap().unwrap(),
+        b"after-receipt"
+    );
+
+    let ours = db
+        .apply_receipt(
+            b"bob",
+            ReceiptKind::Read,
+            &[id(1), id(2)],
+            8,
+            OlmSave::sessions([5; 32], b"after-read"),
+        )
+        .unwrap();
+    assert_eq!(ours, vec![id(1), id(2)]);
+    assert_eq!(db.message(&id(2)).unwrap().unwrap().status, Status::Read);
+    assert_eq!(db.olm_sessions(&[5; 32]).unwrap().unwrap(), b"after-read");
 }

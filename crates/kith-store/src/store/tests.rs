@@ -139,6 +139,12 @@ fn address_book_keeps_newest_addresses_first_and_bounded() {
     assert_eq!(peer.addrs.iter().filter(|a| a[0] == 15).count(), 1);
     assert_eq!(peer.last_seen_ms, 100);
     assert_eq!(peer.agent, "kith/9");
+    assert_eq!(
+        book.get(b"peer").unwrap().as_ref(),
+        Some(peer),
+        "point lookup"
+    );
+    assert_eq!(book.get(b"stranger").unwrap(), None);
 }
 
 #[test]
@@ -157,6 +163,7 @@ fn damaged_address_book_entries_are_skipped_and_replaced() {
     let all = store.peers().all().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].peer_id, b"good".to_vec());
+    assert_eq!(store.peers().get(b"bad").unwrap(), None);
     store
         .peers()
         .record_seen(b"bad", Some(b"b"), None, 2)
