@@ -130,6 +130,11 @@ pub(crate) struct Dm {
     events: broadcast::Sender<MessageEvent>,
     wake: Notify,
     peer_locks: StdMutex<HashMap<PeerId, Arc<Mutex<()>>>>,
+    /// Peers with entries queued since their delivery run last read the outbox: a run that
+    /// finds its peer here after finishing goes round again, so nothing handed to it is missed.
+    dirty: StdMutex<HashSet<PeerId>>,
+    /// `send_text` calls waiting for the first attempt at their message, by message id.
+    first_attempts: StdMutex<HashMap<MessageId, oneshot::Sender<()>>>,
     busy: StdMutex<HashSet<PeerId>>,
     buckets: StdMutex<HashMap<PeerId, (f64, Instant)>>,
     last_id: StdMutex<(u64, u16)>,
@@ -172,6 +177,8 @@ impl Dm {
             events,
             wake: Notify::new(),
             peer_locks: StdMutex::new(HashMap::new()),
+            dirty: StdMutex::new(HashSet::new()),
+            first_attempts: StdMutex::new(HashMap::new()),
             busy: StdMutex::new(HashSet::new()),
             buckets: StdMutex::new(HashMap::new()),
             last_id: StdMutex::new((0, 0)),
@@ -237,6 +244,13 @@ impl Dm {
     pub(crate) fn emit(&self, event: MessageEvent) {
         // No subscriber is fine.
         let _ = self.events.send(event);
+    }
+
+    /// Tells whoever waits for the first attempt at `id` that it happened.
+    fn attempted(&self, id: &MessageId) {
+        if let Some(waiter) = lock(&self.first_attempts).remove(id) {
+            let _ = waiter.send(());
+        }
     }
 
     fn queue_inbound(&self, key: Curve25519Key, inbound: Inbound) {
@@ -356,14 +370,23 @@ impl Node {
             deposited: false,
             control: false,
         };
-        self.store().messages().enqueue(Some(&message), &item)?;
+        let (attempted, first_attempt) = oneshot::channel();
+        lock(&self.dm().first_attempts).insert(id, attempted);
+        if let Err(e) = self.store().messages().enqueue(Some(&message), &item) {
+            lock(&self.dm().first_attempts).remove(&id);
+            return Err(e.into());
+        }
         // No flush of its own before the first attempt: the delivery run flushes the message,
         // its outbox entry and the envelope together before anything leaves (sled's log is
         // written in order), and `flush_through` below flushes only if no flush started after
         // the enqueue has finished (it sent nothing, or timed out). Either way the answer comes
         // only after the message and its outbox entry are on disk.
         let enqueued = self.store().flush_ticket();
-        let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, self.deliver_to(peer)).await;
+        // Handed to the peer's delivery run (started if none is running), not delivered by this
+        // call: concurrent sends to one peer share rounds instead of queueing for one each.
+        self.hand_to_delivery(peer);
+        let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, first_attempt).await;
+        lock(&self.dm().first_attempts).remove(&id);
         self.store().flush_through(enqueued).await?;
         let status = self
             .store()
@@ -554,13 +577,47 @@ impl Node {
     /// ciphertext leaves), then sends up to [`WINDOW`] of them concurrently. Stops when nothing is
     /// due or the peer cannot be reached (the rest is rescheduled with backoff).
     pub(crate) async fn deliver_to(&self, peer: PeerId) {
-        let peer_lock = {
-            let mut locks = lock(&self.dm().peer_locks);
-            locks.entry(peer).or_default().clone()
-        };
-        let _guard = peer_lock.lock().await;
+        let guard = self.peer_lock(peer).lock_owned().await;
+        self.delivery_run(peer, guard).await;
+    }
+
+    fn peer_lock(&self, peer: PeerId) -> Arc<Mutex<()>> {
+        lock(&self.dm().peer_locks).entry(peer).or_default().clone()
+    }
+
+    /// Makes sure a delivery run for `peer` will see what was just queued for it: marks the peer
+    /// dirty, and starts a run on its own task unless one is running (that one goes round again
+    /// when it sees the mark).
+    fn hand_to_delivery(&self, peer: PeerId) {
+        lock(&self.dm().dirty).insert(peer);
+        if let Ok(guard) = self.peer_lock(peer).try_lock_owned() {
+            let node = self.clone();
+            tokio::spawn(async move { node.delivery_run(peer, guard).await });
+        }
+    }
+
+    /// Runs delivery rounds for `peer` while holding its delivery lock, then once more for as
+    /// long as entries were handed to it meanwhile.
+    async fn delivery_run(&self, peer: PeerId, mut guard: tokio::sync::OwnedMutexGuard<()>) {
+        // Bounded: each pass ends when nothing is due; a new pass needs a new hand-over.
+        for _ in 0..10_000 {
+            self.delivery_rounds(peer).await;
+            drop(guard);
+            if !lock(&self.dm().dirty).contains(&peer) {
+                return;
+            }
+            guard = match self.peer_lock(peer).try_lock_owned() {
+                Ok(guard) => guard,
+                // Another run has the peer now and will see the mark.
+                Err(_) => return,
+            };
+        }
+    }
+
+    async fn delivery_rounds(&self, peer: PeerId) {
         // Bounded: every round either delivers something or stops.
         for _ in 0..10_000 {
+            lock(&self.dm().dirty).remove(&peer);
             let items = match self.store().messages().outbox() {
                 Ok(items) => items,
                 Err(e) => {
@@ -622,6 +679,7 @@ impl Node {
         for mut item in items {
             item.next_attempt_ms = now_ms() + millis(backoff(attempts));
             let _ = self.store().messages().reschedule(&item);
+            self.dm().attempted(&item.id);
         }
     }
 
@@ -697,6 +755,7 @@ impl Node {
         if let Err(e) = self.store().messages().reschedule(&item) {
             tracing::warn!(error = %e, "cannot reschedule a message");
         }
+        self.dm().attempted(&item.id);
         // The worker may be asleep until a later deadline; make it see this one.
         self.dm().wake.notify_one();
         item.attempts
@@ -709,8 +768,10 @@ impl Node {
             .complete(&item.id, status, failure, now_ms())
         {
             tracing::warn!(error = %e, "cannot record delivery");
+            self.dm().attempted(&item.id);
             return;
         }
+        self.dm().attempted(&item.id);
         if !item.receipt {
             self.dm().emit(MessageEvent::Status {
                 id: item.id,
