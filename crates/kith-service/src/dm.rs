@@ -134,7 +134,7 @@ pub(crate) struct Dm {
     /// finds its peer here after finishing goes round again, so nothing handed to it is missed.
     dirty: StdMutex<HashSet<PeerId>>,
     /// `send_text` calls waiting for the first attempt at their message, by message id.
-    first_attempts: StdMutex<HashMap<MessageId, oneshot::Sender<()>>>,
+    first_attempts: StdMutex<HashMap<MessageId, (PeerId, oneshot::Sender<()>)>>,
     busy: StdMutex<HashSet<PeerId>>,
     buckets: StdMutex<HashMap<PeerId, (f64, Instant)>>,
     last_id: StdMutex<(u64, u16)>,
@@ -248,8 +248,25 @@ impl Dm {
 
     /// Tells whoever waits for the first attempt at `id` that it happened.
     fn attempted(&self, id: &MessageId) {
-        if let Some(waiter) = lock(&self.first_attempts).remove(id) {
+        if let Some((_, waiter)) = lock(&self.first_attempts).remove(id) {
             let _ = waiter.send(());
+        }
+    }
+
+    /// A delivery run for `peer` stopped short (unreachable, encryption or store failure): every
+    /// send waiting on it answers now ("queued") instead of at its timeout, whether or not its
+    /// entry was in the rounds that ran (a round takes the oldest due entries first).
+    fn stopped_short(&self, peer: PeerId) {
+        let mut waiting = lock(&self.first_attempts);
+        let ids: Vec<MessageId> = waiting
+            .iter()
+            .filter(|(_, (to, _))| *to == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, waiter)) = waiting.remove(&id) {
+                let _ = waiter.send(());
+            }
         }
     }
 
@@ -371,7 +388,7 @@ impl Node {
             control: false,
         };
         let (attempted, first_attempt) = oneshot::channel();
-        lock(&self.dm().first_attempts).insert(id, attempted);
+        lock(&self.dm().first_attempts).insert(id, (peer, attempted));
         if let Err(e) = self.store().messages().enqueue(Some(&message), &item) {
             lock(&self.dm().first_attempts).remove(&id);
             return Err(e.into());
@@ -614,7 +631,15 @@ impl Node {
         }
     }
 
+    /// Delivery rounds until nothing is due; tells waiting sends when it stops short.
     async fn delivery_rounds(&self, peer: PeerId) {
+        if !self.try_delivery_rounds(peer).await {
+            self.dm().stopped_short(peer);
+        }
+    }
+
+    /// Returns false when it stopped short of delivering everything due.
+    async fn try_delivery_rounds(&self, peer: PeerId) -> bool {
         // Bounded: every round either delivers something or stops.
         for _ in 0..10_000 {
             lock(&self.dm().dirty).remove(&peer);
@@ -622,7 +647,7 @@ impl Node {
                 Ok(items) => items,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the outbox");
-                    return;
+                    return false;
                 }
             };
             let now = now_ms();
@@ -638,7 +663,7 @@ impl Node {
             // hold consecutive Olm chain steps, and delivering later steps far ahead of earlier
             // ones would exhaust the receiver's skipped-key window.
             if !due.iter().any(|i| i.next_attempt_ms <= now) {
-                return;
+                return true;
             }
             due.sort_by_key(|i| i.id);
             due.truncate(BATCH);
@@ -657,10 +682,10 @@ impl Node {
                 && let Err(e) = self.store().flush().await
             {
                 tracing::warn!(error = %e, "cannot flush the Olm state; not sending");
-                return;
+                return false;
             }
             if ready.is_empty() {
-                return;
+                return false;
             }
             let results: Vec<Result<(), u32>> = futures::stream::iter(ready)
                 .map(|item| self.send_item(peer, item))
@@ -669,9 +694,10 @@ impl Node {
                 .await;
             if results.iter().any(Result::is_err) {
                 // Unreachable (or refused for now): the failed ones were rescheduled; stop.
-                return;
+                return false;
             }
         }
+        false
     }
 
     /// Reschedules entries that were not attempted because the peer is unreachable.
