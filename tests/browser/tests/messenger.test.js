@@ -129,6 +129,15 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
 
   before(async () => {
     lab = new Lab('kith-browser-');
+    try {
+      await setUp();
+    } catch (e) {
+      lab.failed = true; // print the nodes' log tails at cleanup
+      throw e;
+    }
+  });
+
+  async function setUp() {
     A = await lab.start('a');
     B = await lab.start('b', { bootstrap: [A.tcpAddr()] });
     C = await lab.start('c', { bootstrap: [A.tcpAddr(), B.tcpAddr()] });
@@ -140,7 +149,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     pageB = await openSignedIn(phone, B);
     // A mark that only survives as long as the page is never reloaded: everything must come live.
     for (const page of [pageA, pageB]) await page.evaluate(() => (window.kithTestNoReload = true));
-  });
+  }
 
   after(async () => {
     for (const [who, page] of [['A', pageA], ['B', pageB]]) {
