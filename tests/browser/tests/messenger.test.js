@@ -185,7 +185,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     const next = page.getByRole('button', { name: /^(continue|done)$/i });
     await poll(`the chat list screen (button "New chat") after registering ${name}`, UI_TIMEOUT_MS, async () => {
       if (await button(page, 'New chat').isVisible()) return true;
-      if (await next.first().isVisible()) await next.first().click();
+      if (await next.first().isVisible()) await next.first().click({ timeout: 2000 });
       return false;
     }, 300);
     const names = await rawRequest(node, { path: '/v1/names', headers: { Authorization: `Bearer ${node.token}` } });
