@@ -6,21 +6,16 @@
 
 mod common;
 
-use common::{json, kith, kith_ok, wait_bounded};
+use common::{Daemon, LAB_NETWORK, json, kith, kith_ok};
 
 use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::Path,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-use common::KITH;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn now_ms() -> u64 {
@@ -30,111 +25,32 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A lab network: a bootstrap file with its `[network]` rules in a temp dir, shared by every
-/// daemon of a test.
-struct Lab {
-    dir: TempDir,
-    file: PathBuf,
-}
+/// The lab network of `common`, optionally with a short claim lifetime.
+struct Lab(common::Lab);
 
 impl Lab {
     /// Network "lab", 8-bit proof of work, and optionally a short claim lifetime.
     fn new(max_ttl_secs: Option<u64>) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bootstrap.toml");
-        let mut text = "[network]\nid = \"lab\"\nname_difficulty = 8\n".to_owned();
+        let mut network = LAB_NETWORK.to_owned();
         if let Some(secs) = max_ttl_secs {
-            text.push_str(&format!("name_max_ttl_secs = {secs}\n"));
+            network.push_str(&format!("name_max_ttl_secs = {secs}\n"));
         }
-        std::fs::write(&file, text).unwrap();
-        Lab { dir, file }
-    }
-
-    /// A fresh home inside the lab's temp dir.
-    fn home(&self, name: &str) -> PathBuf {
-        let home = self.dir.path().join(name);
-        std::fs::create_dir(&home).unwrap();
-        home
+        Lab(common::Lab::new("kith-names-", &network))
     }
 
     /// Starts a daemon on this lab network, bootstrapping from `bootstrap` (a multiaddr), if any.
     fn start(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
-        let home = self.home(name);
-        let file = self.file.to_str().unwrap();
-        let mut extra = vec!["--bootstrap-file", file];
-        if let Some(addr) = bootstrap {
-            extra.extend(["--bootstrap", addr]);
+        match bootstrap {
+            Some(addr) => self.0.start(name, &["--bootstrap", addr]),
+            None => self.0.start(name, &[]),
         }
-        Daemon::start(&home, &extra)
     }
 }
 
-/// A `kith run` process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Child,
-    home: PathBuf,
-    ready: Value,
-}
-
+/// What the name tests ask of a node, on top of `common::Daemon`.
 impl Daemon {
-    fn start(home: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(KITH)
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                // TCP only: a stopped node's TCP port refuses dials at once, where a dead QUIC
-                // port would stall every later DHT walk for the QUIC handshake timeout.
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .args(extra)
-            .arg("--home")
-            .arg(home)
-            .env_remove("KITH_HOME")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = line_rx
-            .recv_timeout(TIMEOUT)
-            .expect("kith run printed no ready line");
-        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
-        Daemon {
-            child,
-            home: home.to_owned(),
-            ready,
-        }
-    }
-
     fn home(&self) -> &Path {
         &self.home
-    }
-
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    fn tcp_addr(&self) -> String {
-        let addrs = self.ready["listen_addrs"].as_array().unwrap();
-        let tcp = addrs
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .expect("a TCP listen address");
-        format!("{tcp}/p2p/{}", self.peer_id())
     }
 
     /// Waits (bounded) until the routing table holds at least `n` peers.
@@ -151,20 +67,6 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    /// `kith stop`, and the process exits 0.
-    fn stop(mut self) {
-        kith_ok(&self.home, &["stop", "--json"]);
-        let status = wait_bounded(&mut self.child, TIMEOUT);
-        assert!(status.success(), "exit status {status:?}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
