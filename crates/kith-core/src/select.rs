@@ -100,6 +100,9 @@ pub struct Standing {
 }
 
 /// What [`decide`] concluded from the answers for every replica key of a name.
+// A verdict lives for one lookup and is matched at once; boxing the common case would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Verdict {
     /// One owner won a strict majority of the replicas, or no holder returned any other owner.

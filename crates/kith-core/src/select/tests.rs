@@ -303,9 +303,11 @@ mod properties {
             .collect()
     }
 
-    fn summary(
-        verdict: Option<Verdict>,
-    ) -> Option<(Option<PeerId>, Vec<u8>, usize, Vec<(PeerId, usize)>)> {
+    /// Everything a verdict says, in comparable form: (winner, its record, replicas won, rivals
+    /// or contestants with their counts).
+    type Summary = (Option<PeerId>, Vec<u8>, usize, Vec<(PeerId, usize)>);
+
+    fn summary(verdict: Option<Verdict>) -> Option<Summary> {
         verdict.map(|v| match v {
             Verdict::Owner { selected, replicas } => (
                 Some(selected.record.peer_id()),
