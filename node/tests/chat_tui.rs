@@ -8,10 +8,10 @@
 
 mod common;
 
-use common::{Daemon, KITH, kith};
+use common::{KITH, LAB_NETWORK, Lab, kith, wait_for_status};
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -24,24 +24,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of the wait for a message to arrive: generous, since one that had to be queued is
 /// delivered by the retry loop.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `kith run` on `home` on the lab network of `bootstrap_file`: no mDNS, DHT server, TCP on
-/// loopback, then `extra`; the log goes to `<home>.log`.
-fn start(home: &Path, bootstrap_file: &Path, extra: &[&str]) -> Daemon {
-    let file = bootstrap_file.to_str().unwrap();
-    let mut args = vec![
-        "--no-mdns",
-        "--dht-mode",
-        "server",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap-file",
-        file,
-    ];
-    args.extend_from_slice(extra);
-    let name = home.file_name().and_then(|n| n.to_str()).unwrap_or("node");
-    Daemon::start(name, home, &home.with_extension("log"), &args)
-}
 
 /// A tmux server of our own (its socket in the test's temp dir), killed on drop.
 struct Tmux {
@@ -127,24 +109,6 @@ fn tmux_missing() -> Option<String> {
     Some(reason)
 }
 
-/// Polls `kith status --json` until `check` holds (bounded).
-fn wait_for_status(home: &Path, what: &str, check: impl Fn(&Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        let (code, out, err) = kith(home, &["status", "--json"]);
-        assert_eq!(code, 0, "status failed: {err}");
-        let status: Value = serde_json::from_str(out.trim()).unwrap();
-        if check(&status) {
-            return;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "timed out waiting for {what}; last status {status}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
@@ -155,14 +119,11 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
         println!("skipping the kith chat terminal test: {reason}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = dir.path().join("bootstrap.toml");
-    std::fs::write(&bootstrap, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
-    let a_home = dir.path().join("a");
-    let b_home = dir.path().join("b");
+    let lab = Lab::new("kith-chat-", LAB_NETWORK);
+    let (a_home, b_home) = (lab.home("a"), lab.home("b"));
 
-    let a = start(&a_home, &bootstrap, &[]);
-    let b = start(&b_home, &bootstrap, &["--bootstrap", &a.tcp_addr()]);
+    let a = lab.start("a", &[]);
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     wait_for_status(&b_home, "b to have a in its routing table", |s| {
         s["routing_table_peers"] == 1
@@ -184,7 +145,7 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
     }
     phase("both key bundles are in the DHT");
     let tmux = Tmux {
-        socket: dir.path().join("tmux.sock"),
+        socket: lab.dir.path().join("tmux.sock"),
     };
     // The shell stays after kith exits so its exit code can be read off the screen.
     let script = format!(
@@ -299,13 +260,10 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
         println!("skipping the kith chat group terminal test: {reason}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = dir.path().join("bootstrap.toml");
-    std::fs::write(&bootstrap, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
-    let a_home = dir.path().join("a");
-    let b_home = dir.path().join("b");
-    let a = start(&a_home, &bootstrap, &[]);
-    let b = start(&b_home, &bootstrap, &["--bootstrap", &a.tcp_addr()]);
+    let lab = Lab::new("kith-chat-", LAB_NETWORK);
+    let (a_home, b_home) = (lab.home("a"), lab.home("b"));
+    let a = lab.start("a", &[]);
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
     let b_id = b.peer_id();
     for home in [&a_home, &b_home] {
         wait_for_status(home, "the other node in the routing table", |s| {
@@ -342,7 +300,7 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
     phase("b joined the group");
 
     let tmux = Tmux {
-        socket: dir.path().join("tmux.sock"),
+        socket: lab.dir.path().join("tmux.sock"),
     };
     let script = format!(
         "{} chat climbing --home {}; echo \"chat-exit=$?\"; sleep 600",

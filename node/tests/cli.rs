@@ -4,16 +4,9 @@
 
 mod common;
 
-use common::{Daemon, json, kith};
+use common::{Daemon, json, kith, wait_for_status};
 
-use std::{
-    path::Path,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
-
-use serde_json::Value;
+use std::{path::Path, process::Command, time::Duration};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -31,24 +24,6 @@ fn start(home: &Path, extra: &[&str]) -> Daemon {
     ];
     args.extend_from_slice(extra);
     Daemon::start("node", home, &home.join("node.log"), &args)
-}
-
-/// Polls `kith status --json` until `check` holds (bounded).
-fn wait_for_status(home: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let (code, out, err) = kith(home, &["status", "--json"]);
-        assert_eq!(code, 0, "status failed: {err}");
-        let status = json(&out);
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "timed out waiting for {what}; last status {status}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

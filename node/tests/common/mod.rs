@@ -77,6 +77,22 @@ pub(crate) fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Op
     }
 }
 
+/// Polls `kith status --json` on `home` until `check` holds, for at most 30 s; the last status.
+pub(crate) fn wait_for_status(home: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let status = json(&kith_ok(home, &["status", "--json"]));
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < PROCESS_TIMEOUT,
+            "timed out waiting for {what}; last status {status}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The private network every process test runs on: its own id and a proof of work of 8 bits, so
 /// registering a name takes milliseconds.
 pub(crate) const LAB_NETWORK: &str = "[network]\nid = \"lab\"\nname_difficulty = 8\n";
