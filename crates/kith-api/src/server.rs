@@ -90,6 +90,7 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
     open.merge(api)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(web::refuse_oversized))
         .layer(middleware::from_fn(web::json_errors))
         .layer(middleware::from_fn(web::security_headers))
         .layer(middleware::from_fn_with_state(
