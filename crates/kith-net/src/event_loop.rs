@@ -15,7 +15,10 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, gossipsub, identify, kad,
     kad::store::RecordStore,
     mdns, noise, request_response,
-    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+    swarm::{
+        ConnectionId, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
     tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +32,7 @@ use crate::{
     event::mode_is_server,
     listen,
     metrics::Kind,
+    scope::{self, Scope},
 };
 
 type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
@@ -72,6 +76,19 @@ pub struct EventLoop {
     served: Option<RelayServed>,
     /// Relay without `--external-addr`: its listen addresses are taken as public.
     listen_is_external: bool,
+    /// Peers we dialed so that they could test our addresses (see `probe_dial`).
+    probed: HashSet<PeerId>,
+}
+
+/// At most this many extra connections are opened for AutoNAT probes over a node's lifetime.
+const MAX_PROBE_DIALS: usize = 8;
+
+/// The protocol AutoNAT v2 servers announce (libp2p keeps its constant private).
+const AUTONAT_DIAL_REQUEST: StreamProtocol = StreamProtocol::new("/libp2p/autonat/2/dial-request");
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
 }
 
 struct PeerState {
@@ -216,6 +233,7 @@ pub(crate) fn build(
         reserved_on: HashSet::new(),
         served: config.relay_server.then(RelayServed::default),
         listen_is_external: config.relay_server && config.external_addrs.is_empty(),
+        probed: HashSet::new(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
         event_loop.listen_via_relays();
@@ -591,6 +609,21 @@ impl EventLoop {
                 result,
                 ..
             }) => {
+                if scope::addr_scope(&tested_addr).is_some_and(|s| s != Scope::Global) {
+                    // A LAN or loopback address: confirmed or not, it says nothing about whether
+                    // the internet reaches us, which is what the relay policy needs to know. A
+                    // success still confirms the address (the swarm did that), so peers on the
+                    // same network see us as a DHT server.
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(%server, %tested_addr, "reachable on the local network")
+                        }
+                        Err(e) => {
+                            tracing::debug!(%server, %tested_addr, error = %e, "AutoNAT probe of a local address failed")
+                        }
+                    }
+                    return;
+                }
                 let status = match result {
                     Ok(()) => NatStatus::Public { addr: tested_addr },
                     Err(e) => {
@@ -854,12 +887,30 @@ impl EventLoop {
             self.metrics.peer_not_kith();
             tracing::debug!(%peer_id, version = %info.protocol_version, "peer does not speak kith; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer_id);
-        } else if dht {
-            for addr in &info.listen_addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, addr.clone());
+        } else {
+            let from = self.peer_scope(&peer_id);
+            if dht {
+                // Only addresses we can expect to dial (see `scope`): an internet peer never
+                // enters the table with its LAN addresses.
+                for addr in &info.listen_addrs {
+                    if scope::reachable_from(addr, from) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    } else {
+                        tracing::trace!(%peer_id, %addr, "not adding an address we cannot reach to the DHT");
+                    }
+                }
+            }
+            if info.protocols.contains(&AUTONAT_DIAL_REQUEST) {
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| scope::reachable_from(a, from) && !is_circuit(a))
+                    .cloned()
+                    .collect();
+                self.probe_dial(peer_id, addrs);
             }
         }
         self.emit(Event::PeerIdentified {
@@ -868,6 +919,52 @@ impl EventLoop {
             listen_addrs: info.listen_addrs,
             kith,
         });
+    }
+
+    /// The most local scope among our connections to `peer` (global if none).
+    fn peer_scope(&self, peer: &PeerId) -> Scope {
+        self.peers
+            .get(peer)
+            .and_then(|state| {
+                state
+                    .connections
+                    .values()
+                    .map(|(addr, _)| scope::addr_scope(addr).unwrap_or(Scope::Global))
+                    .min()
+            })
+            .unwrap_or(Scope::Global)
+    }
+
+    /// AutoNAT clients only ask peers they dialed (an inbound connection carries the dial-back
+    /// handler, not the dial-request one). A node that others dialed first (the first member of a
+    /// group, one side of an mDNS pair) would never get its address tested, so while no direct
+    /// address of ours is confirmed we open one outbound connection to each of a few peers that
+    /// serve AutoNAT. It idles out after the probe.
+    fn probe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !self.swarm.behaviour().autonat_client.is_enabled()
+            || addrs.is_empty()
+            || self.probed.len() >= MAX_PROBE_DIALS
+            || self.probed.contains(&peer)
+            || self.swarm.external_addresses().any(|a| !is_circuit(a))
+        {
+            return;
+        }
+        let has_outbound = self
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.connections.values().any(|(_, inbound)| !inbound));
+        if has_outbound {
+            return;
+        }
+        self.probed.insert(peer);
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs)
+            .build();
+        tracing::debug!(%peer, "dialing an AutoNAT server back so it can test our addresses");
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "AutoNAT probe dial failed");
+        }
     }
 
     fn handle_kad_event(&mut self, event: kad::Event) {
