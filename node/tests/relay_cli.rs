@@ -1562,19 +1562,33 @@ fn masquerade(nat: &str, nft: bool) {
     }
 }
 
+/// Outside CI a missing prerequisite skips the namespace test with the reason printed; in CI
+/// (`CI=true`, where `.ci/run` installs them) it fails, so the test can never silently not run.
+fn require(test: &str, ok: bool, reason: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {reason}, and CI=true: CI must provide it (see .ci/run)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    false
+}
+
 #[test]
 fn nat_namespaces() {
-    if !is_root() {
-        eprintln!("SKIPPED nat_namespaces: needs root to create network namespaces");
-        return;
-    }
-    if !tool_exists("ip") {
-        eprintln!("SKIPPED nat_namespaces: `ip` (iproute2) is not installed");
+    let test = "nat_namespaces";
+    if !require(test, is_root(), "needs root to create network namespaces")
+        || !require(test, tool_exists("ip"), "`ip` (iproute2) is not installed")
+    {
         return;
     }
     let nft = tool_exists("nft");
-    if !nft && !tool_exists("iptables") {
-        eprintln!("SKIPPED nat_namespaces: neither `nft` nor `iptables` is installed");
+    if !require(
+        test,
+        nft || tool_exists("iptables"),
+        "neither `nft` nor `iptables` is installed",
+    ) {
         return;
     }
     let lab = Lab::new();
@@ -1582,9 +1596,11 @@ fn nat_namespaces() {
     let mut spaces = Namespaces { names: Vec::new() };
     let tag = format!("kith{}", std::process::id());
     let public = spaces.add(&format!("{tag}-pub"));
-    // Public network 10.203.0.0/24 on a bridge in the public namespace (the relay is .1); each
-    // NAT router has .2/.3 there and its private network 10.203.1.0/24 or 10.203.2.0/24 behind.
-    // None of these addresses exists outside the namespaces, and no namespace has a link out.
+    // Numbered from the benchmarking range 198.18.0.0/15 (RFC 2544), never a private range, so
+    // nothing here can clash with a real network of the machine. Public network 198.18.0.0/24 on
+    // a bridge in the public namespace (the relay is .1); each NAT router has .2/.3 there and its
+    // home network 198.18.1.0/24 or 198.18.2.0/24 behind. None of these addresses exists outside
+    // the namespaces, and no namespace has a link out.
     sh(&["ip", "-n", &public, "link", "add", "br0", "type", "bridge"]);
     sh(&[
         "ip",
@@ -1592,7 +1608,7 @@ fn nat_namespaces() {
         &public,
         "addr",
         "add",
-        "10.203.0.1/24",
+        "198.18.0.1/24",
         "dev",
         "br0",
     ]);
@@ -1614,7 +1630,7 @@ fn nat_namespaces() {
             &nat,
             "addr",
             "add",
-            &format!("10.203.0.{}/24", n + 1),
+            &format!("198.18.0.{}/24", n + 1),
             "dev",
             "wan",
         ]);
@@ -1629,7 +1645,7 @@ fn nat_namespaces() {
             &nat,
             "addr",
             "add",
-            &format!("10.203.{n}.1/24"),
+            &format!("198.18.{n}.1/24"),
             "dev",
             "lan",
         ]);
@@ -1640,7 +1656,7 @@ fn nat_namespaces() {
             &host,
             "addr",
             "add",
-            &format!("10.203.{n}.2/24"),
+            &format!("198.18.{n}.2/24"),
             "dev",
             "eth0",
         ]);
@@ -1653,10 +1669,10 @@ fn nat_namespaces() {
             "add",
             "default",
             "via",
-            &format!("10.203.{n}.1"),
+            &format!("198.18.{n}.1"),
         ]);
         masquerade(&nat, nft);
-        homes.push((host, format!("10.203.{n}.2")));
+        homes.push((host, format!("198.18.{n}.2")));
     }
 
     let start = Instant::now();
@@ -1666,9 +1682,9 @@ fn nat_namespaces() {
             "--relay",
             "--no-mdns",
             "--listen",
-            "/ip4/10.203.0.1/tcp/0",
+            "/ip4/198.18.0.1/tcp/0",
             "--listen",
-            "/ip4/10.203.0.1/udp/0/quic-v1",
+            "/ip4/198.18.0.1/udp/0/quic-v1",
             "--bootstrap-file",
             &lab.plain_bootstrap().display().to_string(),
         ]),
