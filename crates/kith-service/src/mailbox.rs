@@ -453,11 +453,22 @@ pub(crate) async fn mailbox_loop(inner: std::sync::Weak<crate::node::Inner>, eve
         };
         let node = Node { inner: strong };
         for relay in node.mailbox_relays().to_vec() {
-            match node.sync_mailbox(&relay).await {
+            let result = node.sync_mailbox(&relay).await;
+            match &result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(%relay, messages = n, "fetched mail held while offline"),
                 Err(e) => tracing::debug!(%relay, error = %e, "mailbox sync failed"),
             }
+            node.health(|h| {
+                let state = h.mailboxes.entry(relay.to_string()).or_default();
+                match result {
+                    Ok(_) => {
+                        state.last_sync = Some(std::time::SystemTime::now());
+                        state.last_error = None;
+                    }
+                    Err(e) => state.last_error = Some(e.to_string()),
+                }
+            });
         }
         if let Some(config) = &node.inner.options.mailbox_server {
             let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
