@@ -78,7 +78,13 @@ pub struct EventLoop {
     listen_is_external: bool,
     /// Peers we dialed so that they could test our addresses (see `probe_dial`).
     probed: HashSet<PeerId>,
+    /// Peers from the bootstrap list (by `/p2p` id, or learnt when an entry without one
+    /// connected). One that identifies as a kith relay is used as relay and mailbox.
+    bootstrap_peers: HashSet<PeerId>,
 }
+
+/// What a circuit relay v2 server announces.
+const RELAY_HOP: StreamProtocol = StreamProtocol::new("/libp2p/circuit/relay/0.2.0/hop");
 
 /// At most this many extra connections are opened for AutoNAT probes over a node's lifetime.
 const MAX_PROBE_DIALS: usize = 8;
@@ -234,6 +240,11 @@ pub(crate) fn build(
         served: config.relay_server.then(RelayServed::default),
         listen_is_external: config.relay_server && config.external_addrs.is_empty(),
         probed: HashSet::new(),
+        bootstrap_peers: config
+            .bootstrap
+            .iter()
+            .filter_map(|a| listen::split_peer_id(a).map(|(peer, _)| peer))
+            .collect(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
         event_loop.listen_via_relays();
@@ -498,7 +509,9 @@ impl EventLoop {
                 ..
             } => {
                 self.metrics.connection_established();
-                self.bootstrap_dials.remove(&connection_id);
+                if self.bootstrap_dials.remove(&connection_id).is_some() {
+                    self.bootstrap_peers.insert(peer_id);
+                }
                 let inbound = endpoint.is_listener();
                 let addr = endpoint.get_remote_address().clone();
                 let first = match self.peers.entry(peer_id) {
@@ -903,6 +916,15 @@ impl EventLoop {
                     }
                 }
             }
+            if self.bootstrap_peers.contains(&peer_id)
+                && info.protocols.contains(&RELAY_HOP)
+                && info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == crate::dm::MAILBOX_PROTOCOL)
+            {
+                self.on_relay_identified(peer_id);
+            }
             if info.protocols.contains(&AUTONAT_DIAL_REQUEST) {
                 let addrs: Vec<Multiaddr> = info
                     .listen_addrs
@@ -919,6 +941,59 @@ impl EventLoop {
             listen_addrs: info.listen_addrs,
             kith,
         });
+    }
+
+    /// A bootstrap peer identified as a kith relay (HOP and `/kith/mailbox`): use it as relay and
+    /// mailbox, remembered by peer id with the address we reach it at now. A relay we knew at
+    /// another address (it restarted elsewhere) gets its entry replaced and is listened through
+    /// again. The service hears of it as [`Event::RelayFound`] and registers its mailbox there.
+    fn on_relay_identified(&mut self, relay: PeerId) {
+        if self.served.is_some() {
+            return; // A relay does not use other relays.
+        }
+        let Some(addr) = self.peers.get(&relay).and_then(|state| {
+            state
+                .connections
+                .values()
+                .filter(|(addr, inbound)| !inbound && !is_circuit(addr))
+                .map(|(addr, _)| addr.clone())
+                .next()
+        }) else {
+            return; // Only an address we dialed is known to work for dialing.
+        };
+        let addr = match listen::split_peer_id(&addr) {
+            Some(_) => addr,
+            None => addr.with(libp2p::multiaddr::Protocol::P2p(relay)),
+        };
+        let known = self
+            .relays
+            .iter()
+            .position(|r| listen::split_peer_id(r).is_some_and(|(id, _)| id == relay));
+        match known {
+            Some(i) if self.relays[i] == addr => {}
+            Some(i) => {
+                tracing::info!(%relay, old = %self.relays[i], new = %addr, "relay is back at another address");
+                self.relays[i] = addr.clone();
+                let stale: Vec<_> = self
+                    .relay_listeners
+                    .iter()
+                    .filter(|(_, id)| **id == relay)
+                    .map(|(listener, _)| *listener)
+                    .collect();
+                for listener in stale {
+                    self.relay_listeners.remove(&listener);
+                    self.swarm.remove_listener(listener);
+                }
+            }
+            None => {
+                tracing::info!(%relay, %addr, "bootstrap peer is a kith relay: using it as relay and mailbox");
+                self.relays.push(addr.clone());
+            }
+        }
+        if self.relay_listening {
+            self.listen_via(relay);
+        }
+        self.emit(Event::RelayFound { relay, addr });
     }
 
     /// The most local scope among our connections to `peer` (global if none).

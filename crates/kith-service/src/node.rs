@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Publication and mailbox outcomes for `kith doctor`.
     pub(crate) health: std::sync::Mutex<crate::health::Health>,
+    /// Our mailbox relays (see `Node::mailbox_relays`); starts as `options.mailbox_relays`.
+    pub(crate) mailbox_relays: std::sync::Mutex<Vec<Multiaddr>>,
 }
 
 /// Everything `kith status` shows.
@@ -157,6 +159,7 @@ impl Node {
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
+        let options_relays = options.mailbox_relays.clone();
 
         let node = Node {
             inner: Arc::new(Inner {
@@ -174,6 +177,7 @@ impl Node {
                 shutdown_tx,
                 tasks: std::sync::Mutex::new(vec![net_task]),
                 health: std::sync::Mutex::new(crate::health::Health::default()),
+                mailbox_relays: std::sync::Mutex::new(options_relays),
             }),
         };
         let service_task = tokio::spawn(consume_events(events, Arc::downgrade(&node.inner)));
@@ -283,9 +287,7 @@ impl Node {
         let owned_names = self.store().names().list_own()?.len();
         let health = self.health(|h| h.clone());
         let mailboxes = self
-            .inner
-            .options
-            .mailbox_relays
+            .mailbox_relays()
             .iter()
             .map(|relay| {
                 let key = relay.to_string();
@@ -555,6 +557,10 @@ async fn consume_events(
                 }
                 seen += 1;
                 result
+            }
+            Event::RelayFound { relay, addr } => {
+                node.on_relay_found(relay, addr);
+                Ok(())
             }
             Event::BootstrapUnreachable { addr, error } => {
                 tracing::warn!(%addr, %error, "bootstrap entry unreachable");
