@@ -6,7 +6,9 @@
 //!   exactly once; quota refusals lose nothing; expired mail is dropped.
 //! - Garbage, forged and unregistered `/kith/mailbox/1.0.0` requests, sent raw by a bare libp2p
 //!   swarm in this process, are refused and counted on the relay's `--metrics-addr`.
-//! - As root with `ip` and `nft`/`iptables`: a NAT scenario in namespaces this test creates.
+//! - As root with `ip` and `nft`/`iptables`, in namespaces the tests create (198.18.0.0/15): two
+//!   NATed homes chatting through a relay (DCUtR reported), and a node no one can dial back
+//!   staying a DHT client. Under `CI=true` missing prerequisites fail these tests.
 //!
 //! Every node gets a temp home and listens on 127.0.0.1 (or on addresses that exist only inside
 //! the test's own namespaces). Processes are killed when their guard drops; every wait is bounded.
@@ -1628,26 +1630,13 @@ fn require(test: &str, ok: bool, reason: &str) -> bool {
     false
 }
 
-#[test]
-fn nat_namespaces() {
-    let test = "nat_namespaces";
-    if !require(test, is_root(), "needs root to create network namespaces")
-        || !require(test, tool_exists("ip"), "`ip` (iproute2) is not installed")
-    {
-        return;
-    }
-    let nft = tool_exists("nft");
-    if !require(
-        test,
-        nft || tool_exists("iptables"),
-        "neither `nft` nor `iptables` is installed",
-    ) {
-        return;
-    }
-    let lab = Lab::new();
-    // Declared before the daemons so that they die before their namespaces go.
+/// Builds the NAT lab: a public bridge 198.18.0.0/24 in its own namespace and two homes, each
+/// behind a masquerading router that drops unsolicited inbound traffic. Returns the namespaces
+/// (deleted on drop), the public namespace and each home's (namespace, address).
+fn nat_lab(name: &str, nft: bool) -> (Namespaces, String, Vec<(String, String)>) {
     let mut spaces = Namespaces { names: Vec::new() };
-    let tag = format!("kith{}", std::process::id());
+    // Unique per test: the tests of this binary run in parallel in one process.
+    let tag = format!("kith{}{name}", std::process::id());
     let public = spaces.add(&format!("{tag}-pub"));
     // Numbered from the benchmarking range 198.18.0.0/15 (RFC 2544), never a private range, so
     // nothing here can clash with a real network of the machine. Public network 198.18.0.0/24 on
@@ -1728,6 +1717,35 @@ fn nat_namespaces() {
         homes.push((host, format!("198.18.{n}.2")));
     }
 
+    (spaces, public, homes)
+}
+
+/// The root/ip/nft prerequisites of the namespace tests (see [`require`]).
+fn namespaces_available(test: &str) -> Option<bool> {
+    if !require(test, is_root(), "needs root to create network namespaces")
+        || !require(test, tool_exists("ip"), "`ip` (iproute2) is not installed")
+    {
+        return None;
+    }
+    let nft = tool_exists("nft");
+    if !require(
+        test,
+        nft || tool_exists("iptables"),
+        "neither `nft` nor `iptables` is installed",
+    ) {
+        return None;
+    }
+    Some(nft)
+}
+
+#[test]
+fn nat_namespaces() {
+    let Some(nft) = namespaces_available("nat_namespaces") else {
+        return;
+    };
+    let lab = Lab::new();
+    // Declared before the daemons so that they die before their namespaces go.
+    let (_spaces, public, homes) = nat_lab("n", nft);
     let start = Instant::now();
     let relay = lab.spawn(
         "relay",
@@ -1834,5 +1852,73 @@ fn nat_namespaces() {
     assert!(
         circuits["circuits_total"].as_u64().unwrap_or(0) >= 1,
         "the first contact went through a relay circuit: {circuits}"
+    );
+}
+
+/// Issue 13, the internet case: a node behind NAT that no one can dial back stays a DHT client
+/// with default flags, and the public node it bootstraps from (which it confirms, so that one is
+/// a server) never puts it in its routing table.
+#[test]
+fn a_node_no_one_can_dial_back_stays_a_dht_client() {
+    let Some(nft) = namespaces_available("a_node_no_one_can_dial_back_stays_a_dht_client") else {
+        return;
+    };
+    let lab = Lab::new();
+    let (_spaces, public, homes) = nat_lab("c", nft);
+    let plain = lab.plain_bootstrap().display().to_string();
+    let server = lab.spawn(
+        "public",
+        &strings(&[
+            "--no-mdns",
+            "--listen",
+            "/ip4/198.18.0.1/tcp/0",
+            "--bootstrap-file",
+            &plain,
+        ]),
+        Some(&public),
+    );
+    let (ns, ip) = &homes[0];
+    let home = lab.spawn(
+        "home",
+        &strings(&[
+            "--no-mdns",
+            "--listen",
+            &format!("/ip4/{ip}/tcp/0"),
+            "--bootstrap-file",
+            &plain,
+            "--bootstrap",
+            &server.tcp_addr(),
+        ]),
+        Some(ns),
+    );
+    let home_id = home.peer_id();
+    // The public node tries to dial the home node's observed address (its router's) back and
+    // fails: the router drops unsolicited traffic. libp2p's AutoNAT v2 server gives up after
+    // 10 s, before the dial fails, so the client sees no verdict and "nat" may stay unknown;
+    // either sign shows the probe happened.
+    poll(
+        "a failed AutoNAT dial-back of the home node",
+        Duration::from_secs(60),
+        || {
+            (home.status()["nat"] == "private"
+                || server
+                    .log_text()
+                    .contains("inbound request handle timed out"))
+            .then_some(())
+        },
+    );
+    let status = home.status();
+    assert_eq!(status["dht_server"], false, "{status}");
+    assert_eq!(status["dht_mode"], "auto");
+    assert!(
+        status["external_addrs"].as_array().unwrap().is_empty(),
+        "nothing of the home node is confirmed: {status}"
+    );
+    // The public node (whose only peer cannot be dialed, so no one confirms it either) holds
+    // nobody in its routing table, in particular not the home node.
+    let public_status = server.status();
+    assert_eq!(
+        public_status["routing_table_peers"], 0,
+        "the public node must not hold {home_id}: {public_status}"
     );
 }
