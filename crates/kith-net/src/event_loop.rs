@@ -86,6 +86,9 @@ pub struct EventLoop {
 /// What a circuit relay v2 server announces.
 const RELAY_HOP: StreamProtocol = StreamProtocol::new("/libp2p/circuit/relay/0.2.0/hop");
 
+/// How long a dial (connect and handshake) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(7);
+
 /// At most this many extra connections are opened for AutoNAT probes over a node's lifetime.
 const MAX_PROBE_DIALS: usize = 8;
 
@@ -134,6 +137,11 @@ pub(crate) fn build(
         })
         .map_err(|e| NetError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        // Below the 10 s in which libp2p's AutoNAT v2 server must answer: with the default 10 s a
+        // dial-back into a NAT that silently drops never fails in time, the server's handler
+        // times out instead, and the client never learns it is private (so the relay policy
+        // never kicks in).
+        .with_connection_timeout(DIAL_TIMEOUT)
         .build();
 
     let listen_addrs = if config.listen.is_empty() {
