@@ -4,9 +4,16 @@
 
 mod common;
 
-use common::{Daemon, json, kith, wait_for_status};
+use common::{Daemon, KITH, json, kith, wait_bounded, wait_for_status};
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -175,4 +182,73 @@ fn two_nodes_meet_through_a_bootstrap_flag_and_list_each_other() {
         b.log_contains("'garbage'", TIMEOUT),
         "the bad entry is named in a warning"
     );
+}
+
+/// Issue 13, first run: the human ready text names the peer id, the home, how peers will be
+/// found (here: nothing, with the fix) and how to open the web app; `--json` carries the same.
+#[test]
+fn the_first_run_says_who_where_and_how_peers_will_be_found() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(KITH)
+        .args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--home",
+        ])
+        .arg(home.path())
+        .env_remove("KITH_HOME")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    while !text.contains("Stop it with") {
+        let line = line_rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("kith run stopped talking; so far:\n{text}"));
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let (code, id, _) = kith(home.path(), &["id", "--json"]);
+    assert_eq!(code, 0);
+    let peer_id = json(&id)["peer_id"].as_str().unwrap().to_owned();
+    assert!(text.contains(&peer_id), "{text}");
+    assert!(
+        text.contains(&format!("home: {}", home.path().display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("finding peers: none: add one with --bootstrap or bootstrap.toml"),
+        "{text}"
+    );
+    assert!(text.contains("kith open"), "{text}");
+    assert!(text.contains("local API on http://127.0.0.1:"), "{text}");
+    let (code, _, err) = kith(home.path(), &["stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_bounded(&mut child, TIMEOUT).success());
+
+    // The JSON ready line says the same, with mDNS on and one bootstrap entry.
+    let entry = format!("/ip4/127.0.0.1/tcp/9/p2p/{peer_id}");
+    let other = tempfile::tempdir().unwrap();
+    let node = start(other.path(), &["--bootstrap", &entry]);
+    assert_eq!(node.ready["bootstrap"], serde_json::json!([entry]));
+    assert_eq!(node.ready["mdns"], false);
+    assert_eq!(
+        node.ready["discovery"], "1 bootstrap entry",
+        "{}",
+        node.ready
+    );
+    assert_eq!(kith(other.path(), &["stop"]).0, 0);
 }

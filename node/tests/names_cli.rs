@@ -40,9 +40,18 @@ impl Lab {
 
     /// Starts a daemon on this lab network, bootstrapping from `bootstrap` (a multiaddr), if any.
     fn start(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
+        self.start_with(name, bootstrap, true)
+    }
+
+    /// Like [`Lab::start`], but with the default (automatic) DHT mode.
+    fn start_auto(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
+        self.start_with(name, bootstrap, false)
+    }
+
+    fn start_with(&self, name: &str, bootstrap: Option<&str>, dht_server: bool) -> Daemon {
         match bootstrap {
-            Some(addr) => self.0.start(name, &["--bootstrap", addr]),
-            None => self.0.start(name, &[]),
+            Some(addr) => self.0.start_mode(name, dht_server, &["--bootstrap", addr]),
+            None => self.0.start_mode(name, dht_server, &[]),
         }
     }
 }
@@ -67,6 +76,12 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits (bounded) until the node answers DHT queries, i.e. a peer confirmed an address of
+    /// ours by AutoNAT (in automatic mode).
+    fn wait_dht_server(&self) -> Value {
+        common::wait_for_status(&self.home, "DHT server mode", |s| s["dht_server"] == true)
     }
 }
 
@@ -153,6 +168,66 @@ fn names_register_resolve_and_refuse_with_the_documented_exit_codes() {
     let (code, _, err) = kith(a.home(), &["name", "release", "alice"]);
     assert_eq!(code, 3, "releasing a name we do not own: {err}");
 
+    b.stop();
+    a.stop();
+}
+
+/// Issue 13: with default flags (no `--dht-mode`), nodes that reach each other directly confirm
+/// each other's addresses by AutoNAT (every node serves it), switch their DHT to server, and then
+/// names work: a group bootstrapping from its first member, on one machine.
+#[test]
+fn names_work_with_default_flags_between_nodes_that_reach_each_other() {
+    let lab = Lab::new(None);
+    let a = lab.start_auto("a", None);
+    let b = lab.start_auto("b", Some(&a.tcp_addr()));
+    let c = lab.start_auto("c", Some(&b.tcp_addr()));
+    for node in [&a, &b, &c] {
+        let status = node.wait_dht_server();
+        assert_eq!(status["dht_mode"], "auto", "{status}");
+        let confirmed = status["external_addrs"].as_array().unwrap();
+        assert!(
+            confirmed
+                .iter()
+                .any(|x| x.as_str().unwrap().starts_with("/ip4/127.0.0.1/tcp/")),
+            "the loopback address was confirmed: {status}"
+        );
+        // Loopback says nothing about the internet: reachability is not claimed to be public.
+        assert_ne!(status["nat"], "public", "{status}");
+    }
+    a.wait_for_peers(1);
+    b.wait_for_peers(2);
+    c.wait_for_peers(1);
+
+    let reg = json(&kith_ok(a.home(), &["name", "register", "alice", "--json"]));
+    assert_eq!(reg["published"], true, "{reg}");
+    let r = json(&kith_ok(c.home(), &["resolve", "alice", "--json"]));
+    assert_eq!(r["peer_id"], a.peer_id().as_str(), "{r}");
+
+    // Send by name from C, and A lists it.
+    let text = "hello alice, found by name";
+    let sent = json(&kith_ok(c.home(), &["send", "alice", text, "--json"]));
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    loop {
+        let history = json(&kith_ok(
+            a.home(),
+            &["history", &c.peer_id(), "--limit", "100", "--json"],
+        ));
+        if history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str() && m["text"] == text)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "A never listed the message; last history {history}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    c.stop();
     b.stop();
     a.stop();
 }

@@ -128,16 +128,23 @@ impl Lab {
     /// (a stopped node's TCP port refuses dials at once, where a dead QUIC port would stall later
     /// DHT walks for the handshake timeout), the lab's bootstrap file, then `extra`.
     pub(crate) fn start(&self, name: &str, extra: &[&str]) -> Daemon {
+        self.start_mode(name, true, extra)
+    }
+
+    /// Like [`Lab::start`]; `dht_server` false leaves the DHT mode automatic (the default a user
+    /// gets), where a peer must confirm one of our addresses before we answer queries.
+    pub(crate) fn start_mode(&self, name: &str, dht_server: bool, extra: &[&str]) -> Daemon {
         let file = self.bootstrap_file();
-        let mut args = vec![
-            "--no-mdns",
-            "--dht-mode",
-            "server",
+        let mut args = vec!["--no-mdns"];
+        if dht_server {
+            args.extend(["--dht-mode", "server"]);
+        }
+        args.extend([
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--bootstrap-file",
             file.to_str().unwrap(),
-        ];
+        ]);
         args.extend_from_slice(extra);
         let log = self.dir.path().join(format!("{name}.log"));
         Daemon::start(name, &self.home(name), &log, &args)
