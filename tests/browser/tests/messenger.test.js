@@ -455,6 +455,13 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     }],
     ['node', async (page) => {
       await openNodePanel(page, page === pageA ? A.peerId : B.peerId);
+      // What `kith doctor` says, in the panel: the node check is OK and names its peer id.
+      const health = page.getByRole('list', { name: 'Health checks' });
+      await shows(
+        health.getByRole('listitem').filter({ hasText: page === pageA ? A.peerId : B.peerId }),
+        'the doctor\'s node check in the panel',
+        UI_TIMEOUT_MS,
+      );
       return page;
     }],
   ];
