@@ -36,6 +36,8 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// Show the running node's peer id, addresses, peers, DHT and NAT state.
     Status,
+    /// Diagnose the node in plain words, each problem with its fix; exits 1 if any problem.
+    Doctor,
     /// List connected peers with their addresses and protocols.
     Peers,
     /// Ask the running node to shut down cleanly.

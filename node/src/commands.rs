@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kith_api::{ApiClient, ClientError, PeerReport, StatusReport};
+use kith_api::{ApiClient, ClientError, DoctorCheck, DoctorReport, PeerReport, StatusReport};
 use serde_json::json;
 
 use crate::{
@@ -109,6 +109,60 @@ pub(crate) async fn status(home: &Home, json_output: bool) -> anyhow::Result<()>
         print_status(&status);
     }
     Ok(())
+}
+
+/// `kith doctor`: the node's own diagnosis, or "not running" when nothing answers. Exits 1 when
+/// any check found a problem, so scripts can use it as a health check.
+pub(crate) async fn doctor(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let answer = match connect(home) {
+        Ok(client) => client.doctor().await.map_err(Some),
+        Err(_) => Err(None),
+    };
+    let report = match answer {
+        Ok(report) => report,
+        Err(None | Some(ClientError::NotRunning { .. })) => DoctorReport {
+            healthy: false,
+            checks: vec![DoctorCheck {
+                check: "node".to_owned(),
+                level: "problem".to_owned(),
+                detail: format!("no kith node is running for home {}", home.dir().display()),
+                fix: Some(format!(
+                    "start one with `kith run --home {}`",
+                    home.dir().display()
+                )),
+            }],
+        },
+        Err(Some(e)) => return Err(api_error(home, e)),
+    };
+    if json_output {
+        outln!("{}", serde_json::to_string(&report)?);
+    } else {
+        for check in &report.checks {
+            let mark = match check.level.as_str() {
+                "ok" => "ok     ",
+                "warning" => "WARNING",
+                _ => "PROBLEM",
+            };
+            outln!("{mark} {:<12} {}", check.check, check.detail);
+            if let Some(fix) = &check.fix {
+                outln!("        {:<12} fix: {fix}", "");
+            }
+        }
+    }
+    if report.healthy {
+        Ok(())
+    } else {
+        let problems = report
+            .checks
+            .iter()
+            .filter(|c| c.level == "problem")
+            .count();
+        Err(CliError::new(
+            exit::FAILURE,
+            format!("kith doctor found {problems} problem(s); each names its fix above"),
+        )
+        .into())
+    }
 }
 
 /// `kith peers`.

@@ -86,6 +86,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Id => commands::id(&home, json),
         Command::Run(args) => run::run(&home, args, json).await,
         Command::Status => commands::status(&home, json).await,
+        Command::Doctor => commands::doctor(&home, json).await,
         Command::Peers => commands::peers(&home, json).await,
         Command::Stop => commands::stop(&home, json).await,
         Command::Name(cmd) => names::name(&home, cmd, json).await,

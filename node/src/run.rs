@@ -129,6 +129,12 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     })?;
 
     let listen_addrs = wait_for_listeners(&node).await;
+    let bootstrap_addrs: Vec<String> = bootstrap
+        .entries
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    let discovery = discovery_line(!args.no_mdns, bootstrap.entries.len());
     if json_output {
         outln!(
             "{}",
@@ -138,15 +144,20 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
                 "listen_addrs": listen_addrs,
                 "home": home.dir().display().to_string(),
                 "relay": args.relay,
+                "mdns": !args.no_mdns,
+                "bootstrap": bootstrap_addrs,
+                "discovery": discovery,
             })
         );
     } else {
-        outln!(
-            "kith node {peer_id} is running (home {})",
-            home.dir().display()
-        );
+        outln!("kith node {peer_id} is running");
+        outln!("  home: {}", home.dir().display());
         for addr in &listen_addrs {
             outln!("  listening on {addr}");
+        }
+        outln!("  finding peers: {discovery}");
+        for addr in &bootstrap_addrs {
+            outln!("    bootstrap {addr}");
         }
         outln!("  local API on http://{api_addr} (token in api.token)");
         outln!("  web app: run `kith open` to open it signed in");
@@ -171,6 +182,23 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     result?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// How this node will find peers, in words for the first lines a new user reads.
+fn discovery_line(mdns: bool, bootstrap_entries: usize) -> String {
+    let entries = match bootstrap_entries {
+        1 => "1 bootstrap entry".to_owned(),
+        n => format!("{n} bootstrap entries"),
+    };
+    match (mdns, bootstrap_entries) {
+        (true, 0) => {
+            "mDNS on this LAN only; beyond it none: add one with --bootstrap or bootstrap.toml"
+                .to_owned()
+        }
+        (true, _) => format!("mDNS on this LAN and {entries}"),
+        (false, 0) => "none: add one with --bootstrap or bootstrap.toml".to_owned(),
+        (false, _) => entries,
+    }
 }
 
 /// Binds the API. With port 0 (the default) the last run's port is tried first, so a web app tab

@@ -6,144 +6,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
+mod common;
+
+use common::{KITH, LAB_NETWORK, Lab, kith, wait_for_status};
+
 use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-const KITH: &str = env!("CARGO_BIN_EXE_kith");
 /// Bound of every wait for one process or one condition.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of the wait for a message to arrive: generous, since one that had to be queued is
 /// delivered by the retry loop.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs `kith <args> --home <home>` to completion (bounded): (exit code, stdout, stderr).
-fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(KITH)
-        .args(args)
-        .arg("--home")
-        .arg(home)
-        .env_remove("KITH_HOME")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            panic!("kith {args:?} did not exit within {TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A `kith run` process; killed on drop.
-struct Daemon {
-    child: Child,
-    ready: Value,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(home: &Path, bootstrap_file: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(KITH)
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .arg("--bootstrap-file")
-            .arg(bootstrap_file)
-            .args(extra)
-            .arg("--home")
-            .arg(home)
-            .env_remove("KITH_HOME")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // Always drained, so a chatty node never blocks on a full pipe.
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            ready: Value::Null,
-            log,
-        };
-        let line = line_rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| {
-            panic!(
-                "kith run printed no ready line; log:\n{}",
-                daemon.log_tail()
-            )
-        });
-        daemon.ready = serde_json::from_str(&line).expect("ready line is JSON");
-        daemon
-    }
-
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    fn tcp_addr(&self) -> String {
-        let addrs = self.ready["listen_addrs"].as_array().unwrap();
-        let tcp = addrs
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .expect("a TCP listen address");
-        format!("{tcp}/p2p/{}", self.peer_id())
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log.lock().unwrap();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A tmux server of our own (its socket in the test's temp dir), killed on drop.
 struct Tmux {
@@ -229,24 +109,6 @@ fn tmux_missing() -> Option<String> {
     Some(reason)
 }
 
-/// Polls `kith status --json` until `check` holds (bounded).
-fn wait_for_status(home: &Path, what: &str, check: impl Fn(&Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        let (code, out, err) = kith(home, &["status", "--json"]);
-        assert_eq!(code, 0, "status failed: {err}");
-        let status: Value = serde_json::from_str(out.trim()).unwrap();
-        if check(&status) {
-            return;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "timed out waiting for {what}; last status {status}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
@@ -257,14 +119,11 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
         println!("skipping the kith chat terminal test: {reason}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = dir.path().join("bootstrap.toml");
-    std::fs::write(&bootstrap, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
-    let a_home = dir.path().join("a");
-    let b_home = dir.path().join("b");
+    let lab = Lab::new("kith-chat-", LAB_NETWORK);
+    let (a_home, b_home) = (lab.home("a"), lab.home("b"));
 
-    let a = Daemon::start(&a_home, &bootstrap, &[]);
-    let b = Daemon::start(&b_home, &bootstrap, &["--bootstrap", &a.tcp_addr()]);
+    let a = lab.start("a", &[]);
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     wait_for_status(&b_home, "b to have a in its routing table", |s| {
         s["routing_table_peers"] == 1
@@ -286,7 +145,7 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
     }
     phase("both key bundles are in the DHT");
     let tmux = Tmux {
-        socket: dir.path().join("tmux.sock"),
+        socket: lab.dir.path().join("tmux.sock"),
     };
     // The shell stays after kith exits so its exit code can be read off the screen.
     let script = format!(
@@ -310,8 +169,8 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
         format!(
             "{what}\nscreen:\n{}\nnode a log:\n{}\nnode b log:\n{}",
             tmux.screen(),
-            a.log_tail(),
-            b.log_tail()
+            a.log_tail(40),
+            b.log_tail(40)
         )
     };
 
@@ -401,13 +260,10 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
         println!("skipping the kith chat group terminal test: {reason}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = dir.path().join("bootstrap.toml");
-    std::fs::write(&bootstrap, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
-    let a_home = dir.path().join("a");
-    let b_home = dir.path().join("b");
-    let a = Daemon::start(&a_home, &bootstrap, &[]);
-    let b = Daemon::start(&b_home, &bootstrap, &["--bootstrap", &a.tcp_addr()]);
+    let lab = Lab::new("kith-chat-", LAB_NETWORK);
+    let (a_home, b_home) = (lab.home("a"), lab.home("b"));
+    let a = lab.start("a", &[]);
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
     let b_id = b.peer_id();
     for home in [&a_home, &b_home] {
         wait_for_status(home, "the other node in the routing table", |s| {
@@ -427,8 +283,8 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
     let log_tails = || {
         format!(
             "node a log:\n{}\nnode b log:\n{}",
-            a.log_tail(),
-            b.log_tail()
+            a.log_tail(40),
+            b.log_tail(40)
         )
     };
     wait_until(
@@ -444,7 +300,7 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
     phase("b joined the group");
 
     let tmux = Tmux {
-        socket: dir.path().join("tmux.sock"),
+        socket: lab.dir.path().join("tmux.sock"),
     };
     let script = format!(
         "{} chat climbing --home {}; echo \"chat-exit=$?\"; sleep 600",

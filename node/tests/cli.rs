@@ -4,144 +4,33 @@
 
 mod common;
 
-use common::{json, kith, wait_bounded};
+use common::{Daemon, KITH, json, kith, wait_bounded, wait_for_status};
 
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use serde_json::Value;
-
-use common::KITH;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `kith run` process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Child,
-    ready: Value,
-    stderr: mpsc::Receiver<String>,
-    log: String,
-}
-
-impl Daemon {
-    fn start(home: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(KITH)
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-            ])
-            .args(extra)
-            .arg("--home")
-            .arg(home)
-            .env_remove("KITH_HOME")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (err_tx, err_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if err_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = line_rx
-            .recv_timeout(TIMEOUT)
-            .expect("kith run printed no ready line");
-        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
-        Daemon {
-            child,
-            ready,
-            stderr: err_rx,
-            log: String::new(),
-        }
-    }
-
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    fn tcp_addr(&self) -> String {
-        let addrs = self.ready["listen_addrs"].as_array().unwrap();
-        let tcp = addrs
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .expect("a TCP listen address");
-        format!("{tcp}/p2p/{}", self.peer_id())
-    }
-
-    /// Waits (bounded) until the node's log contains `needle`; the log is read by another thread.
-    fn log_contains(&mut self, needle: &str) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < TIMEOUT {
-            if self.log.contains(needle) {
-                return true;
-            }
-            match self.stderr.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return self.log.contains(needle),
-            }
-        }
-        false
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        wait_bounded(&mut self.child, TIMEOUT)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `kith status --json` until `check` holds (bounded).
-fn wait_for_status(home: &Path, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let (code, out, err) = kith(home, &["status", "--json"]);
-        assert_eq!(code, 0, "status failed: {err}");
-        let status = json(&out);
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "timed out waiting for {what}; last status {status}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+/// `kith run` on `home`: no mDNS, DHT server, TCP and QUIC on loopback, then `extra`; the log
+/// goes to `<home>/node.log`.
+fn start(home: &Path, extra: &[&str]) -> Daemon {
+    let mut args = vec![
+        "--no-mdns",
+        "--dht-mode",
+        "server",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start("node", home, &home.join("node.log"), &args)
 }
 
 #[test]
@@ -185,7 +74,7 @@ fn usage_errors_exit_2_and_version_exits_0() {
 #[test]
 fn a_node_runs_reports_status_refuses_a_second_instance_and_stops_cleanly() {
     let home = tempfile::tempdir().unwrap();
-    let mut node = Daemon::start(home.path(), &[]);
+    let mut node = start(home.path(), &[]);
     let peer_id = node.peer_id();
 
     let (code, out, _) = kith(home.path(), &["status", "--json"]);
@@ -224,14 +113,14 @@ fn a_node_runs_reports_status_refuses_a_second_instance_and_stops_cleanly() {
     assert_eq!(kith(home.path(), &["status"]).0, 5);
 
     // Same identity after a restart.
-    let again = Daemon::start(home.path(), &[]);
+    let again = start(home.path(), &[]);
     assert_eq!(again.peer_id(), peer_id);
 }
 
 #[test]
 fn sigterm_stops_the_node_with_exit_0() {
     let home = tempfile::tempdir().unwrap();
-    let mut node = Daemon::start(home.path(), &[]);
+    let mut node = start(home.path(), &[]);
     let pid = node.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -242,20 +131,20 @@ fn sigterm_stops_the_node_with_exit_0() {
     );
     let status = node.wait();
     assert!(status.success(), "exit status {status:?}");
-    assert!(node.log_contains("stopped cleanly"));
+    assert!(node.log_contains("stopped cleanly", TIMEOUT));
 }
 
 #[test]
 fn a_stale_api_json_after_a_crash_means_no_node() {
     let home = tempfile::tempdir().unwrap();
-    let mut node = Daemon::start(home.path(), &[]);
+    let mut node = start(home.path(), &[]);
     node.child.kill().unwrap();
     node.wait();
     assert!(home.path().join("api.json").exists());
     let (code, _, err) = kith(home.path(), &["status"]);
     assert_eq!(code, 5, "{err}");
     // And the home is usable again: sled's lock died with the process.
-    let _again = Daemon::start(home.path(), &[]);
+    let _again = start(home.path(), &[]);
     assert_eq!(kith(home.path(), &["status"]).0, 0);
 }
 
@@ -263,9 +152,9 @@ fn a_stale_api_json_after_a_crash_means_no_node() {
 fn two_nodes_meet_through_a_bootstrap_flag_and_list_each_other() {
     let a_home = tempfile::tempdir().unwrap();
     let b_home = tempfile::tempdir().unwrap();
-    let a = Daemon::start(a_home.path(), &[]);
+    let a = start(a_home.path(), &[]);
     let addr = a.tcp_addr();
-    let mut b = Daemon::start(
+    let b = start(
         b_home.path(),
         &["--bootstrap", &addr, "--bootstrap", "garbage"],
     );
@@ -290,7 +179,76 @@ fn two_nodes_meet_through_a_bootstrap_flag_and_list_each_other() {
             .any(|p| p == "/kith/kad/1.0.0")
     );
     assert!(
-        b.log_contains("'garbage'"),
+        b.log_contains("'garbage'", TIMEOUT),
         "the bad entry is named in a warning"
     );
+}
+
+/// Issue 13, first run: the human ready text names the peer id, the home, how peers will be
+/// found (here: nothing, with the fix) and how to open the web app; `--json` carries the same.
+#[test]
+fn the_first_run_says_who_where_and_how_peers_will_be_found() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(KITH)
+        .args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--home",
+        ])
+        .arg(home.path())
+        .env_remove("KITH_HOME")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    while !text.contains("Stop it with") {
+        let line = line_rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("kith run stopped talking; so far:\n{text}"));
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let (code, id, _) = kith(home.path(), &["id", "--json"]);
+    assert_eq!(code, 0);
+    let peer_id = json(&id)["peer_id"].as_str().unwrap().to_owned();
+    assert!(text.contains(&peer_id), "{text}");
+    assert!(
+        text.contains(&format!("home: {}", home.path().display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("finding peers: none: add one with --bootstrap or bootstrap.toml"),
+        "{text}"
+    );
+    assert!(text.contains("kith open"), "{text}");
+    assert!(text.contains("local API on http://127.0.0.1:"), "{text}");
+    let (code, _, err) = kith(home.path(), &["stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_bounded(&mut child, TIMEOUT).success());
+
+    // The JSON ready line says the same, with mDNS on and one bootstrap entry.
+    let entry = format!("/ip4/127.0.0.1/tcp/9/p2p/{peer_id}");
+    let other = tempfile::tempdir().unwrap();
+    let node = start(other.path(), &["--bootstrap", &entry]);
+    assert_eq!(node.ready["bootstrap"], serde_json::json!([entry]));
+    assert_eq!(node.ready["mdns"], false);
+    assert_eq!(
+        node.ready["discovery"], "1 bootstrap entry",
+        "{}",
+        node.ready
+    );
+    assert_eq!(kith(other.path(), &["stop"]).0, 0);
 }

@@ -12,19 +12,15 @@
 
 mod common;
 
-use common::{kith, wait_bounded};
+use common::{Daemon, LAB_NETWORK};
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
     },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -33,102 +29,37 @@ use std::{
 use kith_api::{ApiClient, ApiToken, ClientError, MessageReport, SendReport};
 use serde_json::Value;
 
-use common::KITH;
-/// How long a process may take to start, print its ready line, or exit after `kith stop`.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long two fresh nodes may take to find each other and exchange a first message.
 const ACQUAINT_TIMEOUT: Duration = Duration::from_secs(20);
-const BOOTSTRAP_TOML: &str = "[network]\nid = \"lab\"\nname_difficulty = 8\n";
 /// The API answers at most this many messages per history page.
 const PAGE: usize = 1000;
 
-/// A private test network: one temp dir holding the bootstrap file, the homes and the logs, and a
-/// runtime for talking to the nodes' APIs. Declare it before the daemons so they die first.
+/// The lab network of `common`, and a runtime for talking to the nodes' APIs. Declare it before
+/// the daemons so they die first.
 struct Lab {
-    dir: tempfile::TempDir,
+    lab: common::Lab,
     rt: tokio::runtime::Runtime,
 }
 
 impl Lab {
     fn new() -> Lab {
-        // KITH_TEST_KEEP=1 keeps homes and logs for a post-mortem.
-        let dir = tempfile::Builder::new()
-            .prefix("kith-dm-")
-            .disable_cleanup(std::env::var_os("KITH_TEST_KEEP").is_some())
-            .tempdir()
-            .unwrap();
-        fs::write(dir.path().join("bootstrap.toml"), BOOTSTRAP_TOML).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        Lab { dir, rt }
-    }
-
-    fn home(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        Lab {
+            lab: common::Lab::new("kith-dm-", LAB_NETWORK),
+            rt,
+        }
     }
 
     /// Starts (or restarts) node `name` on its home, bootstrapping from `bootstrap` if given.
     fn start(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
-        let home = self.home(name);
-        let log_path = self.dir.path().join(format!("{name}.log"));
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let mut command = Command::new(KITH);
-        command
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap-file",
-            ])
-            .arg(self.dir.path().join("bootstrap.toml"));
-        if let Some(addr) = bootstrap {
-            command.args(["--bootstrap", addr]);
-        }
-        let mut child = command
-            .arg("--home")
-            .arg(&home)
-            .env_remove("KITH_HOME")
-            .env(
-                "RUST_LOG",
-                std::env::var("KITH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        // Keeps draining stdout after the ready line so the node can never block on a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
-        let mut daemon = Daemon {
-            name: name.to_owned(),
-            child,
-            ready: Value::Null,
-            home,
-            log: log_path,
-            api: None,
+        let daemon = match bootstrap {
+            Some(addr) => self.lab.start(name, &["--bootstrap", addr]),
+            None => self.lab.start(name, &[]),
         };
-        let line = line_rx
-            .recv_timeout(PROCESS_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{name}: no ready line ({e})"));
-        daemon.ready = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{name}: ready line is not JSON ({e}): {line}"));
         let info: Value =
             serde_json::from_str(&fs::read_to_string(daemon.home.join("api.json")).unwrap())
                 .unwrap();
@@ -137,78 +68,20 @@ impl Lab {
             daemon.child.id(),
             "api.json names this process"
         );
-        let addr: SocketAddr = info["addr"].as_str().unwrap().parse().unwrap();
-        let token =
-            ApiToken::parse(&fs::read_to_string(daemon.home.join("api.token")).unwrap()).unwrap();
-        daemon.api = Some(ApiClient::new(addr, token).unwrap());
         daemon
     }
 }
 
-/// A `kith run` process; SIGKILLed on drop if still running (and its log tail printed if the test
-/// is failing).
-struct Daemon {
-    name: String,
-    child: Child,
-    ready: Value,
-    home: PathBuf,
-    log: PathBuf,
-    api: Option<ApiClient>,
-}
-
+/// What the direct-message tests ask of a node, on top of `common::Daemon`.
 impl Daemon {
-    fn api(&self) -> &ApiClient {
-        self.api.as_ref().unwrap()
-    }
-
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    /// `<tcp listen addr>/p2p/<peer id>`, for `--bootstrap`.
-    fn tcp_addr(&self) -> String {
-        let tcp = self.ready["listen_addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .unwrap_or_else(|| panic!("{}: no TCP listen address in {}", self.name, self.ready));
-        format!("{tcp}/p2p/{}", self.peer_id())
-    }
-
-    /// SIGKILL, no chance to flush or say goodbye.
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        let status = wait_bounded(&mut self.child, PROCESS_TIMEOUT);
-        assert!(!status.success(), "{} survived SIGKILL", self.name);
-    }
-
-    /// `kith stop --home <home>`, then waits for the process to exit cleanly.
-    fn stop(&mut self) {
-        let (code, _, err) = kith(&self.home, &["stop", "--json"]);
-        assert_eq!(code, 0, "{}: kith stop failed: {err}", self.name);
-        let status = wait_bounded(&mut self.child, PROCESS_TIMEOUT);
-        assert!(status.success(), "{} exited with {status:?}", self.name);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            eprintln!(
-                "---- last {} log lines of {} ({}) ----\n{}",
-                tail.len(),
-                self.name,
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
+    /// A client of its API, from its `api.json` and `api.token`.
+    fn api(&self) -> ApiClient {
+        let info: Value =
+            serde_json::from_str(&fs::read_to_string(self.home.join("api.json")).unwrap()).unwrap();
+        let addr: SocketAddr = info["addr"].as_str().unwrap().parse().unwrap();
+        let token =
+            ApiToken::parse(&fs::read_to_string(self.home.join("api.token")).unwrap()).unwrap();
+        ApiClient::new(addr, token).unwrap()
     }
 }
 
@@ -611,7 +484,7 @@ fn a_killed_sender_loses_and_duplicates_nothing() {
 #[test]
 fn a_sender_killed_with_a_full_outbox_delivers_it_after_restart_exactly_once() {
     let lab = Lab::new();
-    let mut a = lab.start("a", None);
+    let a = lab.start("a", None);
     let mut b = lab.start("b", Some(&a.tcp_addr()));
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     acquaint(&lab, &b, &a);
@@ -627,10 +500,7 @@ fn a_sender_killed_with_a_full_outbox_delivers_it_after_restart_exactly_once() {
         lab.start("b", None)
     };
     assert_eq!(b.peer_id(), b_id);
-    let a = {
-        drop(a);
-        lab.start("a", Some(&b.tcp_addr()))
-    };
+    let a = lab.start("a", Some(&b.tcp_addr()));
     assert_eq!(a.peer_id(), a_id);
     let (on_a, drained_in) = assert_burst_arrived_exactly_once(&lab, &a, &b, &burst, &["warm-up"]);
     eprintln!(
@@ -642,7 +512,7 @@ fn a_sender_killed_with_a_full_outbox_delivers_it_after_restart_exactly_once() {
 #[test]
 fn an_offline_recipient_gets_queued_messages_when_it_returns_exactly_once() {
     let lab = Lab::new();
-    let mut a = lab.start("a", None);
+    let a = lab.start("a", None);
     let b = lab.start("b", Some(&a.tcp_addr()));
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     acquaint(&lab, &b, &a);
@@ -662,10 +532,7 @@ fn an_offline_recipient_gets_queued_messages_when_it_returns_exactly_once() {
     let queued_in = sending.elapsed();
 
     // A comes back on a new port and dials B; B is not touched until A has everything.
-    let a = {
-        drop(a);
-        lab.start("a", Some(&b.tcp_addr()))
-    };
+    let a = lab.start("a", Some(&b.tcp_addr()));
     assert_eq!(a.peer_id(), a_id);
     let back = Instant::now();
     let on_a = poll(
@@ -759,7 +626,7 @@ fn a_message_queued_for_lack_of_a_key_bundle_is_retried_within_seconds() {
 fn an_offline_recipient_gets_a_queued_burst_of_300_exactly_once() {
     const MESSAGES: usize = 300;
     let lab = Lab::new();
-    let mut a = lab.start("a", None);
+    let a = lab.start("a", None);
     let b = lab.start("b", Some(&a.tcp_addr()));
     let a_id = a.peer_id();
     acquaint(&lab, &b, &a);
@@ -782,10 +649,7 @@ fn an_offline_recipient_gets_a_queued_burst_of_300_exactly_once() {
     });
     assert!(reports.iter().all(|r| r.status == "queued"), "A is offline");
 
-    let a = {
-        drop(a);
-        lab.start("a", Some(&b.tcp_addr()))
-    };
+    let a = lab.start("a", Some(&b.tcp_addr()));
     let back = Instant::now();
     let burst = Burst {
         accepted: reports
@@ -878,12 +742,14 @@ fn a_sender_killed_between_encryptions_to_two_peers_keeps_both_sessions() {
             );
         }
     }
-    for name in ["a", "b", "c"] {
-        let log = fs::read_to_string(lab.dir.path().join(format!("{name}.log"))).unwrap();
+    // A's log holds both of its runs (appended), so this covers the time before the kill too.
+    for node in [&a, &b, &c] {
+        let log = fs::read_to_string(&node.log).unwrap();
         for bad in ["cannot decrypt", "refused a direct message"] {
             assert!(
                 !log.contains(bad),
-                "{name}'s log says {bad:?}: a session was lost or replaced"
+                "{}'s log says {bad:?}: a session was lost or replaced",
+                node.name
             );
         }
     }

@@ -16,22 +16,18 @@
 
 mod common;
 
-use common::{KITH, PROCESS_TIMEOUT, json, kith, kith_ok, poll, wait_bounded};
+use common::{Daemon, LAB_NETWORK, kith, poll};
 
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
-    io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-const BOOTSTRAP_TOML: &str = "[network]\nid = \"lab\"\nname_difficulty = 8\n";
 /// How long fresh nodes may take to have each other in their routing tables.
 const MESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an invitation, a member-list change or a group message may take to arrive (over Olm
@@ -42,155 +38,33 @@ const QUIET: Duration = Duration::from_secs(3);
 /// `--limit` for history reads: far more than any test sends.
 const ALL: &str = "1000";
 
-/// A private test network: one temp dir holding the bootstrap file, the homes and the logs.
-/// Declare it before the daemons so they die first.
-struct Lab {
-    dir: tempfile::TempDir,
-}
+/// The lab network of `common`, with a home no daemon runs for.
+struct Lab(common::Lab);
 
 impl Lab {
     fn new() -> Lab {
-        let dir = tempfile::Builder::new()
-            .prefix("kith-groups-")
-            .disable_cleanup(std::env::var_os("KITH_TEST_KEEP").is_some())
-            .tempdir()
-            .unwrap();
-        fs::write(dir.path().join("bootstrap.toml"), BOOTSTRAP_TOML).unwrap();
-        Lab { dir }
+        Lab(common::Lab::new("kith-groups-", LAB_NETWORK))
     }
 
     /// Starts (or restarts) node `name` on its home, bootstrapping from `bootstrap` (multiaddrs).
     fn start(&self, name: &str, bootstrap: &[String]) -> Daemon {
-        let home = self.dir.path().join(name);
-        let log_path = self.dir.path().join(format!("{name}.log"));
-        // Appended to: a restarted node logs after its earlier run.
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let mut command = Command::new(KITH);
-        command
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--bootstrap-file",
-            ])
-            .arg(self.dir.path().join("bootstrap.toml"));
+        let mut extra = Vec::new();
         for addr in bootstrap {
-            command.args(["--bootstrap", addr]);
+            extra.extend(["--bootstrap", addr.as_str()]);
         }
-        let mut child = command
-            .arg("--home")
-            .arg(&home)
-            .env_remove("KITH_HOME")
-            .env(
-                "RUST_LOG",
-                std::env::var("KITH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        // Keeps draining stdout after the ready line so the node can never block on a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
-        let mut daemon = Daemon {
-            name: name.to_owned(),
-            child,
-            ready: Value::Null,
-            home,
-            log: log_path,
-        };
-        let line = line_rx
-            .recv_timeout(PROCESS_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{name}: no ready line ({e})"));
-        daemon.ready = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{name}: ready line is not JSON ({e}): {line}"));
-        daemon
+        self.0.start(name, &extra)
     }
 
     /// A home no daemon runs for.
     fn idle_home(&self) -> PathBuf {
-        let home = self.dir.path().join("idle");
+        let home = self.0.home("idle");
         fs::create_dir_all(&home).unwrap();
         home
     }
 }
 
-/// A `kith run` process; SIGKILLed on drop (and its log tail printed if the test is failing).
-struct Daemon {
-    name: String,
-    child: Child,
-    ready: Value,
-    home: PathBuf,
-    log: PathBuf,
-}
-
+/// What the group tests ask of a node, on top of `common::Daemon`.
 impl Daemon {
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    /// `<tcp listen addr>/p2p/<peer id>`, for `--bootstrap`.
-    fn tcp_addr(&self) -> String {
-        let tcp = self.ready["listen_addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .unwrap_or_else(|| panic!("{}: no TCP listen address in {}", self.name, self.ready));
-        assert!(tcp.starts_with("/ip4/127.0.0.1/"), "{}: {tcp}", self.name);
-        format!("{tcp}/p2p/{}", self.peer_id())
-    }
-
-    /// `kith <args>` on this node's home: (exit code, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        kith(&self.home, args)
-    }
-
-    /// `kith <args>` that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        kith_ok(&self.home, args)
-    }
-
-    /// `kith <args> --json` that must succeed; its one JSON document.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        json(&self.ok(&args))
-    }
-
-    /// `kith <args>` that must fail with exit code `code`; its stderr.
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        let (got, out, err) = self.cli(args);
-        assert_eq!(
-            got, code,
-            "{}: kith {args:?} should exit {code}; stdout: {out} stderr: {err}",
-            self.name
-        );
-        assert!(
-            !err.trim().is_empty(),
-            "{}: kith {args:?} exited {code} without saying why",
-            self.name
-        );
-        err
-    }
-
     /// The whole history of `group`, oldest first (`kith group history --json`).
     fn history(&self, group: &str) -> Vec<Message> {
         let value = self.json(&["group", "history", group, "--limit", ALL]);
@@ -266,32 +140,6 @@ impl Daemon {
             MESH_TIMEOUT,
             || (self.status()["routing_table_peers"].as_u64()? >= n).then_some(()),
         );
-    }
-
-    /// `kith stop`, then waits (bounded) for the process to exit cleanly.
-    fn stop(mut self) {
-        self.ok(&["stop"]);
-        let status = wait_bounded(&mut self.child, PROCESS_TIMEOUT);
-        assert!(status.success(), "{} exited with {status:?}", self.name);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(25)..];
-            eprintln!(
-                "---- last {} log lines of {} ({}) ----\n{}",
-                tail.len(),
-                self.name,
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
     }
 }
 

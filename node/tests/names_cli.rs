@@ -6,21 +6,16 @@
 
 mod common;
 
-use common::{json, kith, kith_ok, wait_bounded};
+use common::{Daemon, LAB_NETWORK, json, kith, kith_ok};
 
 use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::Path,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-use common::KITH;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn now_ms() -> u64 {
@@ -30,111 +25,41 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A lab network: a bootstrap file with its `[network]` rules in a temp dir, shared by every
-/// daemon of a test.
-struct Lab {
-    dir: TempDir,
-    file: PathBuf,
-}
+/// The lab network of `common`, optionally with a short claim lifetime.
+struct Lab(common::Lab);
 
 impl Lab {
     /// Network "lab", 8-bit proof of work, and optionally a short claim lifetime.
     fn new(max_ttl_secs: Option<u64>) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bootstrap.toml");
-        let mut text = "[network]\nid = \"lab\"\nname_difficulty = 8\n".to_owned();
+        let mut network = LAB_NETWORK.to_owned();
         if let Some(secs) = max_ttl_secs {
-            text.push_str(&format!("name_max_ttl_secs = {secs}\n"));
+            network.push_str(&format!("name_max_ttl_secs = {secs}\n"));
         }
-        std::fs::write(&file, text).unwrap();
-        Lab { dir, file }
-    }
-
-    /// A fresh home inside the lab's temp dir.
-    fn home(&self, name: &str) -> PathBuf {
-        let home = self.dir.path().join(name);
-        std::fs::create_dir(&home).unwrap();
-        home
+        Lab(common::Lab::new("kith-names-", &network))
     }
 
     /// Starts a daemon on this lab network, bootstrapping from `bootstrap` (a multiaddr), if any.
     fn start(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
-        let home = self.home(name);
-        let file = self.file.to_str().unwrap();
-        let mut extra = vec!["--bootstrap-file", file];
-        if let Some(addr) = bootstrap {
-            extra.extend(["--bootstrap", addr]);
+        self.start_with(name, bootstrap, true)
+    }
+
+    /// Like [`Lab::start`], but with the default (automatic) DHT mode.
+    fn start_auto(&self, name: &str, bootstrap: Option<&str>) -> Daemon {
+        self.start_with(name, bootstrap, false)
+    }
+
+    fn start_with(&self, name: &str, bootstrap: Option<&str>, dht_server: bool) -> Daemon {
+        match bootstrap {
+            Some(addr) => self.0.start_mode(name, dht_server, &["--bootstrap", addr]),
+            None => self.0.start_mode(name, dht_server, &[]),
         }
-        Daemon::start(&home, &extra)
     }
 }
 
-/// A `kith run` process; killed on drop if the test did not stop it.
-struct Daemon {
-    child: Child,
-    home: PathBuf,
-    ready: Value,
-}
-
+/// What the name tests ask of a node, on top of `common::Daemon`.
 impl Daemon {
-    fn start(home: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(KITH)
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                // TCP only: a stopped node's TCP port refuses dials at once, where a dead QUIC
-                // port would stall every later DHT walk for the QUIC handshake timeout.
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .args(extra)
-            .arg("--home")
-            .arg(home)
-            .env_remove("KITH_HOME")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = line_rx
-            .recv_timeout(TIMEOUT)
-            .expect("kith run printed no ready line");
-        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
-        Daemon {
-            child,
-            home: home.to_owned(),
-            ready,
-        }
-    }
-
     fn home(&self) -> &Path {
         &self.home
-    }
-
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    fn tcp_addr(&self) -> String {
-        let addrs = self.ready["listen_addrs"].as_array().unwrap();
-        let tcp = addrs
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .expect("a TCP listen address");
-        format!("{tcp}/p2p/{}", self.peer_id())
     }
 
     /// Waits (bounded) until the routing table holds at least `n` peers.
@@ -153,18 +78,10 @@ impl Daemon {
         }
     }
 
-    /// `kith stop`, and the process exits 0.
-    fn stop(mut self) {
-        kith_ok(&self.home, &["stop", "--json"]);
-        let status = wait_bounded(&mut self.child, TIMEOUT);
-        assert!(status.success(), "exit status {status:?}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Waits (bounded) until the node answers DHT queries, i.e. a peer confirmed an address of
+    /// ours by AutoNAT (in automatic mode).
+    fn wait_dht_server(&self) -> Value {
+        common::wait_for_status(&self.home, "DHT server mode", |s| s["dht_server"] == true)
     }
 }
 
@@ -251,6 +168,66 @@ fn names_register_resolve_and_refuse_with_the_documented_exit_codes() {
     let (code, _, err) = kith(a.home(), &["name", "release", "alice"]);
     assert_eq!(code, 3, "releasing a name we do not own: {err}");
 
+    b.stop();
+    a.stop();
+}
+
+/// Issue 13: with default flags (no `--dht-mode`), nodes that reach each other directly confirm
+/// each other's addresses by AutoNAT (every node serves it), switch their DHT to server, and then
+/// names work: a group bootstrapping from its first member, on one machine.
+#[test]
+fn names_work_with_default_flags_between_nodes_that_reach_each_other() {
+    let lab = Lab::new(None);
+    let a = lab.start_auto("a", None);
+    let b = lab.start_auto("b", Some(&a.tcp_addr()));
+    let c = lab.start_auto("c", Some(&b.tcp_addr()));
+    for node in [&a, &b, &c] {
+        let status = node.wait_dht_server();
+        assert_eq!(status["dht_mode"], "auto", "{status}");
+        let confirmed = status["external_addrs"].as_array().unwrap();
+        assert!(
+            confirmed
+                .iter()
+                .any(|x| x.as_str().unwrap().starts_with("/ip4/127.0.0.1/tcp/")),
+            "the loopback address was confirmed: {status}"
+        );
+        // Loopback says nothing about the internet: reachability is not claimed to be public.
+        assert_ne!(status["nat"], "public", "{status}");
+    }
+    a.wait_for_peers(1);
+    b.wait_for_peers(2);
+    c.wait_for_peers(1);
+
+    let reg = json(&kith_ok(a.home(), &["name", "register", "alice", "--json"]));
+    assert_eq!(reg["published"], true, "{reg}");
+    let r = json(&kith_ok(c.home(), &["resolve", "alice", "--json"]));
+    assert_eq!(r["peer_id"], a.peer_id().as_str(), "{r}");
+
+    // Send by name from C, and A lists it.
+    let text = "hello alice, found by name";
+    let sent = json(&kith_ok(c.home(), &["send", "alice", text, "--json"]));
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    loop {
+        let history = json(&kith_ok(
+            a.home(),
+            &["history", &c.peer_id(), "--limit", "100", "--json"],
+        ));
+        if history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str() && m["text"] == text)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "A never listed the message; last history {history}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    c.stop();
     b.stop();
     a.stop();
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`TestNode::start`]: open a store in a fresh temp home, start a [`Node`] listening on loopback
 //!   TCP and QUIC (random ports), wait until both listeners are up.
-//! - [`TestNode::start_with`]: the same with chosen [`Options`] and [`Transports`];
+//! - [`TestNode::start_with`]: the same with chosen [`Options`] and [`Transports`]
+//!   ([`TestNode::start_with_keypair`]: and a chosen identity);
 //!   [`name_options`] are the name rules every names test uses (8-bit proof of work, no automatic
 //!   re-publish).
 //! - [`TestNode::restart`], [`TestNode::restart_with`]: stop a node, release its store and start it
@@ -105,6 +106,26 @@ impl TestNode {
             .context("creating a temporary home")?;
         let store = open_store(&home)?;
         let keypair = Keypair::generate_ed25519();
+        Self::start_in(home, store, keypair, bootstrap, options, transports).await
+    }
+
+    /// Like [`TestNode::start_with`], with a chosen identity: for tests that play an attacker
+    /// whose peer ids were generated to sit next to a DHT key.
+    pub(crate) async fn start_with_keypair(
+        keypair: Keypair,
+        bootstrap: Vec<Multiaddr>,
+        mut options: Options,
+        transports: Transports,
+    ) -> Result<Self> {
+        if options.pickle_key.is_none() {
+            options.pickle_key =
+                Some(PickleKey::generate().context("generating the node's pickle key")?);
+        }
+        let home = tempfile::Builder::new()
+            .prefix("kith-it-")
+            .tempdir()
+            .context("creating a temporary home")?;
+        let store = open_store(&home)?;
         Self::start_in(home, store, keypair, bootstrap, options, transports).await
     }
 

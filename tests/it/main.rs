@@ -10,6 +10,8 @@
 //! - [`dm`]: direct chat between real nodes: by peer id, name and petname, receipts, requests and
 //!   blocks, tampered, replayed, oversized and garbage frames, no plaintext on the wire, floods.
 //! - [`mailbox`]: more mail for an offline friend than one delivery batch holds.
+//! - [`sybil`]: issue 14's attack, attacker nodes with ids ground next to a name's key, at 20% and
+//!   30% of the network, against fresh resolvers.
 //! - [`groups`]: five-member groups, catch-up after 100 missed messages, removal and outsiders,
 //!   150 groups on one node.
 //!
@@ -23,3 +25,4 @@ mod groups;
 mod harness;
 mod mailbox;
 mod names;
+mod sybil;

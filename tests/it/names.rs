@@ -338,6 +338,8 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
     let reg = register(owner, "dave").await.unwrap();
     let owner_dave = reg.record.to_bytes().to_vec();
     assert_eq!(reg.record.name().dht_key(), dave_key);
+    let dave_replica = |i: usize| reg.record.name().replica_key(i);
+    let eve_replica = |i: usize| kith_core::Name::parse("eve").unwrap().replica_key(i);
     wait_for_copies(
         &nodes,
         &dave_key,
@@ -370,6 +372,23 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
         (
             "the owner's valid claim under another name's key",
             eve_key.clone(),
+            owner_dave.clone(),
+        ),
+        // The same at the other replica keys: every replica is guarded the same way.
+        ("hijack at replica 2", dave_replica(2), thief_dave.clone()),
+        (
+            "bad signature at replica 3",
+            dave_replica(3),
+            tampered(&owner_dave),
+        ),
+        (
+            "over the size limit at replica 4",
+            dave_replica(4),
+            vec![0xA5; 5 * 1024],
+        ),
+        (
+            "the owner's valid claim under another name's replica key",
+            eve_replica(1),
             owner_dave.clone(),
         ),
     ];
@@ -444,6 +463,13 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
         &dave_key,
         &owner_dave,
         "the holders to still hold the owner's claim",
+    )
+    .await;
+    wait_for_copies(
+        holders,
+        &dave_replica(2),
+        &owner_dave,
+        "the holders to still hold the owner's claim at replica 2",
     )
     .await;
 

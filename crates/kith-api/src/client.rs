@@ -6,9 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{
-    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, ErrorBody,
-    HistoryReport, InviteReport, NameReport, PeerReport, PowParams, RegisterRequest, ResolveReport,
-    SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
+    AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, DoctorReport,
+    ErrorBody, HistoryReport, InviteReport, NameReport, PeerReport, PowParams, RegisterRequest,
+    ResolveReport, SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
 };
 
 /// The largest page the server answers; longer reads page with `before`.
@@ -66,6 +66,11 @@ impl ApiClient {
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
         self.get_json("/v1/status").await
+    }
+
+    /// `GET /v1/doctor`.
+    pub async fn doctor(&self) -> Result<DoctorReport, ClientError> {
+        self.get_json("/v1/doctor").await
     }
 
     /// `GET /v1/peers`.

@@ -13,6 +13,7 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/v1/status` | [`StatusReport`] |
+//! | GET | `/v1/doctor` | [`DoctorReport`]: what is wrong and how to fix it |
 //! | GET | `/v1/peers` | `[`[`PeerReport`]`]` |
 //! | POST | `/v1/shutdown` | 202, then the node stops cleanly |
 //! | GET | `/v1/names/pow` | [`PowParams`] |
@@ -54,6 +55,7 @@
 //! - [`ApiToken`]: the shared secret.
 
 mod client;
+mod doctor;
 mod server;
 mod token;
 mod types;
@@ -64,9 +66,9 @@ pub use server::{router, serve, serve_metrics};
 pub use token::{ApiToken, TokenError};
 pub use types::{
     AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, CreateGroupRequest,
-    ErrorBody, EventReport, GroupHistoryReport, GroupMemberReport, GroupMemberRequest,
-    GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
-    InviteReport, MarkReadReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
-    RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SendReport, SendRequest,
-    StatusReport, TrustReport, VerifyReport, status_name, trust_name,
+    DoctorCheck, DoctorReport, ErrorBody, EventReport, GroupHistoryReport, GroupMemberReport,
+    GroupMemberRequest, GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest,
+    HistoryReport, InviteReport, MarkReadReport, MessageReport, NameReport, PeerReport, PowParams,
+    RecipientUsage, RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SendReport,
+    SendRequest, StatusReport, TrustReport, VerifyReport, status_name, trust_name,
 };

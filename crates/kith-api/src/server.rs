@@ -47,6 +47,7 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
     };
     let api = Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/doctor", get(doctor))
         .route("/v1/peers", get(peers))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/names/pow", get(pow_params))
@@ -90,6 +91,7 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
     open.merge(api)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(web::refuse_oversized))
         .layer(middleware::from_fn(web::json_errors))
         .layer(middleware::from_fn(web::security_headers))
         .layer(middleware::from_fn_with_state(
@@ -186,6 +188,13 @@ async fn close_session(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> Response {
     match state.node.status().await {
         Ok(status) => Json(StatusReport::from(status)).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn doctor(State(state): State<AppState>) -> Response {
+    match state.node.checkup().await {
+        Ok(checkup) => Json(crate::doctor::diagnose(&checkup)).into_response(),
         Err(e) => service_error(e),
     }
 }

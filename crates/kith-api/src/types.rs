@@ -679,3 +679,27 @@ pub struct RecipientUsage {
     /// Bytes held.
     pub bytes: u64,
 }
+
+/// `GET /v1/doctor` and `kith doctor --json`: a diagnosis in plain words (built in `doctor.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DoctorReport {
+    /// True when no check found a problem (warnings allowed); `kith doctor` then exits 0.
+    pub healthy: bool,
+    /// One entry per aspect, in the order a person would look at them.
+    pub checks: Vec<DoctorCheck>,
+}
+
+/// One aspect of [`DoctorReport`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DoctorCheck {
+    /// Short stable id: `node`, `listen`, `peers`, `reachability`, `dht`, `mailboxes`, `names`,
+    /// `key_bundle`, `clock`.
+    pub check: String,
+    /// `ok`, `warning` (works, could be better) or `problem` (something a person will notice).
+    pub level: String,
+    /// What was found, in plain words.
+    pub detail: String,
+    /// For warnings and problems: the command or setting that fixes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}

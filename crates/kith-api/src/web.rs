@@ -219,6 +219,32 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     out
 }
 
+/// The most of an oversized body the server reads and drops before answering 413.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Answers a body declared larger than the limit with 413 before any handler runs, after reading
+/// and dropping what the client sends (up to [`DRAIN_LIMIT`]): closing a connection with unread
+/// data makes the kernel send a reset, and the client would often lose the 413 with it.
+pub(crate) async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > crate::server::BODY_LIMIT) {
+        let _ = to_bytes(request.into_body(), DRAIN_LIMIT).await;
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!(
+                "the request body is over the limit ({} KiB)",
+                crate::server::BODY_LIMIT / 1024
+            ),
+        );
+    }
+    next.run(request).await
+}
+
 /// An error answer in the API's shape.
 pub(crate) fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     let body = ErrorBody {

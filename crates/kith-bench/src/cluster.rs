@@ -141,7 +141,10 @@ impl Cluster {
     /// Starts one more node that bootstraps from `bootstrap`; returns once it listens.
     pub(crate) async fn start_node(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
         let member = match self.kind {
-            Kind::Kith => self.start_kith(bootstrap).await?,
+            Kind::Kith => {
+                self.start_kith(bootstrap, Keypair::generate_ed25519())
+                    .await?
+            }
             Kind::Raw => {
                 let config = RawConfig {
                     bootstrap,
@@ -170,7 +173,26 @@ impl Cluster {
         Ok(())
     }
 
-    async fn start_kith(&self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<Member> {
+    /// Starts one more kith node with a chosen identity (`resolve.sybil` plays attackers whose
+    /// ids were generated to sit next to a name's key). Fails in a raw cluster.
+    pub(crate) async fn start_kith_with_keypair(
+        &mut self,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Keypair,
+    ) -> anyhow::Result<()> {
+        if self.kind != Kind::Kith {
+            bail!("a chosen identity is only for kith clusters");
+        }
+        let member = self.start_kith(bootstrap, keypair).await?;
+        self.members.push(member);
+        Ok(())
+    }
+
+    async fn start_kith(
+        &self,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Keypair,
+    ) -> anyhow::Result<Member> {
         let home = self.dir.join(format!("node-{}", self.members.len()));
         let mut store_config = StoreConfig::default();
         if self.settings.reduced {
@@ -180,7 +202,7 @@ impl Cluster {
         }
         let store = Store::open(&home, &store_config)
             .with_context(|| format!("cannot open a store in {}", home.display()))?;
-        let mut config = Config::new(Keypair::generate_ed25519())
+        let mut config = Config::new(keypair)
             .with_network_id(NETWORK_ID)
             .with_mdns(false)
             .with_dht_mode(DhtMode::Server)

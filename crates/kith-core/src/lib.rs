@@ -4,7 +4,8 @@
 //!   3–32 characters of letters, digits, `-` and `_`) and where it lives in the DHT.
 //! - [`pow`]: the proof of work that makes claiming names in bulk expensive.
 //! - [`NameRecord`]: a signed name claim; [`NameRecord::verify`] is what holders and resolvers run.
-//! - [`select`]: choosing the owner among conflicting answers from DHT holders.
+//! - [`select`]: choosing the owner among conflicting answers from DHT holders, per replica key
+//!   and across the [`NAME_REPLICAS`] replica keys of a name.
 //! - [`safety_number`]: the fingerprint two people read to each other.
 //! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
 //!
@@ -19,6 +20,8 @@ mod safety;
 pub mod select;
 
 pub use invite::{Invite, InviteError};
-pub use name::{MAX_LEN as NAME_MAX_LEN, MIN_LEN as NAME_MIN_LEN, Name, NameError};
+pub use name::{
+    MAX_LEN as NAME_MAX_LEN, MIN_LEN as NAME_MIN_LEN, Name, NameError, REPLICAS as NAME_REPLICAS,
+};
 pub use record::{ClaimParams, NameRecord, NameRules, RecordError};
 pub use safety::safety_number;

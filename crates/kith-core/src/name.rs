@@ -7,6 +7,14 @@ use unicode_security::{GeneralSecurityProfile as _, MixedScript as _};
 pub const MIN_LEN: usize = 3;
 /// Longest allowed name, in characters after normalization.
 pub const MAX_LEN: usize = 32;
+/// How many independent DHT keys every claim is stored under ([`Name::replica_key`]).
+///
+/// Kademlia puts a key's records at the peers whose ids are closest to it, and ids cost nothing:
+/// an attacker who generates ids next to one key becomes that key's closest holders. With the
+/// claim under five unrelated keys, a resolver asks all five and follows an owner only when it
+/// wins a majority of them ([`crate::select::decide`]), so the attacker has to take three keys'
+/// neighbourhoods at once. Every node of a network must use the same value.
+pub const REPLICAS: usize = 5;
 
 /// A valid, normalized name. The only way to get one is [`Name::parse`], so holding a `Name`
 /// proves it follows every rule.
@@ -98,12 +106,37 @@ impl Name {
         &self.0
     }
 
-    /// Where the name's record lives in the DHT: `blake3("kith/name/v1/" ‖ name)`.
+    /// The name's first replica key, `blake3("kith/name/v1/" ‖ name)`: where claims lived before
+    /// replicas existed, and the key tests and tools look at when one key is enough.
     pub fn dht_key(&self) -> Vec<u8> {
+        self.replica_key(0)
+    }
+
+    /// The DHT key of replica `replica` (see [`REPLICAS`]). Replica 0 is
+    /// `blake3("kith/name/v1/" ‖ name)`; replica `i ≥ 1` is `blake3("kith/name/v1/" ‖ i ‖ "/" ‖
+    /// name)` with `i` in decimal. Names never contain `/`, so no replica key of one name is a key
+    /// of another name. The keys are unrelated points of the key space: Sybils ground next to one
+    /// of them are nowhere near the others.
+    pub fn replica_key(&self, replica: usize) -> Vec<u8> {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"kith/name/v1/");
+        if replica > 0 {
+            hasher.update(replica.to_string().as_bytes());
+            hasher.update(b"/");
+        }
         hasher.update(self.0.as_bytes());
         hasher.finalize().as_bytes().to_vec()
+    }
+
+    /// Every replica key of the name, replica 0 first.
+    pub fn replica_keys(&self) -> Vec<Vec<u8>> {
+        (0..REPLICAS).map(|i| self.replica_key(i)).collect()
+    }
+
+    /// Which replica `key` is for this name, if it is one of its replica keys: holders accept a
+    /// claim only under one of its own name's keys.
+    pub fn replica_of(&self, key: &[u8]) -> Option<usize> {
+        (0..REPLICAS).find(|i| self.replica_key(*i) == key)
     }
 }
 

@@ -1,10 +1,21 @@
 //! Choosing among answers, and the holders' first-come-first-served rule.
 //!
 //! Kademlia validates nothing on GET, so a resolver receives whatever each holder chose to return.
-//! Honest holders refuse a claim for a name they already hold for another key, so the owner held
-//! by most of the closest holders wins; ties go to the earliest claim.
+//! Honest holders refuse a claim for a name they already hold for another key, so within one key
+//! the owner held by most of the holders that answered wins; ties go to the earliest claim
+//! ([`select`]).
+//!
+//! One key is not enough: peer ids are free, so an attacker can generate ids next to a name's key
+//! until its nodes are that key's closest holders, and they are the first to answer. A claim is
+//! therefore stored under [`crate::NAME_REPLICAS`] unrelated keys and [`decide`] combines them:
+//! per replica the [`select`] winner, then across replicas the owner that won a strict majority of
+//! all replicas. Owners that won some replica or were returned by some holder are reported as
+//! rivals; with no majority the name is contested and nobody is followed.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    cmp::{Ordering, Reverse},
+    collections::{HashMap, HashSet},
+};
 
 use libp2p::PeerId;
 
@@ -70,8 +81,140 @@ pub fn agreement(answers: &[Answer]) -> usize {
     select(answers).map_or(0, |s| s.holders)
 }
 
+/// Whether `a` is a newer version than `b` (same owner): higher `seq`, then later expiry, then
+/// the larger encoding, so that the pick never depends on the order answers arrived in.
 fn newer(a: &NameRecord, b: &NameRecord) -> bool {
-    (a.params().seq, a.params().expires_at_ms) > (b.params().seq, b.params().expires_at_ms)
+    (a.params().seq, a.params().expires_at_ms, a.to_bytes())
+        > (b.params().seq, b.params().expires_at_ms, b.to_bytes())
+}
+
+/// One owner's standing across the replica keys of a name.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// The owner's newest record seen at any replica.
+    pub record: NameRecord,
+    /// Replicas where this owner was the [`select`] winner.
+    pub replicas: usize,
+    /// Distinct holders that returned this owner, over all replicas.
+    pub holders: usize,
+}
+
+/// What [`decide`] concluded from the answers for every replica key of a name.
+// A verdict lives for one lookup and is matched at once; boxing the common case would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// One owner won a strict majority of the replicas, or no holder returned any other owner.
+    Owner {
+        /// The winner's newest record, its distinct holders over all replicas, and every other
+        /// owner seen with its distinct holders (strongest first).
+        selected: Selected,
+        /// Replicas the winner won.
+        replicas: usize,
+    },
+    /// Several owners and none won a majority: following any of them could follow an attacker.
+    Contested {
+        /// Every owner seen, strongest first (most replicas won, then most holders, then the
+        /// earliest claim, then the lowest peer id).
+        contestants: Vec<Standing>,
+    },
+}
+
+impl Verdict {
+    /// Whether any holder returned an owner other than the winner. A resolver that stopped each
+    /// walk early asks again without stopping early when this is true, so the attacker's nodes
+    /// answering first cannot decide a disputed name.
+    pub fn disputed(&self) -> bool {
+        match self {
+            Verdict::Owner { selected, .. } => !selected.rivals.is_empty(),
+            Verdict::Contested { .. } => true,
+        }
+    }
+}
+
+/// Combines the answers for each replica key of a name (`replicas[i]` holds replica `i`'s answers,
+/// in any order; replicas nobody answered for may be empty or missing) into one verdict.
+///
+/// `total` is how many replicas the name has ([`crate::NAME_REPLICAS`]). Per replica the
+/// [`select`] winner counts as that replica's vote. An owner wins if it won more than half of
+/// `total` (not of the replicas that answered, so silencing honest replicas does not help an
+/// attacker), or if it is the only owner any holder returned (nothing contests it). Otherwise the
+/// name is [`Verdict::Contested`]. `None` when no replica had a valid answer.
+///
+/// The result depends only on the sets of answers, never on their order.
+pub fn decide(replicas: &[Vec<Answer>], total: usize) -> Option<Verdict> {
+    let total = total.max(replicas.len());
+    struct Tally<'a> {
+        record: &'a NameRecord,
+        replicas: usize,
+        holders: HashSet<Option<PeerId>>,
+    }
+    let mut tallies: HashMap<PeerId, Tally<'_>> = HashMap::new();
+    for answer in replicas.iter().flatten() {
+        let tally = tallies
+            .entry(answer.record.peer_id())
+            .or_insert_with(|| Tally {
+                record: &answer.record,
+                replicas: 0,
+                holders: HashSet::new(),
+            });
+        tally.holders.insert(answer.holder);
+        if newer(&answer.record, tally.record) {
+            tally.record = &answer.record;
+        }
+    }
+    for replica in replicas {
+        if let Some(winner) = select(replica)
+            && let Some(tally) = tallies.get_mut(&winner.record.peer_id())
+        {
+            tally.replicas += 1;
+        }
+    }
+    let mut standings: Vec<Standing> = tallies
+        .into_values()
+        .map(|t| Standing {
+            record: t.record.clone(),
+            replicas: t.replicas,
+            holders: t.holders.len(),
+        })
+        .collect();
+    standings.sort_by(stronger);
+    let first = standings.first()?;
+    if standings.len() > 1 && first.replicas * 2 <= total {
+        return Some(Verdict::Contested {
+            contestants: standings,
+        });
+    }
+    let replicas_won = first.replicas;
+    let mut rest = standings.into_iter();
+    let winner = rest.next()?;
+    let rivals = rest.map(|s| (s.record.peer_id(), s.holders)).collect();
+    Some(Verdict::Owner {
+        selected: Selected {
+            record: winner.record,
+            holders: winner.holders,
+            rivals,
+        },
+        replicas: replicas_won,
+    })
+}
+
+/// Orders standings strongest first: most replicas won, most holders, earliest claim, lowest peer
+/// id (a total order, so every resolver ranks the same answers the same way).
+fn stronger(a: &Standing, b: &Standing) -> Ordering {
+    (
+        Reverse(a.replicas),
+        Reverse(a.holders),
+        a.record.params().created_at_ms,
+        a.record.peer_id().to_bytes(),
+    )
+        .cmp(&(
+            Reverse(b.replicas),
+            Reverse(b.holders),
+            b.record.params().created_at_ms,
+            b.record.peer_id().to_bytes(),
+        ))
 }
 
 /// Why a holder refused to replace its stored claim.
@@ -107,120 +250,4 @@ pub fn holder_accepts(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::ops::ControlFlow;
-
-    use libp2p::identity::Keypair;
-
-    use super::*;
-    use crate::{ClaimParams, Name, pow};
-
-    const NOW: u64 = 1_800_000_000_000;
-
-    fn record(key: &Keypair, created: u64, seq: u64) -> NameRecord {
-        let name = Name::parse("alice").unwrap();
-        let peer = key.public().to_peer_id().to_bytes();
-        let nonce = pow::solve(name.as_str(), &peer, created, 4, |_| {
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-        NameRecord::sign(
-            key,
-            ClaimParams {
-                name,
-                created_at_ms: created,
-                seq,
-                expires_at_ms: NOW + 1000,
-                pow_nonce: nonce,
-                addrs: vec![],
-            },
-        )
-        .unwrap()
-    }
-
-    fn answer(holder: u8, record: &NameRecord) -> Answer {
-        let _ = holder;
-        Answer {
-            holder: Some(PeerId::random()),
-            record: record.clone(),
-        }
-    }
-
-    #[test]
-    fn the_owner_most_holders_return_wins() {
-        let honest = Keypair::generate_ed25519();
-        let thief = Keypair::generate_ed25519();
-        // The thief claims earlier, but only one holder serves it.
-        let h = record(&honest, NOW - 10, 1);
-        let t = record(&thief, NOW - 100, 1);
-        let answers = vec![answer(1, &h), answer(2, &h), answer(3, &t), answer(4, &h)];
-        let s = select(&answers).unwrap();
-        assert_eq!(s.record.peer_id(), honest.public().to_peer_id());
-        assert_eq!(s.holders, 3);
-        assert_eq!(s.rivals, vec![(thief.public().to_peer_id(), 1)]);
-    }
-
-    #[test]
-    fn ties_go_to_the_earliest_claim() {
-        let early = Keypair::generate_ed25519();
-        let late = Keypair::generate_ed25519();
-        let e = record(&early, NOW - 100, 1);
-        let l = record(&late, NOW - 10, 1);
-        let s = select(&[answer(1, &l), answer(2, &e)]).unwrap();
-        assert_eq!(s.record.peer_id(), early.public().to_peer_id());
-    }
-
-    #[test]
-    fn the_same_holder_counts_once_and_the_newest_seq_is_returned() {
-        let owner = Keypair::generate_ed25519();
-        let other = Keypair::generate_ed25519();
-        let v1 = record(&owner, NOW - 10, 1);
-        let v2 = record(&owner, NOW - 10, 2);
-        let holder = Some(PeerId::random());
-        let answers = vec![
-            Answer {
-                holder,
-                record: v1.clone(),
-            },
-            Answer {
-                holder,
-                record: v2.clone(),
-            },
-            answer(9, &record(&other, NOW - 5, 1)),
-            answer(8, &record(&other, NOW - 5, 1)),
-        ];
-        let s = select(&answers).unwrap();
-        // Two distinct holders for `other` beat one (repeated) holder for `owner`.
-        assert_eq!(s.record.peer_id(), other.public().to_peer_id());
-        let only_owner = &answers[..2];
-        let s = select(only_owner).unwrap();
-        assert_eq!(s.holders, 1);
-        assert_eq!(s.record.params().seq, 2);
-        assert_eq!(agreement(only_owner), 1);
-    }
-
-    #[test]
-    fn no_answers_no_owner() {
-        assert!(select(&[]).is_none());
-        assert_eq!(agreement(&[]), 0);
-    }
-
-    #[test]
-    fn holders_serve_first_come_first_served() {
-        let owner = Keypair::generate_ed25519();
-        let thief = Keypair::generate_ed25519();
-        let v1 = record(&owner, NOW - 10, 1);
-        let v2 = record(&owner, NOW - 10, 2);
-        let t = record(&thief, NOW - 1000, 5);
-        assert_eq!(holder_accepts(None, &v1, NOW), Ok(()));
-        assert_eq!(holder_accepts(Some(&v1), &v2, NOW), Ok(()));
-        assert_eq!(holder_accepts(Some(&v1), &v1, NOW), Ok(()));
-        assert_eq!(holder_accepts(Some(&v2), &v1, NOW), Err(Refusal::Stale));
-        assert_eq!(
-            holder_accepts(Some(&v1), &t, NOW),
-            Err(Refusal::HeldByAnother)
-        );
-        // Once the owner's claim has expired, anyone may claim the name.
-        assert_eq!(holder_accepts(Some(&v1), &t, NOW + 2000), Ok(()));
-    }
-}
+mod tests;

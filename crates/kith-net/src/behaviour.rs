@@ -11,7 +11,10 @@ use libp2p::{
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
 };
 
-use crate::{Config, DhtMode, IDENTIFY_PROTOCOL, NetError};
+use crate::{
+    Config, DhtMode, IDENTIFY_PROTOCOL, NetError,
+    autonat_server::{self, LimitedServer},
+};
 
 /// Largest gossipsub message; group envelopes are capped below this by the service.
 const GOSSIP_MAX_TRANSMIT: usize = 256 * 1024;
@@ -29,10 +32,11 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     /// Relay mode only: circuit relay v2 server.
     pub(crate) relay_server: Toggle<relay::Behaviour>,
-    /// Personal nodes: asks AutoNAT servers whether our addresses are reachable.
+    /// Personal nodes: asks AutoNAT servers (any kith peer) whether our addresses are reachable.
     pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
-    /// Relay mode only: answers other nodes' AutoNAT probes.
-    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Every node: answers other nodes' AutoNAT probes, rate-limited, so peers that can reach each
+    /// other confirm each other's addresses without a public server.
+    pub(crate) autonat_server: crate::autonat_server::LimitedServer,
     /// Exchanges listen addresses and protocols; feeds the routing table.
     pub(crate) identify: identify::Behaviour,
     /// Liveness and RTT.
@@ -137,13 +141,17 @@ impl Behaviour {
         let (relay_server, autonat_server, autonat_client) = if config.relay_server {
             (
                 Toggle::from(Some(relay_server(peer_id, &config.relay_limits))),
-                Toggle::from(Some(autonat::v2::server::Behaviour::default())),
+                // A community relay probes for many clients.
+                LimitedServer::new(autonat_server::Limits {
+                    global_per_minute: 600,
+                    ..Default::default()
+                }),
                 Toggle::from(None),
             )
         } else {
             (
                 Toggle::from(None),
-                Toggle::from(None),
+                LimitedServer::new(autonat_server::Limits::default()),
                 Toggle::from(Some(autonat::v2::client::Behaviour::default())),
             )
         };

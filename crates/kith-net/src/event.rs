@@ -121,6 +121,15 @@ pub enum Event {
         /// The relay.
         relay: PeerId,
     },
+    /// A bootstrap peer identified as a kith relay (relay HOP and `/kith/mailbox/1.0.0`), or a
+    /// known relay came back at another address. Sent on every identify of such a peer; the
+    /// service keeps its mailbox list by peer id.
+    RelayFound {
+        /// The relay.
+        relay: PeerId,
+        /// Where we reach it now, with `/p2p/<relay>`.
+        addr: Multiaddr,
+    },
     /// Kademlia switched between client and server.
     DhtModeChanged {
         /// True when we now answer queries.

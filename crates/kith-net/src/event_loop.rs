@@ -15,7 +15,10 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, gossipsub, identify, kad,
     kad::store::RecordStore,
     mdns, noise, request_response,
-    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+    swarm::{
+        ConnectionId, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
     tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +32,7 @@ use crate::{
     event::mode_is_server,
     listen,
     metrics::Kind,
+    scope::{self, Scope},
 };
 
 type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
@@ -72,6 +76,28 @@ pub struct EventLoop {
     served: Option<RelayServed>,
     /// Relay without `--external-addr`: its listen addresses are taken as public.
     listen_is_external: bool,
+    /// Peers we dialed so that they could test our addresses (see `probe_dial`).
+    probed: HashSet<PeerId>,
+    /// Peers from the bootstrap list (by `/p2p` id, or learnt when an entry without one
+    /// connected). One that identifies as a kith relay is used as relay and mailbox.
+    bootstrap_peers: HashSet<PeerId>,
+}
+
+/// What a circuit relay v2 server announces.
+const RELAY_HOP: StreamProtocol = StreamProtocol::new("/libp2p/circuit/relay/0.2.0/hop");
+
+/// How long a dial (connect and handshake) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// At most this many extra connections are opened for AutoNAT probes over a node's lifetime.
+const MAX_PROBE_DIALS: usize = 8;
+
+/// The protocol AutoNAT v2 servers announce (libp2p keeps its constant private).
+const AUTONAT_DIAL_REQUEST: StreamProtocol = StreamProtocol::new("/libp2p/autonat/2/dial-request");
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
 }
 
 struct PeerState {
@@ -111,6 +137,11 @@ pub(crate) fn build(
         })
         .map_err(|e| NetError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        // Below the 10 s in which libp2p's AutoNAT v2 server must answer: with the default 10 s a
+        // dial-back into a NAT that silently drops never fails in time, the server's handler
+        // times out instead, and the client never learns it is private (so the relay policy
+        // never kicks in).
+        .with_connection_timeout(DIAL_TIMEOUT)
         .build();
 
     let listen_addrs = if config.listen.is_empty() {
@@ -216,6 +247,12 @@ pub(crate) fn build(
         reserved_on: HashSet::new(),
         served: config.relay_server.then(RelayServed::default),
         listen_is_external: config.relay_server && config.external_addrs.is_empty(),
+        probed: HashSet::new(),
+        bootstrap_peers: config
+            .bootstrap
+            .iter()
+            .filter_map(|a| listen::split_peer_id(a).map(|(peer, _)| peer))
+            .collect(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
         event_loop.listen_via_relays();
@@ -480,7 +517,9 @@ impl EventLoop {
                 ..
             } => {
                 self.metrics.connection_established();
-                self.bootstrap_dials.remove(&connection_id);
+                if self.bootstrap_dials.remove(&connection_id).is_some() {
+                    self.bootstrap_peers.insert(peer_id);
+                }
                 let inbound = endpoint.is_listener();
                 let addr = endpoint.get_remote_address().clone();
                 let first = match self.peers.entry(peer_id) {
@@ -591,6 +630,21 @@ impl EventLoop {
                 result,
                 ..
             }) => {
+                if scope::addr_scope(&tested_addr).is_some_and(|s| s != Scope::Global) {
+                    // A LAN or loopback address: confirmed or not, it says nothing about whether
+                    // the internet reaches us, which is what the relay policy needs to know. A
+                    // success still confirms the address (the swarm did that), so peers on the
+                    // same network see us as a DHT server.
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(%server, %tested_addr, "reachable on the local network")
+                        }
+                        Err(e) => {
+                            tracing::debug!(%server, %tested_addr, error = %e, "AutoNAT probe of a local address failed")
+                        }
+                    }
+                    return;
+                }
                 let status = match result {
                     Ok(()) => NatStatus::Public { addr: tested_addr },
                     Err(e) => {
@@ -854,12 +908,39 @@ impl EventLoop {
             self.metrics.peer_not_kith();
             tracing::debug!(%peer_id, version = %info.protocol_version, "peer does not speak kith; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer_id);
-        } else if dht {
-            for addr in &info.listen_addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, addr.clone());
+        } else {
+            let from = self.peer_scope(&peer_id);
+            if dht {
+                // Only addresses we can expect to dial (see `scope`): an internet peer never
+                // enters the table with its LAN addresses.
+                for addr in &info.listen_addrs {
+                    if scope::reachable_from(addr, from) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    } else {
+                        tracing::trace!(%peer_id, %addr, "not adding an address we cannot reach to the DHT");
+                    }
+                }
+            }
+            if self.bootstrap_peers.contains(&peer_id)
+                && info.protocols.contains(&RELAY_HOP)
+                && info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == crate::dm::MAILBOX_PROTOCOL)
+            {
+                self.on_relay_identified(peer_id);
+            }
+            if info.protocols.contains(&AUTONAT_DIAL_REQUEST) {
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| scope::reachable_from(a, from) && !is_circuit(a))
+                    .cloned()
+                    .collect();
+                self.probe_dial(peer_id, addrs);
             }
         }
         self.emit(Event::PeerIdentified {
@@ -868,6 +949,105 @@ impl EventLoop {
             listen_addrs: info.listen_addrs,
             kith,
         });
+    }
+
+    /// A bootstrap peer identified as a kith relay (HOP and `/kith/mailbox`): use it as relay and
+    /// mailbox, remembered by peer id with the address we reach it at now. A relay we knew at
+    /// another address (it restarted elsewhere) gets its entry replaced and is listened through
+    /// again. The service hears of it as [`Event::RelayFound`] and registers its mailbox there.
+    fn on_relay_identified(&mut self, relay: PeerId) {
+        if self.served.is_some() {
+            return; // A relay does not use other relays.
+        }
+        let Some(addr) = self.peers.get(&relay).and_then(|state| {
+            state
+                .connections
+                .values()
+                .filter(|(addr, inbound)| !inbound && !is_circuit(addr))
+                .map(|(addr, _)| addr.clone())
+                .next()
+        }) else {
+            return; // Only an address we dialed is known to work for dialing.
+        };
+        let addr = match listen::split_peer_id(&addr) {
+            Some(_) => addr,
+            None => addr.with(libp2p::multiaddr::Protocol::P2p(relay)),
+        };
+        let known = self
+            .relays
+            .iter()
+            .position(|r| listen::split_peer_id(r).is_some_and(|(id, _)| id == relay));
+        match known {
+            Some(i) if self.relays[i] == addr => {}
+            Some(i) => {
+                tracing::info!(%relay, old = %self.relays[i], new = %addr, "relay is back at another address");
+                self.relays[i] = addr.clone();
+                let stale: Vec<_> = self
+                    .relay_listeners
+                    .iter()
+                    .filter(|(_, id)| **id == relay)
+                    .map(|(listener, _)| *listener)
+                    .collect();
+                for listener in stale {
+                    self.relay_listeners.remove(&listener);
+                    self.swarm.remove_listener(listener);
+                }
+            }
+            None => {
+                tracing::info!(%relay, %addr, "bootstrap peer is a kith relay: using it as relay and mailbox");
+                self.relays.push(addr.clone());
+            }
+        }
+        if self.relay_listening {
+            self.listen_via(relay);
+        }
+        self.emit(Event::RelayFound { relay, addr });
+    }
+
+    /// The most local scope among our connections to `peer` (global if none).
+    fn peer_scope(&self, peer: &PeerId) -> Scope {
+        self.peers
+            .get(peer)
+            .and_then(|state| {
+                state
+                    .connections
+                    .values()
+                    .map(|(addr, _)| scope::addr_scope(addr).unwrap_or(Scope::Global))
+                    .min()
+            })
+            .unwrap_or(Scope::Global)
+    }
+
+    /// AutoNAT clients only ask peers they dialed (an inbound connection carries the dial-back
+    /// handler, not the dial-request one). A node that others dialed first (the first member of a
+    /// group, one side of an mDNS pair) would never get its address tested, so while no direct
+    /// address of ours is confirmed we open one outbound connection to each of a few peers that
+    /// serve AutoNAT. It idles out after the probe.
+    fn probe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !self.swarm.behaviour().autonat_client.is_enabled()
+            || addrs.is_empty()
+            || self.probed.len() >= MAX_PROBE_DIALS
+            || self.probed.contains(&peer)
+            || self.swarm.external_addresses().any(|a| !is_circuit(a))
+        {
+            return;
+        }
+        let has_outbound = self
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.connections.values().any(|(_, inbound)| !inbound));
+        if has_outbound {
+            return;
+        }
+        self.probed.insert(peer);
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs)
+            .build();
+        tracing::debug!(%peer, "dialing an AutoNAT server back so it can test our addresses");
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "AutoNAT probe dial failed");
+        }
     }
 
     fn handle_kad_event(&mut self, event: kad::Event) {

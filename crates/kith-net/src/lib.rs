@@ -18,6 +18,7 @@
 //! The loop never awaits anything but its `select!`: events go out with `try_send` and a full
 //! channel is counted as a drop, so a slow consumer can never stall the network.
 
+mod autonat_server;
 mod behaviour;
 mod client;
 mod config;
@@ -28,6 +29,7 @@ mod event_loop;
 mod listen;
 mod metrics;
 mod records;
+mod scope;
 
 pub use client::Client;
 pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};

@@ -40,19 +40,23 @@ pub enum ServiceError {
     /// Nobody holds a claim for the name (after a real DHT lookup).
     #[error("no one has claimed '{0}'")]
     NameNotFound(String),
-    /// The name now resolves to another key than the one pinned the first time.
-    #[error(
-        "name '{name}' is now held by another key ({found}) than the one you know ({pinned}, since {pinned_since}); use a petname or verify their fingerprint before trusting it"
-    )]
+    /// The name now resolves to another key than the one pinned the first time, or the DHT's
+    /// replica keys disagree on its owner and none has a majority (`contested`). Either way nothing
+    /// is followed: an attacker whose nodes surround some of a name's keys gets at most this.
+    #[error("{}", conflict_message(name, pinned, pinned_since, found, *contested))]
     NameConflict {
         /// The name.
         name: String,
-        /// The key it was pinned to.
+        /// The key it was pinned to; for a contested name never pinned here, the strongest
+        /// claimant (most replicas won, then most holders, then the earliest claim).
         pinned: PeerId,
-        /// When the pinned owner claimed it (RFC 3339).
+        /// When that owner claimed it (RFC 3339).
         pinned_since: String,
-        /// The key the DHT returns now.
+        /// The other key: the one the DHT returns now, or the next strongest claimant.
         found: PeerId,
+        /// True when no owner won a majority of the name's replica keys (nothing was pinned);
+        /// false when a clear owner differs from the pinned key.
+        contested: bool,
     },
     /// This node does not own the name.
     #[error("this node does not own the name '{0}'")]
@@ -112,6 +116,25 @@ pub enum ServiceError {
     /// A background job (proof of work) failed to run.
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+/// The text of [`ServiceError::NameConflict`]: both keys, and what to do.
+fn conflict_message(
+    name: &str,
+    pinned: &PeerId,
+    pinned_since: &str,
+    found: &PeerId,
+    contested: bool,
+) -> String {
+    if contested {
+        format!(
+            "name '{name}' is contested: the DHT holders of its replica keys disagree between {pinned} (claimed {pinned_since}) and {found}, and neither has a majority, so neither is followed; ask the person for an invite link or verify their fingerprint"
+        )
+    } else {
+        format!(
+            "name '{name}' is now held by another key ({found}) than the one you know ({pinned}, since {pinned_since}); use a petname or verify their fingerprint before trusting it"
+        )
+    }
 }
 
 /// Formats unix ms as RFC 3339 (UTC, seconds) for messages.

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! - [`Node::start`]: spawns the network loop and the service task.
-//! - [`Node::status`], [`Node::peers`], [`Node::metrics_text`]: what the API serves.
+//! - [`Node::status`], [`Node::peers`], [`Node::metrics_text`], [`Node::checkup`]: what the API serves.
 //! - names: [`Node::register_name`], [`Node::resolve_name`], contacts, invites, safety numbers.
 //! - [`Node::request_shutdown`] / [`Node::shutdown`]: orderly stop (network closed, store flushed).
 
@@ -22,6 +22,7 @@
 mod dm;
 mod error;
 mod groups;
+mod health;
 mod mailbox;
 mod names;
 mod node;
@@ -33,6 +34,7 @@ pub use groups::{
     GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
     ROTATE_EVERY, topic as group_topic,
 };
+pub use health::{Checkup, MailboxHealth, Publication};
 pub use kith_crypto::PickleKey;
 pub use kith_store::{GroupId, GroupMessage};
 pub use kith_store::{MailboxStats, Quota};

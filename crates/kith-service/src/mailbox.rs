@@ -240,9 +240,56 @@ impl Node {
         result.unwrap_or_else(|e| response(S::MailboxRejected, &format!("relay error: {e}")))
     }
 
-    /// The relays this node keeps a mailbox at.
-    pub(crate) fn mailbox_relays(&self) -> &[Multiaddr] {
-        &self.inner.options.mailbox_relays
+    /// The relays this node keeps a mailbox at: those configured with `relay = true`, plus
+    /// bootstrap peers that identified as kith relays; one entry per relay peer id.
+    pub(crate) fn mailbox_relays(&self) -> Vec<Multiaddr> {
+        match self.inner.mailbox_relays.lock() {
+            Ok(list) => list.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A bootstrap peer identified as a kith relay (or a known one came back elsewhere): keep
+    /// our mailbox there. When the list changed, sync at once (registers there) and re-publish
+    /// the mailbox pointer so senders find the new relay set.
+    pub(crate) fn on_relay_found(&self, relay: PeerId, addr: Multiaddr) {
+        if self.inner.options.mailbox_server.is_some() {
+            return; // A relay keeps no mailbox elsewhere.
+        }
+        let changed = {
+            let mut list = match self.inner.mailbox_relays.lock() {
+                Ok(list) => list,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match list.iter().position(|r| relay_id(r) == Some(relay)) {
+                Some(i) if list[i] == addr => false,
+                Some(i) => {
+                    list[i] = addr;
+                    true
+                }
+                None => {
+                    list.push(addr);
+                    true
+                }
+            }
+        };
+        if !changed {
+            return;
+        }
+        tracing::info!(%relay, "mailbox relays changed; registering and re-publishing the pointer");
+        self.inner.mailbox_wake.notify_one();
+        let node = self.clone();
+        tokio::spawn(async move {
+            match node.publish_mailbox_pointer().await {
+                Ok(published) => {
+                    node.health(|h| h.mailbox_pointer.record(Ok(published)));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not re-publish the mailbox pointer");
+                    node.health(|h| h.mailbox_pointer.record(Err(e.to_string())));
+                }
+            }
+        });
     }
 
     /// Publishes where our mail waits (signed pointer in the DHT).
@@ -460,12 +507,23 @@ pub(crate) async fn mailbox_loop(inner: std::sync::Weak<crate::node::Inner>, eve
             return;
         };
         let node = Node { inner: strong };
-        for relay in node.mailbox_relays().to_vec() {
-            match node.sync_mailbox(&relay).await {
+        for relay in node.mailbox_relays() {
+            let result = node.sync_mailbox(&relay).await;
+            match &result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(%relay, messages = n, "fetched mail held while offline"),
                 Err(e) => tracing::debug!(%relay, error = %e, "mailbox sync failed"),
             }
+            node.health(|h| {
+                let state = h.mailboxes.entry(relay.to_string()).or_default();
+                match result {
+                    Ok(_) => {
+                        state.last_sync = Some(std::time::SystemTime::now());
+                        state.last_error = None;
+                    }
+                    Err(e) => state.last_error = Some(e.to_string()),
+                }
+            });
         }
         if let Some(config) = &node.inner.options.mailbox_server {
             let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);

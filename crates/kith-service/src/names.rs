@@ -11,8 +11,8 @@ use std::{
 };
 
 use kith_core::{
-    ClaimParams, Invite, Name, NameRecord, NameRules, pow,
-    select::{self, Answer},
+    ClaimParams, Invite, NAME_REPLICAS, Name, NameRecord, NameRules, pow,
+    select::{self, Answer, Verdict},
 };
 use kith_net::{RecordValidator, Validated};
 use kith_store::{Contact, Pin};
@@ -58,9 +58,9 @@ impl RecordValidator for NameValidator {
             });
         }
         let record = NameRecord::verify(value, &self.rules, now_ms()).map_err(|e| e.to_string())?;
-        if record.name().dht_key() != key {
+        if record.name().replica_of(key).is_none() {
             return Err(format!(
-                "record for '{}' stored under another name's key",
+                "record for '{}' stored under a key that is not one of its replica keys",
                 record.name()
             ));
         }
@@ -131,9 +131,12 @@ pub struct Resolution {
     pub pinned_at_ms: u64,
     /// True when this resolution created the pin.
     pub newly_pinned: bool,
-    /// Distinct holders that returned this owner.
+    /// Distinct holders that returned this owner, over all replica keys.
     pub holders: usize,
-    /// Other owners some holders returned (ignored; a sign of an attack or a stale holder).
+    /// Replica keys (of [`NAME_REPLICAS`]) where this owner was the answer most holders gave.
+    pub replicas: usize,
+    /// Other owners some holders returned, with their distinct holders (ignored; a sign of an
+    /// attack or a stale holder).
     pub rivals: Vec<(PeerId, usize)>,
 }
 
@@ -178,21 +181,40 @@ impl Node {
             Some(bytes) => NameRecord::verify_own(&bytes, &rules).ok(),
             None => None,
         };
-        let current = match self.lookup(&name).await {
-            Ok(selected) => selected,
+        let verdict = match self.lookup(&name).await {
+            Ok(verdict) => verdict,
             // Alone on the network: nobody to ask, nobody to conflict with yet.
             Err(ServiceError::Request(kith_net::RequestError::NoKnownPeers)) => None,
             Err(e) => return Err(e),
         };
-        if let Some(current) = &current
-            && current.record.peer_id() != me
-        {
-            return Err(ServiceError::NameTaken {
-                name: name.to_string(),
-                holder: current.record.peer_id(),
-                since: rfc3339(current.record.params().created_at_ms),
-            });
-        }
+        let current = match verdict {
+            None => None,
+            Some(Verdict::Owner { selected, .. }) if selected.record.peer_id() == me => {
+                Some(selected)
+            }
+            Some(Verdict::Owner { selected, .. }) => {
+                return Err(ServiceError::NameTaken {
+                    name: name.to_string(),
+                    holder: selected.record.peer_id(),
+                    since: rfc3339(selected.record.params().created_at_ms),
+                });
+            }
+            // Someone else claims it at some replicas: not free to take, even if we are one of
+            // the claimants (renewing our own claim goes through `own` below).
+            Some(Verdict::Contested { contestants }) => {
+                let other = contestants.iter().find(|c| c.record.peer_id() != me);
+                if let Some(other) = other
+                    && own.is_none()
+                {
+                    return Err(ServiceError::NameTaken {
+                        name: name.to_string(),
+                        holder: other.record.peer_id(),
+                        since: rfc3339(other.record.params().created_at_ms),
+                    });
+                }
+                None
+            }
+        };
         let previous_seq = own
             .iter()
             .chain(current.iter().map(|c| &c.record))
@@ -295,48 +317,97 @@ impl Node {
             .collect()
     }
 
-    /// Puts a record into the DHT; returns whether any peer took it.
+    /// Puts a record into the DHT under every replica key of its name, all at once; returns
+    /// whether any peer took it at any replica.
     async fn publish(&self, record: &NameRecord) -> bool {
         let expires = UNIX_EPOCH + Duration::from_millis(record.params().expires_at_ms);
-        match self
-            .net()
-            .put_record(
-                record.name().dht_key(),
-                record.to_bytes().to_vec(),
-                Some(expires),
-            )
-            .await
-        {
-            Ok(()) => true,
+        let puts = record.name().replica_keys().into_iter().map(|key| {
+            self.net()
+                .put_record(key, record.to_bytes().to_vec(), Some(expires))
+        });
+        let results = futures::future::join_all(puts).await;
+        let taken = results.iter().filter(|r| r.is_ok()).count();
+        if taken < results.len() {
+            let error = results.into_iter().find_map(Result::err);
+            tracing::info!(
+                name = %record.name(),
+                taken,
+                replicas = NAME_REPLICAS,
+                error = ?error,
+                "name stored locally; replicas nobody took are published again with the next re-publish"
+            );
+        }
+        taken > 0
+    }
+
+    /// Asks the DHT who holds `name`: every replica key at once, each walk stopping once
+    /// `resolve_quorum` holders agree, then [`select::decide`] across replicas. When any holder
+    /// returned another owner, every replica is asked again with no early stop, so the nodes
+    /// closest to a key (which answer first, and which an attacker can place there by generating
+    /// ids) cannot decide a disputed name on their own.
+    async fn lookup(&self, name: &Name) -> Result<Option<Verdict>, ServiceError> {
+        let quorum = self.inner.options.resolve_quorum;
+        let fast = select::decide(&self.ask_replicas(name, quorum).await?, NAME_REPLICAS);
+        if !fast.as_ref().is_some_and(Verdict::disputed) || quorum == usize::MAX {
+            return Ok(fast);
+        }
+        tracing::info!(%name, "holders disagree on the owner; asking every replica without stopping early");
+        match self.ask_replicas(name, usize::MAX).await {
+            Ok(full) => Ok(select::decide(&full, NAME_REPLICAS).or(fast)),
             Err(e) => {
-                tracing::info!(name = %record.name(), error = %e, "name stored locally; will publish when peers are known");
-                false
+                tracing::info!(%name, error = %e, "the full lookup failed; deciding on the first answers");
+                Ok(fast)
             }
         }
     }
 
-    /// Asks the DHT who holds `name`, validating every answer.
-    async fn lookup(&self, name: &Name) -> Result<Option<select::Selected>, ServiceError> {
-        let result = self
-            .net()
-            .get_record(name.dht_key(), self.inner.options.resolve_quorum)
-            .await?;
+    /// One GET per replica key of `name`, concurrently; the valid answers per replica (a replica
+    /// whose GET failed has none). Fails only if every GET failed.
+    async fn ask_replicas(
+        &self,
+        name: &Name,
+        quorum: usize,
+    ) -> Result<Vec<Vec<Answer>>, ServiceError> {
+        let gets = name
+            .replica_keys()
+            .into_iter()
+            .map(|key| self.net().get_record(key, quorum));
+        let results = futures::future::join_all(gets).await;
         let rules = self.name_rules();
         let now = now_ms();
-        let answers: Vec<Answer> = result
-            .answers
-            .into_iter()
-            .filter_map(|a| {
-                NameRecord::verify(&a.value, rules, now)
-                    .ok()
-                    .filter(|r| r.name() == name)
-                    .map(|record| Answer {
-                        holder: a.holder,
-                        record,
+        let mut replicas = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        let mut answered = false;
+        for result in results {
+            let answers = match result {
+                Ok(result) => {
+                    answered = true;
+                    result.answers
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    Vec::new()
+                }
+            };
+            replicas.push(
+                answers
+                    .into_iter()
+                    .filter_map(|a| {
+                        NameRecord::verify(&a.value, rules, now)
+                            .ok()
+                            .filter(|r| r.name() == name)
+                            .map(|record| Answer {
+                                holder: a.holder,
+                                record,
+                            })
                     })
-            })
-            .collect();
-        Ok(select::select(&answers))
+                    .collect(),
+            );
+        }
+        match first_error {
+            Some(e) if !answered => Err(e.into()),
+            _ => Ok(replicas),
+        }
     }
 
     /// Resolves a name to its owner through the DHT, and pins the first answer.
@@ -345,8 +416,12 @@ impl Node {
     /// changed key silently.
     pub async fn resolve_name(&self, name: &str) -> Result<Resolution, ServiceError> {
         let name = Name::parse(name)?;
-        let Some(selected) = self.lookup(&name).await? else {
-            return Err(ServiceError::NameNotFound(name.to_string()));
+        let (selected, replicas) = match self.lookup(&name).await? {
+            None => return Err(ServiceError::NameNotFound(name.to_string())),
+            Some(Verdict::Owner { selected, replicas }) => (selected, replicas),
+            Some(Verdict::Contested { contestants }) => {
+                return Err(self.contested(&name, &contestants)?);
+            }
         };
         let found = selected.record.peer_id();
         let candidate = Pin {
@@ -370,6 +445,7 @@ impl Node {
                 pinned,
                 pinned_since: rfc3339(pin.claimed_at_ms),
                 found,
+                contested: false,
             });
         }
         let newly_pinned = pin.pinned_at_ms == candidate.pinned_at_ms;
@@ -388,7 +464,38 @@ impl Node {
             pinned_at_ms: pin.pinned_at_ms,
             newly_pinned,
             holders: selected.holders,
+            replicas,
             rivals: selected.rivals,
+        })
+    }
+
+    /// The conflict for a name no owner won a majority of replicas for: against our pin if we
+    /// have one, else between the two strongest claimants. Nothing is pinned.
+    fn contested(
+        &self,
+        name: &Name,
+        contestants: &[select::Standing],
+    ) -> Result<ServiceError, ServiceError> {
+        let pin = self.store().names().pin(name.as_str())?;
+        let (pinned, pinned_since) = match &pin {
+            Some(pin) => (peer_from_bytes(&pin.peer_id)?, pin.claimed_at_ms),
+            None => match contestants.first() {
+                Some(c) => (c.record.peer_id(), c.record.params().created_at_ms),
+                None => return Ok(ServiceError::NameNotFound(name.to_string())),
+            },
+        };
+        let found = contestants
+            .iter()
+            .map(|c| c.record.peer_id())
+            .find(|p| *p != pinned)
+            .unwrap_or(pinned);
+        tracing::warn!(%name, %pinned, %found, "name contested: no owner holds a majority of its replica keys");
+        Ok(ServiceError::NameConflict {
+            name: name.to_string(),
+            pinned,
+            pinned_since: rfc3339(pinned_since),
+            found,
+            contested: true,
         })
     }
 
@@ -534,6 +641,7 @@ impl Node {
                     pinned: peer_from_bytes(&pin.peer_id)?,
                     pinned_since: rfc3339(pin.claimed_at_ms),
                     found: invite.peer_id,
+                    contested: false,
                 });
             }
         }

@@ -91,6 +91,10 @@ pub(crate) struct Inner {
     started: Instant,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Publication and mailbox outcomes for `kith doctor`.
+    pub(crate) health: std::sync::Mutex<crate::health::Health>,
+    /// Our mailbox relays (see `Node::mailbox_relays`); starts as `options.mailbox_relays`.
+    pub(crate) mailbox_relays: std::sync::Mutex<Vec<Multiaddr>>,
 }
 
 /// Everything `kith status` shows.
@@ -155,6 +159,7 @@ impl Node {
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
+        let options_relays = options.mailbox_relays.clone();
 
         let node = Node {
             inner: Arc::new(Inner {
@@ -171,6 +176,8 @@ impl Node {
                 started: Instant::now(),
                 shutdown_tx,
                 tasks: std::sync::Mutex::new(vec![net_task]),
+                health: std::sync::Mutex::new(crate::health::Health::default()),
+                mailbox_relays: std::sync::Mutex::new(options_relays),
             }),
         };
         let service_task = tokio::spawn(consume_events(events, Arc::downgrade(&node.inner)));
@@ -273,6 +280,40 @@ impl Node {
         })
     }
 
+    /// Everything `kith doctor` judges: the status, what we own and when we last published it,
+    /// and how our mailbox relays last answered.
+    pub async fn checkup(&self) -> Result<crate::health::Checkup, ServiceError> {
+        let status = self.status().await?;
+        let owned_names = self.store().names().list_own()?.len();
+        let health = self.health(|h| h.clone());
+        let mailboxes = self
+            .mailbox_relays()
+            .iter()
+            .map(|relay| {
+                let key = relay.to_string();
+                let state = health.mailboxes.get(&key).cloned().unwrap_or_default();
+                (key, state)
+            })
+            .collect();
+        Ok(crate::health::Checkup {
+            status,
+            owned_names,
+            names: health.names,
+            key_bundle: health.key_bundle,
+            mailbox_pointer: health.mailbox_pointer,
+            mailboxes,
+        })
+    }
+
+    /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
+    pub(crate) fn health<T>(&self, f: impl FnOnce(&mut crate::health::Health) -> T) -> T {
+        let mut guard = match self.inner.health.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
     /// Mailboxes this node hosts (relay role).
     pub fn mailbox_stats(&self) -> Result<kith_store::MailboxStats, ServiceError> {
         Ok(self.store().mailboxes().stats()?)
@@ -351,21 +392,35 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
         }
         let Some(inner) = inner.upgrade() else { return };
         let node = Node { inner };
-        match node.republish_names().await {
+        let names = node.republish_names().await;
+        match &names {
             Ok(0) => {}
             Ok(n) => tracing::debug!(published = n, "re-published owned names"),
             Err(e) => tracing::warn!(error = %e, "could not re-publish owned names"),
         }
-        let bundle_out = match node.refresh_key_bundle().await {
-            Ok(published) => published,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not publish the key bundle");
-                false
-            }
-        };
-        if let Err(e) = node.publish_mailbox_pointer().await {
+        let bundle = node.refresh_key_bundle().await;
+        if let Err(e) = &bundle {
+            tracing::warn!(error = %e, "could not publish the key bundle");
+        }
+        let bundle_out = matches!(bundle, Ok(true));
+        let pointer = node.publish_mailbox_pointer().await;
+        if let Err(e) = &pointer {
             tracing::warn!(error = %e, "could not publish the mailbox pointer");
         }
+        let owned = node.store().names().list_own().map_or(0, |l| l.len());
+        const NO_TAKER: &str = "no DHT peer took it";
+        node.health(|h| {
+            h.names.record(match names {
+                Ok(0) if owned > 0 => Err(NO_TAKER.to_owned()),
+                Ok(n) => Ok(n > 0),
+                Err(e) => Err(e.to_string()),
+            });
+            h.key_bundle.record(match bundle {
+                Ok(false) => Err(NO_TAKER.to_owned()),
+                other => other.map_err(|e| e.to_string()),
+            });
+            h.mailbox_pointer.record(pointer.map_err(|e| e.to_string()));
+        });
         runs += 1;
         // Nobody can send us a first message without the bundle: retry soon when no peer took
         // it, and publish once more shortly after start, when the routing table has grown and
@@ -502,6 +557,10 @@ async fn consume_events(
                 }
                 seen += 1;
                 result
+            }
+            Event::RelayFound { relay, addr } => {
+                node.on_relay_found(relay, addr);
+                Ok(())
             }
             Event::BootstrapUnreachable { addr, error } => {
                 tracing::warn!(%addr, %error, "bootstrap entry unreachable");

@@ -88,6 +88,7 @@ export const signOut = () => request('DELETE', '/v1/session');
 export const status = () => request('GET', '/v1/status');
 export const peers = () => request('GET', '/v1/peers');
 export const relay = () => request('GET', '/v1/relay');
+export const doctor = () => request('GET', '/v1/doctor');
 
 // --- names and contacts ----------------------------------------------------------------------
 

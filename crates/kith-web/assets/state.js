@@ -28,6 +28,7 @@ let state = {
   socket: 'connecting', // connecting | open | down
   me: '', // our peer id
   status: null, // GET /v1/status
+  doctor: null, // GET /v1/doctor: the checks `kith doctor` runs
   peers: [], // GET /v1/peers
   names: null, // our own names; null until known
   skipped: readSkip(), // the first-run screen was skipped
@@ -559,8 +560,13 @@ export const inviteQrUrl = api.inviteQrUrl;
 
 /** The node panel's data: status, connected peers, our names. */
 export async function loadNode() {
-  const [status, peers, names] = await Promise.all([api.status(), api.peers(), api.names()]);
-  set({ status, peers, names, me: status.peer_id });
+  const [status, peers, names, doctor] = await Promise.all([
+    api.status(),
+    api.peers(),
+    api.names(),
+    api.doctor(),
+  ]);
+  set({ status, peers, names, doctor, me: status.peer_id });
 }
 
 // --- contacts and trust ----------------------------------------------------------------------------

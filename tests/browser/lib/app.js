@@ -88,7 +88,7 @@ export async function sendMessage(page, text, { enter = false } = {}) {
   if (enter) await box.press('Enter');
   else await button(page, 'Send').click();
   // The box empties once the app took the message.
-  await poll(`the "Message" box to empty after sending ${JSON.stringify(text)}`, UI_TIMEOUT_MS, async () => (await box.inputValue()) === '');
+  await poll(`the "Message" box to empty after sending ${JSON.stringify(text)}`, UI_TIMEOUT_MS, async () => (await box.inputValue({ timeout: 1000 })) === '');
 }
 
 /** How many listitems of "Messages" contain `text`. */
@@ -116,7 +116,7 @@ export async function statusOf(item) {
     }
     // The most advanced status wins when several words appear (e.g. "Delivered" tooltip on "Read").
     return words.find((w) => found.has(w)) ?? null;
-  });
+  }, undefined, { timeout: 2000 });
 }
 
 /** Waits until the message item containing `text` shows status `want` (one of `want` if array). */
@@ -167,10 +167,11 @@ export async function inviteToGroup(page, who) {
   await shows(box, 'the invite form (textbox "Member")');
   await box.fill(who);
   await submit(page, /^(invite|add|send invite|send invitation)$/i);
-  // The form closes (or empties) once the node took the invitation.
+  // The form closes (or empties) once the node took the invitation. (Short timeouts inside the
+  // poll: a call on a dialog that just closed would otherwise wait Playwright's 30 s default.)
   await poll(`the invite form to close or empty after inviting ${who}`, ARRIVAL_TIMEOUT_MS, async () => {
     if (!(await box.isVisible())) return true;
-    return (await box.inputValue()) === '';
+    return (await box.inputValue({ timeout: 1000 })) === '';
   }, 300);
 }
 
@@ -179,7 +180,7 @@ export async function openNodePanel(page, peerId) {
   await navControl(page, /^node$/i).first().click();
   const field = page.getByRole('textbox', { name: 'Peer id', exact: true });
   await poll(`the node panel to show the peer id ${peerId}`, UI_TIMEOUT_MS, async () => {
-    for (const el of await field.all()) if ((await el.isVisible()) && (await el.inputValue()) === peerId) return true;
+    for (const el of await field.all()) if ((await el.isVisible()) && (await el.inputValue({ timeout: 1000 })) === peerId) return true;
     return false;
   });
 }

@@ -129,6 +129,15 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
 
   before(async () => {
     lab = new Lab('kith-browser-');
+    try {
+      await setUp();
+    } catch (e) {
+      lab.failed = true; // print the nodes' log tails at cleanup
+      throw e;
+    }
+  });
+
+  async function setUp() {
     A = await lab.start('a');
     B = await lab.start('b', { bootstrap: [A.tcpAddr()] });
     C = await lab.start('c', { bootstrap: [A.tcpAddr(), B.tcpAddr()] });
@@ -140,7 +149,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     pageB = await openSignedIn(phone, B);
     // A mark that only survives as long as the page is never reloaded: everything must come live.
     for (const page of [pageA, pageB]) await page.evaluate(() => (window.kithTestNoReload = true));
-  });
+  }
 
   after(async () => {
     for (const [who, page] of [['A', pageA], ['B', pageB]]) {
@@ -176,7 +185,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     const next = page.getByRole('button', { name: /^(continue|done)$/i });
     await poll(`the chat list screen (button "New chat") after registering ${name}`, UI_TIMEOUT_MS, async () => {
       if (await button(page, 'New chat').isVisible()) return true;
-      if (await next.first().isVisible()) await next.first().click();
+      if (await next.first().isVisible()) await next.first().click({ timeout: 2000 });
       return false;
     }, 300);
     const names = await rawRequest(node, { path: '/v1/names', headers: { Authorization: `Bearer ${node.token}` } });
@@ -446,6 +455,13 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
     }],
     ['node', async (page) => {
       await openNodePanel(page, page === pageA ? A.peerId : B.peerId);
+      // What `kith doctor` says, in the panel: the node check is OK and names its peer id.
+      const health = page.getByRole('list', { name: 'Health checks' });
+      await shows(
+        health.getByRole('listitem').filter({ hasText: page === pageA ? A.peerId : B.peerId }),
+        'the doctor\'s node check in the panel',
+        UI_TIMEOUT_MS,
+      );
       return page;
     }],
   ];

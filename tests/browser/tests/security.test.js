@@ -3,7 +3,7 @@
 // with valid credentials, malformed and oversized bodies → 400 / 413, all with JSON
 // {error, kind}. Positive controls beside each refusal show the refusal is for the stated reason.
 
-import { describe, it, before, after } from 'node:test';
+import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Lab,
@@ -41,6 +41,11 @@ describe('5. security of the local API and web app', { skip: skipReason() }, () 
     node = await lab.start('solo');
     bearer = { Authorization: `Bearer ${node.token}` };
     browser = await launchBrowser();
+  });
+
+  afterEach((t) => {
+    // Keep the node's log tail for the report when something failed (Node 20 has no t.passed).
+    if (t.passed === false) lab.failed = true;
   });
 
   after(async () => {

@@ -142,6 +142,14 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         missing: None,
     },
     Spec {
+        name: "resolve.sybil",
+        group: Group::Resolve,
+        unit: "fraction",
+        measures: "fraction of first resolutions that get the honest owner or a conflict, in a 50-node network where 20% are attacker nodes with ids ground next to the name's key",
+        baseline: "the single-key rule before replica keys (stop at 4 agreeing holders), same nodes",
+        missing: None,
+    },
+    Spec {
         name: "group.latency.10",
         group: Group::Chat,
         unit: "us",
@@ -284,6 +292,7 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
             (None, "dm.latency") => dm::run_latency(&settings.dm, false, bar),
             (None, "dm.latency.quic") => dm::run_latency(&settings.dm, true, bar),
             (None, "dm.throughput") => dm::run_throughput(&settings.dm, bar),
+            (None, "resolve.sybil") => resolve::run_sybil(&settings.resolve, bar),
             (None, name @ ("resolve.cold" | "resolve.warm")) => {
                 let all = resolve.get_or_insert_with(|| resolve::run(&settings.resolve, bar));
                 match all.iter().position(|s| s.name == name) {
@@ -354,6 +363,7 @@ mod tests {
             "dm.latency.quic",
             "resolve.cold",
             "resolve.warm",
+            "resolve.sybil",
             "group.latency.10",
             "group.latency.50",
             "history.open",

@@ -1,17 +1,30 @@
 //! `resolve.cold` and `resolve.warm`: name resolution in an in-process network of kith nodes,
-//! beside a raw Kademlia `get_record` of a value of the same size in a network of bare swarms of
+//! beside raw Kademlia `get_record`s of a value of the same size in a network of bare swarms of
 //! the same size and shape, measured in the same run.
 //!
 //! kith: node 0 registers a name (proof of work at the main network's difficulty, timed as
 //! `register_ms`), then other nodes resolve it: the first time is cold (nothing pinned), the second
-//! warm (pinned; kith still asks the DHT so a changed key is noticed). kith validates every answer
-//! and stops after 4 agreeing holders or the end of the walk; the raw baseline stops after 4
-//! records too, unvalidated.
+//! warm (pinned; kith still asks the DHT so a changed key is noticed). kith asks the name's five
+//! replica keys at once, validates every answer and stops each walk after 4 agreeing holders or
+//! its end; the raw baseline does the same five gets at once, each stopping after 4 records,
+//! unvalidated (the same number of answers).
+//!
+//! `resolve.sybil`: issue 14's attack. A fifth of the network are attacker nodes whose ids were
+//! generated to be closer to the name's first key than any honest node, holding the attacker's
+//! own valid, older claim under every replica key; they join through random honest nodes.
+//! After the honest owner registers, every honest node (and a few fresh nodes bootstrapping from
+//! an attacker node) resolves the name once; the figure is the fraction that got the honest owner
+//! or a conflict. The baseline is the rule before replica keys, in the same network and from the
+//! same nodes: one key, stop at 4 agreeing holders.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use indicatif::ProgressBar;
+use kith_core::{NAME_REPLICAS, Name, NameRecord, NameRules, select};
+use kith_net::{Keypair, PeerId};
+use kith_service::ServiceError;
+use libp2p::kad::KBucketKey;
 
 use crate::{
     cluster::{Cluster, Kind, NodeSettings, Rng},
@@ -30,6 +43,12 @@ pub(crate) struct Params {
     pub(crate) lookups: usize,
     /// Upper bound on waiting for routing tables to fill.
     pub(crate) populate_wait: Duration,
+    /// `resolve.sybil`: nodes in the network, attackers included.
+    pub(crate) sybil_nodes: usize,
+    /// `resolve.sybil`: attacker nodes (ground ids) among them.
+    pub(crate) sybils: usize,
+    /// `resolve.sybil`: fresh nodes that join through an attacker node and resolve.
+    pub(crate) sybil_joiners: usize,
 }
 
 impl Params {
@@ -40,12 +59,18 @@ impl Params {
                 nodes: 8,
                 lookups: 7,
                 populate_wait: Duration::from_secs(10),
+                sybil_nodes: 20,
+                sybils: 4,
+                sybil_joiners: 2,
             }
         } else {
             Self {
                 nodes: 50,
                 lookups: 49,
                 populate_wait: Duration::from_secs(30),
+                sybil_nodes: 50,
+                sybils: 10,
+                sybil_joiners: 5,
             }
         }
     }
@@ -155,23 +180,24 @@ async fn raw(
     );
     let result = async {
         grow(&mut cluster, params, &mut rng).await?;
-        let key = blake3::hash(format!("kith/name/v1/{NAME}").as_bytes())
-            .as_bytes()
-            .to_vec();
+        // The same keys kith uses, so both networks walk to the same points.
+        let keys = Name::parse(NAME)?.replica_keys();
         let value = vec![7u8; value_len.max(1)];
         bar.set_message("resolve: raw put_record");
-        cluster
-            .raw(0)
-            .context("no raw node 0")?
-            .put_record(key.clone(), value)
-            .await?;
+        let owner = cluster.raw(0).context("no raw node 0")?;
+        for key in &keys {
+            owner.put_record(key.clone(), value.clone()).await?;
+        }
         let mut samples = Vec::new();
         let mut failures = 0;
         for i in 1..=params.lookups.min(cluster.len() - 1) {
             let node = cluster.raw(i).context("missing raw node")?;
             let started = Instant::now();
-            match tokio::time::timeout(LOOKUP_TIMEOUT, node.get_record(key.clone())).await {
-                Ok(Ok(_)) => samples.push(micros(started.elapsed())),
+            let gets = futures::future::join_all(keys.iter().map(|k| node.get_record(k.clone())));
+            match tokio::time::timeout(LOOKUP_TIMEOUT, gets).await {
+                Ok(results) if results.iter().all(Result::is_ok) => {
+                    samples.push(micros(started.elapsed()))
+                }
                 _ => failures += 1,
             }
         }
@@ -202,7 +228,7 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Vec<Scenario> {
         let value_len = k.as_ref().map(|m| m.record_len).unwrap_or(300);
         let r = raw(params, seed, value_len, bar).await;
         let mut notes = vec![format!(
-            "{} nodes per network on loopback TCP, random-tree bootstrap; {} resolving nodes; kith validates every answer (signature, proof of work, expiry) and stops after 4 agreeing holders; baseline: bare swarms, raw Kademlia get_record of a {value_len}-byte value until 4 records (or the end of the walk)",
+            "{} nodes per network on loopback TCP, random-tree bootstrap; {} resolving nodes; kith asks the name's {NAME_REPLICAS} replica keys at once, validates every answer (signature, proof of work, expiry) and stops each walk after 4 agreeing holders; baseline: bare swarms, {NAME_REPLICAS} raw Kademlia get_records at once of a {value_len}-byte value under the same keys, each until 4 records (or the end of the walk)",
             params.nodes, params.lookups
         )];
         match &k {
@@ -227,4 +253,281 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Vec<Scenario> {
             Scenario::measured("resolve.warm", "us", warm, base, notes),
         ]
     })
+}
+
+/// Upper bound on identities generated while grinding (tens per attacker node are expected).
+const MAX_GRIND: usize = 200_000;
+
+/// What the fresh resolutions of `resolve.sybil` got.
+#[derive(Debug, Default)]
+struct SybilMeasured {
+    /// Resolved to the honest owner.
+    honest: usize,
+    /// A conflict naming both owners.
+    conflict: usize,
+    /// Resolved to the attacker: the failure the scenario exists to catch.
+    attacker: usize,
+    /// Errors or timeouts.
+    failed: usize,
+    /// How many of them the attacker won under the rule before replica keys.
+    old_rule_attacker: usize,
+    /// Old-rule lookups that produced an owner at all.
+    old_rule_answered: usize,
+    /// Latency of each kith resolution, us.
+    samples: Vec<u64>,
+}
+
+impl SybilMeasured {
+    fn total(&self) -> usize {
+        self.honest + self.conflict + self.attacker + self.failed
+    }
+}
+
+/// Identities closer to `key` (Kademlia's metric: SHA-256 of both, XOR) than every peer in
+/// `honest`, closest first.
+fn grind(key: &[u8], honest: &[PeerId], count: usize) -> anyhow::Result<Vec<Keypair>> {
+    let target = KBucketKey::new(key.to_vec());
+    let closest_honest = honest
+        .iter()
+        .map(|p| KBucketKey::from(*p).distance(&target))
+        .min()
+        .context("no honest node to grind against")?;
+    let mut ground = Vec::with_capacity(count);
+    for _ in 0..MAX_GRIND {
+        if ground.len() == count {
+            break;
+        }
+        let keypair = Keypair::generate_ed25519();
+        if KBucketKey::from(keypair.public().to_peer_id()).distance(&target) < closest_honest {
+            ground.push(keypair);
+        }
+    }
+    if ground.len() < count {
+        anyhow::bail!(
+            "{MAX_GRIND} identities gave only {} ground ids",
+            ground.len()
+        );
+    }
+    Ok(ground)
+}
+
+/// The attacker's claim: registered on a node alone (so nobody refuses it), before the honest
+/// owner's, so it is older and would win every tie.
+async fn attacker_claim(dir: &std::path::Path) -> anyhow::Result<(PeerId, Vec<u8>)> {
+    let mut alone = Cluster::new(
+        Kind::Kith,
+        NodeSettings { reduced: false },
+        dir.to_path_buf(),
+    );
+    let result = async {
+        alone.start_node(Vec::new()).await?;
+        let thief = alone.kith(0).context("no attacker node")?;
+        let claim = thief.register_name(NAME, None).await?;
+        anyhow::Ok((thief.peer_id(), claim.record.to_bytes().to_vec()))
+    }
+    .await;
+    alone.shutdown().await;
+    result
+}
+
+/// One node's first resolution, and before it the old rule's answer from the same node.
+async fn resolve_once(
+    node: &kith_service::Node,
+    owner: PeerId,
+    attacker: PeerId,
+    m: &mut SybilMeasured,
+) {
+    let first_key = match Name::parse(NAME) {
+        Ok(name) => name.dht_key(),
+        Err(_) => return,
+    };
+    if let Ok(Ok(raw)) =
+        tokio::time::timeout(LOOKUP_TIMEOUT, node.net().get_record(first_key, 4)).await
+    {
+        let rules = NameRules {
+            difficulty: node.name_rules().difficulty,
+            ..NameRules::default()
+        };
+        let now = kith_now_ms();
+        let answers: Vec<select::Answer> = raw
+            .answers
+            .iter()
+            .filter_map(|a| {
+                NameRecord::verify(&a.value, &rules, now)
+                    .ok()
+                    .map(|record| select::Answer {
+                        holder: a.holder,
+                        record,
+                    })
+            })
+            .collect();
+        if let Some(s) = select::select(&answers) {
+            m.old_rule_answered += 1;
+            if s.record.peer_id() == attacker {
+                m.old_rule_attacker += 1;
+            }
+        }
+    }
+    let started = Instant::now();
+    match tokio::time::timeout(LOOKUP_TIMEOUT, node.resolve_name(NAME)).await {
+        Ok(Ok(r)) if r.record.peer_id() == owner => {
+            m.samples.push(micros(started.elapsed()));
+            m.honest += 1;
+        }
+        Ok(Ok(r)) if r.record.peer_id() == attacker => m.attacker += 1,
+        Ok(Err(ServiceError::NameConflict { .. })) => {
+            m.samples.push(micros(started.elapsed()));
+            m.conflict += 1;
+        }
+        _ => m.failed += 1,
+    }
+}
+
+fn kith_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Result<SybilMeasured> {
+    let dir = tempfile::Builder::new()
+        .prefix("kith-bench-sybil-")
+        .tempdir()?;
+    bar.set_message("resolve.sybil: the attacker's claim (proof of work)");
+    let (attacker, stolen) = attacker_claim(&dir.path().join("attacker")).await?;
+    let network_dir = dir.path().join("network");
+    std::fs::create_dir_all(&network_dir)?;
+    let mut cluster = Cluster::new(Kind::Kith, NodeSettings { reduced: false }, network_dir);
+    let result = async {
+        let sybils = params.sybils.min(params.sybil_nodes.saturating_sub(2));
+        let honest_n = params.sybil_nodes - sybils;
+        let name = Name::parse(NAME)?;
+        bar.set_message("resolve.sybil: honest nodes");
+        for i in 0..honest_n {
+            let bootstrap = if i == 0 {
+                Vec::new()
+            } else {
+                cluster.addr(rng.below(i)).into_iter().collect()
+            };
+            cluster.start_node(bootstrap).await?;
+        }
+        bar.set_message("resolve.sybil: grinding attacker ids");
+        let keys = grind(&name.dht_key(), &cluster.peer_ids(), sybils)?;
+        for key in keys {
+            let bootstrap = cluster.addr(rng.below(honest_n)).into_iter().collect();
+            cluster.start_kith_with_keypair(bootstrap, key).await?;
+        }
+        // The rest of the honest nodes join now, some of them through an attacker node.
+        let n = cluster.len();
+        for i in 0..n {
+            let _ = cluster.bootstrap(i).await;
+        }
+        let target = (n - 1).min(10);
+        let deadline = Instant::now() + params.populate_wait;
+        while cluster.routing_summary().await?.0 < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+
+        bar.set_message("resolve.sybil: honest owner registers");
+        let owner = cluster.kith(0).context("no kith node 0")?;
+        let owner_id = owner.peer_id();
+        owner.register_name(NAME, None).await?;
+        bar.set_message("resolve.sybil: attacker nodes serve their claim");
+        for i in honest_n..n {
+            let node = cluster.kith(i).context("missing attacker node")?;
+            for key in name.replica_keys() {
+                // The local store takes it; honest peers refuse it.
+                let _ = tokio::time::timeout(
+                    LOOKUP_TIMEOUT,
+                    node.net().put_record(key, stolen.clone(), None),
+                )
+                .await;
+            }
+        }
+
+        let mut m = SybilMeasured::default();
+        for i in 1..honest_n {
+            bar.set_message(format!(
+                "resolve.sybil: first resolution on honest node {i}"
+            ));
+            let node = cluster.kith(i).context("missing honest node")?;
+            resolve_once(node, owner_id, attacker, &mut m).await;
+        }
+        for j in 0..params.sybil_joiners {
+            bar.set_message(format!(
+                "resolve.sybil: fresh node {j} via an attacker node"
+            ));
+            let through = honest_n + rng.below(sybils.max(1));
+            let bootstrap = [cluster.addr(through), cluster.addr(rng.below(honest_n))]
+                .into_iter()
+                .flatten()
+                .collect();
+            cluster.start_node(bootstrap).await?;
+            let joined = cluster.len() - 1;
+            let deadline = Instant::now() + params.populate_wait;
+            while cluster.routing_len(joined).await? < target && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let node = cluster.kith(joined).context("missing fresh node")?;
+            resolve_once(node, owner_id, attacker, &mut m).await;
+        }
+        anyhow::Ok(m)
+    }
+    .await;
+    cluster.shutdown().await;
+    result
+}
+
+/// Runs `resolve.sybil`.
+pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
+    const SCENARIO: &str = "resolve.sybil";
+    const UNIT: &str = "fraction";
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Scenario::unavailable(SCENARIO, UNIT, format!("no async runtime: {e}")),
+    };
+    let result = runtime.block_on(sybil(params, Rng::from_os(), bar));
+    let sybils = params.sybils.min(params.sybil_nodes.saturating_sub(2));
+    let setting = format!(
+        "{} kith nodes on loopback TCP, {sybils} of them attackers with ids ground to be closer to the name's first key than any honest node, holding the attacker's older valid claim under all {NAME_REPLICAS} replica keys and joining through random honest nodes; every honest node but the owner resolves once, then {} fresh nodes bootstrapping from an attacker node and an honest one; correct = the honest owner or a conflict; baseline: the rule before replica keys (one key, stop at 4 agreeing holders), same nodes, just before each resolution",
+        params.sybil_nodes, params.sybil_joiners
+    );
+    match result {
+        Ok(m) => {
+            let total = m.total().max(1) as f64;
+            let correct = (m.honest + m.conflict) as f64 / total;
+            let mut kith = Figures::default()
+                .with("fraction", correct)
+                .with("resolutions", m.total() as f64)
+                .with("honest", m.honest as f64)
+                .with("conflict", m.conflict as f64)
+                .with("attacker", m.attacker as f64)
+                .with("failed", m.failed as f64);
+            if let Some(lat) = Figures::latency(&m.samples) {
+                kith = kith
+                    .with("p50_us", lat.get("p50").unwrap_or(f64::NAN))
+                    .with("p90_us", lat.get("p90").unwrap_or(f64::NAN));
+            }
+            let old_total = m.old_rule_answered.max(1) as f64;
+            let baseline = Figures::default().with(
+                "fraction",
+                (m.old_rule_answered - m.old_rule_attacker) as f64 / old_total,
+            );
+            Scenario::measured(
+                SCENARIO,
+                UNIT,
+                Some(kith),
+                Some(baseline),
+                format!(
+                    "{setting}; the old rule gave the attacker {} of {} lookups",
+                    m.old_rule_attacker, m.old_rule_answered
+                ),
+            )
+        }
+        Err(e) => Scenario::unavailable(SCENARIO, UNIT, format!("{setting}; failed: {e:#}")),
+    }
 }

@@ -34,6 +34,33 @@ fn same_name_same_key() {
 }
 
 #[test]
+fn replica_keys_are_distinct_stable_and_unambiguous() {
+    let alice = Name::parse("alice").unwrap();
+    let keys = alice.replica_keys();
+    assert_eq!(keys.len(), REPLICAS);
+    assert_eq!(keys[0], alice.dht_key(), "replica 0 is the original key");
+    assert_eq!(
+        keys[0],
+        blake3::hash(b"kith/name/v1/alice").as_bytes().to_vec()
+    );
+    assert_eq!(
+        keys[1],
+        blake3::hash(b"kith/name/v1/1/alice").as_bytes().to_vec()
+    );
+    let distinct: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), REPLICAS);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(alice.replica_of(key), Some(i));
+    }
+    // "1alice" is a valid name; its original key must not be alice's replica 1.
+    let other = Name::parse("1alice").unwrap();
+    for key in other.replica_keys() {
+        assert_eq!(alice.replica_of(&key), None);
+    }
+    assert_eq!(alice.replica_of(b"not a key"), None);
+}
+
+#[test]
 fn length_rules() {
     assert!(matches!(Name::parse("ab"), Err(NameError::TooShort(_))));
     assert!(matches!(Name::parse(""), Err(NameError::TooShort(_))));

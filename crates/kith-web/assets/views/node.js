@@ -39,6 +39,25 @@ function dhtSentence(st) {
   return `DHT mode ${st.dht_mode}: this node ${answers}. ${plural(st.routing_table_peers, 'peer')} in the routing table, ${plural(st.dht_records, 'record')} held.`;
 }
 
+const LEVEL_WORDS = { ok: 'OK', warning: 'Could be better', problem: 'Problem' };
+
+/** What `kith doctor` says, one line per check, with the fix for anything not OK. */
+function Health({ report }) {
+  const trouble = report.checks.filter((c) => c.level !== 'ok');
+  return html`<section class="card" aria-labelledby="health-h">
+    <h3 id="health-h">Health</h3>
+    <p>${report.healthy ? 'Everything a person would notice works.' : `${plural(trouble.length, 'thing')} to look at.`}</p>
+    <ul class="facts" aria-label="Health checks">
+      ${report.checks.map(
+        (c) => html`<li key=${c.check} class=${`health-${c.level}`}>
+          <strong>${LEVEL_WORDS[c.level] || c.level}:</strong> ${c.detail}
+          ${c.fix && html`<br /><span class="muted">Fix: </span><code class="wrap">${c.fix}</code>`}
+        </li>`,
+      )}
+    </ul>
+  </section>`;
+}
+
 export function NodeView() {
   const s = useStore();
   const [error, setError] = useState('');
@@ -61,6 +80,7 @@ export function NodeView() {
     <div class="page-body node">
       ${error && html`<p class="form-error" role="alert">${error}</p>`}
       ${!st && !error && html`<p class="muted" role="status">Asking the node…</p>`}
+      ${s.doctor && html`<${Health} report=${s.doctor} />`}
       ${st &&
       html`<section class="card" aria-labelledby="net-h">
           <h3 id="net-h">Network</h3>

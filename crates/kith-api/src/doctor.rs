@@ -1,0 +1,267 @@
+//! `kith doctor`: turns a [`Checkup`] into plain words, each warning or problem with the command or
+//! setting that fixes it. Pure: the same checkup always gives the same report.
+
+use std::time::{Duration, SystemTime};
+
+use kith_service::{Checkup, Publication};
+
+use crate::types::{DoctorCheck, DoctorReport};
+
+/// How long after start a missing publication is still "not yet" rather than a problem (the
+/// re-publisher's first run comes a few seconds after start).
+const GRACE: Duration = Duration::from_secs(30);
+
+const BOOTSTRAP_FIX: &str = "give the node a peer: `kith run --bootstrap <multiaddr>` (a friend's or a relay's address, from their `kith status`), or an entry in bootstrap.toml; on a LAN keep mDNS on (no --no-mdns)";
+const RELAY_FIX: &str = "list a community relay in bootstrap.toml with `relay = true` (see README, \"Community relays\")";
+
+/// The diagnosis of a running node.
+pub(crate) fn diagnose(c: &Checkup) -> DoctorReport {
+    let s = &c.status;
+    let net = &s.net;
+    let mut checks = vec![ok(
+        "node",
+        format!(
+            "running, kith {}, peer id {}, up {}",
+            s.version,
+            net.peer_id,
+            human_duration(s.uptime)
+        ),
+    )];
+
+    if net.listen_addrs.is_empty() {
+        checks.push(problem(
+            "listen",
+            "not listening on any address: nobody can connect to this node".to_owned(),
+            "check the --listen addresses (or leave them out for the defaults) and the log for 'cannot listen'",
+        ));
+    } else {
+        checks.push(ok(
+            "listen",
+            format!("listening on {}", join(&net.listen_addrs)),
+        ));
+    }
+
+    if net.connected_peers == 0 {
+        checks.push(problem(
+            "peers",
+            "connected to no one".to_owned(),
+            BOOTSTRAP_FIX,
+        ));
+    } else {
+        checks.push(ok(
+            "peers",
+            format!("connected to {} peer(s)", net.connected_peers),
+        ));
+    }
+
+    let relayed = !net.relayed_via.is_empty();
+    checks.push(match (&net.nat, relayed, net.relay_served.is_some()) {
+        (_, _, true) => ok(
+            "reachability",
+            "community relay: others reach it at its listen or --external-addr addresses".to_owned(),
+        ),
+        (kith_net::NatStatus::Public { addr }, _, _) => ok(
+            "reachability",
+            format!("reachable from the internet at {addr} (confirmed by AutoNAT)"),
+        ),
+        (_, true, _) => ok(
+            "reachability",
+            format!(
+                "behind NAT, reachable through relay(s) {}",
+                join(&net.relayed_via)
+            ),
+        ),
+        (kith_net::NatStatus::Private, false, _) => problem(
+            "reachability",
+            "behind NAT or a firewall and no relay holds a reservation: people outside this network cannot reach you while you are online".to_owned(),
+            RELAY_FIX,
+        ),
+        (kith_net::NatStatus::Unknown, false, _) => warning(
+            "reachability",
+            "not known yet whether the internet can reach this node (no AutoNAT server has tested a public address)".to_owned(),
+            "connect to more peers (a bootstrap entry or a relay), then run `kith doctor` again",
+        ),
+    });
+
+    let confirmed: Vec<String> = net.external_addrs.iter().map(ToString::to_string).collect();
+    let why = match (net.dht_mode, net.relay_served.is_some(), net.dht_server) {
+        (_, true, _) => "server, as every community relay".to_owned(),
+        (kith_net::DhtMode::Server, _, _) => "server, forced by --dht-mode server".to_owned(),
+        (kith_net::DhtMode::Client, _, _) => "client, forced by --dht-mode client".to_owned(),
+        (_, _, true) => format!(
+            "server, because a peer confirmed an address of ours ({})",
+            confirmed.join(", ")
+        ),
+        (_, _, false) => "client, because no peer has confirmed an address of ours yet".to_owned(),
+    };
+    let dht_detail = format!(
+        "{why}; {} peer(s) in the routing table",
+        net.routing_table_peers
+    );
+    checks.push(if net.routing_table_peers == 0 {
+        problem(
+            "dht",
+            format!("{dht_detail}: names cannot be registered or resolved"),
+            BOOTSTRAP_FIX,
+        )
+    } else if !net.dht_server && net.dht_mode == kith_net::DhtMode::Auto {
+        warning(
+            "dht",
+            format!("{dht_detail} (fine behind NAT: this node asks, others answer)"),
+            "nothing to do behind NAT; on a LAN or a server, make sure peers can dial this node (firewall), or force it with `kith run --dht-mode server`",
+        )
+    } else {
+        ok("dht", dht_detail)
+    });
+
+    if net.relay_served.is_none() {
+        checks.push(mailboxes(c));
+    }
+    checks.push(names(c));
+    checks.push(publication(
+        "key_bundle",
+        "key bundle (how others start a conversation with you)",
+        &c.key_bundle,
+        s.uptime,
+    ));
+    checks.push(ok(
+        "clock",
+        "skew against peers: unknown (not measured yet); names refuse claims from clocks far off, so keep the system clock synchronised (NTP)".to_owned(),
+    ));
+
+    let healthy = checks.iter().all(|c| c.level != "problem");
+    DoctorReport { healthy, checks }
+}
+
+fn mailboxes(c: &Checkup) -> DoctorCheck {
+    if c.mailboxes.is_empty() {
+        return warning(
+            "mailboxes",
+            "no mailbox relay: messages sent to you while you are offline wait at the sender until you are both online".to_owned(),
+            RELAY_FIX,
+        );
+    }
+    let mut lines = Vec::new();
+    let mut failing = Vec::new();
+    for (relay, state) in &c.mailboxes {
+        match (&state.last_error, state.last_sync) {
+            (Some(e), _) => {
+                lines.push(format!("{relay}: last sync failed ({e})"));
+                failing.push(relay.clone());
+            }
+            (None, Some(at)) => lines.push(format!("{relay}: synced {}", ago(at))),
+            (None, None) => lines.push(format!("{relay}: not synced yet")),
+        }
+    }
+    let pointer = match (
+        &c.mailbox_pointer.last_error,
+        c.mailbox_pointer.last_success,
+    ) {
+        (Some(e), _) => format!("; mailbox pointer not published ({e})"),
+        (None, Some(at)) => format!("; mailbox pointer published {}", ago(at)),
+        (None, None) => "; mailbox pointer not published yet".to_owned(),
+    };
+    let detail = format!("{}{pointer}", lines.join("; "));
+    if failing.len() == c.mailboxes.len() {
+        problem(
+            "mailboxes",
+            detail,
+            "check that the relay addresses in bootstrap.toml are right and the relays are up (`kith peers` shows whether one is connected)",
+        )
+    } else {
+        ok("mailboxes", detail)
+    }
+}
+
+fn names(c: &Checkup) -> DoctorCheck {
+    if c.owned_names == 0 {
+        return ok(
+            "names",
+            "no name registered (friends can still add you by invite: `kith invite`); register one with `kith name register <name>`".to_owned(),
+        );
+    }
+    let mut check = publication(
+        "names",
+        &format!("{} name(s) you own", c.owned_names),
+        &c.names,
+        c.status.uptime,
+    );
+    if check.level == "ok" && c.names.last_success.is_none() {
+        check.detail = format!(
+            "{} name(s) you own: published at registration, re-published every few hours while the node runs",
+            c.owned_names
+        );
+    }
+    check
+}
+
+fn publication(id: &str, what: &str, p: &Publication, uptime: Duration) -> DoctorCheck {
+    match (&p.last_error, p.last_success) {
+        (Some(e), last) => problem(
+            id,
+            format!(
+                "{what}: the last publication failed ({e}){}",
+                last.map(|at| format!("; last published {}", ago(at)))
+                    .unwrap_or_default()
+            ),
+            BOOTSTRAP_FIX,
+        ),
+        (None, Some(at)) => ok(id, format!("{what}: published {}", ago(at))),
+        (None, None) if uptime < GRACE || p.last_attempt.is_some() => {
+            ok(id, format!("{what}: first publication shortly after start"))
+        }
+        (None, None) => problem(id, format!("{what}: never published"), BOOTSTRAP_FIX),
+    }
+}
+
+fn ok(check: &str, detail: String) -> DoctorCheck {
+    DoctorCheck {
+        check: check.to_owned(),
+        level: "ok".to_owned(),
+        detail,
+        fix: None,
+    }
+}
+
+fn warning(check: &str, detail: String, fix: &str) -> DoctorCheck {
+    DoctorCheck {
+        check: check.to_owned(),
+        level: "warning".to_owned(),
+        detail,
+        fix: Some(fix.to_owned()),
+    }
+}
+
+fn problem(check: &str, detail: String, fix: &str) -> DoctorCheck {
+    DoctorCheck {
+        check: check.to_owned(),
+        level: "problem".to_owned(),
+        detail,
+        fix: Some(fix.to_owned()),
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ago(at: SystemTime) -> String {
+    match SystemTime::now().duration_since(at) {
+        Ok(d) => format!("{} ago", human_duration(d)),
+        Err(_) => "just now".to_owned(),
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}

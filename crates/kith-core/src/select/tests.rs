@@ -1,0 +1,407 @@
+use std::ops::ControlFlow;
+
+use libp2p::identity::Keypair;
+
+use super::*;
+use crate::{ClaimParams, NAME_REPLICAS as REPLICAS, Name, pow};
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn record(key: &Keypair, created: u64, seq: u64) -> NameRecord {
+    let name = Name::parse("alice").unwrap();
+    let peer = key.public().to_peer_id().to_bytes();
+    let nonce = pow::solve(name.as_str(), &peer, created, 4, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    NameRecord::sign(
+        key,
+        ClaimParams {
+            name,
+            created_at_ms: created,
+            seq,
+            expires_at_ms: NOW + 1000,
+            pow_nonce: nonce,
+            addrs: vec![],
+        },
+    )
+    .unwrap()
+}
+
+fn answer(holder: u8, record: &NameRecord) -> Answer {
+    let _ = holder;
+    Answer {
+        holder: Some(PeerId::random()),
+        record: record.clone(),
+    }
+}
+
+#[test]
+fn the_owner_most_holders_return_wins() {
+    let honest = Keypair::generate_ed25519();
+    let thief = Keypair::generate_ed25519();
+    // The thief claims earlier, but only one holder serves it.
+    let h = record(&honest, NOW - 10, 1);
+    let t = record(&thief, NOW - 100, 1);
+    let answers = vec![answer(1, &h), answer(2, &h), answer(3, &t), answer(4, &h)];
+    let s = select(&answers).unwrap();
+    assert_eq!(s.record.peer_id(), honest.public().to_peer_id());
+    assert_eq!(s.holders, 3);
+    assert_eq!(s.rivals, vec![(thief.public().to_peer_id(), 1)]);
+}
+
+#[test]
+fn ties_go_to_the_earliest_claim() {
+    let early = Keypair::generate_ed25519();
+    let late = Keypair::generate_ed25519();
+    let e = record(&early, NOW - 100, 1);
+    let l = record(&late, NOW - 10, 1);
+    let s = select(&[answer(1, &l), answer(2, &e)]).unwrap();
+    assert_eq!(s.record.peer_id(), early.public().to_peer_id());
+}
+
+#[test]
+fn the_same_holder_counts_once_and_the_newest_seq_is_returned() {
+    let owner = Keypair::generate_ed25519();
+    let other = Keypair::generate_ed25519();
+    let v1 = record(&owner, NOW - 10, 1);
+    let v2 = record(&owner, NOW - 10, 2);
+    let holder = Some(PeerId::random());
+    let answers = vec![
+        Answer {
+            holder,
+            record: v1.clone(),
+        },
+        Answer {
+            holder,
+            record: v2.clone(),
+        },
+        answer(9, &record(&other, NOW - 5, 1)),
+        answer(8, &record(&other, NOW - 5, 1)),
+    ];
+    let s = select(&answers).unwrap();
+    // Two distinct holders for `other` beat one (repeated) holder for `owner`.
+    assert_eq!(s.record.peer_id(), other.public().to_peer_id());
+    let only_owner = &answers[..2];
+    let s = select(only_owner).unwrap();
+    assert_eq!(s.holders, 1);
+    assert_eq!(s.record.params().seq, 2);
+    assert_eq!(agreement(only_owner), 1);
+}
+
+#[test]
+fn no_answers_no_owner() {
+    assert!(select(&[]).is_none());
+    assert_eq!(agreement(&[]), 0);
+}
+
+#[test]
+fn holders_serve_first_come_first_served() {
+    let owner = Keypair::generate_ed25519();
+    let thief = Keypair::generate_ed25519();
+    let v1 = record(&owner, NOW - 10, 1);
+    let v2 = record(&owner, NOW - 10, 2);
+    let t = record(&thief, NOW - 1000, 5);
+    assert_eq!(holder_accepts(None, &v1, NOW), Ok(()));
+    assert_eq!(holder_accepts(Some(&v1), &v2, NOW), Ok(()));
+    assert_eq!(holder_accepts(Some(&v1), &v1, NOW), Ok(()));
+    assert_eq!(holder_accepts(Some(&v2), &v1, NOW), Err(Refusal::Stale));
+    assert_eq!(
+        holder_accepts(Some(&v1), &t, NOW),
+        Err(Refusal::HeldByAnother)
+    );
+    // Once the owner's claim has expired, anyone may claim the name.
+    assert_eq!(holder_accepts(Some(&v1), &t, NOW + 2000), Ok(()));
+}
+
+// ---- Across replicas ----
+
+/// An answer from a fixed holder (so the same holder can answer at several replicas).
+fn from(holder: PeerId, record: &NameRecord) -> Answer {
+    Answer {
+        holder: Some(holder),
+        record: record.clone(),
+    }
+}
+
+/// `n` answers for `record` from fresh holders.
+fn answers(n: usize, record: &NameRecord) -> Vec<Answer> {
+    (0..n).map(|i| answer(i as u8, record)).collect()
+}
+
+fn owner_of(verdict: &Verdict) -> Option<PeerId> {
+    match verdict {
+        Verdict::Owner { selected, .. } => Some(selected.record.peer_id()),
+        Verdict::Contested { .. } => None,
+    }
+}
+
+#[test]
+fn the_owner_of_most_replicas_wins_and_an_attacker_with_one_replica_is_a_rival() {
+    let honest = Keypair::generate_ed25519();
+    let sybil = Keypair::generate_ed25519();
+    let h = record(&honest, NOW - 10, 1);
+    // The attacker claims earlier (it would win a tie) and owns replica 0's closest holders.
+    let s = record(&sybil, NOW - 1000, 1);
+    let replicas = vec![
+        answers(4, &s),
+        answers(4, &h),
+        answers(4, &h),
+        answers(3, &h),
+        answers(4, &h),
+    ];
+    let verdict = decide(&replicas, REPLICAS).unwrap();
+    assert!(verdict.disputed());
+    match verdict {
+        Verdict::Owner { selected, replicas } => {
+            assert_eq!(selected.record.peer_id(), honest.public().to_peer_id());
+            assert_eq!(replicas, 4);
+            assert_eq!(selected.holders, 15);
+            assert_eq!(selected.rivals, vec![(sybil.public().to_peer_id(), 4)]);
+        }
+        other => panic!("expected the honest owner, got {other:?}"),
+    }
+}
+
+#[test]
+fn without_a_majority_of_all_replicas_the_name_is_contested() {
+    let a = Keypair::generate_ed25519();
+    let b = Keypair::generate_ed25519();
+    let ra = record(&a, NOW - 10, 1);
+    let rb = record(&b, NOW - 20, 1);
+    // 2 against 2, the fifth replica silent: no majority of five.
+    let replicas = vec![
+        answers(4, &ra),
+        answers(4, &rb),
+        answers(4, &ra),
+        answers(4, &rb),
+        Vec::new(),
+    ];
+    match decide(&replicas, REPLICAS).unwrap() {
+        Verdict::Contested { contestants } => {
+            assert_eq!(contestants.len(), 2);
+            // Equal replicas and holders: the earlier claim ranks first.
+            assert_eq!(contestants[0].record.peer_id(), b.public().to_peer_id());
+            assert_eq!(contestants[0].replicas, 2);
+            assert_eq!(contestants[1].replicas, 2);
+        }
+        other => panic!("expected a contest, got {other:?}"),
+    }
+    // Silent replicas do not lower the bar: 2 of 3 answering replicas is not a majority of 5.
+    let short = vec![answers(4, &ra), answers(4, &ra), answers(4, &rb)];
+    assert!(matches!(
+        decide(&short, REPLICAS),
+        Some(Verdict::Contested { .. })
+    ));
+}
+
+#[test]
+fn an_uncontested_owner_wins_even_from_one_replica() {
+    let a = Keypair::generate_ed25519();
+    let ra = record(&a, NOW - 10, 1);
+    let replicas = vec![Vec::new(), answers(2, &ra), Vec::new()];
+    let verdict = decide(&replicas, REPLICAS).unwrap();
+    assert!(!verdict.disputed());
+    match verdict {
+        Verdict::Owner { selected, replicas } => {
+            assert_eq!(selected.record.peer_id(), a.public().to_peer_id());
+            assert_eq!(replicas, 1);
+            assert!(selected.rivals.is_empty());
+        }
+        other => panic!("expected the only owner, got {other:?}"),
+    }
+    assert!(decide(&[], REPLICAS).is_none());
+    assert!(decide(&[Vec::new(), Vec::new()], REPLICAS).is_none());
+}
+
+#[test]
+fn an_attacker_that_takes_a_majority_of_replicas_wins_which_is_the_documented_limit() {
+    let honest = Keypair::generate_ed25519();
+    let sybil = Keypair::generate_ed25519();
+    let h = record(&honest, NOW - 10, 1);
+    let s = record(&sybil, NOW - 1000, 1);
+    let replicas = vec![
+        answers(4, &s),
+        answers(4, &s),
+        answers(4, &s),
+        answers(4, &h),
+        answers(4, &h),
+    ];
+    let verdict = decide(&replicas, REPLICAS).unwrap();
+    assert_eq!(owner_of(&verdict), Some(sybil.public().to_peer_id()));
+    assert!(
+        verdict.disputed(),
+        "the honest owner still shows as a rival"
+    );
+}
+
+#[test]
+fn holders_count_once_across_replicas_and_the_newest_record_is_kept() {
+    let owner = Keypair::generate_ed25519();
+    let v1 = record(&owner, NOW - 10, 1);
+    let v2 = record(&owner, NOW - 10, 2);
+    let holder = PeerId::random();
+    let replicas = vec![vec![from(holder, &v1)], vec![from(holder, &v2)]];
+    match decide(&replicas, REPLICAS).unwrap() {
+        Verdict::Owner { selected, replicas } => {
+            assert_eq!(selected.holders, 1);
+            assert_eq!(replicas, 2);
+            assert_eq!(selected.record.params().seq, 2);
+        }
+        other => panic!("expected the owner, got {other:?}"),
+    }
+}
+
+mod properties {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Three owners (0 plays the honest first owner, 1 the attacker) with two versions each, and
+    /// a pool of holders. Signing is the slow part, so it happens once.
+    struct World {
+        records: Vec<[NameRecord; 2]>,
+        holders: Vec<PeerId>,
+    }
+
+    fn world() -> &'static World {
+        static WORLD: OnceLock<World> = OnceLock::new();
+        WORLD.get_or_init(|| World {
+            records: (0..3u64)
+                .map(|i| {
+                    let key = Keypair::generate_ed25519();
+                    // The attacker (1) claims earliest, so every tie goes its way.
+                    let created = NOW - 100 + if i == 1 { 0 } else { 50 + i };
+                    [record(&key, created, 1), record(&key, created, 2)]
+                })
+                .collect(),
+            holders: (0..12).map(|_| PeerId::random()).collect(),
+        })
+    }
+
+    /// (owner, version, holder) triples for each of up to `REPLICAS` replicas.
+    fn replicas_strategy() -> impl Strategy<Value = Vec<Vec<(usize, usize, usize)>>> {
+        proptest::collection::vec(
+            proptest::collection::vec((0..3usize, 0..2usize, 0..12usize), 0..8),
+            0..=REPLICAS,
+        )
+    }
+
+    fn build(spec: &[Vec<(usize, usize, usize)>]) -> Vec<Vec<Answer>> {
+        let w = world();
+        spec.iter()
+            .map(|replica| {
+                replica
+                    .iter()
+                    .map(|&(owner, version, holder)| {
+                        from(w.holders[holder], &w.records[owner][version])
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Everything a verdict says, in comparable form: (winner, its record, replicas won, rivals
+    /// or contestants with their counts).
+    type Summary = (Option<PeerId>, Vec<u8>, usize, Vec<(PeerId, usize)>);
+
+    fn summary(verdict: Option<Verdict>) -> Option<Summary> {
+        verdict.map(|v| match v {
+            Verdict::Owner { selected, replicas } => (
+                Some(selected.record.peer_id()),
+                selected.record.to_bytes().to_vec(),
+                replicas,
+                selected.rivals,
+            ),
+            Verdict::Contested { contestants } => (
+                None,
+                Vec::new(),
+                0,
+                contestants
+                    .iter()
+                    .map(|c| (c.record.peer_id(), c.holders * 100 + c.replicas))
+                    .collect(),
+            ),
+        })
+    }
+
+    fn replicas_won_by(replicas: &[Vec<Answer>], owner: PeerId) -> usize {
+        replicas
+            .iter()
+            .filter(|r| select(r).is_some_and(|s| s.record.peer_id() == owner))
+            .count()
+    }
+
+    proptest! {
+        #[test]
+        fn the_verdict_does_not_depend_on_answer_or_replica_order(
+            spec in replicas_strategy(),
+            seed in any::<u64>(),
+        ) {
+            let replicas = build(&spec);
+            let mut shuffled = replicas.clone();
+            // A deterministic shuffle from the seed: rotate replicas, reverse and rotate answers.
+            let n = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % n);
+            for (i, r) in shuffled.iter_mut().enumerate() {
+                if (seed >> (i % 64)) & 1 == 1 {
+                    r.reverse();
+                }
+                let m = r.len().max(1);
+                r.rotate_left(((seed >> 8) as usize + i) % m);
+            }
+            prop_assert_eq!(
+                summary(decide(&replicas, REPLICAS)),
+                summary(decide(&shuffled, REPLICAS))
+            );
+        }
+
+        #[test]
+        fn an_owner_that_won_at_most_half_the_replicas_wins_only_uncontested(
+            spec in replicas_strategy(),
+        ) {
+            let replicas = build(&spec);
+            let attacker = world().records[1][0].peer_id();
+            let won = replicas_won_by(&replicas, attacker);
+            let others_seen = replicas
+                .iter()
+                .flatten()
+                .any(|a| a.record.peer_id() != attacker);
+            if won * 2 <= REPLICAS && others_seen {
+                let verdict = decide(&replicas, REPLICAS);
+                prop_assert!(verdict.is_some());
+                prop_assert_ne!(verdict.as_ref().and_then(owner_of), Some(attacker));
+            }
+        }
+
+        #[test]
+        fn an_owner_that_won_a_majority_of_replicas_always_wins(
+            spec in replicas_strategy(),
+        ) {
+            let replicas = build(&spec);
+            for owner in world().records.iter().map(|r| r[0].peer_id()) {
+                let won = replicas_won_by(&replicas, owner);
+                if won * 2 > REPLICAS {
+                    let verdict = decide(&replicas, REPLICAS);
+                    prop_assert_eq!(verdict.as_ref().and_then(owner_of), Some(owner));
+                    if let Some(Verdict::Owner { replicas: r, .. }) = verdict {
+                        prop_assert_eq!(r, won);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_disputed_verdict_is_exactly_one_with_several_owners(spec in replicas_strategy()) {
+            let replicas = build(&spec);
+            let owners: HashSet<PeerId> =
+                replicas.iter().flatten().map(|a| a.record.peer_id()).collect();
+            match decide(&replicas, REPLICAS) {
+                None => prop_assert!(owners.is_empty()),
+                Some(v) => prop_assert_eq!(v.disputed(), owners.len() > 1),
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `kith doctor` as a user runs it: no node, a lone node that can find no one, and two nodes on
+//! 127.0.0.1 with default flags that find each other (issue 13).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use common::{KITH, json, kith, kith_ok, poll};
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `kith run` process with default DHT mode, TCP on loopback, mDNS off; killed on drop.
+struct Daemon {
+    child: Child,
+    home: PathBuf,
+    ready: Value,
+}
+
+impl Daemon {
+    fn start(home: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(KITH)
+            .args([
+                "run",
+                "--json",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .args(extra)
+            .arg("--home")
+            .arg(home)
+            .env_remove("KITH_HOME")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(TIMEOUT)
+            .expect("kith run printed no ready line");
+        Daemon {
+            child,
+            home: home.to_owned(),
+            ready: serde_json::from_str(&line).unwrap(),
+        }
+    }
+
+    fn tcp_addr(&self) -> String {
+        let addr = self.ready["listen_addrs"][0].as_str().unwrap();
+        format!("{addr}/p2p/{}", self.ready["peer_id"].as_str().unwrap())
+    }
+
+    fn doctor(&self) -> (i32, Value) {
+        let (code, out, _) = kith(&self.home, &["doctor", "--json"]);
+        (code, json(&out))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == id)
+        .unwrap_or_else(|| panic!("no {id} check in {report}"))
+}
+
+#[test]
+fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bootstrap.toml");
+    std::fs::write(&file, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
+    let file = file.to_str().unwrap().to_owned();
+
+    // No node: exit 1, and the fix is `kith run`.
+    let (code, out, _) = kith(&dir.path().join("nobody"), &["doctor", "--json"]);
+    assert_eq!(code, 1);
+    let report = json(&out);
+    assert_eq!(report["healthy"], false);
+    let node = check(&report, "node");
+    assert_eq!(node["level"], "problem");
+    assert!(node["fix"].as_str().unwrap().contains("kith run"), "{node}");
+
+    // A lone node: running, listening, but connected to no one and with an empty routing table.
+    let a_home = dir.path().join("a");
+    let a = Daemon::start(&a_home, &["--bootstrap-file", &file]);
+    let (code, report) = a.doctor();
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(check(&report, "node")["level"], "ok");
+    assert_eq!(check(&report, "listen")["level"], "ok");
+    for id in ["peers", "dht"] {
+        let c = check(&report, id);
+        assert_eq!(c["level"], "problem", "{c}");
+        assert!(c["fix"].as_str().unwrap().contains("--bootstrap"), "{c}");
+    }
+    assert!(
+        check(&report, "clock")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown"),
+        "{report}"
+    );
+    // The human form says the same, one line per check and a fix line per problem.
+    let (code, human, err) = kith(&a_home, &["doctor"]);
+    assert_eq!(code, 1);
+    assert!(human.contains("PROBLEM peers"), "{human}");
+    assert!(human.contains("fix: give the node a peer"), "{human}");
+    assert!(err.contains("problem(s)"), "{err}");
+
+    // A friend bootstraps from it: both confirm each other's address, become DHT servers, publish
+    // their key bundles, and the doctor is satisfied (exit 0; warnings allowed).
+    let b = Daemon::start(
+        &dir.path().join("b"),
+        &["--bootstrap-file", &file, "--bootstrap", &a.tcp_addr()],
+    );
+    for node in [&a, &b] {
+        let report = poll("the doctor to find the node healthy", TIMEOUT, || {
+            let (code, report) = node.doctor();
+            (code == 0).then_some(report)
+        });
+        assert_eq!(report["healthy"], true);
+        let dht = check(&report, "dht");
+        assert_eq!(dht["level"], "ok", "{dht}");
+        assert!(
+            dht["detail"].as_str().unwrap().contains("a peer confirmed"),
+            "the DHT says why it is a server: {dht}"
+        );
+        assert_eq!(check(&report, "key_bundle")["level"], "ok");
+        // No relay configured: a warning with the setting that fixes it.
+        let mailboxes = check(&report, "mailboxes");
+        assert_eq!(mailboxes["level"], "warning", "{mailboxes}");
+        assert!(mailboxes["fix"].as_str().unwrap().contains("relay = true"));
+    }
+    kith_ok(&b.home, &["stop"]);
+    kith_ok(&a.home, &["stop"]);
+}
