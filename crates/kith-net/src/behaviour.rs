@@ -53,6 +53,9 @@ pub(crate) struct Behaviour {
     pub(crate) gossipsub: gossipsub::Behaviour<gossipsub::IdentityTransform, GossipFilter>,
     /// LAN discovery; off in tests and on servers.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// File transfer (`/kith/blob/1.0.0`): plain streams handed to kith-blob through a control
+    /// handle, so the bytes never pass through the event loop.
+    pub(crate) blob: libp2p_stream::Behaviour,
 }
 
 /// Subscription filter with limits far above gossipsub 0.50's default of 100 topics: with the
@@ -199,6 +202,7 @@ impl Behaviour {
             ),
             gossipsub,
             mdns,
+            blob: libp2p_stream::Behaviour::new(),
         })
     }
 }

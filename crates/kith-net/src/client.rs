@@ -4,7 +4,8 @@ use tokio::sync::{mpsc, oneshot};
 use std::time::SystemTime;
 
 use crate::{
-    Channel, DmRequestId, GetRecordResult, GossipId, GossipVerdict, NetStatus, PeerInfo,
+    BlobStream, Channel, IncomingBlobStreams,
+    blob::BlobStreams, DmRequestId, GetRecordResult, GossipId, GossipVerdict, NetStatus, PeerInfo,
     RequestError,
 };
 
@@ -95,14 +96,32 @@ pub(crate) enum Command {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
+    blobs: BlobStreams,
 }
 
 impl Client {
-    pub(crate) fn new(commands: mpsc::Sender<Command>, local_peer_id: PeerId) -> Self {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        local_peer_id: PeerId,
+        blobs: BlobStreams,
+    ) -> Self {
         Self {
             commands,
             local_peer_id,
+            blobs,
         }
+    }
+
+    /// Opens a `/kith/blob/1.0.0` stream to `peer`, dialling it if needed. The stream bypasses
+    /// the event loop, so a large transfer never queues behind commands.
+    pub async fn open_blob_stream(&self, peer: PeerId) -> Result<BlobStream, RequestError> {
+        self.blobs.open(peer).await
+    }
+
+    /// Starts accepting `/kith/blob/1.0.0` streams; the node's blob server calls this once.
+    /// Until then (and after the taker is dropped) inbound blob streams are refused.
+    pub fn accept_blob_streams(&self) -> Result<IncomingBlobStreams, RequestError> {
+        self.blobs.accept()
     }
 
     /// This node's peer id (no round trip).

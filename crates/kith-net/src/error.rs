@@ -55,4 +55,7 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
+    /// Inbound blob streams already have a taker; there is one per node.
+    #[error("blob streams are already being accepted by another part of the node")]
+    AlreadyAccepting,
 }

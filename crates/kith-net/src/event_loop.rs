@@ -217,7 +217,11 @@ pub(crate) fn build(
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer.max(1));
     let kad_protocol = StreamProtocol::try_from_owned(crate::kad_protocol(&config.network_id))
         .map_err(|_| NetError::NetworkId(config.network_id.clone()))?;
-    let client = Client::new(command_tx, *swarm.local_peer_id());
+    let client = Client::new(
+        command_tx,
+        *swarm.local_peer_id(),
+        crate::blob::BlobStreams::new(swarm.behaviour().blob.new_control()),
+    );
     let mut event_loop = EventLoop {
         swarm,
         commands: command_rx,

@@ -20,6 +20,7 @@
 
 mod autonat_server;
 mod behaviour;
+mod blob;
 mod client;
 mod config;
 pub mod dm;
@@ -31,6 +32,7 @@ mod metrics;
 mod records;
 mod scope;
 
+pub use blob::{BLOB_PROTOCOL, BlobStream, IncomingBlobStreams};
 pub use client::Client;
 pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};
 pub use error::{NetError, RequestError};

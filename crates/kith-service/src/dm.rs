@@ -52,6 +52,17 @@ const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(5);
 pub enum MessageEvent {
     /// A new incoming message was stored.
     Received(Message),
+    /// More of an incoming file arrived (`received == size`: complete).
+    FileProgress {
+        /// The file (the id of the message that carried it).
+        id: MessageId,
+        /// Its sender.
+        peer: PeerId,
+        /// Ciphertext bytes verified and on disk.
+        received: u64,
+        /// Its ciphertext size.
+        size: u64,
+    },
     /// An outgoing message changed status (delivered, read, failed).
     Status {
         /// The message.
@@ -343,6 +354,18 @@ impl Node {
                 text.len()
             )));
         }
+        let peer = self.recipient_for_sending(target).await?;
+        self.send_body(
+            peer,
+            pb::direct_payload::Body::Text(text.to_owned()),
+            text.to_owned(),
+            |_| Ok(()),
+        )
+        .await
+    }
+
+    /// Resolves who a send goes to and refuses ourselves and blocked peers, with the fix in words.
+    pub(crate) async fn recipient_for_sending(&self, target: &str) -> Result<PeerId, ServiceError> {
         let peer = self.resolve_recipient(target).await?;
         if peer == self.peer_id() {
             return Err(ServiceError::InvalidMessage(
@@ -356,6 +379,19 @@ impl Node {
                 "{peer} is blocked; unblock with `kith accept {target}` first"
             )));
         }
+        Ok(peer)
+    }
+
+    /// Stores a message with `body` for `peer` (shown in history as `text`), hands it to delivery
+    /// and waits for the first attempt. `before_enqueue` runs with the new message id before the
+    /// message is stored, for records that must exist once the message does (a file's).
+    pub(crate) async fn send_body(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        text: String,
+        before_enqueue: impl FnOnce(MessageId) -> Result<(), ServiceError>,
+    ) -> Result<Sent, ServiceError> {
         let id = self.dm().next_id();
         let now = now_ms();
         let payload = pb::DirectPayload {
@@ -363,13 +399,14 @@ impl Node {
             sender: self.peer_id().to_bytes(),
             recipient: peer.to_bytes(),
             sent_at_ms: now,
-            body: Some(pb::direct_payload::Body::Text(text.to_owned())),
+            body: Some(body),
         };
+        before_enqueue(id)?;
         let message = Message {
             id,
             peer_id: peer.to_bytes(),
             outgoing: true,
-            text: text.to_owned(),
+            text,
             sent_at_ms: now,
             received_at_ms: 0,
             status: Status::Queued,
@@ -543,6 +580,8 @@ impl Node {
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Accepted)?;
         self.store().flush().await?;
+        // Files from someone in requests wait for this.
+        self.resume_downloads_from(peer);
         Ok(peer)
     }
 
@@ -1101,6 +1140,8 @@ impl Node {
         let mut account_changed = false;
         let mut seen = HashSet::new();
         let mut texts: Vec<(Message, oneshot::Sender<Verdict>)> = Vec::new();
+        // Files offered in this batch: fetched once the batch is stored.
+        let mut files: Vec<MessageId> = Vec::new();
         let mut receipts: Vec<PendingReceipt> = Vec::new();
         let mut controls: Vec<(PeerId, pb::direct_payload::Body, oneshot::Sender<Verdict>)> =
             Vec::new();
@@ -1189,6 +1230,29 @@ impl Node {
                         failure: String::new(),
                     };
                     texts.push((message, inbound.reply));
+                }
+                Some(pb::direct_payload::Body::File(offer)) => {
+                    match self.record_incoming_file(peer, inbound.id, offer) {
+                        Ok(text) => {
+                            let message = Message {
+                                id: inbound.id,
+                                peer_id: peer.to_bytes(),
+                                outgoing: false,
+                                text,
+                                sent_at_ms: payload.sent_at_ms,
+                                received_at_ms: now_ms(),
+                                status: Status::Received,
+                                failure: String::new(),
+                            };
+                            files.push(inbound.id);
+                            texts.push((message, inbound.reply));
+                        }
+                        Err(reason) => {
+                            let _ = inbound
+                                .reply
+                                .send(Err((pb::AckStatus::AckRejected, reason)));
+                        }
+                    }
                 }
                 Some(pb::direct_payload::Body::Receipt(receipt)) => {
                     let ids: Vec<MessageId> = receipt
@@ -1308,6 +1372,11 @@ impl Node {
         for reply in control_replies {
             let _ = reply.send(verdict.clone());
         }
+        if flushed.is_ok() {
+            for id in files {
+                self.start_download(id);
+            }
+        }
     }
 
     /// A peer connected: whatever waits for it is due now.
@@ -1326,6 +1395,7 @@ impl Node {
         if any {
             self.dm().wake.notify_one();
         }
+        self.resume_downloads_from(peer);
     }
 }
 

@@ -113,6 +113,25 @@ pub enum ServiceError {
     /// A mailbox relay refused or failed a request.
     #[error("mailbox relay: {0}")]
     Mailbox(String),
+    /// A file cannot be sent as it is (missing, a directory, over the size limit).
+    #[error("{0}")]
+    InvalidFile(String),
+    /// No file has this id.
+    #[error("no file has the id {0}; see `kith files`")]
+    UnknownFile(String),
+    /// The file has not fully arrived yet.
+    #[error("file {id} is still arriving ({received} of {size} bytes); `kith save` waits for it")]
+    FileIncomplete {
+        /// The file id.
+        id: String,
+        /// Verified bytes so far.
+        received: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] kith_blob::StoreError),
     /// A background job (proof of work) failed to run.
     #[error("internal task failed: {0}")]
     Task(String),

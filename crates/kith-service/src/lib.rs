@@ -21,6 +21,7 @@
 
 mod dm;
 mod error;
+mod files;
 mod groups;
 mod health;
 mod mailbox;
@@ -30,6 +31,11 @@ mod olm_state;
 
 pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;
+pub use files::{
+    DEFAULT_MAX_FILE_BYTES, FileReport, FilesConfig, SendFileOptions, SentFile, filter_presets,
+};
+pub use kith_photo::Preset as FilterPreset;
+pub use kith_store::{FileOffer, FileState};
 pub use groups::{
     GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
     ROTATE_EVERY, topic as group_topic,

@@ -57,6 +57,8 @@ pub struct Options {
     /// How often every joined group catches up from its members. Default 30 s (also on start, on
     /// join, when a member comes online, on a sequence gap and when a session key arrives).
     pub group_sync_every: Duration,
+    /// Where files are kept and how large they may be.
+    pub files: crate::FilesConfig,
 }
 
 impl Default for Options {
@@ -72,7 +74,15 @@ impl Default for Options {
             mailbox_relays: Vec::new(),
             mailbox_sync_every: Duration::from_secs(60),
             group_sync_every: Duration::from_secs(30),
+            files: crate::FilesConfig::default(),
         }
+    }
+}
+
+impl Inner {
+    /// The network handle, for components that hold only the `Inner`.
+    pub(crate) fn client_ref(&self) -> &kith_net::Client {
+        &self.client
     }
 }
 
@@ -82,6 +92,7 @@ pub(crate) struct Inner {
     pub(crate) options: Options,
     pub(crate) dm: crate::dm::Dm,
     pub(crate) groups: crate::groups::Groups,
+    pub(crate) files: crate::files::Files,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
@@ -156,6 +167,7 @@ impl Node {
         let sync_every = options.mailbox_sync_every;
         let group_sync_every = options.group_sync_every;
         let groups = crate::groups::Groups::new(&mut registry);
+        let files = crate::files::Files::open(&options.files, store.path(), &mut registry)?;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
@@ -167,6 +179,7 @@ impl Node {
                 options,
                 dm,
                 groups,
+                files,
                 mailbox_refused,
                 mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                 client,
@@ -198,6 +211,9 @@ impl Node {
             group_sync_every,
         ));
         node.push_task(groups);
+        let blob_server = tokio::spawn(crate::files::serve_loop(Arc::downgrade(&node.inner)));
+        node.push_task(blob_server);
+        node.resume_all_downloads();
         Ok(node)
     }
 

@@ -6,11 +6,13 @@
 //!
 //! - [`Store`]: opens the database, enforces the schema version and the single-process lock, flushes.
 //! - [`NameBook`]: names this node owns, names pinned to the owner first resolved, contacts.
+//! - [`FileBook`]: files sent and received (their ciphertext lives in kith-blob's store).
 //! - [`PeerBook`]: the address book of peers this node has met, used to rejoin the network after a restart.
 //!
 //! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
 
 mod error;
+mod files;
 mod groups;
 mod mailbox;
 mod messages;
@@ -19,6 +21,7 @@ mod peers;
 mod store;
 
 pub use error::StoreError;
+pub use files::{FileBook, FileOffer, FileRecord, FileState};
 pub use groups::{
     GroupId, GroupMessage, GroupRecord, GroupStore, PendingEnvelope, ReceiverState, SenderState,
     SessionId,

@@ -6,7 +6,7 @@ use std::{
     },
 };
 
-use crate::{GroupStore, MailboxStore, MessageStore, NameBook, PeerBook, StoreError};
+use crate::{FileBook, GroupStore, MailboxStore, MessageStore, NameBook, PeerBook, StoreError};
 
 /// The on-disk format version this build writes and the newest it can read.
 ///
@@ -54,6 +54,7 @@ pub struct Store {
     messages: MessageStore,
     mailboxes: MailboxStore,
     groups: GroupStore,
+    files: FileBook,
     commit: Arc<GroupCommit>,
 }
 
@@ -121,7 +122,9 @@ impl Store {
         let messages = MessageStore::new(&db, path.clone())?;
         let mailboxes = MailboxStore::new(&db, path.clone())?;
         let groups = GroupStore::new(&db, path.clone())?;
+        let files = FileBook::new(open_tree(&db, &path, crate::files::TREE)?, path.clone());
         Ok(Self {
+            files,
             path,
             db,
             peers,
@@ -171,6 +174,11 @@ impl Store {
     /// Groups: members, Megolm sessions, envelopes, history.
     pub fn groups(&self) -> &GroupStore {
         &self.groups
+    }
+
+    /// Files sent and received.
+    pub fn files(&self) -> &FileBook {
+        &self.files
     }
 
     /// Flushes from synchronous code (tools and benchmarks; the node uses [`Store::flush`]).

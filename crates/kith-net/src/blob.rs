@@ -1,0 +1,109 @@
+//! `/kith/blob/1.0.0`: raw streams for file transfer.
+//!
+//! Files do not fit request-response (1 MiB requests, 10 MiB responses and a 10 s timeout by
+//! default), so blob ranges travel on plain streams opened through `libp2p-stream`. The stream's
+//! [`Control`](libp2p_stream::Control) lives outside the event loop: opening or accepting a stream
+//! never waits on the loop's command channel, and the bytes never pass through it. What is said
+//! on a stream is kith-blob's business; this module only hands streams out, as types that do not
+//! leak libp2p's.
+
+use std::{
+    fmt,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+
+use crate::RequestError;
+
+/// The protocol name blobs are served and fetched under.
+pub const BLOB_PROTOCOL: &str = "/kith/blob/1.0.0";
+
+/// One open blob stream to or from a peer: bytes both ways, closed by dropping or `close`.
+pub struct BlobStream(libp2p::Stream);
+
+impl fmt::Debug for BlobStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlobStream")
+    }
+}
+
+impl AsyncRead for BlobStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BlobStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// Blob streams other peers open to this node, in arrival order.
+pub struct IncomingBlobStreams(libp2p_stream::IncomingStreams);
+
+impl fmt::Debug for IncomingBlobStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IncomingBlobStreams")
+    }
+}
+
+impl IncomingBlobStreams {
+    /// The next inbound stream and who opened it; `None` once the node has shut down.
+    pub async fn next(&mut self) -> Option<(PeerId, BlobStream)> {
+        self.0.next().await.map(|(peer, s)| (peer, BlobStream(s)))
+    }
+}
+
+/// The handle the [`Client`](crate::Client) keeps: opens and accepts blob streams.
+#[derive(Clone)]
+pub(crate) struct BlobStreams(libp2p_stream::Control);
+
+impl fmt::Debug for BlobStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlobStreams")
+    }
+}
+
+impl BlobStreams {
+    pub(crate) fn new(control: libp2p_stream::Control) -> Self {
+        Self(control)
+    }
+
+    pub(crate) async fn open(&self, peer: PeerId) -> Result<BlobStream, RequestError> {
+        let mut control = self.0.clone();
+        control
+            .open_stream(peer, StreamProtocol::new(BLOB_PROTOCOL))
+            .await
+            .map(BlobStream)
+            .map_err(|e| RequestError::Undelivered(format!("blob stream to {peer}: {e}")))
+    }
+
+    pub(crate) fn accept(&self) -> Result<IncomingBlobStreams, RequestError> {
+        let mut control = self.0.clone();
+        control
+            .accept(StreamProtocol::new(BLOB_PROTOCOL))
+            .map(IncomingBlobStreams)
+            .map_err(|_| RequestError::AlreadyAccepting)
+    }
+}

@@ -1,0 +1,720 @@
+//! Files and photos: sealed into the blob store, offered in a direct message, fetched by the
+//! recipient over `/kith/blob/1.0.0`.
+//!
+//! The component owns the blob store and the set of running downloads. The chat side meets it
+//! through two calls: [`Node::send_file`] (seal, then send an offer through the ordinary outbox)
+//! and the receive pipeline's `record_incoming_file` / `start_download` (record the offer with the
+//! message, fetch once the message is stored). Downloads resume on start, when the sender
+//! connects again, and when a request is accepted.
+//!
+//! Serving: any peer may ask for ranges of any blob held here. A blob is ciphertext addressed by
+//! the hash of that ciphertext, so serving it reveals nothing to someone who does not already
+//! have the hash and key from the message, and lets group members and relays serve one another.
+
+use std::{
+    collections::HashSet,
+    io::Cursor,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex as StdMutex, Weak},
+    time::Duration,
+};
+
+use kith_blob::{BlobHash, BlobKey, BlobStore, FetchError, ServeLimits};
+use kith_proto::v1 as pb;
+use kith_store::{FileOffer, FileRecord, FileState, MessageId, Trust};
+use libp2p::PeerId;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{MessageEvent, Node, ServiceError, Sent, node::now_ms};
+
+/// Default largest file a node sends or accepts: 2 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Photos larger than this are sent as plain files, not decoded (memory).
+const MAX_PHOTO_BYTES: u64 = 64 * 1024 * 1024;
+/// Thumbnails larger than this are left out of the offer (it must fit one direct message).
+const MAX_THUMBNAIL_BYTES: usize = 96 * 1024;
+/// Attempts of one download run before it waits for the sender to connect again.
+const DOWNLOAD_ATTEMPTS: u32 = 6;
+/// Time to open a blob stream to the sender.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where files are kept and how large they may be.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// Directory of the blob store; `None`: `blobs/` beside the store's directory.
+    pub dir: Option<PathBuf>,
+    /// Largest file sent or accepted, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        }
+    }
+}
+
+/// How a file is sent.
+#[derive(Debug, Clone, Default)]
+pub struct SendFileOptions {
+    /// Text shown with it.
+    pub caption: String,
+    /// A photo filter preset (`kith filters`).
+    pub filter: Option<String>,
+    /// Send a photo's own bytes (metadata stripped except orientation) instead of re-encoding.
+    pub original: bool,
+}
+
+/// A sent file, as `kith send-file` reports it.
+#[derive(Debug, Clone)]
+pub struct SentFile {
+    /// The message that carries it.
+    pub sent: Sent,
+    /// The file.
+    pub file: FileReport,
+    /// Something the sender should know (an image that did not decode was sent as a file).
+    pub note: Option<String>,
+}
+
+/// One file, as `kith files` lists it.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// The file's id: the id of the message that carried it.
+    pub id: MessageId,
+    /// The other side.
+    pub peer: PeerId,
+    /// Sent by us.
+    pub outgoing: bool,
+    /// The offer (name, mime, size, dimensions, thumbnail; the key stays inside the node).
+    pub offer: FileOffer,
+    /// Where the transfer stands.
+    pub state: FileState,
+    /// Ciphertext bytes verified and on disk.
+    pub received_bytes: u64,
+    /// Why it is paused or failed.
+    pub note: String,
+}
+
+/// The files component: the blob store and the downloads running now.
+#[derive(Debug)]
+pub(crate) struct Files {
+    blobs: BlobStore,
+    max_file_bytes: u64,
+    running: StdMutex<HashSet<MessageId>>,
+}
+
+impl Files {
+    pub(crate) fn open(
+        config: &crate::FilesConfig,
+        store_path: &Path,
+        registry: &mut Registry,
+    ) -> Result<Self, ServiceError> {
+        let dir = match &config.dir {
+            Some(dir) => dir.clone(),
+            None => store_path
+                .parent()
+                .map_or_else(|| PathBuf::from("blobs"), |p| p.join("blobs")),
+        };
+        let blobs = BlobStore::open(dir)?;
+        registry.register_collector(Box::new(BlobCollector(blobs.metrics().clone())));
+        Ok(Self {
+            blobs,
+            max_file_bytes: config.max_file_bytes,
+            running: StdMutex::new(HashSet::new()),
+        })
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reads kith-blob's counters at scrape time.
+#[derive(Debug)]
+struct BlobCollector(Arc<kith_blob::BlobMetrics>);
+
+impl Collector for BlobCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.0;
+        for (name, help, value) in [
+            ("blob_bytes_sent", "Blob bytes served to peers", &m.bytes_sent),
+            ("blob_bytes_received", "Blob bytes fetched from peers", &m.bytes_received),
+            (
+                "blob_ranges_rejected",
+                "Blob ranges refused because they did not match their hash",
+                &m.ranges_rejected,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(Relaxed));
+            counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let refused = ConstCounter::new(m.refused_total());
+        refused.encode(encoder.encode_descriptor(
+            "blob_requests_refused",
+            "Blob requests refused (garbage, oversized, unknown blob, out of range, busy)",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let active = m.active_uploads.load(Relaxed) + m.active_downloads.load(Relaxed);
+        let gauge = ConstGauge::new(i64::try_from(active).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "blob_active_transfers",
+            "Blob uploads and downloads running now",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// The sealed file and what the offer says about it.
+struct Prepared {
+    info: kith_blob::BlobInfo,
+    offer_fields: FileOffer,
+    note: Option<String>,
+}
+
+/// Reads, processes (photos) and seals a file into the blob store. Blocking: run it off the
+/// async workers.
+fn prepare(
+    blobs: &BlobStore,
+    path: &Path,
+    len: u64,
+    options: &SendFileOptions,
+) -> Result<Prepared, ServiceError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "file".to_owned());
+    let mut note = None;
+    if len <= MAX_PHOTO_BYTES {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display())))?;
+        if let Some(kind) = kith_photo::sniff(&bytes) {
+            let processed = if options.original {
+                kith_photo::original(&bytes, kind)
+            } else {
+                let photo_options = kith_photo::PhotoOptions {
+                    filter: options.filter.clone(),
+                    ..Default::default()
+                };
+                kith_photo::process(&bytes, &photo_options)
+            };
+            match processed {
+                Ok(photo) => {
+                    let info = blobs
+                        .import_sealed_reader(Cursor::new(&photo.bytes), photo.bytes.len() as u64)?;
+                    let thumbnail = if photo.thumbnail.len() <= MAX_THUMBNAIL_BYTES {
+                        photo.thumbnail
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(Prepared {
+                        offer_fields: FileOffer {
+                            mime: photo.mime.to_owned(),
+                            name: photo_name(&name, photo.mime),
+                            plain_size: photo.bytes.len() as u64,
+                            width: photo.width,
+                            height: photo.height,
+                            thumbnail,
+                            placeholder: photo.placeholder,
+                            ..Default::default()
+                        },
+                        info,
+                        note,
+                    });
+                }
+                Err(e) => {
+                    note = Some(format!(
+                        "{name} looks like an image but did not decode ({e}); sent as a file"
+                    ));
+                }
+            }
+        }
+        let info = blobs.import_sealed_reader(Cursor::new(&bytes), len)?;
+        return Ok(Prepared {
+            offer_fields: FileOffer {
+                mime: guess_mime(&name).to_owned(),
+                name,
+                plain_size: len,
+                ..Default::default()
+            },
+            info,
+            note,
+        });
+    }
+    let info = blobs.import_sealed(path)?;
+    Ok(Prepared {
+        offer_fields: FileOffer {
+            mime: guess_mime(&name).to_owned(),
+            name,
+            plain_size: len,
+            ..Default::default()
+        },
+        info,
+        note,
+    })
+}
+
+/// A re-encoded photo keeps its name with the extension of what it now is.
+fn photo_name(name: &str, mime: &str) -> String {
+    let ext = match mime {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        _ => return name.to_owned(),
+    };
+    let stem = Path::new(name)
+        .file_stem()
+        .map_or_else(|| name.to_owned(), |s| s.to_string_lossy().into_owned());
+    format!("{stem}.{ext}")
+}
+
+/// The media type from the extension; the recipient never executes anything on it.
+fn guess_mime(name: &str) -> &'static str {
+    let ext = Path::new(name)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "pdf" => "application/pdf",
+        "txt" | "md" => "text/plain",
+        "zip" => "application/zip",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+impl Node {
+    pub(crate) fn files_component(&self) -> &Files {
+        &self.inner.files
+    }
+
+    /// Sends a file or photo to a petname, name or peer id.
+    ///
+    /// The file is checked, processed if it is a photo (oriented, stripped of metadata, filtered,
+    /// thumbnailed), sealed under a fresh key into the blob store, and offered in a direct
+    /// message that goes through the outbox like a text. Nothing is sent when any step fails.
+    pub async fn send_file(
+        &self,
+        target: &str,
+        path: &Path,
+        options: SendFileOptions,
+    ) -> Result<SentFile, ServiceError> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            ServiceError::InvalidFile(match e.kind() {
+                std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
+                _ => format!("cannot read {}: {e}", path.display()),
+            })
+        })?;
+        if meta.is_dir() {
+            return Err(ServiceError::InvalidFile(format!(
+                "{} is a directory; send a file",
+                path.display()
+            )));
+        }
+        let max = self.files_component().max_file_bytes;
+        if meta.len() > max {
+            return Err(ServiceError::InvalidFile(format!(
+                "{} is {} bytes; the limit is {max} bytes",
+                path.display(),
+                meta.len()
+            )));
+        }
+        if options.caption.len() > crate::MAX_TEXT_BYTES {
+            return Err(ServiceError::InvalidFile(format!(
+                "the caption is {} bytes; the limit is {}",
+                options.caption.len(),
+                crate::MAX_TEXT_BYTES
+            )));
+        }
+        if let Some(filter) = &options.filter
+            && kith_photo::matrix_for(Some(filter), kith_photo::Adjust::default()).is_err()
+        {
+            let names: Vec<&str> = kith_photo::presets().iter().map(|p| p.name).collect();
+            return Err(ServiceError::InvalidFile(format!(
+                "unknown filter '{filter}'; the filters are {}",
+                names.join(", ")
+            )));
+        }
+        let peer = self.recipient_for_sending(target).await?;
+        let blobs = self.files_component().blobs.clone();
+        let owned_path = path.to_path_buf();
+        let len = meta.len();
+        let prepare_options = options.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare(&blobs, &owned_path, len, &prepare_options)
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))??;
+        let offer = FileOffer {
+            hash: *prepared.info.hash.as_bytes(),
+            size: prepared.info.size,
+            key: prepared.info.key.to_bytes(),
+            caption: options.caption.clone(),
+            ..prepared.offer_fields
+        };
+        let text = shown_text(&offer);
+        let record_offer = offer.clone();
+        let files = self.store().files().clone();
+        let me_peer = peer.to_bytes();
+        let sent = self
+            .send_body(
+                peer,
+                pb::direct_payload::Body::File(offer.to_proto()),
+                text,
+                move |id| {
+                    files.put(&FileRecord {
+                        message_id: id,
+                        peer_id: me_peer,
+                        outgoing: true,
+                        offer: record_offer,
+                        state: FileState::Complete,
+                        note: String::new(),
+                        created_ms: now_ms(),
+                    })?;
+                    Ok(())
+                },
+            )
+            .await?;
+        let file = FileReport {
+            id: sent.id,
+            peer,
+            outgoing: true,
+            received_bytes: offer.size,
+            offer,
+            state: FileState::Complete,
+            note: String::new(),
+        };
+        Ok(SentFile {
+            sent,
+            file,
+            note: prepared.note,
+        })
+    }
+
+    /// Every file sent and received, optionally only with one peer; oldest first.
+    pub fn files(&self, with: Option<PeerId>) -> Result<Vec<FileReport>, ServiceError> {
+        let records = self.store().files().all()?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| {
+                let peer = PeerId::from_bytes(&r.peer_id).ok()?;
+                if with.is_some_and(|w| w != peer) {
+                    return None;
+                }
+                Some(self.report(r, peer))
+            })
+            .collect())
+    }
+
+    /// One file by its id.
+    pub fn file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
+        let record = self
+            .store()
+            .files()
+            .get(id)?
+            .ok_or_else(|| ServiceError::UnknownFile(hex::encode(id)))?;
+        let peer = PeerId::from_bytes(&record.peer_id)
+            .map_err(|_| ServiceError::UnknownFile(hex::encode(id)))?;
+        Ok(self.report(record, peer))
+    }
+
+    fn report(&self, r: FileRecord, peer: PeerId) -> FileReport {
+        let received_bytes = match r.state {
+            FileState::Complete => r.offer.size,
+            _ => self
+                .files_component()
+                .blobs
+                .status(BlobHash::from_bytes(r.offer.hash))
+                .map_or(0, |s| s.verified_bytes),
+        };
+        FileReport {
+            id: r.message_id,
+            peer,
+            outgoing: r.outgoing,
+            offer: r.offer,
+            state: r.state,
+            received_bytes,
+            note: r.note,
+        }
+    }
+
+    /// Decrypts a complete file to `path` (a new file, or a new file named as sent inside a
+    /// directory); returns where it went and its size. Refuses to overwrite.
+    pub async fn save_file(
+        &self,
+        id: &MessageId,
+        path: &Path,
+    ) -> Result<(PathBuf, u64), ServiceError> {
+        let report = self.file(id)?;
+        if report.state != FileState::Complete {
+            return Err(ServiceError::FileIncomplete {
+                id: hex::encode(id),
+                received: report.received_bytes,
+                size: report.offer.size,
+            });
+        }
+        let target = if path.is_dir() {
+            path.join(&report.offer.name)
+        } else {
+            path.to_path_buf()
+        };
+        if target.exists() {
+            return Err(ServiceError::InvalidFile(format!(
+                "{} already exists; choose another path",
+                target.display()
+            )));
+        }
+        let blobs = self.files_component().blobs.clone();
+        let hash = BlobHash::from_bytes(report.offer.hash);
+        let key = BlobKey::from_bytes(report.offer.key);
+        let out = target.clone();
+        let written =
+            tokio::task::spawn_blocking(move || blobs.export_decrypted(hash, &key, &out))
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))??;
+        Ok((target, written))
+    }
+
+    /// Checks an offer from `peer` and records it with the message; returns the text the message
+    /// shows. An `Err` is the reason the offer is refused.
+    pub(crate) fn record_incoming_file(
+        &self,
+        peer: PeerId,
+        id: MessageId,
+        offer: pb::FileOffer,
+    ) -> Result<String, String> {
+        let offer = FileOffer::try_from(offer)?;
+        let max = self.files_component().max_file_bytes;
+        if offer.plain_size > max {
+            return Err(format!(
+                "file of {} bytes is over this node's limit of {max}",
+                offer.plain_size
+            ));
+        }
+        if offer.caption.len() > crate::MAX_TEXT_BYTES {
+            return Err("oversized caption".into());
+        }
+        // Nothing is fetched from someone in requests until they are accepted.
+        let accepted = self
+            .store()
+            .messages()
+            .correspondent(&peer.to_bytes())
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.trust == Trust::Accepted);
+        let (state, note) = if accepted {
+            (FileState::Downloading, String::new())
+        } else {
+            (
+                FileState::Paused,
+                "from someone you have not accepted; accept them to download".to_owned(),
+            )
+        };
+        let text = shown_text(&offer);
+        self.store()
+            .files()
+            .insert_new(&FileRecord {
+                message_id: id,
+                peer_id: peer.to_bytes(),
+                outgoing: false,
+                offer,
+                state,
+                note,
+                created_ms: now_ms(),
+            })
+            .map_err(|e| format!("cannot record the file: {e}"))?;
+        Ok(text)
+    }
+
+    /// Starts fetching a recorded incoming file unless it is complete, paused or already running.
+    pub(crate) fn start_download(&self, id: MessageId) {
+        let Ok(Some(record)) = self.store().files().get(&id) else {
+            return;
+        };
+        if record.outgoing || record.state != FileState::Downloading {
+            return;
+        }
+        let Ok(peer) = PeerId::from_bytes(&record.peer_id) else {
+            return;
+        };
+        if !lock(&self.files_component().running).insert(id) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            download(weak.clone(), peer, record).await;
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.files.running).remove(&id);
+            }
+        });
+    }
+
+    /// Resumes every unfinished download from `peer` (it connected, or was accepted).
+    pub(crate) fn resume_downloads_from(&self, peer: PeerId) {
+        let Ok(records) = self.store().files().all() else {
+            return;
+        };
+        let accepted = self
+            .store()
+            .messages()
+            .correspondent(&peer.to_bytes())
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.trust == Trust::Accepted);
+        for r in records
+            .into_iter()
+            .filter(|r| !r.outgoing && r.peer_id == peer.to_bytes())
+        {
+            if r.state == FileState::Paused && accepted {
+                let _ = self
+                    .store()
+                    .files()
+                    .set_state(&r.message_id, FileState::Downloading, "");
+            }
+            self.start_download(r.message_id);
+        }
+    }
+
+    /// Resumes every unfinished download (at start).
+    pub(crate) fn resume_all_downloads(&self) {
+        let Ok(records) = self.store().files().all() else {
+            return;
+        };
+        for r in records.into_iter().filter(|r| !r.outgoing) {
+            self.start_download(r.message_id);
+        }
+    }
+}
+
+/// What the chat shows for a file message: its caption, or its name.
+fn shown_text(offer: &FileOffer) -> String {
+    if offer.caption.trim().is_empty() {
+        offer.name.clone()
+    } else {
+        offer.caption.clone()
+    }
+}
+
+/// Fetches one file from its sender: a few attempts with growing pauses, each asking only for
+/// what is still missing. Gives up for now after [`DOWNLOAD_ATTEMPTS`]; the next connection of
+/// the sender, or the next start, resumes it.
+async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRecord) {
+    let hash = BlobHash::from_bytes(record.offer.hash);
+    let id = record.message_id;
+    for attempt in 0..DOWNLOAD_ATTEMPTS {
+        let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+            return;
+        };
+        let outcome = match tokio::time::timeout(
+            OPEN_TIMEOUT,
+            node.inner.client_ref().open_blob_stream(peer),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                let blobs = node.files_component().blobs.clone();
+                let events = node.clone();
+                let size = record.offer.size;
+                kith_blob::fetch_missing(stream, &blobs, hash, size, move |p| {
+                    events.dm().emit(MessageEvent::FileProgress {
+                        id,
+                        peer,
+                        received: size.saturating_sub(p.wanted) + p.written,
+                        size,
+                    });
+                })
+                .await
+                .map_err(Some)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "cannot open a blob stream");
+                Err(None)
+            }
+            Err(_) => Err(None),
+        };
+        match outcome {
+            Ok(done) if done.complete => {
+                if node
+                    .store()
+                    .files()
+                    .set_state(&id, FileState::Complete, "")
+                    .is_ok()
+                    && node.store().flush().await.is_ok()
+                {
+                    node.dm().emit(MessageEvent::FileProgress {
+                        id,
+                        peer,
+                        received: record.offer.size,
+                        size: record.offer.size,
+                    });
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(Some(FetchError::Store(kith_blob::StoreError::DiskFull { .. }))) => {
+                let _ = node.store().files().set_state(
+                    &id,
+                    FileState::Paused,
+                    "the disk is full; free space, then restart kith to resume",
+                );
+                let _ = node.store().flush().await;
+                return;
+            }
+            Err(Some(FetchError::Store(kith_blob::StoreError::Busy { .. }))) => return,
+            Err(Some(e)) => {
+                tracing::info!(%peer, file = %hex::encode(id), error = %e, "file transfer stopped; retrying");
+            }
+            Err(None) => {}
+        }
+        drop(node);
+        tokio::time::sleep(Duration::from_millis(500 * (1 << attempt.min(6)))).await;
+    }
+}
+
+/// Serves blob ranges to whoever asks, one task per stream.
+pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
+    let (mut incoming, blobs) = {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match inner.client_ref().accept_blob_streams() {
+            Ok(incoming) => (incoming, inner.files.blobs.clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve files");
+                return;
+            }
+        }
+    };
+    let limits = ServeLimits::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        let blobs = blobs.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            if let Err(e) = kith_blob::serve(stream, &blobs, &limits).await {
+                tracing::info!(%peer, error = %e, "closed a blob stream");
+            }
+        });
+    }
+}
+
+/// The filter presets, for `kith filters` and the web app's preview.
+pub fn filter_presets() -> &'static [kith_photo::Preset] {
+    kith_photo::presets()
+}
