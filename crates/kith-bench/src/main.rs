@@ -72,6 +72,8 @@ enum Command {
     Scale(ScaleArgs),
     /// Kademlia `get_closest_peers` walk latency, kith beside raw swarms.
     Dht(DhtArgs),
+    /// Preparing a 12 MP photo for sending, kith-photo beside the image crate's decode + encode.
+    Photo(PhotoArgs),
     /// Internal: a raw libp2p node process for the footprint baseline.
     #[command(name = "__raw-node", hide = true)]
     RawNode,
@@ -155,6 +157,13 @@ struct DhtArgs {
     /// Timed walks per network (default 200, quick 20).
     #[arg(long)]
     queries: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct PhotoArgs {
+    /// Timed runs of each side (default 20, quick 3).
+    #[arg(long)]
+    iterations: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +253,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 settings.dht.queries = queries;
             }
             vec![Group::Dht]
+        }
+        Command::Photo(args) => {
+            if let Some(n) = args.iterations {
+                settings.photo.iterations = n.max(1);
+            }
+            vec![Group::Photo]
         }
     };
     // In-process networks need many sockets; the default soft limit is often 1024.
@@ -364,6 +379,13 @@ mod tests {
             Command::Relay(RelayArgs {
                 mailbox_messages: Some(64),
                 ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["kith-bench", "photo", "--iterations", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Photo(PhotoArgs {
+                iterations: Some(5)
             })
         ));
         let cli = Cli::try_parse_from(["kith-bench", "scale", "--nodes", "1000"]).unwrap();

@@ -8,12 +8,15 @@
 //! - [`scale`]: `scale`, the largest in-process network within a time budget, kith vs raw.
 //! - [`relayed`]: `relay.latency`, `relay.throughput` (through a circuit relay vs direct) and
 //!   `mailbox.throughput` (held at a relay for an offline recipient vs direct delivery).
+//! - [`photo`]: `photo.process`, kith-photo's send path on a 12 MP JPEG vs the `image` crate's
+//!   decode + encode alone.
 
 pub(crate) mod dht;
 pub(crate) mod dm;
 pub(crate) mod footprint;
 pub(crate) mod group;
 pub(crate) mod history;
+pub(crate) mod photo;
 pub(crate) mod relay;
 pub(crate) mod relayed;
 pub(crate) mod resolve;
@@ -42,11 +45,13 @@ pub(crate) enum Group {
     Dht,
     /// Direct messages through a circuit relay, and relay mailboxes (the `relay` subcommand).
     Relay,
+    /// Photos prepared for sending.
+    Photo,
 }
 
 impl Group {
     /// Every group, in report order.
-    pub(crate) const ALL: [Group; 8] = [
+    pub(crate) const ALL: [Group; 9] = [
         Group::Dm,
         Group::Relay,
         Group::Resolve,
@@ -55,6 +60,7 @@ impl Group {
         Group::Footprint,
         Group::Scale,
         Group::Dht,
+        Group::Photo,
     ];
 }
 
@@ -221,6 +227,14 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         baseline: "raw libp2p swarms (identify + Kademlia Mode::Server, MemoryStore), same protocol name and topology",
         missing: None,
     },
+    Spec {
+        name: "photo.process",
+        group: Group::Photo,
+        unit: "ms",
+        measures: "kith_photo::process of a 12 MP phone-like JPEG (EXIF orientation + GPS): decode, orient, vivid filter, re-encode without metadata, thumbnail, ThumbHash, p50/p99",
+        baseline: "the image crate alone: decode + JPEG encode of the same input at the same quality",
+        missing: None,
+    },
 ];
 
 /// Everything the runnable scenarios need to know.
@@ -244,6 +258,8 @@ pub(crate) struct Settings {
     pub(crate) footprint: footprint::Params,
     /// `scale`.
     pub(crate) scale: scale::Params,
+    /// `photo.process`.
+    pub(crate) photo: photo::Params,
 }
 
 impl Settings {
@@ -259,6 +275,7 @@ impl Settings {
             relay_mailboxes: if quick { 1_000 } else { 10_000 },
             footprint: footprint::Params::new(quick),
             scale: scale::Params::new(quick),
+            photo: photo::Params::new(quick),
         }
     }
 }
@@ -338,6 +355,7 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
                 relay::run(&settings.footprint, settings.relay_mailboxes, bar)
             }
             (None, "scale") => scale::run(&settings.scale, bar),
+            (None, "photo.process") => photo::run(&settings.photo, bar),
             (None, other) => Scenario::unavailable(
                 spec.name,
                 spec.unit,
@@ -374,6 +392,7 @@ mod tests {
             "relay.throughput",
             "mailbox.throughput",
             "scale",
+            "photo.process",
         ] {
             assert!(names.contains(&required), "{required} missing");
         }
