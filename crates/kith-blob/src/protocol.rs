@@ -120,12 +120,14 @@ where
             }
             FrameLen::Invalid => {
                 refuse(&mut stream, store, Status::BadRequest).await?;
+                let _ = stream.close().await;
                 return Err(ServeError::BadFrame);
             }
             FrameLen::Len(len) => len,
         };
         if len > limits.max_request_frame as u64 {
             refuse(&mut stream, store, Status::TooLarge).await?;
+            let _ = stream.close().await;
             return Err(ServeError::FrameTooLarge {
                 len,
                 max: limits.max_request_frame,
