@@ -88,6 +88,10 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             ..kith_service::MailboxConfig::default()
         }),
         mailbox_relays,
+        files: kith_service::FilesConfig {
+            dir: Some(home.db_path().with_file_name("blobs")),
+            ..kith_service::FilesConfig::default()
+        },
         ..kith_service::Options::default()
     };
     let node = Node::start_with(config, store, options)

@@ -9,6 +9,8 @@
 //!   lying holders, key changes, contacts and invites.
 //! - [`dm`]: direct chat between real nodes: by peer id, name and petname, receipts, requests and
 //!   blocks, tampered, replayed, oversized and garbage frames, no plaintext on the wire, floods.
+//! - [`files`]: a 20 MB file and a filtered photo between two nodes; files from strangers wait
+//!   for the accept; files that cannot be sent.
 //! - [`mailbox`]: more mail for an offline friend than one delivery batch holds.
 //! - [`sybil`]: issue 14's attack, attacker nodes with ids ground next to a name's key, at 20% and
 //!   30% of the network, against fresh resolvers.
@@ -21,6 +23,7 @@
 mod api;
 mod dht;
 mod dm;
+mod files;
 mod groups;
 mod harness;
 mod mailbox;

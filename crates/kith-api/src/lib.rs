@@ -56,19 +56,22 @@
 
 mod client;
 mod doctor;
+mod files;
 mod server;
 mod token;
 mod types;
 mod web;
 
 pub use client::{ApiClient, ClientError};
+pub use files::file_state_name;
 pub use server::{router, serve, serve_metrics};
 pub use token::{ApiToken, TokenError};
 pub use types::{
     AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, CreateGroupRequest,
-    DoctorCheck, DoctorReport, ErrorBody, EventReport, GroupHistoryReport, GroupMemberReport,
-    GroupMemberRequest, GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest,
-    HistoryReport, InviteReport, MarkReadReport, MessageReport, NameReport, PeerReport, PowParams,
-    RecipientUsage, RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SendReport,
+    DoctorCheck, DoctorReport, ErrorBody, EventReport, FileInfo, FilterInfo, GroupHistoryReport,
+    GroupMemberReport, GroupMemberRequest, GroupMessageReport, GroupReport, GroupSendReport,
+    GroupSendRequest, HistoryReport, InviteReport, MarkReadReport, MessageReport, NameReport,
+    PeerReport, PowParams, RecipientUsage, RegisterRequest, RelayReport, RelayServedReport,
+    ResolveReport, SaveFileRequest, SavedFile, SendFileReport, SendFileRequest, SendReport,
     SendRequest, StatusReport, TrustReport, VerifyReport, status_name, trust_name,
 };

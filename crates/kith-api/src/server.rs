@@ -25,8 +25,8 @@ use crate::{
 };
 
 #[derive(Clone)]
-struct AppState {
-    node: Node,
+pub(crate) struct AppState {
+    pub(crate) node: Node,
     token: ApiToken,
     session: web::Session,
 }
@@ -79,6 +79,13 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
             "/v1/groups/{group}/messages",
             get(group_history).post(send_group),
         )
+        .route(
+            "/v1/files",
+            get(crate::files::list_files).post(crate::files::send_file),
+        )
+        .route("/v1/files/{id}", get(crate::files::get_file))
+        .route("/v1/files/{id}/save", post(crate::files::save_file))
+        .route("/v1/filters", get(crate::files::filters))
         .route("/v1/events", get(events))
         .route("/v1/relay", get(relay_status))
         .route("/metrics", get(metrics))
@@ -249,7 +256,12 @@ fn service_error(e: ServiceError) -> Response {
         | ServiceError::InvalidPetname(_)
         | ServiceError::InvalidInvite(_)
         | ServiceError::BadProofOfWork(_)
-        | ServiceError::InvalidMessage(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        | ServiceError::InvalidMessage(_)
+        | ServiceError::InvalidFile(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        ServiceError::FileIncomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
+        ServiceError::Blob(kith_blob::StoreError::DiskFull { .. }) => {
+            (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
+        }
         ServiceError::NotGroupAdmin(_) => (StatusCode::FORBIDDEN, "not_admin"),
         ServiceError::GroupClosed(_) => (StatusCode::CONFLICT, "not_a_member"),
         ServiceError::AmbiguousGroup { .. } => (StatusCode::CONFLICT, "ambiguous"),
@@ -257,6 +269,7 @@ fn service_error(e: ServiceError) -> Response {
         | ServiceError::UnknownGroup(_)
         | ServiceError::UnknownRecipient(_)
         | ServiceError::NoSuchContact(_)
+        | ServiceError::UnknownFile(_)
         | ServiceError::NotOurName(_) => (StatusCode::NOT_FOUND, "not_found"),
         ServiceError::NameTaken { holder, since, .. } => {
             body.found_peer_id = Some(holder.to_string());
@@ -290,7 +303,10 @@ fn service_error(e: ServiceError) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn respond<T: serde::Serialize>(status: StatusCode, result: Result<T, ServiceError>) -> Response {
+pub(crate) fn respond<T: serde::Serialize>(
+    status: StatusCode,
+    result: Result<T, ServiceError>,
+) -> Response {
     match result {
         Ok(value) => (status, Json(value)).into_response(),
         Err(e) => service_error(e),

@@ -703,3 +703,103 @@ pub struct DoctorCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
+
+/// `POST /v1/files`: send a file the node can read (the CLI passes an absolute path).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SendFileRequest {
+    /// Petname, name or peer id.
+    pub to: String,
+    /// Absolute path of the file on the node's machine.
+    pub path: String,
+    /// Text shown with it.
+    #[serde(default)]
+    pub caption: String,
+    /// A filter preset for photos (`GET /v1/filters`).
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Send a photo's own bytes (metadata stripped except orientation).
+    #[serde(default)]
+    pub original: bool,
+}
+
+/// The answer to `POST /v1/files` and `kith send-file --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SendFileReport {
+    /// Message id (32 hex characters).
+    pub id: String,
+    /// The file's id (the message id: one file per message).
+    pub file_id: String,
+    /// BLAKE3/bao root of the ciphertext (hex).
+    pub hash: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// `delivered` or `queued` (the offer message; the recipient then fetches the file).
+    pub status: String,
+    /// Something the sender should know (an image sent as a plain file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One file in `GET /v1/files` and `kith files --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileInfo {
+    /// The file's id.
+    pub file_id: String,
+    /// The message that carried it.
+    pub message_id: String,
+    /// Who sent it (our own peer id for files we sent).
+    pub from: String,
+    /// The other side of the conversation.
+    pub peer_id: String,
+    /// Sent by us.
+    pub outgoing: bool,
+    /// Its name.
+    pub name: String,
+    /// Its media type.
+    pub mime: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// BLAKE3/bao root of the ciphertext (hex).
+    pub hash: String,
+    /// `complete`, `downloading`, `paused` or `failed`.
+    pub state: String,
+    /// Ciphertext bytes verified so far.
+    pub received_bytes: u64,
+    /// Ciphertext size (what `received_bytes` counts up to).
+    pub transfer_size: u64,
+    /// Photo dimensions (0 for other files).
+    pub width: u32,
+    /// Photo dimensions (0 for other files).
+    pub height: u32,
+    /// Text sent with it.
+    pub caption: String,
+    /// Why it is paused or failed.
+    pub note: String,
+}
+
+/// `POST /v1/files/{id}/save`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SaveFileRequest {
+    /// Absolute path of a new file, or of a directory to save into under the file's name.
+    pub path: String,
+}
+
+/// The answer to `POST /v1/files/{id}/save`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SavedFile {
+    /// Where the file was written.
+    pub path: String,
+    /// Bytes written.
+    pub size: u64,
+}
+
+/// One filter preset in `GET /v1/filters`: the web app previews with exactly this matrix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FilterInfo {
+    /// Name used by `--filter`.
+    pub name: String,
+    /// Name shown to people.
+    pub label: String,
+    /// 4×5 colour matrix, row-major, as SVG `feColorMatrix type="matrix"` (sRGB).
+    pub matrix: Vec<f32>,
+}

@@ -8,8 +8,7 @@
 //! leak libp2p's.
 
 use std::{
-    fmt,
-    io,
+    fmt, io,
     pin::Pin,
     task::{Context, Poll},
 };

@@ -4,9 +4,8 @@ use tokio::sync::{mpsc, oneshot};
 use std::time::SystemTime;
 
 use crate::{
-    BlobStream, Channel, IncomingBlobStreams,
-    blob::BlobStreams, DmRequestId, GetRecordResult, GossipId, GossipVerdict, NetStatus, PeerInfo,
-    RequestError,
+    BlobStream, Channel, DmRequestId, GetRecordResult, GossipId, GossipVerdict,
+    IncomingBlobStreams, NetStatus, PeerInfo, RequestError, blob::BlobStreams,
 };
 
 /// What a [`Client`] asks the event loop to do. Each carries its own reply channel.

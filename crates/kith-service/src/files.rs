@@ -30,7 +30,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{MessageEvent, Node, ServiceError, Sent, node::now_ms};
+use crate::{MessageEvent, Node, Sent, ServiceError, node::now_ms};
 
 /// Default largest file a node sends or accepts: 2 GiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -46,7 +46,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where files are kept and how large they may be.
 #[derive(Debug, Clone)]
 pub struct FilesConfig {
-    /// Directory of the blob store; `None`: `blobs/` beside the store's directory.
+    /// Directory of the blob store; `None`: `<store dir>.blobs` beside the store's directory.
     pub dir: Option<PathBuf>,
     /// Largest file sent or accepted, in bytes.
     pub max_file_bytes: u64,
@@ -118,9 +118,12 @@ impl Files {
     ) -> Result<Self, ServiceError> {
         let dir = match &config.dir {
             Some(dir) => dir.clone(),
-            None => store_path
-                .parent()
-                .map_or_else(|| PathBuf::from("blobs"), |p| p.join("blobs")),
+            // A sibling of the store named after it, so nodes sharing a parent never share blobs.
+            None => {
+                let mut name = store_path.file_name().unwrap_or_default().to_os_string();
+                name.push(".blobs");
+                store_path.with_file_name(name)
+            }
         };
         let blobs = BlobStore::open(dir)?;
         registry.register_collector(Box::new(BlobCollector(blobs.metrics().clone())));
@@ -145,8 +148,16 @@ impl Collector for BlobCollector {
         use std::sync::atomic::Ordering::Relaxed;
         let m = &self.0;
         for (name, help, value) in [
-            ("blob_bytes_sent", "Blob bytes served to peers", &m.bytes_sent),
-            ("blob_bytes_received", "Blob bytes fetched from peers", &m.bytes_received),
+            (
+                "blob_bytes_sent",
+                "Blob bytes served to peers",
+                &m.bytes_sent,
+            ),
+            (
+                "blob_bytes_received",
+                "Blob bytes fetched from peers",
+                &m.bytes_received,
+            ),
             (
                 "blob_ranges_rejected",
                 "Blob ranges refused because they did not match their hash",
@@ -197,8 +208,9 @@ fn prepare(
         .unwrap_or_else(|| "file".to_owned());
     let mut note = None;
     if len <= MAX_PHOTO_BYTES {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display()))
+        })?;
         if let Some(kind) = kith_photo::sniff(&bytes) {
             let processed = if options.original {
                 kith_photo::original(&bytes, kind)
@@ -211,8 +223,10 @@ fn prepare(
             };
             match processed {
                 Ok(photo) => {
-                    let info = blobs
-                        .import_sealed_reader(Cursor::new(&photo.bytes), photo.bytes.len() as u64)?;
+                    let info = blobs.import_sealed_reader(
+                        Cursor::new(&photo.bytes),
+                        photo.bytes.len() as u64,
+                    )?;
                     let thumbnail = if photo.thumbnail.len() <= MAX_THUMBNAIL_BYTES {
                         photo.thumbnail
                     } else {
@@ -485,10 +499,9 @@ impl Node {
         let hash = BlobHash::from_bytes(report.offer.hash);
         let key = BlobKey::from_bytes(report.offer.key);
         let out = target.clone();
-        let written =
-            tokio::task::spawn_blocking(move || blobs.export_decrypted(hash, &key, &out))
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))??;
+        let written = tokio::task::spawn_blocking(move || blobs.export_decrypted(hash, &key, &out))
+            .await
+            .map_err(|e| ServiceError::Task(e.to_string()))??;
         Ok((target, written))
     }
 

@@ -34,14 +34,14 @@ pub use error::ServiceError;
 pub use files::{
     DEFAULT_MAX_FILE_BYTES, FileReport, FilesConfig, SendFileOptions, SentFile, filter_presets,
 };
-pub use kith_photo::Preset as FilterPreset;
-pub use kith_store::{FileOffer, FileState};
 pub use groups::{
     GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
     ROTATE_EVERY, topic as group_topic,
 };
 pub use health::{Checkup, MailboxHealth, Publication};
 pub use kith_crypto::PickleKey;
+pub use kith_photo::Preset as FilterPreset;
+pub use kith_store::{FileOffer, FileState};
 pub use kith_store::{GroupId, GroupMessage};
 pub use kith_store::{MailboxStats, Quota};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};

@@ -276,8 +276,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
-            assert!(store.files().insert_new(&record(1, FileState::Downloading)).unwrap());
-            assert!(!store.files().insert_new(&record(1, FileState::Complete)).unwrap());
+            assert!(
+                store
+                    .files()
+                    .insert_new(&record(1, FileState::Downloading))
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .files()
+                    .insert_new(&record(1, FileState::Complete))
+                    .unwrap()
+            );
             store
                 .files()
                 .set_state(&[1; 16], FileState::Paused, "disk full")
@@ -298,11 +308,41 @@ mod tests {
     fn offers_with_paths_or_short_keys_are_refused() {
         let good = record(1, FileState::Complete).offer.to_proto();
         for (what, bad) in [
-            ("path", pb::FileOffer { name: "../etc/passwd".into(), ..good.clone() }),
-            ("empty name", pb::FileOffer { name: String::new(), ..good.clone() }),
-            ("short hash", pb::FileOffer { hash: vec![1; 31], ..good.clone() }),
-            ("short key", pb::FileOffer { key: vec![1; 3], ..good.clone() }),
-            ("sizes", pb::FileOffer { plain_size: 101, ..good.clone() }),
+            (
+                "path",
+                pb::FileOffer {
+                    name: "../etc/passwd".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "empty name",
+                pb::FileOffer {
+                    name: String::new(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "short hash",
+                pb::FileOffer {
+                    hash: vec![1; 31],
+                    ..good.clone()
+                },
+            ),
+            (
+                "short key",
+                pb::FileOffer {
+                    key: vec![1; 3],
+                    ..good.clone()
+                },
+            ),
+            (
+                "sizes",
+                pb::FileOffer {
+                    plain_size: 101,
+                    ..good.clone()
+                },
+            ),
         ] {
             assert!(FileOffer::try_from(bad).is_err(), "{what} accepted");
         }
