@@ -703,12 +703,16 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
 
 /// Serves blob ranges to whoever asks, one task per stream.
 pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
-    let (mut incoming, blobs) = {
+    let (mut incoming, blobs, mut stop) = {
         let Some(inner) = inner.upgrade() else {
             return;
         };
         match inner.client_ref().accept_blob_streams() {
-            Ok(incoming) => (incoming, inner.files.blobs.clone()),
+            Ok(incoming) => (
+                incoming,
+                inner.files.blobs.clone(),
+                inner.shutdown_tx.subscribe(),
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot serve files");
                 return;
@@ -716,7 +720,16 @@ pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
         }
     };
     let limits = ServeLimits::default();
-    while let Some((peer, stream)) = incoming.next().await {
+    loop {
+        // The node's own network handle keeps the inbound side open, so the loop ends on the
+        // shutdown signal rather than on the end of the stream.
+        let (peer, stream) = tokio::select! {
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
         let blobs = blobs.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
