@@ -65,6 +65,36 @@ pub(crate) enum Command {
         /// The text.
         text: String,
     },
+    /// Send a file or photo (photos are oriented, stripped of metadata and thumbnailed).
+    SendFile {
+        /// Who.
+        to: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Text shown with it.
+        #[arg(long)]
+        caption: Option<String>,
+        /// A photo filter (see `kith filters`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Send a photo's own bytes, not re-encoded (metadata still stripped).
+        #[arg(long)]
+        original: bool,
+    },
+    /// List files sent and received, optionally with one person.
+    Files {
+        /// Petname, name or peer id.
+        with: Option<String>,
+    },
+    /// Save a received file (waits until it has arrived).
+    Save {
+        /// The file id (from `kith files`).
+        file_id: String,
+        /// A new file, or a directory to save into.
+        path: std::path::PathBuf,
+    },
+    /// List the photo filters.
+    Filters,
     /// Show a conversation, newest last (and mark it read).
     History {
         /// Petname, name or peer id.

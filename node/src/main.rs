@@ -98,6 +98,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Open { print } => commands::open(&home, print, json).await,
         Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
         Command::Send { to, text } => messages::send(&home, &to, &text, json).await,
+        Command::SendFile {
+            to,
+            path,
+            caption,
+            filter,
+            original,
+        } => {
+            let options = messages::FileOptions {
+                caption,
+                filter,
+                original,
+            };
+            messages::send_file(&home, &to, &path, options, json).await
+        }
+        Command::Files { with } => messages::files(&home, with.as_deref(), json).await,
+        Command::Save { file_id, path } => messages::save(&home, &file_id, &path, json).await,
+        Command::Filters => messages::filters(&home, json).await,
         Command::History {
             with,
             limit,

@@ -147,3 +147,163 @@ pub(crate) async fn trust(
     }
     Ok(())
 }
+
+/// `kith send-file`: the node reads the file, so the path is made absolute here.
+pub(crate) async fn send_file(
+    home: &Home,
+    to: &str,
+    path: &std::path::Path,
+    options: FileOptions,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let absolute = std::path::absolute(path)
+        .map_err(|e| anyhow::anyhow!("cannot use the path {}: {e}", path.display()))?;
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("sealing and offering {}", path.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let report = client
+        .send_file(&kith_api::SendFileRequest {
+            to: to.to_owned(),
+            path: absolute.display().to_string(),
+            caption: options.caption.unwrap_or_default(),
+            filter: options.filter,
+            original: options.original,
+        })
+        .await;
+    spinner.finish_and_clear();
+    let report = report.map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&report)?);
+    } else {
+        outln!(
+            "{} {} {} bytes {}",
+            report.file_id,
+            report.hash,
+            report.size,
+            report.status
+        );
+        if let Some(note) = &report.note {
+            eprintln!("note: {note}");
+        }
+    }
+    Ok(())
+}
+
+/// What `kith send-file` sends besides the file.
+#[derive(Debug, Default)]
+pub(crate) struct FileOptions {
+    pub(crate) caption: Option<String>,
+    pub(crate) filter: Option<String>,
+    pub(crate) original: bool,
+}
+
+/// `kith files`.
+pub(crate) async fn files(
+    home: &Home,
+    with: Option<&str>,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let files = client.files(with).await.map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&files)?);
+        return Ok(());
+    }
+    if files.is_empty() {
+        outln!("no files yet");
+    }
+    for f in files {
+        let direction = if f.outgoing { "to" } else { "from" };
+        let progress = if f.state == "complete" {
+            String::new()
+        } else {
+            format!(
+                " ({}%)",
+                f.received_bytes.saturating_mul(100) / f.transfer_size.max(1)
+            )
+        };
+        outln!(
+            "{} {} {direction} {} {} bytes {}{progress}",
+            f.file_id,
+            f.name,
+            f.peer_id,
+            f.size,
+            f.state
+        );
+        if !f.note.is_empty() {
+            outln!("    {}", f.note);
+        }
+    }
+    Ok(())
+}
+
+/// `kith save`: waits for the file to arrive (with a progress bar), then decrypts it to `path`.
+pub(crate) async fn save(
+    home: &Home,
+    id: &str,
+    path: &std::path::Path,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let absolute = std::path::absolute(path)
+        .map_err(|e| anyhow::anyhow!("cannot use the path {}: {e}", path.display()))?;
+    let mut info = client.file(id).await.map_err(|e| api_error(home, e))?;
+    if info.state != "complete" {
+        let bar = indicatif::ProgressBar::new(info.transfer_size).with_message(info.name.clone());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
+        ) {
+            bar.set_style(style);
+        }
+        // Bounded: a file that stops arriving for 10 minutes ends the wait with a clear error.
+        let mut last_progress = std::time::Instant::now();
+        let mut last_bytes = info.received_bytes;
+        while info.state != "complete" {
+            bar.set_position(info.received_bytes);
+            if info.state == "paused" || info.state == "failed" {
+                bar.abandon();
+                anyhow::bail!("{} is {}: {}", info.name, info.state, info.note);
+            }
+            if info.received_bytes != last_bytes {
+                last_bytes = info.received_bytes;
+                last_progress = std::time::Instant::now();
+            } else if last_progress.elapsed() > std::time::Duration::from_secs(600) {
+                bar.abandon();
+                anyhow::bail!(
+                    "{} has not progressed for 10 minutes ({} of {} bytes); is the sender online?",
+                    info.name,
+                    info.received_bytes,
+                    info.transfer_size
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            info = client.file(id).await.map_err(|e| api_error(home, e))?;
+        }
+        bar.finish_and_clear();
+    }
+    let saved = client
+        .save_file(id, &absolute.display().to_string())
+        .await
+        .map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&saved)?);
+    } else {
+        outln!("saved {} ({} bytes)", saved.path, saved.size);
+    }
+    Ok(())
+}
+
+/// `kith filters`.
+pub(crate) async fn filters(home: &Home, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let filters = client.filters().await.map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&filters)?);
+    } else {
+        for f in filters {
+            outln!("{:<8} {}", f.name, f.label);
+        }
+    }
+    Ok(())
+}

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::{
     AddContactRequest, AddInviteRequest, ApiToken, ContactReport, ConversationReport, DoctorReport,
-    ErrorBody, HistoryReport, InviteReport, NameReport, PeerReport, PowParams, RegisterRequest,
-    ResolveReport, SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
+    ErrorBody, FileInfo, FilterInfo, HistoryReport, InviteReport, NameReport, PeerReport,
+    PowParams, RegisterRequest, ResolveReport, SaveFileRequest, SavedFile, SendFileReport,
+    SendFileRequest, SendReport, SendRequest, StatusReport, TrustReport, VerifyReport,
 };
 
 /// The largest page the server answers; longer reads page with `before`.
@@ -182,6 +183,46 @@ impl ApiClient {
         };
         self.send_json(reqwest::Method::POST, "/v1/messages", Some(&body))
             .await
+    }
+
+    /// `POST /v1/files`.
+    pub async fn send_file(&self, req: &SendFileRequest) -> Result<SendFileReport, ClientError> {
+        self.send_json(reqwest::Method::POST, "/v1/files", Some(req))
+            .await
+    }
+
+    /// `GET /v1/files`, optionally only with one petname, name or peer id.
+    pub async fn files(&self, with: Option<&str>) -> Result<Vec<FileInfo>, ClientError> {
+        match with {
+            Some(who) => {
+                self.get_json(&format!("/v1/files?with={}", segment(who)))
+                    .await
+            }
+            None => self.get_json("/v1/files").await,
+        }
+    }
+
+    /// `GET /v1/files/{id}`.
+    pub async fn file(&self, id: &str) -> Result<FileInfo, ClientError> {
+        self.get_json(&format!("/v1/files/{}", segment(id))).await
+    }
+
+    /// `POST /v1/files/{id}/save`.
+    pub async fn save_file(&self, id: &str, path: &str) -> Result<SavedFile, ClientError> {
+        let body = SaveFileRequest {
+            path: path.to_owned(),
+        };
+        self.send_json(
+            reqwest::Method::POST,
+            &format!("/v1/files/{}/save", segment(id)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/filters`.
+    pub async fn filters(&self) -> Result<Vec<FilterInfo>, ClientError> {
+        self.get_json("/v1/filters").await
     }
 
     /// `GET /v1/messages/{target}`.
