@@ -242,7 +242,7 @@ async fn a_file_from_someone_not_accepted_waits_for_the_accept() {
         .node()
         .save_file(&sent.sent.id, &dir.path().join("in"))
         .await
-        .map_or_else(|e| panic!("{e}"), |x| x);
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(std::fs::read(saved).unwrap(), b"not for strangers");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

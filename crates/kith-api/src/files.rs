@@ -49,30 +49,27 @@ fn info(me: &str, f: FileReport) -> FileInfo {
     }
 }
 
-fn absolute(path: &str) -> Result<std::path::PathBuf, Response> {
+/// A 400 answer for input the handler cannot use.
+fn invalid(why: &str) -> Response {
+    web::error(StatusCode::BAD_REQUEST, "invalid", why)
+}
+
+fn absolute(path: &str) -> Result<std::path::PathBuf, String> {
     let p = std::path::PathBuf::from(path);
     if p.is_absolute() {
         Ok(p)
     } else {
-        Err(web::error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            &format!("'{path}' is not an absolute path; the node cannot know your directory"),
+        Err(format!(
+            "'{path}' is not an absolute path; the node cannot know your directory"
         ))
     }
 }
 
-fn parse_id(id: &str) -> Result<kith_service::MessageId, Response> {
+fn parse_id(id: &str) -> Result<kith_service::MessageId, String> {
     hex::decode(id)
         .ok()
         .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| {
-            web::error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "a file id is 32 hex characters (see `kith files`)",
-            )
-        })
+        .ok_or_else(|| "a file id is 32 hex characters (see `kith files`)".to_owned())
 }
 
 /// `POST /v1/files`.
@@ -82,7 +79,7 @@ pub(crate) async fn send_file(
 ) -> Response {
     let path = match absolute(&req.path) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return invalid(&why),
     };
     let options = SendFileOptions {
         caption: req.caption,
@@ -138,7 +135,7 @@ pub(crate) async fn list_files(
 pub(crate) async fn get_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(why) => return invalid(&why),
     };
     let me = state.node.peer_id().to_string();
     respond(StatusCode::OK, state.node.file(&id).map(|f| info(&me, f)))
@@ -152,11 +149,11 @@ pub(crate) async fn save_file(
 ) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(why) => return invalid(&why),
     };
     let path = match absolute(&req.path) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return invalid(&why),
     };
     let result = state
         .node
