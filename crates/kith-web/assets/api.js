@@ -25,9 +25,13 @@ function emit(event, detail) {
   for (const fn of listeners.get(event) || []) fn(detail);
 }
 
-async function request(method, path, body) {
+async function request(method, path, body, raw) {
   const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
-  if (body !== undefined) {
+  if (raw !== undefined) {
+    // A file as it is (streamed by the browser): the node reads the request body as the bytes.
+    init.headers['Content-Type'] = 'application/octet-stream';
+    init.body = raw;
+  } else if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
@@ -130,6 +134,26 @@ export const removeMember = (id, member) => request('POST', `/v1/groups/${seg(id
 export const groupHistory = (id, opts) => request('GET', page(`/v1/groups/${seg(id)}/messages`, opts));
 export const sendGroup = (id, text) => request('POST', `/v1/groups/${seg(id)}/messages`, { text });
 export const markGroupRead = (id) => request('POST', `/v1/groups/${seg(id)}/read`);
+
+// --- files ---------------------------------------------------------------------------------------
+
+/**
+ * Sends a file (a File or Blob, sent as the raw request body) to a peer. `opts`: name, caption,
+ * filter (a preset name, photos only), original (send the photo as it is, not re-encoded).
+ */
+export function uploadFile(to, blob, { name, caption, filter, original } = {}) {
+  const q = new URLSearchParams({ to, name: name || blob.name || 'file' });
+  if (caption) q.set('caption', caption);
+  if (filter) q.set('filter', filter);
+  if (original) q.set('original', 'true');
+  return request('POST', `/v1/files/upload?${q}`, undefined, blob);
+}
+export const files = (target) => request('GET', `/v1/files?${new URLSearchParams({ with: target })}`);
+export const file = (id) => request('GET', `/v1/files/${seg(id)}`);
+export const filters = () => request('GET', '/v1/filters');
+/** The addresses of a file's thumbnail (photos) and content (same origin: the cookie is enough). */
+export const thumbnailUrl = (id) => `/v1/files/${seg(id)}/thumbnail`;
+export const contentUrl = (id) => `/v1/files/${seg(id)}/content`;
 
 // --- events ----------------------------------------------------------------------------------
 

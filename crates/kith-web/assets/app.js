@@ -2,6 +2,7 @@
 // (two panes from 760 px, one pane with "Back" below) and the dialogs.
 
 import { html, render, useEffect, useRef, useState } from './vendor/preact-htm.js';
+import { FilterDefs } from './components/files.js';
 import { go } from './components/hooks.js';
 import { IconLink, IconNode } from './components/icons.js';
 import { boot, chatItems, needsFirstRun, requestsOf, setOpen, useStore } from './state.js';
@@ -14,6 +15,7 @@ import { NewChat } from './views/newchat.js';
 import { NewGroup } from './views/newgroup.js';
 import { NodeView } from './views/node.js';
 import { PetnameDialog } from './views/petname.js';
+import { PhotoDialog, SendFileDialog } from './views/sendfile.js';
 import { SignIn } from './views/signin.js';
 import { VerifyDialog } from './views/verify.js';
 
@@ -59,6 +61,8 @@ const DIALOGS = {
   verify: VerifyDialog,
   petname: PetnameDialog,
   invitemember: InviteMemberDialog,
+  sendfile: SendFileDialog,
+  photo: PhotoDialog,
 };
 
 function ConnectionStatus({ socket }) {
@@ -189,6 +193,7 @@ function App() {
       </div>
     </main>
     ${Dlg && html`<${Dlg} key=${s.dialog.name} ...${s.dialog} />`}
+    <${FilterDefs} filters=${s.filters} />
   </div>`;
 }
 

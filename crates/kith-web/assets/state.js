@@ -38,6 +38,8 @@ let state = {
   invitations: [],
   listsLoaded: false,
   threads: {}, // "chat:<peer id>" | "group:<group id>" → { messages, more, loaded, loading, older, error }
+  files: {}, // peer id → { file id (= message id) → GET /v1/files entry }
+  filters: null, // GET /v1/filters: the photo filter presets; null until asked for
   open: null, // the conversation on screen: { kind: 'chat' | 'group', id }
   dialog: null, // { name, ...props }
   invite: null, // GET /v1/invite
@@ -110,6 +112,9 @@ export const requestsOf = (s) => s.inbox.filter((c) => c.trust === 'request' && 
 export const conversationOf = (s, peer) => s.inbox.find((c) => c.peer_id === peer) || null;
 export const groupOf = (s, id) => s.groups.find((g) => g.group_id === id) || null;
 export const threadOf = (s, kind, id) => s.threads[`${kind}:${id}`] || EMPTY_THREAD;
+const NO_FILES = Object.freeze({});
+/** The files of a direct conversation by id (= the id of the message that carried each). */
+export const filesOf = (s, peer) => s.files[peer] || NO_FILES;
 
 /** The chat list: accepted conversations and joined groups, most recent first. */
 export function chatItems(s) {
@@ -201,6 +206,7 @@ const hasMore = (res) => (typeof res.more === 'boolean' ? res.more : res.message
 export async function loadLatest(kind, id) {
   const key = `${kind}:${id}`;
   updateThread(key, (t) => ({ ...t, loading: true, error: '' }));
+  if (kind === 'chat') loadFiles(id);
   let res;
   try {
     res = await kinds[kind].history(id, { limit: PAGE });
@@ -350,6 +356,114 @@ function bumpGroup(id, text, at, incoming) {
   refreshListsSoon();
 }
 
+// --- files ---------------------------------------------------------------------------------------
+
+function putFiles(peer, list, replace = false) {
+  set((s) => {
+    const mine = replace ? {} : { ...(s.files[peer] || {}) };
+    for (const f of list) mine[f.file_id] = f;
+    return { files: { ...s.files, [peer]: mine } };
+  });
+}
+
+/** Reads the files of a direct conversation (with its history, and again on file events). */
+export async function loadFiles(peer) {
+  try {
+    putFiles(peer, (await api.files(peer)) || [], true);
+  } catch {
+    // The messages still show (as text); the next load tries again.
+  }
+}
+
+const filesTimers = new Map();
+
+function loadFilesSoon(peer, delay = 300) {
+  clearTimeout(filesTimers.get(peer));
+  filesTimers.set(
+    peer,
+    setTimeout(() => {
+      filesTimers.delete(peer);
+      loadFiles(peer);
+    }, delay),
+  );
+}
+
+async function refreshFile(peer, id) {
+  try {
+    putFiles(peer, [await api.file(id)]);
+  } catch {
+    loadFilesSoon(peer);
+  }
+}
+
+/** A `file` event: progress of an incoming file; `received == size` means it is complete. */
+function fileProgress(ev) {
+  const peer = ev.peer_id;
+  const known = state.files[peer] && state.files[peer][ev.id];
+  if (!known) {
+    if (state.files[peer]) loadFilesSoon(peer);
+    return;
+  }
+  const complete = ev.size > 0 && ev.received >= ev.size;
+  putFiles(peer, [
+    {
+      ...known,
+      received_bytes: ev.received,
+      transfer_size: ev.size || known.transfer_size,
+      state: complete ? known.state : 'downloading',
+    },
+  ]);
+  if (complete) refreshFile(peer, ev.id);
+}
+
+/** The photo filter presets (asked for once). */
+export async function loadFilters() {
+  if (state.filters) return state.filters;
+  const filters = await api.filters();
+  set({ filters });
+  return filters;
+}
+
+export const thumbnailUrl = api.thumbnailUrl;
+export const contentUrl = api.contentUrl;
+
+/**
+ * Sends a file (File or Blob) to a peer: `opts` = { name, caption, filter, original }. The message
+ * that carries it shows at once; its file entry follows from the node.
+ */
+export async function sendFile(peer, blob, opts = {}) {
+  const name = opts.name || blob.name || 'file';
+  const caption = (opts.caption || '').trim();
+  const res = await api.uploadFile(peer, blob, { ...opts, name, caption });
+  const now = Date.now();
+  const text = caption || name;
+  putFiles(peer, [
+    {
+      file_id: res.file_id || res.id,
+      message_id: res.id,
+      from: state.me,
+      peer_id: peer,
+      outgoing: true,
+      name,
+      mime: blob.type || 'application/octet-stream',
+      size: res.size,
+      hash: res.hash,
+      state: 'complete',
+      received_bytes: res.size,
+      transfer_size: res.size,
+      width: 0,
+      height: 0,
+      caption,
+      note: res.note || '',
+    },
+  ]);
+  const m = { id: res.id, from: state.me, to: peer, text, sent_at: now, received_at: 0, status: res.status };
+  addToThread('chat', peer, [m], true);
+  bumpConversation(peer, text, now, false);
+  loadFiles(peer);
+  return res;
+}
+
 // --- events --------------------------------------------------------------------------------------
 
 function onEvent(ev) {
@@ -360,6 +474,8 @@ function onEvent(ev) {
       const incoming = m.from !== state.me;
       const peer = incoming ? m.from : m.to;
       addToThread('chat', peer, [m]);
+      // The message may carry a file: its entry is listed as soon as the message is stored.
+      if (state.files[peer]) loadFilesSoon(peer);
       const visible = isVisible('chat', peer);
       bumpConversation(peer, m.text, m.received_at || m.sent_at || Date.now(), incoming && !visible);
       if (incoming && visible) markRead('chat', peer);
@@ -380,6 +496,9 @@ function onEvent(ev) {
     case 'group_invitation':
     case 'group_changed':
       refreshListsSoon();
+      break;
+    case 'file':
+      fileProgress(ev);
       break;
     case 'lagged':
       refreshAll();
@@ -475,7 +594,7 @@ function startEvents() {
 function signedOut(message = '') {
   if (socket) socket.close();
   socket = null;
-  set({ auth: 'signed-out', authError: message, threads: {}, open: null, dialog: null });
+  set({ auth: 'signed-out', authError: message, threads: {}, files: {}, open: null, dialog: null });
 }
 
 api.on('signed-out', () => signedOut());

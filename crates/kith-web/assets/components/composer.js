@@ -1,13 +1,38 @@
 // The message composer of direct and group conversations: Enter sends, Shift+Enter starts a new
 // line; the text box grows with its text and takes the focus when the conversation opens.
+// With `onAttach`, "Attach file" (and "Take photo" on touch screens) pick a file to send.
 
 import { html, useEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { useId, useMounted } from './hooks.js';
-import { IconSend } from './icons.js';
+import { IconAttach, IconCamera, IconSend } from './icons.js';
 
 const MAX_HEIGHT = 160;
 
-export function Composer({ onSend, placeholder = 'Write a message', autofocus = true }) {
+/** "Attach file" and, on touch screens, "Take photo": hidden file inputs behind buttons. */
+function AttachButtons({ onAttach }) {
+  const picker = useRef(null);
+  const camera = useRef(null);
+  const touch = typeof matchMedia === 'function' && matchMedia('(pointer: coarse)').matches;
+  const picked = (e) => {
+    const input = e.currentTarget;
+    const file = input.files && input.files[0];
+    input.value = '';
+    if (file) onAttach(file);
+  };
+  return html`
+    <input ref=${picker} type="file" hidden aria-label="File to send" onChange=${picked} />
+    <button type="button" class="btn ghost attach" aria-label="Attach file" title="Attach file" onClick=${() => picker.current.click()}>
+      <${IconAttach} />
+    </button>
+    ${touch &&
+    html`<input ref=${camera} type="file" accept="image/*" capture="environment" hidden aria-label="Photo to send" onChange=${picked} />
+      <button type="button" class="btn ghost attach" aria-label="Take photo" title="Take photo" onClick=${() => camera.current.click()}>
+        <${IconCamera} />
+      </button>`}
+  `;
+}
+
+export function Composer({ onSend, onAttach, placeholder = 'Write a message', autofocus = true }) {
   const [text, setText] = useState('');
   const [error, setError] = useState('');
   const box = useRef(null);
@@ -57,6 +82,7 @@ export function Composer({ onSend, placeholder = 'Write a message', autofocus = 
   >
     ${error && html`<p class="form-error" role="alert">${error}</p>`}
     <div class="composer-row">
+      ${onAttach && html`<${AttachButtons} onAttach=${onAttach} />`}
       <label for=${id} class="sr-only">Message</label>
       <textarea
         id=${id}

@@ -42,3 +42,9 @@ export const IconCopy = () =>
 export const IconDown = () => svg(html`<path d="M12 5v14M6 13l6 6 6-6" />`);
 export const IconLink = () =>
   svg(html`<path d="M10 14a4 4 0 005.7 0l3-3a4 4 0 00-5.7-5.7l-1 1" /><path d="M14 10a4 4 0 00-5.7 0l-3 3a4 4 0 005.7 5.7l1-1" />`);
+export const IconFile = () =>
+  svg(html`<path d="M14 3H7a2 2 0 00-2 2v14a2 2 0 002 2h10a2 2 0 002-2V8z" /><path d="M14 3v5h5" />`);
+export const IconAttach = () =>
+  svg(html`<path d="M20 11.5l-8.2 8.2a5 5 0 01-7-7L13 4.5a3.3 3.3 0 014.7 4.7l-8.2 8.2a1.7 1.7 0 01-2.4-2.4L14.5 7.6" />`);
+export const IconCamera = () =>
+  svg(html`<path d="M4 8h3l2-3h6l2 3h3a1 1 0 011 1v9a1 1 0 01-1 1H4a1 1 0 01-1-1V9a1 1 0 011-1z" /><circle cx="12" cy="13" r="3.5" />`);

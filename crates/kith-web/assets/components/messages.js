@@ -4,6 +4,7 @@
 
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { dayHeading, fullTime, isoTime, isSameDay, plural, timeOfDay } from '../format.js';
+import { FileBody } from './files.js';
 import { IconAlert, IconCheck, IconChecks, IconClock, IconDown } from './icons.js';
 
 const MARKS = {
@@ -29,7 +30,8 @@ const NEAR_TOP = 240;
 const NEAR_BOTTOM = 80;
 
 /**
- * `items`: [{ id, text, at, outgoing, sender, status?, failure? }] oldest first.
+ * `items`: [{ id, text, at, outgoing, sender, status?, failure?, file? }] oldest first; `file` is
+ * the GET /v1/files entry of a message that carried a file (its text is the caption or name).
  * `showSender`: print the sender above incoming messages (groups).
  */
 export function MessageList({ items, more, loading, onOlder, showSender = false, empty = 'No messages yet.', error = '' }) {
@@ -145,14 +147,15 @@ export function MessageList({ items, more, loading, onOlder, showSender = false,
 function Message({ m, prev, showSender }) {
   const newDay = !prev || !isSameDay(prev.at, m.at);
   const sameSender = prev && !newDay && prev.sender === m.sender && prev.outgoing === m.outgoing && m.at - prev.at < 300000;
-  const cls = `msg ${m.outgoing ? 'out' : 'in'}${sameSender ? ' cont' : ''}${m.status === 'failed' ? ' failed' : ''}`;
+  const cls = `msg ${m.outgoing ? 'out' : 'in'}${sameSender ? ' cont' : ''}${m.status === 'failed' ? ' failed' : ''}${m.file ? ' has-file' : ''}`;
   return html`<li class=${cls}>
     ${newDay && html`<p class="day"><span>${dayHeading(m.at)}</span></p>`}
     <div class="bubble">
       ${showSender && !m.outgoing && !sameSender
         ? html`<p class="sender">${m.sender}</p>`
         : html`<span class="sr-only">${m.sender}: </span>`}
-      <p class="text">${m.text}</p>
+      ${m.file && html`<${FileBody} f=${m.file} />`}
+      ${m.file ? m.file.caption && html`<p class="text">${m.file.caption}</p>` : html`<p class="text">${m.text}</p>`}
       <p class="meta">
         <time datetime=${isoTime(m.at)} title=${fullTime(m.at)}>${timeOfDay(m.at)}</time>
         ${m.outgoing && html`<${StatusMark} status=${m.status} failure=${m.failure} />`}

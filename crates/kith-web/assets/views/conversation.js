@@ -1,7 +1,8 @@
 // A direct conversation: header with "Verify" and "Set petname", the messages (shared message
-// list), delivery marks, the offline notice, the request banner and the composer.
+// list), delivery marks, the offline notice, the request banner and the composer. Files come in
+// through "Attach file", "Take photo", dropping them onto the conversation or pasting an image.
 
-import { html, useMemo } from '../vendor/preact-htm.js';
+import { html, useMemo, useState } from '../vendor/preact-htm.js';
 import { shortId } from '../format.js';
 import { Composer } from '../components/composer.js';
 import { InlineError, useAction } from '../components/form.js';
@@ -15,6 +16,7 @@ import {
   block,
   conversationOf,
   displayName,
+  filesOf,
   loadOlder,
   openDialog,
   petnameOf,
@@ -68,6 +70,8 @@ export function Conversation({ peer }) {
   const conv = conversationOf(s, peer);
   const name = displayName(s, peer);
   const pet = petnameOf(s, peer);
+  const files = filesOf(s, peer);
+  const [dropping, setDropping] = useState(false);
 
   const items = useMemo(
     () =>
@@ -81,15 +85,51 @@ export function Conversation({ peer }) {
           sender: outgoing ? 'You' : name,
           status: m.status,
           failure: m.failure,
+          file: files[m.id] || null,
         };
       }),
-    [thread.messages, s.me, name, peer],
+    [thread.messages, files, s.me, name, peer],
   );
 
   const lastOwn = [...items].reverse().find((m) => m.outgoing);
   const queued = lastOwn && lastOwn.status === 'queued';
 
-  return html`<section class="view conversation" aria-label=${`Conversation with ${name}`}>
+  const canSend = !conv || conv.trust !== 'blocked';
+  const attach = (file) => openDialog('sendfile', { peer, file });
+  const hasFiles = (e) => canSend && e.dataTransfer && [...(e.dataTransfer.types || [])].includes('Files');
+  const onDragOver = (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = 'copy';
+    if (!dropping) setDropping(true);
+  };
+  const onDragLeave = (e) => {
+    if (!e.relatedTarget || !e.currentTarget.contains(e.relatedTarget)) setDropping(false);
+  };
+  const onDrop = (e) => {
+    setDropping(false);
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    const file = e.dataTransfer.files && e.dataTransfer.files[0];
+    if (file) attach(file);
+  };
+  const onPaste = (e) => {
+    // Only an image on its own (a screenshot): copied text with pictures stays a paste of text.
+    if (!canSend || !e.clipboardData || [...(e.clipboardData.types || [])].includes('text/plain')) return;
+    const file = [...(e.clipboardData.files || [])].find((f) => /^image\//.test(f.type));
+    if (!file) return;
+    e.preventDefault();
+    attach(file);
+  };
+
+  return html`<section
+    class=${`view conversation${dropping ? ' dropping' : ''}`}
+    aria-label=${`Conversation with ${name}`}
+    onDragOver=${onDragOver}
+    onDragLeave=${onDragLeave}
+    onDrop=${onDrop}
+    onPaste=${onPaste}
+  >
     <${ViewHeader}
       title=${name}
       subtitle=${pet ? shortId(peer) : 'No petname yet'}
@@ -115,7 +155,12 @@ export function Conversation({ peer }) {
     <div class="notice-live" aria-live="polite">
       ${queued && html`<p class="notice">Queued — will be delivered when ${name} comes online</p>`}
     </div>
-    ${(!conv || conv.trust !== 'blocked') &&
-    html`<${Composer} key=${peer} onSend=${(text) => sendMessage('chat', peer, text)} placeholder=${`Message ${name}`} />`}
+    ${canSend &&
+    html`<${Composer}
+      key=${peer}
+      onSend=${(text) => sendMessage('chat', peer, text)}
+      onAttach=${attach}
+      placeholder=${`Message ${name}`}
+    />`}
   </section>`;
 }
