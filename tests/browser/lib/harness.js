@@ -594,10 +594,37 @@ export async function phoneContext(browser, extra = {}) {
  */
 export async function openSignedIn(context, node) {
   const url = await node.openUrl();
+  await routeAssets(context);
   const page = await context.newPage();
   watchProblems(page);
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 20_000 });
   return page;
+}
+
+const ASSET_TYPES = { js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8', svg: 'image/svg+xml', html: 'text/html; charset=utf-8' };
+const routed = new WeakSet();
+
+/**
+ * With `KITH_WEB_ASSETS=<dir>`, the pages get the web app's files from that folder instead of
+ * the node's (which serves what its binary was built from): for trying app changes against a
+ * binary built in another checkout. The node's headers (CSP included) are kept.
+ */
+async function routeAssets(context) {
+  const dir = process.env.KITH_WEB_ASSETS;
+  if (!dir || routed.has(context)) return;
+  routed.add(context);
+  await context.route('**/assets/**', async (route) => {
+    const rel = decodeURIComponent(new URL(route.request().url()).pathname.replace(/^\/assets\//, ''));
+    const file = path.join(dir, rel);
+    const response = await route.fetch();
+    if (rel.split('/').includes('..') || !fs.existsSync(file)) return route.fulfill({ response });
+    const type = ASSET_TYPES[rel.split('.').pop()] || response.headers()['content-type'];
+    const headers = { ...response.headers(), 'content-type': type };
+    delete headers['content-length'];
+    delete headers['content-encoding'];
+    delete headers.etag;
+    return route.fulfill({ status: 200, body: fs.readFileSync(file), headers });
+  });
 }
 
 /** Records console errors, page errors and CSP violations of `page` in `page.problems`. */

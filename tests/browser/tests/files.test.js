@@ -197,7 +197,14 @@ describe('kith web app: photos and files', { skip: skipReason() }, () => {
     if (!needs(t, 'dialog')) return;
     const dialog = pageA.getByRole('dialog', { name: 'Send file' });
     await dialog.getByRole('button', { name: 'Send', exact: true }).click();
-    await poll('the "Send file" dialog to close after Send', ARRIVAL_TIMEOUT_MS, async () => !(await dialog.isVisible()), 250);
+    // The dialog closes once the node took the file, or shows the node's error in words.
+    const alert = dialog.getByRole('alert');
+    const outcome = await poll('the "Send file" dialog to close after Send', ARRIVAL_TIMEOUT_MS, async () => {
+      if (!(await dialog.isVisible())) return { sent: true };
+      if (await alert.isVisible()) return { error: await alert.innerText({ timeout: 1000 }) };
+      return false;
+    }, 250);
+    assert.ok(outcome.sent, `"Send file" says: ${outcome.error}`);
 
     // Alice's own message: the thumbnail with its caption.
     const mine = photoItem(pageA);

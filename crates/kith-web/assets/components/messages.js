@@ -154,7 +154,7 @@ function Message({ m, prev, showSender }) {
       ${showSender && !m.outgoing && !sameSender
         ? html`<p class="sender">${m.sender}</p>`
         : html`<span class="sr-only">${m.sender}: </span>`}
-      ${m.file && html`<${FileBody} f=${m.file} />`}
+      ${m.file && html`<${FileBody} key=${m.file.state} f=${m.file} />`}
       ${m.file ? m.file.caption && html`<p class="text">${m.file.caption}</p>` : html`<p class="text">${m.text}</p>`}
       <p class="meta">
         <time datetime=${isoTime(m.at)} title=${fullTime(m.at)}>${timeOfDay(m.at)}</time>

@@ -8,7 +8,7 @@ import { Dialog } from '../components/dialog.js';
 import { filterStyle } from '../components/files.js';
 import { ActionForm, Field } from '../components/form.js';
 import { useId, useMounted } from '../components/hooks.js';
-import { closeDialog, contentUrl, loadFilters, sendFile, useStore } from '../state.js';
+import { closeDialog, contentUrl, getState, loadFilters, sendFile, useStore } from '../state.js';
 
 const isImage = (file) => /^image\//.test(file.type || '');
 
@@ -51,7 +51,9 @@ export function SendFileDialog({ peer, file }) {
       filter: image && !original ? filter : '',
       original: image && original,
     });
-    closeDialog();
+    // Still this dialog (a Cancel during the upload may have closed it, and another opened).
+    const d = getState().dialog;
+    if (d && d.file === file) closeDialog();
   };
 
   return html`<${Dialog} title="Send file" onClose=${closeDialog}>
