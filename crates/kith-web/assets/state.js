@@ -461,6 +461,8 @@ export async function sendFile(peer, blob, opts = {}) {
   addToThread('chat', peer, [m], true);
   bumpConversation(peer, text, now, false);
   loadFiles(peer);
+  // What the node did differently than asked (a photo it could not read went as a plain file...).
+  if (res.note) setNotice(res.note);
   return res;
 }
 

@@ -147,6 +147,27 @@ describe('kith web app: photos and files', { skip: skipReason() }, () => {
     const sepia = filters.json.find((f) => f.name === 'sepia');
     assert.ok(sepia, `GET /v1/filters has sepia: ${filters.text}`);
 
+    // Dropping a file onto the conversation and pasting an image open the same dialog.
+    for (const how of ['drop', 'paste']) {
+      await pageA.evaluate(({ how, url }) => {
+        // (Not fetch(url): the page's CSP allows no data: connections.)
+        const blob = new Blob([Uint8Array.from(atob(url.split(',')[1]), (c) => c.charCodeAt(0))], { type: 'image/png' });
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], `${how}.png`, { type: 'image/png' }));
+        if (how === 'drop') {
+          const section = document.querySelector('section.conversation');
+          section.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+          section.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        } else {
+          document.querySelector('section.conversation textarea').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+        }
+      }, { how, url: dataUrl });
+      const opened = pageA.getByRole('dialog', { name: 'Send file' });
+      await shows(opened.getByText(`${how}.png`), `"Send file" with ${how}.png after a ${how}`);
+      await opened.getByRole('button', { name: 'Cancel', exact: true }).click();
+      await poll(`"Send file" to close on Cancel (${how})`, UI_TIMEOUT_MS, async () => !(await opened.isVisible()));
+    }
+
     const [chooser] = await Promise.all([
       pageA.waitForEvent('filechooser', { timeout: UI_TIMEOUT_MS }),
       button(pageA, 'Attach file').click(),

@@ -63,7 +63,7 @@ export function SendFileDialog({ peer, file }) {
     </p>
     ${image &&
     html`<div class="preview">
-      <img src=${preview} alt="Preview" style=${{ filter: original ? '' : filterStyle(filter) }} />
+      <img src=${preview} alt=${`Preview of ${file.name || 'the image'}`} style=${{ filter: original ? '' : filterStyle(filter) }} />
     </div>`}
     <${ActionForm}
       onSubmit=${send}
