@@ -731,3 +731,105 @@ async fn a_history_page_says_when_older_messages_remain_and_reading_does_not_mar
     b.shutdown().await.unwrap();
     api.stop().await.unwrap();
 }
+
+/// A 40×30 opaque PNG.
+fn png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(40, 30, |x, _| image::Rgb([(x * 6) as u8, 120, 200]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_uploads_files_and_reads_thumbnails_and_contents_safely() -> Result<()> {
+    let mut nodes = crate::harness::star(2).await?;
+    crate::harness::wait_for_mesh(&nodes, &[], Duration::from_secs(20)).await?;
+    let bob = nodes.pop().context("two nodes")?;
+    let api = Api::serve(nodes.pop().context("two nodes")?).await?;
+    let to = bob.peer_id().to_string();
+    let upload = |name: &str, extra: &str, body: Vec<u8>| {
+        let url = api.url(&format!("/v1/files/upload?to={to}&name={name}{extra}"));
+        api.http
+            .post(url)
+            .bearer_auth(api.token.as_str())
+            .timeout(Duration::from_secs(60))
+            .body(body)
+            .send()
+    };
+
+    // A photo: sent, thumbnailed, shown inline but sandboxed.
+    let sent = upload("beach.png", "&caption=hi&filter=sepia", png()).await?;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let sent: Value = sent.json().await?;
+    let id = sent["file_id"].as_str().context("file_id")?.to_owned();
+    let thumb = api
+        .get_authorized(&format!("/v1/files/{id}/thumbnail"))
+        .await?;
+    assert_eq!(thumb.status(), StatusCode::OK);
+    assert_eq!(thumb.headers()[reqwest::header::CONTENT_TYPE], "image/jpeg");
+    image::load_from_memory(&thumb.bytes().await?).context("the thumbnail decodes")?;
+    let content = api
+        .get_authorized(&format!("/v1/files/{id}/content"))
+        .await?;
+    assert_eq!(content.status(), StatusCode::OK);
+    let headers = content.headers().clone();
+    assert!(
+        headers[reqwest::header::CONTENT_TYPE]
+            .to_str()?
+            .starts_with("image/")
+    );
+    assert!(
+        headers[reqwest::header::CONTENT_DISPOSITION]
+            .to_str()?
+            .starts_with("inline")
+    );
+    let csp = headers[reqwest::header::CONTENT_SECURITY_POLICY].to_str()?;
+    assert!(
+        csp.ends_with("; sandbox") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let shown = image::load_from_memory(&content.bytes().await?)?;
+    assert_eq!((shown.width(), shown.height()), (40, 30));
+
+    // A page someone sent is a download, never a page on the node's origin.
+    let page = upload("x.html", "", b"<script>alert(1)</script>".to_vec()).await?;
+    assert_eq!(page.status(), StatusCode::CREATED);
+    let page: Value = page.json().await?;
+    let page_id = page["file_id"].as_str().context("file_id")?;
+    let served = api
+        .get_authorized(&format!("/v1/files/{page_id}/content"))
+        .await?;
+    assert_eq!(
+        served.headers()[reqwest::header::CONTENT_TYPE],
+        "application/octet-stream"
+    );
+    assert!(
+        served.headers()[reqwest::header::CONTENT_DISPOSITION]
+            .to_str()?
+            .starts_with("attachment")
+    );
+    let missing = api
+        .get_authorized(&format!("/v1/files/{page_id}/thumbnail"))
+        .await?;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_kind(missing).await?, "not_found");
+
+    // Unusable names and ids are JSON 400s; nothing is sent.
+    let before = api.node.node().files(None)?.len();
+    let bad = upload("..", "", b"x".to_vec()).await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_kind(bad).await?, "invalid");
+    let bad_id = api.get_authorized("/v1/files/nothex/content").await?;
+    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(api.node.node().files(None)?.len(), before);
+    // A path-like name keeps only its last part.
+    let sneaky = upload("..%2F..%2Fetc%2Fpasswd", "", b"root".to_vec()).await?;
+    assert_eq!(sneaky.status(), StatusCode::CREATED);
+    let files = api.node.node().files(None)?;
+    assert!(files.iter().any(|f| f.offer.name == "passwd"), "{files:?}");
+    api.stop().await?;
+    bob.shutdown().await?;
+    Ok(())
+}

@@ -2,9 +2,10 @@
 
 use axum::{
     Json,
+    body::Body,
     extract::{Path, Query, State},
-    http::StatusCode,
-    response::Response,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use kith_service::{FileReport, FileState, SendFileOptions, ServiceError};
 
@@ -178,4 +179,182 @@ pub(crate) async fn filters() -> Json<Vec<FilterInfo>> {
             })
             .collect(),
     )
+}
+
+/// Photos the browser may show inline; everything else is served as an attachment, so a received
+/// file can never run as a page on the node's own origin.
+const INLINE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "image/gif"];
+/// Largest file `GET /v1/files/{id}/content` decrypts into memory; bigger ones are saved instead.
+const MAX_CONTENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `POST /v1/files/upload?to=&name=[&caption=&filter=&original=]`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct UploadQuery {
+    to: String,
+    name: String,
+    #[serde(default)]
+    caption: String,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    original: bool,
+}
+
+/// A file name from a browser, reduced to its last component.
+fn upload_name(name: &str) -> Result<String, String> {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    if last.is_empty() || last == "." || last == ".." || last.contains('\0') || last.len() > 255 {
+        return Err(format!("'{name}' is not a usable file name"));
+    }
+    Ok(last.to_owned())
+}
+
+/// `POST /v1/files/upload`: the web app's send. The body (the file's bytes, up to the node's file
+/// limit) is streamed to a staging file beside the blob store, then sent like `POST /v1/files`.
+pub(crate) async fn upload(
+    State(state): State<AppState>,
+    Query(query): Query<UploadQuery>,
+    body: Body,
+) -> Response {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let name = match upload_name(&query.name) {
+        Ok(name) => name,
+        Err(why) => return invalid(&why),
+    };
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let staging = state.node.upload_dir().join(format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let path = staging.join(&name);
+    let written = async {
+        tokio::fs::create_dir_all(&staging)
+            .await
+            .map_err(|e| format!("cannot stage the upload: {e}"))?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("cannot stage the upload: {e}"))?;
+        let limit = state.node.max_file_bytes();
+        let mut total = 0u64;
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| format!("the upload broke off: {e}"))?;
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(format!(
+                    "the file is over this node's limit of {limit} bytes"
+                ));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot stage the upload: {e}"))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("cannot stage the upload: {e}"))?;
+        Ok(())
+    }
+    .await;
+    let response = match written {
+        Err(why) => invalid(&why),
+        Ok(()) => {
+            let options = SendFileOptions {
+                caption: query.caption,
+                filter: query.filter.filter(|f| !f.is_empty()),
+                original: query.original,
+            };
+            let result = state
+                .node
+                .send_file(&query.to, &path, options)
+                .await
+                .map(|sent| SendFileReport {
+                    id: hex::encode(sent.sent.id),
+                    file_id: hex::encode(sent.file.id),
+                    hash: hex::encode(sent.file.offer.hash),
+                    size: sent.file.offer.plain_size,
+                    status: status_name(sent.sent.status).to_owned(),
+                    note: sent.note,
+                });
+            respond(StatusCode::CREATED, result)
+        }
+    };
+    let _ = tokio::fs::remove_dir_all(&staging).await;
+    response
+}
+
+/// `GET /v1/files/{id}/thumbnail`.
+pub(crate) async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(why) => return invalid(&why),
+    };
+    match state.node.file_thumbnail(&id) {
+        Ok(Some(jpeg)) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "private, max-age=86400"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        Ok(None) => web::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this file has no thumbnail",
+        ),
+        Err(e) => respond::<()>(StatusCode::OK, Err(e)),
+    }
+}
+
+/// `GET /v1/files/{id}/content`: photos inline, everything else as a download; sandboxed either
+/// way.
+pub(crate) async fn content(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(why) => return invalid(&why),
+    };
+    match state.node.file_content(&id, MAX_CONTENT_BYTES).await {
+        Ok((report, bytes)) => {
+            let inline = INLINE_TYPES.contains(&report.offer.mime.as_str());
+            let content_type = if inline {
+                report.offer.mime.clone()
+            } else {
+                "application/octet-stream".to_owned()
+            };
+            // RFC 6266 with the RFC 5987 form, so any name survives and none can inject headers.
+            let encoded: String = report
+                .offer
+                .name
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let disposition = format!(
+                "{}; filename*=UTF-8''{encoded}",
+                if inline { "inline" } else { "attachment" }
+            );
+            let mut response = bytes.into_response();
+            let headers = response.headers_mut();
+            for (name, value) in [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_DISPOSITION, disposition),
+                (header::CONTENT_SECURITY_POLICY, "sandbox".to_owned()),
+                (header::CACHE_CONTROL, "private, no-store".to_owned()),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
+            response
+        }
+        Err(e) => respond::<()>(StatusCode::OK, Err(e)),
+    }
 }

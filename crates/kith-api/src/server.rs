@@ -83,7 +83,14 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
             "/v1/files",
             get(crate::files::list_files).post(crate::files::send_file),
         )
+        .route(
+            "/v1/files/upload",
+            // A file, not a JSON body: the node's file limit applies instead of the API's.
+            post(crate::files::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/files/{id}", get(crate::files::get_file))
+        .route("/v1/files/{id}/thumbnail", get(crate::files::thumbnail))
+        .route("/v1/files/{id}/content", get(crate::files::content))
         .route("/v1/files/{id}/save", post(crate::files::save_file))
         .route("/v1/filters", get(crate::files::filters))
         .route("/v1/events", get(events))
@@ -815,6 +822,14 @@ async fn stream_events(mut socket: WebSocket, node: Node) {
                 }
                 Ok(kith_service::MessageEvent::GroupChanged { group }) => {
                     EventReport::GroupChanged { group_id: hex::encode(group) }
+                }
+                Ok(kith_service::MessageEvent::FileProgress { id, peer, received, size }) => {
+                    EventReport::File {
+                        id: hex::encode(id),
+                        peer_id: peer.to_string(),
+                        received,
+                        size,
+                    }
                 }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

@@ -437,6 +437,17 @@ pub enum EventReport {
         /// The group id.
         group_id: String,
     },
+    /// More of an incoming file arrived (`received == size`: complete).
+    File {
+        /// The file id (the message that carried it).
+        id: String,
+        /// Its sender.
+        peer_id: String,
+        /// Ciphertext bytes verified so far.
+        received: u64,
+        /// Ciphertext size.
+        size: u64,
+    },
     /// Events were dropped because this client read too slowly; re-read history.
     Lagged {
         /// How many.

@@ -40,6 +40,8 @@ const MAX_PHOTO_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_THUMBNAIL_BYTES: usize = 96 * 1024;
 /// Attempts of one download run before it waits for the sender to connect again.
 const DOWNLOAD_ATTEMPTS: u32 = 6;
+/// Bytes between two progress events of one download.
+const PROGRESS_EVERY: u64 = 1024 * 1024;
 /// Time to open a blob stream to the sender.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -207,7 +209,7 @@ fn prepare(
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "file".to_owned());
     let mut note = None;
-    if len <= MAX_PHOTO_BYTES {
+    if len <= MAX_PHOTO_BYTES && sniff_file(path)? {
         let bytes = std::fs::read(path).map_err(|e| {
             ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display()))
         })?;
@@ -254,18 +256,8 @@ fn prepare(
                 }
             }
         }
-        let info = blobs.import_sealed_reader(Cursor::new(&bytes), len)?;
-        return Ok(Prepared {
-            offer_fields: FileOffer {
-                mime: guess_mime(&name).to_owned(),
-                name,
-                plain_size: len,
-                ..Default::default()
-            },
-            info,
-            note,
-        });
     }
+    // Not a photo (or one that did not decode): sealed straight from the file, streaming.
     let info = blobs.import_sealed(path)?;
     Ok(Prepared {
         offer_fields: FileOffer {
@@ -277,6 +269,21 @@ fn prepare(
         info,
         note,
     })
+}
+
+/// Whether the file starts like a photo kith-photo can process (reads its first bytes only).
+fn sniff_file(path: &Path) -> Result<bool, ServiceError> {
+    use std::io::Read as _;
+    let unreadable = |e: std::io::Error| {
+        ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display()))
+    };
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(unreadable)?;
+    Ok(kith_photo::sniff(&head).is_some())
 }
 
 /// A re-encoded photo keeps its name with the extension of what it now is.
@@ -420,6 +427,56 @@ impl Node {
             file,
             note: prepared.note,
         })
+    }
+
+    /// Where files uploaded through the API are staged before they are sealed: a directory
+    /// beside the blob store, so they stay on the same disk.
+    pub fn upload_dir(&self) -> PathBuf {
+        let mut dir = self.files_component().blobs.dir().as_os_str().to_owned();
+        dir.push(".uploads");
+        PathBuf::from(dir)
+    }
+
+    /// The largest file this node sends or accepts.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.files_component().max_file_bytes
+    }
+
+    /// A photo's thumbnail (JPEG) from its offer; `None` for files without one.
+    pub fn file_thumbnail(&self, id: &MessageId) -> Result<Option<Vec<u8>>, ServiceError> {
+        let report = self.file(id)?;
+        Ok((!report.offer.thumbnail.is_empty()).then_some(report.offer.thumbnail))
+    }
+
+    /// The decrypted bytes of a complete file, for showing in the web app; files over
+    /// `max_bytes` are refused with the advice to save them instead.
+    pub async fn file_content(
+        &self,
+        id: &MessageId,
+        max_bytes: u64,
+    ) -> Result<(FileReport, Vec<u8>), ServiceError> {
+        let report = self.file(id)?;
+        if report.offer.plain_size > max_bytes {
+            return Err(ServiceError::InvalidFile(format!(
+                "{} is {} bytes, too large to open here; save it with `kith save {}`",
+                report.offer.name,
+                report.offer.plain_size,
+                hex::encode(id)
+            )));
+        }
+        let staging = self.upload_dir().join(format!("view-{}", hex::encode(id)));
+        std::fs::create_dir_all(&staging).map_err(|e| {
+            ServiceError::InvalidFile(format!("cannot prepare {}: {e}", staging.display()))
+        })?;
+        let out = staging.join(format!("{}.{}", hex::encode(id), now_ms()));
+        let saved = self.save_file(id, &out).await;
+        let bytes = saved.and_then(|_| {
+            std::fs::read(&out).map_err(|e| {
+                ServiceError::InvalidFile(format!("cannot read {}: {e}", out.display()))
+            })
+        });
+        let _ = std::fs::remove_file(&out);
+        Ok((report, bytes?))
     }
 
     /// Every file sent and received, optionally only with one peer; oldest first.
@@ -645,13 +702,19 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
                 let blobs = node.files_component().blobs.clone();
                 let events = node.clone();
                 let size = record.offer.size;
+                // One event per MiB at most: a chunk group is 16 KiB, and a flood of events
+                // would push other subscribers into `Lagged`.
+                let mut reported = 0u64;
                 kith_blob::fetch_missing(stream, &blobs, hash, size, move |p| {
-                    events.dm().emit(MessageEvent::FileProgress {
-                        id,
-                        peer,
-                        received: size.saturating_sub(p.wanted) + p.written,
-                        size,
-                    });
+                    if p.written >= reported + PROGRESS_EVERY {
+                        reported = p.written;
+                        events.dm().emit(MessageEvent::FileProgress {
+                            id,
+                            peer,
+                            received: size.saturating_sub(p.wanted) + p.written,
+                            size,
+                        });
+                    }
                 })
                 .await
                 .map_err(Some)
