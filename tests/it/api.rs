@@ -733,13 +733,11 @@ async fn a_history_page_says_when_older_messages_remain_and_reading_does_not_mar
 }
 
 /// A 40×30 opaque PNG.
-fn png() -> Vec<u8> {
+fn png() -> Result<Vec<u8>> {
     let img = image::RgbImage::from_fn(40, 30, |x, _| image::Rgb([(x * 6) as u8, 120, 200]));
     let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Png)
-        .unwrap();
-    out.into_inner()
+    image::DynamicImage::ImageRgb8(img).write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -760,7 +758,7 @@ async fn the_web_app_uploads_files_and_reads_thumbnails_and_contents_safely() ->
     };
 
     // A photo: sent, thumbnailed, shown inline but sandboxed.
-    let sent = upload("beach.png", "&caption=hi&filter=sepia", png()).await?;
+    let sent = upload("beach.png", "&caption=hi&filter=sepia", png()?).await?;
     assert_eq!(sent.status(), StatusCode::CREATED);
     let sent: Value = sent.json().await?;
     let id = sent["file_id"].as_str().context("file_id")?.to_owned();
