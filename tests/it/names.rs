@@ -697,6 +697,87 @@ async fn a_pinned_name_that_changes_key_is_a_conflict() {
     shutdown_all(nodes).await.unwrap();
 }
 
+/// Issue 16: a send to a pinned name answers from the pin (no network call, so it is queued
+/// while the node has no peers), and a key change that a background check finds later is refused
+/// from then on, with no explicit `resolve` in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_name_answers_from_the_pin_and_a_key_change_found_later_is_refused() {
+    let mut options = name_options();
+    options.name_rules.max_ttl = Duration::from_secs(5);
+    let mut nodes = star_with(5, options, Transports::Tcp).await.unwrap();
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let first_owner = nodes.remove(1);
+    let (pinner, lea_owner, newcomer) = (&nodes[1], &nodes[2], &nodes[3]);
+
+    let reg = register(&first_owner, "kim").await.unwrap();
+    register(lea_owner, "lea").await.unwrap();
+    let first_id = first_owner.peer_id();
+    assert_eq!(
+        resolve(pinner, "kim").await.unwrap().record.peer_id(),
+        first_id
+    );
+    assert_eq!(
+        resolve(pinner, "lea").await.unwrap().record.peer_id(),
+        lea_owner.peer_id()
+    );
+
+    // The owner goes away for good and someone else claims the lapsed name.
+    first_owner.shutdown().await.unwrap();
+    let expires_at = reg.record.params().expires_at_ms;
+    tokio::time::sleep(Duration::from_millis(
+        expires_at.saturating_sub(now_ms()) + 500,
+    ))
+    .await;
+    register(newcomer, "kim").await.unwrap();
+
+    // The first use after that answers from the pin and starts a check; the check's finding is
+    // refused on a later use.
+    let first = pinner.node().resolve_recipient("kim").await;
+    assert_eq!(first.unwrap(), first_id, "the pin answers");
+    wait_until(
+        "the background check to find the new key",
+        LOOKUP,
+        POLL,
+        async || {
+            matches!(
+                pinner.node().resolve_recipient("kim").await,
+                Err(ServiceError::NameConflict { found, .. }) if found == newcomer.peer_id()
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        pinner.node().send_text("kim", "hi").await,
+        Err(ServiceError::NameConflict { .. })
+    ));
+
+    // Alone, the pinner still sends to a pinned name: the message is queued, not refused.
+    let pinner_id = pinner.peer_id();
+    let mut others = Vec::new();
+    let mut kept = None;
+    for node in nodes {
+        if node.peer_id() == pinner_id {
+            kept = Some(node);
+        } else {
+            others.push(node);
+        }
+    }
+    shutdown_all(others).await.unwrap();
+    let pinner = kept.unwrap();
+    wait_until("the pinner to have no peers", MESH, POLL, async || {
+        pinner.connected_peers().await.is_ok_and(|p| p.is_empty())
+    })
+    .await
+    .unwrap();
+    let sent = tokio::time::timeout(LOOKUP, pinner.node().send_text("lea", "are you there?"))
+        .await
+        .expect("a send to a pinned name hung")
+        .expect("a send to a pinned name with no peers is queued, not refused");
+    assert_eq!(sent.status, kith_service::MessageStatus::Queued);
+    pinner.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_names_are_not_found_and_invalid_names_say_which_rule_they_break() {
     // Alone, a node cannot look anything up, and does not claim that nobody holds the name.

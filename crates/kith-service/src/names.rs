@@ -20,6 +20,58 @@ use libp2p::{Multiaddr, PeerId, identity::PublicKey, multiaddr::Protocol};
 
 use crate::{Node, ServiceError, error::rfc3339, node::now_ms};
 
+/// How often a send to a pinned name re-checks the DHT in the background.
+const PIN_RECHECK: Duration = Duration::from_secs(60);
+
+/// What the node knows about names between lookups: conflicts found on pinned names, and when
+/// each pinned name was last checked. Sends answer from the pin with no network call; a key
+/// change found by a lookup (explicit or in the background) is kept here and refused on every
+/// later use until a lookup finds the pinned key again.
+#[derive(Debug, Default)]
+pub(crate) struct NameCache {
+    conflicts: std::sync::Mutex<std::collections::HashMap<String, Conflict>>,
+    checked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// A pinned name that now resolves to another key.
+#[derive(Debug, Clone)]
+struct Conflict {
+    pinned: PeerId,
+    pinned_since: String,
+    found: PeerId,
+}
+
+fn guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NameCache {
+    fn conflict(&self, name: &str) -> Option<ServiceError> {
+        guard(&self.conflicts)
+            .get(name)
+            .map(|c| ServiceError::NameConflict {
+                name: name.to_owned(),
+                pinned: c.pinned,
+                pinned_since: c.pinned_since.clone(),
+                found: c.found,
+                contested: false,
+            })
+    }
+
+    /// Whether a background check of `name` is due now (and marks it as started).
+    fn check_due(&self, name: &str) -> bool {
+        let mut checked = guard(&self.checked);
+        let now = std::time::Instant::now();
+        match checked.get(name) {
+            Some(at) if now.duration_since(*at) < PIN_RECHECK => false,
+            _ => {
+                checked.insert(name.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
 /// Most addresses put in a name record or an invite.
 const MAX_ADDRS: usize = 8;
 
@@ -440,14 +492,21 @@ impl Node {
                     tree: "pins",
                     reason: e.to_string(),
                 })?;
-            return Err(ServiceError::NameConflict {
-                name: name.to_string(),
+            let conflict = Conflict {
                 pinned,
                 pinned_since: rfc3339(pin.claimed_at_ms),
+                found,
+            };
+            guard(&self.inner.names.conflicts).insert(name.to_string(), conflict.clone());
+            return Err(ServiceError::NameConflict {
+                name: name.to_string(),
+                pinned: conflict.pinned,
+                pinned_since: conflict.pinned_since,
                 found,
                 contested: false,
             });
         }
+        guard(&self.inner.names.conflicts).remove(name.as_str());
         let newly_pinned = pin.pinned_at_ms == candidate.pinned_at_ms;
         if newly_pinned {
             self.store().flush().await?;
@@ -686,13 +745,36 @@ impl Node {
         Ok(())
     }
 
-    /// Finds who a recipient string means: a petname first, then a name (resolved, pin-checked),
-    /// then a peer id.
+    /// Finds who a recipient string means: a petname first, then a name, then a peer id.
+    ///
+    /// A name pinned earlier answers from the store with no network call (so a send to it works,
+    /// and is queued, while the node has no peers); the DHT is asked again in the background at
+    /// most once a minute, and a key change it finds is refused from the next call on. A name
+    /// never resolved here is looked up (and pinned) now.
     pub async fn resolve_recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
         if let Ok(key) = petname_key(target)
             && let Some(contact) = self.store().names().contact(&key)?
         {
             return peer_from_bytes(&contact.peer_id);
+        }
+        if let Ok(name) = Name::parse(target) {
+            if let Some(conflict) = self.inner.names.conflict(name.as_str()) {
+                return Err(conflict);
+            }
+            if let Some(pin) = self.store().names().pin(name.as_str())? {
+                let peer = peer_from_bytes(&pin.peer_id)?;
+                if self.inner.names.check_due(name.as_str()) {
+                    let weak = std::sync::Arc::downgrade(&self.inner);
+                    let name = name.to_string();
+                    tokio::spawn(async move {
+                        let Some(inner) = weak.upgrade() else { return };
+                        if let Err(e) = (Node { inner }).resolve_name(&name).await {
+                            tracing::debug!(%name, error = %e, "background check of a pinned name");
+                        }
+                    });
+                }
+                return Ok(peer);
+            }
         }
         match self.resolve_name(target).await {
             Ok(resolution) => return Ok(resolution.record.peer_id()),
