@@ -73,6 +73,16 @@ async fn wait_complete(node: &TestNode, id: &kith_service::MessageId) -> FileRep
     node.node().file(id).unwrap()
 }
 
+/// Whether `node`'s conversation with `with` shows message `id` with `text`.
+async fn shows(node: &TestNode, with: &TestNode, id: &kith_service::MessageId, text: &str) -> bool {
+    let (_, history) = node
+        .node()
+        .history(&with.peer_id().to_string(), 10, None)
+        .await
+        .unwrap();
+    history.iter().any(|m| m.id == *id && m.text == text)
+}
+
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     // xorshift: incompressible and reproducible, no extra dependency.
     let mut x = seed | 1;
@@ -119,16 +129,7 @@ async fn a_20_mb_file_arrives_byte_identical() {
         Err(ServiceError::InvalidFile(_))
     ));
     // The history shows the file's name, and both sides list the file.
-    let (_, history) = b
-        .node()
-        .history(&a.peer_id().to_string(), 10, None)
-        .await
-        .unwrap();
-    assert!(
-        history
-            .iter()
-            .any(|m| m.id == sent.sent.id && m.text == "archive.bin")
-    );
+    assert!(shows(&b, &a, &sent.sent.id, "archive.bin").await);
     assert_eq!(a.node().files(Some(b.peer_id())).unwrap().len(), 1);
 
     let received = b.metric("kith_blob_bytes_received_total");
@@ -198,16 +199,7 @@ async fn a_filtered_photo_arrives_with_a_thumbnail_and_no_metadata() {
             "pixel ({x},{y}) is {r},{g},{bl}: not grey"
         );
     }
-    let (_, history) = b
-        .node()
-        .history(&a.peer_id().to_string(), 10, None)
-        .await
-        .unwrap();
-    assert!(
-        history
-            .iter()
-            .any(|m| m.id == sent.sent.id && m.text == "the beach")
-    );
+    assert!(shows(&b, &a, &sent.sent.id, "the beach").await);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

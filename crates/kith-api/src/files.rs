@@ -82,14 +82,34 @@ pub(crate) async fn send_file(
         Ok(p) => p,
         Err(why) => return invalid(&why),
     };
+    send_and_report(
+        &state,
+        &req.to,
+        &path,
+        req.caption,
+        req.filter,
+        req.original,
+    )
+    .await
+}
+
+/// Sends the file at `path` and answers with what `POST /v1/files` and the upload return.
+async fn send_and_report(
+    state: &AppState,
+    to: &str,
+    path: &std::path::Path,
+    caption: String,
+    filter: Option<String>,
+    original: bool,
+) -> Response {
     let options = SendFileOptions {
-        caption: req.caption,
-        filter: req.filter.filter(|f| !f.is_empty()),
-        original: req.original,
+        caption,
+        filter: filter.filter(|f| !f.is_empty()),
+        original,
     };
     let result = state
         .node
-        .send_file(&req.to, &path, options)
+        .send_file(to, path, options)
         .await
         .map(|sent| SendFileReport {
             id: hex::encode(sent.sent.id),
@@ -261,24 +281,15 @@ pub(crate) async fn upload(
     let response = match written {
         Err(why) => invalid(&why),
         Ok(()) => {
-            let options = SendFileOptions {
-                caption: query.caption,
-                filter: query.filter.filter(|f| !f.is_empty()),
-                original: query.original,
-            };
-            let result = state
-                .node
-                .send_file(&query.to, &path, options)
-                .await
-                .map(|sent| SendFileReport {
-                    id: hex::encode(sent.sent.id),
-                    file_id: hex::encode(sent.file.id),
-                    hash: hex::encode(sent.file.offer.hash),
-                    size: sent.file.offer.plain_size,
-                    status: status_name(sent.sent.status).to_owned(),
-                    note: sent.note,
-                });
-            respond(StatusCode::CREATED, result)
+            send_and_report(
+                &state,
+                &query.to,
+                &path,
+                query.caption,
+                query.filter,
+                query.original,
+            )
+            .await
         }
     };
     let _ = tokio::fs::remove_dir_all(&staging).await;
