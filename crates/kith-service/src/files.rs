@@ -582,13 +582,7 @@ impl Node {
             return Err("oversized caption".into());
         }
         // Nothing is fetched from someone in requests until they are accepted.
-        let accepted = self
-            .store()
-            .messages()
-            .correspondent(&peer.to_bytes())
-            .ok()
-            .flatten()
-            .is_some_and(|c| c.trust == Trust::Accepted);
+        let accepted = self.is_accepted(peer);
         let (state, note) = if accepted {
             (FileState::Downloading, String::new())
         } else {
@@ -636,18 +630,22 @@ impl Node {
         });
     }
 
+    /// Whether `peer` is out of requests (files from them download at once).
+    fn is_accepted(&self, peer: PeerId) -> bool {
+        self.store()
+            .messages()
+            .correspondent(&peer.to_bytes())
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.trust == Trust::Accepted)
+    }
+
     /// Resumes every unfinished download from `peer` (it connected, or was accepted).
     pub(crate) fn resume_downloads_from(&self, peer: PeerId) {
         let Ok(records) = self.store().files().all() else {
             return;
         };
-        let accepted = self
-            .store()
-            .messages()
-            .correspondent(&peer.to_bytes())
-            .ok()
-            .flatten()
-            .is_some_and(|c| c.trust == Trust::Accepted);
+        let accepted = self.is_accepted(peer);
         for r in records
             .into_iter()
             .filter(|r| !r.outgoing && r.peer_id == peer.to_bytes())
