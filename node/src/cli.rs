@@ -137,6 +137,23 @@ pub(crate) enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Call someone: opens the web app on a call to WHO (voice unless --video).
+    Call {
+        /// Petname, name or peer id.
+        who: String,
+        /// Start with the camera on.
+        #[arg(long)]
+        video: bool,
+        /// Only print the URL (it carries the API token: do not share it).
+        #[arg(long)]
+        print: bool,
+    },
+    /// List calls made and received, newest first.
+    Calls {
+        /// How many (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Print an invite link (and QR code) that lets a friend add you without any lookup.
     Invite {
         /// Do not draw the QR code.
@@ -303,6 +320,18 @@ pub(crate) struct RunArgs {
     /// (default), always, or never.
     #[arg(long, value_enum, default_value_t = RelayPolicyArg::WhenPrivate)]
     pub(crate) relay_policy: RelayPolicyArg,
+    /// How long an incoming call rings before it counts as missed.
+    #[arg(
+        long,
+        env = "KITH_CALL_RING_TIMEOUT_SECS",
+        default_value_t = 45,
+        value_name = "SECS"
+    )]
+    pub(crate) call_ring_timeout_secs: u64,
+    /// Calls: send media only through a TURN relay, so the other side never learns your IP
+    /// addresses (calls fail where no TURN relay is known).
+    #[arg(long, env = "KITH_RELAY_ONLY_CALLS")]
+    pub(crate) relay_only_calls: bool,
     /// Relay mode: also serve Prometheus `/metrics` here, without a token (for scrapers).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,

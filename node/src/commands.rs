@@ -40,13 +40,19 @@ pub(crate) fn id(home: &Home, json_output: bool) -> anyhow::Result<()> {
 
 /// `kith open`: the web app's URL with the token in the fragment (never sent to the server,
 /// never in the history once the app has traded it for a cookie), and the browser opened on it.
-pub(crate) async fn open(home: &Home, print_only: bool, json_output: bool) -> anyhow::Result<()> {
+/// `then` is appended to the fragment: what the app should do once signed in (`&call=...`).
+pub(crate) async fn open(
+    home: &Home,
+    then: &str,
+    print_only: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
     let client = connect(home)?;
     // Only hand out a URL that works: the node must answer.
     client.status().await.map_err(|e| api_error(home, e))?;
     let info = home.read_api_info()?;
     let token = home.token(false)?;
-    let url = format!("http://{}/#token={}", info.addr, token.as_str());
+    let url = format!("http://{}/#token={}{then}", info.addr, token.as_str());
     let opened = !print_only && open_browser(&url);
     if json_output {
         outln!("{}", json!({ "url": url }));
@@ -56,6 +62,72 @@ pub(crate) async fn open(home: &Home, print_only: bool, json_output: bool) -> an
         outln!("{url}");
     } else {
         outln!("No browser found here; open this address in a browser on this computer:\n{url}");
+    }
+    Ok(())
+}
+
+/// `kith call WHO`: the web app, opened on a call to WHO (media needs the browser). WHO is
+/// resolved first, so a typo fails here with the usual error instead of in the page.
+pub(crate) async fn call(
+    home: &Home,
+    who: &str,
+    video: bool,
+    print_only: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    client.verify(who).await.map_err(|e| api_error(home, e))?;
+    let then = format!(
+        "&call={}{}",
+        fragment_escape(who),
+        if video { "&video=1" } else { "" }
+    );
+    open(home, &then, print_only, json_output).await
+}
+
+/// Percent-encodes everything but unreserved characters, for a value in the URL fragment.
+fn fragment_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `kith calls`: the call history.
+pub(crate) async fn calls(home: &Home, limit: usize, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let report = client.calls(limit).await.map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    if report.calls.is_empty() {
+        outln!("no calls yet");
+    }
+    for c in report.calls {
+        let who = c.name.clone().unwrap_or_else(|| c.peer.clone());
+        let kind = if c.video { "video" } else { "voice" };
+        let direction = if c.direction == "outgoing" {
+            "to"
+        } else {
+            "from"
+        };
+        let when = crate::messages::clock(c.started_at_ms);
+        let how = match (c.outcome.as_deref(), c.duration_ms) {
+            (Some("completed"), Some(ms)) => format!("{} s", ms / 1000),
+            (Some(outcome), _) => outcome.to_owned(),
+            (None, _) => c.state.clone(),
+        };
+        outln!(
+            "{when}  {kind} call {direction} {who}: {how}  ({})",
+            c.call_id
+        );
     }
     Ok(())
 }

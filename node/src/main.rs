@@ -95,7 +95,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { target } => names::verify(&home, &target, json).await,
         Command::Relay(cli::RelayCommand::Status) => commands::relay_status(&home, json).await,
         Command::Group(cmd) => groups::group(&home, cmd, json).await,
-        Command::Open { print } => commands::open(&home, print, json).await,
+        Command::Open { print } => commands::open(&home, "", print, json).await,
+        Command::Call { who, video, print } => {
+            commands::call(&home, &who, video, print, json).await
+        }
+        Command::Calls { limit } => commands::calls(&home, limit, json).await,
         Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
         Command::Send { to, text } => messages::send(&home, &to, &text, json).await,
         Command::SendFile {

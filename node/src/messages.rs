@@ -72,7 +72,7 @@ pub(crate) fn render(m: &MessageReport, peer_id: &str, their_label: &str) -> Str
     format!("{} {who}: {}{mark}", clock(m.sent_at), m.text)
 }
 
-fn clock(ms: u64) -> String {
+pub(crate) fn clock(ms: u64) -> String {
     let secs = ms / 1000;
     format!("{:02}:{:02}", (secs % 86_400) / 3600, (secs % 3600) / 60)
 }

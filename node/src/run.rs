@@ -92,6 +92,11 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             dir: Some(home.db_path().with_file_name("blobs")),
             ..kith_service::FilesConfig::default()
         },
+        call_ring_timeout: Duration::from_secs(args.call_ring_timeout_secs.clamp(1, 600)),
+        ice: kith_service::IceConfig {
+            servers: Vec::new(),
+            relay_only: args.relay_only_calls,
+        },
         ..kith_service::Options::default()
     };
     let node = Node::start_with(config, store, options)

@@ -1117,6 +1117,7 @@ async fn another_peers_message_under_the_same_id_does_not_suppress_the_real_one(
         receipt: false,
         deposited: false,
         control: false,
+        expires_ms: 0,
     };
     squatter
         .node()

@@ -9,6 +9,8 @@
 //!   lying holders, key changes, contacts and invites.
 //! - [`dm`]: direct chat between real nodes: by peer id, name and petname, receipts, requests and
 //!   blocks, tampered, replayed, oversized and garbage frames, no plaintext on the wire, floods.
+//! - [`calls`]: call signalling: ring, join, signals both ways, hang-up, decline, busy, crossing
+//!   calls, strangers, floods, a stopped callee.
 //! - [`files`]: a 20 MB file and a filtered photo between two nodes; files from strangers wait
 //!   for the accept; files that cannot be sent.
 //! - [`mailbox`]: more mail for an offline friend than one delivery batch holds.
@@ -21,6 +23,7 @@
 //! public network (mDNS off, loopback listeners, a private network id).
 
 mod api;
+mod calls;
 mod dht;
 mod dm;
 mod files;

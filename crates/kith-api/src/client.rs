@@ -202,6 +202,11 @@ impl ApiClient {
         }
     }
 
+    /// `GET /v1/calls?limit=N`.
+    pub async fn calls(&self, limit: usize) -> Result<crate::CallsReport, ClientError> {
+        self.get_json(&format!("/v1/calls?limit={limit}")).await
+    }
+
     /// `GET /v1/files/{id}`.
     pub async fn file(&self, id: &str) -> Result<FileInfo, ClientError> {
         self.get_json(&format!("/v1/files/{}", segment(id))).await

@@ -43,6 +43,12 @@
 //! | POST | `/v1/accept/{target}` | [`TrustReport`] |
 //! | POST | `/v1/block/{target}` | [`TrustReport`] |
 //! | GET | `/v1/relay` | [`RelayReport`] |
+//! | POST | `/v1/calls` | [`StartCallRequest`] → [`CallReport`] (409 `busy` when in a call) |
+//! | GET | `/v1/calls` | [`CallsReport`]: the call history, newest first |
+//! | GET | `/v1/calls/{id}` | [`CallDetailReport`]: the call and the signals received so far |
+//! | POST | `/v1/calls/{id}/accept`, `/decline`, `/hangup` | [`CallReport`] |
+//! | POST | `/v1/calls/{id}/signal` | [`CallSignalRequest`] → `{"ok": true}` |
+//! | GET | `/v1/calls/ice` | [`IceReport`]: STUN/TURN servers for `RTCPeerConnection` |
 //! | GET | `/v1/events` | WebSocket of [`EventReport`] JSON texts |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //!
@@ -54,6 +60,7 @@
 //! - [`ApiClient`]: the client side, used by the CLI and the tests.
 //! - [`ApiToken`]: the shared secret.
 
+mod calls;
 mod client;
 mod doctor;
 mod files;
@@ -62,16 +69,19 @@ mod token;
 mod types;
 mod web;
 
+pub use calls::call_outcome_name;
 pub use client::{ApiClient, ClientError};
 pub use files::file_state_name;
 pub use server::{router, serve, serve_metrics};
 pub use token::{ApiToken, TokenError};
 pub use types::{
-    AddContactRequest, AddInviteRequest, ContactReport, ConversationReport, CreateGroupRequest,
-    DoctorCheck, DoctorReport, ErrorBody, EventReport, FileInfo, FilterInfo, GroupHistoryReport,
-    GroupMemberReport, GroupMemberRequest, GroupMessageReport, GroupReport, GroupSendReport,
-    GroupSendRequest, HistoryReport, InviteReport, MarkReadReport, MessageReport, NameReport,
-    PeerReport, PowParams, RecipientUsage, RegisterRequest, RelayReport, RelayServedReport,
-    ResolveReport, SaveFileRequest, SavedFile, SendFileReport, SendFileRequest, SendReport,
-    SendRequest, StatusReport, TrustReport, VerifyReport, status_name, trust_name,
+    AddContactRequest, AddInviteRequest, CallDetailReport, CallParticipantReport, CallReport,
+    CallSignalReport, CallSignalRequest, CallsReport, ContactReport, ConversationReport,
+    CreateGroupRequest, DoctorCheck, DoctorReport, ErrorBody, EventReport, FileInfo, FilterInfo,
+    GroupHistoryReport, GroupMemberReport, GroupMemberRequest, GroupMessageReport, GroupReport,
+    GroupSendReport, GroupSendRequest, HistoryReport, IceReport, IceServerReport, InviteReport,
+    MarkReadReport, MessageReport, NameReport, OkReport, PeerReport, PowParams, RecipientUsage,
+    RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SaveFileRequest, SavedFile,
+    SendFileReport, SendFileRequest, SendReport, SendRequest, StartCallRequest, StatusReport,
+    TrustReport, VerifyReport, status_name, trust_name,
 };

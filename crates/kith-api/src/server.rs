@@ -93,6 +93,16 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
         .route("/v1/files/{id}/content", get(crate::files::content))
         .route("/v1/files/{id}/save", post(crate::files::save_file))
         .route("/v1/filters", get(crate::files::filters))
+        .route(
+            "/v1/calls",
+            get(crate::calls::list_calls).post(crate::calls::start_call),
+        )
+        .route("/v1/calls/ice", get(crate::calls::ice))
+        .route("/v1/calls/{id}", get(crate::calls::get_call))
+        .route("/v1/calls/{id}/accept", post(crate::calls::accept))
+        .route("/v1/calls/{id}/decline", post(crate::calls::decline))
+        .route("/v1/calls/{id}/hangup", post(crate::calls::hangup))
+        .route("/v1/calls/{id}/signal", post(crate::calls::signal))
         .route("/v1/events", get(events))
         .route("/v1/relay", get(relay_status))
         .route("/metrics", get(metrics))
@@ -270,6 +280,7 @@ fn service_error(e: ServiceError) -> Response {
             (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
         }
         ServiceError::NotGroupAdmin(_) => (StatusCode::FORBIDDEN, "not_admin"),
+        ServiceError::CallBusy => (StatusCode::CONFLICT, "busy"),
         ServiceError::GroupClosed(_) => (StatusCode::CONFLICT, "not_a_member"),
         ServiceError::AmbiguousGroup { .. } => (StatusCode::CONFLICT, "ambiguous"),
         ServiceError::NameNotFound(_)
@@ -277,6 +288,7 @@ fn service_error(e: ServiceError) -> Response {
         | ServiceError::UnknownRecipient(_)
         | ServiceError::NoSuchContact(_)
         | ServiceError::UnknownFile(_)
+        | ServiceError::UnknownCall(_)
         | ServiceError::NotOurName(_) => (StatusCode::NOT_FOUND, "not_found"),
         ServiceError::NameTaken { holder, since, .. } => {
             body.found_peer_id = Some(holder.to_string());
@@ -829,6 +841,12 @@ async fn stream_events(mut socket: WebSocket, node: Node) {
                         peer_id: peer.to_string(),
                         received,
                         size,
+                    }
+                }
+                Ok(kith_service::MessageEvent::Call(event)) => {
+                    match crate::calls::event_report(&node, event) {
+                        Some(report) => report,
+                        None => continue,
                     }
                 }
                 Ok(_) => continue,

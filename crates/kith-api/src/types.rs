@@ -448,6 +448,63 @@ pub enum EventReport {
         /// Ciphertext size.
         size: u64,
     },
+    /// Someone is calling: ring.
+    #[serde(rename = "call.incoming")]
+    CallIncoming {
+        /// The call.
+        call: CallReport,
+    },
+    /// The callee's node got our invitation and rings.
+    #[serde(rename = "call.ringing")]
+    CallRinging {
+        /// The call.
+        call: CallReport,
+    },
+    /// A participant joined.
+    #[serde(rename = "call.joined")]
+    CallJoined {
+        /// The call now.
+        call: CallReport,
+        /// Who joined (peer id).
+        peer: String,
+    },
+    /// A browser signal (SDP or ICE candidate) from another participant.
+    #[serde(rename = "call.signal")]
+    CallSignal {
+        /// The call.
+        call_id: String,
+        /// Order of arrival in this call, from 1 (the same `seq` as in `GET /v1/calls/{id}`).
+        seq: u64,
+        /// Who sent it (peer id).
+        from: String,
+        /// "sdp" or "ice".
+        kind: String,
+        /// The browser's JSON as its sender posted it.
+        data: serde_json::Value,
+    },
+    /// A participant left a call that goes on.
+    #[serde(rename = "call.left")]
+    CallLeft {
+        /// The call now.
+        call: CallReport,
+        /// Who left.
+        peer: String,
+    },
+    /// The call is over for us (`outcome` says why).
+    #[serde(rename = "call.ended")]
+    CallEnded {
+        /// The call.
+        call: CallReport,
+    },
+    /// Two people called each other at once: our call `from` gave way to `call`, which this node
+    /// joined; the page carries on with `call` as if it had accepted it.
+    #[serde(rename = "call.merged")]
+    CallMerged {
+        /// Our call that gave way.
+        from: String,
+        /// The call we are in now.
+        call: CallReport,
+    },
     /// Events were dropped because this client read too slowly; re-read history.
     Lagged {
         /// How many.
@@ -813,4 +870,129 @@ pub struct FilterInfo {
     pub label: String,
     /// 4×5 colour matrix, row-major, as SVG `feColorMatrix type="matrix"` (sRGB).
     pub matrix: Vec<f32>,
+}
+
+/// One call, as `GET /v1/calls` and the call events show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallReport {
+    /// 32 hex characters.
+    pub call_id: String,
+    /// The other side: the caller of an incoming call, the (first) callee of an outgoing one.
+    pub peer: String,
+    /// Our petname for `peer`, if we have one.
+    pub name: Option<String>,
+    /// The group of a group call.
+    pub group: Option<String>,
+    /// "outgoing" or "incoming".
+    pub direction: String,
+    /// Started as a video call.
+    pub video: bool,
+    /// "ringing", "active" or "ended".
+    pub state: String,
+    /// Once ended: "completed", "missed", "declined", "busy", "unavailable" or "failed".
+    pub outcome: Option<String>,
+    /// When it started ringing, unix ms.
+    pub started_at_ms: u64,
+    /// When it was answered.
+    pub answered_at_ms: Option<u64>,
+    /// When it ended.
+    pub ended_at_ms: Option<u64>,
+    /// From the answer to the end.
+    pub duration_ms: Option<u64>,
+    /// Everyone else in the call (never ourselves).
+    pub participants: Vec<CallParticipantReport>,
+}
+
+/// One other participant of a call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallParticipantReport {
+    /// Peer id.
+    pub peer: String,
+    /// "ringing", "joined" or "left".
+    pub state: String,
+}
+
+/// `GET /v1/calls/{id}`: the call and the browser signals the others sent so far.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallDetailReport {
+    /// The call.
+    #[serde(flatten)]
+    pub call: CallReport,
+    /// Signals from the other participants, in order of arrival (empty once ended).
+    pub signals: Vec<CallSignalReport>,
+}
+
+/// One browser signal from another participant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallSignalReport {
+    /// Order of arrival, from 1.
+    pub seq: u64,
+    /// Who sent it.
+    pub from: String,
+    /// "sdp" or "ice".
+    pub kind: String,
+    /// The browser's JSON.
+    pub data: serde_json::Value,
+}
+
+/// `GET /v1/calls`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallsReport {
+    /// Newest first.
+    pub calls: Vec<CallReport>,
+}
+
+/// `POST /v1/calls`: a person (`to`) or a group (`group`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StartCallRequest {
+    /// Petname, name or peer id.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Group id, id prefix or title (up to 4 members).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Start with the camera on.
+    #[serde(default)]
+    pub video: bool,
+}
+
+/// `POST /v1/calls/{id}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallSignalRequest {
+    /// The participant it is for (peer id); may be left out in a call between two people.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// "sdp" or "ice".
+    pub kind: String,
+    /// An RTCSessionDescriptionInit or RTCIceCandidateInit (null: end of candidates).
+    pub data: serde_json::Value,
+}
+
+/// `GET /v1/calls/ice`: what `RTCPeerConnection` needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IceReport {
+    /// `RTCIceServer`s (TURN on community relays), possibly none.
+    pub ice_servers: Vec<IceServerReport>,
+    /// Use `iceTransportPolicy: "relay"`.
+    pub relay_only: bool,
+}
+
+/// One `RTCIceServer`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IceServerReport {
+    /// `turn:`/`stun:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub credential: Option<String>,
+}
+
+/// `{"ok": true}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OkReport {
+    /// Always true.
+    pub ok: bool,
 }

@@ -89,6 +89,8 @@ pub enum MessageEvent {
         /// The group.
         group: kith_store::GroupId,
     },
+    /// A call rang, was joined, carried a signal or ended.
+    Call(crate::calls::CallEvent),
 }
 
 /// The outcome of [`Node::send_text`].
@@ -300,7 +302,7 @@ struct Encrypted {
     error: Option<ServiceError>,
 }
 
-fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -423,6 +425,7 @@ impl Node {
             receipt: false,
             deposited: false,
             control: false,
+            expires_ms: 0,
         };
         let (attempted, first_attempt) = oneshot::channel();
         lock(&self.dm().first_attempts).insert(id, (peer, attempted));
@@ -512,6 +515,7 @@ impl Node {
             receipt: true,
             deposited: false,
             control: false,
+            expires_ms: 0,
         };
         self.store().messages().enqueue(None, &item)?;
         self.store().flush().await?;
@@ -546,8 +550,45 @@ impl Node {
             receipt: true,
             deposited: false,
             control: true,
+            expires_ms: 0,
         };
         self.store().messages().enqueue(None, &item)?;
+        Ok(id)
+    }
+
+    /// Queues call signalling for `peer` and hands it to delivery at once: encrypted and retried
+    /// like any message until `ttl` has passed, then dropped; never deposited at a mailbox and
+    /// never shown in history. No flush of its own: the delivery run flushes before it sends.
+    pub(crate) fn send_ephemeral(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        ttl: Duration,
+    ) -> Result<MessageId, ServiceError> {
+        let id = self.dm().next_id();
+        let now = now_ms();
+        let payload = pb::DirectPayload {
+            id: id.to_vec(),
+            sender: self.peer_id().to_bytes(),
+            recipient: peer.to_bytes(),
+            sent_at_ms: now,
+            body: Some(body),
+        };
+        let item = OutboxItem {
+            id,
+            peer_id: peer.to_bytes(),
+            payload: payload.encode_to_vec(),
+            envelope: None,
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: now,
+            receipt: true,
+            deposited: false,
+            control: false,
+            expires_ms: now + millis(ttl),
+        };
+        self.store().messages().enqueue(None, &item)?;
+        self.hand_to_delivery(peer);
         Ok(id)
     }
 
@@ -690,6 +731,14 @@ impl Node {
                 }
             };
             let now = now_ms();
+            // Call signalling past its ring timeout is dropped, never sent late.
+            let (expired, items): (Vec<OutboxItem>, Vec<OutboxItem>) =
+                items.into_iter().partition(|i| {
+                    i.expires_ms != 0 && i.expires_ms <= now && i.peer_id == peer.to_bytes()
+                });
+            for item in expired {
+                self.finish(peer, &item, Status::Failed, "expired");
+            }
             // Entries already held at the peer's mailbox wait for their own (slower) retry time:
             // they are queued there in order, and re-sending them every round would keep the
             // batch full of them, so nothing after the first batch would ever be deposited.
@@ -803,6 +852,7 @@ impl Node {
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "delivery attempt failed");
                 if !item.deposited
+                    && item.expires_ms == 0
                     && (!item.receipt || item.control)
                     && self.deposit(peer, &mut item).await
                 {
@@ -1145,6 +1195,8 @@ impl Node {
         let mut receipts: Vec<PendingReceipt> = Vec::new();
         let mut controls: Vec<(PeerId, pb::direct_payload::Body, oneshot::Sender<Verdict>)> =
             Vec::new();
+        // Call signalling: handed to the calls component once the batch is on disk.
+        let mut call_signals: Vec<(pb::CallSignal, oneshot::Sender<Verdict>)> = Vec::new();
         let mut spent = false;
         let Some(peer) = batch.first().map(|i| i.peer) else {
             return;
@@ -1275,6 +1327,39 @@ impl Node {
                         }
                     }
                 }
+                Some(pb::direct_payload::Body::CallSignal(signal)) => {
+                    match Self::check_call_signal(&signal) {
+                        Ok(()) => call_signals.push((signal, inbound.reply)),
+                        Err(reason) => {
+                            self.refuse_call_signal(peer, &reason);
+                            let _ = inbound
+                                .reply
+                                .send(Err((pb::AckStatus::AckRejected, reason)));
+                        }
+                    }
+                }
+                Some(pb::direct_payload::Body::CallSummary(summary)) => {
+                    match self.on_call_summary(peer, &summary, payload.sent_at_ms) {
+                        Ok(text) => {
+                            let message = Message {
+                                id: inbound.id,
+                                peer_id: peer.to_bytes(),
+                                outgoing: false,
+                                text,
+                                sent_at_ms: payload.sent_at_ms,
+                                received_at_ms: now_ms(),
+                                status: Status::Received,
+                                failure: String::new(),
+                            };
+                            texts.push((message, inbound.reply));
+                        }
+                        Err(reason) => {
+                            let _ = inbound
+                                .reply
+                                .send(Err((pb::AckStatus::AckRejected, reason)));
+                        }
+                    }
+                }
                 Some(
                     body @ (pb::direct_payload::Body::GroupInvite(_)
                     | pb::direct_payload::Body::GroupUpdate(_)
@@ -1303,9 +1388,11 @@ impl Node {
                 .store_received(
                     &Received {
                         peer_id: &peer.to_bytes(),
-                        // Texts and group controls bind the sender's key on first use.
-                        identity_key: (!messages.is_empty() || !controls.is_empty())
-                            .then_some(sender_key.to_bytes()),
+                        // Texts, group controls and calls bind the sender's key on first use.
+                        identity_key: (!messages.is_empty()
+                            || !controls.is_empty()
+                            || !call_signals.is_empty())
+                        .then_some(sender_key.to_bytes()),
                         messages: &messages,
                         receipts: &receipt_list,
                         olm: OlmSave::sessions(sender_key.to_bytes(), &pickle)
@@ -1327,6 +1414,7 @@ impl Node {
                     .map(|(_, r)| r)
                     .chain(receipts.into_iter().map(|(_, r)| r))
                     .chain(controls.into_iter().map(|(_, _, r)| r))
+                    .chain(call_signals.into_iter().map(|(_, r)| r))
                 {
                     let _ = reply.send(Err(reason.clone()));
                 }
@@ -1335,7 +1423,7 @@ impl Node {
         };
         drop(account);
         drop(sessions);
-        if !messages.is_empty() || !controls.is_empty() {
+        if !messages.is_empty() || !controls.is_empty() || !call_signals.is_empty() {
             self.dm().set_key_owner(sender_key.to_bytes(), peer);
         }
         let mut control_replies = Vec::with_capacity(controls.len());
@@ -1371,6 +1459,12 @@ impl Node {
         }
         for reply in control_replies {
             let _ = reply.send(verdict.clone());
+        }
+        for (signal, reply) in call_signals {
+            let _ = reply.send(verdict.clone());
+            if flushed.is_ok() {
+                self.on_call_signal(peer, signal);
+            }
         }
         if flushed.is_ok() {
             for id in files {

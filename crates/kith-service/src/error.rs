@@ -132,6 +132,12 @@ pub enum ServiceError {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] kith_blob::StoreError),
+    /// We are in a call already.
+    #[error("you are already in a call; hang up first")]
+    CallBusy,
+    /// No call has this id.
+    #[error("no call has the id {0}; see `kith calls`")]
+    UnknownCall(String),
     /// A background job (proof of work) failed to run.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -19,6 +19,7 @@
 // hot path, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod calls;
 mod dm;
 mod error;
 mod files;
@@ -29,6 +30,11 @@ mod names;
 mod node;
 mod olm_state;
 
+pub use calls::{
+    CallEvent, CallInfo, CallState, CallTarget, DEFAULT_RING_TIMEOUT as DEFAULT_CALL_RING_TIMEOUT,
+    IceConfig, IceServer, MAX_CALL_MEMBERS, MAX_SIGNAL_BYTES, ParticipantState, RemoteSignal,
+    summary_text,
+};
 pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;
 pub use files::{
@@ -41,7 +47,7 @@ pub use groups::{
 pub use health::{Checkup, MailboxHealth, Publication};
 pub use kith_crypto::PickleKey;
 pub use kith_photo::Preset as FilterPreset;
-pub use kith_store::{FileOffer, FileState};
+pub use kith_store::{CallId, CallOutcome, CallRecord, FileOffer, FileState};
 pub use kith_store::{GroupId, GroupMessage};
 pub use kith_store::{MailboxStats, Quota};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};

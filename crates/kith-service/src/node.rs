@@ -59,6 +59,10 @@ pub struct Options {
     pub group_sync_every: Duration,
     /// Where files are kept and how large they may be.
     pub files: crate::FilesConfig,
+    /// How long a call rings before it counts as missed. Default 45 s.
+    pub call_ring_timeout: Duration,
+    /// STUN/TURN servers and the relay-only policy handed to the web app for calls.
+    pub ice: crate::IceConfig,
 }
 
 impl Default for Options {
@@ -75,6 +79,8 @@ impl Default for Options {
             mailbox_sync_every: Duration::from_secs(60),
             group_sync_every: Duration::from_secs(30),
             files: crate::FilesConfig::default(),
+            call_ring_timeout: crate::calls::DEFAULT_RING_TIMEOUT,
+            ice: crate::IceConfig::default(),
         }
     }
 }
@@ -93,6 +99,7 @@ pub(crate) struct Inner {
     pub(crate) dm: crate::dm::Dm,
     pub(crate) groups: crate::groups::Groups,
     pub(crate) files: crate::files::Files,
+    pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::NameCache,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
@@ -169,6 +176,11 @@ impl Node {
         let group_sync_every = options.group_sync_every;
         let groups = crate::groups::Groups::new(&mut registry);
         let files = crate::files::Files::open(&options.files, store.path(), &mut registry)?;
+        let calls = crate::calls::Calls::new(
+            options.call_ring_timeout,
+            options.ice.clone(),
+            &mut registry,
+        );
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
@@ -181,6 +193,7 @@ impl Node {
                 dm,
                 groups,
                 files,
+                calls,
                 names: crate::names::NameCache::default(),
                 mailbox_refused,
                 mailbox_wake: Arc::new(tokio::sync::Notify::new()),
@@ -195,6 +208,7 @@ impl Node {
                 mailbox_relays: std::sync::Mutex::new(options_relays),
             }),
         };
+        node.close_unfinished_calls();
         let service_task = tokio::spawn(consume_events(events, Arc::downgrade(&node.inner)));
         node.push_task(service_task);
         node.rejoin().await;
@@ -365,6 +379,23 @@ impl Node {
 
     /// Stops the network, waits for the service task to drain, and flushes the store.
     pub async fn shutdown(&self) -> Result<(), ServiceError> {
+        // The others in a call hear us hang up, not a call that goes silent: give the hang-ups a
+        // moment (at most 1 s) to leave before the network closes.
+        if self.hang_up_all() > 0 {
+            for _ in 0..20 {
+                let pending = self
+                    .inner
+                    .store
+                    .messages()
+                    .outbox()
+                    .map(|items| items.iter().any(|i| i.expires_ms != 0))
+                    .unwrap_or(false);
+                if !pending {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         // Tells the re-publisher to stop, too.
         self.request_shutdown();
         // Already stopped is fine: shutdown is idempotent.

@@ -6,11 +6,13 @@
 //!
 //! - [`Store`]: opens the database, enforces the schema version and the single-process lock, flushes.
 //! - [`NameBook`]: names this node owns, names pinned to the owner first resolved, contacts.
+//! - [`CallBook`]: the call history (signalling itself is never stored).
 //! - [`FileBook`]: files sent and received (their ciphertext lives in kith-blob's store).
 //! - [`PeerBook`]: the address book of peers this node has met, used to rejoin the network after a restart.
 //!
 //! Only this crate imports sled (an invariant in `ARCHITECTURE.md`).
 
+mod calls;
 mod error;
 mod files;
 mod groups;
@@ -20,6 +22,7 @@ mod names;
 mod peers;
 mod store;
 
+pub use calls::{CallBook, CallId, CallOutcome, CallRecord};
 pub use error::StoreError;
 pub use files::{FileBook, FileOffer, FileRecord, FileState};
 pub use groups::{

@@ -204,6 +204,9 @@ pub struct OutboxItem {
     /// A group control message (invitation, member list, session key): not in history, but
     /// deposited at mailboxes like a text because the recipient needs it to read the group.
     pub control: bool,
+    /// Call signalling: dropped once this time (unix ms) has passed and never deposited at a
+    /// mailbox, because a ring nobody hears in time is worth nothing later. 0: kept until acked.
+    pub expires_ms: u64,
 }
 
 /// Whether messages from a peer are welcome.
@@ -321,6 +324,7 @@ fn encode_item(i: &OutboxItem) -> Vec<u8> {
         receipt: i.receipt,
         deposited: i.deposited,
         control: i.control,
+        expires_ms: i.expires_ms,
     }
     .encode_to_vec()
 }
@@ -340,6 +344,7 @@ fn decode_item(id: &[u8], raw: &[u8]) -> Result<OutboxItem, StoreError> {
         receipt: e.receipt,
         deposited: e.deposited,
         control: e.control,
+        expires_ms: e.expires_ms,
     })
 }
 

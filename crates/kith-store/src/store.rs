@@ -55,6 +55,7 @@ pub struct Store {
     mailboxes: MailboxStore,
     groups: GroupStore,
     files: FileBook,
+    calls: crate::CallBook,
     commit: Arc<GroupCommit>,
 }
 
@@ -123,8 +124,10 @@ impl Store {
         let mailboxes = MailboxStore::new(&db, path.clone())?;
         let groups = GroupStore::new(&db, path.clone())?;
         let files = FileBook::new(open_tree(&db, &path, crate::files::TREE)?, path.clone());
+        let calls = crate::CallBook::new(open_tree(&db, &path, crate::calls::TREE)?, path.clone());
         Ok(Self {
             files,
+            calls,
             path,
             db,
             peers,
@@ -179,6 +182,11 @@ impl Store {
     /// Files sent and received.
     pub fn files(&self) -> &FileBook {
         &self.files
+    }
+
+    /// Call history.
+    pub fn calls(&self) -> &crate::CallBook {
+        &self.calls
     }
 
     /// Flushes from synchronous code (tools and benchmarks; the node uses [`Store::flush`]).

@@ -35,6 +35,7 @@ fn outgoing(n: u8, peer: &[u8]) -> (Message, OutboxItem) {
         receipt: false,
         deposited: false,
         control: false,
+        expires_ms: 0,
     };
     (m, o)
 }
