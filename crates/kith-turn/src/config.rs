@@ -43,6 +43,11 @@ pub struct TurnConfig {
     pub relay_ports: Option<RangeInclusive<u16>>,
     /// How far in the future a username's expiry may lie. Default [`MAX_CREDENTIAL_TTL`] (24 h).
     pub max_credential_ttl: Duration,
+    /// Whether relayed data may go to (and come from) loopback, private, link-local, shared
+    /// (100.64/10), unique-local, multicast and unspecified peer addresses. Default `false`, like
+    /// coturn's `denied-peer-ip` advice: otherwise any user of the relay could send UDP to
+    /// services on the relay's own host or LAN. Tests on 127.0.0.1 and LAN-only relays set it.
+    pub allow_private_peers: bool,
 }
 
 impl TurnConfig {
@@ -57,6 +62,7 @@ impl TurnConfig {
             max_allocations: 256,
             relay_ports: None,
             max_credential_ttl: MAX_CREDENTIAL_TTL,
+            allow_private_peers: false,
         }
     }
 
@@ -85,6 +91,14 @@ impl TurnConfig {
     }
 }
 
+impl TurnConfig {
+    /// Sets [`TurnConfig::allow_private_peers`].
+    pub fn with_allow_private_peers(mut self, allow: bool) -> TurnConfig {
+        self.allow_private_peers = allow;
+        self
+    }
+}
+
 impl std::fmt::Debug for TurnConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TurnConfig")
@@ -95,6 +109,7 @@ impl std::fmt::Debug for TurnConfig {
             .field("max_allocations", &self.max_allocations)
             .field("relay_ports", &self.relay_ports)
             .field("max_credential_ttl", &self.max_credential_ttl)
+            .field("allow_private_peers", &self.allow_private_peers)
             .finish()
     }
 }

@@ -19,7 +19,11 @@
 //!    port), it allocates only virtual ports, relaying between its own clients and not to an
 //!    arbitrary peer, and it pulls in aws-lc-rs (C build with prebuilt NASM), tonic, fern,
 //!    clap and mimalloc without a way to turn them off.
-//! 3. **Counters, not a metrics library**: [`TurnMetrics`].
+//! 3. **No relaying into the relay's own network.** `turn` relays to any peer address; our relayed
+//!    sockets drop datagrams to and from loopback, private, link-local and similar peers unless
+//!    [`TurnConfig::allow_private_peers`] is set, so a user cannot reach services on the relay's
+//!    host or LAN (coturn's `denied-peer-ip` advice).
+//! 4. **Counters, not a metrics library**: [`TurnMetrics`].
 //!
 //! Usage (on a relay, inside the tokio runtime):
 //! - [`TurnServer::start`] with a [`TurnConfig`] (UDP listen address, public relay IP, secret);

@@ -24,6 +24,8 @@ pub struct TurnMetrics {
     pub allocations_refused_full: AtomicU64,
     /// Relayed sockets open now.
     pub allocations_active: AtomicU64,
+    /// Datagrams dropped because the peer address is private (see `allow_private_peers`).
+    pub peers_denied: AtomicU64,
 }
 
 impl TurnMetrics {

@@ -95,6 +95,7 @@ impl TurnServer {
             ports: config.relay_ports.clone(),
             next_port: AtomicU32::new(start_offset()),
             // `Semaphore::new` panics above MAX_PERMITS (~2^61): no real limit is that high.
+            allow_private_peers: config.allow_private_peers,
             slots: Arc::new(Semaphore::new(
                 config.max_allocations.min(Semaphore::MAX_PERMITS),
             )),
@@ -291,6 +292,8 @@ struct RelaySockets {
     ports: Option<RangeInclusive<u16>>,
     /// Where the next scan of `ports` starts (wraps around).
     next_port: AtomicU32,
+    /// Whether relayed sockets talk to private peer addresses.
+    allow_private_peers: bool,
     /// One permit per allowed allocation; each relayed socket holds one until it is dropped.
     slots: Arc<Semaphore>,
     /// Where allocations are counted.
@@ -356,6 +359,7 @@ impl RelayAddressGenerator for RelaySockets {
         TurnMetrics::inc(&self.metrics.allocations_active);
         let conn = RelaySocket {
             socket,
+            allow_private_peers: self.allow_private_peers,
             _slot: slot,
             metrics: Arc::clone(&self.metrics),
         };
@@ -368,6 +372,8 @@ impl RelayAddressGenerator for RelaySockets {
 struct RelaySocket {
     /// The bound socket every call is passed to.
     socket: UdpSocket,
+    /// Whether private peer addresses are reachable (else their datagrams are dropped).
+    allow_private_peers: bool,
     /// Returned to `RelaySockets::slots` on drop.
     _slot: OwnedSemaphorePermit,
     /// `allocations_active` is decremented on drop.
@@ -391,7 +397,15 @@ impl Conn for RelaySocket {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        Conn::recv_from(&self.socket, buf).await
+        // Each turn of the loop consumes one datagram: it ends when one from an allowed peer
+        // arrives or the socket fails.
+        loop {
+            let (n, from) = Conn::recv_from(&self.socket, buf).await?;
+            if self.allow_private_peers || is_public_peer(from.ip()) {
+                return Ok((n, from));
+            }
+            TurnMetrics::inc(&self.metrics.peers_denied);
+        }
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
@@ -399,6 +413,11 @@ impl Conn for RelaySocket {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if !self.allow_private_peers && !is_public_peer(target.ip()) {
+            // Dropped like a lost datagram; an error would only make `turn` log it.
+            TurnMetrics::inc(&self.metrics.peers_denied);
+            return Ok(buf.len());
+        }
         Conn::send_to(&self.socket, buf, target).await
     }
 
@@ -416,6 +435,40 @@ impl Conn for RelaySocket {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+/// Whether `ip` may be a relayed peer when private peers are not allowed: not loopback,
+/// private, shared (100.64/10), link-local, unique-local, multicast, broadcast or unspecified
+/// (an IPv4-mapped IPv6 address is judged as its IPv4 address).
+pub(crate) fn is_public_peer(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            let shared = a == 100 && (64..128).contains(&b);
+            let this_network = a == 0;
+            !(ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_multicast()
+                || ip.is_broadcast()
+                || ip.is_unspecified()
+                || shared
+                || this_network)
+        }
+        IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return is_public_peer(IpAddr::V4(v4));
+            }
+            let first = ip.segments()[0];
+            let unique_local = first & 0xfe00 == 0xfc00;
+            let link_local = first & 0xffc0 == 0xfe80;
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || unique_local
+                || link_local)
+        }
     }
 }
 

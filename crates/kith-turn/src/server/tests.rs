@@ -16,8 +16,10 @@ const SECRET: &[u8; 32] = b"kith-turn-test-secret-0123456789";
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A server on 127.0.0.1 that relays to 127.0.0.1 peers (denied by default).
 fn config() -> TurnConfig {
     TurnConfig::new(SocketAddr::new(LOCALHOST, 0), LOCALHOST, SECRET.to_vec())
+        .with_allow_private_peers(true)
 }
 
 fn now() -> u64 {
@@ -139,6 +141,81 @@ async fn allocates_and_relays_both_ways() {
     let addr = server.local_addr();
     server.shutdown().await;
     UdpSocket::bind(addr).await.unwrap();
+}
+
+#[tokio::test]
+async fn private_peers_are_denied_by_default() {
+    let server = TurnServer::start(config().with_allow_private_peers(false))
+        .await
+        .unwrap();
+    let metrics = server.metrics();
+    let creds = fresh("alice");
+    let client = client(&server, &creds.username, &creds.password).await;
+    let relayed = tokio::time::timeout(WAIT, client.allocate())
+        .await
+        .unwrap()
+        .unwrap();
+    let relay_addr = relayed.local_addr().unwrap();
+
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    tokio::time::timeout(WAIT, relayed.send_to(b"ping", peer_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("the datagram to be denied", || {
+        get(&metrics.peers_denied) >= 1
+    })
+    .await;
+    let mut buf = [0u8; 64];
+    let received = tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf)).await;
+    assert!(received.is_err(), "a loopback peer got relayed data");
+
+    // And the other way: the peer's datagram never reaches the client.
+    peer.send_to(b"pong", relay_addr).await.unwrap();
+    eventually("the inbound datagram to be denied", || {
+        get(&metrics.peers_denied) >= 2
+    })
+    .await;
+    relayed.close().await.unwrap();
+    client.close().await.unwrap();
+    server.shutdown().await;
+}
+
+#[test]
+fn public_and_private_peer_addresses() {
+    use super::is_public_peer;
+    for public in [
+        "203.0.113.7",
+        "8.8.8.8",
+        "100.63.0.1",
+        "100.128.0.1",
+        "2001:db8::1",
+        "::ffff:8.8.8.8",
+    ] {
+        assert!(is_public_peer(public.parse().unwrap()), "{public}");
+    }
+    for private in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.1.1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "0.1.2.3",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fd00::1",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+    ] {
+        assert!(!is_public_peer(private.parse().unwrap()), "{private}");
+    }
 }
 
 #[tokio::test]
