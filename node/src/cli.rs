@@ -332,6 +332,18 @@ pub(crate) struct RunArgs {
     /// addresses (calls fail where no TURN relay is known).
     #[arg(long, env = "KITH_RELAY_ONLY_CALLS")]
     pub(crate) relay_only_calls: bool,
+    /// Relay mode: serve STUN/TURN for calls on this UDP address (e.g. 0.0.0.0:3478); registered
+    /// users get short-lived credentials from this relay.
+    #[arg(long, value_name = "ADDR", requires = "relay")]
+    pub(crate) turn: Option<SocketAddr>,
+    /// The relay's public IP address, put in relayed candidates and handed to users. Default: the
+    /// --turn address, unless that is unspecified (0.0.0.0).
+    #[arg(long, value_name = "IP", requires = "turn")]
+    pub(crate) turn_public_ip: Option<std::net::IpAddr>,
+    /// TURN may relay to loopback and private addresses (a relay for one LAN, or tests); off by
+    /// default so users cannot reach the relay's own network.
+    #[arg(long, requires = "turn")]
+    pub(crate) turn_allow_private_peers: bool,
     /// Relay mode: also serve Prometheus `/metrics` here, without a token (for scrapers).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,

@@ -136,6 +136,27 @@ impl Home {
         }
     }
 
+    /// Loads the secret this relay's TURN server checks credentials with, creating it on first
+    /// use. Replacing it only invalidates credentials handed out so far (users ask again).
+    pub(crate) fn turn_secret(&self) -> anyhow::Result<Vec<u8>> {
+        let path = self.dir.join("turn.secret");
+        match fs::read(&path) {
+            Ok(bytes) if bytes.len() >= kith_turn::MIN_SECRET_LEN => Ok(bytes),
+            Ok(_) => Err(anyhow::anyhow!(
+                "{} is too short; delete it and a new one is made at the next start",
+                path.display()
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = vec![0u8; 32];
+                getrandom::fill(&mut secret)
+                    .map_err(|e| anyhow::anyhow!("no randomness for the TURN secret: {e}"))?;
+                write_private(&path, &secret)?;
+                Ok(secret)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
     /// Loads the API token, creating it if `create` is set and none exists.
     pub(crate) fn token(&self, create: bool) -> anyhow::Result<ApiToken> {
         let path = self.token_path();

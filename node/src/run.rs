@@ -76,6 +76,34 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     } else {
         config.relays.clone()
     };
+    // TURN for calls (relays): the server runs beside the node; the node hands out credentials.
+    let turn = match args.turn {
+        Some(listen) => {
+            let public_ip = match args.turn_public_ip {
+                Some(ip) => ip,
+                None if !listen.ip().is_unspecified() => listen.ip(),
+                None => {
+                    return Err(CliError::new(
+                        exit::USAGE,
+                        format!(
+                            "--turn {listen} listens on every address; say which one users reach with --turn-public-ip <ip>"
+                        ),
+                    )
+                    .into());
+                }
+            };
+            let secret = home.turn_secret()?;
+            let config = kith_turn::TurnConfig::new(listen, public_ip, secret.clone())
+                .with_allow_private_peers(args.turn_allow_private_peers);
+            let server = kith_turn::TurnServer::start(config)
+                .await
+                .with_context(|| format!("cannot start the TURN server on {listen}"))?;
+            let urls = kith_turn::ice_server_urls(server.public_addr());
+            tracing::info!(addr = %server.local_addr(), ?urls, "serving STUN/TURN for calls");
+            Some((server, secret, urls))
+        }
+        None => None,
+    };
     let options = kith_service::Options {
         name_rules: bootstrap.name_rules.clone(),
         pickle_key: Some(pickle_key),
@@ -97,6 +125,13 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             servers: Vec::new(),
             relay_only: args.relay_only_calls,
         },
+        turn: turn
+            .as_ref()
+            .map(|(_, secret, urls)| kith_service::TurnIssuer {
+                secret: secret.clone(),
+                urls: urls.clone(),
+                ttl: Duration::from_secs(12 * 3600),
+            }),
         ..kith_service::Options::default()
     };
     let node = Node::start_with(config, store, options)
@@ -153,6 +188,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
                 "listen_addrs": listen_addrs,
                 "home": home.dir().display().to_string(),
                 "relay": args.relay,
+                "turn": turn.as_ref().map(|(_, _, urls)| urls.clone()),
                 "mdns": !args.no_mdns,
                 "bootstrap": bootstrap_addrs,
                 "discovery": discovery,
@@ -165,6 +201,9 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
             outln!("  listening on {addr}");
         }
         outln!("  finding peers: {discovery}");
+        if let Some((_, _, urls)) = &turn {
+            outln!("  serving TURN for calls: {}", urls.join(", "));
+        }
         for addr in &bootstrap_addrs {
             outln!("    bootstrap {addr}");
         }
@@ -187,6 +226,9 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
         Ok(Ok(Ok(()))) => {}
     }
     let result = node.shutdown().await.context("shutdown failed");
+    if let Some((server, _, _)) = turn {
+        server.shutdown().await;
+    }
     home.remove_api_info(pid);
     result?;
     tracing::info!("stopped cleanly");

@@ -139,17 +139,18 @@ pub(crate) fn event_report(node: &Node, event: CallEvent) -> Option<EventReport>
     })
 }
 
-fn parse_call_id(id: &str) -> Result<kith_service::CallId, Response> {
+fn parse_call_id(id: &str) -> Option<kith_service::CallId> {
     hex::decode(id)
         .ok()
         .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| {
-            web::error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "a call id is 32 hex characters (see `kith calls`)",
-            )
-        })
+}
+
+fn bad_call_id() -> Response {
+    web::error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "a call id is 32 hex characters (see `kith calls`)",
+    )
 }
 
 /// `POST /v1/calls`.
@@ -194,9 +195,8 @@ pub(crate) async fn list_calls(
 
 /// `GET /v1/calls/{id}`.
 pub(crate) async fn get_call(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_call_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Some(id) = parse_call_id(&id) else {
+        return bad_call_id();
     };
     let names = petnames(&state.node);
     let result = state
@@ -215,9 +215,8 @@ fn call_action(
     id: &str,
     action: fn(&Node, &kith_service::CallId) -> Result<CallInfo, ServiceError>,
 ) -> Response {
-    let id = match parse_call_id(id) {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Some(id) = parse_call_id(id) else {
+        return bad_call_id();
     };
     let names = petnames(&state.node);
     respond(
@@ -247,9 +246,8 @@ pub(crate) async fn signal(
     Path(id): Path<String>,
     Json(req): Json<CallSignalRequest>,
 ) -> Response {
-    let id = match parse_call_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Some(id) = parse_call_id(&id) else {
+        return bad_call_id();
     };
     let to = match req.to.as_deref().filter(|t| !t.is_empty()) {
         Some(to) => match to.parse::<PeerId>() {

@@ -12,6 +12,7 @@ use crate::types::{DoctorCheck, DoctorReport};
 const GRACE: Duration = Duration::from_secs(30);
 
 const BOOTSTRAP_FIX: &str = "give the node a peer: `kith run --bootstrap <multiaddr>` (a friend's or a relay's address, from their `kith status`), or an entry in bootstrap.toml; on a LAN keep mDNS on (no --no-mdns)";
+const TURN_FIX: &str = "use a community relay that serves TURN (`kith run --relay --turn 0.0.0.0:3478 --turn-public-ip <its IP>`) in bootstrap.toml; your node gets credentials from it once registered";
 const RELAY_FIX: &str = "list a community relay in bootstrap.toml with `relay = true` (see README, \"Community relays\")";
 
 /// The diagnosis of a running node.
@@ -117,6 +118,7 @@ pub(crate) fn diagnose(c: &Checkup) -> DoctorReport {
     if net.relay_served.is_none() {
         checks.push(mailboxes(c));
     }
+    checks.push(calls(c));
     checks.push(names(c));
     checks.push(publication(
         "key_bundle",
@@ -131,6 +133,61 @@ pub(crate) fn diagnose(c: &Checkup) -> DoctorReport {
 
     let healthy = checks.iter().all(|c| c.level != "problem");
     DoctorReport { healthy, checks }
+}
+
+/// Whether calls can get through NAT: TURN from our relays, or (on a relay) the TURN we serve.
+fn calls(c: &Checkup) -> DoctorCheck {
+    let turn: Vec<&str> = c
+        .ice
+        .servers
+        .iter()
+        .flat_map(|s| s.urls.iter())
+        .filter(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+        .map(String::as_str)
+        .collect();
+    let serving = if c.turn_served.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; serving TURN for registered users at {}",
+            c.turn_served.join(", ")
+        )
+    };
+    if !turn.is_empty() {
+        let policy = if c.ice.relay_only {
+            " (relay only: your addresses stay hidden)"
+        } else {
+            ""
+        };
+        return ok(
+            "calls",
+            format!("TURN available at {}{policy}{serving}", turn.join(", ")),
+        );
+    }
+    if c.ice.relay_only {
+        return problem(
+            "calls",
+            format!(
+                "relay-only calls are on, but no TURN relay is known: every call will fail{serving}"
+            ),
+            TURN_FIX,
+        );
+    }
+    if !c.turn_served.is_empty() {
+        return ok("calls", serving.trim_start_matches("; ").to_owned());
+    }
+    if c.status.net.relay_served.is_some() {
+        return ok(
+            "calls",
+            "this relay serves no TURN; `--turn <udp addr> --turn-public-ip <ip>` would help its users' calls through NAT".to_owned(),
+        );
+    }
+    warning(
+        "calls",
+        "no TURN relay: calls connect directly, which fails when both sides are behind strict NATs"
+            .to_owned(),
+        TURN_FIX,
+    )
 }
 
 fn mailboxes(c: &Checkup) -> DoctorCheck {

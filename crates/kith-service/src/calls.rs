@@ -180,10 +180,41 @@ impl Live {
     }
 }
 
+/// What a relay needs to hand its registered users TURN credentials; the TURN server itself
+/// (kith-turn) runs beside the node, started by `kith run --relay --turn`.
+#[derive(Clone)]
+pub struct TurnIssuer {
+    /// The secret the TURN server checks passwords with.
+    pub secret: Vec<u8>,
+    /// Its `stun:`/`turn:` URLs as users should dial them.
+    pub urls: Vec<String>,
+    /// How long credentials last (longer than the longest call; kith-turn takes at most 24 h).
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for TurnIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnIssuer")
+            .field("urls", &self.urls)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TURN credentials from one of our relays (None: it serves no TURN), and when to ask again.
+#[derive(Debug, Clone)]
+struct RelayTurn {
+    server: Option<IceServer>,
+    expires_ms: u64,
+    ask_again_ms: u64,
+}
+
 /// The calls component: live calls and the per-peer invitation limit.
 #[derive(Debug)]
 pub(crate) struct Calls {
     live: StdMutex<HashMap<CallId, Live>>,
+    /// TURN credentials from our relays, by relay.
+    relay_turn: StdMutex<HashMap<PeerId, RelayTurn>>,
     offers: StdMutex<HashMap<PeerId, (f64, Instant)>>,
     ring_timeout: Duration,
     /// Signalling refused: malformed, for an unknown call, from a non-participant, flooded.
@@ -230,6 +261,7 @@ impl Calls {
             ring_timeout,
             refused,
             ice: StdMutex::new(ice),
+            relay_turn: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -246,6 +278,11 @@ impl Calls {
         } else {
             false
         }
+    }
+
+    /// A person answered or declined `peer`'s call: calling back at once is no flood.
+    fn refund_offer(&self, peer: PeerId) {
+        lock(&self.offers).insert(peer, (OFFER_BURST, Instant::now()));
     }
 
     fn unavailable_after(&self) -> Duration {
@@ -447,6 +484,9 @@ impl Node {
             }
             live.state = CallState::Active;
             live.record.answered_ms = now_ms();
+            if let Ok(caller) = PeerId::from_bytes(&live.record.peer_id) {
+                self.calls_component().refund_offer(caller);
+            }
             let tell: Vec<PeerId> = live
                 .participants
                 .iter()
@@ -477,6 +517,7 @@ impl Node {
             PeerId::from_bytes(&live.record.peer_id).ok()
         };
         if let Some(caller) = caller {
+            self.calls_component().refund_offer(caller);
             self.send_call_signal(caller, self.signal(id, pb::CallSignalKind::Decline))?;
         }
         self.end_call(id, CallOutcome::Declined)
@@ -555,9 +596,69 @@ impl Node {
         self.send_call_signal(to, signal)
     }
 
-    /// The ICE servers and policy the web app should use.
+    /// The ICE servers and policy the web app should use: the configured ones, then TURN on
+    /// our relays while its credentials last.
     pub fn ice_config(&self) -> IceConfig {
-        lock(&self.calls_component().ice).clone()
+        let mut config = lock(&self.calls_component().ice).clone();
+        let now = now_ms();
+        let mut from_relays: Vec<IceServer> = lock(&self.calls_component().relay_turn)
+            .values()
+            .filter(|t| t.expires_ms > now)
+            .filter_map(|t| t.server.clone())
+            .collect();
+        from_relays.sort_by(|a, b| a.urls.cmp(&b.urls));
+        config.servers.extend(from_relays);
+        config
+    }
+
+    /// Whether it is time to ask `relay` for TURN credentials (none yet, or they run out soon).
+    pub(crate) fn turn_due(&self, relay: PeerId) -> bool {
+        lock(&self.calls_component().relay_turn)
+            .get(&relay)
+            .is_none_or(|t| now_ms() >= t.ask_again_ms)
+    }
+
+    /// Records what `relay` answered: credentials (asked again an hour before they expire, or
+    /// halfway through if they are shorter), or none (asked again in 10 minutes).
+    pub(crate) fn set_relay_turn(&self, relay: PeerId, answer: Option<pb::TurnCredentials>) {
+        let now = now_ms();
+        let entry = match answer {
+            Some(turn) if turn.expires_at_ms > now && !turn.urls.is_empty() => {
+                let left = turn.expires_at_ms - now;
+                RelayTurn {
+                    server: Some(IceServer {
+                        urls: turn.urls,
+                        username: turn.username,
+                        credential: turn.credential,
+                    }),
+                    expires_ms: turn.expires_at_ms,
+                    ask_again_ms: now + left.saturating_sub(3_600_000).max(left / 2),
+                }
+            }
+            _ => RelayTurn {
+                server: None,
+                expires_ms: 0,
+                ask_again_ms: now + 600_000,
+            },
+        };
+        lock(&self.calls_component().relay_turn).insert(relay, entry);
+    }
+
+    /// Relay side: fresh TURN credentials for `peer`, if this node hands any out.
+    pub(crate) fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials> {
+        let issuer = self.inner.options.turn.as_ref()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let credentials =
+            kith_turn::Credentials::mint(&issuer.secret, &peer.to_string(), issuer.ttl, now);
+        Some(pb::TurnCredentials {
+            urls: issuer.urls.clone(),
+            username: credentials.username,
+            credential: credentials.password,
+            expires_at_ms: credentials.expires_at_unix_secs.saturating_mul(1000),
+        })
     }
 
     /// Replaces the ICE servers (TURN credentials are renewed by whoever issues them).
@@ -663,8 +764,12 @@ impl Node {
         let info = live.info();
         self.dm()
             .emit(MessageEvent::Call(CallEvent::Ended(info.clone())));
+        // A call hung up before the callee's node even rang leaves no entry on their side (a
+        // ring flood must not fill their history); an unreachable callee hears of it later.
+        let worth_telling = live.answered_ring || outcome == CallOutcome::Unavailable;
         if live.record.outgoing
             && live.record.group_id.is_none()
+            && worth_telling
             && let Ok(peer) = PeerId::from_bytes(&live.record.peer_id)
         {
             let node = self.clone();
@@ -905,10 +1010,12 @@ impl Node {
             // Never rings; the caller's summary lands in requests as a missed call.
             return self.refuse_call_signal(peer, "invitation from someone not accepted");
         }
-        if lock(&self.calls_component().live).contains_key(&id)
-            || self.store().calls().get(&id).ok().flatten().is_some()
-        {
-            return; // a retry of an invitation we have
+        if lock(&self.calls_component().live).contains_key(&id) {
+            return; // the same invitation again (a sender that lost our ack)
+        }
+        if self.store().calls().get(&id).ok().flatten().is_some() {
+            // Its summary overtook it: the call is over.
+            return self.refuse_call_signal(peer, "invitation for a call that is over");
         }
         if !self.calls_component().allow_offer(peer) {
             return self.refuse_call_signal(peer, "too many invitations");

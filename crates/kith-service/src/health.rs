@@ -68,4 +68,8 @@ pub struct Checkup {
     pub mailbox_pointer: Publication,
     /// Our mailbox relays (address as configured) and how they last answered.
     pub mailboxes: Vec<(String, MailboxHealth)>,
+    /// The STUN/TURN servers calls would use now, and whether they must (relay only).
+    pub ice: crate::IceConfig,
+    /// Relay role: the TURN server this node hands credentials for (empty: none).
+    pub turn_served: Vec<String>,
 }

@@ -106,6 +106,7 @@ fn response(status: pb::MailboxStatus, reason: &str) -> pb::MailboxResponse {
         reason: reason.to_owned(),
         items: Vec::new(),
         remaining: 0,
+        turn: None,
     }
 }
 
@@ -221,6 +222,7 @@ impl Node {
                             })
                             .collect(),
                         remaining,
+                        turn: None,
                     }
                 }
                 Some(pb::mailbox_request::Kind::Delete(d)) => {
@@ -232,6 +234,21 @@ impl Node {
                     boxes.delete(&peer.to_bytes(), &ids)?;
                     self.store().flush().await?;
                     response(S::MailboxOk, "")
+                }
+                Some(pb::mailbox_request::Kind::Turn(_)) => {
+                    if !boxes.is_registered(&peer.to_bytes())? {
+                        return Ok(response(
+                            S::MailboxUnknownRecipient,
+                            "register a mailbox at this relay before asking for TURN credentials",
+                        ));
+                    }
+                    match self.issue_turn(peer) {
+                        Some(turn) => pb::MailboxResponse {
+                            turn: Some(turn),
+                            ..response(S::MailboxOk, "")
+                        },
+                        None => response(S::MailboxRejected, "this relay serves no TURN"),
+                    }
                 }
                 None => response(S::MailboxRejected, "empty mailbox request"),
             })
@@ -346,6 +363,9 @@ impl Node {
         if answer.status != pb::MailboxStatus::MailboxOk as i32 {
             return Err(ServiceError::Mailbox(answer.reason));
         }
+        if self.turn_due(relay_peer) {
+            self.refresh_turn(relay_peer, &addrs).await;
+        }
         let mut stored = 0;
         // Bounded: each page deletes what it stored, so the mailbox shrinks every round.
         for _ in 0..64 {
@@ -418,6 +438,23 @@ impl Node {
             }
         }
         Ok(stored)
+    }
+
+    /// Asks a relay we are registered at for TURN credentials (for calls through NAT).
+    async fn refresh_turn(&self, relay: PeerId, addrs: &[Multiaddr]) {
+        let request = pb::MailboxRequest {
+            kind: Some(pb::mailbox_request::Kind::Turn(pb::MailboxTurn {})),
+        };
+        match self.mailbox_call(relay, &request, addrs).await {
+            Ok(answer) if answer.status == pb::MailboxStatus::MailboxOk as i32 => {
+                self.set_relay_turn(relay, answer.turn);
+            }
+            Ok(answer) => {
+                tracing::debug!(%relay, reason = %answer.reason, "relay gives no TURN credentials");
+                self.set_relay_turn(relay, None);
+            }
+            Err(e) => tracing::debug!(%relay, error = %e, "cannot ask for TURN credentials"),
+        }
     }
 
     async fn mailbox_call(

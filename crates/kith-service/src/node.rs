@@ -63,6 +63,8 @@ pub struct Options {
     pub call_ring_timeout: Duration,
     /// STUN/TURN servers and the relay-only policy handed to the web app for calls.
     pub ice: crate::IceConfig,
+    /// Relay role: hand registered users credentials for this TURN server.
+    pub turn: Option<crate::TurnIssuer>,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             files: crate::FilesConfig::default(),
             call_ring_timeout: crate::calls::DEFAULT_RING_TIMEOUT,
             ice: crate::IceConfig::default(),
+            turn: None,
         }
     }
 }
@@ -334,6 +337,14 @@ impl Node {
             key_bundle: health.key_bundle,
             mailbox_pointer: health.mailbox_pointer,
             mailboxes,
+            ice: self.ice_config(),
+            turn_served: self
+                .inner
+                .options
+                .turn
+                .as_ref()
+                .map(|t| t.urls.clone())
+                .unwrap_or_default(),
         })
     }
 
