@@ -72,17 +72,19 @@ function page(path, { limit, before } = {}) {
 // --- session ---------------------------------------------------------------------------------
 
 /**
- * If the page was opened by `kith open` (`#token=<hex>`), strips the token from the URL at once
- * and exchanges it for the session cookie. Returns true if a token was exchanged; throws ApiError
- * (401) for a wrong token.
+ * If the page was opened by `kith open` (`#token=<hex>`) or `kith call` (`#token=<hex>&call=<who>
+ * [&video=1]`), strips the fragment from the URL at once and exchanges the token for the session
+ * cookie. Returns false when there was no token, else what the fragment asked for besides it:
+ * `{ call: <who> | null, video }`. Throws ApiError (401) for a wrong token.
  */
 export async function exchangeToken() {
   const hash = location.hash;
   if (!hash.startsWith('#token=')) return false;
-  const token = hash.slice('#token='.length);
+  const params = new URLSearchParams(hash.slice(1));
+  const token = params.get('token') || '';
   window.history.replaceState(null, '', location.pathname + location.search);
   await request('POST', '/v1/session', { token });
-  return true;
+  return { call: params.get('call') || null, video: params.get('video') === '1' };
 }
 
 export const signOut = () => request('DELETE', '/v1/session');
@@ -154,6 +156,22 @@ export const filters = () => request('GET', '/v1/filters');
 /** The addresses of a file's thumbnail (photos) and content (same origin: the cookie is enough). */
 export const thumbnailUrl = (id) => `/v1/files/${seg(id)}/thumbnail`;
 export const contentUrl = (id) => `/v1/files/${seg(id)}/content`;
+
+// --- calls ---------------------------------------------------------------------------------------
+// Media runs in the browser (WebRTC); the node rings, records and carries the signalling.
+
+/** `target` is `{ to }` (a name, petname or peer id) or `{ group }`; answers the CallReport. */
+export const startCall = (target, video) => request('POST', '/v1/calls', { ...target, video: !!video });
+export const calls = () => request('GET', '/v1/calls');
+/** The CallReport plus `signals`: everything the others sent us for this call so far. */
+export const call = (id) => request('GET', `/v1/calls/${seg(id)}`);
+export const acceptCall = (id) => request('POST', `/v1/calls/${seg(id)}/accept`);
+export const declineCall = (id) => request('POST', `/v1/calls/${seg(id)}/decline`);
+export const hangUp = (id) => request('POST', `/v1/calls/${seg(id)}/hangup`);
+/** An SDP description or an ICE candidate (null: end of candidates) for one participant. */
+export const signal = (id, to, kind, data) => request('POST', `/v1/calls/${seg(id)}/signal`, { to, kind, data });
+/** `{ ice_servers, relay_only }`: the RTCConfiguration's STUN/TURN servers. */
+export const iceConfig = () => request('GET', '/v1/calls/ice');
 
 // --- events ----------------------------------------------------------------------------------
 

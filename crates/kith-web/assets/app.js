@@ -1,11 +1,13 @@
 // The entry point: the session exchange (before anything renders), the hash router, the layout
-// (two panes from 760 px, one pane with "Back" below) and the dialogs.
+// (two panes from 760 px, one pane with "Back" below), the dialogs and the calls (over any view).
 
 import { html, render, useEffect, useRef, useState } from './vendor/preact-htm.js';
 import { FilterDefs } from './components/files.js';
 import { go } from './components/hooks.js';
 import { IconLink, IconNode } from './components/icons.js';
-import { boot, chatItems, needsFirstRun, requestsOf, setOpen, useStore } from './state.js';
+import { placeCall } from './calls.js';
+import { boot, chatItems, needsFirstRun, requestsOf, setOpen, takeLaunch, useStore } from './state.js';
+import { CallLayer, DeviceCheckDialog } from './views/call.js';
 import { Chats } from './views/chats.js';
 import { Conversation } from './views/conversation.js';
 import { FirstRun } from './views/firstrun.js';
@@ -63,6 +65,7 @@ const DIALOGS = {
   invitemember: InviteMemberDialog,
   sendfile: SendFileDialog,
   photo: PhotoDialog,
+  devicecheck: DeviceCheckDialog,
 };
 
 function ConnectionStatus({ socket }) {
@@ -72,7 +75,8 @@ function ConnectionStatus({ socket }) {
 }
 
 function TopBar({ s, route }) {
-  return html`<header class="topbar">
+  // Behind the call view (which covers the window) nothing can be reached by keyboard either.
+  return html`<header class="topbar" inert=${!!s.call}>
     <h1 class="brand"><a href="#/" aria-label="kith, chats">kith</a></h1>
     <${ConnectionStatus} socket=${s.socket} />
     <p class="notice-area" aria-live="polite">${s.notice}</p>
@@ -160,6 +164,13 @@ function App() {
     }
   }, [route.name, route.id, s.auth]);
 
+  // `kith call WHO` opened this page: call them once signed in.
+  useEffect(() => {
+    if (s.auth !== 'ok' || !s.launch) return;
+    const l = takeLaunch();
+    placeCall({ to: l.call }, l.video);
+  }, [s.auth, s.launch]);
+
   const unread = chatItems(s).reduce((n, it) => n + it.unread, 0) + requestsOf(s).length;
   useEffect(() => {
     if (s.auth === 'signed-out') document.title = 'kith — not signed in';
@@ -176,15 +187,16 @@ function App() {
   if (route.name === 'welcome') {
     return html`<div class="app one">
       <${TopBar} s=${s} route=${route} />
-      <main class="main single" id="main"><${FirstRun} /></main>
+      <main class="main single" id="main" inert=${!!s.call}><${FirstRun} /></main>
       ${Dlg && html`<${Dlg} ...${s.dialog} />`}
+      <${CallLayer} />
     </div>`;
   }
 
   const home = route.name === 'home';
   return html`<div class=${`app ${home ? 'at-home' : 'in-view'}`}>
     <${TopBar} s=${s} route=${route} />
-    <main class="panes" id="main">
+    <main class="panes" id="main" inert=${!!s.call}>
       <nav class="side" aria-label="Conversations">
         <${Chats} active=${route} />
       </nav>
@@ -193,6 +205,7 @@ function App() {
       </div>
     </main>
     ${Dlg && html`<${Dlg} key=${s.dialog.name} ...${s.dialog} />`}
+    <${CallLayer} />
     <${FilterDefs} filters=${s.filters} />
   </div>`;
 }

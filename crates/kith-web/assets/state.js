@@ -44,6 +44,9 @@ let state = {
   dialog: null, // { name, ...props }
   invite: null, // GET /v1/invite
   notice: '', // a short message for everyone (errors of background work)
+  call: null, // the call we are in, placing, or that just ended (calls.js writes it)
+  incoming: null, // the CallReport of a call ringing for us
+  launch: null, // { call: who, video } from `kith call`'s URL, until the app places that call
 };
 
 const subscribers = new Set();
@@ -506,8 +509,44 @@ function onEvent(ev) {
       refreshAll();
       break;
     default:
+      if (ev.type.startsWith('call.')) for (const fn of [...callListeners]) fn(ev);
       break;
   }
+}
+
+// --- calls -------------------------------------------------------------------------------------------
+// calls.js owns the media; the store holds what the call views show.
+
+const callListeners = new Set();
+
+/** Hands `fn` every `call.*` event, and `{ type: "reconnected" }` after every (re)connect. */
+export function onCalls(fn) {
+  callListeners.add(fn);
+  return () => callListeners.delete(fn);
+}
+
+/** Sets `call` and/or `incoming` (calls.js only). */
+export const setCallState = (patch) => set(patch);
+
+/**
+ * A call with `peer` ended: the node writes its summary ("call, 3 min") into the conversation
+ * (our own side of it arrives as no message event), so the conversation and the chat list are
+ * read again shortly after.
+ */
+export function afterCall(peer) {
+  for (const delay of [700, 3000]) {
+    setTimeout(() => {
+      if (state.threads[`chat:${peer}`]) loadLatest('chat', peer).catch(() => {});
+      refreshListsSoon(0);
+    }, delay);
+  }
+}
+
+/** The call `kith call` asked for, once (the app places it after signing in). */
+export function takeLaunch() {
+  const l = state.launch;
+  if (l) set({ launch: null });
+  return l;
 }
 
 // --- loading -------------------------------------------------------------------------------------
@@ -588,7 +627,10 @@ function startEvents() {
     onEvent,
     onState: (s) => {
       set({ socket: s });
-      if (s === 'open') refreshAll();
+      if (s === 'open') {
+        refreshAll();
+        for (const fn of [...callListeners]) fn({ type: 'reconnected' });
+      }
     },
   });
 }
@@ -604,7 +646,8 @@ api.on('signed-out', () => signedOut());
 /** Starts the app: exchanges a `#token=` for the session, then loads and follows events. */
 export async function boot() {
   try {
-    await api.exchangeToken();
+    const asked = await api.exchangeToken();
+    if (asked && asked.call) set({ launch: { call: asked.call, video: asked.video } });
   } catch (e) {
     signedOut(
       e.status === 401

@@ -236,7 +236,9 @@ export class KithNode {
  * `await lab.cleanup()` in an `after` hook kills every daemon and removes the dir.
  */
 export class Lab {
-  constructor(prefix = 'kith-browser-') {
+  /** `env`: extra environment for every daemon of this lab (e.g. KITH_CALL_RING_TIMEOUT_SECS). */
+  constructor(prefix = 'kith-browser-', { env = {} } = {}) {
+    this.env = env;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
     this.bootstrapFile = path.join(this.dir, 'bootstrap.toml');
     fs.writeFileSync(this.bootstrapFile, BOOTSTRAP_TOML);
@@ -250,9 +252,10 @@ export class Lab {
 
   /**
    * Starts (or restarts, on the same home) node `name`, bootstrapping from `bootstrap`
-   * (multiaddrs); resolves once the node printed its JSON ready line (bounded).
+   * (multiaddrs), with extra `kith run` arguments `args` and environment `env` (on top of the
+   * lab's); resolves once the node printed its JSON ready line (bounded).
    */
-  async start(name, { bootstrap = [] } = {}) {
+  async start(name, { bootstrap = [], args: extraArgs = [], env: extraEnv = {} } = {}) {
     if (!fs.existsSync(KITH_BIN)) {
       throw new Error(`no kith binary at ${KITH_BIN}: run \`cargo build -p kith\` or set KITH_BIN`);
     }
@@ -272,8 +275,8 @@ export class Lab {
       this.bootstrapFile,
     ];
     for (const addr of bootstrap) args.push('--bootstrap', addr);
-    args.push('--home', home);
-    const env = { ...process.env, RUST_LOG: process.env.KITH_TEST_LOG || 'info' };
+    args.push(...extraArgs, '--home', home);
+    const env = { ...process.env, RUST_LOG: process.env.KITH_TEST_LOG || 'info', ...this.env, ...extraEnv };
     delete env.KITH_HOME;
     const child = spawn(KITH_BIN, args, { stdio: ['ignore', 'pipe', logFd], env });
     fs.closeSync(logFd);
@@ -550,6 +553,23 @@ export const CHROMIUM_ARGS = [
 ];
 
 /**
+ * Extra flags for calls: fake camera and microphone (a test pattern and a beep) granted without a
+ * prompt, media that may play without a click, and ICE candidates on loopback, which Chromium
+ * otherwise leaves out (then nothing connects in a namespace that has only loopback).
+ */
+export const CALL_CHROMIUM_ARGS = [
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+/** Whether this process sees no network interface but loopback (a fresh network namespace). */
+export function onlyLoopback() {
+  return Object.keys(os.networkInterfaces()).every((name) => name === 'lo');
+}
+
+/**
  * Why the browser tests cannot run here, or null when they can. Under CI a missing chromium or
  * kith binary is not a reason to skip: callers turn it into a failure (see `skipReason`).
  */
@@ -571,10 +591,10 @@ export function skipReason() {
   return missing ? `browser tests skipped: ${missing}` : false;
 }
 
-/** Launches headless chromium (bounded). */
-export async function launchBrowser() {
+/** Launches headless chromium (bounded); `args` are added to CHROMIUM_ARGS. */
+export async function launchBrowser({ args = [] } = {}) {
   const { chromium } = await import('playwright-core');
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 60_000 });
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...args], timeout: 60_000 });
 }
 
 /** A desktop context: 1280×800. */
@@ -605,16 +625,19 @@ const ASSET_TYPES = { js: 'text/javascript; charset=utf-8', css: 'text/css; char
 const routed = new WeakSet();
 
 /**
- * With `KITH_WEB_ASSETS=<dir>`, the pages get the web app's files from that folder instead of
- * the node's (which serves what its binary was built from): for trying app changes against a
- * binary built in another checkout. The node's headers (CSP included) are kept.
+ * With `KITH_WEB_ASSETS=<dir>`, the pages get the web app's files (and its entry page) from that
+ * folder instead of the node's (which serves what its binary was built from): for trying app
+ * changes against a binary built in another checkout, even one that is gone. The node's headers
+ * (CSP included) are kept.
  */
 async function routeAssets(context) {
   const dir = process.env.KITH_WEB_ASSETS;
   if (!dir || routed.has(context)) return;
   routed.add(context);
-  await context.route('**/assets/**', async (route) => {
-    const rel = decodeURIComponent(new URL(route.request().url()).pathname.replace(/^\/assets\//, ''));
+  const ours = (url) => url.pathname === '/' || url.pathname.startsWith('/assets/');
+  await context.route(ours, async (route) => {
+    const pathname = new URL(route.request().url()).pathname;
+    const rel = pathname === '/' ? 'index.html' : decodeURIComponent(pathname.replace(/^\/assets\//, ''));
     const file = path.join(dir, rel);
     const response = await route.fetch();
     if (rel.split('/').includes('..') || !fs.existsSync(file)) return route.fulfill({ response });

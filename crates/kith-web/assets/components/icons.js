@@ -48,3 +48,14 @@ export const IconAttach = () =>
   svg(html`<path d="M20 11.5l-8.2 8.2a5 5 0 01-7-7L13 4.5a3.3 3.3 0 014.7 4.7l-8.2 8.2a1.7 1.7 0 01-2.4-2.4L14.5 7.6" />`);
 export const IconCamera = () =>
   svg(html`<path d="M4 8h3l2-3h6l2 3h3a1 1 0 011 1v9a1 1 0 01-1 1H4a1 1 0 01-1-1V9a1 1 0 011-1z" /><circle cx="12" cy="13" r="3.5" />`);
+export const IconPhone = () =>
+  svg(html`<path d="M5 4h3.5l1.5 4.5-2 1.5a11 11 0 006 6l1.5-2 4.5 1.5V19a1 1 0 01-1 1A17 17 0 014 5a1 1 0 011-1z" />`);
+export const IconVideo = () => svg(html`<rect x="3" y="6" width="12.5" height="12" rx="2" /><path d="M15.5 10.5L21 7v10l-5.5-3.5" />`);
+export const IconVideoOff = () =>
+  svg(html`<path d="M15.5 13.5V8a2 2 0 00-2-2H9M5 6a2 2 0 00-2 2v8a2 2 0 002 2h8.5a2 2 0 001.6-.8M15.5 10.5L21 7v10l-3-1.9M3 3l18 18" />`);
+export const IconMic = () =>
+  svg(html`<rect x="9" y="3" width="6" height="11" rx="3" /><path d="M5.5 11a6.5 6.5 0 0013 0M12 17.5V21" />`);
+export const IconMicOff = () =>
+  svg(html`<path d="M15 10V6a3 3 0 00-5.8-1M9 9v2a3 3 0 004.9 2.3M5.5 11a6.5 6.5 0 0010.6 5M18.5 11a6.4 6.4 0 01-.6 2.7M12 17.5V21M3 3l18 18" />`);
+export const IconHangUp = () =>
+  svg(html`<path d="M3.5 14.5c5-4.7 12-4.7 17 0l-2 2.5-3.5-1.2v-2.6a9 9 0 00-6 0v2.6L5.5 17z" />`);

@@ -5,7 +5,7 @@
 import { html, useEffect, useLayoutEffect, useRef, useState } from '../vendor/preact-htm.js';
 import { dayHeading, fullTime, isoTime, isSameDay, plural, timeOfDay } from '../format.js';
 import { FileBody } from './files.js';
-import { IconAlert, IconCheck, IconChecks, IconClock, IconDown } from './icons.js';
+import { IconAlert, IconCheck, IconChecks, IconClock, IconDown, IconPhone } from './icons.js';
 
 const MARKS = {
   queued: { icon: IconClock, text: 'Queued' },
@@ -25,6 +25,9 @@ export function StatusMark({ status, failure }) {
     ${status === 'failed' ? html`<span>${words}</span>` : html`<span class="sr-only">${words}</span>`}
   </span>`;
 }
+
+/** The texts the node writes into a conversation when a call ends ("missed call", "video call, 12 s"). */
+const CALL_TEXT = /^(missed (video )?call|declined|(video )?call(, .+| failed))$/i;
 
 const NEAR_TOP = 240;
 const NEAR_BOTTOM = 80;
@@ -155,7 +158,11 @@ function Message({ m, prev, showSender }) {
         ? html`<p class="sender">${m.sender}</p>`
         : html`<span class="sr-only">${m.sender}: </span>`}
       ${m.file && html`<${FileBody} key=${m.file.state} f=${m.file} />`}
-      ${m.file ? m.file.caption && html`<p class="text">${m.file.caption}</p>` : html`<p class="text">${m.text}</p>`}
+      ${m.file
+        ? m.file.caption && html`<p class="text">${m.file.caption}</p>`
+        : CALL_TEXT.test(m.text || '')
+          ? html`<p class="text call-text"><${IconPhone} />${m.text}</p>`
+          : html`<p class="text">${m.text}</p>`}
       <p class="meta">
         <time datetime=${isoTime(m.at)} title=${fullTime(m.at)}>${timeOfDay(m.at)}</time>
         ${m.outgoing && html`<${StatusMark} status=${m.status} failure=${m.failure} />`}

@@ -1,14 +1,15 @@
-// A direct conversation: header with "Verify" and "Set petname", the messages (shared message
+// A direct conversation: header with "Call", "Video call", "Verify" and "Set petname", the messages (shared message
 // list), delivery marks, the offline notice, the request banner and the composer. Files come in
 // through "Attach file", "Take photo", dropping them onto the conversation or pasting an image.
 
 import { html, useMemo, useState } from '../vendor/preact-htm.js';
+import { placeCall } from '../calls.js';
 import { shortId } from '../format.js';
 import { Composer } from '../components/composer.js';
 import { InlineError, useAction } from '../components/form.js';
 import { ViewHeader } from '../components/header.js';
 import { go } from '../components/hooks.js';
-import { IconEdit, IconShield } from '../components/icons.js';
+import { IconEdit, IconPhone, IconShield, IconVideo } from '../components/icons.js';
 import { MessageList } from '../components/messages.js';
 import { Avatar } from '../components/rows.js';
 import {
@@ -95,6 +96,7 @@ export function Conversation({ peer }) {
   const queued = lastOwn && lastOwn.status === 'queued';
 
   const canSend = !conv || conv.trust !== 'blocked';
+  const canCall = canSend && (!s.call || s.call.phase === 'ended');
   const attach = (file) => openDialog('sendfile', { peer, file });
   const hasFiles = (e) => canSend && e.dataTransfer && [...(e.dataTransfer.types || [])].includes('Files');
   const onDragOver = (e) => {
@@ -135,6 +137,12 @@ export function Conversation({ peer }) {
       subtitle=${pet ? shortId(peer) : 'No petname yet'}
       avatar=${html`<${Avatar} title=${name} seed=${peer} />`}
     >
+      <button type="button" class="btn ghost" disabled=${!canCall} onClick=${() => placeCall({ to: peer }, false)}>
+        <${IconPhone} /><span>Call</span>
+      </button>
+      <button type="button" class="btn ghost" disabled=${!canCall} onClick=${() => placeCall({ to: peer }, true)}>
+        <${IconVideo} /><span>Video call</span>
+      </button>
       <button type="button" class="btn ghost" onClick=${() => openDialog('verify', { peer })}>
         <${IconShield} /><span>Verify</span>
       </button>

@@ -1,14 +1,15 @@
-// A group conversation: the shared message list (with senders), the composer, and the members
-// panel: invite (admins), remove (admins), leave.
+// A group conversation: the shared message list (with senders), the composer, group calls (up to
+// four people), and the members panel: invite (admins), remove (admins), leave.
 
 import { html, useMemo, useState } from '../vendor/preact-htm.js';
+import { MAX_CALL_SIZE, placeCall } from '../calls.js';
 import { plural, shortId } from '../format.js';
 import { Composer } from '../components/composer.js';
 import { Dialog } from '../components/dialog.js';
 import { ActionForm, Field, InlineError, useAction } from '../components/form.js';
 import { ViewHeader } from '../components/header.js';
 import { go, useId } from '../components/hooks.js';
-import { IconPlus, IconUsers } from '../components/icons.js';
+import { IconPhone, IconPlus, IconUsers, IconVideo } from '../components/icons.js';
 import { MessageList } from '../components/messages.js';
 import { Avatar } from '../components/rows.js';
 import {
@@ -116,6 +117,21 @@ export function GroupView({ id }) {
   const members = g ? g.members || [] : [];
   const joined = g && g.state === 'joined';
 
+  const tooBig = members.length > MAX_CALL_SIZE;
+  const inCall = !!s.call && s.call.phase !== 'ended';
+  const callHint = useId('callhint');
+  const callButton = (video, label, Icon) =>
+    html`<button
+      type="button"
+      class="btn ghost"
+      disabled=${tooBig || inCall}
+      aria-describedby=${tooBig ? callHint : undefined}
+      title=${tooBig ? `Group calls are for up to ${MAX_CALL_SIZE} people` : undefined}
+      onClick=${() => placeCall({ group: id }, video)}
+    >
+      <${Icon} /><span>${label}</span>
+    </button>`;
+
   const doLeave = () =>
     leave.run(async () => {
       await leaveGroup(id);
@@ -137,6 +153,8 @@ export function GroupView({ id }) {
       >
         <${IconUsers} /><span>Members</span>
       </button>
+      ${joined && callButton(false, 'Group call', IconPhone)}
+      ${joined && callButton(true, 'Group video call', IconVideo)}
       ${joined &&
       g.admin &&
       html`<button type="button" class="btn ghost" onClick=${() => openDialog('invitemember', { group: id })}>
@@ -146,6 +164,11 @@ export function GroupView({ id }) {
       html`<button type="button" class="btn ghost danger-text" disabled=${leave.busy} onClick=${doLeave}>Leave</button>`}
     <//>
     <${InlineError} error=${leave.error} />
+    ${joined &&
+    tooBig &&
+    html`<p class="call-note hint" id=${callHint}>
+      Group calls are for up to ${MAX_CALL_SIZE} people (everyone connects to everyone); this group has ${members.length} members.
+    </p>`}
     <div class="group-body">
       <div class="group-chat">
         ${g && html`<${StateNote} s=${s} g=${g} />`}

@@ -1,5 +1,5 @@
 // The node panel: connections, reachability, DHT, relays, our names and their expiry, in plain
-// sentences; the connected peers; our peer id, version and uptime.
+// sentences; the connected peers; our peer id, version and uptime; the microphone and camera check.
 
 import { html, useState } from '../vendor/preact-htm.js';
 import { bytes, count, duration, expiresIn, plural, shortId } from '../format.js';
@@ -7,7 +7,7 @@ import { CopyField } from '../components/copy.js';
 import { useAction } from '../components/form.js';
 import { ViewHeader } from '../components/header.js';
 import { usePoll, useMounted } from '../components/hooks.js';
-import { displayName, loadNode, signOut, useStore } from '../state.js';
+import { displayName, loadNode, openDialog, signOut, useStore } from '../state.js';
 
 /** A relay multiaddr in words: its peer id (shortened) and where it is. */
 function relayWords(addr) {
@@ -128,6 +128,7 @@ export function NodeView() {
             </ul>
           </details>`}
           <div class="form-actions start">
+            <button type="button" class="btn" onClick=${() => openDialog('devicecheck')}>Check microphone and camera</button>
             <button type="button" class="btn" disabled=${out.busy} onClick=${() => out.run(signOut)}>Sign out</button>
           </div>
         </section>
