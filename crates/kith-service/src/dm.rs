@@ -1436,6 +1436,17 @@ impl Node {
             }
             control_replies.push(reply);
         }
+        // Call signals act at once: a ring or an SDP answer must not wait for the disk. Their Olm
+        // steps are in the transaction above; a crash before the flush only makes the sender
+        // resend the same bytes, and signals are idempotent for the page (offers and candidates
+        // are applied once per connection state, a second ring of one call id is ignored).
+        let call_replies: Vec<oneshot::Sender<Verdict>> = call_signals
+            .into_iter()
+            .map(|(signal, reply)| {
+                self.on_call_signal(peer, signal);
+                reply
+            })
+            .collect();
         let flushed = self.store().flush().await;
         let verdict = match &flushed {
             Ok(_) => Ok(pb::AckStatus::AckStored),
@@ -1460,11 +1471,8 @@ impl Node {
         for reply in control_replies {
             let _ = reply.send(verdict.clone());
         }
-        for (signal, reply) in call_signals {
+        for reply in call_replies {
             let _ = reply.send(verdict.clone());
-            if flushed.is_ok() {
-                self.on_call_signal(peer, signal);
-            }
         }
         if flushed.is_ok() {
             for id in files {

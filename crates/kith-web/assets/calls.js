@@ -524,15 +524,19 @@ export async function placeCall(target, video) {
   begin({ direction: 'outgoing', video: !!video, target, title, phase: 'calling' });
   const c = current;
   try {
+    // The ring starts while the microphone and camera open: nothing here waits for the other.
+    const ringing = api.startCall(target, video);
+    ringing.catch(() => {});
     const [local, config] = await Promise.all([localMedia(video), configuration()]);
     c.config = config;
     c.local = local;
     if (current !== c || c.hungUp) {
       stopStream(local);
+      ringing.then((r) => api.hangUp(r.call_id)).catch(() => {});
       return;
     }
     publish();
-    const report = await api.startCall(target, video);
+    const report = await ringing;
     if (current !== c) return;
     c.id = report.call_id;
     if (c.hungUp) {
@@ -557,6 +561,9 @@ export async function acceptCall() {
   begin({ id: inc.call_id, report: inc, direction: 'incoming', video: !!inc.video, target: {}, title: titleOf(inc), phase: 'connecting' });
   const c = current;
   try {
+    // The caller hears we joined while our microphone and camera open.
+    const joined = api.acceptCall(inc.call_id);
+    joined.catch(() => {});
     const [local, config] = await Promise.all([localMedia(inc.video), configuration()]);
     c.config = config;
     c.local = local;
@@ -565,7 +572,7 @@ export async function acceptCall() {
       return;
     }
     publish();
-    const report = await api.acceptCall(inc.call_id);
+    const report = await joined;
     if (current !== c) return;
     update(report);
     if (!active()) return;
