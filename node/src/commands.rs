@@ -368,6 +368,15 @@ fn print_status(s: &StatusReport) {
         s.known_peers
     );
     outln!(
+        "connections    {} in, {} out (marks {}/{}); {} trimmed, {} closed idle",
+        s.connections_inbound,
+        s.connections_outbound,
+        s.connections_low,
+        s.connections_high,
+        s.connections_trimmed,
+        s.connections_idle_closed
+    );
+    outln!(
         "dht            {} peers in routing table, {} records, {} ({} mode)",
         s.routing_table_peers,
         s.dht_records,

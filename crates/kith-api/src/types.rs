@@ -46,6 +46,24 @@ pub struct StatusReport {
     pub store_bytes: u64,
     /// Network events dropped because the service fell behind.
     pub events_dropped: u64,
+    /// Open connections other peers dialed.
+    #[serde(default)]
+    pub connections_inbound: usize,
+    /// Open connections this node dialed.
+    #[serde(default)]
+    pub connections_outbound: usize,
+    /// The connection manager's low water mark: trimming stops here.
+    #[serde(default)]
+    pub connections_low: usize,
+    /// The connection manager's high water mark: above it, the least useful connections close.
+    #[serde(default)]
+    pub connections_high: usize,
+    /// Connections closed since start to get back under the high water mark.
+    #[serde(default)]
+    pub connections_trimmed: u64,
+    /// Connections closed since start because nothing used them for the idle timeout.
+    #[serde(default)]
+    pub connections_idle_closed: u64,
 }
 
 /// What a community relay is doing for others.
@@ -102,6 +120,12 @@ impl From<Status> for StatusReport {
             known_peers: s.known_peers,
             store_bytes: s.store_bytes,
             events_dropped: s.events_dropped,
+            connections_inbound: s.net.connections_inbound,
+            connections_outbound: s.net.connections_outbound,
+            connections_low: s.net.connections_low,
+            connections_high: s.net.connections_high,
+            connections_trimmed: s.net.connections_trimmed,
+            connections_idle_closed: s.net.connections_idle_closed,
         }
     }
 }

@@ -74,7 +74,7 @@ impl Behaviour {
 
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
-                .with_max_established(Some(config.max_connections))
+                .with_max_established(Some(max_established(config)))
                 .with_max_established_per_peer(Some(4))
                 .with_max_pending_incoming(Some(64))
                 .with_max_pending_outgoing(Some(64)),
@@ -205,6 +205,15 @@ impl Behaviour {
             blob: libp2p_stream::Behaviour::new(),
         })
     }
+}
+
+/// The hard cap on established connections: the configured one, raised to 1.25 × the connection
+/// manager's high mark so that a relay's (or any) budget is enforced by trimming, which keeps the
+/// useful connections, rather than by refusing new ones.
+fn max_established(config: &Config) -> u32 {
+    let high = config.connection_budget().high;
+    let floor = u32::try_from(high.saturating_add(high / 4)).unwrap_or(u32::MAX);
+    config.max_connections.max(floor)
 }
 
 fn relay_server(peer_id: libp2p::PeerId, limits: &crate::RelayLimits) -> relay::Behaviour {

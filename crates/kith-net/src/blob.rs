@@ -8,8 +8,10 @@
 //! leak libp2p's.
 
 use std::{
+    collections::HashMap,
     fmt, io,
     pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
 };
 
@@ -22,7 +24,60 @@ use crate::RequestError;
 pub const BLOB_PROTOCOL: &str = "/kith/blob/1.0.0";
 
 /// One open blob stream to or from a peer: bytes both ways, closed by dropping or `close`.
-pub struct BlobStream(libp2p::Stream);
+pub struct BlobStream {
+    stream: libp2p::Stream,
+    /// Held only for its `Drop`, which un-counts the stream.
+    _in_use: InUse,
+}
+
+/// Open blob streams per peer. The streams bypass the event loop, so the connection manager
+/// reads this (a std mutex held for a counter update, never across an await) to keep a
+/// connection with a transfer on it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BlobUse(Arc<Mutex<HashMap<PeerId, usize>>>);
+
+impl BlobUse {
+    fn open(&self, peer: PeerId) -> InUse {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(peer)
+            .or_default() += 1;
+        InUse {
+            peer,
+            uses: self.clone(),
+        }
+    }
+
+    /// Peers with at least one open blob stream.
+    pub(crate) fn peers(&self) -> Vec<PeerId> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
+/// Counts one open stream in [`BlobUse`] until dropped.
+struct InUse {
+    peer: PeerId,
+    uses: BlobUse,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut uses = self.uses.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = uses.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                uses.remove(&self.peer);
+            }
+        }
+    }
+}
 
 impl fmt::Debug for BlobStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -36,7 +91,7 @@ impl AsyncRead for BlobStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -46,20 +101,20 @@ impl AsyncWrite for BlobStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.stream).poll_close(cx)
     }
 }
 
 /// Blob streams other peers open to this node, in arrival order.
-pub struct IncomingBlobStreams(libp2p_stream::IncomingStreams);
+pub struct IncomingBlobStreams(libp2p_stream::IncomingStreams, BlobUse);
 
 impl fmt::Debug for IncomingBlobStreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,13 +125,20 @@ impl fmt::Debug for IncomingBlobStreams {
 impl IncomingBlobStreams {
     /// The next inbound stream and who opened it; `None` once the node has shut down.
     pub async fn next(&mut self) -> Option<(PeerId, BlobStream)> {
-        self.0.next().await.map(|(peer, s)| (peer, BlobStream(s)))
+        let (peer, stream) = self.0.next().await?;
+        Some((
+            peer,
+            BlobStream {
+                stream,
+                _in_use: self.1.open(peer),
+            },
+        ))
     }
 }
 
 /// The handle the [`Client`](crate::Client) keeps: opens and accepts blob streams.
 #[derive(Clone)]
-pub(crate) struct BlobStreams(libp2p_stream::Control);
+pub(crate) struct BlobStreams(libp2p_stream::Control, BlobUse);
 
 impl fmt::Debug for BlobStreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -85,8 +147,8 @@ impl fmt::Debug for BlobStreams {
 }
 
 impl BlobStreams {
-    pub(crate) fn new(control: libp2p_stream::Control) -> Self {
-        Self(control)
+    pub(crate) fn new(control: libp2p_stream::Control, uses: BlobUse) -> Self {
+        Self(control, uses)
     }
 
     pub(crate) async fn open(&self, peer: PeerId) -> Result<BlobStream, RequestError> {
@@ -94,7 +156,10 @@ impl BlobStreams {
         control
             .open_stream(peer, StreamProtocol::new(BLOB_PROTOCOL))
             .await
-            .map(BlobStream)
+            .map(|stream| BlobStream {
+                stream,
+                _in_use: self.1.open(peer),
+            })
             .map_err(|e| RequestError::Undelivered(format!("blob stream to {peer}: {e}")))
     }
 
@@ -102,7 +167,7 @@ impl BlobStreams {
         let mut control = self.0.clone();
         control
             .accept(StreamProtocol::new(BLOB_PROTOCOL))
-            .map(IncomingBlobStreams)
+            .map(|streams| IncomingBlobStreams(streams, self.1.clone()))
             .map_err(|_| RequestError::AlreadyAccepting)
     }
 }

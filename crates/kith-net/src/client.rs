@@ -82,6 +82,11 @@ pub(crate) enum Command {
     Bootstrap {
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
+    Protect {
+        tag: &'static str,
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -315,6 +320,15 @@ impl Client {
     /// Starts a Kademlia bootstrap; returns once it has started.
     pub async fn bootstrap(&self) -> Result<(), RequestError> {
         self.ask(|reply| Command::Bootstrap { reply }).await?
+    }
+
+    /// Replaces the set of peers protected under `tag` (e.g. `"group-members"`,
+    /// `"recent-contacts"`): the connection manager never trims nor idle-closes a connection to a
+    /// peer protected under any tag. An empty list drops the tag. Protection does not dial: it
+    /// only keeps connections that exist. Returns once the loop applied it.
+    pub async fn protect(&self, tag: &'static str, peers: Vec<PeerId>) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Protect { tag, peers, reply })
+            .await
     }
 
     /// Stops the event loop and closes every connection; returns once the swarm is gone.

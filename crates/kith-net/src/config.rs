@@ -2,7 +2,7 @@ use std::{sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, identity::Keypair};
 
-use crate::RecordValidator;
+use crate::{ConnectionBudget, RecordValidator};
 
 /// Whether this node answers DHT queries for others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,8 +98,14 @@ pub struct Config {
     /// How long a connection with no open streams stays up. Default 60 s (libp2p's 10 s causes
     /// redial churn in a chat).
     pub idle_timeout: Duration,
-    /// Upper bound on established connections. Default 256.
+    /// Hard upper bound on established connections, beyond which new ones are refused. Default
+    /// 256; the effective bound is never below 1.25 × the high mark of [`Config::connections`], so
+    /// trimming, not refusal, is what keeps the count down.
     pub max_connections: u32,
+    /// The connection manager's marks, grace period and idle timeout. `None` (the default) picks
+    /// by role: [`ConnectionBudget::personal`] (64/96), or [`ConnectionBudget::relay`]
+    /// (2,000/3,000) when [`Config::relay_server`] is set.
+    pub connections: Option<ConnectionBudget>,
     /// Capacity of the event channel to the consumer; events beyond it are dropped and counted.
     pub event_buffer: usize,
     /// Capacity of the command channel from [`crate::Client`]s.
@@ -148,6 +154,7 @@ impl Config {
             relay_policy: RelayPolicy::WhenPrivate,
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
+            connections: None,
             event_buffer: 1024,
             command_buffer: 256,
             agent_version: format!("kith/{}", env!("CARGO_PKG_VERSION")),
@@ -185,6 +192,21 @@ impl Config {
     pub fn with_record_validator(mut self, validator: Arc<dyn RecordValidator>) -> Self {
         self.record_validator = Some(validator);
         self
+    }
+
+    /// Sets the connection manager's marks and timeouts (see [`Config::connections`]).
+    pub fn with_connections(mut self, budget: ConnectionBudget) -> Self {
+        self.connections = Some(budget);
+        self
+    }
+
+    /// The connection budget in force: the configured one, else the default for the role.
+    pub fn connection_budget(&self) -> ConnectionBudget {
+        self.connections.unwrap_or(if self.relay_server {
+            ConnectionBudget::relay()
+        } else {
+            ConnectionBudget::personal()
+        })
     }
 
     /// Sets the network id.

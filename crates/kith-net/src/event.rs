@@ -213,6 +213,18 @@ pub struct NetStatus {
     pub relayed_via: Vec<PeerId>,
     /// Relay role: reservations and circuits we currently serve.
     pub relay_served: Option<RelayServed>,
+    /// Open connections the peer dialed.
+    pub connections_inbound: usize,
+    /// Open connections we dialed.
+    pub connections_outbound: usize,
+    /// The connection manager's low water mark: trimming stops here.
+    pub connections_low: usize,
+    /// The connection manager's high water mark: trimming starts above it.
+    pub connections_high: usize,
+    /// Connections closed since start to get back under the high mark.
+    pub connections_trimmed: u64,
+    /// Connections closed since start because nothing used them for the idle timeout.
+    pub connections_idle_closed: u64,
 }
 
 /// What a community relay is currently doing for others.

@@ -3,6 +3,10 @@
 //! Message flow: `Client` → `Command` (bounded mpsc) → [`EventLoop::run`] → `Swarm`; replies go back
 //! on the command's `oneshot`; swarm events become [`Event`]s sent with `try_send`. Handlers are
 //! plain `fn`s: nothing in the loop awaits except the `select!` itself.
+//!
+//! Connection management: every few seconds (and on a new connection above the high mark) the loop
+//! describes its connections to `connmgr` (protected? shares a topic? in the routing table? last
+//! used?) and closes what it picks with `Swarm::close_connection`, which returns at once.
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
@@ -25,13 +29,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Channel;
 use crate::{
-    Client, Config, DhtMode, Event, GetRecordResult, Metrics, NatStatus, NetError, NetStatus,
-    PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed, RequestError,
+    Client, Config, ConnectionBudget, DhtMode, Event, GetRecordResult, Metrics, NatStatus,
+    NetError, NetStatus, PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed,
+    RequestError,
     behaviour::{Behaviour, BehaviourEvent},
+    blob::BlobUse,
     client::Command,
+    connmgr::{self, Candidate},
     event::mode_is_server,
     listen,
-    metrics::Kind,
+    metrics::{Direction, Kind},
     scope::{self, Scope},
 };
 
@@ -60,8 +67,8 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
     pending_puts: HashMap<kad::QueryId, PutReply>,
-    pending_dm_out: HashMap<(Channel, request_response::OutboundRequestId), BytesReply>,
-    pending_dm_in: HashMap<u64, (Channel, request_response::ResponseChannel<Vec<u8>>)>,
+    pending_dm_out: HashMap<(Channel, request_response::OutboundRequestId), (PeerId, BytesReply)>,
+    pending_dm_in: HashMap<u64, (Channel, PeerId, request_response::ResponseChannel<Vec<u8>>)>,
     inbound_ids: HashMap<(Channel, request_response::InboundRequestId), u64>,
     next_dm_id: u64,
     pending_gets: HashMap<kad::QueryId, PendingGet>,
@@ -81,6 +88,21 @@ pub struct EventLoop {
     /// Peers from the bootstrap list (by `/p2p` id, or learnt when an entry without one
     /// connected). One that identifies as a kith relay is used as relay and mailbox.
     bootstrap_peers: HashSet<PeerId>,
+    /// The connection manager's marks and timeouts.
+    budget: ConnectionBudget,
+    /// Peers the service protects, by tag (see [`Client::protect`]).
+    protected: HashMap<&'static str, HashSet<PeerId>>,
+    /// Relay role: reservations and circuits per peer we serve; those connections are protected.
+    serving: HashMap<PeerId, usize>,
+    /// Open blob streams per peer (they bypass the loop).
+    blob_use: BlobUse,
+    /// Open connections (not being closed) by who dialed.
+    conns_in: usize,
+    conns_out: usize,
+    connections_trimmed: u64,
+    connections_idle_closed: u64,
+    /// When connections were last checked, so a burst of new ones is not re-scanned for each.
+    last_managed: Instant,
 }
 
 /// What a circuit relay v2 server announces.
@@ -95,16 +117,40 @@ const MAX_PROBE_DIALS: usize = 8;
 /// The protocol AutoNAT v2 servers announce (libp2p keeps its constant private).
 const AUTONAT_DIAL_REQUEST: StreamProtocol = StreamProtocol::new("/libp2p/autonat/2/dial-request");
 
+/// The relay a circuit address goes through (the `/p2p/<relay>` before `/p2p-circuit`).
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            libp2p::multiaddr::Protocol::P2p(id) => relay = Some(id),
+            libp2p::multiaddr::Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
 fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter()
         .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
 }
 
 struct PeerState {
-    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    connections: HashMap<ConnectionId, Conn>,
     protocols: Vec<String>,
     agent: String,
     since: SystemTime,
+    /// Last request, response or group message exchanged with the peer.
+    last_used: Instant,
+}
+
+/// One open connection.
+struct Conn {
+    addr: Multiaddr,
+    inbound: bool,
+    opened: Instant,
+    /// The connection manager asked the swarm to close it; it no longer counts.
+    closing: bool,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -217,10 +263,11 @@ pub(crate) fn build(
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer.max(1));
     let kad_protocol = StreamProtocol::try_from_owned(crate::kad_protocol(&config.network_id))
         .map_err(|_| NetError::NetworkId(config.network_id.clone()))?;
+    let blob_use = BlobUse::default();
     let client = Client::new(
         command_tx,
         *swarm.local_peer_id(),
-        crate::blob::BlobStreams::new(swarm.behaviour().blob.new_control()),
+        crate::blob::BlobStreams::new(swarm.behaviour().blob.new_control(), blob_use.clone()),
     );
     let mut event_loop = EventLoop {
         swarm,
@@ -257,6 +304,15 @@ pub(crate) fn build(
             .iter()
             .filter_map(|a| listen::split_peer_id(a).map(|(peer, _)| peer))
             .collect(),
+        budget: config.connection_budget(),
+        protected: HashMap::new(),
+        serving: HashMap::new(),
+        blob_use,
+        conns_in: 0,
+        conns_out: 0,
+        connections_trimmed: 0,
+        connections_idle_closed: 0,
+        last_managed: Instant::now(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
         event_loop.listen_via_relays();
@@ -269,6 +325,12 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Often enough that an idle connection outlives its timeout by at most an eighth.
+        let mut manage = tokio::time::interval(
+            (self.budget.idle_timeout / 8)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        );
+        manage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown_reply = loop {
             tokio::select! {
                 biased;
@@ -279,6 +341,7 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 _ = gauges.tick() => self.refresh_gauges(),
+                _ = manage.tick() => self.manage_connections(),
             }
         };
         for (_, (_, reply)) in self.pending_closest.drain() {
@@ -287,7 +350,7 @@ impl EventLoop {
         for (_, reply) in self.pending_puts.drain() {
             let _ = reply.send(Err(RequestError::Shutdown));
         }
-        for (_, reply) in self.pending_dm_out.drain() {
+        for (_, (_, reply)) in self.pending_dm_out.drain() {
             let _ = reply.send(Err(RequestError::Shutdown));
         }
         for (_, get) in self.pending_gets.drain() {
@@ -396,10 +459,11 @@ impl EventLoop {
                 if channel == Channel::Dm {
                     self.metrics.message_out(Kind::Dm);
                 }
+                self.touch(&peer);
                 let id = self
                     .rr(channel)
                     .send_request_with_addresses(&peer, bytes, addrs);
-                self.pending_dm_out.insert((channel, id), reply);
+                self.pending_dm_out.insert((channel, id), (peer, reply));
             }
             Command::RespondDm {
                 request,
@@ -407,7 +471,7 @@ impl EventLoop {
                 reply,
             } => {
                 let result = match self.pending_dm_in.remove(&request.0) {
-                    Some((channel, response)) => self
+                    Some((channel, _, response)) => self
                         .rr(channel)
                         .send_response(response, bytes)
                         .map_err(|_| RequestError::AnswerDropped),
@@ -495,6 +559,14 @@ impl EventLoop {
                     .map_err(|_| RequestError::NoKnownPeers);
                 let _ = reply.send(result);
             }
+            Command::Protect { tag, peers, reply } => {
+                if peers.is_empty() {
+                    self.protected.remove(tag);
+                } else {
+                    self.protected.insert(tag, peers.into_iter().collect());
+                }
+                let _ = reply.send(());
+            }
             // Handled in `run`, which has to leave the loop.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -526,24 +598,35 @@ impl EventLoop {
                 }
                 let inbound = endpoint.is_listener();
                 let addr = endpoint.get_remote_address().clone();
+                let conn = Conn {
+                    addr: addr.clone(),
+                    inbound,
+                    opened: Instant::now(),
+                    closing: false,
+                };
                 let first = match self.peers.entry(peer_id) {
                     Entry::Occupied(mut e) => {
-                        e.get_mut()
-                            .connections
-                            .insert(connection_id, (addr.clone(), inbound));
+                        e.get_mut().connections.insert(connection_id, conn);
                         false
                     }
                     Entry::Vacant(e) => {
                         e.insert(PeerState {
-                            connections: HashMap::from([(connection_id, (addr.clone(), inbound))]),
+                            connections: HashMap::from([(connection_id, conn)]),
                             protocols: Vec::new(),
                             agent: String::new(),
                             since: SystemTime::now(),
+                            last_used: Instant::now(),
                         });
                         true
                     }
                 };
+                self.count_connection(inbound, true);
                 self.metrics.set_peers_connected(self.peers.len());
+                if self.conns_in + self.conns_out > self.budget.high
+                    && self.last_managed.elapsed() >= Duration::from_secs(1)
+                {
+                    self.manage_connections();
+                }
                 if first && self.relay_listening {
                     self.listen_via(peer_id);
                 }
@@ -561,13 +644,20 @@ impl EventLoop {
                 connection_id,
                 ..
             } => {
-                let gone = match self.peers.get_mut(&peer_id) {
+                let (counted, gone) = match self.peers.get_mut(&peer_id) {
                     Some(state) => {
-                        state.connections.remove(&connection_id);
-                        state.connections.is_empty()
+                        let counted = state
+                            .connections
+                            .remove(&connection_id)
+                            .filter(|c| !c.closing)
+                            .map(|c| c.inbound);
+                        (counted, state.connections.is_empty())
                     }
-                    None => false,
+                    None => (None, false),
                 };
+                if let Some(inbound) = counted {
+                    self.count_connection(inbound, false);
+                }
                 if gone {
                     self.peers.remove(&peer_id);
                     tracing::debug!(%peer_id, "peer disconnected");
@@ -713,6 +803,7 @@ impl EventLoop {
                 message,
             }) => {
                 self.metrics.message_in(Kind::Gossip);
+                self.touch(&propagation_source);
                 let Some(author) = message.source else {
                     // Strict validation never delivers unsigned messages; be safe anyway.
                     self.swarm
@@ -790,6 +881,32 @@ impl EventLoop {
 
     fn on_relay_served(&mut self, event: libp2p::relay::Event) {
         use libp2p::relay::Event as R;
+        // Reservations and circuits live on the connections they came over: keep those.
+        match &event {
+            R::ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            } => *self.serving.entry(*src_peer_id).or_default() += 1,
+            R::ReservationClosed { src_peer_id } | R::ReservationTimedOut { src_peer_id } => {
+                self.stop_serving(*src_peer_id);
+            }
+            R::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                *self.serving.entry(*src_peer_id).or_default() += 1;
+                *self.serving.entry(*dst_peer_id).or_default() += 1;
+            }
+            R::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => {
+                self.stop_serving(*src_peer_id);
+                self.stop_serving(*dst_peer_id);
+            }
+            _ => {}
+        }
         let Some(served) = self.served.as_mut() else {
             return;
         };
@@ -835,7 +952,8 @@ impl EventLoop {
             } => {
                 let id = self.next_dm_id;
                 self.next_dm_id = self.next_dm_id.wrapping_add(1);
-                self.pending_dm_in.insert(id, (channel, response));
+                self.touch(&peer);
+                self.pending_dm_in.insert(id, (channel, peer, response));
                 self.inbound_ids.insert((channel, request_id), id);
                 let handle = crate::DmRequestId(id);
                 match channel {
@@ -860,6 +978,7 @@ impl EventLoop {
                 }
             }
             request_response::Event::Message {
+                peer,
                 message:
                     request_response::Message::Response {
                         request_id,
@@ -867,7 +986,8 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending_dm_out.remove(&(channel, request_id)) {
+                self.touch(&peer);
+                if let Some((_, reply)) = self.pending_dm_out.remove(&(channel, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -878,7 +998,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "direct message not delivered");
-                if let Some(reply) = self.pending_dm_out.remove(&(channel, request_id)) {
+                if let Some((_, reply)) = self.pending_dm_out.remove(&(channel, request_id)) {
                     let _ = reply.send(Err(RequestError::Undelivered(error.to_string())));
                 }
             }
@@ -967,8 +1087,8 @@ impl EventLoop {
             state
                 .connections
                 .values()
-                .filter(|(addr, inbound)| !inbound && !is_circuit(addr))
-                .map(|(addr, _)| addr.clone())
+                .filter(|c| !c.inbound && !is_circuit(&c.addr))
+                .map(|c| c.addr.clone())
                 .next()
         }) else {
             return; // Only an address we dialed is known to work for dialing.
@@ -1016,7 +1136,7 @@ impl EventLoop {
                 state
                     .connections
                     .values()
-                    .map(|(addr, _)| scope::addr_scope(addr).unwrap_or(Scope::Global))
+                    .map(|c| scope::addr_scope(&c.addr).unwrap_or(Scope::Global))
                     .min()
             })
             .unwrap_or(Scope::Global)
@@ -1039,7 +1159,7 @@ impl EventLoop {
         let has_outbound = self
             .peers
             .get(&peer)
-            .is_some_and(|s| s.connections.values().any(|(_, inbound)| !inbound));
+            .is_some_and(|s| s.connections.values().any(|c| !c.inbound));
         if has_outbound {
             return;
         }
@@ -1178,6 +1298,9 @@ impl EventLoop {
                 };
                 match class {
                     Some(class) => {
+                        if let Some(state) = peer.and_then(|p| self.peers.get_mut(&p)) {
+                            state.last_used = Instant::now();
+                        }
                         let holders = get.classes.entry(class).or_default();
                         holders.insert(peer);
                         let agreed = holders.len();
@@ -1208,6 +1331,143 @@ impl EventLoop {
         if done && let Some(get) = self.pending_gets.remove(&id) {
             let _ = get.reply.send(Ok(get.result));
         }
+    }
+
+    /// Records that `peer` was just used, which postpones trimming and idle-closing it.
+    fn touch(&mut self, peer: &PeerId) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.last_used = Instant::now();
+        }
+    }
+
+    /// Keeps the inbound/outbound counts and gauges in step with open (not closing) connections.
+    fn count_connection(&mut self, inbound: bool, opened: bool) {
+        let (count, direction) = if inbound {
+            (&mut self.conns_in, Direction::Inbound)
+        } else {
+            (&mut self.conns_out, Direction::Outbound)
+        };
+        *count = if opened {
+            count.saturating_add(1)
+        } else {
+            count.saturating_sub(1)
+        };
+        let n = *count;
+        self.metrics.set_connections(direction, n);
+    }
+
+    fn stop_serving(&mut self, peer: PeerId) {
+        if let Entry::Occupied(mut e) = self.serving.entry(peer) {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Peers whose connections the manager never closes: tagged by the service, relays we hold a
+    /// reservation on or listen through (or reach a peer through), peers with a request pending
+    /// either way, peers we serve a reservation or circuit to, peers with an open blob stream.
+    fn protected_peers(&self) -> HashSet<PeerId> {
+        let mut protected: HashSet<PeerId> = self.protected.values().flatten().copied().collect();
+        protected.extend(self.reserved_on.iter().copied());
+        protected.extend(self.relay_listeners.values().copied());
+        protected.extend(self.pending_dm_out.values().map(|(peer, _)| *peer));
+        protected.extend(self.pending_dm_in.values().map(|(_, peer, _)| *peer));
+        protected.extend(self.serving.keys().copied());
+        protected.extend(self.blob_use.peers());
+        for state in self.peers.values() {
+            for conn in state.connections.values() {
+                if let Some(relay) = relay_of(&conn.addr) {
+                    protected.insert(relay);
+                }
+            }
+        }
+        protected
+    }
+
+    /// Every open connection as the connection manager sees it.
+    fn candidates(&mut self) -> Vec<Candidate<ConnectionId>> {
+        let now = Instant::now();
+        for peer in self.blob_use.peers() {
+            self.touch(&peer);
+        }
+        let protected = self.protected_peers();
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let ours: HashSet<&gossipsub::TopicHash> = gossipsub.topics().collect();
+        let sharing: HashSet<PeerId> = if ours.is_empty() {
+            HashSet::new()
+        } else {
+            gossipsub
+                .all_peers()
+                .filter(|(_, topics)| topics.iter().any(|t| ours.contains(t)))
+                .map(|(peer, _)| *peer)
+                .collect()
+        };
+        let routing: HashSet<PeerId> = self.routing_table().into_iter().collect();
+        let mut candidates = Vec::new();
+        for (peer, state) in &self.peers {
+            for (id, conn) in &state.connections {
+                if conn.closing {
+                    continue;
+                }
+                candidates.push(Candidate {
+                    key: *id,
+                    protected: protected.contains(peer),
+                    shares_topic: sharing.contains(peer),
+                    in_routing_table: routing.contains(peer),
+                    opened: conn.opened,
+                    last_used: state.last_used.max(conn.opened).min(now),
+                });
+            }
+        }
+        candidates
+    }
+
+    /// Trims down to the low mark when above the high one, then closes idle connections. Only
+    /// asks the swarm to close (no await); the counts drop at once, the `ConnectionClosed` events
+    /// follow.
+    fn manage_connections(&mut self) {
+        let now = Instant::now();
+        self.last_managed = now;
+        let candidates = self.candidates();
+        let trims = connmgr::select_trims(&candidates, &self.budget, now);
+        let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
+        let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)
+            .into_iter()
+            .filter(|id| !trimmed.contains(id))
+            .collect();
+        for id in trims {
+            if self.close(id) {
+                self.connections_trimmed += 1;
+                self.metrics.connection_trimmed();
+            }
+        }
+        for id in idle {
+            if self.close(id) {
+                self.connections_idle_closed += 1;
+                self.metrics.connection_idle_closed();
+            }
+        }
+    }
+
+    /// Closes one connection and stops counting it; false if the swarm no longer knows it.
+    fn close(&mut self, id: ConnectionId) -> bool {
+        if !self.swarm.close_connection(id) {
+            return false;
+        }
+        let Some((peer, conn)) = self
+            .peers
+            .iter_mut()
+            .find_map(|(peer, state)| state.connections.get_mut(&id).map(|c| (*peer, c)))
+        else {
+            return true;
+        };
+        conn.closing = true;
+        let inbound = conn.inbound;
+        tracing::debug!(%peer, inbound, "connection manager closes a connection");
+        self.count_connection(inbound, false);
+        true
     }
 
     fn emit(&mut self, event: Event) {
@@ -1260,6 +1520,12 @@ impl EventLoop {
             nat: self.nat.clone(),
             relayed_via: self.reserved_on.iter().copied().collect(),
             relay_served: self.served,
+            connections_inbound: self.conns_in,
+            connections_outbound: self.conns_out,
+            connections_low: self.budget.low,
+            connections_high: self.budget.high,
+            connections_trimmed: self.connections_trimmed,
+            connections_idle_closed: self.connections_idle_closed,
         }
     }
 
@@ -1272,10 +1538,10 @@ impl EventLoop {
                 conns.sort_by_key(|(id, _)| **id);
                 PeerInfo {
                     peer_id: *peer_id,
-                    addrs: conns.iter().map(|(_, (a, _))| a.clone()).collect(),
+                    addrs: conns.iter().map(|(_, c)| c.addr.clone()).collect(),
                     protocols: state.protocols.clone(),
                     agent: state.agent.clone(),
-                    inbound: conns.first().is_some_and(|(_, (_, inbound))| *inbound),
+                    inbound: conns.first().is_some_and(|(_, c)| c.inbound),
                     connected_since: state.since,
                 }
             })

@@ -14,6 +14,9 @@
 //! - [`Config`]: what the node listens on, who it bootstraps from, DHT mode, mDNS, relay role.
 //! - [`new`]: builds the swarm and starts listening; returns `(Client, events, EventLoop)`.
 //! - [`Metrics`]: Prometheus counters and gauges the loop maintains.
+//! - [`ConnectionBudget`]: the connection manager's water marks and idle timeout; the loop trims
+//!   and closes idle connections itself (`connmgr` decides which), and [`Client::protect`] names
+//!   peers it must keep.
 //!
 //! The loop never awaits anything but its `select!`: events go out with `try_send` and a full
 //! channel is counted as a drop, so a slow consumer can never stall the network.
@@ -23,6 +26,7 @@ mod behaviour;
 mod blob;
 mod client;
 mod config;
+mod connmgr;
 pub mod dm;
 mod error;
 mod event;
@@ -35,6 +39,7 @@ mod scope;
 pub use blob::{BLOB_PROTOCOL, BlobStream, IncomingBlobStreams};
 pub use client::Client;
 pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};
+pub use connmgr::ConnectionBudget;
 pub use error::{NetError, RequestError};
 pub(crate) use event::Channel;
 pub use event::{

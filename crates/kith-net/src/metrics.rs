@@ -22,6 +22,22 @@ pub(crate) struct KindLabel {
     pub(crate) kind: Kind,
 }
 
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub(crate) enum Direction {
+    /// The peer dialed us.
+    Inbound,
+    /// We dialed the peer.
+    Outbound,
+}
+
+/// Label set for connection gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabel {
+    /// Who dialed.
+    pub(crate) direction: Direction,
+}
+
 /// The network's Prometheus metrics. Cheap to clone; all clones update the same series.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -42,6 +58,9 @@ struct Inner {
     dht_answers_rejected: Counter,
     dm_frames_rejected: Counter,
     peers_not_kith: Counter,
+    connections: Family<DirectionLabel, Gauge>,
+    connections_trimmed: Counter,
+    connections_idle_closed: Counter,
 }
 
 impl Metrics {
@@ -108,8 +127,35 @@ impl Metrics {
             "Identified peers that do not speak kith and were kept out of the DHT",
             i.peers_not_kith.clone(),
         );
+        registry.register(
+            "connections",
+            "Open connections, by who dialed",
+            i.connections.clone(),
+        );
+        registry.register(
+            "connections_trimmed",
+            "Connections the connection manager closed to get back under its high water mark",
+            i.connections_trimmed.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed because nothing used them for the idle timeout",
+            i.connections_idle_closed.clone(),
+        );
     }
 
+    pub(crate) fn set_connections(&self, direction: Direction, n: usize) {
+        self.inner
+            .connections
+            .get_or_create(&DirectionLabel { direction })
+            .set(gauge_value(n));
+    }
+    pub(crate) fn connection_trimmed(&self) {
+        self.inner.connections_trimmed.inc();
+    }
+    pub(crate) fn connection_idle_closed(&self) {
+        self.inner.connections_idle_closed.inc();
+    }
     pub(crate) fn set_peers_connected(&self, n: usize) {
         self.inner.peers_connected.set(gauge_value(n));
     }

@@ -213,8 +213,8 @@ mod tests {
         CallRecord {
             call_id: [id; 16],
             peer_id: vec![1, 2, 3],
-            group_id: (id % 2 == 0).then_some([id; 16]),
-            outgoing: id % 3 == 0,
+            group_id: id.is_multiple_of(2).then_some([id; 16]),
+            outgoing: id.is_multiple_of(3),
             video: true,
             started_ms: 1_000 + u64::from(id),
             answered_ms: 2_000,

@@ -1,0 +1,187 @@
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn budget(low: usize, high: usize) -> ConnectionBudget {
+    ConnectionBudget {
+        low,
+        high,
+        grace: Duration::from_secs(20),
+        idle_timeout: Duration::from_secs(120),
+    }
+}
+
+/// A connection opened `age` seconds before `now` and last used `unused` seconds before it.
+fn conn(key: u32, now: Instant, age: u64, unused: u64) -> Candidate<u32> {
+    let opened = now - Duration::from_secs(age);
+    Candidate {
+        key,
+        protected: false,
+        shares_topic: false,
+        in_routing_table: false,
+        opened,
+        last_used: (now - Duration::from_secs(unused)).max(opened),
+    }
+}
+
+#[track_caller]
+fn check_trims(conns: &[Candidate<u32>], budget: &ConnectionBudget, now: Instant, expect: &[u32]) {
+    let mut got = select_trims(conns, budget, now);
+    got.sort_unstable();
+    let mut expect = expect.to_vec();
+    expect.sort_unstable();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn nothing_is_trimmed_at_or_below_the_high_mark() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    let conns: Vec<_> = (0..6).map(|k| conn(k, now, 100, 100)).collect();
+    check_trims(&conns, &budget(4, 6), now, &[]);
+}
+
+#[test]
+fn above_the_high_mark_the_least_recently_used_go_down_to_the_low_mark() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    // Key k was last used k seconds ago: the highest keys are the stalest.
+    let conns: Vec<_> = (0..7).map(|k| conn(k, now, 100, u64::from(k))).collect();
+    check_trims(&conns, &budget(4, 6), now, &[4, 5, 6]);
+}
+
+#[test]
+fn a_shared_topic_outweighs_the_routing_table_which_outweighs_nothing() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    let mut conns: Vec<_> = (0..4).map(|k| conn(k, now, 100, 0)).collect();
+    conns[0].shares_topic = true;
+    conns[1].in_routing_table = true;
+    // 2 and 3 are worth nothing; of them 3 was used longer ago.
+    conns[3].last_used = now - Duration::from_secs(50);
+    check_trims(&conns, &budget(2, 3), now, &[2, 3]);
+    check_trims(&conns, &budget(1, 3), now, &[1, 2, 3]);
+}
+
+#[test]
+fn protected_and_young_connections_are_never_trimmed_even_if_the_low_mark_is_missed() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    let mut conns: Vec<_> = (0..8).map(|k| conn(k, now, 100, 100)).collect();
+    for c in &mut conns[..4] {
+        c.protected = true;
+    }
+    conns[4].opened = now - Duration::from_secs(5);
+    conns[4].last_used = conns[4].opened;
+    // 8 > 6: the low mark (2) would need 6 trims, only 5, 6 and 7 may go.
+    check_trims(&conns, &budget(2, 6), now, &[5, 6, 7]);
+}
+
+#[test]
+fn idle_means_unprotected_no_topic_and_unused_for_the_timeout() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    let mut conns = vec![
+        conn(0, now, 500, 500),
+        conn(1, now, 500, 119),
+        conn(2, now, 500, 500),
+        conn(3, now, 500, 500),
+        conn(4, now, 120, 120),
+    ];
+    conns[2].protected = true;
+    conns[3].shares_topic = true;
+    // The routing table does not keep a connection open: Kademlia dials again when it needs to.
+    conns[4].in_routing_table = true;
+    let mut idle = select_idle(&conns, &budget(64, 96), now);
+    idle.sort_unstable();
+    assert_eq!(idle, vec![0, 4]);
+}
+
+#[test]
+fn default_budgets_leave_room_between_the_marks() {
+    for b in [ConnectionBudget::personal(), ConnectionBudget::relay()] {
+        assert!(b.low < b.high, "{b:?}");
+        assert!(b.grace < b.idle_timeout, "{b:?}");
+    }
+    assert!(ConnectionBudget::relay().high > ConnectionBudget::personal().high * 10);
+}
+
+fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
+    let now = Instant::now() + Duration::from_secs(10_000);
+    prop::collection::vec(
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0u64..200,
+            0u64..200,
+        ),
+        0..60,
+    )
+    .prop_map(move |specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (protected, shares_topic, in_rt, age, unused))| {
+                let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
+                c.protected = protected;
+                c.shares_topic = shares_topic;
+                c.in_routing_table = in_rt;
+                c
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn trimming_respects_protection_marks_and_grace(
+        conns in arb_conns(),
+        low in 0usize..40,
+        gap in 0usize..20,
+    ) {
+        let now = Instant::now() + Duration::from_secs(10_000);
+        let b = budget(low, low + gap);
+        let trims = select_trims(&conns, &b, now);
+        let eligible: Vec<&Candidate<u32>> = conns
+            .iter()
+            .filter(|c| !c.protected && now.saturating_duration_since(c.opened) >= b.grace)
+            .collect();
+
+        // Never a protected or young connection, never one twice.
+        let mut unique = trims.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), trims.len());
+        for key in &trims {
+            prop_assert!(eligible.iter().any(|c| c.key == *key), "picked {} which is not eligible", key);
+        }
+        if conns.len() <= b.high {
+            prop_assert!(trims.is_empty());
+        } else {
+            // Never below the low mark; exactly the low mark when enough may go.
+            let left = conns.len() - trims.len();
+            prop_assert!(left >= b.low);
+            prop_assert_eq!(left, b.low.max(conns.len() - eligible.len()));
+            // Least valuable first: nothing kept is worth less than something closed.
+            let worst_closed = trims
+                .iter()
+                .filter_map(|k| conns.iter().find(|c| c.key == *k))
+                .map(|c| c.value())
+                .max();
+            if let Some(worst_closed) = worst_closed {
+                for kept in eligible.iter().filter(|c| !trims.contains(&c.key)) {
+                    prop_assert!(kept.value() >= worst_closed);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn idle_closing_never_touches_protected_or_topic_peers(conns in arb_conns()) {
+        let now = Instant::now() + Duration::from_secs(10_000);
+        let b = ConnectionBudget { idle_timeout: Duration::from_secs(100), ..budget(0, 0) };
+        for key in select_idle(&conns, &b, now) {
+            let c = conns.iter().find(|c| c.key == key);
+            prop_assert!(c.is_some_and(|c| !c.protected && !c.shares_topic
+                && now.saturating_duration_since(c.last_used) >= b.idle_timeout));
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The connection manager on real swarms over loopback TCP: trimming to the water marks with a
+//! protected peer, and the idle timeout that gossipsub's handler would otherwise defeat.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use kith_net::{Client, Config, ConnectionBudget, DhtMode, Keypair, Metrics, Multiaddr, PeerId};
+
+/// Upper bound for any awaited condition.
+const WAIT: Duration = Duration::from_secs(30);
+/// How often conditions are re-checked.
+const POLL: Duration = Duration::from_millis(100);
+
+struct TestNode {
+    client: Client,
+    peer_id: PeerId,
+    addr: Multiaddr,
+    metrics: Metrics,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestNode {
+    async fn start(budget: Option<ConnectionBudget>, dht_mode: DhtMode) -> Self {
+        Self::start_with(budget, |c| c.with_dht_mode(dht_mode)).await
+    }
+
+    async fn start_with(
+        budget: Option<ConnectionBudget>,
+        configure: impl FnOnce(Config) -> Config,
+    ) -> Self {
+        let mut config = configure(
+            Config::new(Keypair::generate_ed25519())
+                .with_network_id("test")
+                .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+                .with_mdns(false),
+        );
+        config.connections = budget;
+        let metrics = Metrics::default();
+        let (client, events, event_loop) = kith_net::new(config, metrics.clone()).unwrap();
+        drop(events);
+        let task = tokio::spawn(event_loop.run());
+        let peer_id = client.local_peer_id();
+        let listening = poll_until("a listen address", || {
+            let client = client.clone();
+            async move { client.status().await.unwrap().listen_addrs.first().cloned() }
+        })
+        .await;
+        let addr = listening.with(libp2p::multiaddr::Protocol::P2p(peer_id));
+        Self {
+            client,
+            peer_id,
+            addr,
+            metrics,
+            task,
+        }
+    }
+
+    async fn connected(&self, peer: PeerId) -> bool {
+        self.client
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == peer)
+    }
+
+    async fn connections(&self) -> usize {
+        let s = self.client.status().await.unwrap();
+        s.connections_inbound + s.connections_outbound
+    }
+
+    async fn stop(self) {
+        let _ = self.client.shutdown().await;
+        let _ = self.task.await;
+    }
+}
+
+/// Polls `check` every [`POLL`] until it returns `Some`, for at most [`WAIT`].
+async fn poll_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn metrics_text(metrics: &Metrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("kith");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
+    let budget = ConnectionBudget {
+        low: 4,
+        high: 6,
+        grace: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(600),
+    };
+    // Only the crowd's own dials may open connections here, so that every trim is counted against
+    // a known number: the hub's address is confirmed from the start (no AutoNAT probe dials back
+    // to the crowd), and the crowd is on another DHT (no Kademlia walks through the hub) and in
+    // relay mode (no AutoNAT client asking the hub for dial-backs).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let hub = TestNode::start_with(Some(budget), |mut c| {
+        c.external_addrs = vec![hub_addr.clone()];
+        c.with_listen(vec![hub_addr.clone()])
+            .with_dht_mode(DhtMode::Server)
+    })
+    .await;
+    let quiet = |mut c: Config| {
+        c.relay_server = true;
+        c.with_network_id("crowd")
+    };
+    let keeper = TestNode::start_with(None, quiet).await;
+    hub.client
+        .protect("test-keep", vec![keeper.peer_id])
+        .await
+        .unwrap();
+    keeper.client.dial(hub.addr.clone()).await.unwrap();
+    poll_until("the protected peer to connect", || async {
+        hub.connected(keeper.peer_id).await.then_some(())
+    })
+    .await;
+
+    let mut crowd = Vec::new();
+    for _ in 0..12 {
+        let peer = TestNode::start_with(None, quiet).await;
+        peer.client.dial(hub.addr.clone()).await.unwrap();
+        crowd.push(peer);
+    }
+
+    // Until the crowd is trimmed away: the protected peer stays connected at every look.
+    let mut most = 0;
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let status = hub.client.status().await.unwrap();
+        let open = status.connections_inbound + status.connections_outbound;
+        most = most.max(open);
+        assert!(
+            hub.connected(keeper.peer_id).await,
+            "the protected peer was disconnected"
+        );
+        // Every peer came (13 connections were accepted overall) and the hub is back at its low
+        // mark.
+        if status.connections_trimmed >= 13 - budget.low as u64 && open <= budget.low {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not trimmed in time: {open} open, {} trimmed",
+            status.connections_trimmed
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert!(
+        most > budget.high,
+        "the hub never went above its high mark ({most})"
+    );
+    assert_eq!(status.connections_low, 4);
+    assert_eq!(status.connections_high, 6);
+    assert_eq!(status.connections_idle_closed, 0);
+    assert!(hub.connected(keeper.peer_id).await);
+
+    // Nothing more to trim at the low mark: the count stays put for a few manager rounds.
+    let settled = status.connections_trimmed;
+    for _ in 0..10 {
+        tokio::time::sleep(POLL).await;
+        assert!(hub.connections().await <= budget.high);
+    }
+    assert_eq!(
+        hub.client.status().await.unwrap().connections_trimmed,
+        settled
+    );
+
+    let text = metrics_text(&hub.metrics);
+    assert!(
+        text.contains(&format!("kith_connections_trimmed_total {settled}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("kith_connections{direction=\"Inbound\"}"),
+        "{text}"
+    );
+
+    for peer in crowd {
+        peer.stop().await;
+    }
+    keeper.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_closes_unless_it_shares_a_topic_or_is_protected() {
+    let budget = ConnectionBudget {
+        idle_timeout: Duration::from_secs(2),
+        grace: Duration::from_secs(1),
+        ..ConnectionBudget::personal()
+    };
+    let hub = TestNode::start(Some(budget), DhtMode::Server).await;
+    let member = TestNode::start(None, DhtMode::Client).await;
+    let friend = TestNode::start(None, DhtMode::Client).await;
+    let stranger = TestNode::start(None, DhtMode::Client).await;
+    let topic = "kith/v1/group/test".to_owned();
+    hub.client.subscribe(topic.clone()).await.unwrap();
+    member.client.subscribe(topic.clone()).await.unwrap();
+    hub.client
+        .protect("recent-contacts", vec![friend.peer_id])
+        .await
+        .unwrap();
+
+    member.client.dial(hub.addr.clone()).await.unwrap();
+    poll_until("the member's subscription to reach the hub", || async {
+        hub.client
+            .topic_peers(topic.clone())
+            .await
+            .unwrap()
+            .contains(&member.peer_id)
+            .then_some(())
+    })
+    .await;
+    friend.client.dial(hub.addr.clone()).await.unwrap();
+    stranger.client.dial(hub.addr.clone()).await.unwrap();
+    poll_until("friend and stranger to connect", || async {
+        (hub.connected(friend.peer_id).await && hub.connected(stranger.peer_id).await).then_some(())
+    })
+    .await;
+
+    // The stranger shares nothing, is protected by nothing and sends nothing: it goes, although
+    // gossipsub keeps every connection alive and the swarm's own idle timeout is 60 s.
+    poll_until("the stranger to be idle-closed", || async {
+        (!hub.connected(stranger.peer_id).await).then_some(())
+    })
+    .await;
+    let status = hub.client.status().await.unwrap();
+    assert_eq!(status.connections_idle_closed, 1);
+    assert_eq!(status.connections_trimmed, 0);
+    // The member connected before the stranger and was just as quiet.
+    assert!(hub.connected(member.peer_id).await);
+    assert!(hub.connected(friend.peer_id).await);
+
+    // Dropping the tag leaves the friend unprotected: it is idle too.
+    hub.client
+        .protect("recent-contacts", Vec::new())
+        .await
+        .unwrap();
+    poll_until("the friend to be idle-closed", || async {
+        (!hub.connected(friend.peer_id).await).then_some(())
+    })
+    .await;
+    assert_eq!(
+        hub.client.status().await.unwrap().connections_idle_closed,
+        2
+    );
+    assert!(hub.connected(member.peer_id).await);
+    assert!(metrics_text(&hub.metrics).contains("kith_connections_idle_closed_total 2"));
+
+    for node in [member, friend, stranger, hub] {
+        node.stop().await;
+    }
+}
