@@ -442,6 +442,7 @@ impl Node {
             self.send_call_signal(*peer, signal)?;
         }
         self.spawn_ring_watch(call_id, true);
+        self.refresh_protection_soon();
         Ok(info)
     }
 
@@ -594,6 +595,14 @@ impl Node {
         signal.media_kind = kind.to_owned();
         signal.data = data;
         self.send_call_signal(to, signal)
+    }
+
+    /// Everyone in a call that is ringing or going on (their connections are kept).
+    pub(crate) fn call_participants(&self) -> Vec<PeerId> {
+        lock(&self.calls_component().live)
+            .values()
+            .flat_map(|c| c.participants.iter().map(|(p, _)| *p))
+            .collect()
     }
 
     /// The ICE servers and policy the web app should use: the configured ones, then TURN on
@@ -764,6 +773,7 @@ impl Node {
         let info = live.info();
         self.dm()
             .emit(MessageEvent::Call(CallEvent::Ended(info.clone())));
+        self.refresh_protection_soon();
         // A call hung up before the callee's node even rang leaves no entry on their side (a
         // ring flood must not fill their history); an unreachable callee hears of it later.
         let worth_telling = live.answered_ring || outcome == CallOutcome::Unavailable;
@@ -1106,6 +1116,7 @@ impl Node {
         self.dm()
             .emit(MessageEvent::Call(CallEvent::Incoming(info)));
         self.spawn_ring_watch(id, false);
+        self.refresh_protection_soon();
     }
 
     /// A summary of a call from its caller: recorded in the history (a callee that was offline

@@ -1576,6 +1576,7 @@ pub(crate) async fn group_loop(inner: std::sync::Weak<crate::node::Inner>, every
             return;
         };
         let node = Node { inner: strong };
+        node.refresh_protection().await;
         let groups = node.store().groups().groups().unwrap_or_default();
         for g in groups.iter().filter(|g| g.joined && !g.left && !g.removed) {
             node.sync_group(g.id).await;

@@ -18,6 +18,12 @@ const REDIAL_ON_START: usize = 16;
 const BUNDLE_RETRY: Duration = Duration::from_secs(15);
 /// The second publication of the key bundle, after the first one at start.
 const BUNDLE_SECOND_PUBLISH: Duration = Duration::from_secs(30);
+/// At most this many group members are protected from the connection manager's trimming.
+const PROTECTED_MEMBERS: usize = 512;
+/// At most this many recent correspondents are protected.
+const PROTECTED_CONTACTS: usize = 32;
+/// "Recent" for a correspondent: a message in the last 10 minutes.
+const RECENT_CONTACT_MS: u64 = 600_000;
 /// Upper bound on the address book; the least recently seen peers fall off.
 const ADDRESS_BOOK_LIMIT: usize = 2048;
 
@@ -346,6 +352,46 @@ impl Node {
                 .map(|t| t.urls.clone())
                 .unwrap_or_default(),
         })
+    }
+
+    /// Tells the connection manager which connections the features need kept (it trims the
+    /// rest above its high mark and closes idle ones): members of the groups we take part in,
+    /// everyone in a live call, and the people we exchanged messages with in the last 10 minutes.
+    pub(crate) async fn refresh_protection(&self) {
+        let me = self.peer_id();
+        let mut members = std::collections::HashSet::new();
+        for g in self.groups().unwrap_or_default() {
+            if g.joined && !g.left && !g.removed {
+                members.extend(g.members.iter().map(|(p, _)| *p));
+            }
+        }
+        members.remove(&me);
+        let members: Vec<PeerId> = members.into_iter().take(PROTECTED_MEMBERS).collect();
+        let now = now_ms();
+        let recent: Vec<PeerId> = self
+            .inbox()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| now.saturating_sub(c.last_message_ms) < RECENT_CONTACT_MS)
+            .take(PROTECTED_CONTACTS)
+            .map(|c| c.peer)
+            .collect();
+        let in_calls = self.call_participants();
+        for (tag, peers) in [
+            ("group-members", members),
+            ("recent-contacts", recent),
+            ("calls", in_calls),
+        ] {
+            if let Err(e) = self.inner.client.protect(tag, peers).await {
+                tracing::debug!(tag, error = %e, "cannot update protected connections");
+            }
+        }
+    }
+
+    /// [`Node::refresh_protection`] on its own task, for paths that must not wait for it.
+    pub(crate) fn refresh_protection_soon(&self) {
+        let node = self.clone();
+        tokio::spawn(async move { node.refresh_protection().await });
     }
 
     /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
