@@ -43,6 +43,11 @@ impl Kind {
     }
 }
 
+/// Connection marks of a kith node in `scale` (reduced settings).
+pub(crate) const SCALE_CONNECTIONS_LOW: usize = 24;
+/// See [`SCALE_CONNECTIONS_LOW`].
+pub(crate) const SCALE_CONNECTIONS_HIGH: usize = 32;
+
 /// Per-node settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NodeSettings {
@@ -213,6 +218,14 @@ impl Cluster {
         if self.settings.reduced {
             config.event_buffer = 64;
             config.command_buffer = 16;
+            // The connection manager closes what gossipsub would keep open, after the same idle
+            // time raw swarms use, and trims to marks sized for a thousand nodes on one machine.
+            config = config.with_connections(kith_net::ConnectionBudget {
+                low: SCALE_CONNECTIONS_LOW,
+                high: SCALE_CONNECTIONS_HIGH,
+                grace: Duration::from_secs(5),
+                idle_timeout: self.settings.idle_timeout(),
+            });
         }
         let node = tokio::time::timeout(STEP, Node::start(config, store))
             .await
