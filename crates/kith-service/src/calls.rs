@@ -175,6 +175,15 @@ impl Live {
         }
     }
 
+    /// The participants who have not left: whom a hang-up, an answer or a stop is sent to.
+    fn still_in(&self) -> Vec<PeerId> {
+        self.participants
+            .iter()
+            .filter(|(_, s)| *s != ParticipantState::Left)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     fn any(&self, state: ParticipantState) -> bool {
         self.participants.iter().any(|(_, s)| *s == state)
     }
@@ -488,12 +497,7 @@ impl Node {
             if let Ok(caller) = PeerId::from_bytes(&live.record.peer_id) {
                 self.calls_component().refund_offer(caller);
             }
-            let tell: Vec<PeerId> = live
-                .participants
-                .iter()
-                .filter(|(_, s)| *s != ParticipantState::Left)
-                .map(|(p, _)| *p)
-                .collect();
+            let tell = live.still_in();
             (live.info(), tell)
         };
         self.store().calls().put(&info.record)?;
@@ -534,12 +538,7 @@ impl Node {
                 drop(calls);
                 return self.call(id).map(|(info, _)| info);
             };
-            let tell: Vec<PeerId> = live
-                .participants
-                .iter()
-                .filter(|(_, s)| *s != ParticipantState::Left)
-                .map(|(p, _)| *p)
-                .collect();
+            let tell = live.still_in();
             let outcome = match (live.state, live.record.outgoing) {
                 (CallState::Active, _) => CallOutcome::Completed,
                 (_, true) => CallOutcome::Missed,
@@ -740,13 +739,7 @@ impl Node {
     fn give_up_ringing(&self, id: &CallId, outcome: CallOutcome) {
         let tell: Vec<PeerId> = lock(&self.calls_component().live)
             .get(id)
-            .map(|c| {
-                c.participants
-                    .iter()
-                    .filter(|(_, s)| *s != ParticipantState::Left)
-                    .map(|(p, _)| *p)
-                    .collect()
-            })
+            .map(Live::still_in)
             .unwrap_or_default();
         for peer in tell {
             if let Err(e) = self.send_call_signal(peer, self.signal(id, pb::CallSignalKind::Hangup))
