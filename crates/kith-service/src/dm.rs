@@ -292,6 +292,20 @@ impl Dm {
     }
 }
 
+/// An incoming message as the history stores it (texts, files and call summaries alike).
+fn received_message(id: MessageId, peer: PeerId, text: String, sent_at_ms: u64) -> Message {
+    Message {
+        id,
+        peer_id: peer.to_bytes(),
+        outgoing: false,
+        text,
+        sent_at_ms,
+        received_at_ms: now_ms(),
+        status: Status::Received,
+        failure: String::new(),
+    }
+}
+
 /// The outcome of [`Node::encrypt_batch`].
 struct Encrypted {
     /// How many of the entries (a prefix, in order) have an envelope and may be sent.
@@ -1271,31 +1285,14 @@ impl Node {
                         )));
                         continue;
                     }
-                    let message = Message {
-                        id: inbound.id,
-                        peer_id: peer.to_bytes(),
-                        outgoing: false,
-                        text,
-                        sent_at_ms: payload.sent_at_ms,
-                        received_at_ms: now_ms(),
-                        status: Status::Received,
-                        failure: String::new(),
-                    };
+                    let message = received_message(inbound.id, peer, text, payload.sent_at_ms);
                     texts.push((message, inbound.reply));
                 }
                 Some(pb::direct_payload::Body::File(offer)) => {
                     match self.record_incoming_file(peer, inbound.id, offer) {
                         Ok(text) => {
-                            let message = Message {
-                                id: inbound.id,
-                                peer_id: peer.to_bytes(),
-                                outgoing: false,
-                                text,
-                                sent_at_ms: payload.sent_at_ms,
-                                received_at_ms: now_ms(),
-                                status: Status::Received,
-                                failure: String::new(),
-                            };
+                            let message =
+                                received_message(inbound.id, peer, text, payload.sent_at_ms);
                             files.push(inbound.id);
                             texts.push((message, inbound.reply));
                         }
@@ -1341,16 +1338,8 @@ impl Node {
                 Some(pb::direct_payload::Body::CallSummary(summary)) => {
                     match self.on_call_summary(peer, &summary, payload.sent_at_ms) {
                         Ok(text) => {
-                            let message = Message {
-                                id: inbound.id,
-                                peer_id: peer.to_bytes(),
-                                outgoing: false,
-                                text,
-                                sent_at_ms: payload.sent_at_ms,
-                                received_at_ms: now_ms(),
-                                status: Status::Received,
-                                failure: String::new(),
-                            };
+                            let message =
+                                received_message(inbound.id, peer, text, payload.sent_at_ms);
                             texts.push((message, inbound.reply));
                         }
                         Err(reason) => {
