@@ -292,6 +292,19 @@ impl Dm {
     }
 }
 
+/// What kind of outbox entry [`Node::new_outbox_item`] makes.
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    /// A message shown in history (text, file, call summary): deposited at mailboxes.
+    Shown,
+    /// A delivery or read receipt: not shown, not deposited.
+    Receipt,
+    /// Group control: not shown, deposited at mailboxes.
+    Control,
+    /// Call signalling: not shown, never deposited, dropped after the given time.
+    Ephemeral(Duration),
+}
+
 /// An incoming message as the history stores it (texts, files and call summaries alike).
 fn received_message(id: MessageId, peer: PeerId, text: String, sent_at_ms: u64) -> Message {
     Message {
@@ -408,15 +421,8 @@ impl Node {
         text: String,
         before_enqueue: impl FnOnce(MessageId) -> Result<(), ServiceError>,
     ) -> Result<Sent, ServiceError> {
-        let id = self.dm().next_id();
-        let now = now_ms();
-        let payload = pb::DirectPayload {
-            id: id.to_vec(),
-            sender: self.peer_id().to_bytes(),
-            recipient: peer.to_bytes(),
-            sent_at_ms: now,
-            body: Some(body),
-        };
+        let item = self.new_outbox_item(peer, body, Delivery::Shown);
+        let (id, now) = (item.id, item.created_ms);
         before_enqueue(id)?;
         let message = Message {
             id,
@@ -427,19 +433,6 @@ impl Node {
             received_at_ms: 0,
             status: Status::Queued,
             failure: String::new(),
-        };
-        let item = OutboxItem {
-            id,
-            peer_id: peer.to_bytes(),
-            payload: payload.encode_to_vec(),
-            envelope: None,
-            attempts: 0,
-            next_attempt_ms: 0,
-            created_ms: now,
-            receipt: false,
-            deposited: false,
-            control: false,
-            expires_ms: 0,
         };
         let (attempted, first_attempt) = oneshot::channel();
         lock(&self.dm().first_attempts).insert(id, (peer, attempted));
@@ -507,30 +500,11 @@ impl Node {
         ids: Vec<Vec<u8>>,
         kind: pb::ReceiptKind,
     ) -> Result<(), ServiceError> {
-        let id = self.dm().next_id();
-        let payload = pb::DirectPayload {
-            id: id.to_vec(),
-            sender: self.peer_id().to_bytes(),
-            recipient: peer.to_bytes(),
-            sent_at_ms: now_ms(),
-            body: Some(pb::direct_payload::Body::Receipt(pb::Receipt {
-                ids,
-                kind: kind as i32,
-            })),
-        };
-        let item = OutboxItem {
-            id,
-            peer_id: peer.to_bytes(),
-            payload: payload.encode_to_vec(),
-            envelope: None,
-            attempts: 0,
-            next_attempt_ms: 0,
-            created_ms: now_ms(),
-            receipt: true,
-            deposited: false,
-            control: false,
-            expires_ms: 0,
-        };
+        let body = pb::direct_payload::Body::Receipt(pb::Receipt {
+            ids,
+            kind: kind as i32,
+        });
+        let item = self.new_outbox_item(peer, body, Delivery::Receipt);
         self.store().messages().enqueue(None, &item)?;
         self.store().flush().await?;
         self.dm().wake.notify_one();
@@ -545,29 +519,9 @@ impl Node {
         peer: PeerId,
         body: pb::direct_payload::Body,
     ) -> Result<MessageId, ServiceError> {
-        let id = self.dm().next_id();
-        let payload = pb::DirectPayload {
-            id: id.to_vec(),
-            sender: self.peer_id().to_bytes(),
-            recipient: peer.to_bytes(),
-            sent_at_ms: now_ms(),
-            body: Some(body),
-        };
-        let item = OutboxItem {
-            id,
-            peer_id: peer.to_bytes(),
-            payload: payload.encode_to_vec(),
-            envelope: None,
-            attempts: 0,
-            next_attempt_ms: 0,
-            created_ms: now_ms(),
-            receipt: true,
-            deposited: false,
-            control: true,
-            expires_ms: 0,
-        };
+        let item = self.new_outbox_item(peer, body, Delivery::Control);
         self.store().messages().enqueue(None, &item)?;
-        Ok(id)
+        Ok(item.id)
     }
 
     /// Queues call signalling for `peer` and hands it to delivery at once: encrypted and retried
@@ -579,6 +533,20 @@ impl Node {
         body: pb::direct_payload::Body,
         ttl: Duration,
     ) -> Result<MessageId, ServiceError> {
+        let item = self.new_outbox_item(peer, body, Delivery::Ephemeral(ttl));
+        self.store().messages().enqueue(None, &item)?;
+        self.hand_to_delivery(peer);
+        Ok(item.id)
+    }
+
+    /// A new outbox entry for `body` to `peer`: a fresh id, the payload bound to sender and
+    /// recipient, and the flags `delivery` implies (not yet stored).
+    fn new_outbox_item(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        delivery: Delivery,
+    ) -> OutboxItem {
         let id = self.dm().next_id();
         let now = now_ms();
         let payload = pb::DirectPayload {
@@ -588,7 +556,7 @@ impl Node {
             sent_at_ms: now,
             body: Some(body),
         };
-        let item = OutboxItem {
+        OutboxItem {
             id,
             peer_id: peer.to_bytes(),
             payload: payload.encode_to_vec(),
@@ -596,14 +564,14 @@ impl Node {
             attempts: 0,
             next_attempt_ms: 0,
             created_ms: now,
-            receipt: true,
+            receipt: !matches!(delivery, Delivery::Shown),
             deposited: false,
-            control: false,
-            expires_ms: now + millis(ttl),
-        };
-        self.store().messages().enqueue(None, &item)?;
-        self.hand_to_delivery(peer);
-        Ok(id)
+            control: matches!(delivery, Delivery::Control),
+            expires_ms: match delivery {
+                Delivery::Ephemeral(ttl) => now + millis(ttl),
+                _ => 0,
+            },
+        }
     }
 
     /// Conversations, most recent first (requests included, flagged by their trust).
