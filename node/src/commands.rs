@@ -400,6 +400,19 @@ fn print_status(s: &StatusReport) {
             s.relays.join(", ")
         );
     }
+    let h = &s.hole_punch;
+    match (&h.last_result, &h.last_peer, h.last_secs_ago) {
+        (Some(result), Some(peer), Some(ago)) => outln!(
+            "hole punching  {} succeeded, {} failed; last {result} with {peer} {ago} s ago{}",
+            h.succeeded,
+            h.failed,
+            h.last_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
+        _ => outln!("hole punching  not tried yet (only relayed links are upgraded)"),
+    }
     if let Some(r) = &s.relay {
         outln!(
             "relay role     {} reservations, {} circuits ({} since start, {} denied)",
@@ -420,14 +433,15 @@ fn print_peers(peers: &[PeerReport]) {
     for p in peers {
         let agent = if p.agent.is_empty() { "?" } else { &p.agent };
         outln!(
-            "{}  {}  {}  {} s",
+            "{}  {}  {}  {}  {} s",
             p.peer_id,
             agent,
+            p.path,
             p.direction,
             p.connected_secs
         );
-        for addr in &p.addrs {
-            outln!("    {addr}");
+        for c in &p.connections {
+            outln!("    {:<8} {:<9} {}", c.path, c.direction, c.addr);
         }
         if !p.protocols.is_empty() {
             outln!("    protocols: {}", p.protocols.join(", "));

@@ -272,6 +272,7 @@ fn answer_with(status: pb::AckStatus) -> raw::Answer {
                 id,
                 status: status as i32,
                 reason: "test impostor".into(),
+                now_ms: 0,
             }
             .encode_to_vec(),
         )
@@ -758,6 +759,15 @@ async fn three_nodes_keep_separate_conversations() {
             let a_to_b = [0, 1].map(|k| format!("{} to {} #{k}", label[i], label[j]));
             assert_eq!(order, a_to_b.iter().map(String::as_str).collect::<Vec<_>>());
         }
+    }
+
+    // Every ack carried the recipient's clock: each sender has a skew sample from both others,
+    // and on one machine the clocks agree (to within the round trip).
+    for (i, a) in nodes.iter().enumerate() {
+        let skew = a.node().checkup().await.unwrap().clock_skew;
+        let skew = skew.unwrap_or_else(|| panic!("{} measured no clock skew", label[i]));
+        assert_eq!(skew.peers, 2, "{}: {skew:?}", label[i]);
+        assert!(skew.median_ms.abs() < 2_000, "{}: {skew:?}", label[i]);
     }
 
     shutdown_all(nodes).await.unwrap();

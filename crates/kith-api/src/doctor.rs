@@ -126,13 +126,63 @@ pub(crate) fn diagnose(c: &Checkup) -> DoctorReport {
         &c.key_bundle,
         s.uptime,
     ));
-    checks.push(ok(
-        "clock",
-        "skew against peers: unknown (not measured yet); names refuse claims from clocks far off, so keep the system clock synchronised (NTP)".to_owned(),
-    ));
+    checks.push(clock(c));
 
     let healthy = checks.iter().all(|c| c.level != "problem");
     DoctorReport { healthy, checks }
+}
+
+/// How far our clock is from our peers'. Name holders refuse claims signed further in the
+/// future than `max_clock_skew`; a quarter of that is already worth fixing.
+fn clock(c: &Checkup) -> DoctorCheck {
+    const FIX: &str = "synchronise the system clock: `timedatectl set-ntp true` (systemd), or install and start chrony or ntpd";
+    let Some(skew) = c.clock_skew else {
+        return ok(
+            "clock",
+            "skew against peers: not measured yet (peers report their clock when they answer a message or a mailbox request); keep the system clock synchronised (NTP)".to_owned(),
+        );
+    };
+    let off = Duration::from_millis(skew.median_ms.unsigned_abs());
+    let direction = if skew.median_ms > 0 {
+        "behind"
+    } else {
+        "ahead of"
+    };
+    let detail = format!(
+        "this clock is {} {direction} the median of {} peer(s)",
+        human_skew(off),
+        skew.peers
+    );
+    if off >= c.max_clock_skew {
+        problem(
+            "clock",
+            format!(
+                "{detail}: names you register are refused by peers (more than {} off)",
+                human_duration(c.max_clock_skew)
+            ),
+            FIX,
+        )
+    } else if off >= c.max_clock_skew / 4 {
+        warning(
+            "clock",
+            format!(
+                "{detail}; at {} names you register are refused",
+                human_duration(c.max_clock_skew)
+            ),
+            FIX,
+        )
+    } else {
+        ok("clock", detail)
+    }
+}
+
+/// A skew in the unit that makes it readable (milliseconds are noise below a second).
+fn human_skew(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        human_duration(d)
+    }
 }
 
 /// Whether calls can get through NAT: TURN from our relays, or (on a relay) the TURN we serve.
@@ -320,5 +370,102 @@ fn human_duration(d: Duration) -> String {
         60..3600 => format!("{} min", secs / 60),
         3600..86_400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
         _ => format!("{} d {} h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use kith_core::SkewEstimate;
+    use kith_net::{DhtMode, NatStatus, NetStatus, PeerId};
+    use kith_service::Status;
+
+    fn checkup(clock_skew: Option<SkewEstimate>) -> Checkup {
+        Checkup {
+            status: Status {
+                net: NetStatus {
+                    peer_id: PeerId::random(),
+                    listen_addrs: vec!["/ip4/127.0.0.1/tcp/4717".parse().unwrap()],
+                    external_addrs: Vec::new(),
+                    connected_peers: 3,
+                    routing_table_peers: 3,
+                    dht_records: 0,
+                    dht_mode: DhtMode::Auto,
+                    dht_server: true,
+                    nat: NatStatus::Unknown,
+                    relayed_via: Vec::new(),
+                    relay_served: None,
+                    connections_inbound: 1,
+                    connections_outbound: 2,
+                    connections_low: 64,
+                    connections_high: 96,
+                    connections_trimmed: 0,
+                    connections_idle_closed: 0,
+                    hole_punch: Default::default(),
+                },
+                version: "test",
+                uptime: Duration::from_secs(3600),
+                known_peers: 3,
+                store_bytes: 0,
+                events_dropped: 0,
+            },
+            owned_names: 0,
+            names: Publication::default(),
+            key_bundle: Publication::default(),
+            mailbox_pointer: Publication::default(),
+            mailboxes: Vec::new(),
+            ice: Default::default(),
+            turn_served: Vec::new(),
+            clock_skew,
+            max_clock_skew: Duration::from_secs(600),
+        }
+    }
+
+    fn clock_check(skew_ms: Option<i64>) -> DoctorCheck {
+        let report = diagnose(&checkup(skew_ms.map(|median_ms| SkewEstimate {
+            median_ms,
+            peers: 3,
+        })));
+        report
+            .checks
+            .into_iter()
+            .find(|c| c.check == "clock")
+            .unwrap()
+    }
+
+    #[test]
+    fn the_clock_check_judges_the_measured_skew() {
+        let unknown = clock_check(None);
+        assert_eq!(unknown.level, "ok");
+        assert!(unknown.detail.contains("not measured yet"), "{unknown:?}");
+
+        let fine = clock_check(Some(-250));
+        assert_eq!(fine.level, "ok", "{fine:?}");
+        assert_eq!(
+            fine.detail,
+            "this clock is 250 ms ahead of the median of 3 peer(s)"
+        );
+
+        let off = clock_check(Some(3 * 60_000));
+        assert_eq!(off.level, "warning", "{off:?}");
+        assert!(
+            off.detail.starts_with("this clock is 3 min behind"),
+            "{off:?}"
+        );
+        assert!(off.fix.unwrap().contains("timedatectl set-ntp true"));
+
+        let broken = clock_check(Some(-11 * 60_000));
+        assert_eq!(broken.level, "problem", "{broken:?}");
+        assert!(broken.detail.contains("refused by peers"), "{broken:?}");
+        let report = diagnose(&checkup(Some(SkewEstimate {
+            median_ms: -11 * 60_000,
+            peers: 3,
+        })));
+        assert!(
+            !report.healthy,
+            "a clock names refuse makes the node unhealthy"
+        );
     }
 }

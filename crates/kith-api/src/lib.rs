@@ -76,12 +76,13 @@ pub use server::{router, serve, serve_metrics};
 pub use token::{ApiToken, TokenError};
 pub use types::{
     AddContactRequest, AddInviteRequest, CallDetailReport, CallParticipantReport, CallReport,
-    CallSignalReport, CallSignalRequest, CallsReport, ContactReport, ConversationReport,
-    CreateGroupRequest, DoctorCheck, DoctorReport, ErrorBody, EventReport, FileInfo, FilterInfo,
-    GroupHistoryReport, GroupMemberReport, GroupMemberRequest, GroupMessageReport, GroupReport,
-    GroupSendReport, GroupSendRequest, HistoryReport, IceReport, IceServerReport, InviteReport,
-    MarkReadReport, MessageReport, NameReport, OkReport, PeerReport, PowParams, RecipientUsage,
-    RegisterRequest, RelayReport, RelayServedReport, ResolveReport, SaveFileRequest, SavedFile,
-    SendFileReport, SendFileRequest, SendReport, SendRequest, StartCallRequest, StatusReport,
-    TrustReport, VerifyReport, status_name, trust_name,
+    CallSignalReport, CallSignalRequest, CallsReport, ConnectionReport, ContactReport,
+    ConversationReport, CreateGroupRequest, DoctorCheck, DoctorReport, ErrorBody, EventReport,
+    FileInfo, FilterInfo, GroupHistoryReport, GroupMemberReport, GroupMemberRequest,
+    GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
+    HolePunchReport, IceReport, IceServerReport, InviteReport, MarkReadReport, MessageReport,
+    NameReport, OkReport, PeerReport, PowParams, RecipientUsage, RegisterRequest, RelayReport,
+    RelayServedReport, ResolveReport, SaveFileRequest, SavedFile, SendFileReport, SendFileRequest,
+    SendReport, SendRequest, StartCallRequest, StatusReport, TrustReport, VerifyReport,
+    status_name, trust_name,
 };

@@ -64,6 +64,56 @@ pub struct StatusReport {
     /// Connections closed since start because nothing used them for the idle timeout.
     #[serde(default)]
     pub connections_idle_closed: u64,
+    /// Hole punching since start: relayed links DCUtR made direct.
+    #[serde(default)]
+    pub hole_punch: HolePunchReport,
+}
+
+/// Whether hole punching works from here: behind NAT, a direct link to a friend is faster and
+/// does not depend on the relay's limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HolePunchReport {
+    /// Attempts that produced a direct connection.
+    pub succeeded: u64,
+    /// Attempts that failed (the relay kept carrying the traffic).
+    pub failed: u64,
+    /// The latest attempt's peer, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_peer: Option<String>,
+    /// `succeeded` or `failed`, for the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// Why the latest attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Seconds since the latest attempt ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_secs_ago: Option<u64>,
+}
+
+impl From<&kith_net::HolePunchStats> for HolePunchReport {
+    fn from(h: &kith_net::HolePunchStats) -> Self {
+        Self {
+            succeeded: h.succeeded,
+            failed: h.failed,
+            last_peer: h.last.as_ref().map(|a| a.peer.to_string()),
+            last_result: h.last.as_ref().map(|a| {
+                if a.error.is_none() {
+                    "succeeded"
+                } else {
+                    "failed"
+                }
+                .to_owned()
+            }),
+            last_error: h.last.as_ref().and_then(|a| a.error.clone()),
+            last_secs_ago: h.last.as_ref().map(|a| {
+                SystemTime::now()
+                    .duration_since(a.at)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            }),
+        }
+    }
 }
 
 /// What a community relay is doing for others.
@@ -126,6 +176,7 @@ impl From<Status> for StatusReport {
             connections_high: s.net.connections_high,
             connections_trimmed: s.net.connections_trimmed,
             connections_idle_closed: s.net.connections_idle_closed,
+            hole_punch: HolePunchReport::from(&s.net.hole_punch),
         }
     }
 }
@@ -145,6 +196,23 @@ pub struct PeerReport {
     pub direction: String,
     /// Seconds since the first open connection was established.
     pub connected_secs: u64,
+    /// `direct` when at least one connection goes straight to the peer, else `relayed`.
+    #[serde(default)]
+    pub path: String,
+    /// Each open connection, oldest first.
+    #[serde(default)]
+    pub connections: Vec<ConnectionReport>,
+}
+
+/// One open connection of a peer: whether it is direct (and over what) or through a relay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionReport {
+    /// The remote address.
+    pub addr: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// `tcp`, `quic` or `other` (direct), or `relayed`.
+    pub path: String,
 }
 
 impl From<kith_net::PeerInfo> for PeerReport {
@@ -159,6 +227,21 @@ impl From<kith_net::PeerInfo> for PeerReport {
                 .duration_since(p.connected_since)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            path: if p.connections.iter().any(|c| c.path.is_direct()) {
+                "direct"
+            } else {
+                "relayed"
+            }
+            .to_owned(),
+            connections: p
+                .connections
+                .iter()
+                .map(|c| ConnectionReport {
+                    addr: c.addr.to_string(),
+                    direction: if c.inbound { "inbound" } else { "outbound" }.to_owned(),
+                    path: c.path.as_str().to_owned(),
+                })
+                .collect(),
         }
     }
 }

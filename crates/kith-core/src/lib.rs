@@ -8,10 +8,12 @@
 //!   and across the [`NAME_REPLICAS`] replica keys of a name.
 //! - [`safety_number`]: the fingerprint two people read to each other.
 //! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
+//! - [`ClockSkew`]: how far our clock is from our peers', from the readings in their answers.
 //!
 //! Everything here is deterministic given its inputs (time is always passed in), so it is tested
 //! without sockets.
 
+pub mod clock;
 mod invite;
 mod name;
 pub mod pow;
@@ -19,6 +21,7 @@ mod record;
 mod safety;
 pub mod select;
 
+pub use clock::{ClockSkew, SkewEstimate, SkewSample};
 pub use invite::{Invite, InviteError};
 pub use name::{
     MAX_LEN as NAME_MAX_LEN, MIN_LEN as NAME_MIN_LEN, Name, NameError, REPLICAS as NAME_REPLICAS,

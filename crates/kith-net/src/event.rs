@@ -171,6 +171,65 @@ pub(crate) enum Channel {
     Sync,
 }
 
+/// How one connection reaches the peer: people behind NAT want to know whether their messages
+/// and calls go straight to a friend or through someone's relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionPath {
+    /// Straight to the peer over TCP.
+    Tcp,
+    /// Straight to the peer over QUIC.
+    Quic,
+    /// Straight to the peer over another transport (memory, WebSocket, ...).
+    Other,
+    /// Through a relay circuit (limited in time and bytes; DCUtR tries to replace it).
+    Relayed,
+}
+
+impl ConnectionPath {
+    /// Classifies a connection by its addresses (`local` is ours, relevant for circuits we
+    /// accepted: their remote address is only the peer id).
+    pub fn of(remote: &Multiaddr, local: Option<&Multiaddr>) -> ConnectionPath {
+        use libp2p::multiaddr::Protocol;
+        let circuit = |a: &Multiaddr| a.iter().any(|p| p == Protocol::P2pCircuit);
+        if circuit(remote) || local.is_some_and(circuit) {
+            return ConnectionPath::Relayed;
+        }
+        if remote.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+            ConnectionPath::Quic
+        } else if remote.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
+            ConnectionPath::Tcp
+        } else {
+            ConnectionPath::Other
+        }
+    }
+
+    /// Whether the bytes go straight to the peer.
+    pub fn is_direct(self) -> bool {
+        self != ConnectionPath::Relayed
+    }
+
+    /// The word `kith peers` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionPath::Tcp => "tcp",
+            ConnectionPath::Quic => "quic",
+            ConnectionPath::Other => "other",
+            ConnectionPath::Relayed => "relayed",
+        }
+    }
+}
+
+/// One open connection of a peer.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The remote address.
+    pub addr: Multiaddr,
+    /// Whether the peer dialed it.
+    pub inbound: bool,
+    /// Direct (and over what) or relayed.
+    pub path: ConnectionPath,
+}
+
 /// A connected peer, as `kith peers` shows it.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -178,6 +237,8 @@ pub struct PeerInfo {
     pub peer_id: PeerId,
     /// Remote addresses of the open connections.
     pub addrs: Vec<Multiaddr>,
+    /// Each open connection, oldest first.
+    pub connections: Vec<ConnectionInfo>,
     /// Protocols it announced over identify (empty until identified).
     pub protocols: Vec<String>,
     /// Its agent string (empty until identified).
@@ -225,6 +286,30 @@ pub struct NetStatus {
     pub connections_trimmed: u64,
     /// Connections closed since start because nothing used them for the idle timeout.
     pub connections_idle_closed: u64,
+    /// What DCUtR achieved since start.
+    pub hole_punch: HolePunchStats,
+}
+
+/// Hole punching (DCUtR) since start: whether relayed links became direct ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HolePunchStats {
+    /// Upgrades that produced a direct connection.
+    pub succeeded: u64,
+    /// Upgrades that failed (the relay keeps carrying the traffic).
+    pub failed: u64,
+    /// The latest attempt.
+    pub last: Option<HolePunchAttempt>,
+}
+
+/// One hole-punching attempt's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolePunchAttempt {
+    /// With whom.
+    pub peer: PeerId,
+    /// When it ended.
+    pub at: SystemTime,
+    /// `None` when it succeeded, else why it failed.
+    pub error: Option<String>,
 }
 
 /// What a community relay is currently doing for others.
@@ -242,4 +327,56 @@ pub struct RelayServed {
 
 pub(crate) fn mode_is_server(mode: kad::Mode) -> bool {
     matches!(mode, kad::Mode::Server)
+}
+
+#[cfg(test)]
+mod path_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::ConnectionPath;
+    use libp2p::Multiaddr;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn connections_are_classified_by_their_addresses() {
+        let relay =
+            "/ip4/198.18.0.1/tcp/4001/p2p/12D3KooWKEewQ3d3LvyHptrn8YMCMcfWTLwF77Z7YS2XuRuoxgda";
+        let circuit = addr(&format!("{relay}/p2p-circuit"));
+        let peer = addr("/p2p/12D3KooWLrPadmMGKBoKRaA8dDZDVMC6RqXGrz6sMkJyDmSwFSF5");
+        // Dialed through a relay, and accepted through our circuit listener (whose remote
+        // address is only the peer id).
+        assert_eq!(
+            ConnectionPath::of(
+                &addr(&format!(
+                    "{relay}/p2p-circuit/p2p/12D3KooWLrPadmMGKBoKRaA8dDZDVMC6RqXGrz6sMkJyDmSwFSF5"
+                )),
+                None
+            ),
+            ConnectionPath::Relayed
+        );
+        assert_eq!(
+            ConnectionPath::of(&peer, Some(&circuit)),
+            ConnectionPath::Relayed
+        );
+        assert_eq!(
+            ConnectionPath::of(&addr("/ip4/198.18.0.2/udp/59240/quic-v1"), None),
+            ConnectionPath::Quic
+        );
+        assert_eq!(
+            ConnectionPath::of(
+                &addr("/ip4/198.18.0.2/tcp/40179"),
+                Some(&addr("/ip4/0.0.0.0/tcp/4717"))
+            ),
+            ConnectionPath::Tcp
+        );
+        assert_eq!(
+            ConnectionPath::of(&addr("/memory/7"), None),
+            ConnectionPath::Other
+        );
+        assert!(!ConnectionPath::Relayed.is_direct());
+        assert!(ConnectionPath::Quic.is_direct());
+    }
 }

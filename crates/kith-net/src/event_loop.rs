@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Channel;
 use crate::{
-    Client, Config, ConnectionBudget, DhtMode, Event, GetRecordResult, Metrics, NatStatus,
-    NetError, NetStatus, PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed,
-    RequestError,
+    Client, Config, ConnectionBudget, ConnectionInfo, ConnectionPath, DhtMode, Event,
+    GetRecordResult, HolePunchAttempt, HolePunchStats, Metrics, NatStatus, NetError, NetStatus,
+    PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed, RequestError,
     behaviour::{Behaviour, BehaviourEvent},
     blob::BlobUse,
     client::Command,
@@ -88,6 +88,11 @@ pub struct EventLoop {
     /// Peers from the bootstrap list (by `/p2p` id, or learnt when an entry without one
     /// connected). One that identifies as a kith relay is used as relay and mailbox.
     bootstrap_peers: HashSet<PeerId>,
+    /// Bootstrap peers we are not connected to: when we next look them up in the DHT by peer id
+    /// (a relay that restarted on another address is found again this way), and how often we did.
+    lost_bootstrap: HashMap<PeerId, (Instant, u32)>,
+    /// Those lookups in flight.
+    lost_lookups: HashMap<kad::QueryId, PeerId>,
     /// The connection manager's marks and timeouts.
     budget: ConnectionBudget,
     /// Peers the service protects, by tag (see [`Client::protect`]).
@@ -101,6 +106,8 @@ pub struct EventLoop {
     conns_out: usize,
     connections_trimmed: u64,
     connections_idle_closed: u64,
+    /// DCUtR outcomes since start.
+    hole_punch: HolePunchStats,
     /// When connections were last checked, so a burst of new ones is not re-scanned for each.
     last_managed: Instant,
 }
@@ -148,6 +155,8 @@ struct PeerState {
 struct Conn {
     addr: Multiaddr,
     inbound: bool,
+    /// Direct (over what) or through a relay circuit.
+    path: ConnectionPath,
     opened: Instant,
     /// The connection manager asked the swarm to close it; it no longer counts.
     closing: bool,
@@ -304,6 +313,8 @@ pub(crate) fn build(
             .iter()
             .filter_map(|a| listen::split_peer_id(a).map(|(peer, _)| peer))
             .collect(),
+        lost_bootstrap: HashMap::new(),
+        lost_lookups: HashMap::new(),
         budget: config.connection_budget(),
         protected: HashMap::new(),
         serving: HashMap::new(),
@@ -312,6 +323,7 @@ pub(crate) fn build(
         conns_out: 0,
         connections_trimmed: 0,
         connections_idle_closed: 0,
+        hole_punch: HolePunchStats::default(),
         last_managed: Instant::now(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
@@ -598,7 +610,12 @@ impl EventLoop {
                 }
                 let inbound = endpoint.is_listener();
                 let addr = endpoint.get_remote_address().clone();
+                let local = match &endpoint {
+                    libp2p::core::ConnectedPoint::Listener { local_addr, .. } => Some(local_addr),
+                    libp2p::core::ConnectedPoint::Dialer { .. } => None,
+                };
                 let conn = Conn {
+                    path: ConnectionPath::of(&addr, local),
                     addr: addr.clone(),
                     inbound,
                     opened: Instant::now(),
@@ -777,14 +794,26 @@ impl EventLoop {
             BehaviourEvent::Dcutr(libp2p::dcutr::Event {
                 remote_peer_id,
                 result,
-            }) => match result {
-                Ok(_) => {
-                    tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection")
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed")
-                }
-            },
+            }) => {
+                let error = match result {
+                    Ok(_) => {
+                        tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection");
+                        self.hole_punch.succeeded += 1;
+                        None
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                        self.hole_punch.failed += 1;
+                        Some(e.to_string())
+                    }
+                };
+                self.metrics.hole_punch(error.is_none());
+                self.hole_punch.last = Some(HolePunchAttempt {
+                    peer: remote_peer_id,
+                    at: SystemTime::now(),
+                    error,
+                });
+            }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
@@ -1180,6 +1209,10 @@ impl EventLoop {
                 id, result, step, ..
             } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
+                    if let Some(target) = self.lost_lookups.get(&id).copied() {
+                        self.on_lost_lookup(target, result, step.last, id);
+                        return;
+                    }
                     let Some((found, _)) = self.pending_closest.get_mut(&id) else {
                         return;
                     };
@@ -1480,11 +1513,73 @@ impl EventLoop {
         if self.relay_listening && self.relay_listeners.len() < self.relays.len() {
             self.listen_via_relays();
         }
+        self.look_for_lost_bootstrap_peers();
         let n = self.routing_table_len();
         self.metrics.set_routing_table_peers(n);
         let records = self.swarm.behaviour_mut().kad.store_mut().records().count();
         self.metrics.set_dht_records(records);
         self.metrics.set_peers_connected(self.peers.len());
+    }
+
+    /// A bootstrap peer (a relay, typically) we are not connected to may have come back on
+    /// another address: ask the DHT for its peer id, with a backoff (30 s doubling to 10 min),
+    /// and dial what the answer says. Identify then recognises a relay again at its new address.
+    fn look_for_lost_bootstrap_peers(&mut self) {
+        const FIRST: Duration = Duration::from_secs(30);
+        const MAX: Duration = Duration::from_secs(600);
+        if self.routing_table_len() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for peer in &self.bootstrap_peers {
+            if self.swarm.is_connected(peer) {
+                self.lost_bootstrap.remove(peer);
+                continue;
+            }
+            if self.lost_lookups.values().any(|p| p == peer) {
+                continue;
+            }
+            let (next, attempts) = self.lost_bootstrap.get(peer).copied().unwrap_or((now, 0));
+            if next <= now {
+                let wait = FIRST.saturating_mul(1 << attempts.min(5)).min(MAX);
+                self.lost_bootstrap
+                    .insert(*peer, (now + wait, attempts + 1));
+                due.push(*peer);
+            }
+        }
+        for peer in due {
+            tracing::debug!(%peer, "bootstrap peer not connected; looking it up in the DHT");
+            let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            self.lost_lookups.insert(query, peer);
+        }
+    }
+
+    fn on_lost_lookup(
+        &mut self,
+        target: PeerId,
+        result: Result<kad::GetClosestPeersOk, kad::GetClosestPeersError>,
+        last: bool,
+        id: kad::QueryId,
+    ) {
+        if last {
+            self.lost_lookups.remove(&id);
+        }
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let Some(found) = peers.into_iter().find(|p| p.peer_id == target) else {
+            return;
+        };
+        if found.addrs.is_empty() || self.swarm.is_connected(&target) {
+            return;
+        }
+        tracing::info!(peer = %target, addrs = ?found.addrs, "found a bootstrap peer again through the DHT");
+        let opts = DialOpts::peer_id(target).addresses(found.addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(peer = %target, error = %e, "cannot dial the bootstrap peer found again");
+        }
     }
 
     fn routing_table_len(&mut self) -> usize {
@@ -1526,6 +1621,7 @@ impl EventLoop {
             connections_high: self.budget.high,
             connections_trimmed: self.connections_trimmed,
             connections_idle_closed: self.connections_idle_closed,
+            hole_punch: self.hole_punch.clone(),
         }
     }
 
@@ -1539,6 +1635,14 @@ impl EventLoop {
                 PeerInfo {
                     peer_id: *peer_id,
                     addrs: conns.iter().map(|(_, c)| c.addr.clone()).collect(),
+                    connections: conns
+                        .iter()
+                        .map(|(_, c)| ConnectionInfo {
+                            addr: c.addr.clone(),
+                            inbound: c.inbound,
+                            path: c.path,
+                        })
+                        .collect(),
                     protocols: state.protocols.clone(),
                     agent: state.agent.clone(),
                     inbound: conns.first().is_some_and(|(_, c)| c.inbound),

@@ -43,7 +43,8 @@ pub use connmgr::ConnectionBudget;
 pub use error::{NetError, RequestError};
 pub(crate) use event::Channel;
 pub use event::{
-    DmRequestId, Event, GossipId, GossipVerdict, NatStatus, NetStatus, PeerInfo, RelayServed,
+    ConnectionInfo, ConnectionPath, DmRequestId, Event, GossipId, GossipVerdict, HolePunchAttempt,
+    HolePunchStats, NatStatus, NetStatus, PeerInfo, RelayServed,
 };
 pub use event_loop::EventLoop;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};

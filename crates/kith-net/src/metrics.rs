@@ -38,6 +38,22 @@ pub(crate) struct DirectionLabel {
     pub(crate) direction: Direction,
 }
 
+/// How a hole-punching attempt ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub(crate) enum Outcome {
+    /// A direct connection replaced the relayed path.
+    Succeeded,
+    /// The relay keeps carrying the traffic.
+    Failed,
+}
+
+/// Label set for hole-punching counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    /// How it ended.
+    pub(crate) outcome: Outcome,
+}
+
 /// The network's Prometheus metrics. Cheap to clone; all clones update the same series.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -61,6 +77,7 @@ struct Inner {
     connections: Family<DirectionLabel, Gauge>,
     connections_trimmed: Counter,
     connections_idle_closed: Counter,
+    hole_punches: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -142,6 +159,11 @@ impl Metrics {
             "Connections closed because nothing used them for the idle timeout",
             i.connections_idle_closed.clone(),
         );
+        registry.register(
+            "hole_punches",
+            "DCUtR hole-punching attempts, by outcome",
+            i.hole_punches.clone(),
+        );
     }
 
     pub(crate) fn set_connections(&self, direction: Direction, n: usize) {
@@ -155,6 +177,17 @@ impl Metrics {
     }
     pub(crate) fn connection_idle_closed(&self) {
         self.inner.connections_idle_closed.inc();
+    }
+    pub(crate) fn hole_punch(&self, succeeded: bool) {
+        let outcome = if succeeded {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        };
+        self.inner
+            .hole_punches
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
     pub(crate) fn set_peers_connected(&self, n: usize) {
         self.inner.peers_connected.set(gauge_value(n));

@@ -346,6 +346,7 @@ fn ack(id: &[u8], status: pb::AckStatus, reason: &str) -> pb::Ack {
         id: id.to_vec(),
         status: status as i32,
         reason: reason.to_owned(),
+        now_ms: 0,
     }
 }
 
@@ -785,12 +786,16 @@ impl Node {
             return Err(self.retry_later(item));
         };
         let addrs = self.known_addrs(&peer);
+        let sent_at = now_ms();
         match self.net().send_dm(peer, envelope, addrs).await {
             Ok(response) => {
                 let status = pb::Ack::decode(response.as_slice())
                     .ok()
                     .filter(|a| a.id == item.id)
-                    .map(|a| (pb::AckStatus::try_from(a.status).ok(), a.reason));
+                    .map(|a| {
+                        self.clock_sample(peer, sent_at, a.now_ms);
+                        (pb::AckStatus::try_from(a.status).ok(), a.reason)
+                    });
                 match status {
                     Some((Some(pb::AckStatus::AckStored | pb::AckStatus::AckDuplicate), _)) => {
                         self.finish(peer, &item, Status::Delivered, "");
@@ -1021,7 +1026,8 @@ impl Node {
         request: kith_net::DmRequestId,
         bytes: Vec<u8>,
     ) {
-        let ack = self.receive(peer, &bytes).await;
+        let mut ack = self.receive(peer, &bytes).await;
+        ack.now_ms = now_ms();
         let status = ack.status;
         if status != pb::AckStatus::AckStored as i32 && status != pb::AckStatus::AckDuplicate as i32
         {

@@ -51,6 +51,8 @@ pub(crate) struct Health {
     pub(crate) key_bundle: Publication,
     pub(crate) mailbox_pointer: Publication,
     pub(crate) mailboxes: BTreeMap<String, MailboxHealth>,
+    /// Clock readings from peers' answers.
+    pub(crate) clock: kith_core::ClockSkew,
 }
 
 /// Everything `kith doctor` judges, in one snapshot.
@@ -72,4 +74,8 @@ pub struct Checkup {
     pub ice: crate::IceConfig,
     /// Relay role: the TURN server this node hands credentials for (empty: none).
     pub turn_served: Vec<String>,
+    /// How far our clock is from our peers' (median over peers; `None` until one answered).
+    pub clock_skew: Option<kith_core::SkewEstimate>,
+    /// How far in the future a name claim may be signed before holders refuse it.
+    pub max_clock_skew: std::time::Duration,
 }

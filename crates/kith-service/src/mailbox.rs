@@ -107,6 +107,7 @@ fn response(status: pb::MailboxStatus, reason: &str) -> pb::MailboxResponse {
         items: Vec::new(),
         remaining: 0,
         turn: None,
+        now_ms: 0,
     }
 }
 
@@ -125,7 +126,8 @@ impl Node {
         request: kith_net::DmRequestId,
         bytes: Vec<u8>,
     ) {
-        let answer = self.serve_mailbox(peer, &bytes).await;
+        let mut answer = self.serve_mailbox(peer, &bytes).await;
+        answer.now_ms = now_ms();
         if answer.status != pb::MailboxStatus::MailboxOk as i32 {
             self.inner.mailbox_refused.inc();
             tracing::info!(%peer, reason = %answer.reason, "refused a mailbox request");
@@ -222,7 +224,7 @@ impl Node {
                             })
                             .collect(),
                         remaining,
-                        turn: None,
+                        ..response(S::MailboxOk, "")
                     }
                 }
                 Some(pb::mailbox_request::Kind::Delete(d)) => {
@@ -463,12 +465,15 @@ impl Node {
         request: &pb::MailboxRequest,
         addrs: &[Multiaddr],
     ) -> Result<pb::MailboxResponse, ServiceError> {
+        let sent_at = now_ms();
         let bytes = self
             .net()
             .mailbox_request(relay, request.encode_to_vec(), addrs.to_vec())
             .await?;
-        pb::MailboxResponse::decode(bytes.as_slice())
-            .map_err(|e| ServiceError::Mailbox(format!("malformed answer from relay: {e}")))
+        let answer = pb::MailboxResponse::decode(bytes.as_slice())
+            .map_err(|e| ServiceError::Mailbox(format!("malformed answer from relay: {e}")))?;
+        self.clock_sample(relay, sent_at, answer.now_ms);
+        Ok(answer)
     }
 
     /// Sender side: direct delivery failed; hold the envelope at the recipient's mailbox relay.

@@ -351,7 +351,19 @@ impl Node {
                 .as_ref()
                 .map(|t| t.urls.clone())
                 .unwrap_or_default(),
+            clock_skew: health.clock.estimate(now_ms()),
+            max_clock_skew: self.name_rules().max_clock_skew,
         })
+    }
+
+    /// A peer's answer carried its clock reading (`peer_now_ms`, 0 when it did not say): one
+    /// sample for the clock-skew estimate `kith doctor` shows.
+    pub(crate) fn clock_sample(&self, peer: PeerId, sent_ms: u64, peer_now_ms: u64) {
+        let received = now_ms();
+        self.health(|h| {
+            h.clock
+                .record(&peer.to_bytes(), sent_ms, received, peer_now_ms)
+        });
     }
 
     /// Tells the connection manager which connections the features need kept (it trims the
