@@ -1738,120 +1738,310 @@ fn namespaces_available(test: &str) -> Option<bool> {
     Some(nft)
 }
 
-#[test]
-fn nat_namespaces() {
-    let Some(nft) = namespaces_available("nat_namespaces") else {
+/// Which transport a NAT test runs the homes on.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    fn listen(self, ip: &str) -> String {
+        match self {
+            Transport::Tcp => format!("/ip4/{ip}/tcp/0"),
+            Transport::Quic => format!("/ip4/{ip}/udp/0/quic-v1"),
+        }
+    }
+
+    /// The word `kith peers` uses for a direct connection over it.
+    fn path(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+/// A community relay in the lab's public namespace, on TCP and QUIC at 198.18.0.1 (ports picked
+/// by the system, or `tcp_port` for TCP), plus `extra` (e.g. `--bootstrap <public node>`).
+fn public_relay(lab: &Lab, public: &str, tcp_port: u16, extra: &[String]) -> Daemon {
+    let plain = lab.plain_bootstrap().display().to_string();
+    let mut args = strings(&[
+        "--relay",
+        "--no-mdns",
+        "--listen",
+        &format!("/ip4/198.18.0.1/tcp/{tcp_port}"),
+        "--listen",
+        "/ip4/198.18.0.1/udp/0/quic-v1",
+        "--bootstrap-file",
+        &plain,
+    ]);
+    args.extend_from_slice(extra);
+    lab.spawn("relay", &args, Some(public))
+}
+
+/// A personal node at home behind NAT with default flags: automatic DHT mode, relays used when
+/// AutoNAT finds it private, mDNS on; it knows the network only through `--bootstrap` entries.
+fn home_node(
+    lab: &Lab,
+    name: &str,
+    (ns, ip): &(String, String),
+    listen: &[String],
+    bootstrap: &[String],
+) -> Daemon {
+    let mut args = vec![
+        "--bootstrap-file".to_owned(),
+        lab.plain_bootstrap().display().to_string(),
+    ];
+    for addr in listen {
+        args.extend(["--listen".to_owned(), addr.replace("{ip}", ip)]);
+    }
+    for addr in bootstrap {
+        args.extend(["--bootstrap".to_owned(), addr.clone()]);
+    }
+    lab.spawn(name, &args, Some(ns))
+}
+
+/// Polls until `node` holds a reservation at a relay (AutoNAT found it private first).
+fn wait_reserved(node: &Daemon) -> Value {
+    poll(
+        &format!("{} to hold a reservation at the relay", node.name),
+        Duration::from_secs(45),
+        || {
+            let s = node.status();
+            (!s["relays"].as_array()?.is_empty()).then_some(s)
+        },
+    )
+}
+
+/// Issue 13: two homes behind masquerading NATs (endpoint-independent mapping, unsolicited
+/// inbound dropped) that know only a relay given with `--bootstrap`: the first contact goes
+/// through a relay circuit, then DCUtR makes the link direct over `transport`; `kith peers`
+/// shows the direct connection and `kith status` the successful hole punch; messages keep
+/// flowing.
+fn homes_behind_nat_get_a_direct_link(transport: Transport) {
+    let test = format!(
+        "homes_behind_nat_get_a_direct_link_over_{}",
+        transport.path()
+    );
+    let Some(nft) = namespaces_available(&test) else {
         return;
     };
     let lab = Lab::new();
     // Declared before the daemons so that they die before their namespaces go.
-    let (_spaces, public, homes) = nat_lab("n", nft);
+    let (_spaces, public, homes) = nat_lab(&format!("h{}", transport.path()), nft);
     let start = Instant::now();
-    let relay = lab.spawn(
-        "relay",
-        &strings(&[
-            "--relay",
-            "--no-mdns",
-            "--listen",
-            "/ip4/198.18.0.1/tcp/0",
-            "--listen",
-            "/ip4/198.18.0.1/udp/0/quic-v1",
-            "--bootstrap-file",
-            &lab.plain_bootstrap().display().to_string(),
-        ]),
-        Some(&public),
-    );
-    let file = lab.relays_bootstrap(&[relay.tcp_addr(), relay.quic_addr()]);
-    let private = |name: &str, (ns, ip): &(String, String)| {
-        lab.spawn(
-            name,
-            &strings(&[
-                "--no-mdns",
-                "--dht-mode",
-                "server",
-                "--relay-policy",
-                "always",
-                "--listen",
-                &format!("/ip4/{ip}/tcp/0"),
-                "--listen",
-                &format!("/ip4/{ip}/udp/0/quic-v1"),
-                "--bootstrap-file",
-                &file.display().to_string(),
-            ]),
-            Some(ns),
-        )
+    let relay = public_relay(&lab, &public, 0, &[]);
+    let relay_addr = match transport {
+        Transport::Tcp => relay.tcp_addr(),
+        Transport::Quic => relay.quic_addr(),
     };
-    let a = private("a", &homes[0]);
-    let b = private("b", &homes[1]);
+    let listen = [transport.listen("{ip}")];
+    let a = home_node(&lab, "a", &homes[0], &listen, &[relay_addr.clone()]);
+    let b = home_node(&lab, "b", &homes[1], &listen, &[relay_addr]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     for node in [&a, &b] {
-        let status = poll(
-            &format!("{} to hold a reservation at the relay", node.name),
-            TIMEOUT,
-            || {
-                let s = node.status();
-                (!s["relays"].as_array()?.is_empty()).then_some(s)
-            },
-        );
-        eprintln!(
-            "{} behind NAT: reachability {}, nat {}, relays {}",
-            node.name, status["reachability"], status["nat"], status["relays"]
-        );
+        let status = wait_reserved(node);
+        assert_eq!(status["reachability"], "private via relay", "{status}");
+        assert_eq!(status["dht_server"], false, "behind NAT: {status}");
     }
-
     poll("A to have been up 4 s", TIMEOUT, || {
         (a.status()["uptime_secs"].as_u64()? >= 4).then_some(())
     });
     let text = "hello across two NATs";
     let sent = b.send(&a_id, text);
-    let id = str_of(&sent, "id").to_owned();
-    wait_delivered(&b, &a_id, &id, ACQUAINT_TIMEOUT);
-    let got = poll("A to list the message", TIMEOUT, || {
-        a.history(&b_id)
-            .into_iter()
-            .find(|m| m["id"] == id.as_str())
-    });
-    assert_eq!(got["text"], text);
+    wait_delivered(&b, &a_id, str_of(&sent, "id"), ACQUAINT_TIMEOUT);
     let reply = a.send(&b_id, "and back");
     wait_delivered(&a, &b_id, str_of(&reply, "id"), ACQUAINT_TIMEOUT);
-    let delivered_in = start.elapsed();
-
-    // DCUtR runs on its own; give it a moment, then report, never fail on it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && !(a.log_text().contains("hole punch succeeded")
-            || b.log_text().contains("hole punch succeeded"))
-    {
-        thread::sleep(Duration::from_millis(250));
-    }
-    let punched = a.log_text().contains("hole punch succeeded")
-        || b.log_text().contains("hole punch succeeded");
-    let path = b
-        .json(&["peers"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer_id"] == a_id.as_str())
-        .map(|p| p["addrs"].clone());
-    for node in [&a, &b] {
-        // At RUST_LOG=info only successes show; KITH_TEST_LOG=info,kith_net=debug shows why not.
-        for line in node.log_text().lines().filter(|l| l.contains("hole punch")) {
-            eprintln!("{}: {line}", node.name);
-        }
-    }
     let circuits = relay.relay_status()["circuits"].clone();
-    eprintln!(
-        "NAT: A and B chatted via the relay in {delivered_in:.1?}; DCUtR {}; B's connection to A: \
-         {path:?}; relay counters {circuits}",
-        if punched {
-            "upgraded the connection (hole punch succeeded)"
-        } else {
-            "did not upgrade the connection (no hole punch succeeded)"
-        }
-    );
     assert!(
         circuits["circuits_total"].as_u64().unwrap_or(0) >= 1,
         "the first contact went through a relay circuit: {circuits}"
+    );
+
+    // DCUtR upgrades the relayed connection on its own: both sides see a direct one.
+    let want = transport.path();
+    for (node, other) in [(&b, &a_id), (&a, &b_id)] {
+        let entry = poll(
+            &format!(
+                "{} to hold a direct {want} connection to the other home",
+                node.name
+            ),
+            Duration::from_secs(30),
+            || {
+                node.json(&["peers"])
+                    .as_array()?
+                    .iter()
+                    .find(|p| {
+                        p["peer_id"] == other.as_str()
+                            && p["connections"].as_array().is_some_and(|cs| {
+                                cs.iter().any(|c| {
+                                    c["path"] == want
+                                        && !c["addr"].as_str().unwrap_or("").contains("198.18.0.1")
+                                })
+                            })
+                    })
+                    .cloned()
+            },
+        );
+        assert_eq!(entry["path"], "direct", "{entry}");
+        // The direct connection goes to the other home's router, never through the relay.
+        let direct: Vec<&Value> = entry["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["path"] == want)
+            .collect();
+        assert!(
+            direct.iter().any(|c| {
+                let addr = c["addr"].as_str().unwrap();
+                addr.starts_with("/ip4/198.18.0.2/") || addr.starts_with("/ip4/198.18.0.3/")
+            }),
+            "{}'s direct connection goes to the other home's public address: {entry}",
+            node.name
+        );
+    }
+    let punched: u64 = [&a, &b]
+        .iter()
+        .map(|n| n.status()["hole_punch"]["succeeded"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        punched >= 1,
+        "kith status reports the successful hole punch"
+    );
+    let (code, human, _) = a.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        human.contains("hole punching") && human.contains("succeeded"),
+        "{human}"
+    );
+    let (code, human, _) = b.cli(&["peers"]);
+    assert_eq!(code, 0);
+    assert!(
+        human.contains(&format!("{a_id}")) && human.contains(" direct "),
+        "{human}"
+    );
+
+    // And the link carries messages.
+    let after = b.send(&a_id, "now without the relay");
+    wait_delivered(&b, &a_id, str_of(&after, "id"), TIMEOUT);
+    eprintln!(
+        "NAT over {want}: relayed first contact, then a direct link, in {:.1?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn homes_behind_nat_get_a_direct_link_over_tcp() {
+    homes_behind_nat_get_a_direct_link(Transport::Tcp);
+}
+
+#[test]
+fn homes_behind_nat_get_a_direct_link_over_quic() {
+    homes_behind_nat_get_a_direct_link(Transport::Quic);
+}
+
+/// Issue 13: a relay given only with `--bootstrap` holds mail for a friend behind NAT who is
+/// offline, restarts on another port, and the friend, starting again with the relay's old
+/// address, finds it through the DHT (a public node both know: its DHT walk or a lookup of the
+/// relay's peer id returns the new address), registers again and gets the
+/// message exactly once.
+#[test]
+fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
+    let Some(nft) = namespaces_available("mail_waits_at_a_relay_that_comes_back_on_a_new_port")
+    else {
+        return;
+    };
+    let lab = Lab::new();
+    let (_spaces, public, homes) = nat_lab("m", nft);
+    let plain = lab.plain_bootstrap().display().to_string();
+    // A public personal node (a friend with a server, say): what both homes and the relay know.
+    let server = lab.spawn(
+        "public",
+        &strings(&[
+            "--no-mdns",
+            "--listen",
+            "/ip4/198.18.0.1/tcp/0",
+            "--bootstrap-file",
+            &plain,
+        ]),
+        Some(&public),
+    );
+    let to_server = vec!["--bootstrap".to_owned(), server.tcp_addr()];
+    let mut relay = public_relay(&lab, &public, 0, &to_server);
+    let relay_id = relay.peer_id();
+    let old_port = relay.tcp_port();
+    let bootstrap = [relay.tcp_addr(), server.tcp_addr()];
+    let listen = ["/ip4/{ip}/tcp/0".to_owned()];
+    let mut a = home_node(&lab, "a", &homes[0], &listen, &bootstrap);
+    let b = home_node(&lab, "b", &homes[1], &listen, &bootstrap);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    wait_registered(&relay, &a);
+    wait_registered(&relay, &b);
+    acquaint(&b, &a);
+    acquaint(&a, &b);
+
+    a.stop();
+    let before = mailbox_items(&relay);
+    let text = "waiting for you at the relay";
+    let sent = b.send(&a_id, text);
+    assert_eq!(sent["status"], "queued", "A is offline: {sent}");
+    wait_mailbox_items(&relay, before + 1, TIMEOUT);
+
+    // The relay restarts on another port; it finds the public node again from its flags.
+    relay.stop();
+    let relay = {
+        drop(relay);
+        public_relay(&lab, &public, 0, &to_server)
+    };
+    assert_eq!(relay.peer_id(), relay_id);
+    assert_ne!(
+        relay.tcp_port(),
+        old_port,
+        "the relay came back on another port"
+    );
+    assert_eq!(
+        mailbox_items(&relay),
+        before + 1,
+        "the mail survived the restart"
+    );
+    poll("the public node to see the relay again", TIMEOUT, || {
+        server
+            .json(&["peers"])
+            .as_array()?
+            .iter()
+            .any(|p| p["peer_id"] == relay_id.as_str())
+            .then_some(())
+    });
+
+    // A comes back with the same flags: the relay's old address no longer answers.
+    let back = Instant::now();
+    let a = {
+        drop(a);
+        home_node(&lab, "a", &homes[0], &listen, &bootstrap)
+    };
+    let got = poll(
+        "A to fetch the held message",
+        Duration::from_secs(90),
+        || a.history(&b_id).into_iter().find(|m| m["text"] == text),
+    );
+    assert_eq!(got["from"], b_id.as_str());
+    wait_mailbox_items(&relay, 0, TIMEOUT);
+    let new_port = relay.tcp_port();
+    let log = a.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("fetched mail held while offline")
+                && l.contains(&format!("/tcp/{new_port}/p2p/{relay_id}"))),
+        "A fetched from the relay at its new port {new_port}"
+    );
+    thread::sleep(Duration::from_secs(1));
+    let on_a = a.history(&b_id);
+    assert_unique_ids("A", &on_a);
+    assert_eq!(text_counts(&on_a).get(text), Some(&1), "once: {on_a:?}");
+    eprintln!(
+        "mail held across a relay move arrived {:.1?} after A returned",
+        back.elapsed()
     );
 }
 

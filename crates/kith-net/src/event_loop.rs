@@ -108,6 +108,8 @@ pub struct EventLoop {
     connections_idle_closed: u64,
     /// DCUtR outcomes since start.
     hole_punch: HolePunchStats,
+    /// Automatic DHT mode overridden to client: our only confirmed addresses are relay circuits.
+    client_while_relayed: bool,
     /// When connections were last checked, so a burst of new ones is not re-scanned for each.
     last_managed: Instant,
 }
@@ -324,6 +326,7 @@ pub(crate) fn build(
         connections_trimmed: 0,
         connections_idle_closed: 0,
         hole_punch: HolePunchStats::default(),
+        client_while_relayed: false,
         last_managed: Instant::now(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
@@ -705,6 +708,11 @@ impl EventLoop {
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
+                self.apply_dht_mode();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.apply_dht_mode();
             }
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!(%error, "listener error");
@@ -1086,7 +1094,11 @@ impl EventLoop {
             {
                 self.on_relay_identified(peer_id);
             }
-            if info.protocols.contains(&AUTONAT_DIAL_REQUEST) {
+            // Every kith node serves AutoNAT, but identify on a connection the peer dialed does
+            // not list the dial-request protocol (it is served on inbound connections only): a
+            // public node that only ever gets dialed (no bootstrap entries of its own) would
+            // never have its address tested. So any kith peer may be dialed back for a probe.
+            if info.protocols.contains(&AUTONAT_DIAL_REQUEST) || !info.listen_addrs.is_empty() {
                 let addrs: Vec<Multiaddr> = info
                     .listen_addrs
                     .iter()
@@ -1255,6 +1267,10 @@ impl EventLoop {
                 self.metrics.set_routing_table_peers(n);
             }
             kad::Event::ModeChanged { new_mode } => {
+                if new_mode != self.swarm.behaviour().kad.mode() {
+                    // Overridden since (see `apply_dht_mode`); the override reports itself.
+                    return;
+                }
                 tracing::info!(mode = %new_mode, "DHT mode changed");
                 self.emit(Event::DhtModeChanged {
                     server: mode_is_server(new_mode),
@@ -1521,6 +1537,31 @@ impl EventLoop {
         self.metrics.set_peers_connected(self.peers.len());
     }
 
+    /// Kademlia's automatic mode serves the DHT once any external address is confirmed, and a
+    /// relay reservation confirms our circuit address. A node reachable only through a relay
+    /// circuit (limited in time and bytes) must not answer others' queries or enter their
+    /// routing tables: it stays a client until a direct address of its own is confirmed.
+    fn apply_dht_mode(&mut self) {
+        if self.dht_mode != DhtMode::Auto || self.served.is_some() {
+            return;
+        }
+        let direct = self.swarm.external_addresses().any(|a| !is_circuit(a));
+        let relayed_only = !direct && self.swarm.external_addresses().next().is_some();
+        if relayed_only == self.client_while_relayed {
+            return;
+        }
+        self.client_while_relayed = relayed_only;
+        if relayed_only {
+            tracing::info!("reachable only through relays: staying a DHT client");
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .set_mode(Some(kad::Mode::Client));
+        } else {
+            self.swarm.behaviour_mut().kad.set_mode(None);
+        }
+    }
+
     /// A bootstrap peer (a relay, typically) we are not connected to may have come back on
     /// another address: ask the DHT for its peer id, with a backoff (30 s doubling to 10 min),
     /// and dial what the answer says. Identify then recognises a relay again at its new address.
@@ -1572,10 +1613,13 @@ impl EventLoop {
         let Some(found) = peers.into_iter().find(|p| p.peer_id == target) else {
             return;
         };
-        if found.addrs.is_empty() || self.swarm.is_connected(&target) {
+        if found.addrs.is_empty() {
             return;
         }
         tracing::info!(peer = %target, addrs = ?found.addrs, "found a bootstrap peer again through the DHT");
+        if self.swarm.is_connected(&target) {
+            return; // The lookup itself reached it.
+        }
         let opts = DialOpts::peer_id(target).addresses(found.addrs).build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(peer = %target, error = %e, "cannot dial the bootstrap peer found again");

@@ -785,9 +785,32 @@ impl Node {
         let Some(envelope) = item.envelope.clone() else {
             return Err(self.retry_later(item));
         };
-        let addrs = self.known_addrs(&peer);
-        let sent_at = now_ms();
-        match self.net().send_dm(peer, envelope, addrs).await {
+        let mut addrs = self.known_addrs(&peer);
+        addrs.extend(self.known_relay_routes(peer));
+        let mut sent_at = now_ms();
+        let mut outcome = self
+            .net()
+            .send_dm(peer, envelope.clone(), addrs)
+            .await
+            .map_err(|e| (e, None));
+        if let Err((e, _)) = &outcome {
+            // Behind NAT the recipient is reachable through the relays its mailbox pointer
+            // names (it holds reservations there): try those circuits before depositing.
+            tracing::debug!(%peer, error = %e, "direct delivery attempt failed");
+            if let Some(relays) = self.relays_of(peer).await {
+                let routes = crate::mailbox::circuit_routes(&relays, peer);
+                if !routes.is_empty() {
+                    sent_at = now_ms();
+                    outcome = match self.net().send_dm(peer, envelope, routes).await {
+                        Ok(response) => Ok(response),
+                        Err(e) => Err((e, Some(relays))),
+                    };
+                } else {
+                    outcome = outcome.map_err(|(e, _)| (e, Some(relays)));
+                }
+            }
+        }
+        match outcome {
             Ok(response) => {
                 let status = pb::Ack::decode(response.as_slice())
                     .ok()
@@ -836,12 +859,13 @@ impl Node {
                     None => Err(self.retry_later(item)),
                 }
             }
-            Err(e) => {
+            Err((e, relays)) => {
                 tracing::debug!(%peer, error = %e, "delivery attempt failed");
                 if !item.deposited
                     && item.expires_ms == 0
                     && (!item.receipt || item.control)
-                    && self.deposit(peer, &mut item).await
+                    && let Some(relays) = relays
+                    && self.deposit(peer, &mut item, relays).await
                 {
                     // Held at the recipient's mailbox; keep trying directly, but rarely.
                     item.attempts = item.attempts.max(8);

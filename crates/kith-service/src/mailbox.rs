@@ -9,8 +9,16 @@
 //!
 //! The relay holds the same encrypted envelope `/kith/dm` carries; it learns who deposited for
 //! whom and when, never what.
+//!
+//! A recipient behind NAT holds a reservation at the same relays, so the pointer also says where
+//! it can be reached while online: a sender that cannot dial it directly tries
+//! `<relay>/p2p-circuit/p2p/<recipient>` before depositing (DCUtR then makes the link direct
+//! where the NATs allow).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use kith_proto::v1 as pb;
 use kith_store::{Deposit, MailId, OutboxItem, Quota};
@@ -18,6 +26,60 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prost::Message as _;
 
 use crate::{Node, ServiceError, node::now_ms};
+
+/// How long another peer's mailbox relays, read from its pointer, are trusted without asking
+/// the DHT again.
+const RELAYS_OF_FRESH: Duration = Duration::from_secs(60);
+/// How long they are still tried as routes before a failure makes us ask again.
+const RELAYS_OF_ROUTE: Duration = Duration::from_secs(600);
+/// Peers whose relays are remembered at once.
+const RELAYS_OF_MAX: usize = 1024;
+
+/// Other peers' mailbox relays, as their pointers said, and when we read them.
+#[derive(Debug, Default)]
+pub(crate) struct RelaysOf {
+    by_peer: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
+}
+
+impl RelaysOf {
+    fn get(&self, peer: &PeerId, max_age: Duration) -> Option<&[Multiaddr]> {
+        self.by_peer
+            .get(peer)
+            .filter(|(_, at)| at.elapsed() < max_age)
+            .map(|(relays, _)| relays.as_slice())
+    }
+
+    fn put(&mut self, peer: PeerId, relays: Vec<Multiaddr>) {
+        if self.by_peer.len() >= RELAYS_OF_MAX && !self.by_peer.contains_key(&peer) {
+            self.by_peer
+                .retain(|_, (_, at)| at.elapsed() < RELAYS_OF_ROUTE);
+            if self.by_peer.len() >= RELAYS_OF_MAX {
+                let oldest = self
+                    .by_peer
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(p, _)| *p);
+                if let Some(oldest) = oldest {
+                    self.by_peer.remove(&oldest);
+                }
+            }
+        }
+        self.by_peer.insert(peer, (relays, Instant::now()));
+    }
+}
+
+/// The addresses at which `peer` is reachable through `relays` while it holds a reservation.
+pub(crate) fn circuit_routes(relays: &[Multiaddr], peer: PeerId) -> Vec<Multiaddr> {
+    relays
+        .iter()
+        .filter(|r| relay_id(r).is_some_and(|id| id != peer))
+        .map(|r| {
+            r.clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(peer))
+        })
+        .collect()
+}
 
 /// What a relay offers as mailbox host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +188,17 @@ impl Node {
         request: kith_net::DmRequestId,
         bytes: Vec<u8>,
     ) {
-        let mut answer = self.serve_mailbox(peer, &bytes).await;
+        let notice = matches!(
+            pb::MailboxRequest::decode(bytes.as_slice()),
+            Ok(pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::Notify(_))
+            })
+        );
+        let mut answer = if notice {
+            self.on_mail_notice(peer)
+        } else {
+            self.serve_mailbox(peer, &bytes).await
+        };
         answer.now_ms = now_ms();
         if answer.status != pb::MailboxStatus::MailboxOk as i32 {
             self.inner.mailbox_refused.inc();
@@ -135,6 +207,59 @@ impl Node {
         if let Err(e) = self.net().respond_dm(request, answer.encode_to_vec()).await {
             tracing::debug!(%peer, error = %e, "could not answer a mailbox request");
         }
+    }
+
+    /// User side: one of our mailbox relays says mail arrived; fetch it now rather than at the
+    /// next periodic sync. Anyone else saying so is refused (and nothing is fetched).
+    fn on_mail_notice(&self, relay: PeerId) -> pb::MailboxResponse {
+        if !is_mailbox_relay(self, &relay) {
+            return response(
+                pb::MailboxStatus::MailboxRejected,
+                "only a mailbox relay of this node may announce mail",
+            );
+        }
+        tracing::debug!(%relay, "mailbox relay announced mail; fetching");
+        self.inner.mailbox_wake.notify_one();
+        response(pb::MailboxStatus::MailboxOk, "")
+    }
+
+    /// Relay side: tells a recipient that is connected (or reachable) that mail arrived, so it
+    /// fetches at once. Best effort on its own task: the periodic sync is the fallback.
+    fn announce_mail(&self, recipient: PeerId) {
+        // One announcement a second per recipient is enough: it fetches everything waiting.
+        let due = {
+            let mut announced = match self.inner.mail_announced.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if announced.len() >= 4096 {
+                announced.retain(|_, at| at.elapsed() < Duration::from_secs(1));
+            }
+            match announced.get(&recipient) {
+                Some(at) if at.elapsed() < Duration::from_secs(1) => false,
+                _ => {
+                    announced.insert(recipient, Instant::now());
+                    true
+                }
+            }
+        };
+        if !due {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let request = pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::Notify(pb::MailboxNotify {})),
+            };
+            let call = node
+                .net()
+                .mailbox_request(recipient, request.encode_to_vec(), Vec::new());
+            match tokio::time::timeout(Duration::from_secs(10), call).await {
+                Ok(Ok(_)) => tracing::debug!(%recipient, "announced mail"),
+                Ok(Err(e)) => tracing::debug!(%recipient, error = %e, "could not announce mail"),
+                Err(_) => tracing::debug!(%recipient, "announcing mail timed out"),
+            }
+        });
     }
 
     async fn serve_mailbox(&self, peer: PeerId, bytes: &[u8]) -> pb::MailboxResponse {
@@ -196,6 +321,9 @@ impl Node {
                     )? {
                         Deposit::Stored(_) => {
                             self.store().flush().await?;
+                            if let Ok(recipient) = PeerId::from_bytes(&d.recipient) {
+                                self.announce_mail(recipient);
+                            }
                             response(S::MailboxOk, "")
                         }
                         Deposit::Full { items, bytes } => response(
@@ -251,6 +379,9 @@ impl Node {
                         },
                         None => response(S::MailboxRejected, "this relay serves no TURN"),
                     }
+                }
+                Some(pb::mailbox_request::Kind::Notify(_)) => {
+                    response(S::MailboxRejected, "a relay takes no mail announcements")
                 }
                 None => response(S::MailboxRejected, "empty mailbox request"),
             })
@@ -476,22 +607,55 @@ impl Node {
         Ok(answer)
     }
 
-    /// Sender side: direct delivery failed; hold the envelope at the recipient's mailbox relay.
+    /// `peer`'s mailbox relays from its signed pointer in the DHT (cached for a minute; `None`
+    /// when the DHT could not be asked).
+    pub(crate) async fn relays_of(&self, peer: PeerId) -> Option<Vec<Multiaddr>> {
+        if let Some(relays) =
+            self.with_relays_of(|r| r.get(&peer, RELAYS_OF_FRESH).map(<[_]>::to_vec))
+        {
+            return Some(relays);
+        }
+        let result = self.net().get_record(pointer_key(&peer), 1).await.ok()?;
+        let relays = result
+            .answers
+            .iter()
+            .filter_map(|a| verify_pointer(&a.value).ok())
+            .filter(|(p, _, _)| *p == peer)
+            .max_by_key(|(_, _, created)| *created)
+            .map(|(_, relays, _)| relays)
+            .unwrap_or_default();
+        self.with_relays_of(|r| r.put(peer, relays.clone()));
+        Some(relays)
+    }
+
+    /// Circuit routes to `peer` through the relays its pointer named within the last minutes
+    /// (no DHT lookup): a sender's first try after a relayed delivery goes the same way.
+    pub(crate) fn known_relay_routes(&self, peer: PeerId) -> Vec<Multiaddr> {
+        self.with_relays_of(|r| {
+            r.get(&peer, RELAYS_OF_ROUTE)
+                .map(|relays| circuit_routes(relays, peer))
+                .unwrap_or_default()
+        })
+    }
+
+    fn with_relays_of<T>(&self, f: impl FnOnce(&mut RelaysOf) -> T) -> T {
+        let mut guard = match self.inner.relays_of.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Sender side: delivery failed; hold the envelope at the recipient's mailbox `relays`.
     /// Returns whether a relay took it.
-    pub(crate) async fn deposit(&self, peer: PeerId, item: &mut OutboxItem) -> bool {
+    pub(crate) async fn deposit(
+        &self,
+        peer: PeerId,
+        item: &mut OutboxItem,
+        relays: Vec<Multiaddr>,
+    ) -> bool {
         let Some(envelope) = item.envelope.clone() else {
             return false;
-        };
-        let relays = match self.net().get_record(pointer_key(&peer), 1).await {
-            Ok(result) => result
-                .answers
-                .iter()
-                .filter_map(|a| verify_pointer(&a.value).ok())
-                .filter(|(p, _, _)| *p == peer)
-                .max_by_key(|(_, _, created)| *created)
-                .map(|(_, relays, _)| relays)
-                .unwrap_or_default(),
-            Err(_) => return false,
         };
         let request = pb::MailboxRequest {
             kind: Some(pb::mailbox_request::Kind::Deposit(pb::MailboxDeposit {

@@ -123,6 +123,10 @@ pub(crate) struct Inner {
     pub(crate) health: std::sync::Mutex<crate::health::Health>,
     /// Our mailbox relays (see `Node::mailbox_relays`); starts as `options.mailbox_relays`.
     pub(crate) mailbox_relays: std::sync::Mutex<Vec<Multiaddr>>,
+    /// Other peers' mailbox relays, from their pointers (see `Node::relays_of`).
+    pub(crate) relays_of: std::sync::Mutex<crate::mailbox::RelaysOf>,
+    /// Relay role: when each recipient was last told that mail arrived.
+    pub(crate) mail_announced: std::sync::Mutex<std::collections::HashMap<PeerId, Instant>>,
 }
 
 /// Everything `kith status` shows.
@@ -215,6 +219,8 @@ impl Node {
                 tasks: std::sync::Mutex::new(vec![net_task]),
                 health: std::sync::Mutex::new(crate::health::Health::default()),
                 mailbox_relays: std::sync::Mutex::new(options_relays),
+                relays_of: std::sync::Mutex::default(),
+                mail_announced: std::sync::Mutex::default(),
             }),
         };
         node.close_unfinished_calls();
