@@ -1837,7 +1837,13 @@ fn homes_behind_nat_get_a_direct_link(transport: Transport) {
         Transport::Quic => relay.quic_addr(),
     };
     let listen = [transport.listen("{ip}")];
-    let a = home_node(&lab, "a", &homes[0], &listen, &[relay_addr.clone()]);
+    let a = home_node(
+        &lab,
+        "a",
+        &homes[0],
+        &listen,
+        std::slice::from_ref(&relay_addr),
+    );
     let b = home_node(&lab, "b", &homes[1], &listen, &[relay_addr]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     for node in [&a, &b] {
@@ -1918,7 +1924,7 @@ fn homes_behind_nat_get_a_direct_link(transport: Transport) {
     let (code, human, _) = b.cli(&["peers"]);
     assert_eq!(code, 0);
     assert!(
-        human.contains(&format!("{a_id}")) && human.contains(" direct "),
+        human.contains(a_id.as_str()) && human.contains(" direct "),
         "{human}"
     );
 
