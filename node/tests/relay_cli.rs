@@ -2109,3 +2109,156 @@ fn a_node_no_one_can_dial_back_stays_a_dht_client() {
         "the public node must not hold {home_id}: {public_status}"
     );
 }
+
+/// Adds a host namespace with one veth on the bridge in `switch`, at `addr` (CIDR), with a
+/// default route via `gateway`.
+fn lan_host(
+    spaces: &mut Namespaces,
+    name: &str,
+    switch: &str,
+    port: &str,
+    addr: &str,
+    gateway: &str,
+) -> String {
+    let host = spaces.add(name);
+    sh(&[
+        "ip", "-n", &host, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns",
+        switch,
+    ]);
+    sh(&["ip", "-n", switch, "link", "set", port, "master", "br0"]);
+    sh(&["ip", "-n", switch, "link", "set", port, "up"]);
+    sh(&["ip", "-n", &host, "addr", "add", addr, "dev", "eth0"]);
+    sh(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
+    sh(&["ip", "-n", &host, "route", "add", "default", "via", gateway]);
+    host
+}
+
+/// A namespace holding a bridge `br0` (a LAN switch).
+fn lan_switch(spaces: &mut Namespaces, name: &str) -> String {
+    let switch = spaces.add(name);
+    sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
+    switch
+}
+
+/// Issue 13, names out of the box: two people on one LAN (a bridge 198.18.10.0/24) run `kith run`
+/// with no flags at all. mDNS finds the peers, they confirm each other's addresses, and names
+/// work: one registers, the other resolves and writes to the name. A third node on another LAN
+/// (198.18.11.0/24, routed, so mDNS does not reach it) that knows only one node of the first LAN
+/// from `--bootstrap` resolves the name too.
+#[test]
+fn lan_nodes_with_no_flags_register_resolve_and_chat_by_name() {
+    let Some(_) = namespaces_available("lan_nodes_with_no_flags_register_resolve_and_chat_by_name")
+    else {
+        return;
+    };
+    let lab = Lab::new();
+    let mut spaces = Namespaces { names: Vec::new() };
+    let tag = format!("kith{}lan", std::process::id());
+    let lan1 = lan_switch(&mut spaces, &format!("{tag}-sw1"));
+    let lan2 = lan_switch(&mut spaces, &format!("{tag}-sw2"));
+    // The router between the two LANs: plain forwarding, no NAT.
+    let router = lan_host(
+        &mut spaces,
+        &format!("{tag}-rt"),
+        &lan1,
+        "rt",
+        "198.18.10.1/24",
+        "198.18.10.1",
+    );
+    sh(&[
+        "ip", "-n", &router, "link", "add", "eth1", "type", "veth", "peer", "name", "p-rt2",
+        "netns", &lan2,
+    ]);
+    sh(&["ip", "-n", &lan2, "link", "set", "p-rt2", "master", "br0"]);
+    sh(&["ip", "-n", &lan2, "link", "set", "p-rt2", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &router,
+        "addr",
+        "add",
+        "198.18.11.1/24",
+        "dev",
+        "eth1",
+    ]);
+    sh(&["ip", "-n", &router, "link", "set", "eth1", "up"]);
+    sh_in(
+        &router,
+        &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        "",
+    );
+    let a_ns = lan_host(
+        &mut spaces,
+        &format!("{tag}-a"),
+        &lan1,
+        "p-a",
+        "198.18.10.2/24",
+        "198.18.10.1",
+    );
+    let b_ns = lan_host(
+        &mut spaces,
+        &format!("{tag}-b"),
+        &lan1,
+        "p-b",
+        "198.18.10.3/24",
+        "198.18.10.1",
+    );
+    let c_ns = lan_host(
+        &mut spaces,
+        &format!("{tag}-c"),
+        &lan2,
+        "p-c",
+        "198.18.11.2/24",
+        "198.18.11.1",
+    );
+
+    // No flags: the built-in network, default listen addresses, mDNS, automatic DHT mode.
+    let a = lab.spawn("a", &[], Some(&a_ns));
+    let b = lab.spawn("b", &[], Some(&b_ns));
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    for (node, other) in [(&a, &b_id), (&b, &a_id)] {
+        poll(
+            &format!("{} to find the other by mDNS and serve the DHT", node.name),
+            Duration::from_secs(60),
+            || {
+                let s = node.status();
+                let peers = node.json(&["peers"]);
+                let found = peers
+                    .as_array()?
+                    .iter()
+                    .any(|p| p["peer_id"] == other.as_str());
+                (found && s["dht_server"] == true && s["routing_table_peers"].as_u64()? >= 1)
+                    .then_some(())
+            },
+        );
+    }
+
+    // Registering at the network's real difficulty takes a moment of proof of work.
+    let (code, out, err) = a.cli(&["name", "register", "alice", "--json"]);
+    assert_eq!(code, 0, "register: {out} {err}");
+    let reg: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(reg["published"], true, "{reg}");
+    let r = b.json(&["resolve", "alice"]);
+    assert_eq!(r["peer_id"], a_id.as_str(), "{r}");
+    let text = "found you on the LAN by name";
+    let sent = b.send("alice", text);
+    wait_delivered(&b, &a_id, str_of(&sent, "id"), TIMEOUT);
+    let got = poll("A to list the message", TIMEOUT, || {
+        a.history(&b_id).into_iter().find(|m| m["text"] == text)
+    });
+    assert_eq!(got["from"], b_id.as_str());
+
+    // The other LAN: mDNS does not cross the router; C knows B from --bootstrap only.
+    let b_addr = format!("/ip4/198.18.10.3/tcp/{}/p2p/{b_id}", b.tcp_port());
+    let c = lab.spawn("c", &strings(&["--bootstrap", &b_addr]), Some(&c_ns));
+    let r = poll("C to resolve alice", Duration::from_secs(60), || {
+        let (code, out, _) = c.cli(&["resolve", "alice", "--json"]);
+        (code == 0).then(|| serde_json::from_str::<Value>(out.trim()).unwrap())
+    });
+    assert_eq!(r["peer_id"], a_id.as_str(), "{r}");
+    drop(c);
+    drop(b);
+    drop(a);
+    drop(spaces);
+}
