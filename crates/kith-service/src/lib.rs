@@ -52,7 +52,7 @@ pub use kith_store::{GroupId, GroupMessage};
 pub use kith_store::{MailboxStats, Quota};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
 pub use mailbox::{MailboxConfig, pointer_key as mailbox_pointer_key};
-pub use names::{Registration, Resolution, SuppliedPow, Verification};
+pub use names::{NameEvent, Registration, Resolution, ResolvedFrom, SuppliedPow, Verification};
 pub use node::{Node, Options, Status};
 
 /// This build's version, as `kith status` reports it.

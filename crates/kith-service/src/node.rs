@@ -42,6 +42,10 @@ pub struct Options {
     /// A resolve stops once this many distinct holders agree. Default 4 (as Substrate's
     /// authority discovery).
     pub resolve_quorum: usize,
+    /// How often a use of a pinned name (a resolution or a send, answered from the pin) checks
+    /// the name on the DHT again in the background; a name looked up within this long is not
+    /// asked again. Default 60 s.
+    pub name_recheck_every: Duration,
     /// How often owned names are re-published (and renewed when half their lifetime is gone).
     /// Default 1 hour; the first run is a few seconds after start.
     pub republish_every: Duration,
@@ -78,6 +82,7 @@ impl Default for Options {
         Self {
             name_rules: NameRules::default(),
             resolve_quorum: 4,
+            name_recheck_every: crate::names::PIN_RECHECK,
             republish_every: Duration::from_secs(3600),
             first_republish_after: Duration::from_secs(3),
             pickle_key: None,
@@ -157,7 +162,8 @@ impl Node {
         store: Store,
         options: Options,
     ) -> Result<Self, ServiceError> {
-        config.record_validator = Some(crate::names::validator(options.name_rules.clone()));
+        let names = crate::names::NameCache::default();
+        config.record_validator = Some(names.validator(options.name_rules.clone()));
         let keypair = config.keypair.clone();
         let mut registry = Registry::with_prefix("kith");
         let net_metrics = NetMetrics::default();
@@ -203,7 +209,7 @@ impl Node {
                 groups,
                 files,
                 calls,
-                names: crate::names::NameCache::default(),
+                names,
                 mailbox_refused,
                 mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                 client,
