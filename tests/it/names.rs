@@ -1194,3 +1194,77 @@ async fn a_key_change_found_in_the_background_is_the_next_answer_and_an_api_even
     served.stop().await;
     shutdown_all(nodes).await.unwrap();
 }
+
+/// Issue 14: `kith doctor` shows when a name we own has a rival claim. Two halves of a network
+/// that cannot reach each other each take "ivy" for a different key (the owner first); once
+/// they meet, the holders of each half keep their claim, and the owner's doctor report names the
+/// rival with its holder count and what to do. Before that, the report says no one else claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_doctor_report_shows_a_rival_claim_with_its_holders() {
+    let ours = star_with(4, name_options(), Transports::Tcp).await.unwrap();
+    let theirs = star_with(4, name_options(), Transports::Tcp).await.unwrap();
+    wait_for_mesh(&ours, &[], MESH).await.unwrap();
+    wait_for_mesh(&theirs, &[], MESH).await.unwrap();
+    let (owner, rival) = (&ours[1], &theirs[1]);
+    register(owner, "ivy").await.unwrap();
+    let served = Served::start(owner).await;
+    let api = served.client();
+
+    let check = |report: &kith_api::DoctorReport| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.check == "name_rivals")
+            .cloned()
+            .expect("a name_rivals check for a node that owns a name")
+    };
+    let alone = check(&api.doctor().await.unwrap());
+    assert_eq!(alone.level, "ok", "{alone:?}");
+    assert!(alone.detail.contains("'ivy'"), "{alone:?}");
+
+    // The rival claims the same name later, where no holder knows the owner's claim.
+    register(rival, "ivy").await.unwrap();
+    // The halves meet.
+    for node in &ours {
+        node.node().net().dial(theirs[0].tcp_addr()).await.unwrap();
+    }
+    for node in &theirs {
+        node.node().net().dial(ours[0].tcp_addr()).await.unwrap();
+    }
+    let mut everyone = ours;
+    everyone.extend(theirs);
+    for node in &everyone {
+        let _ = node.node().net().bootstrap().await;
+    }
+    wait_for_mesh(&everyone, &[], MESH).await.unwrap();
+    let (owner, rival_id) = (&everyone[1], everyone[5].peer_id());
+
+    let claims = owner.node().checkup().await.unwrap().name_claims;
+    assert_eq!(claims.checked, vec!["ivy".to_owned()], "{claims:?}");
+    assert_eq!(claims.rivals.len(), 1, "{claims:?}");
+    let found = &claims.rivals[0];
+    assert_eq!(found.name, "ivy");
+    assert_eq!(found.rival, rival_id);
+    assert!(found.holders >= 1, "{found:?}");
+    assert!(found.our_holders >= 1, "{found:?}");
+
+    let report = check(&api.doctor().await.unwrap());
+    assert_ne!(report.level, "ok", "{report:?}");
+    assert!(
+        report.detail.contains(&rival_id.to_string())
+            && report
+                .detail
+                .contains(&format!("{} holder(s)", found.holders)),
+        "the report names the rival and its holders: {report:?}"
+    );
+    assert!(
+        report
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("kith invite")),
+        "the report says what to do: {report:?}"
+    );
+
+    served.stop().await;
+    shutdown_all(everyone).await.unwrap();
+}

@@ -825,8 +825,8 @@ pub struct DoctorReport {
 /// One aspect of [`DoctorReport`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DoctorCheck {
-    /// Short stable id: `node`, `listen`, `peers`, `reachability`, `dht`, `mailboxes`, `names`,
-    /// `key_bundle`, `clock`.
+    /// Short stable id: `node`, `listen`, `peers`, `reachability`, `dht`, `mailboxes`, `calls`,
+    /// `names`, `name_rivals` (only when we own a name), `key_bundle`, `clock`.
     pub check: String,
     /// `ok`, `warning` (works, could be better) or `problem` (something a person will notice).
     pub level: String,

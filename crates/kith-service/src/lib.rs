@@ -44,7 +44,7 @@ pub use groups::{
     GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
     ROTATE_EVERY, topic as group_topic,
 };
-pub use health::{Checkup, MailboxHealth, Publication};
+pub use health::{Checkup, MailboxHealth, NameClaims, Publication, RivalClaim};
 pub use kith_crypto::PickleKey;
 pub use kith_photo::Preset as FilterPreset;
 pub use kith_store::{CallId, CallOutcome, CallRecord, FileOffer, FileState};

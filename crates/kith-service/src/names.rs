@@ -600,7 +600,7 @@ impl Node {
 
     /// One GET per replica key of `name`, concurrently; the valid answers per replica (a replica
     /// whose GET failed has none). Fails only if every GET failed.
-    async fn ask_replicas(
+    pub(crate) async fn ask_replicas(
         &self,
         name: &Name,
         quorum: usize,

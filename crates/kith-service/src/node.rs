@@ -330,7 +330,8 @@ impl Node {
     /// Everything `kith doctor` judges: the status, what we own and when we last published it,
     /// and how our mailbox relays last answered.
     pub async fn checkup(&self) -> Result<crate::health::Checkup, ServiceError> {
-        let status = self.status().await?;
+        let (status, name_claims) = tokio::join!(self.status(), self.name_claims());
+        let status = status?;
         let owned_names = self.store().names().list_own()?.len();
         let health = self.health(|h| h.clone());
         let mailboxes = self
@@ -357,6 +358,7 @@ impl Node {
                 .as_ref()
                 .map(|t| t.urls.clone())
                 .unwrap_or_default(),
+            name_claims,
         })
     }
 
