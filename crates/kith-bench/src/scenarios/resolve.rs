@@ -285,6 +285,10 @@ struct SybilMeasured {
     old_rule_attacker: usize,
     /// Old-rule lookups that produced an owner at all.
     old_rule_answered: usize,
+    /// Answers for the owner's and for the attacker's claim when the owner walked all five keys
+    /// to the end just before the resolutions (every holder): shows whether the honest claim
+    /// was really in the network when the attack started.
+    held: (usize, usize),
     /// Latency of each kith resolution, us.
     samples: Vec<u64>,
 }
@@ -459,6 +463,19 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
         }
 
         let mut m = SybilMeasured::default();
+        for key in name.replica_keys() {
+            if let Ok(Ok(all)) =
+                tokio::time::timeout(LOOKUP_TIMEOUT, owner.net().get_record(key, usize::MAX)).await
+            {
+                for answer in all.answers {
+                    if answer.value == stolen {
+                        m.held.1 += 1;
+                    } else {
+                        m.held.0 += 1;
+                    }
+                }
+            }
+        }
         for i in 1..honest_n {
             bar.set_message(format!(
                 "resolve.sybil: first resolution on honest node {i}"
@@ -535,8 +552,8 @@ pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
                 Some(kith),
                 Some(baseline),
                 format!(
-                    "{setting}; the old rule gave the attacker {} of {} lookups",
-                    m.old_rule_attacker, m.old_rule_answered
+                    "{setting}; the old rule gave the attacker {} of {} lookups; before the resolutions the owner's full walks of the five keys got {} answers with its claim and {} with the attacker's",
+                    m.old_rule_attacker, m.old_rule_answered, m.held.0, m.held.1
                 ),
             )
         }
