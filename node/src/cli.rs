@@ -45,10 +45,14 @@ pub(crate) enum Command {
     /// Claim, list and release names.
     #[command(subcommand)]
     Name(NameCommand),
-    /// Look up who owns a name (and pin the answer the first time).
+    /// Look up who owns a name (and pin the answer the first time). A pinned name answers from
+    /// the node at once and is re-checked on the network in the background.
     Resolve {
         /// The name.
         name: String,
+        /// Ask the network now, even for a pinned name (finds a key change at once).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Local petnames for people.
     #[command(subcommand)]

@@ -90,7 +90,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Peers => commands::peers(&home, json).await,
         Command::Stop => commands::stop(&home, json).await,
         Command::Name(cmd) => names::name(&home, cmd, json).await,
-        Command::Resolve { name } => names::resolve(&home, &name, json).await,
+        Command::Resolve { name, fresh } => names::resolve(&home, &name, fresh, json).await,
         Command::Contacts(cmd) => names::contacts(&home, cmd, json).await,
         Command::Verify { target } => names::verify(&home, &target, json).await,
         Command::Relay(cli::RelayCommand::Status) => commands::relay_status(&home, json).await,

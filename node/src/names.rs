@@ -134,9 +134,19 @@ async fn solve_with_progress(
     Ok((now_ms, nonce))
 }
 
-pub(crate) async fn resolve(home: &Home, name: &str, json_output: bool) -> anyhow::Result<()> {
+pub(crate) async fn resolve(
+    home: &Home,
+    name: &str,
+    fresh: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
     let client = connect(home)?;
-    match client.resolve(name).await {
+    let answer = if fresh {
+        client.resolve_fresh(name).await
+    } else {
+        client.resolve(name).await
+    };
+    match answer {
         Ok(report) => {
             if json_output {
                 outln!("{}", serde_json::to_string(&report)?);
@@ -301,16 +311,42 @@ fn print_resolution(r: &ResolveReport) {
             "yes, same key as before"
         }
     );
-    outln!("claimed     {}", date(r.created_at));
-    outln!("expires     {}", date(r.expires_at));
-    outln!("holders     {} agreeing", r.holders);
+    if r.created_at > 0 {
+        outln!("claimed     {}", date(r.created_at));
+    }
+    if r.expires_at > 0 {
+        outln!("expires     {}", date(r.expires_at));
+    }
+    match (r.source.as_str(), r.checked_at) {
+        ("network", _) => outln!("checked     now, on the network"),
+        (_, Some(at)) => outln!(
+            "checked     {} (answered from this node; `--fresh` asks the network now)",
+            date(at)
+        ),
+        _ => outln!(
+            "checked     not since the node started (answered from the pin; being checked in the background, `--fresh` asks now)"
+        ),
+    }
+    if r.holders > 0 {
+        outln!(
+            "holders     {} agreeing, {} of 5 replica keys",
+            r.holders,
+            r.replicas
+        );
+    }
     for addr in &r.addrs {
         outln!("address     {addr}");
     }
-    if !r.rivals.is_empty() {
+    if r.rival_holders.is_empty() {
+        for rival in &r.rivals {
+            outln!("rival       {rival} (ignored)");
+        }
+    }
+    for rival in &r.rival_holders {
         outln!(
-            "ignored     {} other key(s) some holders returned",
-            r.rivals.len()
+            "rival       {} from {} holder(s) (ignored: the owner holds the majority of the name's keys)",
+            rival.peer_id,
+            rival.holders
         );
     }
 }

@@ -126,11 +126,26 @@ fn names_register_resolve_and_refuse_with_the_documented_exit_codes() {
     assert!(r["expires_at"].as_u64().unwrap() > now_ms());
     assert!(r["holders"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["rivals"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(r["source"], "network", "{r}");
+    // Pinned now: answered by the node itself, with what that lookup found.
     let again = json(&kith_ok(b.home(), &["resolve", "ALICE", "--json"]));
     assert_eq!(again["newly_pinned"], false);
     assert_eq!(again["peer_id"], a.peer_id().as_str());
+    assert_eq!(again["source"], "cache", "{again}");
+    assert_eq!(again["holders"], r["holders"], "{again}");
     let human = kith_ok(b.home(), &["resolve", "alice"]);
     assert!(human.contains(&a.peer_id()), "{human}");
+    assert!(
+        human.contains("--fresh"),
+        "says how to ask the network: {human}"
+    );
+    // --fresh asks the DHT again.
+    let fresh = json(&kith_ok(
+        b.home(),
+        &["resolve", "alice", "--fresh", "--json"],
+    ));
+    assert_eq!(fresh["source"], "network", "{fresh}");
+    assert_eq!(fresh["peer_id"], a.peer_id().as_str());
 
     // Unknown name: exit 3, after a real lookup.
     let (code, out, err) = kith(b.home(), &["resolve", "nobody-here"]);
@@ -330,10 +345,11 @@ fn a_name_that_changes_key_is_a_conflict_showing_both_keys() {
     let a_id = a.peer_id();
     a.stop();
 
-    // Once nobody renews it, the claim lapses and the name is free again.
+    // Once nobody renews it, the claim lapses and the name is free again (asked on the DHT: a
+    // plain resolve answers from B's pin).
     let start = Instant::now();
     loop {
-        let (code, _, err) = kith(b.home(), &["resolve", "zed"]);
+        let (code, _, err) = kith(b.home(), &["resolve", "zed", "--fresh"]);
         if code == 3 {
             break;
         }
@@ -347,11 +363,13 @@ fn a_name_that_changes_key_is_a_conflict_showing_both_keys() {
     let second = json(&kith_ok(c.home(), &["name", "register", "zed", "--json"]));
     assert_eq!(second["peer_id"], c.peer_id().as_str());
 
-    // B pinned A: exit 4, both keys on stdout, the message on stderr.
-    let (code, out, err) = kith(b.home(), &["resolve", "zed"]);
+    // B pinned A: exit 4, both keys on stdout, the message on stderr; then the same from what
+    // that lookup found, without asking the network again.
+    let (code, out, err) = kith(b.home(), &["resolve", "zed", "--fresh"]);
     assert_eq!(code, 4, "{out}{err}");
     assert!(out.contains(&a_id) && out.contains(&c.peer_id()), "{out}");
     assert!(err.contains(&a_id) && err.contains(&c.peer_id()), "{err}");
+    assert!(err.contains("--fresh"), "{err}");
     let (code, out, _) = kith(b.home(), &["resolve", "zed", "--json"]);
     assert_eq!(code, 4);
     let conflict = json(&out);

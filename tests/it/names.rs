@@ -20,7 +20,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kith_net::{Multiaddr, PeerId, RequestError};
-use kith_service::{Options, ServiceError};
+use kith_service::{Options, ResolvedFrom, ServiceError};
 use libp2p::kad::KBucketKey;
 
 use crate::harness::{
@@ -49,11 +49,21 @@ async fn register(node: &TestNode, name: &str) -> Result<kith_service::Registrat
         .unwrap_or_else(|_| panic!("register_name({name}) on {} hung", node.peer_id()))
 }
 
-/// Bounded `resolve_name`.
+/// Bounded `resolve_name` (a pinned name answers from the node).
 async fn resolve(node: &TestNode, name: &str) -> Result<kith_service::Resolution, ServiceError> {
     tokio::time::timeout(LOOKUP, node.node().resolve_name(name))
         .await
         .unwrap_or_else(|_| panic!("resolve_name({name}) on {} hung", node.peer_id()))
+}
+
+/// Bounded `resolve_name_fresh` (always the DHT).
+async fn resolve_fresh(
+    node: &TestNode,
+    name: &str,
+) -> Result<kith_service::Resolution, ServiceError> {
+    tokio::time::timeout(LOOKUP, node.node().resolve_name_fresh(name))
+        .await
+        .unwrap_or_else(|_| panic!("resolve_name_fresh({name}) on {} hung", node.peer_id()))
 }
 
 /// The value `node` holds under `key` in its own DHT store, if any: the local answer (holder
@@ -126,6 +136,50 @@ async fn isolated_claims(names: &[&str]) -> (TestNode, Vec<(Vec<u8>, Vec<u8>)>) 
     (thief, claims)
 }
 
+/// A node's API served on a random loopback port, for tests that look at it as a client would.
+struct Served {
+    addr: std::net::SocketAddr,
+    token: kith_api::ApiToken,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(node: &TestNode) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = kith_api::ApiToken::generate().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(kith_api::serve(
+            listener,
+            node.node().clone(),
+            token.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Served {
+            addr,
+            token,
+            stop,
+            server,
+        }
+    }
+
+    fn client(&self) -> kith_api::ApiClient {
+        kith_api::ApiClient::new(self.addr, self.token.clone()).unwrap()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(STEP, self.server)
+            .await
+            .expect("the API server did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// Flips the last byte of an encoded record: the last byte of its signature.
 fn tampered(bytes: &[u8]) -> Vec<u8> {
     let mut bad = bytes.to_vec();
@@ -161,15 +215,25 @@ async fn a_name_registered_on_one_node_resolves_from_the_far_end_of_the_network(
         .max_by_key(|n| owner_key.distance(&KBucketKey::from(n.peer_id())))
         .unwrap();
     let first = resolve(farthest, "alice").await.unwrap();
-    assert_eq!(first.record.peer_id(), owner.peer_id());
-    assert_eq!(first.record.to_bytes(), reg.record.to_bytes());
+    assert_eq!(first.peer_id, owner.peer_id());
+    assert_eq!(
+        first.record.as_ref().unwrap().to_bytes(),
+        reg.record.to_bytes()
+    );
     assert!(first.newly_pinned, "the first resolution pins");
+    assert_eq!(first.source, ResolvedFrom::Network);
     assert!(first.holders >= 1);
     assert!(first.rivals.is_empty(), "{:?}", first.rivals);
     let again = resolve(farthest, "ALICE").await.unwrap();
-    assert_eq!(again.record.peer_id(), owner.peer_id());
+    assert_eq!(again.peer_id, owner.peer_id());
     assert!(!again.newly_pinned, "the second resolution finds the pin");
     assert_eq!(again.pinned_at_ms, first.pinned_at_ms);
+    assert_eq!(again.source, ResolvedFrom::Cache, "answered from the pin");
+    assert_eq!(again.holders, first.holders);
+    let asked = resolve_fresh(farthest, "alice").await.unwrap();
+    assert_eq!(asked.source, ResolvedFrom::Network);
+    assert_eq!(asked.peer_id, owner.peer_id());
+    assert!(!asked.newly_pinned);
 
     // A node that joins at the far end of the chain after the claim went out holds no copy: its
     // answer has to come from a real lookup through the others.
@@ -187,12 +251,12 @@ async fn a_name_registered_on_one_node_resolves_from_the_far_end_of_the_network(
     let key = reg.record.name().dht_key();
     assert_eq!(local_value(&late, &key).await, None, "no local copy");
     let from_late = resolve(&late, "alice").await.unwrap();
-    assert_eq!(from_late.record.peer_id(), owner.peer_id());
+    assert_eq!(from_late.peer_id, owner.peer_id());
     assert!(from_late.newly_pinned);
     assert!(from_late.holders >= 1);
     let from_late_again = resolve(&late, "alice").await.unwrap();
     assert!(!from_late_again.newly_pinned);
-    assert_eq!(from_late_again.record.peer_id(), owner.peer_id());
+    assert_eq!(from_late_again.peer_id, owner.peer_id());
 
     let mut all = nodes;
     all.push(late);
@@ -211,7 +275,7 @@ async fn a_restarted_owner_keeps_its_name_and_publishes_it_again() {
     let reg = register(&owner, "bob").await.unwrap();
     assert!(reg.published);
     let pinned_early = resolve(&nodes[4], "bob").await.unwrap();
-    assert_eq!(pinned_early.record.peer_id(), owner_id);
+    assert_eq!(pinned_early.peer_id, owner_id);
 
     // Joins after the claim went out, so it holds nothing until the owner publishes again.
     let joiner = start_node(vec![hub.clone()], name_options()).await.unwrap();
@@ -258,16 +322,16 @@ async fn a_restarted_owner_keeps_its_name_and_publishes_it_again() {
 
     // Still the owner, for a node that pinned it before and for one that never asked.
     let again = resolve(&nodes[4], "bob").await.unwrap();
-    assert_eq!(again.record.peer_id(), owner_id);
+    assert_eq!(again.peer_id, owner_id);
     assert!(!again.newly_pinned);
     let fresh = resolve(&joiner, "bob").await.unwrap();
-    assert_eq!(fresh.record.peer_id(), owner_id);
+    assert_eq!(fresh.peer_id, owner_id);
     assert!(fresh.newly_pinned);
 
     // And the claim outlives its owner going away: the holders keep serving it.
     owner.shutdown().await.unwrap();
     let without_owner = resolve(&nodes[7], "bob").await.unwrap();
-    assert_eq!(without_owner.record.peer_id(), owner_id);
+    assert_eq!(without_owner.peer_id, owner_id);
 
     nodes.push(joiner);
     shutdown_all(nodes).await.unwrap();
@@ -307,7 +371,7 @@ async fn a_second_node_cannot_claim_a_held_name() {
 
     // Nothing changed for anyone else, and the owner may still renew.
     let seen = resolve(&nodes[5], "carol").await.unwrap();
-    assert_eq!(seen.record.peer_id(), owner.peer_id());
+    assert_eq!(seen.peer_id, owner.peer_id());
     let renewal = register(owner, "carol").await.unwrap();
     assert!(renewal.renewed);
     assert_eq!(renewal.record.params().seq, 2);
@@ -426,14 +490,9 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
     // and no holder serves the thief's.
     for node in holders.iter().filter(|n| n.peer_id() != owner.peer_id()) {
         let r = resolve(node, "dave").await.unwrap();
-        assert_eq!(
-            r.record.peer_id(),
-            owner.peer_id(),
-            "resolved on {}",
-            node.peer_id()
-        );
-        assert_ne!(r.record.peer_id(), thief_id);
-        assert_eq!(r.record.to_bytes(), owner_dave.as_slice());
+        assert_eq!(r.peer_id, owner.peer_id(), "resolved on {}", node.peer_id());
+        assert_ne!(r.peer_id, thief_id);
+        assert_eq!(r.record.as_ref().unwrap().to_bytes(), owner_dave.as_slice());
         assert!(r.newly_pinned);
         assert!(r.rivals.is_empty(), "holders served {:?}", r.rivals);
     }
@@ -456,7 +515,10 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
     tracing::info!(?oversized, "20 KiB put");
     all_alive(&nodes).await;
     let after_big = resolve(sender, "dave").await.unwrap();
-    assert_eq!(after_big.record.to_bytes(), owner_dave.as_slice());
+    assert_eq!(
+        after_big.record.as_ref().unwrap().to_bytes(),
+        owner_dave.as_slice()
+    );
     // Every holder still holds the owner's claim itself, untouched.
     wait_for_copies(
         holders,
@@ -588,8 +650,11 @@ async fn a_lying_holder_cannot_outvote_the_holders_of_the_real_claim() {
     // The resolution goes to the owner most holders returned, though the thief claimed earlier;
     // the thief shows up only as an ignored rival.
     let r = resolve(&net.resolver, "erin").await.unwrap();
-    assert_eq!(r.record.peer_id(), net.owner_id);
-    assert_eq!(r.record.to_bytes(), net.owner_bytes.as_slice());
+    assert_eq!(r.peer_id, net.owner_id);
+    assert_eq!(
+        r.record.as_ref().unwrap().to_bytes(),
+        net.owner_bytes.as_slice()
+    );
     assert!(r.holders > 1, "holders {}", r.holders);
     assert_eq!(r.rivals, vec![(net.thief_id, 1)]);
 
@@ -612,7 +677,7 @@ async fn resolvers_count_rejected_answers_in_metrics() {
         "the junk answer arrived and was rejected"
     );
     let r = resolve(&net.resolver, "erin").await.unwrap();
-    assert_eq!(r.record.peer_id(), net.owner_id);
+    assert_eq!(r.peer_id, net.owner_id);
     let text = net.resolver.node().metrics_text();
     let rejected = net.resolver.metric("kith_dht_answers_rejected_total");
     net.shutdown().await;
@@ -636,7 +701,7 @@ async fn a_pinned_name_that_changes_key_is_a_conflict() {
     let first_id = first_owner.peer_id();
     let expires_at = reg.record.params().expires_at_ms;
     let pinned = resolve(pinner, "zed").await.unwrap();
-    assert_eq!(pinned.record.peer_id(), first_id);
+    assert_eq!(pinned.peer_id, first_id);
     assert!(pinned.newly_pinned);
     // Gone for good: nobody renews its claim.
     first_owner.shutdown().await.unwrap();
@@ -660,8 +725,9 @@ async fn a_pinned_name_that_changes_key_is_a_conflict() {
         "the new claim is about to lapse already ({left_ms} ms left)"
     );
 
-    // The node that pinned the first owner refuses to follow the new key, in every path.
-    match resolve(pinner, "zed").await {
+    // The node that pinned the first owner refuses to follow the new key, in every path: asked
+    // on the network now, then from what that lookup found.
+    match resolve_fresh(pinner, "zed").await {
         Err(ServiceError::NameConflict {
             name,
             pinned,
@@ -692,7 +758,7 @@ async fn a_pinned_name_that_changes_key_is_a_conflict() {
     );
     // A node that never pinned the name simply sees the new owner.
     let fresh = resolve(bystander, "zed").await.unwrap();
-    assert_eq!(fresh.record.peer_id(), newcomer.peer_id());
+    assert_eq!(fresh.peer_id, newcomer.peer_id());
 
     shutdown_all(nodes).await.unwrap();
 }
@@ -704,6 +770,8 @@ async fn a_pinned_name_that_changes_key_is_a_conflict() {
 async fn a_pinned_name_answers_from_the_pin_and_a_key_change_found_later_is_refused() {
     let mut options = name_options();
     options.name_rules.max_ttl = Duration::from_secs(5);
+    // The claim lapses after 5 s; a check a second after the lookup is due by then.
+    options.name_recheck_every = Duration::from_secs(1);
     let mut nodes = star_with(5, options, Transports::Tcp).await.unwrap();
     wait_for_mesh(&nodes, &[], MESH).await.unwrap();
     let first_owner = nodes.remove(1);
@@ -712,12 +780,9 @@ async fn a_pinned_name_answers_from_the_pin_and_a_key_change_found_later_is_refu
     let reg = register(&first_owner, "kim").await.unwrap();
     register(lea_owner, "lea").await.unwrap();
     let first_id = first_owner.peer_id();
+    assert_eq!(resolve(pinner, "kim").await.unwrap().peer_id, first_id);
     assert_eq!(
-        resolve(pinner, "kim").await.unwrap().record.peer_id(),
-        first_id
-    );
-    assert_eq!(
-        resolve(pinner, "lea").await.unwrap().record.peer_id(),
+        resolve(pinner, "lea").await.unwrap().peer_id,
         lea_owner.peer_id()
     );
 
@@ -829,7 +894,7 @@ async fn unknown_names_are_not_found_and_invalid_names_say_which_rule_they_break
     let reg = register(a, "Jürgen").await.unwrap();
     assert_eq!(reg.record.name().as_str(), "jürgen");
     let r = resolve(b, "JÜRGEN").await.unwrap();
-    assert_eq!(r.record.peer_id(), a.peer_id());
+    assert_eq!(r.peer_id, a.peer_id());
     assert!(matches!(
         register(b, "jürgen").await,
         Err(ServiceError::NameTaken { holder, .. }) if holder == a.peer_id()
@@ -948,10 +1013,258 @@ async fn contacts_petnames_and_invites() {
     .await
     .unwrap();
     let r = resolve(&dana, "alice").await.unwrap();
-    assert_eq!(r.record.peer_id(), alice.peer_id());
+    assert_eq!(r.peer_id, alice.peer_id());
     assert!(!r.newly_pinned, "the invite pinned it");
+    assert_eq!(
+        r.source,
+        ResolvedFrom::Pin,
+        "answered from the invite's pin"
+    );
+    assert!(r.record.is_none(), "no claim was fetched for it yet");
+    let r = resolve_fresh(&dana, "alice").await.unwrap();
+    assert_eq!(r.peer_id, alice.peer_id());
+    assert!(!r.newly_pinned, "the lookup agrees with the invite's pin");
+    assert_eq!(r.source, ResolvedFrom::Network);
 
     let mut all = nodes;
     all.push(dana);
     shutdown_all(all).await.unwrap();
+}
+
+/// Issue 16: a resolution of a pinned name answers from the node (the pin and its last lookup)
+/// without asking the network, so it works with no peer at all; `resolve_name_fresh` still asks
+/// the network, and says so when it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_name_resolves_without_the_network_and_fresh_asks_it() {
+    let nodes = star_with(4, name_options(), Transports::Tcp).await.unwrap();
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let (owner, pinner) = (&nodes[1], &nodes[2]);
+    let reg = register(owner, "mia").await.unwrap();
+    let cold = resolve(pinner, "mia").await.unwrap();
+    assert_eq!(cold.source, ResolvedFrom::Network);
+    assert!(cold.newly_pinned);
+    assert!(
+        cold.holders > 1,
+        "every node of the star holds the claim: {cold:?}"
+    );
+
+    // Everyone else goes away.
+    let pinner_id = pinner.peer_id();
+    let mut others = Vec::new();
+    let mut kept = None;
+    for node in nodes {
+        if node.peer_id() == pinner_id {
+            kept = Some(node);
+        } else {
+            others.push(node);
+        }
+    }
+    shutdown_all(others).await.unwrap();
+    let pinner = kept.unwrap();
+    wait_until("the pinner to have no peers", MESH, POLL, async || {
+        pinner.connected_peers().await.is_ok_and(|p| p.is_empty())
+    })
+    .await
+    .unwrap();
+
+    // Alone, the pinned name still resolves, with what the last lookup found.
+    let warm = resolve(&pinner, "MIA").await.unwrap();
+    assert_eq!(warm.source, ResolvedFrom::Cache);
+    assert_eq!(warm.peer_id, reg.record.peer_id());
+    assert_eq!(
+        warm.record.as_ref().map(|r| r.to_bytes().to_vec()),
+        Some(reg.record.to_bytes().to_vec())
+    );
+    assert_eq!(warm.holders, cold.holders);
+    assert_eq!(warm.replicas, cold.replicas);
+    assert_eq!(warm.pinned_at_ms, cold.pinned_at_ms);
+    assert_eq!(warm.checked_at_ms, cold.checked_at_ms);
+    assert!(!warm.newly_pinned);
+    // Asking the network now is a real lookup: alone, only the pinner's own DHT store answers
+    // (or nothing does), never the four holders the first lookup counted.
+    match resolve_fresh(&pinner, "mia").await {
+        Ok(fresh) => {
+            assert_eq!(fresh.source, ResolvedFrom::Network);
+            assert!(fresh.holders < cold.holders, "{fresh:?} after {cold:?}");
+            assert!(fresh.checked_at_ms > cold.checked_at_ms);
+            // From now on the warm answer repeats that lookup.
+            let after = resolve(&pinner, "mia").await.unwrap();
+            assert_eq!(after.source, ResolvedFrom::Cache);
+            assert_eq!(after.holders, fresh.holders);
+            assert_eq!(after.checked_at_ms, fresh.checked_at_ms);
+        }
+        Err(e) => tracing::info!(error = %e, "a fresh lookup alone failed, as it may"),
+    }
+    let after = resolve(&pinner, "mia").await.unwrap();
+    assert_eq!(after.peer_id, reg.record.peer_id());
+    pinner.shutdown().await.unwrap();
+}
+
+/// Issue 16: when a background check finds that a pinned name is held by another key, the next
+/// resolution (over the API too) is the conflict, with no explicit `--fresh` in between, and API
+/// clients are told at once with a `name.conflict` event on `/v1/events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_found_in_the_background_is_the_next_answer_and_an_api_event() {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::{
+        Message as WsMessage, client::IntoClientRequest as _, http::HeaderValue,
+    };
+
+    let mut options = name_options();
+    options.name_rules.max_ttl = Duration::from_secs(5);
+    options.name_recheck_every = Duration::from_secs(1);
+    let mut nodes = star_with(5, options, Transports::Tcp).await.unwrap();
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let first_owner = nodes.remove(1);
+    let (pinner, newcomer) = (&nodes[1], &nodes[2]);
+    let reg = register(&first_owner, "noa").await.unwrap();
+    let first_id = first_owner.peer_id();
+    assert_eq!(resolve(pinner, "noa").await.unwrap().peer_id, first_id);
+
+    // The pinner's API, and a client listening to its events.
+    let served = Served::start(pinner).await;
+    let (addr, token) = (served.addr, served.token.clone());
+    let api = served.client();
+    let mut request = format!("ws://{addr}/v1/events?token={}", token.as_str())
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "origin",
+        HeaderValue::from_str(&format!("http://{addr}")).unwrap(),
+    );
+    let (mut events, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    // The owner goes away for good and someone else claims the lapsed name.
+    first_owner.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(
+        reg.record.params().expires_at_ms.saturating_sub(now_ms()) + 500,
+    ))
+    .await;
+    register(newcomer, "noa").await.unwrap();
+
+    // The pinned name still answers from the pin (its claim has lapsed, so the pin alone) and
+    // starts a check; the check's finding is the answer from then on.
+    let first = api.resolve("noa").await.unwrap();
+    assert_eq!(first.peer_id, first_id.to_string());
+    assert_ne!(first.source, "network", "{first:?}");
+    let newcomer_id = newcomer.peer_id().to_string();
+    wait_until(
+        "a resolution over the API to be the conflict the background check found",
+        LOOKUP,
+        POLL,
+        async || {
+            matches!(
+                api.resolve("noa").await,
+                Err(kith_api::ClientError::Api { status: 409, body })
+                    if body.found_peer_id.as_deref() == Some(newcomer_id.as_str())
+                        && body.pinned_peer_id == Some(first_id.to_string())
+            )
+        },
+    )
+    .await
+    .unwrap();
+
+    // The event arrived on the WebSocket.
+    let event = tokio::time::timeout(LOOKUP, async {
+        while let Some(frame) = events.next().await {
+            let Ok(WsMessage::Text(text)) = frame else {
+                continue;
+            };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if value["type"] == "name.conflict" {
+                return value;
+            }
+        }
+        panic!("the event stream ended without a name.conflict event");
+    })
+    .await
+    .expect("no name.conflict event on /v1/events");
+    assert_eq!(event["name"], "noa");
+    assert_eq!(event["pinned_peer_id"], first_id.to_string());
+    assert_eq!(event["found_peer_id"], newcomer_id);
+    assert_eq!(event["contested"], false);
+
+    // Asking the network now says the same.
+    assert!(matches!(
+        api.resolve_fresh("noa").await,
+        Err(kith_api::ClientError::Api { status: 409, .. })
+    ));
+
+    drop(events);
+    served.stop().await;
+    shutdown_all(nodes).await.unwrap();
+}
+
+/// Issue 14: `kith doctor` shows when a name we own has a rival claim. Two halves of a network
+/// that cannot reach each other each take "ivy" for a different key (the owner first); once
+/// they meet, the holders of each half keep their claim, and the owner's doctor report names the
+/// rival with its holder count and what to do. Before that, the report says no one else claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_doctor_report_shows_a_rival_claim_with_its_holders() {
+    let ours = star_with(4, name_options(), Transports::Tcp).await.unwrap();
+    let theirs = star_with(4, name_options(), Transports::Tcp).await.unwrap();
+    wait_for_mesh(&ours, &[], MESH).await.unwrap();
+    wait_for_mesh(&theirs, &[], MESH).await.unwrap();
+    let (owner, rival) = (&ours[1], &theirs[1]);
+    register(owner, "ivy").await.unwrap();
+    let served = Served::start(owner).await;
+    let api = served.client();
+
+    let check = |report: &kith_api::DoctorReport| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.check == "name_rivals")
+            .cloned()
+            .expect("a name_rivals check for a node that owns a name")
+    };
+    let alone = check(&api.doctor().await.unwrap());
+    assert_eq!(alone.level, "ok", "{alone:?}");
+    assert!(alone.detail.contains("'ivy'"), "{alone:?}");
+
+    // The rival claims the same name later, where no holder knows the owner's claim.
+    register(rival, "ivy").await.unwrap();
+    // The halves meet.
+    for node in &ours {
+        node.node().net().dial(theirs[0].tcp_addr()).await.unwrap();
+    }
+    for node in &theirs {
+        node.node().net().dial(ours[0].tcp_addr()).await.unwrap();
+    }
+    let mut everyone = ours;
+    everyone.extend(theirs);
+    for node in &everyone {
+        let _ = node.node().net().bootstrap().await;
+    }
+    wait_for_mesh(&everyone, &[], MESH).await.unwrap();
+    let (owner, rival_id) = (&everyone[1], everyone[5].peer_id());
+
+    let claims = owner.node().checkup().await.unwrap().name_claims;
+    assert_eq!(claims.checked, vec!["ivy".to_owned()], "{claims:?}");
+    assert_eq!(claims.rivals.len(), 1, "{claims:?}");
+    let found = &claims.rivals[0];
+    assert_eq!(found.name, "ivy");
+    assert_eq!(found.rival, rival_id);
+    assert!(found.holders >= 1, "{found:?}");
+    assert!(found.our_holders >= 1, "{found:?}");
+
+    let report = check(&api.doctor().await.unwrap());
+    assert_ne!(report.level, "ok", "{report:?}");
+    assert!(
+        report.detail.contains(&rival_id.to_string())
+            && report
+                .detail
+                .contains(&format!("{} holder(s)", found.holders)),
+        "the report names the rival and its holders: {report:?}"
+    );
+    assert!(
+        report
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("kith invite")),
+        "the report says what to do: {report:?}"
+    );
+
+    served.stop().await;
+    shutdown_all(everyone).await.unwrap();
 }

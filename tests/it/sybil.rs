@@ -251,8 +251,7 @@ async fn attack(honest_n: usize, sybil_n: usize, resolvers: usize) -> Outcomes {
         match resolved {
             Ok(r) => {
                 assert_eq!(
-                    r.record.peer_id(),
-                    owner_id,
+                    r.peer_id, owner_id,
                     "a fresh resolver followed someone other than the honest owner (attacker {attacker_id}): {r:?}"
                 );
                 assert!(r.newly_pinned);

@@ -118,9 +118,16 @@ impl ApiClient {
             .await
     }
 
-    /// `GET /v1/resolve/{name}`.
+    /// `GET /v1/resolve/{name}`: a pinned name answers from the node without a network call.
     pub async fn resolve(&self, name: &str) -> Result<ResolveReport, ClientError> {
         self.get_json(&format!("/v1/resolve/{}", segment(name)))
+            .await
+    }
+
+    /// `GET /v1/resolve/{name}?fresh=true`: asks the DHT now, pinned or not, so a key change is
+    /// found at once.
+    pub async fn resolve_fresh(&self, name: &str) -> Result<ResolveReport, ClientError> {
+        self.get_json(&format!("/v1/resolve/{}?fresh=true", segment(name)))
             .await
     }
 

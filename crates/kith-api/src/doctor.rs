@@ -120,6 +120,9 @@ pub(crate) fn diagnose(c: &Checkup) -> DoctorReport {
     }
     checks.push(calls(c));
     checks.push(names(c));
+    if let Some(check) = name_rivals(c) {
+        checks.push(check);
+    }
     checks.push(publication(
         "key_bundle",
         "key bundle (how others start a conversation with you)",
@@ -302,6 +305,83 @@ fn names(c: &Checkup) -> DoctorCheck {
     check
 }
 
+const RIVAL_FIX: &str = "keep this node running so it re-publishes your claim (`kith name register <name>` renews it now), and give friends your invite link (`kith invite`) or compare safety numbers (`kith verify`): a name found by invite or pinned before the rival appeared never follows the rival";
+
+/// Rival claims for names we own: other keys some DHT holders return. `None` when we own no
+/// names.
+fn name_rivals(c: &Checkup) -> Option<DoctorCheck> {
+    let claims = &c.name_claims;
+    if claims.checked.is_empty() && claims.unchecked.is_empty() {
+        return None;
+    }
+    let unchecked = if claims.unchecked.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = claims
+            .unchecked
+            .iter()
+            .map(|(name, why)| {
+                if name.is_empty() {
+                    why.clone()
+                } else {
+                    format!("'{name}': {why}")
+                }
+            })
+            .collect();
+        format!("; not checked: {}", list.join("; "))
+    };
+    if claims.rivals.is_empty() {
+        if claims.checked.is_empty() {
+            return Some(warning(
+                "name_rivals",
+                format!("could not ask the DHT about your names{unchecked}"),
+                BOOTSTRAP_FIX,
+            ));
+        }
+        return Some(ok(
+            "name_rivals",
+            format!(
+                "no other key claims {} at any of their replica keys{unchecked}",
+                quoted(&claims.checked)
+            ),
+        ));
+    }
+    let mut lines = Vec::new();
+    let mut lost = false;
+    for r in &claims.rivals {
+        let standing = if r.we_hold_the_majority() {
+            "you still hold the majority, so resolvers get you and list it as a rival".to_owned()
+        } else {
+            lost = true;
+            "you do not hold a majority of the name's keys: fresh resolvers get a conflict, or the rival".to_owned()
+        };
+        lines.push(format!(
+            "'{}' is also claimed by {} ({} holder(s), most holders at {} of {} keys; yours: {} holder(s), {} keys): {standing}",
+            r.name,
+            r.rival,
+            r.holders,
+            r.replicas,
+            kith_core::NAME_REPLICAS,
+            r.our_holders,
+            r.our_replicas,
+        ));
+    }
+    let detail = format!("{}{unchecked}", lines.join("; "));
+    Some(if lost {
+        problem("name_rivals", detail, RIVAL_FIX)
+    } else {
+        warning("name_rivals", detail, RIVAL_FIX)
+    })
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn publication(id: &str, what: &str, p: &Publication, uptime: Duration) -> DoctorCheck {
     match (&p.last_error, p.last_success) {
         (Some(e), last) => problem(
@@ -420,6 +500,7 @@ mod tests {
             turn_served: Vec::new(),
             clock_skew,
             max_clock_skew: Duration::from_secs(600),
+            name_claims: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@
 //! | POST | `/v1/names` | [`RegisterRequest`] → [`NameReport`] (409 if held by another key) |
 //! | GET | `/v1/names` | `[`[`NameReport`]`]` |
 //! | DELETE | `/v1/names/{name}` | [`NameReport`] of the final, short-lived claim |
-//! | GET | `/v1/resolve/{name}` | [`ResolveReport`] (404 unclaimed, 409 key changed) |
+//! | GET | `/v1/resolve/{name}[?fresh=true]` | [`ResolveReport`]: a pinned name from the node (no network call; `source` says so), else or with `fresh=true` from the DHT (404 unclaimed, 409 key changed or contested) |
 //! | GET | `/v1/contacts` | `[`[`ContactReport`]`]` |
 //! | POST | `/v1/contacts` | [`AddContactRequest`] → [`ContactReport`] |
 //! | POST | `/v1/contacts/invite` | [`AddInviteRequest`] → [`ContactReport`] |
@@ -82,7 +82,7 @@ pub use types::{
     GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
     HolePunchReport, IceReport, IceServerReport, InviteReport, MarkReadReport, MessageReport,
     NameReport, OkReport, PeerReport, PowParams, RecipientUsage, RegisterRequest, RelayReport,
-    RelayServedReport, ResolveReport, SaveFileRequest, SavedFile, SendFileReport, SendFileRequest,
+    RelayServedReport, ResolveReport, RivalReport, SaveFileRequest, SavedFile, SendFileReport, SendFileRequest,
     SendReport, SendRequest, StartCallRequest, StatusReport, TrustReport, VerifyReport,
     status_name, trust_name,
 };

@@ -20,8 +20,8 @@ use crate::{
     CreateGroupRequest, ErrorBody, EventReport, GroupHistoryReport, GroupMemberRequest,
     GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
     InviteReport, MarkReadReport, MessageReport, NameReport, PeerReport, PowParams, RecipientUsage,
-    RegisterRequest, RelayReport, ResolveReport, SendReport, SendRequest, StatusReport,
-    TrustReport, VerifyReport, status_name, trust_name, web,
+    RegisterRequest, RelayReport, ResolveReport, RivalReport, SendReport, SendRequest,
+    StatusReport, TrustReport, VerifyReport, status_name, trust_name, web,
 };
 
 #[derive(Clone)]
@@ -379,23 +379,61 @@ async fn release(State(state): State<AppState>, Path(name): Path<String>) -> Res
     respond(StatusCode::OK, result)
 }
 
-async fn resolve(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let result = state.node.resolve_name(&name).await.map(|r| {
-        let p = r.record.params();
-        ResolveReport {
-            name: p.name.to_string(),
-            peer_id: r.record.peer_id().to_string(),
-            pinned: true,
-            newly_pinned: r.newly_pinned,
-            pinned_at: r.pinned_at_ms,
-            expires_at: p.expires_at_ms,
-            created_at: p.created_at_ms,
-            holders: r.holders,
-            addrs: p.addrs.iter().map(ToString::to_string).collect(),
-            rivals: r.rivals.iter().map(|(peer, _)| peer.to_string()).collect(),
-        }
-    });
-    respond(StatusCode::OK, result)
+/// `?fresh=true` on `GET /v1/resolve/{name}`: ask the network now instead of answering a pinned
+/// name from the node.
+#[derive(serde::Deserialize)]
+struct ResolveQuery {
+    #[serde(default)]
+    fresh: bool,
+}
+
+async fn resolve(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ResolveQuery>,
+) -> Response {
+    let result = if q.fresh {
+        state.node.resolve_name_fresh(&name).await
+    } else {
+        state.node.resolve_name(&name).await
+    };
+    respond(StatusCode::OK, result.map(|r| resolve_report(&name, r)))
+}
+
+fn resolve_report(asked: &str, r: kith_service::Resolution) -> ResolveReport {
+    let name = r
+        .record
+        .as_ref()
+        .map(|record| record.name().to_string())
+        .or_else(|| kith_core::Name::parse(asked).ok().map(|n| n.to_string()))
+        .unwrap_or_else(|| asked.to_owned());
+    ResolveReport {
+        name,
+        peer_id: r.peer_id.to_string(),
+        pinned: true,
+        newly_pinned: r.newly_pinned,
+        pinned_at: r.pinned_at_ms,
+        expires_at: r.record.as_ref().map_or(0, |c| c.params().expires_at_ms),
+        created_at: r.claimed_at_ms,
+        holders: r.holders,
+        addrs: r
+            .record
+            .iter()
+            .flat_map(|c| c.params().addrs.iter().map(ToString::to_string))
+            .collect(),
+        rivals: r.rivals.iter().map(|(peer, _)| peer.to_string()).collect(),
+        rival_holders: r
+            .rivals
+            .iter()
+            .map(|(peer, holders)| RivalReport {
+                peer_id: peer.to_string(),
+                holders: *holders,
+            })
+            .collect(),
+        replicas: r.replicas,
+        source: r.source.as_str().to_owned(),
+        checked_at: r.checked_at_ms,
+    }
 }
 
 fn contact_report(c: kith_store::Contact) -> ContactReport {
@@ -843,6 +881,19 @@ async fn stream_events(mut socket: WebSocket, node: Node) {
                         size,
                     }
                 }
+                Ok(kith_service::MessageEvent::Name(kith_service::NameEvent::Conflict {
+                    name,
+                    pinned,
+                    pinned_since,
+                    found,
+                    contested,
+                })) => EventReport::NameConflict {
+                    name,
+                    pinned_peer_id: pinned.to_string(),
+                    found_peer_id: found.to_string(),
+                    since: pinned_since,
+                    contested,
+                },
                 Ok(kith_service::MessageEvent::Call(event)) => {
                     match crate::calls::event_report(&node, event) {
                         Some(report) => report,

@@ -356,12 +356,36 @@ pub struct ResolveReport {
     pub expires_at: u64,
     /// Original claim time, unix ms.
     pub created_at: u64,
-    /// Distinct DHT holders that agreed.
+    /// Distinct DHT holders that agreed, at the lookup the answer rests on (0 when answered
+    /// from a pin alone).
     pub holders: usize,
     /// Addresses in the claim.
     pub addrs: Vec<String>,
     /// Other owners some holders returned (ignored).
     pub rivals: Vec<String>,
+    /// The same rivals with how many distinct holders returned each, strongest first.
+    #[serde(default)]
+    pub rival_holders: Vec<RivalReport>,
+    /// Replica keys (of 5) the owner won at that lookup.
+    #[serde(default)]
+    pub replicas: usize,
+    /// Where the answer came from: `network` (asked now), `cache` (the pin and this node's last
+    /// lookup; no network call) or `pin` (the pin alone; no network call). Pass `?fresh=true`
+    /// (CLI `--fresh`) to ask the network now.
+    #[serde(default)]
+    pub source: String,
+    /// When the DHT last confirmed this owner, unix ms (absent: not since the node started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<u64>,
+}
+
+/// Another owner some DHT holders returned for a name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RivalReport {
+    /// The rival's peer id.
+    pub peer_id: String,
+    /// Distinct holders that returned it, over all replica keys.
+    pub holders: usize,
 }
 
 /// A contact.
@@ -554,6 +578,23 @@ pub enum EventReport {
         received: u64,
         /// Ciphertext size.
         size: u64,
+    },
+    /// A check of a pinned name found it held by another key (`contested: false`; the name is
+    /// refused from now on, until `GET /v1/resolve/{name}?fresh=true` finds the pinned key again)
+    /// or contested with no owner holding a majority of its keys (`contested: true`; the pin
+    /// still answers).
+    #[serde(rename = "name.conflict")]
+    NameConflict {
+        /// The name.
+        name: String,
+        /// The key it is pinned to.
+        pinned_peer_id: String,
+        /// The other key the DHT returns.
+        found_peer_id: String,
+        /// When the pinned owner claimed it (RFC 3339).
+        since: String,
+        /// True for a contest, false for a clear new owner.
+        contested: bool,
     },
     /// Someone is calling: ring.
     #[serde(rename = "call.incoming")]
@@ -867,8 +908,8 @@ pub struct DoctorReport {
 /// One aspect of [`DoctorReport`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DoctorCheck {
-    /// Short stable id: `node`, `listen`, `peers`, `reachability`, `dht`, `mailboxes`, `names`,
-    /// `key_bundle`, `clock`.
+    /// Short stable id: `node`, `listen`, `peers`, `reachability`, `dht`, `mailboxes`, `calls`,
+    /// `names`, `name_rivals` (only when we own a name), `key_bundle`, `clock`.
     pub check: String,
     /// `ok`, `warning` (works, could be better) or `problem` (something a person will notice).
     pub level: String,

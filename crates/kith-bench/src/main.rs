@@ -60,7 +60,8 @@ enum Command {
     Dm(DmArgs),
     /// Direct messages through a circuit relay vs direct, and relay mailbox deposit + fetch.
     Relay(RelayArgs),
-    /// Name resolution, cold and warm (not built yet: reported as unavailable).
+    /// Name resolution: cold (a DHT lookup), warm (a pinned name, no network call) and under a
+    /// Sybil attack.
     Resolve(NodesArg),
     /// Group delivery latency (10 and 50 members) beside raw gossipsub, and catch-up throughput.
     Group(GroupArgs),

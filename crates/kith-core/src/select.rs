@@ -133,18 +133,11 @@ impl Verdict {
     }
 }
 
-/// Combines the answers for each replica key of a name (`replicas[i]` holds replica `i`'s answers,
-/// in any order; replicas nobody answered for may be empty or missing) into one verdict.
-///
-/// `total` is how many replicas the name has ([`crate::NAME_REPLICAS`]). Per replica the
-/// [`select`] winner counts as that replica's vote. An owner wins if it won more than half of
-/// `total` (not of the replicas that answered, so silencing honest replicas does not help an
-/// attacker), or if it is the only owner any holder returned (nothing contests it). Otherwise the
-/// name is [`Verdict::Contested`]. `None` when no replica had a valid answer.
-///
-/// The result depends only on the sets of answers, never on their order.
-pub fn decide(replicas: &[Vec<Answer>], total: usize) -> Option<Verdict> {
-    let total = total.max(replicas.len());
+/// Every owner seen in the answers for each replica key of a name (`replicas[i]` holds replica
+/// `i`'s answers), with the replicas it won ([`select`] per replica) and its distinct holders over
+/// all replicas, strongest first (most replicas, most holders, earliest claim, lowest peer id).
+/// What [`decide`] rules on, and what an owner checking its own name needs to see every rival.
+pub fn standings(replicas: &[Vec<Answer>]) -> Vec<Standing> {
     struct Tally<'a> {
         record: &'a NameRecord,
         replicas: usize,
@@ -180,6 +173,22 @@ pub fn decide(replicas: &[Vec<Answer>], total: usize) -> Option<Verdict> {
         })
         .collect();
     standings.sort_by(stronger);
+    standings
+}
+
+/// Combines the answers for each replica key of a name (`replicas[i]` holds replica `i`'s answers,
+/// in any order; replicas nobody answered for may be empty or missing) into one verdict.
+///
+/// `total` is how many replicas the name has ([`crate::NAME_REPLICAS`]). Per replica the
+/// [`select`] winner counts as that replica's vote. An owner wins if it won more than half of
+/// `total` (not of the replicas that answered, so silencing honest replicas does not help an
+/// attacker), or if it is the only owner any holder returned (nothing contests it). Otherwise the
+/// name is [`Verdict::Contested`]. `None` when no replica had a valid answer.
+///
+/// The result depends only on the sets of answers, never on their order.
+pub fn decide(replicas: &[Vec<Answer>], total: usize) -> Option<Verdict> {
+    let total = total.max(replicas.len());
+    let standings = standings(replicas);
     let first = standings.first()?;
     if standings.len() > 1 && first.replicas * 2 <= total {
         return Some(Verdict::Contested {

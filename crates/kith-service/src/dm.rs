@@ -91,6 +91,8 @@ pub enum MessageEvent {
     },
     /// A call rang, was joined, carried a signal or ended.
     Call(crate::calls::CallEvent),
+    /// A check of a name found a conflict (see `names.rs`).
+    Name(crate::names::NameEvent),
 }
 
 /// The outcome of [`Node::send_text`].

@@ -157,7 +157,7 @@ fn conflict_message(
         )
     } else {
         format!(
-            "name '{name}' is now held by another key ({found}) than the one you know ({pinned}, since {pinned_since}); use a petname or verify their fingerprint before trusting it"
+            "name '{name}' is now held by another key ({found}) than the one you know ({pinned}, since {pinned_since}); use a petname or verify their fingerprint before trusting it (`kith resolve --fresh {name}` asks the network again)"
         )
     }
 }

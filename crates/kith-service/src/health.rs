@@ -1,10 +1,16 @@
 //! What `kith doctor` needs beyond `kith status`: when the node last published what others need
-//! to find and reach it (names, key bundle, mailbox pointer) and how its mailbox relays answered.
+//! to find and reach it (names, key bundle, mailbox pointer), how its mailbox relays answered, and
+//! whether the DHT holds another key's claim for a name we own ([`NameClaims`]).
 //!
 //! The re-publisher and the mailbox worker record outcomes here; [`crate::Node::checkup`] takes a
 //! snapshot. A plain `std::sync::Mutex`: it is held for a few assignments, never across an await.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use libp2p::PeerId;
 
 use crate::node::Status;
 
@@ -78,4 +84,116 @@ pub struct Checkup {
     pub clock_skew: Option<kith_core::SkewEstimate>,
     /// How far in the future a name claim may be signed before holders refuse it.
     pub max_clock_skew: std::time::Duration,
+    /// Other keys the DHT holds claims for names we own.
+    pub name_claims: NameClaims,
+}
+
+/// Longest the rival-claim check waits for the DHT, all owned names together, so `kith doctor`
+/// answers in bounded time on a slow or partitioned network.
+const RIVAL_CHECK_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Most owned names the rival-claim check asks about at once; the rest are reported unchecked.
+const RIVAL_CHECK_MAX_NAMES: usize = 16;
+
+/// What the DHT holds for the names this node owns: `kith doctor` reports a rival claim, which
+/// fresh resolvers would see as a rival or, without our majority, as a conflict or a hijack.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameClaims {
+    /// Owned names whose replica keys were asked (every holder, no early stop).
+    pub checked: Vec<String>,
+    /// Owned names not checked, with why (no peers, timed out, too many names).
+    pub unchecked: Vec<(String, String)>,
+    /// Every other key some holder returned for one of our names.
+    pub rivals: Vec<RivalClaim>,
+}
+
+/// Another key's claim, held by DHT nodes, for a name this node owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RivalClaim {
+    /// The name.
+    pub name: String,
+    /// The rival key.
+    pub rival: PeerId,
+    /// Distinct holders that returned the rival's claim, over all replica keys.
+    pub holders: usize,
+    /// Replica keys (of [`kith_core::NAME_REPLICAS`]) where most holders returned the rival.
+    pub replicas: usize,
+    /// Distinct holders that returned our claim.
+    pub our_holders: usize,
+    /// Replica keys where most holders returned our claim.
+    pub our_replicas: usize,
+}
+
+impl RivalClaim {
+    /// Whether we still hold a strict majority of the name's replica keys, so resolvers that
+    /// ask every holder still get us.
+    pub fn we_hold_the_majority(&self) -> bool {
+        self.our_replicas * 2 > kith_core::NAME_REPLICAS
+    }
+}
+
+impl crate::Node {
+    /// Asks the DHT, for each name we own, every holder of every replica key (no early stop) and
+    /// lists the other keys they return. Bounded by [`RIVAL_CHECK_TIMEOUT`] for all names at once.
+    pub(crate) async fn name_claims(&self) -> NameClaims {
+        let mut claims = NameClaims::default();
+        let owned = match self.own_names() {
+            Ok(owned) => owned,
+            Err(e) => {
+                claims
+                    .unchecked
+                    .push((String::new(), format!("cannot read our names: {e}")));
+                return claims;
+            }
+        };
+        let me = self.peer_id();
+        let (asked, skipped) = owned.split_at(owned.len().min(RIVAL_CHECK_MAX_NAMES));
+        for record in skipped {
+            claims.unchecked.push((
+                record.name().to_string(),
+                format!("only the first {RIVAL_CHECK_MAX_NAMES} names are checked"),
+            ));
+        }
+        let lookups = asked.iter().map(|record| async move {
+            let name = record.name();
+            let answer =
+                tokio::time::timeout(RIVAL_CHECK_TIMEOUT, self.ask_replicas(name, usize::MAX))
+                    .await;
+            (name.to_string(), answer)
+        });
+        for (name, answer) in futures::future::join_all(lookups).await {
+            let replicas = match answer {
+                Ok(Ok(replicas)) => replicas,
+                Ok(Err(e)) => {
+                    claims.unchecked.push((name, e.to_string()));
+                    continue;
+                }
+                Err(_) => {
+                    claims.unchecked.push((
+                        name,
+                        format!(
+                            "the DHT did not answer within {} s",
+                            RIVAL_CHECK_TIMEOUT.as_secs()
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            let standings = kith_core::select::standings(&replicas);
+            let ours = standings.iter().find(|s| s.record.peer_id() == me);
+            let (our_holders, our_replicas) = ours.map_or((0, 0), |s| (s.holders, s.replicas));
+            for standing in standings.iter().filter(|s| s.record.peer_id() != me) {
+                claims.rivals.push(RivalClaim {
+                    name: name.clone(),
+                    rival: standing.record.peer_id(),
+                    holders: standing.holders,
+                    replicas: standing.replicas,
+                    our_holders,
+                    our_replicas,
+                });
+            }
+            claims.checked.push(name);
+        }
+        claims
+    }
 }

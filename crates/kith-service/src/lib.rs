@@ -44,7 +44,7 @@ pub use groups::{
     GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
     ROTATE_EVERY, topic as group_topic,
 };
-pub use health::{Checkup, MailboxHealth, Publication};
+pub use health::{Checkup, MailboxHealth, NameClaims, Publication, RivalClaim};
 pub use kith_crypto::PickleKey;
 pub use kith_photo::Preset as FilterPreset;
 pub use kith_store::{CallId, CallOutcome, CallRecord, FileOffer, FileState};
@@ -52,7 +52,7 @@ pub use kith_store::{GroupId, GroupMessage};
 pub use kith_store::{MailboxStats, Quota};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
 pub use mailbox::{MailboxConfig, pointer_key as mailbox_pointer_key};
-pub use names::{Registration, Resolution, SuppliedPow, Verification};
+pub use names::{NameEvent, Registration, Resolution, ResolvedFrom, SuppliedPow, Verification};
 pub use node::{Node, Options, Status};
 
 /// This build's version, as `kith status` reports it.

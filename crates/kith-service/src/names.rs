@@ -5,13 +5,14 @@
 //! before they are published and re-published before they expire.
 
 use std::{
+    collections::HashMap,
     ops::ControlFlow,
     sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
 
 use kith_core::{
-    ClaimParams, Invite, NAME_REPLICAS, Name, NameRecord, NameRules, pow,
+    ClaimParams, Invite, NAME_REPLICAS, Name, NameRecord, NameRules, RecordError, pow,
     select::{self, Answer, Verdict},
 };
 use kith_net::{RecordValidator, Validated};
@@ -20,25 +21,48 @@ use libp2p::{Multiaddr, PeerId, identity::PublicKey, multiaddr::Protocol};
 
 use crate::{Node, ServiceError, error::rfc3339, node::now_ms};
 
-/// How often a send to a pinned name re-checks the DHT in the background.
-const PIN_RECHECK: Duration = Duration::from_secs(60);
+/// How long the last network answer for a name stands before a use of the name re-checks it in
+/// the background (a send or resolution of a pinned name answers from the pin either way); the
+/// default of [`crate::Options::name_recheck_every`].
+pub(crate) const PIN_RECHECK: Duration = Duration::from_secs(60);
 
-/// What the node knows about names between lookups: conflicts found on pinned names, and when
-/// each pinned name was last checked. Sends answer from the pin with no network call; a key
-/// change found by a lookup (explicit or in the background) is kept here and refused on every
-/// later use until a lookup finds the pinned key again.
+/// Most names whose last network answer, or last check time, is kept in memory; past it the
+/// oldest are forgotten (a forgotten name answers from its pin and is checked again).
+const MAX_KNOWN: usize = 4096;
+
+/// Most verified name records remembered by their bytes. Every holder of a name returns the same
+/// bytes, so one signature check serves all of them.
+const MAX_VERIFIED: usize = 1024;
+
+/// What the node knows about names between lookups: conflicts found on pinned names, the last
+/// network answer for each name, and when each was last checked. Resolutions and sends of a
+/// pinned name answer from here and the pin with no network call; a key change found by a lookup
+/// (explicit, forced or in the background) is kept here and refused on every later use until a
+/// lookup finds the pinned key again.
 #[derive(Debug, Default)]
 pub(crate) struct NameCache {
-    conflicts: std::sync::Mutex<std::collections::HashMap<String, Conflict>>,
-    checked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    conflicts: std::sync::Mutex<HashMap<String, Conflict>>,
+    checked: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    known: std::sync::Mutex<HashMap<String, Known>>,
+    verified: Arc<VerifiedRecords>,
 }
 
 /// A pinned name that now resolves to another key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Conflict {
     pinned: PeerId,
     pinned_since: String,
     found: PeerId,
+}
+
+/// The last network answer for a name: what a warm resolution repeats.
+#[derive(Debug, Clone)]
+struct Known {
+    record: NameRecord,
+    holders: usize,
+    replicas: usize,
+    rivals: Vec<(PeerId, usize)>,
+    checked_at_ms: u64,
 }
 
 fn guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -58,17 +82,118 @@ impl NameCache {
             })
     }
 
-    /// Whether a background check of `name` is due now (and marks it as started).
-    fn check_due(&self, name: &str) -> bool {
+    /// Records a key change; true when it is news (not already recorded the same way), so the
+    /// caller tells API clients once per change rather than once per check.
+    fn set_conflict(&self, name: &str, conflict: Conflict) -> bool {
+        guard(&self.conflicts).insert(name.to_owned(), conflict.clone()) != Some(conflict)
+    }
+
+    fn clear_conflict(&self, name: &str) {
+        guard(&self.conflicts).remove(name);
+    }
+
+    /// Whether a background check of `name` is due now, `every` after the last lookup or check
+    /// (and marks it as started).
+    fn check_due(&self, name: &str, every: Duration) -> bool {
         let mut checked = guard(&self.checked);
         let now = std::time::Instant::now();
         match checked.get(name) {
-            Some(at) if now.duration_since(*at) < PIN_RECHECK => false,
+            Some(at) if now.duration_since(*at) < every => false,
             _ => {
+                if checked.len() >= MAX_KNOWN {
+                    checked.retain(|_, at| now.duration_since(*at) < every);
+                }
                 checked.insert(name.to_owned(), now);
                 true
             }
         }
+    }
+
+    /// Remembers a network answer; it also counts as a check, so a warm use right after a cold
+    /// one does not ask the network again.
+    fn remember(&self, name: &str, known: Known) {
+        {
+            let mut checked = guard(&self.checked);
+            if checked.len() >= MAX_KNOWN {
+                checked.clear();
+            }
+            checked.insert(name.to_owned(), std::time::Instant::now());
+        }
+        let mut map = guard(&self.known);
+        if map.len() >= MAX_KNOWN && !map.contains_key(name) {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, k)| k.checked_at_ms)
+                .map(|(n, _)| n.clone());
+            if let Some(oldest) = oldest {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(name.to_owned(), known);
+    }
+
+    /// The last network answer for `name` if it is still the pinned owner's and unexpired.
+    fn known(&self, name: &str, owner: &PeerId, now_ms: u64) -> Option<Known> {
+        guard(&self.known)
+            .get(name)
+            .filter(|k| k.record.peer_id() == *owner && !k.record.is_expired(now_ms))
+            .cloned()
+    }
+
+    /// The validator the network event loop runs on DHT values, sharing this cache's memory of
+    /// verified records.
+    pub(crate) fn validator(&self, rules: NameRules) -> Arc<dyn RecordValidator> {
+        Arc::new(NameValidator {
+            rules,
+            verified: self.verified.clone(),
+        })
+    }
+}
+
+/// Name records already verified, by the BLAKE3 hash of their exact bytes. A resolution receives
+/// the same record from every holder of every replica key, and the event loop checks each answer
+/// before the resolver reads it; with this, a signature and proof of work are checked once per
+/// distinct record instead of twice per answer. Only the expiry depends on the time in a way that
+/// can turn a pass into a failure (the clock-skew and lifetime bounds only loosen as time goes
+/// on), so a remembered record is checked for expiry again on every use.
+#[derive(Debug, Default)]
+pub(crate) struct VerifiedRecords {
+    records: std::sync::Mutex<HashMap<[u8; 32], NameRecord>>,
+}
+
+impl VerifiedRecords {
+    /// [`NameRecord::verify`], answered from memory for bytes verified before under `rules`
+    /// (every caller passes the node's own rules).
+    fn verify(
+        &self,
+        bytes: &[u8],
+        rules: &NameRules,
+        now_ms: u64,
+    ) -> Result<NameRecord, RecordError> {
+        if bytes.len() > rules.max_record_bytes {
+            return Err(RecordError::TooLarge {
+                size: bytes.len(),
+                max: rules.max_record_bytes,
+            });
+        }
+        let digest = *blake3::hash(bytes).as_bytes();
+        if let Some(record) = guard(&self.records).get(&digest)
+            && record.to_bytes() == bytes
+        {
+            if record.is_expired(now_ms) {
+                return Err(RecordError::Expired {
+                    expires_at_ms: record.params().expires_at_ms,
+                });
+            }
+            return Ok(record.clone());
+        }
+        let record = NameRecord::verify(bytes, rules, now_ms)?;
+        let mut records = guard(&self.records);
+        if records.len() >= MAX_VERIFIED {
+            records.clear();
+        }
+        records.insert(digest, record.clone());
+        Ok(record)
     }
 }
 
@@ -79,6 +204,7 @@ const MAX_ADDRS: usize = 8;
 #[derive(Debug, Clone)]
 pub(crate) struct NameValidator {
     pub(crate) rules: NameRules,
+    verified: Arc<VerifiedRecords>,
 }
 
 impl RecordValidator for NameValidator {
@@ -109,7 +235,10 @@ impl RecordValidator for NameValidator {
                 ),
             });
         }
-        let record = NameRecord::verify(value, &self.rules, now_ms()).map_err(|e| e.to_string())?;
+        let record = self
+            .verified
+            .verify(value, &self.rules, now_ms())
+            .map_err(|e| e.to_string())?;
         if record.name().replica_of(key).is_none() {
             return Err(format!(
                 "record for '{}' stored under a key that is not one of its replica keys",
@@ -174,22 +303,78 @@ pub struct Registration {
     pub published: bool,
 }
 
-/// The outcome of [`Node::resolve_name`].
+/// The outcome of [`Node::resolve_name`] and [`Node::resolve_name_fresh`].
 #[derive(Debug, Clone)]
 pub struct Resolution {
-    /// The winning claim.
-    pub record: NameRecord,
+    /// The owner: the pinned key, which every answer agrees with (or it would be a conflict).
+    pub peer_id: PeerId,
+    /// The owner's claim as the DHT returned it: from this lookup, or from this node's last
+    /// lookup of the name when answered from memory. `None` when answered from a pin alone (made
+    /// by an invite, or before this node last started) until a background check fetches it.
+    pub record: Option<NameRecord>,
     /// When the name was pinned to this owner (unix ms).
     pub pinned_at_ms: u64,
+    /// When the owner claimed the name (unix ms; 0 for a pin made from an invite and not looked
+    /// up since).
+    pub claimed_at_ms: u64,
     /// True when this resolution created the pin.
     pub newly_pinned: bool,
-    /// Distinct holders that returned this owner, over all replica keys.
+    /// Distinct holders that returned this owner, over all replica keys, at the lookup this
+    /// answer rests on (0 when answered from a pin alone).
     pub holders: usize,
     /// Replica keys (of [`NAME_REPLICAS`]) where this owner was the answer most holders gave.
     pub replicas: usize,
     /// Other owners some holders returned, with their distinct holders (ignored; a sign of an
     /// attack or a stale holder).
     pub rivals: Vec<(PeerId, usize)>,
+    /// Where the answer came from.
+    pub source: ResolvedFrom,
+    /// When the DHT last confirmed this owner (unix ms), if it has since this node started.
+    pub checked_at_ms: Option<u64>,
+}
+
+/// Where a [`Resolution`] came from: a user is told whether the network was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedFrom {
+    /// A DHT lookup made for this call.
+    Network,
+    /// The pin and this node's last lookup of the name (no network call; re-checked in the
+    /// background at most once a minute).
+    Cache,
+    /// The pin alone (no network call; the claim's details arrive with the background check).
+    Pin,
+}
+
+impl ResolvedFrom {
+    /// The word the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedFrom::Network => "network",
+            ResolvedFrom::Cache => "cache",
+            ResolvedFrom::Pin => "pin",
+        }
+    }
+}
+
+/// What the node learned about a name on its own (a background check), pushed to API clients.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum NameEvent {
+    /// A lookup found a pinned name held by another key (refused from now on, until a lookup
+    /// finds the pinned key again), or contested with no owner holding a majority of its keys
+    /// (the pin still answers: nothing says the owner changed).
+    Conflict {
+        /// The name.
+        name: String,
+        /// The pinned key.
+        pinned: PeerId,
+        /// When the pinned owner claimed it (RFC 3339).
+        pinned_since: String,
+        /// The other key the DHT returns.
+        found: PeerId,
+        /// True for a contest (no majority), false for a clear new owner.
+        contested: bool,
+    },
 }
 
 /// A proof of work the client computed itself (so it can show progress).
@@ -415,7 +600,7 @@ impl Node {
 
     /// One GET per replica key of `name`, concurrently; the valid answers per replica (a replica
     /// whose GET failed has none). Fails only if every GET failed.
-    async fn ask_replicas(
+    pub(crate) async fn ask_replicas(
         &self,
         name: &Name,
         quorum: usize,
@@ -426,6 +611,7 @@ impl Node {
             .map(|key| self.net().get_record(key, quorum));
         let results = futures::future::join_all(gets).await;
         let rules = self.name_rules();
+        let verified = &self.inner.names.verified;
         let now = now_ms();
         let mut replicas = Vec::with_capacity(results.len());
         let mut first_error = None;
@@ -445,7 +631,8 @@ impl Node {
                 answers
                     .into_iter()
                     .filter_map(|a| {
-                        NameRecord::verify(&a.value, rules, now)
+                        verified
+                            .verify(&a.value, rules, now)
                             .ok()
                             .filter(|r| r.name() == name)
                             .map(|record| Answer {
@@ -462,17 +649,121 @@ impl Node {
         }
     }
 
-    /// Resolves a name to its owner through the DHT, and pins the first answer.
+    /// Resolves a name to its owner, pinning the first answer.
     ///
-    /// A later answer with another key is [`ServiceError::NameConflict`]; nothing follows a
-    /// changed key silently.
+    /// A pinned name answers from the pin and this node's last lookup of it, with no network
+    /// call, and the DHT is asked again in the background at most once a minute; a key change
+    /// that check finds is [`ServiceError::NameConflict`] from the next call on (and a
+    /// [`NameEvent::Conflict`]). A name never resolved here is looked up now. Use
+    /// [`Node::resolve_name_fresh`] to ask the network now.
     pub async fn resolve_name(&self, name: &str) -> Result<Resolution, ServiceError> {
         let name = Name::parse(name)?;
-        let (selected, replicas) = match self.lookup(&name).await? {
+        match self.answer_locally(&name) {
+            Ok(Some(resolution)) => {
+                self.recheck_in_background(&name);
+                Ok(resolution)
+            }
+            Ok(None) => self.resolve_on_network(&name).await,
+            Err(e) => {
+                // A conflict found earlier: a later check may find the pinned key again.
+                self.recheck_in_background(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolves a name through the DHT now, whatever is pinned or remembered, and pins the first
+    /// answer. A key different from the pinned one is [`ServiceError::NameConflict`] (kept, and
+    /// refused by later calls); finding the pinned key again clears an earlier conflict.
+    pub async fn resolve_name_fresh(&self, name: &str) -> Result<Resolution, ServiceError> {
+        let name = Name::parse(name)?;
+        self.resolve_on_network(&name).await
+    }
+
+    /// The answer for a pinned name from the store and memory: `Ok(None)` when the name is not
+    /// pinned, the recorded conflict when a lookup found another key.
+    fn answer_locally(&self, name: &Name) -> Result<Option<Resolution>, ServiceError> {
+        if let Some(conflict) = self.inner.names.conflict(name.as_str()) {
+            return Err(conflict);
+        }
+        let Some(pin) = self.store().names().pin(name.as_str())? else {
+            return Ok(None);
+        };
+        let owner = peer_from_bytes(&pin.peer_id)?;
+        Ok(Some(
+            match self.inner.names.known(name.as_str(), &owner, now_ms()) {
+                Some(known) => Resolution {
+                    peer_id: owner,
+                    claimed_at_ms: known.record.params().created_at_ms,
+                    record: Some(known.record),
+                    pinned_at_ms: pin.pinned_at_ms,
+                    newly_pinned: false,
+                    holders: known.holders,
+                    replicas: known.replicas,
+                    rivals: known.rivals,
+                    source: ResolvedFrom::Cache,
+                    checked_at_ms: Some(known.checked_at_ms),
+                },
+                None => Resolution {
+                    peer_id: owner,
+                    record: None,
+                    pinned_at_ms: pin.pinned_at_ms,
+                    claimed_at_ms: pin.claimed_at_ms,
+                    newly_pinned: false,
+                    holders: 0,
+                    replicas: 0,
+                    rivals: Vec::new(),
+                    source: ResolvedFrom::Pin,
+                    checked_at_ms: None,
+                },
+            },
+        ))
+    }
+
+    /// Asks the DHT about a name in a task of its own, unless it was asked within the last
+    /// minute ([`crate::Options::name_recheck_every`]). What it finds is remembered: a key change is refused from the next use on and
+    /// pushed to API clients. Holds only a weak reference, so it never keeps a stopped node alive.
+    fn recheck_in_background(&self, name: &Name) {
+        let every = self.inner.options.name_recheck_every;
+        if !self.inner.names.check_due(name.as_str(), every) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let Some(inner) = weak.upgrade() else { return };
+            if let Err(e) = (Node { inner }).resolve_on_network(&name).await {
+                tracing::debug!(%name, error = %e, "background check of a pinned name");
+            }
+        });
+    }
+
+    /// The DHT lookup behind every resolution that is not answered locally: decide, pin the first
+    /// answer, record conflicts (and tell API clients), remember the answer.
+    async fn resolve_on_network(&self, name: &Name) -> Result<Resolution, ServiceError> {
+        let (selected, replicas) = match self.lookup(name).await? {
             None => return Err(ServiceError::NameNotFound(name.to_string())),
             Some(Verdict::Owner { selected, replicas }) => (selected, replicas),
             Some(Verdict::Contested { contestants }) => {
-                return Err(self.contested(&name, &contestants)?);
+                let error = self.contested(name, &contestants)?;
+                if let ServiceError::NameConflict {
+                    pinned,
+                    pinned_since,
+                    found,
+                    ..
+                } = &error
+                    && self.store().names().pin(name.as_str())?.is_some()
+                {
+                    self.dm()
+                        .emit(crate::MessageEvent::Name(NameEvent::Conflict {
+                            name: name.to_string(),
+                            pinned: *pinned,
+                            pinned_since: pinned_since.clone(),
+                            found: *found,
+                            contested: true,
+                        }));
+                }
+                return Err(error);
             }
         };
         let found = selected.record.peer_id();
@@ -497,7 +788,21 @@ impl Node {
                 pinned_since: rfc3339(pin.claimed_at_ms),
                 found,
             };
-            guard(&self.inner.names.conflicts).insert(name.to_string(), conflict.clone());
+            if self
+                .inner
+                .names
+                .set_conflict(name.as_str(), conflict.clone())
+            {
+                tracing::warn!(%name, %pinned, %found, "a pinned name is held by another key now");
+                self.dm()
+                    .emit(crate::MessageEvent::Name(NameEvent::Conflict {
+                        name: name.to_string(),
+                        pinned,
+                        pinned_since: conflict.pinned_since.clone(),
+                        found,
+                        contested: false,
+                    }));
+            }
             return Err(ServiceError::NameConflict {
                 name: name.to_string(),
                 pinned: conflict.pinned,
@@ -506,7 +811,7 @@ impl Node {
                 contested: false,
             });
         }
-        guard(&self.inner.names.conflicts).remove(name.as_str());
+        self.inner.names.clear_conflict(name.as_str());
         let newly_pinned = pin.pinned_at_ms == candidate.pinned_at_ms;
         if newly_pinned {
             self.store().flush().await?;
@@ -518,13 +823,28 @@ impl Node {
                     .peers()
                     .record_seen(&found.to_bytes(), Some(&addr.to_vec()), None, 0);
         }
+        let checked_at_ms = now_ms();
+        self.inner.names.remember(
+            name.as_str(),
+            Known {
+                record: selected.record.clone(),
+                holders: selected.holders,
+                replicas,
+                rivals: selected.rivals.clone(),
+                checked_at_ms,
+            },
+        );
         Ok(Resolution {
-            record: selected.record,
+            peer_id: found,
+            claimed_at_ms: selected.record.params().created_at_ms,
+            record: Some(selected.record),
             pinned_at_ms: pin.pinned_at_ms,
             newly_pinned,
             holders: selected.holders,
             replicas,
             rivals: selected.rivals,
+            source: ResolvedFrom::Network,
+            checked_at_ms: Some(checked_at_ms),
         })
     }
 
@@ -635,17 +955,13 @@ impl Node {
             Ok(peer) => (peer, String::new(), Vec::new()),
             Err(_) => {
                 let resolution = self.resolve_name(target).await?;
-                (
-                    resolution.record.peer_id(),
-                    resolution.record.name().to_string(),
-                    resolution
-                        .record
-                        .params()
-                        .addrs
-                        .iter()
-                        .map(|a| a.to_vec())
-                        .collect(),
-                )
+                let name = Name::parse(target)?.to_string();
+                let addrs = resolution
+                    .record
+                    .iter()
+                    .flat_map(|r| r.params().addrs.iter().map(|a| a.to_vec()))
+                    .collect();
+                (resolution.peer_id, name, addrs)
             }
         };
         let contact = Contact {
@@ -747,10 +1063,10 @@ impl Node {
 
     /// Finds who a recipient string means: a petname first, then a name, then a peer id.
     ///
-    /// A name pinned earlier answers from the store with no network call (so a send to it works,
-    /// and is queued, while the node has no peers); the DHT is asked again in the background at
-    /// most once a minute, and a key change it finds is refused from the next call on. A name
-    /// never resolved here is looked up (and pinned) now.
+    /// A petname, or a name pinned earlier, answers from the store with no network call (so a
+    /// send to it works, and is queued, while the node has no peers); a pinned name is checked
+    /// on the DHT again in the background at most once a minute, and a key change it finds is
+    /// refused from the next call on. A name never resolved here is looked up (and pinned) now.
     pub async fn resolve_recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
         if let Ok(key) = petname_key(target)
             && let Some(contact) = self.store().names().contact(&key)?
@@ -758,26 +1074,16 @@ impl Node {
             return peer_from_bytes(&contact.peer_id);
         }
         if let Ok(name) = Name::parse(target) {
-            if let Some(conflict) = self.inner.names.conflict(name.as_str()) {
-                return Err(conflict);
+            let local = self.answer_locally(&name);
+            if !matches!(local, Ok(None)) {
+                self.recheck_in_background(&name);
             }
-            if let Some(pin) = self.store().names().pin(name.as_str())? {
-                let peer = peer_from_bytes(&pin.peer_id)?;
-                if self.inner.names.check_due(name.as_str()) {
-                    let weak = std::sync::Arc::downgrade(&self.inner);
-                    let name = name.to_string();
-                    tokio::spawn(async move {
-                        let Some(inner) = weak.upgrade() else { return };
-                        if let Err(e) = (Node { inner }).resolve_name(&name).await {
-                            tracing::debug!(%name, error = %e, "background check of a pinned name");
-                        }
-                    });
-                }
-                return Ok(peer);
+            if let Some(resolution) = local? {
+                return Ok(resolution.peer_id);
             }
         }
         match self.resolve_name(target).await {
-            Ok(resolution) => return Ok(resolution.record.peer_id()),
+            Ok(resolution) => return Ok(resolution.peer_id),
             Err(ServiceError::NameNotFound(_) | ServiceError::InvalidName(_)) => {}
             Err(e) => return Err(e),
         }
@@ -839,11 +1145,6 @@ pub(crate) fn public_key_of(peer: &PeerId) -> Result<PublicKey, ServiceError> {
     PublicKey::try_decode_protobuf(multihash.digest()).map_err(|_| ServiceError::NoPublicKey(*peer))
 }
 
-/// Keeps the validator type private while letting `Node::start` build one.
-pub(crate) fn validator(rules: NameRules) -> Arc<dyn RecordValidator> {
-    Arc::new(NameValidator { rules })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,6 +1155,192 @@ mod tests {
         assert!(petname_key("").is_err());
         assert!(petname_key(&"x".repeat(65)).is_err());
         assert!(petname_key("a\nb").is_err());
+    }
+
+    fn rules() -> NameRules {
+        NameRules {
+            difficulty: 4,
+            ..NameRules::default()
+        }
+    }
+
+    /// A valid claim for `name` by a fresh key, expiring `ttl_ms` after now.
+    fn claim(name: &str, ttl_ms: u64) -> NameRecord {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let name = Name::parse(name).unwrap();
+        let peer = key.public().to_peer_id().to_bytes();
+        let created_at_ms = now_ms();
+        let nonce = pow::solve(name.as_str(), &peer, created_at_ms, 4, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        NameRecord::sign(
+            &key,
+            ClaimParams {
+                name,
+                created_at_ms,
+                seq: 1,
+                expires_at_ms: created_at_ms + ttl_ms,
+                pow_nonce: nonce,
+                addrs: Vec::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verified_records_check_each_distinct_record_once_and_its_expiry_every_time() {
+        let verified = VerifiedRecords::default();
+        let record = claim("alice", 60_000);
+        let now = now_ms();
+        let first = verified.verify(record.to_bytes(), &rules(), now).unwrap();
+        assert_eq!(first, record);
+        // Remembered: a second answer with the same bytes is not checked again (a difficulty no
+        // record could meet would refuse it if it were).
+        let impossible = NameRules {
+            difficulty: 255,
+            ..rules()
+        };
+        assert_eq!(
+            verified
+                .verify(record.to_bytes(), &impossible, now)
+                .unwrap(),
+            record
+        );
+        assert!(NameRecord::verify(record.to_bytes(), &impossible, now).is_err());
+        // Expiry is checked on every use.
+        assert!(matches!(
+            verified.verify(record.to_bytes(), &rules(), now + 61_000),
+            Err(RecordError::Expired { .. })
+        ));
+        // Other bytes are checked in full: a flipped signature bit fails, and is not remembered.
+        let mut forged = record.to_bytes().to_vec();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        for _ in 0..2 {
+            assert!(matches!(
+                verified.verify(&forged, &rules(), now),
+                Err(RecordError::BadSignature)
+            ));
+        }
+        // Oversized input is refused before it is hashed or remembered.
+        let huge = vec![0u8; rules().max_record_bytes + 1];
+        assert!(matches!(
+            verified.verify(&huge, &rules(), now),
+            Err(RecordError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn verified_records_stay_bounded() {
+        let verified = VerifiedRecords::default();
+        let now = now_ms();
+        for i in 0..(MAX_VERIFIED + 10) {
+            let record = claim(&format!("name{i}"), 60_000);
+            verified.verify(record.to_bytes(), &rules(), now).unwrap();
+        }
+        assert!(guard(&verified.records).len() <= MAX_VERIFIED);
+    }
+
+    #[test]
+    fn the_name_cache_answers_only_for_the_pinned_owner_and_an_unexpired_claim() {
+        let cache = NameCache::default();
+        let record = claim("bob", 10_000);
+        let owner = record.peer_id();
+        cache.remember(
+            "bob",
+            Known {
+                record: record.clone(),
+                holders: 7,
+                replicas: 5,
+                rivals: vec![(PeerId::random(), 1)],
+                checked_at_ms: 42,
+            },
+        );
+        let now = now_ms();
+        let known = cache.known("bob", &owner, now).unwrap();
+        assert_eq!(
+            (known.holders, known.replicas, known.checked_at_ms),
+            (7, 5, 42)
+        );
+        assert_eq!(known.rivals.len(), 1);
+        assert!(
+            cache.known("bob", &PeerId::random(), now).is_none(),
+            "another owner"
+        );
+        assert!(
+            cache.known("bob", &owner, now + 10_001).is_none(),
+            "expired"
+        );
+        assert!(
+            cache.known("carol", &owner, now).is_none(),
+            "never looked up"
+        );
+    }
+
+    #[test]
+    fn a_lookup_counts_as_a_check_and_checks_are_rate_limited() {
+        let cache = NameCache::default();
+        let minute = Duration::from_secs(60);
+        assert!(cache.check_due("dave", minute), "never checked");
+        assert!(!cache.check_due("dave", minute), "just started one");
+        assert!(
+            cache.check_due("dave", Duration::ZERO),
+            "due at once with no interval"
+        );
+        cache.remember(
+            "erin",
+            Known {
+                record: claim("erin", 10_000),
+                holders: 1,
+                replicas: 5,
+                rivals: Vec::new(),
+                checked_at_ms: now_ms(),
+            },
+        );
+        assert!(
+            !cache.check_due("erin", minute),
+            "a network lookup just happened"
+        );
+    }
+
+    #[test]
+    fn a_conflict_is_news_once_and_refused_until_cleared() {
+        let cache = NameCache::default();
+        let conflict = Conflict {
+            pinned: PeerId::random(),
+            pinned_since: "2026-01-01T00:00:00Z".to_owned(),
+            found: PeerId::random(),
+        };
+        assert!(cache.conflict("zed").is_none());
+        assert!(cache.set_conflict("zed", conflict.clone()), "news");
+        assert!(
+            !cache.set_conflict("zed", conflict.clone()),
+            "the same again"
+        );
+        match cache.conflict("zed") {
+            Some(ServiceError::NameConflict {
+                pinned,
+                found,
+                contested,
+                ..
+            }) => {
+                assert_eq!((pinned, found), (conflict.pinned, conflict.found));
+                assert!(!contested);
+            }
+            other => panic!("expected the conflict, got {other:?}"),
+        }
+        let moved = Conflict {
+            found: PeerId::random(),
+            ..conflict
+        };
+        assert!(
+            cache.set_conflict("zed", moved),
+            "another key is news again"
+        );
+        cache.clear_conflict("zed");
+        assert!(cache.conflict("zed").is_none());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Options {
     /// A resolve stops once this many distinct holders agree. Default 4 (as Substrate's
     /// authority discovery).
     pub resolve_quorum: usize,
+    /// How often a use of a pinned name (a resolution or a send, answered from the pin) checks
+    /// the name on the DHT again in the background; a name looked up within this long is not
+    /// asked again. Default 60 s.
+    pub name_recheck_every: Duration,
     /// How often owned names are re-published (and renewed when half their lifetime is gone).
     /// Default 1 hour; the first run is a few seconds after start.
     pub republish_every: Duration,
@@ -78,6 +82,7 @@ impl Default for Options {
         Self {
             name_rules: NameRules::default(),
             resolve_quorum: 4,
+            name_recheck_every: crate::names::PIN_RECHECK,
             republish_every: Duration::from_secs(3600),
             first_republish_after: Duration::from_secs(3),
             pickle_key: None,
@@ -161,7 +166,8 @@ impl Node {
         store: Store,
         options: Options,
     ) -> Result<Self, ServiceError> {
-        config.record_validator = Some(crate::names::validator(options.name_rules.clone()));
+        let names = crate::names::NameCache::default();
+        config.record_validator = Some(names.validator(options.name_rules.clone()));
         let keypair = config.keypair.clone();
         let mut registry = Registry::with_prefix("kith");
         let net_metrics = NetMetrics::default();
@@ -207,7 +213,7 @@ impl Node {
                 groups,
                 files,
                 calls,
-                names: crate::names::NameCache::default(),
+                names,
                 mailbox_refused,
                 mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                 client,
@@ -330,7 +336,8 @@ impl Node {
     /// Everything `kith doctor` judges: the status, what we own and when we last published it,
     /// and how our mailbox relays last answered.
     pub async fn checkup(&self) -> Result<crate::health::Checkup, ServiceError> {
-        let status = self.status().await?;
+        let (status, name_claims) = tokio::join!(self.status(), self.name_claims());
+        let status = status?;
         let owned_names = self.store().names().list_own()?.len();
         let health = self.health(|h| h.clone());
         let mailboxes = self
@@ -359,6 +366,7 @@ impl Node {
                 .unwrap_or_default(),
             clock_skew: health.clock.estimate(now_ms()),
             max_clock_skew: self.name_rules().max_clock_skew,
+            name_claims,
         })
     }
 

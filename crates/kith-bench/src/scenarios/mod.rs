@@ -143,8 +143,8 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         name: "resolve.warm",
         group: Group::Resolve,
         unit: "us",
-        measures: "name resolution of a name resolved before",
-        baseline: "raw Kademlia get_record",
+        measures: "resolve_name of a name resolved (and pinned) before: answered from the pin and the last lookup, no network call",
+        baseline: "raw Kademlia get_record (what the answer no longer waits for)",
         missing: None,
     },
     Spec {

@@ -405,3 +405,36 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn standings_show_every_owner_with_its_replicas_and_holders_even_when_one_wins() {
+    let owner = Keypair::generate_ed25519();
+    let rival = Keypair::generate_ed25519();
+    let ro = record(&owner, NOW - 100, 1);
+    let rr = record(&rival, NOW - 10, 1);
+    // The owner wins four keys; the rival wins the fifth and is seen at one more.
+    let mut second = answers(4, &ro);
+    second.push(answer(0, &rr));
+    let replicas = vec![
+        answers(3, &rr),
+        second,
+        answers(4, &ro),
+        answers(4, &ro),
+        answers(4, &ro),
+    ];
+    let all = standings(&replicas);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].record.peer_id(), owner.public().to_peer_id());
+    assert_eq!((all[0].replicas, all[0].holders), (4, 16));
+    assert_eq!(all[1].record.peer_id(), rival.public().to_peer_id());
+    assert_eq!((all[1].replicas, all[1].holders), (1, 4));
+    // decide rules on the same standings: the owner, with the rival listed.
+    match decide(&replicas, REPLICAS).unwrap() {
+        Verdict::Owner { selected, replicas } => {
+            assert_eq!(replicas, 4);
+            assert_eq!(selected.rivals, vec![(rival.public().to_peer_id(), 4)]);
+        }
+        other => panic!("expected the owner, got {other:?}"),
+    }
+    assert!(standings(&[]).is_empty());
+}
