@@ -124,7 +124,7 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
         check(&report, "clock")["detail"]
             .as_str()
             .unwrap()
-            .contains("unknown"),
+            .contains("not measured yet"),
         "{report}"
     );
     // The human form says the same, one line per check and a fix line per problem.
@@ -158,6 +158,24 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
         assert_eq!(mailboxes["level"], "warning", "{mailboxes}");
         assert!(mailboxes["fix"].as_str().unwrap().contains("relay = true"));
     }
+
+    // A message's ack carries the recipient's clock: the sender's doctor now knows the skew (on
+    // one machine, well under a second).
+    let a_id = a.ready["peer_id"].as_str().unwrap().to_owned();
+    kith_ok(&b.home, &["send", &a_id, "what time is it?"]);
+    let clock = poll("B's doctor to measure the clock skew", TIMEOUT, || {
+        let (_, report) = b.doctor();
+        let clock = check(&report, "clock").clone();
+        clock["detail"]
+            .as_str()?
+            .contains("median of 1 peer(s)")
+            .then_some(clock)
+    });
+    assert_eq!(clock["level"], "ok", "{clock}");
+    assert!(
+        clock["detail"].as_str().unwrap().contains(" ms "),
+        "{clock}"
+    );
     kith_ok(&b.home, &["stop"]);
     kith_ok(&a.home, &["stop"]);
 }

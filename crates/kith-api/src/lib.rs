@@ -82,7 +82,7 @@ pub use types::{
     GroupMessageReport, GroupReport, GroupSendReport, GroupSendRequest, HistoryReport,
     HolePunchReport, IceReport, IceServerReport, InviteReport, MarkReadReport, MessageReport,
     NameReport, OkReport, PeerReport, PowParams, RecipientUsage, RegisterRequest, RelayReport,
-    RelayServedReport, ResolveReport, RivalReport, SaveFileRequest, SavedFile, SendFileReport, SendFileRequest,
-    SendReport, SendRequest, StartCallRequest, StatusReport, TrustReport, VerifyReport,
-    status_name, trust_name,
+    RelayServedReport, ResolveReport, RivalReport, SaveFileRequest, SavedFile, SendFileReport,
+    SendFileRequest, SendReport, SendRequest, StartCallRequest, StatusReport, TrustReport,
+    VerifyReport, status_name, trust_name,
 };

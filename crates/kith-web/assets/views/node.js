@@ -93,6 +93,11 @@ export function NodeView() {
               Serving as a community relay: ${plural(st.relay.reservations, 'reservation')}, ${plural(st.relay.circuits, 'circuit')} open
               (${count(st.relay.circuits_total)} since start, ${count(st.relay.denied_total)} denied).
             </li>`}
+            ${st.hole_punch &&
+            st.hole_punch.succeeded + st.hole_punch.failed > 0 &&
+            html`<li>
+              Hole punching: ${plural(st.hole_punch.succeeded, 'relayed link')} made direct, ${count(st.hole_punch.failed)} failed.
+            </li>`}
             <li>Up for ${duration(st.uptime_secs)}. ${plural(st.known_peers, 'peer')} in the address book, ${bytes(st.store_bytes)} stored.</li>
           </ul>
           ${st.relays.length > 0 &&
@@ -141,7 +146,7 @@ export function NodeView() {
               (p) => html`<li key=${p.peer_id}>
                 <span class="peer-name">${displayName(s, p.peer_id)}</span>
                 <span class="muted">
-                  ${p.direction === 'inbound' ? 'connected to us' : 'we connected'} ${duration(p.connected_secs)} ago${p.agent ? ` · ${p.agent}` : ''}
+                  ${p.path === 'relayed' ? 'through a relay · ' : p.path === 'direct' ? 'direct · ' : ''}${p.direction === 'inbound' ? 'connected to us' : 'we connected'} ${duration(p.connected_secs)} ago${p.agent ? ` · ${p.agent}` : ''}
                 </span>
                 ${p.addrs[0] && html`<span class="mono wrap small-text">${p.addrs[0]}</span>`}
               </li>`,
