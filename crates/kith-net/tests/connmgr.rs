@@ -252,7 +252,13 @@ async fn an_idle_connection_closes_unless_it_shares_a_topic_or_is_protected() {
     })
     .await;
     let status = hub.client.status().await.unwrap();
-    assert_eq!(status.connections_idle_closed, 1);
+    // The stranger's connection, and the hub's own AutoNAT probe dial back to it when that one
+    // came first (a node with no confirmed address probes kith peers it was dialed by).
+    assert!(
+        (1..=2).contains(&status.connections_idle_closed),
+        "{}",
+        status.connections_idle_closed
+    );
     assert_eq!(status.connections_trimmed, 0);
     // The member connected before the stranger and was just as quiet.
     assert!(hub.connected(member.peer_id).await);
@@ -267,12 +273,13 @@ async fn an_idle_connection_closes_unless_it_shares_a_topic_or_is_protected() {
         (!hub.connected(friend.peer_id).await).then_some(())
     })
     .await;
-    assert_eq!(
-        hub.client.status().await.unwrap().connections_idle_closed,
-        2
-    );
+    let closed = hub.client.status().await.unwrap().connections_idle_closed;
+    assert!(closed > status.connections_idle_closed, "{closed}");
     assert!(hub.connected(member.peer_id).await);
-    assert!(metrics_text(&hub.metrics).contains("kith_connections_idle_closed_total 2"));
+    assert!(
+        metrics_text(&hub.metrics)
+            .contains(&format!("kith_connections_idle_closed_total {closed}"))
+    );
 
     for node in [member, friend, stranger, hub] {
         node.stop().await;
