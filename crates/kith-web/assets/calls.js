@@ -26,11 +26,11 @@ const STATS_EVERY_MS = 2000;
 /** A group member who joined but sent no offer by then is offered to (see `joined`). */
 const GROUP_OFFER_FALLBACK_MS = 4000;
 /**
- * The longest an offer made while the other side rings waits for our first ICE candidate, so
- * that it carries it instead of a signal of its own following (a host candidate takes a
- * millisecond or two; later ones, such as TCP's or TURN's, follow on their own).
+ * The longest an offer or answer waits for our first ICE candidate, so that it carries it
+ * instead of a signal of its own following one hop later (the other side needs one to connect;
+ * a host candidate takes milliseconds; later ones, such as TCP's or TURN's, follow on their own).
  */
-const RING_OFFER_CANDIDATE_MS = 50;
+const FIRST_CANDIDATE_MS = 50;
 /** The most participants of a call, us included (a full mesh). */
 export const MAX_CALL_SIZE = 4;
 
@@ -195,9 +195,14 @@ function begin(fields) {
   clearTimeout(endTimer);
   closeAll();
   let markConfigured;
-  // Resolved once the ICE servers are known: no connection is made before (see signalIn).
+  let markNamed;
+  // Resolved once the ICE servers are known: no connection is made before (see signalIn); and
+  // once the call has its id: no signal is sent before (see send).
   const configured = new Promise((resolve) => {
     markConfigured = resolve;
+  });
+  const named = new Promise((resolve) => {
+    markNamed = resolve;
   });
   current = {
     id: null,
@@ -211,9 +216,12 @@ function begin(fields) {
     early: [],
     configured,
     markConfigured,
+    named,
+    markNamed,
     joined: null,
     ...fields,
   };
+  if (current.id) markNamed();
   publish();
 }
 
@@ -370,9 +378,14 @@ function mediaReady(c) {
 
 function send(p, kind, data) {
   const c = current;
-  // A joiner's answer goes after its node sent ACCEPT (the POST is on its way already).
-  return Promise.resolve(c.joined)
-    .then(() => api.signal(c.id, p.peer, kind, data))
+  // Nothing goes before the call has its id (the caller's offer is made while POST /v1/calls
+  // travels), and a joiner's answer goes after its node sent ACCEPT (that POST is on its way).
+  return Promise.all([c.named, c.joined])
+    .then(() => {
+      // A connection closed meanwhile (our call gave way to theirs) sends nothing more.
+      if (peers.get(p.peer) === p) return api.signal(c.id, p.peer, kind, data);
+      return null;
+    })
     .catch((e) => {
       if (current === c && active()) console.warn(`kith: signal to ${shortId(p.peer)} failed: ${e.message}`);
     });
@@ -386,6 +399,18 @@ function sendIce(p, candidate) {
   p.sdpSent = p.sdpSent.then(() => {
     send(p, 'ice', candidate);
   });
+}
+
+/** Sets our offer or answer and sends it with the first candidate in it (see FIRST_CANDIDATE_MS). */
+async function describe(p) {
+  p.bundling = true;
+  try {
+    await p.pc.setLocalDescription();
+    await firstCandidate(p.pc, FIRST_CANDIDATE_MS);
+  } finally {
+    p.bundling = false;
+  }
+  sendSdp(p);
 }
 
 function sendSdp(p) {
@@ -416,15 +441,8 @@ function offerTo(peer, invited = false) {
     .then(async () => {
       p.makingOffer = true;
       try {
-        // The offer to someone still ringing waits (briefly) for our first candidate and
-        // carries it: one signal fewer while the ring travels.
-        p.bundling = invited;
-        await p.pc.setLocalDescription();
-        if (invited) await firstCandidate(p.pc, RING_OFFER_CANDIDATE_MS);
-        p.bundling = false;
-        sendSdp(p);
+        await describe(p);
       } finally {
-        p.bundling = false;
         p.makingOffer = false;
       }
     })
@@ -470,8 +488,7 @@ async function apply(p, kind, data) {
           if (!t.stopped && (kind === 'audio' || (kind === 'video' && c.video))) t.direction = 'sendrecv';
         }
       }
-      await pc.setLocalDescription();
-      sendSdp(p);
+      await describe(p);
     }
   } else if (kind === 'ice') {
     // End of candidates (null) is not applied: candidates travel as separate requests, so it may
@@ -659,6 +676,9 @@ export async function placeCall(target, video) {
       return;
     }
     c.markConfigured();
+    // A call from a conversation names the peer id: our offer is made while the ring travels.
+    const direct = target.to && /^12D3/.test(target.to) ? target.to : null;
+    if (direct) offerTo(direct, true);
     const report = await ringing;
     if (current !== c) {
       dropMedia();
@@ -670,9 +690,23 @@ export async function placeCall(target, video) {
       await api.hangUp(c.id).catch(() => {});
       return;
     }
-    update(report);
-    // Our offer to everyone we ring goes now, while they ring: joining then takes one hop.
-    if (active()) for (const part of report.participants || []) if (part.state === 'ringing' && !peers.has(part.peer)) offerTo(part.peer, true);
+    if (report.direction === 'incoming') {
+      // They were ringing us: the node joined their call instead. Our offer goes; theirs (the
+      // node kept it) is answered, and we offer to whoever else joined.
+      for (const peer of [...peers.keys()]) closePeer(peer);
+      c.direction = 'incoming';
+      c.markNamed();
+      update(report);
+      api.call(c.id).then((full) => {
+        for (const sig of [...(full.signals || [])].sort((a, b) => a.seq - b.seq)) signalIn(sig);
+      }, () => {});
+      if (active()) offerToJoined(report);
+    } else {
+      c.markNamed();
+      update(report);
+      // Our offer to everyone we ring goes now, while they ring: joining then takes one hop.
+      if (active()) for (const part of report.participants || []) if (part.state === 'ringing' && !peers.has(part.peer)) offerTo(part.peer, true);
+    }
     for (const ev of c.early.splice(0)) if (idOf(ev) === c.id && active()) handle(ev);
     const local = await media;
     if (current !== c || !active()) {
