@@ -1,5 +1,5 @@
 //! Call signalling between real nodes on loopback: ring, accept, browser signals both ways and
-//! hang-up; decline, busy, crossing calls that become one, an unknown caller who never rings, a
+//! hang-up; a caller's offer that reaches the callee while it rings; decline, busy, crossing calls that become one, an unknown caller who never rings, a
 //! stopped callee (unavailable, then the missed call when it is back), a ring flood and malformed
 //! signals. Media itself runs in browsers (tests/browser/tests/calls.test.js).
 
@@ -245,6 +245,122 @@ async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
         .await
         .unwrap();
     assert!(history.iter().all(|m| !m.text.contains("fingerprint")));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_who_offers_reaches_the_callee_while_it_rings_so_joining_is_one_hop() {
+    let mut all = nodes(2).await;
+    let b = all.pop().unwrap();
+    let a = all.pop().unwrap();
+    acquaint(&a, &b).await;
+    let mut a_events = a.node().subscribe();
+    let mut b_events = b.node().subscribe();
+
+    let call = a
+        .node()
+        .start_call_offering(CallTarget::Person(b.peer_id().to_string()), false)
+        .await
+        .unwrap();
+    let id = call.record.call_id;
+    assert!(call.caller_offers);
+    // B rings, told that A's offer follows.
+    let ring = next_call_event(&mut b_events, HOP, "incoming call", |e| match e {
+        CallEvent::Incoming(c) => Some(c.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ring.record.call_id, id);
+    assert!(ring.caller_offers, "the invitation says an offer follows");
+    // A's page offers while B rings: B's node passes it on and keeps it for the page that
+    // accepts, with the candidate after it.
+    let offer = r#"{"type":"offer","sdp":"v=0 fingerprint:sha-256 AB:CD"}"#;
+    let candidate = r#"{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0"}"#;
+    a.node()
+        .call_signal(&id, None, "sdp", offer.into())
+        .unwrap();
+    a.node()
+        .call_signal(&id, Some(b.peer_id()), "ice", candidate.into())
+        .unwrap();
+    next_call_event(&mut b_events, HOP, "A's offer while ringing", |e| match e {
+        CallEvent::Signal { call_id, signal } if *call_id == id && signal.kind == "sdp" => {
+            assert_eq!(signal.data, offer);
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    wait_until(
+        "B's node to keep the offer and the candidate",
+        HOP,
+        POLL,
+        async || b.node().call(&id).is_ok_and(|(_, kept)| kept.len() == 2),
+    )
+    .await
+    .unwrap();
+    let (info, kept) = b.node().call(&id).unwrap();
+    assert_eq!(
+        info.state,
+        CallState::Ringing,
+        "still ringing: nobody accepted"
+    );
+    assert!(info.caller_offers);
+    // (Signals sent in one delivery round travel side by side: their order of arrival varies.)
+    let mut kept: Vec<(&str, &str)> = kept
+        .iter()
+        .map(|s| (s.kind.as_str(), s.data.as_str()))
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(kept, vec![("ice", candidate), ("sdp", offer)]);
+
+    // B joins and answers: A hears the join and the answer (one delivery round, either order),
+    // and nothing else is needed.
+    b.node().accept_call(&id).unwrap();
+    let answer = r#"{"type":"answer","sdp":"v=0"}"#;
+    b.node()
+        .call_signal(&id, None, "sdp", answer.into())
+        .unwrap();
+    let (mut joined, mut answered) = (false, false);
+    while !(joined && answered) {
+        next_call_event(&mut a_events, HOP, "B joining and answering", |e| match e {
+            CallEvent::Joined { call, peer } if call.record.call_id == id => {
+                assert_eq!(*peer, b.peer_id());
+                joined = true;
+                Some(())
+            }
+            CallEvent::Signal { call_id, signal } if *call_id == id => {
+                assert_eq!(
+                    (signal.kind.as_str(), signal.data.as_str()),
+                    ("sdp", answer)
+                );
+                answered = true;
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    a.node().hangup_call(&id).unwrap();
+    ended(&mut b_events, id, HOP).await;
+
+    // A call placed the older way says nothing of an offer: the callee offers when it joins.
+    // (B answered the last call, so A may ring again at once.)
+    let plain = a
+        .node()
+        .start_call(CallTarget::Person(b.peer_id().to_string()), false)
+        .await
+        .unwrap();
+    assert!(!plain.caller_offers);
+    let ring = next_call_event(&mut b_events, HOP, "the second call", |e| match e {
+        CallEvent::Incoming(c) => Some(c.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ring.record.call_id, plain.record.call_id);
+    assert!(!ring.caller_offers);
+    a.node().hangup_call(&plain.record.call_id).unwrap();
+    ended(&mut b_events, plain.record.call_id, HOP).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

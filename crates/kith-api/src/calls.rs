@@ -82,6 +82,7 @@ fn report(info: &CallInfo, names: &HashMap<Vec<u8>, String>) -> CallReport {
                 state: participant_state_name(*state).to_owned(),
             })
             .collect(),
+        caller_offers: info.caller_offers,
     }
 }
 
@@ -169,7 +170,11 @@ pub(crate) async fn start_call(
             );
         }
     };
-    let result = state.node.start_call(target, req.video).await;
+    let result = if req.offers {
+        state.node.start_call_offering(target, req.video).await
+    } else {
+        state.node.start_call(target, req.video).await
+    };
     let names = petnames(&state.node);
     respond(StatusCode::OK, result.map(|call| report(&call, &names)))
 }

@@ -1049,6 +1049,10 @@ pub struct CallReport {
     pub duration_ms: Option<u64>,
     /// Everyone else in the call (never ourselves).
     pub participants: Vec<CallParticipantReport>,
+    /// An incoming call whose caller's page sends us its SDP offer (it may still be on its way):
+    /// our page answers it on joining instead of offering, so joining takes one signal hop.
+    #[serde(default)]
+    pub caller_offers: bool,
 }
 
 /// One other participant of a call.
@@ -1102,6 +1106,10 @@ pub struct StartCallRequest {
     /// Start with the camera on.
     #[serde(default)]
     pub video: bool,
+    /// This client sends each invitee its SDP offer (`POST /v1/calls/{id}/signal`) right after
+    /// this answers; the invitees' pages then answer it instead of offering (the web app does).
+    #[serde(default)]
+    pub offers: bool,
 }
 
 /// `POST /v1/calls/{id}/signal`.

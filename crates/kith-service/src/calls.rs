@@ -4,8 +4,11 @@
 //! caller: start_call → INVITE to each invitee ─▶ callee: ring (call.incoming) + RINGING back
 //!         (nobody answers the ring in UNAVAILABLE_AFTER: "unavailable"; nobody joins in the ring
 //!         timeout: "missed", HANGUP so the rings stop)
-//! callee: accept_call → ACCEPT to every participant; the one who joins offers (browser SDP/ICE
-//!         as MEDIA signals, opaque to the node) to everyone already joined
+//! caller: with `caller_offers` (the web app), its page sends each invitee an SDP offer (MEDIA)
+//!         right after the INVITE, while it rings; the callee's node keeps it for the page
+//! callee: accept_call → ACCEPT to every participant; the one who joins answers the caller's
+//!         offer if the invitation said one follows, and offers (browser SDP/ICE as MEDIA
+//!         signals, opaque to the node) to everyone else already joined
 //! anyone: hangup_call → HANGUP to the others; a 1:1 call ends on both sides
 //! caller: once ended, one CallSummary through the ordinary outbox: the entry both histories
 //!         show ("missed call", "call, 3 min"), reaching an offline callee through its mailbox
@@ -80,6 +83,9 @@ pub struct CallInfo {
     pub state: CallState,
     /// Everyone else, with their state (never ourselves).
     pub participants: Vec<(PeerId, ParticipantState)>,
+    /// The caller's page offers to every invitee (the invitation said so): an invitee's page
+    /// answers that offer on joining instead of offering to the caller, so joining is one hop.
+    pub caller_offers: bool,
 }
 
 /// A browser signal from another participant, kept while the call lasts so a page that opens
@@ -153,6 +159,8 @@ struct Live {
     participants: Vec<(PeerId, ParticipantState)>,
     /// Some node answered the invitation (RINGING, ACCEPT, DECLINE or BUSY).
     answered_ring: bool,
+    /// See [`CallInfo::caller_offers`].
+    caller_offers: bool,
     signals: Vec<RemoteSignal>,
 }
 
@@ -162,6 +170,7 @@ impl Live {
             record: self.record.clone(),
             state: self.state,
             participants: self.participants.clone(),
+            caller_offers: self.caller_offers,
         }
     }
 
@@ -338,11 +347,32 @@ impl Node {
 
     /// Starts a call: rings the person (or up to three other members of a group) and returns at
     /// once; `call.ringing`, `call.joined` and `call.ended` events tell what happens next. When
-    /// that person is ringing us already, this answers their call instead.
+    /// that person is ringing us already, this answers their call instead. Whoever joins makes
+    /// the WebRTC offers (see [`Node::start_call_offering`] for the faster way).
     pub async fn start_call(
         &self,
         target: CallTarget,
         video: bool,
+    ) -> Result<CallInfo, ServiceError> {
+        self.place_call(target, video, false).await
+    }
+
+    /// [`Node::start_call`] for a client that sends each invitee its SDP offer right after this
+    /// returns (the web app): the invitations say so, and an invitee answers that offer when it
+    /// joins, so the media connection needs one signal hop after the answer, not three.
+    pub async fn start_call_offering(
+        &self,
+        target: CallTarget,
+        video: bool,
+    ) -> Result<CallInfo, ServiceError> {
+        self.place_call(target, video, true).await
+    }
+
+    async fn place_call(
+        &self,
+        target: CallTarget,
+        video: bool,
+        caller_offers: bool,
     ) -> Result<CallInfo, ServiceError> {
         let me = self.peer_id();
         let (group, invitees) = match &target {
@@ -427,6 +457,7 @@ impl Node {
                 .map(|p| (*p, ParticipantState::Ringing))
                 .collect(),
             answered_ring: false,
+            caller_offers,
             signals: Vec::new(),
         };
         let info = live.info();
@@ -446,6 +477,7 @@ impl Node {
                 video,
                 group_id: group.map(|g| g.to_vec()).unwrap_or_default(),
                 participants: everyone.clone(),
+                caller_offers,
                 ..Default::default()
             };
             self.send_call_signal(*peer, signal)?;
@@ -688,6 +720,7 @@ impl Node {
     }
 
     fn send_call_signal(&self, peer: PeerId, signal: pb::CallSignal) -> Result<(), ServiceError> {
+        tracing::debug!(%peer, call = %hex::encode(&signal.call_id), kind = signal.kind, media = %signal.media_kind, "call signal out");
         let ttl = self.calls_component().ring_timeout;
         self.send_ephemeral(peer, pb::direct_payload::Body::CallSignal(signal), ttl)
             .map(|_| ())
@@ -865,6 +898,7 @@ impl Node {
 
     /// A call signal from `peer`, already decrypted, checked and stored-acknowledged.
     pub(crate) fn on_call_signal(&self, peer: PeerId, signal: pb::CallSignal) {
+        tracing::debug!(%peer, call = %hex::encode(&signal.call_id), kind = signal.kind, media = %signal.media_kind, "call signal in");
         let Some(id) = parse_call_id(&signal.call_id) else {
             return self.refuse_call_signal(peer, "bad call id");
         };
@@ -1085,6 +1119,7 @@ impl Node {
                 })
                 .collect(),
             answered_ring: true,
+            caller_offers: signal.caller_offers,
             signals: Vec::new(),
         };
         let info = live.info();
@@ -1166,6 +1201,7 @@ fn ended_info(record: CallRecord) -> CallInfo {
         record,
         state: CallState::Ended,
         participants,
+        caller_offers: false,
     }
 }
 

@@ -1180,7 +1180,8 @@ impl Node {
 
     /// Decrypts a batch of frames from the holder of `sender_key` (all checked already) and
     /// stores what they carry in one transaction with the sessions after the last of them, then
-    /// one flush, then a verdict per frame.
+    /// one flush, then a verdict per frame (call signals get theirs before the flush, and a batch
+    /// of call signals alone is not flushed: see below).
     ///
     /// Group control messages are applied after that transaction, by the group store's own
     /// writes, before the flush: a crash in between leaves their Olm step spent and the frame
@@ -1425,17 +1426,23 @@ impl Node {
             }
             control_replies.push(reply);
         }
-        // Call signals act at once: a ring or an SDP answer must not wait for the disk. Their Olm
-        // steps are in the transaction above; a crash before the flush only makes the sender
-        // resend the same bytes, and signals are idempotent for the page (offers and candidates
-        // are applied once per connection state, a second ring of one call id is ignored).
-        let call_replies: Vec<oneshot::Sender<Verdict>> = call_signals
-            .into_iter()
-            .map(|(signal, reply)| {
-                self.on_call_signal(peer, signal);
-                reply
-            })
-            .collect();
+        // Call signals act and are acknowledged at once, and a batch of nothing else is not
+        // flushed: a ring or an SDP answer must not wait for the disk, nor must the sender's next
+        // signal (its next delivery round waits for this ack). Their Olm steps are in the
+        // transaction above, made durable by the next flush (ours or sled's periodic one). A crash
+        // before it loses these signals, and with them the call, which start-up ends anyway; the
+        // sessions read back still decrypt the sender's later steps, and no step of ours was sent
+        // from unsaved state (every send flushes first). Nothing else is acknowledged before the
+        // flush.
+        let only_call_signals =
+            texts.is_empty() && receipts.is_empty() && control_replies.is_empty();
+        for (signal, reply) in call_signals {
+            self.on_call_signal(peer, signal);
+            let _ = reply.send(Ok(pb::AckStatus::AckStored));
+        }
+        if only_call_signals {
+            return;
+        }
         let flushed = self.store().flush().await;
         let verdict = match &flushed {
             Ok(_) => Ok(pb::AckStatus::AckStored),
@@ -1458,9 +1465,6 @@ impl Node {
             }
         }
         for reply in control_replies {
-            let _ = reply.send(verdict.clone());
-        }
-        for reply in call_replies {
             let _ = reply.send(verdict.clone());
         }
         if flushed.is_ok() {

@@ -160,8 +160,11 @@ export const contentUrl = (id) => `/v1/files/${seg(id)}/content`;
 // --- calls ---------------------------------------------------------------------------------------
 // Media runs in the browser (WebRTC); the node rings, records and carries the signalling.
 
-/** `target` is `{ to }` (a name, petname or peer id) or `{ group }`; answers the CallReport. */
-export const startCall = (target, video) => request('POST', '/v1/calls', { ...target, video: !!video });
+/**
+ * `target` is `{ to }` (a name, petname or peer id) or `{ group }`; answers the CallReport.
+ * `offers`: calls.js sends each invitee its SDP offer at once, so their pages answer it on joining.
+ */
+export const startCall = (target, video) => request('POST', '/v1/calls', { ...target, video: !!video, offers: true });
 export const calls = () => request('GET', '/v1/calls');
 /** The CallReport plus `signals`: everything the others sent us for this call so far. */
 export const call = (id) => request('GET', `/v1/calls/${seg(id)}`);

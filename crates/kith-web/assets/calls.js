@@ -4,10 +4,14 @@
 // What views show lives in the store (state.call, state.incoming); this module owns what is
 // behind it: the peer connections, the local stream, the ring tone and the stats timer.
 //
-// Who offers: the participant who joins makes the offers, to everyone already joined (a 1:1
-// callee offers to the caller, who answers). Offers that cross anyway (two members of a group
-// joining at the same moment) are settled as in WebRTC's "perfect negotiation": the peer with
-// the larger id yields to the other's offer.
+// Who offers: the caller, to every invitee, as soon as its call has an id (the invitation says
+// an offer follows, `caller_offers`); the node keeps the offer while the call rings, and an
+// invitee's page answers it on joining, so joining is one signal hop. Neither waits for the
+// microphone and camera: their places in the offer and the answer are filled when they open. A
+// participant who joins also offers to everyone else already joined. Offers that cross anyway
+// (two members of a group joining at the same moment) are settled as in WebRTC's "perfect
+// negotiation": the peer with the larger id yields to the other's offer; the caller's offer
+// made while ringing always yields (an older node's callee offers on joining).
 
 import * as api from './api.js';
 import { shortId } from './format.js';
@@ -21,6 +25,12 @@ const END_SHOWN_MS = 4000;
 const STATS_EVERY_MS = 2000;
 /** A group member who joined but sent no offer by then is offered to (see `joined`). */
 const GROUP_OFFER_FALLBACK_MS = 4000;
+/**
+ * The longest an offer or answer waits for our first ICE candidate, so that it carries it
+ * instead of a signal of its own following one hop later (the other side needs one to connect;
+ * a host candidate takes milliseconds; later ones, such as TCP's or TURN's, follow on their own).
+ */
+const FIRST_CANDIDATE_MS = 50;
 /** The most participants of a call, us included (a full mesh). */
 export const MAX_CALL_SIZE = 4;
 
@@ -110,12 +120,17 @@ export const stopStream = (stream) => stream && stream.getTracks().forEach((t) =
 
 // --- the call engine -----------------------------------------------------------------------------
 
-/** peer id → { peer, pc, polite, makingOffer, ignoreOffer, pendingIce, queue, sdpSent, stream, last, quality } */
+/** peer id → { peer, pc, polite, invited, attached, makingOffer, ignoreOffer, pendingIce, queue, sdpSent, stream, last, quality } */
 const peers = new Map();
 /** The call we are in (or placing, or that just ended), or null. `id` is null until POST answers. */
 let current = null;
 let endTimer = 0;
 let statsTimer = 0;
+/**
+ * The call ringing for us: `{ id, signals, config }`, the caller's offer and candidates as they
+ * come and the RTCConfiguration asked for at the first ring, kept for Accept.
+ */
+let held = null;
 
 // For tests only: the live peer connections by remote peer id, as a fresh Map on every read, so a
 // test can call getStats() and read connectionState (media flows cannot be seen from the DOM) and
@@ -142,7 +157,10 @@ function publish() {
   }
   const c = current;
   const remotes = {};
+  // Our offers to invitees exist from the start; their tiles appear once they join.
+  const waiting = new Set(((c.report && c.report.participants) || []).filter((x) => x.state === 'ringing').map((x) => x.peer));
   for (const [id, p] of peers) {
+    if (waiting.has(id)) continue;
     remotes[id] = { stream: p.stream || null, state: p.pc.connectionState, quality: p.quality || null };
   }
   let phase = c.phase;
@@ -176,7 +194,34 @@ function publish() {
 function begin(fields) {
   clearTimeout(endTimer);
   closeAll();
-  current = { id: null, report: null, ringing: false, muted: false, cameraOff: false, local: null, seen: new Set(), early: [], ...fields };
+  let markConfigured;
+  let markNamed;
+  // Resolved once the ICE servers are known: no connection is made before (see signalIn); and
+  // once the call has its id: no signal is sent before (see send).
+  const configured = new Promise((resolve) => {
+    markConfigured = resolve;
+  });
+  const named = new Promise((resolve) => {
+    markNamed = resolve;
+  });
+  current = {
+    id: null,
+    report: null,
+    ringing: false,
+    muted: false,
+    cameraOff: false,
+    local: null,
+    mediaReady: false,
+    seen: new Set(),
+    early: [],
+    configured,
+    markConfigured,
+    named,
+    markNamed,
+    joined: null,
+    ...fields,
+  };
+  if (current.id) markNamed();
   publish();
 }
 
@@ -253,7 +298,7 @@ async function localMedia(video) {
   }
 }
 
-function peerEntry(peer, offerer) {
+function peerEntry(peer, offerer, invited = false) {
   let p = peers.get(peer);
   if (p) return p;
   const pc = new RTCPeerConnection(current.config || {});
@@ -261,6 +306,9 @@ function peerEntry(peer, offerer) {
     peer,
     pc,
     polite: getState().me > peer,
+    invited,
+    attached: false,
+    bundling: false,
     makingOffer: false,
     ignoreOffer: false,
     pendingIce: [],
@@ -271,14 +319,22 @@ function peerEntry(peer, offerer) {
     quality: null,
   };
   peers.set(peer, p);
+  if (current.mediaReady) attach(p);
   const local = current.local;
-  if (local) for (const track of local.getTracks()) pc.addTrack(track, local);
-  if (offerer) {
+  if (offerer && current.mediaReady) {
     // Ask to receive what we do not send (no camera, no microphone) so the m-lines exist.
     if (!local || !local.getAudioTracks().length) pc.addTransceiver('audio', { direction: 'recvonly' });
     if (current.video && (!local || !local.getVideoTracks().length)) pc.addTransceiver('video', { direction: 'recvonly' });
+  } else if (offerer) {
+    // Our microphone (and camera) are still opening: the offer holds their places, and they
+    // are put in when they open (see attach), with no new negotiation.
+    pc.addTransceiver('audio', { direction: 'sendrecv' });
+    if (current.video) pc.addTransceiver('video', { direction: 'sendrecv' });
   }
-  pc.onicecandidate = ({ candidate }) => sendIce(p, candidate ? candidate.toJSON() : null);
+  pc.onicecandidate = ({ candidate }) => {
+    // While an offer waits for its candidates, they go inside it (see offerTo).
+    if (!p.bundling) sendIce(p, candidate ? candidate.toJSON() : null);
+  };
   pc.ontrack = ({ track, streams }) => {
     if (peers.get(peer) !== p) return;
     if (streams[0]) p.stream = streams[0];
@@ -294,19 +350,67 @@ function peerEntry(peer, offerer) {
   return p;
 }
 
+/**
+ * Our microphone and camera go on `p`'s connection, once: added as tracks before its first
+ * offer or answer, or put in the places an offer or answer made while they opened holds.
+ */
+function attach(p) {
+  if (p.attached) return;
+  p.attached = true;
+  const local = current.local;
+  if (!local) return;
+  for (const track of local.getTracks()) {
+    const place = p.pc.getTransceivers().find((t) => !t.stopped && !t.sender.track && t.receiver.track.kind === track.kind && t.direction === 'sendrecv');
+    if (!place) {
+      p.pc.addTrack(track, local);
+      continue;
+    }
+    place.sender.replaceTrack(track).catch((e) => console.warn(`kith: cannot send ${track.kind} to ${shortId(p.peer)}: ${e.message}`));
+    if (place.sender.setStreams) place.sender.setStreams(local);
+  }
+}
+
+/** Our media are open (or known to be missing): connections made before get them. */
+function mediaReady(c) {
+  c.mediaReady = true;
+  for (const p of peers.values()) attach(p);
+}
+
 function send(p, kind, data) {
   const c = current;
-  return api.signal(c.id, p.peer, kind, data).catch((e) => {
-    if (current === c && active()) console.warn(`kith: signal to ${shortId(p.peer)} failed: ${e.message}`);
-  });
+  // Nothing goes before the call has its id (the caller's offer is made while POST /v1/calls
+  // travels), and a joiner's answer goes after its node sent ACCEPT (that POST is on its way).
+  return Promise.all([c.named, c.joined])
+    .then(() => {
+      // A connection closed meanwhile (our call gave way to theirs) sends nothing more.
+      if (peers.get(p.peer) === p) return api.signal(c.id, p.peer, kind, data);
+      return null;
+    })
+    .catch((e) => {
+      if (current === c && active()) console.warn(`kith: signal to ${shortId(p.peer)} failed: ${e.message}`);
+    });
 }
 
 function sendIce(p, candidate) {
+  // The end of candidates is not sent: the far side does not apply it (see `apply`).
+  if (!candidate) return;
   // Candidates go after the description they belong to (in parallel with each other); the far
   // side keeps any that arrive before it.
   p.sdpSent = p.sdpSent.then(() => {
     send(p, 'ice', candidate);
   });
+}
+
+/** Sets our offer or answer and sends it with the first candidate in it (see FIRST_CANDIDATE_MS). */
+async function describe(p) {
+  p.bundling = true;
+  try {
+    await p.pc.setLocalDescription();
+    await firstCandidate(p.pc, FIRST_CANDIDATE_MS);
+  } finally {
+    p.bundling = false;
+  }
+  sendSdp(p);
 }
 
 function sendSdp(p) {
@@ -316,15 +420,28 @@ function sendSdp(p) {
   return sent;
 }
 
-/** Makes an offer to `peer` (we joined after them). */
-function offerTo(peer) {
-  const p = peerEntry(peer, true);
+/** Resolves once `pc` has its first ICE candidate (or all of them), or after `ms`. */
+function firstCandidate(pc, ms) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icecandidate', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    pc.addEventListener('icecandidate', done);
+  });
+}
+
+/** Makes an offer to `peer` (we joined after them, or `invited`: we call them and they ring). */
+function offerTo(peer, invited = false) {
+  const p = peerEntry(peer, true, invited);
   p.queue = p.queue
     .then(async () => {
       p.makingOffer = true;
       try {
-        await p.pc.setLocalDescription();
-        sendSdp(p);
+        await describe(p);
       } finally {
         p.makingOffer = false;
       }
@@ -332,29 +449,46 @@ function offerTo(peer) {
     .catch((e) => console.warn(`kith: offer to ${shortId(peer)} failed: ${e.message}`));
 }
 
-/** One signal from a participant: `{ seq, from, kind, data }`, each applied once, in order per peer. */
+/**
+ * One signal from a participant: `{ seq, from, kind, data }`, each applied once, in order per
+ * peer, once the ICE servers are known (an offer is taken in while our microphone opens).
+ */
 function signalIn(sig) {
   if (!active() || !current.id) return;
   if (current.seen.has(sig.seq)) return;
   current.seen.add(sig.seq);
-  const p = peerEntry(sig.from, false);
-  p.queue = p.queue.then(() => apply(p, sig.kind, sig.data)).catch((e) => console.warn(`kith: signal from ${shortId(sig.from)}: ${e.message}`));
+  const c = current;
+  c.configured.then(() => {
+    if (current !== c || !active()) return;
+    const p = peerEntry(sig.from, false);
+    p.queue = p.queue.then(() => apply(p, sig.kind, sig.data)).catch((e) => console.warn(`kith: signal from ${shortId(sig.from)}: ${e.message}`));
+  });
 }
 
 async function apply(p, kind, data) {
   if (peers.get(p.peer) !== p) return;
+  const c = current;
   const pc = p.pc;
   if (kind === 'sdp' && data && data.type) {
     const offer = data.type === 'offer';
     const collision = offer && (p.makingOffer || pc.signalingState !== 'stable');
-    p.ignoreOffer = !p.polite && collision;
+    // Our offer made while they rang yields to theirs (an older node's page offers on joining).
+    p.ignoreOffer = !p.polite && !p.invited && collision;
     if (p.ignoreOffer) return;
     // A polite peer's own offer is rolled back by this (implicit rollback).
     await pc.setRemoteDescription(data);
-    for (const c of p.pendingIce.splice(0)) await addIce(p, c);
+    for (const cand of p.pendingIce.splice(0)) await addIce(p, cand);
     if (offer) {
-      await pc.setLocalDescription();
-      sendSdp(p);
+      if (c.mediaReady) attach(p);
+      else {
+        // Our microphone (and camera) are still opening: the answer goes now and says we send
+        // too; they are put in when they open (see attach), with no new negotiation.
+        for (const t of pc.getTransceivers()) {
+          const kind = t.receiver.track.kind;
+          if (!t.stopped && (kind === 'audio' || (kind === 'video' && c.video))) t.direction = 'sendrecv';
+        }
+      }
+      await describe(p);
     }
   } else if (kind === 'ice') {
     // End of candidates (null) is not applied: candidates travel as separate requests, so it may
@@ -421,9 +555,11 @@ onCalls((ev) => {
     return;
   }
   const id = idOf(ev);
+  if (ev.type === 'call.signal' && held && held.id === id && held.signals.length < 100) held.signals.push(ev);
   const inc = getState().incoming;
   if (inc && inc.call_id === id && ev.type === 'call.ended') {
     stopRing();
+    held = null;
     setCallState({ incoming: null });
   }
   if (!current || current.phase === 'ended') return;
@@ -443,12 +579,14 @@ function handle(ev) {
   switch (ev.type) {
     case 'call.merged':
       // We called them as they called us: the node dropped our call and joined theirs for us,
-      // so we are the one who joined and we offer.
+      // so we are the one who joined: we answer their offer (or offer, to an older node). Our
+      // own offer belonged to the call that gave way.
       current.id = ev.call.call_id;
       current.direction = ev.call.direction;
       current.seen = new Set();
+      for (const peer of [...peers.keys()]) closePeer(peer);
       update(ev.call);
-      if (active()) for (const part of ev.call.participants || []) if (part.state === 'joined') offerTo(part.peer);
+      if (active()) offerToJoined(ev.call);
       break;
     case 'call.signal':
       signalIn(ev);
@@ -494,8 +632,8 @@ async function resync() {
       }
     } else if (!active()) {
       // A call ringing for us while this page was closed or away.
-      const ringing = calls.find((x) => x.direction === 'incoming' && x.state === 'ringing');
-      if (ringing) ringFor(ringing);
+      const ringingNow = calls.find((x) => x.direction === 'incoming' && x.state === 'ringing');
+      if (ringingNow) ringFor(ringingNow);
     }
   } catch {
     // The next reconnect tries again.
@@ -527,24 +665,57 @@ export async function placeCall(target, video) {
     // The ring starts while the microphone and camera open: nothing here waits for the other.
     const ringing = api.startCall(target, video);
     ringing.catch(() => {});
-    const [local, config] = await Promise.all([localMedia(video), configuration()]);
-    c.config = config;
-    c.local = local;
+    // The microphone and camera open while the ring and our offer travel (the offer holds
+    // their places).
+    const media = localMedia(video);
+    const dropMedia = () => media.then(stopStream);
+    c.config = await configuration();
     if (current !== c || c.hungUp) {
-      stopStream(local);
+      dropMedia();
       ringing.then((r) => api.hangUp(r.call_id)).catch(() => {});
       return;
     }
-    publish();
+    c.markConfigured();
+    // A call from a conversation names the peer id: our offer is made while the ring travels.
+    const direct = target.to && /^12D3/.test(target.to) ? target.to : null;
+    if (direct) offerTo(direct, true);
     const report = await ringing;
-    if (current !== c) return;
+    if (current !== c) {
+      dropMedia();
+      return;
+    }
     c.id = report.call_id;
     if (c.hungUp) {
+      dropMedia();
       await api.hangUp(c.id).catch(() => {});
       return;
     }
-    update(report);
+    if (report.direction === 'incoming') {
+      // They were ringing us: the node joined their call instead. Our offer goes; theirs (the
+      // node kept it) is answered, and we offer to whoever else joined.
+      for (const peer of [...peers.keys()]) closePeer(peer);
+      c.direction = 'incoming';
+      c.markNamed();
+      update(report);
+      api.call(c.id).then((full) => {
+        for (const sig of [...(full.signals || [])].sort((a, b) => a.seq - b.seq)) signalIn(sig);
+      }, () => {});
+      if (active()) offerToJoined(report);
+    } else {
+      c.markNamed();
+      update(report);
+      // Our offer to everyone we ring goes now, while they ring: joining then takes one hop.
+      if (active()) for (const part of report.participants || []) if (part.state === 'ringing' && !peers.has(part.peer)) offerTo(part.peer, true);
+    }
     for (const ev of c.early.splice(0)) if (idOf(ev) === c.id && active()) handle(ev);
+    const local = await media;
+    if (current !== c || !active()) {
+      stopStream(local);
+      return;
+    }
+    c.local = local;
+    mediaReady(c);
+    publish();
   } catch (e) {
     if (current !== c) return;
     if (e.kind === 'busy') c.outcome = 'busy';
@@ -552,31 +723,61 @@ export async function placeCall(target, video) {
   }
 }
 
-/** Accepts the call ringing for us: our media, then the node, then offers to those joined. */
+/** Offers to every participant already joined, except a caller who offers to us (we answer). */
+function offerToJoined(report) {
+  for (const part of report.participants || []) {
+    if (part.state === 'joined' && !(report.caller_offers && part.peer === report.peer)) offerTo(part.peer);
+  }
+}
+
+/**
+ * Accepts the call ringing for us: the node says we joined while our media open; then we answer
+ * the caller's offer (it came while we rang) and offer to the others already joined.
+ */
 export async function acceptCall() {
   const inc = getState().incoming;
   if (!inc) return;
   stopRing();
   setCallState({ incoming: null });
+  const mine = held && held.id === inc.call_id ? held : null;
+  const early = mine ? mine.signals : [];
+  const configured = mine && mine.config ? mine.config : configuration();
+  held = null;
   begin({ id: inc.call_id, report: inc, direction: 'incoming', video: !!inc.video, target: {}, title: titleOf(inc), phase: 'connecting' });
   const c = current;
   try {
     // The caller hears we joined while our microphone and camera open.
     const joined = api.acceptCall(inc.call_id);
     joined.catch(() => {});
-    const [local, config] = await Promise.all([localMedia(inc.video), configuration()]);
-    c.config = config;
+    c.joined = joined;
+    // The caller's offer, if this page was not open when it came: the node kept it.
+    const hasOffer = early.some((s) => s.kind === 'sdp' && s.from === inc.peer);
+    const kept = inc.caller_offers && !hasOffer ? api.call(inc.call_id).then((r) => r.signals || [], () => []) : Promise.resolve([]);
+    for (const sig of early) signalIn(sig);
+    // The caller's offer is answered while the microphone opens (the answer holds its place).
+    const media = localMedia(inc.video);
+    c.config = await configured;
+    if (current !== c || !active()) {
+      media.then(stopStream);
+      return;
+    }
+    c.markConfigured();
+    kept.then((missed) => {
+      for (const sig of [...missed].sort((a, b) => a.seq - b.seq)) signalIn(sig);
+    });
+    const local = await media;
     c.local = local;
     if (current !== c || !active()) {
       stopStream(local);
       return;
     }
+    mediaReady(c);
     publish();
     const report = await joined;
     if (current !== c) return;
     update(report);
     if (!active()) return;
-    for (const part of report.participants || []) if (part.state === 'joined') offerTo(part.peer);
+    offerToJoined(report);
   } catch (e) {
     if (current === c) finish(null, e.message);
   }
@@ -586,6 +787,7 @@ export async function declineCall() {
   const inc = getState().incoming;
   if (!inc) return;
   stopRing();
+  held = null;
   setCallState({ incoming: null });
   try {
     await api.declineCall(inc.call_id);
@@ -696,6 +898,8 @@ function ringFor(report) {
   // An old "ended" screen gives way; a call in progress means the node already answered busy.
   if (active()) return;
   dismissCall();
+  // The ICE servers are asked for now: Accept then waits only for the microphone.
+  if (!held || held.id !== report.call_id) held = { id: report.call_id, signals: [], config: configuration() };
   setCallState({ incoming: report });
   startRing();
 }

@@ -28,6 +28,8 @@ import {
 import { befriend, api } from '../lib/calls.js';
 
 const CALLS = Number(process.env.CALLS || 20);
+/** TRACE=1: after each kith call, print the steps both pages saw, in ms from the click (stderr). */
+const TRACE = process.env.TRACE === '1';
 const RING_INTERVAL_MS = 1_000;
 
 const percentile = (xs, p) => {
@@ -36,14 +38,96 @@ const percentile = (xs, p) => {
 };
 const summary = (xs) => ({ p50_ms: Math.round(percentile(xs, 50)), p99_ms: Math.round(percentile(xs, 99)) });
 
-/** In the page: the time (Date.now()) at which every one of its peer connections was connected. */
+/**
+ * In the page: the time (Date.now()) at which every one of its peer connections was connected,
+ * and when a "Call" button was clicked (the start of the measurement: the page's click event, so
+ * the automation's own checks before it clicks are not counted).
+ */
 function watchConnected() {
   window.__connectedAt = 0;
+  window.__clickedAt = 0;
+  if (!window.__clickWatch) {
+    window.__clickWatch = true;
+    document.addEventListener('click', (e) => {
+      const b = e.target instanceof Element && e.target.closest('button');
+      if (b && b.textContent.trim() === 'Call' && !window.__clickedAt) window.__clickedAt = Date.now();
+    }, true);
+  }
   clearInterval(window.__connectedTimer);
   window.__connectedTimer = setInterval(() => {
     const pcs = [...(window.__kithCalls || new Map()).values()];
     if (!window.__connectedAt && pcs.length && pcs.every((pc) => pc.connectionState === 'connected')) window.__connectedAt = Date.now();
   }, 2);
+}
+
+/**
+ * In the page, before the app loads (TRACE=1 only): records when each `/v1/calls` request left
+ * and was answered, each `call.*` WebSocket event arrived, each description was set, each
+ * candidate gathered or added, and each connection state changed, in `window.__trace`. Wraps the
+ * browser's own objects; the app is not changed.
+ */
+function traceCalls() {
+  const now = () => performance.timeOrigin + performance.now();
+  window.__trace = [];
+  const log = (what) => window.__trace.push([now(), what]);
+  const origFetch = window.fetch;
+  window.fetch = async (url, opts = {}) => {
+    const u = String(url);
+    const tag = u.includes('/v1/calls') ? `${(opts.method || 'GET')} ${u.replace(/^.*\/v1\/calls/, '/calls').replace(/[0-9a-f]{32}/, 'ID')}` : '';
+    let body = '';
+    if (tag && opts.body) try { const b = JSON.parse(opts.body); body = b.kind ? ` ${b.kind}${b.data && b.data.type ? `:${b.data.type}` : ''}` : ''; } catch { /* not JSON */ }
+    if (tag) log(`> ${tag}${body}`);
+    const res = await origFetch(url, opts);
+    if (tag) log(`< ${tag}${body} ${res.status}`);
+    return res;
+  };
+  const OrigWS = window.WebSocket;
+  window.WebSocket = class extends OrigWS {
+    constructor(...a) {
+      super(...a);
+      this.addEventListener('message', (m) => {
+        try {
+          const ev = JSON.parse(m.data);
+          if (String(ev.type).startsWith('call.')) log(`ws ${ev.type}${ev.kind ? ` ${ev.kind}${ev.data && ev.data.type ? `:${ev.data.type}` : ''}` : ''}`);
+        } catch { /* not JSON */ }
+      });
+    }
+  };
+  const P = RTCPeerConnection.prototype;
+  for (const m of ['setLocalDescription', 'setRemoteDescription', 'addIceCandidate']) {
+    const orig = P[m];
+    P[m] = async function (...a) {
+      const t = a[0] && a[0].type ? `:${a[0].type}` : '';
+      log(`pc ${m}${t}`);
+      const r = await orig.apply(this, a);
+      log(`pc ${m}${t} done`);
+      return r;
+    };
+  }
+  const OrigPC = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends OrigPC {
+    constructor(...a) {
+      super(...a);
+      log('pc new');
+      this.addEventListener('icecandidate', (e) => log(`pc candidate ${e.candidate ? e.candidate.type : 'end'}`));
+      this.addEventListener('connectionstatechange', () => log(`pc ${this.connectionState}`));
+      this.addEventListener('icegatheringstatechange', () => log(`pc gathering ${this.iceGatheringState}`));
+    }
+  };
+  const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async (c) => {
+    log('getUserMedia');
+    const s = await gum(c);
+    log('getUserMedia done');
+    return s;
+  };
+  new MutationObserver(() => {
+    if (document.querySelector('dialog.call-screen') && !window.__traceRang) {
+      window.__traceRang = true;
+      log('ring dialog shown');
+    }
+    if (!document.querySelector('dialog.call-screen')) window.__traceRang = false;
+  }).observe(document, { childList: true, subtree: true });
 }
 
 /** In the page: clicks "Accept" as soon as a call rings. */
@@ -68,6 +152,7 @@ async function kithRuns(browser) {
     const pages = {};
     for (const [node, other] of [[A, 'bob'], [B, 'alice']]) {
       const ctx = await desktopContext(browser);
+      if (TRACE) await ctx.addInitScript(traceCalls);
       await ctx.addInitScript(() => {
         localStorage.setItem('kith.firstRunSkipped', '1');
         localStorage.setItem('kith.deviceCheckDone', '1');
@@ -85,23 +170,39 @@ async function kithRuns(browser) {
       const wait = lastRing[caller.name] + RING_INTERVAL_MS - Date.now();
       if (wait > 0) await sleep(wait);
       for (const p of Object.values(pages)) await p.evaluate(watchConnected);
+      if (TRACE) for (const p of Object.values(pages)) await p.evaluate(() => { window.__trace = []; });
       const page = pages[caller.name];
-      const t0 = Date.now();
-      lastRing[caller.name] = t0;
+      lastRing[caller.name] = Date.now();
       await page.getByRole('button', { name: 'Call', exact: true }).click();
+      const t0 = await page.evaluate(() => window.__clickedAt);
+      if (!t0) throw new Error(`call ${i + 1}: the page saw no click on "Call"`);
       const ends = await poll(`call ${i + 1}: both pages connected`, 30_000, async () => {
         const at = await Promise.all(Object.values(pages).map((p) => p.evaluate(() => window.__connectedAt)));
         return at.every(Boolean) ? at : null;
       }, 50);
       times.push(Math.max(...ends) - t0);
+      if (TRACE) {
+        const steps = [];
+        for (const [name, p] of Object.entries(pages)) {
+          for (const [at, what] of await p.evaluate(() => window.__trace)) steps.push([at - t0, `${name === caller.name ? 'caller' : 'callee'} ${what}`]);
+        }
+        steps.sort((x, y) => x[0] - y[0]);
+        console.error(`call ${i + 1} (${caller.name} calls): ${Math.max(...ends) - t0} ms`);
+        for (const [at, what] of steps) console.error(`  ${at.toFixed(1).padStart(7)} ${what}`);
+      }
       await page.getByRole('button', { name: 'Hang up', exact: true }).click();
       await poll('both sides to record the end', 10_000, async () => {
         const lists = await Promise.all([caller, callee].map((n) => api(n, 'GET', '/v1/calls')));
         return lists.every((l) => l.calls[0] && l.calls[0].state === 'ended');
       }, 100);
+      // The ended screen stays 4 s unless closed; it must be gone before the next "Call" click
+      // (a click that waited for it once made one call of 20 look like 4.2 s).
       for (const p of Object.values(pages)) {
-        const close = p.getByRole('button', { name: 'Close', exact: true });
-        if (await close.isVisible()) await close.click();
+        await poll('the call view to close', 10_000, async () => {
+          const close = p.getByRole('button', { name: 'Close', exact: true });
+          if (await close.isVisible()) await close.click();
+          return (await p.locator('.call-view').count()) === 0;
+        }, 50);
       }
     }
     return times;

@@ -4,7 +4,8 @@
 //
 // 1. a 1:1 video call: the device check first, ringing, accept, both peer connections
 //    connected, audio and video flowing both ways, mute and camera, hang-up on both sides within
-//    2 s, and the call with its duration in both histories
+//    2 s, and the call with its duration in both histories; Alice's offer reaches Bob's node
+//    while his phone rings and his page answers it (joining is one signal hop, not three)
 // 2. a declined call and a missed one (rings KITH_CALL_RING_TIMEOUT_SECS = 5 s), on both sides
 // 3. a call to a stopped node ends "unavailable"; the missed call reaches it when it is back
 // 4. a flood of calls from one peer rings the callee once
@@ -263,6 +264,14 @@ describe('kith web app: calls', { skip: namespaceReason() }, () => {
     assert.ok(await ringing(pageB), 'Bob\'s page plays the ring tone');
     phase('Bob\'s phone rings; Alice sees Ringing…');
     await screenshot(pageB, 'calls-incoming-phone');
+    // Alice's page offers while Bob's phone rings; his node holds the offer for his page.
+    const callId = (await newestCall(B, 'the ringing call')).call_id;
+    await poll('Alice\'s offer at Bob\'s node while his phone rings', ARRIVAL_TIMEOUT_MS, async () => {
+      const c = await api(B, 'GET', `/v1/calls/${callId}`);
+      assert.equal(c.state, 'ringing', `Bob's call still rings: ${JSON.stringify(c)}`);
+      assert.equal(c.caller_offers, true, `the invitation says Alice's offer follows: ${JSON.stringify(c)}`);
+      return c.signals.some((s) => s.from === A.peerId && s.kind === 'sdp' && s.data.type === 'offer');
+    }, 100);
 
     await ring.getByRole('button', { name: 'Accept', exact: true }).click();
     await poll('the ring tone to stop on Accept', UI_TIMEOUT_MS, async () => !(await ringing(pageB)), 100);
@@ -270,6 +279,9 @@ describe('kith web app: calls', { skip: namespaceReason() }, () => {
     await waitConnected(pageA, 'Alice', [B.peerId]);
     await waitConnected(pageB, 'Bob', [A.peerId]);
     phase(`both connected ${Date.now() - accepted} ms after Accept`);
+    // Joining took one hop: Bob's page answered her offer and made none of its own.
+    const fromBob = (await api(A, 'GET', `/v1/calls/${callId}`)).signals.filter((s) => s.from === B.peerId && s.kind === 'sdp');
+    assert.deepEqual(fromBob.map((s) => s.data.type), ['answer'], `Bob's descriptions: ${JSON.stringify(fromBob)}`);
     await waitMedia(pageA, 'Alice', { audio: 50, video: 10 });
     await waitMedia(pageB, 'Bob', { audio: 50, video: 10 });
     phase('audio and video flow both ways');
