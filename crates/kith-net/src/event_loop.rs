@@ -106,6 +106,8 @@ pub struct EventLoop {
     conns_out: usize,
     connections_trimmed: u64,
     connections_idle_closed: u64,
+    /// Peers mDNS found on our LAN (their inbound connections confirm our addresses).
+    lan_peers: HashSet<PeerId>,
     /// DCUtR outcomes since start.
     hole_punch: HolePunchStats,
     /// Automatic DHT mode overridden to client: our only confirmed addresses are relay circuits.
@@ -122,6 +124,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// At most this many extra connections are opened for AutoNAT probes over a node's lifetime.
 const MAX_PROBE_DIALS: usize = 8;
+/// Peers found by mDNS that are remembered as LAN peers.
+const MAX_LAN_PEERS: usize = 256;
 
 /// The protocol AutoNAT v2 servers announce (libp2p keeps its constant private).
 const AUTONAT_DIAL_REQUEST: StreamProtocol = StreamProtocol::new("/libp2p/autonat/2/dial-request");
@@ -159,6 +163,8 @@ struct Conn {
     inbound: bool,
     /// Direct (over what) or through a relay circuit.
     path: ConnectionPath,
+    /// Our address the peer dialed (inbound connections only).
+    local: Option<Multiaddr>,
     opened: Instant,
     /// The connection manager asked the swarm to close it; it no longer counts.
     closing: bool,
@@ -326,6 +332,7 @@ pub(crate) fn build(
         connections_trimmed: 0,
         connections_idle_closed: 0,
         hole_punch: HolePunchStats::default(),
+        lan_peers: HashSet::new(),
         client_while_relayed: false,
         last_managed: Instant::now(),
     };
@@ -619,6 +626,7 @@ impl EventLoop {
                 };
                 let conn = Conn {
                     path: ConnectionPath::of(&addr, local),
+                    local: local.cloned(),
                     addr: addr.clone(),
                     inbound,
                     opened: Instant::now(),
@@ -642,6 +650,9 @@ impl EventLoop {
                 };
                 self.count_connection(inbound, true);
                 self.metrics.set_peers_connected(self.peers.len());
+                if self.lan_peers.contains(&peer_id) {
+                    self.confirm_lan_addrs(peer_id);
+                }
                 if self.conns_in + self.conns_out > self.budget.high
                     && self.last_managed.elapsed() >= Duration::from_secs(1)
                 {
@@ -824,7 +835,14 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                    if peer == *self.swarm.local_peer_id() {
+                        continue;
+                    }
+                    if self.lan_peers.len() < MAX_LAN_PEERS {
+                        self.lan_peers.insert(peer);
+                    }
+                    if self.swarm.is_connected(&peer) {
+                        self.confirm_lan_addrs(peer);
                         continue;
                     }
                     tracing::debug!(%peer, %addr, "found on the LAN");
@@ -1535,6 +1553,29 @@ impl EventLoop {
         let records = self.swarm.behaviour_mut().kad.store_mut().records().count();
         self.metrics.set_dht_records(records);
         self.metrics.set_peers_connected(self.peers.len());
+    }
+
+    /// A peer found on the LAN by mDNS that dialed one of our addresses has proven that address
+    /// reachable from the LAN, as an AutoNAT dial-back would (the issue's "mDNS peers count as
+    /// directly reachable"): confirm it, so the DHT serves the LAN without waiting for probes
+    /// that compete with every other dial on a busy machine. Only addresses the peer's
+    /// connection really arrived on, never circuits; internet peers never add LAN addresses
+    /// (see `scope`).
+    fn confirm_lan_addrs(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        let reached: Vec<Multiaddr> = state
+            .connections
+            .values()
+            .filter(|c| c.inbound && c.path.is_direct())
+            .filter_map(|c| c.local.clone())
+            .filter(|a| !self.swarm.external_addresses().any(|e| e == a))
+            .collect();
+        for addr in reached {
+            tracing::info!(%peer, %addr, "a LAN peer found by mDNS reached this address; confirming it");
+            self.swarm.add_external_address(addr);
+        }
     }
 
     /// Kademlia's automatic mode serves the DHT once any external address is confirmed, and a
