@@ -789,27 +789,24 @@ impl Node {
         };
         let mut addrs = self.known_addrs(&peer);
         addrs.extend(self.known_relay_routes(peer));
+        let tried = addrs.clone();
         let mut sent_at = now_ms();
-        let mut outcome = self
-            .net()
-            .send_dm(peer, envelope.clone(), addrs)
-            .await
-            .map_err(|e| (e, None));
-        if let Err((e, _)) = &outcome {
+        let mut outcome = self.net().send_dm(peer, envelope.clone(), addrs).await;
+        // The recipient's mailbox relays, once asked for: where to deposit if all else fails.
+        let mut relays = None;
+        if let Err(e) = &outcome {
             // Behind NAT the recipient is reachable through the relays its mailbox pointer
-            // names (it holds reservations there): try those circuits before depositing.
+            // names (it holds reservations there): try those circuits before depositing, unless
+            // the attempt above just did.
             tracing::debug!(%peer, error = %e, "direct delivery attempt failed");
-            if let Some(relays) = self.relays_of(peer).await {
-                let routes = crate::mailbox::circuit_routes(&relays, peer);
-                if !routes.is_empty() {
-                    sent_at = now_ms();
-                    outcome = match self.net().send_dm(peer, envelope, routes).await {
-                        Ok(response) => Ok(response),
-                        Err(e) => Err((e, Some(relays))),
-                    };
-                } else {
-                    outcome = outcome.map_err(|(e, _)| (e, Some(relays)));
-                }
+            relays = self.relays_of(peer).await;
+            let routes = relays
+                .as_deref()
+                .map(|r| crate::mailbox::circuit_routes(r, peer))
+                .unwrap_or_default();
+            if !routes.is_empty() && !routes.iter().all(|r| tried.contains(r)) {
+                sent_at = now_ms();
+                outcome = self.net().send_dm(peer, envelope, routes).await;
             }
         }
         match outcome {
@@ -861,7 +858,7 @@ impl Node {
                     None => Err(self.retry_later(item)),
                 }
             }
-            Err((e, relays)) => {
+            Err(e) => {
                 tracing::debug!(%peer, error = %e, "delivery attempt failed");
                 if !item.deposited
                     && item.expires_ms == 0

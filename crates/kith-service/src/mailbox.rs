@@ -25,7 +25,10 @@ use kith_store::{Deposit, MailId, OutboxItem, Quota};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prost::Message as _;
 
-use crate::{Node, ServiceError, node::now_ms};
+use crate::{
+    Node, ServiceError,
+    node::{lock, now_ms},
+};
 
 /// How long another peer's mailbox relays, read from its pointer, are trusted without asking
 /// the DHT again.
@@ -228,10 +231,7 @@ impl Node {
     fn announce_mail(&self, recipient: PeerId) {
         // One announcement a second per recipient is enough: it fetches everything waiting.
         let due = {
-            let mut announced = match self.inner.mail_announced.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut announced = lock(&self.inner.mail_announced);
             if announced.len() >= 4096 {
                 announced.retain(|_, at| at.elapsed() < Duration::from_secs(1));
             }
@@ -393,10 +393,7 @@ impl Node {
     /// The relays this node keeps a mailbox at: those configured with `relay = true`, plus
     /// bootstrap peers that identified as kith relays; one entry per relay peer id.
     pub(crate) fn mailbox_relays(&self) -> Vec<Multiaddr> {
-        match self.inner.mailbox_relays.lock() {
-            Ok(list) => list.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        lock(&self.inner.mailbox_relays).clone()
     }
 
     /// A bootstrap peer identified as a kith relay (or a known one came back elsewhere): keep
@@ -407,10 +404,7 @@ impl Node {
             return; // A relay keeps no mailbox elsewhere.
         }
         let changed = {
-            let mut list = match self.inner.mailbox_relays.lock() {
-                Ok(list) => list,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut list = lock(&self.inner.mailbox_relays);
             match list.iter().position(|r| relay_id(r) == Some(relay)) {
                 Some(i) if list[i] == addr => false,
                 Some(i) => {
@@ -639,11 +633,7 @@ impl Node {
     }
 
     fn with_relays_of<T>(&self, f: impl FnOnce(&mut RelaysOf) -> T) -> T {
-        let mut guard = match self.inner.relays_of.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut guard)
+        f(&mut lock(&self.inner.relays_of))
     }
 
     /// Sender side: delivery failed; hold the envelope at the recipient's mailbox `relays`.

@@ -255,10 +255,7 @@ impl Node {
     }
 
     fn push_task(&self, task: JoinHandle<()>) {
-        match self.inner.tasks.lock() {
-            Ok(mut tasks) => tasks.push(task),
-            Err(poisoned) => poisoned.into_inner().push(task),
-        }
+        lock(&self.inner.tasks).push(task);
     }
 
     /// Dials the most recently seen peers from the address book, so a restarted node finds the
@@ -422,11 +419,7 @@ impl Node {
 
     /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
     pub(crate) fn health<T>(&self, f: impl FnOnce(&mut crate::health::Health) -> T) -> T {
-        let mut guard = match self.inner.health.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut guard)
+        f(&mut lock(&self.inner.health))
     }
 
     /// Mailboxes this node hosts (relay role).
@@ -483,10 +476,7 @@ impl Node {
         self.request_shutdown();
         // Already stopped is fine: shutdown is idempotent.
         let _ = self.inner.client.shutdown().await;
-        let tasks = match self.inner.tasks.lock() {
-            Ok(mut tasks) => std::mem::take(&mut *tasks),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for task in tasks {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "a node task ended abnormally");
@@ -729,6 +719,16 @@ pub(crate) fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::P2pCircuit => true,
         _ => false,
     })
+}
+
+/// Locks a mutex of the service's small shared state. Such a lock is only ever held for a few
+/// assignments, so a panic while holding it cannot leave a half-made change: a poisoned lock is
+/// used as it is rather than failing every later caller.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
