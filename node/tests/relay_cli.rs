@@ -1763,14 +1763,14 @@ impl Transport {
 }
 
 /// A community relay in the lab's public namespace, on TCP and QUIC at 198.18.0.1 (ports picked
-/// by the system, or `tcp_port` for TCP), plus `extra` (e.g. `--bootstrap <public node>`).
-fn public_relay(lab: &Lab, public: &str, tcp_port: u16, extra: &[String]) -> Daemon {
+/// by the system), plus `extra` (e.g. `--bootstrap <public node>`).
+fn public_relay(lab: &Lab, public: &str, extra: &[String]) -> Daemon {
     let plain = lab.plain_bootstrap().display().to_string();
     let mut args = strings(&[
         "--relay",
         "--no-mdns",
         "--listen",
-        &format!("/ip4/198.18.0.1/tcp/{tcp_port}"),
+        "/ip4/198.18.0.1/tcp/0",
         "--listen",
         "/ip4/198.18.0.1/udp/0/quic-v1",
         "--bootstrap-file",
@@ -1780,22 +1780,36 @@ fn public_relay(lab: &Lab, public: &str, tcp_port: u16, extra: &[String]) -> Dae
     lab.spawn("relay", &args, Some(public))
 }
 
+/// A personal node with default flags in the lab's public namespace, on TCP at 198.18.0.1, that
+/// knows no one (others bootstrap from it).
+fn public_node(lab: &Lab, public: &str) -> Daemon {
+    let plain = lab.plain_bootstrap().display().to_string();
+    let args = strings(&[
+        "--no-mdns",
+        "--listen",
+        "/ip4/198.18.0.1/tcp/0",
+        "--bootstrap-file",
+        &plain,
+    ]);
+    lab.spawn("public", &args, Some(public))
+}
+
 /// A personal node at home behind NAT with default flags: automatic DHT mode, relays used when
-/// AutoNAT finds it private, mDNS on; it knows the network only through `--bootstrap` entries.
+/// AutoNAT finds it private, mDNS on; it listens on its home address over `transport` and knows
+/// the network only through `--bootstrap` entries.
 fn home_node(
     lab: &Lab,
     name: &str,
     (ns, ip): &(String, String),
-    listen: &[String],
+    transport: Transport,
     bootstrap: &[String],
 ) -> Daemon {
     let mut args = vec![
         "--bootstrap-file".to_owned(),
         lab.plain_bootstrap().display().to_string(),
+        "--listen".to_owned(),
+        transport.listen(ip),
     ];
-    for addr in listen {
-        args.extend(["--listen".to_owned(), addr.replace("{ip}", ip)]);
-    }
     for addr in bootstrap {
         args.extend(["--bootstrap".to_owned(), addr.clone()]);
     }
@@ -1831,20 +1845,19 @@ fn homes_behind_nat_get_a_direct_link(transport: Transport) {
     // Declared before the daemons so that they die before their namespaces go.
     let (_spaces, public, homes) = nat_lab(&format!("h{}", transport.path()), nft);
     let start = Instant::now();
-    let relay = public_relay(&lab, &public, 0, &[]);
+    let relay = public_relay(&lab, &public, &[]);
     let relay_addr = match transport {
         Transport::Tcp => relay.tcp_addr(),
         Transport::Quic => relay.quic_addr(),
     };
-    let listen = [transport.listen("{ip}")];
     let a = home_node(
         &lab,
         "a",
         &homes[0],
-        &listen,
+        transport,
         std::slice::from_ref(&relay_addr),
     );
-    let b = home_node(&lab, "b", &homes[1], &listen, &[relay_addr]);
+    let b = home_node(&lab, "b", &homes[1], transport, &[relay_addr]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     for node in [&a, &b] {
         let status = wait_reserved(node);
@@ -1960,27 +1973,15 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
     };
     let lab = Lab::new();
     let (_spaces, public, homes) = nat_lab("m", nft);
-    let plain = lab.plain_bootstrap().display().to_string();
     // A public personal node (a friend with a server, say): what both homes and the relay know.
-    let server = lab.spawn(
-        "public",
-        &strings(&[
-            "--no-mdns",
-            "--listen",
-            "/ip4/198.18.0.1/tcp/0",
-            "--bootstrap-file",
-            &plain,
-        ]),
-        Some(&public),
-    );
+    let server = public_node(&lab, &public);
     let to_server = vec!["--bootstrap".to_owned(), server.tcp_addr()];
-    let mut relay = public_relay(&lab, &public, 0, &to_server);
+    let mut relay = public_relay(&lab, &public, &to_server);
     let relay_id = relay.peer_id();
     let old_port = relay.tcp_port();
     let bootstrap = [relay.tcp_addr(), server.tcp_addr()];
-    let listen = ["/ip4/{ip}/tcp/0".to_owned()];
-    let mut a = home_node(&lab, "a", &homes[0], &listen, &bootstrap);
-    let b = home_node(&lab, "b", &homes[1], &listen, &bootstrap);
+    let mut a = home_node(&lab, "a", &homes[0], Transport::Tcp, &bootstrap);
+    let b = home_node(&lab, "b", &homes[1], Transport::Tcp, &bootstrap);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
     wait_registered(&relay, &a);
     wait_registered(&relay, &b);
@@ -1998,7 +1999,7 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
     relay.stop();
     let relay = {
         drop(relay);
-        public_relay(&lab, &public, 0, &to_server)
+        public_relay(&lab, &public, &to_server)
     };
     assert_eq!(relay.peer_id(), relay_id);
     assert_ne!(
@@ -2024,7 +2025,7 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
     let back = Instant::now();
     let a = {
         drop(a);
-        home_node(&lab, "a", &homes[0], &listen, &bootstrap)
+        home_node(&lab, "a", &homes[0], Transport::Tcp, &bootstrap)
     };
     let got = poll(
         "A to fetch the held message",
@@ -2064,17 +2065,7 @@ fn a_node_no_one_can_dial_back_stays_a_dht_client() {
     let lab = Lab::new();
     let (_spaces, public, homes) = nat_lab("c", nft);
     let plain = lab.plain_bootstrap().display().to_string();
-    let server = lab.spawn(
-        "public",
-        &strings(&[
-            "--no-mdns",
-            "--listen",
-            "/ip4/198.18.0.1/tcp/0",
-            "--bootstrap-file",
-            &plain,
-        ]),
-        Some(&public),
-    );
+    let server = public_node(&lab, &public);
     let (ns, ip) = &homes[0];
     let home = lab.spawn(
         "home",
@@ -2259,8 +2250,4 @@ fn lan_nodes_with_no_flags_register_resolve_and_chat_by_name() {
         (code == 0).then(|| serde_json::from_str::<Value>(out.trim()).unwrap())
     });
     assert_eq!(r["peer_id"], a_id.as_str(), "{r}");
-    drop(c);
-    drop(b);
-    drop(a);
-    drop(spaces);
 }

@@ -41,6 +41,15 @@ async fn nodes(n: usize) -> Vec<TestNode> {
     nodes
 }
 
+/// Two nodes where A's calls ring at B (B accepted A's first message).
+async fn acquainted_pair() -> (TestNode, TestNode) {
+    let mut all = nodes(2).await;
+    let b = all.pop().unwrap();
+    let a = all.pop().unwrap();
+    acquaint(&a, &b).await;
+    (a, b)
+}
+
 /// `from`'s first text makes `to` know it; `to` accepts, so calls from `from` ring.
 async fn acquaint(from: &TestNode, to: &TestNode) {
     let sent = tokio::time::timeout(
@@ -130,10 +139,7 @@ async fn wait_shows(node: &TestNode, with: &TestNode, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
-    let mut all = nodes(2).await;
-    let b = all.pop().unwrap();
-    let a = all.pop().unwrap();
-    acquaint(&a, &b).await;
+    let (a, b) = acquainted_pair().await;
     let mut a_events = a.node().subscribe();
     let mut b_events = b.node().subscribe();
 
@@ -251,10 +257,7 @@ async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_caller_who_offers_reaches_the_callee_while_it_rings_so_joining_is_one_hop() {
-    let mut all = nodes(2).await;
-    let b = all.pop().unwrap();
-    let a = all.pop().unwrap();
-    acquaint(&a, &b).await;
+    let (a, b) = acquainted_pair().await;
     let mut a_events = a.node().subscribe();
     let mut b_events = b.node().subscribe();
 
@@ -546,10 +549,7 @@ async fn strangers_never_ring_floods_ring_once_and_bad_signals_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_to_a_stopped_node_is_unavailable_and_the_missed_call_arrives_when_it_is_back() {
-    let mut all = nodes(2).await;
-    let b = all.pop().unwrap();
-    let a = all.pop().unwrap();
-    acquaint(&a, &b).await;
+    let (a, b) = acquainted_pair().await;
     let bootstrap = vec![a.tcp_addr()];
     let stopped = b.stop_keeping_home().await.unwrap();
     let mut a_events = a.node().subscribe();
