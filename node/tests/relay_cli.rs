@@ -1920,15 +1920,12 @@ fn homes_behind_nat_get_a_direct_link(transport: Transport) {
             node.name
         );
     }
-    let punched: u64 = [&a, &b]
-        .iter()
-        .map(|n| n.status()["hole_punch"]["succeeded"].as_u64().unwrap_or(0))
-        .sum();
-    assert!(
-        punched >= 1,
-        "kith status reports the successful hole punch"
-    );
-    let (code, human, _) = a.cli(&["status"]);
+    // DCUtR reports the upgrade on at least one side (not always on both).
+    let puncher = [&a, &b]
+        .into_iter()
+        .find(|n| n.status()["hole_punch"]["succeeded"].as_u64().unwrap_or(0) >= 1)
+        .expect("kith status reports the successful hole punch");
+    let (code, human, _) = puncher.cli(&["status"]);
     assert_eq!(code, 0);
     assert!(
         human.contains("hole punching") && human.contains("succeeded"),
