@@ -444,20 +444,23 @@ impl GroupStore {
             first_seq: state.first_seq,
         }
         .encode_to_vec();
-        (&self.receivers, &self.heads, &self.envelopes)
-            .transaction(|(receivers, heads, envelopes)| {
-                receivers.insert(concat(group, session), value.clone())?;
-                let hk = head_key(group, &state.sender);
-                if heads.get(&hk)?.is_none() {
-                    heads.insert(
-                        hk,
-                        encode_head(state.first_seq.saturating_sub(1), &state.sender),
-                    )?;
-                    advance_head(heads, envelopes, group, &state.sender)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| self.tx_err(e))
+        crate::gate::transaction(|| {
+            (&self.receivers, &self.heads, &self.envelopes).transaction(
+                |(receivers, heads, envelopes)| {
+                    receivers.insert(concat(group, session), value.clone())?;
+                    let hk = head_key(group, &state.sender);
+                    if heads.get(&hk)?.is_none() {
+                        heads.insert(
+                            hk,
+                            encode_head(state.first_seq.saturating_sub(1), &state.sender),
+                        )?;
+                        advance_head(heads, envelopes, group, &state.sender)?;
+                    }
+                    Ok(())
+                },
+            )
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Whether this envelope (sender, seq) is already held.
@@ -484,40 +487,42 @@ impl GroupStore {
         session: &SessionId,
         decrypted: Option<&GroupMessage>,
     ) -> Result<Incoming, StoreError> {
-        (
-            &self.envelopes,
-            &self.heads,
-            &self.pending,
-            &self.messages,
-            &self.groups,
-        )
-            .transaction(|(envelopes, heads, pending, messages, groups)| {
-                let ek = envelope_key(group, sender, seq);
-                if envelopes.get(&ek)?.is_some() {
-                    return Ok(Incoming::Duplicate);
-                }
-                envelopes.insert(ek.clone(), envelope)?;
-                match decrypted {
-                    Some(m) => {
-                        messages.insert(concat(group, &m.id), encode_message(m))?;
-                        if let Some(raw) = groups.get(group)? {
-                            let mut g = decode_group(group, &raw)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            g.unread = g.unread.saturating_add(1);
-                            groups.insert(&group[..], encode_group(&g))?;
+        crate::gate::transaction(|| {
+            (
+                &self.envelopes,
+                &self.heads,
+                &self.pending,
+                &self.messages,
+                &self.groups,
+            )
+                .transaction(|(envelopes, heads, pending, messages, groups)| {
+                    let ek = envelope_key(group, sender, seq);
+                    if envelopes.get(&ek)?.is_some() {
+                        return Ok(Incoming::Duplicate);
+                    }
+                    envelopes.insert(ek.clone(), envelope)?;
+                    match decrypted {
+                        Some(m) => {
+                            messages.insert(concat(group, &m.id), encode_message(m))?;
+                            if let Some(raw) = groups.get(group)? {
+                                let mut g = decode_group(group, &raw)
+                                    .map_err(ConflictableTransactionError::Abort)?;
+                                g.unread = g.unread.saturating_add(1);
+                                groups.insert(&group[..], encode_group(&g))?;
+                            }
+                        }
+                        None => {
+                            pending.insert(pending_key(group, session, sender, seq), ek)?;
                         }
                     }
-                    None => {
-                        pending.insert(pending_key(group, session, sender, seq), ek)?;
+                    if heads.get(head_key(group, sender))?.is_none() {
+                        heads.insert(head_key(group, sender), encode_head(0, sender))?;
                     }
-                }
-                if heads.get(head_key(group, sender))?.is_none() {
-                    heads.insert(head_key(group, sender), encode_head(0, sender))?;
-                }
-                advance_head(heads, envelopes, group, sender)?;
-                Ok(Incoming::Stored)
-            })
-            .map_err(|e| self.tx_err(e))
+                    advance_head(heads, envelopes, group, sender)?;
+                    Ok(Incoming::Stored)
+                })
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Envelopes waiting for `session`'s key, in sequence order (at most `max`).
@@ -555,26 +560,29 @@ impl GroupStore {
         seq: u64,
         message: Option<&GroupMessage>,
     ) -> Result<Incoming, StoreError> {
-        (&self.pending, &self.messages, &self.groups)
-            .transaction(|(pending, messages, groups)| {
-                pending.remove(pending_key(group, session, sender, seq))?;
-                let Some(m) = message else {
-                    return Ok(Incoming::Duplicate);
-                };
-                let mk = concat(group, &m.id);
-                if messages.get(&mk)?.is_some() {
-                    return Ok(Incoming::Duplicate);
-                }
-                messages.insert(mk, encode_message(m))?;
-                if let Some(raw) = groups.get(group)? {
-                    let mut g =
-                        decode_group(group, &raw).map_err(ConflictableTransactionError::Abort)?;
-                    g.unread = g.unread.saturating_add(1);
-                    groups.insert(&group[..], encode_group(&g))?;
-                }
-                Ok(Incoming::Stored)
-            })
-            .map_err(|e| self.tx_err(e))
+        crate::gate::transaction(|| {
+            (&self.pending, &self.messages, &self.groups).transaction(
+                |(pending, messages, groups)| {
+                    pending.remove(pending_key(group, session, sender, seq))?;
+                    let Some(m) = message else {
+                        return Ok(Incoming::Duplicate);
+                    };
+                    let mk = concat(group, &m.id);
+                    if messages.get(&mk)?.is_some() {
+                        return Ok(Incoming::Duplicate);
+                    }
+                    messages.insert(mk, encode_message(m))?;
+                    if let Some(raw) = groups.get(group)? {
+                        let mut g = decode_group(group, &raw)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        g.unread = g.unread.saturating_add(1);
+                        groups.insert(&group[..], encode_group(&g))?;
+                    }
+                    Ok(Incoming::Stored)
+                },
+            )
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Records one of our own messages: the envelope, the history entry, our next sequence and
@@ -587,41 +595,43 @@ impl GroupStore {
         sender_state: &SenderState,
     ) -> Result<(), StoreError> {
         let sender_value = encode_sender(sender_state);
-        (
-            &self.envelopes,
-            &self.heads,
-            &self.messages,
-            &self.groups,
-            &self.senders,
-        )
-            .transaction(|(envelopes, heads, messages, groups, senders)| {
-                let ek = envelope_key(group, &message.sender, message.seq);
-                if envelopes.get(&ek)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(corrupt(
-                        ENVELOPES,
-                        format!("sequence {} was already used", message.seq),
-                    )));
-                }
-                envelopes.insert(ek, envelope)?;
-                messages.insert(concat(group, &message.id), encode_message(message))?;
-                let raw = groups.get(group)?.ok_or_else(|| {
-                    ConflictableTransactionError::Abort(corrupt(GROUPS, "group vanished"))
-                })?;
-                let mut g =
-                    decode_group(group, &raw).map_err(ConflictableTransactionError::Abort)?;
-                g.next_seq = message.seq + 1;
-                groups.insert(&group[..], encode_group(&g))?;
-                senders.insert(&group[..], sender_value.clone())?;
-                if heads.get(head_key(group, &message.sender))?.is_none() {
-                    heads.insert(
-                        head_key(group, &message.sender),
-                        encode_head(0, &message.sender),
-                    )?;
-                }
-                advance_head(heads, envelopes, group, &message.sender)?;
-                Ok(())
-            })
-            .map_err(|e| self.tx_err(e))
+        crate::gate::transaction(|| {
+            (
+                &self.envelopes,
+                &self.heads,
+                &self.messages,
+                &self.groups,
+                &self.senders,
+            )
+                .transaction(|(envelopes, heads, messages, groups, senders)| {
+                    let ek = envelope_key(group, &message.sender, message.seq);
+                    if envelopes.get(&ek)?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(corrupt(
+                            ENVELOPES,
+                            format!("sequence {} was already used", message.seq),
+                        )));
+                    }
+                    envelopes.insert(ek, envelope)?;
+                    messages.insert(concat(group, &message.id), encode_message(message))?;
+                    let raw = groups.get(group)?.ok_or_else(|| {
+                        ConflictableTransactionError::Abort(corrupt(GROUPS, "group vanished"))
+                    })?;
+                    let mut g =
+                        decode_group(group, &raw).map_err(ConflictableTransactionError::Abort)?;
+                    g.next_seq = message.seq + 1;
+                    groups.insert(&group[..], encode_group(&g))?;
+                    senders.insert(&group[..], sender_value.clone())?;
+                    if heads.get(head_key(group, &message.sender))?.is_none() {
+                        heads.insert(
+                            head_key(group, &message.sender),
+                            encode_head(0, &message.sender),
+                        )?;
+                    }
+                    advance_head(heads, envelopes, group, &message.sender)?;
+                    Ok(())
+                })
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Every sender's contiguous high-water mark in a group: what a sync request says we have.

@@ -15,6 +15,7 @@
 mod calls;
 mod error;
 mod files;
+mod gate;
 mod groups;
 mod mailbox;
 mod messages;

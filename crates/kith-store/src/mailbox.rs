@@ -152,8 +152,8 @@ impl MailboxStore {
         }
         .encode_to_vec();
         let size = envelope.len() as u64;
-        (&self.mail, &self.usage)
-            .transaction(|(mail, usage)| {
+        crate::gate::transaction(|| {
+            (&self.mail, &self.usage).transaction(|(mail, usage)| {
                 let (items, bytes) = parse_usage(usage.get(p)?.as_deref());
                 if items + 1 > quota.max_items || bytes + size > quota.max_bytes {
                     return Ok(Deposit::Full { items, bytes });
@@ -162,10 +162,11 @@ impl MailboxStore {
                 usage.insert(&p[..], usage_value(items + 1, bytes + size))?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(Deposit::Stored(id))
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Abort(e) => e,
-                sled::transaction::TransactionError::Storage(e) => self.err(e),
-            })
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => self.err(e),
+        })
     }
 
     /// Up to `max` held items for `recipient`, oldest first, dropping those older than `ttl_ms`.
@@ -217,8 +218,8 @@ impl MailboxStore {
     }
 
     fn remove_item(&self, p: &[u8; 32], key: &[u8]) -> Result<bool, StoreError> {
-        (&self.mail, &self.usage)
-            .transaction(|(mail, usage)| {
+        crate::gate::transaction(|| {
+            (&self.mail, &self.usage).transaction(|(mail, usage)| {
                 let Some(raw) = mail.remove(key)? else {
                     return Ok(false);
                 };
@@ -232,10 +233,11 @@ impl MailboxStore {
                 )?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Abort(e) => e,
-                sled::transaction::TransactionError::Storage(e) => self.err(e),
-            })
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => self.err(e),
+        })
     }
 
     fn expire(&self, recipient: &[u8], now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {

@@ -460,43 +460,46 @@ impl MessageStore {
     /// the message, its id, the outbox entry and the conversation summary. Sending to someone
     /// accepts them.
     pub fn enqueue(&self, message: Option<&Message>, item: &OutboxItem) -> Result<(), StoreError> {
-        (
-            &self.messages,
-            &self.ids,
-            &self.outbox,
-            &self.correspondents,
-        )
-            .transaction(|(messages, ids, outbox, correspondents)| {
-                if let Some(m) = message {
-                    messages.insert(message_key(&m.peer_id, &m.id), encode_message(m))?;
-                    ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
-                    let mut c = tx_correspondent(correspondents, &m.peer_id)?;
-                    if c.trust == Trust::Unknown {
-                        c.trust = Trust::Accepted;
+        crate::gate::transaction(|| {
+            (
+                &self.messages,
+                &self.ids,
+                &self.outbox,
+                &self.correspondents,
+            )
+                .transaction(|(messages, ids, outbox, correspondents)| {
+                    if let Some(m) = message {
+                        messages.insert(message_key(&m.peer_id, &m.id), encode_message(m))?;
+                        ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
+                        let mut c = tx_correspondent(correspondents, &m.peer_id)?;
+                        if c.trust == Trust::Unknown {
+                            c.trust = Trust::Accepted;
+                        }
+                        c.last_message_ms = m.sent_at_ms;
+                        c.last_text = preview(&m.text);
+                        correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
                     }
-                    c.last_message_ms = m.sent_at_ms;
-                    c.last_text = preview(&m.text);
-                    correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
-                }
-                outbox.insert(&item.id[..], encode_item(item))?;
-                Ok(())
-            })
-            .map_err(|e| self.tx_err(e))
+                    outbox.insert(&item.id[..], encode_item(item))?;
+                    Ok(())
+                })
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Records the encrypted envelopes of outbox entries (one peer's, encrypted in a row) together
     /// with the Olm state that made them, atomically: a crash can never leave a ciphertext whose
     /// ratchet step was not saved. One transaction and one pickle for the whole batch.
     pub fn set_envelopes(&self, items: &[OutboxItem], olm: OlmSave<'_>) -> Result<(), StoreError> {
-        (&self.outbox, &self.crypto)
-            .transaction(|(outbox, crypto)| {
+        crate::gate::transaction(|| {
+            (&self.outbox, &self.crypto).transaction(|(outbox, crypto)| {
                 for item in items {
                     outbox.insert(&item.id[..], encode_item(item))?;
                 }
                 olm.write(crypto)?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Updates attempt count and time of an outbox entry (if it is still there).
@@ -517,12 +520,13 @@ impl MessageStore {
         failure: &str,
         at_ms: u64,
     ) -> Result<(), StoreError> {
-        (&self.messages, &self.ids, &self.outbox)
-            .transaction(|(messages, ids, outbox)| {
+        crate::gate::transaction(|| {
+            (&self.messages, &self.ids, &self.outbox).transaction(|(messages, ids, outbox)| {
                 tx_complete(messages, ids, outbox, id, status, failure, at_ms)?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Applies a receipt from `peer_id` to our outgoing messages `ids` together with the Olm state
@@ -641,102 +645,107 @@ impl MessageStore {
         batch: &Received<'_>,
         at_ms: u64,
     ) -> Result<ReceivedOutcome, StoreError> {
-        (
-            &self.messages,
-            &self.ids,
-            &self.outbox,
-            &self.crypto,
-            &self.correspondents,
-        )
-            .transaction(|(messages, ids, outbox, crypto, correspondents)| {
-                let mut outcome = ReceivedOutcome {
-                    messages: Vec::with_capacity(batch.messages.len()),
-                    receipts: Vec::with_capacity(batch.receipts.len()),
-                };
-                let mut summary: Option<Correspondent> = None;
-                if let Some(key) = batch.identity_key {
-                    let mut c = tx_correspondent(correspondents, batch.peer_id)?;
-                    if c.identity_key.is_none() {
-                        c.identity_key = Some(key);
-                    }
-                    summary = Some(c);
-                }
-                for message in batch.messages {
-                    // Duplicate means the same sender sent this id before: another peer reusing an
-                    // id (it travels in clear) must not suppress the real message.
-                    let key = message_key(&message.peer_id, &message.id);
-                    if messages.get(&key)?.is_some() {
-                        outcome.messages.push(Incoming::Duplicate);
-                        continue;
-                    }
-                    messages.insert(key, encode_message(message))?;
-                    // The id index keeps the first conversation an id was seen in (our own
-                    // outgoing ids are never overwritten by someone else's message).
-                    if ids.get(&message.id[..])?.is_none() {
-                        ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
-                    }
-                    let c = match &mut summary {
-                        Some(c) => c,
-                        None => summary.insert(tx_correspondent(correspondents, batch.peer_id)?),
+        crate::gate::transaction(|| {
+            (
+                &self.messages,
+                &self.ids,
+                &self.outbox,
+                &self.crypto,
+                &self.correspondents,
+            )
+                .transaction(|(messages, ids, outbox, crypto, correspondents)| {
+                    let mut outcome = ReceivedOutcome {
+                        messages: Vec::with_capacity(batch.messages.len()),
+                        receipts: Vec::with_capacity(batch.receipts.len()),
                     };
-                    c.unread = c.unread.saturating_add(1);
-                    c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
-                    c.last_text = preview(&message.text);
-                    outcome.messages.push(Incoming::Stored);
-                }
-                if let Some(c) = &summary {
-                    correspondents.insert(batch.peer_id, encode_correspondent(c))?;
-                }
-                for (kind, receipt_ids) in batch.receipts {
-                    let mut ours = Vec::new();
-                    for id in receipt_ids {
-                        let key = message_key(batch.peer_id, id);
-                        let Some(raw) = messages.get(&key)? else {
-                            continue;
-                        };
-                        let mut m = decode_message(&raw).map_err(abort)?;
-                        if !m.outgoing {
+                    let mut summary: Option<Correspondent> = None;
+                    if let Some(key) = batch.identity_key {
+                        let mut c = tx_correspondent(correspondents, batch.peer_id)?;
+                        if c.identity_key.is_none() {
+                            c.identity_key = Some(key);
+                        }
+                        summary = Some(c);
+                    }
+                    for message in batch.messages {
+                        // Duplicate means the same sender sent this id before: another peer reusing an
+                        // id (it travels in clear) must not suppress the real message.
+                        let key = message_key(&message.peer_id, &message.id);
+                        if messages.get(&key)?.is_some() {
+                            outcome.messages.push(Incoming::Duplicate);
                             continue;
                         }
-                        match kind {
-                            ReceiptKind::Delivered => {
-                                tx_complete(
-                                    messages,
-                                    ids,
-                                    outbox,
-                                    id,
-                                    Status::Delivered,
-                                    "",
-                                    at_ms,
-                                )?;
+                        messages.insert(key, encode_message(message))?;
+                        // The id index keeps the first conversation an id was seen in (our own
+                        // outgoing ids are never overwritten by someone else's message).
+                        if ids.get(&message.id[..])?.is_none() {
+                            ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                        }
+                        let c = match &mut summary {
+                            Some(c) => c,
+                            None => {
+                                summary.insert(tx_correspondent(correspondents, batch.peer_id)?)
                             }
-                            ReceiptKind::Read => {
-                                if m.status != Status::Read {
-                                    m.status = Status::Read;
-                                    messages.insert(key, encode_message(&m))?;
+                        };
+                        c.unread = c.unread.saturating_add(1);
+                        c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
+                        c.last_text = preview(&message.text);
+                        outcome.messages.push(Incoming::Stored);
+                    }
+                    if let Some(c) = &summary {
+                        correspondents.insert(batch.peer_id, encode_correspondent(c))?;
+                    }
+                    for (kind, receipt_ids) in batch.receipts {
+                        let mut ours = Vec::new();
+                        for id in receipt_ids {
+                            let key = message_key(batch.peer_id, id);
+                            let Some(raw) = messages.get(&key)? else {
+                                continue;
+                            };
+                            let mut m = decode_message(&raw).map_err(abort)?;
+                            if !m.outgoing {
+                                continue;
+                            }
+                            match kind {
+                                ReceiptKind::Delivered => {
+                                    tx_complete(
+                                        messages,
+                                        ids,
+                                        outbox,
+                                        id,
+                                        Status::Delivered,
+                                        "",
+                                        at_ms,
+                                    )?;
+                                }
+                                ReceiptKind::Read => {
+                                    if m.status != Status::Read {
+                                        m.status = Status::Read;
+                                        messages.insert(key, encode_message(&m))?;
+                                    }
                                 }
                             }
+                            ours.push(*id);
                         }
-                        ours.push(*id);
+                        outcome.receipts.push(ours);
                     }
-                    outcome.receipts.push(ours);
-                }
-                batch.olm.write(crypto)?;
-                Ok(outcome)
-            })
-            .map_err(|e| self.tx_err(e))
+                    batch.olm.write(crypto)?;
+                    Ok(outcome)
+                })
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Saves Olm state alone: after decrypting something that changes nothing else (a group
     /// control message, whose effects the group store records), a fallback-key rotation, or a
     /// sessions reset.
     pub fn save_olm(&self, olm: OlmSave<'_>) -> Result<(), StoreError> {
-        self.crypto
-            .transaction(|crypto| {
+        crate::gate::transaction(|| {
+            self.crypto.transaction(|crypto| {
                 olm.write(crypto)?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Replaces a whole-state Olm pickle (stores from before per-peer sessions) by the account
@@ -747,15 +756,16 @@ impl MessageStore {
         account: &[u8],
         sessions: &[([u8; 32], Vec<u8>)],
     ) -> Result<(), StoreError> {
-        self.crypto
-            .transaction(|crypto| {
+        crate::gate::transaction(|| {
+            self.crypto.transaction(|crypto| {
                 for (key, pickle) in sessions {
                     crypto.insert(sessions_key(key), pickle.as_slice())?;
                 }
                 crypto.insert(OLM_KEY, account)?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Drops the saved sessions with the peer whose Olm identity key is `identity_key` (a reset:
@@ -912,14 +922,15 @@ impl MessageStore {
         peer_id: &[u8],
         f: impl Fn(&mut Correspondent),
     ) -> Result<(), StoreError> {
-        self.correspondents
-            .transaction(|tree| {
+        crate::gate::transaction(|| {
+            self.correspondents.transaction(|tree| {
                 let mut c = tx_correspondent(tree, peer_id)?;
                 f(&mut c);
                 tree.insert(peer_id, encode_correspondent(&c))?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
+        })
+        .map_err(|e| self.tx_err(e))
     }
 
     /// Every outbox entry.

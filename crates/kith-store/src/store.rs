@@ -22,8 +22,9 @@ pub struct StoreConfig {
     /// Page cache size in bytes. Default 64 MiB: sled's own default of 1 GiB is far too much for a
     /// messenger on a laptop or phone, and sled's RSS grows well past this figure anyway.
     pub cache_capacity: u64,
-    /// How often sled's background thread flushes, in milliseconds. Default 500. Durable writes do
-    /// not rely on it: they call [`Store::flush`] before anything is acknowledged.
+    /// How often the store's background thread flushes, in milliseconds. Default 500. Durable
+    /// writes do not rely on it: they call [`Store::flush`] before anything is acknowledged.
+    /// (Not sled's own flusher, which would bypass the write gate; see `gate.rs`.)
     pub flush_every_ms: Option<u64>,
 }
 
@@ -57,6 +58,54 @@ pub struct Store {
     files: FileBook,
     calls: crate::CallBook,
     commit: Arc<GroupCommit>,
+    /// Stops the periodic flusher when the last clone of the store is dropped.
+    _flusher: Option<Arc<PeriodicFlush>>,
+}
+
+/// Ends the periodic flush thread when dropped (the thread sees its channel close), and waits
+/// for it, so the database is closed (and its file lock released) when the store is.
+#[derive(Debug)]
+struct PeriodicFlush {
+    stop: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PeriodicFlush {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl PeriodicFlush {
+    /// Flushes `db` through the write gate every `every` until dropped.
+    fn start(db: sled::Db, path: PathBuf, every: std::time::Duration) -> Result<Self, StoreError> {
+        let (stop, stopped) = std::sync::mpsc::sync_channel::<()>(0);
+        let error_path = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("kith-store-flush".into())
+            .spawn(move || {
+                // Ends when the store is dropped: the sender goes and `recv_timeout` reports it.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    let _pass = crate::gate::flush();
+                    if let Err(e) = db.flush() {
+                        tracing::warn!(path = %path.display(), error = %e, "periodic flush failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Sled {
+                path: error_path,
+                source: sled::Error::Io(e),
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
 }
 
 /// A point in the store's write history; see [`Store::flush_ticket`].
@@ -85,7 +134,7 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity)
-            .flush_every_ms(config.flush_every_ms)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| StoreError::from_sled(&path, e))?;
         if db.was_recovered() {
@@ -99,6 +148,7 @@ impl Store {
             None => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
                     .map_err(|e| StoreError::from_sled(&path, e))?;
+                let _pass = crate::gate::flush();
                 db.flush().map_err(|e| StoreError::from_sled(&path, e))?;
             }
             Some(raw) => {
@@ -125,7 +175,16 @@ impl Store {
         let groups = GroupStore::new(&db, path.clone())?;
         let files = FileBook::new(open_tree(&db, &path, crate::files::TREE)?, path.clone());
         let calls = crate::CallBook::new(open_tree(&db, &path, crate::calls::TREE)?, path.clone());
+        let flusher = match config.flush_every_ms {
+            Some(ms) => Some(Arc::new(PeriodicFlush::start(
+                db.clone(),
+                path.clone(),
+                std::time::Duration::from_millis(ms.max(1)),
+            )?)),
+            None => None,
+        };
         Ok(Self {
+            _flusher: flusher,
             files,
             calls,
             path,
@@ -191,6 +250,7 @@ impl Store {
 
     /// Flushes from synchronous code (tools and benchmarks; the node uses [`Store::flush`]).
     pub fn flush_blocking(&self) -> Result<usize, StoreError> {
+        let _pass = crate::gate::flush();
         self.db
             .flush()
             .map_err(|e| StoreError::from_sled(&self.path, e))
@@ -199,6 +259,7 @@ impl Store {
     /// Synchronous flush, for tests that reopen the store.
     #[cfg(test)]
     pub(crate) fn db_flush_for_tests(&self) {
+        let _pass = crate::gate::flush();
         let _ = self.db.flush();
     }
 
@@ -245,13 +306,16 @@ impl Store {
         // are polled at once (spacejam/sled#1241, #1308), which hung sends in a 50-node
         // benchmark. A blocking flush on tokio's blocking pool has no such wake-up.
         let db = self.db.clone();
-        let bytes = tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Sled {
-                path: self.path.clone(),
-                source: sled::Error::Io(std::io::Error::other(format!("flush task: {e}"))),
-            })?
-            .map_err(|e| StoreError::from_sled(&self.path, e))?;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let _pass = crate::gate::flush();
+            db.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Sled {
+            path: self.path.clone(),
+            source: sled::Error::Io(std::io::Error::other(format!("flush task: {e}"))),
+        })?
+        .map_err(|e| StoreError::from_sled(&self.path, e))?;
         commit.completed.fetch_max(covers, Ordering::SeqCst);
         Ok(bytes)
     }
