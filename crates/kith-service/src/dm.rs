@@ -40,7 +40,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Messages in flight to one peer at once. Below vodozemac's 40 skipped message keys per chain,
 /// so reordering inside the window can never make a message undecryptable.
-const WINDOW: usize = 16;
+const WINDOW: usize = 32;
 /// Entries encrypted per round.
 const BATCH: usize = 64;
 /// How long `send` waits for the first delivery attempt before answering "queued".
@@ -144,6 +144,9 @@ pub(crate) struct Dm {
     pickle_key: PickleKey,
     events: broadcast::Sender<MessageEvent>,
     wake: Notify,
+    /// Told on every hand-over to delivery, so a pipelined run with room picks new entries up
+    /// without waiting for an ack.
+    handed: Notify,
     peer_locks: StdMutex<HashMap<PeerId, Arc<Mutex<()>>>>,
     /// Peers with entries queued since their delivery run last read the outbox: a run that
     /// finds its peer here after finishing goes round again, so nothing handed to it is missed.
@@ -193,6 +196,7 @@ impl Dm {
             wake: Notify::new(),
             peer_locks: StdMutex::new(HashMap::new()),
             dirty: StdMutex::new(HashSet::new()),
+            handed: Notify::new(),
             first_attempts: StdMutex::new(HashMap::new()),
             busy: StdMutex::new(HashSet::new()),
             buckets: StdMutex::new(HashMap::new()),
@@ -672,6 +676,7 @@ impl Node {
     /// when it sees the mark).
     fn hand_to_delivery(&self, peer: PeerId) {
         lock(&self.dm().dirty).insert(peer);
+        self.dm().handed.notify_waiters();
         if let Ok(guard) = self.peer_lock(peer).try_lock_owned() {
             let node = self.clone();
             tokio::spawn(async move { node.delivery_run(peer, guard).await });
@@ -704,73 +709,120 @@ impl Node {
     }
 
     /// Returns false when it stopped short of delivering everything due.
+    ///
+    /// Pipelined: up to [`WINDOW`] entries are on the wire at once, and as soon as one is
+    /// acknowledged the next due entries are encrypted, saved, flushed and sent, while the rest
+    /// are still in flight (a round no longer waits for its slowest ack). Entries handed over
+    /// meanwhile join the run at once.
     async fn try_delivery_rounds(&self, peer: PeerId) -> bool {
-        // Bounded: every round either delivers something or stops.
-        for _ in 0..10_000 {
-            lock(&self.dm().dirty).remove(&peer);
-            let items = match self.store().messages().outbox() {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    return false;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut sending: HashSet<MessageId> = HashSet::new();
+        let mut stopped = false;
+        // Bounded: every pass either starts sends, or waits for one to finish or for a hand-over,
+        // and the run ends when nothing is due and nothing is in flight.
+        for _ in 0..1_000_000 {
+            // Registered before the outbox is read, so a hand-over after the read wakes us.
+            let handed = self.dm().handed.notified();
+            tokio::pin!(handed);
+            handed.as_mut().enable();
+            if !stopped && in_flight.len() < WINDOW {
+                match self.start_sends(peer, &sending, WINDOW - in_flight.len()).await {
+                    Ok(started) if !started.is_empty() => {
+                        for item in started {
+                            sending.insert(item.id);
+                            in_flight.push(async move {
+                                let id = item.id;
+                                (id, self.send_item(peer, item).await)
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(()) => stopped = true,
                 }
-            };
-            let now = now_ms();
-            // Call signalling past its ring timeout is dropped, never sent late.
-            let (expired, items): (Vec<OutboxItem>, Vec<OutboxItem>) =
-                items.into_iter().partition(|i| {
-                    i.expires_ms != 0 && i.expires_ms <= now && i.peer_id == peer.to_bytes()
-                });
-            for item in expired {
-                self.finish(peer, &item, Status::Failed, "expired");
             }
-            // Entries already held at the peer's mailbox wait for their own (slower) retry time:
-            // they are queued there in order, and re-sending them every round would keep the
-            // batch full of them, so nothing after the first batch would ever be deposited.
-            let mut due: Vec<OutboxItem> = items
-                .into_iter()
-                .filter(|i| i.peer_id == peer.to_bytes())
-                .filter(|i| !(i.deposited && i.next_attempt_ms > now))
-                .collect();
-            // Once anything for this peer is due, everything for it goes, oldest first: entries
-            // hold consecutive Olm chain steps, and delivering later steps far ahead of earlier
-            // ones would exhaust the receiver's skipped-key window.
-            if !due.iter().any(|i| i.next_attempt_ms <= now) {
-                return true;
+            if in_flight.is_empty() {
+                return !stopped;
             }
-            due.sort_by_key(|i| i.id);
-            due.truncate(BATCH);
-            let encrypted = self.encrypt_batch(peer, &mut due).await;
-            let mut pending = due.into_iter();
-            let ready: Vec<OutboxItem> = pending.by_ref().take(encrypted.ready).collect();
-            if let Some(e) = &encrypted.error {
-                tracing::debug!(%peer, error = %e, "cannot encrypt yet; will retry");
-                if let Some(first) = pending.next() {
-                    let attempts = self.retry_later(first);
-                    self.postpone(pending, attempts);
+            tokio::select! {
+                done = in_flight.next() => {
+                    if let Some((id, result)) = done {
+                        sending.remove(&id);
+                        // Unreachable (or refused for now): the failed entry was rescheduled;
+                        // send nothing more, let what is in flight finish.
+                        if result.is_err() {
+                            stopped = true;
+                        }
+                    }
                 }
-                // Whatever was encrypted before still goes out below.
-            }
-            if encrypted.fresh
-                && let Err(e) = self.store().flush().await
-            {
-                tracing::warn!(error = %e, "cannot flush the Olm state; not sending");
-                return false;
-            }
-            if ready.is_empty() {
-                return false;
-            }
-            let results: Vec<Result<(), u32>> = futures::stream::iter(ready)
-                .map(|item| self.send_item(peer, item))
-                .buffered(WINDOW)
-                .collect()
-                .await;
-            if results.iter().any(Result::is_err) {
-                // Unreachable (or refused for now): the failed ones were rescheduled; stop.
-                return false;
+                () = &mut handed, if !stopped && in_flight.len() < WINDOW => {}
             }
         }
         false
+    }
+
+    /// Reads what is due for `peer` and not already in flight, encrypts up to `room` entries of
+    /// it (oldest first, one transaction), flushes, and returns those ready to send. `Err` when
+    /// the run must stop short (nothing more can go out now).
+    async fn start_sends(
+        &self,
+        peer: PeerId,
+        sending: &HashSet<MessageId>,
+        room: usize,
+    ) -> Result<Vec<OutboxItem>, ()> {
+        lock(&self.dm().dirty).remove(&peer);
+        let items = match self.store().messages().outbox() {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                return Err(());
+            }
+        };
+        let now = now_ms();
+        // Call signalling past its ring timeout is dropped, never sent late.
+        let (expired, items): (Vec<OutboxItem>, Vec<OutboxItem>) = items
+            .into_iter()
+            .filter(|i| i.peer_id == peer.to_bytes() && !sending.contains(&i.id))
+            .partition(|i| i.expires_ms != 0 && i.expires_ms <= now);
+        for item in expired {
+            self.finish(peer, &item, Status::Failed, "expired");
+        }
+        // Entries already held at the peer's mailbox wait for their own (slower) retry time:
+        // they are queued there in order, and re-sending them every round would keep the
+        // batch full of them, so nothing after the first batch would ever be deposited.
+        let mut due: Vec<OutboxItem> = items
+            .into_iter()
+            .filter(|i| !(i.deposited && i.next_attempt_ms > now))
+            .collect();
+        // Once anything for this peer is due, everything for it goes, oldest first: entries
+        // hold consecutive Olm chain steps, and delivering later steps far ahead of earlier
+        // ones would exhaust the receiver's skipped-key window.
+        if !due.iter().any(|i| i.next_attempt_ms <= now) {
+            return Ok(Vec::new());
+        }
+        due.sort_by_key(|i| i.id);
+        due.truncate(room.min(BATCH));
+        let encrypted = self.encrypt_batch(peer, &mut due).await;
+        let mut pending = due.into_iter();
+        let ready: Vec<OutboxItem> = pending.by_ref().take(encrypted.ready).collect();
+        if let Some(e) = &encrypted.error {
+            tracing::debug!(%peer, error = %e, "cannot encrypt yet; will retry");
+            if let Some(first) = pending.next() {
+                let attempts = self.retry_later(first);
+                self.postpone(pending, attempts);
+            }
+            // Whatever was encrypted before still goes out below.
+        }
+        if encrypted.fresh
+            && let Err(e) = self.store().flush().await
+        {
+            tracing::warn!(error = %e, "cannot flush the Olm state; not sending");
+            return Err(());
+        }
+        if ready.is_empty() {
+            return Err(());
+        }
+        Ok(ready)
     }
 
     /// Reschedules entries that were not attempted because the peer is unreachable.
@@ -841,7 +893,14 @@ impl Node {
                         item.envelope = None;
                         Err(self.retry_later(item))
                     }
-                    Some((Some(pb::AckStatus::AckRateLimited), _)) => Err(self.retry_later(item)),
+                    Some((Some(pb::AckStatus::AckRateLimited), _)) => {
+                        // The peer is up and asks us to slow down: retry in a second, without
+                        // the growing backoff of an unreachable peer (a pipelined run has many
+                        // entries refused at once, and escalating each would strand some of
+                        // them for minutes behind a limit that lets a few through per second).
+                        item.attempts = 0;
+                        Err(self.retry_later(item))
+                    }
                     Some((Some(pb::AckStatus::AckBlocked), _)) => {
                         self.finish(
                             peer,
