@@ -224,10 +224,27 @@ impl Burst {
 const BURST: usize = 1000;
 const CONCURRENCY: usize = 32;
 
-/// Fires `BURST` sends ("m-0" … "m-999") at `sender`'s API, `CONCURRENCY` at a time, to `to`,
-/// and SIGKILLs `sender` once `kill_after` were accepted. Requests in flight then fail; those
-/// never reported as accepted may or may not arrive later, but nothing may arrive twice.
-fn burst_and_kill(lab: &Lab, sender: &mut Daemon, to: &str, kill_after: usize) -> Burst {
+/// Which node of the pair a burst kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// The node whose API takes the burst: the rest of the burst is never sent.
+    Sender,
+    /// The node the burst goes to: the sender keeps accepting (and queueing) the rest.
+    Recipient,
+}
+
+/// Fires `BURST` sends ("m-0" … "m-999") at the sender's API (`api`), `CONCURRENCY` at a time,
+/// to `to`, and SIGKILLs `victim` (which is the sender or the recipient, as `role` says) once
+/// `kill_after` were accepted. When the sender dies, requests in flight fail; those never
+/// reported as accepted may or may not arrive later, but nothing may arrive twice.
+fn burst_and_kill(
+    lab: &Lab,
+    api: &ApiClient,
+    to: &str,
+    kill_after: usize,
+    victim: &mut Daemon,
+    role: Victim,
+) -> Burst {
     let burst = Arc::new(Mutex::new(Burst::default()));
     let accepted_count = Arc::new(AtomicUsize::new(0));
     let killed = Arc::new(AtomicBool::new(false));
@@ -236,7 +253,7 @@ fn burst_and_kill(lab: &Lab, sender: &mut Daemon, to: &str, kill_after: usize) -
         let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let mut tasks = Vec::with_capacity(BURST);
         for n in 0..BURST {
-            let (api, to, permits) = (sender.api().clone(), to.to_owned(), permits.clone());
+            let (api, to, permits) = (api.clone(), to.to_owned(), permits.clone());
             let (burst, accepted_count, killed) =
                 (burst.clone(), accepted_count.clone(), killed.clone());
             tasks.push(tokio::spawn(async move {
@@ -260,7 +277,7 @@ fn burst_and_kill(lab: &Lab, sender: &mut Daemon, to: &str, kill_after: usize) -
                 }
             }));
         }
-        // Kill the sender from here once enough were accepted (bounded: the burst must get there).
+        // Kill the victim from here once enough were accepted (bounded: the burst must get there).
         let deadline = Instant::now() + Duration::from_secs(60);
         while accepted_count.load(Ordering::SeqCst) < kill_after {
             assert!(
@@ -274,9 +291,11 @@ fn burst_and_kill(lab: &Lab, sender: &mut Daemon, to: &str, kill_after: usize) -
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Flag first, so only requests already in flight can meet the dead node.
-        killed.store(true, Ordering::SeqCst);
-        sender.kill9();
+        // Flag first, so only requests already in flight can meet a dead sender.
+        if role == Victim::Sender {
+            killed.store(true, Ordering::SeqCst);
+        }
+        victim.kill9();
         let killed_at = start.elapsed();
         tokio::time::timeout(Duration::from_secs(60), async {
             for task in tasks {
@@ -461,7 +480,8 @@ fn a_killed_sender_loses_and_duplicates_nothing() {
     acquaint(&lab, &b, &a);
 
     let kill_after = 150 + jitter(300);
-    let burst = burst_and_kill(&lab, &mut b, &a.peer_id(), kill_after);
+    let api = b.api();
+    let burst = burst_and_kill(&lab, &api, &a.peer_id(), kill_after, &mut b, Victim::Sender);
     let at_kill = full_history(&lab, &a, &b_id).len() - 1;
 
     // Restart B on the same home; it must finish the job by itself.
@@ -474,6 +494,45 @@ fn a_killed_sender_loses_and_duplicates_nothing() {
     eprintln!(
         "burst to a running recipient: {}; drained {drained_in:.1?} after B's restart",
         burst_summary(&burst, kill_after, on_a, at_kill)
+    );
+}
+
+/// Issue 16: the recipient is SIGKILLed in the middle of a burst while the sender's API clients
+/// keep sending. Frames it had stored but not acknowledged come again after its restart and
+/// are answered as duplicates; frames it had acknowledged are on its disk. Every message the
+/// sender's API answered with an id ends up at the recipient exactly once.
+#[test]
+fn a_killed_recipient_loses_and_duplicates_nothing() {
+    let lab = Lab::new();
+    let mut a = lab.start("a", None);
+    let b = lab.start("b", Some(&a.tcp_addr()));
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    acquaint(&lab, &b, &a);
+
+    let kill_after = 150 + jitter(300);
+    let api = b.api();
+    let burst = burst_and_kill(&lab, &api, &a_id, kill_after, &mut a, Victim::Recipient);
+    assert!(
+        burst.failed.is_empty(),
+        "the sender stayed up: {:?}",
+        &burst.failed
+    );
+    assert_eq!(
+        burst.accepted.len(),
+        BURST,
+        "the sender accepted every send"
+    );
+
+    // A comes back on the same home (on a new port) and dials B; B's outbox drains into it.
+    let a = {
+        drop(a);
+        lab.start("a", Some(&b.tcp_addr()))
+    };
+    assert_eq!(a.peer_id(), a_id);
+    let (on_a, drained_in) = assert_burst_arrived_exactly_once(&lab, &a, &b, &burst, &["warm-up"]);
+    eprintln!(
+        "burst to a recipient killed after {kill_after} accepted: {on_a} at A from {b_id}, \
+         drained {drained_in:.1?} after A's restart"
     );
 }
 
@@ -491,7 +550,8 @@ fn a_sender_killed_with_a_full_outbox_delivers_it_after_restart_exactly_once() {
 
     a.stop();
     let kill_after = 150 + jitter(300);
-    let burst = burst_and_kill(&lab, &mut b, &a_id, kill_after);
+    let api = b.api();
+    let burst = burst_and_kill(&lab, &api, &a_id, kill_after, &mut b, Victim::Sender);
     assert_eq!(burst.queued(), burst.accepted.len(), "A was offline");
 
     // B comes back first (A's old address is dead), then A, dialing B.

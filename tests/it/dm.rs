@@ -1667,3 +1667,63 @@ mod raw {
         }
     }
 }
+
+/// Issue 16: a send to a pinned name, or a petname, while the node has no peer at all is queued
+/// (not refused: the pin answers without the network), and it is delivered once the recipient
+/// is back, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_pinned_name_with_no_network_is_queued_and_delivered_when_it_returns() {
+    let mut nodes = network(3).await.into_iter();
+    let (hub, owner, sender) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
+    let owner_id = owner.peer_id();
+    tokio::time::timeout(SEND, owner.node().register_name("lea", None))
+        .await
+        .expect("register_name hung")
+        .unwrap();
+    sender
+        .node()
+        .add_contact("cousin", &owner_id.to_string())
+        .await
+        .unwrap();
+    // The first send resolves and pins the name.
+    let first = send(&sender, "lea", "before the network went away").await;
+    assert_eq!(first.peer, owner_id);
+    wait_status(&sender, first.id, MessageStatus::Delivered).await;
+
+    // Everyone but the sender goes away; the owner keeps its home to come back.
+    let owner = owner.stop_keeping_home().await.unwrap();
+    shutdown_all(vec![hub]).await.unwrap();
+    wait_until("the sender to have no peers", MESH, POLL, async || {
+        sender.connected_peers().await.is_ok_and(|p| p.is_empty())
+    })
+    .await
+    .unwrap();
+
+    let by_name = send(&sender, "lea", "sent with no network, by name").await;
+    let by_petname = send(&sender, "cousin", "sent with no network, by petname").await;
+    for sent in [&by_name, &by_petname] {
+        assert_eq!(sent.peer, owner_id);
+        assert_eq!(sent.status, MessageStatus::Queued, "nobody to deliver to");
+    }
+
+    // The owner comes back and dials the sender: the queue drains, exactly once each.
+    let owner = owner.start(vec![sender.tcp_addr()]).await.unwrap();
+    for sent in [&by_name, &by_petname] {
+        wait_status(&sender, sent.id, MessageStatus::Delivered).await;
+        wait_status(&owner, sent.id, MessageStatus::Received).await;
+    }
+    let on_owner = assert_same_conversation(&owner, &sender);
+    assert_eq!(
+        on_owner.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        [
+            "before the network went away",
+            "sent with no network, by name",
+            "sent with no network, by petname"
+        ]
+    );
+    shutdown_all(vec![owner, sender]).await.unwrap();
+}

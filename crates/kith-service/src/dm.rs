@@ -726,7 +726,10 @@ impl Node {
             tokio::pin!(handed);
             handed.as_mut().enable();
             if !stopped && in_flight.len() < WINDOW {
-                match self.start_sends(peer, &sending, WINDOW - in_flight.len()).await {
+                match self
+                    .start_sends(peer, &sending, WINDOW - in_flight.len())
+                    .await
+                {
                     Ok(started) if !started.is_empty() => {
                         for item in started {
                             sending.insert(item.id);
