@@ -774,7 +774,7 @@ impl Node {
         room: usize,
     ) -> Result<Vec<OutboxItem>, ()> {
         lock(&self.dm().dirty).remove(&peer);
-        let items = match self.store().messages().outbox() {
+        let items = match self.store().messages().outbox_for(&peer.to_bytes()) {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the outbox");
@@ -785,7 +785,7 @@ impl Node {
         // Call signalling past its ring timeout is dropped, never sent late.
         let (expired, items): (Vec<OutboxItem>, Vec<OutboxItem>) = items
             .into_iter()
-            .filter(|i| i.peer_id == peer.to_bytes() && !sending.contains(&i.id))
+            .filter(|i| !sending.contains(&i.id))
             .partition(|i| i.expires_ms != 0 && i.expires_ms <= now);
         for item in expired {
             self.finish(peer, &item, Status::Failed, "expired");
@@ -1535,11 +1535,11 @@ impl Node {
 
     /// A peer connected: whatever waits for it is due now.
     pub(crate) fn on_peer_connected(&self, peer: PeerId) {
-        let Ok(items) = self.store().messages().outbox() else {
+        let Ok(items) = self.store().messages().outbox_for(&peer.to_bytes()) else {
             return;
         };
         let mut any = false;
-        for mut item in items.into_iter().filter(|i| i.peer_id == peer.to_bytes()) {
+        for mut item in items {
             if item.next_attempt_ms > 0 {
                 item.next_attempt_ms = 0;
                 let _ = self.store().messages().reschedule(&item);

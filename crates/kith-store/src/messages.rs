@@ -254,8 +254,17 @@ pub struct MessageStore {
     outbox: sled::Tree,
     crypto: sled::Tree,
     correspondents: sled::Tree,
+    /// Outbox entry ids by recipient, so a delivery run reads its peer's entries by point lookups
+    /// instead of decoding the whole outbox every time it goes round (once per ack when
+    /// pipelined). Built by one scan at open; every insert into the outbox adds to it after its
+    /// transaction commits. Removals are eager where cheap and otherwise lazy: an id whose entry
+    /// is gone is dropped when a lookup misses it, so a stale id costs one miss, never a result.
+    outbox_index: std::sync::Arc<std::sync::Mutex<OutboxIndex>>,
     path: PathBuf,
 }
+
+/// See [`MessageStore::outbox_index`].
+type OutboxIndex = std::collections::HashMap<Vec<u8>, std::collections::BTreeSet<MessageId>>;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -435,14 +444,58 @@ impl MessageStore {
             db.open_tree(name)
                 .map_err(|e| StoreError::from_sled(&path, e))
         };
+        let outbox = open(OUTBOX)?;
+        let mut index = OutboxIndex::new();
+        for entry in outbox.iter() {
+            let (key, raw) = entry.map_err(|e| StoreError::from_sled(&path, e))?;
+            let item = decode_item(&key, &raw)?;
+            index.entry(item.peer_id).or_default().insert(item.id);
+        }
         Ok(Self {
             messages: open(MESSAGES)?,
             ids: open(MESSAGE_IDS)?,
-            outbox: open(OUTBOX)?,
+            outbox,
             crypto: open(CRYPTO)?,
             correspondents: open(CORRESPONDENTS)?,
+            outbox_index: std::sync::Arc::new(std::sync::Mutex::new(index)),
             path,
         })
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, OutboxIndex> {
+        // A set of ids: a panic while it was held cannot leave it half-written.
+        self.outbox_index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The outbox entries for one recipient, oldest id first, by point lookups.
+    pub fn outbox_for(&self, peer_id: &[u8]) -> Result<Vec<OutboxItem>, StoreError> {
+        let ids: Vec<MessageId> = self
+            .index()
+            .get(peer_id)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for id in ids {
+            match self.outbox.get(id).map_err(|e| self.err(e))? {
+                Some(raw) => out.push(decode_item(&id, &raw)?),
+                None => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            let mut index = self.index();
+            if let Some(ids) = index.get_mut(peer_id) {
+                for id in &gone {
+                    ids.remove(id);
+                }
+                if ids.is_empty() {
+                    index.remove(peer_id);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
@@ -483,7 +536,12 @@ impl MessageStore {
                     Ok(())
                 })
         })
-        .map_err(|e| self.tx_err(e))
+        .map_err(|e| self.tx_err(e))?;
+        self.index()
+            .entry(item.peer_id.clone())
+            .or_default()
+            .insert(item.id);
+        Ok(())
     }
 
     /// Records the encrypted envelopes of outbox entries (one peer's, encrypted in a row) together

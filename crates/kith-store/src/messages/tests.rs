@@ -276,3 +276,42 @@ fn receipts_touch_only_our_messages_to_that_peer_and_save_the_olm_state() {
     assert_eq!(db.message(&id(2)).unwrap().unwrap().status, Status::Read);
     assert_eq!(db.olm_sessions(&[5; 32]).unwrap().unwrap(), b"after-read");
 }
+
+#[test]
+fn outbox_for_reads_one_peers_entries_in_id_order_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let db = store.messages();
+        for (n, peer) in [(4, b"bob"), (1, b"amy"), (3, b"bob"), (2, b"bob")] {
+            let (m, o) = outgoing(n, peer);
+            db.enqueue(Some(&m), &o).unwrap();
+        }
+        let ids = |peer: &[u8]| -> Vec<MessageId> {
+            db.outbox_for(peer).unwrap().iter().map(|i| i.id).collect()
+        };
+        assert_eq!(ids(b"bob"), [id(2), id(3), id(4)]);
+        assert_eq!(ids(b"amy"), [id(1)]);
+        assert!(ids(b"cat").is_empty());
+        // A completed entry is gone from the next read (the index drops it lazily).
+        db.complete(&id(3), Status::Delivered, "", 7).unwrap();
+        assert_eq!(ids(b"bob"), [id(2), id(4)]);
+        // Updates keep the entry (and its new fields) in place.
+        let mut later = db.outbox_for(b"bob").unwrap().remove(0);
+        later.attempts = 5;
+        db.reschedule(&later).unwrap();
+        assert_eq!(db.outbox_for(b"bob").unwrap()[0].attempts, 5);
+        store.db_flush_for_tests();
+    }
+    // Reopened: the index is rebuilt from the tree.
+    let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+    let bob: Vec<MessageId> = store
+        .messages()
+        .outbox_for(b"bob")
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(bob, [id(2), id(4)]);
+    assert_eq!(store.messages().outbox_for(b"amy").unwrap().len(), 1);
+}
