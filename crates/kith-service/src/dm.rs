@@ -1,9 +1,12 @@
 //! Direct messages: the send and receive pipelines, retries, receipts, requests and blocks.
 //!
 //! ```text
-//! send:    validate → id → store message + outbox (one transaction) → flush → deliver
-//! deliver: encrypt the due batch once under the peer's Olm lock (envelopes + that peer's
-//!          sessions in one transaction) → flush → /kith/dm (WINDOW in flight) → Ack → delivered
+//! send:    validate → id → store message + outbox (one transaction) → hand to the peer's run
+//!          (the run's flush makes the message durable before the API answers)
+//! deliver: one run per peer, pipelined: read that peer's due entries (outbox index, point
+//!          lookups) → encrypt them once under the peer's Olm lock (envelopes + that peer's
+//!          sessions in one transaction) → flush → /kith/dm; up to WINDOW in flight, and each
+//!          ack makes room for the next entries at once → delivered
 //!          └─ no answer: backoff and retry (same id, same bytes) until acknowledged
 //! receive: frame cap (kith-net) → decode → blocked? rate? dedupe → queue for the sender's key
 //!          → whoever holds that peer's Olm lock drains the queue: decrypt each → one
