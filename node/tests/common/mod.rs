@@ -43,12 +43,23 @@ pub(crate) fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained while it runs: an output larger than the pipe (a long history) must not block it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let status = wait_bounded(&mut child, PROCESS_TIMEOUT);
-    let out = child.wait_with_output().unwrap();
     (
         status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
     )
 }
 
@@ -225,6 +236,18 @@ impl Daemon {
             .find(|a| a.contains("/tcp/"))
             .unwrap_or_else(|| panic!("{}: no TCP listen address in {}", self.name, self.ready));
         format!("{tcp}/p2p/{}", self.peer_id())
+    }
+
+    /// A client of its local API, from its `api.json` and `api.token` (for what the CLI cannot
+    /// do quickly, such as queueing a thousand messages).
+    pub(crate) fn api_client(&self) -> kith_api::ApiClient {
+        let info = json(&std::fs::read_to_string(self.home.join("api.json")).unwrap());
+        let addr = info["addr"].as_str().unwrap().parse().unwrap();
+        let token = kith_api::ApiToken::parse(
+            &std::fs::read_to_string(self.home.join("api.token")).unwrap(),
+        )
+        .unwrap();
+        kith_api::ApiClient::new(addr, token).unwrap()
     }
 
     /// `kith <args>` on this node's home: (exit code, stdout, stderr).
