@@ -22,6 +22,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
+use kith_core::{Backoff, MessageIds, Rate, RateLimiter};
 use kith_crypto::{Ciphertext, Curve25519Key, KeyBundle, OlmAccount, PickleKey};
 use kith_proto::v1 as pb;
 use kith_store::{
@@ -35,9 +36,6 @@ use crate::{Node, ServiceError, node::now_ms, olm_state::OlmState};
 
 /// Longest text message, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
-/// Retry backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Messages in flight to one peer at once. Below vodozemac's 40 skipped message keys per chain,
 /// so reordering inside the window can never make a message undecryptable.
 const WINDOW: usize = 16;
@@ -151,8 +149,9 @@ pub(crate) struct Dm {
     /// `send_text` calls waiting for the first attempt at their message, by message id.
     first_attempts: StdMutex<HashMap<MessageId, (PeerId, oneshot::Sender<()>)>>,
     busy: StdMutex<HashSet<PeerId>>,
-    buckets: StdMutex<HashMap<PeerId, (f64, Instant)>>,
-    last_id: StdMutex<(u64, u16)>,
+    /// Inbound rate limit per sender (made on first use, with the node's options).
+    buckets: StdMutex<Option<RateLimiter<PeerId>>>,
+    last_id: StdMutex<MessageIds>,
     /// Olm identity key → the peer it is bound to (from the correspondents tree).
     key_owners: StdMutex<HashMap<[u8; 32], PeerId>>,
     rejected: prometheus_client::metrics::counter::Counter,
@@ -195,8 +194,8 @@ impl Dm {
             dirty: StdMutex::new(HashSet::new()),
             first_attempts: StdMutex::new(HashMap::new()),
             busy: StdMutex::new(HashSet::new()),
-            buckets: StdMutex::new(HashMap::new()),
-            last_id: StdMutex::new((0, 0)),
+            buckets: StdMutex::new(None),
+            last_id: StdMutex::new(MessageIds::new()),
             key_owners: StdMutex::new(key_owners),
             rejected,
         })
@@ -204,26 +203,12 @@ impl Dm {
 
     pub(crate) fn next_id(&self) -> MessageId {
         let now = now_ms();
-        let (ms, counter) = {
-            let mut last = lock(&self.last_id);
-            let next = if now > last.0 {
-                (now, 0)
-            } else if last.1 == u16::MAX {
-                (last.0 + 1, 0)
-            } else {
-                (last.0, last.1 + 1)
-            };
-            *last = next;
-            next
-        };
-        let mut id = [0u8; 16];
-        id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-        id[6..8].copy_from_slice(&counter.to_be_bytes());
-        // The rest is random so ids from different nodes never collide.
-        if getrandom::fill(&mut id[8..]).is_err() {
-            id[8..].copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..8]);
+        // The random tail keeps ids from different nodes apart.
+        let mut random = [0u8; 8];
+        if getrandom::fill(&mut random).is_err() {
+            random.copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..8]);
         }
-        id
+        lock(&self.last_id).next(now, random)
     }
 
     fn key_owner(&self, key: &[u8; 32]) -> Option<PeerId> {
@@ -235,17 +220,9 @@ impl Dm {
     }
 
     fn allow(&self, peer: PeerId, (burst, per_sec): (f64, f64)) -> bool {
-        let mut buckets = lock(&self.buckets);
-        let now = Instant::now();
-        let (tokens, at) = buckets.entry(peer).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        lock(&self.buckets)
+            .get_or_insert_with(|| RateLimiter::new(Rate { burst, per_sec }))
+            .allow(&peer, Instant::now())
     }
 
     pub(crate) fn pickle_key(&self) -> &PickleKey {
@@ -353,8 +330,7 @@ fn ack(id: &[u8], status: pb::AckStatus, reason: &str) -> pb::Ack {
 }
 
 fn backoff(attempts: u32) -> Duration {
-    let exp = BACKOFF_MIN.saturating_mul(1u32 << attempts.min(16));
-    exp.min(BACKOFF_MAX)
+    Backoff::DELIVERY.delay(attempts)
 }
 
 fn peer_of(bytes: &[u8]) -> Option<PeerId> {
@@ -1584,14 +1560,6 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(500));
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(30), BACKOFF_MAX);
-    }
 
     #[test]
     fn bundle_keys_differ_per_peer_and_from_name_keys() {
