@@ -93,20 +93,14 @@ impl Drop for Tmux {
     }
 }
 
-/// Why tmux cannot be used, if it cannot. Under `CI=true` a missing tmux fails the test instead:
-/// CI installs it, so its absence there is a broken setup, not a reason to pass.
-fn tmux_missing() -> Option<String> {
-    let reason = match Command::new("tmux").arg("-V").output() {
-        Ok(out) if out.status.success() => return None,
+/// Whether tmux can be used here (see [`common::prerequisite`] for what happens if not).
+fn tmux_available(test: &str) -> bool {
+    let missing = match Command::new("tmux").arg("-V").output() {
+        Ok(out) if out.status.success() => return true,
         Ok(out) => format!("`tmux -V` failed: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => format!("tmux is not installed ({e}); `apt-get install tmux` to run it"),
     };
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !in_ci,
-        "CI=true but the terminal chat test cannot run: {reason}"
-    );
-    Some(reason)
+    common::prerequisite(test, false, &missing)
 }
 
 fn quote(text: &str) -> String {
@@ -115,8 +109,7 @@ fn quote(text: &str) -> String {
 
 #[test]
 fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
-    if let Some(reason) = tmux_missing() {
-        println!("skipping the kith chat terminal test: {reason}");
+    if !tmux_available("chat_sends_shows_delivery_and_live_replies_and_quits_cleanly") {
         return;
     }
     let lab = Lab::new("kith-chat-", LAB_NETWORK);
@@ -256,8 +249,7 @@ fn wait_until(limit: Duration, report: impl Fn() -> String, mut check: impl FnMu
 /// and one typed in the chat reaches the other member.
 #[test]
 fn group_chat_shows_members_messages_live_and_sends_to_them() {
-    if let Some(reason) = tmux_missing() {
-        println!("skipping the kith chat group terminal test: {reason}");
+    if !tmux_available("group_chat_shows_members_messages_live_and_sends_to_them") {
         return;
     }
     let lab = Lab::new("kith-chat-", LAB_NETWORK);

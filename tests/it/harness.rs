@@ -671,6 +671,29 @@ pub(crate) async fn wait_until(
     poll_until(what, timeout, poll, async || check().await.then_some(())).await
 }
 
+/// Checks `check` every `poll` for `window` and fails at the first miss: for what must stay true
+/// where no event says it can no longer change (a late duplicate from gossip or sync).
+pub(crate) async fn holds_for(
+    what: &str,
+    window: Duration,
+    poll: Duration,
+    mut check: impl AsyncFnMut() -> std::result::Result<(), String>,
+) -> Result<()> {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Err(why) = check().await {
+            return Err(anyhow!(
+                "{what} stopped holding after {:?}: {why}",
+                start.elapsed()
+            ));
+        }
+        if start.elapsed() >= window {
+            return Ok(());
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// Like [`wait_until`], for a check that produces a value once it succeeds.
 pub(crate) async fn poll_until<T>(
     what: &str,
