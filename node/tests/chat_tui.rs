@@ -11,7 +11,7 @@ mod common;
 use common::{KITH, LAB_NETWORK, Lab, kith, wait_for_status};
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -31,6 +31,33 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A tmux server in `lab`'s dir running `kith chat <with> --home <home>` in a 100×30
+    /// session "chat". The shell stays after kith exits so its exit code can be read off the
+    /// screen (`chat-exit=N`).
+    fn chat(lab: &Lab, with: &str, home: &Path) -> Tmux {
+        let tmux = Tmux {
+            socket: lab.dir.path().join("tmux.sock"),
+        };
+        let script = format!(
+            "{} chat {} --home {}; echo \"chat-exit=$?\"; sleep 600",
+            quote(KITH),
+            quote(with),
+            quote(&home.display().to_string()),
+        );
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &script,
+        ]);
+        tmux
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new("tmux");
         command
@@ -137,27 +164,7 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
         });
     }
     phase("both key bundles are in the DHT");
-    let tmux = Tmux {
-        socket: lab.dir.path().join("tmux.sock"),
-    };
-    // The shell stays after kith exits so its exit code can be read off the screen.
-    let script = format!(
-        "{} chat {} --home {}; echo \"chat-exit=$?\"; sleep 600",
-        quote(KITH),
-        quote(&a_id),
-        quote(&b_home.display().to_string()),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &script,
-    ]);
+    let tmux = Tmux::chat(&lab, &a_id, &b_home);
     let report = |what: &str| {
         format!(
             "{what}\nscreen:\n{}\nnode a log:\n{}\nnode b log:\n{}",
@@ -291,25 +298,7 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
     assert_eq!(code, 0, "join failed: {err}");
     phase("b joined the group");
 
-    let tmux = Tmux {
-        socket: lab.dir.path().join("tmux.sock"),
-    };
-    let script = format!(
-        "{} chat climbing --home {}; echo \"chat-exit=$?\"; sleep 600",
-        quote(KITH),
-        quote(&b_home.display().to_string()),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &script,
-    ]);
+    let tmux = Tmux::chat(&lab, "climbing", &b_home);
     let report = |what: &str| format!("{what}\nscreen:\n{}\n{}", tmux.screen(), log_tails());
     let screen = tmux.wait_for("the group chat UI to connect", |s| {
         s.contains("kith chat · group 'climbing'") && s.contains(" live")

@@ -163,17 +163,6 @@ fn text_counts(messages: &[Value]) -> HashMap<String, usize> {
     counts
 }
 
-fn assert_unique_ids(who: &str, messages: &[Value]) {
-    let mut ids = std::collections::HashSet::new();
-    for m in messages {
-        assert!(
-            ids.insert(str_of(m, "id").to_owned()),
-            "{who}: id {} listed twice",
-            m["id"]
-        );
-    }
-}
-
 /// No id listed twice and each of `texts` held exactly once.
 fn each_once(messages: &[Value], texts: &[String]) -> Result<(), String> {
     let mut ids = std::collections::HashSet::new();
@@ -448,14 +437,7 @@ fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
         each_once(&a.history(&b_id), &texts)
     });
     let on_a = a.history(&b_id);
-    let counts = text_counts(&on_a);
-    for text in &texts {
-        assert_eq!(
-            counts.get(text),
-            Some(&1),
-            "A holds {text:?} once: {on_a:?}"
-        );
-    }
+    each_once(&on_a, &texts).unwrap_or_else(|e| panic!("A: {e}: {on_a:?}"));
     assert_eq!(on_a.len(), 2 + texts.len(), "two warm-ups and the three");
     for m in on_a
         .iter()
@@ -607,15 +589,7 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
         each_once(&a.history(&b_id), &texts)
     });
     let on_a = a.history(&b_id);
-    assert_unique_ids("A", &on_a);
-    let counts = text_counts(&on_a);
-    for text in &texts {
-        assert_eq!(
-            counts.get(text),
-            Some(&1),
-            "A holds {text:?} once: {on_a:?}"
-        );
-    }
+    each_once(&on_a, &texts).unwrap_or_else(|e| panic!("A: {e}: {on_a:?}"));
     assert_eq!(on_a.len(), 1 + texts.len(), "the warm-up and the four");
     for (id, text) in ids.iter().zip(&texts) {
         let m = on_a.iter().find(|m| m["text"] == text.as_str()).unwrap();

@@ -93,20 +93,11 @@ impl TestNode {
     /// restarts (as `kith run` keeps one in the home).
     pub(crate) async fn start_with(
         bootstrap: Vec<Multiaddr>,
-        mut options: Options,
+        options: Options,
         transports: Transports,
     ) -> Result<Self> {
-        if options.pickle_key.is_none() {
-            options.pickle_key =
-                Some(PickleKey::generate().context("generating the node's pickle key")?);
-        }
-        let home = tempfile::Builder::new()
-            .prefix("kith-it-")
-            .tempdir()
-            .context("creating a temporary home")?;
-        let store = open_store(&home)?;
         let keypair = Keypair::generate_ed25519();
-        Self::start_in(home, store, keypair, bootstrap, options, transports).await
+        Self::start_with_keypair(keypair, bootstrap, options, transports).await
     }
 
     /// Like [`TestNode::start_with`], with a chosen identity: for tests that play an attacker

@@ -11,6 +11,7 @@
 //! - [`ClockSkew`]: how far our clock is from our peers', from the readings in their answers.
 //! - [`group`]: signed member lists and which replaces which, and the key-free envelope checks.
 //! - [`Backoff`], [`RateLimiter`], [`MessageIds`]: retry schedules, per-peer limits, message ids.
+//! - [`check_text`]: what a text message may be.
 //!
 //! Everything here is deterministic given its inputs (time is always passed in), so it is tested
 //! without sockets.
@@ -26,6 +27,7 @@ pub mod rate;
 mod record;
 mod safety;
 pub mod select;
+pub mod text;
 
 pub use backoff::Backoff;
 pub use clock::{ClockSkew, SkewEstimate, SkewSample};
@@ -38,3 +40,4 @@ pub use name::{
 pub use rate::{Rate, RateLimiter};
 pub use record::{ClaimParams, NameRecord, NameRules, RecordError};
 pub use safety::safety_number;
+pub use text::{MAX_TEXT_BYTES, TextError, check_text};

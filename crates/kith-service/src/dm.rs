@@ -34,8 +34,9 @@ use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, oneshot};
 
 use crate::{Node, ServiceError, node::now_ms, olm_state::OlmState};
 
-/// Longest text message, in bytes of UTF-8.
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest text message (the rule is kith-core's `check_text`).
+pub use kith_core::MAX_TEXT_BYTES;
+
 /// Messages in flight to one peer at once. Below vodozemac's 40 skipped message keys per chain,
 /// so reordering inside the window can never make a message undecryptable.
 const WINDOW: usize = 16;
@@ -353,15 +354,7 @@ impl Node {
     /// Returns once the message is stored (and flushed) and the first delivery attempt finished
     /// or a few seconds passed: `Delivered` or `Queued`. A queued message keeps being retried.
     pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ServiceError> {
-        if text.trim().is_empty() {
-            return Err(ServiceError::InvalidMessage("the message is empty".into()));
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ServiceError::InvalidMessage(format!(
-                "the message is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
-        }
+        kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
         let peer = self.recipient_for_sending(target).await?;
         self.send_body(
             peer,

@@ -308,29 +308,25 @@ impl Node {
         reference: &str,
         target: &str,
     ) -> Result<(GroupInfo, PeerId), ServiceError> {
-        let record = self.find_group(reference)?;
-        let peer = self.resolve_recipient(target).await?;
-        let list = self.list_of(&record)?;
-        self.require_admin(&record, &list)?;
-        if list.is_member(&peer) {
-            return Err(ServiceError::InvalidMessage(format!(
-                "{target} is already a member of '{}'",
-                list.title()
-            )));
-        }
-        if list.members().len() >= MAX_MEMBERS {
-            return Err(ServiceError::InvalidMessage(format!(
-                "'{}' has {MAX_MEMBERS} members, the most a group can have",
-                list.title()
-            )));
-        }
-        let mut members = list.members().clone();
-        members.insert(peer, false);
-        let next = list
-            .successor(&self.inner.keypair, &members, now_ms())
-            .map_err(sign_error)?;
-        let recipients: Vec<PeerId> = list.members().keys().copied().collect();
-        let record = self.publish_list(record, &next, &recipients)?;
+        let (record, peer, next) = self
+            .change_members(reference, target, |list, peer| {
+                if list.is_member(&peer) {
+                    return Err(format!(
+                        "{target} is already a member of '{}'",
+                        list.title()
+                    ));
+                }
+                if list.members().len() >= MAX_MEMBERS {
+                    return Err(format!(
+                        "'{}' has {MAX_MEMBERS} members, the most a group can have",
+                        list.title()
+                    ));
+                }
+                let mut members = list.members().clone();
+                members.insert(peer, false);
+                Ok(members)
+            })
+            .await?;
         self.enqueue_control(
             peer,
             pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
@@ -349,31 +345,45 @@ impl Node {
         reference: &str,
         target: &str,
     ) -> Result<(GroupInfo, PeerId), ServiceError> {
+        let me = self.peer_id();
+        let (record, peer, _) = self
+            .change_members(reference, target, |list, peer| {
+                if !list.is_member(&peer) {
+                    return Err(format!("{target} is not a member of '{}'", list.title()));
+                }
+                if peer == me {
+                    return Err("to leave a group use `kith group leave`".into());
+                }
+                let mut members = list.members().clone();
+                members.remove(&peer);
+                Ok(members)
+            })
+            .await?;
+        self.store().flush().await?;
+        self.dm().wake_delivery();
+        Ok((self.info(&record)?, peer))
+    }
+
+    /// An admin's change of the member list: `edit` turns the current list and the resolved
+    /// `target` into the new members (or says why not); the next version is signed, applied and
+    /// queued for every current member. The caller flushes and wakes delivery.
+    async fn change_members(
+        &self,
+        reference: &str,
+        target: &str,
+        edit: impl FnOnce(&MemberList, PeerId) -> Result<BTreeMap<PeerId, bool>, String>,
+    ) -> Result<(GroupRecord, PeerId, MemberList), ServiceError> {
         let record = self.find_group(reference)?;
         let peer = self.resolve_recipient(target).await?;
         let list = self.list_of(&record)?;
         self.require_admin(&record, &list)?;
-        if !list.is_member(&peer) {
-            return Err(ServiceError::InvalidMessage(format!(
-                "{target} is not a member of '{}'",
-                list.title()
-            )));
-        }
-        if peer == self.peer_id() {
-            return Err(ServiceError::InvalidMessage(
-                "to leave a group use `kith group leave`".into(),
-            ));
-        }
-        let mut members = list.members().clone();
-        members.remove(&peer);
+        let members = edit(&list, peer).map_err(ServiceError::InvalidMessage)?;
         let next = list
             .successor(&self.inner.keypair, &members, now_ms())
             .map_err(sign_error)?;
         let recipients: Vec<PeerId> = list.members().keys().copied().collect();
         let record = self.publish_list(record, &next, &recipients)?;
-        self.store().flush().await?;
-        self.dm().wake_delivery();
-        Ok((self.info(&record)?, peer))
+        Ok((record, peer, next))
     }
 
     /// Leaves a group: a list without us (signed by us) goes to every member; we unsubscribe.
@@ -713,15 +723,7 @@ impl Node {
         reference: &str,
         text: &str,
     ) -> Result<GroupSent, ServiceError> {
-        if text.trim().is_empty() {
-            return Err(ServiceError::InvalidMessage("the message is empty".into()));
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ServiceError::InvalidMessage(format!(
-                "the message is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
-        }
+        kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
         let record = self.find_group(reference)?;
         let group = record.id;
         // The first message after a start waits briefly for a catch-up, which brings member-list
