@@ -144,6 +144,17 @@ impl Daemon {
             .unwrap()
             .clone()
     }
+
+    /// Polls (bounded) until the conversation with `with` holds every one of `texts`.
+    fn wait_for_texts(&self, what: &str, with: &str, texts: &[String]) {
+        poll(what, TIMEOUT, || {
+            let held = self.history(with);
+            texts
+                .iter()
+                .all(|t| held.iter().any(|m| m["text"] == t.as_str()))
+                .then_some(())
+        });
+    }
 }
 
 fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
@@ -421,13 +432,7 @@ fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
         lab.personal("a", &file)
     };
     assert_eq!(a.peer_id(), a_id);
-    poll("A to receive the held messages", TIMEOUT, || {
-        let on_a = a.history(&b_id);
-        texts
-            .iter()
-            .all(|t| on_a.iter().any(|m| m["text"] == t.as_str()))
-            .then_some(())
-    });
+    a.wait_for_texts("A to receive the held messages", &b_id, &texts);
     let arrived_in = back.elapsed();
     let empty = wait_mailbox_items(&relay, 0, TIMEOUT);
     assert_eq!(empty["mailbox_bytes"], 0, "{empty}");
@@ -563,13 +568,7 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
         drop(a);
         lab.personal("a", &file)
     };
-    poll("A to receive all four", TIMEOUT, || {
-        let on_a = a.history(&b_id);
-        texts
-            .iter()
-            .all(|t| on_a.iter().any(|m| m["text"] == t.as_str()))
-            .then_some(())
-    });
+    a.wait_for_texts("A to receive all four", &b_id, &texts);
     let arrived_in = back.elapsed();
     let on_b = poll("B to see all four delivered", TIMEOUT, || {
         let on_b = b.history(&a_id);
