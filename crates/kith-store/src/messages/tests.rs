@@ -276,3 +276,14 @@ fn receipts_touch_only_our_messages_to_that_peer_and_save_the_olm_state() {
     assert_eq!(db.message(&id(2)).unwrap().unwrap().status, Status::Read);
     assert_eq!(db.olm_sessions(&[5; 32]).unwrap().unwrap(), b"after-read");
 }
+
+/// Issue 12: reading or marking read a conversation that does not exist creates nothing.
+#[test]
+fn reading_or_marking_read_a_strangers_conversation_creates_nothing() {
+    let (_d, store) = store();
+    let db = store.messages();
+    assert!(db.history(b"stranger", 50, None).unwrap().is_empty());
+    assert!(db.mark_seen(b"stranger").unwrap().is_empty());
+    assert_eq!(db.correspondent(b"stranger").unwrap(), None);
+    assert!(db.correspondents().unwrap().is_empty());
+}
