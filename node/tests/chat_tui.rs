@@ -11,7 +11,7 @@ mod common;
 use common::{KITH, LAB_NETWORK, Lab, kith, wait_for_status};
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -31,6 +31,33 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A tmux server in `lab`'s dir running `kith chat <with> --home <home>` in a 100×30
+    /// session "chat". The shell stays after kith exits so its exit code can be read off the
+    /// screen (`chat-exit=N`).
+    fn chat(lab: &Lab, with: &str, home: &Path) -> Tmux {
+        let tmux = Tmux {
+            socket: lab.dir.path().join("tmux.sock"),
+        };
+        let script = format!(
+            "{} chat {} --home {}; echo \"chat-exit=$?\"; sleep 600",
+            quote(KITH),
+            quote(with),
+            quote(&home.display().to_string()),
+        );
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &script,
+        ]);
+        tmux
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new("tmux");
         command
@@ -93,20 +120,14 @@ impl Drop for Tmux {
     }
 }
 
-/// Why tmux cannot be used, if it cannot. Under `CI=true` a missing tmux fails the test instead:
-/// CI installs it, so its absence there is a broken setup, not a reason to pass.
-fn tmux_missing() -> Option<String> {
-    let reason = match Command::new("tmux").arg("-V").output() {
-        Ok(out) if out.status.success() => return None,
+/// Whether tmux can be used here (see [`common::prerequisite`] for what happens if not).
+fn tmux_available(test: &str) -> bool {
+    let missing = match Command::new("tmux").arg("-V").output() {
+        Ok(out) if out.status.success() => return true,
         Ok(out) => format!("`tmux -V` failed: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => format!("tmux is not installed ({e}); `apt-get install tmux` to run it"),
     };
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !in_ci,
-        "CI=true but the terminal chat test cannot run: {reason}"
-    );
-    Some(reason)
+    common::prerequisite(test, false, &missing)
 }
 
 fn quote(text: &str) -> String {
@@ -115,8 +136,7 @@ fn quote(text: &str) -> String {
 
 #[test]
 fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
-    if let Some(reason) = tmux_missing() {
-        println!("skipping the kith chat terminal test: {reason}");
+    if !tmux_available("chat_sends_shows_delivery_and_live_replies_and_quits_cleanly") {
         return;
     }
     let lab = Lab::new("kith-chat-", LAB_NETWORK);
@@ -144,27 +164,7 @@ fn chat_sends_shows_delivery_and_live_replies_and_quits_cleanly() {
         });
     }
     phase("both key bundles are in the DHT");
-    let tmux = Tmux {
-        socket: lab.dir.path().join("tmux.sock"),
-    };
-    // The shell stays after kith exits so its exit code can be read off the screen.
-    let script = format!(
-        "{} chat {} --home {}; echo \"chat-exit=$?\"; sleep 600",
-        quote(KITH),
-        quote(&a_id),
-        quote(&b_home.display().to_string()),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &script,
-    ]);
+    let tmux = Tmux::chat(&lab, &a_id, &b_home);
     let report = |what: &str| {
         format!(
             "{what}\nscreen:\n{}\nnode a log:\n{}\nnode b log:\n{}",
@@ -256,8 +256,7 @@ fn wait_until(limit: Duration, report: impl Fn() -> String, mut check: impl FnMu
 /// and one typed in the chat reaches the other member.
 #[test]
 fn group_chat_shows_members_messages_live_and_sends_to_them() {
-    if let Some(reason) = tmux_missing() {
-        println!("skipping the kith chat group terminal test: {reason}");
+    if !tmux_available("group_chat_shows_members_messages_live_and_sends_to_them") {
         return;
     }
     let lab = Lab::new("kith-chat-", LAB_NETWORK);
@@ -299,25 +298,7 @@ fn group_chat_shows_members_messages_live_and_sends_to_them() {
     assert_eq!(code, 0, "join failed: {err}");
     phase("b joined the group");
 
-    let tmux = Tmux {
-        socket: lab.dir.path().join("tmux.sock"),
-    };
-    let script = format!(
-        "{} chat climbing --home {}; echo \"chat-exit=$?\"; sleep 600",
-        quote(KITH),
-        quote(&b_home.display().to_string()),
-    );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &script,
-    ]);
+    let tmux = Tmux::chat(&lab, "climbing", &b_home);
     let report = |what: &str| format!("{what}\nscreen:\n{}\n{}", tmux.screen(), log_tails());
     let screen = tmux.wait_for("the group chat UI to connect", |s| {
         s.contains("kith chat · group 'climbing'") && s.contains(" live")

@@ -252,3 +252,81 @@ fn the_first_run_says_who_where_and_how_peers_will_be_found() {
     );
     assert_eq!(kith(other.path(), &["stop"]).0, 0);
 }
+
+/// Issue 12: `kith history` of someone who never wrote invents no conversation (reading is a
+/// `GET` with no side effects, and marking read a conversation that does not exist creates
+/// nothing), and `--limit` above the API's page (1,000) pages back with `before` instead of
+/// quietly showing the newest 1,000.
+#[test]
+fn history_of_a_stranger_invents_nothing_and_long_histories_page_past_the_api_cap() {
+    let home = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (code, stranger, _) = kith(other.path(), &["init"]);
+    assert_eq!(code, 0);
+    let stranger = stranger.trim().to_owned();
+    let node = start(home.path(), &[]);
+
+    let shown = node.ok(&["history", &stranger]);
+    assert!(shown.contains("no messages"), "{shown}");
+    assert_eq!(node.json(&["history", &stranger]), serde_json::json!([]));
+    for list in ["requests", "inbox"] {
+        assert_eq!(
+            node.json(&[list]),
+            serde_json::json!([]),
+            "kith {list} after reading a stranger's history"
+        );
+    }
+
+    // 1,005 messages queued for the stranger (nobody can deliver them; they stay in history).
+    const SENT: usize = 1005;
+    let client = node.api_client();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for chunk in (0..SENT).collect::<Vec<_>>().chunks(64) {
+            let texts: Vec<String> = chunk.iter().map(|i| format!("m{i:04}")).collect();
+            let sends = texts.iter().map(|t| client.send_message(&stranger, t));
+            for sent in futures::future::join_all(sends).await {
+                sent.unwrap();
+            }
+        }
+    });
+
+    let texts = |limit: &str| -> Vec<String> {
+        node.json(&["history", &stranger, "--limit", limit])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Sent 64 at a time, so the id order (the history's order) is not the numbering.
+    let full = texts("1000000");
+    let mut sorted = full.clone();
+    sorted.sort();
+    let numbered: Vec<String> = (0..SENT).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(
+        sorted, numbered,
+        "--limit above the total shows every message once"
+    );
+    assert_eq!(
+        texts("1003"),
+        full[SENT - 1003..],
+        "--limit 1003 is the newest 1003"
+    );
+    assert_eq!(texts("2"), full[SENT - 2..]);
+    // Paging by hand: the two before the second newest.
+    let newest = node.json(&["history", &stranger, "--limit", "2"]);
+    let before = newest[0]["id"].as_str().unwrap();
+    let older = node.json(&["history", &stranger, "--limit", "2", "--before", before]);
+    let older: Vec<&str> = older
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(older, full[SENT - 4..SENT - 2]);
+    node.stop();
+}

@@ -5,81 +5,18 @@
 
 mod common;
 
-use common::{KITH, json, kith, kith_ok, poll};
+use common::{Daemon, LAB_NETWORK, Lab, json, kith, poll};
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `kith run` process with default DHT mode, TCP on loopback, mDNS off; killed on drop.
-struct Daemon {
-    child: Child,
-    home: PathBuf,
-    ready: Value,
-}
-
 impl Daemon {
-    fn start(home: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(KITH)
-            .args([
-                "run",
-                "--json",
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .args(extra)
-            .arg("--home")
-            .arg(home)
-            .env_remove("KITH_HOME")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(TIMEOUT)
-            .expect("kith run printed no ready line");
-        Daemon {
-            child,
-            home: home.to_owned(),
-            ready: serde_json::from_str(&line).unwrap(),
-        }
-    }
-
-    fn tcp_addr(&self) -> String {
-        let addr = self.ready["listen_addrs"][0].as_str().unwrap();
-        format!("{addr}/p2p/{}", self.ready["peer_id"].as_str().unwrap())
-    }
-
     fn doctor(&self) -> (i32, Value) {
-        let (code, out, _) = kith(&self.home, &["doctor", "--json"]);
+        let (code, out, _) = self.cli(&["doctor", "--json"]);
         (code, json(&out))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -94,13 +31,10 @@ fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
 
 #[test]
 fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bootstrap.toml");
-    std::fs::write(&file, "[network]\nid = \"lab\"\nname_difficulty = 8\n").unwrap();
-    let file = file.to_str().unwrap().to_owned();
+    let lab = Lab::new("kith-doctor-", LAB_NETWORK);
 
     // No node: exit 1, and the fix is `kith run`.
-    let (code, out, _) = kith(&dir.path().join("nobody"), &["doctor", "--json"]);
+    let (code, out, _) = kith(&lab.home("nobody"), &["doctor", "--json"]);
     assert_eq!(code, 1);
     let report = json(&out);
     assert_eq!(report["healthy"], false);
@@ -109,8 +43,8 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
     assert!(node["fix"].as_str().unwrap().contains("kith run"), "{node}");
 
     // A lone node: running, listening, but connected to no one and with an empty routing table.
-    let a_home = dir.path().join("a");
-    let a = Daemon::start(&a_home, &["--bootstrap-file", &file]);
+    // Default DHT mode: the node must confirm an address before serving the DHT.
+    let a = lab.start_mode("a", false, &[]);
     let (code, report) = a.doctor();
     assert_eq!(code, 1, "{report}");
     assert_eq!(check(&report, "node")["level"], "ok");
@@ -128,7 +62,7 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
         "{report}"
     );
     // The human form says the same, one line per check and a fix line per problem.
-    let (code, human, err) = kith(&a_home, &["doctor"]);
+    let (code, human, err) = a.cli(&["doctor"]);
     assert_eq!(code, 1);
     assert!(human.contains("PROBLEM peers"), "{human}");
     assert!(human.contains("fix: give the node a peer"), "{human}");
@@ -136,10 +70,7 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
 
     // A friend bootstraps from it: both confirm each other's address, become DHT servers, publish
     // their key bundles, and the doctor is satisfied (exit 0; warnings allowed).
-    let b = Daemon::start(
-        &dir.path().join("b"),
-        &["--bootstrap-file", &file, "--bootstrap", &a.tcp_addr()],
-    );
+    let b = lab.start_mode("b", false, &["--bootstrap", &a.tcp_addr()]);
     for node in [&a, &b] {
         let report = poll("the doctor to find the node healthy", TIMEOUT, || {
             let (code, report) = node.doctor();
@@ -161,8 +92,7 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
 
     // A message's ack carries the recipient's clock: the sender's doctor now knows the skew (on
     // one machine, well under a second).
-    let a_id = a.ready["peer_id"].as_str().unwrap().to_owned();
-    kith_ok(&b.home, &["send", &a_id, "what time is it?"]);
+    b.ok(&["send", &a.peer_id(), "what time is it?"]);
     let clock = poll("B's doctor to measure the clock skew", TIMEOUT, || {
         let (_, report) = b.doctor();
         let clock = check(&report, "clock").clone();
@@ -176,6 +106,6 @@ fn doctor_names_each_problem_with_its_fix_and_exits_0_only_when_healthy() {
         clock["detail"].as_str().unwrap().contains(" ms "),
         "{clock}"
     );
-    kith_ok(&b.home, &["stop"]);
-    kith_ok(&a.home, &["stop"]);
+    b.stop();
+    a.stop();
 }

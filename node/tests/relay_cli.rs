@@ -18,59 +18,45 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
 
-const KITH: &str = env!("CARGO_BIN_EXE_kith");
-/// How long a process may take to start, print its ready line, or exit.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{Daemon, LAB_NETWORK, PROCESS_TIMEOUT, holds_for, poll, wait_bounded};
+
 /// The usual bound for "wait until the nodes got there".
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Two fresh nodes meeting and exchanging a first message (see `acquaint`).
 const ACQUAINT_TIMEOUT: Duration = Duration::from_secs(45);
-const NETWORK: &str = "[network]\nid = \"lab\"\nname_difficulty = 8\n";
+const NETWORK: &str = LAB_NETWORK;
 
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
 
-/// One test's temp dir: bootstrap files, homes and logs. Removed on drop unless
-/// `KITH_TEST_KEEP` is set (then its path is printed, for reading the logs).
-struct Lab {
-    dir: PathBuf,
-    _temp: Option<tempfile::TempDir>,
-}
+/// One test's temp dir ([`common::Lab`]) with the relay tests' bootstrap files.
+struct Lab(common::Lab);
 
 impl Lab {
     fn new() -> Lab {
-        let temp = tempfile::tempdir().unwrap();
-        fs::write(temp.path().join("plain.toml"), NETWORK).unwrap();
-        if std::env::var_os("KITH_TEST_KEEP").is_some() {
-            let dir = temp.keep();
-            eprintln!("keeping homes and logs in {}", dir.display());
-            return Lab { dir, _temp: None };
-        }
-        Lab {
-            dir: temp.path().to_owned(),
-            _temp: Some(temp),
-        }
+        Lab(common::Lab::new("kith-relay-", NETWORK))
     }
 
     fn home(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.0.home(name)
     }
 
     /// The bootstrap file naming only the network (no entries).
     fn plain_bootstrap(&self) -> PathBuf {
-        self.dir.join("plain.toml")
+        self.0.bootstrap_file()
     }
 
     /// A bootstrap file for the lab network that lists `relay` (a multiaddr with /p2p) as
@@ -81,7 +67,7 @@ impl Lab {
 
     /// The same with several entries (e.g. one relay's TCP and QUIC addresses).
     fn relays_bootstrap(&self, relays: &[String]) -> PathBuf {
-        let path = self.dir.join("with-relay.toml");
+        let path = self.0.dir.path().join("with-relay.toml");
         let mut text = NETWORK.to_owned();
         for relay in relays {
             text.push_str(&format!(
@@ -95,58 +81,8 @@ impl Lab {
     /// `kith run --json <args> --home <home of name>`, inside `netns` if given; waits for the
     /// ready line.
     fn spawn(&self, name: &str, args: &[String], netns: Option<&str>) -> Daemon {
-        let home = self.home(name);
-        let log = self.dir.join(format!("{name}.log"));
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, KITH]);
-                c
-            }
-            None => Command::new(KITH),
-        };
-        let mut child = command
-            .args(["run", "--json"])
-            .args(args)
-            .arg("--home")
-            .arg(&home)
-            .env_remove("KITH_HOME")
-            .env(
-                "RUST_LOG",
-                std::env::var("KITH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        // Keeps draining stdout after the ready line so the node never blocks on a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
-        let mut daemon = Daemon {
-            name: name.to_owned(),
-            child,
-            ready: Value::Null,
-            home,
-            log,
-            netns: netns.map(str::to_owned),
-        };
-        let line = line_rx
-            .recv_timeout(PROCESS_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{name}: no ready line ({e})"));
-        daemon.ready = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{name}: ready line is not JSON ({e}): {line}"));
-        daemon
+        let log = self.0.dir.path().join(format!("{name}.log"));
+        Daemon::start_in(name, &self.home(name), &log, args, netns)
     }
 
     /// A community relay listening on `listen` (bootstrap file: the network only).
@@ -188,72 +124,8 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
-/// A `kith run` process; SIGKILLed on drop if still running (with its log tail printed when the
-/// test is failing).
-struct Daemon {
-    name: String,
-    child: Child,
-    ready: Value,
-    home: PathBuf,
-    log: PathBuf,
-    netns: Option<String>,
-}
-
+/// What the relay tests ask of a node, on top of [`common::Daemon`].
 impl Daemon {
-    fn peer_id(&self) -> String {
-        self.ready["peer_id"].as_str().unwrap().to_owned()
-    }
-
-    /// The first TCP listen address of the ready line (without /p2p).
-    fn tcp_listen(&self) -> String {
-        self.ready["listen_addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
-            .unwrap_or_else(|| panic!("{}: no TCP listen address in {}", self.name, self.ready))
-            .to_owned()
-    }
-
-    /// `<tcp listen addr>/p2p/<peer id>`.
-    fn tcp_addr(&self) -> String {
-        format!("{}/p2p/{}", self.tcp_listen(), self.peer_id())
-    }
-
-    /// `<quic listen addr>/p2p/<peer id>`.
-    fn quic_addr(&self) -> String {
-        let quic = self.ready["listen_addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|a| a.contains("/quic-v1") && !a.contains("p2p-circuit"))
-            .unwrap_or_else(|| panic!("{}: no QUIC listen address in {}", self.name, self.ready));
-        format!("{quic}/p2p/{}", self.peer_id())
-    }
-
-    fn tcp_port(&self) -> u16 {
-        let addr = self.tcp_listen();
-        let port = addr.rsplit('/').next().unwrap();
-        port.parse().unwrap()
-    }
-
-    /// Runs `kith <args> --home <home>` against this node (in its namespace) to completion.
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        cli(self.netns.as_deref(), &self.home, args)
-    }
-
-    /// Runs `kith <args> --json` and parses the one JSON document it prints; exit code must be 0.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let (code, out, err) = self.cli(&all);
-        assert_eq!(code, 0, "{}: kith {args:?} failed: {err}", self.name);
-        serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("{}: not one JSON document ({e}): {out}", self.name))
-    }
-
     fn status(&self) -> Value {
         self.json(&["status"])
     }
@@ -273,93 +145,15 @@ impl Daemon {
             .clone()
     }
 
-    /// `kith stop`, then waits for the process to exit cleanly.
-    fn stop(&mut self) {
-        let (code, _, err) = self.cli(&["stop", "--json"]);
-        assert_eq!(code, 0, "{}: kith stop failed: {err}", self.name);
-        let status = wait_bounded(&mut self.child, PROCESS_TIMEOUT);
-        assert!(status.success(), "{} exited with {status:?}", self.name);
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = self.log_text();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "---- last {} log lines of {} ({}) ----\n{}",
-                tail.len(),
-                self.name,
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
-    }
-}
-
-fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `kith <args> --home <home>` (inside `netns` if given) to completion, bounded; returns
-/// (exit code, stdout, stderr).
-fn cli(netns: Option<&str>, home: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, KITH]);
-            c
-        }
-        None => Command::new(KITH),
-    };
-    let mut child = command
-        .args(args)
-        .arg("--home")
-        .arg(home)
-        .env_remove("KITH_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Output is small (one JSON document), so the pipes cannot fill before the exit.
-    let status = wait_bounded(&mut child, PROCESS_TIMEOUT);
-    let out = child.wait_with_output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, for at most `limit`.
-fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        thread::sleep(Duration::from_millis(250));
+    /// Polls (bounded) until the conversation with `with` holds every one of `texts`.
+    fn wait_for_texts(&self, what: &str, with: &str, texts: &[String]) {
+        poll(what, TIMEOUT, || {
+            let held = self.history(with);
+            texts
+                .iter()
+                .all(|t| held.iter().any(|m| m["text"] == t.as_str()))
+                .then_some(())
+        });
     }
 }
 
@@ -380,14 +174,19 @@ fn text_counts(messages: &[Value]) -> HashMap<String, usize> {
     counts
 }
 
-fn assert_unique_ids(who: &str, messages: &[Value]) {
+/// No id listed twice and each of `texts` held exactly once.
+fn each_once(messages: &[Value], texts: &[String]) -> Result<(), String> {
     let mut ids = std::collections::HashSet::new();
-    for m in messages {
-        assert!(
-            ids.insert(str_of(m, "id").to_owned()),
-            "{who}: id {} listed twice",
-            m["id"]
-        );
+    if let Some(m) = messages
+        .iter()
+        .find(|m| !ids.insert(str_of(m, "id").to_owned()))
+    {
+        return Err(format!("id {} listed twice", m["id"]));
+    }
+    let counts = text_counts(messages);
+    match texts.iter().find(|t| counts.get(t.as_str()) != Some(&1)) {
+        Some(t) => Err(format!("{t:?} held {:?} times", counts.get(t.as_str()))),
+        None => Ok(()),
     }
 }
 
@@ -593,7 +392,7 @@ fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
     acquaint(&a, &b);
     wait_registered(&relay, &a);
 
-    a.stop();
+    a.halt();
     let texts: Vec<String> = (1..=3).map(|n| format!("held for you {n}")).collect();
     for text in &texts {
         let sent = b.send(&a_id, text);
@@ -611,10 +410,10 @@ fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
     assert_eq!(usage["items"], 3, "{held}");
     assert!(usage["bytes"].as_u64().unwrap() > 0);
     assert_eq!(held["mailbox_bytes"], usage["bytes"]);
-    b.stop();
+    b.halt();
 
     // The relay restarts on the same home and port: the mail is still there.
-    relay.stop();
+    relay.halt();
     let held_before = held;
     let relay = {
         drop(relay);
@@ -633,28 +432,17 @@ fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
         lab.personal("a", &file)
     };
     assert_eq!(a.peer_id(), a_id);
-    poll("A to receive the held messages", TIMEOUT, || {
-        let on_a = a.history(&b_id);
-        texts
-            .iter()
-            .all(|t| on_a.iter().any(|m| m["text"] == t.as_str()))
-            .then_some(())
-    });
+    a.wait_for_texts("A to receive the held messages", &b_id, &texts);
     let arrived_in = back.elapsed();
     let empty = wait_mailbox_items(&relay, 0, TIMEOUT);
     assert_eq!(empty["mailbox_bytes"], 0, "{empty}");
-    // Give a duplicate a chance to show up before counting.
-    thread::sleep(Duration::from_secs(2));
+    // B is stopped and the relay holds nothing, yet a fetch that overlapped the last one could
+    // still be storing: watch for a late duplicate instead of sleeping before one look.
+    holds_for("A holds each message once", Duration::from_secs(2), || {
+        each_once(&a.history(&b_id), &texts)
+    });
     let on_a = a.history(&b_id);
-    assert_unique_ids("A", &on_a);
-    let counts = text_counts(&on_a);
-    for text in &texts {
-        assert_eq!(
-            counts.get(text),
-            Some(&1),
-            "A holds {text:?} once: {on_a:?}"
-        );
-    }
+    each_once(&on_a, &texts).unwrap_or_else(|e| panic!("A: {e}: {on_a:?}"));
     assert_eq!(on_a.len(), 2 + texts.len(), "two warm-ups and the three");
     for m in on_a
         .iter()
@@ -692,7 +480,7 @@ fn a_relay_given_only_with_bootstrap_is_used_as_mailbox() {
     // A warm-up may have been deposited too (sent while A's address was still unknown to B) and
     // delivered directly later; its mailbox copy waits for A's next sync. Count from here.
     let mut a = a;
-    a.stop();
+    a.halt();
     let before = mailbox_items(&relay);
     let text = "held at a relay found by what it is";
     let sent = b.send(&a_id, text);
@@ -726,7 +514,7 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
     wait_registered(&relay, &a);
     let refused_before = refused_total(&metrics);
 
-    a.stop();
+    a.halt();
     let texts: Vec<String> = (1..=4).map(|n| format!("quota {n}")).collect();
     let mut ids = Vec::new();
     for text in &texts {
@@ -768,7 +556,9 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
     let refused = refused_total(&metrics) - refused_before;
     assert!(refused >= 2, "the relay counted {refused} refusals");
     // Retries are refused too, and nothing already held is lost or replaced.
-    thread::sleep(Duration::from_secs(2));
+    poll("one of B's retries to be refused as well", TIMEOUT, || {
+        (refused_total(&metrics) - refused_before > refused).then_some(())
+    });
     let held = relay.relay_status();
     assert_eq!(held["mailbox_items"], 2, "{held}");
 
@@ -778,13 +568,7 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
         drop(a);
         lab.personal("a", &file)
     };
-    poll("A to receive all four", TIMEOUT, || {
-        let on_a = a.history(&b_id);
-        texts
-            .iter()
-            .all(|t| on_a.iter().any(|m| m["text"] == t.as_str()))
-            .then_some(())
-    });
+    a.wait_for_texts("A to receive all four", &b_id, &texts);
     let arrived_in = back.elapsed();
     let on_b = poll("B to see all four delivered", TIMEOUT, || {
         let on_b = b.history(&a_id);
@@ -800,17 +584,11 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
         );
     }
     wait_mailbox_items(&relay, 0, TIMEOUT);
-    thread::sleep(Duration::from_secs(1));
+    holds_for("A holds each message once", Duration::from_secs(1), || {
+        each_once(&a.history(&b_id), &texts)
+    });
     let on_a = a.history(&b_id);
-    assert_unique_ids("A", &on_a);
-    let counts = text_counts(&on_a);
-    for text in &texts {
-        assert_eq!(
-            counts.get(text),
-            Some(&1),
-            "A holds {text:?} once: {on_a:?}"
-        );
-    }
+    each_once(&on_a, &texts).unwrap_or_else(|e| panic!("A: {e}: {on_a:?}"));
     assert_eq!(on_a.len(), 1 + texts.len(), "the warm-up and the four");
     for (id, text) in ids.iter().zip(&texts) {
         let m = on_a.iter().find(|m| m["text"] == text.as_str()).unwrap();
@@ -844,14 +622,14 @@ fn expired_mail_is_dropped() {
     acquaint(&b, &a);
     wait_registered(&relay, &a);
 
-    a.stop();
+    a.halt();
     let text = "this will expire";
     let sent = b.send(&a_id, text);
     assert_eq!(sent["status"], "queued", "{sent}");
     wait_mailbox_items(&relay, 1, TIMEOUT);
     let deposited = Instant::now();
     // B must not deliver it directly later.
-    b.stop();
+    b.halt();
     // Past the TTL (2 s) with a margin; the relay drops expired mail when it is fetched.
     let ttl_passed = Duration::from_secs(3);
     if let Some(left) = ttl_passed.checked_sub(deposited.elapsed()) {
@@ -1617,19 +1395,6 @@ fn masquerade(nat: &str, nft: bool) {
     }
 }
 
-/// Outside CI a missing prerequisite skips the namespace test with the reason printed; in CI
-/// (`CI=true`, where `.ci/run` installs them) it fails, so the test can never silently not run.
-fn require(test: &str, ok: bool, reason: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {reason}, and CI=true: CI must provide it (see .ci/run)");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-    false
-}
-
 /// Builds the NAT lab: a public bridge 198.18.0.0/24 in its own namespace and two homes, each
 /// behind a masquerading router that drops unsolicited inbound traffic. Returns the namespaces
 /// (deleted on drop), the public namespace and each home's (namespace, address).
@@ -1720,15 +1485,15 @@ fn nat_lab(name: &str, nft: bool) -> (Namespaces, String, Vec<(String, String)>)
     (spaces, public, homes)
 }
 
-/// The root/ip/nft prerequisites of the namespace tests (see [`require`]).
+/// The root/ip/nft prerequisites of the namespace tests (see [`common::prerequisite`]).
 fn namespaces_available(test: &str) -> Option<bool> {
-    if !require(test, is_root(), "needs root to create network namespaces")
-        || !require(test, tool_exists("ip"), "`ip` (iproute2) is not installed")
+    if !common::prerequisite(test, is_root(), "needs root to create network namespaces")
+        || !common::prerequisite(test, tool_exists("ip"), "`ip` (iproute2) is not installed")
     {
         return None;
     }
     let nft = tool_exists("nft");
-    if !require(
+    if !common::prerequisite(
         test,
         nft || tool_exists("iptables"),
         "neither `nft` nor `iptables` is installed",
@@ -1985,7 +1750,7 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
     acquaint(&b, &a);
     acquaint(&a, &b);
 
-    a.stop();
+    a.halt();
     let before = mailbox_items(&relay);
     let text = "waiting for you at the relay";
     let sent = b.send(&a_id, text);
@@ -1993,7 +1758,7 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
     wait_mailbox_items(&relay, before + 1, TIMEOUT);
 
     // The relay restarts on another port; it finds the public node again from its flags.
-    relay.stop();
+    relay.halt();
     let relay = {
         drop(relay);
         public_relay(&lab, &public, &to_server)
@@ -2041,10 +1806,9 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
                 && !l.contains(&format!("/tcp/{old_port}/"))),
         "A fetched from the relay at a new address (old TCP port {old_port})"
     );
-    thread::sleep(Duration::from_secs(1));
-    let on_a = a.history(&b_id);
-    assert_unique_ids("A", &on_a);
-    assert_eq!(text_counts(&on_a).get(text), Some(&1), "once: {on_a:?}");
+    holds_for("A holds the message once", Duration::from_secs(1), || {
+        each_once(&a.history(&b_id), &[text.to_owned()])
+    });
     eprintln!(
         "mail held across a relay move arrived {:.1?} after A returned",
         back.elapsed()

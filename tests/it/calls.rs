@@ -27,6 +27,17 @@ const HOP: Duration = Duration::from_secs(10);
 /// Short ring timeout for these tests (unavailable after the same).
 const RING: Duration = Duration::from_secs(3);
 
+/// `from` calls `to` (with video when `video`).
+async fn call_person(
+    from: &TestNode,
+    to: libp2p::PeerId,
+    video: bool,
+) -> Result<kith_service::CallInfo, ServiceError> {
+    from.node()
+        .start_call(CallTarget::Person(to.to_string()), video)
+        .await
+}
+
 fn options() -> Options {
     Options {
         first_republish_after: Duration::from_millis(200),
@@ -143,11 +154,7 @@ async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
     let mut a_events = a.node().subscribe();
     let mut b_events = b.node().subscribe();
 
-    let call = a
-        .node()
-        .start_call(CallTarget::Person(b.peer_id().to_string()), true)
-        .await
-        .unwrap();
+    let call = call_person(&a, b.peer_id(), true).await.unwrap();
     let id = call.record.call_id;
     assert_eq!(call.state, CallState::Ringing);
     assert_eq!(incoming(&mut b_events).await, id, "B rings for A's call");
@@ -157,9 +164,7 @@ async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
     .await;
     // A second call while this one rings is refused on A's side.
     assert!(matches!(
-        a.node()
-            .start_call(CallTarget::Person(b.peer_id().to_string()), false)
-            .await,
+        call_person(&a, b.peer_id(), false).await,
         Err(ServiceError::CallBusy)
     ));
 
@@ -349,11 +354,7 @@ async fn a_caller_who_offers_reaches_the_callee_while_it_rings_so_joining_is_one
 
     // A call placed the older way says nothing of an offer: the callee offers when it joins.
     // (B answered the last call, so A may ring again at once.)
-    let plain = a
-        .node()
-        .start_call(CallTarget::Person(b.peer_id().to_string()), false)
-        .await
-        .unwrap();
+    let plain = call_person(&a, b.peer_id(), false).await.unwrap();
     assert!(!plain.caller_offers);
     let ring = next_call_event(&mut b_events, HOP, "the second call", |e| match e {
         CallEvent::Incoming(c) => Some(c.clone()),
@@ -381,11 +382,7 @@ async fn declined_busy_and_crossing_calls() {
     let mut b_events = b.node().subscribe();
 
     // Declined: recorded on both sides, "declined" in both conversations.
-    let call = a
-        .node()
-        .start_call(CallTarget::Person(b.peer_id().to_string()), false)
-        .await
-        .unwrap();
+    let call = call_person(&a, b.peer_id(), false).await.unwrap();
     let id = incoming(&mut b_events).await;
     assert_eq!(id, call.record.call_id);
     let declined = b.node().decline_call(&id).unwrap();
@@ -397,20 +394,12 @@ async fn declined_busy_and_crossing_calls() {
 
     // Busy: B is in a call with A; C's call is answered busy and C sees it as such at once.
     // (B declined, so A may ring again at once: no flood.)
-    let call = a
-        .node()
-        .start_call(CallTarget::Person(b.peer_id().to_string()), false)
-        .await
-        .unwrap();
+    let call = call_person(&a, b.peer_id(), false).await.unwrap();
     let id = incoming(&mut b_events).await;
     assert_eq!(id, call.record.call_id);
     b.node().accept_call(&id).unwrap();
     let mut c_events = c.node().subscribe();
-    let c_call = c
-        .node()
-        .start_call(CallTarget::Person(b.peer_id().to_string()), false)
-        .await
-        .unwrap();
+    let c_call = call_person(&c, b.peer_id(), false).await.unwrap();
     let c_side = ended(&mut c_events, c_call.record.call_id, HOP).await;
     assert_eq!(c_side.record.outcome, Some(CallOutcome::Busy));
     wait_shows(&b, &c, "missed call").await;
@@ -419,10 +408,8 @@ async fn declined_busy_and_crossing_calls() {
 
     // Crossing: A and B call each other at once and end up in one call, the earlier id.
     let (from_a, from_b) = tokio::join!(
-        a.node()
-            .start_call(CallTarget::Person(b.peer_id().to_string()), false),
-        b.node()
-            .start_call(CallTarget::Person(a.peer_id().to_string()), false),
+        call_person(&a, b.peer_id(), false),
+        call_person(&b, a.peer_id(), false)
     );
     let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
     let winner = from_a.record.call_id.min(from_b.record.call_id);
@@ -477,11 +464,7 @@ async fn strangers_never_ring_floods_ring_once_and_bad_signals_are_refused() {
         .await
         .unwrap();
     let mut s_events = stranger.node().subscribe();
-    let s_call = stranger
-        .node()
-        .start_call(CallTarget::Person(b.peer_id().to_string()), true)
-        .await
-        .unwrap();
+    let s_call = call_person(&stranger, b.peer_id(), true).await.unwrap();
     let s_side = ended(&mut s_events, s_call.record.call_id, RING + HOP).await;
     assert_eq!(s_side.record.outcome, Some(CallOutcome::Unavailable));
     wait_shows(&b, &stranger, "missed video call").await;
@@ -501,11 +484,7 @@ async fn strangers_never_ring_floods_ring_once_and_bad_signals_are_refused() {
     // A flood: call and hang up ten times in a row. B rings once; the rest are refused.
     let refused_before = b.metric("kith_call_signals_refused_total");
     for _ in 0..10 {
-        let call = a
-            .node()
-            .start_call(CallTarget::Person(b.peer_id().to_string()), false)
-            .await
-            .unwrap();
+        let call = call_person(&a, b.peer_id(), false).await.unwrap();
         a.node().hangup_call(&call.record.call_id).unwrap();
     }
     wait_until("B to refuse the flood", HOP * 2, POLL, async || {
@@ -537,9 +516,7 @@ async fn strangers_never_ring_floods_ring_once_and_bad_signals_are_refused() {
         "an ended call takes no signals"
     );
     assert!(matches!(
-        a.node()
-            .start_call(CallTarget::Person(a.peer_id().to_string()), false)
-            .await,
+        call_person(&a, a.peer_id(), false).await,
         Err(ServiceError::InvalidMessage(_))
     ));
     for n in [a, b, stranger] {
@@ -554,11 +531,7 @@ async fn a_call_to_a_stopped_node_is_unavailable_and_the_missed_call_arrives_whe
     let stopped = b.stop_keeping_home().await.unwrap();
     let mut a_events = a.node().subscribe();
     let started = Instant::now();
-    let call = a
-        .node()
-        .start_call(CallTarget::Person(stopped.peer_id().to_string()), false)
-        .await
-        .unwrap();
+    let call = call_person(&a, stopped.peer_id(), false).await.unwrap();
     let a_side = ended(&mut a_events, call.record.call_id, Duration::from_secs(30)).await;
     assert_eq!(a_side.record.outcome, Some(CallOutcome::Unavailable));
     assert!(started.elapsed() < Duration::from_secs(30));

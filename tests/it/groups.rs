@@ -27,7 +27,8 @@ use kith_service::{GroupId, GroupMessage, Node, Options, group_topic};
 use prost::Message as _;
 
 use crate::harness::{
-    POLL, TestNode, Transports, name_options, shutdown_all, star_with, wait_for_mesh, wait_until,
+    POLL, TestNode, Transports, holds_for, name_options, shutdown_all, star_with, wait_for_mesh,
+    wait_until,
 };
 
 /// For a few nodes on loopback to know each other.
@@ -167,8 +168,23 @@ async fn five_members_get_every_message_once_in_order() {
     for node in &nodes {
         wait_for_count(node.node(), &id, total).await;
     }
-    // Give late duplicates (gossip after sync, sync after gossip) a chance to show up.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Late duplicates (gossip after sync, sync after gossip) have no event that says they are
+    // over: watch for one for a while instead of sleeping before one look.
+    holds_for(
+        "every member holding exactly the messages sent",
+        Duration::from_secs(3),
+        POLL,
+        async || match nodes
+            .iter()
+            .map(|n| (n.peer_id(), history(n.node(), &id).len()))
+            .find(|(_, held)| *held != total)
+        {
+            Some((peer, held)) => Err(format!("{peer} holds {held} of {total}")),
+            None => Ok(()),
+        },
+    )
+    .await
+    .unwrap();
     let reference = summary(&history(nodes[0].node(), &id));
     for node in &nodes {
         let h = history(node.node(), &id);
@@ -266,7 +282,6 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
     // An outsider subscribes and publishes a well-formed, signed envelope of its own.
     let topic = group_topic(&gid(&id));
     mallory.node().net().subscribe(topic.clone()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut forged = pb::GroupEnvelope {
         group_id: gid(&id).to_vec(),
         sender: mallory.peer_id().to_bytes(),
@@ -278,12 +293,23 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
         signature: Vec::new(),
     };
     forged.signature = mallory.keypair().sign(&forged.encode_to_vec()).unwrap();
-    mallory
-        .node()
-        .net()
-        .publish(topic.clone(), forged.encode_to_vec())
-        .await
-        .unwrap();
+    // Gossipsub says whether it had a subscribed peer to hand it to; until it has, try again
+    // (nothing went out, so nothing is counted twice).
+    wait_until(
+        "the outsider's envelope to go out",
+        MESH,
+        POLL,
+        async || {
+            mallory
+                .node()
+                .net()
+                .publish(topic.clone(), forged.encode_to_vec())
+                .await
+                .unwrap()
+        },
+    )
+    .await
+    .unwrap();
     // And re-publishes a member's genuine envelope under its own gossip signature.
     let mut replay = before.clone();
     replay.list_version += 1; // different bytes, so gossip does not drop it as a duplicate
@@ -354,7 +380,22 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
             .unwrap()
             .is_some()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new session's key was never queued for carol by either sender (each records whom it
+    // shared its key with in the transaction that queues it), so it cannot be on its way.
+    for sender in [admin, bob] {
+        let state = sender
+            .node()
+            .store()
+            .groups()
+            .sender(&group)
+            .unwrap()
+            .unwrap();
+        assert!(
+            !state.shared_with.contains(&carol.peer_id().to_bytes()),
+            "{} queued its new key for the removed member",
+            sender.peer_id()
+        );
+    }
     assert!(
         carol
             .node()

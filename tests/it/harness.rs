@@ -93,20 +93,11 @@ impl TestNode {
     /// restarts (as `kith run` keeps one in the home).
     pub(crate) async fn start_with(
         bootstrap: Vec<Multiaddr>,
-        mut options: Options,
+        options: Options,
         transports: Transports,
     ) -> Result<Self> {
-        if options.pickle_key.is_none() {
-            options.pickle_key =
-                Some(PickleKey::generate().context("generating the node's pickle key")?);
-        }
-        let home = tempfile::Builder::new()
-            .prefix("kith-it-")
-            .tempdir()
-            .context("creating a temporary home")?;
-        let store = open_store(&home)?;
         let keypair = Keypair::generate_ed25519();
-        Self::start_in(home, store, keypair, bootstrap, options, transports).await
+        Self::start_with_keypair(keypair, bootstrap, options, transports).await
     }
 
     /// Like [`TestNode::start_with`], with a chosen identity: for tests that play an attacker
@@ -669,6 +660,29 @@ pub(crate) async fn wait_until(
     mut check: impl AsyncFnMut() -> bool,
 ) -> Result<()> {
     poll_until(what, timeout, poll, async || check().await.then_some(())).await
+}
+
+/// Checks `check` every `poll` for `window` and fails at the first miss: for what must stay true
+/// where no event says it can no longer change (a late duplicate from gossip or sync).
+pub(crate) async fn holds_for(
+    what: &str,
+    window: Duration,
+    poll: Duration,
+    mut check: impl AsyncFnMut() -> std::result::Result<(), String>,
+) -> Result<()> {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Err(why) = check().await {
+            return Err(anyhow!(
+                "{what} stopped holding after {:?}: {why}",
+                start.elapsed()
+            ));
+        }
+        if start.elapsed() >= window {
+            return Ok(());
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// Like [`wait_until`], for a check that produces a value once it succeeds.

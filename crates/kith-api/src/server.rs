@@ -708,58 +708,55 @@ fn group_report(node: &Node, g: &kith_service::GroupInfo) -> GroupReport {
     report
 }
 
-async fn list_groups(State(state): State<AppState>) -> Response {
+/// A group answer: the group as [`group_report`] shows it, or the error.
+fn group_answer(
+    state: &AppState,
+    status: StatusCode,
+    result: Result<kith_service::GroupInfo, ServiceError>,
+) -> Response {
+    respond(status, result.map(|g| group_report(&state.node, &g)))
+}
+
+/// A list of groups, each as [`group_report`] shows it, or the error.
+fn groups_answer(
+    state: &AppState,
+    result: Result<Vec<kith_service::GroupInfo>, ServiceError>,
+) -> Response {
     let node = &state.node;
-    let result = node
-        .groups()
-        .map(|gs| gs.iter().map(|g| group_report(node, g)).collect::<Vec<_>>());
-    respond(StatusCode::OK, result)
+    respond(
+        StatusCode::OK,
+        result.map(|gs| gs.iter().map(|g| group_report(node, g)).collect::<Vec<_>>()),
+    )
+}
+
+async fn list_groups(State(state): State<AppState>) -> Response {
+    groups_answer(&state, state.node.groups())
 }
 
 async fn group_invitations(State(state): State<AppState>) -> Response {
-    let node = &state.node;
-    let result = node
-        .group_invitations()
-        .map(|gs| gs.iter().map(|g| group_report(node, g)).collect::<Vec<_>>());
-    respond(StatusCode::OK, result)
+    groups_answer(&state, state.node.group_invitations())
 }
 
 async fn create_group(
     State(state): State<AppState>,
     Json(req): Json<CreateGroupRequest>,
 ) -> Response {
-    let node = &state.node;
-    let result = node
-        .create_group(&req.title)
-        .await
-        .map(|g| group_report(node, &g));
-    respond(StatusCode::CREATED, result)
+    let result = state.node.create_group(&req.title).await;
+    group_answer(&state, StatusCode::CREATED, result)
 }
 
 async fn group_info(State(state): State<AppState>, Path(group): Path<String>) -> Response {
-    let node = &state.node;
-    respond(
-        StatusCode::OK,
-        node.group(&group).map(|g| group_report(node, &g)),
-    )
+    group_answer(&state, StatusCode::OK, state.node.group(&group))
 }
 
 async fn join_group(State(state): State<AppState>, Path(group): Path<String>) -> Response {
-    let node = &state.node;
-    let result = node
-        .join_group(&group)
-        .await
-        .map(|g| group_report(node, &g));
-    respond(StatusCode::OK, result)
+    let result = state.node.join_group(&group).await;
+    group_answer(&state, StatusCode::OK, result)
 }
 
 async fn leave_group(State(state): State<AppState>, Path(group): Path<String>) -> Response {
-    let node = &state.node;
-    let result = node
-        .leave_group(&group)
-        .await
-        .map(|g| group_report(node, &g));
-    respond(StatusCode::OK, result)
+    let result = state.node.leave_group(&group).await;
+    group_answer(&state, StatusCode::OK, result)
 }
 
 async fn invite_to_group(
@@ -767,12 +764,8 @@ async fn invite_to_group(
     Path(group): Path<String>,
     Json(req): Json<GroupMemberRequest>,
 ) -> Response {
-    let node = &state.node;
-    let result = node
-        .invite_to_group(&group, &req.member)
-        .await
-        .map(|(g, _)| group_report(node, &g));
-    respond(StatusCode::OK, result)
+    let result = state.node.invite_to_group(&group, &req.member).await;
+    group_answer(&state, StatusCode::OK, result.map(|(g, _)| g))
 }
 
 async fn remove_from_group(
@@ -780,12 +773,8 @@ async fn remove_from_group(
     Path(group): Path<String>,
     Json(req): Json<GroupMemberRequest>,
 ) -> Response {
-    let node = &state.node;
-    let result = node
-        .remove_from_group(&group, &req.member)
-        .await
-        .map(|(g, _)| group_report(node, &g));
-    respond(StatusCode::OK, result)
+    let result = state.node.remove_from_group(&group, &req.member).await;
+    group_answer(&state, StatusCode::OK, result.map(|(g, _)| g))
 }
 
 async fn send_group(

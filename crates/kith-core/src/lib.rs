@@ -9,22 +9,35 @@
 //! - [`safety_number`]: the fingerprint two people read to each other.
 //! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
 //! - [`ClockSkew`]: how far our clock is from our peers', from the readings in their answers.
+//! - [`group`]: signed member lists and which replaces which, and the key-free envelope checks.
+//! - [`Backoff`], [`RateLimiter`], [`MessageIds`]: retry schedules, per-peer limits, message ids.
+//! - [`check_text`]: what a text message may be.
 //!
 //! Everything here is deterministic given its inputs (time is always passed in), so it is tested
 //! without sockets.
 
+pub mod backoff;
 pub mod clock;
+pub mod group;
 mod invite;
+pub mod message_id;
 mod name;
 pub mod pow;
+pub mod rate;
 mod record;
 mod safety;
 pub mod select;
+pub mod text;
 
+pub use backoff::Backoff;
 pub use clock::{ClockSkew, SkewEstimate, SkewSample};
+pub use group::{GroupEnvelope, GroupError, MemberList};
 pub use invite::{Invite, InviteError};
+pub use message_id::{MessageId, MessageIds};
 pub use name::{
     MAX_LEN as NAME_MAX_LEN, MIN_LEN as NAME_MIN_LEN, Name, NameError, REPLICAS as NAME_REPLICAS,
 };
+pub use rate::{Rate, RateLimiter};
 pub use record::{ClaimParams, NameRecord, NameRules, RecordError};
 pub use safety::safety_number;
+pub use text::{MAX_TEXT_BYTES, TextError, check_text};

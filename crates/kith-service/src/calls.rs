@@ -31,6 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kith_core::{Rate, RateLimiter};
 use kith_proto::v1 as pb;
 use kith_store::{CallId, CallOutcome, CallRecord, Trust};
 use libp2p::PeerId;
@@ -233,7 +234,8 @@ pub(crate) struct Calls {
     live: StdMutex<HashMap<CallId, Live>>,
     /// TURN credentials from our relays, by relay.
     relay_turn: StdMutex<HashMap<PeerId, RelayTurn>>,
-    offers: StdMutex<HashMap<PeerId, (f64, Instant)>>,
+    /// Call invitations per peer: one, then one per 10 s.
+    offers: StdMutex<RateLimiter<PeerId>>,
     ring_timeout: Duration,
     /// Signalling refused: malformed, for an unknown call, from a non-participant, flooded.
     refused: Counter,
@@ -275,7 +277,10 @@ impl Calls {
         );
         Self {
             live: StdMutex::new(HashMap::new()),
-            offers: StdMutex::new(HashMap::new()),
+            offers: StdMutex::new(RateLimiter::new(Rate {
+                burst: OFFER_BURST,
+                per_sec: OFFER_PER_SEC,
+            })),
             ring_timeout,
             refused,
             ice: StdMutex::new(ice),
@@ -284,23 +289,12 @@ impl Calls {
     }
 
     fn allow_offer(&self, peer: PeerId) -> bool {
-        let mut buckets = lock(&self.offers);
-        let now = Instant::now();
-        let (tokens, at) = buckets.entry(peer).or_insert((OFFER_BURST, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * OFFER_PER_SEC).min(OFFER_BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        lock(&self.offers).allow(&peer, Instant::now())
     }
 
     /// A person answered or declined `peer`'s call: calling back at once is no flood.
     fn refund_offer(&self, peer: PeerId) {
-        lock(&self.offers).insert(peer, (OFFER_BURST, Instant::now()));
+        lock(&self.offers).refund(&peer);
     }
 
     fn unavailable_after(&self) -> Duration {

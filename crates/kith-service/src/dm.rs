@@ -25,6 +25,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
+use kith_core::{Backoff, MessageIds, Rate, RateLimiter};
 use kith_crypto::{Ciphertext, Curve25519Key, KeyBundle, OlmAccount, PickleKey};
 use kith_proto::v1 as pb;
 use kith_store::{
@@ -36,11 +37,9 @@ use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, oneshot};
 
 use crate::{Node, ServiceError, node::now_ms, olm_state::OlmState};
 
-/// Longest text message, in bytes of UTF-8.
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
-/// Retry backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Longest text message (the rule is kith-core's `check_text`).
+pub use kith_core::MAX_TEXT_BYTES;
+
 /// Messages in flight to one peer at once. Below vodozemac's 40 skipped message keys per chain,
 /// so reordering inside the window can never make a message undecryptable.
 const WINDOW: usize = 32;
@@ -157,8 +156,9 @@ pub(crate) struct Dm {
     /// `send_text` calls waiting for the first attempt at their message, by message id.
     first_attempts: StdMutex<HashMap<MessageId, (PeerId, oneshot::Sender<()>)>>,
     busy: StdMutex<HashSet<PeerId>>,
-    buckets: StdMutex<HashMap<PeerId, (f64, Instant)>>,
-    last_id: StdMutex<(u64, u16)>,
+    /// Inbound rate limit per sender (made on first use, with the node's options).
+    buckets: StdMutex<Option<RateLimiter<PeerId>>>,
+    last_id: StdMutex<MessageIds>,
     /// Olm identity key → the peer it is bound to (from the correspondents tree).
     key_owners: StdMutex<HashMap<[u8; 32], PeerId>>,
     rejected: prometheus_client::metrics::counter::Counter,
@@ -202,8 +202,8 @@ impl Dm {
             handed: Notify::new(),
             first_attempts: StdMutex::new(HashMap::new()),
             busy: StdMutex::new(HashSet::new()),
-            buckets: StdMutex::new(HashMap::new()),
-            last_id: StdMutex::new((0, 0)),
+            buckets: StdMutex::new(None),
+            last_id: StdMutex::new(MessageIds::new()),
             key_owners: StdMutex::new(key_owners),
             rejected,
         })
@@ -211,26 +211,12 @@ impl Dm {
 
     pub(crate) fn next_id(&self) -> MessageId {
         let now = now_ms();
-        let (ms, counter) = {
-            let mut last = lock(&self.last_id);
-            let next = if now > last.0 {
-                (now, 0)
-            } else if last.1 == u16::MAX {
-                (last.0 + 1, 0)
-            } else {
-                (last.0, last.1 + 1)
-            };
-            *last = next;
-            next
-        };
-        let mut id = [0u8; 16];
-        id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-        id[6..8].copy_from_slice(&counter.to_be_bytes());
-        // The rest is random so ids from different nodes never collide.
-        if getrandom::fill(&mut id[8..]).is_err() {
-            id[8..].copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..8]);
+        // The random tail keeps ids from different nodes apart.
+        let mut random = [0u8; 8];
+        if getrandom::fill(&mut random).is_err() {
+            random.copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..8]);
         }
-        id
+        lock(&self.last_id).next(now, random)
     }
 
     fn key_owner(&self, key: &[u8; 32]) -> Option<PeerId> {
@@ -242,17 +228,9 @@ impl Dm {
     }
 
     fn allow(&self, peer: PeerId, (burst, per_sec): (f64, f64)) -> bool {
-        let mut buckets = lock(&self.buckets);
-        let now = Instant::now();
-        let (tokens, at) = buckets.entry(peer).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        lock(&self.buckets)
+            .get_or_insert_with(|| RateLimiter::new(Rate { burst, per_sec }))
+            .allow(&peer, Instant::now())
     }
 
     pub(crate) fn pickle_key(&self) -> &PickleKey {
@@ -360,8 +338,7 @@ fn ack(id: &[u8], status: pb::AckStatus, reason: &str) -> pb::Ack {
 }
 
 fn backoff(attempts: u32) -> Duration {
-    let exp = BACKOFF_MIN.saturating_mul(1u32 << attempts.min(16));
-    exp.min(BACKOFF_MAX)
+    Backoff::DELIVERY.delay(attempts)
 }
 
 fn peer_of(bytes: &[u8]) -> Option<PeerId> {
@@ -384,15 +361,7 @@ impl Node {
     /// Returns once the message is stored (and flushed) and the first delivery attempt finished
     /// or a few seconds passed: `Delivered` or `Queued`. A queued message keeps being retried.
     pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ServiceError> {
-        if text.trim().is_empty() {
-            return Err(ServiceError::InvalidMessage("the message is empty".into()));
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ServiceError::InvalidMessage(format!(
-                "the message is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
-        }
+        kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
         let peer = self.recipient_for_sending(target).await?;
         self.send_body(
             peer,
@@ -1649,14 +1618,6 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(500));
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(30), BACKOFF_MAX);
-    }
 
     #[test]
     fn bundle_keys_differ_per_peer_and_from_name_keys() {

@@ -23,13 +23,15 @@ use std::{
     time::Duration,
 };
 
+pub use kith_core::group::{MAX_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS};
+use kith_core::{GroupEnvelope, MemberList};
 use kith_crypto::{GroupReceiver, GroupSender, GroupSessionKey};
 use kith_net::{GossipId, GossipVerdict};
 use kith_proto::v1 as pb;
 use kith_store::{
     GroupId, GroupMessage, GroupRecord, Incoming, ReceiverState, SenderState, SessionId,
 };
-use libp2p::{PeerId, identity::PublicKey};
+use libp2p::PeerId;
 use prost::Message as _;
 use tokio::sync::Mutex;
 
@@ -37,12 +39,6 @@ use crate::{MessageEvent, Node, ServiceError, dm::MAX_TEXT_BYTES, node::now_ms};
 
 /// A Megolm session encrypts at most this many messages before a new one starts.
 pub const ROTATE_EVERY: u32 = 100;
-/// Most members in a group.
-pub const MAX_MEMBERS: usize = 256;
-/// Longest group title, in characters.
-pub const MAX_TITLE_CHARS: usize = 64;
-/// Largest envelope accepted from gossip or sync.
-pub const MAX_ENVELOPE: usize = 200 * 1024;
 /// Envelopes per sync page (the responder also caps the bytes).
 const SYNC_PAGE: usize = 256;
 const SYNC_PAGE_BYTES: usize = 3 * 1024 * 1024;
@@ -94,157 +90,6 @@ pub struct GroupSent {
     pub seq: u64,
     /// Whether gossipsub had a member to hand it to right now (if not, members fetch it by sync).
     pub published: bool,
-}
-
-/// A verified member list.
-#[derive(Debug, Clone)]
-pub(crate) struct MemberList {
-    id: GroupId,
-    version: u64,
-    title: String,
-    members: BTreeMap<PeerId, bool>,
-    author: PeerId,
-    created_at_ms: u64,
-    /// The encoded `SignedMemberList`, as stored and forwarded.
-    signed: Vec<u8>,
-}
-
-impl MemberList {
-    fn is_member(&self, peer: &PeerId) -> bool {
-        self.members.contains_key(peer)
-    }
-
-    fn is_admin(&self, peer: &PeerId) -> bool {
-        self.members.get(peer).copied().unwrap_or(false)
-    }
-
-    fn hash(&self) -> [u8; 32] {
-        *blake3::hash(&self.signed).as_bytes()
-    }
-
-    /// Verifies signature, author key and shape.
-    fn verify(signed: &[u8]) -> Result<Self, String> {
-        if signed.len() > 64 * 1024 {
-            return Err("member list too large".into());
-        }
-        let s = pb::SignedMemberList::decode(signed).map_err(|e| format!("malformed list: {e}"))?;
-        let key = PublicKey::try_decode_protobuf(&s.public_key)
-            .map_err(|e| format!("bad author key: {e}"))?;
-        if !key.verify(&s.list, &s.signature) {
-            return Err("member list signature does not verify".into());
-        }
-        let l = pb::MemberList::decode(s.list.as_slice())
-            .map_err(|e| format!("malformed list: {e}"))?;
-        let author = PeerId::from_bytes(&l.author).map_err(|_| "bad author id".to_owned())?;
-        if author != key.to_peer_id() {
-            return Err("member list author does not match its key".into());
-        }
-        let id: GroupId = l
-            .group_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| "group id is not 16 bytes".to_owned())?;
-        if l.version == 0
-            || l.members.len() > MAX_MEMBERS
-            || l.title.chars().count() > MAX_TITLE_CHARS
-        {
-            return Err("member list out of bounds".into());
-        }
-        let mut members = BTreeMap::new();
-        for m in l.members {
-            let peer = PeerId::from_bytes(&m.peer_id).map_err(|_| "bad member id".to_owned())?;
-            if members.insert(peer, m.admin).is_some() {
-                return Err("member listed twice".into());
-            }
-        }
-        Ok(Self {
-            id,
-            version: l.version,
-            title: l.title,
-            members,
-            author,
-            created_at_ms: l.created_at_ms,
-            signed: signed.to_vec(),
-        })
-    }
-
-    fn sign(
-        keypair: &libp2p::identity::Keypair,
-        id: GroupId,
-        version: u64,
-        title: &str,
-        members: &BTreeMap<PeerId, bool>,
-    ) -> Result<Self, ServiceError> {
-        let list = pb::MemberList {
-            group_id: id.to_vec(),
-            version,
-            title: title.to_owned(),
-            members: members
-                .iter()
-                .map(|(p, admin)| pb::GroupMember {
-                    peer_id: p.to_bytes(),
-                    admin: *admin,
-                })
-                .collect(),
-            author: keypair.public().to_peer_id().to_bytes(),
-            created_at_ms: now_ms(),
-        }
-        .encode_to_vec();
-        let signature = keypair
-            .sign(&list)
-            .map_err(|e| ServiceError::Task(format!("cannot sign the member list: {e}")))?;
-        let signed = pb::SignedMemberList {
-            list,
-            signature,
-            public_key: keypair.public().encode_protobuf(),
-        }
-        .encode_to_vec();
-        Self::verify(&signed).map_err(ServiceError::Task)
-    }
-
-    /// Whether `next` may replace `self` (see the module doc for the rules).
-    fn may_be_replaced_by(&self, next: &MemberList) -> bool {
-        if next.id != self.id || next.signed == self.signed {
-            return false;
-        }
-        let authorised = self.is_admin(&next.author) || self.is_leave(next);
-        match next.version.cmp(&self.version) {
-            std::cmp::Ordering::Greater => authorised,
-            std::cmp::Ordering::Equal => authorised && next.hash() < self.hash(),
-            std::cmp::Ordering::Less => false,
-        }
-    }
-
-    /// `next` is `self` minus its author, with the lowest remaining member promoted if the author
-    /// was the last admin.
-    fn is_leave(&self, next: &MemberList) -> bool {
-        if !self.is_member(&next.author) || next.is_member(&next.author) {
-            return false;
-        }
-        self.without(&next.author) == next.members && next.title == self.title
-    }
-
-    /// The members once `leaver` has left; if it was the last admin, the lowest remaining
-    /// member becomes admin (the one rule both the leaver and every member apply).
-    fn without(&self, leaver: &PeerId) -> BTreeMap<PeerId, bool> {
-        let mut members = self.members.clone();
-        members.remove(leaver);
-        if !members.values().any(|a| *a)
-            && let Some((_, admin)) = members.iter_mut().next()
-        {
-            *admin = true;
-        }
-        members
-    }
-
-    /// The next version of this list with `members`, signed by `keypair`.
-    fn successor(
-        &self,
-        keypair: &libp2p::identity::Keypair,
-        members: &BTreeMap<PeerId, bool>,
-    ) -> Result<Self, ServiceError> {
-        Self::sign(keypair, self.id, self.version + 1, &self.title, members)
-    }
 }
 
 /// Group state held in memory by the node.
@@ -311,51 +156,9 @@ enum Refusal {
     Ignore(&'static str),
 }
 
-struct VerifiedEnvelope {
-    env: pb::GroupEnvelope,
-    group: GroupId,
-    sender: PeerId,
-    session: SessionId,
-}
-
-fn verify_envelope(bytes: &[u8]) -> Result<VerifiedEnvelope, String> {
-    if bytes.len() > MAX_ENVELOPE {
-        return Err(format!(
-            "envelope is {} bytes; the limit is {MAX_ENVELOPE}",
-            bytes.len()
-        ));
-    }
-    let env = pb::GroupEnvelope::decode(bytes).map_err(|e| format!("malformed envelope: {e}"))?;
-    let key = PublicKey::try_decode_protobuf(&env.public_key)
-        .map_err(|e| format!("bad sender key: {e}"))?;
-    let sender = PeerId::from_bytes(&env.sender).map_err(|_| "bad sender id".to_owned())?;
-    if key.to_peer_id() != sender {
-        return Err("sender does not match the signing key".into());
-    }
-    let mut unsigned = env.clone();
-    unsigned.signature.clear();
-    if !key.verify(&unsigned.encode_to_vec(), &env.signature) {
-        return Err("envelope signature does not verify".into());
-    }
-    let group: GroupId = env
-        .group_id
-        .as_slice()
-        .try_into()
-        .map_err(|_| "group id is not 16 bytes".to_owned())?;
-    let session: SessionId = env
-        .session_id
-        .as_slice()
-        .try_into()
-        .map_err(|_| "session id is not 32 bytes".to_owned())?;
-    if env.seq == 0 {
-        return Err("sequence 0".into());
-    }
-    Ok(VerifiedEnvelope {
-        env,
-        group,
-        sender,
-        session,
-    })
+/// Our own key failed to sign a member list.
+fn sign_error(e: kith_core::GroupError) -> ServiceError {
+    ServiceError::Task(format!("cannot sign the member list: {e}"))
 }
 
 fn parse_group_id(s: &str) -> Option<GroupId> {
@@ -372,7 +175,7 @@ impl Node {
         MemberList::verify(&record.list).map_err(|e| {
             ServiceError::Store(kith_store::StoreError::Corrupt {
                 tree: "groups",
-                reason: e,
+                reason: e.to_string(),
             })
         })
     }
@@ -382,16 +185,16 @@ impl Node {
         let me = self.peer_id();
         Ok(GroupInfo {
             id: record.id,
-            title: list.title.clone(),
-            version: list.version,
-            members: list.members.iter().map(|(p, a)| (*p, *a)).collect(),
+            title: list.title().to_owned(),
+            version: list.version(),
+            members: list.members().iter().map(|(p, a)| (*p, *a)).collect(),
             joined: record.joined,
             left: record.left,
             removed: record.removed,
             invited_by: PeerId::from_bytes(&record.invited_by).ok(),
             unread: record.unread,
             admin: list.is_admin(&me),
-            list_signed_at_ms: list.created_at_ms,
+            list_signed_at_ms: list.created_at_ms(),
         })
     }
 
@@ -407,7 +210,9 @@ impl Node {
         let lower = reference.to_lowercase();
         let mut by_title: Vec<&GroupRecord> = all
             .iter()
-            .filter(|g| MemberList::verify(&g.list).is_ok_and(|l| l.title.to_lowercase() == lower))
+            .filter(|g| {
+                MemberList::verify(&g.list).is_ok_and(|l| l.title().to_lowercase() == lower)
+            })
             .collect();
         if by_title.len() > 1 {
             // Prefer groups we take part in over old ones.
@@ -477,10 +282,11 @@ impl Node {
         getrandom::fill(&mut id)
             .map_err(|e| ServiceError::Task(format!("no randomness for a group id: {e}")))?;
         let members = BTreeMap::from([(self.peer_id(), true)]);
-        let list = MemberList::sign(&self.inner.keypair, id, 1, title, &members)?;
+        let list = MemberList::sign(&self.inner.keypair, id, 1, title, &members, now_ms())
+            .map_err(sign_error)?;
         let record = GroupRecord {
             id,
-            list: list.signed,
+            list: list.signed().to_vec(),
             joined: true,
             invited_by: Vec::new(),
             invited_at_ms: 0,
@@ -502,31 +308,29 @@ impl Node {
         reference: &str,
         target: &str,
     ) -> Result<(GroupInfo, PeerId), ServiceError> {
-        let record = self.find_group(reference)?;
-        let peer = self.resolve_recipient(target).await?;
-        let list = self.list_of(&record)?;
-        self.require_admin(&record, &list)?;
-        if list.is_member(&peer) {
-            return Err(ServiceError::InvalidMessage(format!(
-                "{target} is already a member of '{}'",
-                list.title
-            )));
-        }
-        if list.members.len() >= MAX_MEMBERS {
-            return Err(ServiceError::InvalidMessage(format!(
-                "'{}' has {MAX_MEMBERS} members, the most a group can have",
-                list.title
-            )));
-        }
-        let mut members = list.members.clone();
-        members.insert(peer, false);
-        let next = list.successor(&self.inner.keypair, &members)?;
-        let recipients: Vec<PeerId> = list.members.keys().copied().collect();
-        let record = self.publish_list(record, &next, &recipients)?;
+        let (record, peer, next) = self
+            .change_members(reference, target, |list, peer| {
+                if list.is_member(&peer) {
+                    return Err(format!(
+                        "{target} is already a member of '{}'",
+                        list.title()
+                    ));
+                }
+                if list.members().len() >= MAX_MEMBERS {
+                    return Err(format!(
+                        "'{}' has {MAX_MEMBERS} members, the most a group can have",
+                        list.title()
+                    ));
+                }
+                let mut members = list.members().clone();
+                members.insert(peer, false);
+                Ok(members)
+            })
+            .await?;
         self.enqueue_control(
             peer,
             pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
-                list: pb::SignedMemberList::decode(next.signed.as_slice()).ok(),
+                list: pb::SignedMemberList::decode(next.signed()).ok(),
             }),
         )?;
         self.store().flush().await?;
@@ -541,29 +345,45 @@ impl Node {
         reference: &str,
         target: &str,
     ) -> Result<(GroupInfo, PeerId), ServiceError> {
+        let me = self.peer_id();
+        let (record, peer, _) = self
+            .change_members(reference, target, |list, peer| {
+                if !list.is_member(&peer) {
+                    return Err(format!("{target} is not a member of '{}'", list.title()));
+                }
+                if peer == me {
+                    return Err("to leave a group use `kith group leave`".into());
+                }
+                let mut members = list.members().clone();
+                members.remove(&peer);
+                Ok(members)
+            })
+            .await?;
+        self.store().flush().await?;
+        self.dm().wake_delivery();
+        Ok((self.info(&record)?, peer))
+    }
+
+    /// An admin's change of the member list: `edit` turns the current list and the resolved
+    /// `target` into the new members (or says why not); the next version is signed, applied and
+    /// queued for every current member. The caller flushes and wakes delivery.
+    async fn change_members(
+        &self,
+        reference: &str,
+        target: &str,
+        edit: impl FnOnce(&MemberList, PeerId) -> Result<BTreeMap<PeerId, bool>, String>,
+    ) -> Result<(GroupRecord, PeerId, MemberList), ServiceError> {
         let record = self.find_group(reference)?;
         let peer = self.resolve_recipient(target).await?;
         let list = self.list_of(&record)?;
         self.require_admin(&record, &list)?;
-        if !list.is_member(&peer) {
-            return Err(ServiceError::InvalidMessage(format!(
-                "{target} is not a member of '{}'",
-                list.title
-            )));
-        }
-        if peer == self.peer_id() {
-            return Err(ServiceError::InvalidMessage(
-                "to leave a group use `kith group leave`".into(),
-            ));
-        }
-        let mut members = list.members.clone();
-        members.remove(&peer);
-        let next = list.successor(&self.inner.keypair, &members)?;
-        let recipients: Vec<PeerId> = list.members.keys().copied().collect();
+        let members = edit(&list, peer).map_err(ServiceError::InvalidMessage)?;
+        let next = list
+            .successor(&self.inner.keypair, &members, now_ms())
+            .map_err(sign_error)?;
+        let recipients: Vec<PeerId> = list.members().keys().copied().collect();
         let record = self.publish_list(record, &next, &recipients)?;
-        self.store().flush().await?;
-        self.dm().wake_delivery();
-        Ok((self.info(&record)?, peer))
+        Ok((record, peer, next))
     }
 
     /// Leaves a group: a list without us (signed by us) goes to every member; we unsubscribe.
@@ -587,7 +407,9 @@ impl Node {
         if list.is_member(&me) && was_joined {
             let members = list.without(&me);
             if !members.is_empty() {
-                let next = list.successor(&self.inner.keypair, &members)?;
+                let next = list
+                    .successor(&self.inner.keypair, &members, now_ms())
+                    .map_err(sign_error)?;
                 let recipients: Vec<PeerId> = members.keys().copied().collect();
                 self.publish_list(left, &next, &recipients)?;
             }
@@ -611,7 +433,7 @@ impl Node {
         if record.removed || !list.is_member(&self.peer_id()) {
             return Err(ServiceError::GroupClosed(format!(
                 "you are not a member of '{}'; ask an admin to invite you again",
-                list.title
+                list.title()
             )));
         }
         let record = self
@@ -634,11 +456,11 @@ impl Node {
         if !record.joined || record.left || record.removed {
             return Err(ServiceError::GroupClosed(format!(
                 "you are not taking part in '{}'",
-                list.title
+                list.title()
             )));
         }
         if !list.is_admin(&self.peer_id()) {
-            return Err(ServiceError::NotGroupAdmin(list.title.clone()));
+            return Err(ServiceError::NotGroupAdmin(list.title().to_owned()));
         }
         Ok(())
     }
@@ -653,7 +475,7 @@ impl Node {
         let old = self.list_of(&record)?;
         let record = self.apply_list(record, &old, next)?;
         let me = self.peer_id();
-        let signed = pb::SignedMemberList::decode(next.signed.as_slice()).ok();
+        let signed = pb::SignedMemberList::decode(next.signed()).ok();
         for peer in recipients.iter().filter(|p| **p != me) {
             self.enqueue_control(
                 *peer,
@@ -673,13 +495,13 @@ impl Node {
         next: &MemberList,
     ) -> Result<GroupRecord, ServiceError> {
         let me = self.peer_id();
-        let removed_someone = old.members.keys().any(|p| !next.is_member(p));
+        let removed_someone = old.members().keys().any(|p| !next.is_member(p));
         let we_are_out = old.is_member(&me) && !next.is_member(&me);
         let updated = self
             .store()
             .groups()
             .update_group(&record.id, |g| {
-                g.list = next.signed.clone();
+                g.list = next.signed().to_vec();
                 if we_are_out && !g.left {
                     g.removed = true;
                     g.joined = false;
@@ -711,17 +533,19 @@ impl Node {
         match body {
             pb::direct_payload::Body::GroupInvite(invite) => {
                 let signed = invite.list.ok_or("invitation without a member list")?;
-                let list = MemberList::verify(&signed.encode_to_vec())?;
-                if !list.is_member(&me) || !list.is_admin(&list.author) || !list.is_member(&peer) {
+                let list =
+                    MemberList::verify(&signed.encode_to_vec()).map_err(|e| e.to_string())?;
+                if !list.is_member(&me) || !list.is_admin(&list.author()) || !list.is_member(&peer)
+                {
                     return Err("invitation that does not add us, signed by a non-admin".into());
                 }
                 let groups = self.store().groups();
-                match groups.group(&list.id).map_err(|e| e.to_string())? {
+                match groups.group(&list.id()).map_err(|e| e.to_string())? {
                     None => {
                         groups
                             .put_group(&GroupRecord {
-                                id: list.id,
-                                list: list.signed.clone(),
+                                id: list.id(),
+                                list: list.signed().to_vec(),
                                 joined: false,
                                 invited_by: peer.to_bytes(),
                                 invited_at_ms: now_ms(),
@@ -737,8 +561,8 @@ impl Node {
                         let rejoin = existing.left || existing.removed;
                         if rejoin || old.may_be_replaced_by(&list) {
                             groups
-                                .update_group(&list.id, |g| {
-                                    g.list = list.signed.clone();
+                                .update_group(&list.id(), |g| {
+                                    g.list = list.signed().to_vec();
                                     if rejoin {
                                         g.left = false;
                                         g.removed = false;
@@ -751,18 +575,19 @@ impl Node {
                         }
                     }
                 }
-                tracing::info!(group = %hex::encode(list.id), from = %peer, title = %list.title, "group invitation");
+                tracing::info!(group = %hex::encode(list.id()), from = %peer, title = %list.title(), "group invitation");
                 self.dm()
-                    .emit(MessageEvent::GroupInvited { group: list.id });
+                    .emit(MessageEvent::GroupInvited { group: list.id() });
                 Ok(())
             }
             pb::direct_payload::Body::GroupUpdate(update) => {
                 let signed = update.list.ok_or("update without a member list")?;
-                let list = MemberList::verify(&signed.encode_to_vec())?;
+                let list =
+                    MemberList::verify(&signed.encode_to_vec()).map_err(|e| e.to_string())?;
                 let known = self
                     .store()
                     .groups()
-                    .group(&list.id)
+                    .group(&list.id())
                     .map_err(|e| e.to_string())?
                     .is_some();
                 if !known && list.is_member(&me) && list.is_member(&peer) {
@@ -788,7 +613,7 @@ impl Node {
         let Some(record) = self
             .store()
             .groups()
-            .group(&list.id)
+            .group(&list.id())
             .map_err(|e| e.to_string())?
         else {
             return Err("member list for a group we do not know".into());
@@ -858,7 +683,7 @@ impl Node {
             return;
         };
         for p in pending {
-            let Ok(v) = verify_envelope(&p.envelope) else {
+            let Ok(v) = GroupEnvelope::verify(&p.envelope) else {
                 continue;
             };
             let message = match self.decrypt_envelope(&v).await {
@@ -898,15 +723,7 @@ impl Node {
         reference: &str,
         text: &str,
     ) -> Result<GroupSent, ServiceError> {
-        if text.trim().is_empty() {
-            return Err(ServiceError::InvalidMessage("the message is empty".into()));
-        }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(ServiceError::InvalidMessage(format!(
-                "the message is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
-        }
+        kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
         let record = self.find_group(reference)?;
         let group = record.id;
         // The first message after a start waits briefly for a catch-up, which brings member-list
@@ -930,7 +747,7 @@ impl Node {
         if !record.joined || record.left || record.removed || !list.is_member(&me) {
             return Err(ServiceError::GroupClosed(format!(
                 "you are not taking part in '{}'{}",
-                list.title,
+                list.title(),
                 if record.joined || record.left || record.removed {
                     ""
                 } else {
@@ -953,26 +770,16 @@ impl Node {
         let ciphertext = sender
             .encrypt(&payload.encode_to_vec())
             .map_err(ServiceError::Crypto)?;
-        let mut env = pb::GroupEnvelope {
-            group_id: group.to_vec(),
-            sender: me.to_bytes(),
+        let bytes = GroupEnvelope {
+            group,
+            sender: me,
             seq,
-            session_id: sender
-                .session_id()
-                .map_err(ServiceError::Crypto)?
-                .0
-                .to_vec(),
+            session: sender.session_id().map_err(ServiceError::Crypto)?.0,
             ciphertext,
-            list_version: list.version,
-            public_key: self.inner.keypair.public().encode_protobuf(),
-            signature: Vec::new(),
-        };
-        env.signature = self
-            .inner
-            .keypair
-            .sign(&env.encode_to_vec())
-            .map_err(|e| ServiceError::Task(format!("cannot sign: {e}")))?;
-        let bytes = env.encode_to_vec();
+            list_version: list.version(),
+        }
+        .seal(&self.inner.keypair)
+        .map_err(|e| ServiceError::Task(format!("cannot sign: {e}")))?;
         state.pickle = sender
             .to_pickle(self.dm().pickle_key())
             .map_err(ServiceError::Crypto)?;
@@ -1039,7 +846,7 @@ impl Node {
         };
         let me = self.peer_id();
         let lacking: Vec<PeerId> = list
-            .members
+            .members()
             .keys()
             .filter(|p| **p != me && !state.shared_with.contains(&p.to_bytes()))
             .copied()
@@ -1143,8 +950,8 @@ impl Node {
         &self,
         bytes: &[u8],
         gossip: Option<(PeerId, &str)>,
-    ) -> Result<VerifiedEnvelope, Refusal> {
-        let v = verify_envelope(bytes).map_err(Refusal::Reject)?;
+    ) -> Result<GroupEnvelope, Refusal> {
+        let v = GroupEnvelope::verify(bytes).map_err(|e| Refusal::Reject(e.to_string()))?;
         if let Some((author, topic_name)) = gossip {
             if author != v.sender {
                 return Err(Refusal::Reject(
@@ -1172,7 +979,7 @@ impl Node {
             .list_of(&record)
             .map_err(|_| Refusal::Ignore("our member list is damaged"))?;
         if !list.is_member(&v.sender) {
-            if v.env.list_version > list.version {
+            if v.list_version > list.version() {
                 // We may have missed the update that added the sender.
                 self.spawn_sync(v.group);
                 return Err(Refusal::Ignore("sender unknown to our (older) member list"));
@@ -1186,7 +993,7 @@ impl Node {
         if self
             .store()
             .groups()
-            .has_envelope(&v.group, &sender_bytes, v.env.seq)
+            .has_envelope(&v.group, &sender_bytes, v.seq)
             .unwrap_or(false)
         {
             return Err(Refusal::Ignore("already held"));
@@ -1198,7 +1005,7 @@ impl Node {
     /// subscribers, and starts a catch-up when it shows a gap.
     async fn keep_envelope(
         &self,
-        v: VerifiedEnvelope,
+        v: GroupEnvelope,
         bytes: &[u8],
         from_gossip: bool,
     ) -> Result<(), Refusal> {
@@ -1215,7 +1022,7 @@ impl Node {
             .store_envelope(
                 &v.group,
                 &sender_bytes,
-                v.env.seq,
+                v.seq,
                 bytes,
                 &v.session,
                 message.as_ref(),
@@ -1248,14 +1055,14 @@ impl Node {
             });
         }
         // A gap below this message: fetch what is missing.
-        if from_gossip && head.is_some_and(|h| v.env.seq > h + 1) {
+        if from_gossip && head.is_some_and(|h| v.seq > h + 1) {
             self.spawn_sync(v.group);
         }
         Ok(())
     }
 
     /// Decrypts a verified envelope. `Ok(None)`: no key for its session yet (hold it).
-    async fn decrypt_envelope(&self, v: &VerifiedEnvelope) -> Result<Option<GroupMessage>, String> {
+    async fn decrypt_envelope(&self, v: &GroupEnvelope) -> Result<Option<GroupMessage>, String> {
         let mut receivers = self.groups_state().receivers.lock().await;
         let cache_key = (v.group, v.session);
         if let std::collections::hash_map::Entry::Vacant(slot) = receivers.entry(cache_key) {
@@ -1278,14 +1085,14 @@ impl Node {
             return Ok(None);
         };
         let (plaintext, _) = receiver
-            .decrypt(&v.env.ciphertext)
+            .decrypt(&v.ciphertext)
             .map_err(|e| format!("cannot decrypt: {e}"))?;
         drop(receivers);
         let payload = pb::GroupPayload::decode(plaintext.as_slice())
             .map_err(|_| "malformed group payload".to_owned())?;
         if payload.group_id != v.group.as_slice()
             || payload.sender != v.sender.to_bytes()
-            || payload.seq != v.env.seq
+            || payload.seq != v.seq
         {
             return Err("payload does not match its envelope".into());
         }
@@ -1305,7 +1112,7 @@ impl Node {
         Ok(Some(GroupMessage {
             id,
             sender: v.sender.to_bytes(),
-            seq: v.env.seq,
+            seq: v.seq,
             text,
             sent_at_ms: payload.sent_at_ms,
             received_at_ms: now_ms(),
@@ -1363,7 +1170,7 @@ impl Node {
         // The requester may know a newer member list than we do (one that added it).
         if let Some(signed) = &request.list
             && let Ok(list) = MemberList::verify(&signed.encode_to_vec())
-            && list.id == group
+            && list.id() == group
         {
             let _ = self.consider_list(&list);
         }
@@ -1409,7 +1216,7 @@ impl Node {
         Ok(pb::SyncResponse {
             envelopes,
             more,
-            list: pb::SignedMemberList::decode(list.signed.as_slice()).ok(),
+            list: pb::SignedMemberList::decode(list.signed()).ok(),
             error: String::new(),
         })
     }
@@ -1451,7 +1258,12 @@ impl Node {
             .into_iter()
             .map(|p| p.peer_id)
             .collect();
-        let mut peers: Vec<PeerId> = list.members.keys().filter(|p| **p != me).copied().collect();
+        let mut peers: Vec<PeerId> = list
+            .members()
+            .keys()
+            .filter(|p| **p != me)
+            .copied()
+            .collect();
         peers.sort_by_key(|p| (!subscribed.contains(p), !connected.contains(p)));
         for peer in peers.into_iter().take(SYNC_MAX_PEERS) {
             match self.sync_from(group, peer).await {
@@ -1495,7 +1307,7 @@ impl Node {
             }
             if let Some(signed) = response.list
                 && let Ok(list) = MemberList::verify(&signed.encode_to_vec())
-                && list.id == group
+                && list.id() == group
             {
                 let _ = self.consider_list(&list);
             }
@@ -1582,105 +1394,5 @@ pub(crate) async fn group_loop(inner: std::sync::Weak<crate::node::Inner>, every
             node.sync_group(g.id).await;
         }
         delay = every;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use libp2p::identity::Keypair;
-
-    fn list(k: &Keypair, version: u64, members: &[(PeerId, bool)]) -> MemberList {
-        MemberList::sign(
-            k,
-            [1; 16],
-            version,
-            "climbing",
-            &members.iter().copied().collect(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn only_admins_change_the_list_and_members_may_leave() {
-        let (a, b, c) = (
-            Keypair::generate_ed25519(),
-            Keypair::generate_ed25519(),
-            Keypair::generate_ed25519(),
-        );
-        let (pa, pb_, pc) = (
-            a.public().to_peer_id(),
-            b.public().to_peer_id(),
-            c.public().to_peer_id(),
-        );
-        let v1 = list(&a, 1, &[(pa, true), (pb_, false)]);
-        let by_admin = list(&a, 2, &[(pa, true), (pb_, false), (pc, false)]);
-        assert!(v1.may_be_replaced_by(&by_admin));
-        let by_member = list(&b, 2, &[(pa, true), (pb_, false), (pc, false)]);
-        assert!(!v1.may_be_replaced_by(&by_member));
-        let b_leaves = list(&b, 2, &[(pa, true)]);
-        assert!(v1.may_be_replaced_by(&b_leaves));
-        let b_kicks_a = list(&b, 2, &[(pb_, true)]);
-        assert!(!v1.may_be_replaced_by(&b_kicks_a));
-        let a_leaves = list(&a, 2, &[(pb_, true)]);
-        assert!(
-            v1.may_be_replaced_by(&a_leaves),
-            "last admin leaving promotes the next member"
-        );
-        let older = list(&a, 1, &[(pa, true)]);
-        assert!(!by_admin.may_be_replaced_by(&older));
-    }
-
-    #[test]
-    fn concurrent_versions_resolve_the_same_way_everywhere() {
-        let a = Keypair::generate_ed25519();
-        let b = Keypair::generate_ed25519();
-        let (pa, pb_) = (a.public().to_peer_id(), b.public().to_peer_id());
-        let v1 = list(&a, 1, &[(pa, true), (pb_, true)]);
-        let x = list(&a, 2, &[(pa, true), (pb_, true), (PeerId::random(), false)]);
-        let y = list(&b, 2, &[(pa, true), (pb_, true), (PeerId::random(), false)]);
-        let winner = if x.hash() < y.hash() { &x } else { &y };
-        let loser = if x.hash() < y.hash() { &y } else { &x };
-        assert!(v1.may_be_replaced_by(winner) && v1.may_be_replaced_by(loser));
-        assert!(loser.may_be_replaced_by(winner));
-        assert!(!winner.may_be_replaced_by(loser));
-    }
-
-    #[test]
-    fn forged_lists_and_envelopes_are_refused() {
-        let a = Keypair::generate_ed25519();
-        let l = list(&a, 1, &[(a.public().to_peer_id(), true)]);
-        let mut signed = pb::SignedMemberList::decode(l.signed.as_slice()).unwrap();
-        signed.signature[0] ^= 1;
-        assert!(MemberList::verify(&signed.encode_to_vec()).is_err());
-        assert!(MemberList::verify(b"garbage").is_err());
-
-        let mut env = pb::GroupEnvelope {
-            group_id: vec![1; 16],
-            sender: a.public().to_peer_id().to_bytes(),
-            seq: 1,
-            session_id: vec![2; 32],
-            ciphertext: vec![3; 10],
-            list_version: 1,
-            public_key: a.public().encode_protobuf(),
-            signature: vec![],
-        };
-        env.signature = a.sign(&env.encode_to_vec()).unwrap();
-        assert!(verify_envelope(&env.encode_to_vec()).is_ok());
-        let mut other = env.clone();
-        other.seq = 2;
-        assert!(
-            verify_envelope(&other.encode_to_vec()).is_err(),
-            "replayed under a new seq"
-        );
-        let mut impostor = env.clone();
-        impostor.sender = PeerId::random().to_bytes();
-        assert!(
-            verify_envelope(&impostor.encode_to_vec()).is_err(),
-            "forged sender"
-        );
-        assert!(verify_envelope(&vec![0u8; MAX_ENVELOPE + 1]).is_err());
     }
 }

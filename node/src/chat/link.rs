@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Pauses between reconnects: 0.5 s doubling to 8 s.
+const RECONNECT: kith_core::Backoff =
+    kith_core::Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+
 /// Follows `/v1/events`, reconnecting with backoff a bounded number of times. Each retry reads
 /// `api.json` again, so a node restarted on a new port is found.
 pub(super) async fn event_stream(home: Home, mut client: ApiClient, tx: mpsc::Sender<Incoming>) {
@@ -53,7 +57,7 @@ pub(super) async fn event_stream(home: Home, mut client: ApiClient, tx: mpsc::Se
             let _ = tx.send(Incoming::GaveUp(why)).await;
             return;
         }
-        let delay = Duration::from_millis(500u64 << (failures - 1).min(4));
+        let delay = RECONNECT.delay(failures - 1);
         if tx
             .send(Incoming::Retrying {
                 attempt: failures,

@@ -31,9 +31,26 @@ pub(crate) fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// `kith`, or `ip netns exec <netns> kith` to run it inside a network namespace.
+pub(crate) fn kith_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, KITH]);
+            command
+        }
+        None => Command::new(KITH),
+    }
+}
+
 /// Runs `kith <args> --home <home>` to completion (bounded) and returns (exit code, stdout, stderr).
 pub(crate) fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(KITH)
+    kith_in(None, home, args)
+}
+
+/// [`kith`] inside network namespace `netns`, if given.
+pub(crate) fn kith_in(netns: Option<&str>, home: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut child = kith_command(netns)
         .args(args)
         .arg("--home")
         .arg(home)
@@ -43,12 +60,23 @@ pub(crate) fn kith(home: &Path, args: &[&str]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained while it runs: an output larger than the pipe (a long history) must not block it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let status = wait_bounded(&mut child, PROCESS_TIMEOUT);
-    let out = child.wait_with_output().unwrap();
     (
         status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
     )
 }
 
@@ -75,6 +103,42 @@ pub(crate) fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Op
         assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Checks `check` every 200 ms for `window` and fails at the first miss: for what must stay
+/// true (no duplicate shows up late), where no event says "it can no longer change".
+pub(crate) fn holds_for(
+    what: &str,
+    window: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let start = Instant::now();
+    loop {
+        if let Err(why) = check() {
+            panic!("{what} stopped holding after {:?}: {why}", start.elapsed());
+        }
+        if start.elapsed() >= window {
+            return;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether a test's prerequisite (a tool, root) is there. Outside CI a missing one skips the
+/// test with the reason printed; under `CI=true` (or `1`; CI installs the tools) it fails the
+/// test, so a broken CI setup can never pass by not running it.
+pub(crate) fn prerequisite(test: &str, ok: bool, reason: &str) -> bool {
+    if ok {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !in_ci,
+        "{test}: {reason}, and CI={}: CI must provide it",
+        std::env::var("CI").unwrap_or_default()
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+    false
 }
 
 /// Polls `kith status --json` on `home` until `check` holds, for at most 30 s; the last status.
@@ -161,19 +225,32 @@ pub(crate) struct Daemon {
     pub(crate) home: std::path::PathBuf,
     /// Where its stderr goes (appended to, so a restarted node logs after its earlier run).
     pub(crate) log: std::path::PathBuf,
+    /// The network namespace it runs in (and its CLI commands too), if any.
+    pub(crate) netns: Option<String>,
 }
 
 impl Daemon {
     /// `kith run --json <args> --home <home>`, stderr appended to `log`; returns once the ready
     /// line is printed (bounded).
     pub(crate) fn start(name: &str, home: &Path, log: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_in(name, home, log, args, None)
+    }
+
+    /// [`Daemon::start`] inside network namespace `netns`, if given.
+    pub(crate) fn start_in(
+        name: &str,
+        home: &Path,
+        log: &Path,
+        args: &[impl AsRef<std::ffi::OsStr>],
+        netns: Option<&str>,
+    ) -> Daemon {
         use std::io::{BufRead as _, BufReader};
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(KITH)
+        let mut child = kith_command(netns)
             .args(["run", "--json"])
             .args(args)
             .arg("--home")
@@ -202,6 +279,7 @@ impl Daemon {
             ready: Value::Null,
             home: home.to_owned(),
             log: log.to_owned(),
+            netns: netns.map(str::to_owned),
         };
         let line = line_rx.recv_timeout(PROCESS_TIMEOUT).unwrap_or_else(|e| {
             panic!("{name}: no ready line ({e}); log:\n{}", daemon.log_tail(40))
@@ -215,26 +293,71 @@ impl Daemon {
         self.ready["peer_id"].as_str().unwrap().to_owned()
     }
 
-    /// `<tcp listen addr>/p2p/<peer id>`, for `--bootstrap`.
-    pub(crate) fn tcp_addr(&self) -> String {
-        let tcp = self.ready["listen_addrs"]
+    /// The first direct listen address of the ready line containing `transport` (`/tcp/`,
+    /// `/quic-v1`), without /p2p.
+    fn listen_addr(&self, transport: &str) -> String {
+        self.ready["listen_addrs"]
             .as_array()
             .unwrap()
             .iter()
             .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .unwrap_or_else(|| panic!("{}: no TCP listen address in {}", self.name, self.ready));
-        format!("{tcp}/p2p/{}", self.peer_id())
+            .find(|a| a.contains(transport) && !a.contains("p2p-circuit"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no {transport} listen address in {}",
+                    self.name, self.ready
+                )
+            })
+            .to_owned()
+    }
+
+    /// The first TCP listen address (without /p2p).
+    pub(crate) fn tcp_listen(&self) -> String {
+        self.listen_addr("/tcp/")
+    }
+
+    /// Its TCP listen port.
+    pub(crate) fn tcp_port(&self) -> u16 {
+        let addr = self.tcp_listen();
+        addr.rsplit('/').next().unwrap().parse().unwrap()
+    }
+
+    /// `<tcp listen addr>/p2p/<peer id>`, for `--bootstrap`.
+    pub(crate) fn tcp_addr(&self) -> String {
+        format!("{}/p2p/{}", self.tcp_listen(), self.peer_id())
+    }
+
+    /// `<quic listen addr>/p2p/<peer id>`.
+    pub(crate) fn quic_addr(&self) -> String {
+        format!("{}/p2p/{}", self.listen_addr("/quic-v1"), self.peer_id())
+    }
+
+    /// A client of its local API, from its `api.json` and `api.token` (for what the CLI cannot
+    /// do quickly, such as queueing a thousand messages).
+    pub(crate) fn api_client(&self) -> kith_api::ApiClient {
+        let info = json(&std::fs::read_to_string(self.home.join("api.json")).unwrap());
+        let addr = info["addr"].as_str().unwrap().parse().unwrap();
+        let token = kith_api::ApiToken::parse(
+            &std::fs::read_to_string(self.home.join("api.token")).unwrap(),
+        )
+        .unwrap();
+        kith_api::ApiClient::new(addr, token).unwrap()
     }
 
     /// `kith <args>` on this node's home: (exit code, stdout, stderr).
     pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        kith(&self.home, args)
+        kith_in(self.netns.as_deref(), &self.home, args)
     }
 
     /// `kith <args>` that must succeed; its stdout.
     pub(crate) fn ok(&self, args: &[&str]) -> String {
-        kith_ok(&self.home, args)
+        let (code, out, err) = self.cli(args);
+        assert_eq!(
+            code, 0,
+            "{}: kith {args:?} failed with {code}: {err}{out}",
+            self.name
+        );
+        out
     }
 
     /// `kith <args> --json` that must succeed; its one JSON document.
@@ -260,9 +383,14 @@ impl Daemon {
         err
     }
 
+    /// Its whole log so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `n` lines of its log.
     pub(crate) fn log_tail(&self, n: usize) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.log_text();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
@@ -290,6 +418,12 @@ impl Daemon {
 
     /// `kith stop`, then waits for the process to exit cleanly.
     pub(crate) fn stop(mut self) {
+        self.halt();
+    }
+
+    /// [`Daemon::stop`] keeping the guard (its home and log stay reachable; dropping it later
+    /// is harmless).
+    pub(crate) fn halt(&mut self) {
         let (code, _, err) = self.cli(&["stop", "--json"]);
         assert_eq!(code, 0, "{}: kith stop failed: {err}", self.name);
         let status = wait_bounded(&mut self.child, PROCESS_TIMEOUT);
@@ -311,7 +445,7 @@ impl Drop for Daemon {
                 "---- last log lines of {} ({}) ----\n{}",
                 self.name,
                 self.log.display(),
-                self.log_tail(20)
+                self.log_tail(40)
             );
         }
     }

@@ -314,4 +314,13 @@ fn outbox_for_reads_one_peers_entries_in_id_order_and_survives_a_reopen() {
         .collect();
     assert_eq!(bob, [id(2), id(4)]);
     assert_eq!(store.messages().outbox_for(b"amy").unwrap().len(), 1);
+/// Issue 12: reading or marking read a conversation that does not exist creates nothing.
+#[test]
+fn reading_or_marking_read_a_strangers_conversation_creates_nothing() {
+    let (_d, store) = store();
+    let db = store.messages();
+    assert!(db.history(b"stranger", 50, None).unwrap().is_empty());
+    assert!(db.mark_seen(b"stranger").unwrap().is_empty());
+    assert_eq!(db.correspondent(b"stranger").unwrap(), None);
+    assert!(db.correspondents().unwrap().is_empty());
 }
