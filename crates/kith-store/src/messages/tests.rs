@@ -314,6 +314,8 @@ fn outbox_for_reads_one_peers_entries_in_id_order_and_survives_a_reopen() {
         .collect();
     assert_eq!(bob, [id(2), id(4)]);
     assert_eq!(store.messages().outbox_for(b"amy").unwrap().len(), 1);
+}
+
 /// Issue 12: reading or marking read a conversation that does not exist creates nothing.
 #[test]
 fn reading_or_marking_read_a_strangers_conversation_creates_nothing() {
