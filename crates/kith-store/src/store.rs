@@ -56,6 +56,7 @@ pub struct Store {
     groups: GroupStore,
     files: FileBook,
     calls: crate::CallBook,
+    relay_blobs: crate::RelayBlobBook,
     commit: Arc<GroupCommit>,
 }
 
@@ -125,8 +126,10 @@ impl Store {
         let groups = GroupStore::new(&db, path.clone())?;
         let files = FileBook::new(open_tree(&db, &path, crate::files::TREE)?, path.clone());
         let calls = crate::CallBook::new(open_tree(&db, &path, crate::calls::TREE)?, path.clone());
+        let relay_blobs = crate::RelayBlobBook::new(&db, path.clone())?;
         Ok(Self {
             files,
+            relay_blobs,
             calls,
             path,
             db,
@@ -182,6 +185,11 @@ impl Store {
     /// Files sent and received.
     pub fn files(&self) -> &FileBook {
         &self.files
+    }
+
+    /// A relay's blobs held for its users (quota and TTL bookkeeping).
+    pub fn relay_blobs(&self) -> &crate::RelayBlobBook {
+        &self.relay_blobs
     }
 
     /// Call history.
