@@ -196,6 +196,22 @@ pub(crate) enum GroupCommand {
         /// The text.
         text: String,
     },
+    /// Sends a file or photo to a group; members who have it serve it to the others.
+    SendFile {
+        /// The group: title, id or id prefix.
+        group: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Text shown with it.
+        #[arg(long)]
+        caption: Option<String>,
+        /// A photo filter (see `kith filters`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Send a photo's own bytes, not re-encoded (metadata still stripped).
+        #[arg(long)]
+        original: bool,
+    },
     /// Shows a group's messages, oldest first.
     History {
         /// The group: title, id or id prefix.
@@ -360,6 +376,17 @@ pub(crate) struct RunArgs {
     /// Relay mode: how long mail is held, in seconds (default 30 days).
     #[arg(long, default_value_t = 30 * 86_400)]
     pub(crate) mailbox_ttl_secs: u64,
+    /// Relay mode: most bytes of files held per recipient while they are offline (kept apart
+    /// from the mailbox quota).
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub(crate) relay_file_bytes: u64,
+    /// Relay mode: how long a file is held for an offline recipient, in seconds (default 14 days).
+    #[arg(long, default_value_t = 14 * 86_400)]
+    pub(crate) relay_file_ttl_secs: u64,
+    /// Most bytes a second this node sends on one file transfer (default: no limit), for a
+    /// metered or shared uplink.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) file_upload_rate: Option<u64>,
     /// Where the local API listens. Must be a loopback address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub(crate) api_addr: SocketAddr,

@@ -90,6 +90,21 @@ pub(crate) async fn group(home: &Home, cmd: GroupCommand, json: bool) -> anyhow:
                 );
             }
         }
+        GroupCommand::SendFile {
+            group,
+            path,
+            caption,
+            filter,
+            original,
+        } => {
+            let options = crate::messages::FileOptions {
+                caption,
+                filter,
+                original,
+            };
+            let to = crate::messages::FileTarget::Group(&group);
+            crate::messages::send_file(home, to, &path, options, json).await?;
+        }
         GroupCommand::History {
             group,
             limit,

@@ -114,7 +114,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 filter,
                 original,
             };
-            messages::send_file(&home, &to, &path, options, json).await
+            messages::send_file(
+                &home,
+                messages::FileTarget::Person(&to),
+                &path,
+                options,
+                json,
+            )
+            .await
         }
         Command::Files { with } => messages::files(&home, with.as_deref(), json).await,
         Command::Save { file_id, path } => messages::save(&home, &file_id, &path, json).await,

@@ -148,10 +148,20 @@ pub(crate) async fn trust(
     Ok(())
 }
 
-/// `kith send-file`: the node reads the file, so the path is made absolute here.
+/// Whom `kith send-file` / `kith group send-file` sends to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FileTarget<'a> {
+    /// A petname, name or peer id.
+    Person(&'a str),
+    /// A group: title, id or id prefix.
+    Group(&'a str),
+}
+
+/// `kith send-file` and `kith group send-file`: the node reads the file, so the path is made
+/// absolute here.
 pub(crate) async fn send_file(
     home: &Home,
-    to: &str,
+    to: FileTarget<'_>,
     path: &std::path::Path,
     options: FileOptions,
     json_output: bool,
@@ -164,7 +174,14 @@ pub(crate) async fn send_file(
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let report = client
         .send_file(&kith_api::SendFileRequest {
-            to: to.to_owned(),
+            to: match to {
+                FileTarget::Person(who) => who.to_owned(),
+                FileTarget::Group(_) => String::new(),
+            },
+            group: match to {
+                FileTarget::Person(_) => None,
+                FileTarget::Group(group) => Some(group.to_owned()),
+            },
             path: absolute.display().to_string(),
             caption: options.caption.unwrap_or_default(),
             filter: options.filter,
@@ -173,6 +190,9 @@ pub(crate) async fn send_file(
         .await;
     spinner.finish_and_clear();
     let report = report.map_err(|e| api_error(home, e))?;
+    if !json_output && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        upload_progress(&client, &report.file_id).await;
+    }
     if json_output {
         outln!("{}", serde_json::to_string(&report)?);
     } else {
@@ -188,6 +208,49 @@ pub(crate) async fn send_file(
         }
     }
     Ok(())
+}
+
+/// A progress bar on stderr while the recipient fetches the file from us (or it is pushed to the
+/// recipient's relay). Ends when all of it went out, when nothing moved for 20 s (the recipient
+/// is offline: the node keeps it queued) or on Ctrl-C; the node carries on either way.
+async fn upload_progress(client: &kith_api::ApiClient, file_id: &str) {
+    let Ok(info) = client.file(file_id).await else {
+        return;
+    };
+    let bar = indicatif::ProgressBar::new(info.transfer_size).with_message(info.name.clone());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+    {
+        bar.set_style(style);
+    }
+    let mut last = (0u64, std::time::Instant::now());
+    let started = std::time::Instant::now();
+    loop {
+        let sent = match client.file(file_id).await {
+            Ok(f) => f.sent_bytes,
+            Err(_) => break,
+        };
+        bar.set_position(sent.min(info.transfer_size));
+        if sent >= info.transfer_size {
+            bar.finish_with_message(format!("{}: sent", info.name));
+            return;
+        }
+        if sent != last.0 {
+            last = (sent, std::time::Instant::now());
+        } else if last.1.elapsed() > std::time::Duration::from_secs(20)
+            || started.elapsed() > std::time::Duration::from_secs(3600)
+        {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    bar.abandon_with_message(format!(
+        "{}: the recipient fetches the rest when it is online (the node keeps it)",
+        info.name
+    ));
 }
 
 /// What `kith send-file` sends besides the file.

@@ -118,6 +118,12 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
         mailbox_relays,
         files: kith_service::FilesConfig {
             dir: Some(home.db_path().with_file_name("blobs")),
+            relay: kith_service::RelayBlobConfig {
+                quota_bytes: args.relay_file_bytes,
+                ttl: Duration::from_secs(args.relay_file_ttl_secs.max(1)),
+                dir: None,
+            },
+            serve_rate: args.file_upload_rate.filter(|r| *r > 0),
             ..kith_service::FilesConfig::default()
         },
         call_ring_timeout: Duration::from_secs(args.call_ring_timeout_secs.clamp(1, 600)),

@@ -128,3 +128,291 @@ fn a_file_sent_with_the_cli_is_saved_byte_identical() {
     }
     assert_eq!(filters[0]["matrix"].as_array().unwrap().len(), 20);
 }
+
+/// A free loopback address for a node's `--metrics-addr`.
+fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The value of an unlabelled series on a node's `/metrics`.
+fn metric(addr: &str, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    raw.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.split_once(' ')?;
+            (series == name).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in:\n{raw}"))
+}
+
+/// B is killed with SIGKILL about half way through a 20 MB file and started again: the transfer
+/// resumes where it stopped, the file is byte-identical, and A sent at most 1.1× the file over
+/// both attempts. A serves at 2 MB/s (`--file-upload-rate`) so "half way" lasts long enough to
+/// be seen from outside.
+#[test]
+fn a_recipient_killed_half_way_resumes_and_costs_at_most_a_tenth_more() {
+    let lab = common::Lab::new("kith-files-kill-", LAB_NETWORK);
+    let metrics = free_loopback_addr();
+    let a = lab.start(
+        "a",
+        &["--file-upload-rate", "2000000", "--metrics-addr", &metrics],
+    );
+    let mut b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    a.json(&["send", &b_id, "hello"]);
+    poll("A's hello to reach B", ARRIVAL, || {
+        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
+        (code == 0 && out.contains("hello")).then_some(())
+    });
+    b.ok(&["accept", &a_id]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..20_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let sent_before = metric(&metrics, "kith_blob_bytes_sent_total");
+    let sent = a.json(&["send-file", &b_id, path.to_str().unwrap()]);
+    let file_id = sent["file_id"].as_str().unwrap().to_owned();
+
+    // Half way (what B has made durable), then SIGKILL.
+    let (received, size) = poll("B to have about half of the file", ARRIVAL, || {
+        let (code, out, _) = b.cli(&["files", "--json"]);
+        if code != 0 {
+            return None;
+        }
+        let files: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let f = files
+            .as_array()?
+            .iter()
+            .find(|f| f["file_id"] == file_id.as_str())?;
+        let received = f["received_bytes"].as_u64()?;
+        let size = f["transfer_size"].as_u64()?;
+        (received * 100 >= size * 45).then_some((received, size))
+    });
+    b.kill9();
+    assert!(
+        received < size,
+        "the file arrived before B could be killed ({received} of {size})"
+    );
+
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
+    let resumed = b.json(&["files", "--json"]);
+    let at_restart = resumed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file_id"] == file_id.as_str())
+        .unwrap()["received_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        at_restart >= received,
+        "B lost verified bytes over the kill: {received} before, {at_restart} after"
+    );
+    let out = dir.path().join("saved.bin");
+    let saved = b.json(&["save", &file_id, out.to_str().unwrap()]);
+    assert_eq!(saved["size"], bytes.len());
+    assert!(std::fs::read(&out).unwrap() == bytes, "saved file differs");
+    let sent_total = metric(&metrics, "kith_blob_bytes_sent_total") - sent_before;
+    eprintln!(
+        "A sent {sent_total} bytes for a {size}-byte blob over two attempts (B had {received} at the kill)"
+    );
+    assert!(
+        sent_total <= 1.1 * size as f64,
+        "A sent {sent_total} bytes for a {size}-byte blob"
+    );
+    assert!(sent_total >= size as f64);
+}
+
+/// Whether this machine can run the private-mount-namespace test (root, `unshare`, `nsenter`).
+/// Under `CI=true` a missing piece fails the test instead of skipping it.
+fn can_use_mount_namespaces() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tool = |name: &str| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = root && tool("unshare") && tool("nsenter");
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the full-disk test needs root, unshare and nsenter (util-linux)"
+        );
+        eprintln!("skipping: needs root, unshare and nsenter");
+    }
+    ok
+}
+
+/// `kith run` for node `name` in a private mount namespace whose blob directory is a tmpfs of
+/// `size` (a small disk that fills up), otherwise as [`common::Lab::start`].
+fn start_on_small_disk(
+    lab: &common::Lab,
+    name: &str,
+    size: &str,
+    extra: &[&str],
+) -> common::Daemon {
+    use std::io::{BufRead as _, BufReader};
+    let home = lab.home(name);
+    let blobs = home.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let log = lab.dir.path().join(format!("{name}.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut args: Vec<String> = [
+        "run",
+        "--json",
+        "--no-mdns",
+        "--dht-mode",
+        "server",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap-file",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.push(lab.bootstrap_file().display().to_string());
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push("--home".into());
+    args.push(home.display().to_string());
+    let script = format!("mount -t tmpfs -o size={size} kith-test-disk \"$0\" && exec \"$@\"",);
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(&blobs)
+        .arg(common::KITH)
+        .args(&args)
+        .env_remove("KITH_HOME")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(log_file))
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(common::PROCESS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: no ready line ({e}); see {}", log.display()));
+    common::Daemon {
+        name: name.to_owned(),
+        child,
+        ready: serde_json::from_str(&line).unwrap(),
+        home,
+        log,
+    }
+}
+
+/// B's blob directory is a 6 MiB disk; a 12 MB file fills it: the transfer pauses with a message
+/// saying so, B keeps working (a text still arrives), nothing verified is lost, and once the disk
+/// grows the transfer resumes by itself and the file is byte-identical.
+#[test]
+fn a_full_disk_pauses_the_transfer_and_it_resumes_once_space_is_freed() {
+    if !can_use_mount_namespaces() {
+        return;
+    }
+    let lab = common::Lab::new("kith-files-disk-", LAB_NETWORK);
+    let a = lab.start("a", &[]);
+    let b = start_on_small_disk(&lab, "b", "6m", &["--bootstrap", &a.tcp_addr()]);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    a.json(&["send", &b_id, "hello"]);
+    poll("A's hello to reach B", ARRIVAL, || {
+        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
+        (code == 0 && out.contains("hello")).then_some(())
+    });
+    b.ok(&["accept", &a_id]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("too-big-for-b.bin");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..12_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let sent = a.json(&["send-file", &b_id, path.to_str().unwrap()]);
+    let file_id = sent["file_id"].as_str().unwrap().to_owned();
+    let entry = |node: &common::Daemon| {
+        let files = node.json(&["files", "--json"]);
+        files
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["file_id"] == file_id.as_str())
+            .cloned()
+    };
+    let paused = poll("B to pause on the full disk", ARRIVAL, || {
+        entry(&b).filter(|f| f["state"] == "paused")
+    });
+    let note = paused["note"].as_str().unwrap();
+    assert!(note.contains("is full"), "{note}");
+    let kept = paused["received_bytes"].as_u64().unwrap();
+    assert!(
+        kept > 0 && kept < paused["transfer_size"].as_u64().unwrap(),
+        "kept {kept}"
+    );
+    // B still works: a text arrives and is stored.
+    a.json(&["send", &b_id, "still there?"]);
+    poll("a text to reach B while its file waits", ARRIVAL, || {
+        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
+        (code == 0 && out.contains("still there?")).then_some(())
+    });
+
+    // Free space: the tmpfs grows (in B's own mount namespace).
+    let grown = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &b.child.id().to_string(),
+            "-m",
+            "mount",
+            "-o",
+            "remount,size=64m",
+        ])
+        .arg(b.home.join("blobs"))
+        .status()
+        .unwrap();
+    assert!(grown.success(), "could not grow B's tmpfs");
+    let out = dir.path().join("saved.bin");
+    let saved = b.json(&["save", &file_id, out.to_str().unwrap()]);
+    assert_eq!(saved["size"], bytes.len());
+    assert!(std::fs::read(&out).unwrap() == bytes, "saved file differs");
+    let done = entry(&b).unwrap();
+    assert_eq!(done["state"], "complete");
+}

@@ -3,6 +3,9 @@
 //! thumbnailed and without metadata; a file from someone not accepted waits for the accept; a
 //! file that cannot be sent is a clear error and sends nothing.
 //!
+//! Files for offline recipients wait at their relay (and a full quota there is a clear error that
+//! keeps the file queued); a group of five all receive a photo, a late member from the others.
+//!
 //! Resuming a cut transfer, a holder that flips a byte and garbage requests are covered over real
 //! libp2p connections in kith-blob's own tests.
 
@@ -18,7 +21,7 @@ use std::{path::Path, time::Duration};
 use kith_service::{FileReport, FileState, Options, SendFileOptions, ServiceError};
 
 use crate::harness::{
-    POLL, TestNode, Transports, name_options, star_with, wait_for_mesh, wait_until,
+    POLL, TestNode, Transports, name_options, shutdown_all, star_with, wait_for_mesh, wait_until,
 };
 
 /// For a few nodes on loopback to know each other.
@@ -321,4 +324,273 @@ async fn files_that_cannot_be_sent_are_clear_errors_and_send_nothing() {
     assert_eq!(sent.file.offer.width, 0);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A relay (mailbox and file host) plus A and B, both keeping their mailbox there; B knows and
+/// accepts A, then goes away (home kept).
+async fn relay_and_pair(
+    relay_files: kith_service::RelayBlobConfig,
+) -> (TestNode, TestNode, crate::harness::StoppedNode) {
+    let relay = TestNode::start_with(
+        Vec::new(),
+        Options {
+            mailbox_server: Some(kith_service::MailboxConfig::default()),
+            files: kith_service::FilesConfig {
+                relay: relay_files,
+                ..Default::default()
+            },
+            ..options()
+        },
+        Transports::Tcp,
+    )
+    .await
+    .unwrap();
+    let hub = vec![relay.tcp_addr()];
+    let user = Options {
+        mailbox_relays: hub.clone(),
+        ..options()
+    };
+    let a = TestNode::start_with(hub.clone(), user.clone(), Transports::Tcp)
+        .await
+        .unwrap();
+    let b = TestNode::start_with(hub.clone(), user.clone(), Transports::Tcp)
+        .await
+        .unwrap();
+    let nodes = [relay, a, b];
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let [relay, a, b] = nodes;
+    wait_until(
+        "A and B to register at the relay",
+        ARRIVAL,
+        POLL,
+        async || relay.node().mailbox_stats().unwrap().recipients == 2,
+    )
+    .await
+    .unwrap();
+    acquaint(&a, &b).await;
+    let away = b.stop_keeping_home().await.unwrap();
+    (relay, a, away)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_for_an_offline_recipient_waits_at_its_relay_after_the_sender_stops() {
+    let (relay, a, away) = relay_and_pair(Default::default()).await;
+    let b_id = away.peer_id();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("while-away.bin");
+    let bytes = random_bytes(3 * 1000 * 1000 + 17, 11);
+    std::fs::write(&path, &bytes).unwrap();
+    let sent = a
+        .node()
+        .send_file(&b_id.to_string(), &path, SendFileOptions::default())
+        .await
+        .unwrap();
+    // The file goes to B's relay first, then the offer to B's mailbox there.
+    wait_until(
+        "the file and its offer to wait at the relay",
+        ARRIVAL,
+        POLL,
+        async || relay.node().mailbox_stats().unwrap().items == 1,
+    )
+    .await
+    .unwrap();
+    let held = relay.node().held_files_stats().unwrap();
+    assert_eq!(held.entries, 1);
+    assert_eq!(held.bytes, sent.file.offer.size);
+    let note = a.node().file(&sent.sent.id).unwrap().note;
+    assert!(note.contains("held at relay"), "{note}");
+    // The sender goes away for good before B comes back.
+    a.shutdown().await.unwrap();
+
+    let b = away.start(vec![relay.tcp_addr()]).await.unwrap();
+    let got = wait_complete(&b, &sent.sent.id).await;
+    assert_eq!(got.offer.hash, sent.file.offer.hash);
+    let out = dir.path().join("saved.bin");
+    b.node().save_file(&sent.sent.id, &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes, "saved file differs");
+    // B told its relay it has the file: the relay's copy and quota are freed.
+    wait_until("the relay to drop its copy", ARRIVAL, POLL, async || {
+        relay.node().held_files_stats().unwrap().entries == 0
+    })
+    .await
+    .unwrap();
+    b.shutdown().await.unwrap();
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_relay_quota_is_a_clear_error_and_the_file_stays_queued() {
+    let (relay, a, away) = relay_and_pair(kith_service::RelayBlobConfig {
+        quota_bytes: 1_000_000,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("too-much.bin");
+    std::fs::write(&path, random_bytes(2_000_000, 5)).unwrap();
+    let sent = a
+        .node()
+        .send_file(
+            &away.peer_id().to_string(),
+            &path,
+            SendFileOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.sent.status, kith_service::MessageStatus::Queued);
+    wait_until(
+        "the refusal to be noted on the file",
+        ARRIVAL,
+        POLL,
+        async || {
+            a.node()
+                .file(&sent.sent.id)
+                .is_ok_and(|f| f.note.contains("relay holds at most 1000000 bytes"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: note {:?}",
+            a.node().file(&sent.sent.id).map(|f| f.note)
+        )
+    });
+    // Nothing was deposited: the offer stays in A's outbox, the relay holds nothing.
+    assert_eq!(relay.node().mailbox_stats().unwrap().items, 0);
+    assert_eq!(relay.node().held_files_stats().unwrap().entries, 0);
+    assert!(relay.metric("kith_blob_requests_refused_total") >= 1.0);
+    a.shutdown().await.unwrap();
+    relay.shutdown().await.unwrap();
+    drop(away);
+}
+
+/// `admin` creates a group and invites the others, who join; returns its hex id once everyone
+/// knows every member.
+async fn group_of(admin: &TestNode, others: &[&TestNode]) -> String {
+    let info = admin.node().create_group("photos").await.unwrap();
+    let id = hex::encode(info.id);
+    for other in others {
+        admin
+            .node()
+            .invite_to_group(&id, &other.peer_id().to_string())
+            .await
+            .unwrap();
+    }
+    for other in others {
+        wait_until("the invitation to arrive", ARRIVAL, POLL, async || {
+            other
+                .node()
+                .group_invitations()
+                .unwrap()
+                .iter()
+                .any(|g| hex::encode(g.id) == id)
+        })
+        .await
+        .unwrap();
+        other.node().join_group(&id).await.unwrap();
+    }
+    let size = others.len() + 1;
+    for node in std::iter::once(admin).chain(others.iter().copied()) {
+        wait_until(
+            "every member to know the others",
+            ARRIVAL,
+            POLL,
+            async || node.node().group(&id).unwrap().members.len() == size,
+        )
+        .await
+        .unwrap();
+    }
+    id
+}
+
+/// A group of five: four members receive a photo from the sender; the fifth, offline when it was
+/// sent, catches up after the sender stopped and gets the photo from the other members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_five_all_receive_a_photo_even_from_members_other_than_the_sender() {
+    let group_options = Options {
+        group_sync_every: Duration::from_secs(2),
+        ..options()
+    };
+    let mut nodes = star_with(5, group_options, Transports::Tcp).await.unwrap();
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let others: Vec<&TestNode> = nodes[1..].iter().collect();
+    let id = group_of(&nodes[0], &others).await;
+    // A first message shares the sender's Megolm key with every member while all are online.
+    nodes[0]
+        .node()
+        .send_group_text(&id, "hello all")
+        .await
+        .unwrap();
+    for node in &nodes[1..] {
+        wait_until("the hello to arrive", ARRIVAL, POLL, async || {
+            node.node()
+                .group_history(&id, 10, None)
+                .is_ok_and(|(_, h)| h.iter().any(|m| m.text == "hello all"))
+        })
+        .await
+        .unwrap();
+    }
+    let late = nodes.pop().unwrap().stop_keeping_home().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("group.jpeg");
+    std::fs::write(&path, jpeg()).unwrap();
+    let (sent, file, _) = nodes[0]
+        .node()
+        .send_group_file(
+            &id,
+            &path,
+            SendFileOptions {
+                caption: "us".into(),
+                filter: Some("sepia".into()),
+                original: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(file.group, Some(gid(&id)));
+    let mut photo = None;
+    for node in &nodes[1..] {
+        let got = wait_complete(node, &sent.id).await;
+        assert_eq!(got.offer.hash, file.offer.hash);
+        assert_eq!(got.group, Some(gid(&id)));
+        assert_eq!(got.peer, nodes[0].peer_id());
+        let out = dir.path().join(format!("{}.jpg", node.peer_id()));
+        node.node().save_file(&sent.id, &out).await.unwrap();
+        let saved = std::fs::read(&out).unwrap();
+        assert!(
+            photo.as_ref().is_none_or(|p| *p == saved),
+            "members got different bytes"
+        );
+        photo = Some(saved);
+        let (_, history) = node.node().group_history(&id, 10, None).unwrap();
+        assert!(history.iter().any(|m| m.id == sent.id && m.text == "us"));
+    }
+    // The sender leaves; the late member catches up from the others and fetches from them.
+    let sender = nodes.remove(0);
+    let sender_id = sender.peer_id();
+    sender.shutdown().await.unwrap();
+    let late = late.start(vec![nodes[0].tcp_addr()]).await.unwrap();
+    let got = wait_complete(&late, &sent.id).await;
+    assert_eq!(got.peer, sender_id);
+    let out = dir.path().join("late.jpg");
+    late.node().save_file(&sent.id, &out).await.unwrap();
+    assert!(
+        Some(std::fs::read(&out).unwrap()) == photo,
+        "the late member got other bytes"
+    );
+    let served: f64 = nodes
+        .iter()
+        .map(|n| n.metric("kith_blob_bytes_sent_total"))
+        .sum();
+    assert!(
+        served >= file.offer.size as f64,
+        "members served {served} bytes"
+    );
+    late.shutdown().await.unwrap();
+    shutdown_all(nodes).await.unwrap();
+}
+
+fn gid(hex_id: &str) -> kith_service::GroupId {
+    hex::decode(hex_id).unwrap().try_into().unwrap()
 }

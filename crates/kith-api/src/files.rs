@@ -47,6 +47,8 @@ fn info(me: &str, f: FileReport) -> FileInfo {
         height: f.offer.height,
         caption: f.offer.caption,
         note: f.note,
+        group: f.group.map(hex::encode),
+        sent_bytes: f.sent_bytes,
     }
 }
 
@@ -82,6 +84,30 @@ pub(crate) async fn send_file(
         Ok(p) => p,
         Err(why) => return invalid(&why),
     };
+    if let Some(group) = req.group.as_deref().filter(|g| !g.is_empty()) {
+        let options = SendFileOptions {
+            caption: req.caption,
+            filter: req.filter.filter(|f| !f.is_empty()),
+            original: req.original,
+        };
+        let result =
+            state
+                .node
+                .send_group_file(group, &path, options)
+                .await
+                .map(|(sent, file, note)| SendFileReport {
+                    id: hex::encode(sent.id),
+                    file_id: hex::encode(file.id),
+                    hash: hex::encode(file.offer.hash),
+                    size: file.offer.plain_size,
+                    status: if sent.published { "sent" } else { "queued" }.to_owned(),
+                    note,
+                });
+        return respond(StatusCode::CREATED, result);
+    }
+    if req.to.is_empty() {
+        return invalid("say whom to send the file to (`to`) or which group (`group`)");
+    }
     send_and_report(
         &state,
         &req.to,

@@ -923,8 +923,12 @@ pub struct DoctorCheck {
 /// `POST /v1/files`: send a file the node can read (the CLI passes an absolute path).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct SendFileRequest {
-    /// Petname, name or peer id.
+    /// Petname, name or peer id (or empty with `group`).
+    #[serde(default)]
     pub to: String,
+    /// A group (id or title) to send to instead of a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Absolute path of the file on the node's machine.
     pub path: String,
     /// Text shown with it.
@@ -989,8 +993,15 @@ pub struct FileInfo {
     pub height: u32,
     /// Text sent with it.
     pub caption: String,
-    /// Why it is paused or failed.
+    /// Why it is paused or failed (or, for a sent file, where it waits).
     pub note: String,
+    /// The group it was sent in (hex id); absent for a direct message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// For a file we sent: bytes served to its recipients or pushed to relays since the node
+    /// started (for a progress bar; can exceed `transfer_size` with several recipients).
+    #[serde(default)]
+    pub sent_bytes: u64,
 }
 
 /// `POST /v1/files/{id}/save`.

@@ -75,6 +75,9 @@ enum Command {
     Dht(DhtArgs),
     /// Preparing a 12 MP photo for sending, kith-photo beside the image crate's decode + encode.
     Photo(PhotoArgs),
+    /// Files between two nodes beside a raw libp2p stream (TCP, QUIC), and bytes re-sent after
+    /// a cut.
+    Blob(BlobArgs),
     /// Internal: a raw libp2p node process for the footprint baseline.
     #[command(name = "__raw-node", hide = true)]
     RawNode,
@@ -165,6 +168,13 @@ struct PhotoArgs {
     /// Timed runs of each side (default 20, quick 3).
     #[arg(long)]
     iterations: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct BlobArgs {
+    /// Megabytes per file (default 100, quick 8).
+    #[arg(long)]
+    megabytes: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +270,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 settings.photo.iterations = n.max(1);
             }
             vec![Group::Photo]
+        }
+        Command::Blob(args) => {
+            if let Some(mb) = args.megabytes {
+                settings.blob.bytes = mb.max(1) * 1_000_000;
+                settings.blob.resume_bytes = mb.max(1) * 1_000_000;
+            }
+            vec![Group::Blob]
         }
     };
     // In-process networks need many sockets; the default soft limit is often 1024.

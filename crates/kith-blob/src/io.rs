@@ -78,12 +78,25 @@ impl<R: AsyncRead + Unpin> AsyncStreamReader for StreamReader<'_, R> {
 pub(crate) struct StreamWriter<'a, W> {
     pub(crate) inner: &'a mut W,
     pub(crate) counter: &'a AtomicU64,
+    /// Told the bytes written so far (a push's progress bar).
+    pub(crate) progress: Option<&'a mut (dyn FnMut(u64) + Send)>,
+    /// Bytes written through this writer.
+    pub(crate) written: u64,
+    /// Also counts here (the served blob's own counter).
+    pub(crate) also: Option<&'a AtomicU64>,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncStreamWriter for StreamWriter<'_, W> {
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.inner.write_all(data).await?;
         self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(also) = self.also {
+            also.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(progress) = self.progress.as_mut() {
+            self.written += data.len() as u64;
+            progress(self.written);
+        }
         Ok(())
     }
 

@@ -24,6 +24,8 @@
 //!   answer incoming streams with [`serve`].
 //! - receiver: [`fetch_missing`] from one or more holders until complete, then
 //!   [`BlobStore::export_decrypted`].
+//! - relay: answer with [`serve_with`] and a [`HoldPolicy`]; a sender whose recipient is offline
+//!   [`push`]es the blob there (only the ranges the relay lacks, each verified on arrival).
 
 pub mod crypto;
 mod io;
@@ -37,7 +39,8 @@ pub use crypto::{
 };
 pub use metrics::BlobMetrics;
 pub use protocol::{
-    FetchError, FetchOutcome, Progress, ServeError, ServeLimits, ServeSummary, fetch_missing, serve,
+    FetchError, FetchOutcome, HoldOffer, HoldPolicy, HoldRefusal, Progress, PushError, PushOutcome,
+    ServeError, ServeLimits, ServeSummary, fetch_missing, push, serve, serve_with,
 };
 pub use store::{
     BlobHash, BlobInfo, BlobStatus, BlobStore, GROUP_BYTES, MAX_BLOB_SIZE, StoreError,

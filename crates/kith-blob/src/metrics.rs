@@ -26,6 +26,10 @@ pub struct BlobMetrics {
     pub refused_not_held: AtomicU64,
     /// Requests refused because too many uploads were running.
     pub refused_busy: AtomicU64,
+    /// Hold requests refused because the recipient's quota (or the disk) was full.
+    pub refused_full: AtomicU64,
+    /// Hold requests refused because this node keeps no blobs for that recipient.
+    pub refused_not_accepted: AtomicU64,
     /// Chunk groups this store found corrupt on its own disk while serving (they are dropped from
     /// the "have" record and fetched again later).
     pub local_corruption: AtomicU64,
@@ -46,6 +50,8 @@ impl BlobMetrics {
             Status::NotHeld => &self.refused_not_held,
             Status::BadRequest => &self.refused_bad_request,
             Status::TooLarge => &self.refused_too_large,
+            Status::Full => &self.refused_full,
+            Status::NotAccepted => &self.refused_not_accepted,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -59,6 +65,8 @@ impl BlobMetrics {
             &self.refused_out_of_range,
             &self.refused_not_held,
             &self.refused_busy,
+            &self.refused_full,
+            &self.refused_not_accepted,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))

@@ -19,8 +19,8 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::io::{StreamReader, StreamWriter};
 use crate::metrics::GaugeGuard;
-use crate::store::{BlobHash, BlobStore, GROUP_BYTES, StoreError};
-use crate::wire::{Request, Status};
+use crate::store::{BlobHash, BlobStore, GROUP_BYTES, PartialWriter, StoreError};
+use crate::wire::{Frame, HoldRequest, MAX_RANGES, MAX_REASON, Request, Status};
 
 /// Bounds one `serve` call enforces, so a peer cannot make the node do unbounded work.
 #[derive(Debug, Clone)]
@@ -58,6 +58,8 @@ pub struct ServeSummary {
     pub served: u32,
     /// Requests refused with a status.
     pub refused: u32,
+    /// Hold requests that left a complete blob here.
+    pub held: u32,
 }
 
 /// Why `serve` closed a stream early. Refusals a peer can recover from are answered with a
@@ -100,15 +102,62 @@ pub enum ServeError {
 ///
 /// Every refusal is counted in the store's [`crate::BlobMetrics`] and answered with a [`Status`];
 /// garbage inside a well-framed request leaves the stream usable, a bad frame closes it.
-/// Cancel-safe: dropping the future just drops the stream.
+/// Cancel-safe: dropping the future just drops the stream. Hold requests are refused
+/// (`NotAccepted`); a relay uses [`serve_with`].
 pub async fn serve<S>(
-    mut stream: S,
+    stream: S,
     store: &BlobStore,
     limits: &ServeLimits,
 ) -> Result<ServeSummary, ServeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_with(stream, std::slice::from_ref(store), None, limits).await
+}
+
+/// A blob someone asks this node to keep (a relay holding blobs for its offline users).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldOffer {
+    /// Content address of the ciphertext.
+    pub hash: BlobHash,
+    /// Ciphertext length.
+    pub size: u64,
+    /// For whom, as the client said (the service's business: a recipient's peer id).
+    pub tag: Vec<u8>,
+}
+
+/// Why a hold request was refused; the reason is sent to the client as written, so make it
+/// something a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRefusal {
+    /// The status (`Full`, `NotAccepted`, `Busy`, ...).
+    pub status: Status,
+    /// A sentence for the user.
+    pub reason: String,
+}
+
+/// Decides whether this node keeps a blob it is offered, and where. The service implements it
+/// (registration, per-user quota); kith-blob only carries the bytes and verifies them.
+pub trait HoldPolicy: Send + Sync {
+    /// The store to receive the blob into, or the refusal to send back.
+    fn admit(&self, offer: &HoldOffer) -> Result<BlobStore, HoldRefusal>;
+}
+
+/// [`serve`] over several stores (a ranged request is answered from the first that holds the
+/// blob) and, with `hold`, accepting hold requests: the client pushes the ranges the admitted
+/// store lacks, each verified against the hash before it is written.
+pub async fn serve_with<S>(
+    mut stream: S,
+    stores: &[BlobStore],
+    hold: Option<&dyn HoldPolicy>,
+    limits: &ServeLimits,
+) -> Result<ServeSummary, ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(store) = stores.first() else {
+        return Ok(ServeSummary::default());
+    };
     let metrics = store.metrics().clone();
     let mut summary = ServeSummary::default();
     let mut requests = 0u32;
@@ -140,8 +189,15 @@ where
         }
         let mut body = vec![0u8; len as usize];
         stream.read_exact(&mut body).await?;
-        let request = match Request::decode(&body) {
-            Ok(r) => r,
+        let request = match Frame::decode(&body) {
+            Ok(Frame::Get(r)) => r,
+            Ok(Frame::Hold(h)) => {
+                match serve_hold(&mut stream, store, hold, limits, h).await? {
+                    true => summary.held += 1,
+                    false => summary.refused += 1,
+                }
+                continue;
+            }
             Err(reason) => {
                 tracing::debug!(%reason, "refusing undecodable blob request");
                 refuse(&mut stream, store, Status::BadRequest).await?;
@@ -150,7 +206,14 @@ where
             }
         };
         let hash = BlobHash::from_bytes(request.hash);
-        let reader = match check(store, &request) {
+        let mut found = Err(Status::UnknownBlob);
+        for candidate in stores {
+            found = check(candidate, &request);
+            if matches!(found, Ok(_) | Err(Status::OutOfRange)) {
+                break;
+            }
+        }
+        let reader = match found {
             Ok(reader) => reader,
             Err(status) => {
                 tracing::debug!(%hash, ?status, "refusing blob request");
@@ -173,9 +236,13 @@ where
         metrics
             .bytes_sent
             .fetch_add(head.len() as u64, Ordering::Relaxed);
+        let served = reader.served.clone();
         let writer = StreamWriter {
             inner: &mut stream,
             counter: &metrics.bytes_sent,
+            progress: None,
+            written: 0,
+            also: Some(&served),
         };
         let encoded = bao_tree::io::fsm::encode_ranges_validated(
             reader.data,
@@ -189,7 +256,11 @@ where
             Err(EncodeError::LeafHashMismatch(chunk)) => {
                 let offset = chunk.to_bytes() / GROUP_BYTES * GROUP_BYTES;
                 metrics.local_corruption.fetch_add(1, Ordering::Relaxed);
-                store.forget_group(hash, offset / GROUP_BYTES)?;
+                let owner = stores
+                    .iter()
+                    .find(|s| s.is_complete(hash).is_ok())
+                    .unwrap_or(store);
+                owner.forget_group(hash, offset / GROUP_BYTES)?;
                 return Err(ServeError::LocalCorruption { hash, offset });
             }
             Err(EncodeError::Io(e)) => return Err(e.into()),
@@ -199,6 +270,119 @@ where
         summary.served += 1;
         drop(guard);
     }
+}
+
+/// Answers one hold request: admit, say what is missing, receive and verify it, say how it went.
+/// `Ok(true)`: the blob is complete here; `Ok(false)`: refused (answered); `Err`: the stream is
+/// unusable (a bad range, i/o).
+async fn serve_hold<S>(
+    stream: &mut S,
+    first: &BlobStore,
+    hold: Option<&dyn HoldPolicy>,
+    limits: &ServeLimits,
+    request: HoldRequest,
+) -> Result<bool, ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hash = BlobHash::from_bytes(request.hash);
+    let offer = HoldOffer {
+        hash,
+        size: request.size,
+        tag: request.tag,
+    };
+    let refusal = |status, reason: &str| HoldRefusal {
+        status,
+        reason: reason.to_owned(),
+    };
+    let admitted = match hold {
+        None => Err(refusal(
+            Status::NotAccepted,
+            "this node keeps no blobs for others (it is not a relay)",
+        )),
+        Some(policy) => policy.admit(&offer),
+    };
+    let store = match admitted.and_then(|store| {
+        store
+            .create_partial(hash, offer.size)
+            .map_err(|e| match e {
+                StoreError::DiskFull { .. } => refusal(Status::Full, "the relay's disk is full"),
+                e => refusal(Status::BadRequest, &e.to_string()),
+            })?;
+        Ok(store)
+    }) {
+        Ok(store) => store,
+        Err(r) => {
+            tracing::debug!(%hash, status = ?r.status, reason = %r.reason, "refusing to hold a blob");
+            refuse_with(stream, first, r.status, &r.reason).await?;
+            return Ok(false);
+        }
+    };
+    let metrics = store.metrics().clone();
+    let guard = GaugeGuard::new(&metrics.active_downloads);
+    if metrics.active_downloads.load(Ordering::Relaxed) > limits.max_uploads {
+        drop(guard);
+        refuse_with(
+            stream,
+            &store,
+            Status::Busy,
+            "the relay is receiving too many blobs; retry later",
+        )
+        .await?;
+        return Ok(false);
+    }
+    let mut writer = match store.writer(hash) {
+        Ok(w) => w,
+        Err(StoreError::Busy { .. }) => {
+            refuse_with(
+                stream,
+                &store,
+                Status::Busy,
+                "this blob is being received already",
+            )
+            .await?;
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut ranges = ChunkRanges::empty();
+    for r in store.missing(hash)?.iter().take(MAX_RANGES) {
+        ranges |= ChunkRanges::from(ChunkNum(r.start / 1024)..ChunkNum(r.end.div_ceil(1024)));
+    }
+    let mut answer = vec![Status::Ok as u8];
+    crate::wire::put_ranges(&mut answer, &ranges);
+    stream.write_all(&answer).await?;
+    stream.flush().await?;
+    if !ranges.is_empty() {
+        let reader = StreamReader {
+            inner: &mut *stream,
+            counter: &metrics.bytes_received,
+            local: 0,
+        };
+        match receive_ranges(reader, &mut writer, hash, ranges, &metrics, |_| {}).await {
+            Ok(_) => {}
+            Err(FetchError::Store(StoreError::DiskFull { .. })) => {
+                refuse_with(stream, &store, Status::Full, "the relay's disk is full").await?;
+                return Ok(false);
+            }
+            Err(FetchError::Store(e)) => return Err(e.into()),
+            Err(FetchError::Io(e)) => return Err(e.into()),
+            Err(e) => {
+                // A bad range (counted) or a short stream: say so, and end the stream, whose
+                // remaining bytes are unusable.
+                let _ = refuse_with(stream, &store, Status::BadRequest, &e.to_string()).await;
+                let _ = stream.close().await;
+                return Err(io::Error::other(e.to_string()).into());
+            }
+        }
+    }
+    let complete = writer.is_complete();
+    drop(writer);
+    stream
+        .write_all(&[Status::Ok as u8, u8::from(complete)])
+        .await?;
+    stream.flush().await?;
+    Ok(complete)
 }
 
 /// Checks a decoded request against the store; the reader to serve it, or the refusal.
@@ -224,6 +408,29 @@ fn check(store: &BlobStore, request: &Request) -> Result<crate::store::BlobReade
         }
     }
     Ok(reader)
+}
+
+/// Refuses with a status and a reason (hold answers carry one).
+async fn refuse_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    store: &BlobStore,
+    status: Status,
+    reason: &str,
+) -> io::Result<()> {
+    store.metrics().refused(status);
+    let mut cut = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = vec![status as u8];
+    crate::wire::put_varint(&mut out, cut as u64);
+    out.extend_from_slice(&reason.as_bytes()[..cut]);
+    stream.write_all(&out).await?;
+    store
+        .metrics()
+        .bytes_sent
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    stream.flush().await
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(
@@ -382,6 +589,29 @@ where
         return Err(FetchError::BadResponse("holder announced another size"));
     }
 
+    let (received, written) =
+        receive_ranges(reader, &mut writer, hash, ranges, &metrics, |written| {
+            progress(Progress { written, wanted });
+        })
+        .await?;
+    Ok(FetchOutcome {
+        bytes_received: received,
+        bytes_written: written,
+        complete: writer.is_complete(),
+    })
+}
+
+/// Decodes the bao encoding of `ranges` from `reader`, verifying every hash pair and chunk group
+/// against `hash` before writing it with `writer`; returns (bytes read, verified bytes written).
+/// On failure whatever verified before it is still recorded.
+async fn receive_ranges<R: AsyncRead + Unpin>(
+    reader: StreamReader<'_, R>,
+    writer: &mut PartialWriter,
+    hash: BlobHash,
+    ranges: ChunkRanges,
+    metrics: &crate::BlobMetrics,
+    mut progress: impl FnMut(u64),
+) -> Result<(u64, u64), FetchError> {
     let root = blake3::Hash::from_bytes(*hash.as_bytes());
     let mut decoder = ResponseDecoder::new(root, ranges, writer.tree(), reader);
     let mut written = 0u64;
@@ -390,11 +620,7 @@ where
             ResponseDecoderNext::More(more) => more,
             ResponseDecoderNext::Done(reader) => {
                 writer.flush()?;
-                return Ok(FetchOutcome {
-                    bytes_received: reader.local,
-                    bytes_written: written,
-                    complete: writer.is_complete(),
-                });
+                return Ok((reader.local, written));
             }
         };
         decoder = next;
@@ -404,11 +630,11 @@ where
                 let r = writer.write_leaf(offset, &data);
                 if r.is_ok() {
                     written += data.len() as u64;
-                    progress(Progress { written, wanted });
+                    progress(written);
                 }
                 r
             }
-            Err(e) => break decode_failure(e, hash, written, &metrics),
+            Err(e) => break decode_failure(e, hash, written, metrics),
         };
         if let Err(e) = stored {
             break FetchError::Store(e);
@@ -417,7 +643,7 @@ where
     // Keep what was verified before the failure; a failing flush (e.g. a full disk) only means
     // those groups stay missing.
     if let Err(e) = writer.flush() {
-        tracing::warn!(%hash, error = %e, "could not record verified ranges after a failed fetch");
+        tracing::warn!(%hash, error = %e, "could not record verified ranges after a failed transfer");
     }
     Err(failure)
 }
@@ -442,5 +668,162 @@ fn decode_failure(
             FetchError::Truncated { hash, written }
         }
         DecodeError::Io(e) => FetchError::Io(e),
+    }
+}
+
+/// What a [`push`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Ciphertext bytes the holder still lacked and was sent (0: it held it all already).
+    pub bytes_sent: u64,
+    /// Whether the holder now has the whole blob.
+    pub complete: bool,
+}
+
+/// Why a push stopped. The holder keeps what it verified, so a retry sends only the rest.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The holder refused (a full quota, not its user, busy), with its reason.
+    #[error("{reason} ({status:?})")]
+    Refused {
+        /// Its answer.
+        status: Status,
+        /// Its reason, for the user.
+        reason: String,
+    },
+    /// The holder's answer was malformed.
+    #[error("malformed answer from holder: {0}")]
+    BadResponse(&'static str),
+    /// The local store failed (the blob is not here, or not complete).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stream failed.
+    #[error("blob stream i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Offers the complete blob `hash` from `store` to the holder on `stream` (a relay keeping it
+/// for the user named by `tag`), and sends the ranges it says it lacks. `progress` gets the
+/// ciphertext bytes sent so far and the bytes wanted.
+pub async fn push<S>(
+    mut stream: S,
+    store: &BlobStore,
+    hash: BlobHash,
+    tag: &[u8],
+    mut progress: impl FnMut(Progress) + Send,
+) -> Result<PushOutcome, PushError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !store.is_complete(hash)? {
+        return Err(StoreError::Incomplete {
+            hash,
+            missing: store.missing(hash)?.iter().map(|r| r.end - r.start).sum(),
+        }
+        .into());
+    }
+    let reader = store.reader(hash)?;
+    let metrics = store.metrics().clone();
+    let request = HoldRequest {
+        hash: *hash.as_bytes(),
+        size: reader.size,
+        tag: tag.to_vec(),
+    };
+    let frame = request.encode();
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    metrics
+        .bytes_sent
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    read_status(&mut stream).await?;
+    // The wanted ranges: re-encoded while read, then decoded by the same rules as requests.
+    let mut raw = Vec::new();
+    let n = read_varint(&mut stream).await?;
+    if n > MAX_RANGES as u64 {
+        return Err(PushError::BadResponse("holder wants too many ranges"));
+    }
+    crate::wire::put_varint(&mut raw, n);
+    for _ in 0..2 * n {
+        let v = read_varint(&mut stream).await?;
+        crate::wire::put_varint(&mut raw, v);
+    }
+    let ranges = crate::wire::decode_ranges(&raw)
+        .map_err(|_| PushError::BadResponse("holder sent invalid ranges"))?;
+    let chunks = ChunkNum::chunks(reader.size).0;
+    if ranges.boundaries().last().is_some_and(|end| end.0 > chunks) {
+        return Err(PushError::BadResponse("holder wants ranges past the end"));
+    }
+    let mut wanted = 0u64;
+    for pair in ranges.boundaries().chunks(2) {
+        if let [start, end] = pair {
+            wanted += end.to_bytes().min(reader.size) - start.to_bytes().min(reader.size);
+        }
+    }
+    let mut sent = 0u64;
+    let served = reader.served.clone();
+    if !ranges.is_empty() {
+        let _active = GaugeGuard::new(&metrics.active_uploads);
+        let mut report = |n: u64| {
+            sent = n;
+            progress(Progress { written: n, wanted });
+        };
+        let writer = StreamWriter {
+            inner: &mut stream,
+            counter: &metrics.bytes_sent,
+            progress: Some(&mut report),
+            written: 0,
+            also: Some(&served),
+        };
+        bao_tree::io::fsm::encode_ranges_validated(reader.data, reader.outboard, &ranges, writer)
+            .await
+            .map_err(|e| match e {
+                EncodeError::Io(e) => PushError::Io(e),
+                e => PushError::Io(io::Error::other(e.to_string())),
+            })?;
+        stream.flush().await?;
+    }
+    read_status(&mut stream).await?;
+    let mut complete = [0u8; 1];
+    stream.read_exact(&mut complete).await?;
+    Ok(PushOutcome {
+        bytes_sent: sent.min(wanted),
+        complete: complete[0] == 1,
+    })
+}
+
+/// Reads a hold answer's status; anything but `Ok` comes with a reason.
+async fn read_status<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<(), PushError> {
+    let mut status = [0u8; 1];
+    stream.read_exact(&mut status).await?;
+    let status =
+        Status::from_byte(status[0]).ok_or(PushError::BadResponse("unknown status byte"))?;
+    if status == Status::Ok {
+        return Ok(());
+    }
+    let mut reason = String::new();
+    // Servers from before hold requests answer one with a bare `BadRequest` and wait for the
+    // next request: closing our side first ends the stream there, so the reason read below
+    // sees the end instead of waiting forever.
+    let _ = stream.close().await;
+    if let Ok(len) = read_varint(stream).await
+        && len <= MAX_REASON as u64
+    {
+        let mut buf = vec![0u8; len as usize];
+        if stream.read_exact(&mut buf).await.is_ok() {
+            reason = String::from_utf8_lossy(&buf).into_owned();
+        }
+    }
+    if reason.is_empty() {
+        reason = format!("the holder refused to keep the blob: {status:?}");
+    }
+    Err(PushError::Refused { status, reason })
+}
+
+async fn read_varint<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<u64> {
+    match read_frame_len(stream).await? {
+        FrameLen::Len(v) => Ok(v),
+        FrameLen::Closed => Err(io::ErrorKind::UnexpectedEof.into()),
+        FrameLen::Invalid => Err(io::Error::new(io::ErrorKind::InvalidData, "bad varint")),
     }
 }

@@ -17,7 +17,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bao_tree::io::outboard::PostOrderOutboard;
@@ -38,6 +38,9 @@ pub const MAX_BLOB_SIZE: u64 = 4 * 1024 * 1024 * 1024 + 65536 * 16;
 /// Verified bytes a download writes between two durable "have" records: a crash loses at most
 /// this much, and fsyncs stay rare.
 pub(crate) const FLUSH_EVERY: u64 = 4 * 1024 * 1024;
+/// ... or after this long with anything pending: a slow transfer (where a crash costs the most
+/// time to redo) records often, a fast one every [`FLUSH_EVERY`] bytes.
+pub(crate) const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 const HAVE_MAGIC: &[u8; 8] = b"KITHHAV1";
 
 /// The content address of a blob: the BLAKE3 (bao) root of its ciphertext.
@@ -304,6 +307,8 @@ struct Entry {
     have: Mutex<Have>,
     /// Set while a download writes into this blob, so two never interleave their records.
     writing: AtomicBool,
+    /// Bytes of this blob served to peers since the store was opened (a sender's progress bar).
+    served: Arc<AtomicU64>,
 }
 
 impl Entry {
@@ -346,6 +351,15 @@ impl BlobStore {
     /// Opens (creating if needed) the store in `dir`, e.g. `<home>/blobs/`, loading every blob's
     /// record and removing temporary files a crash left behind.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with_metrics(dir, Arc::new(BlobMetrics::default()))
+    }
+
+    /// Opens a store that counts into `metrics`, shared with another store (a relay's store of
+    /// blobs held for its users counts into the node's own transfer metrics).
+    pub fn open_with_metrics(
+        dir: impl Into<PathBuf>,
+        metrics: Arc<BlobMetrics>,
+    ) -> Result<Self, StoreError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let mut entries = HashMap::new();
@@ -375,7 +389,7 @@ impl BlobStore {
             inner: Arc::new(Inner {
                 dir,
                 entries: Mutex::new(entries),
-                metrics: Arc::new(BlobMetrics::default()),
+                metrics,
             }),
         })
     }
@@ -394,6 +408,7 @@ impl BlobStore {
             size,
             have: Mutex::new(have),
             writing: AtomicBool::new(false),
+            served: Arc::default(),
         })
     }
 
@@ -464,6 +479,7 @@ impl BlobStore {
                 size,
                 have: Mutex::new(have),
                 writing: AtomicBool::new(false),
+                served: Arc::default(),
             }),
         );
         Ok(BlobInfo { hash, size, key })
@@ -562,6 +578,7 @@ impl BlobStore {
                 size,
                 have: Mutex::new(have),
                 writing: AtomicBool::new(false),
+                served: Arc::default(),
             }),
         );
         Ok(())
@@ -585,6 +602,12 @@ impl BlobStore {
     /// Whether every byte of the blob is verified.
     pub fn is_complete(&self, hash: BlobHash) -> Result<bool, StoreError> {
         Ok(self.entry(hash)?.have().is_complete())
+    }
+
+    /// Bytes of this blob served to peers (ranges and hashes) since the store was opened: how far
+    /// the recipients of a file sent from here have got, for a progress bar.
+    pub fn served(&self, hash: BlobHash) -> Result<u64, StoreError> {
+        Ok(self.entry(hash)?.served.load(Ordering::Relaxed))
     }
 
     /// Size, progress and disk use of one blob.
@@ -676,6 +699,7 @@ impl BlobStore {
         let tree = BaoTree::new(entry.size, BLOCK_SIZE);
         Ok(BlobReader {
             size: entry.size,
+            served: entry.served.clone(),
             have,
             data: FileSlice(data),
             outboard: PostOrderOutboard {
@@ -713,6 +737,7 @@ impl BlobStore {
             obao: None,
             pending: Vec::new(),
             pending_bytes: 0,
+            last_flush: std::time::Instant::now(),
         };
         let open = |path: &Path| {
             OpenOptions::new()
@@ -729,6 +754,7 @@ impl BlobStore {
 /// Readers of one blob for encoding ranges.
 pub(crate) struct BlobReader {
     pub(crate) size: u64,
+    pub(crate) served: Arc<AtomicU64>,
     pub(crate) have: Have,
     pub(crate) data: FileSlice,
     pub(crate) outboard: PostOrderOutboard<FileSlice>,
@@ -744,6 +770,7 @@ pub(crate) struct PartialWriter {
     /// Groups written since the last durable record.
     pending: Vec<u64>,
     pending_bytes: u64,
+    last_flush: std::time::Instant,
 }
 
 impl PartialWriter {
@@ -787,7 +814,7 @@ impl PartialWriter {
             self.pending.push(group);
             self.pending_bytes += group_len;
         }
-        if self.pending_bytes >= FLUSH_EVERY {
+        if self.pending_bytes >= FLUSH_EVERY || self.last_flush.elapsed() >= FLUSH_AFTER {
             self.flush()?;
         }
         Ok(())
@@ -814,6 +841,7 @@ impl PartialWriter {
         *have = next;
         self.pending.clear();
         self.pending_bytes = 0;
+        self.last_flush = std::time::Instant::now();
         Ok(())
     }
 

@@ -478,6 +478,9 @@ fn lying(store: BlobStore) -> Handler {
             let writer = crate::io::StreamWriter {
                 inner: &mut stream,
                 counter: &counter,
+                progress: None,
+                written: 0,
+                also: None,
             };
             let _ = bao_tree::io::fsm::encode_ranges(
                 reader.data,
@@ -694,4 +697,182 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
         ),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------- hold (relays)
+
+/// A relay's policy in miniature: one known tag, a byte quota over everything held.
+struct TestHold {
+    store: BlobStore,
+    tag: Vec<u8>,
+    quota: u64,
+}
+
+impl HoldPolicy for TestHold {
+    fn admit(&self, offer: &HoldOffer) -> Result<BlobStore, HoldRefusal> {
+        if offer.tag != self.tag {
+            return Err(HoldRefusal {
+                status: Status::NotAccepted,
+                reason: "not a user of this relay".into(),
+            });
+        }
+        let held: u64 = self
+            .store
+            .list()
+            .iter()
+            .filter(|s| s.hash != offer.hash)
+            .map(|s| s.size)
+            .sum();
+        if held + offer.size > self.quota {
+            return Err(HoldRefusal {
+                status: Status::Full,
+                reason: format!("quota of {} bytes full ({held} held)", self.quota),
+            });
+        }
+        Ok(self.store.clone())
+    }
+}
+
+fn holding(policy: Arc<TestHold>, own: BlobStore) -> Handler {
+    Arc::new(move |stream| {
+        let policy = policy.clone();
+        let own = own.clone();
+        Box::pin(async move {
+            let stores = [own, policy.store.clone()];
+            let _ = serve_with(
+                stream,
+                &stores,
+                Some(policy.as_ref()),
+                &ServeLimits::default(),
+            )
+            .await;
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_blob_is_verified_held_and_served_to_the_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
+    let plain = random_bytes(3 * 1024 * 1024 + 77);
+    let info = sender
+        .import_sealed(&write_file(dir.path(), "in", &plain))
+        .unwrap();
+    let held = BlobStore::open(dir.path().join("relay-held")).unwrap();
+    let own = BlobStore::open(dir.path().join("relay-own")).unwrap();
+    let policy = Arc::new(TestHold {
+        store: held.clone(),
+        tag: b"bob".to_vec(),
+        quota: 8 * 1024 * 1024,
+    });
+    let (relay, addr) = provider(holding(policy, own)).await;
+    let mut control = client(&[(relay, addr)]).await;
+
+    // Not a user here: refused with the relay's reason, nothing kept.
+    let stream = control.open_stream(relay, PROTOCOL).await.unwrap();
+    match push(stream, &sender, info.hash, b"eve", |_| {}).await {
+        Err(PushError::Refused { status, reason }) => {
+            assert_eq!(status, Status::NotAccepted);
+            assert_eq!(reason, "not a user of this relay");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(held.list().is_empty());
+
+    let stream = control.open_stream(relay, PROTOCOL).await.unwrap();
+    let mut last = None;
+    let pushed = push(stream, &sender, info.hash, b"bob", |p| last = Some(p))
+        .await
+        .unwrap();
+    assert!(pushed.complete);
+    assert_eq!(pushed.bytes_sent, info.size);
+    assert_eq!(last.map(|p| p.wanted), Some(info.size));
+    assert!(held.is_complete(info.hash).unwrap());
+    // Pushing again sends nothing: the relay already holds every range.
+    let stream = control.open_stream(relay, PROTOCOL).await.unwrap();
+    let again = push(stream, &sender, info.hash, b"bob", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.bytes_sent, 0);
+    assert!(again.complete);
+
+    // The recipient fetches it from the relay (which serves from its held store).
+    let receiver = BlobStore::open(dir.path().join("receiver")).unwrap();
+    let stream = control.open_stream(relay, PROTOCOL).await.unwrap();
+    let got = fetch_missing(stream, &receiver, info.hash, info.size, |_| {})
+        .await
+        .unwrap();
+    assert!(got.complete);
+    let out = dir.path().join("out");
+    receiver
+        .export_decrypted(info.hash, &info.key, &out)
+        .unwrap();
+    assert!(fs::read(&out).unwrap() == plain);
+
+    // A second blob over the quota is refused with the reason.
+    let big = sender
+        .import_sealed(&write_file(
+            dir.path(),
+            "big",
+            &random_bytes(6 * 1024 * 1024),
+        ))
+        .unwrap();
+    let stream = control.open_stream(relay, PROTOCOL).await.unwrap();
+    match push(stream, &sender, big.hash, b"bob", |_| {}).await {
+        Err(PushError::Refused { status, reason }) => {
+            assert_eq!(status, Status::Full);
+            assert!(reason.contains("quota"), "{reason}");
+        }
+        other => panic!("expected a full quota, got {other:?}"),
+    }
+    assert!(held.status(big.hash).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_request_to_a_plain_node_is_refused_and_the_stream_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
+    let info = sender
+        .import_sealed(&write_file(dir.path(), "in", &random_bytes(100_000)))
+        .unwrap();
+    let (peer, addr) = provider(serving(sender.clone())).await;
+    let mut control = client(&[(peer, addr)]).await;
+    let stream = control.open_stream(peer, PROTOCOL).await.unwrap();
+    match push(stream, &sender, info.hash, b"bob", |_| {}).await {
+        Err(PushError::Refused { status, .. }) => assert_eq!(status, Status::NotAccepted),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        sender
+            .metrics()
+            .refused_not_accepted
+            .load(Ordering::Relaxed),
+        1
+    );
+    let receiver = BlobStore::open(dir.path().join("receiver")).unwrap();
+    let stream = control.open_stream(peer, PROTOCOL).await.unwrap();
+    assert!(
+        fetch_missing(stream, &receiver, info.hash, info.size, |_| {})
+            .await
+            .unwrap()
+            .complete
+    );
+}
+
+#[test]
+fn hold_request_round_trip_and_limits() {
+    let h = wire::HoldRequest {
+        hash: [7; 32],
+        size: 123_456,
+        tag: b"peer".to_vec(),
+    };
+    let frame = h.encode();
+    let body = &frame[1..];
+    assert_eq!(wire::Frame::decode(body).unwrap(), wire::Frame::Hold(h));
+    let mut long = vec![2u8];
+    long.extend_from_slice(&[0; 32]);
+    wire::put_varint(&mut long, 10);
+    wire::put_varint(&mut long, 129);
+    long.extend_from_slice(&[1; 129]);
+    assert!(wire::Frame::decode(&long).is_err());
 }

@@ -41,7 +41,9 @@ const MAX_THUMBNAIL_BYTES: usize = 96 * 1024;
 /// Attempts of one download run before it waits for the sender to connect again.
 const DOWNLOAD_ATTEMPTS: u32 = 6;
 /// Bytes between two progress events of one download.
-const PROGRESS_EVERY: u64 = 1024 * 1024;
+pub(crate) const PROGRESS_EVERY: u64 = 1024 * 1024;
+/// First wait before a download paused by a full disk tries again (doubling to 5 minutes).
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 /// Time to open a blob stream to the sender.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,6 +54,11 @@ pub struct FilesConfig {
     pub dir: Option<PathBuf>,
     /// Largest file sent or accepted, in bytes.
     pub max_file_bytes: u64,
+    /// Relay role (with a mailbox server): how much this relay keeps for its offline users.
+    pub relay: crate::RelayBlobConfig,
+    /// Most blob bytes a second this node serves on one stream (`None`: as fast as the link
+    /// goes), for metered or shared uplinks.
+    pub serve_rate: Option<u64>,
 }
 
 impl Default for FilesConfig {
@@ -59,6 +66,8 @@ impl Default for FilesConfig {
         Self {
             dir: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            relay: crate::RelayBlobConfig::default(),
+            serve_rate: None,
         }
     }
 }
@@ -100,16 +109,25 @@ pub struct FileReport {
     pub state: FileState,
     /// Ciphertext bytes verified and on disk.
     pub received_bytes: u64,
-    /// Why it is paused or failed.
+    /// Why it is paused or failed (or, for a sent file, where it waits).
     pub note: String,
+    /// The group it was sent in; `None` for a direct message.
+    pub group: Option<kith_store::GroupId>,
+    /// For a file we sent: ciphertext bytes (and hashes) served to its recipients or pushed to
+    /// relays since this node started, for a progress bar.
+    pub sent_bytes: u64,
 }
 
 /// The files component: the blob store and the downloads running now.
 #[derive(Debug)]
 pub(crate) struct Files {
-    blobs: BlobStore,
+    pub(crate) blobs: BlobStore,
     max_file_bytes: u64,
     running: StdMutex<HashSet<MessageId>>,
+    /// A relay's store of blobs held for its users, opened on first use.
+    pub(crate) held: crate::relay_blobs::HeldSlot,
+    pub(crate) relay: crate::RelayBlobConfig,
+    serve_rate: Option<u64>,
 }
 
 impl Files {
@@ -133,6 +151,9 @@ impl Files {
             blobs,
             max_file_bytes: config.max_file_bytes,
             running: StdMutex::new(HashSet::new()),
+            held: StdMutex::new(None),
+            relay: config.relay.clone(),
+            serve_rate: config.serve_rate,
         })
     }
 }
@@ -337,6 +358,98 @@ impl Node {
         path: &Path,
         options: SendFileOptions,
     ) -> Result<SentFile, ServiceError> {
+        self.check_file(path, &options)?;
+        let peer = self.recipient_for_sending(target).await?;
+        let (offer, note) = self.seal_file(path, &options).await?;
+        let text = shown_text(&offer);
+        let record_offer = offer.clone();
+        let files = self.store().files().clone();
+        let me_peer = peer.to_bytes();
+        let sent = self
+            .send_body(
+                peer,
+                pb::direct_payload::Body::File(offer.to_proto()),
+                text,
+                move |id| {
+                    files.put(&FileRecord {
+                        message_id: id,
+                        peer_id: me_peer,
+                        outgoing: true,
+                        offer: record_offer,
+                        state: FileState::Complete,
+                        note: String::new(),
+                        created_ms: now_ms(),
+                        group: None,
+                    })?;
+                    Ok(())
+                },
+            )
+            .await?;
+        let file = FileReport {
+            id: sent.id,
+            peer,
+            outgoing: true,
+            received_bytes: offer.size,
+            offer,
+            state: FileState::Complete,
+            note: String::new(),
+            group: None,
+            sent_bytes: 0,
+        };
+        Ok(SentFile { sent, file, note })
+    }
+
+    /// Sends a file or photo to a group (by id or title), processed as for a person; the Megolm
+    /// message carries the offer, and every member who has the file serves it to the others.
+    pub async fn send_group_file(
+        &self,
+        group: &str,
+        path: &Path,
+        options: SendFileOptions,
+    ) -> Result<(crate::GroupSent, FileReport, Option<String>), ServiceError> {
+        self.check_file(path, &options)?;
+        let group_id = self.group(group)?.id;
+        let (offer, note) = self.seal_file(path, &options).await?;
+        let text = shown_text(&offer);
+        let record_offer = offer.clone();
+        let files = self.store().files().clone();
+        let me = self.peer_id().to_bytes();
+        let sent = self
+            .send_group_payload(
+                group,
+                pb::group_payload::Body::File(offer.to_proto()),
+                text,
+                move |id| {
+                    files.put(&FileRecord {
+                        message_id: id,
+                        peer_id: me,
+                        outgoing: true,
+                        offer: record_offer,
+                        state: FileState::Complete,
+                        note: String::new(),
+                        created_ms: now_ms(),
+                        group: Some(group_id),
+                    })?;
+                    Ok(())
+                },
+            )
+            .await?;
+        let file = FileReport {
+            id: sent.id,
+            peer: self.peer_id(),
+            outgoing: true,
+            received_bytes: offer.size,
+            offer,
+            state: FileState::Complete,
+            note: String::new(),
+            group: Some(group_id),
+            sent_bytes: 0,
+        };
+        Ok((sent, file, note))
+    }
+
+    /// The checks before anything is read or sent: the path, the size, the caption, the filter.
+    fn check_file(&self, path: &Path, options: &SendFileOptions) -> Result<(), ServiceError> {
         let meta = std::fs::metadata(path).map_err(|e| {
             ServiceError::InvalidFile(match e.kind() {
                 std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
@@ -373,10 +486,21 @@ impl Node {
                 names.join(", ")
             )));
         }
-        let peer = self.recipient_for_sending(target).await?;
+        Ok(())
+    }
+
+    /// Processes (photos) and seals a file off the async workers; the offer (without caption
+    /// fields beyond it) and a note for the sender.
+    async fn seal_file(
+        &self,
+        path: &Path,
+        options: &SendFileOptions,
+    ) -> Result<(FileOffer, Option<String>), ServiceError> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display())))?
+            .len();
         let blobs = self.files_component().blobs.clone();
         let owned_path = path.to_path_buf();
-        let len = meta.len();
         let prepare_options = options.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             prepare(&blobs, &owned_path, len, &prepare_options)
@@ -390,43 +514,7 @@ impl Node {
             caption: options.caption.clone(),
             ..prepared.offer_fields
         };
-        let text = shown_text(&offer);
-        let record_offer = offer.clone();
-        let files = self.store().files().clone();
-        let me_peer = peer.to_bytes();
-        let sent = self
-            .send_body(
-                peer,
-                pb::direct_payload::Body::File(offer.to_proto()),
-                text,
-                move |id| {
-                    files.put(&FileRecord {
-                        message_id: id,
-                        peer_id: me_peer,
-                        outgoing: true,
-                        offer: record_offer,
-                        state: FileState::Complete,
-                        note: String::new(),
-                        created_ms: now_ms(),
-                    })?;
-                    Ok(())
-                },
-            )
-            .await?;
-        let file = FileReport {
-            id: sent.id,
-            peer,
-            outgoing: true,
-            received_bytes: offer.size,
-            offer,
-            state: FileState::Complete,
-            note: String::new(),
-        };
-        Ok(SentFile {
-            sent,
-            file,
-            note: prepared.note,
-        })
+        Ok((offer, prepared.note))
     }
 
     /// Where files uploaded through the API are staged before they are sealed: a directory
@@ -507,6 +595,14 @@ impl Node {
     }
 
     fn report(&self, r: FileRecord, peer: PeerId) -> FileReport {
+        let sent_bytes = if r.outgoing {
+            self.files_component()
+                .blobs
+                .served(BlobHash::from_bytes(r.offer.hash))
+                .unwrap_or(0)
+        } else {
+            0
+        };
         let received_bytes = match r.state {
             FileState::Complete => r.offer.size,
             _ => self
@@ -523,6 +619,8 @@ impl Node {
             state: r.state,
             received_bytes,
             note: r.note,
+            group: r.group,
+            sent_bytes,
         }
     }
 
@@ -570,6 +668,33 @@ impl Node {
         id: MessageId,
         offer: pb::FileOffer,
     ) -> Result<String, String> {
+        // Nothing is fetched from someone in requests until they are accepted.
+        let accepted = self.is_accepted(peer);
+        self.record_offer(peer, id, offer, None, accepted)
+    }
+
+    /// Records a file offered in a group and starts fetching it at once (from the sender or any
+    /// member who has it); returns the text the message shows.
+    pub(crate) fn record_incoming_group_file(
+        &self,
+        group: kith_store::GroupId,
+        sender: PeerId,
+        id: MessageId,
+        offer: pb::FileOffer,
+    ) -> Result<String, String> {
+        let text = self.record_offer(sender, id, offer, Some(group), true)?;
+        self.start_download(id);
+        Ok(text)
+    }
+
+    fn record_offer(
+        &self,
+        peer: PeerId,
+        id: MessageId,
+        offer: pb::FileOffer,
+        group: Option<kith_store::GroupId>,
+        accepted: bool,
+    ) -> Result<String, String> {
         let offer = FileOffer::try_from(offer)?;
         let max = self.files_component().max_file_bytes;
         if offer.plain_size > max {
@@ -581,8 +706,6 @@ impl Node {
         if offer.caption.len() > crate::MAX_TEXT_BYTES {
             return Err("oversized caption".into());
         }
-        // Nothing is fetched from someone in requests until they are accepted.
-        let accepted = self.is_accepted(peer);
         let (state, note) = if accepted {
             (FileState::Downloading, String::new())
         } else {
@@ -602,6 +725,7 @@ impl Node {
                 state,
                 note,
                 created_ms: now_ms(),
+                group,
             })
             .map_err(|e| format!("cannot record the file: {e}"))?;
         Ok(text)
@@ -680,99 +804,183 @@ fn shown_text(offer: &FileOffer) -> String {
     }
 }
 
-/// Fetches one file from its sender: a few attempts with growing pauses, each asking only for
-/// what is still missing. Gives up for now after [`DOWNLOAD_ATTEMPTS`]; the next connection of
-/// the sender, or the next start, resumes it.
+/// Fetches one file: a few attempts with growing pauses, each asking the holders in turn (the
+/// sender, then the group's other members for a group file, then our own relays, which keep
+/// files sent while we were offline) only for what is still missing. Gives up for now after
+/// [`DOWNLOAD_ATTEMPTS`]; the sender's next connection, the next mailbox sync or the next start
+/// resumes it.
 async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRecord) {
     let hash = BlobHash::from_bytes(record.offer.hash);
     let id = record.message_id;
-    for attempt in 0..DOWNLOAD_ATTEMPTS {
+    let mut attempt = 0;
+    let mut disk_wait = DISK_FULL_RETRY;
+    while attempt < DOWNLOAD_ATTEMPTS {
         let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
             return;
         };
-        let outcome = match tokio::time::timeout(
-            OPEN_TIMEOUT,
-            node.inner.client_ref().open_blob_stream(peer),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => {
-                let blobs = node.files_component().blobs.clone();
-                let events = node.clone();
-                let size = record.offer.size;
-                // One event per MiB at most: a chunk group is 16 KiB, and a flood of events
-                // would push other subscribers into `Lagged`.
-                let mut reported = 0u64;
-                kith_blob::fetch_missing(stream, &blobs, hash, size, move |p| {
-                    if p.written >= reported + PROGRESS_EVERY {
-                        reported = p.written;
-                        events.dm().emit(MessageEvent::FileProgress {
+        let mut disk_full = false;
+        for holder in node.holders_of(peer, &record) {
+            match fetch_from(&node, holder, peer, &record).await {
+                Fetched::Complete => {
+                    if node
+                        .store()
+                        .files()
+                        .set_state(&id, FileState::Complete, "")
+                        .is_ok()
+                        && node.store().flush().await.is_ok()
+                    {
+                        node.dm().emit(MessageEvent::FileProgress {
                             id,
                             peer,
-                            received: size.saturating_sub(p.wanted) + p.written,
-                            size,
+                            received: record.offer.size,
+                            size: record.offer.size,
                         });
                     }
-                })
-                .await
-                .map_err(Some)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "cannot open a blob stream");
-                Err(None)
-            }
-            Err(_) => Err(None),
-        };
-        match outcome {
-            Ok(done) if done.complete => {
-                if node
-                    .store()
-                    .files()
-                    .set_state(&id, FileState::Complete, "")
-                    .is_ok()
-                    && node.store().flush().await.is_ok()
-                {
-                    node.dm().emit(MessageEvent::FileProgress {
-                        id,
-                        peer,
-                        received: record.offer.size,
-                        size: record.offer.size,
-                    });
+                    if holder != peer || attempt > 0 {
+                        node.release_at_relays(*hash.as_bytes());
+                    }
+                    return;
                 }
-                return;
+                Fetched::Stop => return,
+                Fetched::DiskFull => {
+                    disk_full = true;
+                    break;
+                }
+                Fetched::TryNext => {}
             }
-            Ok(_) => {}
-            Err(Some(FetchError::Store(kith_blob::StoreError::DiskFull { .. }))) => {
-                let _ = node.store().files().set_state(
-                    &id,
-                    FileState::Paused,
-                    "the disk is full; free space, then restart kith to resume",
-                );
-                let _ = node.store().flush().await;
-                return;
-            }
-            Err(Some(FetchError::Store(kith_blob::StoreError::Busy { .. }))) => return,
-            Err(Some(e)) => {
-                tracing::info!(%peer, file = %hex::encode(id), error = %e, "file transfer stopped; retrying");
-            }
-            Err(None) => {}
         }
         drop(node);
+        if disk_full {
+            // Paused with a note (what verified is kept); try again by itself once space may
+            // have been freed, waiting longer each time, for as long as the node runs.
+            tokio::time::sleep(disk_wait).await;
+            disk_wait = (disk_wait * 2).min(Duration::from_secs(300));
+            let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+                return;
+            };
+            match node.store().files().get(&id) {
+                Ok(Some(r)) if r.state == FileState::Paused => {
+                    let _ = node
+                        .store()
+                        .files()
+                        .set_state(&id, FileState::Downloading, "");
+                }
+                _ => return,
+            }
+            continue;
+        }
         tokio::time::sleep(Duration::from_millis(500 * (1 << attempt.min(6)))).await;
+        attempt += 1;
     }
 }
 
-/// Serves blob ranges to whoever asks, one task per stream.
+/// How one fetch from one holder ended.
+enum Fetched {
+    Complete,
+    /// Another download of the blob runs: this run ends.
+    Stop,
+    /// The disk is full: paused, retried later.
+    DiskFull,
+    TryNext,
+}
+
+async fn fetch_from(node: &Node, holder: PeerId, peer: PeerId, record: &FileRecord) -> Fetched {
+    let hash = BlobHash::from_bytes(record.offer.hash);
+    let id = record.message_id;
+    let stream = match tokio::time::timeout(
+        OPEN_TIMEOUT,
+        node.inner.client_ref().open_blob_stream(holder),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%holder, error = %e, "cannot open a blob stream");
+            return Fetched::TryNext;
+        }
+        Err(_) => return Fetched::TryNext,
+    };
+    let blobs = node.files_component().blobs.clone();
+    let status_of = blobs.clone();
+    let events = node.clone();
+    let size = record.offer.size;
+    // One event per MiB at most: a chunk group is 16 KiB, and a flood of events would push
+    // other subscribers into `Lagged`.
+    let mut reported = 0u64;
+    let outcome = kith_blob::fetch_missing(stream, &blobs, hash, size, move |p| {
+        if p.written >= reported + PROGRESS_EVERY {
+            reported = p.written;
+            events.dm().emit(MessageEvent::FileProgress {
+                id,
+                peer,
+                received: size.saturating_sub(p.wanted) + p.written,
+                size,
+            });
+        }
+    })
+    .await;
+    match outcome {
+        Ok(done) if done.complete => Fetched::Complete,
+        Ok(_) => Fetched::TryNext,
+        Err(FetchError::Store(kith_blob::StoreError::DiskFull { path })) => {
+            let kept = status_of.status(hash).map_or(0, |st| st.verified_bytes);
+            let dir = path.parent().unwrap_or(&path).display().to_string();
+            tracing::warn!(file = %hex::encode(id), %dir, kept, "disk full while receiving a file; paused");
+            let _ = node.store().files().set_state(
+                &id,
+                FileState::Paused,
+                &format!(
+                    "the disk holding {dir} is full; free space there and the transfer resumes by itself ({kept} of {size} bytes kept)"
+                ),
+            );
+            let _ = node.store().flush().await;
+            Fetched::DiskFull
+        }
+        Err(FetchError::Store(kith_blob::StoreError::Busy { .. })) => Fetched::Stop,
+        Err(FetchError::Refused { status }) => {
+            tracing::debug!(%holder, file = %hex::encode(id), ?status, "holder does not have the file");
+            Fetched::TryNext
+        }
+        Err(e) => {
+            tracing::info!(%holder, file = %hex::encode(id), error = %e, "file transfer stopped; trying again");
+            Fetched::TryNext
+        }
+    }
+}
+
+impl Node {
+    /// Who may hold a file, in the order to ask: its sender, a group file's other members, then
+    /// our mailbox relays.
+    fn holders_of(&self, sender: PeerId, record: &FileRecord) -> Vec<PeerId> {
+        let mut holders = vec![sender];
+        if let Some(group) = record.group {
+            holders.extend(
+                self.group_member_ids(&group)
+                    .into_iter()
+                    .filter(|p| *p != sender && *p != self.peer_id()),
+            );
+        }
+        for relay in self.relay_holders() {
+            if !holders.contains(&relay) {
+                holders.push(relay);
+            }
+        }
+        holders
+    }
+}
+
+/// Serves blob ranges to whoever asks (and, on a relay, keeps blobs for its users), one task per
+/// stream.
 pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
-    let (mut incoming, blobs, mut stop) = {
+    let (mut incoming, mut stop, rate) = {
         let Some(inner) = inner.upgrade() else {
             return;
         };
         match inner.client_ref().accept_blob_streams() {
             Ok(incoming) => (
                 incoming,
-                inner.files.blobs.clone(),
                 inner.shutdown_tx.subscribe(),
+                inner.files.serve_rate,
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot serve files");
@@ -791,13 +999,101 @@ pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let blobs = blobs.clone();
+        let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+            return;
+        };
         let limits = limits.clone();
         tokio::spawn(async move {
-            if let Err(e) = kith_blob::serve(stream, &blobs, &limits).await {
+            let served = match rate {
+                Some(rate) => {
+                    node.serve_blob_stream(peer, Throttled::new(stream, rate), &limits)
+                        .await
+                }
+                None => node.serve_blob_stream(peer, stream, &limits).await,
+            };
+            if let Err(e) = served {
                 tracing::info!(%peer, error = %e, "closed a blob stream");
             }
         });
+    }
+}
+
+/// A stream whose writes are held to `rate` bytes a second (a token bucket with a 100 ms burst).
+struct Throttled<S> {
+    inner: S,
+    rate: f64,
+    allowance: f64,
+    last: std::time::Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Throttled<S> {
+    fn new(inner: S, rate: u64) -> Self {
+        Self {
+            inner,
+            rate: rate.max(1024) as f64,
+            allowance: 0.0,
+            last: std::time::Instant::now(),
+            sleep: None,
+        }
+    }
+}
+
+impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Throttled<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Throttled<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        loop {
+            if let Some(sleep) = self.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.sleep = None;
+            }
+            let now = std::time::Instant::now();
+            let burst = (self.rate / 10.0).max(16_384.0);
+            let elapsed = now.duration_since(self.last).as_secs_f64();
+            self.allowance = (self.allowance + elapsed * self.rate).min(burst);
+            self.last = now;
+            if self.allowance >= 1.0 {
+                break;
+            }
+            let wait = Duration::from_secs_f64((1024.0 - self.allowance) / self.rate);
+            self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+        }
+        let n = buf.len().min(self.allowance as usize);
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..n]);
+        if let Poll::Ready(Ok(k)) = &written {
+            self.allowance -= *k as f64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 

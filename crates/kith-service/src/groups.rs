@@ -171,6 +171,18 @@ impl Node {
         &self.inner.groups
     }
 
+    /// The current members of a group (who may hold its files); empty when unknown.
+    pub(crate) fn group_member_ids(&self, group: &GroupId) -> Vec<PeerId> {
+        self.store()
+            .groups()
+            .group(group)
+            .ok()
+            .flatten()
+            .and_then(|r| self.list_of(&r).ok())
+            .map(|l| l.members.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     fn list_of(&self, record: &GroupRecord) -> Result<MemberList, ServiceError> {
         MemberList::verify(&record.list).map_err(|e| {
             ServiceError::Store(kith_store::StoreError::Corrupt {
@@ -724,6 +736,24 @@ impl Node {
         text: &str,
     ) -> Result<GroupSent, ServiceError> {
         kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
+        self.send_group_payload(
+            reference,
+            pb::group_payload::Body::Text(text.to_owned()),
+            text.to_owned(),
+            |_| Ok(()),
+        )
+        .await
+    }
+
+    /// Sends one payload body to a group; `text` is what our history shows, and `before_store`
+    /// writes records that must exist once the message does (a file's), given its id.
+    pub(crate) async fn send_group_payload(
+        &self,
+        reference: &str,
+        body: pb::group_payload::Body,
+        text: String,
+        before_store: impl FnOnce(kith_store::MessageId) -> Result<(), ServiceError>,
+    ) -> Result<GroupSent, ServiceError> {
         let record = self.find_group(reference)?;
         let group = record.id;
         // The first message after a start waits briefly for a catch-up, which brings member-list
@@ -765,7 +795,7 @@ impl Node {
             sender: me.to_bytes(),
             seq,
             sent_at_ms: now,
-            body: Some(pb::group_payload::Body::Text(text.to_owned())),
+            body: Some(body),
         };
         let ciphertext = sender
             .encrypt(&payload.encode_to_vec())
@@ -788,11 +818,12 @@ impl Node {
             id,
             sender: me.to_bytes(),
             seq,
-            text: text.to_owned(),
+            text,
             sent_at_ms: now,
             received_at_ms: now,
             outgoing: true,
         };
+        before_store(id)?;
         self.store()
             .groups()
             .record_outgoing(&group, &bytes, &message, &state)?;
@@ -1106,6 +1137,9 @@ impl Node {
                 if !t.is_empty() && t.len() <= MAX_TEXT_BYTES =>
             {
                 t
+            }
+            Some(pb::group_payload::Body::File(offer)) => {
+                self.record_incoming_group_file(v.group, v.sender, id, offer)?
             }
             _ => return Err("empty, oversized or unknown group message".into()),
         };

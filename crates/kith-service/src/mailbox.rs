@@ -383,6 +383,11 @@ impl Node {
                 Some(pb::mailbox_request::Kind::Notify(_)) => {
                     response(S::MailboxRejected, "a relay takes no mail announcements")
                 }
+                Some(pb::mailbox_request::Kind::BlobRelease(r)) => {
+                    self.release_held_blobs(peer, &r.hashes);
+                    self.store().flush().await?;
+                    response(S::MailboxOk, "")
+                }
                 None => response(S::MailboxRejected, "empty mailbox request"),
             })
         }
@@ -657,6 +662,10 @@ impl Node {
             let Some(relay_peer) = relay_id(&relay) else {
                 continue;
             };
+            // A file offer goes only where its file went first (relay_blobs.rs).
+            if !self.hold_file_at(peer, &item.id, &relay).await {
+                continue;
+            }
             match self
                 .mailbox_call(relay_peer, &request, std::slice::from_ref(&relay))
                 .await
@@ -721,12 +730,20 @@ pub(crate) async fn mailbox_loop(inner: std::sync::Weak<crate::node::Inner>, eve
                 }
             });
         }
+        // Files sent while we were away may wait at those relays now.
+        if !node.mailbox_relays().is_empty() {
+            node.resume_all_downloads();
+        }
         if let Some(config) = &node.inner.options.mailbox_server {
             let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
             match node.store().mailboxes().sweep(now_ms(), ttl) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(dropped = n, "dropped expired mail"),
                 Err(e) => tracing::warn!(error = %e, "mailbox sweep failed"),
+            }
+            let expired = node.sweep_held_blobs();
+            if expired > 0 {
+                tracing::info!(dropped = expired, "dropped expired held files");
             }
         }
     }

@@ -125,6 +125,8 @@ pub struct FileRecord {
     pub note: String,
     /// When it was recorded, unix ms.
     pub created_ms: u64,
+    /// The group it was sent in (its members can serve it too); `None` for a direct message.
+    pub group: Option<crate::GroupId>,
 }
 
 impl FileRecord {
@@ -142,6 +144,7 @@ impl FileRecord {
             } as i32,
             note: self.note.clone(),
             created_ms: self.created_ms,
+            group_id: self.group.map(|g| g.to_vec()).unwrap_or_default(),
         }
         .encode_to_vec()
     }
@@ -166,6 +169,7 @@ impl FileRecord {
             state,
             note: p.note,
             created_ms: p.created_ms,
+            group: crate::GroupId::try_from(p.group_id.as_slice()).ok(),
         })
     }
 }
@@ -268,6 +272,7 @@ mod tests {
             state,
             note: String::new(),
             created_ms: 5,
+            group: (id % 2 == 0).then_some([id; 16]),
         }
     }
 

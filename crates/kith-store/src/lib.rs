@@ -21,6 +21,7 @@ mod mailbox;
 mod messages;
 mod names;
 mod peers;
+mod relay_blobs;
 mod store;
 
 pub use calls::{CallBook, CallId, CallOutcome, CallRecord};
@@ -37,4 +38,5 @@ pub use messages::{
 };
 pub use names::{Contact, NameBook, Pin};
 pub use peers::{KnownPeer, PeerBook};
+pub use relay_blobs::{HeldBlob, RelayBlobBook, RelayBlobStats, Reserve};
 pub use store::{FlushTicket, SCHEMA_VERSION, Store, StoreConfig};

@@ -57,6 +57,7 @@ pub struct Store {
     groups: GroupStore,
     files: FileBook,
     calls: crate::CallBook,
+    relay_blobs: crate::RelayBlobBook,
     commit: Arc<GroupCommit>,
     /// Stops the periodic flusher when the last clone of the store is dropped.
     _flusher: Option<Arc<PeriodicFlush>>,
@@ -183,9 +184,11 @@ impl Store {
             )?)),
             None => None,
         };
+        let relay_blobs = crate::RelayBlobBook::new(&db, path.clone())?;
         Ok(Self {
             _flusher: flusher,
             files,
+            relay_blobs,
             calls,
             path,
             db,
@@ -241,6 +244,11 @@ impl Store {
     /// Files sent and received.
     pub fn files(&self) -> &FileBook {
         &self.files
+    }
+
+    /// A relay's blobs held for its users (quota and TTL bookkeeping).
+    pub fn relay_blobs(&self) -> &crate::RelayBlobBook {
+        &self.relay_blobs
     }
 
     /// Call history.

@@ -10,7 +10,10 @@
 //!   `mailbox.throughput` (held at a relay for an offline recipient vs direct delivery).
 //! - [`photo`]: `photo.process`, kith-photo's send path on a 12 MP JPEG vs the `image` crate's
 //!   decode + encode alone.
+//! - [`blob`]: `blob.throughput` (TCP), `blob.throughput.quic` (files between two nodes vs a raw
+//!   libp2p-stream copy) and `blob.resume` (bytes re-sent after a cut vs a restart from zero).
 
+pub(crate) mod blob;
 pub(crate) mod dht;
 pub(crate) mod dm;
 pub(crate) mod footprint;
@@ -47,11 +50,13 @@ pub(crate) enum Group {
     Relay,
     /// Photos prepared for sending.
     Photo,
+    /// Files between two nodes.
+    Blob,
 }
 
 impl Group {
     /// Every group, in report order.
-    pub(crate) const ALL: [Group; 9] = [
+    pub(crate) const ALL: [Group; 10] = [
         Group::Dm,
         Group::Relay,
         Group::Resolve,
@@ -61,6 +66,7 @@ impl Group {
         Group::Scale,
         Group::Dht,
         Group::Photo,
+        Group::Blob,
     ];
 }
 
@@ -235,6 +241,30 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         baseline: "the image crate alone: decode + JPEG encode of the same input at the same quality",
         missing: None,
     },
+    Spec {
+        name: "blob.throughput",
+        group: Group::Blob,
+        unit: "MB/s",
+        measures: "a file (100 MB; quick: 8 MB) from one node to another over /kith/blob/1.0.0 on TCP, from the offer recorded until every range is verified and recorded",
+        baseline: "a raw libp2p-stream stream copying the same bytes over TCP+Noise+Yamux",
+        missing: None,
+    },
+    Spec {
+        name: "blob.throughput.quic",
+        group: Group::Blob,
+        unit: "MB/s",
+        measures: "blob.throughput over QUIC",
+        baseline: "a raw libp2p-stream stream copying the same bytes over QUIC",
+        missing: None,
+    },
+    Spec {
+        name: "blob.resume",
+        group: Group::Blob,
+        unit: "bytes",
+        measures: "bytes re-sent when the recipient stops at half of a file (100 MB; quick: 8 MB) and starts again",
+        baseline: "a transfer without resume: everything the recipient had at the cut, sent again",
+        missing: None,
+    },
 ];
 
 /// Everything the runnable scenarios need to know.
@@ -260,6 +290,8 @@ pub(crate) struct Settings {
     pub(crate) scale: scale::Params,
     /// `photo.process`.
     pub(crate) photo: photo::Params,
+    /// `blob.*`.
+    pub(crate) blob: blob::Params,
 }
 
 impl Settings {
@@ -276,6 +308,7 @@ impl Settings {
             footprint: footprint::Params::new(quick),
             scale: scale::Params::new(quick),
             photo: photo::Params::new(quick),
+            blob: blob::Params::new(quick),
         }
     }
 }
@@ -356,6 +389,9 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
             }
             (None, "scale") => scale::run(&settings.scale, bar),
             (None, "photo.process") => photo::run(&settings.photo, bar),
+            (None, "blob.throughput") => blob::run_throughput(&settings.blob, false, bar),
+            (None, "blob.throughput.quic") => blob::run_throughput(&settings.blob, true, bar),
+            (None, "blob.resume") => blob::run_resume(&settings.blob, bar),
             (None, other) => Scenario::unavailable(
                 spec.name,
                 spec.unit,
@@ -393,6 +429,9 @@ mod tests {
             "mailbox.throughput",
             "scale",
             "photo.process",
+            "blob.throughput",
+            "blob.throughput.quic",
+            "blob.resume",
         ] {
             assert!(names.contains(&required), "{required} missing");
         }
