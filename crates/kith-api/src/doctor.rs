@@ -349,11 +349,12 @@ fn name_rivals(c: &Checkup) -> Option<DoctorCheck> {
     let mut lines = Vec::new();
     let mut lost = false;
     for r in &claims.rivals {
-        let standing = if r.we_hold_the_majority() {
-            "you still hold the majority, so resolvers get you and list it as a rival".to_owned()
+        let standing = if r.resolvers_get_us() {
+            "you hold the majority and it wins no key, so resolvers get you and list it as a rival"
+                .to_owned()
         } else {
             lost = true;
-            "you do not hold a majority of the name's keys: fresh resolvers get a conflict, or the rival".to_owned()
+            "it wins some of the name's keys or you hold no majority: fresh resolvers get a conflict, or the rival".to_owned()
         };
         lines.push(format!(
             "'{}' is also claimed by {} ({} holder(s), most holders at {} of {} keys; yours: {} holder(s), {} keys): {standing}",

@@ -6,6 +6,7 @@
 //! - [`NameRecord`]: a signed name claim; [`NameRecord::verify`] is what holders and resolvers run.
 //! - [`select`]: choosing the owner among conflicting answers from DHT holders, per replica key
 //!   and across the [`NAME_REPLICAS`] replica keys of a name.
+//! - [`density`]: which holders of a key count, against ids generated to sit next to it.
 //! - [`safety_number`]: the fingerprint two people read to each other.
 //! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
 //! - [`ClockSkew`]: how far our clock is from our peers', from the readings in their answers.
@@ -18,6 +19,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod density;
 pub mod group;
 mod invite;
 pub mod message_id;

@@ -8,9 +8,15 @@
 //! One key is not enough: peer ids are free, so an attacker can generate ids next to a name's key
 //! until its nodes are that key's closest holders, and they are the first to answer. A claim is
 //! therefore stored under [`crate::NAME_REPLICAS`] unrelated keys and [`decide`] combines them:
-//! per replica the [`select`] winner, then across replicas the owner that won a strict majority of
-//! all replicas. Owners that won some replica or were returned by some holder are reported as
-//! rivals; with no majority the name is contested and nobody is followed.
+//! per replica the owners most holders returned ([`top_owners`]; a tie is won by both), then
+//! across replicas the owner that won a strict majority of all replicas, provided no other owner
+//! won any replica. Owners returned by some holder without winning a replica are reported as
+//! rivals; when two owners each won a replica, or nobody won a majority, the name is contested
+//! and nobody is followed.
+//!
+//! Before any of that, [`admit`] keeps per replica only the answers of holders that count
+//! ([`crate::density::counted_holders`]): the key's closest holders, with a cluster of ids
+//! implausibly close to the key counted only as far as the network's density allows.
 
 use std::{
     cmp::{Ordering, Reverse},
@@ -93,7 +99,8 @@ fn newer(a: &NameRecord, b: &NameRecord) -> bool {
 pub struct Standing {
     /// The owner's newest record seen at any replica.
     pub record: NameRecord,
-    /// Replicas where this owner was the [`select`] winner.
+    /// Replicas where this owner was returned by the most holders ([`top_owners`]; a tie counts
+    /// for every tied owner).
     pub replicas: usize,
     /// Distinct holders that returned this owner, over all replicas.
     pub holders: usize,
@@ -134,7 +141,8 @@ impl Verdict {
 }
 
 /// Every owner seen in the answers for each replica key of a name (`replicas[i]` holds replica
-/// `i`'s answers), with the replicas it won ([`select`] per replica) and its distinct holders over
+/// `i`'s answers), with the replicas it won ([`top_owners`] per replica: ties count for every tied
+/// owner) and its distinct holders over
 /// all replicas, strongest first (most replicas, most holders, earliest claim, lowest peer id).
 /// What [`decide`] rules on, and what an owner checking its own name needs to see every rival.
 pub fn standings(replicas: &[Vec<Answer>]) -> Vec<Standing> {
@@ -158,10 +166,10 @@ pub fn standings(replicas: &[Vec<Answer>]) -> Vec<Standing> {
         }
     }
     for replica in replicas {
-        if let Some(winner) = select(replica)
-            && let Some(tally) = tallies.get_mut(&winner.record.peer_id())
-        {
-            tally.replicas += 1;
+        for owner in top_owners(replica) {
+            if let Some(tally) = tallies.get_mut(&owner) {
+                tally.replicas += 1;
+            }
         }
     }
     let mut standings: Vec<Standing> = tallies
@@ -176,21 +184,49 @@ pub fn standings(replicas: &[Vec<Answer>]) -> Vec<Standing> {
     standings
 }
 
+/// The owners returned by the most distinct holders of one replica: the replica's winners for
+/// [`standings`] and [`decide`]. A tie makes every tied owner a winner, so a tie is a contest
+/// rather than a win for the earlier claim (a claim time is whatever its signer wrote, and an
+/// attacker would back-date it).
+pub fn top_owners(answers: &[Answer]) -> Vec<PeerId> {
+    let mut holders: HashMap<PeerId, HashSet<Option<PeerId>>> = HashMap::new();
+    for answer in answers {
+        holders
+            .entry(answer.record.peer_id())
+            .or_default()
+            .insert(answer.holder);
+    }
+    let most = holders.values().map(HashSet::len).max().unwrap_or(0);
+    holders
+        .into_iter()
+        .filter(|(_, h)| h.len() == most)
+        .map(|(owner, _)| owner)
+        .collect()
+}
+
 /// Combines the answers for each replica key of a name (`replicas[i]` holds replica `i`'s answers,
 /// in any order; replicas nobody answered for may be empty or missing) into one verdict.
 ///
 /// `total` is how many replicas the name has ([`crate::NAME_REPLICAS`]). Per replica the
-/// [`select`] winner counts as that replica's vote. An owner wins if it won more than half of
-/// `total` (not of the replicas that answered, so silencing honest replicas does not help an
-/// attacker), or if it is the only owner any holder returned (nothing contests it). Otherwise the
-/// name is [`Verdict::Contested`]. `None` when no replica had a valid answer.
+/// [`top_owners`] (the owner most holders returned; every tied owner on a tie) count as that
+/// replica's winners. An owner wins if it is the only owner any
+/// holder returned (nothing contests it), or if it won more than half of `total` (not of the
+/// replicas that answered, so silencing honest replicas does not help an attacker) **and** no
+/// other owner won any replica. Otherwise the name is [`Verdict::Contested`]. `None` when no
+/// replica had a valid answer.
+///
+/// The second condition is what keeps an attacker from being followed alone when some honest
+/// holders never received the first owner's claim (they took the attacker's as the first one):
+/// to be followed, the attacker must win every replica the honest owner is seen at, not three of
+/// five; winning fewer only makes the name contested, which shows both owners.
 ///
 /// The result depends only on the sets of answers, never on their order.
 pub fn decide(replicas: &[Vec<Answer>], total: usize) -> Option<Verdict> {
     let total = total.max(replicas.len());
     let standings = standings(replicas);
     let first = standings.first()?;
-    if standings.len() > 1 && first.replicas * 2 <= total {
+    let rival_won_a_replica = standings.iter().skip(1).any(|s| s.replicas > 0);
+    if standings.len() > 1 && (first.replicas * 2 <= total || rival_won_a_replica) {
         return Some(Verdict::Contested {
             contestants: standings,
         });
@@ -224,6 +260,19 @@ fn stronger(a: &Standing, b: &Standing) -> Ordering {
             b.record.params().created_at_ms,
             b.record.peer_id().to_bytes(),
         ))
+}
+
+/// The answers for one replica `key` that count: those from holders
+/// [`crate::density::counted_holders`] keeps (the key's closest holders, a cluster of ids
+/// implausibly close to the key counted only as far as a network of `network_size` nodes would
+/// put there), and our own store's (`holder: None`). Apply it to each replica before [`decide`].
+pub fn admit(key: &[u8], answers: Vec<Answer>, network_size: Option<f64>) -> Vec<Answer> {
+    let counted =
+        crate::density::counted_holders(key, answers.iter().filter_map(|a| a.holder), network_size);
+    answers
+        .into_iter()
+        .filter(|a| a.holder.is_none_or(|h| counted.contains(&h)))
+        .collect()
 }
 
 /// Why a holder refused to replace its stored claim.

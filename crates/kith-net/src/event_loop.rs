@@ -1395,9 +1395,29 @@ impl EventLoop {
             // Not found, quorum failed, or a timeout after some answers: report what we have.
             Err(_) => done = true,
         }
-        if done && let Some(get) = self.pending_gets.remove(&id) {
+        if done && let Some(mut get) = self.pending_gets.remove(&id) {
+            get.result.network_size = self.network_size();
             let _ = get.reply.send(Ok(get.result));
         }
+    }
+
+    /// The network's size as our routing table suggests it: from how close our nearest peers
+    /// are to us (`kith_core::density::estimate_network_size`). Cheap: a few table entries.
+    fn network_size(&mut self) -> Option<u64> {
+        let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let closeness: Vec<f64> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&local)
+            .take(kith_core::density::HOLDERS_PER_KEY)
+            .map(|peer| {
+                kith_core::density::closeness_of_hashes(local.hashed_bytes(), peer.hashed_bytes())
+            })
+            .collect();
+        kith_core::density::estimate_network_size(&closeness)
+            .filter(|n| n.is_finite())
+            .map(|n| n.round() as u64)
     }
 
     /// Records that `peer` was just used, which postpones trimming and idle-closing it.

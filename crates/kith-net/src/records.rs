@@ -45,4 +45,8 @@ pub struct GetRecordResult {
     pub answers: Vec<RecordAnswer>,
     /// Answers the validator refused.
     pub rejected: usize,
+    /// How many nodes the network has, estimated from our routing table when the answer was
+    /// sent (`kith_core::density::estimate_network_size`); `None` with an empty table. Resolvers
+    /// judge how closely holders may plausibly crowd around a key by it.
+    pub network_size: Option<u64>,
 }

@@ -125,27 +125,78 @@ pub struct RivalClaim {
 }
 
 impl RivalClaim {
-    /// Whether we still hold a strict majority of the name's replica keys, so resolvers that
-    /// ask every holder still get us.
-    pub fn we_hold_the_majority(&self) -> bool {
-        self.our_replicas * 2 > kith_core::NAME_REPLICAS
+    /// Whether resolvers that ask every holder still get us, with this rival listed: we hold a
+    /// strict majority of the name's replica keys and the rival wins none
+    /// ([`kith_core::select::decide`]; a rival that wins any key makes the name contested).
+    pub fn resolvers_get_us(&self) -> bool {
+        self.our_replicas * 2 > kith_core::NAME_REPLICAS && self.replicas == 0
+    }
+}
+
+/// How long a rival check stands: `kith doctor` run again within a minute answers at once
+/// instead of walking every replica key of every owned name again (up to 8 s).
+pub(crate) const RIVAL_CHECK_REUSE: Duration = Duration::from_secs(60);
+
+/// A finished rival check and what it was made for: reused only for the same owned names and
+/// routing table size (a network that grew or split since deserves a new look) within
+/// [`RIVAL_CHECK_REUSE`].
+#[derive(Debug, Clone)]
+pub(crate) struct CachedClaims {
+    at: std::time::Instant,
+    names: Vec<String>,
+    routing_table: usize,
+    claims: NameClaims,
+}
+
+impl CachedClaims {
+    fn fits(&self, names: &[String], routing_table: usize, now: std::time::Instant) -> bool {
+        now.duration_since(self.at) < RIVAL_CHECK_REUSE
+            && self.names == names
+            && self.routing_table == routing_table
     }
 }
 
 impl crate::Node {
     /// Asks the DHT, for each name we own, every holder of every replica key (no early stop) and
-    /// lists the other keys they return. Bounded by [`RIVAL_CHECK_TIMEOUT`] for all names at once.
+    /// lists the other keys they return. Bounded by [`RIVAL_CHECK_TIMEOUT`] for all names at once;
+    /// a check made within the last minute for the same names and routing table is reused. A
+    /// check that left a name unchecked (timeout, no peers) is not reused.
     pub(crate) async fn name_claims(&self) -> NameClaims {
-        let mut claims = NameClaims::default();
         let owned = match self.own_names() {
             Ok(owned) => owned,
             Err(e) => {
+                let mut claims = NameClaims::default();
                 claims
                     .unchecked
                     .push((String::new(), format!("cannot read our names: {e}")));
                 return claims;
             }
         };
+        let names: Vec<String> = owned.iter().map(|r| r.name().to_string()).collect();
+        let routing_table = self
+            .net()
+            .status()
+            .await
+            .map_or(0, |s| s.routing_table_peers);
+        let cache = &self.inner.names.rival_check;
+        let now = std::time::Instant::now();
+        if let Some(cached) = crate::node::lock(cache).as_ref()
+            && cached.fits(&names, routing_table, now)
+        {
+            return cached.claims.clone();
+        }
+        let claims = self.check_name_claims(&owned).await;
+        *crate::node::lock(cache) = claims.unchecked.is_empty().then(|| CachedClaims {
+            at: now,
+            names,
+            routing_table,
+            claims: claims.clone(),
+        });
+        claims
+    }
+
+    async fn check_name_claims(&self, owned: &[kith_core::NameRecord]) -> NameClaims {
+        let mut claims = NameClaims::default();
         let me = self.peer_id();
         let (asked, skipped) = owned.split_at(owned.len().min(RIVAL_CHECK_MAX_NAMES));
         for record in skipped {
@@ -195,5 +246,50 @@ impl crate::Node {
             claims.checked.push(name);
         }
         claims
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rival_check_is_reused_for_a_minute_for_the_same_names_and_network() {
+        let at = std::time::Instant::now();
+        let cached = CachedClaims {
+            at,
+            names: vec!["ivy".to_owned()],
+            routing_table: 7,
+            claims: NameClaims::default(),
+        };
+        let names = ["ivy".to_owned()];
+        assert!(cached.fits(&names, 7, at));
+        assert!(cached.fits(&names, 7, at + Duration::from_secs(59)));
+        assert!(
+            !cached.fits(&names, 7, at + RIVAL_CHECK_REUSE),
+            "a minute later"
+        );
+        assert!(!cached.fits(&names, 8, at), "the routing table changed");
+        assert!(!cached.fits(&[], 7, at), "we gave the name up");
+        assert!(
+            !cached.fits(&["ivy".to_owned(), "ada".to_owned()], 7, at),
+            "we own another name"
+        );
+    }
+
+    #[test]
+    fn resolvers_get_us_only_with_the_majority_and_no_key_for_the_rival() {
+        let rival = |replicas, our_replicas| RivalClaim {
+            name: "ivy".to_owned(),
+            rival: PeerId::random(),
+            holders: 3,
+            replicas,
+            our_holders: 10,
+            our_replicas,
+        };
+        assert!(rival(0, 5).resolvers_get_us());
+        assert!(rival(0, 3).resolvers_get_us());
+        assert!(!rival(1, 4).resolvers_get_us(), "it wins a key: contested");
+        assert!(!rival(0, 2).resolvers_get_us(), "no majority");
     }
 }

@@ -14,8 +14,11 @@
 //! `resolve.sybil`: issue 14's attack. A fifth of the network are attacker nodes whose ids were
 //! generated to be closer to the name's first key than any honest node, holding the attacker's
 //! own valid, older claim under every replica key; they join through random honest nodes.
-//! After the honest owner registers, every honest node (and a few fresh nodes bootstrapping from
-//! an attacker node) resolves the name once; the figure is the fraction that got the honest owner
+//! The honest owner registers first, and its registration counts as complete once the honest
+//! nodes among every replica key's 20 closest nodes hold its claim (it re-publishes until they
+//! do, within 90 s; the figure says how many did). Only then do the attacker's nodes store their
+//! claim. Every honest node (and a few fresh nodes bootstrapping from an attacker node) then
+//! resolves the name once; the figure is the fraction that got the honest owner
 //! or a conflict. The baseline is the rule before replica keys, in the same network and from the
 //! same nodes: one key, stop at 4 agreeing holders.
 
@@ -289,6 +292,16 @@ struct SybilMeasured {
     /// to the end just before the resolutions (every holder): shows whether the honest claim
     /// was really in the network when the attack started.
     held: (usize, usize),
+    /// Before the attack: (honest holders holding the owner's claim, honest holders), summed
+    /// over the replica keys (honest nodes among each key's closest holders).
+    settled: (usize, usize),
+    /// Re-publications the owner needed before that.
+    republished: usize,
+    /// The same resolvers' full walks of the five keys decided with the density check:
+    /// [honest owner, conflict, attacker].
+    with_density: [usize; 3],
+    /// The same answers decided without it (only each key's 20 closest holders count).
+    without_density: [usize; 3],
     /// Latency of each kith resolution, us.
     samples: Vec<u64>,
 }
@@ -325,6 +338,46 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> anyhow::Result<Vec<Keyp
         );
     }
     Ok(ground)
+}
+
+/// Longest wait for the owner's claim to reach the honest holders of every replica key.
+const CLAIM_SETTLE: Duration = Duration::from_secs(90);
+
+/// Indices (into `nodes`) of the `count` nodes closest to `key` in Kademlia's metric.
+fn closest_nodes(key: &[u8], nodes: &[PeerId], count: usize) -> Vec<usize> {
+    let target = KBucketKey::new(key.to_vec());
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|i| KBucketKey::from(nodes[*i]).distance(&target));
+    order.truncate(count);
+    order
+}
+
+/// How many of the listed holders hold `claim` in their own DHT store, and how many are listed.
+async fn claim_at_holders(
+    cluster: &Cluster,
+    holders: &[(Vec<u8>, Vec<usize>)],
+    claim: &[u8],
+) -> (usize, usize) {
+    let (mut held, mut expected) = (0, 0);
+    for (key, nodes) in holders {
+        for i in nodes {
+            expected += 1;
+            let Some(node) = cluster.kith(*i) else {
+                continue;
+            };
+            // Quorum 1: a record in the node's own store answers first (holder `None`).
+            if let Ok(Ok(result)) =
+                tokio::time::timeout(LOOKUP_TIMEOUT, node.net().get_record(key.clone(), 1)).await
+                && result
+                    .answers
+                    .iter()
+                    .any(|a| a.holder.is_none() && a.value == claim)
+            {
+                held += 1;
+            }
+        }
+    }
+    (held, expected)
 }
 
 /// The attacker's claim: registered on a node alone (so nobody refuses it), before the honest
@@ -397,6 +450,83 @@ async fn resolve_once(
         }
         _ => m.failed += 1,
     }
+    density_effect(node, owner, attacker, m).await;
+}
+
+/// What the density check changes: the same node walks all five keys to the end, and the answers
+/// are decided with the density check (as resolutions do) and without it (only each key's 20
+/// closest holders count).
+async fn density_effect(
+    node: &kith_service::Node,
+    owner: PeerId,
+    attacker: PeerId,
+    m: &mut SybilMeasured,
+) {
+    let Ok(name) = Name::parse(NAME) else { return };
+    let keys = name.replica_keys();
+    let walks = futures::future::join_all(keys.iter().map(|k| {
+        tokio::time::timeout(LOOKUP_TIMEOUT, node.net().get_record(k.clone(), usize::MAX))
+    }))
+    .await;
+    let rules = NameRules {
+        difficulty: node.name_rules().difficulty,
+        ..NameRules::default()
+    };
+    let now = kith_now_ms();
+    let mut table_estimate = None;
+    let mut replicas = Vec::new();
+    for walk in walks {
+        let answers = match walk {
+            Ok(Ok(result)) => {
+                table_estimate = table_estimate.max(result.network_size);
+                result.answers
+            }
+            _ => Vec::new(),
+        };
+        replicas.push(
+            answers
+                .iter()
+                .filter_map(|a| {
+                    NameRecord::verify(&a.value, &rules, now)
+                        .ok()
+                        .map(|record| select::Answer {
+                            holder: a.holder,
+                            record,
+                        })
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let holders: std::collections::HashSet<PeerId> =
+        replicas.iter().flatten().filter_map(|a| a.holder).collect();
+    let size = table_estimate
+        .max(Some(holders.len() as u64 + 1))
+        .map(|n| n as f64);
+    let judge = |network_size: Option<f64>| {
+        let admitted: Vec<Vec<select::Answer>> = keys
+            .iter()
+            .zip(replicas.iter().cloned())
+            .map(|(key, answers)| select::admit(key, answers, network_size))
+            .collect();
+        match select::decide(&admitted, NAME_REPLICAS) {
+            Some(select::Verdict::Owner { selected, .. }) if selected.record.peer_id() == owner => {
+                Some(0)
+            }
+            Some(select::Verdict::Owner { selected, .. })
+                if selected.record.peer_id() == attacker =>
+            {
+                Some(2)
+            }
+            Some(select::Verdict::Contested { .. }) => Some(1),
+            _ => None,
+        }
+    };
+    if let Some(i) = judge(size) {
+        m.with_density[i] += 1;
+    }
+    if let Some(i) = judge(None) {
+        m.without_density[i] += 1;
+    }
 }
 
 fn kith_now_ms() -> u64 {
@@ -448,7 +578,34 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
         bar.set_message("resolve.sybil: honest owner registers");
         let owner = cluster.kith(0).context("no kith node 0")?;
         let owner_id = owner.peer_id();
-        owner.register_name(NAME, None).await?;
+        let registration = owner.register_name(NAME, None).await?;
+        let claim = registration.record.to_bytes().to_vec();
+        // "A name registered first by an honest owner": the registration is complete when the
+        // honest nodes among each replica key's closest holders hold the owner's claim. Under
+        // load a first publish can miss some; the owner re-publishes (what its re-publisher does)
+        // until they all do, or the bound runs out (reported either way).
+        bar.set_message("resolve.sybil: waiting for the owner's claim at its holders");
+        let everyone = cluster.peer_ids();
+        let holders: Vec<(Vec<u8>, Vec<usize>)> = name
+            .replica_keys()
+            .into_iter()
+            .map(|key| {
+                let closest = closest_nodes(&key, &everyone, kith_core::density::HOLDERS_PER_KEY);
+                let honest: Vec<usize> = closest.into_iter().filter(|i| *i < honest_n).collect();
+                (key, honest)
+            })
+            .collect();
+        let deadline = Instant::now() + CLAIM_SETTLE;
+        let mut m = SybilMeasured::default();
+        loop {
+            let (held, expected) = claim_at_holders(&cluster, &holders, &claim).await;
+            m.settled = (held, expected);
+            if held == expected || Instant::now() > deadline {
+                break;
+            }
+            m.republished += 1;
+            owner.republish_names().await?;
+        }
         bar.set_message("resolve.sybil: attacker nodes serve their claim");
         for i in honest_n..n {
             let node = cluster.kith(i).context("missing attacker node")?;
@@ -462,7 +619,6 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
             }
         }
 
-        let mut m = SybilMeasured::default();
         for key in name.replica_keys() {
             if let Ok(Ok(all)) =
                 tokio::time::timeout(LOOKUP_TIMEOUT, owner.net().get_record(key, usize::MAX)).await
@@ -535,7 +691,15 @@ pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
                 .with("honest", m.honest as f64)
                 .with("conflict", m.conflict as f64)
                 .with("attacker", m.attacker as f64)
-                .with("failed", m.failed as f64);
+                .with("failed", m.failed as f64)
+                .with("full_honest", m.with_density[0] as f64)
+                .with("full_conflict", m.with_density[1] as f64)
+                .with("full_attacker", m.with_density[2] as f64)
+                .with("no_density_honest", m.without_density[0] as f64)
+                .with("no_density_conflict", m.without_density[1] as f64)
+                .with("no_density_attacker", m.without_density[2] as f64)
+                .with("held_before_attack", m.settled.0 as f64)
+                .with("holders_before_attack", m.settled.1 as f64);
             if let Some(lat) = Figures::latency(&m.samples) {
                 kith = kith
                     .with("p50_us", lat.get("p50").unwrap_or(f64::NAN))
@@ -552,8 +716,16 @@ pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
                 Some(kith),
                 Some(baseline),
                 format!(
-                    "{setting}; the old rule gave the attacker {} of {} lookups; before the resolutions the owner's full walks of the five keys got {} answers with its claim and {} with the attacker's",
-                    m.old_rule_attacker, m.old_rule_answered, m.held.0, m.held.1
+                    "{setting}; before the attack {} of the {} honest holders of the five keys held the owner's claim ({} re-publications); the old rule gave the attacker {} of {} lookups; before the resolutions the owner's full walks of the five keys got {} answers with its claim and {} with the attacker's; each resolver's full walks of the five keys decided with the density check gave honest/conflict/attacker {:?}, without it {:?}",
+                    m.settled.0,
+                    m.settled.1,
+                    m.republished,
+                    m.old_rule_attacker,
+                    m.old_rule_answered,
+                    m.held.0,
+                    m.held.1,
+                    m.with_density,
+                    m.without_density
                 ),
             )
         }
