@@ -7,6 +7,12 @@
 //!   footprint.
 //! - [`RawNode::start`]: builds the swarm, waits for its listeners, dials the bootstrap entries.
 //! - [`run_process`]: the hidden `__raw-node` subcommand, a raw node as its own process.
+//! - [`run_rr_process`]: the hidden `__raw-rr` subcommand, a raw node with request-response as
+//!   its own process, serving requests or sending a counted batch on command (`dm.cpu`).
+//!
+//! With [`RawConfig::request_response`] a raw node also speaks `/kith-bench/rr/1.0.0` (the codec of
+//! `dm.latency`'s baseline): it answers every request with a 20-byte ack, and
+//! [`RawNode::request`] sends one (dialing the peer with the addresses Kademlia knows).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -15,14 +21,22 @@ use futures::StreamExt as _;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, identify, kad,
     multiaddr::Protocol,
-    noise, ping,
+    noise, ping, request_response,
     swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::scenarios::dm::RawCodec;
+
 /// The identify protocol version raw nodes announce.
 const RAW_IDENTIFY: &str = "/kith-bench/raw/1.0.0";
+
+/// The raw request-response protocol (the same as `dm.latency`'s baseline).
+pub(crate) const RAW_RR_PROTOCOL: &str = "/kith-bench/rr/1.0.0";
+
+/// Size of the answer to every raw request (about what a kith ack weighs).
+const RAW_ACK: usize = 20;
 
 /// How long [`RawNode::start`] waits for its listeners to come up.
 /// Answer to a raw `get_record`.
@@ -47,6 +61,8 @@ pub(crate) struct RawConfig {
     pub(crate) idle_timeout: Duration,
     /// Kademlia query timeout; kith's default is 30 s.
     pub(crate) query_timeout: Duration,
+    /// Also speak request-response ([`RAW_RR_PROTOCOL`]): answer requests, send them.
+    pub(crate) request_response: bool,
 }
 
 impl RawConfig {
@@ -59,6 +75,7 @@ impl RawConfig {
             full: false,
             idle_timeout: Duration::from_secs(60),
             query_timeout: Duration::from_secs(30),
+            request_response: false,
         }
     }
 }
@@ -89,6 +106,8 @@ pub(crate) struct Behaviour {
     ping: Toggle<ping::Behaviour>,
     /// Footprint baseline only, default settings.
     gossipsub: Toggle<gossipsub::Behaviour>,
+    /// `dm.first` and `dm.cpu` baselines only.
+    rr: Toggle<request_response::Behaviour<RawCodec>>,
 }
 
 type ClosestReply = oneshot::Sender<anyhow::Result<Vec<PeerId>>>;
@@ -110,6 +129,12 @@ enum Command {
     RoutingLen {
         reply: oneshot::Sender<usize>,
     },
+    Request {
+        peer: PeerId,
+        body: Vec<u8>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+
     Bootstrap {
         reply: oneshot::Sender<()>,
     },
@@ -176,6 +201,7 @@ impl RawNode {
                 pending: HashMap::new(),
                 puts: HashMap::new(),
                 gets: HashMap::new(),
+                requests: HashMap::new(),
             }
             .run(),
         );
@@ -201,7 +227,6 @@ impl RawNode {
         self.ask(|reply| Command::Closest { key, reply }).await?
     }
 
-    /// Peers in the routing table.
     /// Stores a record locally and at the closest peers (quorum one), like kith's publish.
     pub(crate) async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         self.ask(|reply| Command::PutRecord { key, value, reply })
@@ -214,6 +239,14 @@ impl RawNode {
         self.ask(|reply| Command::GetRecord { key, reply }).await?
     }
 
+    /// One request-response round trip to `peer` (dialed if needed, with the addresses
+    /// Kademlia knows); needs [`RawConfig::request_response`].
+    pub(crate) async fn request(&self, peer: PeerId, body: Vec<u8>) -> anyhow::Result<()> {
+        self.ask(|reply| Command::Request { peer, body, reply })
+            .await?
+    }
+
+    /// Peers in the routing table.
     pub(crate) async fn routing_len(&self) -> anyhow::Result<usize> {
         self.ask(|reply| Command::RoutingLen { reply }).await
     }
@@ -245,6 +278,7 @@ fn build_swarm(config: &RawConfig) -> anyhow::Result<Swarm<Behaviour>> {
     let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
         .context("invalid Kademlia protocol name")?;
     let full = config.full;
+    let with_rr = config.request_response;
     let query_timeout = config.query_timeout;
     let swarm = SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -282,6 +316,18 @@ fn build_swarm(config: &RawConfig) -> anyhow::Result<Swarm<Behaviour>> {
                 kad,
                 ping: Toggle::from(full.then(|| ping::Behaviour::new(ping::Config::new()))),
                 gossipsub: Toggle::from(gossipsub),
+                rr: Toggle::from(with_rr.then(|| {
+                    request_response::Behaviour::with_codec(
+                        RawCodec,
+                        [(
+                            StreamProtocol::new(RAW_RR_PROTOCOL),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(20))
+                            .with_max_concurrent_streams(256),
+                    )
+                })),
             })
         })
         .map_err(|e| anyhow::anyhow!("raw behaviour: {e}"))?
@@ -298,6 +344,7 @@ struct Driver {
     pending: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
     puts: HashMap<kad::QueryId, oneshot::Sender<anyhow::Result<()>>>,
     gets: HashMap<kad::QueryId, (usize, RecordReply)>,
+    requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<anyhow::Result<()>>>,
 }
 
 impl Driver {
@@ -364,6 +411,19 @@ impl Driver {
             }
             Command::RoutingLen { reply } => {
                 let _ = reply.send(self.routing_len());
+            }
+            Command::Request { peer, body, reply } => {
+                match self.swarm.behaviour_mut().rr.as_mut() {
+                    Some(rr) => {
+                        let id = rr.send_request(&peer, body);
+                        self.requests.insert(id, reply);
+                    }
+                    None => {
+                        let _ = reply.send(Err(anyhow::anyhow!(
+                            "this raw node was built without request-response"
+                        )));
+                    }
+                }
             }
             Command::Bootstrap { reply } => {
                 let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -453,6 +513,30 @@ impl Driver {
                     let _ = reply.send(answer);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message {
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request { channel, .. } => {
+                    if let Some(rr) = self.swarm.behaviour_mut().rr.as_mut() {
+                        let _ = rr.send_response(channel, vec![0u8; RAW_ACK]);
+                    }
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    if let Some(reply) = self.requests.remove(&request_id) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(anyhow::anyhow!("raw request failed: {error}")));
+                }
+            }
             _ => {}
         }
     }
@@ -492,4 +576,100 @@ pub(crate) fn run_process() -> anyhow::Result<()> {
         let _ = closed_rx.await;
         node.shutdown().await
     })
+}
+
+/// The hidden `__raw-rr` subcommand (`dm.cpu`'s baseline): a raw node with request-response on
+/// loopback TCP, in a process of its own so its CPU time is its own. It prints one JSON ready
+/// line (`peer_id`, `listen_addrs`) and answers every request. With `connect` (an address ending
+/// in `/p2p/<id>`) it dials that node, and each `send <n> <in_flight>` line on stdin sends `n`
+/// requests of `size` bytes to it, `in_flight` at a time, then prints `{"sent", "failed"}`.
+/// It stops when its standard input closes.
+pub(crate) fn run_rr_process(connect: Option<Multiaddr>, size: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let target = match &connect {
+            Some(addr) => match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => Some(peer),
+                _ => bail!("--connect {addr} does not end in /p2p/<peer id>"),
+            },
+            None => None,
+        };
+        let config = RawConfig {
+            bootstrap: connect.into_iter().collect(),
+            request_response: true,
+            ..RawConfig::dht("bench")
+        };
+        let node = RawNode::start(config).await?;
+        let addrs: Vec<String> = node
+            .listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"peer_id": node.peer_id().to_string(), "listen_addrs": addrs})
+        );
+        // Lines from the parent; the channel closes with stdin.
+        let (lines_tx, mut lines) = mpsc::channel::<String>(4);
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::stdin().lock()) {
+                let Ok(line) = line else { break };
+                if lines_tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(line) = lines.recv().await {
+            let mut words = line.split_whitespace();
+            let (Some("send"), Some(n), Some(in_flight)) =
+                (words.next(), words.next(), words.next())
+            else {
+                eprintln!("__raw-rr: ignoring {line:?}; expected `send <n> <in_flight>`");
+                continue;
+            };
+            let (Ok(n), Ok(in_flight)) = (n.parse::<usize>(), in_flight.parse::<usize>()) else {
+                eprintln!("__raw-rr: ignoring {line:?}; counts must be numbers");
+                continue;
+            };
+            let Some(peer) = target else {
+                eprintln!("__raw-rr: nothing to send to without --connect");
+                continue;
+            };
+            let (sent, failed) = send_batch(&node, peer, n, in_flight.max(1), size).await;
+            println!("{}", serde_json::json!({"sent": sent, "failed": failed}));
+        }
+        node.shutdown().await
+    })
+}
+
+/// `n` requests to `peer`, `in_flight` at a time: (answered, failed).
+async fn send_batch(
+    node: &RawNode,
+    peer: PeerId,
+    n: usize,
+    in_flight: usize,
+    size: usize,
+) -> (usize, usize) {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = (0..in_flight.min(n)).map(|_| {
+        let node = node.clone();
+        let next = next.clone();
+        async move {
+            let (mut sent, mut failed) = (0, 0);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                match node.request(peer, vec![b'x'; size]).await {
+                    Ok(()) => sent += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (sent, failed)
+        }
+    });
+    futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .fold((0, 0), |(s, f), (a, b)| (s + a, f + b))
 }

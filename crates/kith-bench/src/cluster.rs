@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use kith_net::{Config, DhtMode, Keypair, Multiaddr, PeerId};
-use kith_service::Node;
+use kith_service::{Node, Options};
 use kith_store::{Store, StoreConfig};
 use libp2p::multiaddr::Protocol;
 
@@ -94,6 +94,10 @@ pub(crate) struct Cluster {
     settings: NodeSettings,
     dir: PathBuf,
     members: Vec<Member>,
+    /// Service options of kith nodes; `None`: `Options::default()`.
+    options: Option<Options>,
+    /// Raw nodes also speak request-response (see [`Cluster::with_request_response`]).
+    request_response: bool,
 }
 
 impl Cluster {
@@ -104,7 +108,22 @@ impl Cluster {
             settings,
             dir,
             members: Vec::new(),
+            options: None,
+            request_response: false,
         }
+    }
+
+    /// Kith nodes start with these service options (a low proof-of-work difficulty for
+    /// `dm.first`, no inbound rate limit); every node of a network must agree on `name_rules`.
+    pub(crate) fn with_options(mut self, options: Options) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// Raw nodes also answer and send request-response (`dm.first`'s baseline).
+    pub(crate) fn with_request_response(mut self) -> Self {
+        self.request_response = true;
+        self
     }
 
     /// What the cluster runs.
@@ -155,6 +174,7 @@ impl Cluster {
                     bootstrap,
                     idle_timeout: self.settings.idle_timeout(),
                     query_timeout: self.settings.query_timeout(),
+                    request_response: self.request_response,
                     ..RawConfig::dht(NETWORK_ID)
                 };
                 let node = tokio::time::timeout(STEP, RawNode::start(config))
@@ -227,7 +247,8 @@ impl Cluster {
                 idle_timeout: self.settings.idle_timeout(),
             });
         }
-        let node = tokio::time::timeout(STEP, Node::start(config, store))
+        let options = self.options.clone().unwrap_or_default();
+        let node = tokio::time::timeout(STEP, Node::start_with(config, store, options))
             .await
             .context("kith node did not start in time")?
             .context("kith node failed to start")?;

@@ -48,6 +48,9 @@ struct Global {
     /// Print exactly one JSON document on stdout (the table still goes to stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// Run only this scenario of the chosen command (repeatable), e.g. `dm --only dm.first`.
+    #[arg(long, global = true, value_name = "SCENARIO")]
+    only: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,7 +59,7 @@ enum Command {
     List,
     /// Run every scenario.
     All,
-    /// Direct messages: latency and throughput (not built yet: reported as unavailable).
+    /// Direct messages: latency, throughput, the first message to a new name, CPU per message.
     Dm(DmArgs),
     /// Direct messages through a circuit relay vs direct, and relay mailbox deposit + fetch.
     Relay(RelayArgs),
@@ -78,9 +81,15 @@ enum Command {
     /// Files between two nodes beside a raw libp2p stream (TCP, QUIC), and bytes re-sent after
     /// a cut.
     Blob(BlobArgs),
+    /// Messages at a steady rate for minutes through the API of two `kith run` processes:
+    /// exactly-once storage, latency and RSS over time.
+    Soak(SoakArgs),
     /// Internal: a raw libp2p node process for the footprint baseline.
     #[command(name = "__raw-node", hide = true)]
     RawNode,
+    /// Internal: a raw request-response node process for `dm.cpu`'s baseline.
+    #[command(name = "__raw-rr", hide = true)]
+    RawRr(RawRrArgs),
     /// Internal: grows one network for `scale` and prints JSON lines.
     #[command(name = "__scale-worker", hide = true)]
     ScaleWorker(WorkerCli),
@@ -178,6 +187,29 @@ struct BlobArgs {
 }
 
 #[derive(Debug, Args)]
+struct SoakArgs {
+    /// Minutes of sending (default 20, quick 5 s).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Messages per second asked for (default 1000, quick 50).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Concurrent API clients (default 64, quick 8).
+    #[arg(long)]
+    clients: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct RawRrArgs {
+    /// The node to send to (ending in `/p2p/<id>`); without it, only serve.
+    #[arg(long)]
+    connect: Option<libp2p::Multiaddr>,
+    /// Request size in bytes.
+    #[arg(long, default_value_t = scenarios::dm::PAYLOAD)]
+    size: usize,
+}
+
+#[derive(Debug, Args)]
 struct WorkerCli {
     #[arg(long)]
     kind: String,
@@ -208,9 +240,18 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let mut settings = Settings::new(cli.global.quick);
+    settings.only = cli.global.only.clone();
+    if let Some(unknown) = settings
+        .only
+        .iter()
+        .find(|o| !CATALOGUE.iter().any(|s| s.name == o.as_str()))
+    {
+        anyhow::bail!("unknown scenario {unknown}; `kith-bench list` names them all");
+    }
     let groups: Vec<Group> = match cli.command {
         Command::List => return list(cli.global.json),
         Command::RawNode => return baseline::run_process(),
+        Command::RawRr(args) => return baseline::run_rr_process(args.connect, args.size),
         Command::ScaleWorker(args) => return scale_worker(args),
         Command::All => Group::ALL.to_vec(),
         // Their flags are accepted now so scripts keep working once the features land.
@@ -277,6 +318,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 settings.blob.resume_bytes = mb.max(1) * 1_000_000;
             }
             vec![Group::Blob]
+        }
+        Command::Soak(args) => {
+            if let Some(minutes) = args.minutes {
+                settings.soak.duration = Duration::from_secs_f64((minutes * 60.0).max(1.0));
+            }
+            if let Some(rate) = args.rate {
+                settings.soak.rate = rate.max(0.1);
+            }
+            if let Some(clients) = args.clients {
+                settings.soak.clients = clients.max(1);
+            }
+            vec![Group::Soak]
         }
     };
     // In-process networks need many sockets; the default soft limit is often 1024.
@@ -406,6 +459,18 @@ mod tests {
                 iterations: Some(5)
             })
         ));
+        let cli = Cli::try_parse_from(["kith-bench", "soak", "--minutes", "20", "--rate", "1000"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Soak(SoakArgs {
+                minutes: Some(20.0),
+                rate: Some(1000.0),
+                clients: None
+            })
+        ));
+        let cli = Cli::try_parse_from(["kith-bench", "dm", "--only", "dm.first"]).unwrap();
+        assert_eq!(cli.global.only, ["dm.first"]);
         let cli = Cli::try_parse_from(["kith-bench", "scale", "--nodes", "1000"]).unwrap();
         assert!(matches!(
             cli.command,

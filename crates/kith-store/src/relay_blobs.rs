@@ -124,8 +124,8 @@ impl RelayBlobBook {
             held_at_ms: now_ms,
         }
         .encode_to_vec();
-        (&self.held, &self.index, &self.usage)
-            .transaction(|(held, index, usage)| {
+        crate::gate::transaction(|| {
+            (&self.held, &self.index, &self.usage).transaction(|(held, index, usage)| {
                 if held.get(key.as_slice())?.is_some() {
                     return Ok(Reserve::AlreadyHeld);
                 }
@@ -138,7 +138,8 @@ impl RelayBlobBook {
                 usage.insert(&p[..], &(bytes + size).to_be_bytes()[..])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(Reserve::Reserved)
             })
-            .map_err(|e| abort(e, &self.path))
+        })
+        .map_err(|e| abort(e, &self.path))
     }
 
     /// Whether `hash` is held for `recipient`.
@@ -156,8 +157,8 @@ impl RelayBlobBook {
         key.extend_from_slice(hash);
         let mut index_key = hash.to_vec();
         index_key.extend_from_slice(&p);
-        let removed = (&self.held, &self.index, &self.usage)
-            .transaction(|(held, index, usage)| {
+        let removed = crate::gate::transaction(|| {
+            (&self.held, &self.index, &self.usage).transaction(|(held, index, usage)| {
                 let Some(raw) = held.remove(key.as_slice())? else {
                     return Ok(false);
                 };
@@ -167,7 +168,8 @@ impl RelayBlobBook {
                 usage.insert(&p[..], &bytes.saturating_sub(size).to_be_bytes()[..])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
-            .map_err(|e| abort(e, &self.path))?;
+        })
+        .map_err(|e| abort(e, &self.path))?;
         if !removed {
             return Ok(None);
         }

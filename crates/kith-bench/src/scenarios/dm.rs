@@ -306,7 +306,7 @@ pub(crate) async fn throughput(
 
 /// Raw request-response: bytes in, bytes out, varint framing like kith's.
 #[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
+pub(crate) struct RawCodec;
 
 async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
     use futures::AsyncReadExt as _;

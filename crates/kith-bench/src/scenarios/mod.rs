@@ -12,10 +12,18 @@
 //!   decode + encode alone.
 //! - [`blob`]: `blob.throughput` (TCP), `blob.throughput.quic` (files between two nodes vs a raw
 //!   libp2p-stream copy) and `blob.resume` (bytes re-sent after a cut vs a restart from zero).
+//! - [`first`]: `dm.first`, the first message to a name never seen before in a 20-node network vs
+//!   a raw Kademlia get + request-response round trip.
+//! - [`cpu`]: `dm.cpu`, CPU time per message of two `kith run` processes vs two raw
+//!   request-response processes.
+//! - [`soak`]: `soak`, minutes of messages at a steady rate through the API of two `kith run`
+//!   processes: exactly-once storage, latency and RSS over time.
 
 pub(crate) mod blob;
+pub(crate) mod cpu;
 pub(crate) mod dht;
 pub(crate) mod dm;
+pub(crate) mod first;
 pub(crate) mod footprint;
 pub(crate) mod group;
 pub(crate) mod history;
@@ -24,6 +32,7 @@ pub(crate) mod relay;
 pub(crate) mod relayed;
 pub(crate) mod resolve;
 pub(crate) mod scale;
+pub(crate) mod soak;
 
 use indicatif::ProgressBar;
 
@@ -52,6 +61,8 @@ pub(crate) enum Group {
     Photo,
     /// Files between two nodes.
     Blob,
+    /// Minutes of messages through the API of two `kith run` processes.
+    Soak,
 }
 
 impl Group {
@@ -67,6 +78,7 @@ impl Group {
         Group::Dht,
         Group::Photo,
         Group::Blob,
+        Group::Soak,
     ];
 }
 
@@ -111,6 +123,22 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         unit: "us",
         measures: "dm.latency over QUIC",
         baseline: "raw libp2p request-response round trip over QUIC",
+        missing: None,
+    },
+    Spec {
+        name: "dm.first",
+        group: Group::Dm,
+        unit: "ms",
+        measures: "first message to a name never seen before (resolve + dial + key bundle + encrypt + stored at the recipient) in a 20-node in-process network (quick: 6), p50/p99",
+        baseline: "raw Kademlia get_record + one request-response round trip to the peer it names, 20 bare swarms",
+        missing: None,
+    },
+    Spec {
+        name: "dm.cpu",
+        group: Group::Dm,
+        unit: "us",
+        measures: "CPU microseconds per delivered message of the sending and the receiving `kith run` process (sent through the API, 16 at a time)",
+        baseline: "two raw request-response processes, same count, size and concurrency",
         missing: None,
     },
     Spec {
@@ -265,6 +293,14 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         baseline: "a transfer without resume: everything the recipient had at the cut, sent again",
         missing: None,
     },
+    Spec {
+        name: "soak",
+        group: Group::Soak,
+        unit: "MB",
+        measures: "20 minutes at 1,000 msg/s through the API of two `kith run` processes (quick: 5 s at 50): every accepted message stored exactly once, p99 answer time, RSS over time",
+        baseline: "none (raw libp2p stores nothing)",
+        missing: None,
+    },
 ];
 
 /// Everything the runnable scenarios need to know.
@@ -292,6 +328,14 @@ pub(crate) struct Settings {
     pub(crate) photo: photo::Params,
     /// `blob.*`.
     pub(crate) blob: blob::Params,
+    /// `dm.first`.
+    pub(crate) first: first::Params,
+    /// `dm.cpu`.
+    pub(crate) cpu: cpu::Params,
+    /// `soak`.
+    pub(crate) soak: soak::Params,
+    /// Only these scenarios (by name) run; empty: every scenario of the chosen groups.
+    pub(crate) only: Vec<String>,
 }
 
 impl Settings {
@@ -309,6 +353,10 @@ impl Settings {
             scale: scale::Params::new(quick),
             photo: photo::Params::new(quick),
             blob: blob::Params::new(quick),
+            first: first::Params::new(quick),
+            cpu: cpu::Params::new(quick),
+            soak: soak::Params::new(quick),
+            only: Vec::new(),
         }
     }
 }
@@ -318,6 +366,7 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
     let specs: Vec<&Spec> = CATALOGUE
         .iter()
         .filter(|s| groups.contains(&s.group))
+        .filter(|s| settings.only.is_empty() || settings.only.iter().any(|o| o == s.name))
         .collect();
     bar.set_length(specs.len() as u64);
     let mut out = Vec::new();
@@ -342,6 +391,9 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
             (None, "dm.latency") => dm::run_latency(&settings.dm, false, bar),
             (None, "dm.latency.quic") => dm::run_latency(&settings.dm, true, bar),
             (None, "dm.throughput") => dm::run_throughput(&settings.dm, bar),
+            (None, "dm.first") => first::run(&settings.first, bar),
+            (None, "dm.cpu") => cpu::run(&settings.cpu, bar),
+            (None, "soak") => soak::run(&settings.soak, bar),
             (None, "resolve.sybil") => resolve::run_sybil(&settings.resolve, bar),
             (None, name @ ("resolve.cold" | "resolve.warm")) => {
                 let all = resolve.get_or_insert_with(|| resolve::run(&settings.resolve, bar));
@@ -432,6 +484,9 @@ mod tests {
             "blob.throughput",
             "blob.throughput.quic",
             "blob.resume",
+            "dm.first",
+            "dm.cpu",
+            "soak",
         ] {
             assert!(names.contains(&required), "{required} missing");
         }
