@@ -333,6 +333,7 @@ fn start_on_small_disk(
         ready: serde_json::from_str(&line).unwrap(),
         home,
         log,
+        netns: None,
     }
 }
 

@@ -179,7 +179,7 @@ impl Node {
             .ok()
             .flatten()
             .and_then(|r| self.list_of(&r).ok())
-            .map(|l| l.members.keys().copied().collect())
+            .map(|l| l.members().keys().copied().collect())
             .unwrap_or_default()
     }
 

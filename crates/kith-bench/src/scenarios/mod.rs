@@ -67,7 +67,7 @@ pub(crate) enum Group {
 
 impl Group {
     /// Every group, in report order.
-    pub(crate) const ALL: [Group; 10] = [
+    pub(crate) const ALL: [Group; 11] = [
         Group::Dm,
         Group::Relay,
         Group::Resolve,
