@@ -286,12 +286,9 @@ impl Node {
             }
         });
         let limit = Duration::from_secs(60 + size / SLOWEST_PUSH);
-        let outcome = match tokio::time::timeout(limit, push).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::info!(%peer, relay = %relay_peer, "uploading a file to the relay timed out; will resume");
-                return false;
-            }
+        let Ok(outcome) = tokio::time::timeout(limit, push).await else {
+            tracing::info!(%peer, relay = %relay_peer, "uploading a file to the relay timed out; will resume");
+            return false;
         };
         match outcome {
             Ok(done) if done.complete => {

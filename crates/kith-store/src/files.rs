@@ -272,7 +272,7 @@ mod tests {
             state,
             note: String::new(),
             created_ms: 5,
-            group: (id % 2 == 0).then_some([id; 16]),
+            group: id.is_multiple_of(2).then_some([id; 16]),
         }
     }
 

@@ -76,7 +76,7 @@ fn parse_bytes(raw: Option<&[u8]>) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-fn abort(e: sled::transaction::TransactionError<StoreError>, path: &PathBuf) -> StoreError {
+fn abort(e: sled::transaction::TransactionError<StoreError>, path: &std::path::Path) -> StoreError {
     match e {
         sled::transaction::TransactionError::Abort(e) => e,
         sled::transaction::TransactionError::Storage(e) => StoreError::from_sled(path, e),
