@@ -607,3 +607,63 @@ fn standings_show_every_owner_with_its_replicas_and_holders_even_when_one_wins()
     }
     assert!(standings(&[]).is_empty());
 }
+
+/// `resolve.sybil` decided without the network (20 different networks): 40 honest nodes, 10 attacker ids closer to
+/// replica 0 than any honest node, the owner's claim at the honest nodes among each key's 20
+/// closest, the attacker's at every attacker node under every key.
+#[test]
+fn the_issues_attack_decided_with_every_answer() {
+    use crate::density::closeness;
+    let honest = Keypair::generate_ed25519();
+    let sybil = Keypair::generate_ed25519();
+    let h = record(&honest, NOW - 10, 1);
+    let s = record(&sybil, NOW - 1000, 1);
+    let name = Name::parse("alice").unwrap();
+    let keys = name.replica_keys();
+    let mut outcomes = [0usize; 3];
+    let mut next_seed = 5_000_000u64;
+    for round in 0..20u64 {
+        let honest_nodes: Vec<PeerId> = (0..40).map(|i| seeded_peer(round * 1000 + i)).collect();
+        let nearest = honest_nodes
+            .iter()
+            .map(|p| closeness(&keys[0], p))
+            .fold(f64::INFINITY, f64::min);
+        let mut ground = Vec::new();
+        while ground.len() < 10 {
+            let p = seeded_peer(next_seed);
+            next_seed += 1;
+            if closeness(&keys[0], &p) < nearest {
+                ground.push(p);
+            }
+        }
+        let everyone: Vec<PeerId> = honest_nodes.iter().chain(&ground).copied().collect();
+        let replicas: Vec<Vec<Answer>> = keys
+            .iter()
+            .map(|key| {
+                let mut closest = everyone.clone();
+                closest.sort_by(|a, b| closeness(key, a).total_cmp(&closeness(key, b)));
+                closest.truncate(20);
+                let mut answers: Vec<Answer> = closest
+                    .iter()
+                    .filter(|p| honest_nodes.contains(p))
+                    .map(|p| from(*p, &h))
+                    .collect();
+                answers.extend(ground.iter().map(|p| from(*p, &s)));
+                admit(key, answers, Some(50.0))
+            })
+            .collect();
+        match decide(&replicas, REPLICAS) {
+            Some(Verdict::Owner { selected, .. })
+                if selected.record.peer_id() == honest.public().to_peer_id() =>
+            {
+                outcomes[0] += 1
+            }
+            Some(Verdict::Contested { .. }) => outcomes[1] += 1,
+            _ => outcomes[2] += 1,
+        }
+    }
+    // Never the attacker; the honest owner outright unless the honest ids leave an unusually
+    // wide gap around the first key (19 of these 20 networks when written).
+    assert_eq!(outcomes[2], 0, "{outcomes:?}");
+    assert!(outcomes[0] >= 17, "{outcomes:?}");
+}
