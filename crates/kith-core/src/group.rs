@@ -106,6 +106,9 @@ pub struct MemberList {
     version: u64,
     title: String,
     members: BTreeMap<PeerId, bool>,
+    /// When each member entered the list, where known (lists signed before the field existed
+    /// carry none).
+    added_at_ms: BTreeMap<PeerId, u64>,
     author: PeerId,
     created_at_ms: u64,
     signed: Vec<u8>,
@@ -144,10 +147,18 @@ impl MemberList {
             return Err(GroupError::ListOutOfBounds);
         }
         let mut members = BTreeMap::new();
+        let mut added_at_ms = BTreeMap::new();
         for m in l.members {
             let peer = PeerId::from_bytes(&m.peer_id).map_err(|_| GroupError::BadMemberId)?;
             if members.insert(peer, m.admin).is_some() {
                 return Err(GroupError::DuplicateMember);
+            }
+            // Nobody is added after the list that holds them was signed.
+            if m.added_at_ms > l.created_at_ms {
+                return Err(GroupError::ListOutOfBounds);
+            }
+            if m.added_at_ms > 0 {
+                added_at_ms.insert(peer, m.added_at_ms);
             }
         }
         Ok(Self {
@@ -155,6 +166,7 @@ impl MemberList {
             version: l.version,
             title: l.title,
             members,
+            added_at_ms,
             author,
             created_at_ms: l.created_at_ms,
             signed: signed.to_vec(),
@@ -162,13 +174,34 @@ impl MemberList {
     }
 
     /// Signs a list as `keypair` (the author), made at `created_at_ms`, and verifies the result,
-    /// so a list we make obeys the same bounds as one we receive.
+    /// so a list we make obeys the same bounds as one we receive. Every member counts as added
+    /// now; [`Self::successor`] keeps earlier members' times.
     pub fn sign(
         keypair: &Keypair,
         id: GroupId,
         version: u64,
         title: &str,
         members: &BTreeMap<PeerId, bool>,
+        created_at_ms: u64,
+    ) -> Result<Self, GroupError> {
+        Self::sign_with_times(
+            keypair,
+            id,
+            version,
+            title,
+            members,
+            &BTreeMap::new(),
+            created_at_ms,
+        )
+    }
+
+    fn sign_with_times(
+        keypair: &Keypair,
+        id: GroupId,
+        version: u64,
+        title: &str,
+        members: &BTreeMap<PeerId, bool>,
+        earlier: &BTreeMap<PeerId, u64>,
         created_at_ms: u64,
     ) -> Result<Self, GroupError> {
         let list = pb::MemberList {
@@ -180,6 +213,11 @@ impl MemberList {
                 .map(|(p, admin)| pb::GroupMember {
                     peer_id: p.to_bytes(),
                     admin: *admin,
+                    added_at_ms: earlier
+                        .get(p)
+                        .copied()
+                        .unwrap_or(created_at_ms)
+                        .min(created_at_ms),
                 })
                 .collect(),
             author: keypair.public().to_peer_id().to_bytes(),
@@ -199,20 +237,36 @@ impl MemberList {
     }
 
     /// The next version of this list with `members` (same id and title), signed by `keypair`.
+    /// Members who stay keep the time they were added (an unknown time stays unknown); new
+    /// members are added at `created_at_ms`.
     pub fn successor(
         &self,
         keypair: &Keypair,
         members: &BTreeMap<PeerId, bool>,
         created_at_ms: u64,
     ) -> Result<Self, GroupError> {
-        Self::sign(
+        // An unknown time is written as 0 (unknown), never as "now": a member from before the
+        // field existed must not look newer than it is.
+        let earlier: BTreeMap<PeerId, u64> = members
+            .keys()
+            .filter(|p| self.members.contains_key(*p))
+            .map(|p| (*p, self.added_at_ms.get(p).copied().unwrap_or(0)))
+            .collect();
+        Self::sign_with_times(
             keypair,
             self.id,
             self.version.saturating_add(1),
             &self.title,
             members,
+            &earlier,
             created_at_ms,
         )
+    }
+
+    /// When `peer` entered the list (unix ms), if the list says: the oldest message of ours a
+    /// member may be given the key for.
+    pub fn added_at_ms(&self, peer: &PeerId) -> Option<u64> {
+        self.added_at_ms.get(peer).copied()
     }
 
     /// The group.
@@ -383,6 +437,18 @@ impl GroupEnvelope {
             .map_err(|e| GroupError::Signing(e.to_string()))?;
         Ok(env.encode_to_vec())
     }
+}
+
+/// Where a member starts reading a sender's session: the first message the sender wrote at or
+/// after the member was added (`added_at_ms`), given the session's messages as (sequence, written
+/// at) by message index. Returns that message's index and sequence, or `None` when every message
+/// so far predates the member (it reads from the next one, the session's current key).
+///
+/// This is what makes a message written by a member who did not yet know of a newcomer readable
+/// to the newcomer, and nothing older: the newcomer gets the key exported at that index.
+pub fn first_readable(sent: &[(u64, u64)], added_at_ms: u64) -> Option<(u32, u64)> {
+    let index = sent.iter().position(|(_, at)| *at >= added_at_ms)?;
+    Some((u32::try_from(index).ok()?, sent[index].0))
 }
 
 #[cfg(test)]

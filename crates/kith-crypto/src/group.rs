@@ -13,7 +13,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use vodozemac::{
     Ed25519PublicKey,
     megolm::{
-        DecryptionError, GroupSession, GroupSessionPickle, InboundGroupSession,
+        DecryptionError, ExportedSessionKey, GroupSession, GroupSessionPickle, InboundGroupSession,
         InboundGroupSessionPickle, MegolmMessage, SessionConfig, SessionKey,
     },
 };
@@ -173,6 +173,49 @@ impl GroupReceiver {
         GroupSessionId::of(&self.session.session_id())
     }
 
+    /// The session exported at `index`, for a member who must read from there on although the
+    /// key it was given starts later (a member added before messages its sender wrote while it
+    /// did not yet know of them). `None` when this receiver starts after `index`.
+    ///
+    /// An exported key is not signed by the session: it is only trusted through
+    /// [`GroupReceiver::extend_back`], which checks that it connects to a signed key.
+    pub fn export_at(&mut self, index: u32) -> Option<GroupSessionKey> {
+        self.session
+            .export_at(index)
+            .map(|k| GroupSessionKey(Zeroizing::new(k.to_bytes())))
+    }
+
+    /// Extends this receiver back to an earlier index with `earlier`, a key exported from the
+    /// same session by [`GroupReceiver::export_at`]. Returns whether it now starts earlier; a key
+    /// of another session (or a forged ratchet that does not lead to ours) is refused.
+    pub fn extend_back(&mut self, earlier: &GroupSessionKey) -> Result<bool, CryptoError> {
+        let key = ExportedSessionKey::from_bytes(&earlier.0).map_err(|e| {
+            CryptoError::MalformedMessage {
+                reason: format!("exported group session key: {e}"),
+            }
+        })?;
+        let mut imported = InboundGroupSession::import(&key, SessionConfig::version_1());
+        if imported.session_id() != self.session.session_id() {
+            return Err(CryptoError::MalformedMessage {
+                reason: "exported group session key belongs to another session".into(),
+            });
+        }
+        if imported.first_known_index() >= self.session.first_known_index() {
+            return Ok(false);
+        }
+        // `merge` keeps our (signed) signing key and takes the earlier ratchet only when it
+        // provably leads to ours.
+        match self.session.merge(&mut imported) {
+            Some(merged) => {
+                self.session = merged;
+                Ok(true)
+            }
+            None => Err(CryptoError::MalformedMessage {
+                reason: "exported group session key does not lead to the shared key".into(),
+            }),
+        }
+    }
+
     /// The first message index this receiver can decrypt.
     pub fn first_known_index(&self) -> u32 {
         self.session.first_known_index()
@@ -310,6 +353,47 @@ mod tests {
         assert_eq!(bob.decrypt(&two).unwrap().1, 1);
         let wrong = PickleKey::from_bytes(&[8u8; 32]).unwrap();
         assert!(GroupSender::from_pickle(&saved, &wrong).is_err());
+    }
+
+    #[test]
+    fn an_earlier_export_extends_a_signed_key_back_only_when_it_connects() {
+        let mut alice = GroupSender::new();
+        let mut own = GroupReceiver::new(&alice.session_key()).unwrap();
+        let _before = alice.encrypt(b"before carol was added").unwrap();
+        let written_unaware = alice
+            .encrypt(b"carol was added; alice did not know")
+            .unwrap();
+        let mut carol = GroupReceiver::new(&alice.session_key()).unwrap();
+        assert_eq!(carol.first_known_index(), 2);
+        assert!(carol.decrypt(&written_unaware).is_err());
+
+        let earlier = own.export_at(1).unwrap();
+        assert!(carol.extend_back(&earlier).unwrap());
+        assert_eq!(carol.first_known_index(), 1);
+        assert_eq!(
+            carol.decrypt(&written_unaware).unwrap().0,
+            b"carol was added; alice did not know".to_vec()
+        );
+        // Index 0 stays unreadable, and a later export changes nothing.
+        assert!(carol.decrypt(&_before).is_err());
+        assert!(!carol.extend_back(&own.export_at(1).unwrap()).unwrap());
+
+        // Another session's export, a forged ratchet and garbage are refused.
+        let mut mallory = GroupReceiver::new(&GroupSender::new().session_key()).unwrap();
+        assert!(carol.extend_back(&mallory.export_at(0).unwrap()).is_err());
+        let mut forged = own.export_at(0).unwrap().to_bytes();
+        forged[5] ^= 0xff;
+        assert!(
+            carol
+                .extend_back(&GroupSessionKey::from_bytes(&forged).unwrap())
+                .is_err()
+        );
+        assert!(
+            carol
+                .extend_back(&GroupSessionKey::from_bytes(b"junk").unwrap())
+                .is_err()
+        );
+        assert_eq!(carol.first_known_index(), 1);
     }
 
     #[test]

@@ -341,6 +341,16 @@ fn backoff(attempts: u32) -> Duration {
     Backoff::DELIVERY.delay(attempts)
 }
 
+/// The retry pause of `item` after `attempts` failures: group control is retried sooner
+/// ([`Backoff::GROUP_CONTROL`]), since a member cannot read the group without it.
+fn backoff_for(item: &OutboxItem, attempts: u32) -> Duration {
+    if item.control {
+        Backoff::GROUP_CONTROL.delay(attempts)
+    } else {
+        backoff(attempts)
+    }
+}
+
 fn peer_of(bytes: &[u8]) -> Option<PeerId> {
     PeerId::from_bytes(bytes).ok()
 }
@@ -803,7 +813,7 @@ impl Node {
     /// Reschedules entries that were not attempted because the peer is unreachable.
     fn postpone(&self, items: impl Iterator<Item = OutboxItem>, attempts: u32) {
         for mut item in items {
-            item.next_attempt_ms = now_ms() + millis(backoff(attempts));
+            item.next_attempt_ms = now_ms() + millis(backoff_for(&item, attempts));
             let _ = self.store().messages().reschedule(&item);
             self.dm().attempted(&item.id);
         }
@@ -910,7 +920,7 @@ impl Node {
 
     fn retry_later(&self, mut item: OutboxItem) -> u32 {
         item.attempts = item.attempts.saturating_add(1);
-        item.next_attempt_ms = now_ms() + millis(backoff(item.attempts));
+        item.next_attempt_ms = now_ms() + millis(backoff_for(&item, item.attempts));
         if let Err(e) = self.store().messages().reschedule(&item) {
             tracing::warn!(error = %e, "cannot reschedule a message");
         }

@@ -523,6 +523,10 @@ impl Node {
         if removed_someone || we_are_out {
             self.store().groups().drop_sender(&updated.id)?;
         }
+        let newcomers = next.members().keys().any(|p| *p != me && !old.is_member(p));
+        if newcomers && !we_are_out {
+            self.share_with_newcomers(updated.id);
+        }
         if we_are_out {
             let net = self.net().clone();
             let t = topic(&updated.id);
@@ -657,10 +661,34 @@ impl Node {
             }
         }
         let key = GroupSessionKey::from_bytes(&share.session_key).map_err(|e| e.to_string())?;
-        let receiver = GroupReceiver::new(&key).map_err(|e| e.to_string())?;
+        let mut receiver = GroupReceiver::new(&key).map_err(|e| e.to_string())?;
         let session = receiver.session_id().map_err(|e| e.to_string())?;
         if session.0.as_slice() != share.session_id.as_slice() {
             return Err("session key does not match its session id".into());
+        }
+        let mut first_seq = share.first_seq.max(1);
+        if !share.earlier_key.is_empty() {
+            // From the first message the sender wrote after we were added; trusted only because
+            // it leads to the signed key above.
+            let earlier =
+                GroupSessionKey::from_bytes(&share.earlier_key).map_err(|e| e.to_string())?;
+            receiver
+                .extend_back(&earlier)
+                .map_err(|e| format!("earlier group key refused: {e}"))?;
+        }
+        // A repeated share (the sender lost track of having sent it, or shared again from an
+        // earlier index) never moves a key we hold to a later index.
+        if let Some(held) = self
+            .store()
+            .groups()
+            .receiver(&group, &session.0)
+            .map_err(|e| e.to_string())?
+            && let Ok(held_receiver) =
+                GroupReceiver::from_pickle(&held.pickle, self.dm().pickle_key())
+            && held_receiver.first_known_index() <= receiver.first_known_index()
+        {
+            receiver = held_receiver;
+            first_seq = first_seq.min(held.first_seq.max(1));
         }
         let pickle = receiver
             .to_pickle(self.dm().pickle_key())
@@ -673,7 +701,7 @@ impl Node {
                 &ReceiverState {
                     sender: peer.to_bytes(),
                     pickle,
-                    first_seq: share.first_seq.max(1),
+                    first_seq,
                 },
             )
             .map_err(|e| e.to_string())?;
@@ -814,6 +842,7 @@ impl Node {
             .to_pickle(self.dm().pickle_key())
             .map_err(ServiceError::Crypto)?;
         state.messages = state.messages.saturating_add(1);
+        state.sent.push((seq, now));
         let message = GroupMessage {
             id,
             sender: me.to_bytes(),
@@ -866,15 +895,38 @@ impl Node {
             Some(s) => s,
             None => {
                 let sender = GroupSender::new();
+                // Our own receiver from index 0: what lets us give a member added before a
+                // message we wrote unaware of them the key from that message on.
+                let own_receiver = GroupReceiver::new(&sender.session_key())
+                    .and_then(|r| r.to_pickle(key))
+                    .map_err(ServiceError::Crypto)?;
                 let state = SenderState {
                     pickle: sender.to_pickle(key).map_err(ServiceError::Crypto)?,
                     messages: 0,
                     shared_with: Vec::new(),
                     created_ms: now_ms(),
+                    own_receiver,
+                    sent: Vec::new(),
                 };
                 (sender, state)
             }
         };
+        let shared = self.share_session(record.id, list, &sender, &mut state, next_seq)?;
+        Ok((sender, state, shared))
+    }
+
+    /// Queues our session's key (over Olm) for every member of `list` who lacks it. A member
+    /// added before messages we wrote while we did not know of them also gets the key exported
+    /// at the first of those ([`kith_core::group::first_readable`]), never earlier. Returns
+    /// whether any key was queued; the caller saves `state`.
+    fn share_session(
+        &self,
+        group: GroupId,
+        list: &MemberList,
+        sender: &GroupSender,
+        state: &mut SenderState,
+        next_seq: u64,
+    ) -> Result<bool, ServiceError> {
         let me = self.peer_id();
         let lacking: Vec<PeerId> = list
             .members()
@@ -882,23 +934,99 @@ impl Node {
             .filter(|p| **p != me && !state.shared_with.contains(&p.to_bytes()))
             .copied()
             .collect();
-        if !lacking.is_empty() {
-            let session = sender.session_id().map_err(ServiceError::Crypto)?;
-            let session_key = sender.session_key();
-            for peer in &lacking {
-                self.enqueue_control(
-                    *peer,
-                    pb::direct_payload::Body::GroupKey(pb::GroupKeyShare {
-                        group_id: record.id.to_vec(),
-                        session_id: session.0.to_vec(),
-                        session_key: session_key.to_bytes(),
-                        first_seq: next_seq,
-                    }),
-                )?;
-                state.shared_with.push(peer.to_bytes());
-            }
+        if lacking.is_empty() {
+            return Ok(false);
         }
-        Ok((sender, state, !lacking.is_empty()))
+        let key = self.dm().pickle_key();
+        let session = sender.session_id().map_err(ServiceError::Crypto)?;
+        let session_key = sender.session_key();
+        let mut own = if state.own_receiver.is_empty() {
+            None
+        } else {
+            match GroupReceiver::from_pickle(&state.own_receiver, key) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot restore our own group receiver; sharing from now on");
+                    None
+                }
+            }
+        };
+        for peer in &lacking {
+            let earlier = list
+                .added_at_ms(peer)
+                .and_then(|added| kith_core::group::first_readable(&state.sent, added))
+                .and_then(|(index, seq)| {
+                    let exported = own.as_mut()?.export_at(index)?;
+                    Some((exported, seq))
+                });
+            let (earlier_key, first_seq) = match earlier {
+                Some((k, seq)) => (k.to_bytes(), seq),
+                None => (Vec::new(), next_seq),
+            };
+            self.enqueue_control(
+                *peer,
+                pb::direct_payload::Body::GroupKey(pb::GroupKeyShare {
+                    group_id: group.to_vec(),
+                    session_id: session.0.to_vec(),
+                    session_key: session_key.to_bytes(),
+                    first_seq,
+                    earlier_key,
+                }),
+            )?;
+            state.shared_with.push(peer.to_bytes());
+        }
+        Ok(true)
+    }
+
+    /// A member list that added someone reached us: if we wrote messages after they were added
+    /// (while we did not know of them), share our key from the first of those now rather than
+    /// at our next message, so they read what we wrote even if we never write again.
+    fn share_with_newcomers(&self, group: GroupId) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.share_with_newcomers_now(group).await {
+                tracing::debug!(error = %e, "could not share our group key with new members");
+            }
+        });
+    }
+
+    async fn share_with_newcomers_now(&self, group: GroupId) -> Result<(), ServiceError> {
+        let send_lock = lock(&self.groups_state().send_locks)
+            .entry(group)
+            .or_default()
+            .clone();
+        let _guard = send_lock.lock().await;
+        let Some(record) = self.store().groups().group(&group)? else {
+            return Ok(());
+        };
+        let Some(mut state) = self.store().groups().sender(&group)? else {
+            return Ok(());
+        };
+        let Some(last_written) = state.sent.last().map(|(_, at)| *at) else {
+            return Ok(());
+        };
+        let list = self.list_of(&record)?;
+        let me = self.peer_id();
+        let behind = list.members().keys().any(|p| {
+            *p != me
+                && !state.shared_with.contains(&p.to_bytes())
+                && list
+                    .added_at_ms(p)
+                    .is_some_and(|added| added <= last_written)
+        });
+        if !record.joined || record.left || record.removed || !behind {
+            return Ok(());
+        }
+        let sender = GroupSender::from_pickle(&state.pickle, self.dm().pickle_key())
+            .map_err(ServiceError::Crypto)?;
+        let next_seq = record.next_seq.max(1);
+        if self.share_session(group, &list, &sender, &mut state, next_seq)? {
+            // Only `shared_with` changed: the ratchet is the one we just read, under the lock.
+            self.store().groups().save_sender(&group, &state)?;
+            self.store().flush().await?;
+            self.dm().wake_delivery();
+        }
+        Ok(())
     }
 
     /// The last `limit` messages of a group, oldest first.

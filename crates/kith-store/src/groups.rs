@@ -75,6 +75,13 @@ pub struct SenderState {
     pub shared_with: Vec<Vec<u8>>,
     /// When it was made, unix ms.
     pub created_ms: u64,
+    /// Our own receiver for the session from index 0 (encrypted `GroupReceiver` pickle), to
+    /// export the key at an earlier index for a member added before messages we wrote while we
+    /// did not know of them. Empty for sessions made before it was kept.
+    pub own_receiver: Vec<u8>,
+    /// For each message index of the session, in order: (its sequence, when we wrote it, unix
+    /// ms).
+    pub sent: Vec<(u64, u64)>,
 }
 
 /// Another member's Megolm session.
@@ -220,6 +227,9 @@ fn encode_sender(s: &SenderState) -> Vec<u8> {
         messages: s.messages,
         shared_with: s.shared_with.clone(),
         created_ms: s.created_ms,
+        own_receiver: s.own_receiver.clone(),
+        sent_seq: s.sent.iter().map(|(seq, _)| *seq).collect(),
+        sent_at_ms: s.sent.iter().map(|(_, at)| *at).collect(),
     }
     .encode_to_vec()
 }
@@ -231,6 +241,9 @@ fn decode_sender(raw: &[u8]) -> Result<SenderState, StoreError> {
         messages: s.messages,
         shared_with: s.shared_with,
         created_ms: s.created_ms,
+        own_receiver: s.own_receiver,
+        // A record whose two columns disagree in length keeps only the pairs it has.
+        sent: s.sent_seq.into_iter().zip(s.sent_at_ms).collect(),
     })
 }
 
@@ -801,6 +814,8 @@ mod tests {
             messages: 1,
             shared_with: vec![],
             created_ms: 0,
+            own_receiver: vec![7; 3],
+            sent: vec![(1, 1_800_000_000_000)],
         };
         let mut m = msg(1, &me, 1);
         m.outgoing = true;

@@ -87,6 +87,65 @@ fn successor_keeps_id_and_title_and_counts_up() {
 }
 
 #[test]
+fn members_keep_the_time_they_were_added_across_versions() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let (pa, pb, pc) = (
+        a.public().to_peer_id(),
+        b.public().to_peer_id(),
+        c.public().to_peer_id(),
+    );
+    let v1 =
+        MemberList::sign(&a, GROUP, 1, "climbing", &BTreeMap::from([(pa, true)]), NOW).unwrap();
+    assert_eq!(v1.added_at_ms(&pa), Some(NOW));
+    let mut members = v1.members().clone();
+    members.insert(pb, false);
+    let v2 = v1.successor(&a, &members, NOW + 10).unwrap();
+    members.insert(pc, false);
+    let v3 = v2.successor(&a, &members, NOW + 20).unwrap();
+    assert_eq!(
+        [pa, pb, pc].map(|p| v3.added_at_ms(&p)),
+        [Some(NOW), Some(NOW + 10), Some(NOW + 20)]
+    );
+    // Removed and re-added: added anew.
+    members.remove(&pb);
+    let v4 = v3.successor(&a, &members, NOW + 30).unwrap();
+    members.insert(pb, false);
+    let v5 = v4.successor(&a, &members, NOW + 40).unwrap();
+    assert_eq!(v5.added_at_ms(&pb), Some(NOW + 40));
+    assert_eq!(v5.added_at_ms(&pc), Some(NOW + 20));
+    assert_eq!(v5.added_at_ms(&PeerId::random()), None);
+}
+
+#[test]
+fn a_member_added_after_its_list_was_signed_is_refused() {
+    let a = key(1);
+    let pa = a.public().to_peer_id();
+    let list = pb::MemberList {
+        group_id: GROUP.to_vec(),
+        version: 1,
+        title: "climbing".into(),
+        members: vec![pb::GroupMember {
+            peer_id: pa.to_bytes(),
+            admin: true,
+            added_at_ms: NOW + 1,
+        }],
+        author: pa.to_bytes(),
+        created_at_ms: NOW,
+    }
+    .encode_to_vec();
+    let signed = pb::SignedMemberList {
+        signature: a.sign(&list).unwrap(),
+        list,
+        public_key: a.public().encode_protobuf(),
+    }
+    .encode_to_vec();
+    assert!(matches!(
+        MemberList::verify(&signed),
+        Err(GroupError::ListOutOfBounds)
+    ));
+}
+
+#[test]
 fn concurrent_versions_resolve_the_same_way_everywhere() {
     let (a, b) = (key(1), key(2));
     let (pa, pb) = (a.public().to_peer_id(), b.public().to_peer_id());
@@ -299,4 +358,14 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn a_newcomer_reads_from_the_first_message_written_after_it_was_added() {
+    let sent = [(7, NOW - 20), (8, NOW - 10), (9, NOW), (10, NOW + 5)];
+    assert_eq!(first_readable(&sent, NOW - 30), Some((0, 7)));
+    assert_eq!(first_readable(&sent, NOW - 10), Some((1, 8)));
+    assert_eq!(first_readable(&sent, NOW + 1), Some((3, 10)));
+    assert_eq!(first_readable(&sent, NOW + 6), None);
+    assert_eq!(first_readable(&[], NOW), None);
 }
