@@ -341,6 +341,11 @@ fn backoff(attempts: u32) -> Duration {
     Backoff::DELIVERY.delay(attempts)
 }
 
+/// A delivery run's preparation of its next entries (read, encrypt, save, flush): the entries
+/// ready to send, or `Err` when the run must stop short.
+type Preparation<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<OutboxItem>, ()>> + Send + 'a>>;
+
 /// The retry pause of `item` after `attempts` failures: group control is retried sooner
 /// ([`Backoff::GROUP_CONTROL`]), since a member cannot read the group without it.
 fn backoff_for(item: &OutboxItem, attempts: u32) -> Duration {
@@ -696,43 +701,64 @@ impl Node {
     /// acknowledged the next due entries are encrypted, saved, flushed and sent, while the rest
     /// are still in flight (a round no longer waits for its slowest ack). Entries handed over
     /// meanwhile join the run at once.
+    ///
+    /// One preparation (read what is due, encrypt, save, flush) runs at a time, overlapped with
+    /// the sends in flight: acknowledgements that arrive during its flush are handled at once
+    /// (their senders learn the outcome and queue their next message), and everything they free
+    /// up goes out together in the next preparation, under one flush. Preparing inline, between
+    /// polls of the sends, paid one flush per acknowledgement.
     async fn try_delivery_rounds(&self, peer: PeerId) -> bool {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut sending: HashSet<MessageId> = HashSet::new();
         let mut stopped = false;
-        // Bounded: every pass either starts sends, or waits for one to finish or for a hand-over,
-        // and the run ends when nothing is due and nothing is in flight.
+        let mut preparing: Option<Preparation<'_>> = None;
+        // Whether something may be due that no preparation has looked at yet: at the start,
+        // after a preparation that filled its room, a finished send, or a hand-over.
+        let mut look = true;
+        // Bounded: every pass starts a preparation, or waits for one, for a send to finish or for
+        // a hand-over, and the run ends when nothing is prepared, due or in flight.
         for _ in 0..1_000_000 {
             // Registered before the outbox is read, so a hand-over after the read wakes us.
             let handed = self.dm().handed.notified();
             tokio::pin!(handed);
             handed.as_mut().enable();
-            if !stopped && in_flight.len() < WINDOW {
-                match self
-                    .start_sends(peer, &sending, WINDOW - in_flight.len())
-                    .await
-                {
-                    Ok(started) if !started.is_empty() => {
-                        for item in started {
-                            sending.insert(item.id);
-                            in_flight.push(async move {
-                                let id = item.id;
-                                (id, self.send_item(peer, item).await)
-                            });
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(()) => stopped = true,
-                }
+            if preparing.is_none() && look && !stopped && in_flight.len() < WINDOW {
+                look = false;
+                preparing = Some(Box::pin(self.start_sends(
+                    peer,
+                    sending.clone(),
+                    WINDOW - in_flight.len(),
+                )));
             }
-            if in_flight.is_empty() {
+            if preparing.is_none() && in_flight.is_empty() {
                 return !stopped;
             }
             tokio::select! {
-                done = in_flight.next() => {
+                prepared = async {
+                    match preparing.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if preparing.is_some() => {
+                    preparing = None;
+                    match prepared {
+                        Ok(started) => {
+                            look = !started.is_empty();
+                            for item in started {
+                                sending.insert(item.id);
+                                in_flight.push(async move {
+                                    let id = item.id;
+                                    (id, self.send_item(peer, item).await)
+                                });
+                            }
+                        }
+                        Err(()) => stopped = true,
+                    }
+                }
+                done = in_flight.next(), if !in_flight.is_empty() => {
                     if let Some((id, result)) = done {
                         sending.remove(&id);
+                        look = true;
                         // Unreachable (or refused for now): the failed entry was rescheduled;
                         // send nothing more, let what is in flight finish.
                         if result.is_err() {
@@ -740,7 +766,7 @@ impl Node {
                         }
                     }
                 }
-                () = &mut handed, if !stopped && in_flight.len() < WINDOW => {}
+                () = &mut handed, if !stopped => look = true,
             }
         }
         false
@@ -752,7 +778,7 @@ impl Node {
     async fn start_sends(
         &self,
         peer: PeerId,
-        sending: &HashSet<MessageId>,
+        sending: HashSet<MessageId>,
         room: usize,
     ) -> Result<Vec<OutboxItem>, ()> {
         lock(&self.dm().dirty).remove(&peer);
