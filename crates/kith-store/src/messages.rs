@@ -578,13 +578,46 @@ impl MessageStore {
         failure: &str,
         at_ms: u64,
     ) -> Result<(), StoreError> {
-        crate::gate::transaction(|| {
-            (&self.messages, &self.ids, &self.outbox).transaction(|(messages, ids, outbox)| {
-                tx_complete(messages, ids, outbox, id, status, failure, at_ms)?;
-                Ok(())
-            })
-        })
-        .map_err(|e| self.tx_err(e))
+        // Not a sled transaction: in sled 0.34 every transaction first writes and syncs the
+        // log's current buffer and then its own 24-byte batch marker (`pin_log`), two
+        // synchronous writes, and every acknowledged message paid them once more here. Two
+        // single-key writes in order instead: the message first (compare-and-swap, so a read
+        // receipt landing meanwhile is never stepped back), then its outbox entry. sled replays
+        // its log in order and stops at the first gap, so a crash in between leaves the entry
+        // with the message already marked: the entry is sent again and acknowledged as a
+        // duplicate. Never the reverse (an entry gone while its message still says queued).
+        if let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? {
+            let mut key = conv.to_vec();
+            key.extend_from_slice(id);
+            let mut corrupt = None;
+            self.messages
+                .fetch_and_update(&key, |old| {
+                    let raw = old?;
+                    match decode_message(raw) {
+                        Ok(mut m) => {
+                            // A read receipt may have arrived first; never step back.
+                            if !(m.status == Status::Read && status == Status::Delivered) {
+                                m.status = status;
+                            }
+                            m.failure = failure.to_owned();
+                            if m.received_at_ms == 0 {
+                                m.received_at_ms = at_ms;
+                            }
+                            Some(encode_message(&m))
+                        }
+                        Err(e) => {
+                            corrupt = Some(e);
+                            Some(raw.to_vec())
+                        }
+                    }
+                })
+                .map_err(|e| self.err(e))?;
+            if let Some(e) = corrupt {
+                return Err(e);
+            }
+        }
+        self.outbox.remove(&id[..]).map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Applies a receipt from `peer_id` to our outgoing messages `ids` together with the Olm state
