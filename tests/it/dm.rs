@@ -86,7 +86,7 @@ async fn ready(nodes: &[TestNode]) {
                 MESH,
                 POLL,
                 async || {
-                    let lookup = from.node().net().get_record(bundle_key(&of.peer_id()), 1);
+                    let lookup = from.node().probe().get_record(bundle_key(&of.peer_id()), 1);
                     matches!(
                         tokio::time::timeout(STEP, lookup).await,
                         Ok(Ok(found)) if !found.answers.is_empty()
@@ -137,13 +137,13 @@ async fn send_err(node: &TestNode, target: &str, text: &str) -> ServiceError {
 
 /// One message as the node's store holds it.
 fn stored(node: &TestNode, id: &MessageId) -> Option<Message> {
-    node.node().store().messages().message(id).unwrap()
+    node.node().message(id).unwrap()
 }
 
 /// Whether the node has ever stored this message id (either direction).
 fn known(node: &TestNode, id: &[u8]) -> bool {
     let id: MessageId = id.try_into().unwrap();
-    node.node().store().messages().is_known(&id).unwrap()
+    node.node().probe().is_known(&id).unwrap()
 }
 
 /// Waits until the message has `want` as its status on `node`.
@@ -160,11 +160,7 @@ async fn wait_status(node: &TestNode, id: MessageId, want: MessageStatus) -> Mes
 
 /// The whole conversation `node` holds with `peer`, oldest first.
 fn conversation(node: &TestNode, peer: PeerId) -> Vec<Message> {
-    node.node()
-        .store()
-        .messages()
-        .history(&peer.to_bytes(), usize::MAX, None)
-        .unwrap()
+    node.node().probe().conversation(peer).unwrap()
 }
 
 /// Asserts that `a` and `b` hold the same conversation: the same ids in the same order with the
@@ -210,7 +206,7 @@ async fn send_raw(from: &TestNode, to: &TestNode, bytes: Vec<u8>) -> pb::Ack {
         let sent = tokio::time::timeout(
             SEND,
             from.node()
-                .net()
+                .probe()
                 .send_dm(to.peer_id(), bytes.clone(), vec![to.tcp_addr()]),
         )
         .await
@@ -241,7 +237,7 @@ async fn connect(from: &TestNode, to: &TestNode) {
             {
                 return true;
             }
-            let _ = from.node().net().dial(to.tcp_addr()).await;
+            let _ = from.node().probe().dial(to.tcp_addr()).await;
             false
         },
     )
@@ -374,8 +370,7 @@ async fn held_envelope() -> HeldEnvelope {
         stage
             .sender
             .node()
-            .store()
-            .messages()
+            .probe()
             .outbox()
             .unwrap()
             .iter()
@@ -588,12 +583,10 @@ async fn two_nodes_chat_by_peer_id_name_and_petname() {
 
 /// Our sessions with `with`, as `node` saved them in its store.
 fn saved_sessions(node: &TestNode, with: &TestNode) -> PeerSessions {
-    let db = node.node().store().messages();
+    let db = node.node().probe();
     let key = db
-        .correspondent(&with.peer_id().to_bytes())
+        .identity_key_of(with.peer_id())
         .unwrap()
-        .unwrap()
-        .identity_key
         .expect("bound on first use");
     let pickle_key = node.pickle_key().unwrap();
     let (account, _) =
@@ -659,7 +652,7 @@ async fn a_store_with_the_old_whole_state_olm_pickle_opens_and_decrypts_both_way
         .unwrap();
 
     let a = stopped.start(vec![b_addr]).await.unwrap();
-    let db = a.node().store().messages();
+    let db = a.node().probe();
     assert!(db.olm_sessions(&b_key).unwrap().is_some(), "split on open");
     let (_, left) =
         OlmAccount::from_pickle(&db.olm_account().unwrap().unwrap(), a.pickle_key().unwrap())
@@ -822,7 +815,7 @@ async fn unknown_senders_land_in_requests_and_blocked_ones_are_refused() {
     );
     assert_eq!(a.metric(DM_REJECTED), rejected + 1.0);
     assert!(
-        b.node().store().messages().outbox().unwrap().is_empty(),
+        b.node().probe().outbox().unwrap().is_empty(),
         "a refused message is not retried"
     );
     // Nor can A write to a peer it blocked.
@@ -1131,9 +1124,8 @@ async fn another_peers_message_under_the_same_id_does_not_suppress_the_real_one(
     };
     squatter
         .node()
-        .store()
-        .messages()
-        .enqueue(Some(&message), &item)
+        .probe()
+        .plant_outbox(Some(&message), &item)
         .unwrap();
     // Sending anything to the recipient delivers the whole outbox for it, oldest first.
     let nudge = send(&squatter, &rid.to_string(), "hello").await;
@@ -1193,8 +1185,7 @@ async fn envelopes_carry_no_plaintext() {
     let entry = stage
         .sender
         .node()
-        .store()
-        .messages()
+        .probe()
         .outbox()
         .unwrap()
         .into_iter()
@@ -1267,7 +1258,7 @@ async fn a_flood_is_rate_limited_and_nothing_is_lost() {
         FLOOD_DELIVERY,
         POLL,
         async || {
-            sender.node().store().messages().outbox_len() == 0
+            sender.node().outbox_len() == 0
                 && conversation(recipient, sender.peer_id()).len() >= FLOOD
         },
     )
@@ -1276,7 +1267,7 @@ async fn a_flood_is_rate_limited_and_nothing_is_lost() {
         panic!(
             "{e}: {} of {FLOOD} arrived, {} still in the outbox",
             conversation(recipient, sender.peer_id()).len(),
-            sender.node().store().messages().outbox_len()
+            sender.node().outbox_len()
         );
     }
     eprintln!(
@@ -1347,8 +1338,7 @@ async fn empty_oversized_and_unknown_recipients_are_clear_errors() {
 
     // Nothing of it was stored, on either side.
     for node in [&a, &b] {
-        let messages = node.node().store().messages();
-        assert_eq!(messages.outbox_len(), 0);
+        assert_eq!(node.node().outbox_len(), 0);
         assert!(node.node().inbox().unwrap().is_empty());
     }
     assert!(conversation(&a, b.peer_id()).is_empty());

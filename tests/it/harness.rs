@@ -195,7 +195,7 @@ impl TestNode {
 
     /// The peers in its Kademlia routing table.
     pub(crate) async fn routing_table(&self) -> Result<HashSet<PeerId>> {
-        let table = tokio::time::timeout(STEP, self.node.net().routing_table())
+        let table = tokio::time::timeout(STEP, self.node.probe().routing_table())
             .await
             .context("routing_table did not answer")??;
         Ok(table.into_iter().collect())

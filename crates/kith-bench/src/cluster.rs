@@ -255,7 +255,7 @@ impl Cluster {
         let peer_id = node.peer_id();
         let deadline = Instant::now() + STEP;
         let addr = loop {
-            let status = node.net().status().await.context("kith node stopped")?;
+            let status = node.net_status().await.context("kith node stopped")?;
             if let Some(addr) = status.listen_addrs.first() {
                 break addr.clone().with(Protocol::P2p(peer_id));
             }
@@ -274,7 +274,7 @@ impl Cluster {
     /// A `get_closest_peers` walk for `key` from node `i`.
     pub(crate) async fn closest(&self, i: usize, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
         match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.net().get_closest_peers(key).await?),
+            Handle::Kith(node) => Ok(node.probe().get_closest_peers(key).await?),
             Handle::Raw(node) => node.get_closest_peers(key).await,
         }
     }
@@ -283,7 +283,7 @@ impl Cluster {
     pub(crate) async fn routing_len(&self, i: usize) -> anyhow::Result<usize> {
         let ask = async {
             match &self.member(i)?.handle {
-                Handle::Kith(node) => Ok(node.net().routing_table().await?.len()),
+                Handle::Kith(node) => Ok(node.probe().routing_table().await?.len()),
                 Handle::Raw(node) => node.routing_len().await,
             }
         };
@@ -295,7 +295,7 @@ impl Cluster {
     /// Starts a Kademlia bootstrap on node `i`.
     pub(crate) async fn bootstrap(&self, i: usize) -> anyhow::Result<()> {
         match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.net().bootstrap().await?),
+            Handle::Kith(node) => Ok(node.probe().bootstrap().await?),
             Handle::Raw(node) => node.bootstrap().await,
         }
     }

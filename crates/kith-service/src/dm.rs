@@ -454,6 +454,17 @@ impl Node {
         Ok((peer, messages))
     }
 
+    /// One message by id, either direction, as stored (status, failure note, text).
+    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, ServiceError> {
+        Ok(self.store().messages().message(id)?)
+    }
+
+    /// How many entries wait in the outbox (messages, receipts and control bodies not yet
+    /// acknowledged): zero once everything sent has been delivered or given up.
+    pub fn outbox_len(&self) -> usize {
+        self.store().messages().outbox_len()
+    }
+
     /// Marks a conversation read and sends read receipts for what was unread.
     pub async fn mark_read(&self, peer: PeerId) -> Result<usize, ServiceError> {
         let ids = self.store().messages().mark_seen(&peer.to_bytes())?;

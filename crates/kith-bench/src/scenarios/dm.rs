@@ -292,7 +292,7 @@ pub(crate) async fn throughput(
     }
     // Everything queued must be acknowledged before the clock stops (bounded).
     let deadline = Instant::now() + Duration::from_secs(300);
-    while sender.store().messages().outbox_len() > 0 {
+    while sender.outbox_len() > 0 {
         if Instant::now() > deadline {
             bail!("the outbox did not drain within 300 s");
         }

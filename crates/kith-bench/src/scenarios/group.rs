@@ -166,7 +166,7 @@ async fn start_kith(
     let peer_id = node.peer_id();
     let deadline = Instant::now() + Duration::from_secs(10);
     let addr = loop {
-        let status = node.net().status().await?;
+        let status = node.net_status().await?;
         if let Some(addr) = status.listen_addrs.first() {
             break addr.clone().with(Protocol::P2p(peer_id));
         }
@@ -195,11 +195,11 @@ async fn kith_network(dir: &Path, n: usize) -> anyhow::Result<Vec<KithMember>> {
     let want = (n - 1).min(8);
     let deadline = Instant::now() + Duration::from_secs(60);
     for m in &members {
-        while m.node.net().routing_table().await?.len() < want {
+        while m.node.probe().routing_table().await?.len() < want {
             if Instant::now() > deadline {
                 bail!("routing tables did not fill in 60 s");
             }
-            let _ = m.node.net().bootstrap().await;
+            let _ = m.node.probe().bootstrap().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
