@@ -562,7 +562,8 @@ impl Node {
             };
             self.mailbox_call(relay_peer, &delete, &addrs).await?;
             for (from, ids) in receipts {
-                self.queue_receipt(from, ids, pb::ReceiptKind::ReceiptDelivered)
+                self.outbox()
+                    .send_receipt(from, ids, pb::ReceiptKind::ReceiptDelivered)
                     .await?;
             }
             if page.remaining == 0 {
