@@ -66,19 +66,9 @@ async fn resolve_fresh(
         .unwrap_or_else(|_| panic!("resolve_name_fresh({name}) on {} hung", node.peer_id()))
 }
 
-/// The value `node` holds under `key` in its own DHT store, if any: the local answer (holder
-/// `None`) of a GET with quorum one, which ends at that answer when there is one. Only this key
-/// counts, whatever else (key bundles, mailbox pointers) the node holds.
+/// The value `node` holds under `key` in its own DHT store, if any ([`TestNode::local_value`]).
 async fn local_value(node: &TestNode, key: &[u8]) -> Option<Vec<u8>> {
-    let result = tokio::time::timeout(LOOKUP, node.node().probe().get_record(key.to_vec(), 1))
-        .await
-        .unwrap_or_else(|_| panic!("get_record on {} hung", node.peer_id()))
-        .ok()?;
-    result
-        .answers
-        .into_iter()
-        .find(|a| a.holder.is_none())
-        .map(|a| a.value)
+    node.local_value(key, LOOKUP).await.unwrap()
 }
 
 /// Waits until every node holds exactly `value` under `key` in its own DHT store.

@@ -83,17 +83,9 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
     ground
 }
 
-/// The value `node` holds under `key` in its own DHT store, if any.
+/// The value `node` holds under `key` in its own DHT store, if any ([`TestNode::local_value`]).
 async fn local_value(node: &TestNode, key: &[u8]) -> Option<Vec<u8>> {
-    let result = tokio::time::timeout(LOOKUP, node.node().probe().get_record(key.to_vec(), 1))
-        .await
-        .unwrap_or_else(|_| panic!("get_record on {} hung", node.peer_id()))
-        .ok()?;
-    result
-        .answers
-        .into_iter()
-        .find(|a| a.holder.is_none())
-        .map(|a| a.value)
+    node.local_value(key, LOOKUP).await.unwrap()
 }
 
 /// Runs the attack with `honest_n` honest nodes and `sybil_n` ground attacker nodes, then

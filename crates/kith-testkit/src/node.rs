@@ -167,6 +167,25 @@ impl TestNode {
         Ok(table.into_iter().collect())
     }
 
+    /// The value it holds under `key` in its own DHT store, if any: the local answer (holder
+    /// `None`) of a GET with quorum one, which ends at that answer when there is one. Only this
+    /// key counts, whatever else (key bundles, mailbox pointers) the node holds. An error when
+    /// the lookup does not end within `timeout`; a failed lookup is `None`.
+    pub async fn local_value(&self, key: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>> {
+        let lookup = self.node.probe().get_record(key.to_vec(), 1);
+        let Ok(result) = tokio::time::timeout(timeout, lookup)
+            .await
+            .with_context(|| format!("get_record on {} hung", self.peer_id()))?
+        else {
+            return Ok(None);
+        };
+        Ok(result
+            .answers
+            .into_iter()
+            .find(|a| a.holder.is_none())
+            .map(|a| a.value))
+    }
+
     /// The value of an unlabelled series in its metrics (0 when the series is absent).
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.node.metrics_text(), series).unwrap_or(0.0)

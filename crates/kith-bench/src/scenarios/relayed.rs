@@ -31,6 +31,7 @@ use indicatif::ProgressBar;
 use kith_net::{DhtMode, Keypair, Multiaddr, PeerId, RelayPolicy};
 use kith_service::{MailboxConfig, MessageEvent, Node, Quota};
 use kith_store::{Store, StoreConfig, StoreError};
+use kith_testkit::Transports;
 use libp2p::multiaddr::Protocol;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -185,21 +186,6 @@ async fn start_node(home: &Path, keypair: Keypair, role: &Role<'_>) -> anyhow::R
         .context("a kith node failed to start")
 }
 
-/// The first listen address of `node`, with `/p2p/<id>`.
-async fn listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let status = node.net_status().await.context("a node stopped")?;
-        if let Some(addr) = status.listen_addrs.first() {
-            return Ok(addr.clone().with(Protocol::P2p(node.peer_id())));
-        }
-        if Instant::now() > deadline {
-            bail!("the relay did not start listening in time");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits until `node` holds a reservation at `relay` and listens through it.
 async fn wait_reserved(node: &Node, relay: PeerId) -> anyhow::Result<()> {
     let deadline = Instant::now() + STEP;
@@ -248,8 +234,8 @@ impl Trio {
             },
         )
         .await?;
-        let relay_addr = match listen_addr(&relay).await {
-            Ok(addr) => addr,
+        let relay_addr = match kith_testkit::listen_addrs(&relay, Transports::Tcp).await {
+            Ok((addr, _)) => addr,
             Err(e) => {
                 let _ = relay.shutdown().await;
                 return Err(e);
