@@ -878,7 +878,8 @@ impl Node {
             return Err(self.retry_later(item));
         };
         let mut addrs = self.known_addrs(&peer);
-        addrs.extend(self.known_relay_routes(peer));
+        let mailboxes = self.deposit_handle();
+        addrs.extend(mailboxes.known_routes(peer));
         let tried = addrs.clone();
         let mut sent_at = now_ms();
         let mut outcome = self.net().send_dm(peer, envelope.clone(), addrs).await;
@@ -889,11 +890,8 @@ impl Node {
             // names (it holds reservations there): try those circuits before depositing, unless
             // the attempt above just did.
             tracing::debug!(%peer, error = %e, "direct delivery attempt failed");
-            relays = self.relays_of(peer).await;
-            let routes = relays
-                .as_deref()
-                .map(|r| crate::mailbox::circuit_routes(r, peer))
-                .unwrap_or_default();
+            let routes;
+            (relays, routes) = mailboxes.relays_and_routes(peer).await;
             if !routes.is_empty() && !routes.iter().all(|r| tried.contains(r)) {
                 sent_at = now_ms();
                 outcome = self.net().send_dm(peer, envelope, routes).await;
@@ -961,10 +959,15 @@ impl Node {
                     && item.expires_ms == 0
                     && (!item.receipt || item.control)
                     && let Some(relays) = relays
-                    && self.deposit(peer, &mut item, relays).await
                 {
-                    // Held at the recipient's mailbox; keep trying directly, but rarely.
-                    item.attempts = item.attempts.max(8);
+                    let deposited = mailboxes.deposit(peer, &mut item, relays).await;
+                    if let Some(reason) = &deposited.full {
+                        let _ = self.store().messages().note_failure(&item.id, reason);
+                    }
+                    if deposited.held {
+                        // Held at the recipient's mailbox; keep trying directly, but rarely.
+                        item.attempts = item.attempts.max(8);
+                    }
                 }
                 Err(self.retry_later(item))
             }
