@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use kith_testkit::{RawPeer, frame::encode_frame};
 use serde_json::Value;
 
 mod common;
@@ -708,17 +709,8 @@ fn refused_total(metrics_addr: &str) -> u64 {
 
 /// Just enough protobuf to speak `kith.v1.Mailbox*` by hand (the test cannot use prost).
 mod pb {
-    pub(super) fn varint(mut n: u64, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    /// Protobuf varints are the frame prefix's varints.
+    pub(super) use kith_testkit::frame::write_varint as varint;
 
     pub(super) fn bytes_field(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
         varint((field << 3) | 2, out);
@@ -841,153 +833,6 @@ mod pb {
     }
 }
 
-/// A bare libp2p swarm that speaks `/kith/mailbox/1.0.0` outbound only and writes whatever bytes
-/// it is given, frame prefix included: garbage, forged, oversized and truncated frames alike.
-mod raw {
-    use std::{io, time::Duration};
-
-    use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
-    use libp2p::{
-        Multiaddr, PeerId, StreamProtocol, Swarm,
-        identity::Keypair,
-        request_response::{self, ProtocolSupport},
-        swarm::SwarmEvent,
-    };
-
-    #[derive(Debug, Clone, Copy, Default)]
-    pub(super) struct RawCodec;
-
-    impl request_response::Codec for RawCodec {
-        type Protocol = StreamProtocol;
-        /// Exactly the bytes written on the stream (length prefix included).
-        type Request = Vec<u8>;
-        /// The response body (length prefix removed).
-        type Response = Vec<u8>;
-
-        async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
-        where
-            T: AsyncRead + Unpin + Send,
-        {
-            Err(io::Error::other("this swarm only sends requests"))
-        }
-
-        async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-        where
-            T: AsyncRead + Unpin + Send,
-        {
-            let mut len = 0u64;
-            for shift in (0..64).step_by(7) {
-                let mut byte = [0u8; 1];
-                io.read_exact(&mut byte).await?;
-                len |= u64::from(byte[0] & 0x7f) << shift;
-                if byte[0] & 0x80 == 0 {
-                    break;
-                }
-            }
-            let len = usize::try_from(len).unwrap_or(usize::MAX);
-            if len > 8 * 1024 * 1024 {
-                return Err(io::Error::other("response too large"));
-            }
-            let mut buf = vec![0u8; len];
-            io.read_exact(&mut buf).await?;
-            Ok(buf)
-        }
-
-        async fn write_request<T>(
-            &mut self,
-            _: &StreamProtocol,
-            io: &mut T,
-            req: Vec<u8>,
-        ) -> io::Result<()>
-        where
-            T: AsyncWrite + Unpin + Send,
-        {
-            io.write_all(&req).await?;
-            io.close().await
-        }
-
-        async fn write_response<T>(
-            &mut self,
-            _: &StreamProtocol,
-            _: &mut T,
-            _: Vec<u8>,
-        ) -> io::Result<()>
-        where
-            T: AsyncWrite + Unpin + Send,
-        {
-            Err(io::Error::other("this swarm only sends requests"))
-        }
-    }
-
-    pub(super) type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
-
-    /// Must be called inside a tokio runtime.
-    pub(super) fn swarm(keypair: &Keypair) -> RawSwarm {
-        let behaviour = request_response::Behaviour::with_codec(
-            RawCodec,
-            [(
-                StreamProtocol::new(kith_net::dm::MAILBOX_PROTOCOL),
-                ProtocolSupport::Outbound,
-            )],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
-        );
-        libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default().nodelay(true),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| behaviour)
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build()
-    }
-
-    /// Sends `wire` (a whole frame) to `relay` at `addr` and waits for the answer's body, or the
-    /// failure (the relay reset the stream, closed it without an answer, ...). Bounded.
-    pub(super) async fn call(
-        swarm: &mut RawSwarm,
-        relay: PeerId,
-        addr: &Multiaddr,
-        wire: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
-        let id =
-            swarm
-                .behaviour_mut()
-                .send_request_with_addresses(&relay, wire, vec![addr.clone()]);
-        let wait = async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message:
-                            request_response::Message::Response {
-                                request_id,
-                                response,
-                            },
-                        ..
-                    }) if request_id == id => return Ok(response),
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        request_id,
-                        error,
-                        ..
-                    }) if request_id == id => return Err(error.to_string()),
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .unwrap_or_else(|_| Err("no answer within 30 s".to_owned()))
-    }
-
-    /// Wraps a body into a frame: unsigned-varint length, then the body.
-    pub(super) fn frame(body: &[u8]) -> Vec<u8> {
-        kith_net::dm::encode_frame(body)
-    }
-}
-
 fn now_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
@@ -1005,6 +850,18 @@ fn registration_signature(key: &libp2p::identity::Keypair, relay: &[u8], at_ms: 
     key.sign(&msg).unwrap()
 }
 
+/// A raw swarm ([`RawPeer`], from kith-testkit) that speaks `/kith/mailbox/1.0.0` and writes
+/// whatever bytes it is given, frame prefix included: garbage, forged, oversized and truncated
+/// frames alike. It never answers a request. Must be called inside a tokio runtime.
+fn raw_peer(key: &libp2p::identity::Keypair) -> RawPeer {
+    RawPeer::start_for(
+        key,
+        kith_net::dm::MAILBOX_PROTOCOL,
+        std::sync::Arc::new(|_: &[u8]| None),
+    )
+    .unwrap()
+}
+
 /// A relay with `--metrics-addr`, a raw swarm connected to it, and a runtime to drive the swarm.
 struct RawLab {
     relay: Daemon,
@@ -1012,7 +869,7 @@ struct RawLab {
     relay_peer: libp2p::PeerId,
     relay_addr: libp2p::Multiaddr,
     key: libp2p::identity::Keypair,
-    swarm: raw::RawSwarm,
+    swarm: RawPeer,
     rt: tokio::runtime::Runtime,
     _lab: Lab,
 }
@@ -1033,7 +890,7 @@ impl RawLab {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let swarm = {
             let _guard = rt.enter();
-            raw::swarm(&key)
+            raw_peer(&key)
         };
         RawLab {
             relay_peer: relay.peer_id().parse().unwrap(),
@@ -1049,38 +906,32 @@ impl RawLab {
 
     /// Sends one whole frame; `Ok(response)` or `Err(why there was none)`.
     fn call_wire(&mut self, wire: Vec<u8>) -> Result<pb::Response, String> {
-        let body = self.rt.block_on(raw::call(
-            &mut self.swarm,
+        let body = self.rt.block_on(self.swarm.send(
             self.relay_peer,
-            &self.relay_addr,
+            self.relay_addr.clone(),
             wire,
         ))?;
         pb::response(&body).ok_or_else(|| format!("undecodable answer {body:?}"))
     }
 
     /// A second raw swarm with another identity, driven by the same runtime.
-    fn other_swarm(&self, key: &libp2p::identity::Keypair) -> raw::RawSwarm {
+    fn other_swarm(&self, key: &libp2p::identity::Keypair) -> RawPeer {
         let _guard = self.rt.enter();
-        raw::swarm(key)
+        raw_peer(key)
     }
 
     /// Sends one well-formed request from `swarm` (see `other_swarm`) and expects an answer.
-    fn call_from(&self, swarm: &mut raw::RawSwarm, body: &[u8]) -> pb::Response {
+    fn call_from(&self, swarm: &RawPeer, body: &[u8]) -> pb::Response {
         let body = self
             .rt
-            .block_on(raw::call(
-                swarm,
-                self.relay_peer,
-                &self.relay_addr,
-                raw::frame(body),
-            ))
+            .block_on(swarm.send(self.relay_peer, self.relay_addr.clone(), encode_frame(body)))
             .unwrap_or_else(|e| panic!("the relay did not answer: {e}"));
         pb::response(&body).unwrap_or_else(|| panic!("undecodable answer {body:?}"))
     }
 
     /// Sends one request body in a well-formed frame and expects an answer.
     fn call(&mut self, body: &[u8]) -> pb::Response {
-        self.call_wire(raw::frame(body))
+        self.call_wire(encode_frame(body))
             .unwrap_or_else(|e| panic!("the relay did not answer a well-formed frame: {e}"))
     }
 
@@ -1247,10 +1098,10 @@ fn garbage_and_unregistered_requests_are_refused_and_counted() {
     assert_eq!(page.item_ids.len(), 1, "{page:?}");
     assert_eq!(page.remaining, 0);
     // Someone else can neither read nor delete it: requests act on the requester's own box.
-    let mut other = lab.other_swarm(&stranger);
-    let theirs = lab.call_from(&mut other, &pb::fetch(10));
+    let other = lab.other_swarm(&stranger);
+    let theirs = lab.call_from(&other, &pb::fetch(10));
     assert!(theirs.item_ids.is_empty(), "a stranger fetched: {theirs:?}");
-    lab.call_from(&mut other, &pb::delete(&page.item_ids));
+    lab.call_from(&other, &pb::delete(&page.item_ids));
     assert_eq!(
         lab.relay.relay_status()["mailbox_items"],
         1,

@@ -69,7 +69,7 @@ async fn five_nodes_bootstrapped_from_node_one_fill_their_routing_tables() {
     let (node2, node5) = (&nodes[1], &nodes[4]);
     let closest = tokio::time::timeout(
         Duration::from_secs(40),
-        node5.node().net().get_closest_peers(node2.peer_id()),
+        node5.node().probe().get_closest_peers(node2.peer_id()),
     )
     .await
     .expect("node 5's get_closest_peers did not finish")

@@ -11,7 +11,7 @@
 //! [`name_options`] and publishes its key bundle 200 ms after start ([`dm_options`]), so a first
 //! message never waits for a missing bundle.
 //!
-//! Two tests put a bare libp2p swarm ([`raw::RawPeer`]) in front of a node: one that holds a
+//! Two tests put a bare libp2p swarm ([`kith_testkit::RawPeer`]) in front of a node: one that holds a
 //! stopped recipient's identity, so the sender's genuine frames reach the test instead of the
 //! recipient (a wire capture), and one that writes frames no kith node would write (over the cap,
 //! truncated, an endless length prefix).
@@ -40,6 +40,8 @@ use kith_service::{
 };
 use kith_store::OlmSave;
 use prost::Message as _;
+
+use kith_testkit::{RawAnswer, RawPeer};
 
 use crate::harness::{
     POLL, STEP, StoppedNode, TestNode, Transports, name_options, poll_until, shutdown_all,
@@ -86,7 +88,7 @@ async fn ready(nodes: &[TestNode]) {
                 MESH,
                 POLL,
                 async || {
-                    let lookup = from.node().net().get_record(bundle_key(&of.peer_id()), 1);
+                    let lookup = from.node().probe().get_record(bundle_key(&of.peer_id()), 1);
                     matches!(
                         tokio::time::timeout(STEP, lookup).await,
                         Ok(Ok(found)) if !found.answers.is_empty()
@@ -137,13 +139,13 @@ async fn send_err(node: &TestNode, target: &str, text: &str) -> ServiceError {
 
 /// One message as the node's store holds it.
 fn stored(node: &TestNode, id: &MessageId) -> Option<Message> {
-    node.node().store().messages().message(id).unwrap()
+    node.node().message(id).unwrap()
 }
 
 /// Whether the node has ever stored this message id (either direction).
 fn known(node: &TestNode, id: &[u8]) -> bool {
     let id: MessageId = id.try_into().unwrap();
-    node.node().store().messages().is_known(&id).unwrap()
+    node.node().probe().is_known(&id).unwrap()
 }
 
 /// Waits until the message has `want` as its status on `node`.
@@ -160,11 +162,7 @@ async fn wait_status(node: &TestNode, id: MessageId, want: MessageStatus) -> Mes
 
 /// The whole conversation `node` holds with `peer`, oldest first.
 fn conversation(node: &TestNode, peer: PeerId) -> Vec<Message> {
-    node.node()
-        .store()
-        .messages()
-        .history(&peer.to_bytes(), usize::MAX, None)
-        .unwrap()
+    node.node().probe().conversation(peer).unwrap()
 }
 
 /// Asserts that `a` and `b` hold the same conversation: the same ids in the same order with the
@@ -210,7 +208,7 @@ async fn send_raw(from: &TestNode, to: &TestNode, bytes: Vec<u8>) -> pb::Ack {
         let sent = tokio::time::timeout(
             SEND,
             from.node()
-                .net()
+                .probe()
                 .send_dm(to.peer_id(), bytes.clone(), vec![to.tcp_addr()]),
         )
         .await
@@ -241,7 +239,7 @@ async fn connect(from: &TestNode, to: &TestNode) {
             {
                 return true;
             }
-            let _ = from.node().net().dial(to.tcp_addr()).await;
+            let _ = from.node().probe().dial(to.tcp_addr()).await;
             false
         },
     )
@@ -262,7 +260,7 @@ fn envelope(id: &[u8], ciphertext: Vec<u8>) -> Vec<u8> {
 }
 
 /// An impostor's answer: the given status for the frame's message id.
-fn answer_with(status: pb::AckStatus) -> raw::Answer {
+fn answer_with(status: pb::AckStatus) -> RawAnswer {
     Arc::new(move |frame: &[u8]| {
         let id = pb::Envelope::decode(frame)
             .map(|e| e.id)
@@ -284,7 +282,7 @@ struct ImpostorStage {
     hub: TestNode,
     sender: TestNode,
     recipient: StoppedNode,
-    impostor: raw::RawPeer,
+    impostor: RawPeer,
 }
 
 /// Three nodes (hub, sender, recipient). The sender's first message is delivered, so it holds an
@@ -317,7 +315,7 @@ async fn impostor_stage(answer: pb::AckStatus) -> ImpostorStage {
     )
     .await
     .unwrap();
-    let impostor = raw::RawPeer::start(recipient.keypair(), answer_with(answer)).unwrap();
+    let impostor = RawPeer::start(recipient.keypair(), answer_with(answer)).unwrap();
     impostor.dial(sender.tcp_addr()).await.unwrap();
     wait_until(
         "the sender to be connected to the impostor",
@@ -374,8 +372,7 @@ async fn held_envelope() -> HeldEnvelope {
         stage
             .sender
             .node()
-            .store()
-            .messages()
+            .probe()
             .outbox()
             .unwrap()
             .iter()
@@ -588,12 +585,10 @@ async fn two_nodes_chat_by_peer_id_name_and_petname() {
 
 /// Our sessions with `with`, as `node` saved them in its store.
 fn saved_sessions(node: &TestNode, with: &TestNode) -> PeerSessions {
-    let db = node.node().store().messages();
+    let db = node.node().probe();
     let key = db
-        .correspondent(&with.peer_id().to_bytes())
+        .identity_key_of(with.peer_id())
         .unwrap()
-        .unwrap()
-        .identity_key
         .expect("bound on first use");
     let pickle_key = node.pickle_key().unwrap();
     let (account, _) =
@@ -659,7 +654,7 @@ async fn a_store_with_the_old_whole_state_olm_pickle_opens_and_decrypts_both_way
         .unwrap();
 
     let a = stopped.start(vec![b_addr]).await.unwrap();
-    let db = a.node().store().messages();
+    let db = a.node().probe();
     assert!(db.olm_sessions(&b_key).unwrap().is_some(), "split on open");
     let (_, left) =
         OlmAccount::from_pickle(&db.olm_account().unwrap().unwrap(), a.pickle_key().unwrap())
@@ -822,7 +817,7 @@ async fn unknown_senders_land_in_requests_and_blocked_ones_are_refused() {
     );
     assert_eq!(a.metric(DM_REJECTED), rejected + 1.0);
     assert!(
-        b.node().store().messages().outbox().unwrap().is_empty(),
+        b.node().probe().outbox().unwrap().is_empty(),
         "a refused message is not retried"
     );
     // Nor can A write to a peer it blocked.
@@ -939,13 +934,13 @@ async fn tampered_replayed_oversized_and_garbage_frames_are_refused() {
 
     // (e) Frames no kith node writes, from a bare swarm: no answer, counted before decoding.
     let mut oversized = Vec::new();
-    write_varint((kith_net::dm::MAX_REQUEST + 1) as u64, &mut oversized);
+    kith_testkit::frame::write_varint((kith_net::dm::MAX_REQUEST + 1) as u64, &mut oversized);
     oversized.resize(oversized.len() + kith_net::dm::MAX_REQUEST + 1, 0xab);
     let mut truncated = Vec::new();
-    write_varint(100, &mut truncated);
+    kith_testkit::frame::write_varint(100, &mut truncated);
     truncated.extend_from_slice(&[1; 10]);
     let endless = vec![0xff; 16];
-    let raw = raw::RawPeer::start(&Keypair::generate_ed25519(), Arc::new(|_: &[u8]| None)).unwrap();
+    let raw = RawPeer::start(&Keypair::generate_ed25519(), Arc::new(|_: &[u8]| None)).unwrap();
     for (what, bytes) in [
         ("over the cap", oversized),
         ("truncated", truncated),
@@ -982,7 +977,7 @@ async fn tampered_replayed_oversized_and_garbage_frames_are_refused() {
         .send(
             recipient.peer_id(),
             recipient.tcp_addr(),
-            kith_net::dm::encode_frame(&at_cap.encode_to_vec()),
+            kith_testkit::frame::encode_frame(&at_cap.encode_to_vec()),
         )
         .await
         .expect("a frame at the cap gets an answer");
@@ -1131,9 +1126,8 @@ async fn another_peers_message_under_the_same_id_does_not_suppress_the_real_one(
     };
     squatter
         .node()
-        .store()
-        .messages()
-        .enqueue(Some(&message), &item)
+        .probe()
+        .plant_outbox(Some(&message), &item)
         .unwrap();
     // Sending anything to the recipient delivers the whole outbox for it, oldest first.
     let nudge = send(&squatter, &rid.to_string(), "hello").await;
@@ -1193,8 +1187,7 @@ async fn envelopes_carry_no_plaintext() {
     let entry = stage
         .sender
         .node()
-        .store()
-        .messages()
+        .probe()
         .outbox()
         .unwrap()
         .into_iter()
@@ -1267,7 +1260,7 @@ async fn a_flood_is_rate_limited_and_nothing_is_lost() {
         FLOOD_DELIVERY,
         POLL,
         async || {
-            sender.node().store().messages().outbox_len() == 0
+            sender.node().outbox_len() == 0
                 && conversation(recipient, sender.peer_id()).len() >= FLOOD
         },
     )
@@ -1276,7 +1269,7 @@ async fn a_flood_is_rate_limited_and_nothing_is_lost() {
         panic!(
             "{e}: {} of {FLOOD} arrived, {} still in the outbox",
             conversation(recipient, sender.peer_id()).len(),
-            sender.node().store().messages().outbox_len()
+            sender.node().outbox_len()
         );
     }
     eprintln!(
@@ -1347,8 +1340,7 @@ async fn empty_oversized_and_unknown_recipients_are_clear_errors() {
 
     // Nothing of it was stored, on either side.
     for node in [&a, &b] {
-        let messages = node.node().store().messages();
-        assert_eq!(messages.outbox_len(), 0);
+        assert_eq!(node.node().outbox_len(), 0);
         assert!(node.node().inbox().unwrap().is_empty());
     }
     assert!(conversation(&a, b.peer_id()).is_empty());
@@ -1360,312 +1352,6 @@ async fn empty_oversized_and_unknown_recipients_are_clear_errors() {
     assert_eq!(stored(&b, &sent.id).unwrap().text, longest);
 
     shutdown_all(vec![a, b]).await.unwrap();
-}
-
-fn write_varint(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// A bare libp2p swarm (TCP, Noise, Yamux, one request-response behaviour) that speaks
-/// `/kith/dm/1.0.0` both ways: it writes whatever bytes it is given, length prefix included, and
-/// answers inbound frames with whatever its [`Answer`] says. Driven by its own task.
-mod raw {
-    use std::{collections::HashMap, io, time::Duration};
-
-    use anyhow::{Context as _, anyhow};
-    use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
-    use libp2p::{
-        Multiaddr, PeerId, StreamProtocol, Swarm,
-        identity::Keypair,
-        multiaddr::Protocol,
-        request_response::{self, OutboundRequestId, ProtocolSupport},
-        swarm::SwarmEvent,
-    };
-    use tokio::sync::{mpsc, oneshot};
-
-    /// The answer to an inbound frame body: a response body, or None to answer nothing.
-    pub(super) type Answer = std::sync::Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
-
-    #[derive(Debug, Clone, Copy, Default)]
-    struct RawCodec;
-
-    async fn read_frame<T: AsyncRead + Unpin + Send>(
-        io: &mut T,
-        max: usize,
-    ) -> io::Result<Vec<u8>> {
-        let mut len = 0u64;
-        for shift in (0..64).step_by(7) {
-            let mut byte = [0u8; 1];
-            io.read_exact(&mut byte).await?;
-            len |= u64::from(byte[0] & 0x7f) << shift;
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        if len > max {
-            return Err(io::Error::other("frame too large"));
-        }
-        let mut buf = vec![0u8; len];
-        io.read_exact(&mut buf).await?;
-        Ok(buf)
-    }
-
-    impl request_response::Codec for RawCodec {
-        type Protocol = StreamProtocol;
-        /// Outbound: exactly the bytes written on the stream (length prefix included). Inbound:
-        /// the frame body.
-        type Request = Vec<u8>;
-        /// The body (length prefix removed or added by the codec).
-        type Response = Vec<u8>;
-
-        async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-        where
-            T: AsyncRead + Unpin + Send,
-        {
-            read_frame(io, 1024 * 1024).await
-        }
-
-        async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-        where
-            T: AsyncRead + Unpin + Send,
-        {
-            read_frame(io, 64 * 1024).await
-        }
-
-        async fn write_request<T>(
-            &mut self,
-            _: &StreamProtocol,
-            io: &mut T,
-            req: Vec<u8>,
-        ) -> io::Result<()>
-        where
-            T: AsyncWrite + Unpin + Send,
-        {
-            io.write_all(&req).await?;
-            io.close().await
-        }
-
-        async fn write_response<T>(
-            &mut self,
-            _: &StreamProtocol,
-            io: &mut T,
-            res: Vec<u8>,
-        ) -> io::Result<()>
-        where
-            T: AsyncWrite + Unpin + Send,
-        {
-            io.write_all(&kith_net::dm::encode_frame(&res)).await?;
-            io.close().await
-        }
-    }
-
-    type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
-
-    enum Command {
-        Dial {
-            addr: Multiaddr,
-            peer: PeerId,
-            reply: oneshot::Sender<Result<(), String>>,
-        },
-        Send {
-            peer: PeerId,
-            addr: Multiaddr,
-            wire: Vec<u8>,
-            reply: oneshot::Sender<Result<Vec<u8>, String>>,
-        },
-    }
-
-    /// A running raw swarm.
-    pub(super) struct RawPeer {
-        commands: mpsc::Sender<Command>,
-        frames: mpsc::Receiver<Vec<u8>>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl RawPeer {
-        /// Starts a swarm with this identity; it listens nowhere, it only dials.
-        pub(super) fn start(keypair: &Keypair, answer: Answer) -> anyhow::Result<Self> {
-            let swarm = swarm(keypair)?;
-            let (commands, command_rx) = mpsc::channel(16);
-            let (frame_tx, frames) = mpsc::channel(64);
-            let task = tokio::spawn(run(swarm, command_rx, frame_tx, answer));
-            Ok(Self {
-                commands,
-                frames,
-                task,
-            })
-        }
-
-        /// Connects to `addr` (ending in `/p2p/<id>`); returns once the connection is up.
-        pub(super) async fn dial(&self, addr: Multiaddr) -> anyhow::Result<()> {
-            let Some(Protocol::P2p(peer)) = addr.iter().last() else {
-                return Err(anyhow!("{addr} does not end in /p2p/<id>"));
-            };
-            let (reply, rx) = oneshot::channel();
-            self.commands
-                .send(Command::Dial { addr, peer, reply })
-                .await
-                .map_err(|_| anyhow!("the raw swarm stopped"))?;
-            tokio::time::timeout(Duration::from_secs(10), rx)
-                .await
-                .context("the dial did not finish")?
-                .context("the raw swarm stopped")?
-                .map_err(|e| anyhow!("dial failed: {e}"))
-        }
-
-        /// Writes `wire` (a whole frame, or anything else) on a new stream to `peer` and waits
-        /// for the answer's body, or the reason there was none. Bounded.
-        pub(super) async fn send(
-            &self,
-            peer: PeerId,
-            addr: Multiaddr,
-            wire: Vec<u8>,
-        ) -> Result<Vec<u8>, String> {
-            let (reply, rx) = oneshot::channel();
-            self.commands
-                .send(Command::Send {
-                    peer,
-                    addr,
-                    wire,
-                    reply,
-                })
-                .await
-                .map_err(|_| "the raw swarm stopped".to_owned())?;
-            match tokio::time::timeout(Duration::from_secs(30), rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err("the raw swarm stopped".to_owned()),
-                Err(_) => Err("no answer within 30 s".to_owned()),
-            }
-        }
-
-        /// The body of the next inbound frame, if one comes within `timeout`.
-        pub(super) async fn next_frame(&mut self, timeout: Duration) -> Option<Vec<u8>> {
-            tokio::time::timeout(timeout, self.frames.recv())
-                .await
-                .ok()
-                .flatten()
-        }
-
-        /// Stops the swarm; its connections close.
-        pub(super) async fn stop(self) {
-            self.task.abort();
-            let _ = self.task.await;
-        }
-    }
-
-    fn swarm(keypair: &Keypair) -> anyhow::Result<RawSwarm> {
-        let behaviour = request_response::Behaviour::with_codec(
-            RawCodec,
-            [(
-                StreamProtocol::new(kith_net::dm::PROTOCOL),
-                ProtocolSupport::Full,
-            )],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
-        );
-        Ok(
-            libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-                .with_tokio()
-                .with_tcp(
-                    libp2p::tcp::Config::default().nodelay(true),
-                    libp2p::noise::Config::new,
-                    libp2p::yamux::Config::default,
-                )
-                .map_err(|e| anyhow!("raw swarm transport: {e}"))?
-                .with_behaviour(|_| behaviour)
-                .map_err(|e| anyhow!("raw swarm behaviour: {e}"))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-                .build(),
-        )
-    }
-
-    type DialReply = oneshot::Sender<Result<(), String>>;
-
-    /// Answers every pending dial to `peer`.
-    fn finish_dials(
-        dials: &mut Vec<(PeerId, DialReply)>,
-        peer: PeerId,
-        result: &Result<(), String>,
-    ) {
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(dials)
-            .into_iter()
-            .partition(|(p, _)| *p == peer);
-        *dials = waiting;
-        for (_, reply) in done {
-            let _ = reply.send(result.clone());
-        }
-    }
-
-    async fn run(
-        mut swarm: RawSwarm,
-        mut commands: mpsc::Receiver<Command>,
-        frames: mpsc::Sender<Vec<u8>>,
-        answer: Answer,
-    ) {
-        let mut dials: Vec<(PeerId, DialReply)> = Vec::new();
-        let mut calls: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>> =
-            HashMap::new();
-        loop {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    None => return,
-                    Some(Command::Dial { addr, peer, reply }) => match swarm.dial(addr) {
-                        Ok(()) => dials.push((peer, reply)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e.to_string()));
-                        }
-                    },
-                    Some(Command::Send { peer, addr, wire, reply }) => {
-                        let id = swarm
-                            .behaviour_mut()
-                            .send_request_with_addresses(&peer, wire, vec![addr]);
-                        calls.insert(id, reply);
-                    }
-                },
-                event = swarm.select_next_some() => match event {
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                        finish_dials(&mut dials, peer_id, &Ok(()));
-                    }
-                    SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                        finish_dials(&mut dials, peer, &Err(error.to_string()));
-                    }
-                    SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
-                        match message {
-                            request_response::Message::Request { request, channel, .. } => {
-                                if let Some(body) = answer(&request) {
-                                    let _ = swarm.behaviour_mut().send_response(channel, body);
-                                }
-                                let _ = frames.try_send(request);
-                            }
-                            request_response::Message::Response { request_id, response } => {
-                                if let Some(reply) = calls.remove(&request_id) {
-                                    let _ = reply.send(Ok(response));
-                                }
-                            }
-                        }
-                    }
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        request_id,
-                        error,
-                        ..
-                    }) => {
-                        if let Some(reply) = calls.remove(&request_id) {
-                            let _ = reply.send(Err(error.to_string()));
-                        }
-                    }
-                    _ => {}
-                },
-            }
-        }
-    }
 }
 
 /// Issue 16: a send to a pinned name, or a petname, while the node has no peer at all is queued

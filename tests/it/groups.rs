@@ -257,9 +257,8 @@ async fn an_offline_member_catches_up_on_100_messages() {
 fn latest_envelope(holder: &Node, id: &str, sender: PeerId) -> pb::GroupEnvelope {
     let group = gid(id);
     let all = holder
-        .store()
-        .groups()
-        .envelopes_after(&group, &sender.to_bytes(), 0, 10_000)
+        .probe()
+        .group_envelopes(&group, sender, 10_000)
         .unwrap();
     pb::GroupEnvelope::decode(all.last().unwrap().as_slice()).unwrap()
 }
@@ -281,7 +280,12 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
 
     // An outsider subscribes and publishes a well-formed, signed envelope of its own.
     let topic = group_topic(&gid(&id));
-    mallory.node().net().subscribe(topic.clone()).await.unwrap();
+    mallory
+        .node()
+        .probe()
+        .subscribe(topic.clone())
+        .await
+        .unwrap();
     let mut forged = pb::GroupEnvelope {
         group_id: gid(&id).to_vec(),
         sender: mallory.peer_id().to_bytes(),
@@ -302,7 +306,7 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
         async || {
             mallory
                 .node()
-                .net()
+                .probe()
                 .publish(topic.clone(), forged.encode_to_vec())
                 .await
                 .unwrap()
@@ -315,7 +319,7 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
     replay.list_version += 1; // different bytes, so gossip does not drop it as a duplicate
     mallory
         .node()
-        .net()
+        .probe()
         .publish(topic.clone(), replay.encode_to_vec())
         .await
         .unwrap();
@@ -374,36 +378,33 @@ async fn removed_members_and_outsiders_cannot_read_or_post() {
     let new_session: [u8; 32] = after.session_id.as_slice().try_into().unwrap();
     assert!(
         bob.node()
-            .store()
-            .groups()
-            .receiver(&group, &new_session)
+            .group_key_state(&group)
             .unwrap()
-            .is_some()
+            .sessions_held
+            .contains(&new_session)
     );
     // The new session's key was never queued for carol by either sender (each records whom it
     // shared its key with in the transaction that queues it), so it cannot be on its way.
     for sender in [admin, bob] {
-        let state = sender
+        let shared_with = sender
             .node()
-            .store()
-            .groups()
-            .sender(&group)
+            .group_key_state(&group)
             .unwrap()
+            .shared_with
             .unwrap();
         assert!(
-            !state.shared_with.contains(&carol.peer_id().to_bytes()),
+            !shared_with.contains(&carol.peer_id()),
             "{} queued its new key for the removed member",
             sender.peer_id()
         );
     }
     assert!(
-        carol
+        !carol
             .node()
-            .store()
-            .groups()
-            .receiver(&group, &new_session)
+            .group_key_state(&group)
             .unwrap()
-            .is_none(),
+            .sessions_held
+            .contains(&new_session),
         "the removed member got the new session key"
     );
     let carol_texts: Vec<String> = history(carol.node(), &id)

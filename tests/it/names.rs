@@ -66,19 +66,9 @@ async fn resolve_fresh(
         .unwrap_or_else(|_| panic!("resolve_name_fresh({name}) on {} hung", node.peer_id()))
 }
 
-/// The value `node` holds under `key` in its own DHT store, if any: the local answer (holder
-/// `None`) of a GET with quorum one, which ends at that answer when there is one. Only this key
-/// counts, whatever else (key bundles, mailbox pointers) the node holds.
+/// The value `node` holds under `key` in its own DHT store, if any ([`TestNode::local_value`]).
 async fn local_value(node: &TestNode, key: &[u8]) -> Option<Vec<u8>> {
-    let result = tokio::time::timeout(LOOKUP, node.node().net().get_record(key.to_vec(), 1))
-        .await
-        .unwrap_or_else(|_| panic!("get_record on {} hung", node.peer_id()))
-        .ok()?;
-    result
-        .answers
-        .into_iter()
-        .find(|a| a.holder.is_none())
-        .map(|a| a.value)
+    node.local_value(key, LOOKUP).await.unwrap()
 }
 
 /// Waits until every node holds exactly `value` under `key` in its own DHT store.
@@ -462,7 +452,7 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
             LOOKUP,
             sender
                 .node()
-                .net()
+                .probe()
                 .put_record_to(key.clone(), value.clone(), targets.clone()),
         )
         .await
@@ -506,10 +496,11 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
     // sender's side reports, nobody falls over.
     let oversized = tokio::time::timeout(
         LOOKUP,
-        sender
-            .node()
-            .net()
-            .put_record_to(dave_key.clone(), vec![0x5A; 20 * 1024], targets.clone()),
+        sender.node().probe().put_record_to(
+            dave_key.clone(),
+            vec![0x5A; 20 * 1024],
+            targets.clone(),
+        ),
     )
     .await;
     tracing::info!(?oversized, "20 KiB put");
@@ -627,7 +618,7 @@ async fn a_lying_holder_cannot_outvote_the_holders_of_the_real_claim() {
     // resolver's own validation, the forged claim (valid on its own) was kept as an answer.
     let raw = tokio::time::timeout(
         LOOKUP,
-        net.resolver.node().net().get_record(net.key.clone(), 64),
+        net.resolver.node().probe().get_record(net.key.clone(), 64),
     )
     .await
     .expect("get_record hung")
@@ -667,7 +658,7 @@ async fn resolvers_count_rejected_answers_in_metrics() {
     let net = lying_network().await;
     let raw = tokio::time::timeout(
         LOOKUP,
-        net.resolver.node().net().get_record(net.key.clone(), 64),
+        net.resolver.node().probe().get_record(net.key.clone(), 64),
     )
     .await
     .expect("get_record hung")
@@ -1226,15 +1217,19 @@ async fn the_owners_doctor_report_shows_a_rival_claim_with_its_holders() {
     register(rival, "ivy").await.unwrap();
     // The halves meet.
     for node in &ours {
-        node.node().net().dial(theirs[0].tcp_addr()).await.unwrap();
+        node.node()
+            .probe()
+            .dial(theirs[0].tcp_addr())
+            .await
+            .unwrap();
     }
     for node in &theirs {
-        node.node().net().dial(ours[0].tcp_addr()).await.unwrap();
+        node.node().probe().dial(ours[0].tcp_addr()).await.unwrap();
     }
     let mut everyone = ours;
     everyone.extend(theirs);
     for node in &everyone {
-        let _ = node.node().net().bootstrap().await;
+        let _ = node.node().probe().bootstrap().await;
     }
     wait_for_mesh(&everyone, &[], MESH).await.unwrap();
     let (owner, rival_id) = (&everyone[1], everyone[5].peer_id());

@@ -83,17 +83,9 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
     ground
 }
 
-/// The value `node` holds under `key` in its own DHT store, if any.
+/// The value `node` holds under `key` in its own DHT store, if any ([`TestNode::local_value`]).
 async fn local_value(node: &TestNode, key: &[u8]) -> Option<Vec<u8>> {
-    let result = tokio::time::timeout(LOOKUP, node.node().net().get_record(key.to_vec(), 1))
-        .await
-        .unwrap_or_else(|_| panic!("get_record on {} hung", node.peer_id()))
-        .ok()?;
-    result
-        .answers
-        .into_iter()
-        .find(|a| a.holder.is_none())
-        .map(|a| a.value)
+    node.local_value(key, LOOKUP).await.unwrap()
 }
 
 /// Runs the attack with `honest_n` honest nodes and `sybil_n` ground attacker nodes, then
@@ -151,10 +143,7 @@ async fn attack(honest_n: usize, sybil_n: usize, resolvers: usize) -> Outcomes {
         for key in name.replica_keys() {
             let _ = tokio::time::timeout(
                 LOOKUP,
-                sybil
-                    .node()
-                    .net()
-                    .put_record(key, attacker_bytes.clone(), None),
+                sybil.node().probe().put_record(key, attacker_bytes.clone()),
             )
             .await
             .expect("attacker put hung");
@@ -220,7 +209,7 @@ async fn attack(honest_n: usize, sybil_n: usize, resolvers: usize) -> Outcomes {
         // The old rule, for the record: one key, stop at four agreeing holders.
         let raw = tokio::time::timeout(
             LOOKUP,
-            resolver.node().net().get_record(first_key.clone(), 4),
+            resolver.node().probe().get_record(first_key.clone(), 4),
         )
         .await
         .expect("raw get hung")
@@ -277,7 +266,7 @@ async fn attack(honest_n: usize, sybil_n: usize, resolvers: usize) -> Outcomes {
                 expected.sort();
                 assert_eq!(both, expected, "the conflict names both owners");
                 assert!(
-                    resolver.node().store().names().pin(NAME).unwrap().is_none(),
+                    resolver.node().probe().pinned(NAME).unwrap().is_none(),
                     "a contested name is not pinned"
                 );
                 outcomes.conflict += 1;

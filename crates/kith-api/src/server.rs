@@ -664,16 +664,12 @@ async fn relay_status(State(state): State<AppState>) -> Response {
         let status = node.status().await?;
         let stats = node.mailbox_stats()?;
         let recipients = node
-            .store()
-            .mailboxes()
-            .recipients(100)?
+            .mailbox_recipients(100)?
             .into_iter()
-            .map(|(peer, items, bytes)| RecipientUsage {
-                peer_id: libp2p::PeerId::from_bytes(&peer)
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-                items,
-                bytes,
+            .map(|usage| RecipientUsage {
+                peer_id: usage.peer.map(|p| p.to_string()).unwrap_or_default(),
+                items: usage.items,
+                bytes: usage.bytes,
             })
             .collect();
         let circuits = StatusReport::from(status).relay;

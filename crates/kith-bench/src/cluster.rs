@@ -5,18 +5,16 @@
 //! protocol of network id [`NETWORK_ID`] (`/kith/bench/kad/1.0.0`); kith nodes keep their store
 //! under the cluster's directory, which the caller owns and removes.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use kith_net::{Config, DhtMode, Keypair, Multiaddr, PeerId};
+use kith_net::{Keypair, Multiaddr, PeerId};
 use kith_service::{Node, Options};
-use kith_store::{Store, StoreConfig};
+use kith_store::StoreConfig;
+use kith_testkit::Transports;
 use libp2p::multiaddr::Protocol;
 
-use crate::baseline::{self, RawConfig, RawNode};
+use crate::baseline::{RawConfig, RawNode};
 
 /// The network id of every benchmark node.
 pub(crate) const NETWORK_ID: &str = "bench";
@@ -225,14 +223,9 @@ impl Cluster {
             store_config = store_config.with_cache_capacity(1024 * 1024);
             store_config.flush_every_ms = None;
         }
-        let store = Store::open(&home, &store_config)
-            .with_context(|| format!("cannot open a store in {}", home.display()))?;
-        let mut config = Config::new(keypair)
-            .with_network_id(NETWORK_ID)
-            .with_mdns(false)
-            .with_dht_mode(DhtMode::Server)
-            .with_listen(vec![baseline::loopback_tcp()])
-            .with_bootstrap(bootstrap);
+        let store = kith_testkit::open_store_at(&home, &store_config)?;
+        let mut config =
+            kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?;
         config.idle_timeout = self.settings.idle_timeout();
         config.query_timeout = self.settings.query_timeout();
         if self.settings.reduced {
@@ -248,22 +241,9 @@ impl Cluster {
             });
         }
         let options = self.options.clone().unwrap_or_default();
-        let node = tokio::time::timeout(STEP, Node::start_with(config, store, options))
-            .await
-            .context("kith node did not start in time")?
-            .context("kith node failed to start")?;
+        let node = kith_testkit::start_node(config, store, options).await?;
         let peer_id = node.peer_id();
-        let deadline = Instant::now() + STEP;
-        let addr = loop {
-            let status = node.net().status().await.context("kith node stopped")?;
-            if let Some(addr) = status.listen_addrs.first() {
-                break addr.clone().with(Protocol::P2p(peer_id));
-            }
-            if Instant::now() > deadline {
-                bail!("kith node did not start listening in time");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
         Ok(Member {
             handle: Handle::Kith(node),
             peer_id,
@@ -274,7 +254,7 @@ impl Cluster {
     /// A `get_closest_peers` walk for `key` from node `i`.
     pub(crate) async fn closest(&self, i: usize, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
         match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.net().get_closest_peers(key).await?),
+            Handle::Kith(node) => Ok(node.probe().get_closest_peers(key).await?),
             Handle::Raw(node) => node.get_closest_peers(key).await,
         }
     }
@@ -283,7 +263,7 @@ impl Cluster {
     pub(crate) async fn routing_len(&self, i: usize) -> anyhow::Result<usize> {
         let ask = async {
             match &self.member(i)?.handle {
-                Handle::Kith(node) => Ok(node.net().routing_table().await?.len()),
+                Handle::Kith(node) => Ok(node.probe().routing_table().await?.len()),
                 Handle::Raw(node) => node.routing_len().await,
             }
         };
@@ -295,7 +275,7 @@ impl Cluster {
     /// Starts a Kademlia bootstrap on node `i`.
     pub(crate) async fn bootstrap(&self, i: usize) -> anyhow::Result<()> {
         match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.net().bootstrap().await?),
+            Handle::Kith(node) => Ok(node.probe().bootstrap().await?),
             Handle::Raw(node) => node.bootstrap().await,
         }
     }

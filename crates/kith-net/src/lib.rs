@@ -31,6 +31,7 @@ pub mod dm;
 mod error;
 mod event;
 mod event_loop;
+pub mod frame;
 mod listen;
 mod metrics;
 mod records;

@@ -370,7 +370,7 @@ impl Node {
     ) -> Result<CallInfo, ServiceError> {
         let me = self.peer_id();
         let (group, invitees) = match &target {
-            CallTarget::Person(who) => (None, vec![self.recipient_for_sending(who).await?]),
+            CallTarget::Person(who) => (None, vec![self.outbox().recipient(who).await?]),
             CallTarget::Group(reference) => {
                 let group = self.group(reference)?;
                 if !group.joined || group.left || group.removed {
@@ -716,7 +716,8 @@ impl Node {
     fn send_call_signal(&self, peer: PeerId, signal: pb::CallSignal) -> Result<(), ServiceError> {
         tracing::debug!(%peer, call = %hex::encode(&signal.call_id), kind = signal.kind, media = %signal.media_kind, "call signal out");
         let ttl = self.calls_component().ring_timeout;
-        self.send_ephemeral(peer, pb::direct_payload::Body::CallSignal(signal), ttl)
+        self.outbox()
+            .send_ephemeral(peer, pb::direct_payload::Body::CallSignal(signal), ttl)
             .map(|_| ())
     }
 
@@ -813,7 +814,8 @@ impl Node {
                 };
                 let text = summary_text(outcome, record.video, record.duration_ms(), true);
                 if let Err(e) = node
-                    .send_body(
+                    .outbox()
+                    .send_shown(
                         peer,
                         pb::direct_payload::Body::CallSummary(summary),
                         text,

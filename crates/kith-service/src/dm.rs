@@ -360,9 +360,172 @@ fn peer_of(bytes: &[u8]) -> Option<PeerId> {
     PeerId::from_bytes(bytes).ok()
 }
 
+/// The one way other features hand something to direct delivery (issue 12, step 1). Groups,
+/// calls, files and the mailbox fetch queue through it instead of reaching into [`Dm`]: every
+/// entry is stored, made durable and handed to delivery by the same few calls, so no caller has
+/// to remember "flush, then wake".
+///
+/// - [`Outbox::send_shown`]: a message shown in history (text, file offer, call summary); waits
+///   for the first attempt.
+/// - [`Outbox::enqueue`]: one group control body, stored, flushed and handed over in one call.
+/// - [`Outbox::stage`] then [`Outbox::send_staged`]: several control bodies written with other
+///   state, one flush and one wake for all.
+/// - [`Outbox::send_receipt`]: a delivery or read receipt.
+/// - [`Outbox::send_ephemeral`]: call signalling, never deposited, dropped after its time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outbox<'a> {
+    node: &'a Node,
+}
+
+impl Outbox<'_> {
+    /// Resolves who a send goes to and refuses ourselves and blocked peers, with the fix in words.
+    pub(crate) async fn recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
+        let peer = self.node.resolve_recipient(target).await?;
+        if peer == self.node.peer_id() {
+            return Err(ServiceError::InvalidMessage(
+                "you cannot message yourself".into(),
+            ));
+        }
+        if let Some(c) = self
+            .node
+            .store()
+            .messages()
+            .correspondent(&peer.to_bytes())?
+            && c.trust == Trust::Blocked
+        {
+            return Err(ServiceError::InvalidMessage(format!(
+                "{peer} is blocked; unblock with `kith accept {target}` first"
+            )));
+        }
+        Ok(peer)
+    }
+
+    /// Stores a message with `body` for `peer` (shown in history as `text`), hands it to delivery
+    /// and waits for the first attempt. `before_enqueue` runs with the new message id before the
+    /// message is stored, for records that must exist once the message does (a file's).
+    pub(crate) async fn send_shown(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        text: String,
+        before_enqueue: impl FnOnce(MessageId) -> Result<(), ServiceError>,
+    ) -> Result<Sent, ServiceError> {
+        let item = self.node.new_outbox_item(peer, body, Delivery::Shown);
+        let (id, now) = (item.id, item.created_ms);
+        before_enqueue(id)?;
+        let message = Message {
+            id,
+            peer_id: peer.to_bytes(),
+            outgoing: true,
+            text,
+            sent_at_ms: now,
+            received_at_ms: 0,
+            status: Status::Queued,
+            failure: String::new(),
+        };
+        let (attempted, first_attempt) = oneshot::channel();
+        lock(&self.node.dm().first_attempts).insert(id, (peer, attempted));
+        if let Err(e) = self.node.store().messages().enqueue(Some(&message), &item) {
+            lock(&self.node.dm().first_attempts).remove(&id);
+            return Err(e.into());
+        }
+        // No flush of its own before the first attempt: the delivery run flushes the message,
+        // its outbox entry and the envelope together before anything leaves (sled's log is
+        // written in order), and `flush_through` below flushes only if no flush started after
+        // the enqueue has finished (it sent nothing, or timed out). Either way the answer comes
+        // only after the message and its outbox entry are on disk.
+        let enqueued = self.node.store().flush_ticket();
+        // Handed to the peer's delivery run (started if none is running), not delivered by this
+        // call: concurrent sends to one peer share rounds instead of queueing for one each.
+        self.node.hand_to_delivery(peer);
+        let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, first_attempt).await;
+        lock(&self.node.dm().first_attempts).remove(&id);
+        self.node.store().flush_through(enqueued).await?;
+        let status = self
+            .node
+            .store()
+            .messages()
+            .message(&id)?
+            .map_or(Status::Queued, |m| m.status);
+        Ok(Sent { id, peer, status })
+    }
+
+    /// Stores a group control message for `peer`, flushes it and hands it to delivery: retried
+    /// until acknowledged and deposited at the peer's mailbox when it is offline.
+    pub(crate) async fn enqueue(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+    ) -> Result<MessageId, ServiceError> {
+        let id = self.stage(peer, body)?;
+        self.send_staged().await?;
+        Ok(id)
+    }
+
+    /// Stores a group control message (invitation, member list, session key) for `peer` without
+    /// flushing it: for entries written together with other state (a new member list, the record
+    /// of whom a session key went to), several at a time. [`Outbox::send_staged`] must follow
+    /// (one flush and one wake for all of them); [`Outbox::enqueue`] does both for one entry.
+    pub(crate) fn stage(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+    ) -> Result<MessageId, ServiceError> {
+        let item = self.node.new_outbox_item(peer, body, Delivery::Control);
+        self.node.store().messages().enqueue(None, &item)?;
+        Ok(item.id)
+    }
+
+    /// Makes everything [`Outbox::stage`]d durable (one flush, which also covers whatever state
+    /// was written with it) and wakes delivery.
+    pub(crate) async fn send_staged(&self) -> Result<(), ServiceError> {
+        self.node.store().flush().await?;
+        self.node.dm().wake_delivery();
+        Ok(())
+    }
+
+    /// Queues a receipt (delivered or read) for `peer`; delivered like any message.
+    pub(crate) async fn send_receipt(
+        &self,
+        peer: PeerId,
+        ids: Vec<Vec<u8>>,
+        kind: pb::ReceiptKind,
+    ) -> Result<(), ServiceError> {
+        let body = pb::direct_payload::Body::Receipt(pb::Receipt {
+            ids,
+            kind: kind as i32,
+        });
+        let item = self.node.new_outbox_item(peer, body, Delivery::Receipt);
+        self.node.store().messages().enqueue(None, &item)?;
+        self.send_staged().await
+    }
+
+    /// Queues call signalling for `peer` and hands it to delivery at once: encrypted and retried
+    /// like any message until `ttl` has passed, then dropped; never deposited at a mailbox and
+    /// never shown in history. No flush of its own: the delivery run flushes before it sends.
+    pub(crate) fn send_ephemeral(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        ttl: Duration,
+    ) -> Result<MessageId, ServiceError> {
+        let item = self
+            .node
+            .new_outbox_item(peer, body, Delivery::Ephemeral(ttl));
+        self.node.store().messages().enqueue(None, &item)?;
+        self.node.hand_to_delivery(peer);
+        Ok(item.id)
+    }
+}
+
 impl Node {
     pub(crate) fn dm(&self) -> &Dm {
         &self.inner.dm
+    }
+
+    /// The handle through which features queue direct deliveries (see [`Outbox`]).
+    pub(crate) fn outbox(&self) -> Outbox<'_> {
+        Outbox { node: self }
     }
 
     /// Subscribes to message events (new messages, status changes). Bounded: a subscriber that
@@ -377,81 +540,15 @@ impl Node {
     /// or a few seconds passed: `Delivered` or `Queued`. A queued message keeps being retried.
     pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ServiceError> {
         kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
-        let peer = self.recipient_for_sending(target).await?;
-        self.send_body(
-            peer,
-            pb::direct_payload::Body::Text(text.to_owned()),
-            text.to_owned(),
-            |_| Ok(()),
-        )
-        .await
-    }
-
-    /// Resolves who a send goes to and refuses ourselves and blocked peers, with the fix in words.
-    pub(crate) async fn recipient_for_sending(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
-        if peer == self.peer_id() {
-            return Err(ServiceError::InvalidMessage(
-                "you cannot message yourself".into(),
-            ));
-        }
-        if let Some(c) = self.store().messages().correspondent(&peer.to_bytes())?
-            && c.trust == Trust::Blocked
-        {
-            return Err(ServiceError::InvalidMessage(format!(
-                "{peer} is blocked; unblock with `kith accept {target}` first"
-            )));
-        }
-        Ok(peer)
-    }
-
-    /// Stores a message with `body` for `peer` (shown in history as `text`), hands it to delivery
-    /// and waits for the first attempt. `before_enqueue` runs with the new message id before the
-    /// message is stored, for records that must exist once the message does (a file's).
-    pub(crate) async fn send_body(
-        &self,
-        peer: PeerId,
-        body: pb::direct_payload::Body,
-        text: String,
-        before_enqueue: impl FnOnce(MessageId) -> Result<(), ServiceError>,
-    ) -> Result<Sent, ServiceError> {
-        let item = self.new_outbox_item(peer, body, Delivery::Shown);
-        let (id, now) = (item.id, item.created_ms);
-        before_enqueue(id)?;
-        let message = Message {
-            id,
-            peer_id: peer.to_bytes(),
-            outgoing: true,
-            text,
-            sent_at_ms: now,
-            received_at_ms: 0,
-            status: Status::Queued,
-            failure: String::new(),
-        };
-        let (attempted, first_attempt) = oneshot::channel();
-        lock(&self.dm().first_attempts).insert(id, (peer, attempted));
-        if let Err(e) = self.store().messages().enqueue(Some(&message), &item) {
-            lock(&self.dm().first_attempts).remove(&id);
-            return Err(e.into());
-        }
-        // No flush of its own before the first attempt: the delivery run flushes the message,
-        // its outbox entry and the envelope together before anything leaves (sled's log is
-        // written in order), and `flush_through` below flushes only if no flush started after
-        // the enqueue has finished (it sent nothing, or timed out). Either way the answer comes
-        // only after the message and its outbox entry are on disk.
-        let enqueued = self.store().flush_ticket();
-        // Handed to the peer's delivery run (started if none is running), not delivered by this
-        // call: concurrent sends to one peer share rounds instead of queueing for one each.
-        self.hand_to_delivery(peer);
-        let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, first_attempt).await;
-        lock(&self.dm().first_attempts).remove(&id);
-        self.store().flush_through(enqueued).await?;
-        let status = self
-            .store()
-            .messages()
-            .message(&id)?
-            .map_or(Status::Queued, |m| m.status);
-        Ok(Sent { id, peer, status })
+        let peer = self.outbox().recipient(target).await?;
+        self.outbox()
+            .send_shown(
+                peer,
+                pb::direct_payload::Body::Text(text.to_owned()),
+                text.to_owned(),
+                |_| Ok(()),
+            )
+            .await
     }
 
     /// The last `limit` messages with a contact, oldest first.
@@ -469,6 +566,17 @@ impl Node {
         Ok((peer, messages))
     }
 
+    /// One message by id, either direction, as stored (status, failure note, text).
+    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, ServiceError> {
+        Ok(self.store().messages().message(id)?)
+    }
+
+    /// How many entries wait in the outbox (messages, receipts and control bodies not yet
+    /// acknowledged): zero once everything sent has been delivered or given up.
+    pub fn outbox_len(&self) -> usize {
+        self.store().messages().outbox_len()
+    }
+
     /// Marks a conversation read and sends read receipts for what was unread.
     pub async fn mark_read(&self, peer: PeerId) -> Result<usize, ServiceError> {
         let ids = self.store().messages().mark_seen(&peer.to_bytes())?;
@@ -479,58 +587,13 @@ impl Node {
             .is_some_and(|c| c.trust == Trust::Accepted);
         if !ids.is_empty() && trusted {
             let ids = ids.iter().map(|i| i.to_vec()).collect();
-            self.queue_receipt(peer, ids, pb::ReceiptKind::ReceiptRead)
+            self.outbox()
+                .send_receipt(peer, ids, pb::ReceiptKind::ReceiptRead)
                 .await?;
         } else {
             self.store().flush().await?;
         }
         Ok(ids.len())
-    }
-
-    /// Queues a receipt (delivered or read) for `peer`; delivered like any message.
-    pub(crate) async fn queue_receipt(
-        &self,
-        peer: PeerId,
-        ids: Vec<Vec<u8>>,
-        kind: pb::ReceiptKind,
-    ) -> Result<(), ServiceError> {
-        let body = pb::direct_payload::Body::Receipt(pb::Receipt {
-            ids,
-            kind: kind as i32,
-        });
-        let item = self.new_outbox_item(peer, body, Delivery::Receipt);
-        self.store().messages().enqueue(None, &item)?;
-        self.store().flush().await?;
-        self.dm().wake.notify_one();
-        Ok(())
-    }
-
-    /// Queues a group control message (invitation, member list, session key) for `peer` over the
-    /// Olm channel: retried until acknowledged and deposited at the peer's mailbox when it is
-    /// offline. The caller flushes, then calls [`Dm::wake_delivery`].
-    pub(crate) fn enqueue_control(
-        &self,
-        peer: PeerId,
-        body: pb::direct_payload::Body,
-    ) -> Result<MessageId, ServiceError> {
-        let item = self.new_outbox_item(peer, body, Delivery::Control);
-        self.store().messages().enqueue(None, &item)?;
-        Ok(item.id)
-    }
-
-    /// Queues call signalling for `peer` and hands it to delivery at once: encrypted and retried
-    /// like any message until `ttl` has passed, then dropped; never deposited at a mailbox and
-    /// never shown in history. No flush of its own: the delivery run flushes before it sends.
-    pub(crate) fn send_ephemeral(
-        &self,
-        peer: PeerId,
-        body: pb::direct_payload::Body,
-        ttl: Duration,
-    ) -> Result<MessageId, ServiceError> {
-        let item = self.new_outbox_item(peer, body, Delivery::Ephemeral(ttl));
-        self.store().messages().enqueue(None, &item)?;
-        self.hand_to_delivery(peer);
-        Ok(item.id)
     }
 
     /// A new outbox entry for `body` to `peer`: a fresh id, the payload bound to sender and
@@ -851,7 +914,8 @@ impl Node {
             return Err(self.retry_later(item));
         };
         let mut addrs = self.known_addrs(&peer);
-        addrs.extend(self.known_relay_routes(peer));
+        let mailboxes = self.deposit_handle();
+        addrs.extend(mailboxes.known_routes(peer));
         let tried = addrs.clone();
         let mut sent_at = now_ms();
         let mut outcome = self.net().send_dm(peer, envelope.clone(), addrs).await;
@@ -862,11 +926,8 @@ impl Node {
             // names (it holds reservations there): try those circuits before depositing, unless
             // the attempt above just did.
             tracing::debug!(%peer, error = %e, "direct delivery attempt failed");
-            relays = self.relays_of(peer).await;
-            let routes = relays
-                .as_deref()
-                .map(|r| crate::mailbox::circuit_routes(r, peer))
-                .unwrap_or_default();
+            let routes;
+            (relays, routes) = mailboxes.relays_and_routes(peer).await;
             if !routes.is_empty() && !routes.iter().all(|r| tried.contains(r)) {
                 sent_at = now_ms();
                 outcome = self.net().send_dm(peer, envelope, routes).await;
@@ -934,10 +995,15 @@ impl Node {
                     && item.expires_ms == 0
                     && (!item.receipt || item.control)
                     && let Some(relays) = relays
-                    && self.deposit(peer, &mut item, relays).await
                 {
-                    // Held at the recipient's mailbox; keep trying directly, but rarely.
-                    item.attempts = item.attempts.max(8);
+                    let deposited = mailboxes.deposit(peer, &mut item, relays).await;
+                    if let Some(reason) = &deposited.full {
+                        let _ = self.store().messages().note_failure(&item.id, reason);
+                    }
+                    if deposited.held {
+                        // Held at the recipient's mailbox; keep trying directly, but rarely.
+                        item.attempts = item.attempts.max(8);
+                    }
                 }
                 Err(self.retry_later(item))
             }

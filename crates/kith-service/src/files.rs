@@ -359,14 +359,15 @@ impl Node {
         options: SendFileOptions,
     ) -> Result<SentFile, ServiceError> {
         self.check_file(path, &options)?;
-        let peer = self.recipient_for_sending(target).await?;
+        let peer = self.outbox().recipient(target).await?;
         let (offer, note) = self.seal_file(path, &options).await?;
         let text = shown_text(&offer);
         let record_offer = offer.clone();
         let files = self.store().files().clone();
         let me_peer = peer.to_bytes();
         let sent = self
-            .send_body(
+            .outbox()
+            .send_shown(
                 peer,
                 pb::direct_payload::Body::File(offer.to_proto()),
                 text,

@@ -339,14 +339,14 @@ impl Node {
                 Ok(members)
             })
             .await?;
-        self.enqueue_control(
-            peer,
-            pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
-                list: pb::SignedMemberList::decode(next.signed()).ok(),
-            }),
-        )?;
-        self.store().flush().await?;
-        self.dm().wake_delivery();
+        self.outbox()
+            .enqueue(
+                peer,
+                pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
+                    list: pb::SignedMemberList::decode(next.signed()).ok(),
+                }),
+            )
+            .await?;
         Ok((self.info(&record)?, peer))
     }
 
@@ -371,8 +371,7 @@ impl Node {
                 Ok(members)
             })
             .await?;
-        self.store().flush().await?;
-        self.dm().wake_delivery();
+        self.outbox().send_staged().await?;
         Ok((self.info(&record)?, peer))
     }
 
@@ -432,8 +431,7 @@ impl Node {
             .group(&record.id)?
             .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
         self.store().groups().drop_sender(&record.id)?;
-        self.store().flush().await?;
-        self.dm().wake_delivery();
+        self.outbox().send_staged().await?;
         let _ = self.net().unsubscribe(topic(&record.id)).await;
         self.info(&record)
     }
@@ -489,7 +487,7 @@ impl Node {
         let me = self.peer_id();
         let signed = pb::SignedMemberList::decode(next.signed()).ok();
         for peer in recipients.iter().filter(|p| **p != me) {
-            self.enqueue_control(
+            self.outbox().stage(
                 *peer,
                 pb::direct_payload::Body::GroupUpdate(pb::GroupUpdate {
                     list: signed.clone(),
@@ -856,9 +854,10 @@ impl Node {
         self.store()
             .groups()
             .record_outgoing(&group, &bytes, &message, &state)?;
-        self.store().flush().await?;
         if shared {
-            self.dm().wake_delivery();
+            self.outbox().send_staged().await?;
+        } else {
+            self.store().flush().await?;
         }
         let published = match self.net().publish(topic(&group), bytes).await {
             Ok(p) => p,
@@ -963,7 +962,7 @@ impl Node {
                 Some((k, seq)) => (k.to_bytes(), seq),
                 None => (Vec::new(), next_seq),
             };
-            self.enqueue_control(
+            self.outbox().stage(
                 *peer,
                 pb::direct_payload::Body::GroupKey(pb::GroupKeyShare {
                     group_id: group.to_vec(),
@@ -1023,8 +1022,7 @@ impl Node {
         if self.share_session(group, &list, &sender, &mut state, next_seq)? {
             // Only `shared_with` changed: the ratchet is the one we just read, under the lock.
             self.store().groups().save_sender(&group, &state)?;
-            self.store().flush().await?;
-            self.dm().wake_delivery();
+            self.outbox().send_staged().await?;
         }
         Ok(())
     }

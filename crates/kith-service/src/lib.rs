@@ -30,6 +30,8 @@ mod names;
 mod node;
 mod olm_state;
 mod relay_blobs;
+#[cfg(feature = "testing")]
+mod testing;
 
 pub use calls::{
     CallEvent, CallInfo, CallState, CallTarget, DEFAULT_RING_TIMEOUT as DEFAULT_CALL_RING_TIMEOUT,
@@ -49,13 +51,15 @@ pub use health::{Checkup, MailboxHealth, NameClaims, Publication, RivalClaim};
 pub use kith_crypto::PickleKey;
 pub use kith_photo::Preset as FilterPreset;
 pub use kith_store::{CallId, CallOutcome, CallRecord, FileOffer, FileState};
-pub use kith_store::{GroupId, GroupMessage};
+pub use kith_store::{GroupId, GroupMessage, SessionId};
 pub use kith_store::{MailboxStats, Quota, RelayBlobStats};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
 pub use mailbox::{MailboxConfig, pointer_key as mailbox_pointer_key};
 pub use names::{NameEvent, Registration, Resolution, ResolvedFrom, SuppliedPow, Verification};
-pub use node::{Node, Options, Status};
+pub use node::{GroupKeyState, MailboxUsage, Node, Options, Status};
 pub use relay_blobs::RelayBlobConfig;
+#[cfg(feature = "testing")]
+pub use testing::Probe;
 
 /// This build's version, as `kith status` reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

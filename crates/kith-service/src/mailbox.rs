@@ -21,7 +21,7 @@ use std::{
 };
 
 use kith_proto::v1 as pb;
-use kith_store::{Deposit, MailId, OutboxItem, Quota};
+use kith_store::{MailId, OutboxItem, Quota};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prost::Message as _;
 
@@ -72,7 +72,7 @@ impl RelaysOf {
 }
 
 /// The addresses at which `peer` is reachable through `relays` while it holds a reservation.
-pub(crate) fn circuit_routes(relays: &[Multiaddr], peer: PeerId) -> Vec<Multiaddr> {
+fn circuit_routes(relays: &[Multiaddr], peer: PeerId) -> Vec<Multiaddr> {
     relays
         .iter()
         .filter(|r| relay_id(r).is_some_and(|id| id != peer))
@@ -319,14 +319,14 @@ impl Node {
                         now,
                         config.quota,
                     )? {
-                        Deposit::Stored(_) => {
+                        kith_store::Deposit::Stored(_) => {
                             self.store().flush().await?;
                             if let Ok(recipient) = PeerId::from_bytes(&d.recipient) {
                                 self.announce_mail(recipient);
                             }
                             response(S::MailboxOk, "")
                         }
-                        Deposit::Full { items, bytes } => response(
+                        kith_store::Deposit::Full { items, bytes } => response(
                             S::MailboxFull,
                             &format!(
                                 "the recipient's mailbox is full ({items} messages, {bytes} bytes)"
@@ -562,7 +562,8 @@ impl Node {
             };
             self.mailbox_call(relay_peer, &delete, &addrs).await?;
             for (from, ids) in receipts {
-                self.queue_receipt(from, ids, pb::ReceiptKind::ReceiptDelivered)
+                self.outbox()
+                    .send_receipt(from, ids, pb::ReceiptKind::ReceiptDelivered)
                     .await?;
             }
             if page.remaining == 0 {
@@ -608,7 +609,7 @@ impl Node {
 
     /// `peer`'s mailbox relays from its signed pointer in the DHT (cached for a minute; `None`
     /// when the DHT could not be asked).
-    pub(crate) async fn relays_of(&self, peer: PeerId) -> Option<Vec<Multiaddr>> {
+    async fn relays_of(&self, peer: PeerId) -> Option<Vec<Multiaddr>> {
         if let Some(relays) =
             self.with_relays_of(|r| r.get(&peer, RELAYS_OF_FRESH).map(<[_]>::to_vec))
         {
@@ -629,7 +630,7 @@ impl Node {
 
     /// Circuit routes to `peer` through the relays its pointer named within the last minutes
     /// (no DHT lookup): a sender's first try after a relayed delivery goes the same way.
-    pub(crate) fn known_relay_routes(&self, peer: PeerId) -> Vec<Multiaddr> {
+    fn known_relay_routes(&self, peer: PeerId) -> Vec<Multiaddr> {
         self.with_relays_of(|r| {
             r.get(&peer, RELAYS_OF_ROUTE)
                 .map(|relays| circuit_routes(relays, peer))
@@ -642,15 +643,17 @@ impl Node {
     }
 
     /// Sender side: delivery failed; hold the envelope at the recipient's mailbox `relays`.
-    /// Returns whether a relay took it.
-    pub(crate) async fn deposit(
+    /// Marks `item` deposited when a relay took it; writes nothing to the store (the outcome
+    /// says what the message's owner should note).
+    async fn deposit(
         &self,
         peer: PeerId,
         item: &mut OutboxItem,
         relays: Vec<Multiaddr>,
-    ) -> bool {
+    ) -> DepositOutcome {
+        let mut outcome = DepositOutcome::default();
         let Some(envelope) = item.envelope.clone() else {
-            return false;
+            return outcome;
         };
         let request = pb::MailboxRequest {
             kind: Some(pb::mailbox_request::Kind::Deposit(pb::MailboxDeposit {
@@ -673,15 +676,13 @@ impl Node {
                 Ok(answer) if answer.status == pb::MailboxStatus::MailboxOk as i32 => {
                     item.deposited = true;
                     tracing::info!(%peer, relay = %relay_peer, "recipient unreachable; message held at its mailbox relay");
-                    return true;
+                    outcome.held = true;
+                    return outcome;
                 }
                 Ok(answer) => {
                     tracing::info!(%peer, relay = %relay_peer, reason = %answer.reason, "mailbox relay refused the deposit");
                     if answer.status == pb::MailboxStatus::MailboxFull as i32 {
-                        let _ = self
-                            .store()
-                            .messages()
-                            .note_failure(&item.id, &answer.reason);
+                        outcome.full = Some(answer.reason);
                     }
                 }
                 Err(e) => {
@@ -689,7 +690,62 @@ impl Node {
                 }
             }
         }
-        false
+        outcome
+    }
+
+    /// The handle direct delivery reaches the recipient's mailbox relays through.
+    pub(crate) fn deposit_handle(&self) -> Deposit<'_> {
+        Deposit { node: self }
+    }
+}
+
+/// What became of [`Deposit::deposit`].
+#[derive(Debug, Default)]
+pub(crate) struct DepositOutcome {
+    /// A relay holds the envelope now.
+    pub(crate) held: bool,
+    /// A relay refused it because the recipient's mailbox is full, with its reason: the sender
+    /// notes it on the message (the entry stays queued either way).
+    pub(crate) full: Option<String>,
+}
+
+/// What direct delivery (dm.rs) needs of the mailbox client, and nothing else (issue 12, plan
+/// step 3, sender side): routes through a recipient's relays, and a deposit there when every
+/// route failed. Writes nothing to the messages book; the [`DepositOutcome`] says what to note.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deposit<'a> {
+    node: &'a Node,
+}
+
+impl Deposit<'_> {
+    /// Circuit routes to `peer` through relays its pointer named within the last minutes (no
+    /// DHT lookup).
+    pub(crate) fn known_routes(&self, peer: PeerId) -> Vec<Multiaddr> {
+        self.node.known_relay_routes(peer)
+    }
+
+    /// `peer`'s mailbox relays from its pointer (cached for a minute; `None` when the DHT could
+    /// not be asked), and the circuit routes to `peer` through them.
+    pub(crate) async fn relays_and_routes(
+        &self,
+        peer: PeerId,
+    ) -> (Option<Vec<Multiaddr>>, Vec<Multiaddr>) {
+        let relays = self.node.relays_of(peer).await;
+        let routes = relays
+            .as_deref()
+            .map(|r| circuit_routes(r, peer))
+            .unwrap_or_default();
+        (relays, routes)
+    }
+
+    /// Holds `item`'s envelope at one of `relays` (see [`DepositOutcome`]).
+    pub(crate) async fn deposit(
+        &self,
+        peer: PeerId,
+        item: &mut OutboxItem,
+        relays: Vec<Multiaddr>,
+    ) -> DepositOutcome {
+        self.node.deposit(peer, item, relays).await
     }
 }
 

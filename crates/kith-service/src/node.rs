@@ -134,6 +134,27 @@ pub(crate) struct Inner {
     pub(crate) mail_announced: std::sync::Mutex<std::collections::HashMap<PeerId, Instant>>,
 }
 
+/// One hosted mailbox's use (relay role), as [`Node::mailbox_recipients`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxUsage {
+    /// The registered recipient (None if its stored key is not a peer id: a damaged entry).
+    pub peer: Option<PeerId>,
+    /// Envelopes held for it.
+    pub items: u64,
+    /// Bytes held for it.
+    pub bytes: u64,
+}
+
+/// A group's Megolm key state on one node, as [`Node::group_key_state`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupKeyState {
+    /// Peers our current outbound session's key was queued for (None: no outbound session yet,
+    /// or it was dropped after a removal).
+    pub shared_with: Option<Vec<PeerId>>,
+    /// Ids of the other members' sessions whose keys we hold.
+    pub sessions_held: Vec<kith_store::SessionId>,
+}
+
 /// Everything `kith status` shows.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -307,14 +328,22 @@ impl Node {
         self.inner.client.local_peer_id()
     }
 
-    /// The network handle, for features built on top of the node.
-    pub fn net(&self) -> &kith_net::Client {
+    /// The network handle, for the service's own components. Not public: callers outside the
+    /// service use its operations (tests and benchmarks: `Node::probe` with feature `testing`).
+    pub(crate) fn net(&self) -> &kith_net::Client {
         &self.inner.client
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
+    /// The store, for the service's own components. Not public, for the same reason as
+    /// [`Node::net`]: every write goes through a component that keeps its book's rules.
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The network's state alone (listen addresses, connections, relay reservations), without
+    /// the store figures of [`Node::status`]: cheap enough to poll while a node starts.
+    pub async fn net_status(&self) -> Result<NetStatus, ServiceError> {
+        Ok(self.inner.client.status().await?)
     }
 
     /// A status snapshot.
@@ -425,6 +454,43 @@ impl Node {
     /// Mailboxes this node hosts (relay role).
     pub fn mailbox_stats(&self) -> Result<kith_store::MailboxStats, ServiceError> {
         Ok(self.store().mailboxes().stats()?)
+    }
+
+    /// The mailboxes this node hosts (relay role), fullest first, at most `limit` of them: who
+    /// uses the relay, for `kith relay status`.
+    pub fn mailbox_recipients(&self, limit: usize) -> Result<Vec<MailboxUsage>, ServiceError> {
+        Ok(self
+            .store()
+            .mailboxes()
+            .recipients(limit)?
+            .into_iter()
+            .map(|(peer, items, bytes)| MailboxUsage {
+                peer: PeerId::from_bytes(&peer).ok(),
+                items,
+                bytes,
+            })
+            .collect())
+    }
+
+    /// What this node holds of a group's Megolm keys: whom our current session's key was queued
+    /// for, and whose sessions we can read. Lets a caller check that a removed member was never
+    /// sent a new key without reading the store.
+    pub fn group_key_state(
+        &self,
+        group: &kith_store::GroupId,
+    ) -> Result<GroupKeyState, ServiceError> {
+        let groups = self.store().groups();
+        let shared_with = groups.sender(group)?.map(|state| {
+            state
+                .shared_with
+                .iter()
+                .filter_map(|p| PeerId::from_bytes(p).ok())
+                .collect()
+        });
+        Ok(GroupKeyState {
+            shared_with,
+            sessions_held: groups.receiver_sessions(group)?,
+        })
     }
 
     /// Connected peers.

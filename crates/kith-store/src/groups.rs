@@ -443,6 +443,19 @@ impl GroupStore {
         }))
     }
 
+    /// The ids of the other members' sessions whose keys we hold in a group (for checks that a
+    /// removed member never got a new key).
+    pub fn receiver_sessions(&self, group: &GroupId) -> Result<Vec<SessionId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.receivers.scan_prefix(group) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            if let Some(Ok(session)) = k.get(group.len()..).map(SessionId::try_from) {
+                out.push(session);
+            }
+        }
+        Ok(out)
+    }
+
     /// Saves a member's session key and, if nothing of theirs is held yet, starts their head just
     /// below the first message the key reads (earlier ones were never meant for us).
     pub fn save_receiver(

@@ -292,7 +292,7 @@ pub(crate) async fn throughput(
     }
     // Everything queued must be acknowledged before the clock stops (bounded).
     let deadline = Instant::now() + Duration::from_secs(300);
-    while sender.store().messages().outbox_len() > 0 {
+    while sender.outbox_len() > 0 {
         if Instant::now() > deadline {
             bail!("the outbox did not drain within 300 s");
         }
@@ -304,53 +304,13 @@ pub(crate) async fn throughput(
     Ok(sent as f64 / elapsed)
 }
 
-/// Raw request-response: bytes in, bytes out, varint framing like kith's.
+/// Raw request-response: bytes in, bytes out, in kith's own framing ([`kith_net::frame`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RawCodec;
 
-async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    use futures::AsyncReadExt as _;
-    let mut len = 0usize;
-    let mut shift = 0;
-    loop {
-        let mut b = [0u8; 1];
-        io.read_exact(&mut b).await?;
-        len |= usize::from(b[0] & 0x7f) << shift;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 28 {
-            return Err(std::io::Error::other("frame too long"));
-        }
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(
-    io: &mut T,
-    data: &[u8],
-) -> std::io::Result<()> {
-    use futures::AsyncWriteExt as _;
-    let mut n = data.len();
-    let mut prefix = Vec::new();
-    loop {
-        let mut b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n != 0 {
-            b |= 0x80;
-        }
-        prefix.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    io.write_all(&prefix).await?;
-    io.write_all(data).await?;
-    io.close().await
-}
+/// The largest frame the raw baseline reads or writes: far above anything it sends (kith's own
+/// caps are per protocol; the baseline has none of its own).
+const RAW_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 impl request_response::Codec for RawCodec {
     type Protocol = StreamProtocol;
@@ -361,14 +321,14 @@ impl request_response::Codec for RawCodec {
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        kith_net::frame::read_frame(io, RAW_MAX_FRAME).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        kith_net::frame::read_frame(io, RAW_MAX_FRAME).await
     }
 
     async fn write_request<T>(
@@ -380,7 +340,7 @@ impl request_response::Codec for RawCodec {
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req).await
+        kith_net::frame::write_frame(io, &req, RAW_MAX_FRAME).await
     }
 
     async fn write_response<T>(
@@ -392,7 +352,7 @@ impl request_response::Codec for RawCodec {
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res).await
+        kith_net::frame::write_frame(io, &res, RAW_MAX_FRAME).await
     }
 }
 

@@ -200,13 +200,7 @@ async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resul
             bar.set_message(format!("{NAME}: kith first message {k}"));
             let sender = cluster.kith(from).context("missing kith node")?;
             let recipient = peer_ids[to];
-            if sender
-                .net()
-                .peers()
-                .await?
-                .iter()
-                .any(|p| p.peer_id == recipient)
-            {
+            if sender.peers().await?.iter().any(|p| p.peer_id == recipient) {
                 m.connected_before += 1;
             }
             let text = dm::text("first", k);

@@ -19,9 +19,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
-use kith_net::{Config, DhtMode, Keypair, Multiaddr};
+use kith_net::{Keypair, Multiaddr};
 use kith_service::{MessageEvent, Node, Options};
-use kith_store::{Store, StoreConfig};
+use kith_store::StoreConfig;
+use kith_testkit::Transports;
 use libp2p::{
     StreamProtocol, SwarmBuilder, gossipsub, identify, kad,
     multiaddr::Protocol,
@@ -145,36 +146,16 @@ async fn start_kith(
     bootstrap: Vec<Multiaddr>,
 ) -> anyhow::Result<KithMember> {
     let home = dir.join(format!("node-{i}"));
-    let store = Store::open(&home, &StoreConfig::default().with_cache_capacity(8 << 20))
-        .with_context(|| format!("cannot open a store in {}", home.display()))?;
-    let config = Config::new(keypair.clone())
-        .with_network_id(NETWORK_ID)
-        .with_mdns(false)
-        .with_dht_mode(DhtMode::Server)
-        .with_listen(vec![loopback_tcp()])
-        .with_bootstrap(bootstrap);
+    let store =
+        kith_testkit::open_store_at(&home, &StoreConfig::default().with_cache_capacity(8 << 20))?;
+    let config =
+        kith_testkit::loopback_config(keypair.clone(), NETWORK_ID, Transports::Tcp, bootstrap)?;
     let options = Options {
         group_sync_every: Duration::from_secs(5),
         ..bench_options()
     };
-    let node = tokio::time::timeout(
-        Duration::from_secs(10),
-        Node::start_with(config, store, options),
-    )
-    .await
-    .context("kith node did not start in time")??;
-    let peer_id = node.peer_id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let status = node.net().status().await?;
-        if let Some(addr) = status.listen_addrs.first() {
-            break addr.clone().with(Protocol::P2p(peer_id));
-        }
-        if Instant::now() > deadline {
-            bail!("kith node did not listen in time");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let node = kith_testkit::start_node(config, store, options).await?;
+    let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
     Ok(KithMember {
         node,
         keypair,
@@ -195,11 +176,11 @@ async fn kith_network(dir: &Path, n: usize) -> anyhow::Result<Vec<KithMember>> {
     let want = (n - 1).min(8);
     let deadline = Instant::now() + Duration::from_secs(60);
     for m in &members {
-        while m.node.net().routing_table().await?.len() < want {
+        while m.node.probe().routing_table().await?.len() < want {
             if Instant::now() > deadline {
                 bail!("routing tables did not fill in 60 s");
             }
-            let _ = m.node.net().bootstrap().await;
+            let _ = m.node.probe().bootstrap().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

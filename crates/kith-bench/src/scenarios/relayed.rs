@@ -31,6 +31,7 @@ use indicatif::ProgressBar;
 use kith_net::{DhtMode, Keypair, Multiaddr, PeerId, RelayPolicy};
 use kith_service::{MailboxConfig, MessageEvent, Node, Quota};
 use kith_store::{Store, StoreConfig, StoreError};
+use kith_testkit::Transports;
 use libp2p::multiaddr::Protocol;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -185,26 +186,11 @@ async fn start_node(home: &Path, keypair: Keypair, role: &Role<'_>) -> anyhow::R
         .context("a kith node failed to start")
 }
 
-/// The first listen address of `node`, with `/p2p/<id>`.
-async fn listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let status = node.net().status().await.context("a node stopped")?;
-        if let Some(addr) = status.listen_addrs.first() {
-            return Ok(addr.clone().with(Protocol::P2p(node.peer_id())));
-        }
-        if Instant::now() > deadline {
-            bail!("the relay did not start listening in time");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits until `node` holds a reservation at `relay` and listens through it.
 async fn wait_reserved(node: &Node, relay: PeerId) -> anyhow::Result<()> {
     let deadline = Instant::now() + STEP;
     loop {
-        let status = node.net().status().await.context("a node stopped")?;
+        let status = node.net_status().await.context("a node stopped")?;
         if status.relayed_via.contains(&relay) && !status.listen_addrs.is_empty() {
             return Ok(());
         }
@@ -248,8 +234,8 @@ impl Trio {
             },
         )
         .await?;
-        let relay_addr = match listen_addr(&relay).await {
-            Ok(addr) => addr,
+        let relay_addr = match kith_testkit::listen_addrs(&relay, Transports::Tcp).await {
+            Ok((addr, _)) => addr,
             Err(e) => {
                 let _ = relay.shutdown().await;
                 return Err(e);
@@ -326,7 +312,7 @@ impl Trio {
 
     /// Circuits the relay accepted since it started.
     async fn circuits_total(&self) -> Option<u64> {
-        let status = self.relay.net().status().await.ok()?;
+        let status = self.relay.net_status().await.ok()?;
         status.relay_served.map(|s| s.circuits_total)
     }
 
@@ -397,7 +383,7 @@ impl PathLog {
         };
         let (mut relayed, mut direct) = (false, false);
         for (from, to) in [(&trio.b, a.peer_id()), (a, trio.b.peer_id())] {
-            let Ok(peers) = from.net().peers().await else {
+            let Ok(peers) = from.peers().await else {
                 self.failed += 1;
                 return;
             };
@@ -678,6 +664,15 @@ struct Mailbox {
     notes: Vec<String>,
 }
 
+/// What `relay` holds for `peer` (envelopes, bytes): None while `peer` has no mailbox there.
+fn held_for(relay: &Node, peer: PeerId) -> anyhow::Result<Option<(u64, u64)>> {
+    Ok(relay
+        .mailbox_recipients(usize::MAX)?
+        .into_iter()
+        .find(|usage| usage.peer == Some(peer))
+        .map(|usage| (usage.items, usage.bytes)))
+}
+
 async fn mailbox(
     trio: &mut Trio,
     n: usize,
@@ -686,13 +681,13 @@ async fn mailbox(
 ) -> anyhow::Result<Mailbox> {
     let mut notes = Vec::new();
     let a_id = trio.a_id;
-    let a_bytes = a_id.to_bytes();
     let b_bytes = trio.b.peer_id().to_bytes();
-    let boxes = trio.relay.store().mailboxes().clone();
+    let b_target = trio.b.peer_id().to_string();
+    let relay = trio.relay.clone();
 
     // A registers at R on connecting and publishes its pointer shortly after start.
     let deadline = Instant::now() + STEP;
-    while !boxes.is_registered(&a_bytes)? {
+    while held_for(&relay, a_id)?.is_none() {
         if Instant::now() > deadline {
             bail!(
                 "A did not register its mailbox at R within {} s",
@@ -705,7 +700,7 @@ async fn mailbox(
     loop {
         let found = trio
             .b
-            .net()
+            .probe()
             .get_record(pointer_key(&a_id), 1)
             .await
             .is_ok_and(|r| !r.answers.is_empty());
@@ -735,7 +730,7 @@ async fn mailbox(
     // Deposits: A offline.
     bar.set_message("mailbox.throughput: deposits for an offline recipient");
     trio.stop_a().await;
-    let (held_before, _) = boxes.usage(&a_bytes)?;
+    let (held_before, _) = held_for(&relay, a_id)?.unwrap_or_default();
     let target = a_id.to_string();
     let started = Instant::now();
     let tasks: Vec<_> = (0..senders)
@@ -754,7 +749,7 @@ async fn mailbox(
     let mut last_change = started;
     let mut stalled = false;
     loop {
-        let (items, _) = boxes.usage(&a_bytes)?;
+        let (items, _) = held_for(&relay, a_id)?.unwrap_or_default();
         let now_held = usize::try_from(items.saturating_sub(held_before)).unwrap_or(usize::MAX);
         if now_held != held {
             held = now_held;
@@ -810,10 +805,10 @@ async fn mailbox(
     let is_mail = |m: &kith_store::Message| {
         !m.outgoing && m.peer_id == b_bytes && m.text.starts_with("mailbox ")
     };
-    let count = |a: &Node| -> anyhow::Result<usize> {
-        Ok(a.store()
-            .messages()
-            .history(&b_bytes, expected + 16, None)?
+    let count = async |a: &Node| -> anyhow::Result<usize> {
+        Ok(a.history(&b_target, expected + 16, None)
+            .await?
+            .1
             .iter()
             .filter(|m| is_mail(m))
             .count())
@@ -824,14 +819,14 @@ async fn mailbox(
     let mut progress = restarted;
     let (fetched, fetch_secs) = loop {
         if seen >= expected {
-            let exact = count(a)?;
+            let exact = count(a).await?;
             if exact >= expected {
                 break (exact, restarted.elapsed().as_secs_f64());
             }
             seen = exact;
         }
         if progress.elapsed() > STALL || restarted.elapsed() > BUDGET {
-            let exact = count(a)?;
+            let exact = count(a).await?;
             notes.push(format!(
                 "the fetch stopped at {exact} of {expected}: nothing new for {} s (or the {} s budget ran out); fetch_rate covers what arrived",
                 STALL.as_secs(),
@@ -847,11 +842,11 @@ async fn mailbox(
                     first.get_or_insert_with(Instant::now);
                 }
                 Ok(_) => {}
-                Err(RecvError::Lagged(_)) => seen = count(a)?,
+                Err(RecvError::Lagged(_)) => seen = count(a).await?,
                 Err(RecvError::Closed) => bail!("A stopped while fetching"),
             },
             _ = check.tick() => {
-                let exact = count(a)?;
+                let exact = count(a).await?;
                 if exact > 0 {
                     first.get_or_insert_with(Instant::now);
                 }
@@ -868,10 +863,10 @@ async fn mailbox(
     });
     // Whether R let go of what A stored (bounded, not timed).
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut left = boxes.usage(&a_bytes)?.0;
+    let mut left = held_for(&relay, a_id)?.unwrap_or_default().0;
     while left > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = boxes.usage(&a_bytes)?.0;
+        left = held_for(&relay, a_id)?.unwrap_or_default().0;
     }
     if left > 0 {
         notes.push(format!("R still held {left} envelopes for A afterwards"));

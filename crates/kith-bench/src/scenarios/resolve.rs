@@ -367,7 +367,7 @@ async fn claim_at_holders(
             };
             // Quorum 1: a record in the node's own store answers first (holder `None`).
             if let Ok(Ok(result)) =
-                tokio::time::timeout(LOOKUP_TIMEOUT, node.net().get_record(key.clone(), 1)).await
+                tokio::time::timeout(LOOKUP_TIMEOUT, node.probe().get_record(key.clone(), 1)).await
                 && result
                     .answers
                     .iter()
@@ -411,7 +411,7 @@ async fn resolve_once(
         Err(_) => return,
     };
     if let Ok(Ok(raw)) =
-        tokio::time::timeout(LOOKUP_TIMEOUT, node.net().get_record(first_key, 4)).await
+        tokio::time::timeout(LOOKUP_TIMEOUT, node.probe().get_record(first_key, 4)).await
     {
         let rules = NameRules {
             difficulty: node.name_rules().difficulty,
@@ -465,7 +465,10 @@ async fn density_effect(
     let Ok(name) = Name::parse(NAME) else { return };
     let keys = name.replica_keys();
     let walks = futures::future::join_all(keys.iter().map(|k| {
-        tokio::time::timeout(LOOKUP_TIMEOUT, node.net().get_record(k.clone(), usize::MAX))
+        tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            node.probe().get_record(k.clone(), usize::MAX),
+        )
     }))
     .await;
     let rules = NameRules {
@@ -613,7 +616,7 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
                 // The local store takes it; honest peers refuse it.
                 let _ = tokio::time::timeout(
                     LOOKUP_TIMEOUT,
-                    node.net().put_record(key, stolen.clone(), None),
+                    node.probe().put_record(key, stolen.clone()),
                 )
                 .await;
             }
@@ -621,7 +624,8 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
 
         for key in name.replica_keys() {
             if let Ok(Ok(all)) =
-                tokio::time::timeout(LOOKUP_TIMEOUT, owner.net().get_record(key, usize::MAX)).await
+                tokio::time::timeout(LOOKUP_TIMEOUT, owner.probe().get_record(key, usize::MAX))
+                    .await
             {
                 for answer in all.answers {
                     if answer.value == stolen {
