@@ -76,100 +76,136 @@ impl NodeSettings {
     }
 }
 
-enum Handle {
+/// A running node of either kind. Cheap to clone: both kinds are handles to tasks, so a
+/// scenario can use a node while the set of nodes changes (`scale --churn`).
+#[derive(Debug, Clone)]
+pub(crate) enum Handle {
+    /// A kith node.
     Kith(Node),
+    /// A raw swarm.
     Raw(RawNode),
 }
 
-struct Member {
-    handle: Handle,
-    peer_id: PeerId,
-    /// TCP listen address ending in `/p2p/<peer id>`.
-    addr: Multiaddr,
+impl Handle {
+    /// The kith node, if it is one.
+    pub(crate) fn kith(&self) -> Option<&Node> {
+        match self {
+            Handle::Kith(node) => Some(node),
+            Handle::Raw(_) => None,
+        }
+    }
+
+    /// The raw node, if it is one.
+    pub(crate) fn raw(&self) -> Option<&RawNode> {
+        match self {
+            Handle::Raw(node) => Some(node),
+            Handle::Kith(_) => None,
+        }
+    }
+
+    /// A `get_closest_peers` walk for `key`.
+    pub(crate) async fn closest(&self, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
+        match self {
+            Handle::Kith(node) => Ok(node.net().get_closest_peers(key).await?),
+            Handle::Raw(node) => node.get_closest_peers(key).await,
+        }
+    }
+
+    /// Routing table size (bounded by [`STEP`]).
+    pub(crate) async fn routing_len(&self) -> anyhow::Result<usize> {
+        let ask = async {
+            match self {
+                Handle::Kith(node) => Ok(node.net().routing_table().await?.len()),
+                Handle::Raw(node) => node.routing_len().await,
+            }
+        };
+        tokio::time::timeout(STEP, ask)
+            .await
+            .context("routing table request timed out")?
+    }
+
+    /// Open connections, both directions (bounded by [`STEP`]).
+    pub(crate) async fn connections(&self) -> anyhow::Result<usize> {
+        let ask = async {
+            match self {
+                Handle::Kith(node) => {
+                    let net = node.status().await?.net;
+                    Ok(net.connections_inbound + net.connections_outbound)
+                }
+                Handle::Raw(node) => node.connections().await,
+            }
+        };
+        tokio::time::timeout(STEP, ask)
+            .await
+            .context("connection count request timed out")?
+    }
+
+    /// Starts a Kademlia bootstrap.
+    pub(crate) async fn bootstrap(&self) -> anyhow::Result<()> {
+        match self {
+            Handle::Kith(node) => Ok(node.net().bootstrap().await?),
+            Handle::Raw(node) => node.bootstrap().await,
+        }
+    }
+
+    /// Stops the node (bounded by [`STEP`]); kith nodes flush their stores.
+    pub(crate) async fn stop(&self) {
+        let _ = tokio::time::timeout(STEP, async {
+            match self {
+                Handle::Kith(node) => {
+                    let _ = node.shutdown().await;
+                }
+                Handle::Raw(node) => {
+                    let _ = node.shutdown().await;
+                }
+            }
+        })
+        .await;
+    }
 }
 
-/// A set of running nodes of one [`Kind`].
-pub(crate) struct Cluster {
+/// One started node.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// The node.
+    pub(crate) handle: Handle,
+    /// Its peer id.
+    pub(crate) peer_id: PeerId,
+    /// TCP listen address ending in `/p2p/<peer id>`.
+    pub(crate) addr: Multiaddr,
+}
+
+/// Everything needed to start one more node of a cluster, without the cluster: `scale --churn`
+/// starts nodes while others are in use.
+#[derive(Debug, Clone)]
+pub(crate) struct Spawner {
     kind: Kind,
     settings: NodeSettings,
     dir: PathBuf,
-    members: Vec<Member>,
     /// Service options of kith nodes; `None`: `Options::default()`.
     options: Option<Options>,
     /// Raw nodes also speak request-response (see [`Cluster::with_request_response`]).
     request_response: bool,
 }
 
-impl Cluster {
-    /// An empty cluster; kith homes go under `dir`, which must exist.
-    pub(crate) fn new(kind: Kind, settings: NodeSettings, dir: PathBuf) -> Self {
-        Self {
-            kind,
-            settings,
-            dir,
-            members: Vec::new(),
-            options: None,
-            request_response: false,
-        }
-    }
-
-    /// Kith nodes start with these service options (a low proof-of-work difficulty for
-    /// `dm.first`, no inbound rate limit); every node of a network must agree on `name_rules`.
-    pub(crate) fn with_options(mut self, options: Options) -> Self {
-        self.options = Some(options);
-        self
-    }
-
-    /// Raw nodes also answer and send request-response (`dm.first`'s baseline).
-    pub(crate) fn with_request_response(mut self) -> Self {
-        self.request_response = true;
-        self
-    }
-
-    /// What the cluster runs.
-    pub(crate) fn kind(&self) -> Kind {
-        self.kind
-    }
-
-    /// Number of running nodes.
-    pub(crate) fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Peer ids, in start order.
-    pub(crate) fn peer_ids(&self) -> Vec<PeerId> {
-        self.members.iter().map(|m| m.peer_id).collect()
-    }
-
-    /// Dialable address (with `/p2p/`) of node `i`.
-    pub(crate) fn addr(&self, i: usize) -> Option<Multiaddr> {
-        self.members.get(i).map(|m| m.addr.clone())
-    }
-
-    /// The kith node `i`, in a kith cluster.
-    pub(crate) fn kith(&self, i: usize) -> Option<&Node> {
-        match &self.members.get(i)?.handle {
-            Handle::Kith(node) => Some(node),
-            Handle::Raw(_) => None,
-        }
-    }
-
-    /// The raw node `i`, in a raw cluster.
-    pub(crate) fn raw(&self, i: usize) -> Option<&RawNode> {
-        match &self.members.get(i)?.handle {
-            Handle::Raw(node) => Some(node),
-            Handle::Kith(_) => None,
-        }
-    }
-
-    /// Starts one more node that bootstraps from `bootstrap`; returns once it listens.
-    pub(crate) async fn start_node(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
-        let member = match self.kind {
+impl Spawner {
+    /// Starts a node that bootstraps from `bootstrap`, with its home (kith) in `node-<slot>`
+    /// under the cluster's directory; returns once it listens. `keypair` is only for kith.
+    pub(crate) async fn start(
+        &self,
+        slot: usize,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Option<Keypair>,
+    ) -> anyhow::Result<Member> {
+        match self.kind {
             Kind::Kith => {
-                self.start_kith(bootstrap, Keypair::generate_ed25519())
-                    .await?
+                let keypair = keypair.unwrap_or_else(Keypair::generate_ed25519);
+                self.start_kith(slot, bootstrap, keypair).await
             }
             Kind::Raw => {
+                if keypair.is_some() {
+                    bail!("a chosen identity is only for kith clusters");
+                }
                 let config = RawConfig {
                     bootstrap,
                     idle_timeout: self.settings.idle_timeout(),
@@ -187,45 +223,37 @@ impl Cluster {
                     .cloned()
                     .context("raw node has no listen address")?
                     .with(Protocol::P2p(peer_id));
-                Member {
+                Ok(Member {
                     handle: Handle::Raw(node),
                     peer_id,
                     addr,
-                }
+                })
             }
-        };
-        self.members.push(member);
-        Ok(())
-    }
-
-    /// Starts one more kith node with a chosen identity (`resolve.sybil` plays attackers whose
-    /// ids were generated to sit next to a name's key). Fails in a raw cluster.
-    pub(crate) async fn start_kith_with_keypair(
-        &mut self,
-        bootstrap: Vec<Multiaddr>,
-        keypair: Keypair,
-    ) -> anyhow::Result<()> {
-        if self.kind != Kind::Kith {
-            bail!("a chosen identity is only for kith clusters");
         }
-        let member = self.start_kith(bootstrap, keypair).await?;
-        self.members.push(member);
-        Ok(())
     }
 
     async fn start_kith(
         &self,
+        slot: usize,
         bootstrap: Vec<Multiaddr>,
         keypair: Keypair,
     ) -> anyhow::Result<Member> {
-        let home = self.dir.join(format!("node-{}", self.members.len()));
+        let home = self.dir.join(format!("node-{slot}"));
         let mut store_config = StoreConfig::default();
         if self.settings.reduced {
             // 1 MiB of page cache and no background flusher thread per node.
             store_config = store_config.with_cache_capacity(1024 * 1024);
             store_config.flush_every_ms = None;
         }
-        let store = Store::open(&home, &store_config)
+        // Opening a new store syncs it to disk: off the runtime's worker threads, which every
+        // running node of the process shares.
+        let opened = {
+            let home = home.clone();
+            tokio::task::spawn_blocking(move || Store::open(&home, &store_config))
+        };
+        let store = opened
+            .await
+            .context("the store opening task failed")?
             .with_context(|| format!("cannot open a store in {}", home.display()))?;
         let mut config = Config::new(keypair)
             .with_network_id(NETWORK_ID)
@@ -255,8 +283,8 @@ impl Cluster {
         let peer_id = node.peer_id();
         let deadline = Instant::now() + STEP;
         let addr = loop {
-            let status = node.net().status().await.context("kith node stopped")?;
-            if let Some(addr) = status.listen_addrs.first() {
+            let status = node.status().await.context("kith node stopped")?;
+            if let Some(addr) = status.net.listen_addrs.first() {
                 break addr.clone().with(Protocol::P2p(peer_id));
             }
             if Instant::now() > deadline {
@@ -270,34 +298,115 @@ impl Cluster {
             addr,
         })
     }
+}
+
+/// A set of running nodes of one [`Kind`].
+pub(crate) struct Cluster {
+    spawner: Spawner,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    /// An empty cluster; kith homes go under `dir`, which must exist.
+    pub(crate) fn new(kind: Kind, settings: NodeSettings, dir: PathBuf) -> Self {
+        Self {
+            spawner: Spawner {
+                kind,
+                settings,
+                dir,
+                options: None,
+                request_response: false,
+            },
+            members: Vec::new(),
+        }
+    }
+
+    /// Kith nodes start with these service options (a low proof-of-work difficulty for
+    /// `dm.first`, no inbound rate limit); every node of a network must agree on `name_rules`.
+    pub(crate) fn with_options(mut self, options: Options) -> Self {
+        self.spawner.options = Some(options);
+        self
+    }
+
+    /// Raw nodes also answer and send request-response (`dm.first`'s baseline).
+    pub(crate) fn with_request_response(mut self) -> Self {
+        self.spawner.request_response = true;
+        self
+    }
+
+    /// What the cluster runs.
+    pub(crate) fn kind(&self) -> Kind {
+        self.spawner.kind
+    }
+
+    /// Number of running nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Peer ids, in start order.
+    pub(crate) fn peer_ids(&self) -> Vec<PeerId> {
+        self.members.iter().map(|m| m.peer_id).collect()
+    }
+
+    /// Dialable address (with `/p2p/`) of node `i`.
+    pub(crate) fn addr(&self, i: usize) -> Option<Multiaddr> {
+        self.members.get(i).map(|m| m.addr.clone())
+    }
+
+    /// The kith node `i`, in a kith cluster.
+    pub(crate) fn kith(&self, i: usize) -> Option<&Node> {
+        self.members.get(i)?.handle.kith()
+    }
+
+    /// The raw node `i`, in a raw cluster.
+    pub(crate) fn raw(&self, i: usize) -> Option<&RawNode> {
+        self.members.get(i)?.handle.raw()
+    }
+
+    /// Starts one more node that bootstraps from `bootstrap`; returns once it listens.
+    pub(crate) async fn start_node(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
+        let member = self
+            .spawner
+            .start(self.members.len(), bootstrap, None)
+            .await?;
+        self.members.push(member);
+        Ok(())
+    }
+
+    /// Starts one more kith node with a chosen identity (`resolve.sybil` plays attackers whose
+    /// ids were generated to sit next to a name's key). Fails in a raw cluster.
+    pub(crate) async fn start_kith_with_keypair(
+        &mut self,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Keypair,
+    ) -> anyhow::Result<()> {
+        let member = self
+            .spawner
+            .start(self.members.len(), bootstrap, Some(keypair))
+            .await?;
+        self.members.push(member);
+        Ok(())
+    }
+
+    /// The nodes and what starts more of them, for a scenario that changes the set while using it.
+    pub(crate) fn into_parts(self) -> (Spawner, Vec<Member>) {
+        (self.spawner, self.members)
+    }
 
     /// A `get_closest_peers` walk for `key` from node `i`.
     pub(crate) async fn closest(&self, i: usize, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
-        match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.net().get_closest_peers(key).await?),
-            Handle::Raw(node) => node.get_closest_peers(key).await,
-        }
+        self.member(i)?.handle.closest(key).await
     }
 
     /// Routing table size of node `i`.
     pub(crate) async fn routing_len(&self, i: usize) -> anyhow::Result<usize> {
-        let ask = async {
-            match &self.member(i)?.handle {
-                Handle::Kith(node) => Ok(node.net().routing_table().await?.len()),
-                Handle::Raw(node) => node.routing_len().await,
-            }
-        };
-        tokio::time::timeout(STEP, ask)
-            .await
-            .context("routing table request timed out")?
+        self.member(i)?.handle.routing_len().await
     }
 
     /// Starts a Kademlia bootstrap on node `i`.
     pub(crate) async fn bootstrap(&self, i: usize) -> anyhow::Result<()> {
-        match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.net().bootstrap().await?),
-            Handle::Raw(node) => node.bootstrap().await,
-        }
+        self.member(i)?.handle.bootstrap().await
     }
 
     /// Routing table sizes of every node: (smallest, mean).
@@ -315,19 +424,10 @@ impl Cluster {
 
     /// Stops every node (bounded); kith nodes flush their stores.
     pub(crate) async fn shutdown(self) {
-        let stops = self.members.into_iter().map(|m| async move {
-            let _ = tokio::time::timeout(STEP, async {
-                match m.handle {
-                    Handle::Kith(node) => {
-                        let _ = node.shutdown().await;
-                    }
-                    Handle::Raw(node) => {
-                        let _ = node.shutdown().await;
-                    }
-                }
-            })
-            .await;
-        });
+        let stops = self
+            .members
+            .into_iter()
+            .map(|m| async move { m.handle.stop().await });
         futures::future::join_all(stops).await;
     }
 
