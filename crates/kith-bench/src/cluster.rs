@@ -266,13 +266,18 @@ impl Spawner {
         if self.settings.reduced {
             config.event_buffer = 64;
             config.command_buffer = 16;
-            // The connection manager closes what gossipsub would keep open, after the same idle
-            // time raw swarms use, and trims to marks sized for a thousand nodes on one machine.
+            // The connection manager closes what gossipsub would keep open and trims to marks
+            // sized for a thousand nodes on one machine. It cannot see Kademlia's requests (kad
+            // 0.49 does not expose a query's peers), so a connection counts as unused while a
+            // walk is on it: with a 5 s grace and idle time, every walk that took longer than 5 s
+            // on a loaded machine lost its connections and its PUT step found no taker (key
+            // bundles and names at 200 nodes). Both are the query timeout, so a connection a
+            // query opened outlives the query; libp2p's own idle timeout stays raw's 5 s.
             config = config.with_connections(kith_net::ConnectionBudget {
                 low: SCALE_CONNECTIONS_LOW,
                 high: SCALE_CONNECTIONS_HIGH,
-                grace: Duration::from_secs(5),
-                idle_timeout: self.settings.idle_timeout(),
+                grace: self.settings.query_timeout(),
+                idle_timeout: self.settings.query_timeout(),
             });
         }
         let options = self.options.clone().unwrap_or_default();
