@@ -18,6 +18,7 @@
 //!   30% of the network, against fresh resolvers.
 //! - [`groups`]: five-member groups, catch-up after 100 missed messages, removal and outsiders,
 //!   150 groups on one node.
+//! - [`scale`]: a group of 200 members with `kith-bench scale`'s reduced settings.
 //!
 //! Every wait is bounded (`harness::wait_until`, `tokio::time::timeout`); no test touches the
 //! public network (mDNS off, loopback listeners, a private network id).
@@ -31,4 +32,5 @@ mod groups;
 mod harness;
 mod mailbox;
 mod names;
+mod scale;
 mod sybil;

@@ -129,6 +129,9 @@ enum Command {
     RoutingLen {
         reply: oneshot::Sender<usize>,
     },
+    Connections {
+        reply: oneshot::Sender<usize>,
+    },
     Request {
         peer: PeerId,
         body: Vec<u8>,
@@ -249,6 +252,11 @@ impl RawNode {
     /// Peers in the routing table.
     pub(crate) async fn routing_len(&self) -> anyhow::Result<usize> {
         self.ask(|reply| Command::RoutingLen { reply }).await
+    }
+
+    /// Established connections, both directions (`scale`'s per-node connection figures).
+    pub(crate) async fn connections(&self) -> anyhow::Result<usize> {
+        self.ask(|reply| Command::Connections { reply }).await
     }
 
     /// Starts a Kademlia bootstrap.
@@ -408,6 +416,10 @@ impl Driver {
                     .kad
                     .get_record(kad::RecordKey::new(&key));
                 self.gets.insert(id, (0, reply));
+            }
+            Command::Connections { reply } => {
+                let info = self.swarm.network_info();
+                let _ = reply.send(info.connection_counters().num_established() as usize);
             }
             Command::RoutingLen { reply } => {
                 let _ = reply.send(self.routing_len());

@@ -74,59 +74,252 @@ impl NodeSettings {
     }
 }
 
-enum Handle {
+/// A running node of either kind. Cheap to clone: both kinds are handles to tasks, so a
+/// scenario can use a node while the set of nodes changes (`scale --churn`).
+#[derive(Debug, Clone)]
+pub(crate) enum Handle {
+    /// A kith node.
     Kith(Node),
+    /// A raw swarm.
     Raw(RawNode),
 }
 
-struct Member {
-    handle: Handle,
-    peer_id: PeerId,
-    /// TCP listen address ending in `/p2p/<peer id>`.
-    addr: Multiaddr,
+impl Handle {
+    /// The kith node, if it is one.
+    pub(crate) fn kith(&self) -> Option<&Node> {
+        match self {
+            Handle::Kith(node) => Some(node),
+            Handle::Raw(_) => None,
+        }
+    }
+
+    /// The raw node, if it is one.
+    pub(crate) fn raw(&self) -> Option<&RawNode> {
+        match self {
+            Handle::Raw(node) => Some(node),
+            Handle::Kith(_) => None,
+        }
+    }
+
+    /// A `get_closest_peers` walk for `key`.
+    pub(crate) async fn closest(&self, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
+        match self {
+            Handle::Kith(node) => Ok(node.probe().get_closest_peers(key).await?),
+            Handle::Raw(node) => node.get_closest_peers(key).await,
+        }
+    }
+
+    /// Routing table size (bounded by [`STEP`]).
+    pub(crate) async fn routing_len(&self) -> anyhow::Result<usize> {
+        let ask = async {
+            match self {
+                Handle::Kith(node) => Ok(node.probe().routing_table().await?.len()),
+                Handle::Raw(node) => node.routing_len().await,
+            }
+        };
+        tokio::time::timeout(STEP, ask)
+            .await
+            .context("routing table request timed out")?
+    }
+
+    /// Open connections, both directions (bounded by [`STEP`]).
+    pub(crate) async fn connections(&self) -> anyhow::Result<usize> {
+        let ask = async {
+            match self {
+                Handle::Kith(node) => {
+                    let net = node.status().await?.net;
+                    Ok(net.connections_inbound + net.connections_outbound)
+                }
+                Handle::Raw(node) => node.connections().await,
+            }
+        };
+        tokio::time::timeout(STEP, ask)
+            .await
+            .context("connection count request timed out")?
+    }
+
+    /// Starts a Kademlia bootstrap.
+    pub(crate) async fn bootstrap(&self) -> anyhow::Result<()> {
+        match self {
+            Handle::Kith(node) => Ok(node.probe().bootstrap().await?),
+            Handle::Raw(node) => node.bootstrap().await,
+        }
+    }
+
+    /// Stops the node (bounded by [`STEP`]); kith nodes flush their stores.
+    pub(crate) async fn stop(&self) {
+        let _ = tokio::time::timeout(STEP, async {
+            match self {
+                Handle::Kith(node) => {
+                    let _ = node.shutdown().await;
+                }
+                Handle::Raw(node) => {
+                    let _ = node.shutdown().await;
+                }
+            }
+        })
+        .await;
+    }
 }
 
-/// A set of running nodes of one [`Kind`].
-pub(crate) struct Cluster {
+/// One started node.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// The node.
+    pub(crate) handle: Handle,
+    /// Its peer id.
+    pub(crate) peer_id: PeerId,
+    /// TCP listen address ending in `/p2p/<peer id>`.
+    pub(crate) addr: Multiaddr,
+}
+
+/// Everything needed to start one more node of a cluster, without the cluster: `scale --churn`
+/// starts nodes while others are in use.
+#[derive(Debug, Clone)]
+pub(crate) struct Spawner {
     kind: Kind,
     settings: NodeSettings,
     dir: PathBuf,
-    members: Vec<Member>,
     /// Service options of kith nodes; `None`: `Options::default()`.
     options: Option<Options>,
     /// Raw nodes also speak request-response (see [`Cluster::with_request_response`]).
     request_response: bool,
 }
 
+impl Spawner {
+    /// Starts a node that bootstraps from `bootstrap`, with its home (kith) in `node-<slot>`
+    /// under the cluster's directory; returns once it listens. `keypair` is only for kith.
+    pub(crate) async fn start(
+        &self,
+        slot: usize,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Option<Keypair>,
+    ) -> anyhow::Result<Member> {
+        match self.kind {
+            Kind::Kith => {
+                let keypair = keypair.unwrap_or_else(Keypair::generate_ed25519);
+                self.start_kith(slot, bootstrap, keypair).await
+            }
+            Kind::Raw => {
+                if keypair.is_some() {
+                    bail!("a chosen identity is only for kith clusters");
+                }
+                let config = RawConfig {
+                    bootstrap,
+                    idle_timeout: self.settings.idle_timeout(),
+                    query_timeout: self.settings.query_timeout(),
+                    request_response: self.request_response,
+                    ..RawConfig::dht(NETWORK_ID)
+                };
+                let node = tokio::time::timeout(STEP, RawNode::start(config))
+                    .await
+                    .context("raw node did not start in time")??;
+                let peer_id = node.peer_id();
+                let addr = node
+                    .listen_addrs()
+                    .first()
+                    .cloned()
+                    .context("raw node has no listen address")?
+                    .with(Protocol::P2p(peer_id));
+                Ok(Member {
+                    handle: Handle::Raw(node),
+                    peer_id,
+                    addr,
+                })
+            }
+        }
+    }
+
+    async fn start_kith(
+        &self,
+        slot: usize,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Keypair,
+    ) -> anyhow::Result<Member> {
+        let home = self.dir.join(format!("node-{slot}"));
+        let mut store_config = StoreConfig::default();
+        if self.settings.reduced {
+            // 1 MiB of page cache and no background flusher thread per node.
+            store_config = store_config.with_cache_capacity(1024 * 1024);
+            store_config.flush_every_ms = None;
+        }
+        // Opening a new store syncs it to disk: off the runtime's worker threads, which every
+        // running node of the process shares.
+        let opened = {
+            let home = home.clone();
+            tokio::task::spawn_blocking(move || kith_testkit::open_store_at(&home, &store_config))
+        };
+        let store = opened.await.context("the store opening task failed")??;
+        let mut config =
+            kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?;
+        config.idle_timeout = self.settings.idle_timeout();
+        config.query_timeout = self.settings.query_timeout();
+        if self.settings.reduced {
+            config.event_buffer = 64;
+            config.command_buffer = 16;
+            // The connection manager closes what gossipsub would keep open and trims to marks
+            // sized for a thousand nodes on one machine. It cannot see Kademlia's requests (kad
+            // 0.49 does not expose a query's peers), so a connection counts as unused while a
+            // walk is on it: with a 5 s grace and idle time, every walk that took longer than 5 s
+            // on a loaded machine lost its connections and its PUT step found no taker (key
+            // bundles and names at 200 nodes). Both are the query timeout, so a connection a
+            // query opened outlives the query; libp2p's own idle timeout stays raw's 5 s.
+            config = config.with_connections(kith_net::ConnectionBudget {
+                low: SCALE_CONNECTIONS_LOW,
+                high: SCALE_CONNECTIONS_HIGH,
+                grace: self.settings.query_timeout(),
+                idle_timeout: self.settings.query_timeout(),
+            });
+        }
+        let options = self.options.clone().unwrap_or_default();
+        let node = kith_testkit::start_node(config, store, options).await?;
+        let peer_id = node.peer_id();
+        let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
+        Ok(Member {
+            handle: Handle::Kith(node),
+            peer_id,
+            addr,
+        })
+    }
+}
+
+/// A set of running nodes of one [`Kind`].
+pub(crate) struct Cluster {
+    spawner: Spawner,
+    members: Vec<Member>,
+}
+
 impl Cluster {
     /// An empty cluster; kith homes go under `dir`, which must exist.
     pub(crate) fn new(kind: Kind, settings: NodeSettings, dir: PathBuf) -> Self {
         Self {
-            kind,
-            settings,
-            dir,
+            spawner: Spawner {
+                kind,
+                settings,
+                dir,
+                options: None,
+                request_response: false,
+            },
             members: Vec::new(),
-            options: None,
-            request_response: false,
         }
     }
 
     /// Kith nodes start with these service options (a low proof-of-work difficulty for
     /// `dm.first`, no inbound rate limit); every node of a network must agree on `name_rules`.
     pub(crate) fn with_options(mut self, options: Options) -> Self {
-        self.options = Some(options);
+        self.spawner.options = Some(options);
         self
     }
 
     /// Raw nodes also answer and send request-response (`dm.first`'s baseline).
     pub(crate) fn with_request_response(mut self) -> Self {
-        self.request_response = true;
+        self.spawner.request_response = true;
         self
     }
 
     /// What the cluster runs.
     pub(crate) fn kind(&self) -> Kind {
-        self.kind
+        self.spawner.kind
     }
 
     /// Number of running nodes.
@@ -146,52 +339,20 @@ impl Cluster {
 
     /// The kith node `i`, in a kith cluster.
     pub(crate) fn kith(&self, i: usize) -> Option<&Node> {
-        match &self.members.get(i)?.handle {
-            Handle::Kith(node) => Some(node),
-            Handle::Raw(_) => None,
-        }
+        self.members.get(i)?.handle.kith()
     }
 
     /// The raw node `i`, in a raw cluster.
     pub(crate) fn raw(&self, i: usize) -> Option<&RawNode> {
-        match &self.members.get(i)?.handle {
-            Handle::Raw(node) => Some(node),
-            Handle::Kith(_) => None,
-        }
+        self.members.get(i)?.handle.raw()
     }
 
     /// Starts one more node that bootstraps from `bootstrap`; returns once it listens.
     pub(crate) async fn start_node(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
-        let member = match self.kind {
-            Kind::Kith => {
-                self.start_kith(bootstrap, Keypair::generate_ed25519())
-                    .await?
-            }
-            Kind::Raw => {
-                let config = RawConfig {
-                    bootstrap,
-                    idle_timeout: self.settings.idle_timeout(),
-                    query_timeout: self.settings.query_timeout(),
-                    request_response: self.request_response,
-                    ..RawConfig::dht(NETWORK_ID)
-                };
-                let node = tokio::time::timeout(STEP, RawNode::start(config))
-                    .await
-                    .context("raw node did not start in time")??;
-                let peer_id = node.peer_id();
-                let addr = node
-                    .listen_addrs()
-                    .first()
-                    .cloned()
-                    .context("raw node has no listen address")?
-                    .with(Protocol::P2p(peer_id));
-                Member {
-                    handle: Handle::Raw(node),
-                    peer_id,
-                    addr,
-                }
-            }
-        };
+        let member = self
+            .spawner
+            .start(self.members.len(), bootstrap, None)
+            .await?;
         self.members.push(member);
         Ok(())
     }
@@ -203,81 +364,32 @@ impl Cluster {
         bootstrap: Vec<Multiaddr>,
         keypair: Keypair,
     ) -> anyhow::Result<()> {
-        if self.kind != Kind::Kith {
-            bail!("a chosen identity is only for kith clusters");
-        }
-        let member = self.start_kith(bootstrap, keypair).await?;
+        let member = self
+            .spawner
+            .start(self.members.len(), bootstrap, Some(keypair))
+            .await?;
         self.members.push(member);
         Ok(())
     }
 
-    async fn start_kith(
-        &self,
-        bootstrap: Vec<Multiaddr>,
-        keypair: Keypair,
-    ) -> anyhow::Result<Member> {
-        let home = self.dir.join(format!("node-{}", self.members.len()));
-        let mut store_config = StoreConfig::default();
-        if self.settings.reduced {
-            // 1 MiB of page cache and no background flusher thread per node.
-            store_config = store_config.with_cache_capacity(1024 * 1024);
-            store_config.flush_every_ms = None;
-        }
-        let store = kith_testkit::open_store_at(&home, &store_config)?;
-        let mut config =
-            kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?;
-        config.idle_timeout = self.settings.idle_timeout();
-        config.query_timeout = self.settings.query_timeout();
-        if self.settings.reduced {
-            config.event_buffer = 64;
-            config.command_buffer = 16;
-            // The connection manager closes what gossipsub would keep open, after the same idle
-            // time raw swarms use, and trims to marks sized for a thousand nodes on one machine.
-            config = config.with_connections(kith_net::ConnectionBudget {
-                low: SCALE_CONNECTIONS_LOW,
-                high: SCALE_CONNECTIONS_HIGH,
-                grace: Duration::from_secs(5),
-                idle_timeout: self.settings.idle_timeout(),
-            });
-        }
-        let options = self.options.clone().unwrap_or_default();
-        let node = kith_testkit::start_node(config, store, options).await?;
-        let peer_id = node.peer_id();
-        let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
-        Ok(Member {
-            handle: Handle::Kith(node),
-            peer_id,
-            addr,
-        })
+    /// The nodes and what starts more of them, for a scenario that changes the set while using it.
+    pub(crate) fn into_parts(self) -> (Spawner, Vec<Member>) {
+        (self.spawner, self.members)
     }
 
     /// A `get_closest_peers` walk for `key` from node `i`.
     pub(crate) async fn closest(&self, i: usize, key: PeerId) -> anyhow::Result<Vec<PeerId>> {
-        match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.probe().get_closest_peers(key).await?),
-            Handle::Raw(node) => node.get_closest_peers(key).await,
-        }
+        self.member(i)?.handle.closest(key).await
     }
 
     /// Routing table size of node `i`.
     pub(crate) async fn routing_len(&self, i: usize) -> anyhow::Result<usize> {
-        let ask = async {
-            match &self.member(i)?.handle {
-                Handle::Kith(node) => Ok(node.probe().routing_table().await?.len()),
-                Handle::Raw(node) => node.routing_len().await,
-            }
-        };
-        tokio::time::timeout(STEP, ask)
-            .await
-            .context("routing table request timed out")?
+        self.member(i)?.handle.routing_len().await
     }
 
     /// Starts a Kademlia bootstrap on node `i`.
     pub(crate) async fn bootstrap(&self, i: usize) -> anyhow::Result<()> {
-        match &self.member(i)?.handle {
-            Handle::Kith(node) => Ok(node.probe().bootstrap().await?),
-            Handle::Raw(node) => node.bootstrap().await,
-        }
+        self.member(i)?.handle.bootstrap().await
     }
 
     /// Routing table sizes of every node: (smallest, mean).
@@ -295,19 +407,10 @@ impl Cluster {
 
     /// Stops every node (bounded); kith nodes flush their stores.
     pub(crate) async fn shutdown(self) {
-        let stops = self.members.into_iter().map(|m| async move {
-            let _ = tokio::time::timeout(STEP, async {
-                match m.handle {
-                    Handle::Kith(node) => {
-                        let _ = node.shutdown().await;
-                    }
-                    Handle::Raw(node) => {
-                        let _ = node.shutdown().await;
-                    }
-                }
-            })
-            .await;
-        });
+        let stops = self
+            .members
+            .into_iter()
+            .map(|m| async move { m.handle.stop().await });
         futures::future::join_all(stops).await;
     }
 

@@ -160,6 +160,10 @@ struct ScaleArgs {
     /// Walks per network (default 200, quick 20).
     #[arg(long)]
     walks: Option<usize>,
+    /// Percent of the nodes that leave, and as many fresh ones that join, per minute while names
+    /// are resolved and group messages sent (default 0: no churn).
+    #[arg(long)]
+    churn: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -213,16 +217,9 @@ struct RawRrArgs {
 struct WorkerCli {
     #[arg(long)]
     kind: String,
+    /// `scale::Params` as JSON.
     #[arg(long)]
-    nodes: usize,
-    #[arg(long)]
-    budget_secs: u64,
-    #[arg(long)]
-    settle_secs: u64,
-    #[arg(long)]
-    walks: usize,
-    #[arg(long)]
-    walk_budget_secs: u64,
+    params: String,
     #[arg(long)]
     dir: PathBuf,
 }
@@ -294,6 +291,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(walks) = args.walks {
                 settings.scale.walks = walks;
+            }
+            if let Some(pct) = args.churn {
+                if !(0.0..=100.0).contains(&pct) {
+                    anyhow::bail!("--churn is a percentage of the nodes per minute, 0 to 100");
+                }
+                settings.scale.churn_pct = pct;
             }
             vec![Group::Scale]
         }
@@ -400,13 +403,10 @@ fn scale_worker(args: WorkerCli) -> anyhow::Result<()> {
         "raw" => Kind::Raw,
         other => anyhow::bail!("unknown --kind {other}; expected kith or raw"),
     };
+    let params = serde_json::from_str(&args.params).context("--params is not scale's JSON")?;
     scenarios::scale::worker(scenarios::scale::WorkerArgs {
         kind,
-        nodes: args.nodes,
-        budget: Duration::from_secs(args.budget_secs),
-        settle: Duration::from_secs(args.settle_secs),
-        walks: args.walks,
-        walk_budget: Duration::from_secs(args.walk_budget_secs),
+        params,
         dir: args.dir,
     })
 }
@@ -471,11 +471,13 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["kith-bench", "dm", "--only", "dm.first"]).unwrap();
         assert_eq!(cli.global.only, ["dm.first"]);
-        let cli = Cli::try_parse_from(["kith-bench", "scale", "--nodes", "1000"]).unwrap();
+        let cli = Cli::try_parse_from(["kith-bench", "scale", "--nodes", "1000", "--churn", "10"])
+            .unwrap();
         assert!(matches!(
             cli.command,
             Command::Scale(ScaleArgs {
                 nodes: Some(1000),
+                churn: Some(10.0),
                 ..
             })
         ));

@@ -367,7 +367,6 @@ fn peer_of(bytes: &[u8]) -> Option<PeerId> {
 ///
 /// - [`Outbox::send_shown`]: a message shown in history (text, file offer, call summary); waits
 ///   for the first attempt.
-/// - [`Outbox::enqueue`]: one group control body, stored, flushed and handed over in one call.
 /// - [`Outbox::stage`] then [`Outbox::send_staged`]: several control bodies written with other
 ///   state, one flush and one wake for all.
 /// - [`Outbox::send_receipt`]: a delivery or read receipt.
@@ -450,22 +449,10 @@ impl Outbox<'_> {
         Ok(Sent { id, peer, status })
     }
 
-    /// Stores a group control message for `peer`, flushes it and hands it to delivery: retried
-    /// until acknowledged and deposited at the peer's mailbox when it is offline.
-    pub(crate) async fn enqueue(
-        &self,
-        peer: PeerId,
-        body: pb::direct_payload::Body,
-    ) -> Result<MessageId, ServiceError> {
-        let id = self.stage(peer, body)?;
-        self.send_staged().await?;
-        Ok(id)
-    }
-
     /// Stores a group control message (invitation, member list, session key) for `peer` without
     /// flushing it: for entries written together with other state (a new member list, the record
     /// of whom a session key went to), several at a time. [`Outbox::send_staged`] must follow
-    /// (one flush and one wake for all of them); [`Outbox::enqueue`] does both for one entry.
+    /// (one flush and one wake for all of them).
     pub(crate) fn stage(
         &self,
         peer: PeerId,

@@ -320,34 +320,69 @@ impl Node {
         reference: &str,
         target: &str,
     ) -> Result<(GroupInfo, PeerId), ServiceError> {
-        let (record, peer, next) = self
-            .change_members(reference, target, |list, peer| {
-                if list.is_member(&peer) {
-                    return Err(format!(
-                        "{target} is already a member of '{}'",
-                        list.title()
-                    ));
-                }
-                if list.members().len() >= MAX_MEMBERS {
-                    return Err(format!(
-                        "'{}' has {MAX_MEMBERS} members, the most a group can have",
-                        list.title()
-                    ));
-                }
-                let mut members = list.members().clone();
-                members.insert(peer, false);
-                Ok(members)
-            })
+        let (info, peers) = self
+            .invite_many_to_group(reference, &[target.to_owned()])
             .await?;
-        self.outbox()
-            .enqueue(
-                peer,
+        let peer = peers
+            .first()
+            .copied()
+            .ok_or_else(|| ServiceError::InvalidMessage(format!("nobody to invite as {target}")))?;
+        Ok((info, peer))
+    }
+
+    /// Adds several members at once (admins only): one new list version goes to every current
+    /// member and an invitation to each new one. Inviting one by one sends every current member
+    /// one list per invitation, which for a group filled to a few hundred members is tens of
+    /// thousands of control messages; this sends one per member. All or nothing: if any target
+    /// cannot be resolved or is already a member, nobody is invited.
+    pub async fn invite_many_to_group(
+        &self,
+        reference: &str,
+        targets: &[String],
+    ) -> Result<(GroupInfo, Vec<PeerId>), ServiceError> {
+        let record = self.find_group(reference)?;
+        let mut peers = Vec::with_capacity(targets.len());
+        for target in targets {
+            let peer = self.resolve_recipient(target).await?;
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+        let list = self.list_of(&record)?;
+        self.require_admin(&record, &list)?;
+        let mut members = list.members().clone();
+        for (peer, target) in peers.iter().zip(targets) {
+            if list.is_member(peer) {
+                return Err(ServiceError::InvalidMessage(format!(
+                    "{target} is already a member of '{}'",
+                    list.title()
+                )));
+            }
+            members.insert(*peer, false);
+        }
+        if members.len() > MAX_MEMBERS {
+            return Err(ServiceError::InvalidMessage(format!(
+                "'{}' would have {} members; a group can have at most {MAX_MEMBERS}",
+                list.title(),
+                members.len()
+            )));
+        }
+        let next = list
+            .successor(&self.inner.keypair, &members, now_ms())
+            .map_err(sign_error)?;
+        let recipients: Vec<PeerId> = list.members().keys().copied().collect();
+        let record = self.publish_list(record, &next, &recipients)?;
+        let signed = pb::SignedMemberList::decode(next.signed()).ok();
+        for peer in &peers {
+            self.outbox().stage(
+                *peer,
                 pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
-                    list: pb::SignedMemberList::decode(next.signed()).ok(),
+                    list: signed.clone(),
                 }),
-            )
-            .await?;
-        Ok((self.info(&record)?, peer))
+            )?;
+        }
+        self.outbox().send_staged().await?;
+        Ok((self.info(&record)?, peers))
     }
 
     /// Removes a member (admins only). The removed member is told; everyone starts a new Megolm

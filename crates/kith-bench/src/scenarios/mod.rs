@@ -5,7 +5,8 @@
 //!
 //! - [`dht`]: `dht.closest`, Kademlia walks in an in-process network, kith vs raw swarms.
 //! - [`footprint`]: `footprint.idle`, RSS of an idle `kith run` process vs a raw node process.
-//! - [`scale`]: `scale`, the largest in-process network within a time budget, kith vs raw.
+//! - [`scale`]: `scale`, the largest in-process network within a time budget, kith vs raw, and
+//!   [`scale_live`]: names, a group and churn in that network once grown.
 //! - [`relayed`]: `relay.latency`, `relay.throughput` (through a circuit relay vs direct) and
 //!   `mailbox.throughput` (held at a relay for an offline recipient vs direct delivery).
 //! - [`photo`]: `photo.process`, kith-photo's send path on a 12 MP JPEG vs the `image` crate's
@@ -32,6 +33,7 @@ pub(crate) mod relay;
 pub(crate) mod relayed;
 pub(crate) mod resolve;
 pub(crate) mod scale;
+pub(crate) mod scale_live;
 pub(crate) mod soak;
 
 use indicatif::ProgressBar;
@@ -249,8 +251,8 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         name: "scale",
         group: Group::Scale,
         unit: "nodes",
-        measures: "largest in-process network within a time budget, its RSS, and the fraction of get_closest_peers walks that succeed",
-        baseline: "the same number of raw libp2p swarms (identify + Kademlia), same topology and walks",
+        measures: "largest in-process network within a time budget, its RSS and connections per node, the fraction of get_closest_peers walks that succeed, name resolutions (success, p50/p99) and a 20-member group's delivery (rate, p99), optionally under churn",
+        baseline: "the same number of raw libp2p swarms (identify + Kademlia), same topology, walks, churn, and raw records for names (no groups)",
         missing: None,
     },
     Spec {

@@ -4,15 +4,24 @@
 //! `__scale-worker`), so its RSS and file descriptors are its own and everything is released when
 //! it exits. The worker starts nodes one by one, each bootstrapping from up to three random earlier
 //! nodes, and stops growing at the target, the time budget, 85% of the file-descriptor limit or the
-//! memory cap, whichever comes first. After a short settle it runs `get_closest_peers` walks from
-//! random nodes to random keys and reports how many found at least one peer and how many found the
-//! true closest node. kith runs first, then the raw baseline with the same target and budget.
+//! memory cap, whichever comes first. After a short settle it reads its RSS, samples routing
+//! tables and counts every node's connections, then runs `get_closest_peers` walks from random
+//! nodes to random keys (how many found at least one peer, how many the true closest node). Then
+//! the network is used while it changes ([`super::scale_live`]): with `--churn PCT`, PCT% of the
+//! nodes leave and fresh ones join per minute while random nodes register names and others resolve
+//! them, and while one group of random members (kith only) exchanges messages. kith runs first,
+//! then the raw baseline with the same target and budget.
+//!
+//! kith nodes start with [`kith_options`]: nothing is re-published on a timer (no key bundle,
+//! mailbox pointer or name put per join; the group's members publish their key bundles when the
+//! group is set up), and names take an 8-bit proof of work.
 //!
 //! Worker protocol: one JSON object per stdout line, [`WorkerLine`].
 
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -20,10 +29,12 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
 use kith_net::PeerId;
+use kith_service::Options;
 use serde::{Deserialize, Serialize};
 
+use super::scale_live::{self, ChurnResult, GroupResult, Live, NamesResult};
 use crate::{
-    cluster::{self, Cluster, Kind, NodeSettings, Rng},
+    cluster::{self, Cluster, Kind, Member, NodeSettings, Rng},
     machine,
     process::ChildProcess,
     report::{self, Figures, Scenario},
@@ -41,13 +52,36 @@ const FD_WAIT: Duration = Duration::from_secs(30);
 const ROUTING_SAMPLE: usize = 100;
 /// Upper bound on sampling routing tables.
 const ROUTING_BUDGET: Duration = Duration::from_secs(30);
+/// Upper bound on counting every node's connections.
+const CONNS_BUDGET: Duration = Duration::from_secs(60);
+/// Connection counts asked at once.
+const CONNS_CONCURRENCY: usize = 16;
 /// Shortest time between two joins.
 const JOIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Bootstrap entries per new node.
 const BOOTSTRAP_FANOUT: usize = 3;
+/// Proof-of-work difficulty of names in `scale` (the main network's would spend minutes of CPU
+/// per registration on a machine already running a thousand nodes).
+pub(crate) const SCALE_NAME_DIFFICULTY: u8 = 8;
+
+/// Service options of kith nodes in `scale` (tests/it/scale.rs uses the same): what a join costs
+/// is a node start and its bootstrap, nothing on a timer. Name claims, key bundles and mailbox
+/// pointers are not re-published (the first run would come 3 s after every join, a DHT put walk
+/// each, a thousand of them while the network grows); the phases publish what they need.
+pub(crate) fn kith_options() -> Options {
+    let mut options = Options {
+        republish_every: Duration::from_secs(3600),
+        first_republish_after: Duration::from_secs(3600),
+        group_sync_every: Duration::from_secs(10),
+        dm_rate: (1e9, 1e9),
+        ..Options::default()
+    };
+    options.name_rules.difficulty = SCALE_NAME_DIFFICULTY;
+    options
+}
 
 /// Sizes of the scenario.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Params {
     /// Target network size.
     pub(crate) nodes: usize,
@@ -59,6 +93,21 @@ pub(crate) struct Params {
     pub(crate) walks: usize,
     /// Upper bound on the walks of one network.
     pub(crate) walk_budget: Duration,
+    /// Names registered, each by a different random node.
+    pub(crate) names: usize,
+    /// Resolutions of those names from random other nodes.
+    pub(crate) resolutions: usize,
+    /// Upper bound on registering and resolving.
+    pub(crate) resolve_budget: Duration,
+    /// Members of the group (kith only).
+    pub(crate) group_members: usize,
+    /// Measured group messages.
+    pub(crate) group_messages: usize,
+    /// Upper bound on the group phase (setup, messages, the wait for late deliveries).
+    pub(crate) group_budget: Duration,
+    /// Percent of the nodes that leave (and as many that join) per minute during the names and
+    /// group phases; 0: no churn.
+    pub(crate) churn_pct: f64,
 }
 
 impl Params {
@@ -71,6 +120,13 @@ impl Params {
                 settle: Duration::from_secs(2),
                 walks: 20,
                 walk_budget: Duration::from_secs(15),
+                names: 4,
+                resolutions: 20,
+                resolve_budget: Duration::from_secs(60),
+                group_members: 5,
+                group_messages: 10,
+                group_budget: Duration::from_secs(120),
+                churn_pct: 0.0,
             }
         } else {
             Self {
@@ -79,22 +135,36 @@ impl Params {
                 settle: Duration::from_secs(10),
                 walks: 200,
                 walk_budget: Duration::from_secs(60),
+                names: 20,
+                resolutions: 200,
+                resolve_budget: Duration::from_secs(240),
+                group_members: 20,
+                group_messages: 50,
+                group_budget: Duration::from_secs(300),
+                churn_pct: 0.0,
             }
         }
     }
 
     /// The longest a worker may take before it is killed.
     fn worker_deadline(&self) -> Duration {
-        self.budget + self.settle + self.walk_budget + ROUTING_BUDGET + Duration::from_secs(180)
+        self.budget
+            + self.settle
+            + self.walk_budget
+            + ROUTING_BUDGET
+            + CONNS_BUDGET
+            + self.resolve_budget
+            + self.group_budget
+            + Duration::from_secs(180)
     }
 }
 
 /// One line of worker output.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum WorkerLine {
-    /// Progress while growing or walking.
+    /// Progress while growing, walking, resolving or messaging.
     Progress {
-        /// `grow` or `walk`.
+        /// `grow`, `walk`, `resolve` or `group`.
         phase: String,
         /// Done so far.
         done: usize,
@@ -102,13 +172,13 @@ pub(crate) enum WorkerLine {
         of: usize,
     },
     /// The final result.
-    Result(WorkerResult),
+    Result(Box<WorkerResult>),
 }
 
 /// What one worker measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct WorkerResult {
-    /// Nodes running at the end.
+    /// Nodes running at the end of growth.
     pub(crate) nodes: usize,
     /// Why growth stopped.
     pub(crate) stop_reason: String,
@@ -124,6 +194,12 @@ pub(crate) struct WorkerResult {
     pub(crate) routing_min: usize,
     /// Mean routing table size.
     pub(crate) routing_mean: f64,
+    /// Nodes whose connections were counted.
+    pub(crate) conns_counted: usize,
+    /// Median open connections per node after the settle.
+    pub(crate) conns_median: f64,
+    /// Most open connections of one node after the settle.
+    pub(crate) conns_max: f64,
     /// Walks that ran.
     pub(crate) walks: usize,
     /// Walks that returned at least one peer.
@@ -132,18 +208,26 @@ pub(crate) struct WorkerResult {
     pub(crate) walk_exact: usize,
     /// Median walk time of the successful walks, ms.
     pub(crate) walk_p50_ms: f64,
+    /// Registrations and resolutions.
+    pub(crate) names: NamesResult,
+    /// The group (kith only).
+    pub(crate) group: Option<GroupResult>,
+    /// What churn did during the names and group phases.
+    pub(crate) churn: ChurnResult,
 }
 
 impl WorkerResult {
     fn figures(&self) -> Figures {
         let walks = self.walks.max(1) as f64;
-        Figures::default()
+        let mut figures = Figures::default()
             .with("nodes", self.nodes as f64)
             .with("rss_mb", self.rss_mb)
             .with(
                 "rss_mb_per_node",
                 report::round_to(self.rss_mb / self.nodes.max(1) as f64, 2),
             )
+            .with("conns_median", self.conns_median)
+            .with("conns_max", self.conns_max)
             .with(
                 "walk_success",
                 report::round_to(self.walk_ok as f64 / walks, 3),
@@ -152,13 +236,30 @@ impl WorkerResult {
                 "walk_exact",
                 report::round_to(self.walk_exact as f64 / walks, 3),
             )
-            .with("walk_p50_ms", self.walk_p50_ms)
-            .with("start_s", report::round_to(self.start_secs, 1))
+            .with("walk_p50_ms", self.walk_p50_ms);
+        if self.names.resolutions > 0 {
+            figures = figures
+                .with(
+                    "resolve_success",
+                    report::round_to(self.names.ok as f64 / self.names.resolutions as f64, 3),
+                )
+                .with("resolve_p50_ms", self.names.p50_ms)
+                .with("resolve_p99_ms", self.names.p99_ms);
+        }
+        if let Some(g) = self.group.as_ref().filter(|g| g.expected > 0) {
+            figures = figures
+                .with(
+                    "group_delivery",
+                    report::round_to(g.delivered as f64 / g.expected as f64, 3),
+                )
+                .with("group_p99_ms", g.p99_ms);
+        }
+        figures.with("start_s", report::round_to(self.start_secs, 1))
     }
 
     fn describe(&self, kind: Kind) -> String {
-        format!(
-            "{}: {} nodes ({}), {} descriptors open after the settle (limit {}), routing tables (sample of up to {ROUTING_SAMPLE}) min {} mean {:.1}, {}/{} walks found a peer, {} found the true closest",
+        let mut text = format!(
+            "{}: {} nodes ({}), {} descriptors open after the settle (limit {}), routing tables (sample of up to {ROUTING_SAMPLE}) min {} mean {:.1}, connections per node (all {} counted) median {} max {}, {}/{} walks found a peer, {} found the true closest",
             kind.as_str(),
             self.nodes,
             self.stop_reason,
@@ -166,19 +267,47 @@ impl WorkerResult {
             self.fd_limit,
             self.routing_min,
             self.routing_mean,
+            self.conns_counted,
+            self.conns_median,
+            self.conns_max,
             self.walk_ok,
             self.walks,
             self.walk_exact
-        )
+        );
+        let n = &self.names;
+        text.push_str(&format!(
+            ", {} names registered ({} failed), {}/{} resolutions right, {} wrong, {} failed",
+            n.registered, n.register_failures, n.ok, n.resolutions, n.wrong, n.failed
+        ));
+        if let Some(why) = &n.example_failure {
+            text.push_str(&format!(" (e.g. {why})"));
+        }
+        if let Some(g) = &self.group {
+            match &g.error {
+                Some(e) => text.push_str(&format!(", group of {} not set up: {e}", g.members)),
+                None => text.push_str(&format!(
+                    ", group of {} set up in {} s: {}/{} deliveries of {} messages, {} duplicates, p50 {} ms",
+                    g.members, g.setup_secs, g.delivered, g.expected, g.messages, g.duplicates, g.p50_ms
+                )),
+            }
+        }
+        let c = &self.churn;
+        if c.pct > 0.0 {
+            text.push_str(&format!(
+                ", churn {}%/min: {} left and {} joined ({} joins failed) in {} s",
+                c.pct, c.left, c.joined, c.join_failures, c.secs
+            ));
+        }
+        text
     }
 }
 
 /// Runs the scenario: kith, then the raw baseline, each aiming for the same target.
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
-    let kith = run_worker(Kind::Kith, params.nodes, params, bar);
-    let raw = run_worker(Kind::Raw, params.nodes, params, bar);
+    let kith = run_worker(Kind::Kith, params, bar);
+    let raw = run_worker(Kind::Raw, params, bar);
     let mut notes = vec![format!(
-        "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds; kith's connection manager closes idle connections gossipsub would keep, and trims above {} to {} connections per node); joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 30 s",
+        "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds; kith's connection manager closes idle connections gossipsub would keep, and trims above {} to {} connections per node); kith: nothing re-published on a timer (key bundles published by the group's members when it is set up), names with an {SCALE_NAME_DIFFICULTY}-bit proof of work; joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 30 s",
         params.nodes,
         params.budget.as_secs(),
         crate::cluster::SCALE_CONNECTIONS_HIGH,
@@ -205,7 +334,13 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
         }
     };
     notes.push(format!(
-        "walk_success: fraction of get_closest_peers walks (random node, random key, {WALK_CONCURRENCY} in flight) returning at least one peer; walk_exact: fraction including the true closest node; the success fractions of name resolution (issue #4) and group delivery (issue #7) are not measured by scale yet"
+        "walk_success: fraction of get_closest_peers walks (random node, random key, {WALK_CONCURRENCY} in flight) returning at least one peer; walk_exact: fraction including the true closest node; resolve_success: fraction of {} resolutions ({} in flight) of {} names, each registered by a random node, from random other nodes that never resolved that name, that named the right owner (raw: any of the name's five replica keys' get_record returned the value put there); group_delivery: fraction of (message, receiving member) pairs delivered within the phase, {} messages from 3 rotating senders in a group of {} random nodes (kith only: raw swarms have no groups); churn {}% of the nodes per minute during names and group",
+        params.resolutions,
+        scale_live::RESOLVE_CONCURRENCY,
+        params.names,
+        params.group_messages,
+        params.group_members,
+        params.churn_pct
     ));
     if kith
         .as_ref()
@@ -213,16 +348,11 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
     {
         notes.push("kith ran out of descriptors first: its connection manager (marks and idle close, since gossipsub alone never lets a connection go idle, rust-libp2p #5190) did not keep up with the connections joins and walks open".to_owned());
     }
-    notes.push("baseline: bare libp2p swarms (identify + Kademlia, no store) aiming for the same target, grown and walked the same way".to_owned());
+    notes.push("baseline: bare libp2p swarms (identify + Kademlia, no store) aiming for the same target, grown, walked and churned the same way, names as raw records".to_owned());
     Scenario::measured(NAME, UNIT, kith_figures, raw_figures, notes.join("; "))
 }
 
-fn run_worker(
-    kind: Kind,
-    nodes: usize,
-    params: &Params,
-    bar: &ProgressBar,
-) -> anyhow::Result<WorkerResult> {
+fn run_worker(kind: Kind, params: &Params, bar: &ProgressBar) -> anyhow::Result<WorkerResult> {
     let dir = tempfile::Builder::new()
         .prefix("kith-bench-scale-")
         .tempdir()
@@ -232,13 +362,9 @@ fn run_worker(
     command
         .arg("__scale-worker")
         .args(["--kind", kind.as_str()])
-        .args(["--nodes", &nodes.to_string()])
-        .args(["--budget-secs", &params.budget.as_secs().to_string()])
-        .args(["--settle-secs", &params.settle.as_secs().to_string()])
-        .args(["--walks", &params.walks.to_string()])
         .args([
-            "--walk-budget-secs",
-            &params.walk_budget.as_secs().to_string(),
+            "--params",
+            &serde_json::to_string(params).context("cannot encode the parameters")?,
         ])
         .arg("--dir")
         .arg(dir.path())
@@ -271,7 +397,7 @@ fn run_worker(
     child.wait_or_kill(Duration::from_secs(30));
     drop(child);
     drop(dir);
-    Ok(result)
+    Ok(*result)
 }
 
 /// Arguments of the hidden `__scale-worker` subcommand.
@@ -279,21 +405,13 @@ fn run_worker(
 pub(crate) struct WorkerArgs {
     /// What to run.
     pub(crate) kind: Kind,
-    /// Target size.
-    pub(crate) nodes: usize,
-    /// Growth budget.
-    pub(crate) budget: Duration,
-    /// Pause before walking.
-    pub(crate) settle: Duration,
-    /// Walks.
-    pub(crate) walks: usize,
-    /// Walk budget.
-    pub(crate) walk_budget: Duration,
+    /// Sizes and budgets.
+    pub(crate) params: Params,
     /// Where node homes go (owned by the parent, which removes it).
     pub(crate) dir: PathBuf,
 }
 
-/// The worker: grows one network, walks it, prints the result, exits without tearing down
+/// The worker: grows one network, measures it, prints the result, exits without tearing down
 /// (process exit closes every socket; the parent removes the homes).
 pub(crate) fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let fd_limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
@@ -301,8 +419,8 @@ pub(crate) fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(grow_and_walk(&args, fd_limit))?;
-    emit(&WorkerLine::Result(result));
+    let result = runtime.block_on(grow_and_measure(&args, fd_limit))?;
+    emit(&WorkerLine::Result(Box::new(result)));
     // Tearing down thousands of nodes one by one would take longer than the measurement.
     std::process::exit(0)
 }
@@ -313,17 +431,29 @@ fn emit(line: &WorkerLine) {
     }
 }
 
-async fn grow_and_walk(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<WorkerResult> {
+fn progress(phase: &str, done: usize, of: usize) {
+    emit(&WorkerLine::Progress {
+        phase: phase.to_owned(),
+        done,
+        of,
+    });
+}
+
+async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<WorkerResult> {
+    let params = &args.params;
     let mut cluster = Cluster::new(args.kind, NodeSettings { reduced: true }, args.dir.clone());
+    if args.kind == Kind::Kith {
+        cluster = cluster.with_options(kith_options());
+    }
     let mut rng = Rng::from_os();
     let fd_cap = usize::try_from(fd_limit.saturating_mul(85) / 100).unwrap_or(usize::MAX);
     let rss_cap_mb = memory_cap_mb();
     let started = Instant::now();
     let mut stop_reason = "target reached".to_owned();
     let mut last_join = tokio::time::Instant::now();
-    for i in 0..args.nodes {
-        if started.elapsed() > args.budget {
-            stop_reason = format!("time budget of {} s", args.budget.as_secs());
+    for i in 0..params.nodes {
+        if started.elapsed() > params.budget {
+            stop_reason = format!("time budget of {} s", params.budget.as_secs());
             break;
         }
         if !descriptors_available(fd_cap).await {
@@ -353,45 +483,118 @@ async fn grow_and_walk(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Worke
             stop_reason = format!("node {i} failed to start: {e:#}");
             break;
         }
-        if (i + 1) % 10 == 0 || i + 1 == args.nodes {
-            emit(&WorkerLine::Progress {
-                phase: "grow".to_owned(),
-                done: i + 1,
-                of: args.nodes,
-            });
+        if (i + 1) % 10 == 0 || i + 1 == params.nodes {
+            progress("grow", i + 1, params.nodes);
         }
     }
     let start_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(args.settle).await;
+    tokio::time::sleep(params.settle).await;
 
     let rss_mb = machine::own_rss_mb().unwrap_or(0.0);
     let fds = machine::open_fds().unwrap_or(0);
     let (routing_min, routing_mean) = routing_sample(&cluster, &mut rng).await;
-
-    let peers = cluster.peer_ids();
     let n = cluster.len();
-    let plans: Vec<(usize, PeerId)> = (0..args.walks)
+    let (spawner, members) = cluster.into_parts();
+    let conns = count_connections(&members).await;
+    let (walks, walk_ok, walk_exact, walk_p50_ms) = walk(&members, params, &mut rng).await;
+
+    // The network in use while it changes.
+    let live = Live::new(members);
+    let done = AtomicBool::new(false);
+    let phases = async {
+        let names = scale_live::names(
+            &live,
+            params.names,
+            params.resolutions,
+            params.resolve_budget,
+            progress,
+        )
+        .await;
+        let group = match args.kind {
+            Kind::Kith => Some(
+                scale_live::group(
+                    &live,
+                    params.group_members,
+                    params.group_messages,
+                    params.group_budget,
+                    progress,
+                )
+                .await,
+            ),
+            Kind::Raw => None,
+        };
+        done.store(true, Ordering::Relaxed);
+        (names, group)
+    };
+    let ((names, group), churn) = tokio::join!(
+        phases,
+        scale_live::churn(&live, &spawner, params.churn_pct, n, &done)
+    );
+    Ok(WorkerResult {
+        nodes: n,
+        stop_reason,
+        start_secs,
+        rss_mb,
+        fds,
+        fd_limit,
+        routing_min,
+        routing_mean: report::round_to(routing_mean, 1),
+        conns_counted: conns.len(),
+        conns_median: report::percentile(&conns, 50.0).map_or(0.0, |v| v as f64),
+        conns_max: conns.last().map_or(0.0, |v| *v as f64),
+        walks,
+        walk_ok,
+        walk_exact,
+        walk_p50_ms,
+        names,
+        group,
+        churn,
+    })
+}
+
+/// Every node's open connections (bounded by [`CONNS_BUDGET`]), sorted.
+async fn count_connections(members: &[Member]) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + CONNS_BUDGET;
+    let mut counting = futures::stream::iter(members)
+        .map(|m| async move { m.handle.connections().await })
+        .buffer_unordered(CONNS_CONCURRENCY);
+    let mut counts = Vec::new();
+    while let Ok(Some(counted)) = tokio::time::timeout_at(deadline, counting.next()).await {
+        if let Ok(n) = counted {
+            counts.push(n as u64);
+        }
+    }
+    counts.sort_unstable();
+    counts
+}
+
+/// `params.walks` walks from random nodes to random keys: (done, found a peer, found the true
+/// closest, p50 ms of those that found a peer).
+async fn walk(members: &[Member], params: &Params, rng: &mut Rng) -> (usize, usize, usize, f64) {
+    let peers: Vec<PeerId> = members.iter().map(|m| m.peer_id).collect();
+    let n = members.len();
+    let plans: Vec<(usize, PeerId)> = (0..params.walks)
         .map(|_| (rng.below(n), PeerId::random()))
         .collect();
-    let cluster = &cluster;
     let peers = &peers;
     let mut walks = futures::stream::iter(plans)
         .map(|(origin, key)| async move {
+            let Some(member) = members.get(origin) else {
+                return (false, false, Duration::ZERO);
+            };
             let began = Instant::now();
-            let found = tokio::time::timeout(WALK_TIMEOUT, cluster.closest(origin, key)).await;
+            let found = tokio::time::timeout(WALK_TIMEOUT, member.handle.closest(key)).await;
             let elapsed = began.elapsed();
             let found = match found {
                 Ok(Ok(found)) => found,
                 _ => Vec::new(),
             };
-            let truth = peers
-                .get(origin)
-                .and_then(|o| cluster::true_closest(peers, *o, key));
+            let truth = cluster::true_closest(peers, member.peer_id, key);
             let exact = truth.is_some_and(|t| found.contains(&t));
             (!found.is_empty(), exact, elapsed)
         })
         .buffer_unordered(WALK_CONCURRENCY);
-    let walk_deadline = tokio::time::Instant::now() + args.walk_budget;
+    let walk_deadline = tokio::time::Instant::now() + params.walk_budget;
     let (mut done, mut ok, mut exact) = (0, 0, 0);
     let mut ok_ms = Vec::new();
     while let Ok(Some((found, hit, elapsed))) =
@@ -406,28 +609,16 @@ async fn grow_and_walk(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Worke
             exact += 1;
         }
         if done % 10 == 0 {
-            emit(&WorkerLine::Progress {
-                phase: "walk".to_owned(),
-                done,
-                of: args.walks,
-            });
+            progress("walk", done, params.walks);
         }
     }
     ok_ms.sort_unstable();
-    Ok(WorkerResult {
-        nodes: n,
-        stop_reason,
-        start_secs,
-        rss_mb,
-        fds,
-        fd_limit,
-        routing_min,
-        routing_mean: report::round_to(routing_mean, 1),
-        walks: done,
-        walk_ok: ok,
-        walk_exact: exact,
-        walk_p50_ms: report::percentile(&ok_ms, 50.0).map_or(0.0, |v| v as f64),
-    })
+    (
+        done,
+        ok,
+        exact,
+        report::percentile(&ok_ms, 50.0).map_or(0.0, |v| v as f64),
+    )
 }
 
 /// Waits (bounded by [`FD_WAIT`]) until fewer than half of `fd_cap` descriptors are open, so
@@ -503,12 +694,58 @@ mod tests {
             walk_ok: 39,
             walk_exact: 30,
             walk_p50_ms: 12.0,
+            conns_counted: 100,
+            conns_median: 20.0,
+            conns_max: 31.0,
+            names: NamesResult {
+                registered: 20,
+                resolutions: 200,
+                ok: 198,
+                failed: 2,
+                p50_ms: 40.0,
+                p99_ms: 900.0,
+                ..NamesResult::default()
+            },
+            group: Some(GroupResult {
+                members: 20,
+                messages: 50,
+                expected: 950,
+                delivered: 950,
+                p99_ms: 120.0,
+                ..GroupResult::default()
+            }),
+            churn: ChurnResult::default(),
         };
         let figures = result.figures();
         assert_eq!(figures.get("nodes"), Some(100.0));
         assert_eq!(figures.get("rss_mb_per_node"), Some(2.5));
+        assert_eq!(figures.get("conns_max"), Some(31.0));
         assert_eq!(figures.get("walk_success"), Some(0.975));
         assert_eq!(figures.get("walk_exact"), Some(0.75));
+        assert_eq!(figures.get("resolve_success"), Some(0.99));
+        assert_eq!(figures.get("resolve_p99_ms"), Some(900.0));
+        assert_eq!(figures.get("group_delivery"), Some(1.0));
+        assert_eq!(figures.get("group_p99_ms"), Some(120.0));
         assert_eq!(figures.get("start_s"), Some(12.3));
+        // Raw swarms have no group, and a run without resolutions reports none.
+        let raw = WorkerResult {
+            group: None,
+            names: NamesResult::default(),
+            ..result
+        };
+        let figures = raw.figures();
+        assert_eq!(figures.get("group_delivery"), None);
+        assert_eq!(figures.get("resolve_success"), None);
+    }
+
+    #[test]
+    fn params_reach_the_worker_intact() {
+        let mut params = Params::new(false);
+        params.churn_pct = 10.0;
+        let text = serde_json::to_string(&params).unwrap();
+        let back: Params = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.churn_pct, 10.0);
+        assert_eq!(back.nodes, 1000);
+        assert_eq!(back.group_budget, params.group_budget);
     }
 }

@@ -1,0 +1,360 @@
+//! A group of 200 members (issue 19), in process, with the reduced settings of `kith-bench
+//! scale`: the network grows like the benchmark's (each node bootstraps from up to three random
+//! earlier ones), the admin creates a group and invites the other 199 in one list version, every
+//! member joins, a few members send, and every member gets every message exactly once.
+//!
+//! Reduced settings, as in kith-bench's `cluster.rs` and `scenarios/scale.rs` (`kith_options`):
+//! TCP on loopback only, DHT server, a 1 MiB sled cache and no flusher thread, event buffer 64,
+//! command buffer 16, a 20 s query timeout, a 5 s libp2p idle timeout, connection marks 24/32
+//! with the connection manager's grace period and idle timeout at the query timeout (20 s);
+//! nothing re-published on a timer (each member publishes its key bundle once,
+//! explicitly), group catch-up every 10 s.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err
+)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
+use kith_net::{Config, ConnectionBudget, DhtMode, Keypair, Multiaddr};
+use kith_service::{GroupMessage, MessageEvent, Node, Options};
+use kith_store::{Store, StoreConfig};
+use libp2p::multiaddr::Protocol;
+use tempfile::TempDir;
+
+use crate::harness::{NETWORK_ID, POLL, STEP, holds_for, poll_until, wait_until};
+
+/// Members, the admin included.
+const MEMBERS: usize = 200;
+/// Members that send.
+const SENDERS: usize = 4;
+/// Messages each sender sends.
+const EACH: usize = 5;
+/// Bootstrap entries per node.
+const FANOUT: usize = 3;
+/// Nodes started at once.
+const START_CONCURRENCY: usize = 8;
+/// For the network to form, key bundles to be taken, invitations and keys to arrive: a debug
+/// build of 200 nodes on two cores.
+const PHASE: Duration = Duration::from_secs(240);
+
+/// One node with its home; dropping it after shutdown removes the home.
+struct Member {
+    node: Node,
+    addr: Multiaddr,
+    _home: TempDir,
+}
+
+fn reduced_options() -> Options {
+    let mut options = Options {
+        republish_every: Duration::from_secs(3600),
+        first_republish_after: Duration::from_secs(3600),
+        group_sync_every: Duration::from_secs(10),
+        dm_rate: (1e9, 1e9),
+        ..Options::default()
+    };
+    options.name_rules.difficulty = crate::harness::TEST_NAME_DIFFICULTY;
+    options
+}
+
+async fn start(bootstrap: Vec<Multiaddr>) -> Result<Member> {
+    let home = tempfile::Builder::new()
+        .prefix("kith-it-scale-")
+        .tempdir()
+        .context("creating a temporary home")?;
+    let mut store_config = StoreConfig::default().with_cache_capacity(1024 * 1024);
+    store_config.flush_every_ms = None;
+    let store = Store::open(home.path().join("db"), &store_config).context("opening a store")?;
+    let mut config = Config::new(Keypair::generate_ed25519())
+        .with_network_id(NETWORK_ID)
+        .with_mdns(false)
+        .with_dht_mode(DhtMode::Server)
+        .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse()?])
+        .with_bootstrap(bootstrap)
+        .with_connections(ConnectionBudget {
+            low: 24,
+            high: 32,
+            // The query timeout: the connection manager cannot see a Kademlia walk's requests,
+            // and must not close its connections before it ends (see kith-bench's cluster.rs).
+            grace: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(20),
+        });
+    config.idle_timeout = Duration::from_secs(5);
+    config.query_timeout = Duration::from_secs(20);
+    config.event_buffer = 64;
+    config.command_buffer = 16;
+    let node = tokio::time::timeout(STEP, Node::start_with(config, store, reduced_options()))
+        .await
+        .context("Node::start did not return")??;
+    let peer_id = node.peer_id();
+    let addr = poll_until(
+        &format!("{peer_id} to listen"),
+        STEP,
+        Duration::from_millis(10),
+        async || {
+            let status = node.status().await.ok()?;
+            let addr = status.net.listen_addrs.first()?.clone();
+            Some(addr.with(Protocol::P2p(peer_id)))
+        },
+    )
+    .await?;
+    Ok(Member {
+        node,
+        addr,
+        _home: home,
+    })
+}
+
+/// `n` nodes; each after the first few bootstraps from up to [`FANOUT`] random earlier ones
+/// (started in waves of [`START_CONCURRENCY`], each wave from the nodes before it).
+async fn grow(n: usize) -> Vec<Member> {
+    let mut members: Vec<Member> = Vec::with_capacity(n);
+    let mut seed = 0x5EED_u64;
+    let mut below = |k: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as usize) % k.max(1)
+    };
+    members.push(start(Vec::new()).await.unwrap());
+    while members.len() < n {
+        let wave = START_CONCURRENCY.min(n - members.len());
+        let plans: Vec<Vec<Multiaddr>> = (0..wave)
+            .map(|_| {
+                let mut bootstrap = Vec::new();
+                for _ in 0..FANOUT {
+                    let addr = members[below(members.len())].addr.clone();
+                    if !bootstrap.contains(&addr) {
+                        bootstrap.push(addr);
+                    }
+                }
+                bootstrap
+            })
+            .collect();
+        let started = futures::future::try_join_all(plans.into_iter().map(start))
+            .await
+            .unwrap();
+        members.extend(started);
+    }
+    members
+}
+
+/// Every message's text, as its sender sent it.
+fn text(sender: usize, i: usize) -> String {
+    format!("member {sender} message {i}")
+}
+
+/// Recorded instead of a text when a member's event stream lagged.
+const LAGGED: &str = "<lagged>";
+
+/// How often each member saw each text in a `GroupReceived` event.
+type Seen = Arc<Mutex<HashMap<(usize, String), usize>>>;
+
+fn watch(node: &Node, index: usize, seen: &Seen) -> tokio::task::JoinHandle<()> {
+    let mut events = node.subscribe();
+    let seen = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(MessageEvent::GroupReceived { message, .. }) => {
+                    *seen
+                        .lock()
+                        .unwrap()
+                        .entry((index, message.text))
+                        .or_default() += 1;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Checked at the end: a lost event could hide a duplicate.
+                    *seen
+                        .lock()
+                        .unwrap()
+                        .entry((index, LAGGED.to_owned()))
+                        .or_default() += 1;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+fn history(node: &Node, id: &str) -> Vec<GroupMessage> {
+    node.group_history(id, 10_000, None).unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails so far (issue 19): on a loaded 2-core machine (load average 8-9) some member's \
+            key bundle put found no taker within 240 s, in release builds, before and after the \
+            connection manager's grace and idle time were raised to the query timeout; run it \
+            with --ignored"]
+async fn a_group_of_200_members_gets_every_message_exactly_once() {
+    // Two sockets per loopback connection in one process, a few files per store.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let members = grow(MEMBERS).await;
+    let nodes: Vec<&Node> = members.iter().map(|m| &m.node).collect();
+
+    // Routing tables hold a few peers each; then every member's key bundle is taken by the DHT
+    // (the invitations and the senders' keys travel over Olm, which needs them).
+    futures::stream::iter(nodes.iter().copied())
+        .for_each_concurrent(16, |node| async move {
+            wait_until(
+                &format!("{} to know a few peers", node.peer_id()),
+                PHASE,
+                POLL,
+                async || {
+                    node.status()
+                        .await
+                        .is_ok_and(|s| s.net.routing_table_peers >= FANOUT)
+                },
+            )
+            .await
+            .unwrap();
+            wait_until(
+                &format!("a DHT peer to take {}'s key bundle", node.peer_id()),
+                PHASE,
+                Duration::from_millis(500),
+                async || matches!(node.publish_key_bundle().await, Ok(true)),
+            )
+            .await
+            .unwrap();
+        })
+        .await;
+
+    let seen: Seen = Arc::default();
+    let watchers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| watch(n, i, &seen))
+        .collect();
+
+    let admin = nodes[0];
+    let id = hex::encode(admin.create_group("two hundred").await.unwrap().id);
+    let targets: Vec<String> = nodes[1..].iter().map(|n| n.peer_id().to_string()).collect();
+    let (info, invited) = admin.invite_many_to_group(&id, &targets).await.unwrap();
+    assert_eq!(invited.len(), MEMBERS - 1);
+    assert_eq!(info.members.len(), MEMBERS);
+
+    futures::stream::iter(nodes[1..].iter().copied())
+        .for_each_concurrent(32, |node| {
+            let id = id.clone();
+            async move {
+                wait_until(
+                    &format!("{} to receive the invitation", node.peer_id()),
+                    PHASE,
+                    POLL,
+                    async || {
+                        node.group_invitations()
+                            .unwrap()
+                            .iter()
+                            .any(|g| hex::encode(g.id) == id)
+                    },
+                )
+                .await
+                .unwrap();
+                node.join_group(&id).await.unwrap();
+            }
+        })
+        .await;
+    for node in &nodes {
+        let group = node.group(&id).unwrap();
+        assert_eq!(
+            group.members.len(),
+            MEMBERS,
+            "{} lacks members",
+            node.peer_id()
+        );
+    }
+
+    // Senders take turns: members 0 (the admin), 1, 2, 3.
+    for i in 0..EACH {
+        for (sender, node) in nodes.iter().enumerate().take(SENDERS) {
+            node.send_group_text(&id, &text(sender, i)).await.unwrap();
+        }
+    }
+    let total = SENDERS * EACH;
+    let expected: Vec<String> = (0..EACH)
+        .flat_map(|i| (0..SENDERS).map(move |s| text(s, i)))
+        .collect();
+
+    // Every member holds every message: its own from sending, the others' by gossip or catch-up.
+    let mut short = Vec::new();
+    let complete = wait_until(
+        &format!("all {MEMBERS} members to hold all {total} messages"),
+        PHASE,
+        Duration::from_millis(500),
+        async || {
+            short = nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| history(n, &id).len() < total)
+                .map(|(i, _)| i)
+                .collect();
+            short.is_empty()
+        },
+    )
+    .await;
+    if let Err(e) = complete {
+        let first = short[0];
+        panic!(
+            "{e}: {} members are short, e.g. member {first} holds {}",
+            short.len(),
+            history(nodes[first], &id).len()
+        );
+    }
+    // Late duplicates (gossip after catch-up, catch-up after gossip) have no event that says they
+    // are over: watch for one for a while.
+    holds_for(
+        "every member holding exactly the messages sent",
+        Duration::from_secs(5),
+        POLL,
+        async || {
+            for (i, node) in nodes.iter().enumerate() {
+                let held = history(node, &id).len();
+                if held != total {
+                    return Err(format!("member {i} holds {held} of {total}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    for w in &watchers {
+        w.abort();
+    }
+    let seen = seen.lock().unwrap().clone();
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(
+            !seen.contains_key(&(i, LAGGED.to_owned())),
+            "member {i}'s event stream lagged"
+        );
+        let mut texts: Vec<String> = history(node, &id).into_iter().map(|m| m.text).collect();
+        texts.sort_unstable();
+        let mut want = expected.clone();
+        want.sort_unstable();
+        assert_eq!(texts, want, "member {i}'s history differs");
+        for t in &expected {
+            let sender: usize = t["member ".len()..]
+                .split(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap();
+            let count = seen.get(&(i, t.clone())).copied().unwrap_or(0);
+            // A member's own messages are stored by sending, not received.
+            let want = usize::from(sender != i);
+            assert_eq!(count, want, "member {i} received '{t}' {count} times");
+        }
+    }
+    for m in members {
+        let _ = tokio::time::timeout(STEP, m.node.shutdown()).await;
+    }
+}
