@@ -85,10 +85,14 @@ pub(crate) enum Command {
         #[arg(long)]
         original: bool,
     },
-    /// List files sent and received, optionally with one person.
+    /// List files sent and received, optionally with one person (`kith files cancel ID` stops a
+    /// transfer).
     Files {
         /// Petname, name or peer id.
         with: Option<String>,
+        /// What to do with one file.
+        #[command(subcommand)]
+        action: Option<FilesCommand>,
     },
     /// Save a received file (waits until it has arrived).
     Save {
@@ -437,4 +441,15 @@ mod tests {
         let err = Cli::try_parse_from(["kith", "run", "--listen", "nonsense"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
+}
+
+/// `kith files <action>`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum FilesCommand {
+    /// Stop a download or an upload for good: nothing retries it, its partial data is deleted
+    /// (a file you sent is no longer served).
+    Cancel {
+        /// The file id (from `kith files`).
+        file_id: String,
+    },
 }

@@ -123,7 +123,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Files { with } => messages::files(&home, with.as_deref(), json).await,
+        Command::Files {
+            action: Some(cli::FilesCommand::Cancel { file_id }),
+            ..
+        } => messages::cancel_file(&home, &file_id, json).await,
+        Command::Files { with, action: None } => {
+            messages::files(&home, with.as_deref(), json).await
+        }
         Command::Save { file_id, path } => messages::save(&home, &file_id, &path, json).await,
         Command::Filters => messages::filters(&home, json).await,
         Command::History {

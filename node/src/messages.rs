@@ -301,6 +301,28 @@ pub(crate) async fn files(
     Ok(())
 }
 
+/// `kith files cancel`: stops a download or an upload for good.
+pub(crate) async fn cancel_file(home: &Home, id: &str, json_output: bool) -> anyhow::Result<()> {
+    let client = connect(home)?;
+    let file = client
+        .cancel_file(id)
+        .await
+        .map_err(|e| api_error(home, e))?;
+    if json_output {
+        outln!("{}", serde_json::to_string(&file)?);
+    } else {
+        let direction = if file.outgoing { "to" } else { "from" };
+        outln!(
+            "{} {} {direction} {} {}",
+            file.file_id,
+            file.name,
+            file.peer_id,
+            file.state
+        );
+    }
+    Ok(())
+}
+
 /// `kith save`: waits for the file to arrive (with a progress bar), then decrypts it to `path`.
 pub(crate) async fn save(
     home: &Home,
@@ -312,7 +334,8 @@ pub(crate) async fn save(
     let absolute = std::path::absolute(path)
         .map_err(|e| anyhow::anyhow!("cannot use the path {}: {e}", path.display()))?;
     let mut info = client.file(id).await.map_err(|e| api_error(home, e))?;
-    if info.state != "complete" {
+    // A cancelled file never completes: the node's answer to the save says so (exit 4).
+    if info.state != "complete" && info.state != "cancelled" {
         let bar = indicatif::ProgressBar::new(info.transfer_size).with_message(info.name.clone());
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
@@ -323,6 +346,10 @@ pub(crate) async fn save(
         let mut last_progress = std::time::Instant::now();
         let mut last_bytes = info.received_bytes;
         while info.state != "complete" {
+            if info.state == "cancelled" {
+                bar.abandon();
+                break;
+            }
             bar.set_position(info.received_bytes);
             if info.state == "paused" || info.state == "failed" {
                 bar.abandon();
@@ -343,7 +370,9 @@ pub(crate) async fn save(
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             info = client.file(id).await.map_err(|e| api_error(home, e))?;
         }
-        bar.finish_and_clear();
+        if info.state == "complete" {
+            bar.finish_and_clear();
+        }
     }
     let saved = client
         .save_file(id, &absolute.display().to_string())

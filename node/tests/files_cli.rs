@@ -1,6 +1,7 @@
 //! `kith send-file`, `kith files`, `kith save` and `kith filters` between two `kith run`
 //! processes: the file arrives byte-identical, JSON shapes are as documented, and bad input gets
-//! the documented exit codes.
+//! the documented exit codes. `kith group send-file` reaches every member of a group of three;
+//! `kith files cancel` stops a transfer for good.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -418,4 +419,213 @@ fn a_full_disk_pauses_the_transfer_and_it_resumes_once_space_is_freed() {
     let saved = b.json(&["save", &file_id, out.to_str().unwrap()]);
     assert_eq!(saved["size"], bytes.len());
     assert!(std::fs::read(&out).unwrap() == bytes, "saved file differs");
+}
+
+/// A 96×64 JPEG: the left half pure blue, the right half pure red.
+fn two_colour_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(96, 64, |x, _| {
+        if x < 48 {
+            image::Rgb([0, 0, 255])
+        } else {
+            image::Rgb([255, 0, 0])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .unwrap();
+    out.into_inner()
+}
+
+/// The entry for `file_id` in `node`'s `kith files --json`, if listed.
+fn listed(node: &common::Daemon, file_id: &str) -> Option<serde_json::Value> {
+    let (code, out, _) = node.cli(&["files", "--json"]);
+    if code != 0 {
+        return None;
+    }
+    let files: serde_json::Value = serde_json::from_str(&out).ok()?;
+    files
+        .as_array()?
+        .iter()
+        .find(|f| f["file_id"] == file_id)
+        .cloned()
+}
+
+/// Three `kith run` processes in a group; A sends a photo with `--filter sepia` with
+/// `kith group send-file`; B and C list it in `kith files --json` until it is `complete`, and
+/// `kith save` gives each of them the same bytes as A's own copy: a JPEG, filtered (the blue half
+/// is no longer blue).
+#[test]
+fn a_photo_sent_to_a_group_with_a_filter_reaches_every_member() {
+    let lab = common::Lab::new("kith-files-group-", LAB_NETWORK);
+    let a = lab.start("a", &[]);
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
+    let c = lab.start(
+        "c",
+        &["--bootstrap", &a.tcp_addr(), "--bootstrap", &b.tcp_addr()],
+    );
+    for node in [&a, &b, &c] {
+        poll(
+            &format!("{} to see the other two", node.name),
+            ARRIVAL,
+            || (node.json(&["status"])["routing_table_peers"].as_u64()? >= 2).then_some(()),
+        );
+    }
+    let gid = a.json(&["group", "create", "photos"])["group_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for node in [&b, &c] {
+        a.json(&["group", "invite", "photos", &node.peer_id()]);
+    }
+    for node in [&b, &c] {
+        poll(&format!("{} to be invited", node.name), ARRIVAL, || {
+            node.json(&["group", "invitations"])
+                .as_array()?
+                .iter()
+                .any(|g| g["group_id"] == gid.as_str())
+                .then_some(())
+        });
+        node.json(&["group", "join", &gid]);
+    }
+    // Everyone has everyone's keys once a text from A reaches both.
+    let hello = a.json(&["group", "send", &gid, "photos coming"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for node in [&b, &c] {
+        poll(&format!("{} to read A's text", node.name), ARRIVAL, || {
+            let history = node.json(&["group", "history", &gid]);
+            history
+                .as_array()?
+                .iter()
+                .any(|m| m["id"] == hello.as_str())
+                .then_some(())
+        });
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("harbour.jpg");
+    std::fs::write(&photo, two_colour_jpeg()).unwrap();
+    let sent = a.json(&[
+        "group",
+        "send-file",
+        &gid,
+        photo.to_str().unwrap(),
+        "--filter",
+        "sepia",
+        "--caption",
+        "the harbour",
+    ]);
+    for field in ["id", "file_id", "hash", "size", "status"] {
+        assert!(
+            sent.get(field).is_some(),
+            "group send-file lacks {field}: {sent}"
+        );
+    }
+    let file_id = sent["file_id"].as_str().unwrap().to_owned();
+
+    let mine = dir.path().join("a.jpg");
+    a.json(&["save", &file_id, mine.to_str().unwrap()]);
+    let original = std::fs::read(&mine).unwrap();
+    assert!(
+        original.starts_with(&[0xFF, 0xD8]),
+        "A's copy is not a JPEG"
+    );
+    for node in [&b, &c] {
+        let entry = poll(
+            &format!("{} to have the photo complete", node.name),
+            ARRIVAL,
+            || listed(node, &file_id).filter(|f| f["state"] == "complete"),
+        );
+        assert_eq!(entry["from"], a.peer_id().as_str(), "{entry}");
+        assert_eq!(entry["mime"], "image/jpeg", "{entry}");
+        assert_eq!(entry["name"], "harbour.jpg", "{entry}");
+        assert_eq!(entry["width"], 96, "{entry}");
+        assert_eq!(entry["height"], 64, "{entry}");
+        assert_eq!(entry["received_bytes"], entry["transfer_size"], "{entry}");
+        assert_eq!(entry["group"], gid.as_str(), "{entry}");
+        let out = dir.path().join(format!("{}.jpg", node.name));
+        let saved = node.json(&["save", &file_id, out.to_str().unwrap()]);
+        assert_eq!(saved["size"], original.len(), "{saved}");
+        assert!(
+            std::fs::read(&out).unwrap() == original,
+            "{}'s saved photo differs from A's",
+            node.name
+        );
+    }
+    // Filtered: sepia turns the pure blue half into a brownish grey (red at least blue).
+    let img = image::load_from_memory(&original).unwrap().to_rgb8();
+    let image::Rgb([r, _, blue]) = *img.get_pixel(10, 32);
+    assert!(
+        r >= blue,
+        "the blue half is still blue ({r}, {blue}): no filter"
+    );
+}
+
+/// `kith files cancel` on a download half way: the file is `cancelled`, `kith save` says so with
+/// exit 4, cancelling again is harmless, an unknown id exits 3, and after a restart the file is
+/// still cancelled and not fetched again.
+#[test]
+fn a_download_cancelled_from_the_cli_stays_cancelled() {
+    let lab = common::Lab::new("kith-files-cancel-", LAB_NETWORK);
+    let a = lab.start("a", &["--file-upload-rate", "1000000"]);
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    a.json(&["send", &b_id, "hello"]);
+    poll("A's hello to reach B", ARRIVAL, || {
+        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
+        (code == 0 && out.contains("hello")).then_some(())
+    });
+    b.ok(&["accept", &a_id]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.bin");
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let bytes: Vec<u8> = (0..8_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let sent = a.json(&["send-file", &b_id, path.to_str().unwrap()]);
+    let file_id = sent["file_id"].as_str().unwrap().to_owned();
+    poll("B to receive part of the file", ARRIVAL, || {
+        listed(&b, &file_id).filter(|f| {
+            f["state"] == "downloading" && f["received_bytes"].as_u64().is_some_and(|n| n > 0)
+        })
+    });
+
+    let cancelled = b.json(&["files", "cancel", &file_id]);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["file_id"], file_id.as_str(), "{cancelled}");
+    let human = b.ok(&["files", "cancel", &file_id]);
+    assert!(human.contains("cancelled"), "{human}");
+    let err = b.fails(
+        &[
+            "save",
+            &file_id,
+            dir.path().join("out.bin").to_str().unwrap(),
+        ],
+        4,
+    );
+    assert!(err.contains("cancelled"), "{err}");
+    b.fails(&["files", "cancel", "00000000000000000000000000000000"], 3);
+    // `kith files <who>` still lists by person.
+    let with_a = b.json(&["files", &a_id]);
+    assert_eq!(with_a.as_array().unwrap().len(), 1, "{with_a}");
+
+    let mut b = b;
+    b.halt();
+    let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
+    common::holds_for(
+        "the cancelled file staying cancelled after a restart",
+        Duration::from_secs(3),
+        || match listed(&b, &file_id) {
+            Some(f) if f["state"] == "cancelled" && f["received_bytes"] == 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
 }

@@ -6,6 +6,9 @@
 //! Files for offline recipients wait at their relay (and a full quota there is a clear error that
 //! keeps the file queued); a group of five all receive a photo, a late member from the others.
 //!
+//! A cancelled download or upload stops for good and its ciphertext is deleted; ciphertext no file
+//! needs any more is collected.
+//!
 //! Resuming a cut transfer, a holder that flips a byte and garbage requests are covered over real
 //! libp2p connections in kith-blob's own tests.
 
@@ -21,7 +24,8 @@ use std::{path::Path, time::Duration};
 use kith_service::{FileReport, FileState, Options, SendFileOptions, ServiceError};
 
 use crate::harness::{
-    POLL, TestNode, Transports, name_options, shutdown_all, star_with, wait_for_mesh, wait_until,
+    POLL, TestNode, Transports, holds_for, name_options, poll_until, shutdown_all, star_with,
+    wait_for_mesh, wait_until,
 };
 
 /// For a few nodes on loopback to know each other.
@@ -593,4 +597,271 @@ async fn a_group_of_five_all_receive_a_photo_even_from_members_other_than_the_se
 
 fn gid(hex_id: &str) -> kith_service::GroupId {
     hex::decode(hex_id).unwrap().try_into().unwrap()
+}
+
+/// Nodes that serve files at 1 MB/s, so a transfer of a few MB is still running when a test acts
+/// on it.
+async fn slow_pair() -> (TestNode, TestNode) {
+    let slow = Options {
+        files: kith_service::FilesConfig {
+            serve_rate: Some(1_000_000),
+            ..Default::default()
+        },
+        ..options()
+    };
+    let mut nodes = star_with(2, slow, Transports::Tcp).await.unwrap();
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    acquaint(&a, &b).await;
+    (a, b)
+}
+
+/// The files of blob `hash` in `node`'s blob store (ciphertext, outboard, record).
+fn blob_files(node: &TestNode, hash: &[u8; 32]) -> Vec<String> {
+    let uploads = node.node().upload_dir();
+    let dir = uploads.with_file_name(
+        uploads
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".uploads"),
+    );
+    let prefix = hex::encode(hash);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Waits until `node` is downloading file `id` and has some of it, not all.
+async fn wait_part_way(node: &TestNode, id: &kith_service::MessageId) -> FileReport {
+    poll_until("a part of the file to arrive", ARRIVAL, POLL, async || {
+        node.node().file(id).ok().filter(|f| {
+            f.state == FileState::Downloading
+                && f.received_bytes > 0
+                && f.received_bytes < f.offer.size
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until counter `series` of `node` stops moving (two reads a second apart agree).
+async fn wait_settled(node: &TestNode, series: &str) -> f64 {
+    let mut last = node.metric(series);
+    poll_until(&format!("{series} to settle"), ARRIVAL, POLL, async || {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = node.metric(series);
+        let settled = (now == last).then_some(now);
+        last = now;
+        settled
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_download_stops_for_good_and_its_partial_ciphertext_is_deleted() {
+    let (a, b) = slow_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("film.bin");
+    std::fs::write(&path, random_bytes(8_000_000, 11)).unwrap();
+    let sent = a
+        .node()
+        .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
+        .await
+        .unwrap();
+    let id = sent.sent.id;
+    let hash = sent.file.offer.hash;
+    wait_part_way(&b, &id).await;
+    assert!(!blob_files(&b, &hash).is_empty(), "B keeps no partial blob");
+
+    let cancelled = b.node().cancel_file(&id).await.unwrap();
+    assert_eq!(cancelled.state, FileState::Cancelled);
+    assert_eq!(cancelled.received_bytes, 0);
+    assert_eq!(
+        blob_files(&b, &hash),
+        Vec::<String>::new(),
+        "the partial ciphertext is still on disk"
+    );
+    // Again: harmless, still cancelled. Saving says why it cannot.
+    assert_eq!(
+        b.node().cancel_file(&id).await.unwrap().state,
+        FileState::Cancelled
+    );
+    assert!(matches!(
+        b.node().save_file(&id, &dir.path().join("out.bin")).await,
+        Err(ServiceError::FileCancelled(_))
+    ));
+    assert!(matches!(
+        b.node().cancel_file(&[9; 16]).await,
+        Err(ServiceError::UnknownFile(_))
+    ));
+
+    // A stops sending, and nothing asks for the file again: not now, not after B restarts.
+    let sent_then = wait_settled(&a, "kith_blob_bytes_sent_total").await;
+    assert!(
+        sent_then < sent.file.offer.size as f64,
+        "A sent the whole file ({sent_then} bytes) before the cancel took effect"
+    );
+    let b = b.restart(vec![a.tcp_addr()]).await.unwrap();
+    holds_for(
+        "the cancelled file staying cancelled, deleted and unfetched",
+        Duration::from_secs(3),
+        POLL,
+        async || {
+            let f = b.node().file(&id).map_err(|e| e.to_string())?;
+            let files = blob_files(&b, &hash);
+            let sent_now = a.metric("kith_blob_bytes_sent_total");
+            if f.state != FileState::Cancelled || !files.is_empty() || sent_now != sent_then {
+                return Err(format!(
+                    "state {:?}, blob files {files:?}, A sent {sent_now} (was {sent_then})",
+                    f.state
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // A file that has arrived is not cancelled.
+    let small = dir.path().join("note.txt");
+    std::fs::write(&small, b"short").unwrap();
+    let note = a
+        .node()
+        .send_file(&b.peer_id().to_string(), &small, SendFileOptions::default())
+        .await
+        .unwrap();
+    wait_complete(&b, &note.sent.id).await;
+    assert!(matches!(
+        b.node().cancel_file(&note.sent.id).await,
+        Err(ServiceError::FileComplete(_))
+    ));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_is_no_longer_served() {
+    let (a, b) = slow_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("draft.bin");
+    std::fs::write(&path, random_bytes(8_000_000, 12)).unwrap();
+    let sent = a
+        .node()
+        .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
+        .await
+        .unwrap();
+    let id = sent.sent.id;
+    let hash = sent.file.offer.hash;
+    wait_part_way(&b, &id).await;
+
+    let cancelled = a.node().cancel_file(&id).await.unwrap();
+    assert_eq!(cancelled.state, FileState::Cancelled);
+    assert!(cancelled.outgoing);
+    assert_eq!(
+        blob_files(&a, &hash),
+        Vec::<String>::new(),
+        "A still keeps the ciphertext"
+    );
+    // The range being sent stops, and B's retries get nothing more.
+    let sent_then = wait_settled(&a, "kith_blob_bytes_sent_total").await;
+    let got_then = b.node().file(&id).unwrap().received_bytes;
+    holds_for(
+        "B getting no more of the cancelled file",
+        Duration::from_secs(3),
+        POLL,
+        async || {
+            let f = b.node().file(&id).map_err(|e| e.to_string())?;
+            let sent_now = a.metric("kith_blob_bytes_sent_total");
+            // Refusals cost A a status byte each; ranges would cost kilobytes.
+            if f.state == FileState::Complete
+                || f.received_bytes != got_then
+                || sent_now > sent_then + 64.0
+            {
+                return Err(format!(
+                    "B {:?} with {} bytes (was {got_then}); A sent {sent_now} (was {sent_then})",
+                    f.state, f.received_bytes
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        got_then < sent.file.offer.size,
+        "B got the whole file ({got_then} bytes) before the cancel took effect"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciphertext_no_file_needs_is_collected_and_the_rest_kept() {
+    let (a, b) = pair().await;
+    acquaint(&a, &b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keep.bin");
+    let bytes = random_bytes(300_000, 13);
+    std::fs::write(&path, &bytes).unwrap();
+    let sent = a
+        .node()
+        .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
+        .await
+        .unwrap();
+    wait_complete(&b, &sent.sent.id).await;
+    let kept = sent.file.offer.hash;
+
+    // While B is stopped, ciphertext nothing refers to appears in its store (what a file record
+    // lost with its message leaves behind): one old, one just made.
+    let blobs_dir = {
+        let uploads = b.node().upload_dir();
+        let name = uploads.file_name().unwrap().to_string_lossy().into_owned();
+        uploads.with_file_name(name.trim_end_matches(".uploads"))
+    };
+    let stopped = b.stop_keeping_home().await.unwrap();
+    let (old, young) = {
+        let store = kith_blob::BlobStore::open(&blobs_dir).unwrap();
+        let old = store
+            .import_sealed_reader(&random_bytes(50_000, 14)[..], 50_000)
+            .unwrap()
+            .hash;
+        let young = store
+            .import_sealed_reader(&random_bytes(50_000, 15)[..], 50_000)
+            .unwrap()
+            .hash;
+        let record = blobs_dir.join(format!("{old}.have"));
+        std::fs::File::options()
+            .write(true)
+            .open(&record)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+            .unwrap();
+        (*old.as_bytes(), *young.as_bytes())
+    };
+    let b = stopped.start(vec![a.tcp_addr()]).await.unwrap();
+    wait_until("B to collect the old orphan", ARRIVAL, POLL, async || {
+        blob_files(&b, &old).is_empty()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !blob_files(&b, &young).is_empty(),
+        "a blob younger than an hour (it may be being sent) was collected"
+    );
+    assert_eq!(
+        blob_files(&b, &kept).len(),
+        3,
+        "the received file's blob went"
+    );
+    let out = dir.path().join("still-there.bin");
+    b.node().save_file(&sent.sent.id, &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes, "saved file differs");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -219,6 +219,13 @@ impl ApiClient {
         self.get_json(&format!("/v1/files/{}", segment(id))).await
     }
 
+    /// `DELETE /v1/files/{id}`: cancels the file's transfer for good.
+    pub async fn cancel_file(&self, id: &str) -> Result<FileInfo, ClientError> {
+        let path = format!("/v1/files/{}", segment(id));
+        self.send_json::<(), _>(reqwest::Method::DELETE, &path, None)
+            .await
+    }
+
     /// `POST /v1/files/{id}/save`.
     pub async fn save_file(&self, id: &str, path: &str) -> Result<SavedFile, ClientError> {
         let body = SaveFileRequest {

@@ -22,6 +22,7 @@ pub fn file_state_name(state: FileState) -> &'static str {
         FileState::Complete => "complete",
         FileState::Paused => "paused",
         FileState::Failed => "failed",
+        FileState::Cancelled => "cancelled",
     }
 }
 
@@ -186,6 +187,18 @@ pub(crate) async fn get_file(State(state): State<AppState>, Path(id): Path<Strin
     };
     let me = state.node.peer_id().to_string();
     respond(StatusCode::OK, state.node.file(&id).map(|f| info(&me, f)))
+}
+
+/// `DELETE /v1/files/{id}`: cancels the file's transfer for good (a download or our upload);
+/// answers with the file, now `cancelled`. 409 `complete` for a file that has already arrived.
+pub(crate) async fn cancel_file(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(why) => return invalid(&why),
+    };
+    let me = state.node.peer_id().to_string();
+    let result = state.node.cancel_file(&id).await.map(|f| info(&me, f));
+    respond(StatusCode::OK, result)
 }
 
 /// `POST /v1/files/{id}/save`.

@@ -88,7 +88,10 @@ pub fn router(node: Node, token: ApiToken, addr: SocketAddr) -> Router {
             // A file, not a JSON body: the node's file limit applies instead of the API's.
             post(crate::files::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/v1/files/{id}", get(crate::files::get_file))
+        .route(
+            "/v1/files/{id}",
+            get(crate::files::get_file).delete(crate::files::cancel_file),
+        )
         .route("/v1/files/{id}/thumbnail", get(crate::files::thumbnail))
         .route("/v1/files/{id}/content", get(crate::files::content))
         .route("/v1/files/{id}/save", post(crate::files::save_file))
@@ -276,6 +279,8 @@ fn service_error(e: ServiceError) -> Response {
         | ServiceError::InvalidMessage(_)
         | ServiceError::InvalidFile(_) => (StatusCode::BAD_REQUEST, "invalid"),
         ServiceError::FileIncomplete { .. } => (StatusCode::CONFLICT, "incomplete"),
+        ServiceError::FileCancelled(_) => (StatusCode::CONFLICT, "cancelled"),
+        ServiceError::FileComplete(_) => (StatusCode::CONFLICT, "complete"),
         ServiceError::Blob(kith_blob::StoreError::DiskFull { .. }) => {
             (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
         }

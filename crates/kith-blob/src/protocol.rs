@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use bao_tree::io::fsm::{BaoContentItem, ResponseDecoder, ResponseDecoderNext};
 use bao_tree::io::{DecodeError, EncodeError, Leaf, Parent};
 use bao_tree::{ChunkNum, ChunkRanges};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::io::{StreamReader, StreamWriter};
 use crate::metrics::GaugeGuard;
@@ -147,7 +147,7 @@ pub trait HoldPolicy: Send + Sync {
 /// blob) and, with `hold`, accepting hold requests: the client pushes the ranges the admitted
 /// store lacks, each verified against the hash before it is written.
 pub async fn serve_with<S>(
-    mut stream: S,
+    stream: S,
     stores: &[BlobStore],
     hold: Option<&dyn HoldPolicy>,
     limits: &ServeLimits,
@@ -155,6 +155,9 @@ pub async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Every answer ends with a flush, so buffering only merges what one answer writes: the
+    // 64-byte hash pairs travel with the chunk groups instead of as frames of their own.
+    let mut stream = buffered(stream);
     let Some(store) = stores.first() else {
         return Ok(ServeSummary::default());
     };
@@ -254,6 +257,8 @@ where
         match encoded {
             Ok(()) => {}
             Err(EncodeError::LeafHashMismatch(chunk)) => {
+                // What is buffered was checked before it was written: the peer keeps it.
+                let _ = stream.flush().await;
                 let offset = chunk.to_bytes() / GROUP_BYTES * GROUP_BYTES;
                 metrics.local_corruption.fetch_add(1, Ordering::Relaxed);
                 let owner = stores
@@ -283,7 +288,7 @@ async fn serve_hold<S>(
     request: HoldRequest,
 ) -> Result<bool, ServeError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncBufRead + AsyncWrite + Unpin,
 {
     let hash = BlobHash::from_bytes(request.hash);
     let offer = HoldOffer {
@@ -383,6 +388,21 @@ where
         .await?;
     stream.flush().await?;
     Ok(complete)
+}
+
+/// Bytes buffered on each side of a blob stream. A chunk group is 16 KiB and its hash pairs 64
+/// bytes each: unbuffered, each became a write (a yamux frame or QUIC write of its own) or a
+/// read that polls the stream; 64 KiB batches about four groups with their pairs.
+const STREAM_BUFFER: usize = 64 * 1024;
+
+/// `stream` with a read buffer and a write buffer. Callers flush after every message they send.
+fn buffered<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+) -> futures::io::BufWriter<futures::io::BufReader<S>> {
+    futures::io::BufWriter::with_capacity(
+        STREAM_BUFFER,
+        futures::io::BufReader::with_capacity(STREAM_BUFFER, stream),
+    )
 }
 
 /// Checks a decoded request against the store; the reader to serve it, or the refusal.
@@ -535,10 +555,11 @@ pub enum FetchError {
 /// every hash pair and chunk group against the hash before writing it, and records progress.
 ///
 /// `size` is the ciphertext size from the chat message; a wrong size fails verification.
-/// Cancel-safe for the store: dropping the future loses at most the last unrecorded batch
-/// (4 MiB), which the next fetch asks for again.
+/// Cancel-safe for the store: dropping the future records what was verified so far (the writer
+/// waits for its last fsync when dropped); a crash loses at most the last unrecorded batch
+/// (4 MiB or 200 ms), which the next fetch asks for again.
 pub async fn fetch_missing<S>(
-    mut stream: S,
+    stream: S,
     store: &BlobStore,
     hash: BlobHash,
     size: u64,
@@ -547,6 +568,7 @@ pub async fn fetch_missing<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stream = buffered(stream);
     store.create_partial(hash, size)?;
     let missing = store.missing(hash)?;
     if missing.is_empty() {
@@ -604,7 +626,7 @@ where
 /// Decodes the bao encoding of `ranges` from `reader`, verifying every hash pair and chunk group
 /// against `hash` before writing it with `writer`; returns (bytes read, verified bytes written).
 /// On failure whatever verified before it is still recorded.
-async fn receive_ranges<R: AsyncRead + Unpin>(
+async fn receive_ranges<R: AsyncBufRead + Unpin>(
     reader: StreamReader<'_, R>,
     writer: &mut PartialWriter,
     hash: BlobHash,
@@ -707,7 +729,7 @@ pub enum PushError {
 /// for the user named by `tag`), and sends the ranges it says it lacks. `progress` gets the
 /// ciphertext bytes sent so far and the bytes wanted.
 pub async fn push<S>(
-    mut stream: S,
+    stream: S,
     store: &BlobStore,
     hash: BlobHash,
     tag: &[u8],
@@ -716,6 +738,7 @@ pub async fn push<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stream = buffered(stream);
     if !store.is_complete(hash)? {
         return Err(StoreError::Incomplete {
             hash,

@@ -35,12 +35,15 @@ pub const GROUP_BYTES: u64 = 16 * 1024;
 /// The largest ciphertext the store accepts: a 4 GiB plaintext plus its tags. Files of up to
 /// 2 GiB are the product goal; the cap keeps a hostile size in a message from reserving more.
 pub const MAX_BLOB_SIZE: u64 = 4 * 1024 * 1024 * 1024 + 65536 * 16;
-/// Verified bytes a download writes between two durable "have" records: a crash loses at most
-/// this much, and fsyncs stay rare.
+/// Verified bytes a download writes between two batches handed to its sync thread, so fsyncs
+/// stay rare; a crash loses at most this plus [`MAX_UNSYNCED`].
 pub(crate) const FLUSH_EVERY: u64 = 4 * 1024 * 1024;
 /// ... or after this long with anything pending: a slow transfer (where a crash costs the most
 /// time to redo) records often, a fast one every [`FLUSH_EVERY`] bytes.
 pub(crate) const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+/// Verified bytes a download may have handed to its sync thread and not yet seen recorded before
+/// it waits for the disk: what a crash can cost on a disk slower than the network.
+pub(crate) const MAX_UNSYNCED: u64 = 4 * FLUSH_EVERY;
 const HAVE_MAGIC: &[u8; 8] = b"KITHHAV1";
 
 /// The content address of a blob: the BLAKE3 (bao) root of its ciphertext.
@@ -309,9 +312,23 @@ struct Entry {
     writing: AtomicBool,
     /// Bytes of this blob served to peers since the store was opened (a sender's progress bar).
     served: Arc<AtomicU64>,
+    /// Set when the blob is removed, so a range being served from it stops at the next read
+    /// instead of finishing from the unlinked file (a cancelled upload stops for good).
+    removed: Arc<AtomicBool>,
 }
 
 impl Entry {
+    fn new(hash: BlobHash, size: u64, have: Have) -> Self {
+        Self {
+            hash,
+            size,
+            have: Mutex::new(have),
+            writing: AtomicBool::new(false),
+            served: Arc::default(),
+            removed: Arc::default(),
+        }
+    }
+
     fn have(&self) -> MutexGuard<'_, Have> {
         // A poisoned lock only means another thread panicked mid-update of a plain bitfield;
         // the bits are still a valid (conservative) state.
@@ -403,13 +420,7 @@ impl BlobStore {
         if data_len != size {
             return Err(format!("data file is {data_len} bytes, record says {size}"));
         }
-        Ok(Entry {
-            hash,
-            size,
-            have: Mutex::new(have),
-            writing: AtomicBool::new(false),
-            served: Arc::default(),
-        })
+        Ok(Entry::new(hash, size, have))
     }
 
     /// The transfer counters of this store and every transfer using it.
@@ -472,16 +483,8 @@ impl BlobStore {
         fs::rename(&tmp_obao, &p.obao).map_err(|e| io_error(&p.obao, e))?;
         let have = Have::full(size);
         write_record(dir, hash, size, &have)?;
-        self.entries().insert(
-            hash,
-            Arc::new(Entry {
-                hash,
-                size,
-                have: Mutex::new(have),
-                writing: AtomicBool::new(false),
-                served: Arc::default(),
-            }),
-        );
+        self.entries()
+            .insert(hash, Arc::new(Entry::new(hash, size, have)));
         Ok(BlobInfo { hash, size, key })
     }
 
@@ -571,16 +574,7 @@ impl BlobStore {
         create(&p.obao, tree.outboard_size())?;
         let have = Have::empty(size);
         write_record(dir, hash, size, &have)?;
-        entries.insert(
-            hash,
-            Arc::new(Entry {
-                hash,
-                size,
-                have: Mutex::new(have),
-                writing: AtomicBool::new(false),
-                served: Arc::default(),
-            }),
-        );
+        entries.insert(hash, Arc::new(Entry::new(hash, size, have)));
         Ok(())
     }
 
@@ -608,6 +602,16 @@ impl BlobStore {
     /// the recipients of a file sent from here have got, for a progress bar.
     pub fn served(&self, hash: BlobHash) -> Result<u64, StoreError> {
         Ok(self.entry(hash)?.served.load(Ordering::Relaxed))
+    }
+
+    /// When the blob's record was last written (created, or a batch of ranges recorded): its age,
+    /// for collecting blobs nothing refers to without touching one that is being made.
+    pub fn modified(&self, hash: BlobHash) -> Result<std::time::SystemTime, StoreError> {
+        let entry = self.entry(hash)?;
+        let path = paths(&self.inner.dir, entry.hash).have;
+        fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|e| io_error(&path, e))
     }
 
     /// Size, progress and disk use of one blob.
@@ -677,6 +681,7 @@ impl BlobStore {
         let Some(entry) = self.entries().remove(&hash) else {
             return Ok(false);
         };
+        entry.removed.store(true, Ordering::Release);
         let p = paths(&self.inner.dir, entry.hash);
         for path in [&p.have, &p.data, &p.obao] {
             match fs::remove_file(path) {
@@ -701,11 +706,17 @@ impl BlobStore {
             size: entry.size,
             served: entry.served.clone(),
             have,
-            data: FileSlice(data),
+            data: FileSlice::new(
+                data,
+                Some(entry.removed.clone()),
+                crate::io::DATA_READ_AHEAD,
+            )
+            .map_err(|e| io_error(&p.data, e))?,
             outboard: PostOrderOutboard {
                 root: hash.root(),
                 tree,
-                data: FileSlice(obao),
+                data: FileSlice::new(obao, None, crate::io::OUTBOARD_READ_AHEAD)
+                    .map_err(|e| io_error(&p.obao, e))?,
             },
         })
     }
@@ -726,28 +737,35 @@ impl BlobStore {
         if entry.writing.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Busy { hash });
         }
-        // From here on the flag is released by the writer's Drop, whatever happens.
+        // The flag is released on every path: by the writer's Drop once it exists, here before.
         let dir = self.inner.dir.clone();
         let p = paths(&dir, hash);
-        let mut writer = PartialWriter {
-            tree: BaoTree::new(entry.size, BLOCK_SIZE),
-            entry,
-            dir,
-            data: None,
-            obao: None,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            last_flush: std::time::Instant::now(),
-        };
         let open = |path: &Path| {
             OpenOptions::new()
                 .write(true)
                 .open(path)
                 .map_err(|e| io_error(path, e))
         };
-        writer.data = Some(open(&p.data)?);
-        writer.obao = Some(open(&p.obao)?);
-        Ok(writer)
+        let files = open(&p.data).and_then(|data| Ok((data, open(&p.obao)?)));
+        let (data, obao) = match files {
+            Ok(files) => files,
+            Err(e) => {
+                entry.writing.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        Ok(PartialWriter {
+            tree: BaoTree::new(entry.size, BLOCK_SIZE),
+            entry,
+            dir,
+            paths: p,
+            data,
+            obao,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            last_flush: std::time::Instant::now(),
+            syncer: None,
+        })
     }
 }
 
@@ -761,16 +779,137 @@ pub(crate) struct BlobReader {
 }
 
 /// Writes verified parents and leaves of one download and records them in batches.
+///
+/// Durability is unchanged from writing the record inline: a batch's groups enter the record (and
+/// `have`, so they are served and counted) only after the data and outboard were fsync'd. What
+/// moved is *where* the fsyncs run: on a thread of this writer ([`Syncer`]), so the download goes
+/// on receiving and verifying while the disk catches up, instead of stopping its async task (and
+/// the runtime worker under it) for four fsyncs every 4 MiB. Batches that queue up while a sync
+/// runs are merged into the next one.
 pub(crate) struct PartialWriter {
     entry: Arc<Entry>,
     dir: PathBuf,
+    paths: Paths,
     tree: BaoTree,
-    data: Option<File>,
-    obao: Option<File>,
-    /// Groups written since the last durable record.
+    data: File,
+    obao: File,
+    /// Groups written since the last batch was handed to the syncer.
     pending: Vec<u64>,
     pending_bytes: u64,
     last_flush: std::time::Instant,
+    /// Started with the first batch; `None` again after [`PartialWriter::flush`].
+    syncer: Option<Syncer>,
+}
+
+/// The thread that makes one writer's batches durable, in order.
+struct Syncer {
+    jobs: std::sync::mpsc::Sender<(Vec<u64>, u64)>,
+    thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    /// Set when a sync failed: the thread has stopped and holds the error.
+    failed: Arc<AtomicBool>,
+    /// Bytes handed over and not yet recorded, and the signal that it went down.
+    unsynced: Arc<(Mutex<u64>, std::sync::Condvar)>,
+}
+
+impl Syncer {
+    /// Hands a batch over; first waits while [`MAX_UNSYNCED`] bytes are already waiting for the
+    /// disk (or the thread has stopped).
+    fn send(&self, groups: Vec<u64>, bytes: u64) -> Result<(), Vec<u64>> {
+        {
+            let (lock, cond) = &*self.unsynced;
+            let mut waiting = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while *waiting >= MAX_UNSYNCED && !self.failed.load(Ordering::Acquire) {
+                // Bounded wait, so a thread that ended without a word cannot hang us.
+                let (next, _) = cond
+                    .wait_timeout(waiting, std::time::Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner());
+                waiting = next;
+                if self.thread.is_finished() {
+                    break;
+                }
+            }
+            *waiting += bytes;
+        }
+        self.jobs.send((groups, bytes)).map_err(|e| e.0.0)
+    }
+
+    /// Waits for every batch handed over so far; the first error, if one failed.
+    fn finish(self) -> Result<(), StoreError> {
+        drop(self.jobs);
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Io {
+                path: PathBuf::from("<blob sync thread>"),
+                source: io::Error::other("the blob sync thread panicked"),
+            }),
+        }
+    }
+}
+
+/// What the sync thread needs of one writer.
+struct SyncTarget {
+    entry: Arc<Entry>,
+    dir: PathBuf,
+    data: File,
+    obao: File,
+    data_path: PathBuf,
+    obao_path: PathBuf,
+}
+
+impl SyncTarget {
+    /// fsyncs data and outboard, then records `groups` (record file first, `have` after).
+    fn sync(&self, groups: &[u64]) -> Result<(), StoreError> {
+        self.data
+            .sync_data()
+            .map_err(|e| io_error(&self.data_path, e))?;
+        self.obao
+            .sync_data()
+            .map_err(|e| io_error(&self.obao_path, e))?;
+        // Only this writer adds groups to this blob while it runs, so the record written here
+        // is what `have` becomes; the lock is not held across the record's own fsyncs, so
+        // `status` and serving are not kept waiting on the disk.
+        if self.entry.removed.load(Ordering::Acquire) {
+            // Removed meanwhile (a cancelled download): a record now would bring it back.
+            return Ok(());
+        }
+        let mut next = self.entry.have().clone();
+        for g in groups {
+            next.set(*g);
+        }
+        write_record(&self.dir, self.entry.hash, self.entry.size, &next)?;
+        let mut have = self.entry.have();
+        for g in groups {
+            have.set(*g);
+        }
+        Ok(())
+    }
+
+    fn run(
+        self,
+        jobs: std::sync::mpsc::Receiver<(Vec<u64>, u64)>,
+        failed: &AtomicBool,
+        unsynced: &(Mutex<u64>, std::sync::Condvar),
+    ) -> Result<(), StoreError> {
+        while let Ok((mut groups, mut bytes)) = jobs.recv() {
+            // Whatever queued while the last sync ran is covered by one round of fsyncs.
+            while let Ok((more, more_bytes)) = jobs.try_recv() {
+                groups.extend(more);
+                bytes += more_bytes;
+            }
+            let result = self.sync(&groups);
+            if result.is_err() {
+                failed.store(true, Ordering::Release);
+            }
+            let (lock, cond) = unsynced;
+            {
+                let mut waiting = lock.lock().unwrap_or_else(|p| p.into_inner());
+                *waiting = waiting.saturating_sub(bytes);
+            }
+            cond.notify_all();
+            result?;
+        }
+        Ok(())
+    }
 }
 
 impl PartialWriter {
@@ -790,23 +929,17 @@ impl PartialWriter {
         let mut buf = [0u8; 64];
         buf[..32].copy_from_slice(pair.0.as_bytes());
         buf[32..].copy_from_slice(pair.1.as_bytes());
-        let path = paths(&self.dir, self.entry.hash).obao;
-        let Some(obao) = &self.obao else {
-            return Ok(());
-        };
-        obao.write_all_at(&buf, offset.value() * 64)
-            .map_err(|e| io_error(&path, e))
+        self.obao
+            .write_all_at(&buf, offset.value() * 64)
+            .map_err(|e| io_error(&self.paths.obao, e))
     }
 
-    /// Writes a verified leaf (one whole chunk group) and notes it for the next record; flushes
-    /// every [`FLUSH_EVERY`] bytes.
+    /// Writes a verified leaf (one whole chunk group) and notes it for the next record; hands a
+    /// batch to the syncer every [`FLUSH_EVERY`] bytes or [`FLUSH_AFTER`].
     pub(crate) fn write_leaf(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let path = paths(&self.dir, self.entry.hash).data;
-        let Some(file) = &self.data else {
-            return Ok(());
-        };
-        file.write_all_at(data, offset)
-            .map_err(|e| io_error(&path, e))?;
+        self.data
+            .write_all_at(data, offset)
+            .map_err(|e| io_error(&self.paths.data, e))?;
         // Only whole groups count: a leaf always is one when we asked for whole groups.
         let group = offset / GROUP_BYTES;
         let group_len = (self.entry.size - group * GROUP_BYTES).min(GROUP_BYTES);
@@ -815,34 +948,88 @@ impl PartialWriter {
             self.pending_bytes += group_len;
         }
         if self.pending_bytes >= FLUSH_EVERY || self.last_flush.elapsed() >= FLUSH_AFTER {
-            self.flush()?;
+            self.submit()?;
         }
         Ok(())
     }
 
-    /// Makes every pending group durable: fsync data and outboard, then replace the record.
-    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
+    /// Hands the pending groups to the syncer (started on first use). A sync that failed earlier
+    /// is reported here, so the download stops as it did when syncing inline.
+    fn submit(&mut self) -> Result<(), StoreError> {
+        self.last_flush = std::time::Instant::now();
+        if self
+            .syncer
+            .as_ref()
+            .is_some_and(|s| s.failed.load(Ordering::Acquire))
+            && let Some(syncer) = self.syncer.take()
+        {
+            syncer.finish()?;
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
-        let p = paths(&self.dir, self.entry.hash);
-        if let Some(f) = &self.data {
-            f.sync_data().map_err(|e| io_error(&p.data, e))?;
+        let groups = std::mem::take(&mut self.pending);
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        if self.syncer.is_none() {
+            self.syncer = self.start_syncer();
         }
-        if let Some(f) = &self.obao {
-            f.sync_data().map_err(|e| io_error(&p.obao, e))?;
+        let unsent = match &self.syncer {
+            Some(syncer) => syncer.send(groups, bytes).err(),
+            None => Some(groups),
+        };
+        if let Some(groups) = unsent {
+            // No thread (could not start one, or it ended): sync here, as before.
+            if let Some(syncer) = self.syncer.take() {
+                syncer.finish()?;
+            }
+            self.sync_target()?.sync(&groups)?;
         }
-        let mut have = self.entry.have();
-        let mut next = have.clone();
-        for g in &self.pending {
-            next.set(*g);
-        }
-        write_record(&self.dir, self.entry.hash, self.entry.size, &next)?;
-        *have = next;
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.last_flush = std::time::Instant::now();
         Ok(())
+    }
+
+    fn sync_target(&self) -> Result<SyncTarget, StoreError> {
+        Ok(SyncTarget {
+            entry: self.entry.clone(),
+            dir: self.dir.clone(),
+            data: self
+                .data
+                .try_clone()
+                .map_err(|e| io_error(&self.paths.data, e))?,
+            obao: self
+                .obao
+                .try_clone()
+                .map_err(|e| io_error(&self.paths.obao, e))?,
+            data_path: self.paths.data.clone(),
+            obao_path: self.paths.obao.clone(),
+        })
+    }
+
+    fn start_syncer(&self) -> Option<Syncer> {
+        let target = self.sync_target().ok()?;
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let unsynced = Arc::new((Mutex::new(0u64), std::sync::Condvar::new()));
+        let (flag, count) = (failed.clone(), unsynced.clone());
+        let thread = std::thread::Builder::new()
+            .name("kith-blob-sync".into())
+            .spawn(move || target.run(queue, &flag, &count))
+            .ok()?;
+        Some(Syncer {
+            jobs,
+            thread,
+            failed,
+            unsynced,
+        })
+    }
+
+    /// Makes every written group durable and recorded, and waits for it: the end of a transfer.
+    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
+        let submitted = self.submit();
+        let finished = match self.syncer.take() {
+            Some(syncer) => syncer.finish(),
+            None => Ok(()),
+        };
+        submitted.and(finished)
     }
 
     pub(crate) fn is_complete(&self) -> bool {
@@ -852,6 +1039,11 @@ impl PartialWriter {
 
 impl Drop for PartialWriter {
     fn drop(&mut self) {
+        // A dropped transfer (cancelled, shut down) still records what it wrote and verified,
+        // and no record of this blob is written after the flag is released.
+        if let Err(e) = self.flush() {
+            tracing::warn!(hash = %self.entry.hash, error = %e, "could not record the last verified ranges of a blob");
+        }
         self.entry.writing.store(false, Ordering::Release);
     }
 }

@@ -119,6 +119,12 @@ pub enum ServiceError {
     /// No file has this id.
     #[error("no file has the id {0}; see `kith files`")]
     UnknownFile(String),
+    /// The file was cancelled: its transfer stopped for good and its partial ciphertext is gone.
+    #[error("file {0} was cancelled; ask the sender to send it again")]
+    FileCancelled(String),
+    /// The file has fully arrived, so there is no transfer left to cancel.
+    #[error("file {0} has already arrived; there is no transfer to cancel")]
+    FileComplete(String),
     /// The file has not fully arrived yet.
     #[error("file {id} is still arriving ({received} of {size} bytes); `kith save` waits for it")]
     FileIncomplete {

@@ -12,10 +12,13 @@
 //! have the hash and key from the message, and lets group members and relays serve one another.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::Cursor,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex as StdMutex, Weak},
+    sync::{
+        Arc, Mutex as StdMutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -118,12 +121,21 @@ pub struct FileReport {
     pub sent_bytes: u64,
 }
 
+/// How long `cancel_file` waits for a running download's task to end (it only has to notice the
+/// abort and let go of the blob: a record write at most).
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Blobs younger than this are never collected: one being sealed for a send has no file record
+/// until its offer is queued.
+const GC_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// The files component: the blob store and the downloads running now.
 #[derive(Debug)]
 pub(crate) struct Files {
     pub(crate) blobs: BlobStore,
     max_file_bytes: u64,
-    running: StdMutex<HashSet<MessageId>>,
+    /// Running downloads by file id: the run's number and how to stop it (a cancel).
+    running: StdMutex<HashMap<MessageId, (u64, tokio::task::AbortHandle)>>,
+    next_run: AtomicU64,
     /// A relay's store of blobs held for its users, opened on first use.
     pub(crate) held: crate::relay_blobs::HeldSlot,
     pub(crate) relay: crate::RelayBlobConfig,
@@ -150,7 +162,8 @@ impl Files {
         Ok(Self {
             blobs,
             max_file_bytes: config.max_file_bytes,
-            running: StdMutex::new(HashSet::new()),
+            running: StdMutex::new(HashMap::new()),
+            next_run: AtomicU64::new(0),
             held: StdMutex::new(None),
             relay: config.relay.clone(),
             serve_rate: config.serve_rate,
@@ -633,6 +646,9 @@ impl Node {
         path: &Path,
     ) -> Result<(PathBuf, u64), ServiceError> {
         let report = self.file(id)?;
+        if report.state == FileState::Cancelled {
+            return Err(ServiceError::FileCancelled(hex::encode(id)));
+        }
         if report.state != FileState::Complete {
             return Err(ServiceError::FileIncomplete {
                 id: hex::encode(id),
@@ -743,16 +759,164 @@ impl Node {
         let Ok(peer) = PeerId::from_bytes(&record.peer_id) else {
             return;
         };
-        if !lock(&self.files_component().running).insert(id) {
+        let files = self.files_component();
+        let mut running = lock(&files.running);
+        if running.contains_key(&id) {
             return;
         }
+        let run = files.next_run.fetch_add(1, Ordering::Relaxed);
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            download(weak.clone(), peer, record).await;
-            if let Some(inner) = weak.upgrade() {
-                lock(&inner.files.running).remove(&id);
-            }
+        // Made here and moved into the task, so it drops (and lets go of the entry) even when
+        // the task is aborted before it first runs.
+        let guard = Running {
+            inner: weak.clone(),
+            id,
+            run,
+        };
+        // Spawned while `running` is locked: the guard cannot remove its entry before it is
+        // inserted.
+        let task = tokio::spawn(async move {
+            let _running = guard;
+            download(weak, peer, record).await;
         });
+        running.insert(id, (run, task.abort_handle()));
+    }
+
+    /// Stops the running download of file `id`, if any, and waits (bounded) until its task has
+    /// ended, so nothing writes into the blob afterwards.
+    async fn stop_download(&self, id: &MessageId) -> Result<(), ServiceError> {
+        let files = self.files_component();
+        let Some(abort) = lock(&files.running).get(id).map(|(_, a)| a.clone()) else {
+            return Ok(());
+        };
+        abort.abort();
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while lock(&files.running).contains_key(id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServiceError::Task(format!(
+                    "the download of file {} did not stop within {} s; try again",
+                    hex::encode(id),
+                    STOP_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops a file's transfer for good: an incoming file's download ends and its partial
+    /// ciphertext is deleted; a file we sent is no longer served (its ciphertext is deleted too,
+    /// a range being sent stops, and an offer still queued for an offline recipient is
+    /// withdrawn). Either way the file is `cancelled` and nothing retries it, across restarts.
+    /// Cancelling a cancelled file is harmless; a file that has fully arrived is kept (delete
+    /// the saved copy instead).
+    pub async fn cancel_file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
+        let record = self
+            .store()
+            .files()
+            .get(id)?
+            .ok_or_else(|| ServiceError::UnknownFile(hex::encode(id)))?;
+        if record.state == FileState::Cancelled {
+            return self.file(id);
+        }
+        let from: &[FileState] = if record.outgoing {
+            &[FileState::Complete]
+        } else {
+            &[FileState::Downloading, FileState::Paused, FileState::Failed]
+        };
+        let note = "cancelled";
+        // The state first (one compare-and-swap): from here no start, resume or retry picks it
+        // up, and a download finishing right now cannot mark it complete.
+        if self
+            .store()
+            .files()
+            .transition(id, from, FileState::Cancelled, note)?
+            .is_none()
+        {
+            let now = self.file(id)?;
+            return match now.state {
+                FileState::Cancelled => Ok(now),
+                FileState::Complete => Err(ServiceError::FileComplete(hex::encode(id))),
+                state => Err(ServiceError::Task(format!(
+                    "file {} changed to {state:?} while being cancelled; try again",
+                    hex::encode(id)
+                ))),
+            };
+        }
+        self.stop_download(id).await?;
+        let hash = BlobHash::from_bytes(record.offer.hash);
+        // The same bytes may belong to another file (sent twice, or sent and received): keep
+        // them for that one.
+        let shared = self.store().files().all()?.iter().any(|r| {
+            r.message_id != *id
+                && r.offer.hash == record.offer.hash
+                && r.state != FileState::Cancelled
+        });
+        if !shared {
+            self.files_component().blobs.remove(hash)?;
+        }
+        if record.outgoing && record.group.is_none() {
+            self.withdraw_queued_offer(&record);
+        }
+        self.store().flush().await?;
+        self.file(id)
+    }
+
+    /// An offer still waiting in the outbox (the recipient was offline) is not sent any more.
+    fn withdraw_queued_offer(&self, record: &FileRecord) {
+        let messages = self.store().messages();
+        let queued = messages
+            .outbox_for(&record.peer_id)
+            .is_ok_and(|items| items.iter().any(|i| i.id == record.message_id));
+        if queued
+            && let Err(e) = messages.complete(
+                &record.message_id,
+                kith_store::Status::Failed,
+                "the file was cancelled",
+                now_ms(),
+            )
+        {
+            tracing::warn!(file = %hex::encode(record.message_id), error = %e, "cannot withdraw a cancelled file's offer");
+        }
+    }
+
+    /// Deletes ciphertext no file needs any more: blobs of cancelled files and blobs no file
+    /// record names (partial downloads whose record is gone), older than an hour (a blob being
+    /// sealed has no record yet). The relay's store of blobs held for others is not touched.
+    /// Returns the blobs removed.
+    pub fn collect_blob_garbage(&self) -> Result<usize, ServiceError> {
+        let wanted: HashSet<[u8; 32]> = self
+            .store()
+            .files()
+            .all()?
+            .into_iter()
+            .filter(|r| r.state != FileState::Cancelled)
+            .map(|r| r.offer.hash)
+            .collect();
+        let blobs = &self.files_component().blobs;
+        let mut removed = 0;
+        for status in blobs.list() {
+            if wanted.contains(status.hash.as_bytes()) {
+                continue;
+            }
+            let old_enough = blobs
+                .modified(status.hash)
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= GC_MIN_AGE);
+            if !old_enough {
+                continue;
+            }
+            // A blob in use by a running download is named by its record; one removed under a
+            // serve stops being served at the next read.
+            if blobs.remove(status.hash)? {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "deleted ciphertext no file needs any more");
+        }
+        Ok(removed)
     }
 
     /// Whether `peer` is out of requests (files from them download at once).
@@ -776,22 +940,53 @@ impl Node {
             .filter(|r| !r.outgoing && r.peer_id == peer.to_bytes())
         {
             if r.state == FileState::Paused && accepted {
-                let _ = self
-                    .store()
-                    .files()
-                    .set_state(&r.message_id, FileState::Downloading, "");
+                let _ = self.store().files().transition(
+                    &r.message_id,
+                    &[FileState::Paused],
+                    FileState::Downloading,
+                    "",
+                );
             }
             self.start_download(r.message_id);
         }
     }
 
-    /// Resumes every unfinished download (at start).
+    /// Resumes every unfinished download (at start and after each mailbox sync), and collects
+    /// ciphertext no file needs any more, off the async workers.
     pub(crate) fn resume_all_downloads(&self) {
         let Ok(records) = self.store().files().all() else {
             return;
         };
         for r in records.into_iter().filter(|r| !r.outgoing) {
             self.start_download(r.message_id);
+        }
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = node.collect_blob_garbage() {
+                tracing::warn!(error = %e, "cannot collect unused file ciphertext");
+            }
+        });
+    }
+}
+
+/// Removes a download's entry from `running` when its task ends, however it ends (aborted by a
+/// cancel included), unless a newer run of the same file replaced it.
+struct Running {
+    inner: Weak<crate::node::Inner>,
+    id: MessageId,
+    run: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut running = lock(&inner.files.running);
+            if running
+                .get(&self.id)
+                .is_some_and(|(run, _)| *run == self.run)
+            {
+                running.remove(&self.id);
+            }
         }
     }
 }
@@ -823,13 +1018,14 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
         for holder in node.holders_of(peer, &record) {
             match fetch_from(&node, holder, peer, &record).await {
                 Fetched::Complete => {
-                    if node
-                        .store()
-                        .files()
-                        .set_state(&id, FileState::Complete, "")
-                        .is_ok()
-                        && node.store().flush().await.is_ok()
-                    {
+                    // Only from downloading: a file cancelled meanwhile stays cancelled.
+                    let done = node.store().files().transition(
+                        &id,
+                        &[FileState::Downloading],
+                        FileState::Complete,
+                        "",
+                    );
+                    if matches!(done, Ok(Some(_))) && node.store().flush().await.is_ok() {
                         node.dm().emit(MessageEvent::FileProgress {
                             id,
                             peer,
@@ -859,13 +1055,13 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
             let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
                 return;
             };
-            match node.store().files().get(&id) {
-                Ok(Some(r)) if r.state == FileState::Paused => {
-                    let _ = node
-                        .store()
-                        .files()
-                        .set_state(&id, FileState::Downloading, "");
-                }
+            match node.store().files().transition(
+                &id,
+                &[FileState::Paused],
+                FileState::Downloading,
+                "",
+            ) {
+                Ok(Some(_)) => {}
                 _ => return,
             }
             continue;
@@ -927,8 +1123,9 @@ async fn fetch_from(node: &Node, holder: PeerId, peer: PeerId, record: &FileReco
             let kept = status_of.status(hash).map_or(0, |st| st.verified_bytes);
             let dir = path.parent().unwrap_or(&path).display().to_string();
             tracing::warn!(file = %hex::encode(id), %dir, kept, "disk full while receiving a file; paused");
-            let _ = node.store().files().set_state(
+            let _ = node.store().files().transition(
                 &id,
+                &[FileState::Downloading],
                 FileState::Paused,
                 &format!(
                     "the disk holding {dir} is full; free space there and the transfer resumes by itself ({kept} of {size} bytes kept)"

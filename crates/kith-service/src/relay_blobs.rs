@@ -251,6 +251,11 @@ impl Node {
         if !record.outgoing {
             return true;
         }
+        if record.state == kith_store::FileState::Cancelled {
+            // Cancelled by the sender: its offer was withdrawn from the outbox, and nothing is
+            // left to push; never deposit it.
+            return false;
+        }
         let Some(relay_peer) = relay_peer(relay) else {
             return false;
         };

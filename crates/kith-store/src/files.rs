@@ -18,6 +18,9 @@ pub enum FileState {
     Paused,
     /// Incoming, given up for good.
     Failed,
+    /// Stopped for good by the user: never retried, the partial ciphertext deleted (for a file
+    /// we sent, the ciphertext too, so nobody can fetch it from us any more).
+    Cancelled,
 }
 
 /// The descriptor a chat message carries for one file: enough to fetch, verify and decrypt it.
@@ -141,6 +144,7 @@ impl FileRecord {
                 FileState::Complete => pb::FileState::FileComplete,
                 FileState::Paused => pb::FileState::FilePaused,
                 FileState::Failed => pb::FileState::FileFailed,
+                FileState::Cancelled => pb::FileState::FileCancelled,
             } as i32,
             note: self.note.clone(),
             created_ms: self.created_ms,
@@ -159,6 +163,7 @@ impl FileRecord {
             Ok(pb::FileState::FileDownloading) => FileState::Downloading,
             Ok(pb::FileState::FileComplete) => FileState::Complete,
             Ok(pb::FileState::FilePaused) => FileState::Paused,
+            Ok(pb::FileState::FileCancelled) => FileState::Cancelled,
             Ok(pb::FileState::FileFailed) | Err(_) => FileState::Failed,
         };
         Ok(Self {
@@ -228,6 +233,44 @@ impl FileBook {
             out.push(FileRecord::decode(&raw)?);
         }
         Ok(out)
+    }
+
+    /// Moves a file to `to` only if it is in one of the states `from` now, as one
+    /// compare-and-swap: a download that completes and a cancel that arrives at the same moment
+    /// cannot both win. Returns the state it left, or `None` when it was in none of `from` (or is
+    /// unknown, or kept changing under us).
+    pub fn transition(
+        &self,
+        message_id: &MessageId,
+        from: &[FileState],
+        to: FileState,
+        note: &str,
+    ) -> Result<Option<FileState>, StoreError> {
+        // Writers of one record are few (its download, the user); 64 lost races do not happen.
+        for _ in 0..64 {
+            let Some(raw) = self
+                .tree
+                .get(message_id.as_slice())
+                .map_err(|e| StoreError::from_sled(&self.path, e))?
+            else {
+                return Ok(None);
+            };
+            let mut record = FileRecord::decode(&raw)?;
+            if !from.contains(&record.state) {
+                return Ok(None);
+            }
+            let was = record.state;
+            record.state = to;
+            note.clone_into(&mut record.note);
+            let swapped = self
+                .tree
+                .compare_and_swap(message_id.as_slice(), Some(raw), Some(record.encode()))
+                .map_err(|e| StoreError::from_sled(&self.path, e))?;
+            if swapped.is_ok() {
+                return Ok(Some(was));
+            }
+        }
+        Ok(None)
     }
 
     /// Moves a file to another state, with a note saying why.
@@ -307,6 +350,61 @@ mod tests {
         let mut want = record(1, FileState::Paused);
         want.note = "disk full".into();
         assert_eq!(all[0], want);
+    }
+
+    #[test]
+    fn a_transition_happens_only_from_the_named_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let files = store.files();
+        files
+            .insert_new(&record(5, FileState::Downloading))
+            .unwrap();
+        let cancel = [FileState::Downloading, FileState::Paused];
+        assert_eq!(
+            files
+                .transition(&[5; 16], &cancel, FileState::Cancelled, "cancelled")
+                .unwrap(),
+            Some(FileState::Downloading)
+        );
+        // The download finishing afterwards does not undo the cancel.
+        assert_eq!(
+            files
+                .transition(&[5; 16], &[FileState::Downloading], FileState::Complete, "")
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            files.get(&[5; 16]).unwrap().unwrap().state,
+            FileState::Cancelled
+        );
+        assert_eq!(
+            files
+                .transition(&[6; 16], &cancel, FileState::Cancelled, "")
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_cancelled_file_stays_cancelled_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+            store
+                .files()
+                .insert_new(&record(3, FileState::Downloading))
+                .unwrap();
+            store
+                .files()
+                .set_state(&[3; 16], FileState::Cancelled, "cancelled")
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let got = store.files().get(&[3; 16]).unwrap().unwrap();
+        assert_eq!(got.state, FileState::Cancelled);
+        assert_eq!(got.note, "cancelled");
     }
 
     #[test]

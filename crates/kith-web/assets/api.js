@@ -152,6 +152,8 @@ export function uploadFile(to, blob, { name, caption, filter, original } = {}) {
 }
 export const files = (target) => request('GET', `/v1/files?${new URLSearchParams({ with: target })}`);
 export const file = (id) => request('GET', `/v1/files/${seg(id)}`);
+/** Stops a file's transfer for good (download or upload); answers with the file, `cancelled`. */
+export const cancelFile = (id) => request('DELETE', `/v1/files/${seg(id)}`);
 export const filters = () => request('GET', '/v1/filters');
 /** The addresses of a file's thumbnail (photos) and content (same origin: the cookie is enough). */
 export const thumbnailUrl = (id) => `/v1/files/${seg(id)}/thumbnail`;

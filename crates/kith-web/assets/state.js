@@ -403,6 +403,8 @@ async function refreshFile(peer, id) {
 function fileProgress(ev) {
   const peer = ev.peer_id;
   const known = state.files[peer] && state.files[peer][ev.id];
+  // A progress event still on its way when the file was cancelled does not bring it back.
+  if (known && known.state === 'cancelled') return;
   if (!known) {
     if (state.files[peer]) loadFilesSoon(peer);
     return;
@@ -417,6 +419,19 @@ function fileProgress(ev) {
     },
   ]);
   if (complete) refreshFile(peer, ev.id);
+}
+
+/**
+ * Cancels a file's transfer for good (the node deletes what arrived and never retries); the entry
+ * shows `cancelled` at once. Throws the node's error (e.g. 409 `complete`: it arrived meanwhile).
+ */
+export async function cancelFile(f) {
+  try {
+    putFiles(f.peer_id, [await api.cancelFile(f.file_id)]);
+  } catch (e) {
+    refreshFile(f.peer_id, f.file_id);
+    throw e;
+  }
 }
 
 /** The photo filter presets (asked for once). */

@@ -1,12 +1,14 @@
 // Photos and files in the web app: two real `kith run` nodes, Alice on a desktop browser and Bob
 // on a phone. Bob accepts Alice; Alice attaches a PNG made in the test, picks "sepia" (previewed
 // through the page's SVG filter), types a caption and sends; Bob sees the thumbnail, then
-// "Download" once the photo has arrived, and still sees both after a reload.
+// "Download" once the photo has arrived, and still sees both after a reload. Alice's node serves
+// files slowly (500 kB/s), so Bob can cancel a larger one with "Cancel" while it arrives.
 //
 // The tests run in order and build on each other; a test whose precondition failed is skipped.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
@@ -82,7 +84,7 @@ describe('kith web app: photos and files', { skip: skipReason() }, () => {
   before(async () => {
     lab = new Lab('kith-browser-files-');
     try {
-      A = await lab.start('a');
+      A = await lab.start('a', { args: ['--file-upload-rate', '500000'] });
       B = await lab.start('b', { bootstrap: [A.tcpAddr()] });
       browser = await launchBrowser();
       // Neither registers a name here (messenger.test.js covers that): skip the first-run view.
@@ -276,7 +278,29 @@ describe('kith web app: photos and files', { skip: skipReason() }, () => {
     done.sent = true;
   }));
 
-  it('4. the pages threw no uncaught errors and broke no CSP rule', step('console', async (t) => {
+  it('4. Bob cancels a file while it arrives: "Cancel" beside its progress, then "Cancelled"', step('cancel', async (t) => {
+    if (!needs(t, 'accepted')) return;
+    const ARCHIVE = 'A big archive, cancelled';
+    const bigPath = path.join(lab.dir, 'archive.bin');
+    fs.writeFileSync(bigPath, crypto.randomBytes(6_000_000));
+    const sent = await A.json(['send-file', B.peerId, bigPath, '--caption', ARCHIVE]);
+    const item = items(pageB, 'Messages', ARCHIVE);
+    await shows(item.getByText(/^Receiving \d+%/), `"Receiving N%" on Bob's page for "${ARCHIVE}"`, ARRIVAL_TIMEOUT_MS);
+    const cancel = item.getByRole('button', { name: 'Cancel', exact: true });
+    await shows(cancel, '"Cancel" beside the progress');
+    await cancel.click();
+    await shows(item.getByText('Cancelled', { exact: true }), '"Cancelled" once the node stopped the file');
+    assert.equal(await cancel.count(), 0, 'no "Cancel" on a cancelled file');
+    const listed = await B.json(['files']);
+    const entry = listed.find((f) => f.file_id === sent.file_id);
+    assert.equal(entry?.state, 'cancelled', JSON.stringify(entry));
+    assert.equal(entry.received_bytes, 0, JSON.stringify(entry));
+    // Still cancelled after a reload: the state is the node's.
+    await pageB.reload({ waitUntil: 'domcontentloaded' });
+    await shows(items(pageB, 'Messages', ARCHIVE).getByText('Cancelled', { exact: true }), '"Cancelled" after reloading Bob\'s page');
+  }));
+
+  it('5. the pages threw no uncaught errors and broke no CSP rule', step('console', async (t) => {
     if (!needs(t, 'accepted')) return;
     for (const [who, page] of [['A', pageA], ['B', pageB]]) {
       const bad = (page.problems || []).filter((p) => p.startsWith('pageerror:') || /Content Security Policy|Refused to/i.test(p));

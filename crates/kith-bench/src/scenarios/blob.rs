@@ -168,9 +168,17 @@ async fn kith_transfer(
                         TRANSFER_LIMIT.as_secs()
                     );
                 }
-                let files = b.files(Some(a_id))?;
-                if let Some(f) = files.iter().find(|f| !before.contains(&f.id)) {
-                    let t0 = *started.get_or_insert_with(Instant::now);
+                // Listing every file each millisecond would cost the node under test more than
+                // it costs to look one up: list until the offer shows, then read that one.
+                let current = match started {
+                    None => b
+                        .files(Some(a_id))?
+                        .into_iter()
+                        .find(|f| !before.contains(&f.id)),
+                    Some((_, id)) => Some(b.file(&id)?),
+                };
+                if let Some(f) = current {
+                    let (t0, _) = *started.get_or_insert((Instant::now(), f.id));
                     if f.state == FileState::Complete {
                         return anyhow::Ok((f.offer.size, t0.elapsed().as_secs_f64()));
                     }

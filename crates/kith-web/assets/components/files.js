@@ -1,9 +1,10 @@
 // Files in a conversation: the photo filter definitions (one SVG in the page), a file inside a
-// message (thumbnail or file row, progress while it arrives, "Download" once complete).
+// message (thumbnail or file row, progress and "Cancel" while it arrives, "Download" once
+// complete).
 
 import { html, useState } from '../vendor/preact-htm.js';
 import { bytes } from '../format.js';
-import { contentUrl, openDialog, thumbnailUrl } from '../state.js';
+import { cancelFile, contentUrl, openDialog, thumbnailUrl } from '../state.js';
 import { IconFile } from './icons.js';
 
 /** The id of a filter preset's SVG <filter>, for CSS `filter: url(#id)`. */
@@ -49,7 +50,38 @@ export function fileProgressText(f) {
   }
   if (f.state === 'paused') return f.note ? `Waiting: ${f.note}` : 'Waiting';
   if (f.state === 'failed') return f.note ? `Failed: ${f.note}` : 'Failed';
+  if (f.state === 'cancelled') return 'Cancelled';
   return '';
+}
+
+/** Whether a file's transfer can still be cancelled from its progress line: one arriving here. */
+export const cancellable = (f) =>
+  !f.outgoing && (f.state === 'downloading' || f.state === 'paused' || f.state === 'failed');
+
+/** "Cancel" beside a transfer's progress: stops it for good (what arrived is deleted). */
+function CancelButton({ f }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const onClick = async () => {
+    setBusy(true);
+    setError('');
+    try {
+      await cancelFile(f);
+    } catch (e) {
+      setError(e.message || String(e));
+      setBusy(false);
+    }
+  };
+  return html`<button
+      type="button"
+      class="btn ghost file-cancel"
+      title=${`Stop receiving ${f.name}; what arrived so far is deleted`}
+      disabled=${busy}
+      onClick=${onClick}
+    >
+      ${busy ? 'Cancelling…' : 'Cancel'}
+    </button>
+    ${error && html`<span class="danger-text" role="alert">${error}</span>`}`;
 }
 
 /** A file inside a message bubble. */
@@ -78,7 +110,10 @@ export function FileBody({ f }) {
           <span class="file-name">${f.name}</span>
           <span class="file-size">${bytes(f.size || 0)}</span>
         </p>`}
-    ${progress && html`<p class=${`file-progress${f.state === 'failed' ? ' danger-text' : ''}`}>${progress}</p>`}
+    ${progress &&
+    html`<p class=${`file-progress${f.state === 'failed' ? ' danger-text' : ''}`}>
+      ${progress} ${cancellable(f) && html`<${CancelButton} f=${f} />`}
+    </p>`}
     ${complete &&
     html`<p class="file-actions">
       <a class="file-link" href=${contentUrl(f.file_id)} download=${f.name}>Download</a>
