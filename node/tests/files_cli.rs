@@ -13,6 +13,30 @@ use common::{LAB_NETWORK, poll};
 
 const ARRIVAL: Duration = Duration::from_secs(60);
 
+/// B receives a text from A and accepts A, so A's files download at once.
+fn accepted_by(a: &common::Daemon, b: &common::Daemon) {
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    a.json(&["send", &b_id, "hello"]);
+    poll("A's hello to reach B", ARRIVAL, || {
+        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
+        (code == 0 && out.contains("hello")).then_some(())
+    });
+    b.ok(&["accept", &a_id]);
+}
+
+/// `len` bytes that do not compress (xorshift from `seed`), for transfers whose size matters.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[test]
 fn a_file_sent_with_the_cli_is_saved_byte_identical() {
     let lab = common::Lab::new("kith-files-", LAB_NETWORK);
@@ -22,12 +46,7 @@ fn a_file_sent_with_the_cli_is_saved_byte_identical() {
     let a_id = a.peer_id();
 
     // B knows and accepts A first, so A's file downloads at once.
-    a.json(&["send", &b_id, "hello"]);
-    poll("A's hello to reach B", ARRIVAL, || {
-        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
-        (code == 0 && out.contains("hello")).then_some(())
-    });
-    b.ok(&["accept", &a_id]);
+    accepted_by(&a, &b);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("report.pdf");
@@ -172,25 +191,12 @@ fn a_recipient_killed_half_way_resumes_and_costs_at_most_a_tenth_more() {
         &["--file-upload-rate", "2000000", "--metrics-addr", &metrics],
     );
     let mut b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
-    let (a_id, b_id) = (a.peer_id(), b.peer_id());
-    a.json(&["send", &b_id, "hello"]);
-    poll("A's hello to reach B", ARRIVAL, || {
-        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
-        (code == 0 && out.contains("hello")).then_some(())
-    });
-    b.ok(&["accept", &a_id]);
+    let b_id = b.peer_id();
+    accepted_by(&a, &b);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..20_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = noise(20_000_000, 0x9e37_79b9_7f4a_7c15u64);
     std::fs::write(&path, &bytes).unwrap();
     let sent_before = metric(&metrics, "kith_blob_bytes_sent_total");
     let sent = a.json(&["send-file", &b_id, path.to_str().unwrap()]);
@@ -350,24 +356,11 @@ fn a_full_disk_pauses_the_transfer_and_it_resumes_once_space_is_freed() {
     let a = lab.start("a", &[]);
     let b = start_on_small_disk(&lab, "b", "6m", &["--bootstrap", &a.tcp_addr()]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
-    a.json(&["send", &b_id, "hello"]);
-    poll("A's hello to reach B", ARRIVAL, || {
-        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
-        (code == 0 && out.contains("hello")).then_some(())
-    });
-    b.ok(&["accept", &a_id]);
+    accepted_by(&a, &b);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("too-big-for-b.bin");
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let bytes: Vec<u8> = (0..12_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = noise(12_000_000, 0x2545_f491_4f6c_dd1du64);
     std::fs::write(&path, &bytes).unwrap();
     let sent = a.json(&["send-file", &b_id, path.to_str().unwrap()]);
     let file_id = sent["file_id"].as_str().unwrap().to_owned();
@@ -572,23 +565,10 @@ fn a_download_cancelled_from_the_cli_stays_cancelled() {
     let a = lab.start("a", &["--file-upload-rate", "1000000"]);
     let b = lab.start("b", &["--bootstrap", &a.tcp_addr()]);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
-    a.json(&["send", &b_id, "hello"]);
-    poll("A's hello to reach B", ARRIVAL, || {
-        let (code, out, _) = b.cli(&["history", &a_id, "--json"]);
-        (code == 0 && out.contains("hello")).then_some(())
-    });
-    b.ok(&["accept", &a_id]);
+    accepted_by(&a, &b);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("slow.bin");
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let bytes: Vec<u8> = (0..8_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = noise(8_000_000, 0x1234_5678_9abc_def1u64);
     std::fs::write(&path, &bytes).unwrap();
     let sent = a.json(&["send-file", &b_id, path.to_str().unwrap()]);
     let file_id = sent["file_id"].as_str().unwrap().to_owned();

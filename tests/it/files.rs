@@ -637,6 +637,40 @@ fn blob_files(node: &TestNode, hash: &[u8; 32]) -> Vec<String> {
 }
 
 /// Waits until `node` is downloading file `id` and has some of it, not all.
+/// A slow pair (see [`slow_pair`]) with an 8 MB file from A to B that B has received part of.
+struct PartWay {
+    a: TestNode,
+    b: TestNode,
+    /// Where the file was written (kept for the test's other files).
+    dir: tempfile::TempDir,
+    id: kith_service::MessageId,
+    hash: [u8; 32],
+    /// Ciphertext size.
+    size: u64,
+}
+
+async fn part_way_transfer(name: &str, seed: u64) -> PartWay {
+    let (a, b) = slow_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, random_bytes(8_000_000, seed)).unwrap();
+    let sent = a
+        .node()
+        .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
+        .await
+        .unwrap();
+    let id = sent.sent.id;
+    wait_part_way(&b, &id).await;
+    PartWay {
+        a,
+        b,
+        dir,
+        id,
+        hash: sent.file.offer.hash,
+        size: sent.file.offer.size,
+    }
+}
+
 async fn wait_part_way(node: &TestNode, id: &kith_service::MessageId) -> FileReport {
     poll_until("a part of the file to arrive", ARRIVAL, POLL, async || {
         node.node().file(id).ok().filter(|f| {
@@ -665,18 +699,14 @@ async fn wait_settled(node: &TestNode, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_download_stops_for_good_and_its_partial_ciphertext_is_deleted() {
-    let (a, b) = slow_pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("film.bin");
-    std::fs::write(&path, random_bytes(8_000_000, 11)).unwrap();
-    let sent = a
-        .node()
-        .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
-        .await
-        .unwrap();
-    let id = sent.sent.id;
-    let hash = sent.file.offer.hash;
-    wait_part_way(&b, &id).await;
+    let PartWay {
+        a,
+        b,
+        dir,
+        id,
+        hash,
+        size,
+    } = part_way_transfer("film.bin", 11).await;
     assert!(!blob_files(&b, &hash).is_empty(), "B keeps no partial blob");
 
     let cancelled = b.node().cancel_file(&id).await.unwrap();
@@ -704,7 +734,7 @@ async fn a_cancelled_download_stops_for_good_and_its_partial_ciphertext_is_delet
     // A stops sending, and nothing asks for the file again: not now, not after B restarts.
     let sent_then = wait_settled(&a, "kith_blob_bytes_sent_total").await;
     assert!(
-        sent_then < sent.file.offer.size as f64,
+        sent_then < size as f64,
         "A sent the whole file ({sent_then} bytes) before the cancel took effect"
     );
     let b = b.restart(vec![a.tcp_addr()]).await.unwrap();
@@ -747,18 +777,14 @@ async fn a_cancelled_download_stops_for_good_and_its_partial_ciphertext_is_delet
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_upload_is_no_longer_served() {
-    let (a, b) = slow_pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("draft.bin");
-    std::fs::write(&path, random_bytes(8_000_000, 12)).unwrap();
-    let sent = a
-        .node()
-        .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
-        .await
-        .unwrap();
-    let id = sent.sent.id;
-    let hash = sent.file.offer.hash;
-    wait_part_way(&b, &id).await;
+    let PartWay {
+        a,
+        b,
+        dir: _dir,
+        id,
+        hash,
+        size,
+    } = part_way_transfer("draft.bin", 12).await;
 
     let cancelled = a.node().cancel_file(&id).await.unwrap();
     assert_eq!(cancelled.state, FileState::Cancelled);
@@ -794,7 +820,7 @@ async fn a_cancelled_upload_is_no_longer_served() {
     .await
     .unwrap();
     assert!(
-        got_then < sent.file.offer.size,
+        got_then < size,
         "B got the whole file ({got_then} bytes) before the cancel took effect"
     );
     a.shutdown().await.unwrap();
