@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! send:    member? → our Megolm session (new after a removal or every ROTATE_EVERY messages;
-//!          its key queued over Olm to members who lack it) → encrypt → sign envelope →
+//!          its key queued over Olm to members who lack it, exported from the first message we
+//!          wrote after they were added) → encrypt → sign envelope →
 //!          envelope + history + next seq + Megolm state in one transaction → flush → publish
 //! receive: gossipsub holds it → signature → known group → sender is a member → not held yet →
 //!          decrypt (or hold until the sender's key arrives) → store + flush → Accept (forward)
