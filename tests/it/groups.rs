@@ -69,7 +69,7 @@ async fn group_of(title: &str, admin: &TestNode, others: &[&TestNode]) -> String
             .unwrap();
     }
     for other in others {
-        join_when_invited(other.node(), &id).await;
+        join_when_invited(other.node(), &id, ARRIVAL).await;
     }
     // Member-list updates travel as direct messages; a member sending before it knows of another
     // member does not share its key with it (that member reads it from its next message on).
@@ -87,10 +87,11 @@ async fn group_of(title: &str, admin: &TestNode, others: &[&TestNode]) -> String
     id
 }
 
-async fn join_when_invited(node: &Node, id: &str) {
+/// Waits (up to `within`) until `node` holds the invitation to group `id`, then joins it.
+pub(crate) async fn join_when_invited(node: &Node, id: &str, within: Duration) {
     wait_until(
         &format!("{} to receive the invitation to {id}", node.peer_id()),
-        ARRIVAL,
+        within,
         POLL,
         async || {
             node.group_invitations()

@@ -25,13 +25,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
-use kith_net::{Config, ConnectionBudget, DhtMode, Keypair, Multiaddr};
-use kith_service::{GroupMessage, MessageEvent, Node, Options};
-use kith_store::{Store, StoreConfig};
-use libp2p::multiaddr::Protocol;
+use kith_net::{Keypair, Multiaddr};
+use kith_service::{GroupMessage, MessageEvent, Node};
+use kith_store::StoreConfig;
+use kith_testkit::Transports;
 use tempfile::TempDir;
 
-use crate::harness::{NETWORK_ID, POLL, STEP, holds_for, poll_until, wait_until};
+use crate::harness::{NETWORK_ID, POLL, STEP, holds_for, wait_until};
 
 /// Members, the admin included.
 const MEMBERS: usize = 200;
@@ -54,18 +54,6 @@ struct Member {
     _home: TempDir,
 }
 
-fn reduced_options() -> Options {
-    let mut options = Options {
-        republish_every: Duration::from_secs(3600),
-        first_republish_after: Duration::from_secs(3600),
-        group_sync_every: Duration::from_secs(10),
-        dm_rate: (1e9, 1e9),
-        ..Options::default()
-    };
-    options.name_rules.difficulty = crate::harness::TEST_NAME_DIFFICULTY;
-    options
-}
-
 async fn start(bootstrap: Vec<Multiaddr>) -> Result<Member> {
     let home = tempfile::Builder::new()
         .prefix("kith-it-scale-")
@@ -73,40 +61,16 @@ async fn start(bootstrap: Vec<Multiaddr>) -> Result<Member> {
         .context("creating a temporary home")?;
     let mut store_config = StoreConfig::default().with_cache_capacity(1024 * 1024);
     store_config.flush_every_ms = None;
-    let store = Store::open(home.path().join("db"), &store_config).context("opening a store")?;
-    let mut config = Config::new(Keypair::generate_ed25519())
-        .with_network_id(NETWORK_ID)
-        .with_mdns(false)
-        .with_dht_mode(DhtMode::Server)
-        .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse()?])
-        .with_bootstrap(bootstrap)
-        .with_connections(ConnectionBudget {
-            low: 24,
-            high: 32,
-            // The query timeout: the connection manager cannot see a Kademlia walk's requests,
-            // and must not close its connections before it ends (see kith-bench's cluster.rs).
-            grace: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(20),
-        });
-    config.idle_timeout = Duration::from_secs(5);
-    config.query_timeout = Duration::from_secs(20);
-    config.event_buffer = 64;
-    config.command_buffer = 16;
-    let node = tokio::time::timeout(STEP, Node::start_with(config, store, reduced_options()))
-        .await
-        .context("Node::start did not return")??;
-    let peer_id = node.peer_id();
-    let addr = poll_until(
-        &format!("{peer_id} to listen"),
-        STEP,
-        Duration::from_millis(10),
-        async || {
-            let status = node.status().await.ok()?;
-            let addr = status.net.listen_addrs.first()?.clone();
-            Some(addr.with(Protocol::P2p(peer_id)))
-        },
-    )
-    .await?;
+    let store = kith_testkit::open_store_at(&home.path().join("db"), &store_config)?;
+    let config = kith_testkit::scale_config(kith_testkit::loopback_config(
+        Keypair::generate_ed25519(),
+        NETWORK_ID,
+        Transports::Tcp,
+        bootstrap,
+    )?);
+    let options = kith_testkit::scale_options(crate::harness::TEST_NAME_DIFFICULTY);
+    let node = kith_testkit::start_node(config, store, options).await?;
+    let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
     Ok(Member {
         node,
         addr,
@@ -246,22 +210,7 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
     futures::stream::iter(nodes[1..].iter().copied())
         .for_each_concurrent(32, |node| {
             let id = id.clone();
-            async move {
-                wait_until(
-                    &format!("{} to receive the invitation", node.peer_id()),
-                    PHASE,
-                    POLL,
-                    async || {
-                        node.group_invitations()
-                            .unwrap()
-                            .iter()
-                            .any(|g| hex::encode(g.id) == id)
-                    },
-                )
-                .await
-                .unwrap();
-                node.join_group(&id).await.unwrap();
-            }
+            async move { crate::groups::join_when_invited(node, &id, PHASE).await }
         })
         .await;
     for node in &nodes {

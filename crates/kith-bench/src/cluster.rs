@@ -41,11 +41,6 @@ impl Kind {
     }
 }
 
-/// Connection marks of a kith node in `scale` (reduced settings).
-pub(crate) const SCALE_CONNECTIONS_LOW: usize = 24;
-/// See [`SCALE_CONNECTIONS_LOW`].
-pub(crate) const SCALE_CONNECTIONS_HIGH: usize = 32;
-
 /// Per-node settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NodeSettings {
@@ -59,7 +54,7 @@ impl NodeSettings {
         // node's bootstrap touches a large part of the network; with kith's default of 60 s those
         // connections pile up faster than a 20,000-descriptor limit allows at a hundred nodes.
         if self.reduced {
-            Duration::from_secs(5)
+            kith_testkit::SCALE_IDLE_TIMEOUT
         } else {
             Duration::from_secs(60)
         }
@@ -67,7 +62,7 @@ impl NodeSettings {
 
     fn query_timeout(self) -> Duration {
         if self.reduced {
-            Duration::from_secs(20)
+            kith_testkit::SCALE_QUERY_TIMEOUT
         } else {
             Duration::from_secs(30)
         }
@@ -252,24 +247,11 @@ impl Spawner {
         let store = opened.await.context("the store opening task failed")??;
         let mut config =
             kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?;
-        config.idle_timeout = self.settings.idle_timeout();
-        config.query_timeout = self.settings.query_timeout();
         if self.settings.reduced {
-            config.event_buffer = 64;
-            config.command_buffer = 16;
-            // The connection manager closes what gossipsub would keep open and trims to marks
-            // sized for a thousand nodes on one machine. It cannot see Kademlia's requests (kad
-            // 0.49 does not expose a query's peers), so a connection counts as unused while a
-            // walk is on it: with a 5 s grace and idle time, every walk that took longer than 5 s
-            // on a loaded machine lost its connections and its PUT step found no taker (key
-            // bundles and names at 200 nodes). Both are the query timeout, so a connection a
-            // query opened outlives the query; libp2p's own idle timeout stays raw's 5 s.
-            config = config.with_connections(kith_net::ConnectionBudget {
-                low: SCALE_CONNECTIONS_LOW,
-                high: SCALE_CONNECTIONS_HIGH,
-                grace: self.settings.query_timeout(),
-                idle_timeout: self.settings.query_timeout(),
-            });
+            config = kith_testkit::scale_config(config);
+        } else {
+            config.idle_timeout = self.settings.idle_timeout();
+            config.query_timeout = self.settings.query_timeout();
         }
         let options = self.options.clone().unwrap_or_default();
         let node = kith_testkit::start_node(config, store, options).await?;

@@ -27,6 +27,7 @@ mod network;
 mod node;
 mod poll;
 mod raw;
+mod scale;
 
 pub use kith_net::frame;
 pub use liar::LyingHolder;
@@ -39,6 +40,10 @@ pub use node::{
 };
 pub use poll::{holds_for, poll_until, wait_until};
 pub use raw::{Answer as RawAnswer, RawPeer};
+pub use scale::{
+    SCALE_CONNECTIONS_HIGH, SCALE_CONNECTIONS_LOW, SCALE_IDLE_TIMEOUT, SCALE_QUERY_TIMEOUT,
+    scale_config, scale_options,
+};
 
 /// The value of an unlabelled series in Prometheus text output.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {

@@ -64,20 +64,10 @@ const BOOTSTRAP_FANOUT: usize = 3;
 /// per registration on a machine already running a thousand nodes).
 pub(crate) const SCALE_NAME_DIFFICULTY: u8 = 8;
 
-/// Service options of kith nodes in `scale` (tests/it/scale.rs uses the same): what a join costs
-/// is a node start and its bootstrap, nothing on a timer. Name claims, key bundles and mailbox
-/// pointers are not re-published (the first run would come 3 s after every join, a DHT put walk
-/// each, a thousand of them while the network grows); the phases publish what they need.
+/// Service options of kith nodes in `scale` (tests/it/scale.rs uses the same):
+/// [`kith_testkit::scale_options`] with [`SCALE_NAME_DIFFICULTY`].
 pub(crate) fn kith_options() -> Options {
-    let mut options = Options {
-        republish_every: Duration::from_secs(3600),
-        first_republish_after: Duration::from_secs(3600),
-        group_sync_every: Duration::from_secs(10),
-        dm_rate: (1e9, 1e9),
-        ..Options::default()
-    };
-    options.name_rules.difficulty = SCALE_NAME_DIFFICULTY;
-    options
+    kith_testkit::scale_options(SCALE_NAME_DIFFICULTY)
 }
 
 /// Sizes of the scenario.
@@ -310,8 +300,8 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
         "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds; kith's connection manager closes idle connections gossipsub would keep, and trims above {} to {} connections per node); kith: nothing re-published on a timer (key bundles published by the group's members when it is set up), names with an {SCALE_NAME_DIFFICULTY}-bit proof of work; joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 30 s",
         params.nodes,
         params.budget.as_secs(),
-        crate::cluster::SCALE_CONNECTIONS_HIGH,
-        crate::cluster::SCALE_CONNECTIONS_LOW,
+        kith_testkit::SCALE_CONNECTIONS_HIGH,
+        kith_testkit::SCALE_CONNECTIONS_LOW,
     )];
     let kith_figures = match &kith {
         Ok(r) => {
