@@ -62,11 +62,14 @@ async fn more_mail_than_one_batch_is_deposited_and_arrives_once() {
     .await
     .unwrap();
     let a_id = a.peer_id().to_string();
+    // One hello, waited for until delivered: re-sending it until a send answered `Delivered`
+    // left the earlier, queued copies to be deposited with the held messages below.
+    let hello = b.node().send_text(&a_id, "hello").await.unwrap();
     wait_until("B's first message to reach A", WAIT, POLL, async || {
         b.node()
-            .send_text(&a_id, "hello")
-            .await
-            .is_ok_and(|s| s.status == MessageStatus::Delivered)
+            .message(&hello.id)
+            .unwrap()
+            .is_some_and(|m| m.status == MessageStatus::Delivered)
     })
     .await
     .unwrap();
