@@ -26,9 +26,11 @@ const STATS_EVERY_MS = 2000;
 /** A group member who joined but sent no offer by then is offered to (see `joined`). */
 const GROUP_OFFER_FALLBACK_MS = 4000;
 /**
- * The longest an offer or answer waits for our first ICE candidate, so that it carries it
- * instead of a signal of its own following one hop later (the other side needs one to connect;
- * a host candidate takes milliseconds; later ones, such as TCP's or TURN's, follow on their own).
+ * The longest an answer waits for our first ICE candidate, so that it carries it instead of a
+ * signal of its own following one hop later: the caller's page connects once it has one of our
+ * candidates (a host candidate takes milliseconds; later ones, such as TCP's or TURN's, follow
+ * on their own). An offer does not wait: the callee applies it while our candidates travel
+ * behind it, and the caller's gathering starts while its page is busiest (media opening).
  */
 const FIRST_CANDIDATE_MS = 50;
 /** The most participants of a call, us included (a full mesh). */
@@ -235,6 +237,8 @@ function finish(report, error = '') {
   c.phase = 'ended';
   closeAll();
   publish();
+  // The next call's ICE servers are asked for now if the ones held are getting old.
+  configuration();
   if (c.report && c.report.peer && !c.report.group) afterCall(c.report.peer);
   clearTimeout(endTimer);
   endTimer = setTimeout(() => {
@@ -266,17 +270,44 @@ export function dismissCall() {
 }
 
 /**
- * The RTCConfiguration: the node's STUN/TURN servers, relay-only when it says so. Asked for on
- * every call: TURN credentials are short-lived.
+ * How long an answer of `GET /v1/calls/ice` is used. TURN credentials are short-lived, but the
+ * node renews them an hour (or half their life) before they expire, so a minute-old answer is
+ * still good; asking on every click put one request before every call's offer.
  */
-async function configuration() {
-  try {
-    const ice = await api.iceConfig();
-    return { iceServers: ice.ice_servers || [], iceTransportPolicy: ice.relay_only ? 'relay' : 'all' };
-  } catch {
-    // No TURN known (or an older node): direct connections only.
+const ICE_FRESH_MS = 60_000;
+/** After this age the answer is still used, and a fresh one is asked for beside it. */
+const ICE_RENEW_MS = 30_000;
+/** `{ at, config }`: the last RTCConfiguration asked for (a promise), and when. */
+let iceCache = null;
+
+/** The RTCConfiguration from the node: its STUN/TURN servers, relay-only when it says so. */
+async function askConfiguration() {
+  const ice = await api.iceConfig();
+  return { iceServers: ice.ice_servers || [], iceTransportPolicy: ice.relay_only ? 'relay' : 'all' };
+}
+
+function renewConfiguration() {
+  const entry = { at: Date.now(), config: null };
+  entry.config = askConfiguration().catch(() => {
+    // No TURN known, an older node, or the node is away: direct connections only, and the
+    // next call asks again.
+    if (iceCache === entry) iceCache = null;
     return { iceServers: [] };
-  }
+  });
+  iceCache = entry;
+  return entry.config;
+}
+
+/**
+ * The RTCConfiguration for a call: the one asked for in the last minute (see `ICE_FRESH_MS`),
+ * or a fresh one. Asked for ahead of need when the event socket connects and after each call.
+ */
+function configuration() {
+  const age = iceCache ? Date.now() - iceCache.at : Infinity;
+  if (age > ICE_FRESH_MS) return renewConfiguration();
+  const { config } = iceCache;
+  if (age > ICE_RENEW_MS) renewConfiguration();
+  return config;
 }
 
 /** Our microphone (and camera), falling back to audio only, then to receiving only. */
@@ -332,7 +363,7 @@ function peerEntry(peer, offerer, invited = false) {
     if (current.video) pc.addTransceiver('video', { direction: 'sendrecv' });
   }
   pc.onicecandidate = ({ candidate }) => {
-    // While an offer waits for its candidates, they go inside it (see offerTo).
+    // While an answer waits for its first candidate, they go inside it (see describe).
     if (!p.bundling) sendIce(p, candidate ? candidate.toJSON() : null);
   };
   pc.ontrack = ({ track, streams }) => {
@@ -401,12 +432,16 @@ function sendIce(p, candidate) {
   });
 }
 
-/** Sets our offer or answer and sends it with the first candidate in it (see FIRST_CANDIDATE_MS). */
+/**
+ * Sets our offer or answer and sends it: an answer with our first candidate in it (see
+ * FIRST_CANDIDATE_MS), an offer at once, its candidates following as they are gathered.
+ */
 async function describe(p) {
-  p.bundling = true;
+  const answering = p.pc.signalingState === 'have-remote-offer';
+  p.bundling = answering;
   try {
     await p.pc.setLocalDescription();
-    await firstCandidate(p.pc, FIRST_CANDIDATE_MS);
+    if (answering) await firstCandidate(p.pc, FIRST_CANDIDATE_MS);
   } finally {
     p.bundling = false;
   }
@@ -547,6 +582,8 @@ function joined(peer) {
 
 onCalls((ev) => {
   if (ev.type === 'reconnected') {
+    // The ICE servers are known before the first "Call" (see `configuration`).
+    renewConfiguration();
     resync();
     return;
   }
