@@ -832,37 +832,29 @@ impl Node {
         room: usize,
     ) -> Result<Vec<OutboxItem>, ()> {
         lock(&self.dm().dirty).remove(&peer);
-        let items = match self.store().messages().outbox_for(&peer.to_bytes()) {
-            Ok(items) => items,
+        // Chosen from the store's in-memory schedule (see `MessageStore::outbox_due` for the
+        // rules: oldest first once anything is due, mailbox-held entries at their own pace), so
+        // a long queue behind a slow recipient costs this run no decoding of the whole queue.
+        let picked = match self.store().messages().outbox_due(
+            &peer.to_bytes(),
+            now_ms(),
+            &sending,
+            room.min(BATCH),
+        ) {
+            Ok(picked) => picked,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the outbox");
                 return Err(());
             }
         };
-        let now = now_ms();
         // Call signalling past its ring timeout is dropped, never sent late.
-        let (expired, items): (Vec<OutboxItem>, Vec<OutboxItem>) = items
-            .into_iter()
-            .filter(|i| !sending.contains(&i.id))
-            .partition(|i| i.expires_ms != 0 && i.expires_ms <= now);
-        for item in expired {
+        for item in picked.expired {
             self.finish(peer, &item, Status::Failed, "expired");
         }
-        // Entries already held at the peer's mailbox wait for their own (slower) retry time:
-        // they are queued there in order, and re-sending them every round would keep the
-        // batch full of them, so nothing after the first batch would ever be deposited.
-        let mut due: Vec<OutboxItem> = items
-            .into_iter()
-            .filter(|i| !(i.deposited && i.next_attempt_ms > now))
-            .collect();
-        // Once anything for this peer is due, everything for it goes, oldest first: entries
-        // hold consecutive Olm chain steps, and delivering later steps far ahead of earlier
-        // ones would exhaust the receiver's skipped-key window.
-        if !due.iter().any(|i| i.next_attempt_ms <= now) {
+        let mut due = picked.ready;
+        if due.is_empty() {
             return Ok(Vec::new());
         }
-        due.sort_by_key(|i| i.id);
-        due.truncate(room.min(BATCH));
         let encrypted = self.encrypt_batch(peer, &mut due).await;
         let mut pending = due.into_iter();
         let ready: Vec<OutboxItem> = pending.by_ref().take(encrypted.ready).collect();

@@ -33,8 +33,8 @@ pub use groups::{
 };
 pub use mailbox::{Deposit, Mail, MailId, MailboxStats, MailboxStore, Quota};
 pub use messages::{
-    Correspondent, Incoming, Message, MessageId, MessageStore, OlmSave, OutboxItem, ReceiptKind,
-    Received, ReceivedOutcome, Status, Trust, preview,
+    Correspondent, DueEntries, Incoming, Message, MessageId, MessageStore, OlmSave, OutboxItem,
+    ReceiptKind, Received, ReceivedOutcome, Status, Trust, preview,
 };
 pub use names::{Contact, NameBook, Pin};
 pub use peers::{KnownPeer, PeerBook};

@@ -254,17 +254,48 @@ pub struct MessageStore {
     outbox: sled::Tree,
     crypto: sled::Tree,
     correspondents: sled::Tree,
-    /// Outbox entry ids by recipient, so a delivery run reads its peer's entries by point lookups
-    /// instead of decoding the whole outbox every time it goes round (once per ack when
-    /// pipelined). Built by one scan at open; every insert into the outbox adds to it after its
-    /// transaction commits. Removals are eager where cheap and otherwise lazy: an id whose entry
-    /// is gone is dropped when a lookup misses it, so a stale id costs one miss, never a result.
+    /// Outbox entry ids by recipient, with each entry's schedule, so a delivery run picks what is
+    /// due without decoding its peer's whole queue every time it goes round (once per ack when
+    /// pipelined; with a backlog of thousands behind a slow or rate-limiting recipient that was
+    /// the run's main cost). Built by one scan at open; every write of an outbox entry updates it
+    /// after its transaction commits. Removals are eager where cheap and otherwise lazy: an id
+    /// whose entry is gone is dropped when a lookup misses it, so a stale id costs one miss,
+    /// never a result.
     outbox_index: std::sync::Arc<std::sync::Mutex<OutboxIndex>>,
     path: PathBuf,
 }
 
 /// See [`MessageStore::outbox_index`].
-type OutboxIndex = std::collections::HashMap<Vec<u8>, std::collections::BTreeSet<MessageId>>;
+type OutboxIndex =
+    std::collections::HashMap<Vec<u8>, std::collections::BTreeMap<MessageId, OutboxTiming>>;
+
+/// What the delivery run's choice of entries depends on, kept in memory beside each id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OutboxTiming {
+    next_attempt_ms: u64,
+    deposited: bool,
+    expires_ms: u64,
+}
+
+impl OutboxTiming {
+    fn of(item: &OutboxItem) -> Self {
+        Self {
+            next_attempt_ms: item.next_attempt_ms,
+            deposited: item.deposited,
+            expires_ms: item.expires_ms,
+        }
+    }
+}
+
+/// What [`MessageStore::outbox_due`] picked for one recipient.
+#[derive(Debug, Default)]
+pub struct DueEntries {
+    /// Entries past their expiry (call signalling past its ring timeout): to be dropped, never
+    /// sent late.
+    pub expired: Vec<OutboxItem>,
+    /// The oldest entries to send now, in id order (empty when nothing is due yet).
+    pub ready: Vec<OutboxItem>,
+}
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -449,7 +480,11 @@ impl MessageStore {
         for entry in outbox.iter() {
             let (key, raw) = entry.map_err(|e| StoreError::from_sled(&path, e))?;
             let item = decode_item(&key, &raw)?;
-            index.entry(item.peer_id).or_default().insert(item.id);
+            let timing = OutboxTiming::of(&item);
+            index
+                .entry(item.peer_id)
+                .or_default()
+                .insert(item.id, timing);
         }
         Ok(Self {
             messages: open(MESSAGES)?,
@@ -474,8 +509,18 @@ impl MessageStore {
         let ids: Vec<MessageId> = self
             .index()
             .get(peer_id)
-            .map(|ids| ids.iter().copied().collect())
+            .map(|ids| ids.keys().copied().collect())
             .unwrap_or_default();
+        self.read_entries(peer_id, ids)
+    }
+
+    /// Reads the entries `ids` of `peer_id`'s queue by point lookups, in the order given; ids
+    /// whose entry is gone are dropped from the index.
+    fn read_entries(
+        &self,
+        peer_id: &[u8],
+        ids: Vec<MessageId>,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         let mut gone = Vec::new();
         for id in ids {
@@ -496,6 +541,83 @@ impl MessageStore {
             }
         }
         Ok(out)
+    }
+
+    /// What a delivery run for `peer_id` sends next, chosen from the in-memory schedule and read
+    /// by point lookups (only the chosen entries are decoded, whatever the queue's length):
+    ///
+    /// - entries whose `expires_ms` has passed, to be dropped;
+    /// - if any entry is due at `now_ms`, the `limit` oldest entries not in `skip` (in flight),
+    ///   leaving out those held at the recipient's mailbox and not yet due again: once anything
+    ///   for a peer is due everything for it goes, oldest first, because its entries hold
+    ///   consecutive Olm chain steps, and delivering later steps far ahead of earlier ones
+    ///   would exhaust the receiver's skipped-key window. Entries held at a mailbox wait for
+    ///   their own (slower) retry time: they are queued there in order, and sending them again
+    ///   every round would keep the batch full of them.
+    pub fn outbox_due(
+        &self,
+        peer_id: &[u8],
+        now_ms: u64,
+        skip: &std::collections::HashSet<MessageId>,
+        limit: usize,
+    ) -> Result<DueEntries, StoreError> {
+        let mut expired = Vec::new();
+        let mut chosen = Vec::new();
+        let mut any_due = false;
+        if let Some(entries) = self.index().get(peer_id) {
+            for (id, timing) in entries {
+                if skip.contains(id) {
+                    continue;
+                }
+                if timing.expires_ms != 0 && timing.expires_ms <= now_ms {
+                    expired.push(*id);
+                    continue;
+                }
+                if timing.deposited && timing.next_attempt_ms > now_ms {
+                    continue;
+                }
+                any_due |= timing.next_attempt_ms <= now_ms;
+                if chosen.len() < limit {
+                    chosen.push(*id);
+                } else if any_due {
+                    // Full, and something is due: nothing further changes the choice (an
+                    // expired entry further on is dropped when a run reaches it).
+                    break;
+                }
+            }
+        }
+        if !any_due {
+            chosen.clear();
+        }
+        Ok(DueEntries {
+            expired: self.read_entries(peer_id, expired)?,
+            ready: self.read_entries(peer_id, chosen)?,
+        })
+    }
+
+    /// Records an outbox entry's schedule after a write of it committed.
+    fn index_entry(&self, item: &OutboxItem) {
+        self.index()
+            .entry(item.peer_id.clone())
+            .or_default()
+            .insert(item.id, OutboxTiming::of(item));
+    }
+
+    /// Drops an id from the index after its entry was removed.
+    fn unindex(&self, id: &MessageId) {
+        let mut index = self.index();
+        let mut emptied = None;
+        for (peer, ids) in index.iter_mut() {
+            if ids.remove(id).is_some() {
+                if ids.is_empty() {
+                    emptied = Some(peer.clone());
+                }
+                break;
+            }
+        }
+        if let Some(peer) = emptied {
+            index.remove(&peer);
+        }
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
@@ -537,10 +659,7 @@ impl MessageStore {
                 })
         })
         .map_err(|e| self.tx_err(e))?;
-        self.index()
-            .entry(item.peer_id.clone())
-            .or_default()
-            .insert(item.id);
+        self.index_entry(item);
         Ok(())
     }
 
@@ -557,15 +676,23 @@ impl MessageStore {
                 Ok(())
             })
         })
-        .map_err(|e| self.tx_err(e))
+        .map_err(|e| self.tx_err(e))?;
+        for item in items {
+            self.index_entry(item);
+        }
+        Ok(())
     }
 
-    /// Updates attempt count and time of an outbox entry (if it is still there).
+    /// Updates attempt count and time of an outbox entry if it is still there (in one atomic
+    /// step: an entry completed meanwhile stays gone).
     pub fn reschedule(&self, item: &OutboxItem) -> Result<(), StoreError> {
-        if self.outbox.contains_key(item.id).map_err(|e| self.err(e))? {
-            self.outbox
-                .insert(&item.id[..], encode_item(item))
-                .map_err(|e| self.err(e))?;
+        let encoded = encode_item(item);
+        let was = self
+            .outbox
+            .fetch_and_update(item.id, |old| old.map(|_| encoded.clone()))
+            .map_err(|e| self.err(e))?;
+        if was.is_some() {
+            self.index_entry(item);
         }
         Ok(())
     }
@@ -617,6 +744,7 @@ impl MessageStore {
             }
         }
         self.outbox.remove(&id[..]).map_err(|e| self.err(e))?;
+        self.unindex(id);
         Ok(())
     }
 

@@ -316,6 +316,68 @@ fn outbox_for_reads_one_peers_entries_in_id_order_and_survives_a_reopen() {
     assert_eq!(store.messages().outbox_for(b"amy").unwrap().len(), 1);
 }
 
+/// Issue 16: a delivery run picks what is due from the in-memory schedule, with the same rules
+/// as reading the whole queue did, and sees every later write of an entry's schedule.
+#[test]
+fn outbox_due_picks_the_oldest_entries_once_anything_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_000;
+    let none = std::collections::HashSet::new();
+    let due_ids = |db: &MessageStore, skip: &std::collections::HashSet<MessageId>, limit| {
+        let due = db.outbox_due(b"bob", now, skip, limit).unwrap();
+        let ids = |items: &[OutboxItem]| items.iter().map(|i| i.id).collect::<Vec<_>>();
+        (ids(&due.expired), ids(&due.ready))
+    };
+    {
+        let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let db = store.messages();
+        // 1: waiting (not yet due); 2: held at a mailbox, not due again yet; 3: a call signal
+        // past its expiry; 4: waiting; another peer's entry, due.
+        for (n, next, deposited, expires) in [
+            (1, now + 500, false, 0),
+            (2, now + 500, true, 0),
+            (3, 0, false, now - 1),
+            (4, now + 900, false, 0),
+        ] {
+            let (m, mut o) = outgoing(n, b"bob");
+            o.next_attempt_ms = next;
+            o.deposited = deposited;
+            o.expires_ms = expires;
+            db.enqueue(Some(&m), &o).unwrap();
+        }
+        let (m, o) = outgoing(9, b"amy");
+        db.enqueue(Some(&m), &o).unwrap();
+        // Nothing of Bob's is due: nothing to send, and the expired signal is still reported.
+        assert_eq!(due_ids(db, &none, 10), (vec![id(3)], vec![]));
+        // Entry 4 becomes due: everything not held at the mailbox goes, oldest first.
+        let mut four = db.outbox_for(b"bob").unwrap().pop().unwrap();
+        assert_eq!(four.id, id(4));
+        four.next_attempt_ms = now;
+        db.reschedule(&four).unwrap();
+        assert_eq!(due_ids(db, &none, 10), (vec![id(3)], vec![id(1), id(4)]));
+        assert_eq!(due_ids(db, &none, 1), (vec![id(3)], vec![id(1)]));
+        // In flight: skipped (and with entry 4 in flight, nothing left is due).
+        let flying: std::collections::HashSet<MessageId> = [id(4)].into();
+        assert_eq!(due_ids(db, &flying, 10), (vec![id(3)], vec![]));
+        // Completed entries are gone at once.
+        db.complete(&id(3), Status::Failed, "expired", now).unwrap();
+        db.complete(&id(1), Status::Delivered, "", now).unwrap();
+        assert_eq!(due_ids(db, &none, 10), (vec![], vec![id(4)]));
+        // A reschedule of an entry completed meanwhile does not bring it back.
+        let (_, mut one) = outgoing(1, b"bob");
+        one.next_attempt_ms = 0;
+        db.reschedule(&one).unwrap();
+        assert_eq!(due_ids(db, &none, 10), (vec![], vec![id(4)]));
+        assert!(db.outbox_for(b"bob").unwrap().iter().all(|i| i.id != id(1)));
+        store.db_flush_for_tests();
+    }
+    // Reopened: the schedule is rebuilt from the tree.
+    let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+    assert_eq!(due_ids(store.messages(), &none, 10), (vec![], vec![id(4)]));
+    let amy = store.messages().outbox_due(b"amy", now, &none, 10).unwrap();
+    assert_eq!(amy.ready.len(), 1);
+}
+
 /// Issue 12: reading or marking read a conversation that does not exist creates nothing.
 #[test]
 fn reading_or_marking_read_a_strangers_conversation_creates_nothing() {
