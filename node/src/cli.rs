@@ -394,6 +394,11 @@ pub(crate) struct RunArgs {
     /// Where the local API listens. Must be a loopback address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub(crate) api_addr: SocketAddr,
+    /// Most direct messages a second accepted from one peer, after a burst of five seconds'
+    /// worth (at least 1,000); a faster sender is told to slow down and its node retries. A flood
+    /// limit: raise it for a bot or service account that one node writes to heavily.
+    #[arg(long, default_value_t = 200, value_name = "PER_SEC")]
+    pub(crate) peer_message_rate: u32,
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
                 urls: urls.clone(),
                 ttl: Duration::from_secs(12 * 3600),
             }),
+        dm_rate: peer_message_rate(args.peer_message_rate),
         ..kith_service::Options::default()
     };
     let node = Node::start_with(config, store, options)
@@ -315,5 +316,27 @@ async fn wait_for_stop(node: &Node) {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         () = terminate => tracing::info!("terminated"),
         () = node.shutdown_requested() => {},
+    }
+}
+
+/// The per-peer inbound limit (burst, per second) for `--peer-message-rate`: five seconds' worth
+/// of burst, never less than 1,000 (the default 200/s gives the service's default (1000, 200)).
+fn peer_message_rate(per_sec: u32) -> (f64, f64) {
+    let per_sec = f64::from(per_sec.max(1));
+    ((per_sec * 5.0).max(1000.0), per_sec)
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::peer_message_rate;
+
+    #[test]
+    fn the_default_rate_is_the_services_default_and_the_burst_scales() {
+        assert_eq!(
+            peer_message_rate(200),
+            kith_service::Options::default().dm_rate
+        );
+        assert_eq!(peer_message_rate(10_000), (50_000.0, 10_000.0));
+        assert_eq!(peer_message_rate(0), (1000.0, 1.0));
     }
 }

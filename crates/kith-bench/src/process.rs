@@ -213,6 +213,9 @@ impl KithRun {
             .arg(&home)
             .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--dht-mode", "server"])
+            // The message path is measured, not the per-peer flood limit (200/s by default),
+            // which a steady 1,000/s from one peer would hit by design.
+            .args(["--peer-message-rate", "100000"])
             .arg("--bootstrap-file")
             .arg(&bootstrap_file)
             .arg("--json")
