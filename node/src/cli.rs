@@ -26,6 +26,21 @@ pub(crate) struct Global {
     pub(crate) json: bool,
 }
 
+/// What `kith send-file` and `kith group send-file` send besides the file (the same flags for
+/// a person and a group).
+#[derive(Debug, Default, Args)]
+pub(crate) struct FileArgs {
+    /// Text shown with it.
+    #[arg(long)]
+    pub(crate) caption: Option<String>,
+    /// A photo filter (see `kith filters`).
+    #[arg(long)]
+    pub(crate) filter: Option<String>,
+    /// Send a photo's own bytes, not re-encoded (metadata still stripped).
+    #[arg(long)]
+    pub(crate) original: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create the home directory and identity if missing; print the peer id.
@@ -75,15 +90,8 @@ pub(crate) enum Command {
         to: String,
         /// The file.
         path: std::path::PathBuf,
-        /// Text shown with it.
-        #[arg(long)]
-        caption: Option<String>,
-        /// A photo filter (see `kith filters`).
-        #[arg(long)]
-        filter: Option<String>,
-        /// Send a photo's own bytes, not re-encoded (metadata still stripped).
-        #[arg(long)]
-        original: bool,
+        #[command(flatten)]
+        options: FileArgs,
     },
     /// List files sent and received, optionally with one person (`kith files cancel ID` stops a
     /// transfer).
@@ -206,15 +214,8 @@ pub(crate) enum GroupCommand {
         group: String,
         /// The file.
         path: std::path::PathBuf,
-        /// Text shown with it.
-        #[arg(long)]
-        caption: Option<String>,
-        /// A photo filter (see `kith filters`).
-        #[arg(long)]
-        filter: Option<String>,
-        /// Send a photo's own bytes, not re-encoded (metadata still stripped).
-        #[arg(long)]
-        original: bool,
+        #[command(flatten)]
+        options: FileArgs,
     },
     /// Shows a group's messages, oldest first.
     History {

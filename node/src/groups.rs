@@ -23,15 +23,12 @@ pub(crate) async fn group(home: &Home, cmd: GroupCommand, json: bool) -> anyhow:
         }
         GroupCommand::List => {
             let groups = client.groups().await.map_err(err)?;
-            if json {
-                outln!("{}", serde_json::to_string(&groups)?);
-            } else if groups.is_empty() {
-                outln!("no groups yet; create one with `kith group create <title>`");
-            } else {
-                for g in &groups {
-                    outln!("{}", group_line(g));
-                }
-            }
+            crate::print_list(
+                json,
+                &groups,
+                "no groups yet; create one with `kith group create <title>`",
+                |g| outln!("{}", group_line(g)),
+            )?;
         }
         GroupCommand::Invite { group, who } => {
             let g = client.invite_to_group(&group, &who).await.map_err(err)?;
@@ -93,15 +90,8 @@ pub(crate) async fn group(home: &Home, cmd: GroupCommand, json: bool) -> anyhow:
         GroupCommand::SendFile {
             group,
             path,
-            caption,
-            filter,
-            original,
+            options,
         } => {
-            let options = crate::messages::FileOptions {
-                caption,
-                filter,
-                original,
-            };
             let to = crate::messages::FileTarget::Group(&group);
             crate::messages::send_file(home, to, &path, options, json).await?;
         }

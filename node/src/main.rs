@@ -10,6 +10,24 @@ macro_rules! outln {
     }};
 }
 
+/// Prints a listing: `items` as one JSON array with `--json`, otherwise `empty` (which says how
+/// to add one) when there are none, else `line` for each.
+fn print_list<T: serde::Serialize>(
+    json: bool,
+    items: &[T],
+    empty: &str,
+    line: impl Fn(&T),
+) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string(items)?);
+    } else if items.is_empty() {
+        outln!("{empty}");
+    } else {
+        items.iter().for_each(line);
+    }
+    Ok(())
+}
+
 mod chat;
 mod cli;
 mod commands;
@@ -102,18 +120,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Calls { limit } => commands::calls(&home, limit, json).await,
         Command::Invite { no_qr } => names::invite(&home, no_qr, json).await,
         Command::Send { to, text } => messages::send(&home, &to, &text, json).await,
-        Command::SendFile {
-            to,
-            path,
-            caption,
-            filter,
-            original,
-        } => {
-            let options = messages::FileOptions {
-                caption,
-                filter,
-                original,
-            };
+        Command::SendFile { to, path, options } => {
             messages::send_file(
                 &home,
                 messages::FileTarget::Person(&to),

@@ -253,13 +253,8 @@ async fn upload_progress(client: &kith_api::ApiClient, file_id: &str) {
     ));
 }
 
-/// What `kith send-file` sends besides the file.
-#[derive(Debug, Default)]
-pub(crate) struct FileOptions {
-    pub(crate) caption: Option<String>,
-    pub(crate) filter: Option<String>,
-    pub(crate) original: bool,
-}
+/// What `kith send-file` sends besides the file (the command-line flags as they are).
+pub(crate) type FileOptions = crate::cli::FileArgs;
 
 /// `kith files`.
 pub(crate) async fn files(

@@ -63,15 +63,12 @@ pub(crate) async fn name(home: &Home, cmd: NameCommand, json_output: bool) -> an
         }
         NameCommand::List => {
             let names = client.names().await.map_err(|e| api_error(home, e))?;
-            if json_output {
-                outln!("{}", serde_json::to_string(&names)?);
-            } else if names.is_empty() {
-                outln!("this node owns no names; claim one with `kith name register NAME`");
-            } else {
-                for n in &names {
-                    print_name(n);
-                }
-            }
+            crate::print_list(
+                json_output,
+                &names,
+                "this node owns no names; claim one with `kith name register NAME`",
+                print_name,
+            )?;
         }
         NameCommand::Release { name } => {
             let report = client
@@ -193,43 +190,28 @@ pub(crate) async fn contacts(
     let client = connect(home)?;
     match cmd {
         ContactsCommand::Add { petname, target } => {
-            let c = client
-                .add_contact(&petname, &target)
-                .await
-                .map_err(|e| api_error(home, e))?;
-            if json_output {
-                outln!("{}", serde_json::to_string(&c)?);
-            } else {
-                outln!("added '{}' → {}", c.petname, c.peer_id);
-            }
+            let added = client.add_contact(&petname, &target).await;
+            print_added(added.map_err(|e| api_error(home, e))?, json_output)?;
         }
         ContactsCommand::AddInvite { invite, petname } => {
-            let c = client
-                .add_invite(&invite, petname.as_deref())
-                .await
-                .map_err(|e| api_error(home, e))?;
-            if json_output {
-                outln!("{}", serde_json::to_string(&c)?);
-            } else {
-                outln!("added '{}' → {}", c.petname, c.peer_id);
-            }
+            let added = client.add_invite(&invite, petname.as_deref()).await;
+            print_added(added.map_err(|e| api_error(home, e))?, json_output)?;
         }
         ContactsCommand::List => {
             let list = client.contacts().await.map_err(|e| api_error(home, e))?;
-            if json_output {
-                outln!("{}", serde_json::to_string(&list)?);
-            } else if list.is_empty() {
-                outln!("no contacts yet; add one with `kith contacts add PETNAME NAME`");
-            } else {
-                for c in &list {
+            crate::print_list(
+                json_output,
+                &list,
+                "no contacts yet; add one with `kith contacts add PETNAME NAME`",
+                |c| {
                     let via = if c.name.is_empty() {
                         String::new()
                     } else {
                         format!(" (name '{}')", c.name)
                     };
                     outln!("{:<20} {}{via}", c.petname, c.peer_id);
-                }
-            }
+                },
+            )?;
         }
         ContactsCommand::Remove { petname } => {
             client
@@ -287,6 +269,16 @@ pub(crate) async fn invite(home: &Home, no_qr: bool, json_output: bool) -> anyho
         }
     }
     outln!("Your friend adds you with: kith contacts add-invite '<link>'");
+    Ok(())
+}
+
+/// What `kith contacts add` and `add-invite` print for the contact they added.
+fn print_added(c: kith_api::ContactReport, json_output: bool) -> anyhow::Result<()> {
+    if json_output {
+        outln!("{}", serde_json::to_string(&c)?);
+    } else {
+        outln!("added '{}' → {}", c.petname, c.peer_id);
+    }
     Ok(())
 }
 

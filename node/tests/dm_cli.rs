@@ -12,12 +12,11 @@
 
 mod common;
 
-use common::{Daemon, LAB_NETWORK};
+use common::{Daemon, LAB_NETWORK, poll};
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -26,7 +25,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use kith_api::{ApiClient, ApiToken, ClientError, MessageReport, SendReport};
+use kith_api::{ApiClient, ClientError, MessageReport, SendReport};
 use serde_json::Value;
 
 /// How long two fresh nodes may take to find each other and exchange a first message.
@@ -72,31 +71,6 @@ impl Lab {
     }
 }
 
-/// What the direct-message tests ask of a node, on top of `common::Daemon`.
-impl Daemon {
-    /// A client of its API, from its `api.json` and `api.token`.
-    fn api(&self) -> ApiClient {
-        let info: Value =
-            serde_json::from_str(&fs::read_to_string(self.home.join("api.json")).unwrap()).unwrap();
-        let addr: SocketAddr = info["addr"].as_str().unwrap().parse().unwrap();
-        let token =
-            ApiToken::parse(&fs::read_to_string(self.home.join("api.token")).unwrap()).unwrap();
-        ApiClient::new(addr, token).unwrap()
-    }
-}
-
-/// Polls `what` every 200 ms until it returns `Some`, for at most `limit`.
-fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The whole conversation `node` has with `with`, oldest first (all pages).
 fn full_history(lab: &Lab, node: &Daemon, with: &str) -> Vec<MessageReport> {
     let mut all: Vec<MessageReport> = Vec::new();
@@ -104,7 +78,7 @@ fn full_history(lab: &Lab, node: &Daemon, with: &str) -> Vec<MessageReport> {
     for _ in 0..20 {
         let page = lab
             .rt
-            .block_on(node.api().history(with, PAGE, before.as_deref()))
+            .block_on(node.api_client().history(with, PAGE, before.as_deref()))
             .unwrap_or_else(|e| panic!("{}: history failed: {e}", node.name));
         let full = page.messages.len() == PAGE;
         before = page.messages.first().map(|m| m.id.clone());
@@ -142,7 +116,7 @@ fn wait_for_routing(lab: &Lab, nodes: [&Daemon; 2]) {
             &format!("{} to have a routing table peer", node.name),
             ACQUAINT_TIMEOUT,
             || {
-                let status = lab.rt.block_on(node.api().status()).ok()?;
+                let status = lab.rt.block_on(node.api_client().status()).ok()?;
                 (status.routing_table_peers >= 1).then_some(())
             },
         );
@@ -171,13 +145,17 @@ fn acquaint(lab: &Lab, sender: &Daemon, recipient: &Daemon) {
         &format!("{} to have been up 4 s", recipient.name),
         ACQUAINT_TIMEOUT,
         || {
-            let status = lab.rt.block_on(recipient.api().status()).ok()?;
+            let status = lab.rt.block_on(recipient.api_client().status()).ok()?;
             (status.uptime_secs >= 4).then_some(())
         },
     );
     let warm_up = lab
         .rt
-        .block_on(sender.api().send_message(&recipient.peer_id(), "warm-up"))
+        .block_on(
+            sender
+                .api_client()
+                .send_message(&recipient.peer_id(), "warm-up"),
+        )
         .expect("the warm-up message is accepted");
     wait_delivered(lab, sender, recipient, &warm_up.id, ACQUAINT_TIMEOUT);
     eprintln!(
@@ -480,7 +458,7 @@ fn a_killed_sender_loses_and_duplicates_nothing() {
     acquaint(&lab, &b, &a);
 
     let kill_after = 150 + jitter(300);
-    let api = b.api();
+    let api = b.api_client();
     let burst = burst_and_kill(&lab, &api, &a.peer_id(), kill_after, &mut b, Victim::Sender);
     let at_kill = full_history(&lab, &a, &b_id).len() - 1;
 
@@ -510,7 +488,7 @@ fn a_killed_recipient_loses_and_duplicates_nothing() {
     acquaint(&lab, &b, &a);
 
     let kill_after = 150 + jitter(300);
-    let api = b.api();
+    let api = b.api_client();
     let burst = burst_and_kill(&lab, &api, &a_id, kill_after, &mut a, Victim::Recipient);
     assert!(
         burst.failed.is_empty(),
@@ -550,7 +528,7 @@ fn a_sender_killed_with_a_full_outbox_delivers_it_after_restart_exactly_once() {
 
     a.stop();
     let kill_after = 150 + jitter(300);
-    let api = b.api();
+    let api = b.api_client();
     let burst = burst_and_kill(&lab, &api, &a_id, kill_after, &mut b, Victim::Sender);
     assert_eq!(burst.queued(), burst.accepted.len(), "A was offline");
 
@@ -584,7 +562,7 @@ fn an_offline_recipient_gets_queued_messages_when_it_returns_exactly_once() {
     for text in &texts {
         let report = lab
             .rt
-            .block_on(b.api().send_message(&a_id, text))
+            .block_on(b.api_client().send_message(&a_id, text))
             .unwrap_or_else(|e: ClientError| panic!("{text}: not accepted: {e}"));
         assert_eq!(report.status, "queued", "{text} with A offline");
         reports.push(report);
@@ -665,7 +643,7 @@ fn a_message_queued_for_lack_of_a_key_bundle_is_retried_within_seconds() {
     let sent = Instant::now();
     let report = lab
         .rt
-        .block_on(b.api().send_message(&a.peer_id(), "early bird"))
+        .block_on(b.api_client().send_message(&a.peer_id(), "early bird"))
         .expect("accepted");
     if report.status != "queued" {
         eprintln!("the first attempt already succeeded; nothing to retry on this run");
@@ -695,7 +673,7 @@ fn an_offline_recipient_gets_a_queued_burst_of_300_exactly_once() {
         let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let mut tasks = Vec::with_capacity(MESSAGES);
         for n in 0..MESSAGES {
-            let (api, to, permits) = (b.api().clone(), a_id.clone(), permits.clone());
+            let (api, to, permits) = (b.api_client().clone(), a_id.clone(), permits.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.unwrap();
                 api.send_message(&to, &format!("m-{n}")).await
@@ -746,7 +724,7 @@ fn a_sender_killed_between_encryptions_to_two_peers_keeps_both_sessions() {
     let send = |from: &Daemon, to: &Daemon, text: &str| {
         let report = lab
             .rt
-            .block_on(from.api().send_message(&to.peer_id(), text))
+            .block_on(from.api_client().send_message(&to.peer_id(), text))
             .unwrap_or_else(|e| panic!("{text}: not accepted: {e}"));
         wait_delivered(&lab, from, to, &report.id, ACQUAINT_TIMEOUT);
     };
@@ -760,7 +738,7 @@ fn a_sender_killed_between_encryptions_to_two_peers_keeps_both_sessions() {
     // Answered means encrypted, saved with B's sessions and flushed; kill before the next
     // encryption (to C) starts.
     lab.rt
-        .block_on(a.api().send_message(&b.peer_id(), "a to b last"))
+        .block_on(a.api_client().send_message(&b.peer_id(), "a to b last"))
         .expect("accepted");
     a.kill9();
 

@@ -252,9 +252,10 @@ fn a_recipient_killed_half_way_resumes_and_costs_at_most_a_tenth_more() {
     assert!(sent_total >= size as f64);
 }
 
-/// Whether this machine can run the private-mount-namespace test (root, `unshare`, `nsenter`).
-/// Under `CI=true` a missing piece fails the test instead of skipping it.
-fn can_use_mount_namespaces() -> bool {
+/// Whether this machine can run the private-mount-namespace test `test` (root, `unshare`,
+/// `nsenter`). Under `CI=true` a missing piece fails the test instead of skipping it
+/// ([`common::prerequisite`]).
+fn can_use_mount_namespaces(test: &str) -> bool {
     let root = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -265,15 +266,11 @@ fn can_use_mount_namespaces() -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    let ok = root && tool("unshare") && tool("nsenter");
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the full-disk test needs root, unshare and nsenter (util-linux)"
-        );
-        eprintln!("skipping: needs root, unshare and nsenter");
-    }
-    ok
+    common::prerequisite(
+        test,
+        root && tool("unshare") && tool("nsenter"),
+        "needs root, unshare and nsenter (util-linux)",
+    )
 }
 
 /// `kith run` for node `name` in a private mount namespace whose blob directory is a tmpfs of
@@ -349,7 +346,9 @@ fn start_on_small_disk(
 /// grows the transfer resumes by itself and the file is byte-identical.
 #[test]
 fn a_full_disk_pauses_the_transfer_and_it_resumes_once_space_is_freed() {
-    if !can_use_mount_namespaces() {
+    if !can_use_mount_namespaces(
+        "a_full_disk_pauses_the_transfer_and_it_resumes_once_space_is_freed",
+    ) {
         return;
     }
     let lab = common::Lab::new("kith-files-disk-", LAB_NETWORK);

@@ -11,22 +11,18 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::harness::{POLL, STEP, TestNode, wait_until};
 
-/// A node with its API served on a random loopback port.
-struct Api {
-    node: TestNode,
-    addr: SocketAddr,
-    token: ApiToken,
-    http: reqwest::Client,
+/// A node's API served on a random loopback port (the node stays its caller's); also used by
+/// the names tests that look at a node as an API client would.
+pub(crate) struct Served {
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: ApiToken,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
 
-impl Api {
-    async fn start() -> Result<Self> {
-        Self::serve(TestNode::start(Vec::new()).await?).await
-    }
-
-    async fn serve(node: TestNode) -> Result<Self> {
+impl Served {
+    /// Serves `node`'s API with a fresh token.
+    pub(crate) async fn start(node: &TestNode) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let token = ApiToken::generate()?;
@@ -40,6 +36,47 @@ impl Api {
                 let _ = stopped.await;
             },
         ));
+        Ok(Self {
+            addr,
+            token,
+            stop,
+            server,
+        })
+    }
+
+    /// A client of this API with its token.
+    pub(crate) fn client(&self) -> Result<ApiClient> {
+        Ok(ApiClient::new(self.addr, self.token.clone())?)
+    }
+
+    /// Stops the server (bounded).
+    pub(crate) async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(STEP, self.server)
+            .await
+            .context("the API server did not stop")?
+            .context("the API server task failed")?
+            .context("the API server returned an error")?;
+        Ok(())
+    }
+}
+
+/// A node with its API served on a random loopback port.
+struct Api {
+    node: TestNode,
+    addr: SocketAddr,
+    token: ApiToken,
+    http: reqwest::Client,
+    served: Served,
+}
+
+impl Api {
+    async fn start() -> Result<Self> {
+        Self::serve(TestNode::start(Vec::new()).await?).await
+    }
+
+    async fn serve(node: TestNode) -> Result<Self> {
+        let served = Served::start(&node).await?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(STEP)
@@ -47,11 +84,10 @@ impl Api {
             .context("building the HTTP client")?;
         Ok(Self {
             node,
-            addr,
-            token,
+            addr: served.addr,
+            token: served.token.clone(),
             http,
-            stop,
-            server,
+            served,
         })
     }
 
@@ -74,18 +110,13 @@ impl Api {
     }
 
     fn client(&self) -> Result<ApiClient> {
-        Ok(ApiClient::new(self.addr, self.token.clone())?)
+        self.served.client()
     }
 
     /// Stops the server (bounded), then the node.
     async fn stop(self) -> Result<()> {
         drop(self.http);
-        let _ = self.stop.send(());
-        tokio::time::timeout(STEP, self.server)
-            .await
-            .context("the API server did not stop")?
-            .context("the API server task failed")?
-            .context("the API server returned an error")?;
+        self.served.stop().await?;
         self.node.shutdown().await
     }
 }

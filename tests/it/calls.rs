@@ -592,16 +592,9 @@ async fn a_relay_hands_its_registered_users_turn_credentials_for_calls() {
         relay.node().ice_config().servers.is_empty(),
         "a relay asks nobody"
     );
-    let a = TestNode::start_with(
-        vec![relay.tcp_addr()],
-        Options {
-            mailbox_relays: vec![relay.tcp_addr()],
-            ..options()
-        },
-        Transports::Tcp,
-    )
-    .await
-    .unwrap();
+    let a = TestNode::start_with_mailbox(&relay, options())
+        .await
+        .unwrap();
     wait_until(
         "A to get TURN credentials from its relay",
         MESH * 3,

@@ -88,7 +88,10 @@ async fn ready(nodes: &[TestNode]) {
                 MESH,
                 POLL,
                 async || {
-                    let lookup = from.node().probe().get_record(bundle_key(&of.peer_id()), 1);
+                    let lookup = from
+                        .node()
+                        .probe()
+                        .get_record(kith_core::dht::bundle_key(&of.peer_id()), 1);
                     matches!(
                         tokio::time::timeout(STEP, lookup).await,
                         Ok(Ok(found)) if !found.answers.is_empty()
@@ -99,15 +102,6 @@ async fn ready(nodes: &[TestNode]) {
             .unwrap();
         }
     }
-}
-
-/// DHT key of a peer's key bundle, as kith-service computes it:
-/// `blake3("kith/keys/v1/" ‖ peer id)`.
-fn bundle_key(peer: &PeerId) -> Vec<u8> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"kith/keys/v1/");
-    hasher.update(&peer.to_bytes());
-    hasher.finalize().as_bytes().to_vec()
 }
 
 /// Bounded `send_text` that must succeed.
@@ -290,6 +284,23 @@ struct ImpostorStage {
 /// stops and a bare swarm holding its identity connects to the sender in its place, answering
 /// every direct message with `answer`: what the sender sends next reaches the test, byte for byte,
 /// and never the recipient's Olm state.
+/// Waits (at most [`STEP`]) until `node` is connected to `peer`, or no longer is.
+async fn wait_link(node: &TestNode, peer: PeerId, connected: bool, what: &str) {
+    wait_until(what, STEP, POLL, async || {
+        node.connected_peers()
+            .await
+            .is_ok_and(|p| p.contains(&peer) == connected)
+    })
+    .await
+    .unwrap();
+}
+
+/// Stops the impostor and starts the real recipient again (through `hub`).
+async fn back_from_impostor(impostor: RawPeer, recipient: StoppedNode, hub: &TestNode) -> TestNode {
+    impostor.stop().await;
+    recipient.start(vec![hub.tcp_addr()]).await.unwrap()
+}
+
 async fn impostor_stage(answer: pb::AckStatus) -> ImpostorStage {
     let mut nodes = network(3).await.into_iter();
     let (hub, sender, recipient) = (
@@ -302,34 +313,22 @@ async fn impostor_stage(answer: pb::AckStatus) -> ImpostorStage {
 
     let recipient = recipient.stop_keeping_home().await.unwrap();
     let rid = recipient.peer_id();
-    wait_until(
+    wait_link(
+        &sender,
+        rid,
+        false,
         "the sender to see the stopped recipient disconnect",
-        STEP,
-        POLL,
-        async || {
-            sender
-                .connected_peers()
-                .await
-                .is_ok_and(|p| !p.contains(&rid))
-        },
     )
-    .await
-    .unwrap();
+    .await;
     let impostor = RawPeer::start(recipient.keypair(), answer_with(answer)).unwrap();
     impostor.dial(sender.tcp_addr()).await.unwrap();
-    wait_until(
+    wait_link(
+        &sender,
+        rid,
+        true,
         "the sender to be connected to the impostor",
-        STEP,
-        POLL,
-        async || {
-            sender
-                .connected_peers()
-                .await
-                .is_ok_and(|p| p.contains(&rid))
-        },
     )
-    .await
-    .unwrap();
+    .await;
     ImpostorStage {
         hub,
         sender,
@@ -349,6 +348,30 @@ struct HeldEnvelope {
     wire: Vec<u8>,
     envelope: pb::Envelope,
     text: &'static str,
+}
+
+impl HeldEnvelope {
+    /// (hub, sender, recipient, wire, envelope, text), for the tests that use them all.
+    fn into_parts(
+        self,
+    ) -> (
+        TestNode,
+        TestNode,
+        TestNode,
+        Vec<u8>,
+        pb::Envelope,
+        &'static str,
+    ) {
+        let Self {
+            hub,
+            sender,
+            recipient,
+            wire,
+            envelope,
+            text,
+        } = self;
+        (hub, sender, recipient, wire, envelope, text)
+    }
 }
 
 async fn held_envelope() -> HeldEnvelope {
@@ -379,12 +402,7 @@ async fn held_envelope() -> HeldEnvelope {
             .all(|i| i.id != held.id),
         "the sender gave the message up"
     );
-    stage.impostor.stop().await;
-    let recipient = stage
-        .recipient
-        .start(vec![stage.hub.tcp_addr()])
-        .await
-        .unwrap();
+    let recipient = back_from_impostor(stage.impostor, stage.recipient, &stage.hub).await;
     HeldEnvelope {
         hub: stage.hub,
         sender: stage.sender,
@@ -404,6 +422,13 @@ fn tampered_variants(genuine: &pb::Envelope) -> Vec<(&'static str, Vec<u8>)> {
         change(&mut m);
         envelope(&genuine.id, m.encode_to_vec())
     };
+    // The Olm body with the byte at `at(its length)` xor-ed with `bits`.
+    let flip = |at: fn(usize) -> usize, bits: u8| {
+        with(&|m| {
+            let i = at(m.body.len());
+            m.body[i] ^= bits;
+        })
+    };
     let raw_flip = {
         let mut c = genuine.ciphertext.clone();
         let at = c.len() * 2 / 3;
@@ -413,24 +438,15 @@ fn tampered_variants(genuine: &pb::Envelope) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "last byte of the Olm message (its MAC) flipped",
-            with(&|m| {
-                let last = m.body.len() - 1;
-                m.body[last] ^= 0x01;
-            }),
+            flip(|len| len - 1, 0x01),
         ),
         (
             "a byte in the middle of the Olm message flipped",
-            with(&|m| {
-                let mid = m.body.len() / 2;
-                m.body[mid] ^= 0x80;
-            }),
+            flip(|len| len / 2, 0x80),
         ),
         (
             "a byte of the encrypted text flipped",
-            with(&|m| {
-                let at = m.body.len() - 20;
-                m.body[at] ^= 0x10;
-            }),
+            flip(|len| len - 20, 0x10),
         ),
         (
             "the Olm message truncated",
@@ -835,14 +851,7 @@ async fn unknown_senders_land_in_requests_and_blocked_ones_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_replayed_oversized_and_garbage_frames_are_refused() {
-    let HeldEnvelope {
-        hub,
-        sender,
-        recipient,
-        wire,
-        envelope: genuine,
-        text,
-    } = held_envelope().await;
+    let (hub, sender, recipient, wire, genuine, text) = held_envelope().await.into_parts();
     let rejected_before = recipient.metric(DM_REJECTED);
     let frames_before = recipient.metric(FRAMES_REJECTED);
     let mut refusals = 0.0;
@@ -1017,12 +1026,7 @@ async fn a_genuine_envelope_forwarded_by_another_peer_is_refused_and_the_message
     let wire = stage.impostor.next_frame(STEP).await.expect("no frame");
     // The sender is down while the third peer forwards, so it cannot get there first.
     let sender = stage.sender.stop_keeping_home().await.unwrap();
-    stage.impostor.stop().await;
-    let recipient = stage
-        .recipient
-        .start(vec![stage.hub.tcp_addr()])
-        .await
-        .unwrap();
+    let recipient = back_from_impostor(stage.impostor, stage.recipient, &stage.hub).await;
 
     let ack = send_raw(&stage.hub, &recipient, wire).await;
     assert_eq!(ack_status(&ack), pb::AckStatus::AckRejected, "{ack:?}");
@@ -1045,14 +1049,7 @@ async fn a_genuine_envelope_forwarded_by_another_peer_is_refused_and_the_message
 /// real sender's byte-identical envelope is still stored (no re-keying forced by a third peer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_envelope_does_not_consume_the_recipients_olm_state() {
-    let HeldEnvelope {
-        hub,
-        sender,
-        recipient,
-        wire,
-        envelope: genuine,
-        text,
-    } = held_envelope().await;
+    let (hub, sender, recipient, wire, genuine, text) = held_envelope().await.into_parts();
 
     let ack = send_raw(&hub, &recipient, wire.clone()).await;
     assert_eq!(ack_status(&ack), pb::AckStatus::AckRejected, "{ack:?}");
@@ -1076,14 +1073,7 @@ async fn a_forwarded_envelope_does_not_consume_the_recipients_olm_state() {
 /// be stored when it arrives, not be taken for a duplicate of another peer's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_peers_message_under_the_same_id_does_not_suppress_the_real_one() {
-    let HeldEnvelope {
-        hub: squatter,
-        sender,
-        recipient,
-        wire,
-        envelope: genuine,
-        text,
-    } = held_envelope().await;
+    let (squatter, sender, recipient, wire, genuine, text) = held_envelope().await.into_parts();
     let id: MessageId = genuine.id.as_slice().try_into().unwrap();
     let rid = recipient.peer_id();
 
@@ -1209,12 +1199,7 @@ async fn envelopes_carry_no_plaintext() {
     assert_eq!(second, first, "a retry re-sends the same envelope");
 
     // The real recipient comes back and gets it; both histories hold the text.
-    stage.impostor.stop().await;
-    let recipient = stage
-        .recipient
-        .start(vec![stage.hub.tcp_addr()])
-        .await
-        .unwrap();
+    let recipient = back_from_impostor(stage.impostor, stage.recipient, &stage.hub).await;
     wait_status(&stage.sender, sent.id, MessageStatus::Delivered).await;
     assert_eq!(stored(&recipient, &sent.id).unwrap().text, text);
     assert_eq!(stored(&stage.sender, &sent.id).unwrap().text, text);

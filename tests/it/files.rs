@@ -104,14 +104,30 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A file called `name` holding `bytes`, in a fresh temporary directory (removed when the
+/// returned guard drops).
+fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+/// Send options for a photo with `caption` and the preset `filter`.
+fn filtered(caption: &str, filter: &str) -> SendFileOptions {
+    SendFileOptions {
+        caption: caption.into(),
+        filter: Some(filter.into()),
+        original: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mb_file_arrives_byte_identical() {
     let (a, b) = pair().await;
     acquaint(&a, &b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("archive.bin");
     let bytes = random_bytes(20 * 1000 * 1000, 7);
-    std::fs::write(&path, &bytes).unwrap();
+    let (dir, path) = temp_file("archive.bin", &bytes);
 
     let sent = a
         .node()
@@ -170,19 +186,13 @@ fn jpeg() -> Vec<u8> {
 async fn a_filtered_photo_arrives_with_a_thumbnail_and_no_metadata() {
     let (a, b) = pair().await;
     acquaint(&a, &b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("holiday.jpeg");
-    std::fs::write(&path, jpeg()).unwrap();
+    let (dir, path) = temp_file("holiday.jpeg", &jpeg());
     let sent = a
         .node()
         .send_file(
             &b.peer_id().to_string(),
             &path,
-            SendFileOptions {
-                caption: "the beach".into(),
-                filter: Some("mono".into()),
-                original: false,
-            },
+            filtered("the beach", "mono"),
         )
         .await
         .unwrap();
@@ -214,9 +224,7 @@ async fn a_filtered_photo_arrives_with_a_thumbnail_and_no_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_from_someone_not_accepted_waits_for_the_accept() {
     let (a, b) = pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notes.txt");
-    std::fs::write(&path, b"not for strangers").unwrap();
+    let (dir, path) = temp_file("notes.txt", b"not for strangers");
     let sent = a
         .node()
         .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
@@ -380,10 +388,8 @@ async fn relay_and_pair(
 async fn a_file_for_an_offline_recipient_waits_at_its_relay_after_the_sender_stops() {
     let (relay, a, away) = relay_and_pair(Default::default()).await;
     let b_id = away.peer_id();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("while-away.bin");
     let bytes = random_bytes(3 * 1000 * 1000 + 17, 11);
-    std::fs::write(&path, &bytes).unwrap();
+    let (dir, path) = temp_file("while-away.bin", &bytes);
     let sent = a
         .node()
         .send_file(&b_id.to_string(), &path, SendFileOptions::default())
@@ -429,9 +435,7 @@ async fn a_full_relay_quota_is_a_clear_error_and_the_file_stays_queued() {
         ..Default::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("too-much.bin");
-    std::fs::write(&path, random_bytes(2_000_000, 5)).unwrap();
+    let (_dir, path) = temp_file("too-much.bin", &random_bytes(2_000_000, 5));
     let sent = a
         .node()
         .send_file(
@@ -468,45 +472,6 @@ async fn a_full_relay_quota_is_a_clear_error_and_the_file_stays_queued() {
     drop(away);
 }
 
-/// `admin` creates a group and invites the others, who join; returns its hex id once everyone
-/// knows every member.
-async fn group_of(admin: &TestNode, others: &[&TestNode]) -> String {
-    let info = admin.node().create_group("photos").await.unwrap();
-    let id = hex::encode(info.id);
-    for other in others {
-        admin
-            .node()
-            .invite_to_group(&id, &other.peer_id().to_string())
-            .await
-            .unwrap();
-    }
-    for other in others {
-        wait_until("the invitation to arrive", ARRIVAL, POLL, async || {
-            other
-                .node()
-                .group_invitations()
-                .unwrap()
-                .iter()
-                .any(|g| hex::encode(g.id) == id)
-        })
-        .await
-        .unwrap();
-        other.node().join_group(&id).await.unwrap();
-    }
-    let size = others.len() + 1;
-    for node in std::iter::once(admin).chain(others.iter().copied()) {
-        wait_until(
-            "every member to know the others",
-            ARRIVAL,
-            POLL,
-            async || node.node().group(&id).unwrap().members.len() == size,
-        )
-        .await
-        .unwrap();
-    }
-    id
-}
-
 /// A group of five: four members receive a photo from the sender; the fifth, offline when it was
 /// sent, catches up after the sender stopped and gets the photo from the other members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -518,7 +483,7 @@ async fn a_group_of_five_all_receive_a_photo_even_from_members_other_than_the_se
     let mut nodes = star_with(5, group_options, Transports::Tcp).await.unwrap();
     wait_for_mesh(&nodes, &[], MESH).await.unwrap();
     let others: Vec<&TestNode> = nodes[1..].iter().collect();
-    let id = group_of(&nodes[0], &others).await;
+    let id = crate::groups::group_of("photos", &nodes[0], &others).await;
     // A first message shares the sender's Megolm key with every member while all are online.
     nodes[0]
         .node()
@@ -536,20 +501,10 @@ async fn a_group_of_five_all_receive_a_photo_even_from_members_other_than_the_se
     }
     let late = nodes.pop().unwrap().stop_keeping_home().await.unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("group.jpeg");
-    std::fs::write(&path, jpeg()).unwrap();
+    let (dir, path) = temp_file("group.jpeg", &jpeg());
     let (sent, file, _) = nodes[0]
         .node()
-        .send_group_file(
-            &id,
-            &path,
-            SendFileOptions {
-                caption: "us".into(),
-                filter: Some("sepia".into()),
-                original: false,
-            },
-        )
+        .send_group_file(&id, &path, filtered("us", "sepia"))
         .await
         .unwrap();
     assert_eq!(file.group, Some(gid(&id)));
@@ -651,9 +606,7 @@ struct PartWay {
 
 async fn part_way_transfer(name: &str, seed: u64) -> PartWay {
     let (a, b) = slow_pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    std::fs::write(&path, random_bytes(8_000_000, seed)).unwrap();
+    let (dir, path) = temp_file(name, &random_bytes(8_000_000, seed));
     let sent = a
         .node()
         .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())
@@ -831,10 +784,8 @@ async fn a_cancelled_upload_is_no_longer_served() {
 async fn ciphertext_no_file_needs_is_collected_and_the_rest_kept() {
     let (a, b) = pair().await;
     acquaint(&a, &b).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keep.bin");
     let bytes = random_bytes(300_000, 13);
-    std::fs::write(&path, &bytes).unwrap();
+    let (dir, path) = temp_file("keep.bin", &bytes);
     let sent = a
         .node()
         .send_file(&b.peer_id().to_string(), &path, SendFileOptions::default())

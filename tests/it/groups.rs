@@ -58,7 +58,7 @@ fn gid(hex_id: &str) -> GroupId {
 }
 
 /// `admin` creates a group and invites every other node, which joins once the invitation arrived.
-async fn group_of(title: &str, admin: &TestNode, others: &[&TestNode]) -> String {
+pub(crate) async fn group_of(title: &str, admin: &TestNode, others: &[&TestNode]) -> String {
     let info = admin.node().create_group(title).await.unwrap();
     let id = hex::encode(info.id);
     for other in others {

@@ -40,16 +40,9 @@ async fn more_mail_than_one_batch_is_deposited_and_arrives_once() {
     .await
     .unwrap();
     let hub = vec![relay.tcp_addr()];
-    let a = TestNode::start_with(
-        hub.clone(),
-        Options {
-            mailbox_relays: vec![relay.tcp_addr()],
-            ..options()
-        },
-        Transports::Tcp,
-    )
-    .await
-    .unwrap();
+    let a = TestNode::start_with_mailbox(&relay, options())
+        .await
+        .unwrap();
     let b = TestNode::start_with(hub.clone(), options(), Transports::Tcp)
         .await
         .unwrap();

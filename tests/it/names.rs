@@ -23,6 +23,7 @@ use kith_net::{Multiaddr, PeerId, RequestError};
 use kith_service::{Options, ResolvedFrom, ServiceError};
 use libp2p::kad::KBucketKey;
 
+use crate::api::Served;
 use crate::harness::{
     LyingHolder, POLL, STEP, TestNode, Transports, chain_with, name_options, shutdown_all,
     star_with, wait_for_mesh, wait_until,
@@ -104,6 +105,43 @@ async fn all_alive(nodes: &[TestNode]) {
     }
 }
 
+/// A star of `n` nodes over TCP with `options`, once every node is in the mesh.
+async fn meshed_star(n: usize, options: Options) -> Vec<TestNode> {
+    let nodes = star_with(n, options, Transports::Tcp).await.unwrap();
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    nodes
+}
+
+/// Shuts down every node but `keep` and waits until it has no peers left; returns it.
+async fn alone(nodes: Vec<TestNode>, keep: PeerId) -> TestNode {
+    let (mut kept, others): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| n.peer_id() == keep);
+    shutdown_all(others).await.unwrap();
+    let node = kept.pop().unwrap();
+    wait_until("the node to have no peers", MESH, POLL, async || {
+        node.connected_peers().await.is_ok_and(|p| p.is_empty())
+    })
+    .await
+    .unwrap();
+    node
+}
+
+/// The owner of `reg`'s claim goes away for good; once the claim has lapsed, `newcomer` claims
+/// the name.
+async fn lapse_and_claim(
+    owner: TestNode,
+    reg: &kith_service::Registration,
+    newcomer: &TestNode,
+    name: &str,
+) {
+    owner.shutdown().await.unwrap();
+    let expires_at = reg.record.params().expires_at_ms;
+    tokio::time::sleep(Duration::from_millis(
+        expires_at.saturating_sub(now_ms()) + 500,
+    ))
+    .await;
+    register(newcomer, name).await.unwrap();
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -124,50 +162,6 @@ async fn isolated_claims(names: &[&str]) -> (TestNode, Vec<(Vec<u8>, Vec<u8>)>) 
         claims.push((reg.record.name().dht_key(), reg.record.to_bytes().to_vec()));
     }
     (thief, claims)
-}
-
-/// A node's API served on a random loopback port, for tests that look at it as a client would.
-struct Served {
-    addr: std::net::SocketAddr,
-    token: kith_api::ApiToken,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Served {
-    async fn start(node: &TestNode) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = kith_api::ApiToken::generate().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(kith_api::serve(
-            listener,
-            node.node().clone(),
-            token.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Served {
-            addr,
-            token,
-            stop,
-            server,
-        }
-    }
-
-    fn client(&self) -> kith_api::ApiClient {
-        kith_api::ApiClient::new(self.addr, self.token.clone()).unwrap()
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(STEP, self.server)
-            .await
-            .expect("the API server did not stop")
-            .unwrap()
-            .unwrap();
-    }
 }
 
 /// Flips the last byte of an encoded record: the last byte of its signature.
@@ -255,10 +249,7 @@ async fn a_name_registered_on_one_node_resolves_from_the_far_end_of_the_network(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_owner_keeps_its_name_and_publishes_it_again() {
-    let mut nodes = star_with(NETWORK, name_options(), Transports::Tcp)
-        .await
-        .unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let mut nodes = meshed_star(NETWORK, name_options()).await;
     let hub = nodes[0].tcp_addr();
     let owner = nodes.remove(1);
     let owner_id = owner.peer_id();
@@ -329,10 +320,7 @@ async fn a_restarted_owner_keeps_its_name_and_publishes_it_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_cannot_claim_a_held_name() {
-    let nodes = star_with(NETWORK, name_options(), Transports::Tcp)
-        .await
-        .unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let nodes = meshed_star(NETWORK, name_options()).await;
     let (owner, rival) = (&nodes[2], &nodes[7]);
     let reg = register(owner, "carol").await.unwrap();
     let created = reg.record.params().created_at_ms;
@@ -384,10 +372,7 @@ async fn forged_hijacking_and_malformed_records_pushed_into_holders_change_nothi
     let (eve_key, _) = claims[1].clone();
     thief.shutdown().await.unwrap();
 
-    let nodes = star_with(NETWORK, name_options(), Transports::Tcp)
-        .await
-        .unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let nodes = meshed_star(NETWORK, name_options()).await;
     let owner = &nodes[3];
     let reg = register(owner, "dave").await.unwrap();
     let owner_dave = reg.record.to_bytes().to_vec();
@@ -548,10 +533,7 @@ async fn lying_network() -> LyingNetwork {
     let (key, thief_bytes) = claims[0].clone();
     thief.shutdown().await.unwrap();
 
-    let honest = star_with(NETWORK, name_options(), Transports::Tcp)
-        .await
-        .unwrap();
-    wait_for_mesh(&honest, &[], MESH).await.unwrap();
+    let honest = meshed_star(NETWORK, name_options()).await;
     let owner = &honest[4];
     let reg = register(owner, "erin").await.unwrap();
     let owner_bytes = reg.record.to_bytes().to_vec();
@@ -600,6 +582,20 @@ async fn lying_network() -> LyingNetwork {
 }
 
 impl LyingNetwork {
+    /// Every answer the resolver's own lookup of the name's first key got (bounded).
+    async fn raw_answers(&self) -> kith_net::GetRecordResult {
+        tokio::time::timeout(
+            LOOKUP,
+            self.resolver
+                .node()
+                .probe()
+                .get_record(self.key.clone(), 64),
+        )
+        .await
+        .expect("get_record hung")
+        .unwrap()
+    }
+
     async fn shutdown(self) {
         for liar in self.liars {
             liar.shutdown().await.unwrap();
@@ -616,13 +612,7 @@ async fn a_lying_holder_cannot_outvote_the_holders_of_the_real_claim() {
 
     // The raw answers: the liar's forged claim and junk did arrive; the junk was dropped by the
     // resolver's own validation, the forged claim (valid on its own) was kept as an answer.
-    let raw = tokio::time::timeout(
-        LOOKUP,
-        net.resolver.node().probe().get_record(net.key.clone(), 64),
-    )
-    .await
-    .expect("get_record hung")
-    .unwrap();
+    let raw = net.raw_answers().await;
     let forged = raw
         .answers
         .iter()
@@ -656,13 +646,7 @@ async fn a_lying_holder_cannot_outvote_the_holders_of_the_real_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolvers_count_rejected_answers_in_metrics() {
     let net = lying_network().await;
-    let raw = tokio::time::timeout(
-        LOOKUP,
-        net.resolver.node().probe().get_record(net.key.clone(), 64),
-    )
-    .await
-    .expect("get_record hung")
-    .unwrap();
+    let raw = net.raw_answers().await;
     assert!(
         raw.rejected >= 1,
         "the junk answer arrived and was rejected"
@@ -683,8 +667,7 @@ async fn a_pinned_name_that_changes_key_is_a_conflict() {
     // Claims live five seconds, so an owner that goes away loses its name quickly.
     let mut options = name_options();
     options.name_rules.max_ttl = Duration::from_secs(5);
-    let mut nodes = star_with(NETWORK, options, Transports::Tcp).await.unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let mut nodes = meshed_star(NETWORK, options).await;
     let first_owner = nodes.remove(1);
     let (pinner, newcomer, bystander) = (&nodes[1], &nodes[2], &nodes[3]);
 
@@ -763,8 +746,7 @@ async fn a_pinned_name_answers_from_the_pin_and_a_key_change_found_later_is_refu
     options.name_rules.max_ttl = Duration::from_secs(5);
     // The claim lapses after 5 s; a check a second after the lookup is due by then.
     options.name_recheck_every = Duration::from_secs(1);
-    let mut nodes = star_with(5, options, Transports::Tcp).await.unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let mut nodes = meshed_star(5, options).await;
     let first_owner = nodes.remove(1);
     let (pinner, lea_owner, newcomer) = (&nodes[1], &nodes[2], &nodes[3]);
 
@@ -778,13 +760,7 @@ async fn a_pinned_name_answers_from_the_pin_and_a_key_change_found_later_is_refu
     );
 
     // The owner goes away for good and someone else claims the lapsed name.
-    first_owner.shutdown().await.unwrap();
-    let expires_at = reg.record.params().expires_at_ms;
-    tokio::time::sleep(Duration::from_millis(
-        expires_at.saturating_sub(now_ms()) + 500,
-    ))
-    .await;
-    register(newcomer, "kim").await.unwrap();
+    lapse_and_claim(first_owner, &reg, newcomer, "kim").await;
 
     // The first use after that answers from the pin and starts a check; the check's finding is
     // refused on a later use.
@@ -810,22 +786,7 @@ async fn a_pinned_name_answers_from_the_pin_and_a_key_change_found_later_is_refu
 
     // Alone, the pinner still sends to a pinned name: the message is queued, not refused.
     let pinner_id = pinner.peer_id();
-    let mut others = Vec::new();
-    let mut kept = None;
-    for node in nodes {
-        if node.peer_id() == pinner_id {
-            kept = Some(node);
-        } else {
-            others.push(node);
-        }
-    }
-    shutdown_all(others).await.unwrap();
-    let pinner = kept.unwrap();
-    wait_until("the pinner to have no peers", MESH, POLL, async || {
-        pinner.connected_peers().await.is_ok_and(|p| p.is_empty())
-    })
-    .await
-    .unwrap();
+    let pinner = alone(nodes, pinner_id).await;
     let sent = tokio::time::timeout(LOOKUP, pinner.node().send_text("lea", "are you there?"))
         .await
         .expect("a send to a pinned name hung")
@@ -847,8 +808,7 @@ async fn unknown_names_are_not_found_and_invalid_names_say_which_rule_they_break
     );
     alone.shutdown().await.unwrap();
 
-    let nodes = star_with(4, name_options(), Transports::Tcp).await.unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let nodes = meshed_star(4, name_options()).await;
     let (a, b) = (&nodes[1], &nodes[2]);
 
     match resolve(b, "nobody-here").await {
@@ -896,8 +856,7 @@ async fn unknown_names_are_not_found_and_invalid_names_say_which_rule_they_break
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_petnames_and_invites() {
-    let nodes = star_with(4, name_options(), Transports::Tcp).await.unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let nodes = meshed_star(4, name_options()).await;
     let (alice, bob, carol) = (&nodes[1], &nodes[2], &nodes[3]);
     register(alice, "alice").await.unwrap();
     register(carol, "carol").await.unwrap();
@@ -1027,8 +986,7 @@ async fn contacts_petnames_and_invites() {
 /// the network, and says so when it cannot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_name_resolves_without_the_network_and_fresh_asks_it() {
-    let nodes = star_with(4, name_options(), Transports::Tcp).await.unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let nodes = meshed_star(4, name_options()).await;
     let (owner, pinner) = (&nodes[1], &nodes[2]);
     let reg = register(owner, "mia").await.unwrap();
     let cold = resolve(pinner, "mia").await.unwrap();
@@ -1041,22 +999,7 @@ async fn a_pinned_name_resolves_without_the_network_and_fresh_asks_it() {
 
     // Everyone else goes away.
     let pinner_id = pinner.peer_id();
-    let mut others = Vec::new();
-    let mut kept = None;
-    for node in nodes {
-        if node.peer_id() == pinner_id {
-            kept = Some(node);
-        } else {
-            others.push(node);
-        }
-    }
-    shutdown_all(others).await.unwrap();
-    let pinner = kept.unwrap();
-    wait_until("the pinner to have no peers", MESH, POLL, async || {
-        pinner.connected_peers().await.is_ok_and(|p| p.is_empty())
-    })
-    .await
-    .unwrap();
+    let pinner = alone(nodes, pinner_id).await;
 
     // Alone, the pinned name still resolves, with what the last lookup found.
     let warm = resolve(&pinner, "MIA").await.unwrap();
@@ -1104,8 +1047,7 @@ async fn a_key_change_found_in_the_background_is_the_next_answer_and_an_api_even
     let mut options = name_options();
     options.name_rules.max_ttl = Duration::from_secs(5);
     options.name_recheck_every = Duration::from_secs(1);
-    let mut nodes = star_with(5, options, Transports::Tcp).await.unwrap();
-    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let mut nodes = meshed_star(5, options).await;
     let first_owner = nodes.remove(1);
     let (pinner, newcomer) = (&nodes[1], &nodes[2]);
     let reg = register(&first_owner, "noa").await.unwrap();
@@ -1113,9 +1055,9 @@ async fn a_key_change_found_in_the_background_is_the_next_answer_and_an_api_even
     assert_eq!(resolve(pinner, "noa").await.unwrap().peer_id, first_id);
 
     // The pinner's API, and a client listening to its events.
-    let served = Served::start(pinner).await;
+    let served = Served::start(pinner).await.unwrap();
     let (addr, token) = (served.addr, served.token.clone());
-    let api = served.client();
+    let api = served.client().unwrap();
     let mut request = format!("ws://{addr}/v1/events?token={}", token.as_str())
         .into_client_request()
         .unwrap();
@@ -1126,12 +1068,7 @@ async fn a_key_change_found_in_the_background_is_the_next_answer_and_an_api_even
     let (mut events, _) = tokio_tungstenite::connect_async(request).await.unwrap();
 
     // The owner goes away for good and someone else claims the lapsed name.
-    first_owner.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(
-        reg.record.params().expires_at_ms.saturating_sub(now_ms()) + 500,
-    ))
-    .await;
-    register(newcomer, "noa").await.unwrap();
+    lapse_and_claim(first_owner, &reg, newcomer, "noa").await;
 
     // The pinned name still answers from the pin (its claim has lapsed, so the pin alone) and
     // starts a check; the check's finding is the answer from then on.
@@ -1182,7 +1119,7 @@ async fn a_key_change_found_in_the_background_is_the_next_answer_and_an_api_even
     ));
 
     drop(events);
-    served.stop().await;
+    served.stop().await.unwrap();
     shutdown_all(nodes).await.unwrap();
 }
 
@@ -1198,8 +1135,8 @@ async fn the_owners_doctor_report_shows_a_rival_claim_with_its_holders() {
     wait_for_mesh(&theirs, &[], MESH).await.unwrap();
     let (owner, rival) = (&ours[1], &theirs[1]);
     register(owner, "ivy").await.unwrap();
-    let served = Served::start(owner).await;
-    let api = served.client();
+    let served = Served::start(owner).await.unwrap();
+    let api = served.client().unwrap();
 
     let check = |report: &kith_api::DoctorReport| {
         report
@@ -1260,6 +1197,6 @@ async fn the_owners_doctor_report_shows_a_rival_claim_with_its_holders() {
         "the report says what to do: {report:?}"
     );
 
-    served.stop().await;
+    served.stop().await.unwrap();
     shutdown_all(everyone).await.unwrap();
 }

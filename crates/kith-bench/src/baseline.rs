@@ -298,16 +298,9 @@ fn build_swarm(config: &RawConfig) -> anyhow::Result<Swarm<Behaviour>> {
         .context("TCP transport")?
         .with_quic()
         .with_behaviour(|key| {
-            let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config.set_query_timeout(query_timeout);
-            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_config,
-            );
-            kad.set_mode(Some(kad::Mode::Server));
+            let kad = server_kad(key.public().to_peer_id(), kad_config);
             let gossipsub = if full {
                 Some(gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
@@ -554,6 +547,32 @@ impl Driver {
     }
 }
 
+/// A Kademlia behaviour in server mode over an in-memory store, with `config` and a periodic
+/// bootstrap every 5 minutes: the raw baselines' DHT.
+pub(crate) fn server_kad(
+    peer_id: PeerId,
+    mut config: kad::Config,
+) -> kad::Behaviour<kad::store::MemoryStore> {
+    config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// The ready line of a raw node process: one JSON object with `peer_id` and `listen_addrs`.
+fn print_ready(node: &RawNode) {
+    let addrs: Vec<String> = node
+        .listen_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"peer_id": node.peer_id().to_string(), "listen_addrs": addrs})
+    );
+}
+
 /// The hidden `__raw-node` subcommand: one raw node with the footprint settings (TCP and QUIC on
 /// loopback, identify, Kademlia, ping, gossipsub), printing one JSON ready line and running until
 /// its standard input closes.
@@ -569,15 +588,7 @@ pub(crate) fn run_process() -> anyhow::Result<()> {
             ..RawConfig::dht("bench")
         };
         let node = RawNode::start(config).await?;
-        let addrs: Vec<String> = node
-            .listen_addrs()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"peer_id": node.peer_id().to_string(), "listen_addrs": addrs})
-        );
+        print_ready(&node);
         // The parent closes our stdin to stop us; a blocking read is the simplest portable wait.
         let (closed_tx, closed_rx) = oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -615,15 +626,7 @@ pub(crate) fn run_rr_process(connect: Option<Multiaddr>, size: usize) -> anyhow:
             ..RawConfig::dht("bench")
         };
         let node = RawNode::start(config).await?;
-        let addrs: Vec<String> = node
-            .listen_addrs()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"peer_id": node.peer_id().to_string(), "listen_addrs": addrs})
-        );
+        print_ready(&node);
         // Lines from the parent; the channel closes with stdin.
         let (lines_tx, mut lines) = mpsc::channel::<String>(4);
         std::thread::spawn(move || {

@@ -339,6 +339,52 @@ impl Cluster {
         Ok(())
     }
 
+    /// An empty cluster of full-size nodes in a fresh temporary directory named `prefix…`
+    /// (removed when the returned guard drops, which must outlive the cluster).
+    pub(crate) fn temporary(kind: Kind, prefix: &str) -> anyhow::Result<(tempfile::TempDir, Self)> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let cluster = Self::new(
+            kind,
+            NodeSettings { reduced: false },
+            dir.path().to_path_buf(),
+        );
+        Ok((dir, cluster))
+    }
+
+    /// Grows the cluster to `nodes` (at least 2) nodes as a random tree rooted at node 0,
+    /// bootstraps each once more and waits (at most `populate_wait`) until every routing table
+    /// holds at least 10 peers (or all the others).
+    pub(crate) async fn grow_tree(
+        &mut self,
+        nodes: usize,
+        populate_wait: Duration,
+        rng: &mut Rng,
+    ) -> anyhow::Result<()> {
+        let n = nodes.max(2);
+        for i in 0..n {
+            let bootstrap = if i == 0 {
+                Vec::new()
+            } else {
+                self.addr(rng.below(i)).into_iter().collect()
+            };
+            self.start_node(bootstrap)
+                .await
+                .with_context(|| format!("starting {} node {i}", self.kind().as_str()))?;
+        }
+        for i in 0..n {
+            let _ = self.bootstrap(i).await;
+        }
+        let target = (n - 1).min(10);
+        let deadline = std::time::Instant::now() + populate_wait;
+        while self.routing_summary().await?.0 < target && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    }
+
     /// Starts one more kith node with a chosen identity (`resolve.sybil` plays attackers whose
     /// ids were generated to sit next to a name's key). Fails in a raw cluster.
     pub(crate) async fn start_kith_with_keypair(

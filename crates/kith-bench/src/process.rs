@@ -192,6 +192,25 @@ pub(crate) struct KithRun {
 }
 
 impl KithRun {
+    /// Starts a receiver and a sender bootstrapped from it under a fresh temporary directory
+    /// (named `prefix…`), runs `drive(sender, receiver)` on a runtime of its own, and stops both.
+    pub(crate) fn with_pair<T>(
+        kith: &std::path::Path,
+        prefix: &str,
+        drive: impl AsyncFnOnce(&KithRun, &KithRun) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let receiver = KithRun::start(kith, dir.path(), "receiver", None)?;
+        let sender = KithRun::start(kith, dir.path(), "sender", Some(&receiver.addr))?;
+        let result = crate::scenarios::dm::runtime()?.block_on(drive(&sender, &receiver));
+        sender.stop();
+        receiver.stop();
+        result
+    }
+
     /// Starts `kith` (the binary) as `label` under `dir`, bootstrapping from `bootstrap`; returns
     /// once it printed its ready line.
     pub(crate) fn start(

@@ -77,6 +77,11 @@ impl Serialize for Figures {
     }
 }
 
+/// A duration in whole microseconds, the unit of most samples (saturating).
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Nearest-rank percentile of already sorted samples: the smallest sample with at least `p`
 /// percent of the samples at or below it. `None` for no samples.
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {

@@ -208,14 +208,7 @@ impl Client {
         bytes: Vec<u8>,
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
-        self.ask(|reply| Command::SendDm {
-            channel: Channel::Dm,
-            peer,
-            bytes,
-            addrs,
-            reply,
-        })
-        .await?
+        self.send_on(Channel::Dm, peer, bytes, addrs).await
     }
 
     /// Sends one mailbox request to a relay and waits for its answer.
@@ -225,14 +218,7 @@ impl Client {
         bytes: Vec<u8>,
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
-        self.ask(|reply| Command::SendDm {
-            channel: Channel::Mailbox,
-            peer: relay,
-            bytes,
-            addrs,
-            reply,
-        })
-        .await?
+        self.send_on(Channel::Mailbox, relay, bytes, addrs).await
     }
 
     /// Sends one `/kith/sync` request (group catch-up) to a member and waits for its page.
@@ -242,8 +228,20 @@ impl Client {
         bytes: Vec<u8>,
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
+        self.send_on(Channel::Sync, peer, bytes, addrs).await
+    }
+
+    /// One request-response round trip on `channel` (the three protocols share the codec, the
+    /// dialing and the timeout).
+    async fn send_on(
+        &self,
+        channel: Channel,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<Vec<u8>, RequestError> {
         self.ask(|reply| Command::SendDm {
-            channel: Channel::Sync,
+            channel,
             peer,
             bytes,
             addrs,

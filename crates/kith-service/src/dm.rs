@@ -25,7 +25,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use kith_core::{Backoff, MessageIds, Rate, RateLimiter};
+use kith_core::{Backoff, MessageIds, Rate, RateLimiter, dht};
 use kith_crypto::{Ciphertext, Curve25519Key, KeyBundle, OlmAccount, PickleKey};
 use kith_proto::v1 as pb;
 use kith_store::{
@@ -320,12 +320,48 @@ pub(crate) fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// DHT key of a peer's key bundle: `blake3("kith/keys/v1/" ‖ peer id)`.
-pub(crate) fn bundle_key(peer: &PeerId) -> Vec<u8> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"kith/keys/v1/");
-    hasher.update(&peer.to_bytes());
-    hasher.finalize().as_bytes().to_vec()
+/// Where the receive path hands the bodies that belong to other components (files, calls,
+/// groups), each at a fixed point of its batch. node.rs's router implements it, so this module
+/// names none of those components.
+///
+/// The points are the Olm-step invariant (ARCHITECTURE.md): file offers and call summaries while
+/// the batch is decrypted (their text is stored with the batch's messages); group controls and
+/// call signals after the batch's transaction and before its flush (call signals are acknowledged
+/// before it); a stored file offer's download after the flush.
+pub(crate) trait Handlers: Sync {
+    /// Records an incoming file offer (message `id` from `peer`); `Ok` is the message's text,
+    /// `Err` the reason the frame is rejected.
+    fn file_offer(
+        &self,
+        peer: PeerId,
+        id: MessageId,
+        offer: pb::FileOffer,
+    ) -> Result<String, String>;
+
+    /// Records a call summary; `Ok` is the message's text, `Err` why the frame is rejected.
+    fn call_summary(
+        &self,
+        peer: PeerId,
+        summary: &pb::CallSummary,
+        sent_at_ms: u64,
+    ) -> Result<String, String>;
+
+    /// Checks a call signal before it is stored; `Err` (counted as refused) rejects the frame.
+    fn admit_call_signal(&self, peer: PeerId, signal: &pb::CallSignal) -> Result<(), String>;
+
+    /// Applies a group control message (invitation, member list, Megolm key); `Err` is logged
+    /// and the frame still acknowledged.
+    fn group_control(
+        &self,
+        from: PeerId,
+        body: pb::direct_payload::Body,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+
+    /// Acts on an admitted call signal.
+    fn call_signal(&self, peer: PeerId, signal: pb::CallSignal);
+
+    /// The message carrying file offer `id` is stored and flushed: its download may start.
+    fn file_stored(&self, id: MessageId);
 }
 
 fn ack(id: &[u8], status: pb::AckStatus, reason: &str) -> pb::Ack {
@@ -558,6 +594,17 @@ impl Node {
         Ok(self.store().messages().message(id)?)
     }
 
+    /// Whether message `id` from `from` is stored as an incoming message of a conversation (a
+    /// text, a file or a call summary, not a receipt or a control body); a read error says no.
+    pub(crate) fn holds_incoming(&self, from: PeerId, id: &MessageId) -> bool {
+        self.store()
+            .messages()
+            .message_from(&from.to_bytes(), id)
+            .ok()
+            .flatten()
+            .is_some_and(|m| !m.outgoing)
+    }
+
     /// How many entries wait in the outbox (messages, receipts and control bodies not yet
     /// acknowledged): zero once everything sent has been delivered or given up.
     pub fn outbox_len(&self) -> usize {
@@ -640,15 +687,14 @@ impl Node {
             .collect())
     }
 
-    /// Accepts a sender (from requests) or unblocks a peer.
-    pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
+    /// Accepts a sender (from requests) or unblocks a peer: the direct-message part of
+    /// [`Node::accept`] (which also resumes the files that waited for it).
+    pub(crate) async fn accept_sender(&self, target: &str) -> Result<PeerId, ServiceError> {
         let peer = self.resolve_recipient(target).await?;
         self.store()
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Accepted)?;
         self.store().flush().await?;
-        // Files from someone in requests wait for this.
-        self.resume_downloads_from(peer);
         Ok(peer)
     }
 
@@ -671,25 +717,22 @@ impl Node {
             .await
             .key_bundle(&self.inner.keypair, now_ms())
             .map_err(ServiceError::Crypto)?;
-        let value = pb::DhtRecord {
-            body: Some(pb::dht_record::Body::KeyBundle(signed.to_bytes())),
-        }
-        .encode_to_vec();
+        let value = dht::key_bundle_value(signed.to_bytes());
         let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 86_400);
         Ok(self
             .net()
-            .put_record(bundle_key(&self.peer_id()), value, Some(expires))
+            .put_record(dht::bundle_key(&self.peer_id()), value, Some(expires))
             .await
             .is_ok())
     }
 
     /// Fetches and verifies a peer's key bundle from the DHT (newest valid one wins).
     async fn fetch_bundle(&self, peer: PeerId) -> Result<KeyBundle, ServiceError> {
-        let result = self.net().get_record(bundle_key(&peer), 1).await?;
+        let result = self.net().get_record(dht::bundle_key(&peer), 1).await?;
         result
             .answers
             .iter()
-            .filter_map(|a| decode_bundle(&a.value, &peer).ok())
+            .filter_map(|a| decode_bundle(&a.value, &peer))
             .max_by_key(KeyBundle::created_at_ms)
             .ok_or(ServiceError::NoKeyBundle(peer))
     }
@@ -1163,8 +1206,9 @@ impl Node {
         peer: PeerId,
         request: kith_net::DmRequestId,
         bytes: Vec<u8>,
+        handlers: &impl Handlers,
     ) {
-        let mut ack = self.receive(peer, &bytes).await;
+        let mut ack = self.receive(peer, &bytes, handlers).await;
         ack.now_ms = now_ms();
         let status = ack.status;
         if status != pb::AckStatus::AckStored as i32 && status != pb::AckStatus::AckDuplicate as i32
@@ -1177,7 +1221,14 @@ impl Node {
         }
     }
 
-    pub(crate) async fn receive(&self, peer: PeerId, bytes: &[u8]) -> pb::Ack {
+    /// Runs one envelope from `peer` (direct, or held by a mailbox relay) through the receive
+    /// pipeline; bodies for other components go to `handlers`.
+    pub(crate) async fn receive(
+        &self,
+        peer: PeerId,
+        bytes: &[u8],
+        handlers: &impl Handlers,
+    ) -> pb::Ack {
         let Ok(envelope) = pb::Envelope::decode(bytes) else {
             return ack(&[], pb::AckStatus::AckRejected, "malformed envelope");
         };
@@ -1188,7 +1239,10 @@ impl Node {
                 "message id is not 16 bytes",
             );
         };
-        match self.receive_checked(peer, id, &envelope.ciphertext).await {
+        match self
+            .receive_checked(peer, id, &envelope.ciphertext, handlers)
+            .await
+        {
             Ok(status) => ack(&id, status, ""),
             Err((status, reason)) => ack(&id, status, &reason),
         }
@@ -1199,6 +1253,7 @@ impl Node {
         peer: PeerId,
         id: MessageId,
         ciphertext: &[u8],
+        handlers: &impl Handlers,
     ) -> Result<pb::AckStatus, (pb::AckStatus, String)> {
         let internal = |e: ServiceError| {
             (
@@ -1270,7 +1325,8 @@ impl Node {
             Ok(sessions) => {
                 let batch = self.dm().take_inbound(&sender_key);
                 if !batch.is_empty() {
-                    self.receive_batch(sessions, sender_key, batch).await;
+                    self.receive_batch(sessions, sender_key, batch, handlers)
+                        .await;
                 }
             }
             Err(e) => {
@@ -1303,6 +1359,7 @@ impl Node {
         mut sessions: crate::olm_state::PeerGuard,
         sender_key: Curve25519Key,
         batch: Vec<Inbound>,
+        handlers: &impl Handlers,
     ) {
         let internal = |e: &ServiceError| {
             (
@@ -1402,7 +1459,7 @@ impl Node {
                     texts.push((message, inbound.reply));
                 }
                 Some(pb::direct_payload::Body::File(offer)) => {
-                    match self.record_incoming_file(peer, inbound.id, offer) {
+                    match handlers.file_offer(peer, inbound.id, offer) {
                         Ok(text) => {
                             let message =
                                 received_message(inbound.id, peer, text, payload.sent_at_ms);
@@ -1438,10 +1495,9 @@ impl Node {
                     }
                 }
                 Some(pb::direct_payload::Body::CallSignal(signal)) => {
-                    match Self::check_call_signal(&signal) {
+                    match handlers.admit_call_signal(peer, &signal) {
                         Ok(()) => call_signals.push((signal, inbound.reply)),
                         Err(reason) => {
-                            self.refuse_call_signal(peer, &reason);
                             let _ = inbound
                                 .reply
                                 .send(Err((pb::AckStatus::AckRejected, reason)));
@@ -1449,7 +1505,7 @@ impl Node {
                     }
                 }
                 Some(pb::direct_payload::Body::CallSummary(summary)) => {
-                    match self.on_call_summary(peer, &summary, payload.sent_at_ms) {
+                    match handlers.call_summary(peer, &summary, payload.sent_at_ms) {
                         Ok(text) => {
                             let message =
                                 received_message(inbound.id, peer, text, payload.sent_at_ms);
@@ -1532,7 +1588,7 @@ impl Node {
         for (from, body, reply) in controls {
             // A control message that makes no sense (not a member, stale list) is still
             // acknowledged: the Olm step is spent and a retry would not change the answer.
-            if let Err(reason) = self.on_group_control(from, body).await {
+            if let Err(reason) = handlers.group_control(from, body).await {
                 self.dm().rejected.inc();
                 tracing::info!(peer = %from, %reason, "ignored a group control message");
             }
@@ -1549,7 +1605,7 @@ impl Node {
         let only_call_signals =
             texts.is_empty() && receipts.is_empty() && control_replies.is_empty();
         for (signal, reply) in call_signals {
-            self.on_call_signal(peer, signal);
+            handlers.call_signal(peer, signal);
             let _ = reply.send(Ok(pb::AckStatus::AckStored));
         }
         if only_call_signals {
@@ -1581,7 +1637,7 @@ impl Node {
         }
         if flushed.is_ok() {
             for id in files {
-                self.start_download(id);
+                handlers.file_stored(id);
             }
         }
     }
@@ -1602,30 +1658,13 @@ impl Node {
         if any {
             self.dm().wake.notify_one();
         }
-        self.resume_downloads_from(peer);
     }
 }
 
-/// Decodes and verifies a key-bundle DHT value for `peer`.
-pub(crate) fn decode_bundle(value: &[u8], peer: &PeerId) -> Result<KeyBundle, String> {
-    let record = pb::DhtRecord::decode(value).map_err(|e| e.to_string())?;
-    match record.body {
-        Some(pb::dht_record::Body::KeyBundle(bytes)) => {
-            KeyBundle::verify(&bytes, peer).map_err(|e| e.to_string())
-        }
-        _ => Err("not a key bundle".into()),
-    }
-}
-
-/// Reads the peer id a key-bundle DHT value claims, without verifying it (the caller verifies).
-pub(crate) fn bundle_claimed_peer(value: &[u8]) -> Option<PeerId> {
-    let record = pb::DhtRecord::decode(value).ok()?;
-    let Some(pb::dht_record::Body::KeyBundle(bytes)) = record.body else {
-        return None;
-    };
-    let signed = pb::SignedKeyBundle::decode(bytes.as_slice()).ok()?;
-    let bundle = pb::KeyBundle::decode(signed.bundle.as_slice()).ok()?;
-    PeerId::from_bytes(&bundle.peer_id).ok()
+/// Decodes and verifies a key-bundle DHT value for `peer` (`None`: not a valid bundle of it).
+fn decode_bundle(value: &[u8], peer: &PeerId) -> Option<KeyBundle> {
+    let bytes = dht::key_bundle_bytes(value).ok()?;
+    KeyBundle::verify(&bytes, peer).ok()
 }
 
 /// The delivery worker: wakes on new outbox entries, on peers connecting, and when the earliest
@@ -1693,18 +1732,5 @@ impl Node {
             }
         }
         self.publish_key_bundle().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bundle_keys_differ_per_peer_and_from_name_keys() {
-        let a = PeerId::random();
-        let b = PeerId::random();
-        assert_ne!(bundle_key(&a), bundle_key(&b));
-        assert_eq!(bundle_key(&a).len(), 32);
     }
 }

@@ -30,6 +30,7 @@ mod names;
 mod node;
 mod olm_state;
 mod relay_blobs;
+mod router;
 #[cfg(feature = "testing")]
 mod testing;
 

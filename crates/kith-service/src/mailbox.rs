@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kith_core::dht;
 use kith_proto::v1 as pb;
 use kith_store::{MailId, OutboxItem, Quota};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
@@ -109,7 +110,6 @@ impl Default for MailboxConfig {
 }
 
 const REGISTER_CONTEXT: &[u8] = b"kith/mailbox/register/v1";
-const POINTER_CONTEXT: &[u8] = b"kith/mailbox/pointer/v1";
 
 fn registration_bytes(relay: &[u8], created_at_ms: u64) -> Vec<u8> {
     let mut out = REGISTER_CONTEXT.to_vec();
@@ -119,50 +119,10 @@ fn registration_bytes(relay: &[u8], created_at_ms: u64) -> Vec<u8> {
 }
 
 /// DHT key of a peer's mailbox pointer, `blake3("kith/mailbox/v1/" ‖ peer id)`: public so tools
-/// (benchmarks, diagnostics) can look pointers up without copying the rule.
+/// (benchmarks, diagnostics) can look pointers up without copying the rule (which is
+/// [`kith_core::dht::pointer_key`]).
 pub fn pointer_key(peer: &PeerId) -> Vec<u8> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"kith/mailbox/v1/");
-    hasher.update(&peer.to_bytes());
-    hasher.finalize().as_bytes().to_vec()
-}
-
-fn pointer_signed_bytes(p: &pb::MailboxPointer) -> Vec<u8> {
-    let mut unsigned = p.clone();
-    unsigned.signature.clear();
-    let mut out = POINTER_CONTEXT.to_vec();
-    out.extend_from_slice(&unsigned.encode_to_vec());
-    out
-}
-
-/// Verifies a mailbox pointer DHT value: signed by the peer it names, relays parse.
-pub(crate) fn verify_pointer(value: &[u8]) -> Result<(PeerId, Vec<Multiaddr>, u64), String> {
-    let record = pb::DhtRecord::decode(value).map_err(|e| e.to_string())?;
-    let Some(pb::dht_record::Body::Mailbox(pointer)) = record.body else {
-        return Err("not a mailbox pointer".into());
-    };
-    let peer = PeerId::from_bytes(&pointer.peer_id).map_err(|e| e.to_string())?;
-    let key = crate::names::public_key_of(&peer).map_err(|e| e.to_string())?;
-    if !key.verify(&pointer_signed_bytes(&pointer), &pointer.signature) {
-        return Err("mailbox pointer signature is invalid".into());
-    }
-    if pointer.relays.len() > 8 {
-        return Err("mailbox pointer names too many relays".into());
-    }
-    let relays = pointer
-        .relays
-        .iter()
-        .map(|r| Multiaddr::try_from(r.clone()).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((peer, relays, pointer.created_at_ms))
-}
-
-/// Whether a DHT value is a mailbox pointer (to dispatch validation).
-pub(crate) fn is_pointer(value: &[u8]) -> bool {
-    matches!(
-        pb::DhtRecord::decode(value).map(|r| r.body),
-        Ok(Some(pb::dht_record::Body::Mailbox(_)))
-    )
+    dht::pointer_key(peer)
 }
 
 fn response(status: pb::MailboxStatus, reason: &str) -> pb::MailboxResponse {
@@ -446,21 +406,9 @@ impl Node {
         if self.mailbox_relays().is_empty() {
             return Ok(false);
         }
-        let mut pointer = pb::MailboxPointer {
-            peer_id: self.peer_id().to_bytes(),
-            relays: self.mailbox_relays().iter().map(|a| a.to_vec()).collect(),
-            created_at_ms: now_ms(),
-            signature: Vec::new(),
-        };
-        pointer.signature = self
-            .inner
-            .keypair
-            .sign(&pointer_signed_bytes(&pointer))
-            .map_err(|e| ServiceError::Task(e.to_string()))?;
-        let value = pb::DhtRecord {
-            body: Some(pb::dht_record::Body::Mailbox(pointer)),
-        }
-        .encode_to_vec();
+        let value =
+            dht::MailboxPointer::sign(&self.inner.keypair, &self.mailbox_relays(), now_ms())
+                .map_err(|e| ServiceError::Task(e.to_string()))?;
         let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 86_400);
         Ok(self
             .net()
@@ -469,9 +417,14 @@ impl Node {
             .is_ok())
     }
 
-    /// Recipient side: registers with a relay, fetches everything waiting, runs each item through
-    /// the receive pipeline, deletes what was stored, and tells the senders. Returns items stored.
-    pub(crate) async fn sync_mailbox(&self, relay: &Multiaddr) -> Result<usize, ServiceError> {
+    /// Recipient side: registers with a relay, fetches everything waiting, hands each item to
+    /// `inbox` (the receive pipeline), deletes what was stored, and tells the senders. Returns
+    /// items stored.
+    pub(crate) async fn sync_mailbox(
+        &self,
+        relay: &Multiaddr,
+        inbox: &impl Inbox,
+    ) -> Result<usize, ServiceError> {
         let Some(relay_peer) = relay_id(relay) else {
             return Ok(0);
         };
@@ -516,7 +469,7 @@ impl Node {
             // (one transaction, one flush) instead of one at a time.
             let acks = futures::future::join_all(page.items.iter().map(|item| async move {
                 match PeerId::from_bytes(&item.from) {
-                    Ok(from) => Some((from, self.receive(from, &item.envelope).await)),
+                    Ok(from) => Some((from, inbox.receive(from, &item.envelope).await)),
                     Err(_) => None,
                 }
             }))
@@ -532,15 +485,7 @@ impl Node {
                     pb::AckStatus::AckStored | pb::AckStatus::AckDuplicate => {
                         done.push(item.id.clone());
                         let text = kith_store::MessageId::try_from(ack.id.as_slice())
-                            .ok()
-                            .and_then(|id| {
-                                self.store()
-                                    .messages()
-                                    .message_from(&from.to_bytes(), &id)
-                                    .ok()
-                                    .flatten()
-                            })
-                            .is_some_and(|m| !m.outgoing);
+                            .is_ok_and(|id| inbox.holds_incoming(from, &id));
                         if text {
                             stored += 1;
                             match receipts.iter_mut().find(|(p, _)| *p == from) {
@@ -619,10 +564,10 @@ impl Node {
         let relays = result
             .answers
             .iter()
-            .filter_map(|a| verify_pointer(&a.value).ok())
-            .filter(|(p, _, _)| *p == peer)
-            .max_by_key(|(_, _, created)| *created)
-            .map(|(_, relays, _)| relays)
+            .filter_map(|a| dht::MailboxPointer::verify(&a.value).ok())
+            .filter(|p| p.peer == peer)
+            .max_by_key(|p| p.created_at_ms)
+            .map(|p| p.relays)
             .unwrap_or_default();
         self.with_relays_of(|r| r.put(peer, relays.clone()));
         Some(relays)
@@ -749,8 +694,29 @@ impl Deposit<'_> {
     }
 }
 
+/// Where fetched mail goes: the receive pipeline, which node.rs hands over (its router), so the
+/// mailbox client does not call into direct messages.
+pub(crate) trait Inbox: Sync {
+    /// Runs one held envelope from `from` through the receive pipeline; the answer is the ack a
+    /// direct delivery would have got.
+    fn receive(
+        &self,
+        from: PeerId,
+        envelope: &[u8],
+    ) -> impl std::future::Future<Output = pb::Ack> + Send;
+
+    /// Whether message `id` from `from` is stored as an incoming message (not a receipt or a
+    /// control message): such an item earns its sender a delivery receipt.
+    fn holds_incoming(&self, from: PeerId, id: &kith_store::MessageId) -> bool;
+}
+
 /// Keeps the mailbox in sync: at start, whenever a mailbox relay connects, and every `every`.
-pub(crate) async fn mailbox_loop(inner: std::sync::Weak<crate::node::Inner>, every: Duration) {
+/// Fetched mail goes to the [`Inbox`] `make_inbox` makes for the node.
+pub(crate) async fn mailbox_loop<I: Inbox + Send>(
+    inner: std::sync::Weak<crate::node::Inner>,
+    every: Duration,
+    make_inbox: impl Fn(&Node) -> I + Send,
+) {
     let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
         return;
     };
@@ -768,8 +734,9 @@ pub(crate) async fn mailbox_loop(inner: std::sync::Weak<crate::node::Inner>, eve
             return;
         };
         let node = Node { inner: strong };
+        let inbox = make_inbox(&node);
         for relay in node.mailbox_relays() {
-            let result = node.sync_mailbox(&relay).await;
+            let result = node.sync_mailbox(&relay, &inbox).await;
             match &result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(%relay, messages = n, "fetched mail held while offline"),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use kith_core::{
-    ClaimParams, Invite, NAME_REPLICAS, Name, NameRecord, NameRules, RecordError, pow,
+    ClaimParams, Invite, NAME_REPLICAS, Name, NameRecord, NameRules, RecordError, dht, pow,
     select::{self, Answer, Verdict},
 };
 use kith_net::{RecordValidator, Validated};
@@ -202,94 +202,39 @@ impl VerifiedRecords {
 /// Most addresses put in a name record or an invite.
 const MAX_ADDRS: usize = 8;
 
-/// Holders' and resolvers' rules for DHT values, plugged into the network event loop.
+/// Holders' and resolvers' rules for DHT values, plugged into the network event loop: an adapter
+/// from kith-net's [`RecordValidator`] to [`kith_core::dht`], which holds the rules, with the
+/// node's clock, kith-crypto's key-bundle check and the memory of verified name records.
 #[derive(Debug, Clone)]
 pub(crate) struct NameValidator {
     pub(crate) rules: NameRules,
     verified: Arc<VerifiedRecords>,
 }
 
+impl dht::Verifiers for NameValidator {
+    fn key_bundle(&self, signed_bundle: &[u8], peer: &PeerId) -> Result<u64, String> {
+        kith_crypto::KeyBundle::verify(signed_bundle, peer)
+            .map(|b| b.created_at_ms())
+            .map_err(|e| e.to_string())
+    }
+
+    fn name_record(&self, value: &[u8], rules: &NameRules, now_ms: u64) -> dht::NameCheck {
+        self.verified.verify(value, rules, now_ms)
+    }
+}
+
 impl RecordValidator for NameValidator {
     fn validate(&self, key: &[u8], value: &[u8]) -> Result<Validated, String> {
-        if crate::mailbox::is_pointer(value) {
-            let (peer, _, created) = crate::mailbox::verify_pointer(value)?;
-            if crate::mailbox::pointer_key(&peer) != key {
-                return Err("mailbox pointer stored under another peer's key".into());
-            }
-            return Ok(Validated {
-                class: peer.to_bytes(),
-                expires: Some(
-                    UNIX_EPOCH + Duration::from_millis(created) + Duration::from_secs(30 * 86_400),
-                ),
-            });
-        }
-        if let Some(peer) = crate::dm::bundle_claimed_peer(value) {
-            let bundle = crate::dm::decode_bundle(value, &peer)?;
-            if crate::dm::bundle_key(&peer) != key {
-                return Err("key bundle stored under another peer's key".into());
-            }
-            return Ok(Validated {
-                class: peer.to_bytes(),
-                expires: Some(
-                    UNIX_EPOCH
-                        + Duration::from_millis(bundle.created_at_ms())
-                        + Duration::from_secs(30 * 86_400),
-                ),
-            });
-        }
-        let record = self
-            .verified
-            .verify(value, &self.rules, now_ms())
-            .map_err(|e| e.to_string())?;
-        if record.name().replica_of(key).is_none() {
-            return Err(format!(
-                "record for '{}' stored under a key that is not one of its replica keys",
-                record.name()
-            ));
-        }
+        let valid =
+            dht::validate(key, value, &self.rules, now_ms(), self).map_err(|e| e.to_string())?;
         Ok(Validated {
-            class: record.peer_id().to_bytes(),
-            expires: Some(UNIX_EPOCH + Duration::from_millis(record.params().expires_at_ms)),
+            class: valid.owner.to_bytes(),
+            expires: Some(UNIX_EPOCH + Duration::from_millis(valid.expires_at_ms)),
         })
     }
 
     fn may_replace(&self, _key: &[u8], stored: &[u8], incoming: &[u8]) -> bool {
-        if crate::mailbox::is_pointer(incoming) {
-            return match (
-                crate::mailbox::verify_pointer(stored),
-                crate::mailbox::verify_pointer(incoming),
-            ) {
-                (Ok((_, _, s)), Ok((_, _, i))) => i >= s,
-                (Err(_), Ok(_)) => true,
-                _ => false,
-            };
-        }
-        if let (Some(a), Some(b)) = (
-            crate::dm::bundle_claimed_peer(stored),
-            crate::dm::bundle_claimed_peer(incoming),
-        ) {
-            // Same key means same peer (the validator checked it); newer bundles win.
-            return match (
-                crate::dm::decode_bundle(stored, &a),
-                crate::dm::decode_bundle(incoming, &b),
-            ) {
-                (Ok(s), Ok(i)) => i.created_at_ms() >= s.created_at_ms(),
-                (Err(_), Ok(_)) => true,
-                _ => false,
-            };
-        }
-        let now = now_ms();
-        match (
-            NameRecord::verify(stored, &self.rules, now),
-            NameRecord::verify(incoming, &self.rules, now),
-        ) {
-            (Ok(stored), Ok(incoming)) => {
-                select::holder_accepts(Some(&stored), &incoming, now).is_ok()
-            }
-            // A stored record that no longer verifies (expired) may always be replaced.
-            (Err(_), Ok(_)) => true,
-            (_, Err(_)) => false,
-        }
+        dht::may_replace(stored, incoming, &self.rules, now_ms(), self)
     }
 }
 
@@ -1167,13 +1112,9 @@ fn peer_from_bytes(bytes: &[u8]) -> Result<PeerId, ServiceError> {
     })
 }
 
-/// Ed25519 peer ids embed the public key (identity multihash).
+/// Ed25519 peer ids embed the public key (identity multihash; [`dht::public_key_of`]).
 pub(crate) fn public_key_of(peer: &PeerId) -> Result<PublicKey, ServiceError> {
-    let multihash = peer.as_ref();
-    if multihash.code() != 0 {
-        return Err(ServiceError::NoPublicKey(*peer));
-    }
-    PublicKey::try_decode_protobuf(multihash.digest()).map_err(|_| ServiceError::NoPublicKey(*peer))
+    dht::public_key_of(peer).ok_or(ServiceError::NoPublicKey(*peer))
 }
 
 #[cfg(test)]

@@ -261,6 +261,7 @@ impl Node {
         let mailbox = tokio::spawn(crate::mailbox::mailbox_loop(
             Arc::downgrade(&node.inner),
             sync_every,
+            crate::router::Router::new,
         ));
         node.push_task(mailbox);
         node.resubscribe_groups().await;
@@ -493,6 +494,15 @@ impl Node {
         })
     }
 
+    /// Accepts a sender (from requests) or unblocks a peer, then resumes the files from them
+    /// that waited for it. Wiring: trust is the direct-message component's, downloads the files
+    /// component's.
+    pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
+        let peer = self.accept_sender(target).await?;
+        self.resume_downloads_from(peer);
+        Ok(peer)
+    }
+
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ServiceError> {
         Ok(self.inner.client.peers().await?)
@@ -623,6 +633,22 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Runs one inbound request's handler on its own task once `limit` has room (the network keeps
+/// buffering meanwhile).
+async fn spawn_limited(
+    limit: &Arc<tokio::sync::Semaphore>,
+    handler: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // The service task owns the semaphore and never closes it, so acquiring cannot fail.
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return;
+    };
+    tokio::spawn(async move {
+        handler.await;
+        drop(permit);
+    });
+}
+
 /// The service task: turns network events into store updates and hands direct messages to their
 /// own tasks. Ends when the network loop ends.
 async fn consume_events(
@@ -644,13 +670,11 @@ async fn consume_events(
                 request,
                 bytes,
             } => {
-                let Ok(permit) = inbound.clone().acquire_owned().await else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    node.on_direct_message(peer, request, bytes).await;
-                    drop(permit);
-                });
+                let router = crate::router::Router::new(&node);
+                spawn_limited(&inbound, async move {
+                    node.on_direct_message(peer, request, bytes, &router).await;
+                })
+                .await;
                 Ok(())
             }
             Event::MailboxRequest {
@@ -658,13 +682,10 @@ async fn consume_events(
                 request,
                 bytes,
             } => {
-                let Ok(permit) = inbound.clone().acquire_owned().await else {
-                    return;
-                };
-                tokio::spawn(async move {
+                spawn_limited(&inbound, async move {
                     node.on_mailbox_request(peer, request, bytes).await;
-                    drop(permit);
-                });
+                })
+                .await;
                 Ok(())
             }
             Event::SyncRequest {
@@ -672,13 +693,10 @@ async fn consume_events(
                 request,
                 bytes,
             } => {
-                let Ok(permit) = inbound.clone().acquire_owned().await else {
-                    return;
-                };
-                tokio::spawn(async move {
+                spawn_limited(&inbound, async move {
                     node.on_sync_request(peer, request, bytes).await;
-                    drop(permit);
-                });
+                })
+                .await;
                 Ok(())
             }
             Event::GroupMessage {
@@ -688,14 +706,11 @@ async fn consume_events(
                 topic,
                 bytes,
             } => {
-                let Ok(permit) = inbound.clone().acquire_owned().await else {
-                    return;
-                };
-                tokio::spawn(async move {
+                spawn_limited(&inbound, async move {
                     node.on_group_message(author, source, message_id, topic, bytes)
                         .await;
-                    drop(permit);
-                });
+                })
+                .await;
                 Ok(())
             }
             Event::GroupPeerSubscribed { peer, topic } => {
@@ -708,6 +723,7 @@ async fn consume_events(
                 inbound,
             } => {
                 node.on_peer_connected(peer);
+                node.resume_downloads_from(peer);
                 if crate::mailbox::is_mailbox_relay(&node, &peer) {
                     node.inner.mailbox_wake.notify_one();
                 }

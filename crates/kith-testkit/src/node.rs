@@ -69,6 +69,17 @@ impl TestNode {
         Self::start_with(bootstrap, Options::default(), Transports::TcpAndQuic).await
     }
 
+    /// Starts a personal node (TCP) that bootstraps from `relay` and keeps its mail there: the
+    /// usual set-up of the mailbox, call and file tests that need a relay.
+    pub async fn start_with_mailbox(relay: &TestNode, options: Options) -> Result<Self> {
+        let hub = relay.tcp_addr();
+        let options = Options {
+            mailbox_relays: vec![hub.clone()],
+            ..options
+        };
+        Self::start_with(vec![hub], options, Transports::Tcp).await
+    }
+
     /// Starts a node in a fresh temporary home with a fresh identity, the given options and
     /// transports. Without a pickle key in `options` the node gets a fresh one, kept for its
     /// restarts (as `kith run` keeps one in the home).

@@ -79,6 +79,41 @@ struct Measured {
     seconds: f64,
 }
 
+/// One measurement of a (sender, receiver) pair of processes: their idle rates, then their CPU
+/// time from [`Sampling::start`] to [`Sampling::finish`].
+struct Sampling {
+    pids: (u32, u32),
+    idle: (f64, f64),
+    before: (f64, f64),
+    started: Instant,
+}
+
+impl Sampling {
+    /// Measures both processes' idle rates over `idle_wait`, then starts the clock.
+    fn start(pids: (u32, u32), idle_wait: Duration) -> anyhow::Result<Self> {
+        let idle = idle_rates(pids.0, pids.1, idle_wait)?;
+        Ok(Self {
+            pids,
+            idle,
+            before: cpu_pair(pids.0, pids.1)?,
+            started: Instant::now(),
+        })
+    }
+
+    /// The CPU per message, `messages` having been sent since [`Sampling::start`].
+    fn finish(self, messages: usize) -> anyhow::Result<Measured> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let after = cpu_pair(self.pids.0, self.pids.1)?;
+        let (before, idle) = (self.before, self.idle);
+        Ok(Measured {
+            sender_us: per_message_us(after.0 - before.0, idle.0, seconds, messages),
+            receiver_us: per_message_us(after.1 - before.1, idle.1, seconds, messages),
+            idle_pct: (idle.0 * 100.0, idle.1 * 100.0),
+            seconds,
+        })
+    }
+}
+
 impl Measured {
     fn figures(&self) -> Figures {
         Figures::default()
@@ -111,12 +146,9 @@ fn per_message_us(delta: f64, idle_rate: f64, seconds: f64, messages: usize) -> 
 
 /// Runs the scenario: the kith pair, then the raw pair.
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
-    let Some(kith) = footprint::find_kith() else {
-        return Scenario::unavailable(
-            NAME,
-            UNIT,
-            "unavailable: the kith binary was not found next to kith-bench (target/release or target/debug); build it with `cargo build --release -p kith`",
-        );
+    let kith = match footprint::kith_binary(NAME, UNIT) {
+        Ok(kith) => kith,
+        Err(unavailable) => return *unavailable,
     };
     let mut notes = vec![format!(
         "{} messages of {} bytes, {} at a time; CPU = utime+stime of each whole process from /proc/<pid>/stat, minus its idle rate (measured over {} s just before) for the run's duration; kith: two `kith run` processes ({} build) on loopback TCP, sent through the sender's local API (POST /v1/messages, {} API clients), each message delivered = stored, flushed and acked at the recipient; the sender's figure includes the API's HTTP/JSON work; baseline: two `kith-bench __raw-rr` processes (identify + Kademlia + request-response, TCP+Noise+Yamux), the client sending from inside its process, each request answered with 20 bytes",
@@ -157,20 +189,24 @@ fn measure_kith(
     params: &Params,
     bar: &ProgressBar,
 ) -> anyhow::Result<Measured> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-cpu-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    let receiver = KithRun::start(kith, dir.path(), "receiver", None)?;
-    let sender = KithRun::start(kith, dir.path(), "sender", Some(&receiver.addr))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("no async runtime")?;
-    let result = runtime.block_on(kith_messages(&sender, &receiver, params, bar));
-    sender.stop();
-    receiver.stop();
-    result
+    KithRun::with_pair(kith, "kith-bench-cpu-", async |sender, receiver| {
+        kith_messages(sender, receiver, params, bar).await
+    })
+}
+
+/// `n` (at least one) API clients of `sender`, once one message reached `receiver` (whose peer id
+/// comes second).
+pub(crate) async fn warm_clients(
+    sender: &KithRun,
+    receiver: &KithRun,
+    n: usize,
+) -> anyhow::Result<(Vec<kith_api::ApiClient>, String)> {
+    let clients = (0..n.max(1))
+        .map(|_| sender.client())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let to = receiver.peer_id.clone();
+    warm_up(&clients[0], &to, Duration::from_secs(60)).await?;
+    Ok((clients, to))
 }
 
 /// Sends until one message is delivered (the key bundle is in the DHT and the session open),
@@ -203,29 +239,14 @@ async fn kith_messages(
     params: &Params,
     bar: &ProgressBar,
 ) -> anyhow::Result<Measured> {
-    let clients = (0..params.in_flight.max(1))
-        .map(|_| sender.client())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let to = receiver.peer_id.clone();
-    warm_up(&clients[0], &to, Duration::from_secs(60)).await?;
+    let (clients, to) = warm_clients(sender, receiver, params.in_flight).await?;
     // Warm every client's connection and the pipelines, untimed.
     send_all(&clients, &to, params.in_flight * 4, "warm").await?;
-    let (s, r) = (sender.pid(), receiver.pid());
-    bar.set_message(format!("{NAME}: kith idle"));
-    let idle = idle_rates(s, r, params.idle)?;
-    bar.set_message(format!("{NAME}: kith messages"));
-    let before = cpu_pair(s, r)?;
-    let started = Instant::now();
+    bar.set_message(format!("{NAME}: kith idle, then messages"));
+    let sampling = Sampling::start((sender.pid(), receiver.pid()), params.idle)?;
     let queued = send_all(&clients, &to, params.messages, "cpu").await?;
     wait_delivered(&clients[0], &to, queued, params.messages).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let after = cpu_pair(s, r)?;
-    Ok(Measured {
-        sender_us: per_message_us(after.0 - before.0, idle.0, seconds, params.messages),
-        receiver_us: per_message_us(after.1 - before.1, idle.1, seconds, params.messages),
-        idle_pct: (idle.0 * 100.0, idle.1 * 100.0),
-        seconds,
-    })
+    sampling.finish(params.messages)
 }
 
 /// Sends `n` messages through `clients`, all at once; returns the ids answered `queued`.
@@ -308,21 +329,11 @@ fn measure_raw(params: &Params) -> anyhow::Result<Measured> {
     let mut client = ChildProcess::spawn(client_cmd, "the raw request-response client")?;
     let result = (|| {
         client.expect_line(footprint::READY_WAIT)?;
-        let (c, s) = (client.pid(), server.pid());
         // Untimed warm-up: the connection, the streams, the allocator.
         batch(&mut client, params.in_flight * 4, params.in_flight)?;
-        let idle = idle_rates(c, s, params.idle)?;
-        let before = cpu_pair(c, s)?;
-        let started = Instant::now();
+        let sampling = Sampling::start((client.pid(), server.pid()), params.idle)?;
         batch(&mut client, params.messages, params.in_flight)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let after = cpu_pair(c, s)?;
-        Ok(Measured {
-            sender_us: per_message_us(after.0 - before.0, idle.0, seconds, params.messages),
-            receiver_us: per_message_us(after.1 - before.1, idle.1, seconds, params.messages),
-            idle_pct: (idle.0 * 100.0, idle.1 * 100.0),
-            seconds,
-        })
+        sampling.finish(params.messages)
     })();
     client.close_stdin();
     client.wait_or_kill(Duration::from_secs(10));

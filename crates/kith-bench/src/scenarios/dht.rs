@@ -13,7 +13,7 @@ use indicatif::ProgressBar;
 use kith_net::PeerId;
 
 use crate::{
-    cluster::{Cluster, Kind, NodeSettings, Rng},
+    cluster::{Cluster, Kind, Rng},
     report::{Figures, Scenario},
 };
 
@@ -81,15 +81,7 @@ impl Measured {
 
 /// Runs the scenario on a runtime of its own (dropped afterwards with every leftover task).
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return Scenario::unavailable(NAME, UNIT, format!("no async runtime: {e}")),
-    };
-    let seed = Rng::from_os();
-    runtime.block_on(async {
+    super::on_runtime(NAME, UNIT, async |seed| {
         let kith = measure(Kind::Kith, params, seed.clone(), bar).await;
         let raw = measure(Kind::Raw, params, seed, bar).await;
         let setup = format!(
@@ -131,15 +123,8 @@ async fn measure(
     rng: Rng,
     bar: &ProgressBar,
 ) -> anyhow::Result<Measured> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-dht-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    let mut cluster = Cluster::new(
-        kind,
-        NodeSettings { reduced: false },
-        dir.path().to_path_buf(),
-    );
+    let (dir, cluster) = Cluster::temporary(kind, "kith-bench-dht-")?;
+    let mut cluster = cluster;
     let result = measure_in(&mut cluster, params, rng, bar).await;
     cluster.shutdown().await;
     drop(dir);

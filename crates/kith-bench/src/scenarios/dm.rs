@@ -199,20 +199,17 @@ pub(crate) async fn warm_up(
     limit: Duration,
 ) -> anyhow::Result<()> {
     let target = recipient.peer_id().to_string();
-    let deadline = Instant::now() + limit;
-    loop {
-        let sent = sender.send_text(&target, "warm-up").await?;
-        if sent.status == MessageStatus::Delivered {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the warm-up message was not delivered within {} s",
-                limit.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let poll = Duration::from_millis(200);
+    kith_testkit::poll_until(
+        "a warm-up message to be delivered",
+        limit,
+        poll,
+        async || match sender.send_text(&target, "warm-up").await {
+            Ok(sent) => (sent.status == MessageStatus::Delivered).then_some(Ok(())),
+            Err(e) => Some(Err(anyhow::Error::from(e))),
+        },
+    )
+    .await?
 }
 
 /// Message `i` of a run: `"{prefix} {i} "` padded with `x` to [`PAYLOAD`] bytes.

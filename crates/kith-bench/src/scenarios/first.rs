@@ -26,8 +26,8 @@ use kith_net::PeerId;
 use kith_service::MessageStatus;
 
 use crate::{
-    cluster::{Cluster, Kind, NodeSettings, Rng},
-    report::{Figures, Scenario, percentile, round_to},
+    cluster::{Cluster, Kind, Rng},
+    report::{Figures, Scenario, micros, percentile, round_to},
     scenarios::dm,
 };
 
@@ -92,34 +92,19 @@ fn pairs(nodes: usize, rng: &mut Rng) -> Vec<(usize, usize)> {
     all
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Starts `params.nodes` nodes as a random tree rooted at node 0, bootstraps each once more and
-/// waits (bounded) until every routing table holds at least 10 peers (or all the others).
-async fn grow(cluster: &mut Cluster, params: &Params, rng: &mut Rng) -> anyhow::Result<()> {
-    let n = params.nodes.max(2);
-    for i in 0..n {
-        let bootstrap = if i == 0 {
-            Vec::new()
-        } else {
-            cluster.addr(rng.below(i)).into_iter().collect()
-        };
-        cluster
-            .start_node(bootstrap)
-            .await
-            .with_context(|| format!("starting {} node {i}", cluster.kind().as_str()))?;
-    }
-    for i in 0..n {
-        let _ = cluster.bootstrap(i).await;
-    }
-    let target = (n - 1).min(10);
-    let deadline = Instant::now() + params.populate_wait;
-    while cluster.routing_summary().await?.0 < target && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(())
+/// Up to `samples` numbered (sender, recipient) pairs, while [`BUDGET`] from the first has not
+/// passed.
+fn budgeted_pairs(
+    n: usize,
+    rng: &mut Rng,
+    samples: usize,
+) -> impl Iterator<Item = (usize, (usize, usize))> + use<> {
+    let deadline = Instant::now() + BUDGET;
+    pairs(n, rng)
+        .into_iter()
+        .take(samples)
+        .enumerate()
+        .take_while(move |_| Instant::now() <= deadline)
 }
 
 /// What the kith side measured.
@@ -138,9 +123,6 @@ struct KithMeasured {
 }
 
 async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Result<KithMeasured> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-first-")
-        .tempdir()?;
     let options = kith_service::Options {
         name_rules: NameRules {
             difficulty: DIFFICULTY,
@@ -148,15 +130,13 @@ async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resul
         },
         ..dm::options()
     };
-    let mut cluster = Cluster::new(
-        Kind::Kith,
-        NodeSettings { reduced: false },
-        dir.path().to_path_buf(),
-    )
-    .with_options(options);
+    let (_dir, cluster) = Cluster::temporary(Kind::Kith, "kith-bench-first-")?;
+    let mut cluster = cluster.with_options(options);
     let result = async {
         bar.set_message(format!("{NAME}: starting {} kith nodes", params.nodes));
-        grow(&mut cluster, params, &mut rng).await?;
+        cluster
+            .grow_tree(params.nodes, params.populate_wait, &mut rng)
+            .await?;
         let n = cluster.len();
         bar.set_message(format!("{NAME}: registering {n} names"));
         let started = Instant::now();
@@ -188,15 +168,7 @@ async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resul
             record_len,
             setup_ms,
         };
-        let deadline = Instant::now() + BUDGET;
-        for (k, (from, to)) in pairs(n, &mut rng)
-            .into_iter()
-            .take(params.samples)
-            .enumerate()
-        {
-            if Instant::now() > deadline {
-                break;
-            }
+        for (k, (from, to)) in budgeted_pairs(n, &mut rng, params.samples) {
             bar.set_message(format!("{NAME}: kith first message {k}"));
             let sender = cluster.kith(from).context("missing kith node")?;
             let recipient = peer_ids[to];
@@ -245,18 +217,13 @@ async fn raw(
     value_len: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<u64>, usize, Option<String>)> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-first-raw-")
-        .tempdir()?;
-    let mut cluster = Cluster::new(
-        Kind::Raw,
-        NodeSettings { reduced: false },
-        dir.path().to_path_buf(),
-    )
-    .with_request_response();
+    let (_dir, cluster) = Cluster::temporary(Kind::Raw, "kith-bench-first-raw-")?;
+    let mut cluster = cluster.with_request_response();
     let result = async {
         bar.set_message(format!("{NAME}: starting {} raw nodes", params.nodes));
-        grow(&mut cluster, params, &mut rng).await?;
+        cluster
+            .grow_tree(params.nodes, params.populate_wait, &mut rng)
+            .await?;
         let n = cluster.len();
         let peer_ids = cluster.peer_ids();
         bar.set_message(format!("{NAME}: raw put_record"));
@@ -272,15 +239,7 @@ async fn raw(
         }
         let body = dm::text("first", 0).into_bytes();
         let (mut samples, mut failures, mut first_failure) = (Vec::new(), 0, None);
-        let deadline = Instant::now() + BUDGET;
-        for (k, (from, to)) in pairs(n, &mut rng)
-            .into_iter()
-            .take(params.samples)
-            .enumerate()
-        {
-            if Instant::now() > deadline {
-                break;
-            }
+        for (k, (from, to)) in budgeted_pairs(n, &mut rng, params.samples) {
             bar.set_message(format!("{NAME}: raw get + round trip {k}"));
             let sender = cluster.raw(from).context("missing raw node")?;
             let started = Instant::now();
@@ -339,15 +298,7 @@ fn figures(samples: &[u64]) -> Option<Figures> {
 
 /// Runs the scenario: the kith network first, then the raw one.
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return Scenario::unavailable(NAME, UNIT, format!("no async runtime: {e}")),
-    };
-    let seed = Rng::from_os();
-    runtime.block_on(async {
+    super::on_runtime(NAME, UNIT, async |seed| {
         let k = kith(params, seed.clone(), bar).await;
         let value_len = k.as_ref().map(|m| m.record_len).unwrap_or(300);
         let r = raw(params, seed, value_len, bar).await;

@@ -46,12 +46,9 @@ impl Params {
 
 /// Runs the scenario.
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
-    let Some(kith) = find_kith() else {
-        return Scenario::unavailable(
-            NAME,
-            UNIT,
-            "unavailable: the kith binary was not found next to kith-bench (target/release or target/debug); build it with `cargo build --release -p kith`",
-        );
+    let kith = match kith_binary(NAME, UNIT) {
+        Ok(kith) => kith,
+        Err(unavailable) => return *unavailable,
     };
     match measure(&kith, params, bar) {
         Ok(scenario) => scenario,
@@ -148,6 +145,21 @@ pub(crate) fn stop_kith(kith: &Path, home: &Path, child: &mut ChildProcess) -> b
 
 pub(crate) fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The `kith` binary for scenario `name` (figures in `unit`), or the scenario reported
+/// unavailable with how to build it.
+pub(crate) fn kith_binary(
+    name: &'static str,
+    unit: &'static str,
+) -> Result<PathBuf, Box<Scenario>> {
+    find_kith().ok_or_else(|| {
+        Box::new(Scenario::unavailable(
+            name,
+            unit,
+            "unavailable: the kith binary was not found next to kith-bench (target/release or target/debug); build it with `cargo build --release -p kith`",
+        ))
+    })
 }
 
 /// The `kith` binary beside this one: the same profile first, then the other.

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     baseline::loopback_tcp,
     cluster::NETWORK_ID,
-    report::{Figures, Scenario},
+    report::{Figures, Scenario, micros},
     scenarios::dm::{options as bench_options, runtime, text},
 };
 
@@ -224,6 +224,47 @@ fn watch_kith(node: &Node, index: usize, arrivals: &Arrivals) -> tokio::task::Jo
     })
 }
 
+/// Sends `messages` messages, message `i` from member `i % SENDERS` through `publish(sender, i)`,
+/// each once the one before reached everyone or timed out; returns how long each arrival took
+/// (microseconds) and how many arrivals never came.
+async fn timed_rounds(
+    arrivals: &Arrivals,
+    n: usize,
+    messages: usize,
+    bar: &ProgressBar,
+    mut publish: impl AsyncFnMut(usize, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<(Vec<u64>, usize)> {
+    let mut samples = Vec::with_capacity(messages * n);
+    let mut lost = 0;
+    for i in 0..messages {
+        let s = i % SENDERS.min(n);
+        let receivers: Vec<usize> = (0..n).filter(|r| *r != s).collect();
+        let started = Instant::now();
+        publish(s, i).await?;
+        lost += wait_all(arrivals, i, &receivers).await;
+        let a = lock(arrivals);
+        for r in &receivers {
+            if let Some(at) = a.get(&(i, *r)) {
+                samples.push(micros(at.duration_since(started)));
+            }
+        }
+        drop(a);
+        bar.tick();
+    }
+    Ok((samples, lost))
+}
+
+/// Starts watching every member's group messages; arrivals are recorded by (message, member).
+fn watch_all(members: &[KithMember]) -> (Arrivals, Vec<tokio::task::JoinHandle<()>>) {
+    let arrivals: Arrivals = Arc::default();
+    let watchers = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| watch_kith(&m.node, i, &arrivals))
+        .collect();
+    (arrivals, watchers)
+}
+
 async fn wait_all(arrivals: &Arrivals, i: usize, receivers: &[usize]) -> usize {
     let deadline = Instant::now() + ARRIVAL;
     loop {
@@ -318,37 +359,17 @@ async fn kith_latency(
         .prefix("kith-bench-group-")
         .tempdir()?;
     let members = kith_network(dir.path(), n).await?;
-    let arrivals: Arrivals = Arc::default();
-    let watchers: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| watch_kith(&m.node, i, &arrivals))
-        .collect();
+    let (arrivals, watchers) = watch_all(&members);
     let result = async {
         let id = kith_group(&members, &arrivals, 1_000_000).await?;
-        let mut samples = Vec::with_capacity(messages * n);
-        let mut lost = 0;
-        for i in 0..messages {
-            let s = i % SENDERS.min(n);
-            let receivers: Vec<usize> = (0..n).filter(|r| *r != s).collect();
-            let started = Instant::now();
+        timed_rounds(&arrivals, n, messages, bar, async |s, i| {
             members[s]
                 .node
                 .send_group_text(&id, &text("group", i))
                 .await?;
-            lost += wait_all(&arrivals, i, &receivers).await;
-            let a = lock(&arrivals);
-            for r in &receivers {
-                if let Some(at) = a.get(&(i, *r)) {
-                    samples.push(
-                        u64::try_from(at.duration_since(started).as_micros()).unwrap_or(u64::MAX),
-                    );
-                }
-            }
-            drop(a);
-            bar.tick();
-        }
-        Ok::<_, anyhow::Error>((samples, lost))
+            Ok(())
+        })
+        .await
     }
     .await;
     for w in watchers {
@@ -399,12 +420,7 @@ async fn catchup(n: usize, bar: &ProgressBar) -> anyhow::Result<(f64, f64)> {
         .prefix("kith-bench-catchup-")
         .tempdir()?;
     let mut members = kith_network(dir.path(), 3).await?;
-    let arrivals: Arrivals = Arc::default();
-    let watchers: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| watch_kith(&m.node, i, &arrivals))
-        .collect();
+    let (arrivals, watchers) = watch_all(&members);
     let result = async {
         let id = kith_group(&members, &arrivals, 1_000_000).await?;
         let away = members.pop().context("no third member")?;
@@ -520,15 +536,10 @@ async fn start_raw(
             yamux::Config::default,
         )?
         .with_behaviour(|key| {
-            let peer_id = key.public().to_peer_id();
-            let mut kad_config = kad::Config::new(kad_protocol.clone());
-            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_config,
+            let kad = crate::baseline::server_kad(
+                key.public().to_peer_id(),
+                kad::Config::new(kad_protocol.clone()),
             );
-            kad.set_mode(Some(kad::Mode::Server));
             Ok(RawBehaviour {
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/kith-bench/raw/1.0.0".to_owned(),
@@ -653,26 +664,11 @@ async fn raw_latency(
                 }
             }
         }
-        let mut samples = Vec::with_capacity(messages * n);
-        let mut lost = 0;
-        for i in 0..messages {
-            let s = i % SENDERS.min(n);
-            let receivers: Vec<usize> = (0..n).filter(|r| *r != s).collect();
-            let started = Instant::now();
+        timed_rounds(&arrivals, n, messages, bar, async |s, i| {
             raw_publish(&members[s], text("group", i).into_bytes()).await;
-            lost += wait_all(&arrivals, i, &receivers).await;
-            let a = lock(&arrivals);
-            for r in &receivers {
-                if let Some(at) = a.get(&(i, *r)) {
-                    samples.push(
-                        u64::try_from(at.duration_since(started).as_micros()).unwrap_or(u64::MAX),
-                    );
-                }
-            }
-            drop(a);
-            bar.tick();
-        }
-        Ok::<_, anyhow::Error>((samples, lost))
+            Ok(())
+        })
+        .await
     }
     .await;
     for m in members {

@@ -6,7 +6,7 @@
 //! one raw sled tree. Then both are closed and reopened (`open`), and the last 50 messages are read
 //! repeatedly (`page`): kith through `MessageStore::history`, raw sled through a reverse range scan.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use indicatif::ProgressBar;
@@ -14,7 +14,7 @@ use kith_proto::v1 as pb;
 use kith_store::{Message, OlmSave, Status as MessageStatus, Store, StoreConfig};
 use prost::Message as _;
 
-use crate::report::{Figures, Scenario};
+use crate::report::{Figures, Scenario, micros};
 
 /// Sizes of the scenarios.
 #[derive(Debug, Clone)]
@@ -85,10 +85,6 @@ struct Measured {
     pages: Vec<u64>,
     bytes_on_disk: u64,
     fill_secs: f64,
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn kith(params: &Params, bar: &ProgressBar) -> anyhow::Result<Measured> {

@@ -38,7 +38,21 @@ pub(crate) mod soak;
 
 use indicatif::ProgressBar;
 
-use crate::report::Scenario;
+use crate::{cluster::Rng, report::Scenario};
+
+/// Runs scenario `name` (figures in `unit`) on a multi-threaded runtime of its own, dropped
+/// afterwards with every leftover task; `run` gets a random seed. Without a runtime the scenario
+/// is reported unavailable.
+pub(crate) fn on_runtime(
+    name: &'static str,
+    unit: &'static str,
+    run: impl AsyncFnOnce(Rng) -> Scenario,
+) -> Scenario {
+    match dm::runtime() {
+        Ok(runtime) => runtime.block_on(run(Rng::from_os())),
+        Err(e) => Scenario::unavailable(name, unit, format!("{e:#}")),
+    }
+}
 
 /// Scenario groups, one per subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,22 +70,15 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    /// Full-run or `--quick` defaults.
+    /// Full-run or `--quick` defaults: the direct-message scenarios' sizes, so the relayed and
+    /// direct figures compare, plus the mailbox's.
     pub(crate) fn new(quick: bool) -> Self {
-        if quick {
-            Self {
-                latency_messages: 30,
-                throughput_messages: 200,
-                in_flight: 64,
-                mailbox_messages: 50,
-            }
-        } else {
-            Self {
-                latency_messages: 1000,
-                throughput_messages: 20_000,
-                in_flight: 64,
-                mailbox_messages: 1000,
-            }
+        let direct = dm::Params::new(quick);
+        Self {
+            latency_messages: direct.latency_messages,
+            throughput_messages: direct.throughput_messages,
+            in_flight: direct.in_flight,
+            mailbox_messages: if quick { 50 } else { 1000 },
         }
     }
 }
@@ -188,20 +181,18 @@ async fn start_node(home: &Path, keypair: Keypair, role: &Role<'_>) -> anyhow::R
 
 /// Waits until `node` holds a reservation at `relay` and listens through it.
 async fn wait_reserved(node: &Node, relay: PeerId) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let status = node.net_status().await.context("a node stopped")?;
-        if status.relayed_via.contains(&relay) && !status.listen_addrs.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "a personal node got no reservation at the relay within {} s",
-                STEP.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let poll = Duration::from_millis(20);
+    kith_testkit::poll_until(
+        "a reservation at the relay",
+        STEP,
+        poll,
+        async || match node.net_status().await.context("a node stopped") {
+            Ok(status) => (status.relayed_via.contains(&relay) && !status.listen_addrs.is_empty())
+                .then_some(Ok(())),
+            Err(e) => Some(Err(e)),
+        },
+    )
+    .await?
 }
 
 /// A relay R and two personal nodes, B (sender) and A (recipient).

@@ -33,7 +33,7 @@ use libp2p::kad::KBucketKey;
 
 use crate::{
     cluster::{Cluster, Kind, NodeSettings, Rng},
-    report::{Figures, Scenario},
+    report::{Figures, Scenario, micros},
 };
 
 const NAME: &str = "bench-name";
@@ -91,45 +91,13 @@ struct KithMeasured {
     failures: usize,
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-async fn grow(cluster: &mut Cluster, params: &Params, rng: &mut Rng) -> anyhow::Result<()> {
-    let n = params.nodes.max(2);
-    for i in 0..n {
-        let bootstrap = if i == 0 {
-            Vec::new()
-        } else {
-            cluster.addr(rng.below(i)).into_iter().collect()
-        };
-        cluster
-            .start_node(bootstrap)
-            .await
-            .with_context(|| format!("starting node {i}"))?;
-    }
-    for i in 0..n {
-        let _ = cluster.bootstrap(i).await;
-    }
-    let target = (n - 1).min(10);
-    let deadline = Instant::now() + params.populate_wait;
-    while cluster.routing_summary().await?.0 < target && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(())
-}
-
 async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Result<KithMeasured> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-resolve-")
-        .tempdir()?;
-    let mut cluster = Cluster::new(
-        Kind::Kith,
-        NodeSettings { reduced: false },
-        dir.path().to_path_buf(),
-    );
+    let (_dir, cluster) = Cluster::temporary(Kind::Kith, "kith-bench-resolve-")?;
+    let mut cluster = cluster;
     let result = async {
-        grow(&mut cluster, params, &mut rng).await?;
+        cluster
+            .grow_tree(params.nodes, params.populate_wait, &mut rng)
+            .await?;
         let owner = cluster.kith(0).context("no kith node 0")?;
         bar.set_message("resolve: registering (proof of work)");
         let started = Instant::now();
@@ -185,16 +153,12 @@ async fn raw(
     value_len: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<u64>, usize)> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-resolve-raw-")
-        .tempdir()?;
-    let mut cluster = Cluster::new(
-        Kind::Raw,
-        NodeSettings { reduced: false },
-        dir.path().to_path_buf(),
-    );
+    let (_dir, cluster) = Cluster::temporary(Kind::Raw, "kith-bench-resolve-raw-")?;
+    let mut cluster = cluster;
     let result = async {
-        grow(&mut cluster, params, &mut rng).await?;
+        cluster
+            .grow_tree(params.nodes, params.populate_wait, &mut rng)
+            .await?;
         // The same keys kith uses, so both networks walk to the same points.
         let keys = Name::parse(NAME)?.replica_keys();
         let value = vec![7u8; value_len.max(1)];
@@ -225,15 +189,12 @@ async fn raw(
 
 /// Runs both scenarios from one network of each kind.
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Vec<Scenario> {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::dm::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             return vec![
-                Scenario::unavailable("resolve.cold", "us", format!("no async runtime: {e}")),
-                Scenario::unavailable("resolve.warm", "us", format!("no async runtime: {e}")),
+                Scenario::unavailable("resolve.cold", "us", format!("{e:#}")),
+                Scenario::unavailable("resolve.warm", "us", format!("{e:#}")),
             ];
         }
     };
@@ -421,14 +382,7 @@ async fn resolve_once(
         let answers: Vec<select::Answer> = raw
             .answers
             .iter()
-            .filter_map(|a| {
-                NameRecord::verify(&a.value, &rules, now)
-                    .ok()
-                    .map(|record| select::Answer {
-                        holder: a.holder,
-                        record,
-                    })
-            })
+            .filter_map(|a| verified(a, &rules, now))
             .collect();
         if let Some(s) = select::select(&answers) {
             m.old_rule_answered += 1;
@@ -489,14 +443,7 @@ async fn density_effect(
         replicas.push(
             answers
                 .iter()
-                .filter_map(|a| {
-                    NameRecord::verify(&a.value, &rules, now)
-                        .ok()
-                        .map(|record| select::Answer {
-                            holder: a.holder,
-                            record,
-                        })
-                })
+                .filter_map(|a| verified(a, &rules, now))
                 .collect::<Vec<_>>(),
         );
     }
@@ -672,12 +619,9 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
 pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
     const SCENARIO: &str = "resolve.sybil";
     const UNIT: &str = "fraction";
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::dm::runtime() {
         Ok(rt) => rt,
-        Err(e) => return Scenario::unavailable(SCENARIO, UNIT, format!("no async runtime: {e}")),
+        Err(e) => return Scenario::unavailable(SCENARIO, UNIT, format!("{e:#}")),
     };
     let result = runtime.block_on(sybil(params, Rng::from_os(), bar));
     let sybils = params.sybils.min(params.sybil_nodes.saturating_sub(2));
@@ -735,4 +679,14 @@ pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
         }
         Err(e) => Scenario::unavailable(SCENARIO, UNIT, format!("{setting}; failed: {e:#}")),
     }
+}
+
+/// One DHT answer as the resolver's rule reads it: the holder and its record, if it verifies.
+fn verified(a: &kith_net::RecordAnswer, rules: &NameRules, now: u64) -> Option<select::Answer> {
+    NameRecord::verify(&a.value, rules, now)
+        .ok()
+        .map(|record| select::Answer {
+            holder: a.holder,
+            record,
+        })
 }

@@ -115,12 +115,9 @@ struct Outcome {
 
 /// Runs the scenario.
 pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
-    let Some(kith) = footprint::find_kith() else {
-        return Scenario::unavailable(
-            NAME,
-            UNIT,
-            "unavailable: the kith binary was not found next to kith-bench (target/release or target/debug); build it with `cargo build --release -p kith`",
-        );
+    let kith = match footprint::kith_binary(NAME, UNIT) {
+        Ok(kith) => kith,
+        Err(unavailable) => return *unavailable,
     };
     let outcome = soak(&kith, params, bar);
     let mut notes = vec![format!(
@@ -261,20 +258,9 @@ fn figures(o: &Outcome, params: &Params) -> (Figures, Vec<String>) {
 }
 
 fn soak(kith: &std::path::Path, params: &Params, bar: &ProgressBar) -> anyhow::Result<Outcome> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-bench-soak-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    let receiver = KithRun::start(kith, dir.path(), "receiver", None)?;
-    let sender = KithRun::start(kith, dir.path(), "sender", Some(&receiver.addr))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("no async runtime")?;
-    let result = runtime.block_on(drive(&sender, &receiver, params, bar));
-    sender.stop();
-    receiver.stop();
-    result
+    KithRun::with_pair(kith, "kith-bench-soak-", async |sender, receiver| {
+        drive(sender, receiver, params, bar).await
+    })
 }
 
 /// What one client accepted: (message ids as numbers, answer latencies in us).
@@ -286,12 +272,8 @@ async fn drive(
     params: &Params,
     bar: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
-    let clients = (0..params.clients.max(1))
-        .map(|_| sender.client())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let to = receiver.peer_id.clone();
     bar.set_message(format!("{NAME}: warming up"));
-    cpu::warm_up(&clients[0], &to, Duration::from_secs(60)).await?;
+    let (clients, to) = cpu::warm_clients(sender, receiver, params.clients).await?;
     let pids = (sender.pid(), receiver.pid());
     let read_rss = move || {
         (

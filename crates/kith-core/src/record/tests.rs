@@ -2,17 +2,19 @@ use std::ops::ControlFlow;
 
 use super::*;
 
-const NOW: u64 = 1_800_000_000_000;
-const DAY: u64 = 86_400_000;
+pub(crate) const NOW: u64 = 1_800_000_000_000;
+pub(crate) const DAY: u64 = 86_400_000;
 
-fn rules() -> NameRules {
+/// Default rules with a proof of work cheap enough for tests.
+pub(crate) fn rules() -> NameRules {
     NameRules {
         difficulty: 8,
         ..NameRules::default()
     }
 }
 
-fn params(keypair: &Keypair, name: &str, seq: u64) -> ClaimParams {
+/// A claim of `name` by `keypair` made at [`NOW`], valid 30 days, with its proof of work.
+pub(crate) fn params(keypair: &Keypair, name: &str, seq: u64) -> ClaimParams {
     let name = Name::parse(name).unwrap();
     let peer = keypair.public().to_peer_id().to_bytes();
     let nonce = pow::solve(name.as_str(), &peer, NOW, 8, |_| ControlFlow::Continue(())).unwrap();

@@ -129,6 +129,21 @@ fn answers(n: usize, record: &NameRecord) -> Vec<Answer> {
     (0..n).map(|i| answer(i as u8, record)).collect()
 }
 
+/// An honest owner's claim (made 10 ms before `NOW`) and an attacker's made `earlier_by` ms
+/// before `NOW`, so the attacker would win a tie on claim time.
+fn rivals(earlier_by: u64) -> (Keypair, Keypair, NameRecord, NameRecord) {
+    let honest = Keypair::generate_ed25519();
+    let sybil = Keypair::generate_ed25519();
+    let h = record(&honest, NOW - 10, 1);
+    let s = record(&sybil, NOW - earlier_by, 1);
+    (honest, sybil, h, s)
+}
+
+/// One replica key's answers per entry: `n` answers for the record from fresh holders.
+fn keys(per_key: &[(usize, &NameRecord)]) -> Vec<Vec<Answer>> {
+    per_key.iter().map(|(n, r)| answers(*n, r)).collect()
+}
+
 fn owner_of(verdict: &Verdict) -> Option<PeerId> {
     match verdict {
         Verdict::Owner { selected, .. } => Some(selected.record.peer_id()),
@@ -138,18 +153,9 @@ fn owner_of(verdict: &Verdict) -> Option<PeerId> {
 
 #[test]
 fn an_attacker_that_wins_one_replica_makes_the_name_contested() {
-    let honest = Keypair::generate_ed25519();
-    let sybil = Keypair::generate_ed25519();
-    let h = record(&honest, NOW - 10, 1);
     // The attacker claims earlier (it would win a tie) and owns replica 0's closest holders.
-    let s = record(&sybil, NOW - 1000, 1);
-    let replicas = vec![
-        answers(4, &s),
-        answers(4, &h),
-        answers(4, &h),
-        answers(3, &h),
-        answers(4, &h),
-    ];
+    let (honest, sybil, h, s) = rivals(1000);
+    let replicas = keys(&[(4, &s), (4, &h), (4, &h), (3, &h), (4, &h)]);
     let verdict = decide(&replicas, REPLICAS).unwrap();
     assert!(verdict.disputed());
     match verdict {
@@ -168,10 +174,7 @@ fn an_attacker_that_wins_one_replica_makes_the_name_contested() {
 
 #[test]
 fn a_rival_that_wins_no_replica_is_listed_and_the_owner_followed() {
-    let honest = Keypair::generate_ed25519();
-    let sybil = Keypair::generate_ed25519();
-    let h = record(&honest, NOW - 10, 1);
-    let s = record(&sybil, NOW - 1000, 1);
+    let (honest, sybil, h, s) = rivals(1000);
     // The attacker's nodes answer at two keys but are outnumbered at both.
     let mut outnumbered = answers(4, &h);
     outnumbered.extend(answers(2, &s));
@@ -247,18 +250,9 @@ fn an_uncontested_owner_wins_even_from_one_replica() {
 
 #[test]
 fn an_attacker_with_a_majority_of_replicas_is_contested_unless_it_wins_them_all() {
-    let honest = Keypair::generate_ed25519();
-    let sybil = Keypair::generate_ed25519();
-    let h = record(&honest, NOW - 10, 1);
-    let s = record(&sybil, NOW - 1000, 1);
+    let (_honest, sybil, h, s) = rivals(1000);
     // Honest holders at three keys never received the owner's claim and took the attacker's.
-    let replicas = vec![
-        answers(4, &s),
-        answers(4, &s),
-        answers(4, &s),
-        answers(4, &h),
-        answers(4, &h),
-    ];
+    let replicas = keys(&[(4, &s), (4, &s), (4, &s), (4, &h), (4, &h)]);
     let verdict = decide(&replicas, REPLICAS).unwrap();
     assert_eq!(owner_of(&verdict), None, "{verdict:?}");
     // The documented limit: an attacker that wins every replica where the honest owner is seen
@@ -293,10 +287,7 @@ fn seeded_peer(seed: u64) -> PeerId {
 #[test]
 fn admit_counts_a_cluster_of_ground_holders_as_the_network_allows() {
     use crate::density::{HOLDERS_PER_KEY, closeness};
-    let honest = Keypair::generate_ed25519();
-    let sybil = Keypair::generate_ed25519();
-    let h = record(&honest, NOW - 10, 1);
-    let s = record(&sybil, NOW - 1000, 1);
+    let (honest, sybil, h, s) = rivals(1000);
     // The issue's attack at 20% of 50 nodes, next to 40 different keys: 10 attacker holders
     // closer to the key than any of the 40 honest ones.
     let honest_holders: Vec<PeerId> = (0..40).map(seeded_peer).collect();
@@ -358,11 +349,8 @@ fn admit_counts_a_cluster_of_ground_holders_as_the_network_allows() {
 
 #[test]
 fn a_tied_replica_counts_for_both_owners_so_a_back_dated_claim_gains_nothing() {
-    let honest = Keypair::generate_ed25519();
-    let sybil = Keypair::generate_ed25519();
-    let h = record(&honest, NOW - 10, 1);
     // Claimed "earlier": a claim time is whatever its signer wrote.
-    let s = record(&sybil, NOW - 1_000_000, 1);
+    let (honest, sybil, h, s) = rivals(1_000_000);
     let mut tie = answers(3, &h);
     tie.extend(answers(3, &s));
     // select still needs one answer per key for the fast path, and breaks the tie by claim time.
@@ -614,10 +602,7 @@ fn standings_show_every_owner_with_its_replicas_and_holders_even_when_one_wins()
 #[test]
 fn the_issues_attack_decided_with_every_answer() {
     use crate::density::closeness;
-    let honest = Keypair::generate_ed25519();
-    let sybil = Keypair::generate_ed25519();
-    let h = record(&honest, NOW - 10, 1);
-    let s = record(&sybil, NOW - 1000, 1);
+    let (honest, _sybil, h, s) = rivals(1000);
     let name = Name::parse("alice").unwrap();
     let keys = name.replica_keys();
     let mut outcomes = [0usize; 3];

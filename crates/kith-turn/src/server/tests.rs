@@ -76,6 +76,11 @@ fn assert_refused<T>(result: &Result<T, turn::Error>) {
     assert!(err.to_string().contains("error 400"), "{err}");
 }
 
+/// Awaits `fut`, which must finish within [`WAIT`] and succeed.
+async fn within<T, E: std::fmt::Debug>(fut: impl std::future::Future<Output = Result<T, E>>) -> T {
+    tokio::time::timeout(WAIT, fut).await.unwrap().unwrap()
+}
+
 fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -88,16 +93,10 @@ async fn allocates_and_relays_both_ways() {
     let client = client(&server, &creds.username, &creds.password).await;
 
     // STUN: the server reflects our own address.
-    let mapped = tokio::time::timeout(WAIT, client.send_binding_request())
-        .await
-        .unwrap()
-        .unwrap();
+    let mapped = within(client.send_binding_request()).await;
     assert_eq!(mapped.ip(), LOCALHOST);
 
-    let relayed = tokio::time::timeout(WAIT, client.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let relayed = within(client.allocate()).await;
     let relay_addr = relayed.local_addr().unwrap();
     assert_eq!(relay_addr.ip(), LOCALHOST);
     assert_ne!(relay_addr.port(), server.local_addr().port());
@@ -108,24 +107,15 @@ async fn allocates_and_relays_both_ways() {
     // Client → peer: the first send creates the permission, then arrives from the relayed address.
     let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    tokio::time::timeout(WAIT, relayed.send_to(b"ping", peer_addr))
-        .await
-        .unwrap()
-        .unwrap();
+    within(relayed.send_to(b"ping", peer_addr)).await;
     let mut buf = [0u8; 64];
-    let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (n, from) = within(peer.recv_from(&mut buf)).await;
     assert_eq!(&buf[..n], b"ping");
     assert_eq!(from, relay_addr);
 
     // Peer → client, through the relayed address.
     peer.send_to(b"pong", relay_addr).await.unwrap();
-    let (n, from) = tokio::time::timeout(WAIT, relayed.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (n, from) = within(relayed.recv_from(&mut buf)).await;
     assert_eq!(&buf[..n], b"pong");
     assert_eq!(from, peer_addr);
 
@@ -151,18 +141,12 @@ async fn private_peers_are_denied_by_default() {
     let metrics = server.metrics();
     let creds = fresh("alice");
     let client = client(&server, &creds.username, &creds.password).await;
-    let relayed = tokio::time::timeout(WAIT, client.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let relayed = within(client.allocate()).await;
     let relay_addr = relayed.local_addr().unwrap();
 
     let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    tokio::time::timeout(WAIT, relayed.send_to(b"ping", peer_addr))
-        .await
-        .unwrap()
-        .unwrap();
+    within(relayed.send_to(b"ping", peer_addr)).await;
     eventually("the datagram to be denied", || {
         get(&metrics.peers_denied) >= 1
     })
@@ -218,40 +202,36 @@ fn public_and_private_peer_addresses() {
     }
 }
 
-#[tokio::test]
-async fn expired_credentials_are_refused() {
+/// Starts a server, asks it for an allocation with `creds`, checks that it refused and allocated
+/// nothing, and returns its metrics once it is shut down.
+async fn refused_allocation(creds: &Credentials) -> Arc<TurnMetrics> {
     let server = TurnServer::start(config()).await.unwrap();
     let metrics = server.metrics();
-    let creds = Credentials::mint(SECRET, "alice", Duration::from_secs(3600), now() - 7200);
     let client = client(&server, &creds.username, &creds.password).await;
-
     let result = tokio::time::timeout(WAIT, client.allocate()).await.unwrap();
     assert_refused(&result);
-    assert!(get(&metrics.credentials_expired) >= 1);
     assert_eq!(get(&metrics.allocations), 0);
     client.close().await.unwrap();
     server.shutdown().await;
+    metrics
+}
+
+#[tokio::test]
+async fn expired_credentials_are_refused() {
+    let creds = Credentials::mint(SECRET, "alice", Duration::from_secs(3600), now() - 7200);
+    let metrics = refused_allocation(&creds).await;
+    assert!(get(&metrics.credentials_expired) >= 1);
 }
 
 #[tokio::test]
 async fn credentials_too_far_ahead_are_refused() {
-    let server = TurnServer::start(config()).await.unwrap();
-    let metrics = server.metrics();
     let creds = Credentials::mint(SECRET, "alice", MAX_CREDENTIAL_TTL * 2, now());
-    let client = client(&server, &creds.username, &creds.password).await;
-
-    let result = tokio::time::timeout(WAIT, client.allocate()).await.unwrap();
-    assert_refused(&result);
+    let metrics = refused_allocation(&creds).await;
     assert!(get(&metrics.credentials_refused) >= 1);
-    assert_eq!(get(&metrics.allocations), 0);
-    client.close().await.unwrap();
-    server.shutdown().await;
 }
 
 #[tokio::test]
 async fn wrong_password_is_refused() {
-    let server = TurnServer::start(config()).await.unwrap();
-    let metrics = server.metrics();
     let creds = fresh("alice");
     // The same username signed with another secret: current expiry, wrong password.
     let forged = Credentials::mint(
@@ -262,19 +242,13 @@ async fn wrong_password_is_refused() {
     );
     assert_eq!(forged.username, creds.username);
     assert_ne!(forged.password, creds.password);
-    let client = client(&server, &forged.username, &forged.password).await;
-
-    let result = tokio::time::timeout(WAIT, client.allocate()).await.unwrap();
-    assert_refused(&result);
+    let metrics = refused_allocation(&forged).await;
     // The username passed our check: what failed is the password (`MESSAGE-INTEGRITY`).
     assert!(get(&metrics.credentials_accepted) >= 1);
     assert_eq!(
         get(&metrics.credentials_expired) + get(&metrics.credentials_refused),
         0
     );
-    assert_eq!(get(&metrics.allocations), 0);
-    client.close().await.unwrap();
-    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -288,10 +262,7 @@ async fn allocations_beyond_the_limit_are_refused() {
     let first = client(&server, &alice.username, &alice.password).await;
     let second = client(&server, &bob.username, &bob.password).await;
 
-    let relayed = tokio::time::timeout(WAIT, first.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let relayed = within(first.allocate()).await;
     let refused = tokio::time::timeout(WAIT, second.allocate()).await.unwrap();
     let err = refused.err().expect("a second allocation fit in one slot");
     assert!(err.to_string().contains("error 508"), "{err}");
@@ -305,10 +276,7 @@ async fn allocations_beyond_the_limit_are_refused() {
     })
     .await;
     let third = client(&server, &bob.username, &bob.password).await;
-    let relayed = tokio::time::timeout(WAIT, third.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let relayed = within(third.allocate()).await;
     assert_eq!(get(&metrics.allocations), 2);
     relayed.close().await.unwrap();
     for client in [first, second, third] {
@@ -334,10 +302,7 @@ async fn relay_ports_come_from_the_configured_range() {
         .unwrap();
     let creds = fresh("alice");
     let client = client(&server, &creds.username, &creds.password).await;
-    let relayed = tokio::time::timeout(WAIT, client.allocate())
-        .await
-        .unwrap()
-        .unwrap();
+    let relayed = within(client.allocate()).await;
     let port = relayed.local_addr().unwrap().port();
     assert!(
         range.contains(&port),
