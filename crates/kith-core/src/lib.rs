@@ -7,6 +7,7 @@
 //! - [`select`]: choosing the owner among conflicting answers from DHT holders, per replica key
 //!   and across the [`NAME_REPLICAS`] replica keys of a name.
 //! - [`density`]: which holders of a key count, against ids generated to sit next to it.
+//! - [`id_work`]: which peer ids may be DHT servers when a network makes ids costly.
 //! - [`safety_number`]: the fingerprint two people read to each other.
 //! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
 //! - [`ClockSkew`]: how far our clock is from our peers', from the readings in their answers.
@@ -21,6 +22,7 @@ pub mod backoff;
 pub mod clock;
 pub mod density;
 pub mod group;
+pub mod id_work;
 mod invite;
 pub mod message_id;
 mod name;
