@@ -53,18 +53,14 @@ fn a_ground_id_is_worked_and_grinding_can_be_cancelled() {
     assert!(work_bits(&found.public().to_peer_id()) >= 8);
 
     let mut calls = 0;
-    let none = grind(
-        MAX_DIFFICULTY,
-        generator(2),
-        |_| {
-            calls += 1;
-            if calls == 2 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        },
-    );
+    let none = grind(MAX_DIFFICULTY, generator(2), |_| {
+        calls += 1;
+        if calls == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
     assert!(none.is_none());
     assert_eq!(calls, 2);
 }
@@ -98,7 +94,9 @@ fn placing_a_worked_id_next_to_a_key_costs_n_over_20_times_two_to_the_d() {
         let mut next = generator(u64::from(d) + 77);
         let mut total = 0u64;
         for trial in 0..trials {
-            let key = blake3::hash(&(trial ^ 0x5eed).to_le_bytes()).as_bytes().to_vec();
+            let key = blake3::hash(&(trial ^ 0x5eed).to_le_bytes())
+                .as_bytes()
+                .to_vec();
             let mut close: Vec<f64> = honest.iter().map(|p| closeness(&key, p)).collect();
             close.sort_by(f64::total_cmp);
             let bar = close[HOLDERS_PER_KEY - 1];
