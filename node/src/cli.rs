@@ -43,8 +43,15 @@ pub(crate) struct FileArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Create the home directory and identity if missing; print the peer id.
-    Init,
+    /// Create the home directory and identity if missing; print the peer id. On a network whose
+    /// bootstrap file sets `peer_id_difficulty`, the new identity is ground to meet it (a DHT
+    /// server's peer id must), with a progress bar.
+    Init {
+        /// Bootstrap file of the network to join (default: the built-in copy); only its
+        /// `[network]` table is read.
+        #[arg(long, value_name = "FILE")]
+        bootstrap_file: Option<PathBuf>,
+    },
     /// Print this home's peer id (no running node needed).
     Id,
     /// Run the node in the foreground until Ctrl-C, SIGTERM or `kith stop`.

@@ -10,10 +10,34 @@ use crate::{
     home::Home,
 };
 
-/// `kith init`.
-pub(crate) fn init(home: &Home, json_output: bool) -> anyhow::Result<()> {
+/// `kith init`: a new identity is ground to the network's `peer_id_difficulty` (none by default),
+/// with a progress bar on a terminal, so the node can be a DHT server of that network.
+pub(crate) fn init(
+    home: &Home,
+    bootstrap_file: Option<&std::path::Path>,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    let network = crate::config::Bootstrap::load(bootstrap_file, &[])
+        .map_err(|e| CliError::new(exit::USAGE, format!("{e:#}")))?;
+    let difficulty = network.peer_id_difficulty;
     home.create()?;
-    let keypair = home.identity(true)?;
+    let expected = kith_core::id_work::expected_generations(difficulty) as u64;
+    let bar = if difficulty == 0 || json_output {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(expected)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "peer id with {msg} {bar:30} {pos}/{len} keys (~{eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{difficulty} bits of work"));
+    // Past the expected count the bar just stays full; luck varies.
+    let keypair =
+        home.identity_worked(difficulty, &|so_far| bar.set_position(so_far.min(expected)))?;
+    bar.finish_and_clear();
     home.token(true)?;
     let peer_id = keypair.public().to_peer_id().to_string();
     if json_output {

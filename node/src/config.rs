@@ -19,6 +19,9 @@ pub(crate) struct Bootstrap {
     pub(crate) network_id: String,
     /// Network-wide name rules (every node of a network must agree on them).
     pub(crate) name_rules: kith_core::NameRules,
+    /// Network-wide peer-id difficulty (`kith_core::id_work`): only worked ids may be DHT
+    /// servers. 0 (absent) admits every id.
+    pub(crate) peer_id_difficulty: u8,
     /// Usable entries.
     pub(crate) entries: Vec<Entry>,
     /// One line per skipped entry, naming it.
@@ -58,6 +61,9 @@ struct RawNetwork {
     /// Longest lifetime of a name claim, in seconds. Default 30 days; at most that.
     #[serde(default)]
     name_max_ttl_secs: Option<u64>,
+    /// Leading zero bits a DHT server's peer id must have (`kith_core::id_work`). Default 0: off.
+    #[serde(default)]
+    peer_id_difficulty: Option<u8>,
 }
 
 impl Default for RawNetwork {
@@ -66,6 +72,7 @@ impl Default for RawNetwork {
             id: default_network_id(),
             name_difficulty: None,
             name_max_ttl_secs: None,
+            peer_id_difficulty: None,
         }
     }
 }
@@ -106,6 +113,13 @@ impl Bootstrap {
             }
             name_rules.max_ttl = std::time::Duration::from_secs(secs);
         }
+        let peer_id_difficulty = raw.network.peer_id_difficulty.unwrap_or(0);
+        if peer_id_difficulty > kith_core::id_work::MAX_DIFFICULTY {
+            anyhow::bail!(
+                "{origin}: peer_id_difficulty {peer_id_difficulty} is above {}; nobody could create an identity",
+                kith_core::id_work::MAX_DIFFICULTY
+            );
+        }
         let mut entries = Vec::new();
         let mut warnings = Vec::new();
         for (i, value) in raw.bootstrap.into_iter().enumerate() {
@@ -144,6 +158,7 @@ impl Bootstrap {
         Ok(Self {
             network_id: id,
             name_rules,
+            peer_id_difficulty,
             entries,
             warnings,
         })
@@ -265,6 +280,24 @@ mod tests {
         let main = Bootstrap::parse("", "f").unwrap();
         assert_eq!(main.name_rules, kith_core::NameRules::default());
         assert!(Bootstrap::parse("[network]\nname_difficulty = 99\n", "f").is_err());
+    }
+
+    #[test]
+    fn the_peer_id_difficulty_is_off_unless_the_network_sets_it() {
+        assert_eq!(
+            Bootstrap::parse(BUILTIN, "built-in")
+                .unwrap()
+                .peer_id_difficulty,
+            0
+        );
+        let set =
+            Bootstrap::parse("[network]\nid = \"lab\"\npeer_id_difficulty = 8\n", "f").unwrap();
+        assert_eq!(set.peer_id_difficulty, 8);
+        let err = Bootstrap::parse("[network]\npeer_id_difficulty = 33\n", "f").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("peer_id_difficulty 33"),
+            "{err:#}"
+        );
         assert!(Bootstrap::parse("[network]\nname_max_ttl_secs = 0\n", "f").is_err());
         assert!(Bootstrap::parse("[network]\nname_max_ttl_secs = 99999999\n", "f").is_err());
         assert!(

@@ -25,6 +25,58 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::{self, CliError};
 
+/// Generates identities until one's peer id is worked at `difficulty` (`kith_core::id_work`),
+/// on every core: about `2^difficulty` key generations. `progress` is called with the number of
+/// generations so far, from the worker threads, every `id_work::PROGRESS_EVERY` of them per thread.
+pub(crate) fn grind_identity(
+    difficulty: u8,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<Keypair> {
+    use std::{
+        ops::ControlFlow,
+        sync::{
+            Mutex,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        },
+    };
+    if difficulty == 0 {
+        return Ok(Keypair::generate_ed25519());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let done = AtomicBool::new(false);
+    let generations = AtomicU64::new(0);
+    let found: Mutex<Option<Keypair>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let result =
+                    kith_core::id_work::grind(difficulty, Keypair::generate_ed25519, |_| {
+                        let so_far = generations
+                            .fetch_add(kith_core::id_work::PROGRESS_EVERY, Ordering::Relaxed)
+                            .saturating_add(kith_core::id_work::PROGRESS_EVERY);
+                        progress(so_far);
+                        if done.load(Ordering::Relaxed) {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
+                if let Some(keypair) = result
+                    && !done.swap(true, Ordering::Relaxed)
+                    && let Ok(mut slot) = found.lock()
+                {
+                    *slot = Some(keypair);
+                }
+            });
+        }
+    });
+    found
+        .into_inner()
+        .ok()
+        .flatten()
+        .context("no worked identity was found (a worker thread failed)")
+}
+
 /// A kith home directory.
 #[derive(Debug, Clone)]
 pub(crate) struct Home {
@@ -85,6 +137,31 @@ impl Home {
 
     /// Loads the identity, creating it first if `create` is set and none exists.
     pub(crate) fn identity(&self, create: bool) -> anyhow::Result<Keypair> {
+        self.load_or_create(create, || Ok(Keypair::generate_ed25519()))
+    }
+
+    /// Loads the identity, or creates one whose peer id is worked at `difficulty` (the network's
+    /// `peer_id_difficulty`; see [`grind_identity`]) if none exists. An existing identity is
+    /// returned as it is, worked or not: an un-worked one still works as a DHT client, and
+    /// replacing it would change the peer id every contact knows.
+    pub(crate) fn identity_worked(
+        &self,
+        difficulty: u8,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<Keypair> {
+        self.load_or_create(true, || grind_identity(difficulty, progress))
+    }
+
+    /// Whether an identity file exists (a start that will create one may announce the wait).
+    pub(crate) fn has_identity(&self) -> bool {
+        self.identity_path().exists()
+    }
+
+    fn load_or_create(
+        &self,
+        create: bool,
+        make: impl FnOnce() -> anyhow::Result<Keypair>,
+    ) -> anyhow::Result<Keypair> {
         let path = self.identity_path();
         match fs::read(&path) {
             Ok(bytes) => {
@@ -98,7 +175,7 @@ impl Home {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 self.create()?;
-                let keypair = Keypair::generate_ed25519();
+                let keypair = make()?;
                 let bytes = keypair
                     .to_protobuf_encoding()
                     .context("cannot encode the new identity")?;
@@ -279,6 +356,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::locate(Some(dir.path().join("home"))).unwrap();
         (dir, home)
+    }
+
+    #[test]
+    fn a_worked_identity_is_ground_once_and_then_loaded_as_it_is() {
+        let (_dir, home) = home();
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        let made = home
+            .identity_worked(10, &|_| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .unwrap();
+        let peer = made.public().to_peer_id();
+        assert!(kith_core::id_work::is_worked(&peer, 10));
+        // Loaded, not ground again, even at a difficulty it does not meet.
+        let again = home
+            .identity_worked(30, &|_| panic!("no grinding"))
+            .unwrap();
+        assert_eq!(again.public().to_peer_id(), peer);
     }
 
     #[test]

@@ -100,7 +100,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate(cli.global.home)?;
     let json = cli.global.json;
     match cli.command {
-        Command::Init => commands::init(&home, json),
+        Command::Init { bootstrap_file } => commands::init(&home, bootstrap_file.as_deref(), json),
         Command::Id => commands::id(&home, json),
         Command::Run(args) => run::run(&home, args, json).await,
         Command::Status => commands::status(&home, json).await,

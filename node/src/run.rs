@@ -35,7 +35,15 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     }
 
     home.create()?;
-    let keypair = home.identity(true)?;
+    let difficulty = bootstrap.peer_id_difficulty;
+    if difficulty > 0 && !home.has_identity() {
+        tracing::info!(
+            difficulty,
+            expected_keys = kith_core::id_work::expected_generations(difficulty),
+            "creating an identity whose peer id meets the network's peer_id_difficulty"
+        );
+    }
+    let keypair = home.identity_worked(difficulty, &|_| {})?;
     let store = Store::open(home.db_path(), &StoreConfig::default())
         .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     let token = home.token(true)?;
@@ -43,6 +51,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
 
     let mut config = kith_net::Config::new(keypair)
         .with_network_id(bootstrap.network_id.clone())
+        .with_peer_id_difficulty(difficulty)
         .with_listen(args.listen)
         .with_bootstrap(bootstrap.entries.iter().map(|e| e.addr.clone()).collect())
         .with_mdns(!args.no_mdns)

@@ -14,6 +14,8 @@
 //! - [`files`]: a 20 MB file and a filtered photo between two nodes; files from strangers wait
 //!   for the accept; files that cannot be sent.
 //! - [`mailbox`]: more mail for an offline friend than one delivery batch holds.
+//! - [`costly_ids`]: a network with a peer-id difficulty: un-worked attacker ids next to a name's
+//!   keys are no one's DHT servers; an un-worked honest node still resolves and sends.
 //! - [`sybil`]: issue 14's attack, attacker nodes with ids ground next to a name's key, at 20% and
 //!   30% of the network, against fresh resolvers.
 //! - [`groups`]: five-member groups, catch-up after 100 missed messages, removal and outsiders,
@@ -25,6 +27,7 @@
 
 mod api;
 mod calls;
+mod costly_ids;
 mod dht;
 mod dm;
 mod files;

@@ -9,6 +9,7 @@
 //! - [`density`]: which holders of a key count, against ids generated to sit next to it.
 //! - [`dht`]: what a DHT holder or resolver accepts (name records, key bundles, mailbox
 //!   pointers) and which value replaces which.
+//! - [`id_work`]: which peer ids may be DHT servers when a network makes ids costly.
 //! - [`safety_number`]: the fingerprint two people read to each other.
 //! - [`Invite`]: the `kith://` link that adds a friend without any lookup.
 //! - [`ClockSkew`]: how far our clock is from our peers', from the readings in their answers.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod density;
 pub mod dht;
 pub mod group;
+pub mod id_work;
 mod invite;
 pub mod message_id;
 mod name;

@@ -87,13 +87,16 @@ impl Behaviour {
         // kith validates every record itself before storing it (names, key bundles).
         kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+        let admission = crate::admission::DhtAdmission::new(config.peer_id_difficulty);
+        kad_config.set_kbucket_inserts(admission.bucket_inserts());
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-        kad.set_mode(match (config.relay_server, config.dht_mode) {
+        let mode = match (config.relay_server, config.dht_mode) {
             (true, _) | (false, DhtMode::Server) => Some(kad::Mode::Server),
             (false, DhtMode::Client) => Some(kad::Mode::Client),
             (false, DhtMode::Auto) => None,
-        });
+        };
+        kad.set_mode(admission.own_mode(&peer_id, mode));
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())

@@ -119,6 +119,11 @@ pub struct Config {
     /// Rules for DHT records. Without one, every inbound record is refused and every answer to a
     /// GET is returned unchecked.
     pub record_validator: Option<Arc<dyn RecordValidator>>,
+    /// The network's peer-id difficulty (`bootstrap.toml` `[network] peer_id_difficulty`): only
+    /// peers whose id is worked at it (`kith_core::id_work`) enter the routing table and count
+    /// as holders of a GET's answers, so a DHT server costs `2^d` key generations. 0 (the
+    /// default) admits every peer. A node whose own id is not worked stays a DHT client.
+    pub peer_id_difficulty: u8,
 }
 
 impl std::fmt::Debug for Config {
@@ -132,6 +137,7 @@ impl std::fmt::Debug for Config {
             .field("dht_mode", &self.dht_mode)
             .field("relay_server", &self.relay_server)
             .field("record_validator", &self.record_validator.is_some())
+            .field("peer_id_difficulty", &self.peer_id_difficulty)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +167,7 @@ impl Config {
             query_timeout: Duration::from_secs(30),
             dm_timeout: Duration::from_secs(20),
             record_validator: None,
+            peer_id_difficulty: 0,
         }
     }
 
@@ -207,6 +214,12 @@ impl Config {
         } else {
             ConnectionBudget::personal()
         })
+    }
+
+    /// Sets the network's peer-id difficulty (see [`Config::peer_id_difficulty`]).
+    pub fn with_peer_id_difficulty(mut self, difficulty: u8) -> Self {
+        self.peer_id_difficulty = difficulty;
+        self
     }
 
     /// Sets the network id.

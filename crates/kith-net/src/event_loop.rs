@@ -32,6 +32,7 @@ use crate::{
     Client, Config, ConnectionBudget, ConnectionInfo, ConnectionPath, DhtMode, Event,
     GetRecordResult, HolePunchAttempt, HolePunchStats, Metrics, NatStatus, NetError, NetStatus,
     PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed, RequestError,
+    admission::DhtAdmission,
     behaviour::{Behaviour, BehaviourEvent},
     blob::BlobUse,
     client::Command,
@@ -73,6 +74,8 @@ pub struct EventLoop {
     next_dm_id: u64,
     pending_gets: HashMap<kad::QueryId, PendingGet>,
     validator: Option<Arc<dyn RecordValidator>>,
+    /// Which peers may be DHT servers (costly peer ids; see `admission`).
+    admission: DhtAdmission,
     bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
     nat: NatStatus,
     relays: Vec<Multiaddr>,
@@ -252,13 +255,14 @@ pub(crate) fn build(
         swarm.add_external_address(addr.clone());
     }
 
+    let admission = DhtAdmission::new(config.peer_id_difficulty);
     let mut bootstrap_dials = HashMap::new();
     for addr in &config.bootstrap {
         if let Some((peer, base)) = listen::split_peer_id(addr) {
             if peer == *swarm.local_peer_id() {
                 continue;
             }
-            swarm.behaviour_mut().kad.add_address(&peer, base);
+            admission.add_address(&mut swarm.behaviour_mut().kad, &peer, base);
         }
         let opts = DialOpts::from(addr.clone());
         let id = opts.connection_id();
@@ -286,12 +290,18 @@ pub(crate) fn build(
         *swarm.local_peer_id(),
         crate::blob::BlobStreams::new(swarm.behaviour().blob.new_control(), blob_use.clone()),
     );
+    // A node whose id is not worked stays a DHT client (`DhtAdmission::own_mode`).
+    let dht_mode = if admission.admits(swarm.local_peer_id()) {
+        config.dht_mode
+    } else {
+        DhtMode::Client
+    };
     let mut event_loop = EventLoop {
         swarm,
         commands: command_rx,
         events: event_tx,
         metrics,
-        dht_mode: config.dht_mode,
+        dht_mode,
         kad_protocol,
         peers: HashMap::new(),
         pending_closest: HashMap::new(),
@@ -302,6 +312,7 @@ pub(crate) fn build(
         next_dm_id: 0,
         pending_gets: HashMap::new(),
         validator: config.record_validator.clone(),
+        admission,
         bootstrap_dials,
         nat: NatStatus::Unknown,
         relays,
@@ -1094,10 +1105,11 @@ impl EventLoop {
                 // enters the table with its LAN addresses.
                 for addr in &info.listen_addrs {
                     if scope::reachable_from(addr, from) {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, addr.clone());
+                        self.admission.add_address(
+                            &mut self.swarm.behaviour_mut().kad,
+                            &peer_id,
+                            addr.clone(),
+                        );
                     } else {
                         tracing::trace!(%peer_id, %addr, "not adding an address we cannot reach to the DHT");
                     }
@@ -1279,6 +1291,11 @@ impl EventLoop {
                 }
                 other => tracing::trace!(?other, "DHT query progressed"),
             },
+            // Only with a peer-id difficulty (manual inserts): a dialed peer that speaks our DHT.
+            kad::Event::RoutablePeer { peer, address } => {
+                self.admission
+                    .add_address(&mut self.swarm.behaviour_mut().kad, &peer, address);
+            }
             kad::Event::RoutingUpdated { peer, .. } => {
                 tracing::debug!(%peer, "routing table updated");
                 let n = self.routing_table_len();
@@ -1352,7 +1369,17 @@ impl EventLoop {
         let mut done = last;
         match result {
             Ok(kad::GetRecordOk::FoundRecord(kad::PeerRecord { peer, record })) => {
+                // An answer from a peer that may not be a DHT server (its id is not worked)
+                // counts for nothing, not even towards the early stop.
                 let class = match &self.validator {
+                    _ if peer.is_some_and(|p| !self.admission.admits(&p)) => {
+                        self.metrics.dht_answer_rejected();
+                        tracing::debug!(
+                            ?peer,
+                            "ignored a DHT answer from a peer id that is not worked"
+                        );
+                        None
+                    }
                     Some(v) => match v.validate(&get.key, &record.value) {
                         Ok(valid) => Some(valid.class),
                         Err(reason) => {

@@ -21,6 +21,7 @@
 //! The loop never awaits anything but its `select!`: events go out with `try_send` and a full
 //! channel is counted as a drop, so a slow consumer can never stall the network.
 
+mod admission;
 mod autonat_server;
 mod behaviour;
 mod blob;

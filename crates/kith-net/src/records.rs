@@ -43,7 +43,8 @@ pub struct RecordAnswer {
 pub struct GetRecordResult {
     /// Valid answers, in arrival order.
     pub answers: Vec<RecordAnswer>,
-    /// Answers the validator refused.
+    /// Answers the validator refused, and answers from holders whose peer id is not worked at
+    /// the network's peer-id difficulty ([`crate::Config::peer_id_difficulty`]).
     pub rejected: usize,
     /// How many nodes the network has, estimated from our routing table when the answer was
     /// sent (`kith_core::density::estimate_network_size`); `None` with an empty table. Resolvers

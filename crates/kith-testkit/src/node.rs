@@ -57,6 +57,8 @@ pub struct TestNode {
     keypair: Keypair,
     options: Options,
     transports: Transports,
+    /// The network's peer-id difficulty it runs with (`kith_net::Config::peer_id_difficulty`).
+    peer_id_difficulty: u8,
     home: TempDir,
     tcp: Multiaddr,
     quic: Option<Multiaddr>,
@@ -97,8 +99,20 @@ impl TestNode {
     pub async fn start_with_keypair(
         keypair: Keypair,
         bootstrap: Vec<Multiaddr>,
+        options: Options,
+        transports: Transports,
+    ) -> Result<Self> {
+        Self::start_costly(keypair, bootstrap, options, transports, 0).await
+    }
+
+    /// Like [`TestNode::start_with_keypair`], in a network whose DHT servers need peer ids worked
+    /// at `peer_id_difficulty` (`kith_core::id_work`); the node keeps it across restarts.
+    pub async fn start_costly(
+        keypair: Keypair,
+        bootstrap: Vec<Multiaddr>,
         mut options: Options,
         transports: Transports,
+        peer_id_difficulty: u8,
     ) -> Result<Self> {
         if options.pickle_key.is_none() {
             options.pickle_key =
@@ -109,7 +123,12 @@ impl TestNode {
             .tempdir()
             .context("creating a temporary home")?;
         let store = open_store(&home)?;
-        Self::start_in(home, store, keypair, bootstrap, options, transports).await
+        let start = Start {
+            options,
+            transports,
+            peer_id_difficulty,
+        };
+        Self::start_in(home, store, keypair, bootstrap, start).await
     }
 
     async fn start_in(
@@ -117,11 +136,16 @@ impl TestNode {
         store: Store,
         keypair: Keypair,
         bootstrap: Vec<Multiaddr>,
-        options: Options,
-        transports: Transports,
+        start: Start,
     ) -> Result<Self> {
         init_tracing();
-        let config = loopback_config(keypair.clone(), NETWORK_ID, transports, bootstrap)?;
+        let Start {
+            options,
+            transports,
+            peer_id_difficulty,
+        } = start;
+        let config = loopback_config(keypair.clone(), NETWORK_ID, transports, bootstrap)?
+            .with_peer_id_difficulty(peer_id_difficulty);
         let node = start_node(config, store.clone(), options.clone()).await?;
         let (tcp, quic) = listen_addrs(&node, transports).await?;
         Ok(Self {
@@ -130,6 +154,7 @@ impl TestNode {
             keypair,
             options,
             transports,
+            peer_id_difficulty,
             home,
             tcp,
             quic,
@@ -241,24 +266,30 @@ impl TestNode {
         if options.pickle_key.is_none() {
             options.pickle_key = self.options.pickle_key.clone();
         }
-        let transports = self.transports;
+        let start = Start {
+            options,
+            transports: self.transports,
+            peer_id_difficulty: self.peer_id_difficulty,
+        };
         let (home, keypair) = self.stop().await?;
         let store = reopen_store(&home).await?;
-        Self::start_in(home, store, keypair, bootstrap, options, transports).await
+        Self::start_in(home, store, keypair, bootstrap, start).await
     }
 
     /// Stops the node and releases its store but keeps its home, identity and options, so that
     /// it can be started again later ([`StoppedNode::start`]); in between its peer id is free for
     /// a test to play (e.g. with a raw swarm holding [`StoppedNode::keypair`]).
     pub async fn stop_keeping_home(self) -> Result<StoppedNode> {
-        let options = self.options.clone();
-        let transports = self.transports;
+        let start = Start {
+            options: self.options.clone(),
+            transports: self.transports,
+            peer_id_difficulty: self.peer_id_difficulty,
+        };
         let (home, keypair) = self.stop().await?;
         Ok(StoppedNode {
             home,
             keypair,
-            options,
-            transports,
+            start,
         })
     }
 
@@ -279,8 +310,14 @@ impl TestNode {
 pub struct StoppedNode {
     home: TempDir,
     keypair: Keypair,
+    start: Start,
+}
+
+/// How a node is started, kept across restarts.
+struct Start {
     options: Options,
     transports: Transports,
+    peer_id_difficulty: u8,
 }
 
 impl StoppedNode {
@@ -289,6 +326,7 @@ impl StoppedNode {
     pub async fn with_store<T>(&self, f: impl FnOnce(&Store, &PickleKey) -> T) -> Result<T> {
         let store = reopen_store(&self.home).await?;
         let key = self
+            .start
             .options
             .pickle_key
             .clone()
@@ -313,15 +351,7 @@ impl StoppedNode {
     /// the given bootstrap list. Its listen ports change.
     pub async fn start(self, bootstrap: Vec<Multiaddr>) -> Result<TestNode> {
         let store = reopen_store(&self.home).await?;
-        TestNode::start_in(
-            self.home,
-            store,
-            self.keypair,
-            bootstrap,
-            self.options,
-            self.transports,
-        )
-        .await
+        TestNode::start_in(self.home, store, self.keypair, bootstrap, self.start).await
     }
 }
 

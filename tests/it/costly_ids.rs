@@ -1,0 +1,369 @@
+//! Costly peer ids (issue 14's third defence): in a network with a peer-id difficulty, only
+//! worked ids (`kith_core::id_work`) are DHT servers.
+//!
+//! The attack is `sybil.rs`'s: attacker nodes whose ids were generated to be the closest to a
+//! name's first key, holding the attacker's own valid claim under every replica key, one of them
+//! a bootstrap entry of the fresh resolver. Here their ids are ground for closeness only, not for
+//! the work (the work is what the network charges for), and they run as DHT servers that ignore
+//! the difficulty (what a modified node would do), helped by one worked node that also ignores
+//! it and so hands their addresses to anyone who asks it for peers near the key. They must never
+//! enter an honest routing table, never be given a replica to hold, and never be counted when a
+//! fresh node resolves the name, even when its lookup reaches them. An honest node whose id is not worked (an identity from before the network
+//! set the difficulty) must still resolve and send, as a DHT client.
+
+// Test code: failing loudly is the point. ServiceError carries both peer ids of a conflict, so it
+// is large; kith-service allows that the same way.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err
+)]
+
+use std::{ops::ControlFlow, time::Duration};
+
+use kith_core::{Name, id_work};
+use kith_net::{Keypair, Multiaddr, PeerId};
+use kith_service::{MessageStatus, Options};
+use libp2p::kad::KBucketKey;
+
+use crate::harness::{
+    POLL, TestNode, Transports, holds_for, name_options, poll_until, shutdown_all, wait_for_mesh,
+    wait_until,
+};
+
+/// The network's peer-id difficulty: 2^8 key generations per worked id, instant in a test.
+const D: u8 = 8;
+/// The contested name.
+const NAME: &str = "alice";
+/// For a dozen nodes on a loaded two-core machine to all know each other.
+const MESH: Duration = Duration::from_secs(40);
+/// Upper bound on one register, resolve or send call.
+const LOOKUP: Duration = Duration::from_secs(30);
+/// How long the routing tables are watched for an attacker after the network formed.
+const WATCH: Duration = Duration::from_secs(3);
+/// Upper bound on identities generated for one search.
+const MAX_KEYS: u64 = 1 << 20;
+/// Honest nodes with worked ids (the owner among them).
+const WORKED: usize = 7;
+/// Attacker nodes, ground next to the name's first key, ids not worked.
+const ATTACKERS: usize = 3;
+
+/// Names options with the key bundle published soon after start (the un-worked node sends a
+/// message, which needs the recipient's bundle from the DHT).
+fn options() -> Options {
+    Options {
+        first_republish_after: Duration::from_millis(200),
+        ..name_options()
+    }
+}
+
+/// An identity whose peer id is worked at [`D`].
+fn worked() -> Keypair {
+    let mut budget = MAX_KEYS / id_work::PROGRESS_EVERY;
+    id_work::grind(D, Keypair::generate_ed25519, |_| {
+        budget = budget.saturating_sub(1);
+        if budget == 0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .expect("a worked id within the bound")
+}
+
+/// An identity whose peer id is not worked at [`D`] (255 in 256 are not).
+fn unworked() -> Keypair {
+    (0..1000)
+        .map(|_| Keypair::generate_ed25519())
+        .find(|k| !id_work::is_worked(&k.public().to_peer_id(), D))
+        .expect("an un-worked id")
+}
+
+/// `count` un-worked identities closer to `key` than every peer in `honest`, closest first.
+fn ground_next_to(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
+    let target = KBucketKey::new(key.to_vec());
+    let closest_honest = honest
+        .iter()
+        .map(|p| KBucketKey::from(*p).distance(&target))
+        .min()
+        .expect("an honest network");
+    let mut ground = Vec::new();
+    for _ in 0..MAX_KEYS {
+        let keypair = Keypair::generate_ed25519();
+        let id = keypair.public().to_peer_id();
+        if !id_work::is_worked(&id, D) && KBucketKey::from(id).distance(&target) < closest_honest {
+            ground.push(keypair);
+            if ground.len() == count {
+                break;
+            }
+        }
+    }
+    assert_eq!(ground.len(), count, "not enough ground ids");
+    ground.sort_by_key(|k| KBucketKey::from(k.public().to_peer_id()).distance(&target));
+    ground
+}
+
+async fn start(keypair: Keypair, bootstrap: Vec<Multiaddr>) -> TestNode {
+    TestNode::start_costly(keypair, bootstrap, options(), Transports::Tcp, D)
+        .await
+        .unwrap()
+}
+
+/// An attacker's node: it ignores the difficulty (serves the DHT, admits every peer).
+async fn start_rogue(keypair: Keypair, bootstrap: Vec<Multiaddr>) -> TestNode {
+    TestNode::start_costly(keypair, bootstrap, options(), Transports::Tcp, 0)
+        .await
+        .unwrap()
+}
+
+/// The value `node` holds under `key` in its own DHT store, if any.
+async fn local_value(node: &TestNode, key: &[u8]) -> Option<Vec<u8>> {
+    node.local_value(key, LOOKUP).await.unwrap()
+}
+
+/// Waits until `node` (a DHT client or server) has at least `min` of `servers` in its routing
+/// table: it has met the network and identified it.
+async fn wait_to_know(node: &TestNode, servers: &[PeerId], min: usize) {
+    wait_until(
+        &format!("{} to know {min} worked nodes", node.peer_id()),
+        MESH,
+        POLL,
+        async || {
+            node.routing_table()
+                .await
+                .is_ok_and(|t| servers.iter().filter(|p| t.contains(p)).count() >= min)
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Un-worked attacker nodes ground next to a name's key stay out of every honest routing table,
+/// hold none of the owner's replicas, and a fresh resolver that bootstraps from one of them gets
+/// the honest owner with no rival; an honest node whose id is not worked resolves the name and
+/// sends to it as a DHT client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_resolve_and_send() {
+    let name = Name::parse(NAME).unwrap();
+    let first_key = name.dht_key();
+
+    // The attacker's claim, signed alone, before the honest owner's (it would win every tie).
+    let thief = TestNode::start_with(Vec::new(), name_options(), Transports::Tcp)
+        .await
+        .unwrap();
+    let stolen = tokio::time::timeout(LOOKUP, thief.node().register_name(NAME, None))
+        .await
+        .expect("isolated register hung")
+        .unwrap();
+    let attacker_id = thief.peer_id();
+    let attacker_bytes = stolen.record.to_bytes().to_vec();
+    thief.shutdown().await.unwrap();
+
+    // The honest servers: worked ids, a star around the first.
+    let hub = start(worked(), Vec::new()).await;
+    let hub_addr = hub.tcp_addr();
+    let mut honest = vec![hub];
+    let leaves =
+        futures::future::join_all((1..WORKED).map(|_| start(worked(), vec![hub_addr.clone()])));
+    honest.extend(leaves.await);
+    let server_ids: Vec<PeerId> = honest.iter().map(TestNode::peer_id).collect();
+    assert!(server_ids.iter().all(|p| id_work::is_worked(p, D)));
+
+    // The attackers (closer to the first key than every honest server, not worked) and an
+    // honest node from before the difficulty (not worked).
+    let ground = ground_next_to(&first_key, &server_ids, ATTACKERS);
+    let attackers: Vec<TestNode> = futures::future::join_all(
+        ground
+            .into_iter()
+            .map(|k| start_rogue(k, vec![hub_addr.clone()])),
+    )
+    .await;
+    let attacker_ids: Vec<PeerId> = attackers.iter().map(TestNode::peer_id).collect();
+    let old = start(unworked(), vec![hub_addr.clone()]).await;
+    let old_id = old.peer_id();
+
+    // Everyone meets everyone: the servers know each other, the others know the servers.
+    wait_for_mesh(&honest, &[], MESH).await.unwrap();
+    for client in attackers.iter().chain([&old]) {
+        wait_to_know(client, &server_ids, WORKED).await;
+    }
+    // ...and no server ever takes a peer whose id is not worked.
+    let outsiders: Vec<PeerId> = attacker_ids.iter().copied().chain([old_id]).collect();
+    holds_for(
+        "no honest routing table holds an un-worked id",
+        WATCH,
+        POLL,
+        async || {
+            for node in &honest {
+                let table = node.routing_table().await.map_err(|e| e.to_string())?;
+                if let Some(p) = outsiders.iter().find(|p| table.contains(p)) {
+                    return Err(format!("{} has {p} in its routing table", node.peer_id()));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The honest owner registers first; its claim goes to worked servers only.
+    let owner = &honest[1];
+    let owner_id = owner.peer_id();
+    let reg = tokio::time::timeout(LOOKUP, owner.node().register_name(NAME, None))
+        .await
+        .expect("register hung")
+        .unwrap();
+    assert!(reg.published);
+    for node in &honest {
+        assert_eq!(
+            local_value(node, &first_key).await.as_deref(),
+            Some(reg.record.to_bytes()),
+            "worked server {} does not hold the owner's claim",
+            node.peer_id()
+        );
+    }
+    for client in attackers.iter().chain([&old]) {
+        for key in name.replica_keys() {
+            assert_eq!(
+                local_value(client, &key).await,
+                None,
+                "{} (not worked) was given a replica to hold",
+                client.peer_id()
+            );
+        }
+    }
+
+    // The attackers now hold their own claim under every replica key (a local put is never
+    // checked) and push it towards the closest peers (the worked holders refuse it).
+    for attacker in &attackers {
+        for key in name.replica_keys() {
+            let _ = tokio::time::timeout(
+                LOOKUP,
+                attacker
+                    .node()
+                    .probe()
+                    .put_record(key, attacker_bytes.clone()),
+            )
+            .await
+            .expect("attacker put hung");
+        }
+        for key in name.replica_keys() {
+            assert_eq!(
+                local_value(attacker, &key).await.as_deref(),
+                Some(&attacker_bytes[..]),
+                "attacker {} serves its claim",
+                attacker.peer_id()
+            );
+        }
+    }
+
+    // The attacker's one worked node joins: honest nodes admit it, and it tells anyone who asks
+    // it for peers near the name's keys about the attackers (it admits every id).
+    let referrer = start_rogue(worked(), vec![attackers[0].tcp_addr(), hub_addr.clone()]).await;
+    wait_to_know(&referrer, &attacker_ids, ATTACKERS).await;
+    wait_for_mesh(&honest, &[referrer.peer_id()], MESH)
+        .await
+        .unwrap();
+
+    // A fresh resolver bootstrapping from the attacker closest to the key and the hub.
+    let fresh = start(worked(), vec![attackers[0].tcp_addr(), hub_addr.clone()]).await;
+    wait_to_know(&fresh, &server_ids, WORKED / 2 + 1).await;
+    let resolved = tokio::time::timeout(LOOKUP, fresh.node().resolve_name(NAME))
+        .await
+        .expect("fresh resolve hung")
+        .unwrap();
+    assert_eq!(
+        resolved.peer_id, owner_id,
+        "attacker {attacker_id}: {resolved:?}"
+    );
+    assert!(resolved.newly_pinned);
+    assert!(
+        resolved.rivals.iter().all(|(p, _)| *p != attacker_id),
+        "answers from un-worked holders were counted: {resolved:?}"
+    );
+    let table = fresh.routing_table().await.unwrap();
+    assert!(
+        attacker_ids.iter().all(|p| !table.contains(p)),
+        "the fresh resolver took its un-worked bootstrap entry into its routing table"
+    );
+    // At the network layer no answer from an un-worked holder is ever returned, though full
+    // walks reach the attackers through the referrer (their answers are counted as rejected).
+    let mut rejected = 0;
+    for key in name.replica_keys() {
+        let raw = tokio::time::timeout(LOOKUP, fresh.node().probe().get_record(key, usize::MAX))
+            .await
+            .expect("raw get hung")
+            .unwrap();
+        assert!(
+            raw.answers
+                .iter()
+                .filter_map(|a| a.holder)
+                .all(|h| id_work::is_worked(&h, D)),
+            "{raw:?}"
+        );
+        rejected += raw.rejected;
+    }
+    assert!(
+        rejected > 0,
+        "no walk reached an attacker: the test did not test the filter"
+    );
+    // Meeting them on those walks did not put them in any honest routing table either.
+    for node in honest.iter().chain([&fresh]) {
+        let table = node.routing_table().await.unwrap();
+        assert!(
+            outsiders.iter().all(|p| !table.contains(p)),
+            "{} took an un-worked id into its routing table",
+            node.peer_id()
+        );
+    }
+
+    // The honest node whose id is not worked: a DHT client that resolves and sends.
+    let resolved = tokio::time::timeout(LOOKUP, old.node().resolve_name(NAME))
+        .await
+        .expect("un-worked resolve hung")
+        .unwrap();
+    assert_eq!(resolved.peer_id, owner_id, "{resolved:?}");
+    let sent = tokio::time::timeout(LOOKUP, old.node().send_text(NAME, "hello from an old id"))
+        .await
+        .expect("send hung")
+        .unwrap();
+    assert_eq!(sent.peer, owner_id);
+    poll_until(
+        "the owner to receive the un-worked node's message",
+        LOOKUP,
+        POLL,
+        async || {
+            owner
+                .node()
+                .probe()
+                .conversation(old_id)
+                .ok()?
+                .into_iter()
+                .find(|m| m.text == "hello from an old id" && !m.outgoing)
+        },
+    )
+    .await
+    .unwrap();
+    poll_until(
+        "the un-worked node's message to be acknowledged",
+        LOOKUP,
+        POLL,
+        async || {
+            old.node()
+                .message(&sent.id)
+                .ok()
+                .flatten()
+                .filter(|m| m.status == MessageStatus::Delivered)
+        },
+    )
+    .await
+    .unwrap();
+
+    let mut everyone = honest;
+    everyone.extend(attackers);
+    everyone.push(referrer);
+    everyone.push(old);
+    everyone.push(fresh);
+    shutdown_all(everyone).await.unwrap();
+}
