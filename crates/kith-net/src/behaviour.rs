@@ -2,13 +2,23 @@
 //! connection limits come first: a later denial after others accepted a connection has caused
 //! inconsistent state upstream (rust-libp2p #4773, #4870).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    ops::{Deref, DerefMut},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use libp2p::{
-    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
+    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits,
+    core::{Endpoint, transport::PortUse},
+    dcutr, gossipsub, identify,
     identity::Keypair,
     kad, mdns, memory_connection_limits, ping, relay, request_response,
-    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    swarm::{
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
+    },
 };
 
 use crate::{
@@ -41,8 +51,9 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     /// Liveness and RTT.
     pub(crate) ping: ping::Behaviour,
-    /// kith's private DHT.
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// kith's private DHT, noting which peers it exchanges messages with (for the connection
+    /// manager).
+    pub(crate) kad: TrackedKad,
     /// Direct messages: one encrypted envelope per request, one ack per response.
     pub(crate) dm: request_response::Behaviour<crate::dm::Codec>,
     /// Mailboxes at community relays: register, deposit, fetch, delete.
@@ -172,7 +183,7 @@ impl Behaviour {
             autonat_server,
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
-            kad,
+            kad: TrackedKad::new(kad),
             mailbox: request_response::Behaviour::with_codec(
                 crate::dm::Codec::mailbox(metrics.frames_rejected_counter()),
                 [(
@@ -235,4 +246,149 @@ fn relay_server(peer_id: libp2p::PeerId, limits: &crate::RelayLimits) -> relay::
     // loopback test networks never confirm an external address.
     server.set_status(Some(relay::Status::Enable));
     server
+}
+
+/// Kademlia, noting when each peer last exchanged a Kademlia message with us.
+///
+/// The connection manager must not close a connection a query is using, and kad 0.49 exposes
+/// neither a query's peers nor its requests. Every request kad sends (a walk's `FIND_NODE`,
+/// `GET_VALUE`, `PUT_VALUE`, to a connected peer or after dialing it), every answer it gives and
+/// every message it receives passes through this wrapper, which records the peer and the time;
+/// the event loop takes the records ([`TrackedKad::take_used`]) as use of the peer's connections,
+/// like a direct message or a group message.
+pub(crate) struct TrackedKad {
+    inner: kad::Behaviour<kad::store::MemoryStore>,
+    /// Peers that exchanged a Kademlia message with us since the loop last took them.
+    used: HashMap<PeerId, Instant>,
+}
+
+impl TrackedKad {
+    fn new(inner: kad::Behaviour<kad::store::MemoryStore>) -> Self {
+        Self {
+            inner,
+            used: HashMap::new(),
+        }
+    }
+
+    /// The peers that exchanged a Kademlia message with us since the last call, with the time of
+    /// the latest exchange. Bounded by the peers we talk to between two calls.
+    pub(crate) fn take_used(&mut self) -> impl Iterator<Item = (PeerId, Instant)> + '_ {
+        self.used.drain()
+    }
+
+    fn note(&mut self, peer: PeerId) {
+        self.used.insert(peer, Instant::now());
+    }
+}
+
+impl Deref for TrackedKad {
+    type Target = kad::Behaviour<kad::store::MemoryStore>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl DerefMut for TrackedKad {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+impl NetworkBehaviour for TrackedKad {
+    type ConnectionHandler =
+        <kad::Behaviour<kad::store::MemoryStore> as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = kad::Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        // A request from the peer, or its answer to ours.
+        self.note(peer_id);
+        self.inner
+            .on_connection_handler_event(peer_id, connection_id, event);
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        let polled = self.inner.poll(cx);
+        match &polled {
+            // A request to the peer or our answer to its request.
+            Poll::Ready(ToSwarm::NotifyHandler { peer_id, .. }) => self.note(*peer_id),
+            // A query needs a peer it is not connected to; the request follows the connection.
+            Poll::Ready(ToSwarm::Dial { opts }) => {
+                if let Some(peer) = opts.get_peer_id() {
+                    self.note(peer);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
 }

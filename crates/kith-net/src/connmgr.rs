@@ -10,6 +10,10 @@
 //!   period are never picked, so trimming can stop above the low mark but never goes below it.
 //! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no topic
 //!   shared with us, and unused for the idle timeout.
+//! - [`select_duplicates`]: keep one connection per peer. Two nodes that dial each other at once,
+//!   an AutoNAT server's dial-back and a hole punch next to its relayed connection each leave a
+//!   second connection to the same peer, which carries nothing the first cannot and would count
+//!   twice against the marks.
 //!
 //! Usefulness ([`Candidate::value`]): a shared gossipsub topic (a group we are in) weighs most, then
 //! a place in our Kademlia routing table; ties go to the connection used least recently.
@@ -127,6 +131,65 @@ pub(crate) fn select_idle<K: Clone>(
         })
         .map(|c| c.key.clone())
         .collect()
+}
+
+/// A duplicate younger than this is left alone: a dial-back or a request may still be finishing
+/// on it.
+pub(crate) const DUPLICATE_GRACE: Duration = Duration::from_secs(3);
+
+/// One open connection as [`select_duplicates`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Link<P, K> {
+    /// The remote peer.
+    pub(crate) peer: P,
+    /// What the caller closes.
+    pub(crate) key: K,
+    /// We dialed it.
+    pub(crate) outbound: bool,
+    /// Through a relay circuit.
+    pub(crate) relayed: bool,
+    /// When it was established.
+    pub(crate) opened: Instant,
+    /// Something is bound to this very connection (a reservation, a circuit, a pending request,
+    /// a blob stream): none of the peer's connections is closed as a duplicate.
+    pub(crate) pinned: bool,
+}
+
+/// The duplicate connections we close: of each peer's connections, the one both ends keep is the
+/// best ranked (direct before relayed, then dialed by the lower peer id, then the oldest), and
+/// each end closes only the others **it dialed**, once they are past [`DUPLICATE_GRACE`]. Both
+/// ends rank the same way (who dialed and whether a circuit is used are seen alike at both ends),
+/// so they never close both connections of a pair; the oldest only breaks ties among connections
+/// the same end dialed, which only that end closes.
+pub(crate) fn select_duplicates<P: Ord + Clone, K: Clone>(
+    local: &P,
+    links: &[Link<P, K>],
+    now: Instant,
+) -> Vec<K> {
+    let mut by_peer: std::collections::BTreeMap<&P, Vec<&Link<P, K>>> = Default::default();
+    for link in links {
+        by_peer.entry(&link.peer).or_default().push(link);
+    }
+    let mut close = Vec::new();
+    for (peer, mut conns) in by_peer {
+        if conns.len() < 2 || conns.iter().any(|c| c.pinned) {
+            continue;
+        }
+        // Dialed by the lower peer id: ours when we are lower and it is outbound, or the other
+        // way round.
+        let by_lower = |c: &Link<P, K>| (local < peer) == c.outbound;
+        conns.sort_by_key(|c| (c.relayed, !by_lower(c), c.opened));
+        close.extend(
+            conns
+                .iter()
+                .skip(1)
+                .filter(|c| {
+                    c.outbound && now.saturating_duration_since(c.opened) >= DUPLICATE_GRACE
+                })
+                .map(|c| c.key.clone()),
+        );
+    }
+    close
 }
 
 #[cfg(test)]

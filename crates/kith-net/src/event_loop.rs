@@ -96,6 +96,11 @@ pub struct EventLoop {
     lost_bootstrap: HashMap<PeerId, (Instant, u32)>,
     /// Those lookups in flight.
     lost_lookups: HashMap<kad::QueryId, PeerId>,
+    /// Bootstrap peers a dial failed to reach since we were last connected to them: only these
+    /// are lost (looked up in the DHT). A bootstrap peer whose connection was closed as idle or
+    /// trimmed, by either end, is an ordinary peer: at scale, looking those up made every node
+    /// walk the DHT for its bootstrap peers and dial them again after every idle timeout.
+    unreachable_bootstrap: HashSet<PeerId>,
     /// The connection manager's marks and timeouts.
     budget: ConnectionBudget,
     /// Peers the service protects, by tag (see [`Client::protect`]).
@@ -334,6 +339,7 @@ pub(crate) fn build(
             .collect(),
         lost_bootstrap: HashMap::new(),
         lost_lookups: HashMap::new(),
+        unreachable_bootstrap: HashSet::new(),
         budget: config.connection_budget(),
         protected: HashMap::new(),
         serving: HashMap::new(),
@@ -629,6 +635,7 @@ impl EventLoop {
                 if self.bootstrap_dials.remove(&connection_id).is_some() {
                     self.bootstrap_peers.insert(peer_id);
                 }
+                self.unreachable_bootstrap.remove(&peer_id);
                 let inbound = endpoint.is_listener();
                 let addr = endpoint.get_remote_address().clone();
                 let local = match &endpoint {
@@ -713,6 +720,12 @@ impl EventLoop {
                 error,
             } => {
                 self.metrics.dial_failed();
+                if let Some(peer) = peer_id
+                    && self.bootstrap_peers.contains(&peer)
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.unreachable_bootstrap.insert(peer);
+                }
                 if let Some(addr) = self.bootstrap_dials.remove(&connection_id) {
                     tracing::warn!(%addr, %error, "bootstrap node unreachable; continuing without it");
                     // It went into the routing table before the dial; a dead entry would be
@@ -1483,7 +1496,17 @@ impl EventLoop {
     /// reservation on or listen through (or reach a peer through), peers with a request pending
     /// either way, peers we serve a reservation or circuit to, peers with an open blob stream.
     fn protected_peers(&self) -> HashSet<PeerId> {
-        let mut protected: HashSet<PeerId> = self.protected.values().flatten().copied().collect();
+        let mut protected = self.pinned_peers();
+        protected.extend(self.protected.values().flatten().copied());
+        protected
+    }
+
+    /// Peers with something bound to one of their connections: a relay we hold a reservation on
+    /// or listen through (or reach a peer through), a request pending either way, a reservation
+    /// or circuit we serve, an open blob stream. None of their connections is closed as a
+    /// duplicate, since the one bound may be the one we would pick.
+    fn pinned_peers(&self) -> HashSet<PeerId> {
+        let mut protected: HashSet<PeerId> = HashSet::new();
         protected.extend(self.reserved_on.iter().copied());
         protected.extend(self.relay_listeners.values().copied());
         protected.extend(self.pending_dm_out.values().map(|(peer, _)| *peer));
@@ -1505,6 +1528,13 @@ impl EventLoop {
         let now = Instant::now();
         for peer in self.blob_use.peers() {
             self.touch(&peer);
+        }
+        // A Kademlia request or answer is use: a query's connections stay while it needs them.
+        let used: Vec<(PeerId, Instant)> = self.swarm.behaviour_mut().kad.take_used().collect();
+        for (peer, at) in used {
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.last_used = state.last_used.max(at);
+            }
         }
         let protected = self.protected_peers();
         let gossipsub = &self.swarm.behaviour().gossipsub;
@@ -1544,6 +1574,12 @@ impl EventLoop {
     fn manage_connections(&mut self) {
         let now = Instant::now();
         self.last_managed = now;
+        for id in self.duplicates(now) {
+            if self.close(id) {
+                self.connections_trimmed += 1;
+                self.metrics.connection_trimmed();
+            }
+        }
         let candidates = self.candidates();
         let trims = connmgr::select_trims(&candidates, &self.budget, now);
         let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
@@ -1563,6 +1599,33 @@ impl EventLoop {
                 self.metrics.connection_idle_closed();
             }
         }
+    }
+
+    /// Our second connections to the same peers that we should close (see
+    /// [`connmgr::select_duplicates`]).
+    fn duplicates(&self, now: Instant) -> Vec<ConnectionId> {
+        let pinned = self.pinned_peers();
+        let links: Vec<connmgr::Link<PeerId, ConnectionId>> = self
+            .peers
+            .iter()
+            .filter(|(_, state)| state.connections.values().filter(|c| !c.closing).count() > 1)
+            .flat_map(|(peer, state)| {
+                let pinned = pinned.contains(peer);
+                state
+                    .connections
+                    .iter()
+                    .filter(|(_, c)| !c.closing)
+                    .map(move |(id, c)| connmgr::Link {
+                        peer: *peer,
+                        key: *id,
+                        outbound: !c.inbound,
+                        relayed: !c.path.is_direct(),
+                        opened: c.opened,
+                        pinned,
+                    })
+            })
+            .collect();
+        connmgr::select_duplicates(self.swarm.local_peer_id(), &links, now)
     }
 
     /// Closes one connection and stops counting it; false if the swarm no longer knows it.
@@ -1662,7 +1725,7 @@ impl EventLoop {
         let now = Instant::now();
         let mut due = Vec::new();
         for peer in &self.bootstrap_peers {
-            if self.swarm.is_connected(peer) {
+            if self.swarm.is_connected(peer) || !self.unreachable_bootstrap.contains(peer) {
                 self.lost_bootstrap.remove(peer);
                 continue;
             }

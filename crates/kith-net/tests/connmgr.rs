@@ -285,3 +285,78 @@ async fn an_idle_connection_closes_unless_it_shares_a_topic_or_is_protected() {
         node.stop().await;
     }
 }
+
+/// Relay mode (no AutoNAT client, so no dial-backs of its own) on a network of its own.
+fn quiet(mut c: Config) -> Config {
+    c.relay_server = true;
+    c.with_network_id("pair")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_that_dialed_each_other_keep_one_connection_between_them() {
+    let budget = ConnectionBudget {
+        grace: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(600),
+        ..ConnectionBudget::personal()
+    };
+    let a = TestNode::start_with(Some(budget), quiet).await;
+    let b = TestNode::start_with(Some(budget), quiet).await;
+    // Both ends dial (as in a simultaneous dial), and one of them twice.
+    a.client.dial(b.addr.clone()).await.unwrap();
+    b.client.dial(a.addr.clone()).await.unwrap();
+    a.client.dial(b.addr.clone()).await.unwrap();
+    poll_until("three connections between the two", || async {
+        (a.connections().await == 3 && b.connections().await == 3).then_some(())
+    })
+    .await;
+
+    // Each end closes only duplicates it dialed, ranked alike at both ends: one connection stays.
+    poll_until("one connection between the two", || async {
+        (a.connections().await == 1 && b.connections().await == 1).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        tokio::time::sleep(POLL).await;
+        assert!(a.connected(b.peer_id).await && b.connected(a.peer_id).await);
+    }
+    let trimmed = a.client.status().await.unwrap().connections_trimmed
+        + b.client.status().await.unwrap().connections_trimmed;
+    assert_eq!(trimmed, 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kademlia_requests_count_as_use_of_a_connection() {
+    let budget = ConnectionBudget {
+        grace: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(2),
+        ..ConnectionBudget::personal()
+    };
+    let hub = TestNode::start_with(Some(budget), |c| c.with_dht_mode(DhtMode::Server)).await;
+    let walker = TestNode::start(None, DhtMode::Client).await;
+    walker.client.dial(hub.addr.clone()).await.unwrap();
+    poll_until("the hub in the walker's routing table", || async {
+        (walker.client.status().await.unwrap().routing_table_peers > 0).then_some(())
+    })
+    .await;
+
+    // The walker asks the hub something every 300 ms for three idle timeouts: the only traffic
+    // is Kademlia's, and the hub keeps the connection.
+    let until = Instant::now() + budget.idle_timeout * 3;
+    while Instant::now() < until {
+        let _ = walker.client.get_closest_peers(PeerId::random()).await;
+        assert!(
+            hub.connected(walker.peer_id).await,
+            "the hub closed a connection Kademlia was using"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Once the walker stops, the connection is idle and goes.
+    poll_until("the idle walker to be closed", || async {
+        (!hub.connected(walker.peer_id).await).then_some(())
+    })
+    .await;
+    walker.stop().await;
+    hub.stop().await;
+}

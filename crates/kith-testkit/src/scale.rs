@@ -21,11 +21,10 @@ pub const SCALE_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// idle timeout, and the connection manager trimming to [`SCALE_CONNECTIONS_LOW`] above
 /// [`SCALE_CONNECTIONS_HIGH`].
 ///
-/// The manager cannot see Kademlia's requests (kad 0.49 does not expose a query's peers), so a
-/// connection counts as unused while a walk is on it: with a 5 s grace and idle time, every walk
-/// that took longer than 5 s on a loaded machine lost its connections and its PUT step found no
-/// taker (key bundles and names at 200 nodes). Both are the query timeout, so a connection a
-/// query opened outlives the query.
+/// The grace period and idle time are the query timeout, so a connection a query opened
+/// outlives the query. (Kademlia's requests and answers now count as use of a connection; before
+/// they did, a 5 s grace and idle time closed the connections of every walk that took longer than
+/// 5 s on a loaded machine.)
 pub fn scale_config(mut config: Config) -> Config {
     config.idle_timeout = SCALE_IDLE_TIMEOUT;
     config.query_timeout = SCALE_QUERY_TIMEOUT;

@@ -185,3 +185,105 @@ proptest! {
         }
     }
 }
+
+/// A connection between peers 1 and 2 as `local` sees it: dialed by `dialer`, opened `age`
+/// seconds before `now`.
+fn link(local: u8, key: u32, dialer: u8, relayed: bool, now: Instant, age: u64) -> Link<u8, u32> {
+    Link {
+        peer: 3 - local,
+        key,
+        outbound: dialer == local,
+        relayed,
+        opened: now - Duration::from_secs(age),
+        pinned: false,
+    }
+}
+
+#[track_caller]
+fn check_duplicates(local: u8, links: &[Link<u8, u32>], now: Instant, expect: &[u32]) {
+    let mut got = select_duplicates(&local, links, now);
+    got.sort_unstable();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn of_a_simultaneous_dial_the_connection_dialed_by_the_lower_id_is_kept_by_both_ends() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    // Connection 10 dialed by peer 1, connection 20 by peer 2, 20 the older one.
+    let at_1 = [
+        link(1, 10, 1, false, now, 50),
+        link(1, 20, 2, false, now, 60),
+    ];
+    let at_2 = [
+        link(2, 10, 1, false, now, 50),
+        link(2, 20, 2, false, now, 60),
+    ];
+    check_duplicates(1, &at_1, now, &[]);
+    check_duplicates(2, &at_2, now, &[20]);
+}
+
+#[test]
+fn a_direct_connection_wins_over_a_relayed_one_and_the_oldest_of_one_dialer_is_kept() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    // Peer 1 dialed a circuit (10) and two direct connections (11 older than 12).
+    let at_1 = [
+        link(1, 10, 1, true, now, 90),
+        link(1, 11, 1, false, now, 50),
+        link(1, 12, 1, false, now, 40),
+    ];
+    check_duplicates(1, &at_1, now, &[10, 12]);
+    // Peer 2 dialed none of them: it closes nothing.
+    let at_2: Vec<_> = at_1
+        .iter()
+        .map(|l| Link {
+            peer: 1,
+            outbound: false,
+            ..l.clone()
+        })
+        .collect();
+    check_duplicates(2, &at_2, now, &[]);
+}
+
+#[test]
+fn young_duplicates_and_peers_with_a_pinned_connection_are_left_alone() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    let young = [
+        link(2, 10, 1, false, now, 50),
+        link(2, 20, 2, false, now, 1),
+    ];
+    check_duplicates(2, &young, now, &[]);
+    let mut pinned = [
+        link(2, 10, 1, false, now, 50),
+        link(2, 20, 2, false, now, 60),
+    ];
+    pinned[1].pinned = true;
+    check_duplicates(2, &pinned, now, &[]);
+    // A single connection is never a duplicate.
+    check_duplicates(2, &[link(2, 20, 2, false, now, 60)], now, &[]);
+}
+
+proptest! {
+    #[test]
+    fn both_ends_together_keep_exactly_one_connection_of_a_pair(
+        conns in proptest::collection::vec((1u8..=2, any::<bool>(), 0u64..20, 0u64..3), 1..6),
+    ) {
+        let now = Instant::now() + Duration::from_secs(1000);
+        // Each end sees its own opening time (skewed by up to 2 s) for each connection.
+        let view = |local: u8| -> Vec<Link<u8, u32>> {
+            conns
+                .iter()
+                .enumerate()
+                .map(|(k, (dialer, relayed, age, skew))| {
+                    let age = if local == 1 { age + 10 } else { age + 10 + skew };
+                    link(local, k as u32, *dialer, *relayed, now, age)
+                })
+                .collect()
+        };
+        let mut closed = select_duplicates(&1, &view(1), now);
+        closed.extend(select_duplicates(&2, &view(2), now));
+        closed.sort_unstable();
+        closed.dedup();
+        // Everything is past the grace and nothing is pinned: exactly one connection stays.
+        prop_assert_eq!(conns.len() - closed.len(), 1);
+    }
+}
