@@ -653,6 +653,7 @@ async fn receive_ranges<R: AsyncBufRead + Unpin>(
                 if r.is_ok() {
                     written += data.len() as u64;
                     progress(written);
+                    writer.room().await;
                 }
                 r
             }
