@@ -133,8 +133,11 @@ pub(crate) fn select_idle<K: Clone>(
         .collect()
 }
 
-/// A duplicate younger than this is left alone: a dial-back or a request may still be finishing
-/// on it.
+/// A duplicate younger than this (or than the budget's grace period, if longer: see
+/// `EventLoop::duplicates`) is left alone: a dial-back or a request may still be finishing on it.
+/// An AutoNAT server's dial-back is a second connection to the peer it tests; closed after 3 s on
+/// a loaded machine, before the probe finished, the peer never learned it was reachable and never
+/// became a DHT server.
 pub(crate) const DUPLICATE_GRACE: Duration = Duration::from_secs(3);
 
 /// One open connection as [`select_duplicates`] sees it.
@@ -157,7 +160,8 @@ pub(crate) struct Link<P, K> {
 
 /// The duplicate connections we close: of each peer's connections, the one both ends keep is the
 /// best ranked (direct before relayed, then dialed by the lower peer id, then the oldest), and
-/// each end closes only the others **it dialed**, once they are past [`DUPLICATE_GRACE`]. Both
+/// each end closes only the others **it dialed**, once they are past `grace` (at least
+/// [`DUPLICATE_GRACE`]). Both
 /// ends rank the same way (who dialed and whether a circuit is used are seen alike at both ends),
 /// so they never close both connections of a pair; the oldest only breaks ties among connections
 /// the same end dialed, which only that end closes.
@@ -165,7 +169,9 @@ pub(crate) fn select_duplicates<P: Ord + Clone, K: Clone>(
     local: &P,
     links: &[Link<P, K>],
     now: Instant,
+    grace: Duration,
 ) -> Vec<K> {
+    let grace = grace.max(DUPLICATE_GRACE);
     let mut by_peer: std::collections::BTreeMap<&P, Vec<&Link<P, K>>> = Default::default();
     for link in links {
         by_peer.entry(&link.peer).or_default().push(link);
@@ -183,9 +189,7 @@ pub(crate) fn select_duplicates<P: Ord + Clone, K: Clone>(
             conns
                 .iter()
                 .skip(1)
-                .filter(|c| {
-                    c.outbound && now.saturating_duration_since(c.opened) >= DUPLICATE_GRACE
-                })
+                .filter(|c| c.outbound && now.saturating_duration_since(c.opened) >= grace)
                 .map(|c| c.key.clone()),
         );
     }

@@ -1625,7 +1625,7 @@ impl EventLoop {
                     })
             })
             .collect();
-        connmgr::select_duplicates(self.swarm.local_peer_id(), &links, now)
+        connmgr::select_duplicates(self.swarm.local_peer_id(), &links, now, self.budget.grace)
     }
 
     /// Closes one connection and stops counting it; false if the swarm no longer knows it.

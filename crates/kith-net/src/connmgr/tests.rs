@@ -201,7 +201,7 @@ fn link(local: u8, key: u32, dialer: u8, relayed: bool, now: Instant, age: u64) 
 
 #[track_caller]
 fn check_duplicates(local: u8, links: &[Link<u8, u32>], now: Instant, expect: &[u32]) {
-    let mut got = select_duplicates(&local, links, now);
+    let mut got = select_duplicates(&local, links, now, Duration::ZERO);
     got.sort_unstable();
     assert_eq!(got, expect);
 }
@@ -279,8 +279,8 @@ proptest! {
                 })
                 .collect()
         };
-        let mut closed = select_duplicates(&1, &view(1), now);
-        closed.extend(select_duplicates(&2, &view(2), now));
+        let mut closed = select_duplicates(&1, &view(1), now, Duration::ZERO);
+        closed.extend(select_duplicates(&2, &view(2), now, Duration::ZERO));
         closed.sort_unstable();
         closed.dedup();
         // Everything is past the grace and nothing is pinned: exactly one connection stays.
