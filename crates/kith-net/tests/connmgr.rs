@@ -253,13 +253,16 @@ async fn an_idle_connection_closes_unless_it_shares_a_topic_or_is_protected() {
     .await;
     let status = hub.client.status().await.unwrap();
     // The stranger's connection, and the hub's own AutoNAT probe dial back to it when that one
-    // came first (a node with no confirmed address probes kith peers it was dialed by).
+    // came first (a node with no confirmed address probes kith peers it was dialed by); a probe
+    // dial next to the peer's own connection may go earlier, as a duplicate (counted as trimmed).
+    let closed = status.connections_idle_closed + status.connections_trimmed;
     assert!(
-        (1..=2).contains(&status.connections_idle_closed),
-        "{}",
-        status.connections_idle_closed
+        (1..=2).contains(&closed) && status.connections_idle_closed >= 1,
+        "idle-closed {}, trimmed {}",
+        status.connections_idle_closed,
+        status.connections_trimmed
     );
-    assert_eq!(status.connections_trimmed, 0);
+    assert!(status.connections_trimmed <= 1);
     // The member connected before the stranger and was just as quiet.
     assert!(hub.connected(member.peer_id).await);
     assert!(hub.connected(friend.peer_id).await);
