@@ -178,7 +178,7 @@ impl crate::Node {
             .status()
             .await
             .map_or(0, |s| s.routing_table_peers);
-        let cache = &self.inner.names.rival_check;
+        let cache = &self.inner.names.cache.rival_check;
         let now = std::time::Instant::now();
         if let Some(cached) = crate::node::lock(cache).as_ref()
             && cached.fits(&names, routing_table, now)

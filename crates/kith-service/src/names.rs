@@ -34,6 +34,61 @@ const MAX_KNOWN: usize = 4096;
 /// bytes, so one signature check serves all of them.
 const MAX_VERIFIED: usize = 1024;
 
+/// The names component (issue 12, step 5, begun): owns the names book (`own_names`, `pins`,
+/// `contacts`) and the [`NameCache`]. `Node`'s name operations that need only these go through it
+/// (`Node` delegates); the rest are still `impl Node` below and reach the cache as
+/// `inner.names.cache`. Other components read the book only through it (node.rs's status and
+/// re-publish count use [`Names::owned_count`]).
+#[derive(Debug)]
+pub(crate) struct Names {
+    store: kith_store::Store,
+    rules: NameRules,
+    /// Conflicts, last answers, verified records.
+    pub(crate) cache: NameCache,
+}
+
+impl Names {
+    /// The component over `store`'s names book, with the network's name rules.
+    pub(crate) fn new(store: kith_store::Store, rules: NameRules) -> Self {
+        Self {
+            store,
+            rules,
+            cache: NameCache::default(),
+        }
+    }
+
+    /// Our own claims as stored (expired ones included, for renewal).
+    pub(crate) fn own_names(&self) -> Result<Vec<NameRecord>, ServiceError> {
+        Ok(self
+            .store
+            .names()
+            .list_own()?
+            .into_iter()
+            .filter_map(|(_, bytes)| NameRecord::verify_own(&bytes, &self.rules).ok())
+            .collect())
+    }
+
+    /// How many claims we hold (valid or not), for the status and the re-publish check.
+    pub(crate) fn owned_count(&self) -> Result<usize, ServiceError> {
+        Ok(self.store.names().list_own()?.len())
+    }
+
+    /// Every contact, by petname.
+    pub(crate) fn contacts(&self) -> Result<Vec<Contact>, ServiceError> {
+        Ok(self.store.names().contacts()?)
+    }
+
+    /// Removes a contact and makes that durable.
+    pub(crate) async fn remove_contact(&self, petname: &str) -> Result<(), ServiceError> {
+        let key = petname_key(petname)?;
+        if !self.store.names().remove_contact(&key)? {
+            return Err(ServiceError::NoSuchContact(petname.to_owned()));
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+}
+
 /// What the node knows about names between lookups: conflicts found on pinned names, the last
 /// network answer for each name, and when each was last checked. Resolutions and sends of a
 /// pinned name answer from here and the pin with no network call; a key change found by a lookup
@@ -560,7 +615,7 @@ impl Node {
             .map(|key| self.net().get_record(key.clone(), quorum));
         let results = futures::future::join_all(gets).await;
         let rules = self.name_rules();
-        let verified = &self.inner.names.verified;
+        let verified = &self.inner.names.cache.verified;
         let now = now_ms();
         let mut replicas = Vec::with_capacity(results.len());
         let mut first_error = None;
@@ -641,7 +696,7 @@ impl Node {
     /// The answer for a pinned name from the store and memory: `Ok(None)` when the name is not
     /// pinned, the recorded conflict when a lookup found another key.
     fn answer_locally(&self, name: &Name) -> Result<Option<Resolution>, ServiceError> {
-        if let Some(conflict) = self.inner.names.conflict(name.as_str()) {
+        if let Some(conflict) = self.inner.names.cache.conflict(name.as_str()) {
             return Err(conflict);
         }
         let Some(pin) = self.store().names().pin(name.as_str())? else {
@@ -649,7 +704,12 @@ impl Node {
         };
         let owner = peer_from_bytes(&pin.peer_id)?;
         Ok(Some(
-            match self.inner.names.known(name.as_str(), &owner, now_ms()) {
+            match self
+                .inner
+                .names
+                .cache
+                .known(name.as_str(), &owner, now_ms())
+            {
                 Some(known) => Resolution {
                     peer_id: owner,
                     claimed_at_ms: known.record.params().created_at_ms,
@@ -683,7 +743,7 @@ impl Node {
     /// pushed to API clients. Holds only a weak reference, so it never keeps a stopped node alive.
     fn recheck_in_background(&self, name: &Name) {
         let every = self.inner.options.name_recheck_every;
-        if !self.inner.names.check_due(name.as_str(), every) {
+        if !self.inner.names.cache.check_due(name.as_str(), every) {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
@@ -749,6 +809,7 @@ impl Node {
             if self
                 .inner
                 .names
+                .cache
                 .set_conflict(name.as_str(), conflict.clone())
             {
                 tracing::warn!(%name, %pinned, %found, "a pinned name is held by another key now");
@@ -769,7 +830,7 @@ impl Node {
                 contested: false,
             });
         }
-        self.inner.names.clear_conflict(name.as_str());
+        self.inner.names.cache.clear_conflict(name.as_str());
         let newly_pinned = pin.pinned_at_ms == candidate.pinned_at_ms;
         if newly_pinned {
             // The answer does not wait for the disk (a flush took up to 7 ms of a 20 ms cold
@@ -790,7 +851,7 @@ impl Node {
                     .record_seen(&found.to_bytes(), Some(&addr.to_vec()), None, 0);
         }
         let checked_at_ms = now_ms();
-        self.inner.names.remember(
+        self.inner.names.cache.remember(
             name.as_str(),
             Known {
                 record: selected.record.clone(),
@@ -846,14 +907,7 @@ impl Node {
 
     /// Names this node owns, with their latest records (expired ones included).
     pub fn own_names(&self) -> Result<Vec<NameRecord>, ServiceError> {
-        let rules = self.name_rules();
-        Ok(self
-            .store()
-            .names()
-            .list_own()?
-            .into_iter()
-            .filter_map(|(_, bytes)| NameRecord::verify_own(&bytes, rules).ok())
-            .collect())
+        self.inner.names.own_names()
     }
 
     /// Gives up a name: publishes a final version that expires within a minute (holders then let
@@ -1014,17 +1068,12 @@ impl Node {
 
     /// Every contact.
     pub fn contacts(&self) -> Result<Vec<Contact>, ServiceError> {
-        Ok(self.store().names().contacts()?)
+        self.inner.names.contacts()
     }
 
     /// Removes a contact.
     pub async fn remove_contact(&self, petname: &str) -> Result<(), ServiceError> {
-        let key = petname_key(petname)?;
-        if !self.store().names().remove_contact(&key)? {
-            return Err(ServiceError::NoSuchContact(petname.to_owned()));
-        }
-        self.store().flush().await?;
-        Ok(())
+        self.inner.names.remove_contact(petname).await
     }
 
     /// Finds who a recipient string means: a petname first, then a name, then a peer id.

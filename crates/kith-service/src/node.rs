@@ -114,7 +114,7 @@ pub(crate) struct Inner {
     pub(crate) groups: crate::groups::Groups,
     pub(crate) files: crate::files::Files,
     pub(crate) calls: crate::calls::Calls,
-    pub(crate) names: crate::names::NameCache,
+    pub(crate) names: crate::names::Names,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
@@ -187,8 +187,8 @@ impl Node {
         store: Store,
         options: Options,
     ) -> Result<Self, ServiceError> {
-        let names = crate::names::NameCache::default();
-        config.record_validator = Some(names.validator(options.name_rules.clone()));
+        let names = crate::names::Names::new(store.clone(), options.name_rules.clone());
+        config.record_validator = Some(names.cache.validator(options.name_rules.clone()));
         let keypair = config.keypair.clone();
         let mut registry = Registry::with_prefix("kith");
         let net_metrics = NetMetrics::default();
@@ -365,7 +365,7 @@ impl Node {
     pub async fn checkup(&self) -> Result<crate::health::Checkup, ServiceError> {
         let (status, name_claims) = tokio::join!(self.status(), self.name_claims());
         let status = status?;
-        let owned_names = self.store().names().list_own()?.len();
+        let owned_names = self.inner.names.owned_count()?;
         let health = self.health(|h| h.clone());
         let mailboxes = self
             .mailbox_relays()
@@ -605,7 +605,7 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
         if let Err(e) = &pointer {
             tracing::warn!(error = %e, "could not publish the mailbox pointer");
         }
-        let owned = node.store().names().list_own().map_or(0, |l| l.len());
+        let owned = node.inner.names.owned_count().unwrap_or(0);
         const NO_TAKER: &str = "no DHT peer took it";
         node.health(|h| {
             h.names.record(match names {
