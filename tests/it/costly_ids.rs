@@ -149,16 +149,7 @@ async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_
     let first_key = name.dht_key();
 
     // The attacker's claim, signed alone, before the honest owner's (it would win every tie).
-    let thief = TestNode::start_with(Vec::new(), name_options(), Transports::Tcp)
-        .await
-        .unwrap();
-    let stolen = tokio::time::timeout(LOOKUP, thief.node().register_name(NAME, None))
-        .await
-        .expect("isolated register hung")
-        .unwrap();
-    let attacker_id = thief.peer_id();
-    let attacker_bytes = stolen.record.to_bytes().to_vec();
-    thief.shutdown().await.unwrap();
+    let (attacker_id, attacker_bytes) = crate::sybil::claim_alone(NAME).await;
 
     // The honest servers: worked ids, a star around the first.
     let hub = start(worked(), Vec::new()).await;

@@ -88,6 +88,22 @@ async fn local_value(node: &TestNode, key: &[u8]) -> Option<Vec<u8>> {
     node.local_value(key, LOOKUP).await.unwrap()
 }
 
+/// An attacker's claim to `name`, signed by a node with no peers (so published nowhere) and
+/// before any honest claim: its peer id and the record's bytes, to be planted later.
+pub(crate) async fn claim_alone(name: &str) -> (PeerId, Vec<u8>) {
+    let thief = TestNode::start_with(Vec::new(), name_options(), Transports::Tcp)
+        .await
+        .unwrap();
+    let stolen = tokio::time::timeout(LOOKUP, thief.node().register_name(name, None))
+        .await
+        .expect("isolated register hung")
+        .unwrap();
+    assert!(!stolen.published);
+    let claim = (thief.peer_id(), stolen.record.to_bytes().to_vec());
+    thief.shutdown().await.unwrap();
+    claim
+}
+
 /// Runs the attack with `honest_n` honest nodes and `sybil_n` ground attacker nodes, then
 /// `resolvers` fresh nodes resolve the name. Panics on any resolution that follows the attacker
 /// or fails otherwise.
@@ -97,17 +113,7 @@ async fn attack(honest_n: usize, sybil_n: usize, resolvers: usize) -> Outcomes {
 
     // The attacker's claim, signed alone and before the honest owner's: valid signature and
     // proof of work, and the earlier claim time.
-    let thief = TestNode::start_with(Vec::new(), name_options(), Transports::Tcp)
-        .await
-        .unwrap();
-    let stolen = tokio::time::timeout(LOOKUP, thief.node().register_name(NAME, None))
-        .await
-        .expect("isolated register hung")
-        .unwrap();
-    assert!(!stolen.published);
-    let attacker_id = thief.peer_id();
-    let attacker_bytes = stolen.record.to_bytes().to_vec();
-    thief.shutdown().await.unwrap();
+    let (attacker_id, attacker_bytes) = claim_alone(NAME).await;
 
     // The honest network, then attacker nodes with ids closer to the first key than any of it.
     let honest = star_with(honest_n, name_options(), Transports::Tcp)
