@@ -25,7 +25,6 @@ use std::{ops::ControlFlow, time::Duration};
 use kith_core::{Name, id_work};
 use kith_net::{Keypair, Multiaddr, PeerId};
 use kith_service::{MessageStatus, Options};
-use libp2p::kad::KBucketKey;
 
 use crate::harness::{
     POLL, TestNode, Transports, holds_for, name_options, poll_until, shutdown_all, wait_for_mesh,
@@ -82,26 +81,9 @@ fn unworked() -> Keypair {
 
 /// `count` un-worked identities closer to `key` than every peer in `honest`, closest first.
 fn ground_next_to(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
-    let target = KBucketKey::new(key.to_vec());
-    let closest_honest = honest
-        .iter()
-        .map(|p| KBucketKey::from(*p).distance(&target))
-        .min()
-        .expect("an honest network");
-    let mut ground = Vec::new();
-    for _ in 0..MAX_KEYS {
-        let keypair = Keypair::generate_ed25519();
-        let id = keypair.public().to_peer_id();
-        if !id_work::is_worked(&id, D) && KBucketKey::from(id).distance(&target) < closest_honest {
-            ground.push(keypair);
-            if ground.len() == count {
-                break;
-            }
-        }
-    }
-    assert_eq!(ground.len(), count, "not enough ground ids");
-    ground.sort_by_key(|k| KBucketKey::from(k.public().to_peer_id()).distance(&target));
-    ground
+    crate::sybil::grind_where(key, honest, count, MAX_KEYS as usize, |id| {
+        !id_work::is_worked(id, D)
+    })
 }
 
 async fn start(keypair: Keypair, bootstrap: Vec<Multiaddr>) -> TestNode {

@@ -58,6 +58,17 @@ struct Outcomes {
 /// Generates identities until `count` of them are closer to `key` (in Kademlia's metric) than
 /// every peer in `honest`; returns them, closest first.
 fn grind(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
+    grind_where(key, honest, count, MAX_GRIND, |_| true)
+}
+
+/// [`grind`] keeping only ids that `keep` accepts, within `tries` generated identities.
+pub(crate) fn grind_where(
+    key: &[u8],
+    honest: &[PeerId],
+    count: usize,
+    tries: usize,
+    keep: impl Fn(&PeerId) -> bool,
+) -> Vec<Keypair> {
     let target = KBucketKey::new(key.to_vec());
     let closest_honest = honest
         .iter()
@@ -65,9 +76,10 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
         .min()
         .expect("an honest network");
     let mut ground = Vec::new();
-    for _ in 0..MAX_GRIND {
+    for _ in 0..tries {
         let keypair = Keypair::generate_ed25519();
-        if KBucketKey::from(keypair.public().to_peer_id()).distance(&target) < closest_honest {
+        let id = keypair.public().to_peer_id();
+        if keep(&id) && KBucketKey::from(id).distance(&target) < closest_honest {
             ground.push(keypair);
             if ground.len() == count {
                 break;
@@ -77,7 +89,7 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
     assert_eq!(
         ground.len(),
         count,
-        "{MAX_GRIND} identities did not give {count} ids closer than every honest one"
+        "{tries} identities did not give {count} ids closer than every honest one"
     );
     ground.sort_by_key(|k| KBucketKey::from(k.public().to_peer_id()).distance(&target));
     ground
