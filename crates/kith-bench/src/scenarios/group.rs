@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
 use kith_net::{Keypair, Multiaddr};
-use kith_service::{MessageEvent, Node, Options};
+use kith_service::{Node, Options};
 use kith_store::StoreConfig;
 use kith_testkit::Transports;
 use libp2p::{
@@ -205,21 +205,12 @@ fn number(text: &str) -> Option<usize> {
 }
 
 fn watch_kith(node: &Node, index: usize, arrivals: &Arrivals) -> tokio::task::JoinHandle<()> {
-    let mut events = node.subscribe();
     let arrivals = arrivals.clone();
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(MessageEvent::GroupReceived { message, .. }) => {
-                    if let Some(i) = number(&message.text) {
-                        lock(&arrivals)
-                            .entry((i, index))
-                            .or_insert_with(Instant::now);
-                    }
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+    super::on_group_texts(node, move |text| {
+        if let Some(i) = number(text) {
+            lock(&arrivals)
+                .entry((i, index))
+                .or_insert_with(Instant::now);
         }
     })
 }

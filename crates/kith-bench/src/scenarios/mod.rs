@@ -54,6 +54,26 @@ pub(crate) fn on_runtime(
     }
 }
 
+/// Hands `on_text` the text of every group message `node` receives, on a task of its own that
+/// ends when the node's event stream closes (a subscriber that lags loses events, as any does).
+pub(crate) fn on_group_texts(
+    node: &kith_service::Node,
+    mut on_text: impl FnMut(&str) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = node.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(kith_service::MessageEvent::GroupReceived { message, .. }) => {
+                    on_text(&message.text);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
 /// Scenario groups, one per subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Group {

@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use kith_core::Name;
 use kith_net::PeerId;
-use kith_service::{MessageEvent, Node};
+use kith_service::Node;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -507,22 +507,13 @@ fn number(text: &str) -> Option<usize> {
 }
 
 fn watch(node: &Node, index: usize, arrivals: &Arrivals) -> tokio::task::JoinHandle<()> {
-    let mut events = node.subscribe();
     let arrivals = arrivals.clone();
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(MessageEvent::GroupReceived { message, .. }) => {
-                    if let Some(i) = number(&message.text) {
-                        lock(&arrivals)
-                            .entry((i, index))
-                            .or_insert_with(|| (Instant::now(), 0))
-                            .1 += 1;
-                    }
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+    super::on_group_texts(node, move |text| {
+        if let Some(i) = number(text) {
+            lock(&arrivals)
+                .entry((i, index))
+                .or_insert_with(|| (Instant::now(), 0))
+                .1 += 1;
         }
     })
 }
