@@ -287,8 +287,11 @@ async function askConfiguration() {
 }
 
 function renewConfiguration() {
-  const entry = { at: Date.now(), config: null };
-  entry.config = askConfiguration().catch(() => {
+  const entry = { at: Date.now(), config: null, servers: null };
+  entry.config = askConfiguration().then((config) => {
+    entry.servers = config.iceServers.length;
+    return config;
+  }, () => {
     // No TURN known, an older node, or the node is away: direct connections only, and the
     // next call asks again.
     if (iceCache === entry) iceCache = null;
@@ -299,12 +302,14 @@ function renewConfiguration() {
 }
 
 /**
- * The RTCConfiguration for a call: the one asked for in the last minute (see `ICE_FRESH_MS`),
- * or a fresh one. Asked for ahead of need when the event socket connects and after each call.
+ * The RTCConfiguration for a call: the one asked for in the last minute (see `ICE_FRESH_MS`)
+ * if it named ICE servers, or a fresh one. Asked for ahead of need when the event socket connects and after each call.
  */
 function configuration() {
   const age = iceCache ? Date.now() - iceCache.at : Infinity;
-  if (age > ICE_FRESH_MS) return renewConfiguration();
+  // An answer with no servers is not kept: the node may get TURN credentials from its relay at
+  // any moment (a relay-only call made with it would gather no candidate at all).
+  if (age > ICE_FRESH_MS || (iceCache && iceCache.servers === 0)) return renewConfiguration();
   const { config } = iceCache;
   if (age > ICE_RENEW_MS) renewConfiguration();
   return config;
