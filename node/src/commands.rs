@@ -280,7 +280,11 @@ pub(crate) async fn stop(home: &Home, json_output: bool) -> anyhow::Result<()> {
     client.shutdown().await.map_err(|e| api_error(home, e))?;
     let mut stopped = false;
     for _ in 0..300 {
-        if matches!(client.status().await, Err(ClientError::NotRunning { .. })) {
+        // Stopped once its API is gone and it removed its `api.json` (its very last step, after
+        // the store is closed: a `kith run` right after must find the store free).
+        if matches!(client.status().await, Err(ClientError::NotRunning { .. }))
+            && !home.read_api_info().is_ok_and(|now| now.pid == info.pid)
+        {
             stopped = true;
             break;
         }

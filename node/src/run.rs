@@ -245,10 +245,45 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
     if let Some((server, _, _)) = turn {
         server.shutdown().await;
     }
+    // The last handle of the store goes with the node; then the store is checkpointed, so that
+    // the next start reads a snapshot instead of replaying everything written during this run.
+    drop(node);
+    checkpoint_store(home.db_path()).await;
+    // Last: `kith stop` waits for this file to go, so a `kith run` right after finds the store
+    // closed.
     home.remove_api_info(pid);
     result?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Rewrites the store's snapshot after a clean stop (see `Store::close`). Tasks that held the
+/// node may still be letting go of the store, so a locked store is tried again for up to 3 s;
+/// after that, or on any error, the next start replays the log instead: slower, nothing lost.
+async fn checkpoint_store(path: std::path::PathBuf) {
+    let started = std::time::Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        for _ in 0..30 {
+            match Store::checkpoint(&path) {
+                Err(kith_store::StoreError::Locked { .. }) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+        Err(kith_store::StoreError::Locked { path })
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "store checkpointed: the next start reads its snapshot"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "store not checkpointed; the next start replays its log")
+        }
+        Err(e) => tracing::warn!(error = %e, "store checkpoint task failed"),
+    }
 }
 
 /// How this node will find peers, in words for the first lines a new user reads.

@@ -264,6 +264,52 @@ impl Store {
             .map_err(|e| StoreError::from_sled(&self.path, e))
     }
 
+    /// Closes the store cleanly: flushes, then, when this was the last handle, rewrites sled's
+    /// page-table snapshot ([`Store::checkpoint`]) so that the next open reads the snapshot
+    /// instead of replaying everything written since this open.
+    ///
+    /// sled 0.34 writes that snapshot only while it opens a database, so without this a node that
+    /// wrote a million messages since it started replays all of them at its next start (1.7 s
+    /// where raw sled with a third of the bytes needs 0.3 s). The replay is paid here instead, at
+    /// a clean stop, where nobody waits for it. A crash skips it and the next open replays, as
+    /// before: nothing is lost either way.
+    ///
+    /// Returns whether the snapshot was rewritten: `false` when other handles of this store are
+    /// still alive (the database stays open through them; their last flush covers the data).
+    pub fn close(self) -> Result<bool, StoreError> {
+        self.flush_blocking()?;
+        let last = Arc::strong_count(&self.commit) == 1;
+        let path = self.path.clone();
+        // Joins the periodic flusher and releases sled's handles (and its file lock).
+        drop(self);
+        if !last {
+            return Ok(false);
+        }
+        match Self::checkpoint(&path) {
+            Ok(()) => Ok(true),
+            // Something outside the store (a tree handle kept by a caller) still holds it open.
+            Err(StoreError::Locked { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the database at `path` and closes it again, which makes sled replay its log once and
+    /// write a page-table snapshot covering all of it: the next open starts from that snapshot.
+    /// Fails with [`StoreError::Locked`] while the database is open.
+    pub fn checkpoint(path: impl AsRef<Path>) -> Result<(), StoreError> {
+        let path = path.as_ref();
+        let db = sled::Config::new()
+            .path(path)
+            // Opening only: the snapshot is written before any page is read into the cache.
+            .cache_capacity(4 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| StoreError::from_sled(path, e))?;
+        let _pass = crate::gate::flush();
+        db.flush().map_err(|e| StoreError::from_sled(path, e))?;
+        Ok(())
+    }
+
     /// Synchronous flush, for tests that reopen the store.
     #[cfg(test)]
     pub(crate) fn db_flush_for_tests(&self) {

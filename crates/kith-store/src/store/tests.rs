@@ -212,3 +212,86 @@ proptest::proptest! {
         }
     }
 }
+
+/// The newest page-table snapshot sled has written in `db`: its file name carries the log
+/// position it covers (`snap.<lsn in hex>`).
+fn newest_snapshot_lsn(db: &Path) -> u64 {
+    std::fs::read_dir(db)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let hex = name.strip_prefix("snap.")?;
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn fill_peers(store: &Store, n: usize) {
+    for i in 0..n {
+        store
+            .peers()
+            .record_seen(
+                format!("peer-{i:06}").as_bytes(),
+                Some(format!("/ip4/198.18.0.1/tcp/{i}").as_bytes()),
+                None,
+                i as u64,
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_clean_close_leaves_a_snapshot_of_the_whole_log_and_a_drop_does_not() {
+    let closed = tempfile::tempdir().unwrap();
+    let dropped = tempfile::tempdir().unwrap();
+    for (dir, close) in [(&closed, true), (&dropped, false)] {
+        let store = open(dir.path()).unwrap();
+        fill_peers(&store, 5_000);
+        if close {
+            assert!(
+                store.close().unwrap(),
+                "the only handle closes with a checkpoint"
+            );
+        } else {
+            store.flush_blocking().unwrap();
+            drop(store);
+        }
+    }
+    let closed_lsn = newest_snapshot_lsn(&closed.path().join("db"));
+    let dropped_lsn = newest_snapshot_lsn(&dropped.path().join("db"));
+    // Both wrote the same log; only the closed one's snapshot reaches past the writes (the
+    // dropped one's dates from its open, before them).
+    assert!(
+        closed_lsn > dropped_lsn + 100_000,
+        "closed store's snapshot at {closed_lsn}, dropped store's at {dropped_lsn}"
+    );
+    for dir in [&closed, &dropped] {
+        let store = open(dir.path()).unwrap();
+        assert_eq!(store.peers().all().unwrap().len(), 5_000);
+    }
+}
+
+#[test]
+fn closing_one_handle_of_a_shared_store_keeps_the_others_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let other = store.clone();
+    fill_peers(&store, 10);
+    assert!(
+        !store.close().unwrap(),
+        "another handle is alive: no checkpoint"
+    );
+    fill_peers(&other, 20);
+    assert!(other.close().unwrap());
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.peers().all().unwrap().len(), 20);
+}
+
+#[test]
+fn a_checkpoint_of_an_open_store_is_refused_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path()).unwrap();
+    let err = Store::checkpoint(dir.path().join("db")).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "got {err:?}");
+}
