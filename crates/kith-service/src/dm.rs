@@ -1,11 +1,12 @@
 //! Direct messages: the send and receive pipelines, retries, receipts, requests and blocks.
 //!
 //! ```text
-//! send:    validate → id → store message + outbox (one transaction) → hand to the peer's run
-//!          (the run's flush makes the message durable before the API answers)
+//! send:    validate → id → hand the message to the peer's run in memory (not stored yet)
+//!          → wait for its first attempt; the API answers once it is stored and flushed
 //! deliver: one run per peer, pipelined: read that peer's due entries (outbox index, point
-//!          lookups) → encrypt them once under the peer's Olm lock (envelopes + that peer's
-//!          sessions in one transaction) → flush → /kith/dm; up to WINDOW in flight, and each
+//!          lookups), then the messages handed over behind them → encrypt under the peer's Olm
+//!          lock → one transaction: the new messages, their outbox entries, every envelope and
+//!          that peer's sessions → flush → /kith/dm; up to WINDOW in flight, and each
 //!          ack makes room for the next entries at once → delivered
 //!          └─ no answer: backoff and retry (same id, same bytes) until acknowledged
 //! receive: frame cap (kith-net) → decode → blocked? rate? dedupe → queue for the sender's key
@@ -47,6 +48,8 @@ const WINDOW: usize = 32;
 const BATCH: usize = 64;
 /// How long `send` waits for the first delivery attempt before answering "queued".
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(5);
+/// How long a send waits for the delivery run that took its message to store it.
+const HANDED_OVER_WAIT: Duration = Duration::from_secs(30);
 
 /// What happened to a message, pushed to API clients (WebSocket) and `kith chat`.
 #[derive(Debug, Clone)]
@@ -138,6 +141,17 @@ struct Inbound {
     reply: oneshot::Sender<Verdict>,
 }
 
+/// A message handed to its peer's delivery run before it is stored: the run stores it in the
+/// transaction that saves its envelope and the Olm state that made it (one transaction per batch
+/// on the send path instead of one more per message), then says so on `stored`.
+struct HandedOver {
+    message: Message,
+    item: OutboxItem,
+    /// The flush ticket taken after the entry's transaction committed, or `Err` when that
+    /// transaction failed (the sender then stores the entry itself).
+    stored: oneshot::Sender<Result<kith_store::FlushTicket, ()>>,
+}
+
 /// Direct-message state owned by the node.
 pub(crate) struct Dm {
     olm: OlmState,
@@ -153,6 +167,8 @@ pub(crate) struct Dm {
     /// Peers with entries queued since their delivery run last read the outbox: a run that
     /// finds its peer here after finishing goes round again, so nothing handed to it is missed.
     dirty: StdMutex<HashSet<PeerId>>,
+    /// Messages handed to delivery and not yet stored, per recipient (see [`HandedOver`]).
+    handed_over: StdMutex<HashMap<PeerId, Vec<HandedOver>>>,
     /// `send_text` calls waiting for the first attempt at their message, by message id.
     first_attempts: StdMutex<HashMap<MessageId, (PeerId, oneshot::Sender<()>)>>,
     busy: StdMutex<HashSet<PeerId>>,
@@ -201,6 +217,7 @@ impl Dm {
             dirty: StdMutex::new(HashSet::new()),
             handed: Notify::new(),
             first_attempts: StdMutex::new(HashMap::new()),
+            handed_over: StdMutex::new(HashMap::new()),
             busy: StdMutex::new(HashSet::new()),
             buckets: StdMutex::new(None),
             last_id: StdMutex::new(MessageIds::new()),
@@ -268,6 +285,23 @@ impl Dm {
                 let _ = waiter.send(());
             }
         }
+    }
+
+    /// Everything handed over for `peer` and not yet taken by a run, oldest first.
+    fn take_handed(&self, peer: &PeerId) -> Vec<HandedOver> {
+        lock(&self.handed_over).remove(peer).unwrap_or_default()
+    }
+
+    /// Takes back one handed-over message that no run took (its sender stores it itself).
+    fn take_back(&self, peer: &PeerId, id: &MessageId) -> Option<HandedOver> {
+        let mut handed = lock(&self.handed_over);
+        let queue = handed.get_mut(peer)?;
+        let at = queue.iter().position(|h| h.item.id == *id)?;
+        let entry = queue.remove(at);
+        if queue.is_empty() {
+            handed.remove(peer);
+        }
+        Some(entry)
     }
 
     fn queue_inbound(&self, key: Curve25519Key, inbound: Inbound) {
@@ -460,21 +494,47 @@ impl Outbox<'_> {
         };
         let (attempted, first_attempt) = oneshot::channel();
         lock(&self.node.dm().first_attempts).insert(id, (peer, attempted));
-        if let Err(e) = self.node.store().messages().enqueue(Some(&message), &item) {
-            lock(&self.node.dm().first_attempts).remove(&id);
-            return Err(e.into());
-        }
-        // No flush of its own before the first attempt: the delivery run flushes the message,
-        // its outbox entry and the envelope together before anything leaves (sled's log is
-        // written in order), and `flush_through` below flushes only if no flush started after
-        // the enqueue has finished (it sent nothing, or timed out). Either way the answer comes
-        // only after the message and its outbox entry are on disk.
-        let enqueued = self.node.store().flush_ticket();
+        // Not stored here: the peer's delivery run stores it with its envelope, in the
+        // transaction that saves the Olm state (see `HandedOver`). Until a run takes it, it
+        // waits in memory, and the API has not answered yet, so a crash loses nothing anyone
+        // was told about.
+        let (stored, run_stored) = oneshot::channel();
+        let copy = (message.clone(), item.clone());
+        lock(&self.node.dm().handed_over)
+            .entry(peer)
+            .or_default()
+            .push(HandedOver {
+                message,
+                item,
+                stored,
+            });
         // Handed to the peer's delivery run (started if none is running), not delivered by this
         // call: concurrent sends to one peer share rounds instead of queueing for one each.
         self.node.hand_to_delivery(peer);
         let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, first_attempt).await;
         lock(&self.node.dm().first_attempts).remove(&id);
+        // Stored by a run (which flushes before anything leaves, so `flush_through` is then
+        // usually done at once), or by this call when no run took it in time or a run could not
+        // store it. Either way the answer comes only after the message is on disk.
+        let enqueued = match self.node.dm().take_back(&peer, &id) {
+            Some(mine) => self.store_myself(peer, &mine.message, &mine.item)?,
+            // Bounded: a run stores what it took before any slow step; should it still not
+            // answer, storing the same entry again here is harmless (same keys).
+            None => match tokio::time::timeout(HANDED_OVER_WAIT, run_stored)
+                .await
+                .unwrap_or(Ok(Err(())))
+            {
+                Ok(Ok(ticket)) => ticket,
+                // The run's transaction failed, so nothing of it was written: store it here
+                // (this call then reports the store's error, if it fails again).
+                Ok(Err(())) => self.store_myself(peer, &copy.0, &copy.1)?,
+                // The run ended without a word (the node is stopping): stored or not.
+                Err(_) => match self.node.store().messages().message(&id)? {
+                    Some(_) => self.node.store().flush_ticket(),
+                    None => self.store_myself(peer, &copy.0, &copy.1)?,
+                },
+            },
+        };
         self.node.store().flush_through(enqueued).await?;
         let status = self
             .node
@@ -483,6 +543,20 @@ impl Outbox<'_> {
             .message(&id)?
             .map_or(Status::Queued, |m| m.status);
         Ok(Sent { id, peer, status })
+    }
+
+    /// Stores a handed-over message that no run stored, and hands it to delivery again from the
+    /// outbox; the ticket to flush through.
+    fn store_myself(
+        &self,
+        peer: PeerId,
+        message: &Message,
+        item: &OutboxItem,
+    ) -> Result<kith_store::FlushTicket, ServiceError> {
+        self.node.store().messages().enqueue(Some(message), item)?;
+        let ticket = self.node.store().flush_ticket();
+        self.node.hand_to_delivery(peer);
+        Ok(ticket)
     }
 
     /// Stores a group control message (invitation, member list, session key) for `peer` without
@@ -895,10 +969,21 @@ impl Node {
             self.finish(peer, &item, Status::Failed, "expired");
         }
         let mut due = picked.ready;
+        // Messages handed over since the last look go behind what was queued before them, in
+        // this batch if it has room for all of them; if not, they are only stored now, and a
+        // later round reads them from the queue.
+        let mut handed = self.dm().take_handed(&peer);
+        if !handed.is_empty() && due.len() + handed.len() > room.min(BATCH) {
+            let items: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
+            if self.commit_handed(&mut handed, &items, None).is_err() {
+                return Err(());
+            }
+        }
+        due.extend(handed.iter().map(|h| h.item.clone()));
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let encrypted = self.encrypt_batch(peer, &mut due).await;
+        let encrypted = self.encrypt_batch(peer, &mut due, &mut handed).await;
         let mut pending = due.into_iter();
         let ready: Vec<OutboxItem> = pending.by_ref().take(encrypted.ready).collect();
         if let Some(e) = &encrypted.error {
@@ -1071,16 +1156,32 @@ impl Node {
     ///
     /// Without a session with the peer's bound identity key, the peer's key bundle is fetched
     /// first (not under the lock: a DHT lookup must not hold up the peer's inbound messages).
-    async fn encrypt_batch(&self, peer: PeerId, items: &mut [OutboxItem]) -> Encrypted {
+    ///
+    /// `handed` holds the messages among `items` that were handed over and not yet stored: they
+    /// are stored in that same transaction, or on their own before a slow step (a key bundle
+    /// lookup) or after a failure. Either way `handed` is empty on return and each sender knows.
+    async fn encrypt_batch(
+        &self,
+        peer: PeerId,
+        items: &mut [OutboxItem],
+        handed: &mut Vec<HandedOver>,
+    ) -> Encrypted {
         let already = items.iter().take_while(|i| i.envelope.is_some()).count();
-        if already == items.len() {
+        if already == items.len() && handed.is_empty() {
             return Encrypted {
                 ready: already,
                 fresh: false,
                 error: None,
             };
         }
-        match self.try_encrypt_batch(peer, items).await {
+        let result = self.try_encrypt_batch(peer, items, handed).await;
+        if !handed.is_empty() {
+            // Not stored with envelopes: stored as they are (a failure tells their senders,
+            // who then store them themselves).
+            let plain: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
+            let _ = self.commit_handed(handed, &plain, None);
+        }
+        match result {
             Ok(encrypted) => encrypted,
             Err(error) => Encrypted {
                 ready: already,
@@ -1090,10 +1191,33 @@ impl Node {
         }
     }
 
+    /// Stores the handed-over messages of `handed` with the outbox entries `items` (new and
+    /// already queued, with their envelopes) and the Olm state `olm` in one transaction, then
+    /// tells each sender how it went; `handed` is empty afterwards.
+    fn commit_handed(
+        &self,
+        handed: &mut Vec<HandedOver>,
+        items: &[OutboxItem],
+        olm: Option<OlmSave<'_>>,
+    ) -> Result<(), kith_store::StoreError> {
+        let result =
+            self.store()
+                .messages()
+                .enqueue_batch(handed.iter().map(|h| &h.message), items, olm);
+        let ticket = self.store().flush_ticket();
+        for h in handed.drain(..) {
+            let _ = h
+                .stored
+                .send(result.as_ref().map(|_| ticket).map_err(|_| ()));
+        }
+        result
+    }
+
     async fn try_encrypt_batch(
         &self,
         peer: PeerId,
         items: &mut [OutboxItem],
+        handed: &mut Vec<HandedOver>,
     ) -> Result<Encrypted, ServiceError> {
         let bound = self
             .store()
@@ -1108,6 +1232,12 @@ impl Node {
         let bundle = if has_session {
             None
         } else {
+            // A DHT lookup may take seconds: what was handed over is stored first, so its
+            // senders need not wait for it.
+            if !handed.is_empty() {
+                let plain: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
+                self.commit_handed(handed, &plain, None)?;
+            }
             Some(self.fetch_bundle(peer).await?)
         };
         let key = match (&bundle, bound) {
@@ -1148,17 +1278,29 @@ impl Node {
             ready += 1;
         }
         if fresh.is_empty() {
+            // Nothing to save with the Olm state; what was handed over is stored by the caller.
             return Ok(Encrypted {
                 ready,
                 fresh: false,
                 error,
             });
         }
+        // The encrypted entries, and the handed-over ones left unencrypted after an error.
+        let new: HashSet<MessageId> = handed.iter().map(|h| h.item.id).collect();
+        let mut written = items[..ready].to_vec();
+        written.extend(
+            items[ready..]
+                .iter()
+                .filter(|i| new.contains(&i.id))
+                .cloned(),
+        );
         let saved = self.dm().olm.pickle(&sessions).and_then(|pickle| {
-            self.store()
-                .messages()
-                .set_envelopes(&items[..ready], OlmSave::sessions(key.to_bytes(), &pickle))
-                .map_err(ServiceError::from)
+            self.commit_handed(
+                handed,
+                &written,
+                Some(OlmSave::sessions(key.to_bytes(), &pickle)),
+            )
+            .map_err(ServiceError::from)
         });
         if let Err(e) = saved {
             // Nothing made here may leave: the envelopes were not saved with their ratchet

@@ -635,16 +635,34 @@ impl MessageStore {
     /// the message, its id, the outbox entry and the conversation summary. Sending to someone
     /// accepts them.
     pub fn enqueue(&self, message: Option<&Message>, item: &OutboxItem) -> Result<(), StoreError> {
+        self.enqueue_batch(message.into_iter(), std::slice::from_ref(item), None)
+    }
+
+    /// Queues several outgoing entries at once, in one transaction: `messages` (shown in
+    /// history, with their ids and the conversation summaries) and the outbox entries `items`,
+    /// new or already queued, with whatever envelopes they carry, plus the Olm state `olm` that
+    /// made those envelopes. A delivery run writes what was handed to it this way, together
+    /// with the envelopes it just made, so a message costs one transaction on the send path
+    /// instead of two (sled 0.34 pays two synchronous log writes per transaction).
+    ///
+    /// `messages` should be in id order: the conversation summary is the last one's.
+    pub fn enqueue_batch<'m>(
+        &self,
+        messages: impl Iterator<Item = &'m Message> + Clone,
+        items: &[OutboxItem],
+        olm: Option<OlmSave<'_>>,
+    ) -> Result<(), StoreError> {
         crate::gate::transaction(|| {
             (
                 &self.messages,
                 &self.ids,
                 &self.outbox,
                 &self.correspondents,
+                &self.crypto,
             )
-                .transaction(|(messages, ids, outbox, correspondents)| {
-                    if let Some(m) = message {
-                        messages.insert(message_key(&m.peer_id, &m.id), encode_message(m))?;
+                .transaction(|(messages_tree, ids, outbox, correspondents, crypto)| {
+                    for m in messages.clone() {
+                        messages_tree.insert(message_key(&m.peer_id, &m.id), encode_message(m))?;
                         ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
                         let mut c = tx_correspondent(correspondents, &m.peer_id)?;
                         if c.trust == Trust::Unknown {
@@ -654,12 +672,19 @@ impl MessageStore {
                         c.last_text = preview(&m.text);
                         correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
                     }
-                    outbox.insert(&item.id[..], encode_item(item))?;
+                    for item in items {
+                        outbox.insert(&item.id[..], encode_item(item))?;
+                    }
+                    if let Some(olm) = &olm {
+                        olm.write(crypto)?;
+                    }
                     Ok(())
                 })
         })
         .map_err(|e| self.tx_err(e))?;
-        self.index_entry(item);
+        for item in items {
+            self.index_entry(item);
+        }
         Ok(())
     }
 

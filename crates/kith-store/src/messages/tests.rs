@@ -388,3 +388,53 @@ fn reading_or_marking_read_a_strangers_conversation_creates_nothing() {
     assert_eq!(db.correspondent(b"stranger").unwrap(), None);
     assert!(db.correspondents().unwrap().is_empty());
 }
+
+#[test]
+fn new_messages_queued_entries_and_olm_state_are_stored_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+        let db = store.messages();
+        // One entry queued earlier, now encrypted; two new messages handed over with it.
+        let (old_m, mut old) = outgoing(1, b"bob");
+        db.enqueue(Some(&old_m), &old).unwrap();
+        old.envelope = Some(b"old-ciphertext".to_vec());
+        let (m2, mut o2) = outgoing(2, b"bob");
+        o2.envelope = Some(b"new-ciphertext".to_vec());
+        let (m3, o3) = outgoing(3, b"bob");
+        db.enqueue_batch(
+            [&m2, &m3].into_iter(),
+            &[old, o2, o3],
+            Some(OlmSave::sessions([5; 32], b"sessions-after-two")),
+        )
+        .unwrap();
+        assert_eq!(db.outbox_len(), 3);
+        store.db_flush_for_tests();
+    }
+    let store = Store::open(dir.path().join("db"), &StoreConfig::default()).unwrap();
+    let db = store.messages();
+    let outbox = db.outbox_for(b"bob").unwrap();
+    let envelopes: Vec<Option<&[u8]>> = outbox.iter().map(|o| o.envelope.as_deref()).collect();
+    assert_eq!(
+        envelopes,
+        vec![
+            Some(&b"old-ciphertext"[..]),
+            Some(&b"new-ciphertext"[..]),
+            None
+        ]
+    );
+    let history: Vec<String> = db
+        .history(b"bob", 10, None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(history, vec!["msg 1", "msg 2", "msg 3"]);
+    let bob = db.correspondent(b"bob").unwrap().unwrap();
+    assert_eq!(bob.last_text, "msg 3", "the summary is the newest message's");
+    assert_eq!(bob.trust, Trust::Accepted);
+    assert_eq!(
+        db.olm_sessions(&[5; 32]).unwrap().unwrap(),
+        b"sessions-after-two"
+    );
+}
