@@ -366,9 +366,9 @@ const K: usize = 20;
 ///
 /// Without the filter this is a denial: kad counted each un-worked id as a peer that answered and
 /// the walk ended once the K closest had, so it heard only the honest holders it asked before
-/// that (in 26 runs with the filter taken out, the walk asked or dialed the un-worked ids every
-/// time and ended before 1 to 4 of the 7 holders were asked in 22; in a network larger than K,
-/// where the first peers a walk asks are mostly not holders, most would be missed).
+/// that (in 26 runs with the filter taken out, the walk ended before 1 to 4 of the 7 holders were
+/// asked in 22, and it dialed the un-worked ids in every run that checked; in a network larger
+/// than K, where the first peers a walk asks are mostly not holders, most would be missed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worked_node_naming_only_un_worked_ids_does_not_keep_a_lookup_from_the_holders() {
     let name = Name::parse(NAME).unwrap();
