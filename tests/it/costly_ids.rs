@@ -7,9 +7,12 @@
 //! the work (the work is what the network charges for), and they run as DHT servers that ignore
 //! the difficulty (what a modified node would do), helped by one worked node that also ignores
 //! it and so hands their addresses to anyone who asks it for peers near the key. They must never
-//! enter an honest routing table, never be given a replica to hold, and never be counted when a
-//! fresh node resolves the name, even when its lookup reaches them. An honest node whose id is not worked (an identity from before the network
-//! set the difficulty) must still resolve and send, as a DHT client.
+//! enter an honest routing table, never be given a replica to hold, and never be asked or counted
+//! when a fresh node resolves the name. An honest node whose id is not worked (an identity from
+//! before the network set the difficulty) must still resolve and send, as a DHT client.
+//!
+//! The second test is the denial a worked node could still cause by naming only un-worked ids
+//! (live ones, ground next to the key) in its answers: the lookup must reach the honest holders.
 
 // Test code: failing loudly is the point. ServiceError carries both peer ids of a conflict, so it
 // is large; kith-service allows that the same way.
@@ -27,8 +30,8 @@ use kith_net::{Keypair, Multiaddr, PeerId};
 use kith_service::{MessageStatus, Options};
 
 use crate::harness::{
-    POLL, TestNode, Transports, holds_for, name_options, poll_until, shutdown_all, wait_for_mesh,
-    wait_until,
+    NETWORK_ID, POLL, RawDht, TestNode, Transports, holds_for, metric_value, name_options,
+    poll_until, shutdown_all, wait_for_mesh, wait_until,
 };
 
 /// The network's peer-id difficulty: 2^8 key generations per worked id, instant in a test.
@@ -260,8 +263,10 @@ async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_
         attacker_ids.iter().all(|p| !table.contains(p)),
         "the fresh resolver took its un-worked bootstrap entry into its routing table"
     );
-    // At the network layer no answer from an un-worked holder is ever returned, though full
-    // walks reach the attackers through the referrer (their answers are counted as rejected).
+    // Full walks ask the referrer, which names the attackers, but they never enter the walk
+    // (counted as refused referrals): no answer from an un-worked holder is ever returned.
+    wait_to_know(&fresh, &[referrer.peer_id()], 1).await;
+    let refused_before = referrals_refused(&fresh);
     let mut rejected = 0;
     for key in name.replica_keys() {
         let raw = tokio::time::timeout(LOOKUP, fresh.node().probe().get_record(key, usize::MAX))
@@ -277,9 +282,10 @@ async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_
         );
         rejected += raw.rejected;
     }
+    assert_eq!(rejected, 0, "a walk asked an un-worked attacker");
     assert!(
-        rejected > 0,
-        "no walk reached an attacker: the test did not test the filter"
+        referrals_refused(&fresh) > refused_before,
+        "the referrer named no attacker: the test did not test the filter"
     );
     // Meeting them on those walks did not put them in any honest routing table either.
     for node in honest.iter().chain([&fresh]) {
@@ -339,4 +345,158 @@ async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_
     everyone.push(old);
     everyone.push(fresh);
     shutdown_all(everyone).await.unwrap();
+}
+
+/// How many peers named in answers to `node`'s lookups it left out (ids not worked).
+fn referrals_refused(node: &TestNode) -> f64 {
+    metric_value(
+        &node.node().metrics_text(),
+        "kith_dht_referrals_refused_total",
+    )
+    .unwrap_or(0.0)
+}
+
+/// Kademlia's K: a walk ends once the K closest peers it knows have answered.
+const K: usize = 20;
+
+/// A worked node that answers every lookup near a name's key with only un-worked ids, ground to
+/// be closer to the key than every honest holder and each answering every request (with nothing
+/// that counts), does not end a fresh resolver's walk before the honest holders: the resolver
+/// never asks those ids, and a full walk of the key still hears every honest holder.
+///
+/// Without the filter this is a denial: kad counted each un-worked id as a peer that answered and
+/// the walk ended once the K closest had, so it heard only the honest holders it asked before
+/// that (in 26 runs with the filter taken out, the walk ended before 1 to 4 of the 7 holders were
+/// asked in 22, and it dialed the un-worked ids in every run that checked; in a network larger
+/// than K, where the first peers a walk asks are mostly not holders, most would be missed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worked_node_naming_only_un_worked_ids_does_not_keep_a_lookup_from_the_holders() {
+    let name = Name::parse(NAME).unwrap();
+    let first_key = name.dht_key();
+
+    // The honest servers: worked ids, a star around the first; the owner registers.
+    let hub = start(worked(), Vec::new()).await;
+    let hub_addr = hub.tcp_addr();
+    let mut honest = vec![hub];
+    let leaves =
+        futures::future::join_all((1..WORKED).map(|_| start(worked(), vec![hub_addr.clone()])));
+    honest.extend(leaves.await);
+    let server_ids: Vec<PeerId> = honest.iter().map(TestNode::peer_id).collect();
+    wait_for_mesh(&honest, &[], MESH).await.unwrap();
+    let owner = honest[1].node();
+    let owner_id = owner.peer_id();
+    let reg = tokio::time::timeout(LOOKUP, owner.register_name(NAME, None))
+        .await
+        .expect("register hung")
+        .unwrap();
+    assert!(reg.published);
+    // Every honest server holds the claim (a publish on a loaded machine can miss one; the owner
+    // re-publishes, as its re-publisher would).
+    wait_until(
+        "every honest server to hold the owner's claim",
+        MESH,
+        POLL,
+        async || {
+            for node in &honest {
+                if local_value(node, &first_key).await.is_none() {
+                    let _ = tokio::time::timeout(LOOKUP, owner.republish_names()).await;
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await
+    .unwrap();
+
+    // The rogue: a worked id closer to the first key than every honest server, so a walk of the
+    // key asks it first. It names K un-worked ids closer still, each a live DHT server.
+    let rogue_key =
+        crate::sybil::grind_where(&first_key, &server_ids, 1, MAX_KEYS as usize, |id| {
+            id_work::is_worked(id, D)
+        })
+        .remove(0);
+    let mut farther = server_ids.clone();
+    farther.push(rogue_key.public().to_peer_id());
+    let referred: Vec<RawDht> = futures::future::join_all(
+        ground_next_to(&first_key, &farther, K)
+            .iter()
+            .map(|k| RawDht::start(k, NETWORK_ID)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()
+    .unwrap();
+    let referred_ids: Vec<PeerId> = referred.iter().map(RawDht::peer_id).collect();
+    let rogue = RawDht::start(&rogue_key, NETWORK_ID).await.unwrap();
+    rogue
+        .refer_to(referred.iter().map(|r| (r.peer_id(), r.addr())).collect())
+        .await
+        .unwrap();
+
+    // A fresh resolver bootstrapping from the rogue and the hub knows every honest server and
+    // the rogue.
+    let fresh = start(worked(), vec![rogue.addr(), hub_addr.clone()]).await;
+    wait_to_know(&fresh, &server_ids, WORKED).await;
+    wait_to_know(&fresh, &[rogue.peer_id()], 1).await;
+
+    // A full walk of the first key (no early stop) hears every honest holder.
+    let refused_before = referrals_refused(&fresh);
+    let (asked_before, _) = rogue.report().await.unwrap();
+    let raw = tokio::time::timeout(
+        LOOKUP,
+        fresh
+            .node()
+            .probe()
+            .get_record(first_key.clone(), usize::MAX),
+    )
+    .await
+    .expect("raw get hung")
+    .unwrap();
+    let heard: Vec<PeerId> = raw.answers.iter().filter_map(|a| a.holder).collect();
+    let missing: Vec<&PeerId> = server_ids.iter().filter(|p| !heard.contains(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "the walk ended before {} of {WORKED} honest holders were asked (heard {heard:?})",
+        missing.len()
+    );
+    // The rogue was asked and named its ids; no honest node or the resolver ever dialed one
+    // (the rogue itself does: kad bootstraps through the peers in its table).
+    let (asked_after, _) = rogue.report().await.unwrap();
+    assert!(asked_after > asked_before, "the walk never asked the rogue");
+    let fresh_id = fresh.peer_id();
+    for id in &referred {
+        let (_, met) = id.report().await.unwrap();
+        let honest_met: Vec<&PeerId> = server_ids
+            .iter()
+            .chain([&fresh_id])
+            .filter(|p| met.contains(p))
+            .collect();
+        assert!(
+            honest_met.is_empty(),
+            "un-worked id {} was dialed by {honest_met:?}",
+            id.peer_id()
+        );
+    }
+    assert!(
+        referrals_refused(&fresh) >= refused_before + K as f64,
+        "the rogue's referrals were not counted as refused"
+    );
+
+    // And the name resolves to the honest owner.
+    let resolved = tokio::time::timeout(LOOKUP, fresh.node().resolve_name(NAME))
+        .await
+        .expect("fresh resolve hung")
+        .unwrap();
+    assert_eq!(resolved.peer_id, owner_id, "{resolved:?}");
+    assert!(resolved.newly_pinned);
+    let table = fresh.routing_table().await.unwrap();
+    assert!(referred_ids.iter().all(|p| !table.contains(p)));
+
+    rogue.stop().await;
+    for id in referred {
+        id.stop().await;
+    }
+    honest.push(fresh);
+    shutdown_all(honest).await.unwrap();
 }

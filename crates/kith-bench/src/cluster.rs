@@ -179,6 +179,9 @@ pub(crate) struct Spawner {
     options: Option<Options>,
     /// Raw nodes also speak request-response (see [`Cluster::with_request_response`]).
     request_response: bool,
+    /// The network's peer-id difficulty kith nodes start with (see
+    /// [`Cluster::with_peer_id_difficulty`]).
+    peer_id_difficulty: u8,
 }
 
 impl Spawner {
@@ -193,7 +196,8 @@ impl Spawner {
         match self.kind {
             Kind::Kith => {
                 let keypair = keypair.unwrap_or_else(Keypair::generate_ed25519);
-                self.start_kith(slot, bootstrap, keypair).await
+                self.start_kith(slot, bootstrap, keypair, self.peer_id_difficulty)
+                    .await
             }
             Kind::Raw => {
                 if keypair.is_some() {
@@ -230,6 +234,7 @@ impl Spawner {
         slot: usize,
         bootstrap: Vec<Multiaddr>,
         keypair: Keypair,
+        peer_id_difficulty: u8,
     ) -> anyhow::Result<Member> {
         let home = self.dir.join(format!("node-{slot}"));
         let mut store_config = StoreConfig::default();
@@ -246,7 +251,8 @@ impl Spawner {
         };
         let store = opened.await.context("the store opening task failed")??;
         let mut config =
-            kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?;
+            kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?
+                .with_peer_id_difficulty(peer_id_difficulty);
         if self.settings.reduced {
             config = kith_testkit::scale_config(config);
         } else {
@@ -281,6 +287,7 @@ impl Cluster {
                 dir,
                 options: None,
                 request_response: false,
+                peer_id_difficulty: 0,
             },
             members: Vec::new(),
         }
@@ -290,6 +297,13 @@ impl Cluster {
     /// `dm.first`, no inbound rate limit); every node of a network must agree on `name_rules`.
     pub(crate) fn with_options(mut self, options: Options) -> Self {
         self.spawner.options = Some(options);
+        self
+    }
+
+    /// Kith nodes start in a network whose DHT servers need peer ids worked at `difficulty`
+    /// (`kith_core::id_work`; `resolve.sybil.costly`).
+    pub(crate) fn with_peer_id_difficulty(mut self, difficulty: u8) -> Self {
+        self.spawner.peer_id_difficulty = difficulty;
         self
     }
 
@@ -395,6 +409,25 @@ impl Cluster {
         let member = self
             .spawner
             .start(self.members.len(), bootstrap, Some(keypair))
+            .await?;
+        self.members.push(member);
+        Ok(())
+    }
+
+    /// [`Cluster::start_kith_with_keypair`] with its own peer-id difficulty instead of the
+    /// cluster's: `resolve.sybil.costly`'s attackers run modified nodes that ignore it.
+    pub(crate) async fn start_kith_at(
+        &mut self,
+        bootstrap: Vec<Multiaddr>,
+        keypair: Keypair,
+        peer_id_difficulty: u8,
+    ) -> anyhow::Result<()> {
+        if self.spawner.kind != Kind::Kith {
+            bail!("a chosen identity is only for kith clusters");
+        }
+        let member = self
+            .spawner
+            .start_kith(self.members.len(), bootstrap, keypair, peer_id_difficulty)
             .await?;
         self.members.push(member);
         Ok(())

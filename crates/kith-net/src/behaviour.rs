@@ -21,8 +21,11 @@ use libp2p::{
     },
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::{
     Config, DhtMode, IDENTIFY_PROTOCOL, NetError,
+    admission::DhtAdmission,
     autonat_server::{self, LimitedServer},
 };
 
@@ -98,7 +101,7 @@ impl Behaviour {
         // kith validates every record itself before storing it (names, key bundles).
         kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
-        let admission = crate::admission::DhtAdmission::new(config.peer_id_difficulty);
+        let admission = DhtAdmission::new(config.peer_id_difficulty);
         kad_config.set_kbucket_inserts(admission.bucket_inserts());
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
@@ -183,7 +186,7 @@ impl Behaviour {
             autonat_server,
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
-            kad: TrackedKad::new(kad),
+            kad: TrackedKad::new(kad, admission, metrics.dht_referrals_refused_counter()),
             mailbox: request_response::Behaviour::with_codec(
                 crate::dm::Codec::mailbox(metrics.frames_rejected_counter()),
                 [(
@@ -248,7 +251,8 @@ fn relay_server(peer_id: libp2p::PeerId, limits: &crate::RelayLimits) -> relay::
     server
 }
 
-/// Kademlia, noting when each peer last exchanged a Kademlia message with us.
+/// Kademlia, noting when each peer last exchanged a Kademlia message with us, and keeping peers
+/// that may not be DHT servers out of our lookups.
 ///
 /// The connection manager must not close a connection a query is using, and kad 0.49 exposes
 /// neither a query's peers nor its requests. Every request kad sends (a walk's `FIND_NODE`,
@@ -256,17 +260,39 @@ fn relay_server(peer_id: libp2p::PeerId, limits: &crate::RelayLimits) -> relay::
 /// every message it receives passes through this wrapper, which records the peer and the time;
 /// the event loop takes the records ([`TrackedKad::take_used`]) as use of the peer's connections,
 /// like a direct message or a group message.
+///
+/// With a peer-id difficulty, the peers an answer names as closer to a lookup's key are filtered
+/// here, before kad sees them ([`TrackedKad::refuse_referrals`]): an id that is not worked never
+/// enters a lookup. Without this, a worked node that names only un-worked ids near a key could end
+/// a walk: kad counts every peer that answers as a success, a walk ends once the 20 closest peers
+/// it knows have answered, and un-worked ids ground next to the key would be those 20, their
+/// answers ignored, the honest holders farther out never asked. kad has no hook for the peers a
+/// query learns, but their lists arrive in the connection handler's events, which pass here.
 pub(crate) struct TrackedKad {
     inner: kad::Behaviour<kad::store::MemoryStore>,
     /// Peers that exchanged a Kademlia message with us since the loop last took them.
     used: HashMap<PeerId, Instant>,
+    /// Which peers may be DHT servers, so may be asked in a lookup.
+    admission: DhtAdmission,
+    /// Peers left out of our lookups because their id is not worked (a metric).
+    refused: Counter,
 }
 
+/// What kad's connection handler reports to the behaviour: our lookups' answers among it. The
+/// type lives in a private module of libp2p-kad, so it is named through the trait.
+type KadHandlerEvent = THandlerOutEvent<kad::Behaviour<kad::store::MemoryStore>>;
+
 impl TrackedKad {
-    fn new(inner: kad::Behaviour<kad::store::MemoryStore>) -> Self {
+    fn new(
+        inner: kad::Behaviour<kad::store::MemoryStore>,
+        admission: DhtAdmission,
+        refused: Counter,
+    ) -> Self {
         Self {
             inner,
             used: HashMap::new(),
+            admission,
+            refused,
         }
     }
 
@@ -278,6 +304,31 @@ impl TrackedKad {
 
     fn note(&mut self, peer: PeerId) {
         self.used.insert(peer, Instant::now());
+    }
+
+    /// Drops from an answer to one of our lookups every peer it names that may not be a DHT
+    /// server, so kad's query never asks (or dials) it and never counts it among the closest
+    /// peers that answered. Requests from other peers (they may be DHT clients of any id) and
+    /// records in answers (the event loop judges those) pass unchanged.
+    fn refuse_referrals(&self, from: PeerId, event: &mut KadHandlerEvent) {
+        let (KadHandlerEvent::FindNodeRes { closer_peers, .. }
+        | KadHandlerEvent::GetRecordRes { closer_peers, .. }
+        | KadHandlerEvent::GetProvidersRes { closer_peers, .. }) = event
+        else {
+            return;
+        };
+        let named = closer_peers.len();
+        closer_peers.retain(|p| self.admission.admits(&p.node_id));
+        let refused = named - closer_peers.len();
+        if refused > 0 {
+            self.refused.inc_by(refused as u64);
+            tracing::debug!(
+                peer = %from,
+                refused,
+                named,
+                "left peers whose ids are not worked out of a DHT lookup"
+            );
+        }
     }
 }
 
@@ -369,6 +420,8 @@ impl NetworkBehaviour for TrackedKad {
     ) {
         // A request from the peer, or its answer to ours.
         self.note(peer_id);
+        let mut event = event;
+        self.refuse_referrals(peer_id, &mut event);
         self.inner
             .on_connection_handler_event(peer_id, connection_id, event);
     }

@@ -72,6 +72,7 @@ struct Inner {
     messages_out: Family<KindLabel, Counter>,
     dht_puts_rejected: Counter,
     dht_answers_rejected: Counter,
+    dht_referrals_refused: Counter,
     dm_frames_rejected: Counter,
     peers_not_kith: Counter,
     connections: Family<DirectionLabel, Gauge>,
@@ -133,6 +134,11 @@ impl Metrics {
             "dht_answers_rejected",
             "Answers to our DHT lookups refused by validation",
             i.dht_answers_rejected.clone(),
+        );
+        registry.register(
+            "dht_referrals_refused",
+            "Peers named in answers to our DHT lookups and left out of them: ids not worked at the network's peer-id difficulty",
+            i.dht_referrals_refused.clone(),
         );
         registry.register(
             "dm_frames_rejected",
@@ -214,6 +220,11 @@ impl Metrics {
     /// that failed to read to the behaviour.
     pub(crate) fn frames_rejected_counter(&self) -> Counter {
         self.inner.dm_frames_rejected.clone()
+    }
+    /// The counter the Kademlia wrapper increments itself (`behaviour::TrackedKad`): the answers
+    /// it filters never reach the event loop.
+    pub(crate) fn dht_referrals_refused_counter(&self) -> Counter {
+        self.inner.dht_referrals_refused.clone()
     }
     pub(crate) fn message_out(&self, kind: Kind) {
         self.inner

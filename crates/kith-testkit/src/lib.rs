@@ -11,9 +11,10 @@
 //!   open that waits out sled's lock release after a shutdown), which kith-bench's clusters use
 //!   with their own store and network settings.
 //! - Topologies: [`star`], [`star_with`], [`chain_with`], [`node_pair`], [`wait_for_mesh`].
-//! - Hostile peers: [`LyingHolder`] (a DHT holder that serves anything) and [`RawPeer`] (a bare
+//! - Hostile peers: [`LyingHolder`] (a DHT holder that serves anything), [`RawPeer`] (a bare
 //!   swarm that writes any bytes on a kith protocol), with the frame codec in [`frame`] (kith-net's
-//!   own, re-exported, so there is one).
+//!   own, re-exported, so there is one), and [`RawDht`] (a bare Kademlia server that names only
+//!   the peers a test gives it).
 //! - Bounded waits: [`wait_until`], [`poll_until`], [`holds_for`].
 //! - [`metric_value`]: one series out of a node's metrics text.
 //!
@@ -27,6 +28,7 @@ mod network;
 mod node;
 mod poll;
 mod raw;
+mod raw_dht;
 mod scale;
 
 pub use kith_net::frame;
@@ -40,6 +42,7 @@ pub use node::{
 };
 pub use poll::{holds_for, poll_until, wait_until};
 pub use raw::{Answer as RawAnswer, RawPeer};
+pub use raw_dht::RawDht;
 pub use scale::{
     SCALE_CONNECTIONS_HIGH, SCALE_CONNECTIONS_LOW, SCALE_IDLE_TIMEOUT, SCALE_QUERY_TIMEOUT,
     scale_config, scale_options,

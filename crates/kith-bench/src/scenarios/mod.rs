@@ -226,6 +226,14 @@ pub(crate) const CATALOGUE: &[Spec] = &[
         missing: None,
     },
     Spec {
+        name: "resolve.sybil.costly",
+        group: Group::Resolve,
+        unit: "fraction",
+        measures: "resolve.sybil in a network with a peer-id difficulty (8): honest ids worked, the attacker's ground ids not, but for one worked referrer next to the key naming the others",
+        baseline: "the single-key rule before replica keys (stop at 4 agreeing holders), same nodes",
+        missing: None,
+    },
+    Spec {
         name: "group.latency.10",
         group: Group::Chat,
         unit: "us",
@@ -431,6 +439,7 @@ pub(crate) fn run(groups: &[Group], settings: &Settings, bar: &ProgressBar) -> V
             (None, "dm.cpu") => cpu::run(&settings.cpu, bar),
             (None, "soak") => soak::run(&settings.soak, bar),
             (None, "resolve.sybil") => resolve::run_sybil(&settings.resolve, bar),
+            (None, "resolve.sybil.costly") => resolve::run_sybil_costly(&settings.resolve, bar),
             (None, name @ ("resolve.cold" | "resolve.warm")) => {
                 let all = resolve.get_or_insert_with(|| resolve::run(&settings.resolve, bar));
                 match all.iter().position(|s| s.name == name) {

@@ -21,6 +21,13 @@
 //! resolves the name once; the figure is the fraction that got the honest owner
 //! or a conflict. The baseline is the rule before replica keys, in the same network and from the
 //! same nodes: one key, stop at 4 agreeing holders.
+//!
+//! `resolve.sybil.costly`: the same attack in a network that sets a peer-id difficulty
+//! ([`Params::sybil_difficulty`]): honest nodes have worked ids, the attacker's ground ids are not
+//! worked (the work is what the network charges for) and run modified nodes that ignore the
+//! difficulty (they serve the DHT and admit every peer), except one, which the attacker paid the
+//! work for: a worked id ground next to the key that names its un-worked friends to anyone who
+//! asks it for peers near the key.
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +63,9 @@ pub(crate) struct Params {
     pub(crate) sybils: usize,
     /// `resolve.sybil`: fresh nodes that join through an attacker node and resolve.
     pub(crate) sybil_joiners: usize,
+    /// `resolve.sybil.costly`: the network's peer-id difficulty (2^d key generations per worked
+    /// id; the outcome does not depend on `d` while the attacker does not pay it).
+    pub(crate) sybil_difficulty: u8,
 }
 
 impl Params {
@@ -69,6 +79,7 @@ impl Params {
                 sybil_nodes: 20,
                 sybils: 4,
                 sybil_joiners: 2,
+                sybil_difficulty: 8,
             }
         } else {
             Self {
@@ -78,6 +89,7 @@ impl Params {
                 sybil_nodes: 50,
                 sybils: 10,
                 sybil_joiners: 5,
+                sybil_difficulty: 8,
             }
         }
     }
@@ -274,8 +286,13 @@ impl SybilMeasured {
 }
 
 /// Identities closer to `key` (Kademlia's metric: SHA-256 of both, XOR) than every peer in
-/// `honest`, closest first.
-fn grind(key: &[u8], honest: &[PeerId], count: usize) -> anyhow::Result<Vec<Keypair>> {
+/// `honest` whose peer id `keep` accepts, closest first.
+fn grind(
+    key: &[u8],
+    honest: &[PeerId],
+    count: usize,
+    keep: impl Fn(&PeerId) -> bool,
+) -> anyhow::Result<Vec<Keypair>> {
     let target = KBucketKey::new(key.to_vec());
     let closest_honest = honest
         .iter()
@@ -288,7 +305,8 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> anyhow::Result<Vec<Keyp
             break;
         }
         let keypair = Keypair::generate_ed25519();
-        if KBucketKey::from(keypair.public().to_peer_id()).distance(&target) < closest_honest {
+        let id = keypair.public().to_peer_id();
+        if keep(&id) && KBucketKey::from(id).distance(&target) < closest_honest {
             ground.push(keypair);
         }
     }
@@ -299,6 +317,19 @@ fn grind(key: &[u8], honest: &[PeerId], count: usize) -> anyhow::Result<Vec<Keyp
         );
     }
     Ok(ground)
+}
+
+/// An honest node's identity: worked at `difficulty` (what `kith init` does in such a network).
+fn identity(difficulty: u8) -> anyhow::Result<Keypair> {
+    let bound = MAX_GRIND as u64 * 16;
+    kith_core::id_work::grind(difficulty, Keypair::generate_ed25519, |n| {
+        if n >= bound {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })
+    .with_context(|| format!("no id worked at {difficulty} within {bound} identities"))
 }
 
 /// Longest wait for the owner's claim to reach the honest holders of every replica key.
@@ -486,7 +517,12 @@ fn kith_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Result<SybilMeasured> {
+async fn sybil(
+    params: &Params,
+    difficulty: u8,
+    mut rng: Rng,
+    bar: &ProgressBar,
+) -> anyhow::Result<SybilMeasured> {
     let dir = tempfile::Builder::new()
         .prefix("kith-bench-sybil-")
         .tempdir()?;
@@ -494,7 +530,8 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
     let (attacker, stolen) = attacker_claim(&dir.path().join("attacker")).await?;
     let network_dir = dir.path().join("network");
     std::fs::create_dir_all(&network_dir)?;
-    let mut cluster = Cluster::new(Kind::Kith, NodeSettings { reduced: false }, network_dir);
+    let mut cluster = Cluster::new(Kind::Kith, NodeSettings { reduced: false }, network_dir)
+        .with_peer_id_difficulty(difficulty);
     let result = async {
         let sybils = params.sybils.min(params.sybil_nodes.saturating_sub(2));
         let honest_n = params.sybil_nodes - sybils;
@@ -506,13 +543,28 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
             } else {
                 cluster.addr(rng.below(i)).into_iter().collect()
             };
-            cluster.start_node(bootstrap).await?;
+            cluster
+                .start_kith_with_keypair(bootstrap, identity(difficulty)?)
+                .await?;
         }
         bar.set_message("resolve.sybil: grinding attacker ids");
-        let keys = grind(&name.dht_key(), &cluster.peer_ids(), sybils)?;
+        let key = name.dht_key();
+        let honest_ids = cluster.peer_ids();
+        let keys = if difficulty == 0 {
+            grind(&key, &honest_ids, sybils, |_| true)?
+        } else {
+            // One worked id (the attacker pays 2^d for it), the rest not worked.
+            let worked = |id: &PeerId| kith_core::id_work::is_worked(id, difficulty);
+            let mut keys = grind(&key, &honest_ids, 1, worked)?;
+            keys.extend(grind(&key, &honest_ids, sybils.saturating_sub(1), |id| {
+                !worked(id)
+            })?);
+            keys
+        };
         for key in keys {
             let bootstrap = cluster.addr(rng.below(honest_n)).into_iter().collect();
-            cluster.start_kith_with_keypair(bootstrap, key).await?;
+            // Modified nodes: they ignore the network's difficulty.
+            cluster.start_kith_at(bootstrap, key, 0).await?;
         }
         // The rest of the honest nodes join now, some of them through an attacker node.
         let n = cluster.len();
@@ -599,7 +651,9 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
                 .into_iter()
                 .flatten()
                 .collect();
-            cluster.start_node(bootstrap).await?;
+            cluster
+                .start_kith_with_keypair(bootstrap, identity(difficulty)?)
+                .await?;
             let joined = cluster.len() - 1;
             let deadline = Instant::now() + params.populate_wait;
             while cluster.routing_len(joined).await? < target && Instant::now() < deadline {
@@ -617,16 +671,41 @@ async fn sybil(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resu
 
 /// Runs `resolve.sybil`.
 pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
-    const SCENARIO: &str = "resolve.sybil";
+    run_sybil_at("resolve.sybil", 0, params, bar)
+}
+
+/// Runs `resolve.sybil.costly`: the same attack in a network with a peer-id difficulty.
+pub(crate) fn run_sybil_costly(params: &Params, bar: &ProgressBar) -> Scenario {
+    run_sybil_at(
+        "resolve.sybil.costly",
+        params.sybil_difficulty.max(1),
+        params,
+        bar,
+    )
+}
+
+fn run_sybil_at(
+    scenario: &'static str,
+    difficulty: u8,
+    params: &Params,
+    bar: &ProgressBar,
+) -> Scenario {
     const UNIT: &str = "fraction";
     let runtime = match super::dm::runtime() {
         Ok(rt) => rt,
-        Err(e) => return Scenario::unavailable(SCENARIO, UNIT, format!("{e:#}")),
+        Err(e) => return Scenario::unavailable(scenario, UNIT, format!("{e:#}")),
     };
-    let result = runtime.block_on(sybil(params, Rng::from_os(), bar));
+    let result = runtime.block_on(sybil(params, difficulty, Rng::from_os(), bar));
     let sybils = params.sybils.min(params.sybil_nodes.saturating_sub(2));
+    let costly = if difficulty == 0 {
+        String::new()
+    } else {
+        format!(
+            "; peer-id difficulty {difficulty}: honest ids worked, the attackers' not (but one, the attacker's worked referrer, also ground next to the key), every attacker node ignoring the difficulty (serving the DHT and admitting every id)"
+        )
+    };
     let setting = format!(
-        "{} kith nodes on loopback TCP, {sybils} of them attackers with ids ground to be closer to the name's first key than any honest node, holding the attacker's older valid claim under all {NAME_REPLICAS} replica keys and joining through random honest nodes; every honest node but the owner resolves once, then {} fresh nodes bootstrapping from an attacker node and an honest one; correct = the honest owner or a conflict; baseline: the rule before replica keys (one key, stop at 4 agreeing holders), same nodes, just before each resolution",
+        "{} kith nodes on loopback TCP, {sybils} of them attackers with ids ground to be closer to the name's first key than any honest node, holding the attacker's older valid claim under all {NAME_REPLICAS} replica keys and joining through random honest nodes; every honest node but the owner resolves once, then {} fresh nodes bootstrapping from an attacker node and an honest one; correct = the honest owner or a conflict; baseline: the rule before replica keys (one key, stop at 4 agreeing holders), same nodes, just before each resolution{costly}",
         params.sybil_nodes, params.sybil_joiners
     );
     match result {
@@ -659,7 +738,7 @@ pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
                 (m.old_rule_answered - m.old_rule_attacker) as f64 / old_total,
             );
             Scenario::measured(
-                SCENARIO,
+                scenario,
                 UNIT,
                 Some(kith),
                 Some(baseline),
@@ -677,7 +756,7 @@ pub(crate) fn run_sybil(params: &Params, bar: &ProgressBar) -> Scenario {
                 ),
             )
         }
-        Err(e) => Scenario::unavailable(SCENARIO, UNIT, format!("{setting}; failed: {e:#}")),
+        Err(e) => Scenario::unavailable(scenario, UNIT, format!("{setting}; failed: {e:#}")),
     }
 }
 
