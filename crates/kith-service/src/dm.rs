@@ -143,7 +143,6 @@ pub(crate) struct Dm {
     olm: OlmState,
     /// Inbound frames per sender identity key, waiting for a batch (see [`Inbound`]).
     inbound: StdMutex<HashMap<Curve25519Key, Vec<Inbound>>>,
-    pickle_key: PickleKey,
     events: broadcast::Sender<MessageEvent>,
     wake: Notify,
     /// Told on every hand-over to delivery, so a pipelined run with room picks new entries up
@@ -177,7 +176,7 @@ impl Dm {
         pickle_key: PickleKey,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, ServiceError> {
-        let olm = OlmState::load(store, pickle_key.clone())?;
+        let olm = OlmState::load(store, pickle_key)?;
         let rejected = prometheus_client::metrics::counter::Counter::default();
         registry.register(
             "dm_rejected",
@@ -194,7 +193,6 @@ impl Dm {
         Ok(Self {
             olm,
             inbound: StdMutex::new(HashMap::new()),
-            pickle_key,
             events,
             wake: Notify::new(),
             peer_locks: StdMutex::new(HashMap::new()),
@@ -231,10 +229,6 @@ impl Dm {
         lock(&self.buckets)
             .get_or_insert_with(|| RateLimiter::new(Rate { burst, per_sec }))
             .allow(&peer, Instant::now())
-    }
-
-    pub(crate) fn pickle_key(&self) -> &PickleKey {
-        &self.pickle_key
     }
 
     pub(crate) fn wake_delivery(&self) {

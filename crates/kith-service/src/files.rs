@@ -429,6 +429,8 @@ impl Node {
         let files = self.store().files().clone();
         let me = self.peer_id().to_bytes();
         let sent = self
+            .inner
+            .groups
             .send_group_payload(
                 group,
                 pb::group_payload::Body::File(offer.to_proto()),
@@ -1153,7 +1155,9 @@ impl Node {
         let mut holders = vec![sender];
         if let Some(group) = record.group {
             holders.extend(
-                self.group_member_ids(&group)
+                self.inner
+                    .groups
+                    .group_member_ids(&group)
                     .into_iter()
                     .filter(|p| *p != sender && *p != self.peer_id()),
             );
