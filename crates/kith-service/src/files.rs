@@ -24,7 +24,7 @@ use std::{
 
 use kith_blob::{BlobHash, BlobKey, BlobStore, FetchError, ServeLimits};
 use kith_proto::v1 as pb;
-use kith_store::{FileOffer, FileRecord, FileState, MessageId, Trust};
+use kith_store::{FileOffer, FileRecord, FileState, MessageId};
 use libp2p::PeerId;
 use prometheus_client::{
     collector::Collector,
@@ -33,7 +33,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{MessageEvent, Node, Sent, ServiceError, node::now_ms};
+use futures::future::BoxFuture;
+
+use crate::{
+    MessageEvent, Node, Sent, ServiceError,
+    handles::{BeforeStore, TrustCheck},
+    node::now_ms,
+};
 
 /// Default largest file a node sends or accepts: 2 GiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -128,10 +134,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// until its offer is queued.
 const GC_MIN_AGE: Duration = Duration::from_secs(3600);
 
-/// The files component: the blob store and the downloads running now.
-#[derive(Debug)]
+/// The files component: the blob store and the downloads running now. What it needs of groups
+/// (a group file's members, the Megolm message that carries its offer) and of trust comes in
+/// through the handles it is built with ([`GroupFiles`], [`TrustCheck`]).
 pub(crate) struct Files {
     pub(crate) blobs: BlobStore,
+    groups: Arc<dyn GroupFiles>,
+    trust: Arc<dyn TrustCheck>,
     max_file_bytes: u64,
     /// Running downloads by file id: the run's number and how to stop it (a cancel).
     running: StdMutex<HashMap<MessageId, (u64, tokio::task::AbortHandle)>>,
@@ -142,12 +151,52 @@ pub(crate) struct Files {
     serve_rate: Option<u64>,
 }
 
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a group file needs of the groups component: which group a reference names, who its
+/// members are (they may hold the file), and the Megolm message that carries the offer. The
+/// groups component implements it (router.rs), so files do not read the groups book.
+pub(crate) trait GroupFiles: Send + Sync {
+    /// The id of the group `reference` (id, id prefix or title) names.
+    fn group_id(&self, reference: &str) -> Result<kith_store::GroupId, ServiceError>;
+
+    /// The group's current members; empty when unknown.
+    fn members(&self, group: &kith_store::GroupId) -> Vec<PeerId>;
+
+    /// Sends `offer` to the group `reference` names (shown as `text`); `before_store` writes
+    /// the file record once the message id is known and before the message is stored.
+    fn send_offer<'a>(
+        &'a self,
+        reference: &'a str,
+        offer: pb::FileOffer,
+        text: String,
+        before_store: BeforeStore<'a>,
+    ) -> BoxFuture<'a, Result<crate::GroupSent, ServiceError>>;
+}
+
+/// What [`Files::open`] needs besides the configuration: the handles to groups and trust.
+pub(crate) struct FilesLinks {
+    /// Group files: members and the Megolm message.
+    pub(crate) groups: Arc<dyn GroupFiles>,
+    /// Whether a sender is accepted (files from requests wait).
+    pub(crate) trust: Arc<dyn TrustCheck>,
+}
+
 impl Files {
-    pub(crate) fn open(
+    /// Opens the blob store `config` names (beside the store at `store_path` by default) and
+    /// registers its metrics: the part of building the component that can fail, done before the
+    /// node exists.
+    pub(crate) fn open_blobs(
         config: &crate::FilesConfig,
         store_path: &Path,
         registry: &mut Registry,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<BlobStore, ServiceError> {
         let dir = match &config.dir {
             Some(dir) => dir.clone(),
             // A sibling of the store named after it, so nodes sharing a parent never share blobs.
@@ -159,15 +208,22 @@ impl Files {
         };
         let blobs = BlobStore::open(dir)?;
         registry.register_collector(Box::new(BlobCollector(blobs.metrics().clone())));
-        Ok(Self {
+        Ok(blobs)
+    }
+
+    /// The component over an opened blob store, with its handles.
+    pub(crate) fn new(blobs: BlobStore, config: &crate::FilesConfig, links: FilesLinks) -> Self {
+        Self {
             blobs,
+            groups: links.groups,
+            trust: links.trust,
             max_file_bytes: config.max_file_bytes,
             running: StdMutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
             held: StdMutex::new(None),
             relay: config.relay.clone(),
             serve_rate: config.serve_rate,
-        })
+        }
     }
 }
 
@@ -422,20 +478,20 @@ impl Node {
         options: SendFileOptions,
     ) -> Result<(crate::GroupSent, FileReport, Option<String>), ServiceError> {
         self.check_file(path, &options)?;
-        let group_id = self.group(group)?.id;
+        let group_id = self.files_component().groups.group_id(group)?;
         let (offer, note) = self.seal_file(path, &options).await?;
         let text = shown_text(&offer);
         let record_offer = offer.clone();
         let files = self.store().files().clone();
         let me = self.peer_id().to_bytes();
         let sent = self
-            .inner
+            .files_component()
             .groups
-            .send_group_payload(
+            .send_offer(
                 group,
-                pb::group_payload::Body::File(offer.to_proto()),
+                offer.to_proto(),
                 text,
-                move |id| {
+                Box::new(move |id| {
                     files.put(&FileRecord {
                         message_id: id,
                         peer_id: me,
@@ -447,7 +503,7 @@ impl Node {
                         group: Some(group_id),
                     })?;
                     Ok(())
-                },
+                }),
             )
             .await?;
         let file = FileReport {
@@ -923,12 +979,7 @@ impl Node {
 
     /// Whether `peer` is out of requests (files from them download at once).
     fn is_accepted(&self, peer: PeerId) -> bool {
-        self.store()
-            .messages()
-            .correspondent(&peer.to_bytes())
-            .ok()
-            .flatten()
-            .is_some_and(|c| c.trust == Trust::Accepted)
+        self.files_component().trust.is_accepted(peer)
     }
 
     /// Resumes every unfinished download from `peer` (it connected, or was accepted).
@@ -1155,9 +1206,9 @@ impl Node {
         let mut holders = vec![sender];
         if let Some(group) = record.group {
             holders.extend(
-                self.inner
+                self.files_component()
                     .groups
-                    .group_member_ids(&group)
+                    .members(&group)
                     .into_iter()
                     .filter(|p| *p != sender && *p != self.peer_id()),
             );

@@ -204,7 +204,7 @@ impl Node {
         );
         let sync_every = options.mailbox_sync_every;
         let group_sync_every = options.group_sync_every;
-        let files = crate::files::Files::open(&options.files, store.path(), &mut registry)?;
+        let blobs = crate::files::Files::open_blobs(&options.files, store.path(), &mut registry)?;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
@@ -243,6 +243,14 @@ impl Node {
                         connections: links.clone(),
                     },
                     &mut registry,
+                );
+                let files = crate::files::Files::new(
+                    blobs,
+                    &options.files,
+                    crate::files::FilesLinks {
+                        groups: Arc::new(groups.clone()),
+                        trust: links.clone(),
+                    },
                 );
                 Inner {
                     keypair,

@@ -231,3 +231,33 @@ impl crate::calls::GroupMembers for crate::groups::Groups {
         crate::groups::Groups::group(self, reference)
     }
 }
+
+/// Group files go through the groups component itself: the group's id and members, and the
+/// Megolm message that carries the offer.
+impl crate::files::GroupFiles for crate::groups::Groups {
+    fn group_id(&self, reference: &str) -> Result<kith_store::GroupId, ServiceError> {
+        Ok(crate::groups::Groups::group(self, reference)?.id)
+    }
+
+    fn members(&self, group: &kith_store::GroupId) -> Vec<PeerId> {
+        self.group_member_ids(group)
+    }
+
+    fn send_offer<'a>(
+        &'a self,
+        reference: &'a str,
+        offer: pb::FileOffer,
+        text: String,
+        before_store: BeforeStore<'a>,
+    ) -> BoxFuture<'a, Result<crate::GroupSent, ServiceError>> {
+        Box::pin(async move {
+            self.send_group_payload(
+                reference,
+                pb::group_payload::Body::File(offer),
+                text,
+                before_store,
+            )
+            .await
+        })
+    }
+}
