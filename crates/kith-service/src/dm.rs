@@ -409,7 +409,7 @@ pub(crate) struct Outbox<'a> {
 impl Outbox<'_> {
     /// Resolves who a send goes to and refuses ourselves and blocked peers, with the fix in words.
     pub(crate) async fn recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.node.resolve_recipient(target).await?;
+        let peer = self.node.resolver().resolve(target).await?;
         if peer == self.node.peer_id() {
             return Err(ServiceError::InvalidMessage(
                 "you cannot message yourself".into(),
@@ -575,7 +575,7 @@ impl Node {
         limit: usize,
         before: Option<MessageId>,
     ) -> Result<(PeerId, Vec<Message>), ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.resolver().resolve(target).await?;
         let messages = self
             .store()
             .messages()
@@ -684,7 +684,7 @@ impl Node {
     /// Accepts a sender (from requests) or unblocks a peer: the direct-message part of
     /// [`Node::accept`] (which also resumes the files that waited for it).
     pub(crate) async fn accept_sender(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.resolver().resolve(target).await?;
         self.store()
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Accepted)?;
@@ -694,7 +694,7 @@ impl Node {
 
     /// Blocks a peer: their messages are refused, not stored.
     pub async fn block(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.resolver().resolve(target).await?;
         self.store()
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Blocked)?;

@@ -115,6 +115,9 @@ pub(crate) struct Inner {
     pub(crate) files: crate::files::Files,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::Names,
+    /// The links the components were built with; dm.rs resolves recipients through them (see
+    /// [`Node::resolver`]).
+    resolver: Arc<crate::router::Links>,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
@@ -260,6 +263,7 @@ impl Node {
                     files,
                     calls,
                     names,
+                    resolver: links,
                     mailbox_refused,
                     mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                     client,
@@ -362,6 +366,13 @@ impl Node {
     /// [`Node::net`]: every write goes through a component that keeps its book's rules.
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The handle every component resolves recipients through (the names component's rules:
+    /// petname, then pinned or looked-up name, then peer id), so none calls
+    /// [`Node::resolve_recipient`] itself.
+    pub(crate) fn resolver(&self) -> &dyn crate::handles::Resolver {
+        &*self.inner.resolver
     }
 
     /// The network's state alone (listen addresses, connections, relay reservations), without
