@@ -70,6 +70,10 @@ pub(crate) trait Outbound: Send + Sync {
         before_store: BeforeStore<'a>,
     ) -> BoxFuture<'a, Result<Sent, ServiceError>>;
 
+    /// Withdraws message `id` to `peer` if it still waits in the outbox (a cancelled file's
+    /// offer): marked failed with `note`, never sent. `Ok(false)`: nothing was waiting.
+    fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError>;
+
     /// Queues call signalling for `peer`: retried until `ttl`, never deposited, never shown.
     fn send_ephemeral(
         &self,

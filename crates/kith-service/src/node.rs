@@ -112,7 +112,7 @@ pub(crate) struct Inner {
     pub(crate) options: Options,
     pub(crate) dm: crate::dm::Dm,
     pub(crate) groups: crate::groups::Groups,
-    pub(crate) files: crate::files::Files,
+    pub(crate) files: Arc<crate::files::Files>,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::Names,
     /// The links the components were built with; dm.rs resolves recipients through them (see
@@ -247,14 +247,19 @@ impl Node {
                     },
                     &mut registry,
                 );
-                let files = crate::files::Files::new(
+                let files = Arc::new(crate::files::Files::new(
                     blobs,
                     &options.files,
-                    crate::files::FilesLinks {
+                    crate::files::FilesParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        outbound: links.clone(),
+                        events: links.clone(),
                         groups: Arc::new(groups.clone()),
                         trust: links.clone(),
+                        relays: links.clone(),
                     },
-                );
+                ));
                 Inner {
                     keypair,
                     options,
@@ -299,7 +304,7 @@ impl Node {
         node.push_task(groups);
         let blob_server = tokio::spawn(crate::files::serve_loop(Arc::downgrade(&node.inner)));
         node.push_task(blob_server);
-        node.resume_all_downloads();
+        node.inner.files.resume_all_downloads();
         Ok(node)
     }
 
@@ -512,7 +517,7 @@ impl Node {
     /// component's.
     pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
         let peer = self.accept_sender(target).await?;
-        self.resume_downloads_from(peer);
+        self.inner.files.resume_downloads_from(peer);
         Ok(peer)
     }
 
@@ -763,7 +768,7 @@ async fn consume_events(
                 inbound,
             } => {
                 node.on_peer_connected(peer);
-                node.resume_downloads_from(peer);
+                node.inner.files.resume_downloads_from(peer);
                 if crate::mailbox::is_mailbox_relay(&node, &peer) {
                     node.inner.mailbox_wake.notify_one();
                 }

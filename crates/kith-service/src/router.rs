@@ -49,7 +49,7 @@ impl dm::Handlers for Router {
         id: MessageId,
         offer: pb::FileOffer,
     ) -> Result<String, String> {
-        self.node.record_incoming_file(peer, id, offer)
+        self.node.inner.files.record_incoming_file(peer, id, offer)
     }
 
     fn call_summary(
@@ -83,7 +83,7 @@ impl dm::Handlers for Router {
     }
 
     fn file_stored(&self, id: MessageId) {
-        self.node.start_download(id);
+        self.node.inner.files.start_download(id);
     }
 }
 
@@ -173,6 +173,30 @@ impl Outbound for Links {
     ) -> Result<MessageId, ServiceError> {
         self.node()?.outbox().send_ephemeral(peer, body, ttl)
     }
+
+    fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError> {
+        Self::withdraw_queued(&self.node()?, peer, id, note)
+    }
+}
+
+impl Links {
+    /// dm's part of [`Outbound::withdraw`], on the messages book dm owns (here until the
+    /// direct-message component owns its book: dm.rs is not being reshaped this round).
+    fn withdraw_queued(
+        node: &Node,
+        peer: PeerId,
+        id: &MessageId,
+        note: &str,
+    ) -> Result<bool, ServiceError> {
+        let messages = node.store().messages();
+        let queued = messages
+            .outbox_for(&peer.to_bytes())
+            .is_ok_and(|items| items.iter().any(|i| i.id == *id));
+        if queued {
+            messages.complete(id, kith_store::Status::Failed, note, crate::node::now_ms())?;
+        }
+        Ok(queued)
+    }
 }
 
 impl Events for Links {
@@ -200,7 +224,9 @@ impl crate::groups::FileOffers for Links {
         offer: pb::FileOffer,
     ) -> Result<String, String> {
         let node = self.node().map_err(|e| e.to_string())?;
-        node.record_incoming_group_file(group, sender, id, offer)
+        node.inner
+            .files
+            .record_incoming_group_file(group, sender, id, offer)
     }
 }
 
@@ -259,5 +285,20 @@ impl crate::files::GroupFiles for crate::groups::Groups {
             )
             .await
         })
+    }
+}
+
+/// Our mailbox relays as file holders: relay_blobs.rs runs the exchange over the mailbox protocol.
+impl crate::files::FileRelays for Links {
+    fn holders(&self) -> Vec<PeerId> {
+        self.node()
+            .map(|node| node.relay_holders())
+            .unwrap_or_default()
+    }
+
+    fn release(&self, hash: [u8; 32]) {
+        if let Ok(node) = self.node() {
+            node.release_at_relays(hash);
+        }
     }
 }
