@@ -24,6 +24,11 @@
 //! another invitation is answered BUSY; invitations are rate limited per peer; when two people
 //! call each other at once the earlier call id wins on both sides and its callee joins it
 //! (`CallEvent::Merged`), so the two calls become one.
+//!
+//! Ownership: [`Calls`] owns the calls book, the live calls, the invitation limit, the ICE
+//! configuration and our relays' TURN credentials; it meets the rest of the node only through
+//! the handles it is built with (`crate::handles`: delivery for signals and summaries, events,
+//! trust, protected connections; [`GroupMembers`] for group calls).
 
 use std::{
     collections::HashMap,
@@ -39,7 +44,6 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     MessageEvent, Node, ServiceError,
-    dm::lock,
     handles::{Connections, Events, Outbound, TrustCheck},
     node::now_ms,
 };
@@ -409,6 +413,12 @@ fn duration_words(ms: u64) -> String {
     } else {
         format!("{} h {} min", secs / 3600, (secs % 3600) / 60)
     }
+}
+
+/// Locks a mutex of the component's small state; a poisoned lock still holds usable data (it is
+/// only ever held for a few assignments).
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn parse_call_id(bytes: &[u8]) -> Option<CallId> {

@@ -17,6 +17,11 @@
 //! point; our own envelope, its history entry, our next sequence and the Megolm state that made it
 //! are one transaction; a removed or departed member's absence starts a new Megolm session before
 //! our next message, so it cannot read what follows.
+//!
+//! Ownership: [`Groups`] owns the groups book and the group topics; it meets the rest of the node
+//! only through the handles it is built with (`crate::handles`: delivery for control bodies,
+//! the resolver, events, the address book; [`FileOffers`] for files offered in a group). Calls
+//! and files read member lists through their own traits, which `Groups` implements (router.rs).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -25,7 +30,7 @@ use std::{
 };
 
 pub use kith_core::group::{MAX_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS};
-use kith_core::{GroupEnvelope, MemberList};
+use kith_core::{GroupEnvelope, MAX_TEXT_BYTES, MemberList};
 use kith_crypto::{GroupReceiver, GroupSender, GroupSessionKey};
 use kith_net::{GossipId, GossipVerdict};
 use kith_proto::v1 as pb;
@@ -38,7 +43,6 @@ use tokio::sync::Mutex;
 
 use crate::{
     MessageEvent, Node, ServiceError,
-    dm::MAX_TEXT_BYTES,
     handles::{AddressBook, Events, Outbound, Resolver},
     node::now_ms,
 };
