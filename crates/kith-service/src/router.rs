@@ -1,5 +1,6 @@
-//! The inbound router: where what arrives for one component is handed to another. Only node.rs
-//! uses it; it is the one place besides node.rs that names several components.
+//! The inbound router and the components' links: where what arrives for one component is handed
+//! to another, and what a component asks of the others. Only node.rs uses it; it is the one
+//! place besides node.rs that names several components.
 //!
 //! - [`dm::Handlers`]: a decrypted direct message whose body belongs to files, calls or groups
 //!   goes to that component's handler, at the point of its batch the handler trait fixes (the
@@ -15,12 +16,10 @@
 //! traits, such as [`crate::groups::FileOffers`]) over the running node, which node.rs hands to
 //! each component it builds.
 
+use futures::future::BoxFuture;
 use kith_proto::v1 as pb;
 use kith_store::MessageId;
-use libp2p::PeerId;
-
-use futures::future::BoxFuture;
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 use crate::{
     MessageEvent, Node, Sent, ServiceError, dm,
