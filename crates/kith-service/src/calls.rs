@@ -24,6 +24,11 @@
 //! another invitation is answered BUSY; invitations are rate limited per peer; when two people
 //! call each other at once the earlier call id wins on both sides and its callee joins it
 //! (`CallEvent::Merged`), so the two calls become one.
+//!
+//! Ownership: [`Calls`] owns the calls book, the live calls, the invitation limit, the ICE
+//! configuration and our relays' TURN credentials; it meets the rest of the node only through
+//! the handles it is built with (`crate::handles`: delivery for signals and summaries, events,
+//! trust, protected connections; [`GroupMembers`] for group calls).
 
 use std::{
     collections::HashMap,
@@ -33,11 +38,15 @@ use std::{
 
 use kith_core::{Rate, RateLimiter};
 use kith_proto::v1 as pb;
-use kith_store::{CallId, CallOutcome, CallRecord, Trust};
+use kith_store::{CallId, CallOutcome, CallRecord};
 use libp2p::PeerId;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::{MessageEvent, Node, ServiceError, dm::lock, node::Inner, node::now_ms};
+use crate::{
+    MessageEvent, Node, ServiceError,
+    handles::{Connections, Events, Outbound, TrustCheck},
+    node::now_ms,
+};
 
 /// How long a call rings before it counts as missed (the issue's 45 s).
 pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(45);
@@ -228,9 +237,57 @@ struct RelayTurn {
     ask_again_ms: u64,
 }
 
-/// The calls component: live calls and the per-peer invitation limit.
-#[derive(Debug)]
+/// The calls component (issue 12, step 5): owns the calls book and the live calls (their
+/// participants, the browser signals kept for a page that opens late), the per-peer invitation
+/// limit, the ICE configuration and the TURN credentials our relays handed us. It reaches the rest
+/// of the node through the handles it is built with ([`crate::handles`], and [`GroupMembers`]
+/// for group calls); `Node`'s call operations delegate to it. Cheap to clone: every clone is the
+/// same component.
+#[derive(Clone)]
 pub(crate) struct Calls {
+    shared: Arc<Shared>,
+}
+
+/// What [`Calls`] is built from besides its own state.
+pub(crate) struct CallsParts {
+    /// The node's store: this component writes only its calls book (and flushes).
+    pub(crate) store: kith_store::Store,
+    /// Who we are (a call names its participants).
+    pub(crate) me: PeerId,
+    /// How long a call rings before it counts as missed.
+    pub(crate) ring_timeout: Duration,
+    /// The ICE servers and policy handed to the web app.
+    pub(crate) ice: IceConfig,
+    /// Relay role: the TURN server whose credentials this node hands out.
+    pub(crate) turn: Option<TurnIssuer>,
+    /// Signals, summaries and call ids go through direct delivery.
+    pub(crate) outbound: Arc<dyn Outbound>,
+    /// Call events for the web app and `kith chat`.
+    pub(crate) events: Arc<dyn Events>,
+    /// Whether a caller is accepted (an invitation from a request never rings).
+    pub(crate) trust: Arc<dyn TrustCheck>,
+    /// Group calls: the group's members.
+    pub(crate) groups: Arc<dyn GroupMembers>,
+    /// Everyone in a call keeps their connection.
+    pub(crate) connections: Arc<dyn Connections>,
+}
+
+/// What a group call needs to know of a group: whether we take part and who its members are.
+/// The groups component implements it (router.rs), so calls do not read its book.
+pub(crate) trait GroupMembers: Send + Sync {
+    /// The group by id (hex), id prefix or title.
+    fn group(&self, reference: &str) -> Result<crate::GroupInfo, ServiceError>;
+}
+
+struct Shared {
+    store: kith_store::Store,
+    me: PeerId,
+    turn: Option<TurnIssuer>,
+    outbound: Arc<dyn Outbound>,
+    events: Arc<dyn Events>,
+    trust: Arc<dyn TrustCheck>,
+    groups: Arc<dyn GroupMembers>,
+    connections: Arc<dyn Connections>,
     live: StdMutex<HashMap<CallId, Live>>,
     /// TURN credentials from our relays, by relay.
     relay_turn: StdMutex<HashMap<PeerId, RelayTurn>>,
@@ -241,6 +298,12 @@ pub(crate) struct Calls {
     refused: Counter,
     /// ICE servers handed to the web app (TURN on community relays).
     ice: StdMutex<IceConfig>,
+}
+
+impl std::fmt::Debug for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Calls").finish_non_exhaustive()
+    }
 }
 
 /// The RTCConfiguration pieces the web app needs.
@@ -264,9 +327,9 @@ pub struct IceServer {
 }
 
 impl Calls {
+    /// The component over `parts`, its counter registered in `registry`.
     pub(crate) fn new(
-        ring_timeout: Duration,
-        ice: IceConfig,
+        parts: CallsParts,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Self {
         let refused = Counter::default();
@@ -276,29 +339,51 @@ impl Calls {
             refused.clone(),
         );
         Self {
-            live: StdMutex::new(HashMap::new()),
-            offers: StdMutex::new(RateLimiter::new(Rate {
-                burst: OFFER_BURST,
-                per_sec: OFFER_PER_SEC,
-            })),
-            ring_timeout,
-            refused,
-            ice: StdMutex::new(ice),
-            relay_turn: StdMutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                store: parts.store,
+                me: parts.me,
+                turn: parts.turn,
+                outbound: parts.outbound,
+                events: parts.events,
+                trust: parts.trust,
+                groups: parts.groups,
+                connections: parts.connections,
+                live: StdMutex::new(HashMap::new()),
+                offers: StdMutex::new(RateLimiter::new(Rate {
+                    burst: OFFER_BURST,
+                    per_sec: OFFER_PER_SEC,
+                })),
+                ring_timeout: parts.ring_timeout,
+                refused,
+                ice: StdMutex::new(parts.ice),
+                relay_turn: StdMutex::new(HashMap::new()),
+            }),
         }
     }
 
     fn allow_offer(&self, peer: PeerId) -> bool {
-        lock(&self.offers).allow(&peer, Instant::now())
+        lock(&self.shared.offers).allow(&peer, Instant::now())
     }
 
     /// A person answered or declined `peer`'s call: calling back at once is no flood.
     fn refund_offer(&self, peer: PeerId) {
-        lock(&self.offers).refund(&peer);
+        lock(&self.shared.offers).refund(&peer);
     }
 
     fn unavailable_after(&self) -> Duration {
-        UNAVAILABLE_AFTER.min(self.ring_timeout)
+        UNAVAILABLE_AFTER.min(self.shared.ring_timeout)
+    }
+
+    fn calls_component(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn store(&self) -> &kith_store::Store {
+        &self.shared.store
+    }
+
+    fn peer_id(&self) -> PeerId {
+        self.shared.me
     }
 }
 
@@ -330,20 +415,22 @@ fn duration_words(ms: u64) -> String {
     }
 }
 
+/// Locks a mutex of the component's small state; a poisoned lock still holds usable data (it is
+/// only ever held for a few assignments).
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn parse_call_id(bytes: &[u8]) -> Option<CallId> {
     CallId::try_from(bytes).ok()
 }
 
-impl Node {
-    pub(crate) fn calls_component(&self) -> &Calls {
-        &self.inner.calls
-    }
-
+impl Calls {
     /// Starts a call: rings the person (or up to three other members of a group) and returns at
     /// once; `call.ringing`, `call.joined` and `call.ended` events tell what happens next. When
     /// that person is ringing us already, this answers their call instead. Whoever joins makes
     /// the WebRTC offers (see [`Node::start_call_offering`] for the faster way).
-    pub async fn start_call(
+    pub(crate) async fn start_call(
         &self,
         target: CallTarget,
         video: bool,
@@ -354,7 +441,7 @@ impl Node {
     /// [`Node::start_call`] for a client that sends each invitee its SDP offer right after this
     /// returns (the web app): the invitations say so, and an invitee answers that offer when it
     /// joins, so the media connection needs one signal hop after the answer, not three.
-    pub async fn start_call_offering(
+    pub(crate) async fn start_call_offering(
         &self,
         target: CallTarget,
         video: bool,
@@ -370,9 +457,9 @@ impl Node {
     ) -> Result<CallInfo, ServiceError> {
         let me = self.peer_id();
         let (group, invitees) = match &target {
-            CallTarget::Person(who) => (None, vec![self.outbox().recipient(who).await?]),
+            CallTarget::Person(who) => (None, vec![self.shared.outbound.recipient(who).await?]),
             CallTarget::Group(reference) => {
-                let group = self.group(reference)?;
+                let group = self.shared.groups.group(reference)?;
                 if !group.joined || group.left || group.removed {
                     return Err(ServiceError::GroupClosed(format!(
                         "you are not taking part in '{}'",
@@ -428,7 +515,7 @@ impl Node {
         if let Some(id) = ringing_from_them {
             return self.accept_call(&id);
         }
-        let call_id = self.dm().next_id();
+        let call_id = self.shared.outbound.next_id()?;
         let now = now_ms();
         let record = CallRecord {
             call_id,
@@ -477,12 +564,12 @@ impl Node {
             self.send_call_signal(*peer, signal)?;
         }
         self.spawn_ring_watch(call_id, true);
-        self.refresh_protection_soon();
+        self.shared.connections.refresh_soon();
         Ok(info)
     }
 
     /// The call history, newest first, live calls with their current state.
-    pub fn calls(&self, limit: usize) -> Result<Vec<CallInfo>, ServiceError> {
+    pub(crate) fn calls(&self, limit: usize) -> Result<Vec<CallInfo>, ServiceError> {
         let records = self.store().calls().recent(limit)?;
         let live = lock(&self.calls_component().live);
         Ok(records
@@ -495,7 +582,7 @@ impl Node {
     }
 
     /// One call, with the browser signals the others sent so far while it is live.
-    pub fn call(&self, id: &CallId) -> Result<(CallInfo, Vec<RemoteSignal>), ServiceError> {
+    pub(crate) fn call(&self, id: &CallId) -> Result<(CallInfo, Vec<RemoteSignal>), ServiceError> {
         if let Some(l) = lock(&self.calls_component().live).get(id) {
             return Ok((l.info(), l.signals.clone()));
         }
@@ -507,7 +594,7 @@ impl Node {
 
     /// Answers an incoming call: every other participant is told we joined. The browser then
     /// offers to everyone already joined.
-    pub fn accept_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
+    pub(crate) fn accept_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
         let (info, tell) = {
             let mut calls = lock(&self.calls_component().live);
             let live = calls
@@ -521,7 +608,7 @@ impl Node {
             live.state = CallState::Active;
             live.record.answered_ms = now_ms();
             if let Ok(caller) = PeerId::from_bytes(&live.record.peer_id) {
-                self.calls_component().refund_offer(caller);
+                self.refund_offer(caller);
             }
             let tell = live.still_in();
             (live.info(), tell)
@@ -534,7 +621,7 @@ impl Node {
     }
 
     /// Declines an incoming call that is ringing.
-    pub fn decline_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
+    pub(crate) fn decline_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
         let caller = {
             let calls = lock(&self.calls_component().live);
             let live = calls
@@ -548,7 +635,7 @@ impl Node {
             PeerId::from_bytes(&live.record.peer_id).ok()
         };
         if let Some(caller) = caller {
-            self.calls_component().refund_offer(caller);
+            self.refund_offer(caller);
             self.send_call_signal(caller, self.signal(id, pb::CallSignalKind::Decline))?;
         }
         self.end_call(id, CallOutcome::Declined)
@@ -556,7 +643,7 @@ impl Node {
     }
 
     /// Leaves a call (or stops ringing someone, or declines): the others are told at once.
-    pub fn hangup_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
+    pub(crate) fn hangup_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
         let (tell, outcome) = {
             let calls = lock(&self.calls_component().live);
             let Some(live) = calls.get(id) else {
@@ -586,7 +673,7 @@ impl Node {
 
     /// Passes one browser signal (SDP or ICE candidate, as JSON) to a participant of a live call.
     /// `to` may be left out in a call between two people.
-    pub fn call_signal(
+    pub(crate) fn call_signal(
         &self,
         id: &CallId,
         to: Option<PeerId>,
@@ -632,7 +719,7 @@ impl Node {
 
     /// The ICE servers and policy the web app should use: the configured ones, then TURN on
     /// our relays while its credentials last.
-    pub fn ice_config(&self) -> IceConfig {
+    pub(crate) fn ice_config(&self) -> IceConfig {
         let mut config = lock(&self.calls_component().ice).clone();
         let now = now_ms();
         let mut from_relays: Vec<IceServer> = lock(&self.calls_component().relay_turn)
@@ -680,7 +767,7 @@ impl Node {
 
     /// Relay side: fresh TURN credentials for `peer`, if this node hands any out.
     pub(crate) fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials> {
-        let issuer = self.inner.options.turn.as_ref()?;
+        let issuer = self.shared.turn.as_ref()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -696,12 +783,12 @@ impl Node {
     }
 
     /// Replaces the ICE servers (TURN credentials are renewed by whoever issues them).
-    pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
+    pub(crate) fn set_ice_servers(&self, servers: Vec<IceServer>) {
         lock(&self.calls_component().ice).servers = servers;
     }
 
     /// "Relay only": media only through TURN, so the other side never learns our addresses.
-    pub fn set_relay_only(&self, relay_only: bool) {
+    pub(crate) fn set_relay_only(&self, relay_only: bool) {
         lock(&self.calls_component().ice).relay_only = relay_only;
     }
 
@@ -716,7 +803,8 @@ impl Node {
     fn send_call_signal(&self, peer: PeerId, signal: pb::CallSignal) -> Result<(), ServiceError> {
         tracing::debug!(%peer, call = %hex::encode(&signal.call_id), kind = signal.kind, media = %signal.media_kind, "call signal out");
         let ttl = self.calls_component().ring_timeout;
-        self.outbox()
+        self.shared
+            .outbound
             .send_ephemeral(peer, pb::direct_payload::Body::CallSignal(signal), ttl)
             .map(|_| ())
     }
@@ -724,13 +812,13 @@ impl Node {
     /// Watches a ringing call: unavailable when no node answered the ring in time (outgoing),
     /// missed when nobody joined before the ring timeout.
     fn spawn_ring_watch(&self, id: CallId, outgoing: bool) {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let unavailable_after = self.calls_component().unavailable_after();
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let unavailable_after = self.unavailable_after();
         let ring_timeout = self.calls_component().ring_timeout;
         tokio::spawn(async move {
             if outgoing {
                 tokio::time::sleep(unavailable_after).await;
-                let Some(node) = weak.upgrade().map(|inner| Node { inner }) else {
+                let Some(node) = weak.upgrade().map(|shared| Calls { shared }) else {
                     return;
                 };
                 let unanswered = lock(&node.calls_component().live)
@@ -747,7 +835,7 @@ impl Node {
                 Duration::ZERO
             }))
             .await;
-            let Some(node) = weak.upgrade().map(|inner| Node { inner }) else {
+            let Some(node) = weak.upgrade().map(|shared| Calls { shared }) else {
                 return;
             };
             let still_ringing = lock(&node.calls_component().live)
@@ -792,9 +880,10 @@ impl Node {
             tracing::warn!(error = %e, "cannot record the end of a call");
         }
         let info = live.info();
-        self.dm()
+        self.shared
+            .events
             .emit(MessageEvent::Call(CallEvent::Ended(info.clone())));
-        self.refresh_protection_soon();
+        self.shared.connections.refresh_soon();
         // A call hung up before the callee's node even rang leaves no entry on their side (a
         // ring flood must not fill their history); an unreachable callee hears of it later.
         let worth_telling = live.answered_ring || outcome == CallOutcome::Unavailable;
@@ -814,12 +903,13 @@ impl Node {
                 };
                 let text = summary_text(outcome, record.video, record.duration_ms(), true);
                 if let Err(e) = node
-                    .outbox()
+                    .shared
+                    .outbound
                     .send_shown(
                         peer,
                         pb::direct_payload::Body::CallSummary(summary),
                         text,
-                        |_| Ok(()),
+                        Box::new(|_| Ok(())),
                     )
                     .await
                 {
@@ -990,7 +1080,7 @@ impl Node {
             }
         }
         for event in events {
-            self.dm().emit(MessageEvent::Call(event));
+            self.shared.events.emit(MessageEvent::Call(event));
         }
         if let Some(outcome) = end {
             self.end_call(&id, outcome);
@@ -1019,7 +1109,7 @@ impl Node {
             let Ok(group) = kith_store::GroupId::try_from(signal.group_id.as_slice()) else {
                 return self.refuse_call_signal(peer, "bad group id");
             };
-            match self.group(&hex::encode(group)) {
+            match self.shared.groups.group(&hex::encode(group)) {
                 Ok(g)
                     if g.joined
                         && !g.left
@@ -1031,14 +1121,7 @@ impl Node {
             }
             Some(group)
         };
-        let trusted = group.is_some()
-            || self
-                .store()
-                .messages()
-                .correspondent(&peer.to_bytes())
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.trust == Trust::Accepted);
+        let trusted = group.is_some() || self.shared.trust.is_accepted(peer);
         if !trusted {
             // Never rings; the caller's summary lands in requests as a missed call.
             return self.refuse_call_signal(peer, "invitation from someone not accepted");
@@ -1050,7 +1133,7 @@ impl Node {
             // Its summary overtook it: the call is over.
             return self.refuse_call_signal(peer, "invitation for a call that is over");
         }
-        if !self.calls_component().allow_offer(peer) {
+        if !self.allow_offer(peer) {
             return self.refuse_call_signal(peer, "too many invitations");
         }
         // Crossing calls: the earlier call id wins on both sides.
@@ -1128,7 +1211,8 @@ impl Node {
             }
             match self.accept_call(&id) {
                 Ok(call) => self
-                    .dm()
+                    .shared
+                    .events
                     .emit(MessageEvent::Call(CallEvent::Merged { from: ours, call })),
                 Err(e) => tracing::warn!(error = %e, "cannot join a crossing call"),
             }
@@ -1137,10 +1221,11 @@ impl Node {
         if let Err(e) = self.send_call_signal(peer, self.signal(&id, pb::CallSignalKind::Ringing)) {
             tracing::debug!(%peer, error = %e, "could not answer ringing");
         }
-        self.dm()
+        self.shared
+            .events
             .emit(MessageEvent::Call(CallEvent::Incoming(info)));
         self.spawn_ring_watch(id, false);
-        self.refresh_protection_soon();
+        self.shared.connections.refresh_soon();
     }
 
     /// A summary of a call from its caller: recorded in the history (a callee that was offline
@@ -1182,6 +1267,103 @@ impl Node {
             summary.duration_ms,
             false,
         ))
+    }
+}
+
+/// `Node`'s call operations (what kith-api, the CLI and the mailbox client call): delegations
+/// to [`Calls`].
+impl Node {
+    /// Starts a call: rings the person (or up to three other members of a group) and returns at
+    /// once; `call.ringing`, `call.joined` and `call.ended` events tell what happens next. When
+    /// that person is ringing us already, this answers their call instead. Whoever joins makes
+    /// the WebRTC offers (see [`Node::start_call_offering`] for the faster way).
+    pub async fn start_call(
+        &self,
+        target: CallTarget,
+        video: bool,
+    ) -> Result<CallInfo, ServiceError> {
+        self.inner.calls.start_call(target, video).await
+    }
+
+    /// [`Node::start_call`] for a client that sends each invitee its SDP offer right after this
+    /// returns (the web app): the invitations say so, and an invitee answers that offer when it
+    /// joins, so the media connection needs one signal hop after the answer, not three.
+    pub async fn start_call_offering(
+        &self,
+        target: CallTarget,
+        video: bool,
+    ) -> Result<CallInfo, ServiceError> {
+        self.inner.calls.start_call_offering(target, video).await
+    }
+
+    /// The call history, newest first, live calls with their current state.
+    pub fn calls(&self, limit: usize) -> Result<Vec<CallInfo>, ServiceError> {
+        self.inner.calls.calls(limit)
+    }
+
+    /// One call, with the browser signals the others sent so far while it is live.
+    pub fn call(&self, id: &CallId) -> Result<(CallInfo, Vec<RemoteSignal>), ServiceError> {
+        self.inner.calls.call(id)
+    }
+
+    /// Answers an incoming call: every other participant is told we joined. The browser then
+    /// offers to everyone already joined.
+    pub fn accept_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
+        self.inner.calls.accept_call(id)
+    }
+
+    /// Declines an incoming call that is ringing.
+    pub fn decline_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
+        self.inner.calls.decline_call(id)
+    }
+
+    /// Leaves a call (or stops ringing someone, or declines): the others are told at once.
+    pub fn hangup_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
+        self.inner.calls.hangup_call(id)
+    }
+
+    /// Passes one browser signal (SDP or ICE candidate, as JSON) to a participant of a live call.
+    /// `to` may be left out in a call between two people.
+    pub fn call_signal(
+        &self,
+        id: &CallId,
+        to: Option<PeerId>,
+        kind: &str,
+        data: String,
+    ) -> Result<(), ServiceError> {
+        self.inner.calls.call_signal(id, to, kind, data)
+    }
+
+    /// The ICE servers and policy the web app should use: the configured ones, then TURN on
+    /// our relays while its credentials last.
+    pub fn ice_config(&self) -> IceConfig {
+        self.inner.calls.ice_config()
+    }
+
+    /// Whether it is time to ask `relay` for TURN credentials (none yet, or they run out soon).
+    pub(crate) fn turn_due(&self, relay: PeerId) -> bool {
+        self.inner.calls.turn_due(relay)
+    }
+
+    /// Records what `relay` answered: credentials (asked again an hour before they expire, or
+    /// halfway through if they are shorter), or none (asked again in 10 minutes).
+    pub(crate) fn set_relay_turn(&self, relay: PeerId, answer: Option<pb::TurnCredentials>) {
+        self.inner.calls.set_relay_turn(relay, answer)
+    }
+
+    /// Relay side: fresh TURN credentials for `peer`, if this node hands any out.
+    pub(crate) fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials> {
+        self.inner.calls.issue_turn(peer)
+    }
+
+    /// Replaces the ICE servers (TURN credentials are renewed by whoever issues them).
+    pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
+        self.inner.calls.set_ice_servers(servers)
+    }
+
+    /// "Relay only": media only through TURN, so the other side never learns our addresses.
+    pub fn set_relay_only(&self, relay_only: bool) {
+        self.inner.calls.set_relay_only(relay_only)
     }
 }
 
@@ -1272,38 +1454,38 @@ mod tests {
             data: "{}".into(),
             ..Default::default()
         };
-        assert!(Node::check_call_signal(&ok).is_ok());
+        assert!(Calls::check_call_signal(&ok).is_ok());
         let short_id = pb::CallSignal {
             call_id: vec![1; 15],
             ..ok.clone()
         };
-        assert!(Node::check_call_signal(&short_id).is_err());
+        assert!(Calls::check_call_signal(&short_id).is_err());
         let bad_kind = pb::CallSignal {
             media_kind: "audio".into(),
             ..ok.clone()
         };
-        assert!(Node::check_call_signal(&bad_kind).is_err());
+        assert!(Calls::check_call_signal(&bad_kind).is_err());
         let huge = pb::CallSignal {
             data: "x".repeat(MAX_SIGNAL_BYTES + 1),
             ..ok.clone()
         };
-        assert!(Node::check_call_signal(&huge).is_err());
+        assert!(Calls::check_call_signal(&huge).is_err());
         let unknown = pb::CallSignal {
             kind: 99,
             ..ok.clone()
         };
-        assert!(Node::check_call_signal(&unknown).is_err());
+        assert!(Calls::check_call_signal(&unknown).is_err());
         let lonely_invite = pb::CallSignal {
             kind: pb::CallSignalKind::Invite as i32,
             participants: vec![vec![1]],
             ..ok.clone()
         };
-        assert!(Node::check_call_signal(&lonely_invite).is_err());
+        assert!(Calls::check_call_signal(&lonely_invite).is_err());
         let crowded_invite = pb::CallSignal {
             kind: pb::CallSignalKind::Invite as i32,
             participants: vec![vec![1]; MAX_CALL_MEMBERS + 1],
             ..ok
         };
-        assert!(Node::check_call_signal(&crowded_invite).is_err());
+        assert!(Calls::check_call_signal(&crowded_invite).is_err());
     }
 }

@@ -157,7 +157,6 @@ pub(crate) struct Dm {
     olm: OlmState,
     /// Inbound frames per sender identity key, waiting for a batch (see [`Inbound`]).
     inbound: StdMutex<HashMap<Curve25519Key, Vec<Inbound>>>,
-    pickle_key: PickleKey,
     events: broadcast::Sender<MessageEvent>,
     wake: Notify,
     /// Told on every hand-over to delivery, so a pipelined run with room picks new entries up
@@ -193,7 +192,7 @@ impl Dm {
         pickle_key: PickleKey,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, ServiceError> {
-        let olm = OlmState::load(store, pickle_key.clone())?;
+        let olm = OlmState::load(store, pickle_key)?;
         let rejected = prometheus_client::metrics::counter::Counter::default();
         registry.register(
             "dm_rejected",
@@ -210,7 +209,6 @@ impl Dm {
         Ok(Self {
             olm,
             inbound: StdMutex::new(HashMap::new()),
-            pickle_key,
             events,
             wake: Notify::new(),
             peer_locks: StdMutex::new(HashMap::new()),
@@ -248,10 +246,6 @@ impl Dm {
         lock(&self.buckets)
             .get_or_insert_with(|| RateLimiter::new(Rate { burst, per_sec }))
             .allow(&peer, Instant::now())
-    }
-
-    pub(crate) fn pickle_key(&self) -> &PickleKey {
-        &self.pickle_key
     }
 
     pub(crate) fn wake_delivery(&self) {
@@ -449,7 +443,7 @@ pub(crate) struct Outbox<'a> {
 impl Outbox<'_> {
     /// Resolves who a send goes to and refuses ourselves and blocked peers, with the fix in words.
     pub(crate) async fn recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.node.resolve_recipient(target).await?;
+        let peer = self.node.resolver().resolve(target).await?;
         if peer == self.node.peer_id() {
             return Err(ServiceError::InvalidMessage(
                 "you cannot message yourself".into(),
@@ -655,7 +649,7 @@ impl Node {
         limit: usize,
         before: Option<MessageId>,
     ) -> Result<(PeerId, Vec<Message>), ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.resolver().resolve(target).await?;
         let messages = self
             .store()
             .messages()
@@ -764,7 +758,7 @@ impl Node {
     /// Accepts a sender (from requests) or unblocks a peer: the direct-message part of
     /// [`Node::accept`] (which also resumes the files that waited for it).
     pub(crate) async fn accept_sender(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.resolver().resolve(target).await?;
         self.store()
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Accepted)?;
@@ -774,7 +768,7 @@ impl Node {
 
     /// Blocks a peer: their messages are refused, not stored.
     pub async fn block(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.resolver().resolve(target).await?;
         self.store()
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Blocked)?;

@@ -10,6 +10,11 @@
 //! Serving: any peer may ask for ranges of any blob held here. A blob is ciphertext addressed by
 //! the hash of that ciphertext, so serving it reveals nothing to someone who does not already
 //! have the hash and key from the message, and lets group members and relays serve one another.
+//!
+//! Ownership: [`Files`] owns the files book, the blob store and the running downloads; it meets
+//! the rest of the node only through the handles it is built with ([`FilesParts`]: delivery,
+//! events, trust, [`GroupFiles`] for group files, [`FileRelays`] for our mailbox relays). The
+//! relay side of held files (`relay_blobs.rs`) and blob serving are still `impl Node`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,7 +29,7 @@ use std::{
 
 use kith_blob::{BlobHash, BlobKey, BlobStore, FetchError, ServeLimits};
 use kith_proto::v1 as pb;
-use kith_store::{FileOffer, FileRecord, FileState, MessageId, Trust};
+use kith_store::{FileOffer, FileRecord, FileState, MessageId};
 use libp2p::PeerId;
 use prometheus_client::{
     collector::Collector,
@@ -33,7 +38,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{MessageEvent, Node, Sent, ServiceError, node::now_ms};
+use futures::future::BoxFuture;
+
+use crate::{
+    MessageEvent, Node, Sent, ServiceError,
+    handles::{BeforeStore, Events, Outbound, TrustCheck},
+    node::now_ms,
+};
 
 /// Default largest file a node sends or accepts: 2 GiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -128,10 +139,21 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// until its offer is queued.
 const GC_MIN_AGE: Duration = Duration::from_secs(3600);
 
-/// The files component: the blob store and the downloads running now.
-#[derive(Debug)]
+/// The files component (issue 12, step 5): owns the files book, the blob store and the downloads
+/// running now. What it needs of others comes in through the handles it is built with
+/// ([`FilesParts`]); `Node`'s file operations delegate to it. Held in an `Arc` by the node, so
+/// the tasks it spawns (downloads, the collection of unused ciphertext) hold the component, or a
+/// `Weak` of it, not the node.
 pub(crate) struct Files {
     pub(crate) blobs: BlobStore,
+    store: kith_store::Store,
+    client: kith_net::Client,
+    me: PeerId,
+    outbound: Arc<dyn Outbound>,
+    events: Arc<dyn Events>,
+    groups: Arc<dyn GroupFiles>,
+    trust: Arc<dyn TrustCheck>,
+    relays: Arc<dyn FileRelays>,
     max_file_bytes: u64,
     /// Running downloads by file id: the run's number and how to stop it (a cancel).
     running: StdMutex<HashMap<MessageId, (u64, tokio::task::AbortHandle)>>,
@@ -142,12 +164,73 @@ pub(crate) struct Files {
     serve_rate: Option<u64>,
 }
 
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a group file needs of the groups component: which group a reference names, who its
+/// members are (they may hold the file), and the Megolm message that carries the offer. The
+/// groups component implements it (router.rs), so files do not read the groups book.
+pub(crate) trait GroupFiles: Send + Sync {
+    /// The id of the group `reference` (id, id prefix or title) names.
+    fn group_id(&self, reference: &str) -> Result<kith_store::GroupId, ServiceError>;
+
+    /// The group's current members; empty when unknown.
+    fn members(&self, group: &kith_store::GroupId) -> Vec<PeerId>;
+
+    /// Sends `offer` to the group `reference` names (shown as `text`); `before_store` writes
+    /// the file record once the message id is known and before the message is stored.
+    fn send_offer<'a>(
+        &'a self,
+        reference: &'a str,
+        offer: pb::FileOffer,
+        text: String,
+        before_store: BeforeStore<'a>,
+    ) -> BoxFuture<'a, Result<crate::GroupSent, ServiceError>>;
+}
+
+/// Our mailbox relays as holders of files: a download asks them last (they keep files sent while
+/// we were offline), and a complete file lets them go. relay_blobs.rs implements it (it runs the
+/// hold and release exchange over the mailbox protocol).
+pub(crate) trait FileRelays: Send + Sync {
+    /// Our relays, as peers that may hold a file for us.
+    fn holders(&self) -> Vec<PeerId>;
+
+    /// Tells our relays they may delete their copy of the blob `hash`.
+    fn release(&self, hash: [u8; 32]);
+}
+
+/// What [`Files::new`] needs besides the blob store and the configuration.
+pub(crate) struct FilesParts {
+    /// The node's store: the component writes its files book (and flushes).
+    pub(crate) store: kith_store::Store,
+    /// The network, for blob streams.
+    pub(crate) client: kith_net::Client,
+    /// Offers go out as direct messages (and a cancelled one is withdrawn).
+    pub(crate) outbound: Arc<dyn Outbound>,
+    /// Progress events.
+    pub(crate) events: Arc<dyn Events>,
+    /// Group files: members and the Megolm message.
+    pub(crate) groups: Arc<dyn GroupFiles>,
+    /// Whether a sender is accepted (files from requests wait).
+    pub(crate) trust: Arc<dyn TrustCheck>,
+    /// Our mailbox relays as holders.
+    pub(crate) relays: Arc<dyn FileRelays>,
+}
+
 impl Files {
-    pub(crate) fn open(
+    /// Opens the blob store `config` names (beside the store at `store_path` by default) and
+    /// registers its metrics: the part of building the component that can fail, done before the
+    /// node exists.
+    pub(crate) fn open_blobs(
         config: &crate::FilesConfig,
         store_path: &Path,
         registry: &mut Registry,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<BlobStore, ServiceError> {
         let dir = match &config.dir {
             Some(dir) => dir.clone(),
             // A sibling of the store named after it, so nodes sharing a parent never share blobs.
@@ -159,15 +242,37 @@ impl Files {
         };
         let blobs = BlobStore::open(dir)?;
         registry.register_collector(Box::new(BlobCollector(blobs.metrics().clone())));
-        Ok(Self {
+        Ok(blobs)
+    }
+
+    /// The component over an opened blob store, with its handles.
+    pub(crate) fn new(blobs: BlobStore, config: &crate::FilesConfig, parts: FilesParts) -> Self {
+        let me = parts.client.local_peer_id();
+        Self {
             blobs,
+            store: parts.store,
+            client: parts.client,
+            me,
+            outbound: parts.outbound,
+            events: parts.events,
+            groups: parts.groups,
+            trust: parts.trust,
+            relays: parts.relays,
             max_file_bytes: config.max_file_bytes,
             running: StdMutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
             held: StdMutex::new(None),
             relay: config.relay.clone(),
             serve_rate: config.serve_rate,
-        })
+        }
+    }
+
+    fn store(&self) -> &kith_store::Store {
+        &self.store
+    }
+
+    fn peer_id(&self) -> PeerId {
+        self.me
     }
 }
 
@@ -355,36 +460,32 @@ fn guess_mime(name: &str) -> &'static str {
     }
 }
 
-impl Node {
-    pub(crate) fn files_component(&self) -> &Files {
-        &self.inner.files
-    }
-
+impl Files {
     /// Sends a file or photo to a petname, name or peer id.
     ///
     /// The file is checked, processed if it is a photo (oriented, stripped of metadata, filtered,
     /// thumbnailed), sealed under a fresh key into the blob store, and offered in a direct
     /// message that goes through the outbox like a text. Nothing is sent when any step fails.
-    pub async fn send_file(
+    pub(crate) async fn send_file(
         &self,
         target: &str,
         path: &Path,
         options: SendFileOptions,
     ) -> Result<SentFile, ServiceError> {
         self.check_file(path, &options)?;
-        let peer = self.outbox().recipient(target).await?;
+        let peer = self.outbound.recipient(target).await?;
         let (offer, note) = self.seal_file(path, &options).await?;
         let text = shown_text(&offer);
         let record_offer = offer.clone();
         let files = self.store().files().clone();
         let me_peer = peer.to_bytes();
         let sent = self
-            .outbox()
+            .outbound
             .send_shown(
                 peer,
                 pb::direct_payload::Body::File(offer.to_proto()),
                 text,
-                move |id| {
+                Box::new(move |id| {
                     files.put(&FileRecord {
                         message_id: id,
                         peer_id: me_peer,
@@ -396,7 +497,7 @@ impl Node {
                         group: None,
                     })?;
                     Ok(())
-                },
+                }),
             )
             .await?;
         let file = FileReport {
@@ -415,25 +516,26 @@ impl Node {
 
     /// Sends a file or photo to a group (by id or title), processed as for a person; the Megolm
     /// message carries the offer, and every member who has the file serves it to the others.
-    pub async fn send_group_file(
+    pub(crate) async fn send_group_file(
         &self,
         group: &str,
         path: &Path,
         options: SendFileOptions,
     ) -> Result<(crate::GroupSent, FileReport, Option<String>), ServiceError> {
         self.check_file(path, &options)?;
-        let group_id = self.group(group)?.id;
+        let group_id = self.groups.group_id(group)?;
         let (offer, note) = self.seal_file(path, &options).await?;
         let text = shown_text(&offer);
         let record_offer = offer.clone();
         let files = self.store().files().clone();
         let me = self.peer_id().to_bytes();
         let sent = self
-            .send_group_payload(
+            .groups
+            .send_offer(
                 group,
-                pb::group_payload::Body::File(offer.to_proto()),
+                offer.to_proto(),
                 text,
-                move |id| {
+                Box::new(move |id| {
                     files.put(&FileRecord {
                         message_id: id,
                         peer_id: me,
@@ -445,7 +547,7 @@ impl Node {
                         group: Some(group_id),
                     })?;
                     Ok(())
-                },
+                }),
             )
             .await?;
         let file = FileReport {
@@ -476,7 +578,7 @@ impl Node {
                 path.display()
             )));
         }
-        let max = self.files_component().max_file_bytes;
+        let max = self.max_file_bytes;
         if meta.len() > max {
             return Err(ServiceError::InvalidFile(format!(
                 "{} is {} bytes; the limit is {max} bytes",
@@ -513,7 +615,7 @@ impl Node {
         let len = std::fs::metadata(path)
             .map_err(|e| ServiceError::InvalidFile(format!("cannot read {}: {e}", path.display())))?
             .len();
-        let blobs = self.files_component().blobs.clone();
+        let blobs = self.blobs.clone();
         let owned_path = path.to_path_buf();
         let prepare_options = options.clone();
         let prepared = tokio::task::spawn_blocking(move || {
@@ -533,26 +635,26 @@ impl Node {
 
     /// Where files uploaded through the API are staged before they are sealed: a directory
     /// beside the blob store, so they stay on the same disk.
-    pub fn upload_dir(&self) -> PathBuf {
-        let mut dir = self.files_component().blobs.dir().as_os_str().to_owned();
+    pub(crate) fn upload_dir(&self) -> PathBuf {
+        let mut dir = self.blobs.dir().as_os_str().to_owned();
         dir.push(".uploads");
         PathBuf::from(dir)
     }
 
     /// The largest file this node sends or accepts.
-    pub fn max_file_bytes(&self) -> u64 {
-        self.files_component().max_file_bytes
+    pub(crate) fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     /// A photo's thumbnail (JPEG) from its offer; `None` for files without one.
-    pub fn file_thumbnail(&self, id: &MessageId) -> Result<Option<Vec<u8>>, ServiceError> {
+    pub(crate) fn file_thumbnail(&self, id: &MessageId) -> Result<Option<Vec<u8>>, ServiceError> {
         let report = self.file(id)?;
         Ok((!report.offer.thumbnail.is_empty()).then_some(report.offer.thumbnail))
     }
 
     /// The decrypted bytes of a complete file, for showing in the web app; files over
     /// `max_bytes` are refused with the advice to save them instead.
-    pub async fn file_content(
+    pub(crate) async fn file_content(
         &self,
         id: &MessageId,
         max_bytes: u64,
@@ -582,7 +684,7 @@ impl Node {
     }
 
     /// Every file sent and received, optionally only with one peer; oldest first.
-    pub fn files(&self, with: Option<PeerId>) -> Result<Vec<FileReport>, ServiceError> {
+    pub(crate) fn files(&self, with: Option<PeerId>) -> Result<Vec<FileReport>, ServiceError> {
         let records = self.store().files().all()?;
         Ok(records
             .into_iter()
@@ -597,7 +699,7 @@ impl Node {
     }
 
     /// One file by its id.
-    pub fn file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
+    pub(crate) fn file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
         let record = self
             .store()
             .files()
@@ -610,8 +712,7 @@ impl Node {
 
     fn report(&self, r: FileRecord, peer: PeerId) -> FileReport {
         let sent_bytes = if r.outgoing {
-            self.files_component()
-                .blobs
+            self.blobs
                 .served(BlobHash::from_bytes(r.offer.hash))
                 .unwrap_or(0)
         } else {
@@ -620,7 +721,6 @@ impl Node {
         let received_bytes = match r.state {
             FileState::Complete => r.offer.size,
             _ => self
-                .files_component()
                 .blobs
                 .status(BlobHash::from_bytes(r.offer.hash))
                 .map_or(0, |s| s.verified_bytes),
@@ -640,7 +740,7 @@ impl Node {
 
     /// Decrypts a complete file to `path` (a new file, or a new file named as sent inside a
     /// directory); returns where it went and its size. Refuses to overwrite.
-    pub async fn save_file(
+    pub(crate) async fn save_file(
         &self,
         id: &MessageId,
         path: &Path,
@@ -667,7 +767,7 @@ impl Node {
                 target.display()
             )));
         }
-        let blobs = self.files_component().blobs.clone();
+        let blobs = self.blobs.clone();
         let hash = BlobHash::from_bytes(report.offer.hash);
         let key = BlobKey::from_bytes(report.offer.key);
         let out = target.clone();
@@ -693,7 +793,7 @@ impl Node {
     /// Records a file offered in a group and starts fetching it at once (from the sender or any
     /// member who has it); returns the text the message shows.
     pub(crate) fn record_incoming_group_file(
-        &self,
+        self: &Arc<Self>,
         group: kith_store::GroupId,
         sender: PeerId,
         id: MessageId,
@@ -713,7 +813,7 @@ impl Node {
         accepted: bool,
     ) -> Result<String, String> {
         let offer = FileOffer::try_from(offer)?;
-        let max = self.files_component().max_file_bytes;
+        let max = self.max_file_bytes;
         if offer.plain_size > max {
             return Err(format!(
                 "file of {} bytes is over this node's limit of {max}",
@@ -749,7 +849,7 @@ impl Node {
     }
 
     /// Starts fetching a recorded incoming file unless it is complete, paused or already running.
-    pub(crate) fn start_download(&self, id: MessageId) {
+    pub(crate) fn start_download(self: &Arc<Self>, id: MessageId) {
         let Ok(Some(record)) = self.store().files().get(&id) else {
             return;
         };
@@ -759,13 +859,13 @@ impl Node {
         let Ok(peer) = PeerId::from_bytes(&record.peer_id) else {
             return;
         };
-        let files = self.files_component();
+        let files = self;
         let mut running = lock(&files.running);
         if running.contains_key(&id) {
             return;
         }
         let run = files.next_run.fetch_add(1, Ordering::Relaxed);
-        let weak = Arc::downgrade(&self.inner);
+        let weak = Arc::downgrade(self);
         // Made here and moved into the task, so it drops (and lets go of the entry) even when
         // the task is aborted before it first runs.
         let guard = Running {
@@ -785,7 +885,7 @@ impl Node {
     /// Stops the running download of file `id`, if any, and waits (bounded) until its task has
     /// ended, so nothing writes into the blob afterwards.
     async fn stop_download(&self, id: &MessageId) -> Result<(), ServiceError> {
-        let files = self.files_component();
+        let files = self;
         let Some(abort) = lock(&files.running).get(id).map(|(_, a)| a.clone()) else {
             return Ok(());
         };
@@ -810,7 +910,7 @@ impl Node {
     /// withdrawn). Either way the file is `cancelled` and nothing retries it, across restarts.
     /// Cancelling a cancelled file is harmless; a file that has fully arrived is kept (delete
     /// the saved copy instead).
-    pub async fn cancel_file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
+    pub(crate) async fn cancel_file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
         let record = self
             .store()
             .files()
@@ -853,7 +953,7 @@ impl Node {
                 && r.state != FileState::Cancelled
         });
         if !shared {
-            self.files_component().blobs.remove(hash)?;
+            self.blobs.remove(hash)?;
         }
         if record.outgoing && record.group.is_none() {
             self.withdraw_queued_offer(&record);
@@ -864,17 +964,12 @@ impl Node {
 
     /// An offer still waiting in the outbox (the recipient was offline) is not sent any more.
     fn withdraw_queued_offer(&self, record: &FileRecord) {
-        let messages = self.store().messages();
-        let queued = messages
-            .outbox_for(&record.peer_id)
-            .is_ok_and(|items| items.iter().any(|i| i.id == record.message_id));
-        if queued
-            && let Err(e) = messages.complete(
-                &record.message_id,
-                kith_store::Status::Failed,
-                "the file was cancelled",
-                now_ms(),
-            )
+        let Ok(peer) = PeerId::from_bytes(&record.peer_id) else {
+            return;
+        };
+        if let Err(e) = self
+            .outbound
+            .withdraw(peer, &record.message_id, "the file was cancelled")
         {
             tracing::warn!(file = %hex::encode(record.message_id), error = %e, "cannot withdraw a cancelled file's offer");
         }
@@ -884,7 +979,7 @@ impl Node {
     /// record names (partial downloads whose record is gone), older than an hour (a blob being
     /// sealed has no record yet). The relay's store of blobs held for others is not touched.
     /// Returns the blobs removed.
-    pub fn collect_blob_garbage(&self) -> Result<usize, ServiceError> {
+    pub(crate) fn collect_blob_garbage(&self) -> Result<usize, ServiceError> {
         let wanted: HashSet<[u8; 32]> = self
             .store()
             .files()
@@ -893,7 +988,7 @@ impl Node {
             .filter(|r| r.state != FileState::Cancelled)
             .map(|r| r.offer.hash)
             .collect();
-        let blobs = &self.files_component().blobs;
+        let blobs = &self.blobs;
         let mut removed = 0;
         for status in blobs.list() {
             if wanted.contains(status.hash.as_bytes()) {
@@ -921,16 +1016,11 @@ impl Node {
 
     /// Whether `peer` is out of requests (files from them download at once).
     fn is_accepted(&self, peer: PeerId) -> bool {
-        self.store()
-            .messages()
-            .correspondent(&peer.to_bytes())
-            .ok()
-            .flatten()
-            .is_some_and(|c| c.trust == Trust::Accepted)
+        self.trust.is_accepted(peer)
     }
 
     /// Resumes every unfinished download from `peer` (it connected, or was accepted).
-    pub(crate) fn resume_downloads_from(&self, peer: PeerId) {
+    pub(crate) fn resume_downloads_from(self: &Arc<Self>, peer: PeerId) {
         let Ok(records) = self.store().files().all() else {
             return;
         };
@@ -953,34 +1043,138 @@ impl Node {
 
     /// Resumes every unfinished download (at start and after each mailbox sync), and collects
     /// ciphertext no file needs any more, off the async workers.
-    pub(crate) fn resume_all_downloads(&self) {
+    pub(crate) fn resume_all_downloads(self: &Arc<Self>) {
         let Ok(records) = self.store().files().all() else {
             return;
         };
         for r in records.into_iter().filter(|r| !r.outgoing) {
             self.start_download(r.message_id);
         }
-        let node = self.clone();
+        let files = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = node.collect_blob_garbage() {
+            if let Err(e) = files.collect_blob_garbage() {
                 tracing::warn!(error = %e, "cannot collect unused file ciphertext");
             }
         });
     }
 }
 
+/// `Node`'s file operations (what kith-api, the CLI, the router and the mailbox client call):
+/// delegations to [`Files`].
+impl Node {
+    /// The files component, for relay_blobs.rs (the relay side of held files).
+    pub(crate) fn files_component(&self) -> &Files {
+        &self.inner.files
+    }
+
+    /// Sends a file or photo to a petname, name or peer id.
+    ///
+    /// The file is checked, processed if it is a photo (oriented, stripped of metadata, filtered,
+    /// thumbnailed), sealed under a fresh key into the blob store, and offered in a direct
+    /// message that goes through the outbox like a text. Nothing is sent when any step fails.
+    pub async fn send_file(
+        &self,
+        target: &str,
+        path: &Path,
+        options: SendFileOptions,
+    ) -> Result<SentFile, ServiceError> {
+        self.inner.files.send_file(target, path, options).await
+    }
+
+    /// Sends a file or photo to a group (by id or title), processed as for a person; the Megolm
+    /// message carries the offer, and every member who has the file serves it to the others.
+    pub async fn send_group_file(
+        &self,
+        group: &str,
+        path: &Path,
+        options: SendFileOptions,
+    ) -> Result<(crate::GroupSent, FileReport, Option<String>), ServiceError> {
+        self.inner.files.send_group_file(group, path, options).await
+    }
+
+    /// Where files uploaded through the API are staged before they are sealed: a directory
+    /// beside the blob store, so they stay on the same disk.
+    pub fn upload_dir(&self) -> PathBuf {
+        self.inner.files.upload_dir()
+    }
+
+    /// The largest file this node sends or accepts.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.inner.files.max_file_bytes()
+    }
+
+    /// A photo's thumbnail (JPEG) from its offer; `None` for files without one.
+    pub fn file_thumbnail(&self, id: &MessageId) -> Result<Option<Vec<u8>>, ServiceError> {
+        self.inner.files.file_thumbnail(id)
+    }
+
+    /// The decrypted bytes of a complete file, for showing in the web app; files over
+    /// `max_bytes` are refused with the advice to save them instead.
+    pub async fn file_content(
+        &self,
+        id: &MessageId,
+        max_bytes: u64,
+    ) -> Result<(FileReport, Vec<u8>), ServiceError> {
+        self.inner.files.file_content(id, max_bytes).await
+    }
+
+    /// Every file sent and received, optionally only with one peer; oldest first.
+    pub fn files(&self, with: Option<PeerId>) -> Result<Vec<FileReport>, ServiceError> {
+        self.inner.files.files(with)
+    }
+
+    /// One file by its id.
+    pub fn file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
+        self.inner.files.file(id)
+    }
+
+    /// Decrypts a complete file to `path` (a new file, or a new file named as sent inside a
+    /// directory); returns where it went and its size. Refuses to overwrite.
+    pub async fn save_file(
+        &self,
+        id: &MessageId,
+        path: &Path,
+    ) -> Result<(PathBuf, u64), ServiceError> {
+        self.inner.files.save_file(id, path).await
+    }
+
+    /// Stops a file's transfer for good: an incoming file's download ends and its partial
+    /// ciphertext is deleted; a file we sent is no longer served (its ciphertext is deleted too,
+    /// a range being sent stops, and an offer still queued for an offline recipient is
+    /// withdrawn). Either way the file is `cancelled` and nothing retries it, across restarts.
+    /// Cancelling a cancelled file is harmless; a file that has fully arrived is kept (delete
+    /// the saved copy instead).
+    pub async fn cancel_file(&self, id: &MessageId) -> Result<FileReport, ServiceError> {
+        self.inner.files.cancel_file(id).await
+    }
+
+    /// Deletes ciphertext no file needs any more: blobs of cancelled files and blobs no file
+    /// record names (partial downloads whose record is gone), older than an hour (a blob being
+    /// sealed has no record yet). The relay's store of blobs held for others is not touched.
+    /// Returns the blobs removed.
+    pub fn collect_blob_garbage(&self) -> Result<usize, ServiceError> {
+        self.inner.files.collect_blob_garbage()
+    }
+
+    /// Resumes every unfinished download (at start and after each mailbox sync), and collects
+    /// ciphertext no file needs any more, off the async workers.
+    pub(crate) fn resume_all_downloads(&self) {
+        self.inner.files.resume_all_downloads()
+    }
+}
+
 /// Removes a download's entry from `running` when its task ends, however it ends (aborted by a
 /// cancel included), unless a newer run of the same file replaced it.
 struct Running {
-    inner: Weak<crate::node::Inner>,
+    inner: Weak<Files>,
     id: MessageId,
     run: u64,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut running = lock(&inner.files.running);
+        if let Some(files) = self.inner.upgrade() {
+            let mut running = lock(&files.running);
             if running
                 .get(&self.id)
                 .is_some_and(|(run, _)| *run == self.run)
@@ -1005,13 +1199,13 @@ fn shown_text(offer: &FileOffer) -> String {
 /// files sent while we were offline) only for what is still missing. Gives up for now after
 /// [`DOWNLOAD_ATTEMPTS`]; the sender's next connection, the next mailbox sync or the next start
 /// resumes it.
-async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRecord) {
+async fn download(inner: Weak<Files>, peer: PeerId, record: FileRecord) {
     let hash = BlobHash::from_bytes(record.offer.hash);
     let id = record.message_id;
     let mut attempt = 0;
     let mut disk_wait = DISK_FULL_RETRY;
     while attempt < DOWNLOAD_ATTEMPTS {
-        let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+        let Some(node) = inner.upgrade() else {
             return;
         };
         let mut disk_full = false;
@@ -1026,7 +1220,7 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
                         "",
                     );
                     if matches!(done, Ok(Some(_))) && node.store().flush().await.is_ok() {
-                        node.dm().emit(MessageEvent::FileProgress {
+                        node.events.emit(MessageEvent::FileProgress {
                             id,
                             peer,
                             received: record.offer.size,
@@ -1034,7 +1228,7 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
                         });
                     }
                     if holder != peer || attempt > 0 {
-                        node.release_at_relays(*hash.as_bytes());
+                        node.relays.release(*hash.as_bytes());
                     }
                     return;
                 }
@@ -1052,7 +1246,7 @@ async fn download(inner: Weak<crate::node::Inner>, peer: PeerId, record: FileRec
             // have been freed, waiting longer each time, for as long as the node runs.
             tokio::time::sleep(disk_wait).await;
             disk_wait = (disk_wait * 2).min(Duration::from_secs(300));
-            let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+            let Some(node) = inner.upgrade() else {
                 return;
             };
             match node.store().files().transition(
@@ -1081,25 +1275,21 @@ enum Fetched {
     TryNext,
 }
 
-async fn fetch_from(node: &Node, holder: PeerId, peer: PeerId, record: &FileRecord) -> Fetched {
+async fn fetch_from(node: &Files, holder: PeerId, peer: PeerId, record: &FileRecord) -> Fetched {
     let hash = BlobHash::from_bytes(record.offer.hash);
     let id = record.message_id;
-    let stream = match tokio::time::timeout(
-        OPEN_TIMEOUT,
-        node.inner.client_ref().open_blob_stream(holder),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%holder, error = %e, "cannot open a blob stream");
-            return Fetched::TryNext;
-        }
-        Err(_) => return Fetched::TryNext,
-    };
-    let blobs = node.files_component().blobs.clone();
+    let stream =
+        match tokio::time::timeout(OPEN_TIMEOUT, node.client.open_blob_stream(holder)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%holder, error = %e, "cannot open a blob stream");
+                return Fetched::TryNext;
+            }
+            Err(_) => return Fetched::TryNext,
+        };
+    let blobs = node.blobs.clone();
     let status_of = blobs.clone();
-    let events = node.clone();
+    let events = node.events.clone();
     let size = record.offer.size;
     // One event per MiB at most: a chunk group is 16 KiB, and a flood of events would push
     // other subscribers into `Lagged`.
@@ -1107,7 +1297,7 @@ async fn fetch_from(node: &Node, holder: PeerId, peer: PeerId, record: &FileReco
     let outcome = kith_blob::fetch_missing(stream, &blobs, hash, size, move |p| {
         if p.written >= reported + PROGRESS_EVERY {
             reported = p.written;
-            events.dm().emit(MessageEvent::FileProgress {
+            events.emit(MessageEvent::FileProgress {
                 id,
                 peer,
                 received: size.saturating_sub(p.wanted) + p.written,
@@ -1146,19 +1336,20 @@ async fn fetch_from(node: &Node, holder: PeerId, peer: PeerId, record: &FileReco
     }
 }
 
-impl Node {
+impl Files {
     /// Who may hold a file, in the order to ask: its sender, a group file's other members, then
     /// our mailbox relays.
     fn holders_of(&self, sender: PeerId, record: &FileRecord) -> Vec<PeerId> {
         let mut holders = vec![sender];
         if let Some(group) = record.group {
             holders.extend(
-                self.group_member_ids(&group)
+                self.groups
+                    .members(&group)
                     .into_iter()
                     .filter(|p| *p != sender && *p != self.peer_id()),
             );
         }
-        for relay in self.relay_holders() {
+        for relay in self.relays.holders() {
             if !holders.contains(&relay) {
                 holders.push(relay);
             }

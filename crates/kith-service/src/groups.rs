@@ -17,6 +17,11 @@
 //! point; our own envelope, its history entry, our next sequence and the Megolm state that made it
 //! are one transaction; a removed or departed member's absence starts a new Megolm session before
 //! our next message, so it cannot read what follows.
+//!
+//! Ownership: [`Groups`] owns the groups book and the group topics; it meets the rest of the node
+//! only through the handles it is built with (`crate::handles`: delivery for control bodies,
+//! the resolver, events, the address book; [`FileOffers`] for files offered in a group). Calls
+//! and files read member lists through their own traits, which `Groups` implements (router.rs).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -25,7 +30,7 @@ use std::{
 };
 
 pub use kith_core::group::{MAX_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS};
-use kith_core::{GroupEnvelope, MemberList};
+use kith_core::{GroupEnvelope, MAX_TEXT_BYTES, MemberList};
 use kith_crypto::{GroupReceiver, GroupSender, GroupSessionKey};
 use kith_net::{GossipId, GossipVerdict};
 use kith_proto::v1 as pb;
@@ -36,7 +41,11 @@ use libp2p::PeerId;
 use prost::Message as _;
 use tokio::sync::Mutex;
 
-use crate::{MessageEvent, Node, ServiceError, dm::MAX_TEXT_BYTES, node::now_ms};
+use crate::{
+    MessageEvent, Node, ServiceError,
+    handles::{AddressBook, Events, Outbound, Resolver},
+    node::now_ms,
+};
 
 /// A Megolm session encrypts at most this many messages before a new one starts.
 pub const ROTATE_EVERY: u32 = 100;
@@ -93,8 +102,76 @@ pub struct GroupSent {
     pub published: bool,
 }
 
-/// Group state held in memory by the node.
+/// A group's Megolm key state on one node, as [`Node::group_key_state`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupKeyState {
+    /// Peers our current outbound session's key was queued for (None: no outbound session yet,
+    /// or it was dropped after a removal).
+    pub shared_with: Option<Vec<PeerId>>,
+    /// Ids of the other members' sessions whose keys we hold.
+    pub sessions_held: Vec<kith_store::SessionId>,
+}
+
+/// The groups component (issue 12, step 5): owns the groups book (`groups`, `group_senders`,
+/// `group_receivers`, `group_envelopes`, `group_heads`, `group_pending`, `group_messages`), the
+/// group topics on gossipsub, the `/kith/sync` exchange and the state held in memory (send locks,
+/// catch-ups running, Megolm receivers). It reaches the rest of the node only through the
+/// handles it is built with ([`crate::handles`], and [`FileOffers`] for files offered in a
+/// group); `Node`'s group operations delegate to it. Cheap to clone: every clone is the same
+/// component, which is what the tasks it spawns (catch-ups, key shares) hold.
+#[derive(Clone)]
 pub(crate) struct Groups {
+    shared: Arc<Shared>,
+}
+
+/// What a [`Groups`] is built from besides its own state: the store (it writes only the groups
+/// book, and flushes), the network (gossipsub, `/kith/sync`), our identity and the handles.
+pub(crate) struct GroupsParts {
+    /// The node's store.
+    pub(crate) store: kith_store::Store,
+    /// The network, for gossipsub topics and `/kith/sync`.
+    pub(crate) client: kith_net::Client,
+    /// Our identity: signs member lists and envelopes.
+    pub(crate) keypair: libp2p::identity::Keypair,
+    /// The key Megolm state is pickled with at rest.
+    pub(crate) pickle_key: kith_crypto::PickleKey,
+    /// Control bodies (invitations, lists, keys) go to members over direct delivery.
+    pub(crate) outbound: Arc<dyn Outbound>,
+    /// Whom an invitation or a removal is for.
+    pub(crate) resolver: Arc<dyn Resolver>,
+    /// New messages, invitations and list changes, for API clients.
+    pub(crate) events: Arc<dyn Events>,
+    /// Where to dial a member for a catch-up.
+    pub(crate) addresses: Arc<dyn AddressBook>,
+    /// Files offered in a group.
+    pub(crate) files: Arc<dyn FileOffers>,
+}
+
+/// Where a file offered in a group goes: the files component records it (with the message) and
+/// starts fetching it from the sender or any member.
+pub(crate) trait FileOffers: Send + Sync {
+    /// Records `offer` (message `id` from `sender` in `group`); `Ok` is the text the message
+    /// shows, `Err` why the offer is refused.
+    fn group_offer(
+        &self,
+        group: GroupId,
+        sender: PeerId,
+        id: kith_store::MessageId,
+        offer: pb::FileOffer,
+    ) -> Result<String, String>;
+}
+
+struct Shared {
+    store: kith_store::Store,
+    client: kith_net::Client,
+    keypair: libp2p::identity::Keypair,
+    me: PeerId,
+    pickle_key: kith_crypto::PickleKey,
+    outbound: Arc<dyn Outbound>,
+    resolver: Arc<dyn Resolver>,
+    events: Arc<dyn Events>,
+    addresses: Arc<dyn AddressBook>,
+    files: Arc<dyn FileOffers>,
     send_locks: StdMutex<HashMap<GroupId, Arc<Mutex<()>>>>,
     syncing: StdMutex<HashSet<GroupId>>,
     /// Groups a catch-up was tried for since start.
@@ -102,7 +179,6 @@ pub(crate) struct Groups {
     receivers: Mutex<HashMap<(GroupId, SessionId), GroupReceiver>>,
     rejected: prometheus_client::metrics::counter::Counter,
     received: prometheus_client::metrics::counter::Counter,
-    wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Groups {
@@ -112,7 +188,11 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    pub(crate) fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+    /// The component over `parts`, its counters registered in `registry`.
+    pub(crate) fn new(
+        parts: GroupsParts,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Self {
         let rejected = prometheus_client::metrics::counter::Counter::default();
         registry.register(
             "group_rejected",
@@ -125,15 +205,40 @@ impl Groups {
             "Group messages stored (from gossip or sync)",
             received.clone(),
         );
+        let me = parts.keypair.public().to_peer_id();
         Self {
-            send_locks: StdMutex::new(HashMap::new()),
-            syncing: StdMutex::new(HashSet::new()),
-            tried: StdMutex::new(HashSet::new()),
-            receivers: Mutex::new(HashMap::new()),
-            rejected,
-            received,
-            wake: tokio::sync::Notify::new(),
+            shared: Arc::new(Shared {
+                store: parts.store,
+                client: parts.client,
+                keypair: parts.keypair,
+                me,
+                pickle_key: parts.pickle_key,
+                outbound: parts.outbound,
+                resolver: parts.resolver,
+                events: parts.events,
+                addresses: parts.addresses,
+                files: parts.files,
+                send_locks: StdMutex::new(HashMap::new()),
+                syncing: StdMutex::new(HashSet::new()),
+                tried: StdMutex::new(HashSet::new()),
+                receivers: Mutex::new(HashMap::new()),
+                rejected,
+                received,
+            }),
         }
+    }
+
+    /// The store; this component writes only its groups book (and flushes).
+    fn store(&self) -> &kith_store::Store {
+        &self.shared.store
+    }
+
+    fn net(&self) -> &kith_net::Client {
+        &self.shared.client
+    }
+
+    fn peer_id(&self) -> PeerId {
+        self.shared.me
     }
 }
 
@@ -167,11 +272,7 @@ fn parse_group_id(s: &str) -> Option<GroupId> {
     bytes.as_slice().try_into().ok()
 }
 
-impl Node {
-    fn groups_state(&self) -> &Groups {
-        &self.inner.groups
-    }
-
+impl Groups {
     /// The current members of a group (who may hold its files); empty when unknown.
     pub(crate) fn group_member_ids(&self, group: &GroupId) -> Vec<PeerId> {
         self.store()
@@ -256,7 +357,7 @@ impl Node {
     }
 
     /// Every group this node knows, joined ones first.
-    pub fn groups(&self) -> Result<Vec<GroupInfo>, ServiceError> {
+    pub(crate) fn groups(&self) -> Result<Vec<GroupInfo>, ServiceError> {
         let mut out = Vec::new();
         for g in self.store().groups().groups()? {
             out.push(self.info(&g)?);
@@ -266,7 +367,7 @@ impl Node {
     }
 
     /// Invitations not answered yet.
-    pub fn group_invitations(&self) -> Result<Vec<GroupInfo>, ServiceError> {
+    pub(crate) fn group_invitations(&self) -> Result<Vec<GroupInfo>, ServiceError> {
         Ok(self
             .groups()?
             .into_iter()
@@ -275,13 +376,13 @@ impl Node {
     }
 
     /// One group.
-    pub fn group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+    pub(crate) fn group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
         let record = self.find_group(reference)?;
         self.info(&record)
     }
 
     /// Creates a group with this node as its only member and admin.
-    pub async fn create_group(&self, title: &str) -> Result<GroupInfo, ServiceError> {
+    pub(crate) async fn create_group(&self, title: &str) -> Result<GroupInfo, ServiceError> {
         let title = title.trim();
         if title.is_empty()
             || title.chars().count() > MAX_TITLE_CHARS
@@ -295,7 +396,7 @@ impl Node {
         getrandom::fill(&mut id)
             .map_err(|e| ServiceError::Task(format!("no randomness for a group id: {e}")))?;
         let members = BTreeMap::from([(self.peer_id(), true)]);
-        let list = MemberList::sign(&self.inner.keypair, id, 1, title, &members, now_ms())
+        let list = MemberList::sign(&self.shared.keypair, id, 1, title, &members, now_ms())
             .map_err(sign_error)?;
         let record = GroupRecord {
             id,
@@ -316,7 +417,7 @@ impl Node {
 
     /// Adds a member (admins only): a new list version goes to every member, an invitation to
     /// the new one.
-    pub async fn invite_to_group(
+    pub(crate) async fn invite_to_group(
         &self,
         reference: &str,
         target: &str,
@@ -336,7 +437,7 @@ impl Node {
     /// one list per invitation, which for a group filled to a few hundred members is tens of
     /// thousands of control messages; this sends one per member. All or nothing: if any target
     /// cannot be resolved or is already a member, nobody is invited.
-    pub async fn invite_many_to_group(
+    pub(crate) async fn invite_many_to_group(
         &self,
         reference: &str,
         targets: &[String],
@@ -344,7 +445,7 @@ impl Node {
         let record = self.find_group(reference)?;
         let mut peers = Vec::with_capacity(targets.len());
         for target in targets {
-            let peer = self.resolve_recipient(target).await?;
+            let peer = self.shared.resolver.resolve(target).await?;
             if !peers.contains(&peer) {
                 peers.push(peer);
             }
@@ -369,26 +470,26 @@ impl Node {
             )));
         }
         let next = list
-            .successor(&self.inner.keypair, &members, now_ms())
+            .successor(&self.shared.keypair, &members, now_ms())
             .map_err(sign_error)?;
         let recipients: Vec<PeerId> = list.members().keys().copied().collect();
         let record = self.publish_list(record, &next, &recipients)?;
         let signed = pb::SignedMemberList::decode(next.signed()).ok();
         for peer in &peers {
-            self.outbox().stage(
+            self.shared.outbound.stage(
                 *peer,
                 pb::direct_payload::Body::GroupInvite(pb::GroupInvite {
                     list: signed.clone(),
                 }),
             )?;
         }
-        self.outbox().send_staged().await?;
+        self.shared.outbound.send_staged().await?;
         Ok((self.info(&record)?, peers))
     }
 
     /// Removes a member (admins only). The removed member is told; everyone starts a new Megolm
     /// session before their next message, so it cannot read what follows.
-    pub async fn remove_from_group(
+    pub(crate) async fn remove_from_group(
         &self,
         reference: &str,
         target: &str,
@@ -407,7 +508,7 @@ impl Node {
                 Ok(members)
             })
             .await?;
-        self.outbox().send_staged().await?;
+        self.shared.outbound.send_staged().await?;
         Ok((self.info(&record)?, peer))
     }
 
@@ -421,12 +522,12 @@ impl Node {
         edit: impl FnOnce(&MemberList, PeerId) -> Result<BTreeMap<PeerId, bool>, String>,
     ) -> Result<(GroupRecord, PeerId, MemberList), ServiceError> {
         let record = self.find_group(reference)?;
-        let peer = self.resolve_recipient(target).await?;
+        let peer = self.shared.resolver.resolve(target).await?;
         let list = self.list_of(&record)?;
         self.require_admin(&record, &list)?;
         let members = edit(&list, peer).map_err(ServiceError::InvalidMessage)?;
         let next = list
-            .successor(&self.inner.keypair, &members, now_ms())
+            .successor(&self.shared.keypair, &members, now_ms())
             .map_err(sign_error)?;
         let recipients: Vec<PeerId> = list.members().keys().copied().collect();
         let record = self.publish_list(record, &next, &recipients)?;
@@ -434,7 +535,7 @@ impl Node {
     }
 
     /// Leaves a group: a list without us (signed by us) goes to every member; we unsubscribe.
-    pub async fn leave_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+    pub(crate) async fn leave_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
         let record = self.find_group(reference)?;
         let list = self.list_of(&record)?;
         let me = self.peer_id();
@@ -455,7 +556,7 @@ impl Node {
             let members = list.without(&me);
             if !members.is_empty() {
                 let next = list
-                    .successor(&self.inner.keypair, &members, now_ms())
+                    .successor(&self.shared.keypair, &members, now_ms())
                     .map_err(sign_error)?;
                 let recipients: Vec<PeerId> = members.keys().copied().collect();
                 self.publish_list(left, &next, &recipients)?;
@@ -467,13 +568,13 @@ impl Node {
             .group(&record.id)?
             .ok_or_else(|| ServiceError::UnknownGroup(reference.to_owned()))?;
         self.store().groups().drop_sender(&record.id)?;
-        self.outbox().send_staged().await?;
+        self.shared.outbound.send_staged().await?;
         let _ = self.net().unsubscribe(topic(&record.id)).await;
         self.info(&record)
     }
 
     /// Accepts an invitation: subscribe and catch up.
-    pub async fn join_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+    pub(crate) async fn join_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
         let record = self.find_group(reference)?;
         let list = self.list_of(&record)?;
         if record.removed || !list.is_member(&self.peer_id()) {
@@ -523,7 +624,7 @@ impl Node {
         let me = self.peer_id();
         let signed = pb::SignedMemberList::decode(next.signed()).ok();
         for peer in recipients.iter().filter(|p| **p != me) {
-            self.outbox().stage(
+            self.shared.outbound.stage(
                 *peer,
                 pb::direct_payload::Body::GroupUpdate(pb::GroupUpdate {
                     list: signed.clone(),
@@ -568,7 +669,8 @@ impl Node {
                 let _ = net.unsubscribe(t).await;
             });
         }
-        self.dm()
+        self.shared
+            .events
             .emit(MessageEvent::GroupChanged { group: updated.id });
         Ok(updated)
     }
@@ -626,7 +728,8 @@ impl Node {
                     }
                 }
                 tracing::info!(group = %hex::encode(list.id()), from = %peer, title = %list.title(), "group invitation");
-                self.dm()
+                self.shared
+                    .events
                     .emit(MessageEvent::GroupInvited { group: list.id() });
                 Ok(())
             }
@@ -718,14 +821,14 @@ impl Node {
             .receiver(&group, &session.0)
             .map_err(|e| e.to_string())?
             && let Ok(held_receiver) =
-                GroupReceiver::from_pickle(&held.pickle, self.dm().pickle_key())
+                GroupReceiver::from_pickle(&held.pickle, &self.shared.pickle_key)
             && held_receiver.first_known_index() <= receiver.first_known_index()
         {
             receiver = held_receiver;
             first_seq = first_seq.min(held.first_seq.max(1));
         }
         let pickle = receiver
-            .to_pickle(self.dm().pickle_key())
+            .to_pickle(&self.shared.pickle_key)
             .map_err(|e| e.to_string())?;
         self.store()
             .groups()
@@ -739,7 +842,7 @@ impl Node {
                 },
             )
             .map_err(|e| e.to_string())?;
-        self.groups_state()
+        self.shared
             .receivers
             .lock()
             .await
@@ -777,8 +880,9 @@ impl Node {
             ) {
                 Ok(Incoming::Stored) => {
                     if let Some(m) = message {
-                        self.groups_state().received.inc();
-                        self.dm()
+                        self.shared.received.inc();
+                        self.shared
+                            .events
                             .emit(MessageEvent::GroupReceived { group, message: m });
                     }
                 }
@@ -792,7 +896,7 @@ impl Node {
     }
 
     /// Sends a text to a group.
-    pub async fn send_group_text(
+    pub(crate) async fn send_group_text(
         &self,
         reference: &str,
         text: &str,
@@ -820,10 +924,10 @@ impl Node {
         let group = record.id;
         // The first message after a start waits briefly for a catch-up, which brings member-list
         // updates made while we were away: our key then goes to members we did not know of yet.
-        if !lock(&self.groups_state().tried).contains(&group) {
+        if !lock(&self.shared.tried).contains(&group) {
             let _ = tokio::time::timeout(FIRST_SEND_SYNC, self.sync_group(group)).await;
         }
-        let send_lock = lock(&self.groups_state().send_locks)
+        let send_lock = lock(&self.shared.send_locks)
             .entry(group)
             .or_default()
             .clone();
@@ -849,7 +953,7 @@ impl Node {
         }
         let seq = record.next_seq.max(1);
         let (mut sender, mut state, shared) = self.current_sender(&record, &list, seq)?;
-        let id = self.dm().next_id();
+        let id = self.shared.outbound.next_id()?;
         let now = now_ms();
         let payload = pb::GroupPayload {
             id: id.to_vec(),
@@ -870,10 +974,10 @@ impl Node {
             ciphertext,
             list_version: list.version(),
         }
-        .seal(&self.inner.keypair)
+        .seal(&self.shared.keypair)
         .map_err(|e| ServiceError::Task(format!("cannot sign: {e}")))?;
         state.pickle = sender
-            .to_pickle(self.dm().pickle_key())
+            .to_pickle(&self.shared.pickle_key)
             .map_err(ServiceError::Crypto)?;
         state.messages = state.messages.saturating_add(1);
         state.sent.push((seq, now));
@@ -891,7 +995,7 @@ impl Node {
             .groups()
             .record_outgoing(&group, &bytes, &message, &state)?;
         if shared {
-            self.outbox().send_staged().await?;
+            self.shared.outbound.send_staged().await?;
         } else {
             self.store().flush().await?;
         }
@@ -913,7 +1017,7 @@ impl Node {
         list: &MemberList,
         next_seq: u64,
     ) -> Result<(GroupSender, SenderState, bool), ServiceError> {
-        let key = self.dm().pickle_key();
+        let key = &self.shared.pickle_key;
         let existing = match self.store().groups().sender(&record.id)? {
             Some(state) if state.messages < ROTATE_EVERY => {
                 match GroupSender::from_pickle(&state.pickle, key) {
@@ -972,7 +1076,7 @@ impl Node {
         if lacking.is_empty() {
             return Ok(false);
         }
-        let key = self.dm().pickle_key();
+        let key = &self.shared.pickle_key;
         let session = sender.session_id().map_err(ServiceError::Crypto)?;
         let session_key = sender.session_key();
         let mut own = if state.own_receiver.is_empty() {
@@ -998,7 +1102,7 @@ impl Node {
                 Some((k, seq)) => (k.to_bytes(), seq),
                 None => (Vec::new(), next_seq),
             };
-            self.outbox().stage(
+            self.shared.outbound.stage(
                 *peer,
                 pb::direct_payload::Body::GroupKey(pb::GroupKeyShare {
                     group_id: group.to_vec(),
@@ -1026,7 +1130,7 @@ impl Node {
     }
 
     async fn share_with_newcomers_now(&self, group: GroupId) -> Result<(), ServiceError> {
-        let send_lock = lock(&self.groups_state().send_locks)
+        let send_lock = lock(&self.shared.send_locks)
             .entry(group)
             .or_default()
             .clone();
@@ -1052,19 +1156,19 @@ impl Node {
         if !record.joined || record.left || record.removed || !behind {
             return Ok(());
         }
-        let sender = GroupSender::from_pickle(&state.pickle, self.dm().pickle_key())
+        let sender = GroupSender::from_pickle(&state.pickle, &self.shared.pickle_key)
             .map_err(ServiceError::Crypto)?;
         let next_seq = record.next_seq.max(1);
         if self.share_session(group, &list, &sender, &mut state, next_seq)? {
             // Only `shared_with` changed: the ratchet is the one we just read, under the lock.
             self.store().groups().save_sender(&group, &state)?;
-            self.outbox().send_staged().await?;
+            self.shared.outbound.send_staged().await?;
         }
         Ok(())
     }
 
     /// The last `limit` messages of a group, oldest first.
-    pub fn group_history(
+    pub(crate) fn group_history(
         &self,
         reference: &str,
         limit: usize,
@@ -1079,7 +1183,7 @@ impl Node {
     }
 
     /// Marks a group read.
-    pub fn mark_group_read(&self, reference: &str) -> Result<(), ServiceError> {
+    pub(crate) fn mark_group_read(&self, reference: &str) -> Result<(), ServiceError> {
         let record = self.find_group(reference)?;
         self.store()
             .groups()
@@ -1106,7 +1210,7 @@ impl Node {
                 (GossipVerdict::Ignore, None)
             }
             Err(Refusal::Reject(reason)) => {
-                self.groups_state().rejected.inc();
+                self.shared.rejected.inc();
                 tracing::info!(%source, %reason, "rejected a group message");
                 (GossipVerdict::Reject, None)
             }
@@ -1120,7 +1224,7 @@ impl Node {
                 Err(Refusal::Ignore(why)) => tracing::debug!(%why, "group message not kept"),
                 Err(Refusal::Reject(reason)) => {
                     // Signed by a member, but its content is broken: never stored.
-                    self.groups_state().rejected.inc();
+                    self.shared.rejected.inc();
                     tracing::info!(%source, %reason, "refused a member's group message");
                 }
             }
@@ -1241,8 +1345,8 @@ impl Node {
             tracing::warn!(error = %e, "cannot flush a group message");
         }
         if let Some(m) = message {
-            self.groups_state().received.inc();
-            self.dm().emit(MessageEvent::GroupReceived {
+            self.shared.received.inc();
+            self.shared.events.emit(MessageEvent::GroupReceived {
                 group: v.group,
                 message: m,
             });
@@ -1256,7 +1360,7 @@ impl Node {
 
     /// Decrypts a verified envelope. `Ok(None)`: no key for its session yet (hold it).
     async fn decrypt_envelope(&self, v: &GroupEnvelope) -> Result<Option<GroupMessage>, String> {
-        let mut receivers = self.groups_state().receivers.lock().await;
+        let mut receivers = self.shared.receivers.lock().await;
         let cache_key = (v.group, v.session);
         if let std::collections::hash_map::Entry::Vacant(slot) = receivers.entry(cache_key) {
             let Some(state) = self
@@ -1270,7 +1374,7 @@ impl Node {
             if state.sender != v.sender.to_bytes() {
                 return Err("envelope uses another member's session".into());
             }
-            let receiver = GroupReceiver::from_pickle(&state.pickle, self.dm().pickle_key())
+            let receiver = GroupReceiver::from_pickle(&state.pickle, &self.shared.pickle_key)
                 .map_err(|e| e.to_string())?;
             slot.insert(receiver);
         }
@@ -1300,9 +1404,10 @@ impl Node {
             {
                 t
             }
-            Some(pb::group_payload::Body::File(offer)) => {
-                self.record_incoming_group_file(v.group, v.sender, id, offer)?
-            }
+            Some(pb::group_payload::Body::File(offer)) => self
+                .shared
+                .files
+                .group_offer(v.group, v.sender, id, offer)?,
             _ => return Err("empty, oversized or unknown group message".into()),
         };
         Ok(Some(GroupMessage {
@@ -1338,7 +1443,7 @@ impl Node {
                 }
             }
             Err(SyncRefusal::Bad(error)) => {
-                self.groups_state().rejected.inc();
+                self.shared.rejected.inc();
                 tracing::info!(%peer, %error, "refused a sync request");
                 pb::SyncResponse {
                     error,
@@ -1420,18 +1525,18 @@ impl Node {
     /// Catches a group up from its online members: pages of envelopes after our heads, until
     /// nothing is missing (bounded). One catch-up per group at a time.
     pub(crate) async fn sync_group(&self, group: GroupId) {
-        if !lock(&self.groups_state().syncing).insert(group) {
+        if !lock(&self.shared.syncing).insert(group) {
             return;
         }
         let result = self.sync_group_inner(group).await;
-        lock(&self.groups_state().syncing).remove(&group);
+        lock(&self.shared.syncing).remove(&group);
         if let Err(e) = result {
             tracing::debug!(group = %hex::encode(group), error = %e, "group catch-up incomplete");
         }
     }
 
     async fn sync_group_inner(&self, group: GroupId) -> Result<(), ServiceError> {
-        lock(&self.groups_state().tried).insert(group);
+        lock(&self.shared.tried).insert(group);
         let Some(record) = self.store().groups().group(&group)? else {
             return Ok(());
         };
@@ -1491,7 +1596,7 @@ impl Node {
                 max: SYNC_PAGE as u32,
                 list,
             };
-            let addrs = self.known_addrs(&peer);
+            let addrs = self.shared.addresses.known_addrs(&peer);
             let raw = self
                 .net()
                 .sync_request(peer, request.encode_to_vec(), addrs)
@@ -1512,7 +1617,7 @@ impl Node {
                 match self.take_envelope(e, None).await {
                     Ok(()) => progress = true,
                     Err(Refusal::Reject(reason)) => {
-                        self.groups_state().rejected.inc();
+                        self.shared.rejected.inc();
                         tracing::info!(%peer, %reason, "refused a synced envelope");
                     }
                     Err(Refusal::Ignore(_)) => {}
@@ -1546,6 +1651,31 @@ impl Node {
         }
     }
 
+    /// What this node holds of a group's Megolm keys: whom our current session's key was queued
+    /// for, and whose sessions we can read.
+    pub(crate) fn key_state(&self, group: &GroupId) -> Result<GroupKeyState, ServiceError> {
+        let groups = self.store().groups();
+        let shared_with = groups.sender(group)?.map(|state| {
+            state
+                .shared_with
+                .iter()
+                .filter_map(|p| PeerId::from_bytes(p).ok())
+                .collect()
+        });
+        Ok(GroupKeyState {
+            shared_with,
+            sessions_held: groups.receiver_sessions(group)?,
+        })
+    }
+
+    /// Catches up every group we take part in, one after the other (the periodic round).
+    pub(crate) async fn sync_joined(&self) {
+        let groups = self.store().groups().groups().unwrap_or_default();
+        for g in groups.iter().filter(|g| g.joined && !g.left && !g.removed) {
+            self.sync_group(g.id).await;
+        }
+    }
+
     /// Subscribes to every joined group (after a start).
     pub(crate) async fn resubscribe_groups(&self) {
         let Ok(groups) = self.store().groups().groups() else {
@@ -1559,36 +1689,102 @@ impl Node {
     }
 }
 
-/// Catches every joined group up periodically (and once shortly after start).
-pub(crate) async fn group_loop(inner: std::sync::Weak<crate::node::Inner>, every: Duration) {
-    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
-        return;
-    };
-    let mut delay = Duration::from_secs(2).min(every);
-    loop {
-        let wake = match inner.upgrade() {
-            Some(i) => {
-                let i2 = i.clone();
-                drop(i);
-                i2
-            }
-            None => return,
-        };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = wake.groups.wake.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        drop(wake);
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let node = Node { inner: strong };
-        node.refresh_protection().await;
-        let groups = node.store().groups().groups().unwrap_or_default();
-        for g in groups.iter().filter(|g| g.joined && !g.left && !g.removed) {
-            node.sync_group(g.id).await;
-        }
-        delay = every;
+/// `Node`'s group operations (what kith-api and the CLI call): delegations to [`Groups`].
+impl Node {
+    /// Every group this node knows, joined ones first.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, ServiceError> {
+        self.inner.groups.groups()
+    }
+
+    /// Invitations not answered yet.
+    pub fn group_invitations(&self) -> Result<Vec<GroupInfo>, ServiceError> {
+        self.inner.groups.group_invitations()
+    }
+
+    /// One group.
+    pub fn group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+        self.inner.groups.group(reference)
+    }
+
+    /// Creates a group with this node as its only member and admin.
+    pub async fn create_group(&self, title: &str) -> Result<GroupInfo, ServiceError> {
+        self.inner.groups.create_group(title).await
+    }
+
+    /// Adds a member (admins only): a new list version goes to every member, an invitation to
+    /// the new one.
+    pub async fn invite_to_group(
+        &self,
+        reference: &str,
+        target: &str,
+    ) -> Result<(GroupInfo, PeerId), ServiceError> {
+        self.inner.groups.invite_to_group(reference, target).await
+    }
+
+    /// Adds several members at once (admins only): one new list version goes to every current
+    /// member and an invitation to each new one. Inviting one by one sends every current member
+    /// one list per invitation, which for a group filled to a few hundred members is tens of
+    /// thousands of control messages; this sends one per member. All or nothing: if any target
+    /// cannot be resolved or is already a member, nobody is invited.
+    pub async fn invite_many_to_group(
+        &self,
+        reference: &str,
+        targets: &[String],
+    ) -> Result<(GroupInfo, Vec<PeerId>), ServiceError> {
+        self.inner
+            .groups
+            .invite_many_to_group(reference, targets)
+            .await
+    }
+
+    /// Removes a member (admins only). The removed member is told; everyone starts a new Megolm
+    /// session before their next message, so it cannot read what follows.
+    pub async fn remove_from_group(
+        &self,
+        reference: &str,
+        target: &str,
+    ) -> Result<(GroupInfo, PeerId), ServiceError> {
+        self.inner.groups.remove_from_group(reference, target).await
+    }
+
+    /// Leaves a group: a list without us (signed by us) goes to every member; we unsubscribe.
+    pub async fn leave_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+        self.inner.groups.leave_group(reference).await
+    }
+
+    /// Accepts an invitation: subscribe and catch up.
+    pub async fn join_group(&self, reference: &str) -> Result<GroupInfo, ServiceError> {
+        self.inner.groups.join_group(reference).await
+    }
+
+    /// Sends a text to a group.
+    pub async fn send_group_text(
+        &self,
+        reference: &str,
+        text: &str,
+    ) -> Result<GroupSent, ServiceError> {
+        self.inner.groups.send_group_text(reference, text).await
+    }
+
+    /// The last `limit` messages of a group, oldest first.
+    pub fn group_history(
+        &self,
+        reference: &str,
+        limit: usize,
+        before: Option<kith_store::MessageId>,
+    ) -> Result<(GroupInfo, Vec<GroupMessage>), ServiceError> {
+        self.inner.groups.group_history(reference, limit, before)
+    }
+
+    /// Marks a group read.
+    pub fn mark_group_read(&self, reference: &str) -> Result<(), ServiceError> {
+        self.inner.groups.mark_group_read(reference)
+    }
+
+    /// What this node holds of a group's Megolm keys: whom our current session's key was queued
+    /// for, and whose sessions we can read. Lets a caller check that a removed member was never
+    /// sent a new key without reading the store.
+    pub fn group_key_state(&self, group: &GroupId) -> Result<GroupKeyState, ServiceError> {
+        self.inner.groups.key_state(group)
     }
 }

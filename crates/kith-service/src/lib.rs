@@ -24,6 +24,7 @@ mod dm;
 mod error;
 mod files;
 mod groups;
+mod handles;
 mod health;
 mod mailbox;
 mod names;
@@ -45,8 +46,8 @@ pub use files::{
     DEFAULT_MAX_FILE_BYTES, FileReport, FilesConfig, SendFileOptions, SentFile, filter_presets,
 };
 pub use groups::{
-    GroupInfo, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS, MAX_TITLE_CHARS,
-    ROTATE_EVERY, topic as group_topic,
+    GroupInfo, GroupKeyState, GroupSent, MAX_ENVELOPE as MAX_GROUP_ENVELOPE, MAX_MEMBERS,
+    MAX_TITLE_CHARS, ROTATE_EVERY, topic as group_topic,
 };
 pub use health::{Checkup, MailboxHealth, NameClaims, Publication, RivalClaim};
 pub use kith_crypto::PickleKey;
@@ -57,7 +58,7 @@ pub use kith_store::{MailboxStats, Quota, RelayBlobStats};
 pub use kith_store::{Message, MessageId, Status as MessageStatus, Trust};
 pub use mailbox::{MailboxConfig, pointer_key as mailbox_pointer_key};
 pub use names::{NameEvent, Registration, Resolution, ResolvedFrom, SuppliedPow, Verification};
-pub use node::{GroupKeyState, MailboxUsage, Node, Options, Status};
+pub use node::{MailboxUsage, Node, Options, Status};
 pub use relay_blobs::RelayBlobConfig;
 #[cfg(feature = "testing")]
 pub use testing::Probe;

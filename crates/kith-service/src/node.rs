@@ -112,9 +112,12 @@ pub(crate) struct Inner {
     pub(crate) options: Options,
     pub(crate) dm: crate::dm::Dm,
     pub(crate) groups: crate::groups::Groups,
-    pub(crate) files: crate::files::Files,
+    pub(crate) files: Arc<crate::files::Files>,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::Names,
+    /// The links the components were built with; dm.rs resolves recipients through them (see
+    /// [`Node::resolver`]).
+    resolver: Arc<crate::router::Links>,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
@@ -143,16 +146,6 @@ pub struct MailboxUsage {
     pub items: u64,
     /// Bytes held for it.
     pub bytes: u64,
-}
-
-/// A group's Megolm key state on one node, as [`Node::group_key_state`] reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GroupKeyState {
-    /// Peers our current outbound session's key was queued for (None: no outbound session yet,
-    /// or it was dropped after a removal).
-    pub shared_with: Option<Vec<PeerId>>,
-    /// Ids of the other members' sessions whose keys we hold.
-    pub sessions_held: Vec<kith_store::SessionId>,
 }
 
 /// Everything `kith status` shows.
@@ -205,7 +198,7 @@ impl Node {
                 kith_crypto::PickleKey::from_bytes(&derived).map_err(ServiceError::Crypto)?
             }
         };
-        let dm = crate::dm::Dm::load(&store, pickle_key, &mut registry)?;
+        let dm = crate::dm::Dm::load(&store, pickle_key.clone(), &mut registry)?;
         let mailbox_refused = prometheus_client::metrics::counter::Counter::default();
         registry.register(
             "mailbox_refused",
@@ -214,43 +207,85 @@ impl Node {
         );
         let sync_every = options.mailbox_sync_every;
         let group_sync_every = options.group_sync_every;
-        let groups = crate::groups::Groups::new(&mut registry);
-        let files = crate::files::Files::open(&options.files, store.path(), &mut registry)?;
-        let calls = crate::calls::Calls::new(
-            options.call_ring_timeout,
-            options.ice.clone(),
-            &mut registry,
-        );
+        let blobs = crate::files::Files::open_blobs(&options.files, store.path(), &mut registry)?;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
         let options_relays = options.mailbox_relays.clone();
 
+        // The components reach each other through handles over a weak reference to the node
+        // (router::Links), so the node can be made with them inside it.
         let node = Node {
-            inner: Arc::new(Inner {
-                keypair,
-                options,
-                dm,
-                groups,
-                files,
-                calls,
-                names,
-                mailbox_refused,
-                mailbox_wake: Arc::new(tokio::sync::Notify::new()),
-                client,
-                store,
-                registry,
-                net_metrics,
-                started: Instant::now(),
-                shutdown_tx,
-                tasks: std::sync::Mutex::new(vec![net_task]),
-                health: std::sync::Mutex::new(crate::health::Health::default()),
-                mailbox_relays: std::sync::Mutex::new(options_relays),
-                relays_of: std::sync::Mutex::default(),
-                mail_announced: std::sync::Mutex::default(),
+            inner: Arc::new_cyclic(|weak| {
+                let links = Arc::new(crate::router::Links::new(weak.clone()));
+                let groups = crate::groups::Groups::new(
+                    crate::groups::GroupsParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        keypair: keypair.clone(),
+                        pickle_key,
+                        outbound: links.clone(),
+                        resolver: links.clone(),
+                        events: links.clone(),
+                        addresses: links.clone(),
+                        files: links.clone(),
+                    },
+                    &mut registry,
+                );
+                let calls = crate::calls::Calls::new(
+                    crate::calls::CallsParts {
+                        store: store.clone(),
+                        me: keypair.public().to_peer_id(),
+                        ring_timeout: options.call_ring_timeout,
+                        ice: options.ice.clone(),
+                        turn: options.turn.clone(),
+                        outbound: links.clone(),
+                        events: links.clone(),
+                        trust: links.clone(),
+                        groups: Arc::new(groups.clone()),
+                        connections: links.clone(),
+                    },
+                    &mut registry,
+                );
+                let files = Arc::new(crate::files::Files::new(
+                    blobs,
+                    &options.files,
+                    crate::files::FilesParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        outbound: links.clone(),
+                        events: links.clone(),
+                        groups: Arc::new(groups.clone()),
+                        trust: links.clone(),
+                        relays: links.clone(),
+                    },
+                ));
+                Inner {
+                    keypair,
+                    options,
+                    dm,
+                    groups,
+                    files,
+                    calls,
+                    names,
+                    resolver: links,
+                    mailbox_refused,
+                    mailbox_wake: Arc::new(tokio::sync::Notify::new()),
+                    client,
+                    store,
+                    registry,
+                    net_metrics,
+                    started: Instant::now(),
+                    shutdown_tx,
+                    tasks: std::sync::Mutex::new(vec![net_task]),
+                    health: std::sync::Mutex::new(crate::health::Health::default()),
+                    mailbox_relays: std::sync::Mutex::new(options_relays),
+                    relays_of: std::sync::Mutex::default(),
+                    mail_announced: std::sync::Mutex::default(),
+                }
             }),
         };
-        node.close_unfinished_calls();
+        node.inner.calls.close_unfinished_calls();
         let service_task = tokio::spawn(consume_events(events, Arc::downgrade(&node.inner)));
         node.push_task(service_task);
         node.rejoin().await;
@@ -264,15 +299,12 @@ impl Node {
             crate::router::Router::new,
         ));
         node.push_task(mailbox);
-        node.resubscribe_groups().await;
-        let groups = tokio::spawn(crate::groups::group_loop(
-            Arc::downgrade(&node.inner),
-            group_sync_every,
-        ));
+        node.inner.groups.resubscribe_groups().await;
+        let groups = tokio::spawn(group_loop(Arc::downgrade(&node.inner), group_sync_every));
         node.push_task(groups);
         let blob_server = tokio::spawn(crate::files::serve_loop(Arc::downgrade(&node.inner)));
         node.push_task(blob_server);
-        node.resume_all_downloads();
+        node.inner.files.resume_all_downloads();
         Ok(node)
     }
 
@@ -339,6 +371,13 @@ impl Node {
     /// [`Node::net`]: every write goes through a component that keeps its book's rules.
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The handle every component resolves recipients through (the names component's rules:
+    /// petname, then pinned or looked-up name, then peer id), so none calls
+    /// [`Node::resolve_recipient`] itself.
+    pub(crate) fn resolver(&self) -> &dyn crate::handles::Resolver {
+        &*self.inner.resolver
     }
 
     /// The network's state alone (listen addresses, connections, relay reservations), without
@@ -429,7 +468,7 @@ impl Node {
             .take(PROTECTED_CONTACTS)
             .map(|c| c.peer)
             .collect();
-        let in_calls = self.call_participants();
+        let in_calls = self.inner.calls.call_participants();
         for (tag, peers) in [
             ("group-members", members),
             ("recent-contacts", recent),
@@ -473,33 +512,12 @@ impl Node {
             .collect())
     }
 
-    /// What this node holds of a group's Megolm keys: whom our current session's key was queued
-    /// for, and whose sessions we can read. Lets a caller check that a removed member was never
-    /// sent a new key without reading the store.
-    pub fn group_key_state(
-        &self,
-        group: &kith_store::GroupId,
-    ) -> Result<GroupKeyState, ServiceError> {
-        let groups = self.store().groups();
-        let shared_with = groups.sender(group)?.map(|state| {
-            state
-                .shared_with
-                .iter()
-                .filter_map(|p| PeerId::from_bytes(p).ok())
-                .collect()
-        });
-        Ok(GroupKeyState {
-            shared_with,
-            sessions_held: groups.receiver_sessions(group)?,
-        })
-    }
-
     /// Accepts a sender (from requests) or unblocks a peer, then resumes the files from them
     /// that waited for it. Wiring: trust is the direct-message component's, downloads the files
     /// component's.
     pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
         let peer = self.accept_sender(target).await?;
-        self.resume_downloads_from(peer);
+        self.inner.files.resume_downloads_from(peer);
         Ok(peer)
     }
 
@@ -533,7 +551,7 @@ impl Node {
     pub async fn shutdown(&self) -> Result<(), ServiceError> {
         // The others in a call hear us hang up, not a call that goes silent: give the hang-ups a
         // moment (at most 1 s) to leave before the network closes.
-        if self.hang_up_all() > 0 {
+        if self.inner.calls.hang_up_all() > 0 {
             for _ in 0..20 {
                 let pending = self
                     .inner
@@ -633,6 +651,28 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Every `every` (and once shortly after start): tells the connection manager whom to keep, then
+/// catches every joined group up. Holds only a weak reference; ends when the node shuts down.
+async fn group_loop(inner: std::sync::Weak<Inner>, every: Duration) {
+    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
+        return;
+    };
+    let mut delay = Duration::from_secs(2).min(every);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let node = Node { inner: strong };
+        node.refresh_protection().await;
+        node.inner.groups.sync_joined().await;
+        delay = every;
+    }
+}
+
 /// Runs one inbound request's handler on its own task once `limit` has room (the network keeps
 /// buffering meanwhile).
 async fn spawn_limited(
@@ -694,7 +734,10 @@ async fn consume_events(
                 bytes,
             } => {
                 spawn_limited(&inbound, async move {
-                    node.on_sync_request(peer, request, bytes).await;
+                    node.inner
+                        .groups
+                        .on_sync_request(peer, request, bytes)
+                        .await;
                 })
                 .await;
                 Ok(())
@@ -707,14 +750,16 @@ async fn consume_events(
                 bytes,
             } => {
                 spawn_limited(&inbound, async move {
-                    node.on_group_message(author, source, message_id, topic, bytes)
+                    node.inner
+                        .groups
+                        .on_group_message(author, source, message_id, topic, bytes)
                         .await;
                 })
                 .await;
                 Ok(())
             }
             Event::GroupPeerSubscribed { peer, topic } => {
-                node.on_group_peer_subscribed(peer, &topic);
+                node.inner.groups.on_group_peer_subscribed(peer, &topic);
                 Ok(())
             }
             Event::PeerConnected {
@@ -723,7 +768,7 @@ async fn consume_events(
                 inbound,
             } => {
                 node.on_peer_connected(peer);
-                node.resume_downloads_from(peer);
+                node.inner.files.resume_downloads_from(peer);
                 if crate::mailbox::is_mailbox_relay(&node, &peer) {
                     node.inner.mailbox_wake.notify_one();
                 }

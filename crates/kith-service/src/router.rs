@@ -1,5 +1,6 @@
-//! The inbound router: where what arrives for one component is handed to another. Only node.rs
-//! uses it; it is the one place besides node.rs that names several components.
+//! The inbound router and the components' links: where what arrives for one component is handed
+//! to another, and what a component asks of the others. Only node.rs uses it; it is the one
+//! place besides node.rs that names several components.
 //!
 //! - [`dm::Handlers`]: a decrypted direct message whose body belongs to files, calls or groups
 //!   goes to that component's handler, at the point of its batch the handler trait fixes (the
@@ -10,12 +11,22 @@
 //! dm.rs decrypts and stores; it does not know who handles a file offer, a call signal or a group
 //! key, so the receive path does not call back into those components, and the mailbox client does
 //! not know who receives what it fetches.
+//!
+//! [`Links`] is the other direction: the handles of [`crate::handles`] (and the components' own
+//! traits, such as [`crate::groups::FileOffers`]) over the running node, which node.rs hands to
+//! each component it builds.
 
+use futures::future::BoxFuture;
 use kith_proto::v1 as pb;
 use kith_store::MessageId;
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 
-use crate::{Node, dm, mailbox};
+use crate::{
+    MessageEvent, Node, Sent, ServiceError, dm,
+    handles::{AddressBook, BeforeStore, Connections, Events, Outbound, Resolver, TrustCheck},
+    mailbox,
+    node::Inner,
+};
 
 /// The router for one node (a cheap clone of it).
 #[derive(Clone)]
@@ -37,7 +48,7 @@ impl dm::Handlers for Router {
         id: MessageId,
         offer: pb::FileOffer,
     ) -> Result<String, String> {
-        self.node.record_incoming_file(peer, id, offer)
+        self.node.inner.files.record_incoming_file(peer, id, offer)
     }
 
     fn call_summary(
@@ -46,12 +57,15 @@ impl dm::Handlers for Router {
         summary: &pb::CallSummary,
         sent_at_ms: u64,
     ) -> Result<String, String> {
-        self.node.on_call_summary(peer, summary, sent_at_ms)
+        self.node
+            .inner
+            .calls
+            .on_call_summary(peer, summary, sent_at_ms)
     }
 
     fn admit_call_signal(&self, peer: PeerId, signal: &pb::CallSignal) -> Result<(), String> {
-        Node::check_call_signal(signal).inspect_err(|reason| {
-            self.node.refuse_call_signal(peer, reason);
+        crate::calls::Calls::check_call_signal(signal).inspect_err(|reason| {
+            self.node.inner.calls.refuse_call_signal(peer, reason);
         })
     }
 
@@ -60,15 +74,15 @@ impl dm::Handlers for Router {
         from: PeerId,
         body: pb::direct_payload::Body,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        self.node.on_group_control(from, body)
+        self.node.inner.groups.on_group_control(from, body)
     }
 
     fn call_signal(&self, peer: PeerId, signal: pb::CallSignal) {
-        self.node.on_call_signal(peer, signal);
+        self.node.inner.calls.on_call_signal(peer, signal);
     }
 
     fn file_stored(&self, id: MessageId) {
-        self.node.start_download(id);
+        self.node.inner.files.start_download(id);
     }
 }
 
@@ -83,5 +97,207 @@ impl mailbox::Inbox for Router {
 
     fn holds_incoming(&self, from: PeerId, id: &MessageId) -> bool {
         self.node.holds_incoming(from, id)
+    }
+}
+
+/// The handles components are built with ([`crate::handles`]), over a weak reference to the
+/// node: a component held inside the node does not keep it alive, and a handle used after the
+/// node is gone answers "stopped" instead of reaching freed state.
+#[derive(Debug, Clone)]
+pub(crate) struct Links {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl Links {
+    /// The links of the node `inner` will point to (made before the node, see node.rs).
+    pub(crate) fn new(inner: std::sync::Weak<Inner>) -> Self {
+        Self { inner }
+    }
+
+    fn node(&self) -> Result<Node, ServiceError> {
+        self.inner
+            .upgrade()
+            .map(|inner| Node { inner })
+            .ok_or_else(|| ServiceError::Task("the node has stopped".into()))
+    }
+}
+
+impl Resolver for Links {
+    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>> {
+        Box::pin(async move { self.node()?.resolve_recipient(target).await })
+    }
+}
+
+impl Outbound for Links {
+    fn next_id(&self) -> Result<MessageId, ServiceError> {
+        Ok(self.node()?.dm().next_id())
+    }
+
+    fn recipient<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>> {
+        Box::pin(async move { self.node()?.outbox().recipient(target).await })
+    }
+
+    fn stage(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+    ) -> Result<MessageId, ServiceError> {
+        self.node()?.outbox().stage(peer, body)
+    }
+
+    fn send_staged(&self) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(async move { self.node()?.outbox().send_staged().await })
+    }
+
+    fn send_shown<'a>(
+        &'a self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        text: String,
+        before_store: BeforeStore<'a>,
+    ) -> BoxFuture<'a, Result<Sent, ServiceError>> {
+        Box::pin(async move {
+            self.node()?
+                .outbox()
+                .send_shown(peer, body, text, before_store)
+                .await
+        })
+    }
+
+    fn send_ephemeral(
+        &self,
+        peer: PeerId,
+        body: pb::direct_payload::Body,
+        ttl: std::time::Duration,
+    ) -> Result<MessageId, ServiceError> {
+        self.node()?.outbox().send_ephemeral(peer, body, ttl)
+    }
+
+    fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError> {
+        Self::withdraw_queued(&self.node()?, peer, id, note)
+    }
+}
+
+impl Links {
+    /// dm's part of [`Outbound::withdraw`], on the messages book dm owns (here until the
+    /// direct-message component owns its book: dm.rs is not being reshaped this round).
+    fn withdraw_queued(
+        node: &Node,
+        peer: PeerId,
+        id: &MessageId,
+        note: &str,
+    ) -> Result<bool, ServiceError> {
+        let messages = node.store().messages();
+        let queued = messages
+            .outbox_for(&peer.to_bytes())
+            .is_ok_and(|items| items.iter().any(|i| i.id == *id));
+        if queued {
+            messages.complete(id, kith_store::Status::Failed, note, crate::node::now_ms())?;
+        }
+        Ok(queued)
+    }
+}
+
+impl Events for Links {
+    fn emit(&self, event: MessageEvent) {
+        if let Ok(node) = self.node() {
+            node.dm().emit(event);
+        }
+    }
+}
+
+impl AddressBook for Links {
+    fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.node()
+            .map(|node| node.known_addrs(peer))
+            .unwrap_or_default()
+    }
+}
+
+impl crate::groups::FileOffers for Links {
+    fn group_offer(
+        &self,
+        group: kith_store::GroupId,
+        sender: PeerId,
+        id: MessageId,
+        offer: pb::FileOffer,
+    ) -> Result<String, String> {
+        let node = self.node().map_err(|e| e.to_string())?;
+        node.inner
+            .files
+            .record_incoming_group_file(group, sender, id, offer)
+    }
+}
+
+impl TrustCheck for Links {
+    fn is_accepted(&self, peer: PeerId) -> bool {
+        self.node().is_ok_and(|node| {
+            node.store()
+                .messages()
+                .correspondent(&peer.to_bytes())
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.trust == kith_store::Trust::Accepted)
+        })
+    }
+}
+
+impl Connections for Links {
+    fn refresh_soon(&self) {
+        if let Ok(node) = self.node() {
+            node.refresh_protection_soon();
+        }
+    }
+}
+
+/// Group calls read the member list from the groups component itself (no node needed).
+impl crate::calls::GroupMembers for crate::groups::Groups {
+    fn group(&self, reference: &str) -> Result<crate::GroupInfo, ServiceError> {
+        crate::groups::Groups::group(self, reference)
+    }
+}
+
+/// Group files go through the groups component itself: the group's id and members, and the
+/// Megolm message that carries the offer.
+impl crate::files::GroupFiles for crate::groups::Groups {
+    fn group_id(&self, reference: &str) -> Result<kith_store::GroupId, ServiceError> {
+        Ok(crate::groups::Groups::group(self, reference)?.id)
+    }
+
+    fn members(&self, group: &kith_store::GroupId) -> Vec<PeerId> {
+        self.group_member_ids(group)
+    }
+
+    fn send_offer<'a>(
+        &'a self,
+        reference: &'a str,
+        offer: pb::FileOffer,
+        text: String,
+        before_store: BeforeStore<'a>,
+    ) -> BoxFuture<'a, Result<crate::GroupSent, ServiceError>> {
+        Box::pin(async move {
+            self.send_group_payload(
+                reference,
+                pb::group_payload::Body::File(offer),
+                text,
+                before_store,
+            )
+            .await
+        })
+    }
+}
+
+/// Our mailbox relays as file holders: relay_blobs.rs runs the exchange over the mailbox protocol.
+impl crate::files::FileRelays for Links {
+    fn holders(&self) -> Vec<PeerId> {
+        self.node()
+            .map(|node| node.relay_holders())
+            .unwrap_or_default()
+    }
+
+    fn release(&self, hash: [u8; 32]) {
+        if let Ok(node) = self.node() {
+            node.release_at_relays(hash);
+        }
     }
 }
