@@ -431,7 +431,10 @@ fn new_messages_queued_entries_and_olm_state_are_stored_in_one_batch() {
         .collect();
     assert_eq!(history, vec!["msg 1", "msg 2", "msg 3"]);
     let bob = db.correspondent(b"bob").unwrap().unwrap();
-    assert_eq!(bob.last_text, "msg 3", "the summary is the newest message's");
+    assert_eq!(
+        bob.last_text, "msg 3",
+        "the summary is the newest message's"
+    );
     assert_eq!(bob.trust, Trust::Accepted);
     assert_eq!(
         db.olm_sessions(&[5; 32]).unwrap().unwrap(),
