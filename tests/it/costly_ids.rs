@@ -89,6 +89,18 @@ fn ground_next_to(key: &[u8], honest: &[PeerId], count: usize) -> Vec<Keypair> {
     })
 }
 
+/// [`WORKED`] honest servers with worked ids, the others bootstrapped from the first (the hub),
+/// and the hub's address.
+async fn honest_star() -> (Vec<TestNode>, Multiaddr) {
+    let hub = start(worked(), Vec::new()).await;
+    let hub_addr = hub.tcp_addr();
+    let mut honest = vec![hub];
+    let leaves =
+        futures::future::join_all((1..WORKED).map(|_| start(worked(), vec![hub_addr.clone()])));
+    honest.extend(leaves.await);
+    (honest, hub_addr)
+}
+
 async fn start(keypair: Keypair, bootstrap: Vec<Multiaddr>) -> TestNode {
     TestNode::start_costly(keypair, bootstrap, options(), Transports::Tcp, D)
         .await
@@ -137,12 +149,7 @@ async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_
     let (attacker_id, attacker_bytes) = crate::sybil::claim_alone(NAME).await;
 
     // The honest servers: worked ids, a star around the first.
-    let hub = start(worked(), Vec::new()).await;
-    let hub_addr = hub.tcp_addr();
-    let mut honest = vec![hub];
-    let leaves =
-        futures::future::join_all((1..WORKED).map(|_| start(worked(), vec![hub_addr.clone()])));
-    honest.extend(leaves.await);
+    let (honest, hub_addr) = honest_star().await;
     let server_ids: Vec<PeerId> = honest.iter().map(TestNode::peer_id).collect();
     assert!(server_ids.iter().all(|p| id_work::is_worked(p, D)));
 
@@ -213,7 +220,7 @@ async fn un_worked_ids_next_to_a_name_never_hold_it_and_un_worked_clients_still_
     for node in &honest {
         assert_eq!(
             local_value(node, &first_key).await.as_deref(),
-            Some(&claim[..]),
+            Some(claim),
             "worked server {} holds another value than the owner's claim",
             node.peer_id()
         );
@@ -394,12 +401,7 @@ async fn a_worked_node_naming_only_un_worked_ids_does_not_keep_a_lookup_from_the
     let first_key = name.dht_key();
 
     // The honest servers: worked ids, a star around the first; the owner registers.
-    let hub = start(worked(), Vec::new()).await;
-    let hub_addr = hub.tcp_addr();
-    let mut honest = vec![hub];
-    let leaves =
-        futures::future::join_all((1..WORKED).map(|_| start(worked(), vec![hub_addr.clone()])));
-    honest.extend(leaves.await);
+    let (mut honest, hub_addr) = honest_star().await;
     let server_ids: Vec<PeerId> = honest.iter().map(TestNode::peer_id).collect();
     wait_for_mesh(&honest, &[], MESH).await.unwrap();
     let owner = honest[1].node();

@@ -195,6 +195,16 @@ fn swarm(keypair: &Keypair, protocol: &'static str) -> anyhow::Result<RawSwarm> 
         [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
     );
+    tcp_swarm(keypair, behaviour, "raw swarm")
+}
+
+/// A bare swarm with `behaviour` over TCP + Noise + Yamux, as kith's own transport: the hostile
+/// and baseline peers of the testkit (`what` names it in errors).
+pub(crate) fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    keypair: &Keypair,
+    behaviour: B,
+    what: &str,
+) -> anyhow::Result<Swarm<B>> {
     Ok(
         libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
             .with_tokio()
@@ -203,9 +213,9 @@ fn swarm(keypair: &Keypair, protocol: &'static str) -> anyhow::Result<RawSwarm> 
                 libp2p::noise::Config::new,
                 libp2p::yamux::Config::default,
             )
-            .map_err(|e| anyhow!("raw swarm transport: {e}"))?
+            .map_err(|e| anyhow!("{what} transport: {e}"))?
             .with_behaviour(|_| behaviour)
-            .map_err(|e| anyhow!("raw swarm behaviour: {e}"))?
+            .map_err(|e| anyhow!("{what} behaviour: {e}"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build(),
     )

@@ -138,21 +138,7 @@ fn swarm(keypair: &Keypair, network_id: &str) -> anyhow::Result<Swarm<Behaviour>
         identify::Config::new(kith_net::IDENTIFY_PROTOCOL.to_owned(), keypair.public())
             .with_agent_version("kith-testkit raw DHT".to_owned()),
     );
-    let behaviour = Behaviour { identify, kad };
-    Ok(
-        libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default().nodelay(true),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .map_err(|e| anyhow!("raw DHT transport: {e}"))?
-            .with_behaviour(|_| behaviour)
-            .map_err(|e| anyhow!("raw DHT behaviour: {e}"))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build(),
-    )
+    crate::raw::tcp_swarm(keypair, Behaviour { identify, kad }, "raw DHT")
 }
 
 async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
