@@ -76,6 +76,8 @@ fn a_node_runs_reports_status_refuses_a_second_instance_and_stops_cleanly() {
     let home = tempfile::tempdir().unwrap();
     let mut node = start(home.path(), &[]);
     let peer_id = node.peer_id();
+    let db = home.path().join("db");
+    let snapshot_at_open = newest_snapshot_lsn(&db);
 
     let (code, out, _) = kith(home.path(), &["status", "--json"]);
     assert_eq!(code, 0);
@@ -110,11 +112,35 @@ fn a_node_runs_reports_status_refuses_a_second_instance_and_stops_cleanly() {
         !home.path().join("api.json").exists(),
         "api.json is removed on a clean exit"
     );
+    // The clean stop checkpointed the store: sled writes its page-table snapshot only when it
+    // opens a database, so without the checkpoint the newest one would still be the one from
+    // this run's open, and the next start would replay the run's whole log.
+    let snapshot_at_stop = newest_snapshot_lsn(&db);
+    assert!(
+        snapshot_at_stop > snapshot_at_open,
+        "no snapshot after the stop: newest at log position {snapshot_at_stop}, at open {snapshot_at_open}"
+    );
     assert_eq!(kith(home.path(), &["status"]).0, 5);
 
     // Same identity after a restart.
     let again = start(home.path(), &[]);
     assert_eq!(again.peer_id(), peer_id);
+}
+
+/// The log position covered by the newest page-table snapshot sled has written in `db` (its
+/// file name: `snap.<lsn in hex>`), 0 if none.
+fn newest_snapshot_lsn(db: &Path) -> u64 {
+    std::fs::read_dir(db)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 #[test]
