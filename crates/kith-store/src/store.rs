@@ -285,12 +285,19 @@ impl Store {
         if !last {
             return Ok(false);
         }
-        match Self::checkpoint(&path) {
-            Ok(()) => Ok(true),
-            // Something outside the store (a tree handle kept by a caller) still holds it open.
-            Err(StoreError::Locked { .. }) => Ok(false),
-            Err(e) => Err(e),
+        // sled's own I/O threads may hold the file (and its lock) a moment after the last handle
+        // went, while they finish a log write: try again for up to a second.
+        for _ in 0..20 {
+            match Self::checkpoint(&path) {
+                Ok(()) => return Ok(true),
+                Err(StoreError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
         }
+        // Something outside the store (a tree handle kept by a caller) still holds it open.
+        Ok(false)
     }
 
     /// Opens the database at `path` and closes it again, which makes sled replay its log once and

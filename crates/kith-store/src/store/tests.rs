@@ -1,7 +1,17 @@
 use super::*;
 
+/// Opens the store in `dir`; a lock still held for a moment by sled's I/O threads after an
+/// earlier handle was dropped (they finish a log write) is waited out, for up to a second.
 fn open(dir: &Path) -> Result<Store, StoreError> {
-    Store::open(dir.join("db"), &StoreConfig::default())
+    let mut result = Store::open(dir.join("db"), &StoreConfig::default());
+    for _ in 0..20 {
+        if !matches!(result, Err(StoreError::Locked { .. })) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        result = Store::open(dir.join("db"), &StoreConfig::default());
+    }
+    result
 }
 
 #[test]
