@@ -170,6 +170,24 @@ mod tests {
 
     #[test]
     fn transactions_and_flushes_never_overlap_and_flushes_share() {
+        // Flushes meeting inside the gate is a matter of timing (other tests in this process use
+        // the same gate), so up to three rounds are run for it; no round may ever see both kinds
+        // inside at once.
+        for round in 1..=3 {
+            let inside = gate_round();
+            assert_eq!(inside.both_seen.load(Ordering::SeqCst), 0);
+            if inside.flushes_together.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            assert!(
+                round < 3,
+                "flushes from different threads must be able to run together"
+            );
+        }
+    }
+
+    /// Four threads flushing and four running transactions, 200 times each, through the gate.
+    fn gate_round() -> Arc<Inside> {
         let inside = Arc::new(Inside::default());
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -204,11 +222,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        assert_eq!(inside.both_seen.load(Ordering::SeqCst), 0);
-        assert!(
-            inside.flushes_together.load(Ordering::SeqCst) > 0,
-            "flushes from different threads must be able to run together"
-        );
+        inside
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
