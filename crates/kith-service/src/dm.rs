@@ -967,11 +967,11 @@ impl Node {
         // this batch if it has room for all of them; if not, they are only stored now, and a
         // later round reads them from the queue.
         let mut handed = self.dm().take_handed(&peer);
-        if !handed.is_empty() && due.len() + handed.len() > room.min(BATCH) {
-            let items: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
-            if self.commit_handed(&mut handed, &items, None).is_err() {
-                return Err(());
-            }
+        if !handed.is_empty()
+            && due.len() + handed.len() > room.min(BATCH)
+            && self.commit_handed_as_is(&mut handed).is_err()
+        {
+            return Err(());
         }
         due.extend(handed.iter().map(|h| h.item.clone()));
         if due.is_empty() {
@@ -1172,8 +1172,7 @@ impl Node {
         if !handed.is_empty() {
             // Not stored with envelopes: stored as they are (a failure tells their senders,
             // who then store them themselves).
-            let plain: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
-            let _ = self.commit_handed(handed, &plain, None);
+            let _ = self.commit_handed_as_is(handed);
         }
         match result {
             Ok(encrypted) => encrypted,
@@ -1207,6 +1206,15 @@ impl Node {
         result
     }
 
+    /// [`Node::commit_handed`] of the handed-over messages alone, without envelopes.
+    fn commit_handed_as_is(
+        &self,
+        handed: &mut Vec<HandedOver>,
+    ) -> Result<(), kith_store::StoreError> {
+        let items: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
+        self.commit_handed(handed, &items, None)
+    }
+
     async fn try_encrypt_batch(
         &self,
         peer: PeerId,
@@ -1229,8 +1237,7 @@ impl Node {
             // A DHT lookup may take seconds: what was handed over is stored first, so its
             // senders need not wait for it.
             if !handed.is_empty() {
-                let plain: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
-                self.commit_handed(handed, &plain, None)?;
+                self.commit_handed_as_is(handed)?;
             }
             Some(self.fetch_bundle(peer).await?)
         };
