@@ -34,6 +34,9 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
         tracing::warn!("{warning}");
     }
 
+    // Signal handlers go in before anything a test or a service manager can see (the ready line,
+    // api.json), so a SIGTERM sent the moment the node looks ready still stops it cleanly.
+    let stop_signals = StopSignals::install();
     home.create()?;
     let difficulty = bootstrap.peer_id_difficulty;
     if difficulty > 0 && !home.has_identity() {
@@ -228,7 +231,7 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
         outln!("Stop it with Ctrl-C or `kith stop`.");
     }
 
-    wait_for_stop(&node).await;
+    stop_signals.wait(&node).await;
     tracing::info!("shutting down");
     let _ = stop_api.send(());
     if let Some((stop, task)) = metrics {
@@ -343,23 +346,44 @@ async fn wait_for_listeners(node: &Node) -> Vec<String> {
     Vec::new()
 }
 
-/// Resolves on Ctrl-C, SIGTERM or `kith stop`.
-async fn wait_for_stop(node: &Node) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+/// SIGINT and SIGTERM watchers, installed at the start of `kith run`: the default action of
+/// either would kill the process without the clean stop (store checkpoint, api.json removed).
+struct StopSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, what: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
+                tracing::warn!(error = %e, "cannot watch {what}");
+                None
+            }
+        };
+        StopSignals {
+            interrupt: watch(SignalKind::interrupt(), "SIGINT"),
+            terminate: watch(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// Resolves on Ctrl-C, SIGTERM or `kith stop`.
+    async fn wait(mut self, node: &Node) {
+        async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        () = terminate => tracing::info!("terminated"),
-        () = node.shutdown_requested() => {},
+        tokio::select! {
+            () = received(self.interrupt.as_mut()) => tracing::info!("interrupted"),
+            () = received(self.terminate.as_mut()) => tracing::info!("terminated"),
+            () = node.shutdown_requested() => {},
+        }
     }
 }
 

@@ -160,6 +160,53 @@ fn sigterm_stops_the_node_with_exit_0() {
     assert!(node.log_contains("stopped cleanly", TIMEOUT));
 }
 
+/// A service manager may stop the node the moment it looks up (api.json written, before the ready
+/// line): that SIGTERM must still get the clean stop, not the default kill.
+#[test]
+fn sigterm_as_soon_as_api_json_appears_still_stops_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let log = home.path().join("node.log");
+    let mut child = common::kith_command(None)
+        .args([
+            "run",
+            "--json",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .arg("--home")
+        .arg(home.path())
+        .env_remove("KITH_HOME")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let api_json = home.path().join("api.json");
+    // Polled tightly (not with `poll`'s 200 ms): the point is to hit the first moment.
+    let started = std::time::Instant::now();
+    while !api_json.exists() {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "no api.json within {TIMEOUT:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_bounded(&mut child, TIMEOUT);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "exit status {status:?}; log:\n{log_text}");
+    assert!(log_text.contains("stopped cleanly"), "log:\n{log_text}");
+    assert!(!api_json.exists(), "a clean stop removes api.json");
+}
+
 #[test]
 fn a_stale_api_json_after_a_crash_means_no_node() {
     let home = tempfile::tempdir().unwrap();
