@@ -151,6 +151,37 @@ fn watch(node: &Node, index: usize, seen: &Seen) -> tokio::task::JoinHandle<()> 
     })
 }
 
+/// Every 10 s until aborted: the phase, the connections per node (median, max) and the
+/// process's open descriptors, on stderr (`--nocapture` shows them): where a run that fails
+/// spent its connections.
+fn report_connections(
+    nodes: Vec<Node>,
+    phase: Arc<Mutex<&'static str>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let mut conns = Vec::with_capacity(nodes.len());
+            for node in &nodes {
+                if let Ok(Ok(status)) = tokio::time::timeout(STEP, node.status()).await {
+                    conns.push(status.net.connections_inbound + status.net.connections_outbound);
+                }
+            }
+            conns.sort_unstable();
+            let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+            eprintln!(
+                "[{:>4} s] {}: connections per node median {} max {} ({} nodes answered), {fds} descriptors open",
+                started.elapsed().as_secs(),
+                *phase.lock().unwrap(),
+                conns.get(conns.len() / 2).copied().unwrap_or(0),
+                conns.last().copied().unwrap_or(0),
+                conns.len(),
+            );
+        }
+    })
+}
+
 fn history(node: &Node, id: &str) -> Vec<GroupMessage> {
     node.group_history(id, 10_000, None).unwrap().1
 }
@@ -172,8 +203,14 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
         .try_init();
     // Two sockets per loopback connection in one process, a few files per store.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let phase = Arc::new(Mutex::new("growing"));
     let members = grow(MEMBERS).await;
     let nodes: Vec<&Node> = members.iter().map(|m| &m.node).collect();
+    let reporter = report_connections(
+        members.iter().map(|m| m.node.clone()).collect(),
+        phase.clone(),
+    );
+    *phase.lock().unwrap() = "key bundles";
 
     // Routing tables hold a few peers each; then every member's key bundle is taken by the DHT
     // (the invitations and the senders' keys travel over Olm, which needs them).
@@ -209,6 +246,7 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
         .map(|(i, n)| watch(n, i, &seen))
         .collect();
 
+    *phase.lock().unwrap() = "invitations and joins";
     let admin = nodes[0];
     let id = hex::encode(admin.create_group("two hundred").await.unwrap().id);
     let targets: Vec<String> = nodes[1..].iter().map(|n| n.peer_id().to_string()).collect();
@@ -232,6 +270,7 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
         );
     }
 
+    *phase.lock().unwrap() = "messages";
     // Senders take turns: members 0 (the admin), 1, 2, 3.
     for i in 0..EACH {
         for (sender, node) in nodes.iter().enumerate().take(SENDERS) {
@@ -289,6 +328,7 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
     for w in &watchers {
         w.abort();
     }
+    reporter.abort();
     let seen = seen.lock().unwrap().clone();
     for (i, node) in nodes.iter().enumerate() {
         assert!(

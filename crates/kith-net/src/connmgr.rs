@@ -6,8 +6,9 @@
 //! what these functions pick:
 //!
 //! - [`select_trims`]: above the high mark, close the least useful connections until the low mark
-//!   is reached (go-libp2p's connmgr rule). Protected connections and those younger than the grace
-//!   period are never picked, so trimming can stop above the low mark but never goes below it.
+//!   is reached (go-libp2p's connmgr rule). Protected connections are never picked, nor those
+//!   younger than the grace period that were used in the last few seconds ([`YOUNG_QUIET`]), so
+//!   trimming can stop above the low mark but never goes below it.
 //! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no topic
 //!   shared with us, and unused for the idle timeout.
 //! - [`select_duplicates`]: keep one connection per peer. Two nodes that dial each other at once,
@@ -91,9 +92,19 @@ impl<K> Candidate<K> {
     }
 }
 
+/// Above the high mark, a connection inside its grace period may still be trimmed once nothing
+/// has used it for this long (nor since it opened). The grace period is for a dial whose request
+/// or query has not used the connection yet; Kademlia's requests and answers count as use, so a
+/// walk's connection that went quiet after its answer is done with. Without this, a burst of
+/// walks (a member sharing its group key with 199 others, each needing a key bundle) kept every
+/// connection it opened for the whole grace period, and 200 in-process nodes ran out of file
+/// descriptors.
+pub(crate) const YOUNG_QUIET: Duration = Duration::from_secs(3);
+
 /// The connections to close when `conns.len()` is above `budget.high`: the least valuable (then
-/// least recently used, then oldest) unprotected connections past the grace period, at most as
-/// many as bring the count down to `budget.low`. Empty at or below the high mark.
+/// least recently used, then oldest) unprotected connections past the grace period or quiet for
+/// [`YOUNG_QUIET`], at most as many as bring the count down to `budget.low`. Empty at or below
+/// the high mark.
 pub(crate) fn select_trims<K: Clone>(
     conns: &[Candidate<K>],
     budget: &ConnectionBudget,
@@ -103,9 +114,14 @@ pub(crate) fn select_trims<K: Clone>(
         return Vec::new();
     }
     let excess = conns.len().saturating_sub(budget.low);
+    let quiet = budget.grace.min(YOUNG_QUIET);
     let mut eligible: Vec<&Candidate<K>> = conns
         .iter()
-        .filter(|c| !c.protected && now.saturating_duration_since(c.opened) >= budget.grace)
+        .filter(|c| {
+            !c.protected
+                && (now.saturating_duration_since(c.opened) >= budget.grace
+                    || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet)
+        })
         .collect();
     eligible.sort_by_key(|c| (c.value(), c.last_used, c.opened));
     eligible

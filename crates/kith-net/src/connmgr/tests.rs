@@ -63,16 +63,36 @@ fn a_shared_topic_outweighs_the_routing_table_which_outweighs_nothing() {
 }
 
 #[test]
-fn protected_and_young_connections_are_never_trimmed_even_if_the_low_mark_is_missed() {
+fn protected_and_young_busy_connections_are_never_trimmed_even_if_the_low_mark_is_missed() {
     let now = Instant::now() + Duration::from_secs(1000);
     let mut conns: Vec<_> = (0..8).map(|k| conn(k, now, 100, 100)).collect();
     for c in &mut conns[..4] {
         c.protected = true;
     }
+    // Young (5 s of a 20 s grace) and used a second ago.
     conns[4].opened = now - Duration::from_secs(5);
-    conns[4].last_used = conns[4].opened;
+    conns[4].last_used = now - Duration::from_secs(1);
     // 8 > 6: the low mark (2) would need 6 trims, only 5, 6 and 7 may go.
     check_trims(&conns, &budget(2, 6), now, &[5, 6, 7]);
+}
+
+#[test]
+fn above_the_high_mark_a_young_connection_gone_quiet_may_be_trimmed() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    // All inside the 20 s grace: 0 just opened, 1 opened 2 s ago and unused since, 2 and 3
+    // answered a query 1 s and 4 s ago, 4 and 5 opened 10 s ago and never used.
+    let conns = vec![
+        conn(0, now, 0, 0),
+        conn(1, now, 2, 2),
+        conn(2, now, 10, 1),
+        conn(3, now, 10, 4),
+        conn(4, now, 10, 10),
+        conn(5, now, 10, 10),
+    ];
+    // Above the high mark (4) down to 1: only those quiet for YOUNG_QUIET (3 s) qualify.
+    check_trims(&conns, &budget(1, 4), now, &[3, 4, 5]);
+    // At the high mark nothing goes, quiet or not.
+    check_trims(&conns[..4], &budget(1, 4), now, &[]);
 }
 
 #[test]
@@ -132,7 +152,7 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
 
 proptest! {
     #[test]
-    fn trimming_respects_protection_marks_and_grace(
+    fn trimming_respects_protection_marks_grace_and_recent_use(
         conns in arb_conns(),
         low in 0usize..40,
         gap in 0usize..20,
@@ -142,10 +162,15 @@ proptest! {
         let trims = select_trims(&conns, &b, now);
         let eligible: Vec<&Candidate<u32>> = conns
             .iter()
-            .filter(|c| !c.protected && now.saturating_duration_since(c.opened) >= b.grace)
+            .filter(|c| {
+                !c.protected
+                    && (now.saturating_duration_since(c.opened) >= b.grace
+                        || now.saturating_duration_since(c.last_used) >= YOUNG_QUIET)
+            })
             .collect();
 
-        // Never a protected or young connection, never one twice.
+        // Never a protected connection nor a young one used in the last few seconds, never one
+        // twice.
         let mut unique = trims.clone();
         unique.sort_unstable();
         unique.dedup();
