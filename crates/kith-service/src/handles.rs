@@ -93,6 +93,10 @@ pub(crate) trait Events: Send + Sync {
 pub(crate) trait AddressBook: Send + Sync {
     /// The addresses last seen for `peer`, each ending in `/p2p/<peer>`.
     fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr>;
+
+    /// Remembers `addr` for `peer` (from a name record or an invite) without counting as a
+    /// sighting, so a later dial can try it.
+    fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError>;
 }
 
 /// Whether a peer is out of requests: the direct-message component keeps trust (accepted,

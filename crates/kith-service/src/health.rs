@@ -178,7 +178,7 @@ impl crate::Node {
             .status()
             .await
             .map_or(0, |s| s.routing_table_peers);
-        let cache = &self.inner.names.cache.rival_check;
+        let cache = &self.inner.names.cache().rival_check;
         let now = std::time::Instant::now();
         if let Some(cached) = crate::node::lock(cache).as_ref()
             && cached.fits(&names, routing_table, now)
@@ -207,9 +207,11 @@ impl crate::Node {
         }
         let lookups = asked.iter().map(|record| async move {
             let name = record.name();
-            let answer =
-                tokio::time::timeout(RIVAL_CHECK_TIMEOUT, self.ask_replicas(name, usize::MAX))
-                    .await;
+            let answer = tokio::time::timeout(
+                RIVAL_CHECK_TIMEOUT,
+                self.inner.names.ask_replicas(name, usize::MAX),
+            )
+            .await;
             (name.to_string(), answer)
         });
         for (name, answer) in futures::future::join_all(lookups).await {

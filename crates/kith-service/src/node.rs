@@ -115,9 +115,6 @@ pub(crate) struct Inner {
     pub(crate) files: Arc<crate::files::Files>,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::Names,
-    /// The links the components were built with; dm.rs resolves recipients through them (see
-    /// [`Node::resolver`]).
-    resolver: Arc<crate::router::Links>,
     pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
     pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
     client: kith_net::Client,
@@ -180,8 +177,8 @@ impl Node {
         store: Store,
         options: Options,
     ) -> Result<Self, ServiceError> {
-        let names = crate::names::Names::new(store.clone(), options.name_rules.clone());
-        config.record_validator = Some(names.cache.validator(options.name_rules.clone()));
+        let name_cache = crate::names::NameCache::default();
+        config.record_validator = Some(name_cache.validator(options.name_rules.clone()));
         let keypair = config.keypair.clone();
         let mut registry = Registry::with_prefix("kith");
         let net_metrics = NetMetrics::default();
@@ -218,6 +215,17 @@ impl Node {
         let node = Node {
             inner: Arc::new_cyclic(|weak| {
                 let links = Arc::new(crate::router::Links::new(weak.clone()));
+                let names = crate::names::Names::new(crate::names::NamesParts {
+                    store: store.clone(),
+                    client: client.clone(),
+                    keypair: keypair.clone(),
+                    rules: options.name_rules.clone(),
+                    quorum: options.resolve_quorum,
+                    recheck_every: options.name_recheck_every,
+                    cache: name_cache,
+                    events: links.clone(),
+                    addresses: links.clone(),
+                });
                 let groups = crate::groups::Groups::new(
                     crate::groups::GroupsParts {
                         store: store.clone(),
@@ -225,7 +233,7 @@ impl Node {
                         keypair: keypair.clone(),
                         pickle_key,
                         outbound: links.clone(),
-                        resolver: links.clone(),
+                        resolver: Arc::new(names.clone()),
                         events: links.clone(),
                         addresses: links.clone(),
                         files: links.clone(),
@@ -268,7 +276,6 @@ impl Node {
                     files,
                     calls,
                     names,
-                    resolver: links,
                     mailbox_refused,
                     mailbox_wake: Arc::new(tokio::sync::Notify::new()),
                     client,
@@ -373,11 +380,10 @@ impl Node {
         &self.inner.store
     }
 
-    /// The handle every component resolves recipients through (the names component's rules:
-    /// petname, then pinned or looked-up name, then peer id), so none calls
-    /// [`Node::resolve_recipient`] itself.
+    /// The handle every component resolves recipients through: the names component (its rules:
+    /// petname, then pinned or looked-up name, then peer id).
     pub(crate) fn resolver(&self) -> &dyn crate::handles::Resolver {
-        &*self.inner.resolver
+        &self.inner.names
     }
 
     /// The network's state alone (listen addresses, connections, relay reservations), without

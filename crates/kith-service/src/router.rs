@@ -23,7 +23,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::{
     MessageEvent, Node, Sent, ServiceError, dm,
-    handles::{AddressBook, BeforeStore, Connections, Events, Outbound, Resolver, TrustCheck},
+    handles::{AddressBook, BeforeStore, Connections, Events, Outbound, TrustCheck},
     mailbox,
     node::Inner,
 };
@@ -122,12 +122,6 @@ impl Links {
     }
 }
 
-impl Resolver for Links {
-    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>> {
-        Box::pin(async move { self.node()?.resolve_recipient(target).await })
-    }
-}
-
 impl Outbound for Links {
     fn next_id(&self) -> Result<MessageId, ServiceError> {
         Ok(self.node()?.dm().next_id())
@@ -211,6 +205,15 @@ impl AddressBook for Links {
         self.node()
             .map(|node| node.known_addrs(peer))
             .unwrap_or_default()
+    }
+
+    fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError> {
+        Ok(self.node()?.store().peers().record_seen(
+            &peer.to_bytes(),
+            Some(&addr.to_vec()),
+            None,
+            0,
+        )?)
     }
 }
 
