@@ -158,9 +158,6 @@ pub(crate) struct Files {
     /// Running downloads by file id: the run's number and how to stop it (a cancel).
     running: StdMutex<HashMap<MessageId, (u64, tokio::task::AbortHandle)>>,
     next_run: AtomicU64,
-    /// A relay's store of blobs held for its users, opened on first use.
-    pub(crate) held: crate::relay_blobs::HeldSlot,
-    pub(crate) relay: crate::RelayBlobConfig,
     serve_rate: Option<u64>,
 }
 
@@ -261,8 +258,6 @@ impl Files {
             max_file_bytes: config.max_file_bytes,
             running: StdMutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
-            held: StdMutex::new(None),
-            relay: config.relay.clone(),
             serve_rate: config.serve_rate,
         }
     }
@@ -1154,12 +1149,6 @@ impl Node {
     /// Returns the blobs removed.
     pub fn collect_blob_garbage(&self) -> Result<usize, ServiceError> {
         self.inner.files.collect_blob_garbage()
-    }
-
-    /// Resumes every unfinished download (at start and after each mailbox sync), and collects
-    /// ciphertext no file needs any more, off the async workers.
-    pub(crate) fn resume_all_downloads(&self) {
-        self.inner.files.resume_all_downloads()
     }
 }
 

@@ -74,6 +74,14 @@ pub(crate) trait Outbound: Send + Sync {
     /// offer): marked failed with `note`, never sent. `Ok(false)`: nothing was waiting.
     fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError>;
 
+    /// Queues a receipt (delivered, read) of messages `ids` for `peer` and wakes delivery.
+    fn send_receipt(
+        &self,
+        peer: PeerId,
+        ids: Vec<Vec<u8>>,
+        kind: pb::ReceiptKind,
+    ) -> BoxFuture<'_, Result<(), ServiceError>>;
+
     /// Queues call signalling for `peer`: retried until `ttl`, never deposited, never shown.
     fn send_ephemeral(
         &self,

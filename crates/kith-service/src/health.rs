@@ -61,6 +61,29 @@ pub(crate) struct Health {
     pub(crate) clock: kith_core::ClockSkew,
 }
 
+/// The recorded outcomes, shared by whoever records them (the re-publisher, the mailbox user
+/// side, direct delivery's clock readings) and [`crate::Node::checkup`], which reads them. A
+/// cheap clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HealthLog(std::sync::Arc<std::sync::Mutex<Health>>);
+
+impl HealthLog {
+    /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Health) -> T) -> T {
+        f(&mut crate::node::lock(&self.0))
+    }
+
+    /// A peer's answer carried its clock reading (`peer_now_ms`, 0 when it did not say): one
+    /// sample for the clock-skew estimate `kith doctor` shows.
+    pub(crate) fn clock_sample(&self, peer: PeerId, sent_ms: u64, peer_now_ms: u64) {
+        let received = crate::node::now_ms();
+        self.with(|h| {
+            h.clock
+                .record(&peer.to_bytes(), sent_ms, received, peer_now_ms)
+        });
+    }
+}
+
 /// Everything `kith doctor` judges, in one snapshot.
 #[derive(Debug, Clone)]
 pub struct Checkup {

@@ -115,8 +115,8 @@ pub(crate) struct Inner {
     pub(crate) files: Arc<crate::files::Files>,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::Names,
-    pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
-    pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
+    pub(crate) mailbox: crate::mailbox::MailboxClient,
+    pub(crate) mailbox_relay: crate::mailbox::MailboxRelay,
     client: kith_net::Client,
     store: Store,
     registry: Registry,
@@ -125,13 +125,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown_tx: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Publication and mailbox outcomes for `kith doctor`.
-    pub(crate) health: std::sync::Mutex<crate::health::Health>,
-    /// Our mailbox relays (see `Node::mailbox_relays`); starts as `options.mailbox_relays`.
-    pub(crate) mailbox_relays: std::sync::Mutex<Vec<Multiaddr>>,
-    /// Other peers' mailbox relays, from their pointers (see `Node::relays_of`).
-    pub(crate) relays_of: std::sync::Mutex<crate::mailbox::RelaysOf>,
-    /// Relay role: when each recipient was last told that mail arrived.
-    pub(crate) mail_announced: std::sync::Mutex<std::collections::HashMap<PeerId, Instant>>,
+    health: crate::health::HealthLog,
 }
 
 /// One hosted mailbox's use (relay role), as [`Node::mailbox_recipients`] lists it.
@@ -196,19 +190,20 @@ impl Node {
             }
         };
         let dm = crate::dm::Dm::load(&store, pickle_key.clone(), &mut registry)?;
-        let mailbox_refused = prometheus_client::metrics::counter::Counter::default();
-        registry.register(
-            "mailbox_refused",
-            "Mailbox requests refused (unregistered recipient, forged registration, full, garbage)",
-            mailbox_refused.clone(),
-        );
         let sync_every = options.mailbox_sync_every;
         let group_sync_every = options.group_sync_every;
         let blobs = crate::files::Files::open_blobs(&options.files, store.path(), &mut registry)?;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
-        let options_relays = options.mailbox_relays.clone();
+        let health = crate::health::HealthLog::default();
+        let held = crate::relay_blobs::HeldBlobs::new(
+            store.clone(),
+            blobs.clone(),
+            options.files.relay.clone(),
+            options.files.max_file_bytes,
+            options.mailbox_server.is_some(),
+        );
 
         // The components reach each other through handles over a weak reference to the node
         // (router::Links), so the node can be made with them inside it.
@@ -255,6 +250,28 @@ impl Node {
                     },
                     &mut registry,
                 );
+                let mailbox =
+                    crate::mailbox::MailboxClient::new(crate::mailbox::MailboxClientParts {
+                        client: client.clone(),
+                        keypair: keypair.clone(),
+                        is_relay: options.mailbox_server.is_some(),
+                        relays: options.mailbox_relays.clone(),
+                        health: health.clone(),
+                        turn: Arc::new(calls.clone()),
+                        outbound: links.clone(),
+                        files: links.clone(),
+                    });
+                let mailbox_relay = crate::mailbox::MailboxRelay::new(
+                    crate::mailbox::MailboxRelayParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        me: keypair.public().to_peer_id(),
+                        config: options.mailbox_server.clone(),
+                        turn: Arc::new(calls.clone()),
+                        held,
+                    },
+                    &mut registry,
+                );
                 let files = Arc::new(crate::files::Files::new(
                     blobs,
                     &options.files,
@@ -265,7 +282,7 @@ impl Node {
                         events: links.clone(),
                         groups: Arc::new(groups.clone()),
                         trust: links.clone(),
-                        relays: links.clone(),
+                        relays: Arc::new(mailbox.clone()),
                     },
                 ));
                 Inner {
@@ -276,8 +293,8 @@ impl Node {
                     files,
                     calls,
                     names,
-                    mailbox_refused,
-                    mailbox_wake: Arc::new(tokio::sync::Notify::new()),
+                    mailbox,
+                    mailbox_relay,
                     client,
                     store,
                     registry,
@@ -285,10 +302,7 @@ impl Node {
                     started: Instant::now(),
                     shutdown_tx,
                     tasks: std::sync::Mutex::new(vec![net_task]),
-                    health: std::sync::Mutex::new(crate::health::Health::default()),
-                    mailbox_relays: std::sync::Mutex::new(options_relays),
-                    relays_of: std::sync::Mutex::default(),
-                    mail_announced: std::sync::Mutex::default(),
+                    health,
                 }
             }),
         };
@@ -300,10 +314,16 @@ impl Node {
         node.push_task(republisher);
         let delivery = tokio::spawn(crate::dm::delivery_loop(Arc::downgrade(&node.inner)));
         node.push_task(delivery);
+        let weak = Arc::downgrade(&node.inner);
         let mailbox = tokio::spawn(crate::mailbox::mailbox_loop(
-            Arc::downgrade(&node.inner),
+            node.inner.mailbox.clone(),
+            node.inner.mailbox_relay.clone(),
+            node.inner.shutdown_tx.subscribe(),
             sync_every,
-            crate::router::Router::new,
+            move || {
+                weak.upgrade()
+                    .map(|inner| crate::router::Router::new(&Node { inner }))
+            },
         ));
         node.push_task(mailbox);
         node.inner.groups.resubscribe_groups().await;
@@ -413,6 +433,8 @@ impl Node {
         let owned_names = self.inner.names.owned_count()?;
         let health = self.health(|h| h.clone());
         let mailboxes = self
+            .inner
+            .mailbox
             .mailbox_relays()
             .iter()
             .map(|relay| {
@@ -445,11 +467,7 @@ impl Node {
     /// A peer's answer carried its clock reading (`peer_now_ms`, 0 when it did not say): one
     /// sample for the clock-skew estimate `kith doctor` shows.
     pub(crate) fn clock_sample(&self, peer: PeerId, sent_ms: u64, peer_now_ms: u64) {
-        let received = now_ms();
-        self.health(|h| {
-            h.clock
-                .record(&peer.to_bytes(), sent_ms, received, peer_now_ms)
-        });
+        self.inner.health.clock_sample(peer, sent_ms, peer_now_ms);
     }
 
     /// Tells the connection manager which connections the features need kept (it trims the
@@ -494,20 +512,20 @@ impl Node {
 
     /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
     pub(crate) fn health<T>(&self, f: impl FnOnce(&mut crate::health::Health) -> T) -> T {
-        f(&mut lock(&self.inner.health))
+        self.inner.health.with(f)
     }
 
     /// Mailboxes this node hosts (relay role).
     pub fn mailbox_stats(&self) -> Result<kith_store::MailboxStats, ServiceError> {
-        Ok(self.store().mailboxes().stats()?)
+        self.inner.mailbox_relay.stats()
     }
 
     /// The mailboxes this node hosts (relay role), fullest first, at most `limit` of them: who
     /// uses the relay, for `kith relay status`.
     pub fn mailbox_recipients(&self, limit: usize) -> Result<Vec<MailboxUsage>, ServiceError> {
         Ok(self
-            .store()
-            .mailboxes()
+            .inner
+            .mailbox_relay
             .recipients(limit)?
             .into_iter()
             .map(|(peer, items, bytes)| MailboxUsage {
@@ -625,7 +643,7 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
             tracing::warn!(error = %e, "could not publish the key bundle");
         }
         let bundle_out = matches!(bundle, Ok(true));
-        let pointer = node.publish_mailbox_pointer().await;
+        let pointer = node.inner.mailbox.publish_mailbox_pointer().await;
         if let Err(e) = &pointer {
             tracing::warn!(error = %e, "could not publish the mailbox pointer");
         }
@@ -729,7 +747,10 @@ async fn consume_events(
                 bytes,
             } => {
                 spawn_limited(&inbound, async move {
-                    node.on_mailbox_request(peer, request, bytes).await;
+                    node.inner
+                        .mailbox_relay
+                        .on_mailbox_request(peer, request, bytes, &node.inner.mailbox)
+                        .await;
                 })
                 .await;
                 Ok(())
@@ -775,8 +796,8 @@ async fn consume_events(
             } => {
                 node.on_peer_connected(peer);
                 node.inner.files.resume_downloads_from(peer);
-                if crate::mailbox::is_mailbox_relay(&node, &peer) {
-                    node.inner.mailbox_wake.notify_one();
+                if node.inner.mailbox.is_mailbox_relay(&peer) {
+                    node.inner.mailbox.wake();
                 }
                 if inbound {
                     Ok(())
@@ -814,7 +835,7 @@ async fn consume_events(
                 result
             }
             Event::RelayFound { relay, addr } => {
-                node.on_relay_found(relay, addr);
+                node.inner.mailbox.on_relay_found(relay, addr);
                 Ok(())
             }
             Event::BootstrapUnreachable { addr, error } => {

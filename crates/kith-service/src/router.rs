@@ -158,6 +158,15 @@ impl Outbound for Links {
         })
     }
 
+    fn send_receipt(
+        &self,
+        peer: PeerId,
+        ids: Vec<Vec<u8>>,
+        kind: pb::ReceiptKind,
+    ) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(async move { self.node()?.outbox().send_receipt(peer, ids, kind).await })
+    }
+
     fn send_ephemeral(
         &self,
         peer: PeerId,
@@ -290,17 +299,57 @@ impl crate::files::GroupFiles for crate::groups::Groups {
     }
 }
 
-/// Our mailbox relays as file holders: relay_blobs.rs runs the exchange over the mailbox protocol.
-impl crate::files::FileRelays for Links {
+/// Our mailbox relays as file holders: the mailbox user side runs the release over the mailbox
+/// protocol itself.
+impl crate::files::FileRelays for crate::mailbox::MailboxClient {
     fn holders(&self) -> Vec<PeerId> {
-        self.node()
-            .map(|node| node.relay_holders())
-            .unwrap_or_default()
+        self.relay_holders()
     }
 
     fn release(&self, hash: [u8; 32]) {
+        self.release_at_relays(hash);
+    }
+}
+
+/// What the mailbox user side needs of files: the push of a file before its offer is deposited
+/// (relay_blobs.rs, over the node: it reads the files book and notes a full quota on the
+/// message), and resuming downloads after a sync.
+impl crate::mailbox::MailFiles for Links {
+    fn hold_file_at<'a>(
+        &'a self,
+        peer: PeerId,
+        id: &'a [u8; 16],
+        relay: &'a Multiaddr,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.node() {
+                Ok(node) => node.hold_file_at(peer, id, relay).await,
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn resume_all_downloads(&self) {
         if let Ok(node) = self.node() {
-            node.release_at_relays(hash);
+            node.inner.files.resume_all_downloads();
         }
+    }
+}
+
+/// Our relays' TURN credentials are kept by the calls component itself.
+impl crate::mailbox::RelayTurn for crate::calls::Calls {
+    fn turn_due(&self, relay: PeerId) -> bool {
+        crate::calls::Calls::turn_due(self, relay)
+    }
+
+    fn set_relay_turn(&self, relay: PeerId, answer: Option<pb::TurnCredentials>) {
+        crate::calls::Calls::set_relay_turn(self, relay, answer);
+    }
+}
+
+/// A relay's TURN credentials for its users are minted by the calls component itself.
+impl crate::mailbox::TurnIssue for crate::calls::Calls {
+    fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials> {
+        crate::calls::Calls::issue_turn(self, peer)
     }
 }
