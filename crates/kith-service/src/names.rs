@@ -116,9 +116,13 @@ impl Names {
         }
     }
 
-    /// The names cache (the last rival check for `kith doctor` is kept there).
-    pub(crate) fn cache(&self) -> &NameCache {
-        &self.shared.cache
+    /// The routing table's size now (0 when the network cannot say).
+    pub(crate) async fn routing_table(&self) -> usize {
+        self.shared
+            .client
+            .status()
+            .await
+            .map_or(0, |s| s.routing_table_peers)
     }
 
     /// Our own claims as stored (expired ones included, for renewal).
@@ -172,8 +176,6 @@ pub(crate) struct NameCache {
     checked: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     known: std::sync::Mutex<HashMap<String, Known>>,
     verified: Arc<VerifiedRecords>,
-    /// The last rival check for `kith doctor` ([`crate::health`]), reused for a minute.
-    pub(crate) rival_check: std::sync::Mutex<Option<crate::health::CachedClaims>>,
 }
 
 /// A pinned name that now resolves to another key.

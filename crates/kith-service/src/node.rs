@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Publication and mailbox outcomes for `kith doctor`.
     health: crate::health::HealthLog,
+    /// `kith doctor`'s check for other keys' claims on our names.
+    rivals: crate::health::RivalCheck,
 }
 
 /// One hosted mailbox's use (relay role), as [`Node::mailbox_recipients`] lists it.
@@ -285,6 +287,10 @@ impl Node {
                         relays: Arc::new(mailbox.clone()),
                     },
                 ));
+                let rivals = crate::health::RivalCheck::new(
+                    keypair.public().to_peer_id(),
+                    Arc::new(names.clone()),
+                );
                 Inner {
                     keypair,
                     options,
@@ -303,6 +309,7 @@ impl Node {
                     shutdown_tx,
                     tasks: std::sync::Mutex::new(vec![net_task]),
                     health,
+                    rivals,
                 }
             }),
         };
@@ -428,7 +435,7 @@ impl Node {
     /// Everything `kith doctor` judges: the status, what we own and when we last published it,
     /// and how our mailbox relays last answered.
     pub async fn checkup(&self) -> Result<crate::health::Checkup, ServiceError> {
-        let (status, name_claims) = tokio::join!(self.status(), self.name_claims());
+        let (status, name_claims) = tokio::join!(self.status(), self.inner.rivals.name_claims());
         let status = status?;
         let owned_names = self.inner.names.owned_count()?;
         let health = self.health(|h| h.clone());

@@ -353,3 +353,21 @@ impl crate::mailbox::TurnIssue for crate::calls::Calls {
         crate::calls::Calls::issue_turn(self, peer)
     }
 }
+
+/// `kith doctor`'s rival check asks the names component itself.
+impl crate::health::NameLookup for crate::names::Names {
+    fn own_names(&self) -> Result<Vec<kith_core::NameRecord>, ServiceError> {
+        crate::names::Names::own_names(self)
+    }
+
+    fn ask_every_holder<'a>(
+        &'a self,
+        name: &'a kith_core::Name,
+    ) -> BoxFuture<'a, Result<Vec<Vec<kith_core::select::Answer>>, ServiceError>> {
+        Box::pin(self.ask_replicas(name, usize::MAX))
+    }
+
+    fn routing_table(&self) -> BoxFuture<'_, usize> {
+        Box::pin(crate::names::Names::routing_table(self))
+    }
+}
