@@ -1046,10 +1046,3 @@ pub(crate) async fn mailbox_loop<I: Inbox + Send>(
         relay.sweep();
     }
 }
-
-impl crate::Node {
-    /// The handle direct delivery (dm.rs) reaches the recipient's mailbox relays through.
-    pub(crate) fn deposit_handle(&self) -> Deposit<'_> {
-        self.inner.mailbox.deposit_handle()
-    }
-}

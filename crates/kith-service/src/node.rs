@@ -6,7 +6,7 @@ use std::{
 use kith_core::NameRules;
 use kith_net::{Event, Metrics as NetMetrics, NetStatus, PeerInfo};
 use kith_store::Store;
-use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -108,9 +108,8 @@ impl Inner {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) keypair: Keypair,
     pub(crate) options: Options,
-    pub(crate) dm: crate::dm::Dm,
+    pub(crate) dm: Arc<crate::dm::Dm>,
     pub(crate) groups: crate::groups::Groups,
     pub(crate) files: Arc<crate::files::Files>,
     pub(crate) calls: crate::calls::Calls,
@@ -191,7 +190,7 @@ impl Node {
                 kith_crypto::PickleKey::from_bytes(&derived).map_err(ServiceError::Crypto)?
             }
         };
-        let dm = crate::dm::Dm::load(&store, pickle_key.clone(), &mut registry)?;
+        let dm_loaded = crate::dm::Dm::load(&store, pickle_key.clone(), &mut registry)?;
         let sync_every = options.mailbox_sync_every;
         let group_sync_every = options.group_sync_every;
         let blobs = crate::files::Files::open_blobs(&options.files, store.path(), &mut registry)?;
@@ -287,12 +286,24 @@ impl Node {
                         relays: Arc::new(mailbox.clone()),
                     },
                 ));
+                let dm = Arc::new(crate::dm::Dm::new(
+                    dm_loaded,
+                    crate::dm::DmParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        keypair: keypair.clone(),
+                        dm_rate: options.dm_rate,
+                        resolver: Arc::new(names.clone()),
+                        mailbox: mailbox.clone(),
+                        addresses: links.clone(),
+                        health: health.clone(),
+                    },
+                ));
                 let rivals = crate::health::RivalCheck::new(
                     keypair.public().to_peer_id(),
                     Arc::new(names.clone()),
                 );
                 Inner {
-                    keypair,
                     options,
                     dm,
                     groups,
@@ -319,7 +330,10 @@ impl Node {
         node.rejoin().await;
         let republisher = tokio::spawn(republish_loop(Arc::downgrade(&node.inner)));
         node.push_task(republisher);
-        let delivery = tokio::spawn(crate::dm::delivery_loop(Arc::downgrade(&node.inner)));
+        let delivery = tokio::spawn(crate::dm::delivery_loop(
+            Arc::downgrade(&node.inner.dm),
+            node.inner.shutdown_tx.subscribe(),
+        ));
         node.push_task(delivery);
         let weak = Arc::downgrade(&node.inner);
         let mailbox = tokio::spawn(crate::mailbox::mailbox_loop(
@@ -395,22 +409,37 @@ impl Node {
         self.inner.client.local_peer_id()
     }
 
-    /// The network handle, for the service's own components. Not public: callers outside the
-    /// service use its operations (tests and benchmarks: `Node::probe` with feature `testing`).
+    /// The network handle, for `Node::probe` (feature `testing`) alone: each component holds its
+    /// own clone of the client, and callers outside the service use its operations.
+    #[cfg(feature = "testing")]
     pub(crate) fn net(&self) -> &kith_net::Client {
         &self.inner.client
     }
 
-    /// The store, for the service's own components. Not public, for the same reason as
-    /// [`Node::net`]: every write goes through a component that keeps its book's rules.
+    /// The store, for node.rs's own book (the address book), the links (router.rs) and
+    /// `Node::probe`. Not public: every write goes through the component that keeps its book's
+    /// rules.
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    /// The handle every component resolves recipients through: the names component (its rules:
-    /// petname, then pinned or looked-up name, then peer id).
-    pub(crate) fn resolver(&self) -> &dyn crate::handles::Resolver {
-        &self.inner.names
+    /// The addresses last seen for `peer` in the address book, each ending in `/p2p/<peer>`
+    /// ([`crate::handles::AddressBook`]).
+    pub(crate) fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.inner
+            .store
+            .peers()
+            .get(&peer.to_bytes())
+            .ok()
+            .flatten()
+            .map(|p| {
+                p.addrs
+                    .into_iter()
+                    .filter_map(|a| Multiaddr::try_from(a).ok())
+                    .map(|a| a.with(Protocol::P2p(*peer)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The network's state alone (listen addresses, connections, relay reservations), without
@@ -469,12 +498,6 @@ impl Node {
             max_clock_skew: self.name_rules().max_clock_skew,
             name_claims,
         })
-    }
-
-    /// A peer's answer carried its clock reading (`peer_now_ms`, 0 when it did not say): one
-    /// sample for the clock-skew estimate `kith doctor` shows.
-    pub(crate) fn clock_sample(&self, peer: PeerId, sent_ms: u64, peer_now_ms: u64) {
-        self.inner.health.clock_sample(peer, sent_ms, peer_now_ms);
     }
 
     /// Tells the connection manager which connections the features need kept (it trims the
@@ -547,7 +570,7 @@ impl Node {
     /// that waited for it. Wiring: trust is the direct-message component's, downloads the files
     /// component's.
     pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.accept_sender(target).await?;
+        let peer = self.inner.dm.accept_sender(target).await?;
         self.inner.files.resume_downloads_from(peer);
         Ok(peer)
     }
@@ -584,14 +607,7 @@ impl Node {
         // moment (at most 1 s) to leave before the network closes.
         if self.inner.calls.hang_up_all() > 0 {
             for _ in 0..20 {
-                let pending = self
-                    .inner
-                    .store
-                    .messages()
-                    .outbox()
-                    .map(|items| items.iter().any(|i| i.expires_ms != 0))
-                    .unwrap_or(false);
-                if !pending {
+                if !self.inner.dm.ephemeral_pending() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -645,7 +661,7 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
             Ok(n) => tracing::debug!(published = n, "re-published owned names"),
             Err(e) => tracing::warn!(error = %e, "could not re-publish owned names"),
         }
-        let bundle = node.refresh_key_bundle().await;
+        let bundle = node.inner.dm.refresh_key_bundle().await;
         if let Err(e) = &bundle {
             tracing::warn!(error = %e, "could not publish the key bundle");
         }
@@ -743,7 +759,10 @@ async fn consume_events(
             } => {
                 let router = crate::router::Router::new(&node);
                 spawn_limited(&inbound, async move {
-                    node.on_direct_message(peer, request, bytes, &router).await;
+                    node.inner
+                        .dm
+                        .on_direct_message(peer, request, bytes, &router)
+                        .await;
                 })
                 .await;
                 Ok(())
@@ -801,7 +820,7 @@ async fn consume_events(
                 addr,
                 inbound,
             } => {
-                node.on_peer_connected(peer);
+                node.inner.dm.on_peer_connected(peer);
                 node.inner.files.resume_downloads_from(peer);
                 if node.inner.mailbox.is_mailbox_relay(&peer) {
                     node.inner.mailbox.wake();

@@ -386,7 +386,7 @@ impl Node {
                 tracing::info!(%peer, relay = %relay_peer, ?status, %reason, "relay refused to hold the file");
                 if status == Status::Full {
                     let note = format!("waiting: {reason}");
-                    let _ = self.store().messages().note_failure(id, &note);
+                    let _ = self.inner.dm.note_failure(id, &note);
                     let _ = self.store().files().set_state(id, record.state, &note);
                 }
                 false

@@ -92,11 +92,11 @@ impl mailbox::Inbox for Router {
         from: PeerId,
         envelope: &[u8],
     ) -> impl std::future::Future<Output = pb::Ack> + Send {
-        self.node.receive(from, envelope, self)
+        self.node.inner.dm.receive(from, envelope, self)
     }
 
     fn holds_incoming(&self, from: PeerId, id: &MessageId) -> bool {
-        self.node.holds_incoming(from, id)
+        self.node.inner.dm.holds_incoming(from, id)
     }
 }
 
@@ -177,27 +177,7 @@ impl Outbound for Links {
     }
 
     fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError> {
-        Self::withdraw_queued(&self.node()?, peer, id, note)
-    }
-}
-
-impl Links {
-    /// dm's part of [`Outbound::withdraw`], on the messages book dm owns (here until the
-    /// direct-message component owns its book: dm.rs is not being reshaped this round).
-    fn withdraw_queued(
-        node: &Node,
-        peer: PeerId,
-        id: &MessageId,
-        note: &str,
-    ) -> Result<bool, ServiceError> {
-        let messages = node.store().messages();
-        let queued = messages
-            .outbox_for(&peer.to_bytes())
-            .is_ok_and(|items| items.iter().any(|i| i.id == *id));
-        if queued {
-            messages.complete(id, kith_store::Status::Failed, note, crate::node::now_ms())?;
-        }
-        Ok(queued)
+        self.node()?.inner.dm.withdraw(peer, id, note)
     }
 }
 
@@ -243,14 +223,8 @@ impl crate::groups::FileOffers for Links {
 
 impl TrustCheck for Links {
     fn is_accepted(&self, peer: PeerId) -> bool {
-        self.node().is_ok_and(|node| {
-            node.store()
-                .messages()
-                .correspondent(&peer.to_bytes())
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.trust == kith_store::Trust::Accepted)
-        })
+        self.node()
+            .is_ok_and(|node| node.inner.dm.is_accepted(peer))
     }
 }
 
