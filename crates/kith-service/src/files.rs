@@ -1057,11 +1057,6 @@ impl Files {
 /// `Node`'s file operations (what kith-api, the CLI, the router and the mailbox client call):
 /// delegations to [`Files`].
 impl Node {
-    /// The files component, for relay_blobs.rs (the relay side of held files).
-    pub(crate) fn files_component(&self) -> &Files {
-        &self.inner.files
-    }
-
     /// Sends a file or photo to a petname, name or peer id.
     ///
     /// The file is checked, processed if it is a photo (oriented, stripped of metadata, filtered,
@@ -1384,10 +1379,19 @@ pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
         tokio::spawn(async move {
             let served = match rate {
                 Some(rate) => {
-                    node.serve_blob_stream(peer, Throttled::new(stream, rate), &limits)
+                    node.inner
+                        .mailbox_relay
+                        .held()
+                        .serve_blob_stream(peer, Throttled::new(stream, rate), &limits)
                         .await
                 }
-                None => node.serve_blob_stream(peer, stream, &limits).await,
+                None => {
+                    node.inner
+                        .mailbox_relay
+                        .held()
+                        .serve_blob_stream(peer, stream, &limits)
+                        .await
+                }
             };
             if let Err(e) = served {
                 tracing::info!(%peer, error = %e, "closed a blob stream");

@@ -27,7 +27,6 @@ use kith_store::{MailId, OutboxItem, Quota};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prost::Message as _;
 
-use futures::future::BoxFuture;
 use libp2p::identity::Keypair;
 use prometheus_client::metrics::counter::Counter;
 
@@ -36,7 +35,7 @@ use crate::{
     handles::Outbound,
     health::HealthLog,
     node::{lock, now_ms},
-    relay_blobs::HeldBlobs,
+    relay_blobs::{FilePush, HeldBlobs},
 };
 
 /// How long another peer's mailbox relays, read from its pointer, are trusted without asking
@@ -156,8 +155,9 @@ fn relay_id(addr: &Multiaddr) -> Option<PeerId> {
 /// delete, delivery receipts, TURN credentials) and deposits at a recipient's relays for direct
 /// delivery ([`Deposit`]). It owns no sled book. What it needs of others comes through the
 /// handles it is built with: [`Outbound`] for receipts, [`RelayTurn`] (calls) for TURN
-/// credentials, [`MailFiles`] (files) for a file pushed before its offer is deposited and the
-/// downloads resumed after a sync, and the [`HealthLog`] for `kith doctor`. A cheap clone.
+/// credentials, [`MailFiles`] (files) for the downloads resumed after a sync, and the
+/// [`HealthLog`] for `kith doctor`; its [`FilePush`] part (relay_blobs.rs) puts a file offer's
+/// file at a relay before the offer is deposited there. A cheap clone.
 #[derive(Clone)]
 pub(crate) struct MailboxClient {
     shared: Arc<ClientShared>,
@@ -179,6 +179,7 @@ struct ClientShared {
     turn: Arc<dyn RelayTurn>,
     outbound: Arc<dyn Outbound>,
     files: Arc<dyn MailFiles>,
+    push: FilePush,
 }
 
 impl std::fmt::Debug for MailboxClient {
@@ -203,8 +204,10 @@ pub(crate) struct MailboxClientParts {
     pub(crate) turn: Arc<dyn RelayTurn>,
     /// Delivery receipts for fetched mail.
     pub(crate) outbound: Arc<dyn Outbound>,
-    /// Files: pushed before an offer is deposited, downloads resumed after a sync.
+    /// Files: downloads resumed after a sync.
     pub(crate) files: Arc<dyn MailFiles>,
+    /// A file offer's file goes to the relay before the offer is deposited there.
+    pub(crate) push: FilePush,
 }
 
 /// The TURN credentials our relays hand us, kept by the calls component (it implements this
@@ -225,14 +228,6 @@ pub(crate) trait TurnIssue: Send + Sync {
 
 /// What the mailbox user side needs of the files component.
 pub(crate) trait MailFiles: Send + Sync {
-    /// Before the offer in outbox item `id` is deposited at `relay` for `peer`, put its file
-    /// there: `true` when not a file or the relay holds all of it now.
-    fn hold_file_at<'a>(
-        &'a self,
-        peer: PeerId,
-        id: &'a [u8; 16],
-        relay: &'a Multiaddr,
-    ) -> BoxFuture<'a, bool>;
     /// Files sent while we were away may wait at our relays now: resume every download.
     fn resume_all_downloads(&self);
 }
@@ -254,6 +249,7 @@ impl MailboxClient {
                 turn: parts.turn,
                 outbound: parts.outbound,
                 files: parts.files,
+                push: parts.push,
             }),
         }
     }
@@ -554,7 +550,7 @@ impl MailboxClient {
                 continue;
             };
             // A file offer goes only where its file went first (relay_blobs.rs).
-            if !self.shared.files.hold_file_at(peer, &item.id, &relay).await {
+            if !self.shared.push.hold_file_at(peer, &item.id, &relay).await {
                 continue;
             }
             match self

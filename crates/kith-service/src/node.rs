@@ -261,6 +261,13 @@ impl Node {
                         turn: Arc::new(calls.clone()),
                         outbound: links.clone(),
                         files: links.clone(),
+                        push: crate::relay_blobs::FilePush::new(
+                            store.clone(),
+                            blobs.clone(),
+                            client.clone(),
+                            links.clone(),
+                            links.clone(),
+                        ),
                     });
                 let mailbox_relay = crate::mailbox::MailboxRelay::new(
                     crate::mailbox::MailboxRelayParts {

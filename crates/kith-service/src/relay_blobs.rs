@@ -16,13 +16,17 @@
 //! in the Olm-encrypted offer. A full quota is refused with a sentence the sender's node records
 //! on the message, which stays queued and is tried again.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use kith_blob::{BlobHash, BlobStore, HoldOffer, HoldPolicy, HoldRefusal, PushError, Status};
 use kith_store::Reserve;
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 
-use crate::{MessageEvent, Node, node::now_ms};
+use crate::{
+    MessageEvent, Node,
+    handles::{Events, Outbound},
+    node::now_ms,
+};
 
 /// What a relay offers as blob host for its users' incoming files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,23 +297,43 @@ impl Node {
     pub fn held_files_stats(&self) -> Result<kith_store::RelayBlobStats, crate::ServiceError> {
         self.inner.mailbox_relay.held().stats()
     }
+}
 
-    /// Answers one blob stream from `peer` (the files component's serving loop calls it):
-    /// [`HeldBlobs::serve_blob_stream`].
-    pub(crate) async fn serve_blob_stream<S>(
-        &self,
-        peer: PeerId,
-        stream: S,
-        limits: &kith_blob::ServeLimits,
-    ) -> Result<kith_blob::ServeSummary, kith_blob::ServeError>
-    where
-        S: futures::AsyncRead + futures::AsyncWrite + Unpin,
-    {
-        self.inner
-            .mailbox_relay
-            .held()
-            .serve_blob_stream(peer, stream, limits)
-            .await
+/// The sender side of held files, a part of the mailbox user side (its deposits): before a file
+/// offer is deposited at a recipient's relay, the file goes there. Reads the outgoing file's
+/// record and notes on it how the push went (the files book's record of an outgoing file; the
+/// files component keeps the rest of that book), notes a full quota on the message through
+/// [`Outbound::note_failure`], and reports progress as [`Events`].
+pub(crate) struct FilePush {
+    store: kith_store::Store,
+    blobs: BlobStore,
+    client: kith_net::Client,
+    events: Arc<dyn Events>,
+    outbound: Arc<dyn Outbound>,
+}
+
+impl std::fmt::Debug for FilePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePush").finish_non_exhaustive()
+    }
+}
+
+impl FilePush {
+    /// The push over the node's `store`, its blob store `blobs` and the network.
+    pub(crate) fn new(
+        store: kith_store::Store,
+        blobs: BlobStore,
+        client: kith_net::Client,
+        events: Arc<dyn Events>,
+        outbound: Arc<dyn Outbound>,
+    ) -> Self {
+        Self {
+            store,
+            blobs,
+            client,
+            events,
+            outbound,
+        }
     }
 
     /// Sender side: before the offer for outbox item `id` is deposited at `relay` for `peer`,
@@ -321,7 +345,7 @@ impl Node {
         id: &[u8; 16],
         relay: &Multiaddr,
     ) -> bool {
-        let Ok(Some(record)) = self.store().files().get(id) else {
+        let Ok(Some(record)) = self.store.files().get(id) else {
             return true;
         };
         if !record.outgoing {
@@ -338,7 +362,7 @@ impl Node {
         let hash = BlobHash::from_bytes(record.offer.hash);
         let stream = match tokio::time::timeout(
             OPEN_TIMEOUT,
-            self.inner.client_ref().open_blob_stream(relay_peer),
+            self.client.open_blob_stream(relay_peer),
         )
         .await
         {
@@ -349,16 +373,16 @@ impl Node {
             }
             Err(_) => return false,
         };
-        let blobs = self.files_component().blobs.clone();
+        let blobs = self.blobs.clone();
         let size = record.offer.size;
-        let events = self.clone();
+        let events = self.events.clone();
         let message = record.message_id;
         let mut reported = 0u64;
         let tag = peer.to_bytes();
         let push = kith_blob::push(stream, &blobs, hash, &tag, move |p| {
             if p.written >= reported + crate::files::PROGRESS_EVERY || p.written == p.wanted {
                 reported = p.written;
-                events.dm().emit(MessageEvent::FileProgress {
+                events.emit(MessageEvent::FileProgress {
                     id: message,
                     peer,
                     received: size.saturating_sub(p.wanted) + p.written,
@@ -374,7 +398,7 @@ impl Node {
         match outcome {
             Ok(done) if done.complete => {
                 tracing::info!(%peer, relay = %relay_peer, sent = done.bytes_sent, "recipient offline; file held at its relay");
-                let _ = self.store().files().set_state(
+                let _ = self.store.files().set_state(
                     id,
                     record.state,
                     &format!("held at relay {relay_peer} until {peer} comes online"),
@@ -386,8 +410,8 @@ impl Node {
                 tracing::info!(%peer, relay = %relay_peer, ?status, %reason, "relay refused to hold the file");
                 if status == Status::Full {
                     let note = format!("waiting: {reason}");
-                    let _ = self.inner.dm.note_failure(id, &note);
-                    let _ = self.store().files().set_state(id, record.state, &note);
+                    let _ = self.outbound.note_failure(id, &note);
+                    let _ = self.store.files().set_state(id, record.state, &note);
                 }
                 false
             }

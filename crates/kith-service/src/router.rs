@@ -158,6 +158,10 @@ impl Outbound for Links {
         })
     }
 
+    fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError> {
+        self.node()?.inner.dm.note_failure(id, note)
+    }
+
     fn send_receipt(
         &self,
         peer: PeerId,
@@ -285,24 +289,8 @@ impl crate::files::FileRelays for crate::mailbox::MailboxClient {
     }
 }
 
-/// What the mailbox user side needs of files: the push of a file before its offer is deposited
-/// (relay_blobs.rs, over the node: it reads the files book and notes a full quota on the
-/// message), and resuming downloads after a sync.
+/// What the mailbox user side needs of files: resuming downloads after a sync.
 impl crate::mailbox::MailFiles for Links {
-    fn hold_file_at<'a>(
-        &'a self,
-        peer: PeerId,
-        id: &'a [u8; 16],
-        relay: &'a Multiaddr,
-    ) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            match self.node() {
-                Ok(node) => node.hold_file_at(peer, id, relay).await,
-                Err(_) => false,
-            }
-        })
-    }
-
     fn resume_all_downloads(&self) {
         if let Ok(node) = self.node() {
             node.inner.files.resume_all_downloads();
