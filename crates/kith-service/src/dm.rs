@@ -40,7 +40,7 @@ use crate::{
     Node, ServiceError,
     handles::{AddressBook, Resolver},
     health::HealthLog,
-    mailbox::MailboxClient,
+    mailbox::Deposit,
     node::now_ms,
     olm_state::OlmState,
 };
@@ -176,7 +176,7 @@ pub(crate) struct Dm {
     /// Inbound direct messages accepted per sender: (burst, per second).
     dm_rate: (f64, f64),
     resolver: Arc<dyn Resolver>,
-    mailbox: MailboxClient,
+    deposit: Deposit,
     addresses: Arc<dyn AddressBook>,
     health: HealthLog,
     olm: OlmState,
@@ -230,8 +230,8 @@ pub(crate) struct DmParts {
     pub(crate) dm_rate: (f64, f64),
     /// Who a recipient string means (the names component).
     pub(crate) resolver: Arc<dyn Resolver>,
-    /// The mailbox user side, for [`crate::mailbox::Deposit`].
-    pub(crate) mailbox: MailboxClient,
+    /// The recipients' mailbox relays, when direct delivery fails.
+    pub(crate) deposit: Deposit,
     /// Where a peer was last seen, for a dial.
     pub(crate) addresses: Arc<dyn AddressBook>,
     /// Clock readings from acks.
@@ -283,7 +283,7 @@ impl Dm {
             me,
             dm_rate: parts.dm_rate,
             resolver: parts.resolver,
-            mailbox: parts.mailbox,
+            deposit: parts.deposit,
             addresses: parts.addresses,
             health: parts.health,
             olm,
@@ -1099,7 +1099,7 @@ impl Dm {
             return Err(self.retry_later(item));
         };
         let mut addrs = self.addresses.known_addrs(&peer);
-        let mailboxes = self.mailbox.deposit_handle();
+        let mailboxes = &self.deposit;
         addrs.extend(mailboxes.known_routes(peer));
         let tried = addrs.clone();
         let mut sent_at = now_ms();
@@ -1915,7 +1915,7 @@ impl Dm {
 }
 
 /// `Node`'s direct-message operations (what kith-api, the CLI, node.rs and the router call):
-/// delegations to [`Dm`].
+/// delegations to `Dm`.
 impl Node {
     /// The direct-message component.
     pub(crate) fn dm(&self) -> &Arc<Dm> {

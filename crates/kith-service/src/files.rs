@@ -14,7 +14,8 @@
 //! Ownership: [`Files`] owns the files book, the blob store and the running downloads; it meets
 //! the rest of the node only through the handles it is built with ([`FilesParts`]: delivery,
 //! events, trust, [`GroupFiles`] for group files, [`FileRelays`] for our mailbox relays). The
-//! relay side of held files (`relay_blobs.rs`) and blob serving are still `impl Node`.
+//! relay side of held files and blob serving are the mailbox relay's `HeldBlobs`
+//! (`relay_blobs.rs`), which [`serve_loop`] hands every stream to.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -612,8 +612,8 @@ impl MailboxClient {
     }
 
     /// The handle direct delivery reaches the recipient's mailbox relays through.
-    pub(crate) fn deposit_handle(&self) -> Deposit<'_> {
-        Deposit { user: self }
+    pub(crate) fn deposit_handle(&self) -> Deposit {
+        Deposit { user: self.clone() }
     }
 }
 
@@ -810,7 +810,7 @@ impl MailboxRelay {
         let result: Result<pb::MailboxResponse, ServiceError> = async {
             Ok(match request.kind {
                 Some(pb::mailbox_request::Kind::Register(r)) => {
-                    let Ok(key) = crate::names::public_key_of(&peer) else {
+                    let Some(key) = dht::public_key_of(&peer) else {
                         return Ok(response(S::MailboxRejected, "no public key in peer id"));
                     };
                     let fresh = r.created_at_ms.abs_diff(now) < 10 * 60_000;
@@ -942,12 +942,12 @@ pub(crate) struct DepositOutcome {
 /// What direct delivery (dm.rs) needs of the mailbox client, and nothing else (issue 12, plan
 /// step 3, sender side): routes through a recipient's relays, and a deposit there when every
 /// route failed. Writes nothing to the messages book; the [`DepositOutcome`] says what to note.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deposit<'a> {
-    user: &'a MailboxClient,
+#[derive(Debug, Clone)]
+pub(crate) struct Deposit {
+    user: MailboxClient,
 }
 
-impl Deposit<'_> {
+impl Deposit {
     /// Circuit routes to `peer` through relays its pointer named within the last minutes (no
     /// DHT lookup).
     pub(crate) fn known_routes(&self, peer: PeerId) -> Vec<Multiaddr> {

@@ -1185,14 +1185,14 @@ impl Names {
     }
 }
 
-/// The name operations of the API: one-line delegations to the [`Names`] component.
+/// The name operations of the API: one-line delegations to the `Names` component.
 impl Node {
     /// The network-wide name rules this node enforces.
     pub fn name_rules(&self) -> &NameRules {
         &self.inner.options.name_rules
     }
 
-    /// Claims `name` for this node's key, or renews our existing claim ([`Names::register_name`]:
+    /// Claims `name` for this node's key, or renews our existing claim (`Names::register_name`:
     /// [`ServiceError::NameTaken`] when the DHT holds another key's valid claim; stored and
     /// flushed before it is published).
     pub async fn register_name(
@@ -1204,13 +1204,13 @@ impl Node {
     }
 
     /// Resolves a name to its owner, pinning the first answer; a pinned name answers from the pin
-    /// and is re-checked in the background ([`Names::resolve_name`]).
+    /// and is re-checked in the background (`Names::resolve_name`).
     pub async fn resolve_name(&self, name: &str) -> Result<Resolution, ServiceError> {
         self.inner.names.resolve_name(name).await
     }
 
     /// Resolves a name through the DHT now, whatever is pinned or remembered
-    /// ([`Names::resolve_name_fresh`]).
+    /// (`Names::resolve_name_fresh`).
     pub async fn resolve_name_fresh(&self, name: &str) -> Result<Resolution, ServiceError> {
         self.inner.names.resolve_name_fresh(name).await
     }
@@ -1220,7 +1220,7 @@ impl Node {
         self.inner.names.own_names()
     }
 
-    /// Gives up a name: a final version that expires within a minute ([`Names::release_name`]).
+    /// Gives up a name: a final version that expires within a minute (`Names::release_name`).
     pub async fn release_name(&self, name: &str) -> Result<NameRecord, ServiceError> {
         self.inner.names.release_name(name).await
     }
@@ -1256,7 +1256,7 @@ impl Node {
     }
 
     /// Finds who a recipient string means: a petname first, then a name, then a peer id
-    /// ([`Names::resolve_recipient`]).
+    /// (`Names::resolve_recipient`).
     pub async fn resolve_recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
         self.inner.names.resolve_recipient(target).await
     }

@@ -301,7 +301,7 @@ impl Node {
                         keypair: keypair.clone(),
                         dm_rate: options.dm_rate,
                         resolver: Arc::new(names.clone()),
-                        mailbox: mailbox.clone(),
+                        deposit: mailbox.deposit_handle(),
                         addresses: links.clone(),
                         health: health.clone(),
                     },
@@ -447,6 +447,16 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Remembers `addr` for `peer` (from a name record or an invite) without counting as a
+    /// sighting ([`crate::handles::AddressBook`]).
+    pub(crate) fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError> {
+        Ok(self
+            .inner
+            .store
+            .peers()
+            .record_seen(&peer.to_bytes(), Some(&addr.to_vec()), None, 0)?)
     }
 
     /// The network's state alone (listen addresses, connections, relay reservations), without

@@ -201,12 +201,7 @@ impl AddressBook for Links {
     }
 
     fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError> {
-        Ok(self.node()?.store().peers().record_seen(
-            &peer.to_bytes(),
-            Some(&addr.to_vec()),
-            None,
-            0,
-        )?)
+        self.node()?.record_addr(peer, addr)
     }
 }
 
