@@ -853,17 +853,12 @@ impl Names {
             }
         };
         let found = selected.record.peer_id();
-        let candidate = Pin {
-            peer_id: found.to_bytes(),
-            public_key: selected.record.public_key().encode_protobuf(),
-            pinned_at_ms: now_ms(),
-            claimed_at_ms: selected.record.params().created_at_ms,
-        };
-        let pin = self
-            .shared
-            .store
-            .names()
-            .pin_if_absent(name.as_str(), &candidate)?;
+        let (pin, candidate) = self.pin_if_absent(
+            name,
+            found,
+            selected.record.public_key(),
+            selected.record.params().created_at_ms,
+        )?;
         if pin.peer_id != candidate.peer_id {
             let pinned =
                 PeerId::from_bytes(&pin.peer_id).map_err(|e| kith_store::StoreError::Corrupt {
@@ -939,6 +934,30 @@ impl Names {
             source: ResolvedFrom::Network,
             checked_at_ms: Some(checked_at_ms),
         })
+    }
+
+    /// Pins `name` to `owner` (its key, claimed at `claimed_at_ms`, 0 when unknown) unless it is
+    /// pinned already: the pin in force and the one offered (equal ids: ours was taken or
+    /// already there).
+    fn pin_if_absent(
+        &self,
+        name: &Name,
+        owner: PeerId,
+        public_key: &PublicKey,
+        claimed_at_ms: u64,
+    ) -> Result<(Pin, Pin), ServiceError> {
+        let candidate = Pin {
+            peer_id: owner.to_bytes(),
+            public_key: public_key.encode_protobuf(),
+            pinned_at_ms: now_ms(),
+            claimed_at_ms,
+        };
+        let pin = self
+            .shared
+            .store
+            .names()
+            .pin_if_absent(name.as_str(), &candidate)?;
+        Ok((pin, candidate))
     }
 
     /// The conflict for a name no owner won a majority of replicas for: against our pin if we
@@ -1086,17 +1105,7 @@ impl Names {
         }
         if let Some(name) = &invite.name {
             let public_key = public_key_of(&invite.peer_id)?;
-            let candidate = Pin {
-                peer_id: invite.peer_id.to_bytes(),
-                public_key: public_key.encode_protobuf(),
-                pinned_at_ms: now_ms(),
-                claimed_at_ms: 0,
-            };
-            let pin = self
-                .shared
-                .store
-                .names()
-                .pin_if_absent(name.as_str(), &candidate)?;
+            let (pin, candidate) = self.pin_if_absent(name, invite.peer_id, &public_key, 0)?;
             if pin.peer_id != candidate.peer_id {
                 return Err(ServiceError::NameConflict {
                     name: name.to_string(),
