@@ -1340,22 +1340,6 @@ impl Node {
         self.inner.calls.ice_config()
     }
 
-    /// Whether it is time to ask `relay` for TURN credentials (none yet, or they run out soon).
-    pub(crate) fn turn_due(&self, relay: PeerId) -> bool {
-        self.inner.calls.turn_due(relay)
-    }
-
-    /// Records what `relay` answered: credentials (asked again an hour before they expire, or
-    /// halfway through if they are shorter), or none (asked again in 10 minutes).
-    pub(crate) fn set_relay_turn(&self, relay: PeerId, answer: Option<pb::TurnCredentials>) {
-        self.inner.calls.set_relay_turn(relay, answer)
-    }
-
-    /// Relay side: fresh TURN credentials for `peer`, if this node hands any out.
-    pub(crate) fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials> {
-        self.inner.calls.issue_turn(peer)
-    }
-
     /// Replaces the ICE servers (TURN credentials are renewed by whoever issues them).
     pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
         self.inner.calls.set_ice_servers(servers)

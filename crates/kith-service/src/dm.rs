@@ -32,11 +32,18 @@ use kith_proto::v1 as pb;
 use kith_store::{
     Incoming, Message, MessageId, OlmSave, OutboxItem, ReceiptKind, Received, Status, Trust,
 };
-use libp2p::{PeerId, multiaddr::Protocol};
+use libp2p::PeerId;
 use prost::Message as _;
 use tokio::sync::{Mutex, MutexGuard, Notify, broadcast, oneshot};
 
-use crate::{Node, ServiceError, node::now_ms, olm_state::OlmState};
+use crate::{
+    Node, ServiceError,
+    handles::{AddressBook, Resolver},
+    health::HealthLog,
+    mailbox::Deposit,
+    node::now_ms,
+    olm_state::OlmState,
+};
 
 /// Longest text message (the rule is kith-core's `check_text`).
 pub use kith_core::MAX_TEXT_BYTES;
@@ -152,8 +159,26 @@ struct HandedOver {
     stored: oneshot::Sender<Result<kith_store::FlushTicket, ()>>,
 }
 
-/// Direct-message state owned by the node.
+/// The direct-message component (issue 12): owns the messages book (messages, outbox, Olm
+/// state, correspondents and their trust), the send path (the hand-over of a send to its peer's
+/// delivery run, the delivery runs and their retries, deposits at mailboxes through the mailbox
+/// user side's [`crate::mailbox::Deposit`]) and the receive path (checks, batches under the
+/// sender's Olm lock, receipts; bodies that belong to other components go to the
+/// [`Handlers`] node.rs passes in). Names are resolved through the [`Resolver`] handle,
+/// addresses for a dial come from the [`AddressBook`], clock readings go to the
+/// [`HealthLog`]. Held in an `Arc` by the node; the delivery runs and the delivery loop hold the
+/// component, never the node.
 pub(crate) struct Dm {
+    store: kith_store::Store,
+    client: kith_net::Client,
+    keypair: libp2p::identity::Keypair,
+    me: PeerId,
+    /// Inbound direct messages accepted per sender: (burst, per second).
+    dm_rate: (f64, f64),
+    resolver: Arc<dyn Resolver>,
+    deposit: Deposit,
+    addresses: Arc<dyn AddressBook>,
+    health: HealthLog,
     olm: OlmState,
     /// Inbound frames per sender identity key, waiting for a batch (see [`Inbound`]).
     inbound: StdMutex<HashMap<Curve25519Key, Vec<Inbound>>>,
@@ -185,13 +210,41 @@ impl std::fmt::Debug for Dm {
     }
 }
 
+/// The part of [`Dm`] read from the store before the node exists (the part that can fail).
+pub(crate) struct Loaded {
+    olm: OlmState,
+    events: broadcast::Sender<MessageEvent>,
+    key_owners: HashMap<[u8; 32], PeerId>,
+    rejected: prometheus_client::metrics::counter::Counter,
+}
+
+/// What [`Dm`] is built from besides what [`Dm::load`] read.
+pub(crate) struct DmParts {
+    /// The node's store: the component writes the messages book (and flushes).
+    pub(crate) store: kith_store::Store,
+    /// The network: `/kith/dm`, key bundles in the DHT, dials.
+    pub(crate) client: kith_net::Client,
+    /// Our identity: signs the key bundle.
+    pub(crate) keypair: libp2p::identity::Keypair,
+    /// `Options::dm_rate`.
+    pub(crate) dm_rate: (f64, f64),
+    /// Who a recipient string means (the names component).
+    pub(crate) resolver: Arc<dyn Resolver>,
+    /// The recipients' mailbox relays, when direct delivery fails.
+    pub(crate) deposit: Deposit,
+    /// Where a peer was last seen, for a dial.
+    pub(crate) addresses: Arc<dyn AddressBook>,
+    /// Clock readings from acks.
+    pub(crate) health: HealthLog,
+}
+
 impl Dm {
     /// Restores the Olm state from the store (or creates it) with the home's pickle key.
     pub(crate) fn load(
         store: &kith_store::Store,
         pickle_key: PickleKey,
         registry: &mut prometheus_client::registry::Registry,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Loaded, ServiceError> {
         let olm = OlmState::load(store, pickle_key)?;
         let rejected = prometheus_client::metrics::counter::Counter::default();
         registry.register(
@@ -206,7 +259,33 @@ impl Dm {
                 key_owners.insert(key, peer);
             }
         }
-        Ok(Self {
+        Ok(Loaded {
+            olm,
+            events,
+            key_owners,
+            rejected,
+        })
+    }
+
+    /// The component over what [`Dm::load`] read and `parts`.
+    pub(crate) fn new(loaded: Loaded, parts: DmParts) -> Self {
+        let Loaded {
+            olm,
+            events,
+            key_owners,
+            rejected,
+        } = loaded;
+        let me = parts.keypair.public().to_peer_id();
+        Self {
+            store: parts.store,
+            client: parts.client,
+            keypair: parts.keypair,
+            me,
+            dm_rate: parts.dm_rate,
+            resolver: parts.resolver,
+            deposit: parts.deposit,
+            addresses: parts.addresses,
+            health: parts.health,
             olm,
             inbound: StdMutex::new(HashMap::new()),
             events,
@@ -221,7 +300,7 @@ impl Dm {
             last_id: StdMutex::new(MessageIds::new()),
             key_owners: StdMutex::new(key_owners),
             rejected,
-        })
+        }
     }
 
     pub(crate) fn next_id(&self) -> MessageId {
@@ -307,7 +386,7 @@ impl Dm {
     }
 }
 
-/// What kind of outbox entry [`Node::new_outbox_item`] makes.
+/// What kind of outbox entry [`Dm::new_outbox_item`] makes.
 #[derive(Debug, Clone, Copy)]
 enum Delivery {
     /// A message shown in history (text, file, call summary): deposited at mailboxes.
@@ -334,7 +413,7 @@ fn received_message(id: MessageId, peer: PeerId, text: String, sent_at_ms: u64) 
     }
 }
 
-/// The outcome of [`Node::encrypt_batch`].
+/// The outcome of [`Dm::encrypt_batch`].
 struct Encrypted {
     /// How many of the entries (a prefix, in order) have an envelope and may be sent.
     ready: usize,
@@ -437,23 +516,19 @@ fn peer_of(bytes: &[u8]) -> Option<PeerId> {
 /// - [`Outbox::send_ephemeral`]: call signalling, never deposited, dropped after its time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Outbox<'a> {
-    node: &'a Node,
+    dm: &'a Arc<Dm>,
 }
 
 impl Outbox<'_> {
     /// Resolves who a send goes to and refuses ourselves and blocked peers, with the fix in words.
     pub(crate) async fn recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.node.resolver().resolve(target).await?;
-        if peer == self.node.peer_id() {
+        let peer = self.dm.resolver.resolve(target).await?;
+        if peer == self.dm.me {
             return Err(ServiceError::InvalidMessage(
                 "you cannot message yourself".into(),
             ));
         }
-        if let Some(c) = self
-            .node
-            .store()
-            .messages()
-            .correspondent(&peer.to_bytes())?
+        if let Some(c) = self.dm.store.messages().correspondent(&peer.to_bytes())?
             && c.trust == Trust::Blocked
         {
             return Err(ServiceError::InvalidMessage(format!(
@@ -473,7 +548,7 @@ impl Outbox<'_> {
         text: String,
         before_enqueue: impl FnOnce(MessageId) -> Result<(), ServiceError>,
     ) -> Result<Sent, ServiceError> {
-        let item = self.node.new_outbox_item(peer, body, Delivery::Shown);
+        let item = self.dm.new_outbox_item(peer, body, Delivery::Shown);
         let (id, now) = (item.id, item.created_ms);
         before_enqueue(id)?;
         let message = Message {
@@ -487,14 +562,14 @@ impl Outbox<'_> {
             failure: String::new(),
         };
         let (attempted, first_attempt) = oneshot::channel();
-        lock(&self.node.dm().first_attempts).insert(id, (peer, attempted));
+        lock(&self.dm.first_attempts).insert(id, (peer, attempted));
         // Not stored here: the peer's delivery run stores it with its envelope, in the
         // transaction that saves the Olm state (see `HandedOver`). Until a run takes it, it
         // waits in memory, and the API has not answered yet, so a crash loses nothing anyone
         // was told about.
         let (stored, run_stored) = oneshot::channel();
         let copy = (message.clone(), item.clone());
-        lock(&self.node.dm().handed_over)
+        lock(&self.dm.handed_over)
             .entry(peer)
             .or_default()
             .push(HandedOver {
@@ -504,13 +579,13 @@ impl Outbox<'_> {
             });
         // Handed to the peer's delivery run (started if none is running), not delivered by this
         // call: concurrent sends to one peer share rounds instead of queueing for one each.
-        self.node.hand_to_delivery(peer);
+        self.dm.hand_to_delivery(peer);
         let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, first_attempt).await;
-        lock(&self.node.dm().first_attempts).remove(&id);
+        lock(&self.dm.first_attempts).remove(&id);
         // Stored by a run (which flushes before anything leaves, so `flush_through` is then
         // usually done at once), or by this call when no run took it in time or a run could not
         // store it. Either way the answer comes only after the message is on disk.
-        let enqueued = match self.node.dm().take_back(&peer, &id) {
+        let enqueued = match self.dm.take_back(&peer, &id) {
             Some(mine) => self.store_myself(peer, &mine.message, &mine.item)?,
             // Bounded: a run stores what it took before any slow step; should it still not
             // answer, storing the same entry again here is harmless (same keys).
@@ -523,16 +598,16 @@ impl Outbox<'_> {
                 // (this call then reports the store's error, if it fails again).
                 Ok(Err(())) => self.store_myself(peer, &copy.0, &copy.1)?,
                 // The run ended without a word (the node is stopping): stored or not.
-                Err(_) => match self.node.store().messages().message(&id)? {
-                    Some(_) => self.node.store().flush_ticket(),
+                Err(_) => match self.dm.store.messages().message(&id)? {
+                    Some(_) => self.dm.store.flush_ticket(),
                     None => self.store_myself(peer, &copy.0, &copy.1)?,
                 },
             },
         };
-        self.node.store().flush_through(enqueued).await?;
+        self.dm.store.flush_through(enqueued).await?;
         let status = self
-            .node
-            .store()
+            .dm
+            .store
             .messages()
             .message(&id)?
             .map_or(Status::Queued, |m| m.status);
@@ -547,9 +622,9 @@ impl Outbox<'_> {
         message: &Message,
         item: &OutboxItem,
     ) -> Result<kith_store::FlushTicket, ServiceError> {
-        self.node.store().messages().enqueue(Some(message), item)?;
-        let ticket = self.node.store().flush_ticket();
-        self.node.hand_to_delivery(peer);
+        self.dm.store.messages().enqueue(Some(message), item)?;
+        let ticket = self.dm.store.flush_ticket();
+        self.dm.hand_to_delivery(peer);
         Ok(ticket)
     }
 
@@ -562,16 +637,16 @@ impl Outbox<'_> {
         peer: PeerId,
         body: pb::direct_payload::Body,
     ) -> Result<MessageId, ServiceError> {
-        let item = self.node.new_outbox_item(peer, body, Delivery::Control);
-        self.node.store().messages().enqueue(None, &item)?;
+        let item = self.dm.new_outbox_item(peer, body, Delivery::Control);
+        self.dm.store.messages().enqueue(None, &item)?;
         Ok(item.id)
     }
 
     /// Makes everything [`Outbox::stage`]d durable (one flush, which also covers whatever state
     /// was written with it) and wakes delivery.
     pub(crate) async fn send_staged(&self) -> Result<(), ServiceError> {
-        self.node.store().flush().await?;
-        self.node.dm().wake_delivery();
+        self.dm.store.flush().await?;
+        self.dm.wake_delivery();
         Ok(())
     }
 
@@ -586,8 +661,8 @@ impl Outbox<'_> {
             ids,
             kind: kind as i32,
         });
-        let item = self.node.new_outbox_item(peer, body, Delivery::Receipt);
-        self.node.store().messages().enqueue(None, &item)?;
+        let item = self.dm.new_outbox_item(peer, body, Delivery::Receipt);
+        self.dm.store.messages().enqueue(None, &item)?;
         self.send_staged().await
     }
 
@@ -601,35 +676,35 @@ impl Outbox<'_> {
         ttl: Duration,
     ) -> Result<MessageId, ServiceError> {
         let item = self
-            .node
+            .dm
             .new_outbox_item(peer, body, Delivery::Ephemeral(ttl));
-        self.node.store().messages().enqueue(None, &item)?;
-        self.node.hand_to_delivery(peer);
+        self.dm.store.messages().enqueue(None, &item)?;
+        self.dm.hand_to_delivery(peer);
         Ok(item.id)
     }
 }
 
-impl Node {
-    pub(crate) fn dm(&self) -> &Dm {
-        &self.inner.dm
-    }
-
+impl Dm {
     /// The handle through which features queue direct deliveries (see [`Outbox`]).
-    pub(crate) fn outbox(&self) -> Outbox<'_> {
-        Outbox { node: self }
+    pub(crate) fn outbox(self: &Arc<Self>) -> Outbox<'_> {
+        Outbox { dm: self }
     }
 
     /// Subscribes to message events (new messages, status changes). Bounded: a subscriber that
     /// falls more than 1,024 events behind loses the oldest and is told so.
-    pub fn subscribe(&self) -> broadcast::Receiver<MessageEvent> {
-        self.dm().events.subscribe()
+    pub(crate) fn subscribe(self: &Arc<Self>) -> broadcast::Receiver<MessageEvent> {
+        self.events.subscribe()
     }
 
     /// Sends a text message to a petname, name or peer id.
     ///
     /// Returns once the message is stored (and flushed) and the first delivery attempt finished
     /// or a few seconds passed: `Delivered` or `Queued`. A queued message keeps being retried.
-    pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ServiceError> {
+    pub(crate) async fn send_text(
+        self: &Arc<Self>,
+        target: &str,
+        text: &str,
+    ) -> Result<Sent, ServiceError> {
         kith_core::check_text(text).map_err(|e| ServiceError::InvalidMessage(e.to_string()))?;
         let peer = self.outbox().recipient(target).await?;
         self.outbox()
@@ -643,29 +718,32 @@ impl Node {
     }
 
     /// The last `limit` messages with a contact, oldest first.
-    pub async fn history(
-        &self,
+    pub(crate) async fn history(
+        self: &Arc<Self>,
         target: &str,
         limit: usize,
         before: Option<MessageId>,
     ) -> Result<(PeerId, Vec<Message>), ServiceError> {
-        let peer = self.resolver().resolve(target).await?;
+        let peer = self.resolver.resolve(target).await?;
         let messages = self
-            .store()
+            .store
             .messages()
             .history(&peer.to_bytes(), limit, before.as_ref())?;
         Ok((peer, messages))
     }
 
     /// One message by id, either direction, as stored (status, failure note, text).
-    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, ServiceError> {
-        Ok(self.store().messages().message(id)?)
+    pub(crate) fn message(
+        self: &Arc<Self>,
+        id: &MessageId,
+    ) -> Result<Option<Message>, ServiceError> {
+        Ok(self.store.messages().message(id)?)
     }
 
     /// Whether message `id` from `from` is stored as an incoming message of a conversation (a
     /// text, a file or a call summary, not a receipt or a control body); a read error says no.
-    pub(crate) fn holds_incoming(&self, from: PeerId, id: &MessageId) -> bool {
-        self.store()
+    pub(crate) fn holds_incoming(self: &Arc<Self>, from: PeerId, id: &MessageId) -> bool {
+        self.store
             .messages()
             .message_from(&from.to_bytes(), id)
             .ok()
@@ -675,15 +753,15 @@ impl Node {
 
     /// How many entries wait in the outbox (messages, receipts and control bodies not yet
     /// acknowledged): zero once everything sent has been delivered or given up.
-    pub fn outbox_len(&self) -> usize {
-        self.store().messages().outbox_len()
+    pub(crate) fn outbox_len(self: &Arc<Self>) -> usize {
+        self.store.messages().outbox_len()
     }
 
     /// Marks a conversation read and sends read receipts for what was unread.
-    pub async fn mark_read(&self, peer: PeerId) -> Result<usize, ServiceError> {
-        let ids = self.store().messages().mark_seen(&peer.to_bytes())?;
+    pub(crate) async fn mark_read(self: &Arc<Self>, peer: PeerId) -> Result<usize, ServiceError> {
+        let ids = self.store.messages().mark_seen(&peer.to_bytes())?;
         let trusted = self
-            .store()
+            .store
             .messages()
             .correspondent(&peer.to_bytes())?
             .is_some_and(|c| c.trust == Trust::Accepted);
@@ -693,7 +771,7 @@ impl Node {
                 .send_receipt(peer, ids, pb::ReceiptKind::ReceiptRead)
                 .await?;
         } else {
-            self.store().flush().await?;
+            self.store.flush().await?;
         }
         Ok(ids.len())
     }
@@ -701,16 +779,16 @@ impl Node {
     /// A new outbox entry for `body` to `peer`: a fresh id, the payload bound to sender and
     /// recipient, and the flags `delivery` implies (not yet stored).
     fn new_outbox_item(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         body: pb::direct_payload::Body,
         delivery: Delivery,
     ) -> OutboxItem {
-        let id = self.dm().next_id();
+        let id = self.next_id();
         let now = now_ms();
         let payload = pb::DirectPayload {
             id: id.to_vec(),
-            sender: self.peer_id().to_bytes(),
+            sender: self.me.to_bytes(),
             recipient: peer.to_bytes(),
             sent_at_ms: now,
             body: Some(body),
@@ -734,9 +812,9 @@ impl Node {
     }
 
     /// Conversations, most recent first (requests included, flagged by their trust).
-    pub fn inbox(&self) -> Result<Vec<Conversation>, ServiceError> {
+    pub(crate) fn inbox(self: &Arc<Self>) -> Result<Vec<Conversation>, ServiceError> {
         Ok(self
-            .store()
+            .store
             .messages()
             .correspondents()?
             .into_iter()
@@ -757,46 +835,48 @@ impl Node {
 
     /// Accepts a sender (from requests) or unblocks a peer: the direct-message part of
     /// [`Node::accept`] (which also resumes the files that waited for it).
-    pub(crate) async fn accept_sender(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolver().resolve(target).await?;
-        self.store()
+    pub(crate) async fn accept_sender(
+        self: &Arc<Self>,
+        target: &str,
+    ) -> Result<PeerId, ServiceError> {
+        let peer = self.resolver.resolve(target).await?;
+        self.store
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Accepted)?;
-        self.store().flush().await?;
+        self.store.flush().await?;
         Ok(peer)
     }
 
     /// Blocks a peer: their messages are refused, not stored.
-    pub async fn block(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.resolver().resolve(target).await?;
-        self.store()
+    pub(crate) async fn block(self: &Arc<Self>, target: &str) -> Result<PeerId, ServiceError> {
+        let peer = self.resolver.resolve(target).await?;
+        self.store
             .messages()
             .set_trust(&peer.to_bytes(), Trust::Blocked)?;
-        self.store().flush().await?;
+        self.store.flush().await?;
         Ok(peer)
     }
 
     /// Publishes our key bundle in the DHT so others can start a session while we are offline.
-    pub async fn publish_key_bundle(&self) -> Result<bool, ServiceError> {
+    pub(crate) async fn publish_key_bundle(self: &Arc<Self>) -> Result<bool, ServiceError> {
         let signed = self
-            .dm()
             .olm
             .account()
             .await
-            .key_bundle(&self.inner.keypair, now_ms())
+            .key_bundle(&self.keypair, now_ms())
             .map_err(ServiceError::Crypto)?;
         let value = dht::key_bundle_value(signed.to_bytes());
         let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 86_400);
         Ok(self
-            .net()
-            .put_record(dht::bundle_key(&self.peer_id()), value, Some(expires))
+            .client
+            .put_record(dht::bundle_key(&self.me), value, Some(expires))
             .await
             .is_ok())
     }
 
     /// Fetches and verifies a peer's key bundle from the DHT (newest valid one wins).
-    async fn fetch_bundle(&self, peer: PeerId) -> Result<KeyBundle, ServiceError> {
-        let result = self.net().get_record(dht::bundle_key(&peer), 1).await?;
+    async fn fetch_bundle(self: &Arc<Self>, peer: PeerId) -> Result<KeyBundle, ServiceError> {
+        let result = self.client.get_record(dht::bundle_key(&peer), 1).await?;
         result
             .answers
             .iter()
@@ -810,35 +890,39 @@ impl Node {
     /// Each round encrypts the due entries in id order (one flush for the batch, before any
     /// ciphertext leaves), then sends up to [`WINDOW`] of them concurrently. Stops when nothing is
     /// due or the peer cannot be reached (the rest is rescheduled with backoff).
-    pub(crate) async fn deliver_to(&self, peer: PeerId) {
+    pub(crate) async fn deliver_to(self: &Arc<Self>, peer: PeerId) {
         let guard = self.peer_lock(peer).lock_owned().await;
         self.delivery_run(peer, guard).await;
     }
 
-    fn peer_lock(&self, peer: PeerId) -> Arc<Mutex<()>> {
-        lock(&self.dm().peer_locks).entry(peer).or_default().clone()
+    fn peer_lock(self: &Arc<Self>, peer: PeerId) -> Arc<Mutex<()>> {
+        lock(&self.peer_locks).entry(peer).or_default().clone()
     }
 
     /// Makes sure a delivery run for `peer` will see what was just queued for it: marks the peer
     /// dirty, and starts a run on its own task unless one is running (that one goes round again
     /// when it sees the mark).
-    fn hand_to_delivery(&self, peer: PeerId) {
-        lock(&self.dm().dirty).insert(peer);
-        self.dm().handed.notify_waiters();
+    fn hand_to_delivery(self: &Arc<Self>, peer: PeerId) {
+        lock(&self.dirty).insert(peer);
+        self.handed.notify_waiters();
         if let Ok(guard) = self.peer_lock(peer).try_lock_owned() {
-            let node = self.clone();
-            tokio::spawn(async move { node.delivery_run(peer, guard).await });
+            let dm = Arc::clone(self);
+            tokio::spawn(async move { dm.delivery_run(peer, guard).await });
         }
     }
 
     /// Runs delivery rounds for `peer` while holding its delivery lock, then once more for as
     /// long as entries were handed to it meanwhile.
-    async fn delivery_run(&self, peer: PeerId, mut guard: tokio::sync::OwnedMutexGuard<()>) {
+    async fn delivery_run(
+        self: &Arc<Self>,
+        peer: PeerId,
+        mut guard: tokio::sync::OwnedMutexGuard<()>,
+    ) {
         // Bounded: each pass ends when nothing is due; a new pass needs a new hand-over.
         for _ in 0..10_000 {
             self.delivery_rounds(peer).await;
             drop(guard);
-            if !lock(&self.dm().dirty).contains(&peer) {
+            if !lock(&self.dirty).contains(&peer) {
                 return;
             }
             guard = match self.peer_lock(peer).try_lock_owned() {
@@ -850,9 +934,9 @@ impl Node {
     }
 
     /// Delivery rounds until nothing is due; tells waiting sends when it stops short.
-    async fn delivery_rounds(&self, peer: PeerId) {
+    async fn delivery_rounds(self: &Arc<Self>, peer: PeerId) {
         if !self.try_delivery_rounds(peer).await {
-            self.dm().stopped_short(peer);
+            self.stopped_short(peer);
         }
     }
 
@@ -868,7 +952,7 @@ impl Node {
     /// (their senders learn the outcome and queue their next message), and everything they free
     /// up goes out together in the next preparation, under one flush. Preparing inline, between
     /// polls of the sends, paid one flush per acknowledgement.
-    async fn try_delivery_rounds(&self, peer: PeerId) -> bool {
+    async fn try_delivery_rounds(self: &Arc<Self>, peer: PeerId) -> bool {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut sending: HashSet<MessageId> = HashSet::new();
         let mut stopped = false;
@@ -880,7 +964,7 @@ impl Node {
         // a hand-over, and the run ends when nothing is prepared, due or in flight.
         for _ in 0..1_000_000 {
             // Registered before the outbox is read, so a hand-over after the read wakes us.
-            let handed = self.dm().handed.notified();
+            let handed = self.handed.notified();
             tokio::pin!(handed);
             handed.as_mut().enable();
             if preparing.is_none() && look && !stopped && in_flight.len() < WINDOW {
@@ -937,16 +1021,16 @@ impl Node {
     /// it (oldest first, one transaction), flushes, and returns those ready to send. `Err` when
     /// the run must stop short (nothing more can go out now).
     async fn start_sends(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         sending: HashSet<MessageId>,
         room: usize,
     ) -> Result<Vec<OutboxItem>, ()> {
-        lock(&self.dm().dirty).remove(&peer);
+        lock(&self.dirty).remove(&peer);
         // Chosen from the store's in-memory schedule (see `MessageStore::outbox_due` for the
         // rules: oldest first once anything is due, mailbox-held entries at their own pace), so
         // a long queue behind a slow recipient costs this run no decoding of the whole queue.
-        let picked = match self.store().messages().outbox_due(
+        let picked = match self.store.messages().outbox_due(
             &peer.to_bytes(),
             now_ms(),
             &sending,
@@ -966,7 +1050,7 @@ impl Node {
         // Messages handed over since the last look go behind what was queued before them, in
         // this batch if it has room for all of them; if not, they are only stored now, and a
         // later round reads them from the queue.
-        let mut handed = self.dm().take_handed(&peer);
+        let mut handed = self.take_handed(&peer);
         if !handed.is_empty()
             && due.len() + handed.len() > room.min(BATCH)
             && self.commit_handed_as_is(&mut handed).is_err()
@@ -989,7 +1073,7 @@ impl Node {
             // Whatever was encrypted before still goes out below.
         }
         if encrypted.fresh
-            && let Err(e) = self.store().flush().await
+            && let Err(e) = self.store.flush().await
         {
             tracing::warn!(error = %e, "cannot flush the Olm state; not sending");
             return Err(());
@@ -1001,25 +1085,25 @@ impl Node {
     }
 
     /// Reschedules entries that were not attempted because the peer is unreachable.
-    fn postpone(&self, items: impl Iterator<Item = OutboxItem>, attempts: u32) {
+    fn postpone(self: &Arc<Self>, items: impl Iterator<Item = OutboxItem>, attempts: u32) {
         for mut item in items {
             item.next_attempt_ms = now_ms() + millis(backoff_for(&item, attempts));
-            let _ = self.store().messages().reschedule(&item);
-            self.dm().attempted(&item.id);
+            let _ = self.store.messages().reschedule(&item);
+            self.attempted(&item.id);
         }
     }
 
     /// Sends one encrypted entry. `Err(attempts)` when it must be retried later.
-    async fn send_item(&self, peer: PeerId, mut item: OutboxItem) -> Result<(), u32> {
+    async fn send_item(self: &Arc<Self>, peer: PeerId, mut item: OutboxItem) -> Result<(), u32> {
         let Some(envelope) = item.envelope.clone() else {
             return Err(self.retry_later(item));
         };
-        let mut addrs = self.known_addrs(&peer);
-        let mailboxes = self.deposit_handle();
+        let mut addrs = self.addresses.known_addrs(&peer);
+        let mailboxes = &self.deposit;
         addrs.extend(mailboxes.known_routes(peer));
         let tried = addrs.clone();
         let mut sent_at = now_ms();
-        let mut outcome = self.net().send_dm(peer, envelope.clone(), addrs).await;
+        let mut outcome = self.client.send_dm(peer, envelope.clone(), addrs).await;
         // The recipient's mailbox relays, once asked for: where to deposit if all else fails.
         let mut relays = None;
         if let Err(e) = &outcome {
@@ -1031,7 +1115,7 @@ impl Node {
             (relays, routes) = mailboxes.relays_and_routes(peer).await;
             if !routes.is_empty() && !routes.iter().all(|r| tried.contains(r)) {
                 sent_at = now_ms();
-                outcome = self.net().send_dm(peer, envelope, routes).await;
+                outcome = self.client.send_dm(peer, envelope, routes).await;
             }
         }
         match outcome {
@@ -1040,7 +1124,7 @@ impl Node {
                     .ok()
                     .filter(|a| a.id == item.id)
                     .map(|a| {
-                        self.clock_sample(peer, sent_at, a.now_ms);
+                        self.health.clock_sample(peer, sent_at, a.now_ms);
                         (pb::AckStatus::try_from(a.status).ok(), a.reason)
                     });
                 match status {
@@ -1051,13 +1135,10 @@ impl Node {
                     Some((Some(pb::AckStatus::AckUndecryptable), reason)) => {
                         // The recipient lost its session: start over from its bundle.
                         tracing::info!(%peer, %reason, "recipient cannot decrypt; re-encrypting from its key bundle");
-                        if let Ok(Some(c)) = self.store().messages().correspondent(&peer.to_bytes())
+                        if let Ok(Some(c)) = self.store.messages().correspondent(&peer.to_bytes())
                             && let Some(key) = c.identity_key
-                            && let Ok(mut sessions) = self
-                                .dm()
-                                .olm
-                                .lock_peer(Curve25519Key::from_bytes(key))
-                                .await
+                            && let Ok(mut sessions) =
+                                self.olm.lock_peer(Curve25519Key::from_bytes(key)).await
                         {
                             // In memory only: the next encryption starts a session from the
                             // bundle and saves it with its envelope.
@@ -1099,7 +1180,7 @@ impl Node {
                 {
                     let deposited = mailboxes.deposit(peer, &mut item, relays).await;
                     if let Some(reason) = &deposited.full {
-                        let _ = self.store().messages().note_failure(&item.id, reason);
+                        let _ = self.store.messages().note_failure(&item.id, reason);
                     }
                     if deposited.held {
                         // Held at the recipient's mailbox; keep trying directly, but rarely.
@@ -1111,31 +1192,31 @@ impl Node {
         }
     }
 
-    fn retry_later(&self, mut item: OutboxItem) -> u32 {
+    fn retry_later(self: &Arc<Self>, mut item: OutboxItem) -> u32 {
         item.attempts = item.attempts.saturating_add(1);
         item.next_attempt_ms = now_ms() + millis(backoff_for(&item, item.attempts));
-        if let Err(e) = self.store().messages().reschedule(&item) {
+        if let Err(e) = self.store.messages().reschedule(&item) {
             tracing::warn!(error = %e, "cannot reschedule a message");
         }
-        self.dm().attempted(&item.id);
+        self.attempted(&item.id);
         // The worker may be asleep until a later deadline; make it see this one.
-        self.dm().wake.notify_one();
+        self.wake.notify_one();
         item.attempts
     }
 
-    fn finish(&self, peer: PeerId, item: &OutboxItem, status: Status, failure: &str) {
+    fn finish(self: &Arc<Self>, peer: PeerId, item: &OutboxItem, status: Status, failure: &str) {
         if let Err(e) = self
-            .store()
+            .store
             .messages()
             .complete(&item.id, status, failure, now_ms())
         {
             tracing::warn!(error = %e, "cannot record delivery");
-            self.dm().attempted(&item.id);
+            self.attempted(&item.id);
             return;
         }
-        self.dm().attempted(&item.id);
+        self.attempted(&item.id);
         if !item.receipt {
-            self.dm().emit(MessageEvent::Status {
+            self.emit(MessageEvent::Status {
                 id: item.id,
                 peer,
                 status,
@@ -1155,7 +1236,7 @@ impl Node {
     /// are stored in that same transaction, or on their own before a slow step (a key bundle
     /// lookup) or after a failure. Either way `handed` is empty on return and each sender knows.
     async fn encrypt_batch(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         items: &mut [OutboxItem],
         handed: &mut Vec<HandedOver>,
@@ -1188,16 +1269,16 @@ impl Node {
     /// already queued, with their envelopes) and the Olm state `olm` in one transaction, then
     /// tells each sender how it went; `handed` is empty afterwards.
     fn commit_handed(
-        &self,
+        self: &Arc<Self>,
         handed: &mut Vec<HandedOver>,
         items: &[OutboxItem],
         olm: Option<OlmSave<'_>>,
     ) -> Result<(), kith_store::StoreError> {
         let result =
-            self.store()
+            self.store
                 .messages()
                 .enqueue_batch(handed.iter().map(|h| &h.message), items, olm);
-        let ticket = self.store().flush_ticket();
+        let ticket = self.store.flush_ticket();
         for h in handed.drain(..) {
             let _ = h
                 .stored
@@ -1206,9 +1287,9 @@ impl Node {
         result
     }
 
-    /// [`Node::commit_handed`] of the handed-over messages alone, without envelopes.
+    /// [`Dm::commit_handed`] of the handed-over messages alone, without envelopes.
     fn commit_handed_as_is(
-        &self,
+        self: &Arc<Self>,
         handed: &mut Vec<HandedOver>,
     ) -> Result<(), kith_store::StoreError> {
         let items: Vec<OutboxItem> = handed.iter().map(|h| h.item.clone()).collect();
@@ -1216,19 +1297,19 @@ impl Node {
     }
 
     async fn try_encrypt_batch(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         items: &mut [OutboxItem],
         handed: &mut Vec<HandedOver>,
     ) -> Result<Encrypted, ServiceError> {
         let bound = self
-            .store()
+            .store
             .messages()
             .correspondent(&peer.to_bytes())?
             .and_then(|c| c.identity_key)
             .map(Curve25519Key::from_bytes);
         let has_session = match bound {
-            Some(key) => !self.dm().olm.lock_peer(key).await?.is_empty(),
+            Some(key) => !self.olm.lock_peer(key).await?.is_empty(),
             None => false,
         };
         let bundle = if has_session {
@@ -1246,7 +1327,7 @@ impl Node {
             (None, Some(key)) => key,
             (None, None) => return Err(ServiceError::NoKeyBundle(peer)),
         };
-        let mut sessions = self.dm().olm.lock_peer(key).await?;
+        let mut sessions = self.olm.lock_peer(key).await?;
         let mut ready = 0;
         let mut fresh = Vec::new();
         let mut error = None;
@@ -1254,7 +1335,7 @@ impl Node {
             if item.envelope.is_none() {
                 let ciphertext = match &bundle {
                     Some(bundle) if sessions.is_empty() => {
-                        let account = self.dm().olm.account().await;
+                        let account = self.olm.account().await;
                         account.encrypt_to_bundle(&mut sessions, bundle, &item.payload)
                     }
                     _ => sessions.encrypt(&item.payload),
@@ -1295,7 +1376,7 @@ impl Node {
                 .filter(|i| new.contains(&i.id))
                 .cloned(),
         );
-        let saved = self.dm().olm.pickle(&sessions).and_then(|pickle| {
+        let saved = self.olm.pickle(&sessions).and_then(|pickle| {
             self.commit_handed(
                 handed,
                 &written,
@@ -1314,11 +1395,10 @@ impl Node {
         }
         drop(sessions);
         if let Some(bundle) = &bundle {
-            self.store()
+            self.store
                 .messages()
                 .bind_identity_key(&peer.to_bytes(), bundle.identity_key().to_bytes())?;
-            self.dm()
-                .set_key_owner(bundle.identity_key().to_bytes(), peer);
+            self.set_key_owner(bundle.identity_key().to_bytes(), peer);
         }
         Ok(Encrypted {
             ready,
@@ -1327,25 +1407,9 @@ impl Node {
         })
     }
 
-    pub(crate) fn known_addrs(&self, peer: &PeerId) -> Vec<libp2p::Multiaddr> {
-        self.store()
-            .peers()
-            .get(&peer.to_bytes())
-            .ok()
-            .flatten()
-            .map(|p| {
-                p.addrs
-                    .into_iter()
-                    .filter_map(|a| libp2p::Multiaddr::try_from(a).ok())
-                    .map(|a| a.with(Protocol::P2p(*peer)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Handles one inbound frame and answers it. Runs on its own task.
     pub(crate) async fn on_direct_message(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         request: kith_net::DmRequestId,
         bytes: Vec<u8>,
@@ -1356,10 +1420,10 @@ impl Node {
         let status = ack.status;
         if status != pb::AckStatus::AckStored as i32 && status != pb::AckStatus::AckDuplicate as i32
         {
-            self.dm().rejected.inc();
+            self.rejected.inc();
             tracing::info!(%peer, reason = %ack.reason, "refused a direct message");
         }
-        if let Err(e) = self.net().respond_dm(request, ack.encode_to_vec()).await {
+        if let Err(e) = self.client.respond_dm(request, ack.encode_to_vec()).await {
             tracing::debug!(%peer, error = %e, "could not acknowledge");
         }
     }
@@ -1367,7 +1431,7 @@ impl Node {
     /// Runs one envelope from `peer` (direct, or held by a mailbox relay) through the receive
     /// pipeline; bodies for other components go to `handlers`.
     pub(crate) async fn receive(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         bytes: &[u8],
         handlers: &impl Handlers,
@@ -1392,7 +1456,7 @@ impl Node {
     }
 
     async fn receive_checked(
-        &self,
+        self: &Arc<Self>,
         peer: PeerId,
         id: MessageId,
         ciphertext: &[u8],
@@ -1405,7 +1469,7 @@ impl Node {
             )
         };
         let correspondent = self
-            .store()
+            .store
             .messages()
             .correspondent(&peer.to_bytes())
             .map_err(|e| internal(e.into()))?;
@@ -1415,11 +1479,11 @@ impl Node {
         {
             return Err((pb::AckStatus::AckBlocked, "blocked".into()));
         }
-        if !self.dm().allow(peer, self.inner.options.dm_rate) {
+        if !self.allow(peer, self.dm_rate) {
             return Err((pb::AckStatus::AckRateLimited, "too many messages".into()));
         }
         if self
-            .store()
+            .store
             .messages()
             .is_known_from(&peer.to_bytes(), &id)
             .map_err(|e| internal(e.into()))?
@@ -1435,7 +1499,7 @@ impl Node {
         let sender_key = ciphertext.sender_identity_key();
         // Someone forwarding another peer's envelope must not make us spend that peer's message
         // key: refuse before decrypting when the key is known to belong to someone else.
-        if let Some(owner) = self.dm().key_owner(&sender_key.to_bytes())
+        if let Some(owner) = self.key_owner(&sender_key.to_bytes())
             && owner != peer
         {
             return Err((
@@ -1452,7 +1516,7 @@ impl Node {
             ));
         }
         let (reply, verdict) = oneshot::channel();
-        self.dm().queue_inbound(
+        self.queue_inbound(
             sender_key,
             Inbound {
                 peer,
@@ -1464,9 +1528,9 @@ impl Node {
         // Whoever gets the sender's lock first decrypts everything queued for it by then, this
         // frame included or not; a frame already handled by an earlier holder finds the queue
         // empty and only waits for its verdict.
-        match self.dm().olm.lock_peer(sender_key).await {
+        match self.olm.lock_peer(sender_key).await {
             Ok(sessions) => {
-                let batch = self.dm().take_inbound(&sender_key);
+                let batch = self.take_inbound(&sender_key);
                 if !batch.is_empty() {
                     self.receive_batch(sessions, sender_key, batch, handlers)
                         .await;
@@ -1474,7 +1538,7 @@ impl Node {
             }
             Err(e) => {
                 let reason = format!("try again later: {e}");
-                for inbound in self.dm().take_inbound(&sender_key) {
+                for inbound in self.take_inbound(&sender_key) {
                     let _ = inbound
                         .reply
                         .send(Err((pb::AckStatus::AckRateLimited, reason.clone())));
@@ -1498,7 +1562,7 @@ impl Node {
     /// writes, before the flush: a crash in between leaves their Olm step spent and the frame
     /// unacknowledged, so the sender's retry is undecryptable and it re-sends on a fresh session.
     async fn receive_batch(
-        &self,
+        self: &Arc<Self>,
         mut sessions: crate::olm_state::PeerGuard,
         sender_key: Curve25519Key,
         batch: Vec<Inbound>,
@@ -1510,7 +1574,7 @@ impl Node {
                 format!("try again later: {e}"),
             )
         };
-        let me = self.peer_id().to_bytes();
+        let me = self.me.to_bytes();
         // Held from the first new session to the end of the write, so no other save of the
         // account (a rotation) can land between our change and our write of it.
         let mut account: Option<MutexGuard<'_, OlmAccount>> = None;
@@ -1533,13 +1597,13 @@ impl Node {
         let (batch, others): (Vec<Inbound>, Vec<Inbound>) =
             batch.into_iter().partition(|i| i.peer == peer);
         for inbound in others {
-            self.dm().queue_inbound(sender_key, inbound);
+            self.queue_inbound(sender_key, inbound);
         }
         for inbound in batch {
             // The same frame twice in one batch (a retry that overtook the ack), or one stored
             // since it was checked: the second decrypt would fail, so answer it by id.
             let known = self
-                .store()
+                .store
                 .messages()
                 .is_known_from(&inbound.peer.to_bytes(), &inbound.id)
                 .unwrap_or(false);
@@ -1550,7 +1614,7 @@ impl Node {
             let decrypted = if sessions.needs_account(&inbound.ciphertext) {
                 let account = match &mut account {
                     Some(account) => account,
-                    None => account.insert(self.dm().olm.account().await),
+                    None => account.insert(self.olm.account().await),
                 };
                 let before = account.fallback_key_used();
                 let result = account.decrypt(&mut sessions, &inbound.ciphertext);
@@ -1679,12 +1743,12 @@ impl Node {
         let messages: Vec<Message> = texts.iter().map(|(m, _)| m.clone()).collect();
         let receipt_list: Vec<(ReceiptKind, Vec<MessageId>)> =
             receipts.iter().map(|(r, _)| r.clone()).collect();
-        let written = self.dm().olm.pickle(&sessions).and_then(|pickle| {
+        let written = self.olm.pickle(&sessions).and_then(|pickle| {
             let account_pickle = match (&account, account_changed) {
-                (Some(account), true) => Some(self.dm().olm.account_pickle(account)?),
+                (Some(account), true) => Some(self.olm.account_pickle(account)?),
                 _ => None,
             };
-            self.store()
+            self.store
                 .messages()
                 .store_received(
                     &Received {
@@ -1725,14 +1789,14 @@ impl Node {
         drop(account);
         drop(sessions);
         if !messages.is_empty() || !controls.is_empty() || !call_signals.is_empty() {
-            self.dm().set_key_owner(sender_key.to_bytes(), peer);
+            self.set_key_owner(sender_key.to_bytes(), peer);
         }
         let mut control_replies = Vec::with_capacity(controls.len());
         for (from, body, reply) in controls {
             // A control message that makes no sense (not a member, stale list) is still
             // acknowledged: the Olm step is spent and a retry would not change the answer.
             if let Err(reason) = handlers.group_control(from, body).await {
-                self.dm().rejected.inc();
+                self.rejected.inc();
                 tracing::info!(peer = %from, %reason, "ignored a group control message");
             }
             control_replies.push(reply);
@@ -1754,7 +1818,7 @@ impl Node {
         if only_call_signals {
             return;
         }
-        let flushed = self.store().flush().await;
+        let flushed = self.store.flush().await;
         let verdict = match &flushed {
             Ok(_) => Ok(pb::AckStatus::AckStored),
             Err(e) => Err(internal(&ServiceError::Task(e.to_string()))),
@@ -1762,7 +1826,7 @@ impl Node {
         for ((message, reply), stored) in texts.into_iter().zip(&outcome.messages) {
             let _ = reply.send(verdict.clone());
             if flushed.is_ok() && *stored == Incoming::Stored {
-                self.dm().emit(MessageEvent::Received(message));
+                self.emit(MessageEvent::Received(message));
             }
         }
         for (((kind, _), reply), ours) in receipts.into_iter().zip(outcome.receipts) {
@@ -1772,7 +1836,7 @@ impl Node {
                 ReceiptKind::Read => Status::Read,
             };
             for id in ours {
-                self.dm().emit(MessageEvent::Status { id, peer, status });
+                self.emit(MessageEvent::Status { id, peer, status });
             }
         }
         for reply in control_replies {
@@ -1786,21 +1850,136 @@ impl Node {
     }
 
     /// A peer connected: whatever waits for it is due now.
-    pub(crate) fn on_peer_connected(&self, peer: PeerId) {
-        let Ok(items) = self.store().messages().outbox_for(&peer.to_bytes()) else {
+    pub(crate) fn on_peer_connected(self: &Arc<Self>, peer: PeerId) {
+        let Ok(items) = self.store.messages().outbox_for(&peer.to_bytes()) else {
             return;
         };
         let mut any = false;
         for mut item in items {
             if item.next_attempt_ms > 0 {
                 item.next_attempt_ms = 0;
-                let _ = self.store().messages().reschedule(&item);
+                let _ = self.store.messages().reschedule(&item);
             }
             any = true;
         }
         if any {
-            self.dm().wake.notify_one();
+            self.wake.notify_one();
         }
+    }
+
+    /// True when `peer` was accepted (not a request, not blocked): calls ring and files download
+    /// at once only for them ([`crate::handles::TrustCheck`]).
+    pub(crate) fn is_accepted(&self, peer: PeerId) -> bool {
+        self.store
+            .messages()
+            .correspondent(&peer.to_bytes())
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.trust == kith_store::Trust::Accepted)
+    }
+
+    /// Withdraws message `id` to `peer` if it still waits in the outbox (a cancelled file's
+    /// offer): marked failed with `note`, never sent. `Ok(false)`: nothing was waiting.
+    pub(crate) fn withdraw(
+        &self,
+        peer: PeerId,
+        id: &MessageId,
+        note: &str,
+    ) -> Result<bool, ServiceError> {
+        let messages = self.store.messages();
+        let queued = messages
+            .outbox_for(&peer.to_bytes())
+            .is_ok_and(|items| items.iter().any(|i| i.id == *id));
+        if queued {
+            messages.complete(id, kith_store::Status::Failed, note, now_ms())?;
+        }
+        Ok(queued)
+    }
+
+    /// Whether call signalling (an entry with an expiry) still waits in the outbox: shutdown
+    /// gives hang-ups a moment to leave.
+    pub(crate) fn ephemeral_pending(&self) -> bool {
+        self.store
+            .messages()
+            .outbox()
+            .map(|items| items.iter().any(|i| i.expires_ms != 0))
+            .unwrap_or(false)
+    }
+
+    /// A message's failure note (a file a relay would not hold): the note stays on the message,
+    /// which stays queued.
+    pub(crate) fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError> {
+        self.store.messages().note_failure(id, note)?;
+        Ok(())
+    }
+}
+
+/// `Node`'s direct-message operations (what kith-api, the CLI, node.rs and the router call):
+/// delegations to `Dm`.
+impl Node {
+    /// The direct-message component.
+    pub(crate) fn dm(&self) -> &Arc<Dm> {
+        &self.inner.dm
+    }
+
+    /// The handle through which features queue direct deliveries (see [`Outbox`]).
+    pub(crate) fn outbox(&self) -> Outbox<'_> {
+        self.inner.dm.outbox()
+    }
+
+    /// Subscribes to message events (new messages, status changes). Bounded: a subscriber that
+    /// falls more than 1,024 events behind loses the oldest and is told so.
+    pub fn subscribe(&self) -> broadcast::Receiver<MessageEvent> {
+        self.inner.dm.subscribe()
+    }
+
+    /// Sends a text message to a petname, name or peer id.
+    ///
+    /// Returns once the message is stored (and flushed) and the first delivery attempt finished
+    /// or a few seconds passed: `Delivered` or `Queued`. A queued message keeps being retried.
+    pub async fn send_text(&self, target: &str, text: &str) -> Result<Sent, ServiceError> {
+        self.inner.dm.send_text(target, text).await
+    }
+
+    /// The last `limit` messages with a contact, oldest first.
+    pub async fn history(
+        &self,
+        target: &str,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<(PeerId, Vec<Message>), ServiceError> {
+        self.inner.dm.history(target, limit, before).await
+    }
+
+    /// One message by id, either direction, as stored (status, failure note, text).
+    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, ServiceError> {
+        self.inner.dm.message(id)
+    }
+
+    /// How many entries wait in the outbox (messages, receipts and control bodies not yet
+    /// acknowledged): zero once everything sent has been delivered or given up.
+    pub fn outbox_len(&self) -> usize {
+        self.inner.dm.outbox_len()
+    }
+
+    /// Marks a conversation read and sends read receipts for what was unread.
+    pub async fn mark_read(&self, peer: PeerId) -> Result<usize, ServiceError> {
+        self.inner.dm.mark_read(peer).await
+    }
+
+    /// Conversations, most recent first (requests included, flagged by their trust).
+    pub fn inbox(&self) -> Result<Vec<Conversation>, ServiceError> {
+        self.inner.dm.inbox()
+    }
+
+    /// Blocks a peer: their messages are refused, not stored.
+    pub async fn block(&self, target: &str) -> Result<PeerId, ServiceError> {
+        self.inner.dm.block(target).await
+    }
+
+    /// Publishes our key bundle in the DHT so others can start a session while we are offline.
+    pub async fn publish_key_bundle(&self) -> Result<bool, ServiceError> {
+        self.inner.dm.publish_key_bundle().await
     }
 }
 
@@ -1812,16 +1991,15 @@ fn decode_bundle(value: &[u8], peer: &PeerId) -> Option<KeyBundle> {
 
 /// The delivery worker: wakes on new outbox entries, on peers connecting, and when the earliest
 /// retry is due; runs one delivery per peer at a time. Ends when the node shuts down.
-pub(crate) async fn delivery_loop(inner: std::sync::Weak<crate::node::Inner>) {
-    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
-        return;
-    };
+pub(crate) async fn delivery_loop(
+    dm: std::sync::Weak<Dm>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let Some(strong) = inner.upgrade() else {
+        let Some(node) = dm.upgrade() else {
             return;
         };
-        let node = Node { inner: strong };
-        let items = node.store().messages().outbox().unwrap_or_default();
+        let items = node.store.messages().outbox().unwrap_or_default();
         let now = now_ms();
         let mut next = now + 30_000;
         let mut due_peers = HashSet::new();
@@ -1835,18 +2013,18 @@ pub(crate) async fn delivery_loop(inner: std::sync::Weak<crate::node::Inner>) {
             }
         }
         for peer in due_peers {
-            let fresh = lock(&node.dm().busy).insert(peer);
+            let fresh = lock(&node.busy).insert(peer);
             if fresh {
                 let worker = node.clone();
                 tokio::spawn(async move {
                     worker.deliver_to(peer).await;
-                    lock(&worker.dm().busy).remove(&peer);
-                    worker.dm().wake.notify_one();
+                    lock(&worker.busy).remove(&peer);
+                    worker.wake.notify_one();
                 });
             }
         }
         let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(50));
-        let wake = node.dm().wake.notified();
+        let wake = node.wake.notified();
         tokio::select! {
             () = wake => {}
             () = tokio::time::sleep(wait) => {}
@@ -1859,19 +2037,19 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Node {
+impl Dm {
     /// Rotates the fallback key if someone used it, then (re)publishes the key bundle.
-    pub(crate) async fn refresh_key_bundle(&self) -> Result<bool, ServiceError> {
+    pub(crate) async fn refresh_key_bundle(self: &Arc<Self>) -> Result<bool, ServiceError> {
         {
-            let mut account = self.dm().olm.account().await;
+            let mut account = self.olm.account().await;
             if account.rotate_fallback_key_if_used() {
-                let pickle = self.dm().olm.account_pickle(&account)?;
-                self.store().messages().save_olm(OlmSave {
+                let pickle = self.olm.account_pickle(&account)?;
+                self.store.messages().save_olm(OlmSave {
                     sessions: None,
                     account: Some(&pickle),
                 })?;
                 drop(account);
-                self.store().flush().await?;
+                self.store.flush().await?;
             }
         }
         self.publish_key_bundle().await

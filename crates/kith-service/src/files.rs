@@ -14,7 +14,8 @@
 //! Ownership: [`Files`] owns the files book, the blob store and the running downloads; it meets
 //! the rest of the node only through the handles it is built with ([`FilesParts`]: delivery,
 //! events, trust, [`GroupFiles`] for group files, [`FileRelays`] for our mailbox relays). The
-//! relay side of held files (`relay_blobs.rs`) and blob serving are still `impl Node`.
+//! relay side of held files and blob serving are the mailbox relay's `HeldBlobs`
+//! (`relay_blobs.rs`), which [`serve_loop`] hands every stream to.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -158,9 +159,6 @@ pub(crate) struct Files {
     /// Running downloads by file id: the run's number and how to stop it (a cancel).
     running: StdMutex<HashMap<MessageId, (u64, tokio::task::AbortHandle)>>,
     next_run: AtomicU64,
-    /// A relay's store of blobs held for its users, opened on first use.
-    pub(crate) held: crate::relay_blobs::HeldSlot,
-    pub(crate) relay: crate::RelayBlobConfig,
     serve_rate: Option<u64>,
 }
 
@@ -261,8 +259,6 @@ impl Files {
             max_file_bytes: config.max_file_bytes,
             running: StdMutex::new(HashMap::new()),
             next_run: AtomicU64::new(0),
-            held: StdMutex::new(None),
-            relay: config.relay.clone(),
             serve_rate: config.serve_rate,
         }
     }
@@ -1062,11 +1058,6 @@ impl Files {
 /// `Node`'s file operations (what kith-api, the CLI, the router and the mailbox client call):
 /// delegations to [`Files`].
 impl Node {
-    /// The files component, for relay_blobs.rs (the relay side of held files).
-    pub(crate) fn files_component(&self) -> &Files {
-        &self.inner.files
-    }
-
     /// Sends a file or photo to a petname, name or peer id.
     ///
     /// The file is checked, processed if it is a photo (oriented, stripped of metadata, filtered,
@@ -1154,12 +1145,6 @@ impl Node {
     /// Returns the blobs removed.
     pub fn collect_blob_garbage(&self) -> Result<usize, ServiceError> {
         self.inner.files.collect_blob_garbage()
-    }
-
-    /// Resumes every unfinished download (at start and after each mailbox sync), and collects
-    /// ciphertext no file needs any more, off the async workers.
-    pub(crate) fn resume_all_downloads(&self) {
-        self.inner.files.resume_all_downloads()
     }
 }
 
@@ -1395,10 +1380,19 @@ pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
         tokio::spawn(async move {
             let served = match rate {
                 Some(rate) => {
-                    node.serve_blob_stream(peer, Throttled::new(stream, rate), &limits)
+                    node.inner
+                        .mailbox_relay
+                        .held()
+                        .serve_blob_stream(peer, Throttled::new(stream, rate), &limits)
                         .await
                 }
-                None => node.serve_blob_stream(peer, stream, &limits).await,
+                None => {
+                    node.inner
+                        .mailbox_relay
+                        .held()
+                        .serve_blob_stream(peer, stream, &limits)
+                        .await
+                }
             };
             if let Err(e) = served {
                 tracing::info!(%peer, error = %e, "closed a blob stream");

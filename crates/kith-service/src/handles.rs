@@ -74,6 +74,17 @@ pub(crate) trait Outbound: Send + Sync {
     /// offer): marked failed with `note`, never sent. `Ok(false)`: nothing was waiting.
     fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError>;
 
+    /// Notes `note` on message `id` (a file a relay would not hold): the message stays queued.
+    fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError>;
+
+    /// Queues a receipt (delivered, read) of messages `ids` for `peer` and wakes delivery.
+    fn send_receipt(
+        &self,
+        peer: PeerId,
+        ids: Vec<Vec<u8>>,
+        kind: pb::ReceiptKind,
+    ) -> BoxFuture<'_, Result<(), ServiceError>>;
+
     /// Queues call signalling for `peer`: retried until `ttl`, never deposited, never shown.
     fn send_ephemeral(
         &self,
@@ -93,6 +104,10 @@ pub(crate) trait Events: Send + Sync {
 pub(crate) trait AddressBook: Send + Sync {
     /// The addresses last seen for `peer`, each ending in `/p2p/<peer>`.
     fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr>;
+
+    /// Remembers `addr` for `peer` (from a name record or an invite) without counting as a
+    /// sighting, so a later dial can try it.
+    fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError>;
 }
 
 /// Whether a peer is out of requests: the direct-message component keeps trust (accepted,

@@ -2,17 +2,21 @@
 //! to find and reach it (names, key bundle, mailbox pointer), how its mailbox relays answered, and
 //! whether the DHT holds another key's claim for a name we own ([`NameClaims`]).
 //!
-//! The re-publisher and the mailbox worker record outcomes here; [`crate::Node::checkup`] takes a
-//! snapshot. A plain `std::sync::Mutex`: it is held for a few assignments, never across an await.
+//! The re-publisher, the mailbox user side and direct delivery record outcomes in the
+//! [`HealthLog`]; [`crate::Node::checkup`] takes a snapshot, with the [`RivalCheck`] (which asks
+//! the names component through its [`NameLookup`] handle). A plain `std::sync::Mutex`: it is held
+//! for a few assignments, never across an await.
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use futures::future::BoxFuture;
 use libp2p::PeerId;
 
-use crate::node::Status;
+use crate::{ServiceError, node::Status};
 
 /// The outcome of the latest attempts at one kind of publication.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +63,29 @@ pub(crate) struct Health {
     pub(crate) mailboxes: BTreeMap<String, MailboxHealth>,
     /// Clock readings from peers' answers.
     pub(crate) clock: kith_core::ClockSkew,
+}
+
+/// The recorded outcomes, shared by whoever records them (the re-publisher, the mailbox user
+/// side, direct delivery's clock readings) and [`crate::Node::checkup`], which reads them. A
+/// cheap clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HealthLog(std::sync::Arc<std::sync::Mutex<Health>>);
+
+impl HealthLog {
+    /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Health) -> T) -> T {
+        f(&mut crate::node::lock(&self.0))
+    }
+
+    /// A peer's answer carried its clock reading (`peer_now_ms`, 0 when it did not say): one
+    /// sample for the clock-skew estimate `kith doctor` shows.
+    pub(crate) fn clock_sample(&self, peer: PeerId, sent_ms: u64, peer_now_ms: u64) {
+        let received = crate::node::now_ms();
+        self.with(|h| {
+            h.clock
+                .record(&peer.to_bytes(), sent_ms, received, peer_now_ms)
+        });
+    }
 }
 
 /// Everything `kith doctor` judges, in one snapshot.
@@ -141,7 +168,7 @@ pub(crate) const RIVAL_CHECK_REUSE: Duration = Duration::from_secs(60);
 /// routing table size (a network that grew or split since deserves a new look) within
 /// [`RIVAL_CHECK_REUSE`].
 #[derive(Debug, Clone)]
-pub(crate) struct CachedClaims {
+struct CachedClaims {
     at: std::time::Instant,
     names: Vec<String>,
     routing_table: usize,
@@ -156,13 +183,50 @@ impl CachedClaims {
     }
 }
 
-impl crate::Node {
+/// The rival-claim check `kith doctor` runs: asks the names component through [`NameLookup`]
+/// and keeps its last answer for [`RIVAL_CHECK_REUSE`].
+pub(crate) struct RivalCheck {
+    me: PeerId,
+    names: Arc<dyn NameLookup>,
+    last: std::sync::Mutex<Option<CachedClaims>>,
+}
+
+impl std::fmt::Debug for RivalCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RivalCheck").finish_non_exhaustive()
+    }
+}
+
+/// What the rival-claim check needs of the names component (which implements it itself,
+/// router.rs).
+pub(crate) trait NameLookup: Send + Sync {
+    /// Our own claims as stored (expired ones included).
+    fn own_names(&self) -> Result<Vec<kith_core::NameRecord>, ServiceError>;
+    /// The valid answers per replica key of `name` from every holder (no early stop).
+    fn ask_every_holder<'a>(
+        &'a self,
+        name: &'a kith_core::Name,
+    ) -> BoxFuture<'a, Result<Vec<Vec<kith_core::select::Answer>>, ServiceError>>;
+    /// The routing table's size now (a grown or split network deserves a new check).
+    fn routing_table(&self) -> BoxFuture<'_, usize>;
+}
+
+impl RivalCheck {
+    /// The check for the node `me`, asking `names`.
+    pub(crate) fn new(me: PeerId, names: Arc<dyn NameLookup>) -> Self {
+        Self {
+            me,
+            names,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Asks the DHT, for each name we own, every holder of every replica key (no early stop) and
     /// lists the other keys they return. Bounded by [`RIVAL_CHECK_TIMEOUT`] for all names at once;
     /// a check made within the last minute for the same names and routing table is reused. A
     /// check that left a name unchecked (timeout, no peers) is not reused.
     pub(crate) async fn name_claims(&self) -> NameClaims {
-        let owned = match self.own_names() {
+        let owned = match self.names.own_names() {
             Ok(owned) => owned,
             Err(e) => {
                 let mut claims = NameClaims::default();
@@ -173,12 +237,8 @@ impl crate::Node {
             }
         };
         let names: Vec<String> = owned.iter().map(|r| r.name().to_string()).collect();
-        let routing_table = self
-            .net()
-            .status()
-            .await
-            .map_or(0, |s| s.routing_table_peers);
-        let cache = &self.inner.names.cache.rival_check;
+        let routing_table = self.names.routing_table().await;
+        let cache = &self.last;
         let now = std::time::Instant::now();
         if let Some(cached) = crate::node::lock(cache).as_ref()
             && cached.fits(&names, routing_table, now)
@@ -197,7 +257,7 @@ impl crate::Node {
 
     async fn check_name_claims(&self, owned: &[kith_core::NameRecord]) -> NameClaims {
         let mut claims = NameClaims::default();
-        let me = self.peer_id();
+        let me = self.me;
         let (asked, skipped) = owned.split_at(owned.len().min(RIVAL_CHECK_MAX_NAMES));
         for record in skipped {
             claims.unchecked.push((
@@ -208,8 +268,7 @@ impl crate::Node {
         let lookups = asked.iter().map(|record| async move {
             let name = record.name();
             let answer =
-                tokio::time::timeout(RIVAL_CHECK_TIMEOUT, self.ask_replicas(name, usize::MAX))
-                    .await;
+                tokio::time::timeout(RIVAL_CHECK_TIMEOUT, self.names.ask_every_holder(name)).await;
             (name.to_string(), answer)
         });
         for (name, answer) in futures::future::join_all(lookups).await {

@@ -17,6 +17,7 @@
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,9 +27,15 @@ use kith_store::{MailId, OutboxItem, Quota};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prost::Message as _;
 
+use libp2p::identity::Keypair;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::{
-    Node, ServiceError,
+    ServiceError,
+    handles::Outbound,
+    health::HealthLog,
     node::{lock, now_ms},
+    relay_blobs::{FilePush, HeldBlobs},
 };
 
 /// How long another peer's mailbox relays, read from its pointer, are trusted without asking
@@ -143,233 +150,151 @@ fn relay_id(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
-impl Node {
-    /// Relay side: answers one mailbox request. Runs on its own task.
-    pub(crate) async fn on_mailbox_request(
-        &self,
-        peer: PeerId,
-        request: kith_net::DmRequestId,
-        bytes: Vec<u8>,
-    ) {
-        let notice = matches!(
-            pb::MailboxRequest::decode(bytes.as_slice()),
-            Ok(pb::MailboxRequest {
-                kind: Some(pb::mailbox_request::Kind::Notify(_))
-            })
-        );
-        let mut answer = if notice {
-            self.on_mail_notice(peer)
-        } else {
-            self.serve_mailbox(peer, &bytes).await
-        };
-        answer.now_ms = now_ms();
-        if answer.status != pb::MailboxStatus::MailboxOk as i32 {
-            self.inner.mailbox_refused.inc();
-            tracing::info!(%peer, reason = %answer.reason, "refused a mailbox request");
+/// The mailbox user side (issue 12): our mailbox relays and the signed pointer naming them,
+/// other peers' relays read from their pointers, the sync with our relays (register, fetch,
+/// delete, delivery receipts, TURN credentials) and deposits at a recipient's relays for direct
+/// delivery ([`Deposit`]). It owns no sled book. What it needs of others comes through the
+/// handles it is built with: [`Outbound`] for receipts, [`RelayTurn`] (calls) for TURN
+/// credentials, [`MailFiles`] (files) for the downloads resumed after a sync, and the
+/// [`HealthLog`] for `kith doctor`; its [`FilePush`] part (relay_blobs.rs) puts a file offer's
+/// file at a relay before the offer is deposited there. A cheap clone.
+#[derive(Clone)]
+pub(crate) struct MailboxClient {
+    shared: Arc<ClientShared>,
+}
+
+struct ClientShared {
+    client: kith_net::Client,
+    keypair: Keypair,
+    me: PeerId,
+    /// A relay keeps no mailbox elsewhere.
+    is_relay: bool,
+    /// Our mailbox relays; starts as `Options::mailbox_relays`.
+    relays: std::sync::Mutex<Vec<Multiaddr>>,
+    /// Other peers' mailbox relays, from their pointers.
+    relays_of: std::sync::Mutex<RelaysOf>,
+    /// Wakes the sync loop (a relay connected, announced mail, or joined the list).
+    wake: tokio::sync::Notify,
+    health: HealthLog,
+    turn: Arc<dyn RelayTurn>,
+    outbound: Arc<dyn Outbound>,
+    files: Arc<dyn MailFiles>,
+    push: FilePush,
+}
+
+impl std::fmt::Debug for MailboxClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxClient").finish_non_exhaustive()
+    }
+}
+
+/// What [`MailboxClient`] is built from.
+pub(crate) struct MailboxClientParts {
+    /// The network: mailbox requests, the pointer in the DHT.
+    pub(crate) client: kith_net::Client,
+    /// Our identity: signs registrations and the pointer.
+    pub(crate) keypair: Keypair,
+    /// True on a relay (it keeps no mailbox elsewhere).
+    pub(crate) is_relay: bool,
+    /// The configured relays.
+    pub(crate) relays: Vec<Multiaddr>,
+    /// Where sync outcomes and clock readings are recorded.
+    pub(crate) health: HealthLog,
+    /// TURN credentials from our relays go to calls.
+    pub(crate) turn: Arc<dyn RelayTurn>,
+    /// Delivery receipts for fetched mail.
+    pub(crate) outbound: Arc<dyn Outbound>,
+    /// Files: downloads resumed after a sync.
+    pub(crate) files: Arc<dyn MailFiles>,
+    /// A file offer's file goes to the relay before the offer is deposited there.
+    pub(crate) push: FilePush,
+}
+
+/// The TURN credentials our relays hand us, kept by the calls component (it implements this
+/// itself, router.rs), asked for during a sync.
+pub(crate) trait RelayTurn: Send + Sync {
+    /// Whether it is time to ask `relay` for credentials.
+    fn turn_due(&self, relay: PeerId) -> bool;
+    /// What `relay` answered (none: asked again later).
+    fn set_relay_turn(&self, relay: PeerId, answer: Option<pb::TurnCredentials>);
+}
+
+/// Relay side: TURN credentials for a registered user, minted by the calls component (it
+/// implements this itself, router.rs).
+pub(crate) trait TurnIssue: Send + Sync {
+    /// Fresh credentials for `peer`; `None` when this node hands none out.
+    fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials>;
+}
+
+/// What the mailbox user side needs of the files component.
+pub(crate) trait MailFiles: Send + Sync {
+    /// Files sent while we were away may wait at our relays now: resume every download.
+    fn resume_all_downloads(&self);
+}
+
+impl MailboxClient {
+    /// The component over `parts`.
+    pub(crate) fn new(parts: MailboxClientParts) -> Self {
+        let me = parts.keypair.public().to_peer_id();
+        Self {
+            shared: Arc::new(ClientShared {
+                client: parts.client,
+                keypair: parts.keypair,
+                me,
+                is_relay: parts.is_relay,
+                relays: std::sync::Mutex::new(parts.relays),
+                relays_of: std::sync::Mutex::default(),
+                wake: tokio::sync::Notify::new(),
+                health: parts.health,
+                turn: parts.turn,
+                outbound: parts.outbound,
+                files: parts.files,
+                push: parts.push,
+            }),
         }
-        if let Err(e) = self.net().respond_dm(request, answer.encode_to_vec()).await {
-            tracing::debug!(%peer, error = %e, "could not answer a mailbox request");
-        }
+    }
+
+    /// Syncs now rather than at the next period.
+    pub(crate) fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// True when `peer` is one of our mailbox relays.
+    pub(crate) fn is_mailbox_relay(&self, peer: &PeerId) -> bool {
+        self.mailbox_relays()
+            .iter()
+            .any(|r| relay_id(r) == Some(*peer))
     }
 
     /// User side: one of our mailbox relays says mail arrived; fetch it now rather than at the
     /// next periodic sync. Anyone else saying so is refused (and nothing is fetched).
-    fn on_mail_notice(&self, relay: PeerId) -> pb::MailboxResponse {
-        if !is_mailbox_relay(self, &relay) {
+    pub(crate) fn on_mail_notice(&self, relay: PeerId) -> pb::MailboxResponse {
+        if !self.is_mailbox_relay(&relay) {
             return response(
                 pb::MailboxStatus::MailboxRejected,
                 "only a mailbox relay of this node may announce mail",
             );
         }
         tracing::debug!(%relay, "mailbox relay announced mail; fetching");
-        self.inner.mailbox_wake.notify_one();
+        self.wake();
         response(pb::MailboxStatus::MailboxOk, "")
-    }
-
-    /// Relay side: tells a recipient that is connected (or reachable) that mail arrived, so it
-    /// fetches at once. Best effort on its own task: the periodic sync is the fallback.
-    fn announce_mail(&self, recipient: PeerId) {
-        // One announcement a second per recipient is enough: it fetches everything waiting.
-        let due = {
-            let mut announced = lock(&self.inner.mail_announced);
-            if announced.len() >= 4096 {
-                announced.retain(|_, at| at.elapsed() < Duration::from_secs(1));
-            }
-            match announced.get(&recipient) {
-                Some(at) if at.elapsed() < Duration::from_secs(1) => false,
-                _ => {
-                    announced.insert(recipient, Instant::now());
-                    true
-                }
-            }
-        };
-        if !due {
-            return;
-        }
-        let node = self.clone();
-        tokio::spawn(async move {
-            let request = pb::MailboxRequest {
-                kind: Some(pb::mailbox_request::Kind::Notify(pb::MailboxNotify {})),
-            };
-            let call = node
-                .net()
-                .mailbox_request(recipient, request.encode_to_vec(), Vec::new());
-            match tokio::time::timeout(Duration::from_secs(10), call).await {
-                Ok(Ok(_)) => tracing::debug!(%recipient, "announced mail"),
-                Ok(Err(e)) => tracing::debug!(%recipient, error = %e, "could not announce mail"),
-                Err(_) => tracing::debug!(%recipient, "announcing mail timed out"),
-            }
-        });
-    }
-
-    async fn serve_mailbox(&self, peer: PeerId, bytes: &[u8]) -> pb::MailboxResponse {
-        use pb::MailboxStatus as S;
-        let Some(config) = self.inner.options.mailbox_server.clone() else {
-            return response(S::MailboxRejected, "this node is not a mailbox relay");
-        };
-        let Ok(request) = pb::MailboxRequest::decode(bytes) else {
-            return response(S::MailboxRejected, "malformed mailbox request");
-        };
-        let boxes = self.store().mailboxes();
-        let me = self.peer_id().to_bytes();
-        let now = now_ms();
-        let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
-        let result: Result<pb::MailboxResponse, ServiceError> = async {
-            Ok(match request.kind {
-                Some(pb::mailbox_request::Kind::Register(r)) => {
-                    let Ok(key) = crate::names::public_key_of(&peer) else {
-                        return Ok(response(S::MailboxRejected, "no public key in peer id"));
-                    };
-                    let fresh = r.created_at_ms.abs_diff(now) < 10 * 60_000;
-                    if r.relay != me
-                        || !fresh
-                        || !key.verify(&registration_bytes(&r.relay, r.created_at_ms), &r.signature)
-                    {
-                        return Ok(response(
-                            S::MailboxRejected,
-                            "registration is not signed by the requester for this relay now",
-                        ));
-                    }
-                    boxes.register(&peer.to_bytes(), now)?;
-                    self.store().flush().await?;
-                    response(S::MailboxOk, "")
-                }
-                Some(pb::mailbox_request::Kind::Deposit(d)) => {
-                    if !boxes.is_registered(&d.recipient)? {
-                        return Ok(response(
-                            S::MailboxUnknownRecipient,
-                            "the recipient has no mailbox at this relay",
-                        ));
-                    }
-                    let valid = pb::Envelope::decode(d.envelope.as_slice())
-                        .is_ok_and(|e| e.id.len() == 16 && !e.ciphertext.is_empty());
-                    if !valid || d.envelope.len() > kith_net::dm::MAX_REQUEST {
-                        return Ok(response(S::MailboxRejected, "not an envelope"));
-                    }
-                    let mut id: MailId = [0u8; 16];
-                    id[..8].copy_from_slice(&now.to_be_bytes());
-                    if getrandom::fill(&mut id[8..]).is_err() {
-                        id[8..].copy_from_slice(&blake3::hash(&d.envelope).as_bytes()[..8]);
-                    }
-                    match boxes.deposit(
-                        &d.recipient,
-                        id,
-                        &peer.to_bytes(),
-                        &d.envelope,
-                        now,
-                        config.quota,
-                    )? {
-                        kith_store::Deposit::Stored(_) => {
-                            self.store().flush().await?;
-                            if let Ok(recipient) = PeerId::from_bytes(&d.recipient) {
-                                self.announce_mail(recipient);
-                            }
-                            response(S::MailboxOk, "")
-                        }
-                        kith_store::Deposit::Full { items, bytes } => response(
-                            S::MailboxFull,
-                            &format!(
-                                "the recipient's mailbox is full ({items} messages, {bytes} bytes)"
-                            ),
-                        ),
-                    }
-                }
-                Some(pb::mailbox_request::Kind::Fetch(f)) => {
-                    let max = usize::try_from(f.max_items)
-                        .unwrap_or(usize::MAX)
-                        .clamp(1, config.page);
-                    let (items, remaining) = boxes.fetch(&peer.to_bytes(), max, now, ttl)?;
-                    pb::MailboxResponse {
-                        status: S::MailboxOk as i32,
-                        reason: String::new(),
-                        items: items
-                            .into_iter()
-                            .map(|m| pb::MailItem {
-                                id: m.id.to_vec(),
-                                from: m.from,
-                                envelope: m.envelope,
-                                deposited_at_ms: m.deposited_at_ms,
-                            })
-                            .collect(),
-                        remaining,
-                        ..response(S::MailboxOk, "")
-                    }
-                }
-                Some(pb::mailbox_request::Kind::Delete(d)) => {
-                    let ids: Vec<MailId> = d
-                        .ids
-                        .iter()
-                        .filter_map(|i| MailId::try_from(i.as_slice()).ok())
-                        .collect();
-                    boxes.delete(&peer.to_bytes(), &ids)?;
-                    self.store().flush().await?;
-                    response(S::MailboxOk, "")
-                }
-                Some(pb::mailbox_request::Kind::Turn(_)) => {
-                    if !boxes.is_registered(&peer.to_bytes())? {
-                        return Ok(response(
-                            S::MailboxUnknownRecipient,
-                            "register a mailbox at this relay before asking for TURN credentials",
-                        ));
-                    }
-                    match self.issue_turn(peer) {
-                        Some(turn) => pb::MailboxResponse {
-                            turn: Some(turn),
-                            ..response(S::MailboxOk, "")
-                        },
-                        None => response(S::MailboxRejected, "this relay serves no TURN"),
-                    }
-                }
-                Some(pb::mailbox_request::Kind::Notify(_)) => {
-                    response(S::MailboxRejected, "a relay takes no mail announcements")
-                }
-                Some(pb::mailbox_request::Kind::BlobRelease(r)) => {
-                    self.release_held_blobs(peer, &r.hashes);
-                    self.store().flush().await?;
-                    response(S::MailboxOk, "")
-                }
-                None => response(S::MailboxRejected, "empty mailbox request"),
-            })
-        }
-        .await;
-        result.unwrap_or_else(|e| response(S::MailboxRejected, &format!("relay error: {e}")))
     }
 
     /// The relays this node keeps a mailbox at: those configured with `relay = true`, plus
     /// bootstrap peers that identified as kith relays; one entry per relay peer id.
     pub(crate) fn mailbox_relays(&self) -> Vec<Multiaddr> {
-        lock(&self.inner.mailbox_relays).clone()
+        lock(&self.shared.relays).clone()
     }
 
     /// A bootstrap peer identified as a kith relay (or a known one came back elsewhere): keep
     /// our mailbox there. When the list changed, sync at once (registers there) and re-publish
     /// the mailbox pointer so senders find the new relay set.
     pub(crate) fn on_relay_found(&self, relay: PeerId, addr: Multiaddr) {
-        if self.inner.options.mailbox_server.is_some() {
+        if self.shared.is_relay {
             return; // A relay keeps no mailbox elsewhere.
         }
         let changed = {
-            let mut list = lock(&self.inner.mailbox_relays);
+            let mut list = lock(&self.shared.relays);
             match list.iter().position(|r| relay_id(r) == Some(relay)) {
                 Some(i) if list[i] == addr => false,
                 Some(i) => {
@@ -386,16 +311,20 @@ impl Node {
             return;
         }
         tracing::info!(%relay, "mailbox relays changed; registering and re-publishing the pointer");
-        self.inner.mailbox_wake.notify_one();
-        let node = self.clone();
+        self.wake();
+        let user = self.clone();
         tokio::spawn(async move {
-            match node.publish_mailbox_pointer().await {
+            match user.publish_mailbox_pointer().await {
                 Ok(published) => {
-                    node.health(|h| h.mailbox_pointer.record(Ok(published)));
+                    user.shared
+                        .health
+                        .with(|h| h.mailbox_pointer.record(Ok(published)));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "could not re-publish the mailbox pointer");
-                    node.health(|h| h.mailbox_pointer.record(Err(e.to_string())));
+                    user.shared
+                        .health
+                        .with(|h| h.mailbox_pointer.record(Err(e.to_string())));
                 }
             }
         });
@@ -407,12 +336,13 @@ impl Node {
             return Ok(false);
         }
         let value =
-            dht::MailboxPointer::sign(&self.inner.keypair, &self.mailbox_relays(), now_ms())
+            dht::MailboxPointer::sign(&self.shared.keypair, &self.mailbox_relays(), now_ms())
                 .map_err(|e| ServiceError::Task(e.to_string()))?;
         let expires = std::time::SystemTime::now() + Duration::from_secs(30 * 86_400);
         Ok(self
-            .net()
-            .put_record(pointer_key(&self.peer_id()), value, Some(expires))
+            .shared
+            .client
+            .put_record(pointer_key(&self.shared.me), value, Some(expires))
             .await
             .is_ok())
     }
@@ -431,7 +361,7 @@ impl Node {
         let addrs = vec![relay.clone()];
         let created = now_ms();
         let signature = self
-            .inner
+            .shared
             .keypair
             .sign(&registration_bytes(&relay_peer.to_bytes(), created))
             .map_err(|e| ServiceError::Task(e.to_string()))?;
@@ -448,7 +378,7 @@ impl Node {
         if answer.status != pb::MailboxStatus::MailboxOk as i32 {
             return Err(ServiceError::Mailbox(answer.reason));
         }
-        if self.turn_due(relay_peer) {
+        if self.shared.turn.turn_due(relay_peer) {
             self.refresh_turn(relay_peer, &addrs).await;
         }
         let mut stored = 0;
@@ -507,7 +437,8 @@ impl Node {
             };
             self.mailbox_call(relay_peer, &delete, &addrs).await?;
             for (from, ids) in receipts {
-                self.outbox()
+                self.shared
+                    .outbound
                     .send_receipt(from, ids, pb::ReceiptKind::ReceiptDelivered)
                     .await?;
             }
@@ -525,11 +456,11 @@ impl Node {
         };
         match self.mailbox_call(relay, &request, addrs).await {
             Ok(answer) if answer.status == pb::MailboxStatus::MailboxOk as i32 => {
-                self.set_relay_turn(relay, answer.turn);
+                self.shared.turn.set_relay_turn(relay, answer.turn);
             }
             Ok(answer) => {
                 tracing::debug!(%relay, reason = %answer.reason, "relay gives no TURN credentials");
-                self.set_relay_turn(relay, None);
+                self.shared.turn.set_relay_turn(relay, None);
             }
             Err(e) => tracing::debug!(%relay, error = %e, "cannot ask for TURN credentials"),
         }
@@ -543,12 +474,15 @@ impl Node {
     ) -> Result<pb::MailboxResponse, ServiceError> {
         let sent_at = now_ms();
         let bytes = self
-            .net()
+            .shared
+            .client
             .mailbox_request(relay, request.encode_to_vec(), addrs.to_vec())
             .await?;
         let answer = pb::MailboxResponse::decode(bytes.as_slice())
             .map_err(|e| ServiceError::Mailbox(format!("malformed answer from relay: {e}")))?;
-        self.clock_sample(relay, sent_at, answer.now_ms);
+        self.shared
+            .health
+            .clock_sample(relay, sent_at, answer.now_ms);
         Ok(answer)
     }
 
@@ -560,7 +494,12 @@ impl Node {
         {
             return Some(relays);
         }
-        let result = self.net().get_record(pointer_key(&peer), 1).await.ok()?;
+        let result = self
+            .shared
+            .client
+            .get_record(pointer_key(&peer), 1)
+            .await
+            .ok()?;
         let relays = result
             .answers
             .iter()
@@ -584,7 +523,7 @@ impl Node {
     }
 
     fn with_relays_of<T>(&self, f: impl FnOnce(&mut RelaysOf) -> T) -> T {
-        f(&mut lock(&self.inner.relays_of))
+        f(&mut lock(&self.shared.relays_of))
     }
 
     /// Sender side: delivery failed; hold the envelope at the recipient's mailbox `relays`.
@@ -611,7 +550,7 @@ impl Node {
                 continue;
             };
             // A file offer goes only where its file went first (relay_blobs.rs).
-            if !self.hold_file_at(peer, &item.id, &relay).await {
+            if !self.shared.push.hold_file_at(peer, &item.id, &relay).await {
                 continue;
             }
             match self
@@ -638,9 +577,355 @@ impl Node {
         outcome
     }
 
+    /// Recipient side: we have `hash` now; tell our relays to drop their copies (best effort, in
+    /// the background; the relay's TTL is the fallback).
+    pub(crate) fn release_at_relays(&self, hash: [u8; 32]) {
+        let relays = self.mailbox_relays();
+        if relays.is_empty() {
+            return;
+        }
+        let client = self.shared.client.clone();
+        tokio::spawn(async move {
+            let request = pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::BlobRelease(
+                    pb::MailboxBlobRelease {
+                        hashes: vec![hash.to_vec()],
+                    },
+                )),
+            }
+            .encode_to_vec();
+            for relay in relays {
+                let Some(peer) = relay_id(&relay) else {
+                    continue;
+                };
+                let call = client.mailbox_request(peer, request.clone(), vec![relay.clone()]);
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), call).await {
+                    tracing::debug!(relay = %peer, error = %e, "cannot release a held blob");
+                }
+            }
+        });
+    }
+
+    /// Our mailbox relays' peer ids: holders of files sent to us while we were away.
+    pub(crate) fn relay_holders(&self) -> Vec<PeerId> {
+        self.mailbox_relays().iter().filter_map(relay_id).collect()
+    }
+
     /// The handle direct delivery reaches the recipient's mailbox relays through.
-    pub(crate) fn deposit_handle(&self) -> Deposit<'_> {
-        Deposit { node: self }
+    pub(crate) fn deposit_handle(&self) -> Deposit {
+        Deposit { user: self.clone() }
+    }
+}
+
+/// The mailbox relay side (issue 12): owns the mailboxes book (registrations, held mail, usage)
+/// and, through [`HeldBlobs`], the files held for its users; answers `/kith/mailbox` requests,
+/// announces new mail to connected recipients and sweeps what expired. TURN credentials come
+/// from the calls component through [`TurnIssue`]. On a node that is not a relay it refuses
+/// every request but a mail announcement, which it hands to the user side. A cheap clone.
+#[derive(Clone)]
+pub(crate) struct MailboxRelay {
+    shared: Arc<RelayShared>,
+}
+
+struct RelayShared {
+    store: kith_store::Store,
+    client: kith_net::Client,
+    me: PeerId,
+    /// `None`: not a relay.
+    config: Option<MailboxConfig>,
+    /// Mailbox requests refused (the `mailbox_refused` metric).
+    refused: Counter,
+    /// When each recipient was last told that mail arrived.
+    announced: std::sync::Mutex<HashMap<PeerId, Instant>>,
+    turn: Arc<dyn TurnIssue>,
+    held: HeldBlobs,
+}
+
+impl std::fmt::Debug for MailboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxRelay")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`MailboxRelay`] is built from.
+pub(crate) struct MailboxRelayParts {
+    /// The node's store: the relay writes the mailboxes book (and, through [`HeldBlobs`], the
+    /// held-blobs book).
+    pub(crate) store: kith_store::Store,
+    /// The network: answers, mail announcements.
+    pub(crate) client: kith_net::Client,
+    /// Who we are (a registration names its relay).
+    pub(crate) me: PeerId,
+    /// `Options::mailbox_server`.
+    pub(crate) config: Option<MailboxConfig>,
+    /// TURN credentials for registered users.
+    pub(crate) turn: Arc<dyn TurnIssue>,
+    /// The files held for our users.
+    pub(crate) held: HeldBlobs,
+}
+
+impl MailboxRelay {
+    /// The component over `parts`, its refusal counter registered in `registry`.
+    pub(crate) fn new(
+        parts: MailboxRelayParts,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Self {
+        let refused = Counter::default();
+        registry.register(
+            "mailbox_refused",
+            "Mailbox requests refused (unregistered recipient, forged registration, full, garbage)",
+            refused.clone(),
+        );
+        Self {
+            shared: Arc::new(RelayShared {
+                store: parts.store,
+                client: parts.client,
+                me: parts.me,
+                config: parts.config,
+                refused,
+                announced: std::sync::Mutex::default(),
+                turn: parts.turn,
+                held: parts.held,
+            }),
+        }
+    }
+
+    /// The files held for our users.
+    pub(crate) fn held(&self) -> &HeldBlobs {
+        &self.shared.held
+    }
+
+    /// Mailboxes this node hosts.
+    pub(crate) fn stats(&self) -> Result<kith_store::MailboxStats, ServiceError> {
+        Ok(self.shared.store.mailboxes().stats()?)
+    }
+
+    /// The hosted mailboxes, fullest first, at most `limit`: (recipient, items, bytes).
+    pub(crate) fn recipients(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64, u64)>, ServiceError> {
+        Ok(self.shared.store.mailboxes().recipients(limit)?)
+    }
+
+    /// Drops expired mail and expired held files (a relay's part of each sync round).
+    fn sweep(&self) {
+        let Some(config) = &self.shared.config else {
+            return;
+        };
+        let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+        match self.shared.store.mailboxes().sweep(now_ms(), ttl) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dropped = n, "dropped expired mail"),
+            Err(e) => tracing::warn!(error = %e, "mailbox sweep failed"),
+        }
+        let expired = self.shared.held.sweep_held_blobs();
+        if expired > 0 {
+            tracing::info!(dropped = expired, "dropped expired held files");
+        }
+    }
+
+    /// Relay side: answers one mailbox request. Runs on its own task.
+    pub(crate) async fn on_mailbox_request(
+        &self,
+        peer: PeerId,
+        request: kith_net::DmRequestId,
+        bytes: Vec<u8>,
+        user: &MailboxClient,
+    ) {
+        let notice = matches!(
+            pb::MailboxRequest::decode(bytes.as_slice()),
+            Ok(pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::Notify(_))
+            })
+        );
+        let mut answer = if notice {
+            user.on_mail_notice(peer)
+        } else {
+            self.serve_mailbox(peer, &bytes).await
+        };
+        answer.now_ms = now_ms();
+        if answer.status != pb::MailboxStatus::MailboxOk as i32 {
+            self.shared.refused.inc();
+            tracing::info!(%peer, reason = %answer.reason, "refused a mailbox request");
+        }
+        if let Err(e) = self
+            .shared
+            .client
+            .respond_dm(request, answer.encode_to_vec())
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "could not answer a mailbox request");
+        }
+    }
+
+    /// Relay side: tells a recipient that is connected (or reachable) that mail arrived, so it
+    /// fetches at once. Best effort on its own task: the periodic sync is the fallback.
+    fn announce_mail(&self, recipient: PeerId) {
+        // One announcement a second per recipient is enough: it fetches everything waiting.
+        let due = {
+            let mut announced = lock(&self.shared.announced);
+            if announced.len() >= 4096 {
+                announced.retain(|_, at| at.elapsed() < Duration::from_secs(1));
+            }
+            match announced.get(&recipient) {
+                Some(at) if at.elapsed() < Duration::from_secs(1) => false,
+                _ => {
+                    announced.insert(recipient, Instant::now());
+                    true
+                }
+            }
+        };
+        if !due {
+            return;
+        }
+        let client = self.shared.client.clone();
+        tokio::spawn(async move {
+            let request = pb::MailboxRequest {
+                kind: Some(pb::mailbox_request::Kind::Notify(pb::MailboxNotify {})),
+            };
+            let call = client.mailbox_request(recipient, request.encode_to_vec(), Vec::new());
+            match tokio::time::timeout(Duration::from_secs(10), call).await {
+                Ok(Ok(_)) => tracing::debug!(%recipient, "announced mail"),
+                Ok(Err(e)) => tracing::debug!(%recipient, error = %e, "could not announce mail"),
+                Err(_) => tracing::debug!(%recipient, "announcing mail timed out"),
+            }
+        });
+    }
+
+    async fn serve_mailbox(&self, peer: PeerId, bytes: &[u8]) -> pb::MailboxResponse {
+        use pb::MailboxStatus as S;
+        let Some(config) = self.shared.config.clone() else {
+            return response(S::MailboxRejected, "this node is not a mailbox relay");
+        };
+        let Ok(request) = pb::MailboxRequest::decode(bytes) else {
+            return response(S::MailboxRejected, "malformed mailbox request");
+        };
+        let boxes = self.shared.store.mailboxes();
+        let me = self.shared.me.to_bytes();
+        let now = now_ms();
+        let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let result: Result<pb::MailboxResponse, ServiceError> = async {
+            Ok(match request.kind {
+                Some(pb::mailbox_request::Kind::Register(r)) => {
+                    let Some(key) = dht::public_key_of(&peer) else {
+                        return Ok(response(S::MailboxRejected, "no public key in peer id"));
+                    };
+                    let fresh = r.created_at_ms.abs_diff(now) < 10 * 60_000;
+                    if r.relay != me
+                        || !fresh
+                        || !key.verify(&registration_bytes(&r.relay, r.created_at_ms), &r.signature)
+                    {
+                        return Ok(response(
+                            S::MailboxRejected,
+                            "registration is not signed by the requester for this relay now",
+                        ));
+                    }
+                    boxes.register(&peer.to_bytes(), now)?;
+                    self.shared.store.flush().await?;
+                    response(S::MailboxOk, "")
+                }
+                Some(pb::mailbox_request::Kind::Deposit(d)) => {
+                    if !boxes.is_registered(&d.recipient)? {
+                        return Ok(response(
+                            S::MailboxUnknownRecipient,
+                            "the recipient has no mailbox at this relay",
+                        ));
+                    }
+                    let valid = pb::Envelope::decode(d.envelope.as_slice())
+                        .is_ok_and(|e| e.id.len() == 16 && !e.ciphertext.is_empty());
+                    if !valid || d.envelope.len() > kith_net::dm::MAX_REQUEST {
+                        return Ok(response(S::MailboxRejected, "not an envelope"));
+                    }
+                    let mut id: MailId = [0u8; 16];
+                    id[..8].copy_from_slice(&now.to_be_bytes());
+                    if getrandom::fill(&mut id[8..]).is_err() {
+                        id[8..].copy_from_slice(&blake3::hash(&d.envelope).as_bytes()[..8]);
+                    }
+                    match boxes.deposit(
+                        &d.recipient,
+                        id,
+                        &peer.to_bytes(),
+                        &d.envelope,
+                        now,
+                        config.quota,
+                    )? {
+                        kith_store::Deposit::Stored(_) => {
+                            self.shared.store.flush().await?;
+                            if let Ok(recipient) = PeerId::from_bytes(&d.recipient) {
+                                self.announce_mail(recipient);
+                            }
+                            response(S::MailboxOk, "")
+                        }
+                        kith_store::Deposit::Full { items, bytes } => response(
+                            S::MailboxFull,
+                            &format!(
+                                "the recipient's mailbox is full ({items} messages, {bytes} bytes)"
+                            ),
+                        ),
+                    }
+                }
+                Some(pb::mailbox_request::Kind::Fetch(f)) => {
+                    let max = usize::try_from(f.max_items)
+                        .unwrap_or(usize::MAX)
+                        .clamp(1, config.page);
+                    let (items, remaining) = boxes.fetch(&peer.to_bytes(), max, now, ttl)?;
+                    pb::MailboxResponse {
+                        status: S::MailboxOk as i32,
+                        reason: String::new(),
+                        items: items
+                            .into_iter()
+                            .map(|m| pb::MailItem {
+                                id: m.id.to_vec(),
+                                from: m.from,
+                                envelope: m.envelope,
+                                deposited_at_ms: m.deposited_at_ms,
+                            })
+                            .collect(),
+                        remaining,
+                        ..response(S::MailboxOk, "")
+                    }
+                }
+                Some(pb::mailbox_request::Kind::Delete(d)) => {
+                    let ids: Vec<MailId> = d
+                        .ids
+                        .iter()
+                        .filter_map(|i| MailId::try_from(i.as_slice()).ok())
+                        .collect();
+                    boxes.delete(&peer.to_bytes(), &ids)?;
+                    self.shared.store.flush().await?;
+                    response(S::MailboxOk, "")
+                }
+                Some(pb::mailbox_request::Kind::Turn(_)) => {
+                    if !boxes.is_registered(&peer.to_bytes())? {
+                        return Ok(response(
+                            S::MailboxUnknownRecipient,
+                            "register a mailbox at this relay before asking for TURN credentials",
+                        ));
+                    }
+                    match self.shared.turn.issue_turn(peer) {
+                        Some(turn) => pb::MailboxResponse {
+                            turn: Some(turn),
+                            ..response(S::MailboxOk, "")
+                        },
+                        None => response(S::MailboxRejected, "this relay serves no TURN"),
+                    }
+                }
+                Some(pb::mailbox_request::Kind::Notify(_)) => {
+                    response(S::MailboxRejected, "a relay takes no mail announcements")
+                }
+                Some(pb::mailbox_request::Kind::BlobRelease(r)) => {
+                    self.shared.held.release_held_blobs(peer, &r.hashes);
+                    self.shared.store.flush().await?;
+                    response(S::MailboxOk, "")
+                }
+                None => response(S::MailboxRejected, "empty mailbox request"),
+            })
+        }
+        .await;
+        result.unwrap_or_else(|e| response(S::MailboxRejected, &format!("relay error: {e}")))
     }
 }
 
@@ -657,16 +942,16 @@ pub(crate) struct DepositOutcome {
 /// What direct delivery (dm.rs) needs of the mailbox client, and nothing else (issue 12, plan
 /// step 3, sender side): routes through a recipient's relays, and a deposit there when every
 /// route failed. Writes nothing to the messages book; the [`DepositOutcome`] says what to note.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deposit<'a> {
-    node: &'a Node,
+#[derive(Debug, Clone)]
+pub(crate) struct Deposit {
+    user: MailboxClient,
 }
 
-impl Deposit<'_> {
+impl Deposit {
     /// Circuit routes to `peer` through relays its pointer named within the last minutes (no
     /// DHT lookup).
     pub(crate) fn known_routes(&self, peer: PeerId) -> Vec<Multiaddr> {
-        self.node.known_relay_routes(peer)
+        self.user.known_relay_routes(peer)
     }
 
     /// `peer`'s mailbox relays from its pointer (cached for a minute; `None` when the DHT could
@@ -675,7 +960,7 @@ impl Deposit<'_> {
         &self,
         peer: PeerId,
     ) -> (Option<Vec<Multiaddr>>, Vec<Multiaddr>) {
-        let relays = self.node.relays_of(peer).await;
+        let relays = self.user.relays_of(peer).await;
         let routes = relays
             .as_deref()
             .map(|r| circuit_routes(r, peer))
@@ -690,7 +975,7 @@ impl Deposit<'_> {
         item: &mut OutboxItem,
         relays: Vec<Multiaddr>,
     ) -> DepositOutcome {
-        self.node.deposit(peer, item, relays).await
+        self.user.deposit(peer, item, relays).await
     }
 }
 
@@ -710,39 +995,36 @@ pub(crate) trait Inbox: Sync {
     fn holds_incoming(&self, from: PeerId, id: &kith_store::MessageId) -> bool;
 }
 
-/// Keeps the mailbox in sync: at start, whenever a mailbox relay connects, and every `every`.
-/// Fetched mail goes to the [`Inbox`] `make_inbox` makes for the node.
+/// Keeps the mailbox in sync: at start, whenever a mailbox relay connects, and every `every`;
+/// on a relay, sweeps expired mail and held files in the same rounds. Fetched mail goes to the
+/// [`Inbox`] `make_inbox` makes for the round (`None`: the node is gone, and the loop ends, as it
+/// does on `stop`). Holds the components, never the node.
 pub(crate) async fn mailbox_loop<I: Inbox + Send>(
-    inner: std::sync::Weak<crate::node::Inner>,
+    user: MailboxClient,
+    relay: MailboxRelay,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     every: Duration,
-    make_inbox: impl Fn(&Node) -> I + Send,
+    make_inbox: impl Fn() -> Option<I> + Send,
 ) {
-    let Some(mut stop) = inner.upgrade().map(|i| i.shutdown_tx.subscribe()) else {
-        return;
-    };
     let mut delay = Duration::from_secs(2);
     loop {
-        let wake = inner.upgrade().map(|i| i.mailbox_wake.clone());
-        let Some(wake) = wake else { return };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = wake.notified() => {}
+            () = user.shared.wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         delay = every;
-        let Some(strong) = inner.upgrade() else {
+        let Some(inbox) = make_inbox() else {
             return;
         };
-        let node = Node { inner: strong };
-        let inbox = make_inbox(&node);
-        for relay in node.mailbox_relays() {
-            let result = node.sync_mailbox(&relay, &inbox).await;
+        for relay in user.mailbox_relays() {
+            let result = user.sync_mailbox(&relay, &inbox).await;
             match &result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(%relay, messages = n, "fetched mail held while offline"),
                 Err(e) => tracing::debug!(%relay, error = %e, "mailbox sync failed"),
             }
-            node.health(|h| {
+            user.shared.health.with(|h| {
                 let state = h.mailboxes.entry(relay.to_string()).or_default();
                 match result {
                     Ok(_) => {
@@ -754,27 +1036,9 @@ pub(crate) async fn mailbox_loop<I: Inbox + Send>(
             });
         }
         // Files sent while we were away may wait at those relays now.
-        if !node.mailbox_relays().is_empty() {
-            node.resume_all_downloads();
+        if !user.mailbox_relays().is_empty() {
+            user.shared.files.resume_all_downloads();
         }
-        if let Some(config) = &node.inner.options.mailbox_server {
-            let ttl = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
-            match node.store().mailboxes().sweep(now_ms(), ttl) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(dropped = n, "dropped expired mail"),
-                Err(e) => tracing::warn!(error = %e, "mailbox sweep failed"),
-            }
-            let expired = node.sweep_held_blobs();
-            if expired > 0 {
-                tracing::info!(dropped = expired, "dropped expired held files");
-            }
-        }
+        relay.sweep();
     }
-}
-
-/// True when `peer` is one of our mailbox relays.
-pub(crate) fn is_mailbox_relay(node: &Node, peer: &PeerId) -> bool {
-    node.mailbox_relays()
-        .iter()
-        .any(|r| relay_id(r) == Some(*peer))
 }

@@ -19,7 +19,15 @@ use kith_net::{RecordValidator, Validated};
 use kith_store::{Contact, Pin};
 use libp2p::{Multiaddr, PeerId, identity::PublicKey, multiaddr::Protocol};
 
-use crate::{Node, ServiceError, error::rfc3339, node::now_ms};
+use futures::future::BoxFuture;
+use libp2p::identity::Keypair;
+
+use crate::{
+    Node, ServiceError,
+    error::rfc3339,
+    handles::{AddressBook, Events, Resolver},
+    node::now_ms,
+};
 
 /// How long the last network answer for a name stands before a use of the name re-checks it in
 /// the background (a send or resolution of a pinned name answers from the pin either way); the
@@ -34,58 +42,126 @@ const MAX_KNOWN: usize = 4096;
 /// bytes, so one signature check serves all of them.
 const MAX_VERIFIED: usize = 1024;
 
-/// The names component (issue 12, step 5, begun): owns the names book (`own_names`, `pins`,
-/// `contacts`) and the [`NameCache`]. `Node`'s name operations that need only these go through it
-/// (`Node` delegates); the rest are still `impl Node` below and reach the cache as
-/// `inner.names.cache`. Other components read the book only through it (node.rs's status and
-/// re-publish count use [`Names::owned_count`]).
-#[derive(Debug)]
+/// The names component: owns the names book (`own_names`, `pins`, `contacts`), the
+/// [`NameCache`] and every name operation, local (contacts, own claims) and on the network
+/// (register, resolve, publish, release, invites, [`Names::resolve_recipient`]). `Node`'s name
+/// operations are one-line delegations to it, and the other components resolve recipients through
+/// it as their [`Resolver`] handle. It writes addresses it learns (from a record or an invite)
+/// through the [`AddressBook`] and tells API clients of key changes through [`Events`]. A cheap
+/// clone: a background check holds a weak reference to the shared part, never the node.
+#[derive(Clone)]
 pub(crate) struct Names {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     store: kith_store::Store,
+    client: kith_net::Client,
+    keypair: Keypair,
+    me: PeerId,
     rules: NameRules,
+    quorum: usize,
+    recheck_every: Duration,
     /// Conflicts, last answers, verified records.
+    cache: NameCache,
+    events: Arc<dyn Events>,
+    addresses: Arc<dyn AddressBook>,
+}
+
+impl std::fmt::Debug for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Names").finish_non_exhaustive()
+    }
+}
+
+/// What the names component is built from (node.rs gathers it).
+pub(crate) struct NamesParts {
+    /// The node's store; the component writes only the names book.
+    pub(crate) store: kith_store::Store,
+    /// The network: DHT gets and puts, our addresses, a dial to an invite's address.
+    pub(crate) client: kith_net::Client,
+    /// Our identity: signs claims, makes safety numbers.
+    pub(crate) keypair: Keypair,
+    /// The network's name rules.
+    pub(crate) rules: NameRules,
+    /// [`crate::Options::resolve_quorum`].
+    pub(crate) quorum: usize,
+    /// [`crate::Options::name_recheck_every`].
+    pub(crate) recheck_every: Duration,
+    /// The cache made before the network, whose validator the network already runs.
     pub(crate) cache: NameCache,
+    /// Key changes found in the background, for API clients.
+    pub(crate) events: Arc<dyn Events>,
+    /// Where the addresses of a record or an invite are remembered.
+    pub(crate) addresses: Arc<dyn AddressBook>,
 }
 
 impl Names {
-    /// The component over `store`'s names book, with the network's name rules.
-    pub(crate) fn new(store: kith_store::Store, rules: NameRules) -> Self {
+    /// The component over `parts`.
+    pub(crate) fn new(parts: NamesParts) -> Self {
+        let me = parts.keypair.public().to_peer_id();
         Self {
-            store,
-            rules,
-            cache: NameCache::default(),
+            shared: Arc::new(Shared {
+                store: parts.store,
+                client: parts.client,
+                keypair: parts.keypair,
+                me,
+                rules: parts.rules,
+                quorum: parts.quorum,
+                recheck_every: parts.recheck_every,
+                cache: parts.cache,
+                events: parts.events,
+                addresses: parts.addresses,
+            }),
         }
+    }
+
+    /// The routing table's size now (0 when the network cannot say).
+    pub(crate) async fn routing_table(&self) -> usize {
+        self.shared
+            .client
+            .status()
+            .await
+            .map_or(0, |s| s.routing_table_peers)
     }
 
     /// Our own claims as stored (expired ones included, for renewal).
     pub(crate) fn own_names(&self) -> Result<Vec<NameRecord>, ServiceError> {
         Ok(self
+            .shared
             .store
             .names()
             .list_own()?
             .into_iter()
-            .filter_map(|(_, bytes)| NameRecord::verify_own(&bytes, &self.rules).ok())
+            .filter_map(|(_, bytes)| NameRecord::verify_own(&bytes, &self.shared.rules).ok())
             .collect())
     }
 
     /// How many claims we hold (valid or not), for the status and the re-publish check.
     pub(crate) fn owned_count(&self) -> Result<usize, ServiceError> {
-        Ok(self.store.names().list_own()?.len())
+        Ok(self.shared.store.names().list_own()?.len())
     }
 
     /// Every contact, by petname.
     pub(crate) fn contacts(&self) -> Result<Vec<Contact>, ServiceError> {
-        Ok(self.store.names().contacts()?)
+        Ok(self.shared.store.names().contacts()?)
     }
 
     /// Removes a contact and makes that durable.
     pub(crate) async fn remove_contact(&self, petname: &str) -> Result<(), ServiceError> {
         let key = petname_key(petname)?;
-        if !self.store.names().remove_contact(&key)? {
+        if !self.shared.store.names().remove_contact(&key)? {
             return Err(ServiceError::NoSuchContact(petname.to_owned()));
         }
-        self.store.flush().await?;
+        self.shared.store.flush().await?;
         Ok(())
+    }
+}
+
+/// The other components resolve recipients through the names component itself.
+impl Resolver for Names {
+    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>> {
+        Box::pin(self.resolve_recipient(target))
     }
 }
 
@@ -100,8 +176,6 @@ pub(crate) struct NameCache {
     checked: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     known: std::sync::Mutex<HashMap<String, Known>>,
     verified: Arc<VerifiedRecords>,
-    /// The last rival check for `kith doctor` ([`crate::health`]), reused for a minute.
-    pub(crate) rival_check: std::sync::Mutex<Option<crate::health::CachedClaims>>,
 }
 
 /// A pinned name that now resolves to another key.
@@ -397,26 +471,21 @@ pub struct Verification {
     pub safety_number: String,
 }
 
-impl Node {
-    /// The network-wide name rules this node enforces.
-    pub fn name_rules(&self) -> &NameRules {
-        &self.inner.options.name_rules
-    }
-
+impl Names {
     /// Claims `name` for this node's key, or renews our existing claim.
     ///
     /// Fails with [`ServiceError::NameTaken`] when the DHT holds a valid claim by another key. The
     /// claim is stored and flushed before it is published, so it survives a crash and is
     /// re-published on the next start.
-    pub async fn register_name(
+    pub(crate) async fn register_name(
         &self,
         name: &str,
         supplied: Option<SuppliedPow>,
     ) -> Result<Registration, ServiceError> {
         let name = Name::parse(name)?;
-        let rules = self.name_rules().clone();
-        let me = self.peer_id();
-        let own = match self.store().names().get_own(name.as_str())? {
+        let rules = self.shared.rules.clone();
+        let me = self.shared.me;
+        let own = match self.shared.store.names().get_own(name.as_str())? {
             Some(bytes) => NameRecord::verify_own(&bytes, &rules).ok(),
             None => None,
         };
@@ -479,10 +548,11 @@ impl Node {
                 previous_seq.map_or(1, |s| s + 1),
             )
             .await?;
-        self.store()
+        self.shared
+            .store
             .names()
             .put_own(name.as_str(), record.to_bytes())?;
-        self.store().flush().await?;
+        self.shared.store.flush().await?;
         let published = self.publish(&record).await;
         Ok(Registration {
             record,
@@ -496,10 +566,10 @@ impl Node {
         name: &Name,
         supplied: Option<SuppliedPow>,
     ) -> Result<(u64, u64), ServiceError> {
-        let difficulty = self.name_rules().difficulty;
-        let peer = self.peer_id().to_bytes();
+        let difficulty = self.shared.rules.difficulty;
+        let peer = self.shared.me.to_bytes();
         if let Some(s) = supplied {
-            let skew = u64::try_from(self.name_rules().max_clock_skew.as_millis()).unwrap_or(0);
+            let skew = u64::try_from(self.shared.rules.max_clock_skew.as_millis()).unwrap_or(0);
             if s.created_at_ms > now_ms() + skew
                 || !pow::verify(name.as_str(), &peer, s.created_at_ms, s.nonce, difficulty)
             {
@@ -527,10 +597,10 @@ impl Node {
         pow_nonce: u64,
         seq: u64,
     ) -> Result<NameRecord, ServiceError> {
-        let ttl = u64::try_from(self.name_rules().max_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl = u64::try_from(self.shared.rules.max_ttl.as_millis()).unwrap_or(u64::MAX);
         let addrs = self.advertised_addrs().await;
         Ok(NameRecord::sign(
-            &self.inner.keypair,
+            &self.shared.keypair,
             ClaimParams {
                 name: name.clone(),
                 created_at_ms,
@@ -544,7 +614,7 @@ impl Node {
 
     /// Addresses worth telling others: confirmed external ones first, then dialable listeners.
     pub(crate) async fn advertised_addrs(&self) -> Vec<Multiaddr> {
-        let Ok(status) = self.net().status().await else {
+        let Ok(status) = self.shared.client.status().await else {
             return Vec::new();
         };
         status
@@ -561,7 +631,8 @@ impl Node {
     async fn publish(&self, record: &NameRecord) -> bool {
         let expires = UNIX_EPOCH + Duration::from_millis(record.params().expires_at_ms);
         let puts = record.name().replica_keys().into_iter().map(|key| {
-            self.net()
+            self.shared
+                .client
                 .put_record(key, record.to_bytes().to_vec(), Some(expires))
         });
         let results = futures::future::join_all(puts).await;
@@ -585,7 +656,7 @@ impl Node {
     /// closest to a key (which answer first, and which an attacker can place there by generating
     /// ids) cannot decide a disputed name on their own.
     async fn lookup(&self, name: &Name) -> Result<Option<Verdict>, ServiceError> {
-        let quorum = self.inner.options.resolve_quorum;
+        let quorum = self.shared.quorum;
         let fast = select::decide(&self.ask_replicas(name, quorum).await?, NAME_REPLICAS);
         if !fast.as_ref().is_some_and(Verdict::disputed) || quorum == usize::MAX {
             return Ok(fast);
@@ -612,10 +683,10 @@ impl Node {
         let keys = name.replica_keys();
         let gets = keys
             .iter()
-            .map(|key| self.net().get_record(key.clone(), quorum));
+            .map(|key| self.shared.client.get_record(key.clone(), quorum));
         let results = futures::future::join_all(gets).await;
-        let rules = self.name_rules();
-        let verified = &self.inner.names.cache.verified;
+        let rules = &self.shared.rules;
+        let verified = &self.shared.cache.verified;
         let now = now_ms();
         let mut replicas = Vec::with_capacity(results.len());
         let mut first_error = None;
@@ -668,8 +739,8 @@ impl Node {
     /// call, and the DHT is asked again in the background at most once a minute; a key change
     /// that check finds is [`ServiceError::NameConflict`] from the next call on (and a
     /// [`NameEvent::Conflict`]). A name never resolved here is looked up now. Use
-    /// [`Node::resolve_name_fresh`] to ask the network now.
-    pub async fn resolve_name(&self, name: &str) -> Result<Resolution, ServiceError> {
+    /// [`Names::resolve_name_fresh`] to ask the network now.
+    pub(crate) async fn resolve_name(&self, name: &str) -> Result<Resolution, ServiceError> {
         let name = Name::parse(name)?;
         match self.answer_locally(&name) {
             Ok(Some(resolution)) => {
@@ -688,7 +759,7 @@ impl Node {
     /// Resolves a name through the DHT now, whatever is pinned or remembered, and pins the first
     /// answer. A key different from the pinned one is [`ServiceError::NameConflict`] (kept, and
     /// refused by later calls); finding the pinned key again clears an earlier conflict.
-    pub async fn resolve_name_fresh(&self, name: &str) -> Result<Resolution, ServiceError> {
+    pub(crate) async fn resolve_name_fresh(&self, name: &str) -> Result<Resolution, ServiceError> {
         let name = Name::parse(name)?;
         self.resolve_on_network(&name).await
     }
@@ -696,20 +767,15 @@ impl Node {
     /// The answer for a pinned name from the store and memory: `Ok(None)` when the name is not
     /// pinned, the recorded conflict when a lookup found another key.
     fn answer_locally(&self, name: &Name) -> Result<Option<Resolution>, ServiceError> {
-        if let Some(conflict) = self.inner.names.cache.conflict(name.as_str()) {
+        if let Some(conflict) = self.shared.cache.conflict(name.as_str()) {
             return Err(conflict);
         }
-        let Some(pin) = self.store().names().pin(name.as_str())? else {
+        let Some(pin) = self.shared.store.names().pin(name.as_str())? else {
             return Ok(None);
         };
         let owner = peer_from_bytes(&pin.peer_id)?;
         Ok(Some(
-            match self
-                .inner
-                .names
-                .cache
-                .known(name.as_str(), &owner, now_ms())
-            {
+            match self.shared.cache.known(name.as_str(), &owner, now_ms()) {
                 Some(known) => Resolution {
                     peer_id: owner,
                     claimed_at_ms: known.record.params().created_at_ms,
@@ -739,18 +805,19 @@ impl Node {
     }
 
     /// Asks the DHT about a name in a task of its own, unless it was asked within the last
-    /// minute ([`crate::Options::name_recheck_every`]). What it finds is remembered: a key change is refused from the next use on and
-    /// pushed to API clients. Holds only a weak reference, so it never keeps a stopped node alive.
+    /// minute ([`crate::Options::name_recheck_every`]). What it finds is remembered: a key change is
+    /// refused from the next use on and pushed to API clients. Holds only a weak reference to the
+    /// component, so it never keeps a stopped node alive.
     fn recheck_in_background(&self, name: &Name) {
-        let every = self.inner.options.name_recheck_every;
-        if !self.inner.names.cache.check_due(name.as_str(), every) {
+        let every = self.shared.recheck_every;
+        if !self.shared.cache.check_due(name.as_str(), every) {
             return;
         }
-        let weak = Arc::downgrade(&self.inner);
+        let weak = Arc::downgrade(&self.shared);
         let name = name.clone();
         tokio::spawn(async move {
-            let Some(inner) = weak.upgrade() else { return };
-            if let Err(e) = (Node { inner }).resolve_on_network(&name).await {
+            let Some(shared) = weak.upgrade() else { return };
+            if let Err(e) = (Names { shared }).resolve_on_network(&name).await {
                 tracing::debug!(%name, error = %e, "background check of a pinned name");
             }
         });
@@ -770,9 +837,10 @@ impl Node {
                     found,
                     ..
                 } = &error
-                    && self.store().names().pin(name.as_str())?.is_some()
+                    && self.shared.store.names().pin(name.as_str())?.is_some()
                 {
-                    self.dm()
+                    self.shared
+                        .events
                         .emit(crate::MessageEvent::Name(NameEvent::Conflict {
                             name: name.to_string(),
                             pinned: *pinned,
@@ -785,16 +853,12 @@ impl Node {
             }
         };
         let found = selected.record.peer_id();
-        let candidate = Pin {
-            peer_id: found.to_bytes(),
-            public_key: selected.record.public_key().encode_protobuf(),
-            pinned_at_ms: now_ms(),
-            claimed_at_ms: selected.record.params().created_at_ms,
-        };
-        let pin = self
-            .store()
-            .names()
-            .pin_if_absent(name.as_str(), &candidate)?;
+        let (pin, candidate) = self.pin_if_absent(
+            name,
+            found,
+            selected.record.public_key(),
+            selected.record.params().created_at_ms,
+        )?;
         if pin.peer_id != candidate.peer_id {
             let pinned =
                 PeerId::from_bytes(&pin.peer_id).map_err(|e| kith_store::StoreError::Corrupt {
@@ -807,13 +871,13 @@ impl Node {
                 found,
             };
             if self
-                .inner
-                .names
+                .shared
                 .cache
                 .set_conflict(name.as_str(), conflict.clone())
             {
                 tracing::warn!(%name, %pinned, %found, "a pinned name is held by another key now");
-                self.dm()
+                self.shared
+                    .events
                     .emit(crate::MessageEvent::Name(NameEvent::Conflict {
                         name: name.to_string(),
                         pinned,
@@ -830,13 +894,13 @@ impl Node {
                 contested: false,
             });
         }
-        self.inner.names.cache.clear_conflict(name.as_str());
+        self.shared.cache.clear_conflict(name.as_str());
         let newly_pinned = pin.pinned_at_ms == candidate.pinned_at_ms;
         if newly_pinned {
             // The answer does not wait for the disk (a flush took up to 7 ms of a 20 ms cold
             // resolution): a pin lost to a crash in the next moment is made again by the next
             // resolution, from the same network answer; a clean shutdown flushes.
-            let store = self.store().clone();
+            let store = self.shared.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.flush().await {
                     tracing::warn!(error = %e, "could not flush a new name pin");
@@ -845,13 +909,10 @@ impl Node {
         }
         // Remember where the owner can be reached.
         for addr in selected.record.params().addrs.iter().rev() {
-            let _ =
-                self.store()
-                    .peers()
-                    .record_seen(&found.to_bytes(), Some(&addr.to_vec()), None, 0);
+            let _ = self.shared.addresses.record_addr(&found, addr);
         }
         let checked_at_ms = now_ms();
-        self.inner.names.cache.remember(
+        self.shared.cache.remember(
             name.as_str(),
             Known {
                 record: selected.record.clone(),
@@ -875,6 +936,30 @@ impl Node {
         })
     }
 
+    /// Pins `name` to `owner` (its key, claimed at `claimed_at_ms`, 0 when unknown) unless it is
+    /// pinned already: the pin in force and the one offered (equal ids: ours was taken or
+    /// already there).
+    fn pin_if_absent(
+        &self,
+        name: &Name,
+        owner: PeerId,
+        public_key: &PublicKey,
+        claimed_at_ms: u64,
+    ) -> Result<(Pin, Pin), ServiceError> {
+        let candidate = Pin {
+            peer_id: owner.to_bytes(),
+            public_key: public_key.encode_protobuf(),
+            pinned_at_ms: now_ms(),
+            claimed_at_ms,
+        };
+        let pin = self
+            .shared
+            .store
+            .names()
+            .pin_if_absent(name.as_str(), &candidate)?;
+        Ok((pin, candidate))
+    }
+
     /// The conflict for a name no owner won a majority of replicas for: against our pin if we
     /// have one, else between the two strongest claimants. Nothing is pinned.
     fn contested(
@@ -882,7 +967,7 @@ impl Node {
         name: &Name,
         contestants: &[select::Standing],
     ) -> Result<ServiceError, ServiceError> {
-        let pin = self.store().names().pin(name.as_str())?;
+        let pin = self.shared.store.names().pin(name.as_str())?;
         let (pinned, pinned_since) = match &pin {
             Some(pin) => (peer_from_bytes(&pin.peer_id)?, pin.claimed_at_ms),
             None => match contestants.first() {
@@ -905,35 +990,30 @@ impl Node {
         })
     }
 
-    /// Names this node owns, with their latest records (expired ones included).
-    pub fn own_names(&self) -> Result<Vec<NameRecord>, ServiceError> {
-        self.inner.names.own_names()
-    }
-
     /// Gives up a name: publishes a final version that expires within a minute (holders then let
     /// anyone claim it) and stops renewing it.
-    pub async fn release_name(&self, name: &str) -> Result<NameRecord, ServiceError> {
+    pub(crate) async fn release_name(&self, name: &str) -> Result<NameRecord, ServiceError> {
         let name = Name::parse(name)?;
-        let Some(bytes) = self.store().names().get_own(name.as_str())? else {
+        let Some(bytes) = self.shared.store.names().get_own(name.as_str())? else {
             return Err(ServiceError::NotOurName(name.to_string()));
         };
-        let own = NameRecord::verify_own(&bytes, self.name_rules())?;
+        let own = NameRecord::verify_own(&bytes, &self.shared.rules)?;
         let mut params = own.params().clone();
         params.seq += 1;
         params.expires_at_ms = now_ms() + 60_000;
         params.addrs.clear();
-        let last = NameRecord::sign(&self.inner.keypair, params)?;
-        self.store().names().remove_own(name.as_str())?;
-        self.store().flush().await?;
+        let last = NameRecord::sign(&self.shared.keypair, params)?;
+        self.shared.store.names().remove_own(name.as_str())?;
+        self.shared.store.flush().await?;
         self.publish(&last).await;
         Ok(last)
     }
 
     /// Re-publishes every claim we own, renewing those that expire within half their lifetime.
     /// Runs at start and periodically; returns how many claims went out.
-    pub async fn republish_names(&self) -> Result<usize, ServiceError> {
+    pub(crate) async fn republish_names(&self) -> Result<usize, ServiceError> {
         let now = now_ms();
-        let half_ttl = u64::try_from(self.name_rules().max_ttl.as_millis() / 2).unwrap_or(u64::MAX);
+        let half_ttl = u64::try_from(self.shared.rules.max_ttl.as_millis() / 2).unwrap_or(u64::MAX);
         let mut published = 0;
         for record in self.own_names()? {
             let params = record.params();
@@ -946,10 +1026,11 @@ impl Node {
                         params.seq + 1,
                     )
                     .await?;
-                self.store()
+                self.shared
+                    .store
                     .names()
                     .put_own(renewed.name().as_str(), renewed.to_bytes())?;
-                self.store().flush().await?;
+                self.shared.store.flush().await?;
                 tracing::info!(name = %renewed.name(), "renewed name claim");
                 renewed
             } else {
@@ -963,9 +1044,13 @@ impl Node {
     }
 
     /// Adds a contact under `petname` for `target` (a name, resolved and pinned, or a peer id).
-    pub async fn add_contact(&self, petname: &str, target: &str) -> Result<Contact, ServiceError> {
+    pub(crate) async fn add_contact(
+        &self,
+        petname: &str,
+        target: &str,
+    ) -> Result<Contact, ServiceError> {
         let key = petname_key(petname)?;
-        if let Some(existing) = self.store().names().contact(&key)? {
+        if let Some(existing) = self.shared.store.names().contact(&key)? {
             return Err(ServiceError::PetnameTaken {
                 petname: petname.to_owned(),
                 peer: peer_from_bytes(&existing.peer_id)?,
@@ -991,14 +1076,14 @@ impl Node {
             added_at_ms: now_ms(),
             addrs,
         };
-        self.store().names().put_contact(&contact)?;
-        self.store().flush().await?;
+        self.shared.store.names().put_contact(&contact)?;
+        self.shared.store.flush().await?;
         Ok(contact)
     }
 
     /// Adds a contact from an invite link; pins the invite's name to its key (the friend handed it
     /// over directly, which is stronger evidence than any lookup).
-    pub async fn add_invite(
+    pub(crate) async fn add_invite(
         &self,
         link: &str,
         petname: Option<&str>,
@@ -1010,7 +1095,7 @@ impl Node {
             (None, None) => invite.peer_id.to_string(),
         };
         let key = petname_key(&petname)?;
-        if let Some(existing) = self.store().names().contact(&key)?
+        if let Some(existing) = self.shared.store.names().contact(&key)?
             && existing.peer_id != invite.peer_id.to_bytes()
         {
             return Err(ServiceError::PetnameTaken {
@@ -1020,16 +1105,7 @@ impl Node {
         }
         if let Some(name) = &invite.name {
             let public_key = public_key_of(&invite.peer_id)?;
-            let candidate = Pin {
-                peer_id: invite.peer_id.to_bytes(),
-                public_key: public_key.encode_protobuf(),
-                pinned_at_ms: now_ms(),
-                claimed_at_ms: 0,
-            };
-            let pin = self
-                .store()
-                .names()
-                .pin_if_absent(name.as_str(), &candidate)?;
+            let (pin, candidate) = self.pin_if_absent(name, invite.peer_id, &public_key, 0)?;
             if pin.peer_id != candidate.peer_id {
                 return Err(ServiceError::NameConflict {
                     name: name.to_string(),
@@ -1041,12 +1117,7 @@ impl Node {
             }
         }
         for addr in invite.addrs.iter().rev() {
-            self.store().peers().record_seen(
-                &invite.peer_id.to_bytes(),
-                Some(&addr.to_vec()),
-                None,
-                0,
-            )?;
+            self.shared.addresses.record_addr(&invite.peer_id, addr)?;
         }
         let contact = Contact {
             petname: key,
@@ -1055,25 +1126,16 @@ impl Node {
             added_at_ms: now_ms(),
             addrs: invite.addrs.iter().map(|a| a.to_vec()).collect(),
         };
-        self.store().names().put_contact(&contact)?;
-        self.store().flush().await?;
+        self.shared.store.names().put_contact(&contact)?;
+        self.shared.store.flush().await?;
         if let Some(addr) = invite.addrs.first() {
             let _ = self
-                .net()
+                .shared
+                .client
                 .dial(addr.clone().with(Protocol::P2p(invite.peer_id)))
                 .await;
         }
         Ok(contact)
-    }
-
-    /// Every contact.
-    pub fn contacts(&self) -> Result<Vec<Contact>, ServiceError> {
-        self.inner.names.contacts()
-    }
-
-    /// Removes a contact.
-    pub async fn remove_contact(&self, petname: &str) -> Result<(), ServiceError> {
-        self.inner.names.remove_contact(petname).await
     }
 
     /// Finds who a recipient string means: a petname first, then a name, then a peer id.
@@ -1082,9 +1144,9 @@ impl Node {
     /// send to it works, and is queued, while the node has no peers); a pinned name is checked
     /// on the DHT again in the background at most once a minute, and a key change it finds is
     /// refused from the next call on. A name never resolved here is looked up (and pinned) now.
-    pub async fn resolve_recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
+    pub(crate) async fn resolve_recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
         if let Ok(key) = petname_key(target)
-            && let Some(contact) = self.store().names().contact(&key)?
+            && let Some(contact) = self.shared.store.names().contact(&key)?
         {
             return peer_from_bytes(&contact.peer_id);
         }
@@ -1108,27 +1170,114 @@ impl Node {
     }
 
     /// The safety number between us and `target` (petname, name or peer id).
-    pub async fn verify(&self, target: &str) -> Result<Verification, ServiceError> {
+    pub(crate) async fn verify(&self, target: &str) -> Result<Verification, ServiceError> {
         let peer = self.resolve_recipient(target).await?;
         let theirs = public_key_of(&peer)?;
         Ok(Verification {
             peer_id: peer,
-            safety_number: kith_core::safety_number(&self.inner.keypair.public(), &theirs),
+            safety_number: kith_core::safety_number(&self.shared.keypair.public(), &theirs),
         })
     }
 
     /// An invite link for this node: our first name (if any), peer id and addresses.
-    pub async fn invite(&self) -> Result<Invite, ServiceError> {
+    pub(crate) async fn invite(&self) -> Result<Invite, ServiceError> {
         let name = self
             .own_names()?
             .into_iter()
             .next()
             .map(|r| r.name().clone());
         Ok(Invite {
-            peer_id: self.peer_id(),
+            peer_id: self.shared.me,
             name,
             addrs: self.advertised_addrs().await,
         })
+    }
+}
+
+/// The name operations of the API: one-line delegations to the `Names` component.
+impl Node {
+    /// The network-wide name rules this node enforces.
+    pub fn name_rules(&self) -> &NameRules {
+        &self.inner.options.name_rules
+    }
+
+    /// Claims `name` for this node's key, or renews our existing claim (`Names::register_name`:
+    /// [`ServiceError::NameTaken`] when the DHT holds another key's valid claim; stored and
+    /// flushed before it is published).
+    pub async fn register_name(
+        &self,
+        name: &str,
+        supplied: Option<SuppliedPow>,
+    ) -> Result<Registration, ServiceError> {
+        self.inner.names.register_name(name, supplied).await
+    }
+
+    /// Resolves a name to its owner, pinning the first answer; a pinned name answers from the pin
+    /// and is re-checked in the background (`Names::resolve_name`).
+    pub async fn resolve_name(&self, name: &str) -> Result<Resolution, ServiceError> {
+        self.inner.names.resolve_name(name).await
+    }
+
+    /// Resolves a name through the DHT now, whatever is pinned or remembered
+    /// (`Names::resolve_name_fresh`).
+    pub async fn resolve_name_fresh(&self, name: &str) -> Result<Resolution, ServiceError> {
+        self.inner.names.resolve_name_fresh(name).await
+    }
+
+    /// Names this node owns, with their latest records (expired ones included).
+    pub fn own_names(&self) -> Result<Vec<NameRecord>, ServiceError> {
+        self.inner.names.own_names()
+    }
+
+    /// Gives up a name: a final version that expires within a minute (`Names::release_name`).
+    pub async fn release_name(&self, name: &str) -> Result<NameRecord, ServiceError> {
+        self.inner.names.release_name(name).await
+    }
+
+    /// Re-publishes every claim we own, renewing those past half their lifetime; returns how
+    /// many claims went out.
+    pub async fn republish_names(&self) -> Result<usize, ServiceError> {
+        self.inner.names.republish_names().await
+    }
+
+    /// Adds a contact under `petname` for `target` (a name, resolved and pinned, or a peer id).
+    pub async fn add_contact(&self, petname: &str, target: &str) -> Result<Contact, ServiceError> {
+        self.inner.names.add_contact(petname, target).await
+    }
+
+    /// Adds a contact from an invite link, pinning the invite's name to its key.
+    pub async fn add_invite(
+        &self,
+        link: &str,
+        petname: Option<&str>,
+    ) -> Result<Contact, ServiceError> {
+        self.inner.names.add_invite(link, petname).await
+    }
+
+    /// Every contact.
+    pub fn contacts(&self) -> Result<Vec<Contact>, ServiceError> {
+        self.inner.names.contacts()
+    }
+
+    /// Removes a contact.
+    pub async fn remove_contact(&self, petname: &str) -> Result<(), ServiceError> {
+        self.inner.names.remove_contact(petname).await
+    }
+
+    /// Finds who a recipient string means: a petname first, then a name, then a peer id
+    /// (`Names::resolve_recipient`).
+    pub async fn resolve_recipient(&self, target: &str) -> Result<PeerId, ServiceError> {
+        self.inner.names.resolve_recipient(target).await
+    }
+
+    /// The safety number between us and `target` (petname, name or peer id).
+    pub async fn verify(&self, target: &str) -> Result<Verification, ServiceError> {
+        self.inner.names.verify(target).await
+    }
+
+    /// An invite link for this node: our first name (if any), peer id and addresses.
+    pub async fn invite(&self) -> Result<Invite, ServiceError> {
+        self.inner.names.invite().await
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
 use kith_core::NameRules;
 use kith_net::{Event, Metrics as NetMetrics, NetStatus, PeerInfo};
 use kith_store::Store;
-use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -108,18 +108,14 @@ impl Inner {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) keypair: Keypair,
     pub(crate) options: Options,
-    pub(crate) dm: crate::dm::Dm,
+    pub(crate) dm: Arc<crate::dm::Dm>,
     pub(crate) groups: crate::groups::Groups,
     pub(crate) files: Arc<crate::files::Files>,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) names: crate::names::Names,
-    /// The links the components were built with; dm.rs resolves recipients through them (see
-    /// [`Node::resolver`]).
-    resolver: Arc<crate::router::Links>,
-    pub(crate) mailbox_refused: prometheus_client::metrics::counter::Counter,
-    pub(crate) mailbox_wake: Arc<tokio::sync::Notify>,
+    pub(crate) mailbox: crate::mailbox::MailboxClient,
+    pub(crate) mailbox_relay: crate::mailbox::MailboxRelay,
     client: kith_net::Client,
     store: Store,
     registry: Registry,
@@ -128,13 +124,9 @@ pub(crate) struct Inner {
     pub(crate) shutdown_tx: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Publication and mailbox outcomes for `kith doctor`.
-    pub(crate) health: std::sync::Mutex<crate::health::Health>,
-    /// Our mailbox relays (see `Node::mailbox_relays`); starts as `options.mailbox_relays`.
-    pub(crate) mailbox_relays: std::sync::Mutex<Vec<Multiaddr>>,
-    /// Other peers' mailbox relays, from their pointers (see `Node::relays_of`).
-    pub(crate) relays_of: std::sync::Mutex<crate::mailbox::RelaysOf>,
-    /// Relay role: when each recipient was last told that mail arrived.
-    pub(crate) mail_announced: std::sync::Mutex<std::collections::HashMap<PeerId, Instant>>,
+    health: crate::health::HealthLog,
+    /// `kith doctor`'s check for other keys' claims on our names.
+    rivals: crate::health::RivalCheck,
 }
 
 /// One hosted mailbox's use (relay role), as [`Node::mailbox_recipients`] lists it.
@@ -180,8 +172,8 @@ impl Node {
         store: Store,
         options: Options,
     ) -> Result<Self, ServiceError> {
-        let names = crate::names::Names::new(store.clone(), options.name_rules.clone());
-        config.record_validator = Some(names.cache.validator(options.name_rules.clone()));
+        let name_cache = crate::names::NameCache::default();
+        config.record_validator = Some(name_cache.validator(options.name_rules.clone()));
         let keypair = config.keypair.clone();
         let mut registry = Registry::with_prefix("kith");
         let net_metrics = NetMetrics::default();
@@ -198,26 +190,38 @@ impl Node {
                 kith_crypto::PickleKey::from_bytes(&derived).map_err(ServiceError::Crypto)?
             }
         };
-        let dm = crate::dm::Dm::load(&store, pickle_key.clone(), &mut registry)?;
-        let mailbox_refused = prometheus_client::metrics::counter::Counter::default();
-        registry.register(
-            "mailbox_refused",
-            "Mailbox requests refused (unregistered recipient, forged registration, full, garbage)",
-            mailbox_refused.clone(),
-        );
+        let dm_loaded = crate::dm::Dm::load(&store, pickle_key.clone(), &mut registry)?;
         let sync_every = options.mailbox_sync_every;
         let group_sync_every = options.group_sync_every;
         let blobs = crate::files::Files::open_blobs(&options.files, store.path(), &mut registry)?;
         let (client, events, event_loop) = kith_net::new(config, net_metrics.clone())?;
         let net_task = tokio::spawn(event_loop.run());
         let (shutdown_tx, _) = watch::channel(false);
-        let options_relays = options.mailbox_relays.clone();
+        let health = crate::health::HealthLog::default();
+        let held = crate::relay_blobs::HeldBlobs::new(
+            store.clone(),
+            blobs.clone(),
+            options.files.relay.clone(),
+            options.files.max_file_bytes,
+            options.mailbox_server.is_some(),
+        );
 
         // The components reach each other through handles over a weak reference to the node
         // (router::Links), so the node can be made with them inside it.
         let node = Node {
             inner: Arc::new_cyclic(|weak| {
                 let links = Arc::new(crate::router::Links::new(weak.clone()));
+                let names = crate::names::Names::new(crate::names::NamesParts {
+                    store: store.clone(),
+                    client: client.clone(),
+                    keypair: keypair.clone(),
+                    rules: options.name_rules.clone(),
+                    quorum: options.resolve_quorum,
+                    recheck_every: options.name_recheck_every,
+                    cache: name_cache,
+                    events: links.clone(),
+                    addresses: links.clone(),
+                });
                 let groups = crate::groups::Groups::new(
                     crate::groups::GroupsParts {
                         store: store.clone(),
@@ -225,7 +229,7 @@ impl Node {
                         keypair: keypair.clone(),
                         pickle_key,
                         outbound: links.clone(),
-                        resolver: links.clone(),
+                        resolver: Arc::new(names.clone()),
                         events: links.clone(),
                         addresses: links.clone(),
                         files: links.clone(),
@@ -247,6 +251,35 @@ impl Node {
                     },
                     &mut registry,
                 );
+                let mailbox =
+                    crate::mailbox::MailboxClient::new(crate::mailbox::MailboxClientParts {
+                        client: client.clone(),
+                        keypair: keypair.clone(),
+                        is_relay: options.mailbox_server.is_some(),
+                        relays: options.mailbox_relays.clone(),
+                        health: health.clone(),
+                        turn: Arc::new(calls.clone()),
+                        outbound: links.clone(),
+                        files: links.clone(),
+                        push: crate::relay_blobs::FilePush::new(
+                            store.clone(),
+                            blobs.clone(),
+                            client.clone(),
+                            links.clone(),
+                            links.clone(),
+                        ),
+                    });
+                let mailbox_relay = crate::mailbox::MailboxRelay::new(
+                    crate::mailbox::MailboxRelayParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        me: keypair.public().to_peer_id(),
+                        config: options.mailbox_server.clone(),
+                        turn: Arc::new(calls.clone()),
+                        held,
+                    },
+                    &mut registry,
+                );
                 let files = Arc::new(crate::files::Files::new(
                     blobs,
                     &options.files,
@@ -257,20 +290,35 @@ impl Node {
                         events: links.clone(),
                         groups: Arc::new(groups.clone()),
                         trust: links.clone(),
-                        relays: links.clone(),
+                        relays: Arc::new(mailbox.clone()),
                     },
                 ));
+                let dm = Arc::new(crate::dm::Dm::new(
+                    dm_loaded,
+                    crate::dm::DmParts {
+                        store: store.clone(),
+                        client: client.clone(),
+                        keypair: keypair.clone(),
+                        dm_rate: options.dm_rate,
+                        resolver: Arc::new(names.clone()),
+                        deposit: mailbox.deposit_handle(),
+                        addresses: links.clone(),
+                        health: health.clone(),
+                    },
+                ));
+                let rivals = crate::health::RivalCheck::new(
+                    keypair.public().to_peer_id(),
+                    Arc::new(names.clone()),
+                );
                 Inner {
-                    keypair,
                     options,
                     dm,
                     groups,
                     files,
                     calls,
                     names,
-                    resolver: links,
-                    mailbox_refused,
-                    mailbox_wake: Arc::new(tokio::sync::Notify::new()),
+                    mailbox,
+                    mailbox_relay,
                     client,
                     store,
                     registry,
@@ -278,10 +326,8 @@ impl Node {
                     started: Instant::now(),
                     shutdown_tx,
                     tasks: std::sync::Mutex::new(vec![net_task]),
-                    health: std::sync::Mutex::new(crate::health::Health::default()),
-                    mailbox_relays: std::sync::Mutex::new(options_relays),
-                    relays_of: std::sync::Mutex::default(),
-                    mail_announced: std::sync::Mutex::default(),
+                    health,
+                    rivals,
                 }
             }),
         };
@@ -291,12 +337,21 @@ impl Node {
         node.rejoin().await;
         let republisher = tokio::spawn(republish_loop(Arc::downgrade(&node.inner)));
         node.push_task(republisher);
-        let delivery = tokio::spawn(crate::dm::delivery_loop(Arc::downgrade(&node.inner)));
+        let delivery = tokio::spawn(crate::dm::delivery_loop(
+            Arc::downgrade(&node.inner.dm),
+            node.inner.shutdown_tx.subscribe(),
+        ));
         node.push_task(delivery);
+        let weak = Arc::downgrade(&node.inner);
         let mailbox = tokio::spawn(crate::mailbox::mailbox_loop(
-            Arc::downgrade(&node.inner),
+            node.inner.mailbox.clone(),
+            node.inner.mailbox_relay.clone(),
+            node.inner.shutdown_tx.subscribe(),
             sync_every,
-            crate::router::Router::new,
+            move || {
+                weak.upgrade()
+                    .map(|inner| crate::router::Router::new(&Node { inner }))
+            },
         ));
         node.push_task(mailbox);
         node.inner.groups.resubscribe_groups().await;
@@ -361,23 +416,47 @@ impl Node {
         self.inner.client.local_peer_id()
     }
 
-    /// The network handle, for the service's own components. Not public: callers outside the
-    /// service use its operations (tests and benchmarks: `Node::probe` with feature `testing`).
+    /// The network handle, for `Node::probe` (feature `testing`) alone: each component holds its
+    /// own clone of the client, and callers outside the service use its operations.
+    #[cfg(feature = "testing")]
     pub(crate) fn net(&self) -> &kith_net::Client {
         &self.inner.client
     }
 
-    /// The store, for the service's own components. Not public, for the same reason as
-    /// [`Node::net`]: every write goes through a component that keeps its book's rules.
+    /// The store, for node.rs's own book (the address book), the links (router.rs) and
+    /// `Node::probe`. Not public: every write goes through the component that keeps its book's
+    /// rules.
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    /// The handle every component resolves recipients through (the names component's rules:
-    /// petname, then pinned or looked-up name, then peer id), so none calls
-    /// [`Node::resolve_recipient`] itself.
-    pub(crate) fn resolver(&self) -> &dyn crate::handles::Resolver {
-        &*self.inner.resolver
+    /// The addresses last seen for `peer` in the address book, each ending in `/p2p/<peer>`
+    /// ([`crate::handles::AddressBook`]).
+    pub(crate) fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.inner
+            .store
+            .peers()
+            .get(&peer.to_bytes())
+            .ok()
+            .flatten()
+            .map(|p| {
+                p.addrs
+                    .into_iter()
+                    .filter_map(|a| Multiaddr::try_from(a).ok())
+                    .map(|a| a.with(Protocol::P2p(*peer)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Remembers `addr` for `peer` (from a name record or an invite) without counting as a
+    /// sighting ([`crate::handles::AddressBook`]).
+    pub(crate) fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError> {
+        Ok(self
+            .inner
+            .store
+            .peers()
+            .record_seen(&peer.to_bytes(), Some(&addr.to_vec()), None, 0)?)
     }
 
     /// The network's state alone (listen addresses, connections, relay reservations), without
@@ -402,11 +481,13 @@ impl Node {
     /// Everything `kith doctor` judges: the status, what we own and when we last published it,
     /// and how our mailbox relays last answered.
     pub async fn checkup(&self) -> Result<crate::health::Checkup, ServiceError> {
-        let (status, name_claims) = tokio::join!(self.status(), self.name_claims());
+        let (status, name_claims) = tokio::join!(self.status(), self.inner.rivals.name_claims());
         let status = status?;
         let owned_names = self.inner.names.owned_count()?;
         let health = self.health(|h| h.clone());
         let mailboxes = self
+            .inner
+            .mailbox
             .mailbox_relays()
             .iter()
             .map(|relay| {
@@ -434,16 +515,6 @@ impl Node {
             max_clock_skew: self.name_rules().max_clock_skew,
             name_claims,
         })
-    }
-
-    /// A peer's answer carried its clock reading (`peer_now_ms`, 0 when it did not say): one
-    /// sample for the clock-skew estimate `kith doctor` shows.
-    pub(crate) fn clock_sample(&self, peer: PeerId, sent_ms: u64, peer_now_ms: u64) {
-        let received = now_ms();
-        self.health(|h| {
-            h.clock
-                .record(&peer.to_bytes(), sent_ms, received, peer_now_ms)
-        });
     }
 
     /// Tells the connection manager which connections the features need kept (it trims the
@@ -488,20 +559,20 @@ impl Node {
 
     /// Runs `f` on the recorded health (a poisoned lock still holds usable data).
     pub(crate) fn health<T>(&self, f: impl FnOnce(&mut crate::health::Health) -> T) -> T {
-        f(&mut lock(&self.inner.health))
+        self.inner.health.with(f)
     }
 
     /// Mailboxes this node hosts (relay role).
     pub fn mailbox_stats(&self) -> Result<kith_store::MailboxStats, ServiceError> {
-        Ok(self.store().mailboxes().stats()?)
+        self.inner.mailbox_relay.stats()
     }
 
     /// The mailboxes this node hosts (relay role), fullest first, at most `limit` of them: who
     /// uses the relay, for `kith relay status`.
     pub fn mailbox_recipients(&self, limit: usize) -> Result<Vec<MailboxUsage>, ServiceError> {
         Ok(self
-            .store()
-            .mailboxes()
+            .inner
+            .mailbox_relay
             .recipients(limit)?
             .into_iter()
             .map(|(peer, items, bytes)| MailboxUsage {
@@ -516,7 +587,7 @@ impl Node {
     /// that waited for it. Wiring: trust is the direct-message component's, downloads the files
     /// component's.
     pub async fn accept(&self, target: &str) -> Result<PeerId, ServiceError> {
-        let peer = self.accept_sender(target).await?;
+        let peer = self.inner.dm.accept_sender(target).await?;
         self.inner.files.resume_downloads_from(peer);
         Ok(peer)
     }
@@ -553,14 +624,7 @@ impl Node {
         // moment (at most 1 s) to leave before the network closes.
         if self.inner.calls.hang_up_all() > 0 {
             for _ in 0..20 {
-                let pending = self
-                    .inner
-                    .store
-                    .messages()
-                    .outbox()
-                    .map(|items| items.iter().any(|i| i.expires_ms != 0))
-                    .unwrap_or(false);
-                if !pending {
+                if !self.inner.dm.ephemeral_pending() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -614,12 +678,12 @@ async fn republish_loop(inner: std::sync::Weak<Inner>) {
             Ok(n) => tracing::debug!(published = n, "re-published owned names"),
             Err(e) => tracing::warn!(error = %e, "could not re-publish owned names"),
         }
-        let bundle = node.refresh_key_bundle().await;
+        let bundle = node.inner.dm.refresh_key_bundle().await;
         if let Err(e) = &bundle {
             tracing::warn!(error = %e, "could not publish the key bundle");
         }
         let bundle_out = matches!(bundle, Ok(true));
-        let pointer = node.publish_mailbox_pointer().await;
+        let pointer = node.inner.mailbox.publish_mailbox_pointer().await;
         if let Err(e) = &pointer {
             tracing::warn!(error = %e, "could not publish the mailbox pointer");
         }
@@ -712,7 +776,10 @@ async fn consume_events(
             } => {
                 let router = crate::router::Router::new(&node);
                 spawn_limited(&inbound, async move {
-                    node.on_direct_message(peer, request, bytes, &router).await;
+                    node.inner
+                        .dm
+                        .on_direct_message(peer, request, bytes, &router)
+                        .await;
                 })
                 .await;
                 Ok(())
@@ -723,7 +790,10 @@ async fn consume_events(
                 bytes,
             } => {
                 spawn_limited(&inbound, async move {
-                    node.on_mailbox_request(peer, request, bytes).await;
+                    node.inner
+                        .mailbox_relay
+                        .on_mailbox_request(peer, request, bytes, &node.inner.mailbox)
+                        .await;
                 })
                 .await;
                 Ok(())
@@ -767,10 +837,10 @@ async fn consume_events(
                 addr,
                 inbound,
             } => {
-                node.on_peer_connected(peer);
+                node.inner.dm.on_peer_connected(peer);
                 node.inner.files.resume_downloads_from(peer);
-                if crate::mailbox::is_mailbox_relay(&node, &peer) {
-                    node.inner.mailbox_wake.notify_one();
+                if node.inner.mailbox.is_mailbox_relay(&peer) {
+                    node.inner.mailbox.wake();
                 }
                 if inbound {
                     Ok(())
@@ -808,7 +878,7 @@ async fn consume_events(
                 result
             }
             Event::RelayFound { relay, addr } => {
-                node.on_relay_found(relay, addr);
+                node.inner.mailbox.on_relay_found(relay, addr);
                 Ok(())
             }
             Event::BootstrapUnreachable { addr, error } => {

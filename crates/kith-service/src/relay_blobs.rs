@@ -16,15 +16,17 @@
 //! in the Olm-encrypted offer. A full quota is refused with a sentence the sender's node records
 //! on the message, which stays queued and is tried again.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use kith_blob::{BlobHash, BlobStore, HoldOffer, HoldPolicy, HoldRefusal, PushError, Status};
-use kith_proto::v1 as pb;
 use kith_store::Reserve;
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use prost::Message as _;
 
-use crate::{MessageEvent, Node, node::now_ms};
+use crate::{
+    MessageEvent, Node,
+    handles::{Events, Outbound},
+    node::now_ms,
+};
 
 /// What a relay offers as blob host for its users' incoming files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +63,8 @@ fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
 
 /// The relay's answer to one hold request, for one stream from `from`.
 struct RelayHold {
-    node: Node,
+    books: kith_store::Store,
+    max_file_bytes: u64,
     from: PeerId,
     store: BlobStore,
     config: RelayBlobConfig,
@@ -76,14 +79,14 @@ impl HoldPolicy for RelayHold {
                 "a held blob must name its recipient's peer id".into(),
             ));
         };
-        let boxes = self.node.store().mailboxes();
+        let boxes = self.books.mailboxes();
         if !boxes.is_registered(&offer.tag).unwrap_or(false) {
             return Err(refuse(
                 Status::NotAccepted,
                 format!("{recipient} has no mailbox at this relay"),
             ));
         }
-        let limit = kith_blob::ciphertext_len(self.node.max_file_bytes());
+        let limit = kith_blob::ciphertext_len(self.max_file_bytes);
         if offer.size > limit.min(self.config.quota_bytes) {
             return Err(refuse(
                 Status::Full,
@@ -94,7 +97,7 @@ impl HoldPolicy for RelayHold {
                 ),
             ));
         }
-        let reserved = self.node.store().relay_blobs().reserve(
+        let reserved = self.books.relay_blobs().reserve(
             &offer.tag,
             *offer.hash.as_bytes(),
             &self.from.to_bytes(),
@@ -117,22 +120,72 @@ impl HoldPolicy for RelayHold {
     }
 }
 
-impl Node {
+/// The relay's store of files held for its users (part of the mailbox relay, which answers
+/// releases and sweeps with its mail): owns the held-blobs book and the blob store beside the
+/// node's own (opened on first use), answers blob streams (ranges of our own or held blobs, and
+/// hold requests checked against the mailbox registrations and the quota).
+pub(crate) struct HeldBlobs {
+    /// The node's store: the held-blobs book is written here; the mailboxes book is read for
+    /// registrations.
+    store: kith_store::Store,
+    /// The node's own blob store (served too; the held store sits beside it).
+    own: BlobStore,
+    config: RelayBlobConfig,
+    max_file_bytes: u64,
+    /// False on a node that is not a relay: nothing is held, only our own blobs are served.
+    is_relay: bool,
+    /// The held store, opened on first use.
+    slot: std::sync::Mutex<Option<BlobStore>>,
+}
+
+impl std::fmt::Debug for HeldBlobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldBlobs")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeldBlobs {
+    /// The held store of a relay (`is_relay`) beside `own`, the node's blob store.
+    pub(crate) fn new(
+        store: kith_store::Store,
+        own: BlobStore,
+        config: RelayBlobConfig,
+        max_file_bytes: u64,
+        is_relay: bool,
+    ) -> Self {
+        Self {
+            store,
+            own,
+            config,
+            max_file_bytes,
+            is_relay,
+            slot: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The files held for offline users (entries and bytes).
+    pub(crate) fn stats(&self) -> Result<kith_store::RelayBlobStats, crate::ServiceError> {
+        Ok(self.store.relay_blobs().stats()?)
+    }
+
     /// The relay's store of blobs held for its users (opened on first use); `None` on a node
     /// that is not a relay.
-    pub(crate) fn held_blobs(&self) -> Option<BlobStore> {
-        self.inner.options.mailbox_server.as_ref()?;
-        let files = self.files_component();
-        let mut slot = crate::node::lock(&files.held);
+    fn held_blobs(&self) -> Option<BlobStore> {
+        if !self.is_relay {
+            return None;
+        }
+        let mut slot = crate::node::lock(&self.slot);
         if let Some(store) = slot.as_ref() {
             return Some(store.clone());
         }
-        let dir = files.relay.dir.clone().unwrap_or_else(|| {
-            let mut dir = files.blobs.dir().as_os_str().to_owned();
+        let dir = self.config.dir.clone().unwrap_or_else(|| {
+            let mut dir = self.own.dir().as_os_str().to_owned();
             dir.push(".held");
             PathBuf::from(dir)
         });
-        match BlobStore::open_with_metrics(dir, files.blobs.metrics().clone()) {
+        match BlobStore::open_with_metrics(dir, self.own.metrics().clone()) {
             Ok(store) => {
                 *slot = Some(store.clone());
                 Some(store)
@@ -155,20 +208,21 @@ impl Node {
     where
         S: futures::AsyncRead + futures::AsyncWrite + Unpin,
     {
-        let own = self.files_component().blobs.clone();
+        let own = self.own.clone();
         let Some(held) = self.held_blobs() else {
             return kith_blob::serve(stream, &own, limits).await;
         };
         let policy = RelayHold {
-            node: self.clone(),
+            books: self.store.clone(),
+            max_file_bytes: self.max_file_bytes,
             from: peer,
             store: held.clone(),
-            config: self.files_component().relay.clone(),
+            config: self.config.clone(),
         };
         let summary = kith_blob::serve_with(stream, &[own, held], Some(&policy), limits).await?;
         if summary.held > 0 {
             // The reservation is in sled; the blob itself was fsync'd by the store.
-            let _ = self.store().flush().await;
+            let _ = self.store.flush().await;
         }
         Ok(summary)
     }
@@ -187,7 +241,7 @@ impl Node {
 
     /// Releases one (recipient, blob) entry and deletes the ciphertext once nobody holds it.
     fn drop_held(&self, recipient: &[u8], hash: &[u8; 32]) -> bool {
-        match self.store().relay_blobs().release(recipient, hash) {
+        match self.store.relay_blobs().release(recipient, hash) {
             Ok(Some(orphan)) => {
                 if orphan
                     && let Some(store) = self.held_blobs()
@@ -211,8 +265,8 @@ impl Node {
         let Some(store) = self.held_blobs() else {
             return 0;
         };
-        let ttl = u64::try_from(self.files_component().relay.ttl.as_millis()).unwrap_or(u64::MAX);
-        let expired = match self.store().relay_blobs().expired(now_ms(), ttl) {
+        let ttl = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let expired = match self.store.relay_blobs().expired(now_ms(), ttl) {
             Ok(expired) => expired,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot sweep held blobs");
@@ -225,7 +279,7 @@ impl Node {
         }
         for status in store.list() {
             if !self
-                .store()
+                .store
                 .relay_blobs()
                 .is_held(status.hash.as_bytes())
                 .unwrap_or(true)
@@ -234,6 +288,52 @@ impl Node {
             }
         }
         n
+    }
+}
+
+impl Node {
+    /// Relay side: the files held for offline users (entries and bytes), for `kith relay status`
+    /// and tests.
+    pub fn held_files_stats(&self) -> Result<kith_store::RelayBlobStats, crate::ServiceError> {
+        self.inner.mailbox_relay.held().stats()
+    }
+}
+
+/// The sender side of held files, a part of the mailbox user side (its deposits): before a file
+/// offer is deposited at a recipient's relay, the file goes there. Reads the outgoing file's
+/// record and notes on it how the push went (the files book's record of an outgoing file; the
+/// files component keeps the rest of that book), notes a full quota on the message through
+/// [`Outbound::note_failure`], and reports progress as [`Events`].
+pub(crate) struct FilePush {
+    store: kith_store::Store,
+    blobs: BlobStore,
+    client: kith_net::Client,
+    events: Arc<dyn Events>,
+    outbound: Arc<dyn Outbound>,
+}
+
+impl std::fmt::Debug for FilePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePush").finish_non_exhaustive()
+    }
+}
+
+impl FilePush {
+    /// The push over the node's `store`, its blob store `blobs` and the network.
+    pub(crate) fn new(
+        store: kith_store::Store,
+        blobs: BlobStore,
+        client: kith_net::Client,
+        events: Arc<dyn Events>,
+        outbound: Arc<dyn Outbound>,
+    ) -> Self {
+        Self {
+            store,
+            blobs,
+            client,
+            events,
+            outbound,
+        }
     }
 
     /// Sender side: before the offer for outbox item `id` is deposited at `relay` for `peer`,
@@ -245,7 +345,7 @@ impl Node {
         id: &[u8; 16],
         relay: &Multiaddr,
     ) -> bool {
-        let Ok(Some(record)) = self.store().files().get(id) else {
+        let Ok(Some(record)) = self.store.files().get(id) else {
             return true;
         };
         if !record.outgoing {
@@ -262,7 +362,7 @@ impl Node {
         let hash = BlobHash::from_bytes(record.offer.hash);
         let stream = match tokio::time::timeout(
             OPEN_TIMEOUT,
-            self.inner.client_ref().open_blob_stream(relay_peer),
+            self.client.open_blob_stream(relay_peer),
         )
         .await
         {
@@ -273,16 +373,16 @@ impl Node {
             }
             Err(_) => return false,
         };
-        let blobs = self.files_component().blobs.clone();
+        let blobs = self.blobs.clone();
         let size = record.offer.size;
-        let events = self.clone();
+        let events = self.events.clone();
         let message = record.message_id;
         let mut reported = 0u64;
         let tag = peer.to_bytes();
         let push = kith_blob::push(stream, &blobs, hash, &tag, move |p| {
             if p.written >= reported + crate::files::PROGRESS_EVERY || p.written == p.wanted {
                 reported = p.written;
-                events.dm().emit(MessageEvent::FileProgress {
+                events.emit(MessageEvent::FileProgress {
                     id: message,
                     peer,
                     received: size.saturating_sub(p.wanted) + p.written,
@@ -298,7 +398,7 @@ impl Node {
         match outcome {
             Ok(done) if done.complete => {
                 tracing::info!(%peer, relay = %relay_peer, sent = done.bytes_sent, "recipient offline; file held at its relay");
-                let _ = self.store().files().set_state(
+                let _ = self.store.files().set_state(
                     id,
                     record.state,
                     &format!("held at relay {relay_peer} until {peer} comes online"),
@@ -310,8 +410,8 @@ impl Node {
                 tracing::info!(%peer, relay = %relay_peer, ?status, %reason, "relay refused to hold the file");
                 if status == Status::Full {
                     let note = format!("waiting: {reason}");
-                    let _ = self.store().messages().note_failure(id, &note);
-                    let _ = self.store().files().set_state(id, record.state, &note);
+                    let _ = self.outbound.note_failure(id, &note);
+                    let _ = self.store.files().set_state(id, record.state, &note);
                 }
                 false
             }
@@ -320,55 +420,5 @@ impl Node {
                 false
             }
         }
-    }
-
-    /// Recipient side: we have `hash` now; tell our relays to drop their copies (best effort, in
-    /// the background; the relay's TTL is the fallback).
-    pub(crate) fn release_at_relays(&self, hash: [u8; 32]) {
-        let relays = self.mailbox_relays();
-        if relays.is_empty() {
-            return;
-        }
-        let node = self.clone();
-        tokio::spawn(async move {
-            let request = pb::MailboxRequest {
-                kind: Some(pb::mailbox_request::Kind::BlobRelease(
-                    pb::MailboxBlobRelease {
-                        hashes: vec![hash.to_vec()],
-                    },
-                )),
-            }
-            .encode_to_vec();
-            for relay in relays {
-                let Some(peer) = relay_peer(&relay) else {
-                    continue;
-                };
-                let call = node
-                    .net()
-                    .mailbox_request(peer, request.clone(), vec![relay.clone()]);
-                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), call).await {
-                    tracing::debug!(relay = %peer, error = %e, "cannot release a held blob");
-                }
-            }
-        });
-    }
-
-    /// Our mailbox relays' peer ids: holders of files sent to us while we were away.
-    pub(crate) fn relay_holders(&self) -> Vec<PeerId> {
-        self.mailbox_relays()
-            .iter()
-            .filter_map(relay_peer)
-            .collect()
-    }
-}
-
-/// Keeps the held store reachable from the files component without a cycle.
-pub(crate) type HeldSlot = std::sync::Mutex<Option<BlobStore>>;
-
-impl Node {
-    /// Relay side: the files held for offline users (entries and bytes), for `kith relay status`
-    /// and tests.
-    pub fn held_files_stats(&self) -> Result<kith_store::RelayBlobStats, crate::ServiceError> {
-        Ok(self.store().relay_blobs().stats()?)
     }
 }

@@ -23,7 +23,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::{
     MessageEvent, Node, Sent, ServiceError, dm,
-    handles::{AddressBook, BeforeStore, Connections, Events, Outbound, Resolver, TrustCheck},
+    handles::{AddressBook, BeforeStore, Connections, Events, Outbound, TrustCheck},
     mailbox,
     node::Inner,
 };
@@ -92,11 +92,11 @@ impl mailbox::Inbox for Router {
         from: PeerId,
         envelope: &[u8],
     ) -> impl std::future::Future<Output = pb::Ack> + Send {
-        self.node.receive(from, envelope, self)
+        self.node.inner.dm.receive(from, envelope, self)
     }
 
     fn holds_incoming(&self, from: PeerId, id: &MessageId) -> bool {
-        self.node.holds_incoming(from, id)
+        self.node.inner.dm.holds_incoming(from, id)
     }
 }
 
@@ -119,12 +119,6 @@ impl Links {
             .upgrade()
             .map(|inner| Node { inner })
             .ok_or_else(|| ServiceError::Task("the node has stopped".into()))
-    }
-}
-
-impl Resolver for Links {
-    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>> {
-        Box::pin(async move { self.node()?.resolve_recipient(target).await })
     }
 }
 
@@ -164,6 +158,19 @@ impl Outbound for Links {
         })
     }
 
+    fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError> {
+        self.node()?.inner.dm.note_failure(id, note)
+    }
+
+    fn send_receipt(
+        &self,
+        peer: PeerId,
+        ids: Vec<Vec<u8>>,
+        kind: pb::ReceiptKind,
+    ) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(async move { self.node()?.outbox().send_receipt(peer, ids, kind).await })
+    }
+
     fn send_ephemeral(
         &self,
         peer: PeerId,
@@ -174,27 +181,7 @@ impl Outbound for Links {
     }
 
     fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError> {
-        Self::withdraw_queued(&self.node()?, peer, id, note)
-    }
-}
-
-impl Links {
-    /// dm's part of [`Outbound::withdraw`], on the messages book dm owns (here until the
-    /// direct-message component owns its book: dm.rs is not being reshaped this round).
-    fn withdraw_queued(
-        node: &Node,
-        peer: PeerId,
-        id: &MessageId,
-        note: &str,
-    ) -> Result<bool, ServiceError> {
-        let messages = node.store().messages();
-        let queued = messages
-            .outbox_for(&peer.to_bytes())
-            .is_ok_and(|items| items.iter().any(|i| i.id == *id));
-        if queued {
-            messages.complete(id, kith_store::Status::Failed, note, crate::node::now_ms())?;
-        }
-        Ok(queued)
+        self.node()?.inner.dm.withdraw(peer, id, note)
     }
 }
 
@@ -211,6 +198,10 @@ impl AddressBook for Links {
         self.node()
             .map(|node| node.known_addrs(peer))
             .unwrap_or_default()
+    }
+
+    fn record_addr(&self, peer: &PeerId, addr: &Multiaddr) -> Result<(), ServiceError> {
+        self.node()?.record_addr(peer, addr)
     }
 }
 
@@ -231,14 +222,8 @@ impl crate::groups::FileOffers for Links {
 
 impl TrustCheck for Links {
     fn is_accepted(&self, peer: PeerId) -> bool {
-        self.node().is_ok_and(|node| {
-            node.store()
-                .messages()
-                .correspondent(&peer.to_bytes())
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.trust == kith_store::Trust::Accepted)
-        })
+        self.node()
+            .is_ok_and(|node| node.inner.dm.is_accepted(peer))
     }
 }
 
@@ -287,17 +272,59 @@ impl crate::files::GroupFiles for crate::groups::Groups {
     }
 }
 
-/// Our mailbox relays as file holders: relay_blobs.rs runs the exchange over the mailbox protocol.
-impl crate::files::FileRelays for Links {
+/// Our mailbox relays as file holders: the mailbox user side runs the release over the mailbox
+/// protocol itself.
+impl crate::files::FileRelays for crate::mailbox::MailboxClient {
     fn holders(&self) -> Vec<PeerId> {
-        self.node()
-            .map(|node| node.relay_holders())
-            .unwrap_or_default()
+        self.relay_holders()
     }
 
     fn release(&self, hash: [u8; 32]) {
+        self.release_at_relays(hash);
+    }
+}
+
+/// What the mailbox user side needs of files: resuming downloads after a sync.
+impl crate::mailbox::MailFiles for Links {
+    fn resume_all_downloads(&self) {
         if let Ok(node) = self.node() {
-            node.release_at_relays(hash);
+            node.inner.files.resume_all_downloads();
         }
+    }
+}
+
+/// Our relays' TURN credentials are kept by the calls component itself.
+impl crate::mailbox::RelayTurn for crate::calls::Calls {
+    fn turn_due(&self, relay: PeerId) -> bool {
+        crate::calls::Calls::turn_due(self, relay)
+    }
+
+    fn set_relay_turn(&self, relay: PeerId, answer: Option<pb::TurnCredentials>) {
+        crate::calls::Calls::set_relay_turn(self, relay, answer);
+    }
+}
+
+/// A relay's TURN credentials for its users are minted by the calls component itself.
+impl crate::mailbox::TurnIssue for crate::calls::Calls {
+    fn issue_turn(&self, peer: PeerId) -> Option<pb::TurnCredentials> {
+        crate::calls::Calls::issue_turn(self, peer)
+    }
+}
+
+/// `kith doctor`'s rival check asks the names component itself.
+impl crate::health::NameLookup for crate::names::Names {
+    fn own_names(&self) -> Result<Vec<kith_core::NameRecord>, ServiceError> {
+        crate::names::Names::own_names(self)
+    }
+
+    fn ask_every_holder<'a>(
+        &'a self,
+        name: &'a kith_core::Name,
+    ) -> BoxFuture<'a, Result<Vec<Vec<kith_core::select::Answer>>, ServiceError>> {
+        Box::pin(self.ask_replicas(name, usize::MAX))
+    }
+
+    fn routing_table(&self) -> BoxFuture<'_, usize> {
+        Box::pin(crate::names::Names::routing_table(self))
     }
 }
