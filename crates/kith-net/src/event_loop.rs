@@ -40,6 +40,7 @@ use crate::{
     event::mode_is_server,
     listen,
     metrics::{Direction, Kind},
+    routing::PeerRouting,
     scope::{self, Scope},
 };
 
@@ -47,6 +48,22 @@ type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, RequestError>>;
 type PutReply = oneshot::Sender<Result<(), RequestError>>;
 /// Reply to a request on `/kith/dm`, `/kith/mailbox` or `/kith/sync` (the channel in the map keys says which).
 type BytesReply = oneshot::Sender<Result<Vec<u8>, RequestError>>;
+
+/// A request sent to a peer we are not connected to and had no address for: its bytes are kept
+/// so that, if the dial fails, it can go again with the addresses a DHT walk finds (see
+/// `routing`).
+struct OutboundRequest {
+    peer: PeerId,
+    reply: BytesReply,
+    retry: Option<Vec<u8>>,
+}
+
+/// A request parked while a walk looks for its peer's addresses.
+struct ParkedRequest {
+    channel: Channel,
+    bytes: Vec<u8>,
+    reply: BytesReply,
+}
 
 /// A GET in flight: answers so far, distinct holders per agreement class, the caller.
 struct PendingGet {
@@ -68,7 +85,9 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     pending_closest: HashMap<kad::QueryId, (Vec<PeerId>, ClosestReply)>,
     pending_puts: HashMap<kad::QueryId, PutReply>,
-    pending_dm_out: HashMap<(Channel, request_response::OutboundRequestId), (PeerId, BytesReply)>,
+    pending_dm_out: HashMap<(Channel, request_response::OutboundRequestId), OutboundRequest>,
+    /// Requests whose dial failed for want of an address, and the walks looking for them.
+    routing: PeerRouting<ParkedRequest>,
     pending_dm_in: HashMap<u64, (Channel, PeerId, request_response::ResponseChannel<Vec<u8>>)>,
     inbound_ids: HashMap<(Channel, request_response::InboundRequestId), u64>,
     next_dm_id: u64,
@@ -312,6 +331,7 @@ pub(crate) fn build(
         pending_closest: HashMap::new(),
         pending_puts: HashMap::new(),
         pending_dm_out: HashMap::new(),
+        routing: PeerRouting::default(),
         pending_dm_in: HashMap::new(),
         inbound_ids: HashMap::new(),
         next_dm_id: 0,
@@ -389,8 +409,11 @@ impl EventLoop {
         for (_, reply) in self.pending_puts.drain() {
             let _ = reply.send(Err(RequestError::Shutdown));
         }
-        for (_, (_, reply)) in self.pending_dm_out.drain() {
-            let _ = reply.send(Err(RequestError::Shutdown));
+        for (_, request) in self.pending_dm_out.drain() {
+            let _ = request.reply.send(Err(RequestError::Shutdown));
+        }
+        for parked in self.routing.drain() {
+            let _ = parked.reply.send(Err(RequestError::Shutdown));
         }
         for (_, get) in self.pending_gets.drain() {
             let _ = get.reply.send(Err(RequestError::Shutdown));
@@ -499,10 +522,13 @@ impl EventLoop {
                     self.metrics.message_out(Kind::Dm);
                 }
                 self.touch(&peer);
-                let id = self
-                    .rr(channel)
-                    .send_request_with_addresses(&peer, bytes, addrs);
-                self.pending_dm_out.insert((channel, id), (peer, reply));
+                // Nothing to dial it with but what the swarm knows: keep a copy, in case the
+                // dial fails and the DHT has to find the peer.
+                let retry = (addrs.is_empty()
+                    && !self.swarm.is_connected(&peer)
+                    && self.routing.may_look_up(&peer, Instant::now()))
+                .then(|| bytes.clone());
+                self.send_request(channel, peer, bytes, addrs, reply, retry);
             }
             Command::RespondDm {
                 request,
@@ -1004,6 +1030,87 @@ impl EventLoop {
         }
     }
 
+    /// Sends a request on `channel`; `retry` keeps its bytes for one more try through the DHT.
+    fn send_request(
+        &mut self,
+        channel: Channel,
+        peer: PeerId,
+        bytes: Vec<u8>,
+        addrs: Vec<Multiaddr>,
+        reply: BytesReply,
+        retry: Option<Vec<u8>>,
+    ) {
+        let id = self
+            .rr(channel)
+            .send_request_with_addresses(&peer, bytes, addrs);
+        self.pending_dm_out
+            .insert((channel, id), OutboundRequest { peer, reply, retry });
+    }
+
+    /// A dial to `peer` failed with no address to try: park the request and walk the DHT
+    /// towards the peer's id (one walk per peer), unless the routing table is empty.
+    fn find_and_retry(&mut self, peer: PeerId, parked: ParkedRequest) {
+        if self.routing_table_len() == 0 {
+            let _ = parked.reply.send(Err(RequestError::Undelivered(format!(
+                "cannot dial {peer}: no address known and no DHT peer to ask"
+            ))));
+            return;
+        }
+        if self.routing.park(peer, parked) {
+            tracing::debug!(%peer, "no address for the peer; looking it up in the DHT");
+            let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            self.routing.walking(query, peer);
+        }
+    }
+
+    /// A step of a walk looking for `target`'s addresses: once the walk reached the peer (we
+    /// are connected) or a neighbour named its addresses, stop it and send what was parked;
+    /// if it ends without, the parked requests fail as undelivered.
+    fn on_route_walk(
+        &mut self,
+        id: kad::QueryId,
+        target: PeerId,
+        result: Result<kad::GetClosestPeersOk, kad::GetClosestPeersError>,
+        last: bool,
+    ) {
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let addrs: Vec<Multiaddr> = peers
+            .into_iter()
+            .filter(|p| p.peer_id == target)
+            .flat_map(|p| p.addrs)
+            .collect();
+        let found = !addrs.is_empty() || self.swarm.is_connected(&target);
+        if !found && !last {
+            return;
+        }
+        if !last && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        let Some((peer, parked)) = self.routing.finish(&id, found, Instant::now()) else {
+            return;
+        };
+        tracing::debug!(%peer, found, addrs = addrs.len(), requests = parked.len(), "peer lookup done");
+        for request in parked {
+            if found {
+                self.send_request(
+                    request.channel,
+                    peer,
+                    request.bytes,
+                    addrs.clone(),
+                    request.reply,
+                    None,
+                );
+            } else {
+                let _ = request.reply.send(Err(RequestError::Undelivered(format!(
+                    "cannot dial {peer}: no address known and the DHT did not find it"
+                ))));
+            }
+        }
+    }
+
     fn rr(&mut self, channel: Channel) -> &mut request_response::Behaviour<crate::dm::Codec> {
         let behaviour = self.swarm.behaviour_mut();
         match channel {
@@ -1066,8 +1173,8 @@ impl EventLoop {
                 ..
             } => {
                 self.touch(&peer);
-                if let Some((_, reply)) = self.pending_dm_out.remove(&(channel, request_id)) {
-                    let _ = reply.send(Ok(response));
+                if let Some(request) = self.pending_dm_out.remove(&(channel, request_id)) {
+                    let _ = request.reply.send(Ok(response));
                 }
             }
             request_response::Event::OutboundFailure {
@@ -1077,8 +1184,24 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "direct message not delivered");
-                if let Some((_, reply)) = self.pending_dm_out.remove(&(channel, request_id)) {
-                    let _ = reply.send(Err(RequestError::Undelivered(error.to_string())));
+                if let Some(request) = self.pending_dm_out.remove(&(channel, request_id)) {
+                    match (error, request.retry) {
+                        (request_response::OutboundFailure::DialFailure, Some(bytes)) => {
+                            self.find_and_retry(
+                                peer,
+                                ParkedRequest {
+                                    channel,
+                                    bytes,
+                                    reply: request.reply,
+                                },
+                            );
+                        }
+                        (error, _) => {
+                            let _ = request
+                                .reply
+                                .send(Err(RequestError::Undelivered(error.to_string())));
+                        }
+                    }
                 }
             }
             request_response::Event::InboundFailure {
@@ -1264,6 +1387,10 @@ impl EventLoop {
                 id, result, step, ..
             } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
+                    if let Some(target) = self.routing.target(&id) {
+                        self.on_route_walk(id, target, result, step.last);
+                        return;
+                    }
                     if let Some(target) = self.lost_lookups.get(&id).copied() {
                         self.on_lost_lookup(target, result, step.last, id);
                         return;
@@ -1509,7 +1636,7 @@ impl EventLoop {
         let mut protected: HashSet<PeerId> = HashSet::new();
         protected.extend(self.reserved_on.iter().copied());
         protected.extend(self.relay_listeners.values().copied());
-        protected.extend(self.pending_dm_out.values().map(|(peer, _)| *peer));
+        protected.extend(self.pending_dm_out.values().map(|request| request.peer));
         protected.extend(self.pending_dm_in.values().map(|(_, peer, _)| *peer));
         protected.extend(self.serving.keys().copied());
         protected.extend(self.blob_use.peers());

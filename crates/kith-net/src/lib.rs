@@ -36,6 +36,7 @@ pub mod frame;
 mod listen;
 mod metrics;
 mod records;
+mod routing;
 mod scope;
 
 pub use blob::{BLOB_PROTOCOL, BlobStream, IncomingBlobStreams};
