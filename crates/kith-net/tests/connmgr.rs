@@ -3,97 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+mod common;
 
-use kith_net::{Client, Config, ConnectionBudget, DhtMode, Keypair, Metrics, Multiaddr, PeerId};
+use std::time::{Duration, Instant};
 
-/// Upper bound for any awaited condition.
-const WAIT: Duration = Duration::from_secs(30);
-/// How often conditions are re-checked.
-const POLL: Duration = Duration::from_millis(100);
-
-struct TestNode {
-    client: Client,
-    peer_id: PeerId,
-    addr: Multiaddr,
-    metrics: Metrics,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestNode {
-    async fn start(budget: Option<ConnectionBudget>, dht_mode: DhtMode) -> Self {
-        Self::start_with(budget, |c| c.with_dht_mode(dht_mode)).await
-    }
-
-    async fn start_with(
-        budget: Option<ConnectionBudget>,
-        configure: impl FnOnce(Config) -> Config,
-    ) -> Self {
-        let mut config = configure(
-            Config::new(Keypair::generate_ed25519())
-                .with_network_id("test")
-                .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
-                .with_mdns(false),
-        );
-        config.connections = budget;
-        let metrics = Metrics::default();
-        let (client, events, event_loop) = kith_net::new(config, metrics.clone()).unwrap();
-        drop(events);
-        let task = tokio::spawn(event_loop.run());
-        let peer_id = client.local_peer_id();
-        let listening = poll_until("a listen address", || {
-            let client = client.clone();
-            async move { client.status().await.unwrap().listen_addrs.first().cloned() }
-        })
-        .await;
-        let addr = listening.with(libp2p::multiaddr::Protocol::P2p(peer_id));
-        Self {
-            client,
-            peer_id,
-            addr,
-            metrics,
-            task,
-        }
-    }
-
-    async fn connected(&self, peer: PeerId) -> bool {
-        self.client
-            .peers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.peer_id == peer)
-    }
-
-    async fn connections(&self) -> usize {
-        let s = self.client.status().await.unwrap();
-        s.connections_inbound + s.connections_outbound
-    }
-
-    async fn stop(self) {
-        let _ = self.client.shutdown().await;
-        let _ = self.task.await;
-    }
-}
-
-/// Polls `check` every [`POLL`] until it returns `Some`, for at most [`WAIT`].
-async fn poll_until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
-}
+use common::{POLL, TestNode, WAIT, poll_until};
+use kith_net::{Config, ConnectionBudget, DhtMode, Metrics, Multiaddr, PeerId};
 
 fn metrics_text(metrics: &Metrics) -> String {
     let mut registry = prometheus_client::registry::Registry::with_prefix("kith");

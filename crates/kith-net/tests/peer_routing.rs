@@ -3,84 +3,39 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+mod common;
 
-use kith_net::{Client, Config, DhtMode, Event, Keypair, Metrics, Multiaddr, PeerId};
-use tokio::sync::mpsc;
+use common::{TestNode, WAIT, poll_until};
+use kith_net::{DhtMode, Event, PeerId};
 
-/// Upper bound for any awaited condition.
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Node {
-    client: Client,
-    peer_id: PeerId,
-    addr: Multiaddr,
-    events: mpsc::Receiver<Event>,
-    task: tokio::task::JoinHandle<()>,
+/// A DHT server on its own network, as every node of this test is.
+async fn start() -> TestNode {
+    TestNode::start_with(None, |c| {
+        c.with_network_id("routing").with_dht_mode(DhtMode::Server)
+    })
+    .await
 }
 
-impl Node {
-    async fn start() -> Node {
-        let config = Config::new(Keypair::generate_ed25519())
-            .with_network_id("routing")
-            .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
-            .with_mdns(false)
-            .with_dht_mode(DhtMode::Server);
-        let (client, events, event_loop) = kith_net::new(config, Metrics::default()).unwrap();
-        let task = tokio::spawn(event_loop.run());
-        let peer_id = client.local_peer_id();
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            if let Some(addr) = client.status().await.unwrap().listen_addrs.first() {
-                break addr.clone();
-            }
-            assert!(Instant::now() < deadline, "no listen address");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Node {
-            client,
-            peer_id,
-            addr: addr.with(libp2p::multiaddr::Protocol::P2p(peer_id)),
-            events,
-            task,
-        }
-    }
-
-    async fn routing_table_has(&self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.client.status().await.unwrap().routing_table_peers < n {
-            assert!(Instant::now() < deadline, "routing table below {n}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn connected_to(&self, peer: PeerId) -> bool {
-        self.client
-            .peers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.peer_id == peer)
-    }
-
-    async fn stop(self) {
-        let _ = self.client.shutdown().await;
-        let _ = self.task.await;
-    }
+/// Waits until `node`'s routing table holds at least `n` peers.
+async fn routing_table_has(node: &TestNode, n: usize) {
+    poll_until(&format!("{n} peers in the routing table"), || async {
+        (node.client.status().await.unwrap().routing_table_peers >= n).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_to_a_peer_never_met_finds_it_through_the_dht() {
     // A and C know only the hub, and C joins after A's bootstrap walk: A has no address for C.
-    let hub = Node::start().await;
-    let a = Node::start().await;
+    let hub = start().await;
+    let a = start().await;
     a.client.dial(hub.addr.clone()).await.unwrap();
-    a.routing_table_has(1).await;
-    let mut c = Node::start().await;
+    routing_table_has(&a, 1).await;
+    let mut c = start().await;
     c.client.dial(hub.addr.clone()).await.unwrap();
-    c.routing_table_has(1).await;
-    hub.routing_table_has(2).await;
-    assert!(!a.connected_to(c.peer_id).await, "A met C before the test");
+    routing_table_has(&c, 1).await;
+    routing_table_has(&hub, 2).await;
+    assert!(!a.connected(c.peer_id).await, "A met C before the test");
 
     // C answers whatever direct message reaches it.
     let c_client = c.client.clone();
