@@ -92,24 +92,24 @@ impl RawDht {
     /// Adds `peers` (each with an address ending in `/p2p/<id>` or not) to its routing table:
     /// the only peers it will ever name in an answer.
     pub async fn refer_to(&self, peers: Vec<(PeerId, Multiaddr)>) -> anyhow::Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Refer { peers, reply })
-            .await
-            .map_err(|_| anyhow!("the raw DHT server stopped"))?;
-        tokio::time::timeout(LISTEN, rx)
-            .await
-            .context("the raw DHT server did not answer")?
-            .context("the raw DHT server stopped")
+        self.ask(|reply| Command::Refer { peers, reply }).await
     }
 
     /// How many Kademlia requests (`FIND_NODE`, `GET_VALUE`, `PUT_VALUE`, ...) it answered so far,
     /// and every peer it has had a connection with, either way. (kad bootstraps by itself when
     /// peers enter its table, so a server with a table also asks, and meets, the peers in it.)
     pub async fn report(&self) -> anyhow::Result<(u64, HashSet<PeerId>)> {
+        self.ask(|reply| Command::Report { reply }).await
+    }
+
+    /// Sends a command with a reply channel and waits (bounded) for the answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> anyhow::Result<T> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Report { reply })
+            .send(command(reply))
             .await
             .map_err(|_| anyhow!("the raw DHT server stopped"))?;
         tokio::time::timeout(LISTEN, rx)

@@ -343,6 +343,23 @@ function tail(file, n = 20) {
   }
 }
 
+/** Reads a whole HTTP response and resolves with its status, headers, text and JSON (if any). */
+function collectResponse(res, resolve, reject) {
+  const chunks = [];
+  res.on('data', (c) => chunks.push(c));
+  res.on('end', () => {
+    const text = Buffer.concat(chunks).toString('utf8');
+    let json;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    resolve({ status: res.statusCode, headers: res.headers, text, json });
+  });
+  res.on('error', reject);
+}
+
 /**
  * A raw HTTP request with full control over the headers (fetch may not set Host or Origin):
  * resolves {status, headers, text, json} (json undefined when the body is not JSON). Bounded.
@@ -352,21 +369,7 @@ export function rawRequest(node, { method = 'GET', path: reqPath = '/', headers 
   return new Promise((resolve, reject) => {
     const req = http.request(
       { host, port, method, path: reqPath, headers: { Connection: 'close', ...headers }, setHost: !('Host' in headers) },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let json;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode, headers: res.headers, text, json });
-        });
-        res.on('error', reject);
-      },
+      (res) => collectResponse(res, resolve, reject),
     );
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${reqPath}: no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
@@ -503,20 +506,7 @@ export function rawUpgrade(node, { path: reqPath = '/v1/events', headers = {}, t
       socket.destroy();
       resolve({ status: res.statusCode, headers: res.headers, text: '' });
     });
-    req.on('response', (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode, headers: res.headers, text, json });
-      });
-    });
+    req.on('response', (res) => collectResponse(res, resolve, reject));
     req.on('error', reject);
     req.end();
   });
@@ -687,4 +677,51 @@ export async function failureShot(page, name) {
   } catch (e) {
     return `(no screenshot: ${e.message})`;
   }
+}
+
+/**
+ * The step helpers of a browser suite, whose tests run in order and depend on earlier ones.
+ * `step(name, fn)` wraps a test body: on failure it marks the lab failed and rethrows with a
+ * screenshot of each open page, what the pages logged, and where in the tests it failed.
+ * `needs(t, ...steps)` skips a test whose earlier steps (keys set in `done`) failed; `phases(t)`
+ * prints how long each phase of a test took, as test diagnostics.
+ * `lab()` and `pages()` are read at failure time: `pages()` gives `[who, page]` pairs.
+ */
+export function suiteSteps({ prefix, done, lab, pages }) {
+  const step = (name, fn) => async (t) => {
+    try {
+      await fn(t);
+    } catch (e) {
+      const current = lab();
+      if (current) current.failed = true;
+      const notes = [];
+      for (const [who, page] of pages()) {
+        if (!page || page.isClosed()) continue;
+        notes.push(`${who} screenshot: ${await failureShot(page, `${prefix}${name}-${who}`)}`);
+        if (page.problems?.length) notes.push(`${who} page problems: ${page.problems.slice(-10).join(' | ')}`);
+      }
+      // A new error: Playwright's errors have their stack (and so their printed message) fixed.
+      const where = String(e.stack || '')
+        .split('\n')
+        .filter((l) => /tests\/browser\/(lib|tests)\//.test(l))
+        .slice(0, 4)
+        .join('\n');
+      const err = new Error(`${e.message}\n${notes.join('\n')}\n${where}`);
+      err.stack = err.message;
+      throw err;
+    }
+  };
+  const needs = (t, ...what) => {
+    const missing = what.filter((w) => !done[w]);
+    if (missing.length) {
+      t.skip(`needs the earlier step(s) ${missing.join(', ')}, which failed`);
+      return false;
+    }
+    return true;
+  };
+  const phases = (t) => {
+    const start = Date.now();
+    return (what) => t.diagnostic(`${((Date.now() - start) / 1000).toFixed(1)} s  ${what}`);
+  };
+  return { step, needs, phases };
 }

@@ -40,6 +40,7 @@ import {
   skipReason,
   sleep,
   watchProblems,
+  suiteSteps,
 } from '../lib/harness.js';
 import { ARRIVAL_TIMEOUT_MS, UI_TIMEOUT_MS, button, describeViolations, items, openChat, seriousViolations, shows } from '../lib/app.js';
 import {
@@ -90,39 +91,13 @@ describe('kith web app: calls', { skip: namespaceReason() }, () => {
   let groupId;
   const done = {};
 
-  const step = (name, fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (e) {
-      lab.failed = true;
-      const notes = [];
-      for (const [who, page] of [['A', pageA], ['B', pageB], ['C', pageC]]) {
-        if (!page || page.isClosed()) continue;
-        notes.push(`${who} screenshot: ${await failureShot(page, `calls-${name}-${who}`)}`);
-        if (page.problems?.length) notes.push(`${who} page problems: ${page.problems.slice(-10).join(' | ')}`);
-      }
-      const where = String(e.stack || '')
-        .split('\n')
-        .filter((l) => /tests\/browser\/(lib|tests)\//.test(l))
-        .slice(0, 4)
-        .join('\n');
-      const err = new Error(`${e.message}\n${notes.join('\n')}\n${where}`);
-      err.stack = err.message;
-      throw err;
-    }
-  };
-  const needs = (t, ...what) => {
-    const missing = what.filter((w) => !done[w]);
-    if (missing.length) {
-      t.skip(`needs the earlier step(s) ${missing.join(', ')}, which failed`);
-      return false;
-    }
-    return true;
-  };
-  const phases = (t) => {
-    const start = Date.now();
-    return (what) => t.diagnostic(`${((Date.now() - start) / 1000).toFixed(1)} s  ${what}`);
-  };
+  /** Test bodies that add screenshots and page logs to a failure, and skip after a failed step. */
+  const { step, needs, phases } = suiteSteps({
+    prefix: 'calls-',
+    done,
+    lab: () => lab,
+    pages: () => [['A', pageA], ['B', pageB], ['C', pageC]],
+  });
 
   /** A signed-in page of `node` with the event counter and ring probe; first run skipped. */
   async function page(node, { phone = false, checked = true } = {}) {

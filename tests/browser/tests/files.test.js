@@ -22,6 +22,7 @@ import {
   failureShot,
   screenshot,
   poll,
+  suiteSteps,
 } from '../lib/harness.js';
 import {
   ARRIVAL_TIMEOUT_MS,
@@ -53,30 +54,13 @@ describe('kith web app: photos and files', { skip: skipReason() }, () => {
   let photoPath;
   const done = {};
 
-  const step = (name, fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (e) {
-      lab.failed = true;
-      const notes = [];
-      for (const [who, page] of [['A-desktop', pageA], ['B-phone', pageB]]) {
-        if (!page) continue;
-        notes.push(`${who} screenshot: ${await failureShot(page, `files-${name}-${who}`)}`);
-        if (page.problems?.length) notes.push(`${who} page problems: ${page.problems.slice(-10).join(' | ')}`);
-      }
-      const err = new Error(`${e.message}\n${notes.join('\n')}\n${String(e.stack || '').split('\n').filter((l) => /tests\/browser\//.test(l)).slice(0, 4).join('\n')}`);
-      err.stack = err.message;
-      throw err;
-    }
-  };
-  const needs = (t, ...what) => {
-    const missing = what.filter((w) => !done[w]);
-    if (missing.length) {
-      t.skip(`needs the earlier step(s) ${missing.join(', ')}, which failed`);
-      return false;
-    }
-    return true;
-  };
+  /** Test bodies that add screenshots and page logs to a failure, and skip after a failed step. */
+  const { step, needs } = suiteSteps({
+    prefix: 'files-',
+    done,
+    lab: () => lab,
+    pages: () => [['A-desktop', pageA], ['B-phone', pageB]],
+  });
   const bearer = (node) => ({ Authorization: `Bearer ${node.token}` });
   /** The message of list "Messages" that shows the photo's caption. */
   const photoItem = (page) => items(page, 'Messages', CAPTION);

@@ -29,6 +29,7 @@ import {
   poll,
   sleep,
   SCREENSHOT_DIR,
+  suiteSteps,
 } from '../lib/harness.js';
 import {
   ARRIVAL_TIMEOUT_MS,
@@ -84,47 +85,18 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
   const abTexts = [T.hello, T.reply, T.second];
   const abChat = () => new RegExp(abTexts.map((x) => re(x).source).join('|'));
 
-  /** Runs a test body; on failure adds screenshots of both pages and what the pages logged. */
-  const step = (name, fn) => async (t) => {
-    try {
-      await fn(t);
-    } catch (e) {
-      lab.failed = true;
-      const notes = [];
-      for (const [who, page] of [['A-desktop', pageA], ['B-phone', pageB]]) {
-        if (!page) continue;
-        notes.push(`${who} screenshot: ${await failureShot(page, `${name}-${who}`)}`);
-        if (page.problems?.length) notes.push(`${who} page problems: ${page.problems.slice(-10).join(' | ')}`);
-      }
-      // A new error: Playwright's errors have their stack (and so their printed message) fixed.
-      const where = String(e.stack || '')
-        .split('\n')
-        .filter((l) => /tests\/browser\/(lib|tests)\//.test(l))
-        .slice(0, 4)
-        .join('\n');
-      const err = new Error(`${e.message}\n${notes.join('\n')}\n${where}`);
-      err.stack = err.message;
-      throw err;
-    }
-  };
+  /** Test bodies that add screenshots and page logs to a failure, and skip after a failed step. */
+  const { step, needs, phases } = suiteSteps({
+    prefix: '',
+    done,
+    lab: () => lab,
+    pages: () => [['A-desktop', pageA], ['B-phone', pageB]],
+  });
   /** Asserts neither page was reloaded (or navigated away) since the start. */
   const assertNoReload = async () => {
     for (const [who, page] of [['A', pageA], ['B', pageB]]) {
       assert.equal(await page.evaluate(() => window.kithTestNoReload), true, `${who}'s page was reloaded`);
     }
-  };
-  /** Prints how long each phase of a test took (as a test diagnostic). */
-  const phases = (t) => {
-    const start = Date.now();
-    return (what) => t.diagnostic(`${((Date.now() - start) / 1000).toFixed(1)} s  ${what}`);
-  };
-  const needs = (t, ...what) => {
-    const missing = what.filter((w) => !done[w]);
-    if (missing.length) {
-      t.skip(`needs the earlier step(s) ${missing.join(', ')}, which failed`);
-      return false;
-    }
-    return true;
   };
 
   before(async () => {
