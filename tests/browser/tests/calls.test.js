@@ -92,12 +92,7 @@ describe('kith web app: calls', { skip: namespaceReason() }, () => {
   const done = {};
 
   /** Test bodies that add screenshots and page logs to a failure, and skip after a failed step. */
-  const { step, needs, phases } = suiteSteps({
-    prefix: 'calls-',
-    done,
-    lab: () => lab,
-    pages: () => [['A', pageA], ['B', pageB], ['C', pageC]],
-  });
+  const { step, needs, phases } = suiteSteps({ prefix: 'calls-', done, lab: () => lab, pages: () => [['A', pageA], ['B', pageB], ['C', pageC]] });
 
   /** A signed-in page of `node` with the event counter and ring probe; first run skipped. */
   async function page(node, { phone = false, checked = true } = {}) {

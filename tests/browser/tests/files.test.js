@@ -55,12 +55,7 @@ describe('kith web app: photos and files', { skip: skipReason() }, () => {
   const done = {};
 
   /** Test bodies that add screenshots and page logs to a failure, and skip after a failed step. */
-  const { step, needs } = suiteSteps({
-    prefix: 'files-',
-    done,
-    lab: () => lab,
-    pages: () => [['A-desktop', pageA], ['B-phone', pageB]],
-  });
+  const { step, needs } = suiteSteps({ prefix: 'files-', done, lab: () => lab, pages: () => [['A-desktop', pageA], ['B-phone', pageB]] });
   const bearer = (node) => ({ Authorization: `Bearer ${node.token}` });
   /** The message of list "Messages" that shows the photo's caption. */
   const photoItem = (page) => items(page, 'Messages', CAPTION);

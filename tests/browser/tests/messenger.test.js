@@ -86,12 +86,7 @@ describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => 
   const abChat = () => new RegExp(abTexts.map((x) => re(x).source).join('|'));
 
   /** Test bodies that add screenshots and page logs to a failure, and skip after a failed step. */
-  const { step, needs, phases } = suiteSteps({
-    prefix: '',
-    done,
-    lab: () => lab,
-    pages: () => [['A-desktop', pageA], ['B-phone', pageB]],
-  });
+  const { step, needs, phases } = suiteSteps({ prefix: '', done, lab: () => lab, pages: () => [['A-desktop', pageA], ['B-phone', pageB]] });
   /** Asserts neither page was reloaded (or navigated away) since the start. */
   const assertNoReload = async () => {
     for (const [who, page] of [['A', pageA], ['B', pageB]]) {
