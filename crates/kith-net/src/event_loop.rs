@@ -1073,15 +1073,7 @@ impl EventLoop {
         result: Result<kad::GetClosestPeersOk, kad::GetClosestPeersError>,
         last: bool,
     ) {
-        let peers = match result {
-            Ok(ok) => ok.peers,
-            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-        };
-        let addrs: Vec<Multiaddr> = peers
-            .into_iter()
-            .filter(|p| p.peer_id == target)
-            .flat_map(|p| p.addrs)
-            .collect();
+        let addrs = addresses_found(target, result);
         let found = !addrs.is_empty() || self.swarm.is_connected(&target);
         if !found && !last {
             return;
@@ -1884,21 +1876,15 @@ impl EventLoop {
         if last {
             self.lost_lookups.remove(&id);
         }
-        let peers = match result {
-            Ok(ok) => ok.peers,
-            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-        };
-        let Some(found) = peers.into_iter().find(|p| p.peer_id == target) else {
-            return;
-        };
-        if found.addrs.is_empty() {
+        let addrs = addresses_found(target, result);
+        if addrs.is_empty() {
             return;
         }
-        tracing::info!(peer = %target, addrs = ?found.addrs, "found a bootstrap peer again through the DHT");
+        tracing::info!(peer = %target, ?addrs, "found a bootstrap peer again through the DHT");
         if self.swarm.is_connected(&target) {
             return; // The lookup itself reached it.
         }
-        let opts = DialOpts::peer_id(target).addresses(found.addrs).build();
+        let opts = DialOpts::peer_id(target).addresses(addrs).build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(peer = %target, error = %e, "cannot dial the bootstrap peer found again");
         }
@@ -1986,4 +1972,21 @@ fn instant_at(at: SystemTime) -> Instant {
             .unwrap_or(now + Duration::from_secs(86_400 * 365)),
         Err(_) => now,
     }
+}
+
+/// The addresses a walk towards `target`'s id found for it (empty when no answer named it),
+/// whether the walk completed or was cut short by its timeout.
+fn addresses_found(
+    target: PeerId,
+    result: Result<kad::GetClosestPeersOk, kad::GetClosestPeersError>,
+) -> Vec<Multiaddr> {
+    let peers = match result {
+        Ok(ok) => ok.peers,
+        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+    };
+    peers
+        .into_iter()
+        .filter(|p| p.peer_id == target)
+        .flat_map(|p| p.addrs)
+        .collect()
 }

@@ -49,12 +49,14 @@ impl<R> PeerRouting<R> {
         !self.not_found.contains_key(peer)
     }
 
-    /// Parks `request` for `peer`. True when no walk for `peer` is running yet: the caller
-    /// starts one and reports it with [`PeerRouting::walking`].
+    /// Parks `request` for `peer`. True when it is the first one parked for `peer`, which means
+    /// no walk for `peer` runs yet (a peer's requests stay parked exactly as long as its walk
+    /// runs: [`PeerRouting::finish`] ends both): the caller starts one and reports it with
+    /// [`PeerRouting::walking`].
     pub(crate) fn park(&mut self, peer: PeerId, request: R) -> bool {
         let waiting = self.parked.entry(peer).or_default();
         waiting.push(request);
-        waiting.len() == 1 && !self.walks.values().any(|p| *p == peer)
+        waiting.len() == 1
     }
 
     /// Records the walk started for `peer`.

@@ -29,7 +29,6 @@ import {
   IN_CI,
   Lab,
   desktopContext,
-  failureShot,
   launchBrowser,
   onlyLoopback,
   openSignedIn,

@@ -19,7 +19,6 @@ import {
   openSignedIn,
   rawRequest,
   skipReason,
-  failureShot,
   screenshot,
   poll,
   suiteSteps,
