@@ -69,3 +69,22 @@ impl StoreError {
         StoreError::Sled { path, source }
     }
 }
+
+/// A damaged record in `tree`: what every decoder returns when the bytes are not what was written.
+pub(crate) fn corrupt(tree: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        reason: reason.to_string(),
+    }
+}
+
+/// A 16-byte id (message, group, outbox key) read back from the store, or the tree's damage.
+pub(crate) fn stored_id(
+    tree: &'static str,
+    what: &str,
+    bytes: &[u8],
+) -> Result<[u8; 16], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(tree, format!("{what} is not 16 bytes")))
+}

@@ -26,6 +26,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
+use crate::error::{corrupt, stored_id};
 use crate::{Incoming, MessageId, StoreError};
 
 /// A group's id: 16 random bytes chosen by its creator.
@@ -172,13 +173,6 @@ fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {
     k
 }
 
-fn corrupt(tree: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        reason: reason.to_string(),
-    }
-}
-
 fn encode_head(seq: u64, sender: &[u8]) -> Vec<u8> {
     concat(&seq.to_be_bytes(), sender)
 }
@@ -207,9 +201,7 @@ fn encode_group(g: &GroupRecord) -> Vec<u8> {
 fn decode_group(id: &[u8], raw: &[u8]) -> Result<GroupRecord, StoreError> {
     let g = pb::StoredGroup::decode(raw).map_err(|e| corrupt(GROUPS, e))?;
     Ok(GroupRecord {
-        id: id
-            .try_into()
-            .map_err(|_| corrupt(GROUPS, "group id is not 16 bytes"))?,
+        id: stored_id(GROUPS, "group id", id)?,
         list: g.list,
         joined: g.joined,
         invited_by: g.invited_by,
@@ -263,11 +255,7 @@ fn encode_message(m: &GroupMessage) -> Vec<u8> {
 fn decode_message(raw: &[u8]) -> Result<GroupMessage, StoreError> {
     let m = pb::StoredGroupMessage::decode(raw).map_err(|e| corrupt(MESSAGES, e))?;
     Ok(GroupMessage {
-        id: m
-            .id
-            .as_slice()
-            .try_into()
-            .map_err(|_| corrupt(MESSAGES, "message id is not 16 bytes"))?,
+        id: stored_id(MESSAGES, "message id", &m.id)?,
         sender: m.sender,
         seq: m.seq,
         text: m.text,

@@ -24,6 +24,7 @@ use sled::{
 };
 
 use crate::StoreError;
+use crate::error::{corrupt, stored_id};
 
 pub(crate) const MESSAGES: &str = "messages";
 pub(crate) const MESSAGE_IDS: &str = "message_ids";
@@ -310,37 +311,31 @@ fn message_key(peer_id: &[u8], id: &MessageId) -> Vec<u8> {
     key
 }
 
-fn corrupt(tree: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        reason: reason.to_string(),
-    }
-}
-
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
-fn encode_message(m: &Message) -> Vec<u8> {
-    pb::StoredMessage {
-        id: m.id.to_vec(),
-        peer_id: m.peer_id.clone(),
-        outgoing: m.outgoing,
-        text: m.text.clone(),
-        sent_at_ms: m.sent_at_ms,
-        received_at_ms: m.received_at_ms,
-        status: m.status.to_pb() as i32,
-        failure: m.failure.clone(),
+impl Message {
+    /// The bytes the store keeps for this message: kith-bench's raw-sled baseline writes the same
+    /// record, so the two sides of `history.*` store equal bytes.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        pb::StoredMessage {
+            id: self.id.to_vec(),
+            peer_id: self.peer_id.clone(),
+            outgoing: self.outgoing,
+            text: self.text.clone(),
+            sent_at_ms: self.sent_at_ms,
+            received_at_ms: self.received_at_ms,
+            status: self.status.to_pb() as i32,
+            failure: self.failure.clone(),
+        }
+        .encode_to_vec()
     }
-    .encode_to_vec()
 }
 
 fn decode_message(raw: &[u8]) -> Result<Message, StoreError> {
     let m = pb::StoredMessage::decode(raw).map_err(|e| corrupt(MESSAGES, e))?;
-    let id: MessageId =
-        m.id.as_slice()
-            .try_into()
-            .map_err(|_| corrupt(MESSAGES, "message id is not 16 bytes"))?;
+    let id: MessageId = stored_id(MESSAGES, "message id", &m.id)?;
     Ok(Message {
         id,
         peer_id: m.peer_id,
@@ -372,9 +367,7 @@ fn encode_item(i: &OutboxItem) -> Vec<u8> {
 fn decode_item(id: &[u8], raw: &[u8]) -> Result<OutboxItem, StoreError> {
     let e = pb::OutboxEntry::decode(raw).map_err(|e| corrupt(OUTBOX, e))?;
     Ok(OutboxItem {
-        id: id
-            .try_into()
-            .map_err(|_| corrupt(OUTBOX, "outbox key is not 16 bytes"))?,
+        id: stored_id(OUTBOX, "outbox key", id)?,
         peer_id: e.peer_id,
         payload: e.payload,
         envelope: (!e.envelope.is_empty()).then_some(e.envelope),
@@ -457,7 +450,7 @@ fn tx_complete(
             if m.received_at_ms == 0 {
                 m.received_at_ms = at_ms;
             }
-            messages.insert(key, encode_message(&m))?;
+            messages.insert(key, m.stored_bytes())?;
         }
     }
     Ok(())
@@ -662,7 +655,7 @@ impl MessageStore {
             )
                 .transaction(|(messages_tree, ids, outbox, correspondents, crypto)| {
                     for m in messages.clone() {
-                        messages_tree.insert(message_key(&m.peer_id, &m.id), encode_message(m))?;
+                        messages_tree.insert(message_key(&m.peer_id, &m.id), m.stored_bytes())?;
                         ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
                         let mut c = tx_correspondent(correspondents, &m.peer_id)?;
                         if c.trust == Trust::Unknown {
@@ -692,20 +685,7 @@ impl MessageStore {
     /// with the Olm state that made them, atomically: a crash can never leave a ciphertext whose
     /// ratchet step was not saved. One transaction and one pickle for the whole batch.
     pub fn set_envelopes(&self, items: &[OutboxItem], olm: OlmSave<'_>) -> Result<(), StoreError> {
-        crate::gate::transaction(|| {
-            (&self.outbox, &self.crypto).transaction(|(outbox, crypto)| {
-                for item in items {
-                    outbox.insert(&item.id[..], encode_item(item))?;
-                }
-                olm.write(crypto)?;
-                Ok(())
-            })
-        })
-        .map_err(|e| self.tx_err(e))?;
-        for item in items {
-            self.index_entry(item);
-        }
-        Ok(())
+        self.enqueue_batch(std::iter::empty(), items, Some(olm))
     }
 
     /// Updates attempt count and time of an outbox entry if it is still there (in one atomic
@@ -755,7 +735,7 @@ impl MessageStore {
                             if m.received_at_ms == 0 {
                                 m.received_at_ms = at_ms;
                             }
-                            Some(encode_message(&m))
+                            Some(m.stored_bytes())
                         }
                         Err(e) => {
                             corrupt = Some(e);
@@ -810,7 +790,7 @@ impl MessageStore {
             let mut m = decode_message(&raw)?;
             m.failure = reason.to_owned();
             self.messages
-                .insert(key, encode_message(&m))
+                .insert(key, m.stored_bytes())
                 .map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -830,7 +810,7 @@ impl MessageStore {
                 if m.outgoing && m.status != Status::Read {
                     m.status = Status::Read;
                     self.messages
-                        .insert(key, encode_message(&m))
+                        .insert(key, m.stored_bytes())
                         .map_err(|e| self.err(e))?;
                     changed += 1;
                 }
@@ -918,7 +898,7 @@ impl MessageStore {
                             outcome.messages.push(Incoming::Duplicate);
                             continue;
                         }
-                        messages.insert(key, encode_message(message))?;
+                        messages.insert(key, message.stored_bytes())?;
                         // The id index keeps the first conversation an id was seen in (our own
                         // outgoing ids are never overwritten by someone else's message).
                         if ids.get(&message.id[..])?.is_none() {
@@ -964,7 +944,7 @@ impl MessageStore {
                                 ReceiptKind::Read => {
                                     if m.status != Status::Read {
                                         m.status = Status::Read;
-                                        messages.insert(key, encode_message(&m))?;
+                                        messages.insert(key, m.stored_bytes())?;
                                     }
                                 }
                             }
@@ -1116,7 +1096,7 @@ impl MessageStore {
             if !m.outgoing && m.status == Status::Received {
                 m.status = Status::Seen;
                 self.messages
-                    .insert(key, encode_message(&m))
+                    .insert(key, m.stored_bytes())
                     .map_err(|e| self.err(e))?;
                 seen.push(m.id);
             }

@@ -60,20 +60,6 @@ fn message(i: usize) -> Message {
     }
 }
 
-fn raw_value(m: &Message) -> Vec<u8> {
-    pb::StoredMessage {
-        id: m.id.to_vec(),
-        peer_id: m.peer_id.clone(),
-        outgoing: m.outgoing,
-        text: m.text.clone(),
-        sent_at_ms: m.sent_at_ms,
-        received_at_ms: m.received_at_ms,
-        status: pb::MessageStatus::StatusReceived as i32,
-        failure: String::new(),
-    }
-    .encode_to_vec()
-}
-
 fn raw_key(m: &Message) -> Vec<u8> {
     let mut key = blake3::hash(PEER).as_bytes().to_vec();
     key.extend_from_slice(&m.id);
@@ -153,7 +139,7 @@ fn raw(params: &Params, bar: &ProgressBar) -> anyhow::Result<Measured> {
         let tree = db.open_tree("messages")?;
         for i in 0..params.messages {
             let m = message(i);
-            tree.insert(raw_key(&m), raw_value(&m))?;
+            tree.insert(raw_key(&m), m.stored_bytes())?;
             if i % 10_000 == 0 {
                 bar.tick();
             }
