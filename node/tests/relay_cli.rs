@@ -208,6 +208,30 @@ fn wait_mailbox_items(relay: &Daemon, n: u64, limit: Duration) -> Value {
 }
 
 /// Polls `relay` until `node` has a mailbox there.
+/// Two people, "a" and "b", bootstrapped from `relay` (with the bootstrap file, for a restart),
+/// where b knows a and a has registered its mailbox with the relay: the start of every mailbox
+/// test.
+fn friends_at_relay(lab: &Lab, relay: &Daemon) -> (PathBuf, Daemon, Daemon) {
+    let file = lab.relay_bootstrap(&relay.tcp_addr());
+    let a = lab.personal("a", &file);
+    let b = lab.personal("b", &file);
+    acquaint(&b, &a);
+    wait_registered(relay, &a);
+    (file, a, b)
+}
+
+/// Stops `a`, sends `text` to it from `b` and waits until `relay` holds one more item: a message
+/// that must reach `a` through its mailbox. Returns how many items the relay then holds.
+fn send_to_stopped(relay: &Daemon, a: &mut Daemon, b: &Daemon, text: &str) -> u64 {
+    let a_id = a.peer_id();
+    a.halt();
+    let before = mailbox_items(relay);
+    let sent = b.send(&a_id, text);
+    assert_eq!(sent["status"], "queued", "A is offline: {sent}");
+    wait_mailbox_items(relay, before + 1, TIMEOUT);
+    before + 1
+}
+
 fn wait_registered(relay: &Daemon, node: &Daemon) {
     let id = node.peer_id();
     poll(
@@ -385,13 +409,9 @@ fn mail_for_an_offline_friend_survives_a_relay_restart_and_arrives_once() {
     let mut relay = lab.relay("relay", "/ip4/127.0.0.1/tcp/0", &[]);
     let relay_id = relay.peer_id();
     let port = relay.tcp_port();
-    let file = lab.relay_bootstrap(&relay.tcp_addr());
-    let mut a = lab.personal("a", &file);
-    let mut b = lab.personal("b", &file);
+    let (file, mut a, mut b) = friends_at_relay(&lab, &relay);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
-    acquaint(&b, &a);
     acquaint(&a, &b);
-    wait_registered(&relay, &a);
 
     a.halt();
     let texts: Vec<String> = (1..=3).map(|n| format!("held for you {n}")).collect();
@@ -466,7 +486,7 @@ fn a_relay_given_only_with_bootstrap_is_used_as_mailbox() {
     let relay_addr = relay.tcp_addr();
     let a = lab.personal_bootstrapped("a", &relay_addr);
     let b = lab.personal_bootstrapped("b", &relay_addr);
-    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    let b_id = b.peer_id();
     wait_registered(&relay, &a);
     wait_registered(&relay, &b);
     acquaint(&b, &a);
@@ -481,12 +501,8 @@ fn a_relay_given_only_with_bootstrap_is_used_as_mailbox() {
     // A warm-up may have been deposited too (sent while A's address was still unknown to B) and
     // delivered directly later; its mailbox copy waits for A's next sync. Count from here.
     let mut a = a;
-    a.halt();
-    let before = mailbox_items(&relay);
     let text = "held at a relay found by what it is";
-    let sent = b.send(&a_id, text);
-    assert_eq!(sent["status"], "queued", "A is offline: {sent}");
-    wait_mailbox_items(&relay, before + 1, TIMEOUT);
+    send_to_stopped(&relay, &mut a, &b, text);
 
     let a = {
         drop(a);
@@ -507,12 +523,8 @@ fn a_full_mailbox_refuses_deposits_and_loses_nothing() {
         "/ip4/127.0.0.1/tcp/0",
         &["--mailbox-items", "2", "--metrics-addr", &metrics],
     );
-    let file = lab.relay_bootstrap(&relay.tcp_addr());
-    let mut a = lab.personal("a", &file);
-    let b = lab.personal("b", &file);
+    let (file, mut a, b) = friends_at_relay(&lab, &relay);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
-    acquaint(&b, &a);
-    wait_registered(&relay, &a);
     let refused_before = refused_total(&metrics);
 
     a.halt();
@@ -616,12 +628,8 @@ fn expired_mail_is_dropped() {
         "/ip4/127.0.0.1/tcp/0",
         &["--mailbox-ttl-secs", "2"],
     );
-    let file = lab.relay_bootstrap(&relay.tcp_addr());
-    let mut a = lab.personal("a", &file);
-    let mut b = lab.personal("b", &file);
+    let (file, mut a, mut b) = friends_at_relay(&lab, &relay);
     let (a_id, b_id) = (a.peer_id(), b.peer_id());
-    acquaint(&b, &a);
-    wait_registered(&relay, &a);
 
     a.halt();
     let text = "this will expire";
@@ -1150,6 +1158,13 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Runs `ip -n NAMESPACE ARGS...`, `args` split at spaces (see [`sh`]).
+fn ip(namespace: &str, args: &str) {
+    let mut all = vec!["ip", "-n", namespace];
+    all.extend(args.split(' '));
+    sh(&all);
+}
+
 /// Runs a setup command; panics with its stderr if it fails.
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -1195,7 +1210,7 @@ impl Namespaces {
     fn add(&mut self, name: &str) -> String {
         sh(&["ip", "netns", "add", name]);
         self.names.push(name.to_owned());
-        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        ip(name, "link set lo up");
         name.to_owned()
     }
 }
@@ -1246,10 +1261,23 @@ fn masquerade(nat: &str, nft: bool) {
     }
 }
 
+/// Each home of a NAT lab: (namespace, address).
+type Homes = Vec<(String, String)>;
+
+/// The start of every NAT test: `None` (the test returns) when the namespaces cannot be made,
+/// else the lab and [`nat_lab`]'s namespaces named after `name`. The lab comes first, so the
+/// daemons a test starts afterwards die before the namespaces go.
+fn nat_test(test: &str, name: &str) -> Option<(Lab, Namespaces, String, Homes)> {
+    let nft = namespaces_available(test)?;
+    let lab = Lab::new();
+    let (spaces, public, homes) = nat_lab(name, nft);
+    Some((lab, spaces, public, homes))
+}
+
 /// Builds the NAT lab: a public bridge 198.18.0.0/24 in its own namespace and two homes, each
 /// behind a masquerading router that drops unsolicited inbound traffic. Returns the namespaces
 /// (deleted on drop), the public namespace and each home's (namespace, address).
-fn nat_lab(name: &str, nft: bool) -> (Namespaces, String, Vec<(String, String)>) {
+fn nat_lab(name: &str, nft: bool) -> (Namespaces, String, Homes) {
     let mut spaces = Namespaces { names: Vec::new() };
     // Unique per test: the tests of this binary run in parallel in one process.
     let tag = format!("kith{}{name}", std::process::id());
@@ -1259,76 +1287,31 @@ fn nat_lab(name: &str, nft: bool) -> (Namespaces, String, Vec<(String, String)>)
     // a bridge in the public namespace (the relay is .1); each NAT router has .2/.3 there and its
     // home network 198.18.1.0/24 or 198.18.2.0/24 behind. None of these addresses exists outside
     // the namespaces, and no namespace has a link out.
-    sh(&["ip", "-n", &public, "link", "add", "br0", "type", "bridge"]);
-    sh(&[
-        "ip",
-        "-n",
-        &public,
-        "addr",
-        "add",
-        "198.18.0.1/24",
-        "dev",
-        "br0",
-    ]);
-    sh(&["ip", "-n", &public, "link", "set", "br0", "up"]);
+    ip(&public, "link add br0 type bridge");
+    ip(&public, "addr add 198.18.0.1/24 dev br0");
+    ip(&public, "link set br0 up");
     let mut homes = Vec::new();
     for (n, side) in [(1u8, "a"), (2u8, "b")] {
         let nat = spaces.add(&format!("{tag}-nat{side}"));
         let host = spaces.add(&format!("{tag}-{side}"));
         let port = format!("port{side}");
-        sh(&[
-            "ip", "-n", &nat, "link", "add", "wan", "type", "veth", "peer", "name", &port, "netns",
-            &public,
-        ]);
-        sh(&["ip", "-n", &public, "link", "set", &port, "master", "br0"]);
-        sh(&["ip", "-n", &public, "link", "set", &port, "up"]);
-        sh(&[
-            "ip",
-            "-n",
+        ip(
             &nat,
-            "addr",
-            "add",
-            &format!("198.18.0.{}/24", n + 1),
-            "dev",
-            "wan",
-        ]);
-        sh(&["ip", "-n", &nat, "link", "set", "wan", "up"]);
-        sh(&[
-            "ip", "-n", &nat, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
-            "netns", &host,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
+            &format!("link add wan type veth peer name {port} netns {public}"),
+        );
+        ip(&public, &format!("link set {port} master br0"));
+        ip(&public, &format!("link set {port} up"));
+        ip(&nat, &format!("addr add 198.18.0.{}/24 dev wan", n + 1));
+        ip(&nat, "link set wan up");
+        ip(
             &nat,
-            "addr",
-            "add",
-            &format!("198.18.{n}.1/24"),
-            "dev",
-            "lan",
-        ]);
-        sh(&["ip", "-n", &nat, "link", "set", "lan", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("198.18.{n}.2/24"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &host,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("198.18.{n}.1"),
-        ]);
+            &format!("link add lan type veth peer name eth0 netns {host}"),
+        );
+        ip(&nat, &format!("addr add 198.18.{n}.1/24 dev lan"));
+        ip(&nat, "link set lan up");
+        ip(&host, &format!("addr add 198.18.{n}.2/24 dev eth0"));
+        ip(&host, "link set eth0 up");
+        ip(&host, &format!("route add default via 198.18.{n}.1"));
         masquerade(&nat, nft);
         homes.push((host, format!("198.18.{n}.2")));
     }
@@ -1454,12 +1437,10 @@ fn homes_behind_nat_get_a_direct_link(transport: Transport) {
         "homes_behind_nat_get_a_direct_link_over_{}",
         transport.path()
     );
-    let Some(nft) = namespaces_available(&test) else {
+    let Some((lab, _spaces, public, homes)) = nat_test(&test, &format!("h{}", transport.path()))
+    else {
         return;
     };
-    let lab = Lab::new();
-    // Declared before the daemons so that they die before their namespaces go.
-    let (_spaces, public, homes) = nat_lab(&format!("h{}", transport.path()), nft);
     let start = Instant::now();
     let relay = public_relay(&lab, &public, &[]);
     let relay_addr = match transport {
@@ -1580,12 +1561,11 @@ fn homes_behind_nat_get_a_direct_link_over_quic() {
 /// message exactly once.
 #[test]
 fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
-    let Some(nft) = namespaces_available("mail_waits_at_a_relay_that_comes_back_on_a_new_port")
+    let Some((lab, _spaces, public, homes)) =
+        nat_test("mail_waits_at_a_relay_that_comes_back_on_a_new_port", "m")
     else {
         return;
     };
-    let lab = Lab::new();
-    let (_spaces, public, homes) = nat_lab("m", nft);
     // A public personal node (a friend with a server, say): what both homes and the relay know.
     let server = public_node(&lab, &public);
     let to_server = vec!["--bootstrap".to_owned(), server.tcp_addr()];
@@ -1595,18 +1575,14 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
     let bootstrap = [relay.tcp_addr(), server.tcp_addr()];
     let mut a = home_node(&lab, "a", &homes[0], Transport::Tcp, &bootstrap);
     let b = home_node(&lab, "b", &homes[1], Transport::Tcp, &bootstrap);
-    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    let b_id = b.peer_id();
     wait_registered(&relay, &a);
     wait_registered(&relay, &b);
     acquaint(&b, &a);
     acquaint(&a, &b);
 
-    a.halt();
-    let before = mailbox_items(&relay);
     let text = "waiting for you at the relay";
-    let sent = b.send(&a_id, text);
-    assert_eq!(sent["status"], "queued", "A is offline: {sent}");
-    wait_mailbox_items(&relay, before + 1, TIMEOUT);
+    let held = send_to_stopped(&relay, &mut a, &b, text);
 
     // The relay restarts on another port; it finds the public node again from its flags.
     relay.halt();
@@ -1620,11 +1596,7 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
         old_port,
         "the relay came back on another port"
     );
-    assert_eq!(
-        mailbox_items(&relay),
-        before + 1,
-        "the mail survived the restart"
-    );
+    assert_eq!(mailbox_items(&relay), held, "the mail survived the restart");
     poll("the public node to see the relay again", TIMEOUT, || {
         server
             .json(&["peers"])
@@ -1671,11 +1643,11 @@ fn mail_waits_at_a_relay_that_comes_back_on_a_new_port() {
 /// a server) never puts it in its routing table.
 #[test]
 fn a_node_no_one_can_dial_back_stays_a_dht_client() {
-    let Some(nft) = namespaces_available("a_node_no_one_can_dial_back_stays_a_dht_client") else {
+    let Some((lab, _spaces, public, homes)) =
+        nat_test("a_node_no_one_can_dial_back_stays_a_dht_client", "c")
+    else {
         return;
     };
-    let lab = Lab::new();
-    let (_spaces, public, homes) = nat_lab("c", nft);
     let plain = lab.plain_bootstrap().display().to_string();
     let server = public_node(&lab, &public);
     let (ns, ip) = &homes[0];
@@ -1726,23 +1698,23 @@ fn lan_host(
     gateway: &str,
 ) -> String {
     let host = spaces.add(name);
-    sh(&[
-        "ip", "-n", &host, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns",
-        switch,
-    ]);
-    sh(&["ip", "-n", switch, "link", "set", port, "master", "br0"]);
-    sh(&["ip", "-n", switch, "link", "set", port, "up"]);
-    sh(&["ip", "-n", &host, "addr", "add", addr, "dev", "eth0"]);
-    sh(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
-    sh(&["ip", "-n", &host, "route", "add", "default", "via", gateway]);
+    ip(
+        &host,
+        &format!("link add eth0 type veth peer name {port} netns {switch}"),
+    );
+    ip(switch, &format!("link set {port} master br0"));
+    ip(switch, &format!("link set {port} up"));
+    ip(&host, &format!("addr add {addr} dev eth0"));
+    ip(&host, "link set eth0 up");
+    ip(&host, &format!("route add default via {gateway}"));
     host
 }
 
 /// A namespace holding a bridge `br0` (a LAN switch).
 fn lan_switch(spaces: &mut Namespaces, name: &str) -> String {
     let switch = spaces.add(name);
-    sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
-    sh(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
+    ip(&switch, "link add br0 type bridge");
+    ip(&switch, "link set br0 up");
     switch
 }
 
@@ -1771,23 +1743,14 @@ fn lan_nodes_with_no_flags_register_resolve_and_chat_by_name() {
         "198.18.10.1/24",
         "198.18.10.1",
     );
-    sh(&[
-        "ip", "-n", &router, "link", "add", "eth1", "type", "veth", "peer", "name", "p-rt2",
-        "netns", &lan2,
-    ]);
-    sh(&["ip", "-n", &lan2, "link", "set", "p-rt2", "master", "br0"]);
-    sh(&["ip", "-n", &lan2, "link", "set", "p-rt2", "up"]);
-    sh(&[
-        "ip",
-        "-n",
+    ip(
         &router,
-        "addr",
-        "add",
-        "198.18.11.1/24",
-        "dev",
-        "eth1",
-    ]);
-    sh(&["ip", "-n", &router, "link", "set", "eth1", "up"]);
+        &format!("link add eth1 type veth peer name p-rt2 netns {lan2}"),
+    );
+    ip(&lan2, "link set p-rt2 master br0");
+    ip(&lan2, "link set p-rt2 up");
+    ip(&router, "addr add 198.18.11.1/24 dev eth1");
+    ip(&router, "link set eth1 up");
     sh_in(
         &router,
         &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],

@@ -148,6 +148,15 @@ async fn wait_shows(node: &TestNode, with: &TestNode, text: &str) {
     .unwrap();
 }
 
+/// A signal as the web app posts it.
+fn browser(to: Option<libp2p::PeerId>, kind: &str, data: &str) -> kith_service::BrowserSignal {
+    kith_service::BrowserSignal {
+        to,
+        kind: kind.to_owned(),
+        data: data.to_owned(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
     let (a, b) = acquainted_pair().await;
@@ -183,11 +192,11 @@ async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
     // The joiner offers; the caller answers; candidates both ways, in order, with their JSON.
     let offer = r#"{"type":"offer","sdp":"v=0 fingerprint:sha-256 AB:CD"}"#;
     b.node()
-        .call_signal(&id, None, "sdp", offer.into())
+        .call_signal(&id, browser(None, "sdp", offer))
         .unwrap();
     let candidate = r#"{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0"}"#;
     b.node()
-        .call_signal(&id, Some(a.peer_id()), "ice", candidate.into())
+        .call_signal(&id, browser(Some(a.peer_id()), "ice", candidate))
         .unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -212,7 +221,7 @@ async fn a_call_rings_joins_carries_signals_both_ways_and_ends_on_both_sides() {
     assert_eq!(kept.len(), 2);
     let answer = r#"{"type":"answer","sdp":"v=0"}"#;
     a.node()
-        .call_signal(&id, None, "sdp", answer.into())
+        .call_signal(&id, browser(None, "sdp", answer))
         .unwrap();
     next_call_event(&mut b_events, HOP, "A's answer", |e| match e {
         CallEvent::Signal { call_id, signal } if *call_id == id => {
@@ -286,10 +295,10 @@ async fn a_caller_who_offers_reaches_the_callee_while_it_rings_so_joining_is_one
     let offer = r#"{"type":"offer","sdp":"v=0 fingerprint:sha-256 AB:CD"}"#;
     let candidate = r#"{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0"}"#;
     a.node()
-        .call_signal(&id, None, "sdp", offer.into())
+        .call_signal(&id, browser(None, "sdp", offer))
         .unwrap();
     a.node()
-        .call_signal(&id, Some(b.peer_id()), "ice", candidate.into())
+        .call_signal(&id, browser(Some(b.peer_id()), "ice", candidate))
         .unwrap();
     next_call_event(&mut b_events, HOP, "A's offer while ringing", |e| match e {
         CallEvent::Signal { call_id, signal } if *call_id == id && signal.kind == "sdp" => {
@@ -327,7 +336,7 @@ async fn a_caller_who_offers_reaches_the_callee_while_it_rings_so_joining_is_one
     b.node().accept_call(&id).unwrap();
     let answer = r#"{"type":"answer","sdp":"v=0"}"#;
     b.node()
-        .call_signal(&id, None, "sdp", answer.into())
+        .call_signal(&id, browser(None, "sdp", answer))
         .unwrap();
     let (mut joined, mut answered) = (false, false);
     while !(joined && answered) {
@@ -505,12 +514,12 @@ async fn strangers_never_ring_floods_ring_once_and_bad_signals_are_refused() {
     // Bad signals from our own API: clear errors, nothing sent.
     let live = a.node().calls(1).unwrap()[0].record.call_id;
     assert!(matches!(
-        a.node().call_signal(&[7; 16], None, "sdp", "{}".into()),
+        a.node().call_signal(&[7; 16], browser(None, "sdp", "{}")),
         Err(ServiceError::UnknownCall(_))
     ));
     assert!(
         matches!(
-            a.node().call_signal(&live, None, "sdp", "{}".into()),
+            a.node().call_signal(&live, browser(None, "sdp", "{}")),
             Err(ServiceError::UnknownCall(_))
         ),
         "an ended call takes no signals"

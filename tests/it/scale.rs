@@ -126,6 +126,15 @@ fn text(sender: usize, i: usize) -> String {
 /// Recorded instead of a text when a member's event stream lagged.
 const LAGGED: &str = "<lagged>";
 
+/// The member who sent `text` ("member N message M").
+fn sender_of(text: &str) -> usize {
+    text["member ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap()
+}
+
 /// How often each member saw each text in a `GroupReceived` event.
 type Seen = Arc<Mutex<HashMap<(usize, String), usize>>>;
 
@@ -308,6 +317,28 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
             history(nodes[first], &id).len()
         );
     }
+    // A member's `GroupReceived` event follows its store's flush, so it may trail the history
+    // read above: wait (bounded) until every member has seen an event for each message it
+    // received.
+    let missing_events = |seen: &HashMap<(usize, String), usize>| {
+        (0..nodes.len())
+            .flat_map(|i| expected.iter().map(move |t| (i, t)))
+            .filter(|(i, t)| sender_of(t) != *i && !seen.contains_key(&(*i, (*t).clone())))
+            .count()
+    };
+    let events = wait_until(
+        "an event at every member for every message it received",
+        PHASE,
+        Duration::from_millis(500),
+        async || missing_events(&seen.lock().unwrap()) == 0,
+    )
+    .await;
+    if let Err(e) = events {
+        panic!(
+            "{e}: {} (member, message) events missing",
+            missing_events(&seen.lock().unwrap())
+        );
+    }
     // Late duplicates (gossip after catch-up, catch-up after gossip) have no event that says they
     // are over: watch for one for a while.
     holds_for(
@@ -342,14 +373,9 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
         want.sort_unstable();
         assert_eq!(texts, want, "member {i}'s history differs");
         for t in &expected {
-            let sender: usize = t["member ".len()..]
-                .split(' ')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap();
             let count = seen.get(&(i, t.clone())).copied().unwrap_or(0);
             // A member's own messages are stored by sending, not received.
-            let want = usize::from(sender != i);
+            let want = usize::from(sender_of(t) != i);
             assert_eq!(count, want, "member {i} received '{t}' {count} times");
         }
     }

@@ -9,8 +9,8 @@ use axum::{
     response::Response,
 };
 use kith_service::{
-    CallEvent, CallInfo, CallOutcome, CallState, CallTarget, Node, ParticipantState, RemoteSignal,
-    ServiceError,
+    BrowserSignal, CallEvent, CallInfo, CallOutcome, CallState, CallTarget, Node, ParticipantState,
+    RemoteSignal, ServiceError,
 };
 use libp2p::PeerId;
 
@@ -270,7 +270,14 @@ pub(crate) async fn signal(
     let data = req.data.to_string();
     let result: Result<OkReport, ServiceError> = state
         .node
-        .call_signal(&id, to, &req.kind, data)
+        .call_signal(
+            &id,
+            BrowserSignal {
+                to,
+                kind: req.kind,
+                data,
+            },
+        )
         .map(|()| OkReport { ok: true });
     respond(StatusCode::OK, result)
 }

@@ -29,6 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::scenarios::dm::RawCodec;
 
+/// The longest a raw node's driver may take to answer a command.
+const DRIVER_LIMIT: Duration = Duration::from_secs(300);
+
 /// The identify protocol version raw nodes announce.
 const RAW_IDENTIFY: &str = "/kith-bench/raw/1.0.0";
 
@@ -269,16 +272,13 @@ impl RawNode {
         self.ask(|reply| Command::Shutdown { reply }).await
     }
 
+    /// Sends a command with a reply channel and waits for the answer, at most
+    /// [`DRIVER_LIMIT`] (every query the driver runs has a shorter timeout of its own).
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> anyhow::Result<T> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| anyhow::anyhow!("raw node stopped"))?;
-        rx.await.map_err(|_| anyhow::anyhow!("raw node stopped"))
+        kith_testkit::ask_driver(&self.commands, command, "raw node", DRIVER_LIMIT).await
     }
 }
 

@@ -304,18 +304,30 @@ async fn client(providers: &[(PeerId, Multiaddr)]) -> libp2p_stream::Control {
     control
 }
 
+/// The sending side of most protocol tests: a store under `dir/sender` holding `len` random bytes
+/// sealed, with the plaintext to compare against.
+fn sealed_sender(dir: &Path, len: usize) -> (BlobStore, Vec<u8>, BlobInfo) {
+    let sender = BlobStore::open(dir.join("sender")).unwrap();
+    let plain = random_bytes(len);
+    let info = sender
+        .import_sealed(&write_file(dir, "in", &plain))
+        .unwrap();
+    (sender, plain, info)
+}
+
+/// A provider serving `store` and a client swarm connected to it.
+async fn served(store: BlobStore) -> (PeerId, libp2p_stream::Control) {
+    let (peer, addr) = provider(serving(store)).await;
+    (peer, client(&[(peer, addr)]).await)
+}
+
 // ---------------------------------------------------------------- protocol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_megabytes_over_libp2p() {
     let dir = tempfile::tempdir().unwrap();
-    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
-    let plain = random_bytes(20 * 1024 * 1024);
-    let info = sender
-        .import_sealed(&write_file(dir.path(), "in", &plain))
-        .unwrap();
-    let (peer, addr) = provider(serving(sender.clone())).await;
-    let mut control = client(&[(peer, addr)]).await;
+    let (sender, plain, info) = sealed_sender(dir.path(), 20 * 1024 * 1024);
+    let (peer, mut control) = served(sender.clone()).await;
 
     let receiver = BlobStore::open(dir.path().join("receiver")).unwrap();
     let started = Instant::now();
@@ -401,13 +413,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CutAfter<S> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_transfer_resumes_from_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
-    let plain = random_bytes(20 * 1024 * 1024);
-    let info = sender
-        .import_sealed(&write_file(dir.path(), "in", &plain))
-        .unwrap();
-    let (peer, addr) = provider(serving(sender)).await;
-    let mut control = client(&[(peer, addr)]).await;
+    let (sender, plain, info) = sealed_sender(dir.path(), 20 * 1024 * 1024);
+    let (peer, mut control) = served(sender).await;
 
     let receiver_dir = dir.path().join("receiver");
     let receiver = BlobStore::open(&receiver_dir).unwrap();
@@ -497,11 +504,7 @@ fn lying(store: BlobStore) -> Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_is_rejected_and_an_honest_holder_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
-    let plain = random_bytes(3 * 1024 * 1024);
-    let info = sender
-        .import_sealed(&write_file(dir.path(), "in", &plain))
-        .unwrap();
+    let (sender, plain, info) = sealed_sender(dir.path(), 3 * 1024 * 1024);
 
     // A copy of the sender's store whose data file has one byte flipped at 2 MiB + 100.
     let liar_dir = dir.path().join("liar");
@@ -576,8 +579,7 @@ async fn an_honest_server_with_a_corrupt_disk_stops_and_forgets_the_group() {
         .open(sender_dir.join(format!("{}.data", info.hash)))
         .unwrap();
     data.write_all_at(&[0xaa, 0xbb], 500_000).unwrap();
-    let (peer, addr) = provider(serving(sender.clone())).await;
-    let mut control = client(&[(peer, addr)]).await;
+    let (peer, mut control) = served(sender.clone()).await;
 
     let receiver = BlobStore::open(dir.path().join("receiver")).unwrap();
     let stream = control.open_stream(peer, PROTOCOL).await.unwrap();
@@ -614,8 +616,7 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
     server
         .create_partial(partial, ciphertext_len(50_000))
         .unwrap();
-    let (peer, addr) = provider(serving(server.clone())).await;
-    let mut control = client(&[(peer, addr)]).await;
+    let (peer, mut control) = served(server.clone()).await;
     let chunks =
         |a: u64, b: u64| bao_tree::ChunkRanges::from(bao_tree::ChunkNum(a)..bao_tree::ChunkNum(b));
     let request = |hash: BlobHash, ranges| {
@@ -753,11 +754,7 @@ fn holding(policy: Arc<TestHold>, own: BlobStore) -> Handler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_blob_is_verified_held_and_served_to_the_recipient() {
     let dir = tempfile::tempdir().unwrap();
-    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
-    let plain = random_bytes(3 * 1024 * 1024 + 77);
-    let info = sender
-        .import_sealed(&write_file(dir.path(), "in", &plain))
-        .unwrap();
+    let (sender, plain, info) = sealed_sender(dir.path(), 3 * 1024 * 1024 + 77);
     let held = BlobStore::open(dir.path().join("relay-held")).unwrap();
     let own = BlobStore::open(dir.path().join("relay-own")).unwrap();
     let policy = Arc::new(TestHold {
@@ -831,12 +828,8 @@ async fn a_pushed_blob_is_verified_held_and_served_to_the_recipient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_request_to_a_plain_node_is_refused_and_the_stream_still_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let sender = BlobStore::open(dir.path().join("sender")).unwrap();
-    let info = sender
-        .import_sealed(&write_file(dir.path(), "in", &random_bytes(100_000)))
-        .unwrap();
-    let (peer, addr) = provider(serving(sender.clone())).await;
-    let mut control = client(&[(peer, addr)]).await;
+    let (sender, _, info) = sealed_sender(dir.path(), 100_000);
+    let (peer, mut control) = served(sender.clone()).await;
     let stream = control.open_stream(peer, PROTOCOL).await.unwrap();
     match push(stream, &sender, info.hash, b"bob", |_| {}).await {
         Err(PushError::Refused { status, .. }) => assert_eq!(status, Status::NotAccepted),

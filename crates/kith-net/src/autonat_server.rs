@@ -24,11 +24,11 @@ use std::{
 
 use libp2p::{
     Multiaddr, PeerId, autonat,
-    core::{Endpoint, transport::PortUse},
+    core::Endpoint,
     multiaddr::Protocol,
     swarm::{
         ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
-        THandlerInEvent, THandlerOutEvent, ToSwarm,
+        THandlerInEvent, ToSwarm,
     },
 };
 
@@ -186,15 +186,11 @@ impl NetworkBehaviour for LimitedServer {
     type ConnectionHandler = <Inner as NetworkBehaviour>::ConnectionHandler;
     type ToSwarm = <Inner as NetworkBehaviour>::ToSwarm;
 
-    fn handle_pending_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.inner
-            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
-    }
+    forward_to_inner!(
+        handle_pending_inbound_connection,
+        handle_established_outbound_connection,
+        on_connection_handler_event,
+    );
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -236,23 +232,6 @@ impl NetworkBehaviour for LimitedServer {
         )
     }
 
-    fn handle_established_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role_override: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner.handle_established_outbound_connection(
-            connection_id,
-            peer,
-            addr,
-            role_override,
-            port_use,
-        )
-    }
-
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = &event {
             self.remotes.remove(connection_id);
@@ -261,16 +240,6 @@ impl NetworkBehaviour for LimitedServer {
             self.dial_backs.remove(&failure.connection_id);
         }
         self.inner.on_swarm_event(event);
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        peer_id: PeerId,
-        connection_id: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
-        self.inner
-            .on_connection_handler_event(peer_id, connection_id, event);
     }
 
     fn poll(

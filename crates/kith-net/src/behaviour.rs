@@ -10,14 +10,12 @@ use std::{
 };
 
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits,
-    core::{Endpoint, transport::PortUse},
-    dcutr, gossipsub, identify,
+    PeerId, StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
     identity::Keypair,
     kad, mdns, memory_connection_limits, ping, relay, request_response,
     swarm::{
-        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
+        ConnectionId, NetworkBehaviour, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        behaviour::toggle::Toggle,
     },
 };
 
@@ -31,6 +29,27 @@ use crate::{
 
 /// Largest gossipsub message; group envelopes are capped below this by the service.
 const GOSSIP_MAX_TRANSMIT: usize = 256 * 1024;
+
+/// kith's gossipsub mesh and timing settings, before the application's validation is switched
+/// on: kith-bench's raw gossipsub baseline builds its swarms from the same settings, so
+/// `group.latency` compares like with like.
+pub fn gossip_settings() -> gossipsub::ConfigBuilder {
+    let mut builder = gossipsub::ConfigBuilder::default();
+    builder
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .heartbeat_initial_delay(Duration::from_millis(200))
+        .heartbeat_interval(Duration::from_millis(700))
+        .mesh_n(4)
+        .mesh_n_low(3)
+        .mesh_n_high(8)
+        .mesh_outbound_min(1)
+        .max_transmit_size(GOSSIP_MAX_TRANSMIT)
+        // Identical ciphertext is the same message: retries and relayed copies deduplicate.
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        });
+    builder
+}
 
 /// Every protocol a kith node speaks.
 #[derive(NetworkBehaviour)]
@@ -118,20 +137,8 @@ impl Behaviour {
                 .with_push_listen_addr_updates(true),
         );
 
-        let gossip_config = gossipsub::ConfigBuilder::default()
-            .validation_mode(gossipsub::ValidationMode::Strict)
+        let gossip_config = gossip_settings()
             .validate_messages()
-            .heartbeat_initial_delay(Duration::from_millis(200))
-            .heartbeat_interval(Duration::from_millis(700))
-            .mesh_n(4)
-            .mesh_n_low(3)
-            .mesh_n_high(8)
-            .mesh_outbound_min(1)
-            .max_transmit_size(GOSSIP_MAX_TRANSMIT)
-            // Identical ciphertext is the same message: retries and relayed copies deduplicate.
-            .message_id_fn(|m: &gossipsub::Message| {
-                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-            })
             .build()
             .map_err(|e| NetError::Behaviour(format!("gossipsub: {e}")))?;
         let gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
@@ -351,66 +358,13 @@ impl NetworkBehaviour for TrackedKad {
         <kad::Behaviour<kad::store::MemoryStore> as NetworkBehaviour>::ConnectionHandler;
     type ToSwarm = kad::Event;
 
-    fn handle_pending_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.inner
-            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
-    }
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner.handle_established_inbound_connection(
-            connection_id,
-            peer,
-            local_addr,
-            remote_addr,
-        )
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        maybe_peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        effective_role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.inner.handle_pending_outbound_connection(
-            connection_id,
-            maybe_peer,
-            addresses,
-            effective_role,
-        )
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role_override: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner.handle_established_outbound_connection(
-            connection_id,
-            peer,
-            addr,
-            role_override,
-            port_use,
-        )
-    }
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.inner.on_swarm_event(event);
-    }
+    forward_to_inner!(
+        handle_pending_inbound_connection,
+        handle_established_inbound_connection,
+        handle_pending_outbound_connection,
+        handle_established_outbound_connection,
+        on_swarm_event,
+    );
 
     fn on_connection_handler_event(
         &mut self,

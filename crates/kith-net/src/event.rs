@@ -63,34 +63,18 @@ pub enum Event {
         /// Whether it speaks kith's identify version and our DHT protocol.
         kith: bool,
     },
-    /// A peer sent a direct-message frame; answer it with [`crate::Client::respond_dm`] (or the
-    /// peer sees a timeout and retries).
-    DirectMessage {
+    /// A peer sent a request on one of kith's request-response protocols (a direct-message frame,
+    /// a mailbox request, a group sync request); answer it with [`crate::Client::respond_dm`] (or
+    /// the peer sees a timeout and retries).
+    Request {
+        /// Which protocol it came on: who in the service handles it.
+        channel: Channel,
         /// The authenticated sender (the connection's peer).
-        peer: PeerId,
-        /// Where to send the ack.
-        request: DmRequestId,
-        /// The frame body (at most [`crate::dm::MAX_REQUEST`] bytes).
-        bytes: Vec<u8>,
-    },
-    /// A peer sent a mailbox request (register, deposit, fetch, delete); answer it with
-    /// [`crate::Client::respond_dm`].
-    MailboxRequest {
-        /// The authenticated requester.
         peer: PeerId,
         /// Where to send the answer.
         request: DmRequestId,
-        /// The request body.
-        bytes: Vec<u8>,
-    },
-    /// A member asks for group envelopes it lacks (`/kith/sync/1.0.0`); answer with
-    /// [`crate::Client::respond_dm`].
-    SyncRequest {
-        /// The authenticated requester.
-        peer: PeerId,
-        /// Where to send the page.
-        request: DmRequestId,
-        /// The request body.
+        /// The request body (at most the channel's request cap, e.g. [`crate::dm::MAX_REQUEST`]
+        /// bytes for a direct message).
         bytes: Vec<u8>,
     },
     /// A gossipsub message arrived; it is held (not forwarded) until the service reports a
@@ -165,9 +149,12 @@ pub enum GossipVerdict {
 
 /// Which request-response protocol a request travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Channel {
+pub enum Channel {
+    /// `/kith/dm/1.0.0`: direct-message frames (Olm envelopes, receipts, call signals).
     Dm,
+    /// `/kith/mailbox/1.0.0`: register, deposit, fetch and delete at a relay.
     Mailbox,
+    /// `/kith/sync/1.0.0`: a member asks for group envelopes it lacks.
     Sync,
 }
 

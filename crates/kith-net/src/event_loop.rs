@@ -1134,26 +1134,15 @@ impl EventLoop {
                 self.pending_dm_in.insert(id, (channel, peer, response));
                 self.inbound_ids.insert((channel, request_id), id);
                 let handle = crate::DmRequestId(id);
-                match channel {
-                    Channel::Mailbox => self.emit(Event::MailboxRequest {
-                        peer,
-                        request: handle,
-                        bytes: request,
-                    }),
-                    Channel::Sync => self.emit(Event::SyncRequest {
-                        peer,
-                        request: handle,
-                        bytes: request,
-                    }),
-                    Channel::Dm => {
-                        self.metrics.message_in(Kind::Dm);
-                        self.emit(Event::DirectMessage {
-                            peer,
-                            request: handle,
-                            bytes: request,
-                        });
-                    }
+                if channel == Channel::Dm {
+                    self.metrics.message_in(Kind::Dm);
                 }
+                self.emit(Event::Request {
+                    channel,
+                    peer,
+                    request: handle,
+                    bytes: request,
+                });
             }
             request_response::Event::Message {
                 peer,

@@ -21,6 +21,8 @@
 //! The loop never awaits anything but its `select!`: events go out with `try_send` and a full
 //! channel is counted as a drop, so a slow consumer can never stall the network.
 
+#[macro_use]
+mod forward;
 mod admission;
 mod autonat_server;
 mod behaviour;
@@ -39,15 +41,15 @@ mod records;
 mod routing;
 mod scope;
 
+pub use behaviour::gossip_settings;
 pub use blob::{BLOB_PROTOCOL, BlobStream, IncomingBlobStreams};
 pub use client::Client;
 pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};
 pub use connmgr::ConnectionBudget;
 pub use error::{NetError, RequestError};
-pub(crate) use event::Channel;
 pub use event::{
-    ConnectionInfo, ConnectionPath, DmRequestId, Event, GossipId, GossipVerdict, HolePunchAttempt,
-    HolePunchStats, NatStatus, NetStatus, PeerInfo, RelayServed,
+    Channel, ConnectionInfo, ConnectionPath, DmRequestId, Event, GossipId, GossipVerdict,
+    HolePunchAttempt, HolePunchStats, NatStatus, NetStatus, PeerInfo, RelayServed,
 };
 pub use event_loop::EventLoop;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};

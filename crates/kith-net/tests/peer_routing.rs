@@ -6,14 +6,16 @@
 mod common;
 
 use common::{TestNode, WAIT, poll_until};
-use kith_net::{DhtMode, Event, PeerId};
+use kith_net::{Channel, DhtMode, Event, PeerId};
 
-/// A DHT server on its own network, as every node of this test is.
+/// A node on the test's own network in DHT mode `mode`.
+async fn start_as(mode: DhtMode) -> TestNode {
+    TestNode::start_with(None, |c| c.with_network_id("routing").with_dht_mode(mode)).await
+}
+
+/// A DHT server on the test's own network.
 async fn start() -> TestNode {
-    TestNode::start_with(None, |c| {
-        c.with_network_id("routing").with_dht_mode(DhtMode::Server)
-    })
-    .await
+    start_as(DhtMode::Server).await
 }
 
 /// Waits until `node`'s routing table holds at least `n` peers.
@@ -26,22 +28,29 @@ async fn routing_table_has(node: &TestNode, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_to_a_peer_never_met_finds_it_through_the_dht() {
-    // A and C know only the hub, and C joins after A's bootstrap walk: A has no address for C.
+    // A and C know only the hub. A is a DHT client (a home node), so the hub never names it to
+    // anyone and C's own walks cannot meet it; A has no address for C.
     let hub = start().await;
-    let a = start().await;
+    let a = start_as(DhtMode::Client).await;
     a.client.dial(hub.addr.clone()).await.unwrap();
     routing_table_has(&a, 1).await;
     let mut c = start().await;
     c.client.dial(hub.addr.clone()).await.unwrap();
     routing_table_has(&c, 1).await;
-    routing_table_has(&hub, 2).await;
+    routing_table_has(&hub, 1).await;
     assert!(!a.connected(c.peer_id).await, "A met C before the test");
 
     // C answers whatever direct message reaches it.
     let c_client = c.client.clone();
     let answering = tokio::spawn(async move {
         while let Some(event) = c.events.recv().await {
-            if let Event::DirectMessage { request, bytes, .. } = event {
+            if let Event::Request {
+                channel: Channel::Dm,
+                request,
+                bytes,
+                ..
+            } = event
+            {
                 let mut answer = b"got ".to_vec();
                 answer.extend(bytes);
                 c_client.respond_dm(request, answer).await.unwrap();

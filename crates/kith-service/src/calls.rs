@@ -44,7 +44,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     MessageEvent, Node, ServiceError,
-    handles::{Connections, Events, Outbound, TrustCheck},
+    handles::{Connections, Events, Outbound, Shown, TrustCheck},
     node::now_ms,
 };
 
@@ -152,6 +152,18 @@ pub enum CallEvent {
     },
 }
 
+/// One WebRTC signal from the local browser (an SDP description or an ICE candidate, as JSON) for
+/// a participant of a live call: the body of `POST /v1/calls/{id}/signal`.
+#[derive(Debug, Clone)]
+pub struct BrowserSignal {
+    /// The participant; may be left out in a call between two people.
+    pub to: Option<PeerId>,
+    /// `sdp` or `ice`.
+    pub kind: String,
+    /// The description or candidate, as JSON text.
+    pub data: String,
+}
+
 /// Who to call.
 #[derive(Debug, Clone)]
 pub enum CallTarget {
@@ -159,6 +171,24 @@ pub enum CallTarget {
     Person(String),
     /// A group by id, id prefix or title (up to [`MAX_CALL_MEMBERS`] members).
     Group(String),
+}
+
+/// The live call `id` if it is an incoming call still ringing: the only kind a person can
+/// accept or decline (`verb` says which, for the error).
+fn ringing_incoming<'a>(
+    calls: &'a mut HashMap<CallId, Live>,
+    id: &CallId,
+    verb: &str,
+) -> Result<&'a mut Live, ServiceError> {
+    let live = calls
+        .get_mut(id)
+        .ok_or_else(|| ServiceError::UnknownCall(hex::encode(id)))?;
+    if live.record.outgoing || live.state != CallState::Ringing {
+        return Err(ServiceError::InvalidMessage(format!(
+            "only a ringing incoming call can be {verb}"
+        )));
+    }
+    Ok(live)
 }
 
 /// A call in progress, in memory only.
@@ -426,30 +456,9 @@ fn parse_call_id(bytes: &[u8]) -> Option<CallId> {
 }
 
 impl Calls {
-    /// Starts a call: rings the person (or up to three other members of a group) and returns at
-    /// once; `call.ringing`, `call.joined` and `call.ended` events tell what happens next. When
-    /// that person is ringing us already, this answers their call instead. Whoever joins makes
-    /// the WebRTC offers (see [`Node::start_call_offering`] for the faster way).
-    pub(crate) async fn start_call(
-        &self,
-        target: CallTarget,
-        video: bool,
-    ) -> Result<CallInfo, ServiceError> {
-        self.place_call(target, video, false).await
-    }
-
-    /// [`Node::start_call`] for a client that sends each invitee its SDP offer right after this
-    /// returns (the web app): the invitations say so, and an invitee answers that offer when it
-    /// joins, so the media connection needs one signal hop after the answer, not three.
-    pub(crate) async fn start_call_offering(
-        &self,
-        target: CallTarget,
-        video: bool,
-    ) -> Result<CallInfo, ServiceError> {
-        self.place_call(target, video, true).await
-    }
-
-    async fn place_call(
+    /// Rings the target (see [`Node::start_call`]); `caller_offers`: the caller's client sends
+    /// each invitee its SDP offer right after this returns ([`Node::start_call_offering`]).
+    pub(crate) async fn place_call(
         &self,
         target: CallTarget,
         video: bool,
@@ -597,14 +606,7 @@ impl Calls {
     pub(crate) fn accept_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
         let (info, tell) = {
             let mut calls = lock(&self.calls_component().live);
-            let live = calls
-                .get_mut(id)
-                .ok_or_else(|| ServiceError::UnknownCall(hex::encode(id)))?;
-            if live.record.outgoing || live.state != CallState::Ringing {
-                return Err(ServiceError::InvalidMessage(
-                    "only a ringing incoming call can be accepted".into(),
-                ));
-            }
+            let live = ringing_incoming(&mut calls, id, "accepted")?;
             live.state = CallState::Active;
             live.record.answered_ms = now_ms();
             if let Ok(caller) = PeerId::from_bytes(&live.record.peer_id) {
@@ -623,15 +625,8 @@ impl Calls {
     /// Declines an incoming call that is ringing.
     pub(crate) fn decline_call(&self, id: &CallId) -> Result<CallInfo, ServiceError> {
         let caller = {
-            let calls = lock(&self.calls_component().live);
-            let live = calls
-                .get(id)
-                .ok_or_else(|| ServiceError::UnknownCall(hex::encode(id)))?;
-            if live.record.outgoing || live.state != CallState::Ringing {
-                return Err(ServiceError::InvalidMessage(
-                    "only a ringing incoming call can be declined".into(),
-                ));
-            }
+            let mut calls = lock(&self.calls_component().live);
+            let live = ringing_incoming(&mut calls, id, "declined")?;
             PeerId::from_bytes(&live.record.peer_id).ok()
         };
         if let Some(caller) = caller {
@@ -676,10 +671,10 @@ impl Calls {
     pub(crate) fn call_signal(
         &self,
         id: &CallId,
-        to: Option<PeerId>,
-        kind: &str,
-        data: String,
+        signal: BrowserSignal,
     ) -> Result<(), ServiceError> {
+        let BrowserSignal { to, kind, data } = signal;
+        let kind = kind.as_str();
         check_media(kind, &data).map_err(ServiceError::InvalidMessage)?;
         let to = {
             let calls = lock(&self.calls_component().live);
@@ -907,9 +902,11 @@ impl Calls {
                     .outbound
                     .send_shown(
                         peer,
-                        pb::direct_payload::Body::CallSummary(summary),
-                        text,
-                        Box::new(|_| Ok(())),
+                        Shown {
+                            body: pb::direct_payload::Body::CallSummary(summary),
+                            text,
+                            before_store: Box::new(|_| Ok(())),
+                        },
                     )
                     .await
                 {
@@ -1282,7 +1279,7 @@ impl Node {
         target: CallTarget,
         video: bool,
     ) -> Result<CallInfo, ServiceError> {
-        self.inner.calls.start_call(target, video).await
+        self.inner.calls.place_call(target, video, false).await
     }
 
     /// [`Node::start_call`] for a client that sends each invitee its SDP offer right after this
@@ -1293,7 +1290,7 @@ impl Node {
         target: CallTarget,
         video: bool,
     ) -> Result<CallInfo, ServiceError> {
-        self.inner.calls.start_call_offering(target, video).await
+        self.inner.calls.place_call(target, video, true).await
     }
 
     /// The call history, newest first, live calls with their current state.
@@ -1324,14 +1321,8 @@ impl Node {
 
     /// Passes one browser signal (SDP or ICE candidate, as JSON) to a participant of a live call.
     /// `to` may be left out in a call between two people.
-    pub fn call_signal(
-        &self,
-        id: &CallId,
-        to: Option<PeerId>,
-        kind: &str,
-        data: String,
-    ) -> Result<(), ServiceError> {
-        self.inner.calls.call_signal(id, to, kind, data)
+    pub fn call_signal(&self, id: &CallId, signal: BrowserSignal) -> Result<(), ServiceError> {
+        self.inner.calls.call_signal(id, signal)
     }
 
     /// The ICE servers and policy the web app should use: the configured ones, then TURN on
@@ -1387,46 +1378,43 @@ mod tests {
 
     #[test]
     fn summaries_read_as_each_side_expects() {
-        assert_eq!(
-            summary_text(CallOutcome::Completed, false, 185_000, true),
-            "call, 3 min"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Completed, true, 12_400, false),
-            "video call, 12 s"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Completed, false, 3_900_000, false),
-            "call, 1 h 5 min"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Missed, false, 0, false),
-            "missed call"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Missed, true, 0, true),
-            "video call, no answer"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Unavailable, false, 0, false),
-            "missed call"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Unavailable, false, 0, true),
-            "call, unavailable"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Busy, false, 0, false),
-            "missed call"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Declined, false, 0, true),
-            "declined"
-        );
-        assert_eq!(
-            summary_text(CallOutcome::Declined, false, 0, false),
-            "declined"
-        );
+        let cases = [
+            (CallOutcome::Completed, false, 185_000, true, "call, 3 min"),
+            (
+                CallOutcome::Completed,
+                true,
+                12_400,
+                false,
+                "video call, 12 s",
+            ),
+            (
+                CallOutcome::Completed,
+                false,
+                3_900_000,
+                false,
+                "call, 1 h 5 min",
+            ),
+            (CallOutcome::Missed, false, 0, false, "missed call"),
+            (CallOutcome::Missed, true, 0, true, "video call, no answer"),
+            (CallOutcome::Unavailable, false, 0, false, "missed call"),
+            (
+                CallOutcome::Unavailable,
+                false,
+                0,
+                true,
+                "call, unavailable",
+            ),
+            (CallOutcome::Busy, false, 0, false, "missed call"),
+            (CallOutcome::Declined, false, 0, true, "declined"),
+            (CallOutcome::Declined, false, 0, false, "declined"),
+        ];
+        for (outcome, video, duration_ms, outgoing, expected) in cases {
+            assert_eq!(
+                summary_text(outcome, video, duration_ms, outgoing),
+                expected,
+                "{outcome:?} video={video} {duration_ms} ms outgoing={outgoing}"
+            );
+        }
     }
 
     #[test]

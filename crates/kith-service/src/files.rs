@@ -15,7 +15,8 @@
 //! the rest of the node only through the handles it is built with ([`FilesParts`]: delivery,
 //! events, trust, [`GroupFiles`] for group files, [`FileRelays`] for our mailbox relays). The
 //! relay side of held files and blob serving are the mailbox relay's `HeldBlobs`
-//! (`relay_blobs.rs`), which [`serve_loop`] hands every stream to.
+//! (`relay_blobs.rs`); the node hands every inbound blob stream to it, through [`Throttled`]
+//! when a serving rate is set.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use kith_blob::{BlobHash, BlobKey, BlobStore, FetchError, ServeLimits};
+use kith_blob::{BlobHash, BlobKey, BlobStore, FetchError};
 use kith_proto::v1 as pb;
 use kith_store::{FileOffer, FileRecord, FileState, MessageId};
 use libp2p::PeerId;
@@ -43,7 +44,7 @@ use futures::future::BoxFuture;
 
 use crate::{
     MessageEvent, Node, Sent, ServiceError,
-    handles::{BeforeStore, Events, Outbound, TrustCheck},
+    handles::{Events, Outbound, Shown, TrustCheck},
     node::now_ms,
 };
 
@@ -185,9 +186,7 @@ pub(crate) trait GroupFiles: Send + Sync {
     fn send_offer<'a>(
         &'a self,
         reference: &'a str,
-        offer: pb::FileOffer,
-        text: String,
-        before_store: BeforeStore<'a>,
+        offer: Shown<'a, pb::FileOffer>,
     ) -> BoxFuture<'a, Result<crate::GroupSent, ServiceError>>;
 }
 
@@ -241,6 +240,24 @@ impl Files {
         let blobs = BlobStore::open(dir)?;
         registry.register_collector(Box::new(BlobCollector(blobs.metrics().clone())));
         Ok(blobs)
+    }
+
+    /// The file record of message `id`, if it carries a file and the record reads.
+    pub(crate) fn record(&self, id: &MessageId) -> Option<FileRecord> {
+        self.store.files().get(id).ok().flatten()
+    }
+
+    /// Sets the file of message `id` to `state` with `note` (a push to a relay reports how it
+    /// went this way, keeping the state it read).
+    pub(crate) fn note(&self, id: &MessageId, state: FileState, note: &str) {
+        if let Err(e) = self.store.files().set_state(id, state, note) {
+            tracing::debug!(error = %e, "could not note a file's state");
+        }
+    }
+
+    /// The most bytes a second this node serves per blob stream (`--serve-rate`), if any.
+    pub(crate) fn serve_rate(&self) -> Option<u64> {
+        self.serve_rate
     }
 
     /// The component over an opened blob store, with its handles.
@@ -479,21 +496,23 @@ impl Files {
             .outbound
             .send_shown(
                 peer,
-                pb::direct_payload::Body::File(offer.to_proto()),
-                text,
-                Box::new(move |id| {
-                    files.put(&FileRecord {
-                        message_id: id,
-                        peer_id: me_peer,
-                        outgoing: true,
-                        offer: record_offer,
-                        state: FileState::Complete,
-                        note: String::new(),
-                        created_ms: now_ms(),
-                        group: None,
-                    })?;
-                    Ok(())
-                }),
+                Shown {
+                    body: pb::direct_payload::Body::File(offer.to_proto()),
+                    text,
+                    before_store: Box::new(move |id| {
+                        files.put(&FileRecord {
+                            message_id: id,
+                            peer_id: me_peer,
+                            outgoing: true,
+                            offer: record_offer,
+                            state: FileState::Complete,
+                            note: String::new(),
+                            created_ms: now_ms(),
+                            group: None,
+                        })?;
+                        Ok(())
+                    }),
+                },
             )
             .await?;
         let file = FileReport {
@@ -529,21 +548,23 @@ impl Files {
             .groups
             .send_offer(
                 group,
-                offer.to_proto(),
-                text,
-                Box::new(move |id| {
-                    files.put(&FileRecord {
-                        message_id: id,
-                        peer_id: me,
-                        outgoing: true,
-                        offer: record_offer,
-                        state: FileState::Complete,
-                        note: String::new(),
-                        created_ms: now_ms(),
-                        group: Some(group_id),
-                    })?;
-                    Ok(())
-                }),
+                Shown {
+                    body: offer.to_proto(),
+                    text,
+                    before_store: Box::new(move |id| {
+                        files.put(&FileRecord {
+                            message_id: id,
+                            peer_id: me,
+                            outgoing: true,
+                            offer: record_offer,
+                            state: FileState::Complete,
+                            note: String::new(),
+                            created_ms: now_ms(),
+                            group: Some(group_id),
+                        })?;
+                        Ok(())
+                    }),
+                },
             )
             .await?;
         let file = FileReport {
@@ -1343,66 +1364,8 @@ impl Files {
     }
 }
 
-/// Serves blob ranges to whoever asks (and, on a relay, keeps blobs for its users), one task per
-/// stream.
-pub(crate) async fn serve_loop(inner: Weak<crate::node::Inner>) {
-    let (mut incoming, mut stop, rate) = {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        match inner.client_ref().accept_blob_streams() {
-            Ok(incoming) => (
-                incoming,
-                inner.shutdown_tx.subscribe(),
-                inner.files.serve_rate,
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot serve files");
-                return;
-            }
-        }
-    };
-    let limits = ServeLimits::default();
-    loop {
-        // The node's own network handle keeps the inbound side open, so the loop ends on the
-        // shutdown signal rather than on the end of the stream.
-        let (peer, stream) = tokio::select! {
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
-            return;
-        };
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            let served = match rate {
-                Some(rate) => {
-                    node.inner
-                        .mailbox_relay
-                        .held()
-                        .serve_blob_stream(peer, Throttled::new(stream, rate), &limits)
-                        .await
-                }
-                None => {
-                    node.inner
-                        .mailbox_relay
-                        .held()
-                        .serve_blob_stream(peer, stream, &limits)
-                        .await
-                }
-            };
-            if let Err(e) = served {
-                tracing::info!(%peer, error = %e, "closed a blob stream");
-            }
-        });
-    }
-}
-
 /// A stream whose writes are held to `rate` bytes a second (a token bucket with a 100 ms burst).
-struct Throttled<S> {
+pub(crate) struct Throttled<S> {
     inner: S,
     rate: f64,
     allowance: f64,
@@ -1411,7 +1374,8 @@ struct Throttled<S> {
 }
 
 impl<S> Throttled<S> {
-    fn new(inner: S, rate: u64) -> Self {
+    /// `inner`, its writes held to `rate` bytes a second.
+    pub(crate) fn new(inner: S, rate: u64) -> Self {
         Self {
             inner,
             rate: rate.max(1024) as f64,

@@ -37,6 +37,17 @@ pub(crate) trait Resolver: Send + Sync {
 pub(crate) type BeforeStore<'a> =
     Box<dyn FnOnce(MessageId) -> Result<(), ServiceError> + Send + 'a>;
 
+/// A message shown in history, as a component hands it to delivery (direct or group): its
+/// `body`, the `text` history shows for it, and what must be recorded before it is stored.
+pub(crate) struct Shown<'a, B> {
+    /// What travels (a direct-message body, a file offer).
+    pub(crate) body: B,
+    /// What history shows.
+    pub(crate) text: String,
+    /// Runs with the message id before the message is stored.
+    pub(crate) before_store: BeforeStore<'a>,
+}
+
 /// What a component hands to direct delivery: the operations of `dm::Outbox`, whose rules
 /// (stored before sent, durable before the caller is answered, delivery woken once) hold for
 /// every caller.
@@ -60,14 +71,12 @@ pub(crate) trait Outbound: Send + Sync {
     /// wakes delivery.
     fn send_staged(&self) -> BoxFuture<'_, Result<(), ServiceError>>;
 
-    /// Stores a message shown in history as `text` for `peer`, hands it to delivery and waits
-    /// for the first attempt.
+    /// Stores a message shown in history for `peer`, hands it to delivery and waits for the
+    /// first attempt.
     fn send_shown<'a>(
         &'a self,
         peer: PeerId,
-        body: pb::direct_payload::Body,
-        text: String,
-        before_store: BeforeStore<'a>,
+        shown: Shown<'a, pb::direct_payload::Body>,
     ) -> BoxFuture<'a, Result<Sent, ServiceError>>;
 
     /// Withdraws message `id` to `peer` if it still waits in the outbox (a cancelled file's

@@ -36,9 +36,9 @@ mod router;
 mod testing;
 
 pub use calls::{
-    CallEvent, CallInfo, CallState, CallTarget, DEFAULT_RING_TIMEOUT as DEFAULT_CALL_RING_TIMEOUT,
-    IceConfig, IceServer, MAX_CALL_MEMBERS, MAX_SIGNAL_BYTES, ParticipantState, RemoteSignal,
-    TurnIssuer, summary_text,
+    BrowserSignal, CallEvent, CallInfo, CallState, CallTarget,
+    DEFAULT_RING_TIMEOUT as DEFAULT_CALL_RING_TIMEOUT, IceConfig, IceServer, MAX_CALL_MEMBERS,
+    MAX_SIGNAL_BYTES, ParticipantState, RemoteSignal, TurnIssuer, summary_text,
 };
 pub use dm::{Conversation, MAX_TEXT_BYTES, MessageEvent, Sent};
 pub use error::ServiceError;

@@ -230,6 +230,14 @@ pub(crate) trait TurnIssue: Send + Sync {
 pub(crate) trait MailFiles: Send + Sync {
     /// Files sent while we were away may wait at our relays now: resume every download.
     fn resume_all_downloads(&self);
+
+    /// The file record of message `id` (None: the message carries no file, or the record
+    /// cannot be read): what [`FilePush`] uploads before the offer is deposited.
+    fn file_of(&self, id: &kith_store::MessageId) -> Option<kith_store::FileRecord>;
+
+    /// Notes on an outgoing file how its push to a relay went ("held at relay ...",
+    /// "waiting: ..."): the files book is the files component's to write.
+    fn note_push(&self, id: &kith_store::MessageId, state: kith_store::FileState, note: &str);
 }
 
 impl MailboxClient {

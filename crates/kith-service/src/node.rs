@@ -4,7 +4,7 @@ use std::{
 };
 
 use kith_core::NameRules;
-use kith_net::{Event, Metrics as NetMetrics, NetStatus, PeerInfo};
+use kith_net::{Channel, Event, Metrics as NetMetrics, NetStatus, PeerInfo};
 use kith_store::Store;
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use prometheus_client::registry::Registry;
@@ -262,7 +262,7 @@ impl Node {
                         outbound: links.clone(),
                         files: links.clone(),
                         push: crate::relay_blobs::FilePush::new(
-                            store.clone(),
+                            links.clone(),
                             blobs.clone(),
                             client.clone(),
                             links.clone(),
@@ -357,7 +357,7 @@ impl Node {
         node.inner.groups.resubscribe_groups().await;
         let groups = tokio::spawn(group_loop(Arc::downgrade(&node.inner), group_sync_every));
         node.push_task(groups);
-        let blob_server = tokio::spawn(crate::files::serve_loop(Arc::downgrade(&node.inner)));
+        let blob_server = tokio::spawn(serve_blob_streams(Arc::downgrade(&node.inner)));
         node.push_task(blob_server);
         node.inner.files.resume_all_downloads();
         Ok(node)
@@ -647,6 +647,69 @@ impl Node {
 
 /// Re-publishes owned names periodically. Holds only a weak reference so it never keeps a
 /// stopped node alive; ends when the node shuts down.
+/// Hands every inbound blob stream to the mailbox relay's `HeldBlobs` (which serves our own
+/// blobs to whoever asks and, on a relay, keeps blobs for its users), one task per stream, held
+/// to the files component's serving rate.
+async fn serve_blob_streams(inner: std::sync::Weak<Inner>) {
+    let (mut incoming, mut stop, rate) = {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match inner.client_ref().accept_blob_streams() {
+            Ok(incoming) => (
+                incoming,
+                inner.shutdown_tx.subscribe(),
+                inner.files.serve_rate(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve files");
+                return;
+            }
+        }
+    };
+    let limits = kith_blob::ServeLimits::default();
+    loop {
+        // The node's own network handle keeps the inbound side open, so the loop ends on the
+        // shutdown signal rather than on the end of the stream.
+        let (peer, stream) = tokio::select! {
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+            return;
+        };
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let served = match rate {
+                Some(rate) => {
+                    node.inner
+                        .mailbox_relay
+                        .held()
+                        .serve_blob_stream(
+                            peer,
+                            crate::files::Throttled::new(stream, rate),
+                            &limits,
+                        )
+                        .await
+                }
+                None => {
+                    node.inner
+                        .mailbox_relay
+                        .held()
+                        .serve_blob_stream(peer, stream, &limits)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::info!(%peer, error = %e, "closed a blob stream");
+            }
+        });
+    }
+}
+
 async fn republish_loop(inner: std::sync::Weak<Inner>) {
     let (first, every, mut stop) = match inner.upgrade() {
         Some(i) => (
@@ -769,45 +832,30 @@ async fn consume_events(
         let node = Node { inner: strong };
         let store = node.store().clone();
         let result = match event {
-            Event::DirectMessage {
+            Event::Request {
+                channel,
                 peer,
                 request,
                 bytes,
             } => {
                 let router = crate::router::Router::new(&node);
                 spawn_limited(&inbound, async move {
-                    node.inner
-                        .dm
-                        .on_direct_message(peer, request, bytes, &router)
-                        .await;
-                })
-                .await;
-                Ok(())
-            }
-            Event::MailboxRequest {
-                peer,
-                request,
-                bytes,
-            } => {
-                spawn_limited(&inbound, async move {
-                    node.inner
-                        .mailbox_relay
-                        .on_mailbox_request(peer, request, bytes, &node.inner.mailbox)
-                        .await;
-                })
-                .await;
-                Ok(())
-            }
-            Event::SyncRequest {
-                peer,
-                request,
-                bytes,
-            } => {
-                spawn_limited(&inbound, async move {
-                    node.inner
-                        .groups
-                        .on_sync_request(peer, request, bytes)
-                        .await;
+                    let inner = &node.inner;
+                    match channel {
+                        Channel::Dm => {
+                            inner
+                                .dm
+                                .on_direct_message(peer, request, bytes, &router)
+                                .await
+                        }
+                        Channel::Mailbox => {
+                            inner
+                                .mailbox_relay
+                                .on_mailbox_request(peer, request, bytes, &inner.mailbox)
+                                .await
+                        }
+                        Channel::Sync => inner.groups.on_sync_request(peer, request, bytes).await,
+                    }
                 })
                 .await;
                 Ok(())

@@ -25,6 +25,7 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use crate::{
     MessageEvent, Node,
     handles::{Events, Outbound},
+    mailbox::MailFiles,
     node::now_ms,
 };
 
@@ -301,11 +302,11 @@ impl Node {
 
 /// The sender side of held files, a part of the mailbox user side (its deposits): before a file
 /// offer is deposited at a recipient's relay, the file goes there. Reads the outgoing file's
-/// record and notes on it how the push went (the files book's record of an outgoing file; the
-/// files component keeps the rest of that book), notes a full quota on the message through
-/// [`Outbound::note_failure`], and reports progress as [`Events`].
+/// record and notes on it how the push went through the files component ([`MailFiles`]), notes
+/// a full quota on the message through [`Outbound::note_failure`], and reports progress as
+/// [`Events`].
 pub(crate) struct FilePush {
-    store: kith_store::Store,
+    files: Arc<dyn MailFiles>,
     blobs: BlobStore,
     client: kith_net::Client,
     events: Arc<dyn Events>,
@@ -319,16 +320,16 @@ impl std::fmt::Debug for FilePush {
 }
 
 impl FilePush {
-    /// The push over the node's `store`, its blob store `blobs` and the network.
+    /// The push over the files component `files`, the node's blob store `blobs` and the network.
     pub(crate) fn new(
-        store: kith_store::Store,
+        files: Arc<dyn MailFiles>,
         blobs: BlobStore,
         client: kith_net::Client,
         events: Arc<dyn Events>,
         outbound: Arc<dyn Outbound>,
     ) -> Self {
         Self {
-            store,
+            files,
             blobs,
             client,
             events,
@@ -345,7 +346,7 @@ impl FilePush {
         id: &[u8; 16],
         relay: &Multiaddr,
     ) -> bool {
-        let Ok(Some(record)) = self.store.files().get(id) else {
+        let Some(record) = self.files.file_of(id) else {
             return true;
         };
         if !record.outgoing {
@@ -398,7 +399,7 @@ impl FilePush {
         match outcome {
             Ok(done) if done.complete => {
                 tracing::info!(%peer, relay = %relay_peer, sent = done.bytes_sent, "recipient offline; file held at its relay");
-                let _ = self.store.files().set_state(
+                self.files.note_push(
                     id,
                     record.state,
                     &format!("held at relay {relay_peer} until {peer} comes online"),
@@ -411,7 +412,7 @@ impl FilePush {
                 if status == Status::Full {
                     let note = format!("waiting: {reason}");
                     let _ = self.outbound.note_failure(id, &note);
-                    let _ = self.store.files().set_state(id, record.state, &note);
+                    self.files.note_push(id, record.state, &note);
                 }
                 false
             }

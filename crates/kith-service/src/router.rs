@@ -23,7 +23,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::{
     MessageEvent, Node, Sent, ServiceError, dm,
-    handles::{AddressBook, BeforeStore, Connections, Events, Outbound, TrustCheck},
+    handles::{AddressBook, Connections, Events, Outbound, Shown, TrustCheck},
     mailbox,
     node::Inner,
 };
@@ -146,11 +146,14 @@ impl Outbound for Links {
     fn send_shown<'a>(
         &'a self,
         peer: PeerId,
-        body: pb::direct_payload::Body,
-        text: String,
-        before_store: BeforeStore<'a>,
+        shown: Shown<'a, pb::direct_payload::Body>,
     ) -> BoxFuture<'a, Result<Sent, ServiceError>> {
         Box::pin(async move {
+            let Shown {
+                body,
+                text,
+                before_store,
+            } = shown;
             self.node()?
                 .outbox()
                 .send_shown(peer, body, text, before_store)
@@ -256,16 +259,14 @@ impl crate::files::GroupFiles for crate::groups::Groups {
     fn send_offer<'a>(
         &'a self,
         reference: &'a str,
-        offer: pb::FileOffer,
-        text: String,
-        before_store: BeforeStore<'a>,
+        offer: Shown<'a, pb::FileOffer>,
     ) -> BoxFuture<'a, Result<crate::GroupSent, ServiceError>> {
         Box::pin(async move {
             self.send_group_payload(
                 reference,
-                pb::group_payload::Body::File(offer),
-                text,
-                before_store,
+                pb::group_payload::Body::File(offer.body),
+                offer.text,
+                offer.before_store,
             )
             .await
         })
@@ -284,11 +285,22 @@ impl crate::files::FileRelays for crate::mailbox::MailboxClient {
     }
 }
 
-/// What the mailbox user side needs of files: resuming downloads after a sync.
+/// What the mailbox user side needs of files: resuming downloads after a sync, and the records
+/// of the files it pushes to relays.
 impl crate::mailbox::MailFiles for Links {
     fn resume_all_downloads(&self) {
         if let Ok(node) = self.node() {
             node.inner.files.resume_all_downloads();
+        }
+    }
+
+    fn file_of(&self, id: &kith_store::MessageId) -> Option<kith_store::FileRecord> {
+        self.node().ok()?.inner.files.record(id)
+    }
+
+    fn note_push(&self, id: &kith_store::MessageId, state: kith_store::FileState, note: &str) {
+        if let Ok(node) = self.node() {
+            node.inner.files.note(id, state, note);
         }
     }
 }

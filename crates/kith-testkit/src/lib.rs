@@ -40,7 +40,7 @@ pub use node::{
     NETWORK_ID, POLL, STEP, StoppedNode, TEST_NAME_DIFFICULTY, TestNode, Transports, listen_addrs,
     loopback_config, name_options, open_store_at, reopen_store_at, start_node,
 };
-pub use poll::{holds_for, poll_until, wait_until};
+pub use poll::{ask_driver, holds_for, poll_until, wait_until};
 pub use raw::{Answer as RawAnswer, RawPeer};
 pub use raw_dht::RawDht;
 pub use scale::{

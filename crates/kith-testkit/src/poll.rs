@@ -61,3 +61,24 @@ pub async fn poll_until<T>(
         Ok(None) | Err(_) => Err(anyhow!("timed out after {timeout:?} waiting for {what}")),
     }
 }
+
+/// Sends a command that carries its reply channel to a task that owns a swarm (a raw baseline
+/// node, a raw DHT server) and waits at most `limit` for the answer. `who` names the task in
+/// the error, which says whether it had stopped or was too slow.
+pub async fn ask_driver<C, T>(
+    commands: &tokio::sync::mpsc::Sender<C>,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> C,
+    who: &str,
+    limit: Duration,
+) -> Result<T> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    commands
+        .send(command(reply))
+        .await
+        .map_err(|_| anyhow!("{who} stopped"))?;
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(anyhow!("{who} stopped")),
+        Err(_) => Err(anyhow!("{who} did not answer within {limit:?}")),
+    }
+}

@@ -107,15 +107,7 @@ impl RawDht {
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> anyhow::Result<T> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| anyhow!("the raw DHT server stopped"))?;
-        tokio::time::timeout(LISTEN, rx)
-            .await
-            .context("the raw DHT server did not answer")?
-            .context("the raw DHT server stopped")
+        crate::ask_driver(&self.commands, command, "the raw DHT server", LISTEN).await
     }
 
     /// Stops the swarm; its connections close.

@@ -78,12 +78,8 @@ function namespaceReason() {
 }
 
 describe('kith web app: calls', { skip: namespaceReason() }, () => {
-  let lab;
-  let browser;
-  let A;
-  let B;
-  let C;
-  let D;
+  let lab, browser;
+  let A, B, C, D; // nodes
   let pageA; // desktop, Alice
   let pageB; // phone, Bob
   let pageC; // desktop, Carol

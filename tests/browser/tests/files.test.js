@@ -44,10 +44,8 @@ const CAPTION = 'Sunset over the lake';
 const PHOTO = 'lake.png';
 
 describe('kith web app: photos and files', { skip: skipReason() }, () => {
-  let lab;
-  let browser;
-  let A;
-  let B;
+  let lab, browser;
+  let A, B; // nodes
   let pageA; // desktop, node A (Alice)
   let pageB; // phone, node B (Bob)
   let photoPath;

@@ -71,12 +71,8 @@ const T = {
 };
 
 describe('kith web app: two nodes, two browsers', { skip: skipReason() }, () => {
-  let lab;
-  let browser;
-  let A;
-  let B;
-  let C;
-  let D;
+  let lab, browser;
+  let A, B, C, D; // nodes
   let pageA; // desktop, node A
   let pageB; // phone, node B
   /** What has been reached, for the preconditions of later tests. */

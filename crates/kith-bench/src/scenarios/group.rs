@@ -493,20 +493,9 @@ struct RawMember {
 
 const RAW_TOPIC: &str = "kith/v1/group/bench";
 
-/// kith's gossipsub settings (kith-net `behaviour.rs`), without application validation.
+/// kith's gossipsub settings ([`kith_net::gossip_settings`]), without application validation.
 fn raw_gossip_config() -> anyhow::Result<gossipsub::Config> {
-    gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .heartbeat_initial_delay(Duration::from_millis(200))
-        .heartbeat_interval(Duration::from_millis(700))
-        .mesh_n(4)
-        .mesh_n_low(3)
-        .mesh_n_high(8)
-        .mesh_outbound_min(1)
-        .max_transmit_size(256 * 1024)
-        .message_id_fn(|m: &gossipsub::Message| {
-            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-        })
+    kith_net::gossip_settings()
         .build()
         .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))
 }
