@@ -207,7 +207,6 @@ fn wait_mailbox_items(relay: &Daemon, n: u64, limit: Duration) -> Value {
     )
 }
 
-/// Polls `relay` until `node` has a mailbox there.
 /// Two people, "a" and "b", bootstrapped from `relay` (with the bootstrap file, for a restart),
 /// where b knows a and a has registered its mailbox with the relay: the start of every mailbox
 /// test.
@@ -232,6 +231,7 @@ fn send_to_stopped(relay: &Daemon, a: &mut Daemon, b: &Daemon, text: &str) -> u6
     before + 1
 }
 
+/// Polls `relay` until `node` has a mailbox there.
 fn wait_registered(relay: &Daemon, node: &Daemon) {
     let id = node.peer_id();
     poll(

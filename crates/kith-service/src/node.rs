@@ -645,8 +645,6 @@ impl Node {
     }
 }
 
-/// Re-publishes owned names periodically. Holds only a weak reference so it never keeps a
-/// stopped node alive; ends when the node shuts down.
 /// Hands every inbound blob stream to the mailbox relay's `HeldBlobs` (which serves our own
 /// blobs to whoever asks and, on a relay, keeps blobs for its users), one task per stream, held
 /// to the files component's serving rate.
@@ -710,6 +708,8 @@ async fn serve_blob_streams(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Re-publishes owned names periodically. Holds only a weak reference so it never keeps a
+/// stopped node alive; ends when the node shuts down.
 async fn republish_loop(inner: std::sync::Weak<Inner>) {
     let (first, every, mut stop) = match inner.upgrade() {
         Some(i) => (
