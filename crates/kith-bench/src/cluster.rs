@@ -1,7 +1,8 @@
 //! In-process networks of kith nodes or raw libp2p nodes, started the same way, so a scenario can
 //! run the same measurement on both.
 //!
-//! Every node listens on `/ip4/127.0.0.1/tcp/0` only, has mDNS off and speaks the Kademlia
+//! Every node listens on `/ip4/127.0.0.1/tcp/0` only (or, in a cluster set to
+//! [`Transport::Quic`], on `/ip4/127.0.0.1/udp/0/quic-v1` only), has mDNS off and speaks the Kademlia
 //! protocol of network id [`NETWORK_ID`] (`/kith/bench/kad/1.0.0`); kith nodes keep their store
 //! under the cluster's directory, which the caller owns and removes.
 
@@ -13,6 +14,7 @@ use kith_service::{Node, Options};
 use kith_store::StoreConfig;
 use kith_testkit::Transports;
 use libp2p::multiaddr::Protocol;
+use serde::{Deserialize, Serialize};
 
 use crate::baseline::{RawConfig, RawNode};
 
@@ -38,6 +40,51 @@ impl Kind {
             Kind::Kith => "kith",
             Kind::Raw => "raw",
         }
+    }
+}
+
+/// The one transport every node of a cluster listens on and dials, kith and raw alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    /// TCP with Noise and yamux: one descriptor per connection end.
+    #[default]
+    Tcp,
+    /// QUIC: one UDP socket per node carries all its connections (`scale` at a thousand nodes
+    /// in one process, where TCP's descriptors run out first).
+    Quic,
+}
+
+impl Transport {
+    /// `tcp` or `quic`, as `--transport` spells it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// Parses `tcp` or `quic`.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "tcp" => Ok(Transport::Tcp),
+            "quic" => Ok(Transport::Quic),
+            other => bail!("unknown transport {other:?} (tcp or quic)"),
+        }
+    }
+
+    /// The loopback listen address on a random port.
+    fn listen_addr(self) -> Multiaddr {
+        match self {
+            Transport::Tcp => crate::baseline::loopback_tcp(),
+            Transport::Quic => crate::baseline::loopback_quic(),
+        }
+    }
+
+    /// Whether `addr` is an address of this transport.
+    fn matches(self, addr: &Multiaddr) -> bool {
+        let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
+        quic == (self == Transport::Quic)
     }
 }
 
@@ -164,7 +211,7 @@ pub(crate) struct Member {
     pub(crate) handle: Handle,
     /// Its peer id.
     pub(crate) peer_id: PeerId,
-    /// TCP listen address ending in `/p2p/<peer id>`.
+    /// Listen address (of the cluster's [`Transport`]) ending in `/p2p/<peer id>`.
     pub(crate) addr: Multiaddr,
 }
 
@@ -182,6 +229,8 @@ pub(crate) struct Spawner {
     /// The network's peer-id difficulty kith nodes start with (see
     /// [`Cluster::with_peer_id_difficulty`]).
     peer_id_difficulty: u8,
+    /// What every node listens on (see [`Cluster::with_transport`]).
+    transport: Transport,
 }
 
 impl Spawner {
@@ -204,6 +253,7 @@ impl Spawner {
                     bail!("a chosen identity is only for kith clusters");
                 }
                 let config = RawConfig {
+                    listen: vec![self.transport.listen_addr()],
                     bootstrap,
                     idle_timeout: self.settings.idle_timeout(),
                     query_timeout: self.settings.query_timeout(),
@@ -214,9 +264,11 @@ impl Spawner {
                     .await
                     .context("raw node did not start in time")??;
                 let peer_id = node.peer_id();
+                let transport = self.transport;
                 let addr = node
                     .listen_addrs()
-                    .first()
+                    .iter()
+                    .find(|a| transport.matches(a))
                     .cloned()
                     .context("raw node has no listen address")?
                     .with(Protocol::P2p(peer_id));
@@ -252,7 +304,8 @@ impl Spawner {
         let store = opened.await.context("the store opening task failed")??;
         let mut config =
             kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?
-                .with_peer_id_difficulty(peer_id_difficulty);
+                .with_peer_id_difficulty(peer_id_difficulty)
+                .with_listen(vec![self.transport.listen_addr()]);
         if self.settings.reduced {
             config = kith_testkit::scale_config(config);
         } else {
@@ -262,13 +315,35 @@ impl Spawner {
         let options = self.options.clone().unwrap_or_default();
         let node = kith_testkit::start_node(config, store, options).await?;
         let peer_id = node.peer_id();
-        let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
+        let addr = match self.transport {
+            Transport::Tcp => kith_testkit::listen_addrs(&node, Transports::Tcp).await?.0,
+            Transport::Quic => quic_listen_addr(&node).await?,
+        };
         Ok(Member {
             handle: Handle::Kith(node),
             peer_id,
             addr,
         })
     }
+}
+
+/// A QUIC-only kith node's listen address with `/p2p/` (bounded by [`STEP`]).
+async fn quic_listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
+    let peer_id = node.peer_id();
+    kith_testkit::poll_until(
+        &format!("{peer_id} to report its QUIC listen address"),
+        STEP,
+        Duration::from_millis(10),
+        async || {
+            let status = node.net_status().await.ok()?;
+            status
+                .listen_addrs
+                .into_iter()
+                .find(|a| Transport::Quic.matches(a))
+                .map(|a| a.with(Protocol::P2p(peer_id)))
+        },
+    )
+    .await
 }
 
 /// A set of running nodes of one [`Kind`].
@@ -288,6 +363,7 @@ impl Cluster {
                 options: None,
                 request_response: false,
                 peer_id_difficulty: 0,
+                transport: Transport::Tcp,
             },
             members: Vec::new(),
         }
@@ -304,6 +380,12 @@ impl Cluster {
     /// (`kith_core::id_work`; `resolve.sybil.costly`).
     pub(crate) fn with_peer_id_difficulty(mut self, difficulty: u8) -> Self {
         self.spawner.peer_id_difficulty = difficulty;
+        self
+    }
+
+    /// Every node listens on (and so is dialed over) `transport` only.
+    pub(crate) fn with_transport(mut self, transport: Transport) -> Self {
+        self.spawner.transport = transport;
         self
     }
 

@@ -165,6 +165,9 @@ struct ScaleArgs {
     /// are resolved and group messages sent (default 0: no churn).
     #[arg(long)]
     churn: Option<f64>,
+    /// What every node, kith and raw, listens on and dials: `tcp` or `quic` (default tcp).
+    #[arg(long)]
+    transport: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +301,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("--churn is a percentage of the nodes per minute, 0 to 100");
                 }
                 settings.scale.churn_pct = pct;
+            }
+            if let Some(transport) = &args.transport {
+                settings.scale.transport = cluster::Transport::parse(transport)?;
             }
             vec![Group::Scale]
         }
@@ -479,8 +485,22 @@ mod tests {
             Command::Scale(ScaleArgs {
                 nodes: Some(1000),
                 churn: Some(10.0),
+                transport: None,
                 ..
             })
         ));
+        let cli = Cli::try_parse_from(["kith-bench", "scale", "--transport", "quic"]).unwrap();
+        let Command::Scale(ScaleArgs {
+            transport: Some(transport),
+            ..
+        }) = cli.command
+        else {
+            panic!("--transport was not parsed");
+        };
+        assert_eq!(
+            cluster::Transport::parse(&transport).unwrap(),
+            cluster::Transport::Quic
+        );
+        assert!(cluster::Transport::parse("udp").is_err());
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scale_live::{self, ChurnResult, GroupResult, Live, NamesResult};
 use crate::{
-    cluster::{self, Cluster, Kind, Member, NodeSettings, Rng},
+    cluster::{self, Cluster, Kind, Member, NodeSettings, Rng, Transport},
     machine,
     process::ChildProcess,
     report::{self, Figures, Scenario},
@@ -54,6 +54,9 @@ const ROUTING_SAMPLE: usize = 100;
 const ROUTING_BUDGET: Duration = Duration::from_secs(30);
 /// Upper bound on counting every node's connections.
 const CONNS_BUDGET: Duration = Duration::from_secs(60);
+/// The full run's [`Params::rest`]: longer than the scale nodes' grace period
+/// ([`kith_testkit::SCALE_QUERY_TIMEOUT`], 20 s).
+const REST: Duration = Duration::from_secs(30);
 /// Connection counts asked at once.
 const CONNS_CONCURRENCY: usize = 16;
 /// Shortest time between two joins.
@@ -77,8 +80,13 @@ pub(crate) struct Params {
     pub(crate) nodes: usize,
     /// Upper bound on growing one network.
     pub(crate) budget: Duration,
-    /// Pause between the last node and the first walk.
+    /// Pause between the last node and the first connection count.
     pub(crate) settle: Duration,
+    /// A further pause, longer than the connection manager's grace period, after which the
+    /// connections are counted again (0: no second count): the first count still sees the
+    /// young connections of the last joins, which the manager may not trim yet.
+    #[serde(default)]
+    pub(crate) rest: Duration,
     /// Walks per network.
     pub(crate) walks: usize,
     /// Upper bound on the walks of one network.
@@ -98,6 +106,9 @@ pub(crate) struct Params {
     /// Percent of the nodes that leave (and as many that join) per minute during the names and
     /// group phases; 0: no churn.
     pub(crate) churn_pct: f64,
+    /// What every node, kith and raw, listens on and dials.
+    #[serde(default)]
+    pub(crate) transport: Transport,
 }
 
 impl Params {
@@ -108,6 +119,7 @@ impl Params {
                 nodes: 20,
                 budget: Duration::from_secs(20),
                 settle: Duration::from_secs(2),
+                rest: Duration::ZERO,
                 walks: 20,
                 walk_budget: Duration::from_secs(15),
                 names: 4,
@@ -117,12 +129,14 @@ impl Params {
                 group_messages: 10,
                 group_budget: Duration::from_secs(120),
                 churn_pct: 0.0,
+                transport: Transport::Tcp,
             }
         } else {
             Self {
                 nodes: 1000,
                 budget: Duration::from_secs(240),
                 settle: Duration::from_secs(10),
+                rest: REST,
                 walks: 200,
                 walk_budget: Duration::from_secs(60),
                 names: 20,
@@ -132,6 +146,7 @@ impl Params {
                 group_messages: 50,
                 group_budget: Duration::from_secs(300),
                 churn_pct: 0.0,
+                transport: Transport::Tcp,
             }
         }
     }
@@ -140,6 +155,8 @@ impl Params {
     fn worker_deadline(&self) -> Duration {
         self.budget
             + self.settle
+            + self.rest
+            + CONNS_BUDGET
             + self.walk_budget
             + ROUTING_BUDGET
             + CONNS_BUDGET
@@ -178,6 +195,9 @@ pub(crate) struct WorkerResult {
     pub(crate) rss_mb: f64,
     /// Open file descriptors with every node running.
     pub(crate) fds: usize,
+    /// What those descriptors were.
+    #[serde(default)]
+    pub(crate) fd_kinds: FdKinds,
     /// The soft file-descriptor limit after raising it.
     pub(crate) fd_limit: u64,
     /// Smallest routing table.
@@ -190,6 +210,19 @@ pub(crate) struct WorkerResult {
     pub(crate) conns_median: f64,
     /// Most open connections of one node after the settle.
     pub(crate) conns_max: f64,
+    /// Seconds of rest before the second count (0: none).
+    #[serde(default)]
+    pub(crate) rest_secs: f64,
+    /// Median open connections per node after the rest.
+    #[serde(default)]
+    pub(crate) conns_median_rest: f64,
+    /// Most open connections of one node after the rest.
+    #[serde(default)]
+    pub(crate) conns_max_rest: f64,
+    /// kith: connections its managers closed (trims and idle closes) during the rest, per node
+    /// per minute; with no joins or walks running this is the network's connection churn at rest.
+    #[serde(default)]
+    pub(crate) closes_per_node_min_rest: Option<f64>,
     /// Walks that ran.
     pub(crate) walks: usize,
     /// Walks that returned at least one peer.
@@ -217,7 +250,13 @@ impl WorkerResult {
                 report::round_to(self.rss_mb / self.nodes.max(1) as f64, 2),
             )
             .with("conns_median", self.conns_median)
-            .with("conns_max", self.conns_max)
+            .with("conns_max", self.conns_max);
+        if self.rest_secs > 0.0 {
+            figures = figures
+                .with("conns_median_rest", self.conns_median_rest)
+                .with("conns_max_rest", self.conns_max_rest);
+        }
+        figures = figures
             .with(
                 "walk_success",
                 report::round_to(self.walk_ok as f64 / walks, 3),
@@ -248,13 +287,19 @@ impl WorkerResult {
     }
 
     fn describe(&self, kind: Kind) -> String {
+        let k = &self.fd_kinds;
         let mut text = format!(
-            "{}: {} nodes ({}), {} descriptors open after the settle (limit {}), routing tables (sample of up to {ROUTING_SAMPLE}) min {} mean {:.1}, connections per node (all {} counted) median {} max {}, {}/{} walks found a peer, {} found the true closest",
+            "{}: {} nodes ({}), {} descriptors open after the settle (limit {}; {} TCP sockets, {} UDP sockets, {} other sockets, {} files, {} other), routing tables (sample of up to {ROUTING_SAMPLE}) min {} mean {:.1}, connections per node (all {} counted) median {} max {}, {}/{} walks found a peer, {} found the true closest",
             kind.as_str(),
             self.nodes,
             self.stop_reason,
             self.fds,
             self.fd_limit,
+            k.tcp,
+            k.udp,
+            k.other_sockets,
+            k.files,
+            k.other,
             self.routing_min,
             self.routing_mean,
             self.conns_counted,
@@ -281,6 +326,17 @@ impl WorkerResult {
                 )),
             }
         }
+        if self.rest_secs > 0.0 {
+            text.push_str(&format!(
+                ", after {} s more at rest connections per node median {} max {}",
+                self.rest_secs, self.conns_median_rest, self.conns_max_rest
+            ));
+            if let Some(closes) = self.closes_per_node_min_rest {
+                text.push_str(&format!(
+                    " (the connection managers closed {closes} per node per minute meanwhile)"
+                ));
+            }
+        }
         let c = &self.churn;
         if c.pct > 0.0 {
             text.push_str(&format!(
@@ -297,9 +353,11 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Scenario {
     let kith = run_worker(Kind::Kith, params, bar);
     let raw = run_worker(Kind::Raw, params, bar);
     let mut notes = vec![format!(
-        "target {} nodes, growth budget {} s, each node on loopback TCP bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds; kith's connection manager closes idle connections gossipsub would keep, and trims above {} to {} connections per node); kith: nothing re-published on a timer (key bundles published by the group's members when it is set up), names with an {SCALE_NAME_DIFFICULTY}-bit proof of work; joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 30 s",
+        "transport {}: target {} nodes, growth budget {} s, each node on loopback {} only (kith and raw alike) bootstrapping from up to {BOOTSTRAP_FANOUT} random earlier nodes; reduced settings: mDNS off, 1 MiB sled cache and no flusher thread, event buffer 64, command buffer 16, 20 s query timeout, 5 s idle connection timeout (both kinds; kith's connection manager closes idle connections gossipsub would keep, and trims above {} to {} connections per node); kith: nothing re-published on a timer (key bundles published by the group's members when it is set up), names with an {SCALE_NAME_DIFFICULTY}-bit proof of work; joins at least 50 ms apart; growth pauses while more than half of 85% of the descriptor limit is open and stops if that lasts 30 s",
+        params.transport.as_str(),
         params.nodes,
         params.budget.as_secs(),
+        params.transport.as_str(),
         kith_testkit::SCALE_CONNECTIONS_HIGH,
         kith_testkit::SCALE_CONNECTIONS_LOW,
     )];
@@ -431,7 +489,8 @@ fn progress(phase: &str, done: usize, of: usize) {
 
 async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<WorkerResult> {
     let params = &args.params;
-    let mut cluster = Cluster::new(args.kind, NodeSettings { reduced: true }, args.dir.clone());
+    let mut cluster = Cluster::new(args.kind, NodeSettings { reduced: true }, args.dir.clone())
+        .with_transport(params.transport);
     if args.kind == Kind::Kith {
         cluster = cluster.with_options(kith_options());
     }
@@ -482,10 +541,18 @@ async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Wo
 
     let rss_mb = machine::own_rss_mb().unwrap_or(0.0);
     let fds = machine::open_fds().unwrap_or(0);
+    let fd_kinds = FdKinds::of_this_process();
     let (routing_min, routing_mean) = routing_sample(&cluster, &mut rng).await;
     let n = cluster.len();
     let (spawner, members) = cluster.into_parts();
-    let conns = count_connections(&members).await;
+    let first = count_connections(&members).await;
+    let rest = if params.rest.is_zero() {
+        None
+    } else {
+        tokio::time::sleep(params.rest).await;
+        Some(count_connections(&members).await)
+    };
+    let conns = &first.counts;
     let (walks, walk_ok, walk_exact, walk_p50_ms) = walk(&members, params, &mut rng).await;
 
     // The network in use while it changes.
@@ -526,12 +593,30 @@ async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Wo
         start_secs,
         rss_mb,
         fds,
+        fd_kinds,
         fd_limit,
         routing_min,
         routing_mean: report::round_to(routing_mean, 1),
         conns_counted: conns.len(),
-        conns_median: report::percentile(&conns, 50.0).map_or(0.0, |v| v as f64),
+        conns_median: report::percentile(conns, 50.0).map_or(0.0, |v| v as f64),
         conns_max: conns.last().map_or(0.0, |v| *v as f64),
+        rest_secs: params.rest.as_secs_f64(),
+        conns_median_rest: rest
+            .as_ref()
+            .and_then(|r| report::percentile(&r.counts, 50.0))
+            .map_or(0.0, |v| v as f64),
+        conns_max_rest: rest
+            .as_ref()
+            .and_then(|r| r.counts.last())
+            .map_or(0.0, |v| *v as f64),
+        closes_per_node_min_rest: rest.as_ref().and_then(|r| {
+            let closed = r.closed?.checked_sub(first.closed?)?;
+            let minutes = params.rest.as_secs_f64() / 60.0;
+            Some(report::round_to(
+                closed as f64 / r.counts.len().max(1) as f64 / minutes,
+                1,
+            ))
+        }),
         walks,
         walk_ok,
         walk_exact,
@@ -542,20 +627,127 @@ async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Wo
     })
 }
 
-/// Every node's open connections (bounded by [`CONNS_BUDGET`]), sorted.
-async fn count_connections(members: &[Member]) -> Vec<u64> {
+/// What a process's open descriptors are: `scale` stops growing on descriptors, and a node's
+/// share of them depends on the transport (TCP: one per connection end; QUIC: one UDP socket per
+/// node for all its connections).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FdKinds {
+    /// TCP sockets (listeners and connection ends).
+    pub(crate) tcp: usize,
+    /// UDP sockets (QUIC endpoints).
+    pub(crate) udp: usize,
+    /// Other sockets (Unix, netlink).
+    pub(crate) other_sockets: usize,
+    /// Regular files (sled's database files).
+    pub(crate) files: usize,
+    /// epoll, eventfd, pipes, terminals.
+    pub(crate) other: usize,
+}
+
+impl FdKinds {
+    /// This process's descriptors, sorted by what `/proc/self/fd` links to and which of
+    /// `/proc/self/net/{tcp,tcp6,udp,udp6}` lists the socket's inode.
+    fn of_this_process() -> Self {
+        let inodes = |files: &[&str]| -> std::collections::HashSet<String> {
+            files
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(format!("/proc/self/net/{f}")).ok())
+                .flat_map(|text| {
+                    text.lines()
+                        .skip(1)
+                        .filter_map(|line| line.split_whitespace().nth(9).map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let tcp = inodes(&["tcp", "tcp6"]);
+        let udp = inodes(&["udp", "udp6"]);
+        let links = std::fs::read_dir("/proc/self/fd")
+            .map(|dir| {
+                dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Self::classify(&links, &tcp, &udp)
+    }
+
+    /// Sorts descriptor link targets (`socket:[123]`, `/path`, `anon_inode:[eventpoll]`).
+    fn classify(
+        links: &[String],
+        tcp: &std::collections::HashSet<String>,
+        udp: &std::collections::HashSet<String>,
+    ) -> Self {
+        let mut kinds = Self::default();
+        for link in links {
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+            {
+                if tcp.contains(inode) {
+                    kinds.tcp += 1;
+                } else if udp.contains(inode) {
+                    kinds.udp += 1;
+                } else {
+                    kinds.other_sockets += 1;
+                }
+            } else if link.starts_with('/') && !link.starts_with("/dev/") {
+                kinds.files += 1;
+            } else {
+                kinds.other += 1;
+            }
+        }
+        kinds
+    }
+}
+
+/// Every node's connections at one moment.
+struct ConnCount {
+    /// Open connections per node, sorted.
+    counts: Vec<u64>,
+    /// kith: connections the managers closed so far (trims and idle closes), summed over the
+    /// nodes counted; `None` for raw swarms, or when a node did not answer in time (the sum
+    /// would not compare with another).
+    closed: Option<u64>,
+}
+
+/// Every node's open connections (bounded by [`CONNS_BUDGET`]).
+async fn count_connections(members: &[Member]) -> ConnCount {
     let deadline = tokio::time::Instant::now() + CONNS_BUDGET;
     let mut counting = futures::stream::iter(members)
-        .map(|m| async move { m.handle.connections().await })
+        .map(|m| async move {
+            match m.handle.kith() {
+                Some(node) => {
+                    let net = tokio::time::timeout(Duration::from_secs(10), node.status())
+                        .await
+                        .ok()?
+                        .ok()?
+                        .net;
+                    Some((
+                        net.connections_inbound + net.connections_outbound,
+                        Some(net.connections_trimmed + net.connections_idle_closed),
+                    ))
+                }
+                None => m.handle.connections().await.ok().map(|n| (n, None)),
+            }
+        })
         .buffer_unordered(CONNS_CONCURRENCY);
     let mut counts = Vec::new();
+    let mut closed = Some(0u64);
     while let Ok(Some(counted)) = tokio::time::timeout_at(deadline, counting.next()).await {
-        if let Ok(n) = counted {
-            counts.push(n as u64);
+        match counted {
+            Some((n, node_closed)) => {
+                counts.push(n as u64);
+                closed = closed.zip(node_closed).map(|(a, b)| a + b);
+            }
+            None => closed = None,
         }
     }
+    if counts.len() < members.len() {
+        closed = None;
+    }
     counts.sort_unstable();
-    counts
+    ConnCount { counts, closed }
 }
 
 /// `params.walks` walks from random nodes to random keys: (done, found a peer, found the true
@@ -677,6 +869,7 @@ mod tests {
             start_secs: 12.34,
             rss_mb: 250.0,
             fds: 900,
+            fd_kinds: FdKinds::default(),
             fd_limit: 20000,
             routing_min: 5,
             routing_mean: 20.0,
@@ -687,6 +880,10 @@ mod tests {
             conns_counted: 100,
             conns_median: 20.0,
             conns_max: 31.0,
+            rest_secs: 30.0,
+            conns_median_rest: 18.0,
+            conns_max_rest: 30.0,
+            closes_per_node_min_rest: Some(4.0),
             names: NamesResult {
                 registered: 20,
                 resolutions: 200,
@@ -710,6 +907,7 @@ mod tests {
         assert_eq!(figures.get("nodes"), Some(100.0));
         assert_eq!(figures.get("rss_mb_per_node"), Some(2.5));
         assert_eq!(figures.get("conns_max"), Some(31.0));
+        assert_eq!(figures.get("conns_max_rest"), Some(30.0));
         assert_eq!(figures.get("walk_success"), Some(0.975));
         assert_eq!(figures.get("walk_exact"), Some(0.75));
         assert_eq!(figures.get("resolve_success"), Some(0.99));
@@ -729,11 +927,42 @@ mod tests {
     }
 
     #[test]
+    fn descriptors_are_sorted_by_kind() {
+        let set = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        let links: Vec<String> = [
+            "socket:[10]",
+            "socket:[11]",
+            "socket:[20]",
+            "socket:[30]",
+            "/tmp/kith-bench-scale-x/node-3/db",
+            "/dev/null",
+            "anon_inode:[eventpoll]",
+            "pipe:[40]",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let kinds = FdKinds::classify(&links, &set(&["10", "11"]), &set(&["20"]));
+        assert_eq!(
+            kinds,
+            FdKinds {
+                tcp: 2,
+                udp: 1,
+                other_sockets: 1,
+                files: 1,
+                other: 3,
+            }
+        );
+    }
+
+    #[test]
     fn params_reach_the_worker_intact() {
         let mut params = Params::new(false);
         params.churn_pct = 10.0;
+        params.transport = Transport::Quic;
         let text = serde_json::to_string(&params).unwrap();
         let back: Params = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.transport, Transport::Quic);
         assert_eq!(back.churn_pct, 10.0);
         assert_eq!(back.nodes, 1000);
         assert_eq!(back.group_budget, params.group_budget);
