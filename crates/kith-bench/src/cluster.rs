@@ -81,6 +81,14 @@ impl Transport {
         }
     }
 
+    /// The same choice for a kith node started through kith-testkit.
+    fn testkit(self) -> Transports {
+        match self {
+            Transport::Tcp => Transports::Tcp,
+            Transport::Quic => Transports::Quic,
+        }
+    }
+
     /// Whether `addr` is an address of this transport.
     fn matches(self, addr: &Multiaddr) -> bool {
         let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
@@ -164,15 +172,20 @@ impl Handle {
             .context("routing table request timed out")?
     }
 
-    /// Open connections, both directions (bounded by [`STEP`]).
-    pub(crate) async fn connections(&self) -> anyhow::Result<usize> {
+    /// Established connections, both directions, and for a kith node how many its connection
+    /// manager has closed so far (trims and idle closes; `None` for a raw swarm, which has no
+    /// manager), bounded by [`STEP`]: `scale`'s per-node connection figures and its churn at rest.
+    pub(crate) async fn connection_counts(&self) -> anyhow::Result<(usize, Option<u64>)> {
         let ask = async {
             match self {
                 Handle::Kith(node) => {
                     let net = node.status().await?.net;
-                    Ok(net.connections_inbound + net.connections_outbound)
+                    Ok((
+                        net.connections_inbound + net.connections_outbound,
+                        Some(net.connections_trimmed + net.connections_idle_closed),
+                    ))
                 }
-                Handle::Raw(node) => node.connections().await,
+                Handle::Raw(node) => Ok((node.connections().await?, None)),
             }
         };
         tokio::time::timeout(STEP, ask)
@@ -302,10 +315,9 @@ impl Spawner {
             tokio::task::spawn_blocking(move || kith_testkit::open_store_at(&home, &store_config))
         };
         let store = opened.await.context("the store opening task failed")??;
-        let mut config =
-            kith_testkit::loopback_config(keypair, NETWORK_ID, Transports::Tcp, bootstrap)?
-                .with_peer_id_difficulty(peer_id_difficulty)
-                .with_listen(vec![self.transport.listen_addr()]);
+        let transports = self.transport.testkit();
+        let mut config = kith_testkit::loopback_config(keypair, NETWORK_ID, transports, bootstrap)?
+            .with_peer_id_difficulty(peer_id_difficulty);
         if self.settings.reduced {
             config = kith_testkit::scale_config(config);
         } else {
@@ -315,35 +327,13 @@ impl Spawner {
         let options = self.options.clone().unwrap_or_default();
         let node = kith_testkit::start_node(config, store, options).await?;
         let peer_id = node.peer_id();
-        let addr = match self.transport {
-            Transport::Tcp => kith_testkit::listen_addrs(&node, Transports::Tcp).await?.0,
-            Transport::Quic => quic_listen_addr(&node).await?,
-        };
+        let (addr, _) = kith_testkit::listen_addrs(&node, transports).await?;
         Ok(Member {
             handle: Handle::Kith(node),
             peer_id,
             addr,
         })
     }
-}
-
-/// A QUIC-only kith node's listen address with `/p2p/` (bounded by [`STEP`]).
-async fn quic_listen_addr(node: &Node) -> anyhow::Result<Multiaddr> {
-    let peer_id = node.peer_id();
-    kith_testkit::poll_until(
-        &format!("{peer_id} to report its QUIC listen address"),
-        STEP,
-        Duration::from_millis(10),
-        async || {
-            let status = node.net_status().await.ok()?;
-            status
-                .listen_addrs
-                .into_iter()
-                .find(|a| Transport::Quic.matches(a))
-                .map(|a| a.with(Protocol::P2p(peer_id)))
-        },
-    )
-    .await
 }
 
 /// A set of running nodes of one [`Kind`].

@@ -48,6 +48,21 @@ pub enum Transports {
     /// routing table after a failed dial, so every later walk that includes a stopped TCP+QUIC
     /// node waits that long. Tests that stop nodes and time things use TCP only.
     Tcp,
+    /// QUIC only: one UDP socket carries all of a node's connections, where TCP needs a
+    /// descriptor per connection end (kith-bench's `scale --transport quic`).
+    Quic,
+}
+
+impl Transports {
+    /// Whether the node listens on TCP.
+    fn tcp(self) -> bool {
+        self != Transports::Quic
+    }
+
+    /// Whether the node listens on QUIC.
+    fn quic(self) -> bool {
+        self != Transports::Tcp
+    }
 }
 
 /// A running node with its home directory, store, identity and options.
@@ -407,14 +422,15 @@ fn is_locked(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref(), Some(StoreError::Locked { .. }))
 }
 
-/// Waits until the node reports its TCP (and, if asked for, QUIC) listen address; returns them
-/// with `/p2p/<id>`. Polls often (every 10 ms, for at most [`STEP`]): every node start waits here.
+/// Waits until the node reports a listen address on each of its `transports`; returns them with
+/// `/p2p/<id>`: the first is the TCP one (the QUIC one on a QUIC-only node), the second the QUIC
+/// one of a TCP and QUIC node. Polls often (every 10 ms, for at most [`STEP`]): every node start
+/// waits here.
 pub async fn listen_addrs(
     node: &Node,
     transports: Transports,
 ) -> Result<(Multiaddr, Option<Multiaddr>)> {
     let peer_id = node.peer_id();
-    let want_quic = transports == Transports::TcpAndQuic;
     poll_until(
         &format!("{peer_id} to report its listen addresses ({transports:?})"),
         STEP,
@@ -428,9 +444,11 @@ pub async fn listen_addrs(
                     .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
                     .map(|a| a.clone().with(Protocol::P2p(peer_id)))
             };
-            let tcp = find(false)?;
-            let quic = if want_quic { Some(find(true)?) } else { None };
-            Some((tcp, quic))
+            match transports {
+                Transports::Tcp => Some((find(false)?, None)),
+                Transports::Quic => Some((find(true)?, None)),
+                Transports::TcpAndQuic => Some((find(false)?, Some(find(true)?))),
+            }
         },
     )
     .await
@@ -445,8 +463,11 @@ pub fn loopback_config(
     transports: Transports,
     bootstrap: Vec<Multiaddr>,
 ) -> Result<Config> {
-    let mut listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
-    if transports == Transports::TcpAndQuic {
+    let mut listen = Vec::new();
+    if transports.tcp() {
+        listen.push("/ip4/127.0.0.1/tcp/0".parse()?);
+    }
+    if transports.quic() {
         listen.push("/ip4/127.0.0.1/udp/0/quic-v1".parse()?);
     }
     Ok(Config::new(keypair)

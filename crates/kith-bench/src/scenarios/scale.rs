@@ -715,22 +715,7 @@ struct ConnCount {
 async fn count_connections(members: &[Member]) -> ConnCount {
     let deadline = tokio::time::Instant::now() + CONNS_BUDGET;
     let mut counting = futures::stream::iter(members)
-        .map(|m| async move {
-            match m.handle.kith() {
-                Some(node) => {
-                    let net = tokio::time::timeout(Duration::from_secs(10), node.status())
-                        .await
-                        .ok()?
-                        .ok()?
-                        .net;
-                    Some((
-                        net.connections_inbound + net.connections_outbound,
-                        Some(net.connections_trimmed + net.connections_idle_closed),
-                    ))
-                }
-                None => m.handle.connections().await.ok().map(|n| (n, None)),
-            }
-        })
+        .map(|m| async move { m.handle.connection_counts().await.ok() })
         .buffer_unordered(CONNS_CONCURRENCY);
     let mut counts = Vec::new();
     let mut closed = Some(0u64);
