@@ -681,13 +681,6 @@ impl MessageStore {
         Ok(())
     }
 
-    /// Records the encrypted envelopes of outbox entries (one peer's, encrypted in a row) together
-    /// with the Olm state that made them, atomically: a crash can never leave a ciphertext whose
-    /// ratchet step was not saved. One transaction and one pickle for the whole batch.
-    pub fn set_envelopes(&self, items: &[OutboxItem], olm: OlmSave<'_>) -> Result<(), StoreError> {
-        self.enqueue_batch(std::iter::empty(), items, Some(olm))
-    }
-
     /// Updates attempt count and time of an outbox entry if it is still there (in one atomic
     /// step: an entry completed meanwhile stays gone).
     pub fn reschedule(&self, item: &OutboxItem) -> Result<(), StoreError> {

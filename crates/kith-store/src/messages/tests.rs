@@ -189,9 +189,10 @@ fn envelope_and_olm_state_are_saved_together_and_survive_reopen() {
         o.envelope = Some(b"ciphertext".to_vec());
         store
             .messages()
-            .set_envelopes(
+            .enqueue_batch(
+                std::iter::empty(),
                 std::slice::from_ref(&o),
-                OlmSave::sessions([3; 32], b"sessions-after").with_account(Some(b"account")),
+                Some(OlmSave::sessions([3; 32], b"sessions-after").with_account(Some(b"account"))),
             )
             .unwrap();
         store.db_flush_for_tests();
