@@ -4,6 +4,7 @@ use kith_proto::v1 as pb;
 use prost::Message as _;
 
 use crate::StoreError;
+use crate::error::{corrupt, stored_id};
 
 pub(crate) const TREE: &str = "calls";
 
@@ -108,17 +109,12 @@ impl CallRecord {
     }
 
     fn decode(raw: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { tree: TREE, reason };
-        let p = pb::CallRecord::decode(raw).map_err(|e| corrupt(e.to_string()))?;
-        let call_id = CallId::try_from(p.call_id.as_slice())
-            .map_err(|_| corrupt("call id is not 16 bytes".into()))?;
+        let p = pb::CallRecord::decode(raw).map_err(|e| corrupt(TREE, e))?;
+        let call_id = stored_id(TREE, "call id", &p.call_id)?;
         let group_id = if p.group_id.is_empty() {
             None
         } else {
-            Some(
-                crate::GroupId::try_from(p.group_id.as_slice())
-                    .map_err(|_| corrupt("group id is not 16 bytes".into()))?,
-            )
+            Some(stored_id(TREE, "group id", &p.group_id)?)
         };
         Ok(Self {
             call_id,

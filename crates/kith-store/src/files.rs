@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use kith_proto::v1 as pb;
 use prost::Message as _;
 
+use crate::error::corrupt;
 use crate::{MessageId, StoreError};
 
 pub(crate) const TREE: &str = "files";
@@ -154,11 +155,11 @@ impl FileRecord {
     }
 
     fn decode(raw: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { tree: TREE, reason };
-        let p = pb::FileRecord::decode(raw).map_err(|e| corrupt(e.to_string()))?;
+        let p = pb::FileRecord::decode(raw).map_err(|e| corrupt(TREE, e))?;
         let message_id = <MessageId>::try_from(p.message_id.as_slice())
-            .map_err(|_| corrupt("bad message id".into()))?;
-        let offer = FileOffer::try_from(p.offer.unwrap_or_default()).map_err(corrupt)?;
+            .map_err(|_| corrupt(TREE, "bad message id"))?;
+        let offer =
+            FileOffer::try_from(p.offer.unwrap_or_default()).map_err(|e| corrupt(TREE, e))?;
         let state = match pb::FileState::try_from(p.state) {
             Ok(pb::FileState::FileDownloading) => FileState::Downloading,
             Ok(pb::FileState::FileComplete) => FileState::Complete,

@@ -16,6 +16,7 @@ use prost::Message as _;
 use sled::{Transactional as _, transaction::ConflictableTransactionError};
 
 use crate::StoreError;
+use crate::error::corrupt;
 
 /// A relay-assigned item id.
 pub type MailId = [u8; 16];
@@ -187,14 +188,10 @@ impl MailboxStore {
                 remaining += 1;
                 continue;
             }
-            let held = pb::HeldMail::decode(raw.as_ref()).map_err(|e| StoreError::Corrupt {
-                tree: "mailbox",
-                reason: e.to_string(),
-            })?;
-            let id: MailId = key[32..].try_into().map_err(|_| StoreError::Corrupt {
-                tree: "mailbox",
-                reason: "item key is not 48 bytes".into(),
-            })?;
+            let held = pb::HeldMail::decode(raw.as_ref()).map_err(|e| corrupt("mailbox", e))?;
+            let id: MailId = key[32..]
+                .try_into()
+                .map_err(|_| corrupt("mailbox", "item key is not 48 bytes"))?;
             items.push(Mail {
                 id,
                 from: held.from,

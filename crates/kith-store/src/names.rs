@@ -4,6 +4,7 @@ use kith_proto::v1::{Contact as ContactRecord, OwnName, Pin as PinRecord};
 use prost::Message;
 
 use crate::StoreError;
+use crate::error::corrupt;
 
 pub(crate) const OWN_NAMES: &str = "own_names";
 pub(crate) const PINS: &str = "pins";
@@ -138,10 +139,9 @@ impl NameBook {
             .map_err(|e| self.err(e))?
         {
             Ok(()) => Ok(pin.clone()),
-            Err(_) => self.pin(name)?.ok_or(StoreError::Corrupt {
-                tree: PINS,
-                reason: "pin vanished during compare-and-swap".into(),
-            }),
+            Err(_) => self
+                .pin(name)?
+                .ok_or_else(|| corrupt(PINS, "pin vanished during compare-and-swap")),
         }
     }
 
@@ -212,10 +212,7 @@ fn to_contact(petname: &str, c: ContactRecord) -> Contact {
 }
 
 fn decode<M: Message + Default>(tree: &'static str, raw: &[u8]) -> Result<M, StoreError> {
-    M::decode(raw).map_err(|e| StoreError::Corrupt {
-        tree,
-        reason: e.to_string(),
-    })
+    M::decode(raw).map_err(|e| corrupt(tree, e))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::{
     },
 };
 
+use crate::error::corrupt;
 use crate::{FileBook, GroupStore, MailboxStore, MessageStore, NameBook, PeerBook, StoreError};
 
 /// The on-disk format version this build writes and the newest it can read.
@@ -209,10 +210,7 @@ impl Store {
             .map_err(|e| StoreError::from_sled(&self.path, e))?
         {
             Some(raw) => decode_version(&raw),
-            None => Err(StoreError::Corrupt {
-                tree: META_TREE,
-                reason: "schema version missing".into(),
-            }),
+            None => Err(corrupt(META_TREE, "schema version missing")),
         }
     }
 
@@ -395,9 +393,11 @@ fn open_tree(db: &sled::Db, path: &Path, name: &str) -> Result<sled::Tree, Store
 }
 
 fn decode_version(raw: &[u8]) -> Result<u32, StoreError> {
-    let bytes: [u8; 4] = raw.try_into().map_err(|_| StoreError::Corrupt {
-        tree: META_TREE,
-        reason: format!("schema version has {} bytes, expected 4", raw.len()),
+    let bytes: [u8; 4] = raw.try_into().map_err(|_| {
+        corrupt(
+            META_TREE,
+            format!("schema version has {} bytes, expected 4", raw.len()),
+        )
     })?;
     Ok(u32::from_be_bytes(bytes))
 }
