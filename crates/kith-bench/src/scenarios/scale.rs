@@ -552,7 +552,6 @@ async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Wo
         tokio::time::sleep(params.rest).await;
         Some(count_connections(&members).await)
     };
-    let conns = &first.counts;
     let (walks, walk_ok, walk_exact, walk_p50_ms) = walk(&members, params, &mut rng).await;
 
     // The network in use while it changes.
@@ -597,18 +596,12 @@ async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Wo
         fd_limit,
         routing_min,
         routing_mean: report::round_to(routing_mean, 1),
-        conns_counted: conns.len(),
-        conns_median: report::percentile(conns, 50.0).map_or(0.0, |v| v as f64),
-        conns_max: conns.last().map_or(0.0, |v| *v as f64),
+        conns_counted: first.counts.len(),
+        conns_median: first.median(),
+        conns_max: first.max(),
         rest_secs: params.rest.as_secs_f64(),
-        conns_median_rest: rest
-            .as_ref()
-            .and_then(|r| report::percentile(&r.counts, 50.0))
-            .map_or(0.0, |v| v as f64),
-        conns_max_rest: rest
-            .as_ref()
-            .and_then(|r| r.counts.last())
-            .map_or(0.0, |v| *v as f64),
+        conns_median_rest: rest.as_ref().map_or(0.0, ConnCount::median),
+        conns_max_rest: rest.as_ref().map_or(0.0, ConnCount::max),
         closes_per_node_min_rest: rest.as_ref().and_then(|r| {
             let closed = r.closed?.checked_sub(first.closed?)?;
             let minutes = params.rest.as_secs_f64() / 60.0;
@@ -709,6 +702,18 @@ struct ConnCount {
     /// nodes counted; `None` for raw swarms, or when a node did not answer in time (the sum
     /// would not compare with another).
     closed: Option<u64>,
+}
+
+impl ConnCount {
+    /// The median node's open connections (0 when no node answered).
+    fn median(&self) -> f64 {
+        report::percentile(&self.counts, 50.0).map_or(0.0, |v| v as f64)
+    }
+
+    /// The most open connections of one node (0 when no node answered).
+    fn max(&self) -> f64 {
+        self.counts.last().map_or(0.0, |v| *v as f64)
+    }
 }
 
 /// Every node's open connections (bounded by [`CONNS_BUDGET`]).
