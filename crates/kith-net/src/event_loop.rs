@@ -135,6 +135,10 @@ pub struct EventLoop {
     connections_idle_closed: u64,
     /// Peers mDNS found on our LAN (their inbound connections confirm our addresses).
     lan_peers: HashSet<PeerId>,
+    /// Dials to LAN peers in flight, so a failure can be retried.
+    lan_dials: HashMap<ConnectionId, LanDial>,
+    /// LAN peers whose dial failed, and when to try again.
+    lan_redials: HashMap<PeerId, (LanDial, Instant)>,
     /// DCUtR outcomes since start.
     hole_punch: HolePunchStats,
     /// Automatic DHT mode overridden to client: our only confirmed addresses are relay circuits.
@@ -153,6 +157,16 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(7);
 const MAX_PROBE_DIALS: usize = 8;
 /// Peers found by mDNS that are remembered as LAN peers.
 const MAX_LAN_PEERS: usize = 256;
+
+/// Tries at dialing a peer mDNS found before waiting for it to dial us.
+const MAX_LAN_DIALS: u32 = 5;
+
+/// A dial to a peer mDNS found, with what it takes to try again.
+struct LanDial {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    attempt: u32,
+}
 
 /// The protocol AutoNAT v2 servers announce (libp2p keeps its constant private).
 const AUTONAT_DIAL_REQUEST: StreamProtocol = StreamProtocol::new("/libp2p/autonat/2/dial-request");
@@ -370,6 +384,8 @@ pub(crate) fn build(
         connections_idle_closed: 0,
         hole_punch: HolePunchStats::default(),
         lan_peers: HashSet::new(),
+        lan_dials: HashMap::new(),
+        lan_redials: HashMap::new(),
         client_while_relayed: false,
         last_managed: Instant::now(),
     };
@@ -658,6 +674,7 @@ impl EventLoop {
                 ..
             } => {
                 self.metrics.connection_established();
+                self.lan_dials.remove(&connection_id);
                 if self.bootstrap_dials.remove(&connection_id).is_some() {
                     self.bootstrap_peers.insert(peer_id);
                 }
@@ -746,6 +763,9 @@ impl EventLoop {
                 error,
             } => {
                 self.metrics.dial_failed();
+                if let Some(dial) = self.lan_dials.remove(&connection_id) {
+                    self.lan_dial_failed(dial);
+                }
                 if let Some(peer) = peer_id
                     && self.bootstrap_peers.contains(&peer)
                     && !self.swarm.is_connected(&peer)
@@ -884,22 +904,21 @@ impl EventLoop {
                 });
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
-                    if peer == *self.swarm.local_peer_id() {
-                        continue;
+                    if peer != *self.swarm.local_peer_id() {
+                        by_peer.entry(peer).or_default().push(addr);
                     }
+                }
+                for (peer, addrs) in by_peer {
                     if self.lan_peers.len() < MAX_LAN_PEERS {
                         self.lan_peers.insert(peer);
                     }
                     if self.swarm.is_connected(&peer) {
                         self.confirm_lan_addrs(peer);
-                        continue;
                     }
-                    tracing::debug!(%peer, %addr, "found on the LAN");
-                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!(%peer, error = %e, "could not dial LAN peer");
-                    }
+                    tracing::debug!(%peer, ?addrs, "found on the LAN");
+                    self.dial_lan_peer(peer, addrs, 0);
                 }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -1682,6 +1701,7 @@ impl EventLoop {
     fn manage_connections(&mut self) {
         let now = Instant::now();
         self.last_managed = now;
+        self.redial_lan_peers(now);
         for id in self.duplicates(now) {
             if self.close(id) {
                 self.connections_trimmed += 1;
@@ -1783,17 +1803,87 @@ impl EventLoop {
         let Some(state) = self.peers.get(&peer) else {
             return;
         };
+        let listening: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         let reached: Vec<Multiaddr> = state
             .connections
             .values()
             .filter(|c| c.inbound && c.path.is_direct())
-            .filter_map(|c| c.local.clone())
+            .filter_map(|c| listen::concrete_local(c.local.as_ref()?, &c.addr, &listening))
             .filter(|a| !self.swarm.external_addresses().any(|e| e == a))
             .collect();
         for addr in reached {
             tracing::info!(%peer, %addr, "a LAN peer found by mDNS reached this address; confirming it");
             self.swarm.add_external_address(addr);
         }
+    }
+
+    /// Each side of an mDNS pair dials the other once, whoever heard the other first, so each
+    /// holds an inbound connection that confirms its LAN address (`confirm_lan_addrs`). The dial
+    /// leaves from a fresh port: two nodes dialing each other at the same moment from their
+    /// listen ports (TCP port reuse) would meet as one TCP simultaneous open, which neither
+    /// side's handshake survives, and mDNS says nothing more about a peer it already found. A
+    /// failed dial is tried again a few times, with backoff (`redial_lan_peers`).
+    fn dial_lan_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, attempt: u32) {
+        let has_outbound = self
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.connections.values().any(|c| !c.inbound && !c.closing));
+        if has_outbound || addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::NotDialing)
+            .addresses(addrs.clone())
+            .allocate_new_port()
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.lan_dials.insert(
+                    id,
+                    LanDial {
+                        peer,
+                        addrs,
+                        attempt,
+                    },
+                );
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "could not dial LAN peer"),
+        }
+    }
+
+    /// Dials again the LAN peers whose dial failed, once their backoff has passed.
+    fn redial_lan_peers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .lan_redials
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if let Some((dial, _)) = self.lan_redials.remove(&peer) {
+                self.dial_lan_peer(peer, dial.addrs, dial.attempt + 1);
+            }
+        }
+    }
+
+    /// A LAN dial failed: schedule the next try (1 s, 2 s, 4 s, 8 s), unless the peer is
+    /// connected our way by now or the tries are used up.
+    fn lan_dial_failed(&mut self, dial: LanDial) {
+        let has_outbound = self
+            .peers
+            .get(&dial.peer)
+            .is_some_and(|s| s.connections.values().any(|c| !c.inbound && !c.closing));
+        if has_outbound
+            || dial.attempt + 1 >= MAX_LAN_DIALS
+            || self.lan_redials.len() >= MAX_LAN_PEERS
+        {
+            return;
+        }
+        let backoff = Duration::from_secs(1u64 << dial.attempt.min(4));
+        tracing::debug!(peer = %dial.peer, attempt = dial.attempt, ?backoff, "LAN dial failed; will retry");
+        self.lan_redials
+            .insert(dial.peer, (dial, Instant::now() + backoff));
     }
 
     /// Kademlia's automatic mode serves the DHT once any external address is confirmed, and a

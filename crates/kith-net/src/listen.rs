@@ -5,7 +5,7 @@
 //! them. To keep "fixed default port, random one if taken" honest we first try a plain bind
 //! (without `SO_REUSEPORT`), which fails when anyone already holds the port.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
 
@@ -51,6 +51,53 @@ pub(crate) fn split_peer_id(addr: &Multiaddr) -> Option<(libp2p::PeerId, Multiad
     }
 }
 
+/// The address a peer really reached us on. A QUIC listener reports the address it is bound to
+/// (`0.0.0.0`) as the local end of every connection, and an unspecified address is no address to
+/// confirm or advertise: the interface that answered the peer is the listen address of the same
+/// transport and port whose IP shares the longest prefix with the peer's (on a LAN, the address
+/// in the peer's subnet). `None` when no listen address fits.
+pub(crate) fn concrete_local(
+    local: &Multiaddr,
+    remote: &Multiaddr,
+    listening: &[Multiaddr],
+) -> Option<Multiaddr> {
+    let (ip, rest) = split_ip(local)?;
+    if !ip.is_unspecified() {
+        return Some(local.clone());
+    }
+    let (remote_ip, _) = split_ip(remote)?;
+    listening
+        .iter()
+        .filter_map(|a| split_ip(a).map(|(ip, rest)| (a, ip, rest)))
+        .filter(|(_, ip, r)| !ip.is_unspecified() && *r == rest)
+        .filter_map(|(a, ip, _)| common_prefix(ip, remote_ip).map(|len| (len, a)))
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, a)| a.clone())
+}
+
+/// The leading IP of an address and the protocols after it.
+fn split_ip(addr: &Multiaddr) -> Option<(IpAddr, Vec<Protocol<'_>>)> {
+    let mut parts = addr.iter();
+    let ip = match parts.next()? {
+        Protocol::Ip4(ip) => IpAddr::V4(ip),
+        Protocol::Ip6(ip) => IpAddr::V6(ip),
+        _ => return None,
+    };
+    Some((
+        ip,
+        parts.filter(|p| !matches!(p, Protocol::P2p(_))).collect(),
+    ))
+}
+
+/// Leading bits two addresses of the same family share; `None` across families.
+fn common_prefix(a: IpAddr, b: IpAddr) -> Option<u32> {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => Some((a.to_bits() ^ b.to_bits()).leading_zeros()),
+        (IpAddr::V6(a), IpAddr::V6(b)) => Some((a.to_bits() ^ b.to_bits()).leading_zeros()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +134,47 @@ mod tests {
         let full = base.clone().with(Protocol::P2p(peer));
         assert_eq!(split_peer_id(&full), Some((peer, base.clone())));
         assert_eq!(split_peer_id(&base), None);
+    }
+
+    #[test]
+    fn an_unspecified_local_address_becomes_the_listen_address_facing_the_peer() {
+        let listening: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/udp/4717/quic-v1",
+            "/ip4/198.18.10.2/udp/4717/quic-v1",
+            "/ip4/198.19.0.2/udp/4717/quic-v1",
+            "/ip4/198.18.10.2/tcp/4717",
+            "/ip4/198.18.10.2/udp/9999/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let bound: Multiaddr = "/ip4/0.0.0.0/udp/4717/quic-v1".parse().unwrap();
+        let peer: Multiaddr = "/ip4/198.18.10.3/udp/4717/quic-v1".parse().unwrap();
+        assert_eq!(
+            concrete_local(&bound, &peer, &listening),
+            Some("/ip4/198.18.10.2/udp/4717/quic-v1".parse().unwrap())
+        );
+        let local_peer: Multiaddr = "/ip4/127.0.0.1/udp/5000/quic-v1".parse().unwrap();
+        assert_eq!(
+            concrete_local(&bound, &local_peer, &listening),
+            Some(listening[0].clone())
+        );
+    }
+
+    #[test]
+    fn a_concrete_local_address_is_kept_and_no_match_gives_none() {
+        let listening: Vec<Multiaddr> = vec!["/ip4/198.18.10.2/tcp/4717".parse().unwrap()];
+        let peer: Multiaddr = "/ip4/198.18.10.3/tcp/4717".parse().unwrap();
+        let concrete: Multiaddr = "/ip4/198.18.10.2/tcp/4717".parse().unwrap();
+        assert_eq!(
+            concrete_local(&concrete, &peer, &[]),
+            Some(concrete.clone())
+        );
+        // No QUIC listen address on that port, and an IPv6 peer never picks an IPv4 address.
+        let bound: Multiaddr = "/ip4/0.0.0.0/udp/4717/quic-v1".parse().unwrap();
+        assert_eq!(concrete_local(&bound, &peer, &listening), None);
+        let bound_tcp: Multiaddr = "/ip4/0.0.0.0/tcp/4717".parse().unwrap();
+        let v6_peer: Multiaddr = "/ip6/::1/tcp/4717".parse().unwrap();
+        assert_eq!(concrete_local(&bound_tcp, &v6_peer, &listening), None);
     }
 }
