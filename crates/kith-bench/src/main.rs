@@ -168,6 +168,9 @@ struct ScaleArgs {
     /// What every node, kith and raw, listens on and dials: `tcp` or `quic` (default tcp).
     #[arg(long)]
     transport: Option<String>,
+    /// Seconds between the first connection count and the one at rest (default 30, quick 0).
+    #[arg(long)]
+    rest_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +233,14 @@ struct WorkerCli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The in-process nodes log nothing unless asked: a thousand nodes' logs would cost more CPU
+    // than the scenario measures. `KITH_BENCH_LOG=kith_net=debug` (an env-filter) prints them.
+    if let Ok(filter) = std::env::var("KITH_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -304,6 +315,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(transport) = &args.transport {
                 settings.scale.transport = cluster::Transport::parse(transport)?;
+            }
+            if let Some(secs) = args.rest_secs {
+                settings.scale.rest = Duration::from_secs(secs);
             }
             vec![Group::Scale]
         }
@@ -486,6 +500,14 @@ mod tests {
                 nodes: Some(1000),
                 churn: Some(10.0),
                 transport: None,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["kith-bench", "scale", "--rest-secs", "90"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Scale(ScaleArgs {
+                rest_secs: Some(90),
                 ..
             })
         ));

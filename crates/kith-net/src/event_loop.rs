@@ -1427,7 +1427,13 @@ impl EventLoop {
                 }
                 kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
                 kad::QueryResult::Bootstrap(result) => {
-                    tracing::debug!(?result, "DHT bootstrap step");
+                    tracing::debug!(
+                        local = %self.swarm.local_peer_id(),
+                        query = ?id,
+                        step = step.count,
+                        ?result,
+                        "DHT bootstrap step"
+                    );
                 }
                 other => tracing::trace!(?other, "DHT query progressed"),
             },

@@ -549,7 +549,14 @@ async fn grow_and_measure(args: &WorkerArgs, fd_limit: u64) -> anyhow::Result<Wo
     let rest = if params.rest.is_zero() {
         None
     } else {
+        let logged = std::env::var_os("KITH_BENCH_LOG").is_some();
+        if logged {
+            eprintln!("scale: rest of {} s begins", params.rest.as_secs());
+        }
         tokio::time::sleep(params.rest).await;
+        if logged {
+            eprintln!("scale: rest ends");
+        }
         Some(count_connections(&members).await)
     };
     let (walks, walk_ok, walk_exact, walk_p50_ms) = walk(&members, params, &mut rng).await;
