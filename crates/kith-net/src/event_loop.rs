@@ -1363,11 +1363,7 @@ impl EventLoop {
         {
             return;
         }
-        let has_outbound = self
-            .peers
-            .get(&peer)
-            .is_some_and(|s| s.connections.values().any(|c| !c.inbound));
-        if has_outbound {
+        if self.dialed_out(&peer) {
             return;
         }
         self.probed.insert(peer);
@@ -1830,11 +1826,7 @@ impl EventLoop {
     /// side's handshake survives, and mDNS says nothing more about a peer it already found. A
     /// failed dial is tried again a few times, with backoff (`redial_lan_peers`).
     fn dial_lan_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, attempt: u32) {
-        let has_outbound = self
-            .peers
-            .get(&peer)
-            .is_some_and(|s| s.connections.values().any(|c| !c.inbound && !c.closing));
-        if has_outbound || addrs.is_empty() {
+        if self.dialed_out(&peer) || addrs.is_empty() {
             return;
         }
         let opts = DialOpts::peer_id(peer)
@@ -1858,6 +1850,13 @@ impl EventLoop {
         }
     }
 
+    /// We hold a connection to `peer` that we dialed (and are not closing).
+    fn dialed_out(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|s| s.connections.values().any(|c| !c.inbound && !c.closing))
+    }
+
     /// Dials again the LAN peers whose dial failed, once their backoff has passed.
     fn redial_lan_peers(&mut self, now: Instant) {
         let due: Vec<PeerId> = self
@@ -1876,11 +1875,7 @@ impl EventLoop {
     /// A LAN dial failed: schedule the next try (1 s, 2 s, 4 s, 8 s), unless the peer is
     /// connected our way by now or the tries are used up.
     fn lan_dial_failed(&mut self, dial: LanDial) {
-        let has_outbound = self
-            .peers
-            .get(&dial.peer)
-            .is_some_and(|s| s.connections.values().any(|c| !c.inbound && !c.closing));
-        if has_outbound
+        if self.dialed_out(&dial.peer)
             || dial.attempt + 1 >= MAX_LAN_DIALS
             || self.lan_redials.len() >= MAX_LAN_PEERS
         {
