@@ -168,7 +168,7 @@ struct ScaleArgs {
     /// What every node, kith and raw, listens on and dials: `tcp` or `quic` (default tcp).
     #[arg(long)]
     transport: Option<String>,
-    /// Seconds between the first connection count and the one at rest (default 30, quick 0).
+    /// Seconds between the first connection count and the one at rest (default 90, quick 0).
     #[arg(long)]
     rest_secs: Option<u64>,
 }
