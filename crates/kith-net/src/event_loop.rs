@@ -314,8 +314,14 @@ pub(crate) fn build(
         }
     }
     if !config.bootstrap.is_empty() {
-        // Fails only with an empty routing table; entries without /p2p are added once identified.
-        let _ = swarm.behaviour_mut().kad.bootstrap();
+        // One walk to our own id, not a full bootstrap: the bootstrap entries just added arm
+        // kad's automatic bootstrap (a walk per bucket), which runs once inserts pause. Starting
+        // a full bootstrap here as well made every joining node run two back to back, since
+        // inserts made during the first re-arm the second (kad 0.49 has no switch for it); with
+        // the walk, about half the joins run only one (BENCHMARKS, "The churn at rest was the
+        // joins' own bootstraps"). Entries without /p2p are added once identified.
+        let local = *swarm.local_peer_id();
+        let _ = swarm.behaviour_mut().kad.get_closest_peers(local);
     }
 
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer.max(1));
