@@ -54,8 +54,8 @@ const ROUTING_SAMPLE: usize = 100;
 const ROUTING_BUDGET: Duration = Duration::from_secs(30);
 /// Upper bound on counting every node's connections.
 const CONNS_BUDGET: Duration = Duration::from_secs(60);
-/// The full run's [`Params::rest`]: long enough for the joins' own Kademlia bootstraps (two per
-/// node, 12-17 s each on a loaded 2-core machine at 100 nodes) to end and their connections to
+/// The full run's [`Params::rest`]: long enough for the joins' own Kademlia bootstraps (one or two
+/// per node, 12-17 s each on a loaded 2-core machine at 100 nodes) to end and their connections to
 /// pass the scale nodes' idle close ([`kith_testkit::SCALE_QUERY_TIMEOUT`], 20 s). A 30 s rest
 /// counted those bootstraps' connections as churn at rest (BENCHMARKS.md, "The churn at rest was
 /// the joins' own bootstraps").
