@@ -88,12 +88,6 @@ impl Transport {
             Transport::Quic => Transports::Quic,
         }
     }
-
-    /// Whether `addr` is an address of this transport.
-    fn matches(self, addr: &Multiaddr) -> bool {
-        let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
-        quic == (self == Transport::Quic)
-    }
 }
 
 /// Per-node settings.
@@ -277,11 +271,10 @@ impl Spawner {
                     .await
                     .context("raw node did not start in time")??;
                 let peer_id = node.peer_id();
-                let transport = self.transport;
+                // Its only listener is the cluster transport's.
                 let addr = node
                     .listen_addrs()
-                    .iter()
-                    .find(|a| transport.matches(a))
+                    .first()
                     .cloned()
                     .context("raw node has no listen address")?
                     .with(Protocol::P2p(peer_id));
