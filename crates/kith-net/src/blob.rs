@@ -30,14 +30,14 @@ pub struct BlobStream {
     _in_use: InUse,
 }
 
-/// Open blob streams per peer. The streams bypass the event loop, so the connection manager
-/// reads this (a std mutex held for a counter update, never across an await) to keep a
-/// connection with a transfer on it.
+/// Open streams of one kind (blob streams, direct-message links) per peer. The streams bypass
+/// the event loop, so the connection manager reads this (a std mutex held for a counter update,
+/// never across an await) to keep a connection with a transfer or a conversation on it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BlobUse(Arc<Mutex<HashMap<PeerId, usize>>>);
+pub(crate) struct StreamUse(Arc<Mutex<HashMap<PeerId, usize>>>);
 
-impl BlobUse {
-    fn open(&self, peer: PeerId) -> InUse {
+impl StreamUse {
+    pub(crate) fn open(&self, peer: PeerId) -> InUse {
         *self
             .0
             .lock()
@@ -50,7 +50,17 @@ impl BlobUse {
         }
     }
 
-    /// Peers with at least one open blob stream.
+    /// How many streams of this kind `peer` has open.
+    pub(crate) fn count(&self, peer: &PeerId) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Peers with at least one open stream of this kind.
     pub(crate) fn peers(&self) -> Vec<PeerId> {
         self.0
             .lock()
@@ -61,10 +71,10 @@ impl BlobUse {
     }
 }
 
-/// Counts one open stream in [`BlobUse`] until dropped.
-struct InUse {
+/// Counts one open stream in [`StreamUse`] until dropped.
+pub(crate) struct InUse {
     peer: PeerId,
-    uses: BlobUse,
+    uses: StreamUse,
 }
 
 impl Drop for InUse {
@@ -114,7 +124,7 @@ impl AsyncWrite for BlobStream {
 }
 
 /// Blob streams other peers open to this node, in arrival order.
-pub struct IncomingBlobStreams(libp2p_stream::IncomingStreams, BlobUse);
+pub struct IncomingBlobStreams(libp2p_stream::IncomingStreams, StreamUse);
 
 impl fmt::Debug for IncomingBlobStreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,7 +148,7 @@ impl IncomingBlobStreams {
 
 /// The handle the [`Client`](crate::Client) keeps: opens and accepts blob streams.
 #[derive(Clone)]
-pub(crate) struct BlobStreams(libp2p_stream::Control, BlobUse);
+pub(crate) struct BlobStreams(libp2p_stream::Control, StreamUse);
 
 impl fmt::Debug for BlobStreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -147,7 +157,7 @@ impl fmt::Debug for BlobStreams {
 }
 
 impl BlobStreams {
-    pub(crate) fn new(control: libp2p_stream::Control, uses: BlobUse) -> Self {
+    pub(crate) fn new(control: libp2p_stream::Control, uses: StreamUse) -> Self {
         Self(control, uses)
     }
 

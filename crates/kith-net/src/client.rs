@@ -5,7 +5,9 @@ use std::time::SystemTime;
 
 use crate::{
     BlobStream, Channel, DmRequestId, GetRecordResult, GossipId, GossipVerdict,
-    IncomingBlobStreams, NetStatus, PeerInfo, RequestError, blob::BlobStreams,
+    IncomingBlobStreams, IncomingDmLinks, NetStatus, PeerInfo, RequestError,
+    blob::BlobStreams,
+    dm_link::{DmLinks, LinkSend},
 };
 
 /// What a [`Client`] asks the event loop to do. Each carries its own reply channel.
@@ -101,6 +103,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     blobs: BlobStreams,
+    links: DmLinks,
 }
 
 impl Client {
@@ -108,11 +111,13 @@ impl Client {
         commands: mpsc::Sender<Command>,
         local_peer_id: PeerId,
         blobs: BlobStreams,
+        links: DmLinks,
     ) -> Self {
         Self {
             commands,
             local_peer_id,
             blobs,
+            links,
         }
     }
 
@@ -202,13 +207,43 @@ impl Client {
 
     /// Sends one direct-message frame and waits for the peer's answer (dialing with `addrs` and
     /// any known address if not connected). Bounded by the configured `dm_timeout`.
+    ///
+    /// On the open link to `peer` when there is one (see `dm_link`: no hand-over to the event
+    /// loop either way); otherwise, or when the link breaks before the answer, as one
+    /// `/kith/dm/1.0.0` request, after which a link is opened for the next messages. A frame
+    /// may thus reach the peer twice; the service answers a repeated message id as a duplicate.
     pub async fn send_dm(
         &self,
         peer: PeerId,
         bytes: Vec<u8>,
         addrs: Vec<Multiaddr>,
     ) -> Result<Vec<u8>, RequestError> {
-        self.send_on(Channel::Dm, peer, bytes, addrs).await
+        match self.links.send(peer, &bytes).await {
+            LinkSend::Answered(ack) => return Ok(ack),
+            LinkSend::TimedOut => {
+                return Err(RequestError::Undelivered(format!(
+                    "no answer from {peer} on its direct-message link in time"
+                )));
+            }
+            LinkSend::NoLink => {}
+        }
+        let answer = self.send_on(Channel::Dm, peer, bytes, addrs).await;
+        if answer.is_ok() {
+            self.links.open_soon(peer);
+        }
+        answer
+    }
+
+    /// Whether direct messages to `peer` go on a link now (for tests and diagnostics).
+    pub fn has_dm_link(&self, peer: &PeerId) -> bool {
+        self.links.is_open(peer)
+    }
+
+    /// Starts accepting direct-message links (`/kith/dm-link/1.0.0`); the node's message server
+    /// calls this once. Until then peers' attempts to open one are refused, and they send each
+    /// message as a `/kith/dm/1.0.0` request, answered through [`crate::Event::Request`].
+    pub fn accept_dm_links(&self) -> Result<IncomingDmLinks, RequestError> {
+        self.links.accept()
     }
 
     /// Sends one mailbox request to a relay and waits for its answer.

@@ -116,6 +116,14 @@ pub struct Config {
     pub query_timeout: Duration,
     /// How long a direct-message request may take, dial included. Default 20 s.
     pub dm_timeout: Duration,
+    /// Whether direct messages to a peer that was just reached go on a long-lived link
+    /// (`/kith/dm-link/1.0.0`, see `dm_link`) rather than a stream per message. Default on; off
+    /// measures the per-message path, or talks to nodes as an older node would.
+    pub dm_links: bool,
+    /// How long a direct-message link stays open with nothing on it. Default 15 s: a
+    /// conversation's next message usually comes sooner, and an idle link must not keep the
+    /// connection manager from closing a connection nobody uses.
+    pub dm_link_idle: Duration,
     /// Rules for DHT records. Without one, every inbound record is refused and every answer to a
     /// GET is returned unchecked.
     pub record_validator: Option<Arc<dyn RecordValidator>>,
@@ -166,6 +174,8 @@ impl Config {
             agent_version: format!("kith/{}", env!("CARGO_PKG_VERSION")),
             query_timeout: Duration::from_secs(30),
             dm_timeout: Duration::from_secs(20),
+            dm_links: true,
+            dm_link_idle: Duration::from_secs(15),
             record_validator: None,
             peer_id_difficulty: 0,
         }

@@ -55,7 +55,8 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
-    /// Inbound blob streams already have a taker; there is one per node.
-    #[error("blob streams are already being accepted by another part of the node")]
+    /// Inbound streams of this protocol (blobs, direct-message links) already have a taker;
+    /// there is one per node.
+    #[error("this protocol's streams are already being accepted by another part of the node")]
     AlreadyAccepting,
 }

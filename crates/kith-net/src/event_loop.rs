@@ -34,7 +34,7 @@ use crate::{
     PeerInfo, RecordAnswer, RecordValidator, RelayPolicy, RelayServed, RequestError,
     admission::DhtAdmission,
     behaviour::{Behaviour, BehaviourEvent},
-    blob::BlobUse,
+    blob::StreamUse,
     client::Command,
     connmgr::{self, Candidate},
     event::mode_is_server,
@@ -127,7 +127,11 @@ pub struct EventLoop {
     /// Relay role: reservations and circuits per peer we serve; those connections are protected.
     serving: HashMap<PeerId, usize>,
     /// Open blob streams per peer (they bypass the loop).
-    blob_use: BlobUse,
+    blob_use: StreamUse,
+    /// Open direct-message links (either way) per peer: they bypass the loop, so the connection
+    /// manager reads this the way it reads `blob_use`. A link closes after
+    /// `Config::dm_link_idle` without traffic, so this protects only a conversation going on.
+    link_use: StreamUse,
     /// Open connections (not being closed) by who dialed.
     conns_in: usize,
     conns_out: usize,
@@ -328,11 +332,22 @@ pub(crate) fn build(
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer.max(1));
     let kad_protocol = StreamProtocol::try_from_owned(crate::kad_protocol(&config.network_id))
         .map_err(|_| NetError::NetworkId(config.network_id.clone()))?;
-    let blob_use = BlobUse::default();
+    let blob_use = StreamUse::default();
+    let link_use = StreamUse::default();
     let client = Client::new(
         command_tx,
         *swarm.local_peer_id(),
         crate::blob::BlobStreams::new(swarm.behaviour().blob.new_control(), blob_use.clone()),
+        crate::dm_link::DmLinks::new(
+            swarm.behaviour().blob.new_control(),
+            link_use.clone(),
+            metrics.clone(),
+            crate::dm_link::LinkSettings {
+                enabled: config.dm_links,
+                timeout: config.dm_timeout,
+                idle: config.dm_link_idle,
+            },
+        ),
     );
     // A node whose id is not worked stays a DHT client (`DhtAdmission::own_mode`).
     let dht_mode = if admission.admits(swarm.local_peer_id()) {
@@ -384,6 +399,7 @@ pub(crate) fn build(
         protected: HashMap::new(),
         serving: HashMap::new(),
         blob_use,
+        link_use,
         conns_in: 0,
         conns_out: 0,
         connections_trimmed: 0,
@@ -1648,6 +1664,7 @@ impl EventLoop {
         protected.extend(self.pending_dm_in.values().map(|(_, peer, _)| *peer));
         protected.extend(self.serving.keys().copied());
         protected.extend(self.blob_use.peers());
+        protected.extend(self.link_use.peers());
         for state in self.peers.values() {
             for conn in state.connections.values() {
                 if let Some(relay) = relay_of(&conn.addr) {
@@ -1661,7 +1678,12 @@ impl EventLoop {
     /// Every open connection as the connection manager sees it.
     fn candidates(&mut self) -> Vec<Candidate<ConnectionId>> {
         let now = Instant::now();
-        for peer in self.blob_use.peers() {
+        for peer in self
+            .blob_use
+            .peers()
+            .into_iter()
+            .chain(self.link_use.peers())
+        {
             self.touch(&peer);
         }
         // A Kademlia request or answer is use: a query's connections stay while it needs them.

@@ -31,6 +31,7 @@ mod client;
 mod config;
 mod connmgr;
 pub mod dm;
+mod dm_link;
 mod error;
 mod event;
 mod event_loop;
@@ -46,6 +47,7 @@ pub use blob::{BLOB_PROTOCOL, BlobStream, IncomingBlobStreams};
 pub use client::Client;
 pub use config::{Config, DhtMode, RelayLimits, RelayPolicy};
 pub use connmgr::ConnectionBudget;
+pub use dm_link::{IN_FLIGHT as DM_LINK_IN_FLIGHT, InboundDmLink, IncomingDmLinks, LINK_PROTOCOL};
 pub use error::{NetError, RequestError};
 pub use event::{
     Channel, ConnectionInfo, ConnectionPath, DmRequestId, Event, GossipId, GossipVerdict,

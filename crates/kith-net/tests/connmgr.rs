@@ -7,16 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{POLL, TestNode, WAIT, poll_until};
-use kith_net::{Config, ConnectionBudget, DhtMode, Metrics, Multiaddr, PeerId};
-
-fn metrics_text(metrics: &Metrics) -> String {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("kith");
-    metrics.register(&mut registry);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    text
-}
+use common::{POLL, TestNode, WAIT, metrics_text, poll_until};
+use kith_net::{Config, ConnectionBudget, DhtMode, Multiaddr, PeerId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {

@@ -1407,7 +1407,7 @@ impl Dm {
         })
     }
 
-    /// Handles one inbound frame and answers it. Runs on its own task.
+    /// Handles one inbound `/kith/dm` request and answers it. Runs on its own task.
     pub(crate) async fn on_direct_message(
         self: &Arc<Self>,
         peer: PeerId,
@@ -1415,7 +1415,21 @@ impl Dm {
         bytes: Vec<u8>,
         handlers: &impl Handlers,
     ) {
-        let mut ack = self.receive(peer, &bytes, handlers).await;
+        let ack = self.answer(peer, &bytes, handlers).await;
+        if let Err(e) = self.client.respond_dm(request, ack).await {
+            tracing::debug!(%peer, error = %e, "could not acknowledge");
+        }
+    }
+
+    /// The encoded ack for one inbound envelope from `peer`, whichever way it came (a request,
+    /// or a frame on a direct-message link), once what it carries is stored.
+    pub(crate) async fn answer(
+        self: &Arc<Self>,
+        peer: PeerId,
+        bytes: &[u8],
+        handlers: &impl Handlers,
+    ) -> Vec<u8> {
+        let mut ack = self.receive(peer, bytes, handlers).await;
         ack.now_ms = now_ms();
         let status = ack.status;
         if status != pb::AckStatus::AckStored as i32 && status != pb::AckStatus::AckDuplicate as i32
@@ -1423,9 +1437,7 @@ impl Dm {
             self.rejected.inc();
             tracing::info!(%peer, reason = %ack.reason, "refused a direct message");
         }
-        if let Err(e) = self.client.respond_dm(request, ack.encode_to_vec()).await {
-            tracing::debug!(%peer, error = %e, "could not acknowledge");
-        }
+        ack.encode_to_vec()
     }
 
     /// Runs one envelope from `peer` (direct, or held by a mailbox relay) through the receive

@@ -358,7 +358,9 @@ impl Node {
         let groups = tokio::spawn(group_loop(Arc::downgrade(&node.inner), group_sync_every));
         node.push_task(groups);
         let blob_server = tokio::spawn(serve_blob_streams(Arc::downgrade(&node.inner)));
+        let link_server = tokio::spawn(serve_dm_links(Arc::downgrade(&node.inner)));
         node.push_task(blob_server);
+        node.push_task(link_server);
         node.inner.files.resume_all_downloads();
         Ok(node)
     }
@@ -703,6 +705,56 @@ async fn serve_blob_streams(inner: std::sync::Weak<Inner>) {
             };
             if let Err(e) = served {
                 tracing::info!(%peer, error = %e, "closed a blob stream");
+            }
+        });
+    }
+}
+
+/// Answers direct messages that arrive on links (`/kith/dm-link/1.0.0`), one task per link:
+/// each envelope goes through the same receive pipeline as a `/kith/dm` request, but on the
+/// link's own task, with no hand-over through the network loop or the event consumer.
+async fn serve_dm_links(inner: std::sync::Weak<Inner>) {
+    let (mut incoming, mut stop) = {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match inner.client_ref().accept_dm_links() {
+            Ok(incoming) => (incoming, inner.shutdown_tx.subscribe()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take direct-message links; messages come one request each");
+                return;
+            }
+        }
+    };
+    loop {
+        // As for blob streams, the loop ends on the shutdown signal.
+        let (peer, link) = tokio::select! {
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        // Weak, like the loop: an open link must not keep a stopped node's store alive.
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let served = link
+                .serve(|bytes| {
+                    let node = inner.upgrade().map(|inner| Node { inner });
+                    async move {
+                        match node {
+                            Some(node) => {
+                                let router = crate::router::Router::new(&node);
+                                node.inner.dm.answer(peer, &bytes, &router).await
+                            }
+                            // Stopping: no ack the sender can read, so it sends again later.
+                            None => Vec::new(),
+                        }
+                    }
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::info!(%peer, error = %e, "closed a direct-message link");
             }
         });
     }

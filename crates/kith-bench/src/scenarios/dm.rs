@@ -143,12 +143,13 @@ impl Pair {
                     .prefix("kith-bench-dm-")
                     .tempdir()?;
                 let store = Store::open(dir.path().join("db"), &StoreConfig::default())?;
-                let config = kith_net::Config::new(Keypair::generate_ed25519())
+                let mut config = kith_net::Config::new(Keypair::generate_ed25519())
                     .with_network_id("bench")
                     .with_mdns(false)
                     .with_dht_mode(DhtMode::Server)
                     .with_listen(vec![listen])
                     .with_bootstrap(bootstrap);
+                config.dm_links = dm_links();
                 let node = Node::start_with(config, store, options()).await?;
                 anyhow::Ok((dir, node))
             }
@@ -182,6 +183,12 @@ impl Pair {
 
 /// The options every benchmark node runs with: a quick first re-publish (key bundle) and no
 /// inbound rate limit (benchmarks measure the pipeline, not the flood protection).
+/// Whether the pair's messages may go on direct-message links: on unless
+/// `KITH_BENCH_DM_LINKS=off`, which measures the one-request-per-message path in the same build.
+fn dm_links() -> bool {
+    std::env::var("KITH_BENCH_DM_LINKS").map_or(true, |v| v != "off")
+}
+
 pub(crate) fn options() -> Options {
     Options {
         first_republish_after: Duration::from_millis(100),

@@ -100,3 +100,12 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// The node's metrics in Prometheus text form, as `/metrics` serves them.
+pub(crate) fn metrics_text(metrics: &Metrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("kith");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
