@@ -17,6 +17,7 @@ mod error;
 mod files;
 mod gate;
 mod groups;
+mod journal;
 mod mailbox;
 mod messages;
 mod names;

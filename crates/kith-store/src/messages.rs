@@ -11,20 +11,24 @@
 //! | `crypto` | `olm/s/` ‖ Curve25519 identity key (32) | the encrypted Olm sessions with that peer |
 //! | `correspondents` | peer id | `Correspondent` |
 //!
+//! | `journal` | sequence number (u64) | the writes of a batch being committed (see `journal.rs`) |
+//!
 //! Message ids are time-ordered, so a conversation scans in order on both sides. Every change that
-//! touches more than one tree is one sled transaction; callers flush before acknowledging.
+//! touches more than one tree is atomic: a journaled batch on the message path (queueing
+//! outgoing messages with their envelopes and Olm state, storing what a sender's frames
+//! brought), a sled transaction elsewhere. Every write takes the store's write lock, so a
+//! batch's reads and writes are isolated from every other writer. Callers flush before
+//! acknowledging.
 
 use std::path::PathBuf;
 
 use kith_proto::v1 as pb;
 use prost::Message as _;
-use sled::{
-    Transactional as _,
-    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::StoreError;
 use crate::error::{corrupt, stored_id};
+use crate::journal::{JOURNAL, Journal, Staged, Writes};
 
 pub(crate) const MESSAGES: &str = "messages";
 pub(crate) const MESSAGE_IDS: &str = "message_ids";
@@ -71,7 +75,7 @@ impl<'a> OlmSave<'a> {
         self
     }
 
-    fn write(&self, crypto: &TransactionalTree) -> TxResult<()> {
+    fn write(&self, crypto: &impl Writes) -> TxResult<()> {
         if let Some((key, pickle)) = self.sessions {
             crypto.insert(sessions_key(&key), pickle)?;
         }
@@ -263,8 +267,20 @@ pub struct MessageStore {
     /// whose entry is gone is dropped when a lookup misses it, so a stale id costs one miss,
     /// never a result.
     outbox_index: std::sync::Arc<std::sync::Mutex<OutboxIndex>>,
+    /// Taken by every write to these trees: a journaled batch's reads and writes must see no
+    /// other writer in between (see `journal.rs`), and read-modify-writes of one record (a
+    /// conversation summary, a message's status) must not lose each other's changes.
+    write_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    journal: Journal,
     path: PathBuf,
 }
+
+/// The trees' numbers in journal records (the order of [`MessageStore::journal`]'s list).
+const MESSAGES_NO: u8 = 0;
+const MESSAGE_IDS_NO: u8 = 1;
+const OUTBOX_NO: u8 = 2;
+const CRYPTO_NO: u8 = 3;
+const CORRESPONDENTS_NO: u8 = 4;
 
 /// See [`MessageStore::outbox_index`].
 type OutboxIndex =
@@ -412,7 +428,7 @@ fn encode_correspondent(c: &Correspondent) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn tx_correspondent(tree: &TransactionalTree, peer_id: &[u8]) -> TxResult<Correspondent> {
+fn staged_correspondent(tree: &impl Writes, peer_id: &[u8]) -> TxResult<Correspondent> {
     Ok(match tree.get(peer_id)? {
         Some(raw) => decode_correspondent(peer_id, &raw).map_err(abort)?,
         None => Correspondent {
@@ -426,11 +442,11 @@ fn tx_correspondent(tree: &TransactionalTree, peer_id: &[u8]) -> TxResult<Corres
     })
 }
 
-/// Removes an outbox entry and sets its message's status, inside a transaction.
-fn tx_complete(
-    messages: &TransactionalTree,
-    ids: &TransactionalTree,
-    outbox: &TransactionalTree,
+/// Removes an outbox entry and sets its message's status, inside a batch.
+fn staged_complete<T: Writes>(
+    messages: &T,
+    ids: &T,
+    outbox: &T,
     id: &MessageId,
     status: Status,
     failure: &str,
@@ -468,7 +484,25 @@ impl MessageStore {
             db.open_tree(name)
                 .map_err(|e| StoreError::from_sled(&path, e))
         };
+        let messages = open(MESSAGES)?;
+        let ids = open(MESSAGE_IDS)?;
         let outbox = open(OUTBOX)?;
+        let crypto = open(CRYPTO)?;
+        let correspondents = open(CORRESPONDENTS)?;
+        let journal = Journal::new(
+            open(JOURNAL)?,
+            vec![
+                messages.clone(),
+                ids.clone(),
+                outbox.clone(),
+                crypto.clone(),
+                correspondents.clone(),
+            ],
+        );
+        // Before anything reads the trees: a batch a crash interrupted is completed first.
+        journal
+            .replay()
+            .map_err(|e| StoreError::from_sled(&path, e))?;
         let mut index = OutboxIndex::new();
         for entry in outbox.iter() {
             let (key, raw) = entry.map_err(|e| StoreError::from_sled(&path, e))?;
@@ -480,14 +514,59 @@ impl MessageStore {
                 .insert(item.id, timing);
         }
         Ok(Self {
-            messages: open(MESSAGES)?,
-            ids: open(MESSAGE_IDS)?,
+            messages,
+            ids,
             outbox,
-            crypto: open(CRYPTO)?,
-            correspondents: open(CORRESPONDENTS)?,
+            crypto,
+            correspondents,
             outbox_index: std::sync::Arc::new(std::sync::Mutex::new(index)),
+            write_lock: std::sync::Arc::default(),
+            journal,
             path,
         })
+    }
+
+    /// The store's write lock (see [`MessageStore::write_lock`]). Held for a few sled calls,
+    /// never across an await.
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data of its own: a panic while it was held leaves nothing half-written here.
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Prepares a batch with `prepare` against the five trees (its reads see its own writes) and
+    /// commits it through the journal, under the write lock. Nothing is written when `prepare`
+    /// fails.
+    fn journaled<R>(
+        &self,
+        prepare: impl FnOnce(
+            &Staged<'_>,
+            &Staged<'_>,
+            &Staged<'_>,
+            &Staged<'_>,
+            &Staged<'_>,
+        ) -> TxResult<R>,
+    ) -> Result<R, StoreError> {
+        let _writing = self.writing();
+        let messages = Staged::new(&self.messages, MESSAGES_NO);
+        let ids = Staged::new(&self.ids, MESSAGE_IDS_NO);
+        let outbox = Staged::new(&self.outbox, OUTBOX_NO);
+        let crypto = Staged::new(&self.crypto, CRYPTO_NO);
+        let correspondents = Staged::new(&self.correspondents, CORRESPONDENTS_NO);
+        let result =
+            prepare(&messages, &ids, &outbox, &crypto, &correspondents).map_err(|e| match e {
+                ConflictableTransactionError::Abort(e) => e,
+                ConflictableTransactionError::Storage(e) => self.err(e),
+                // Staged trees never conflict.
+                ConflictableTransactionError::Conflict => {
+                    corrupt(JOURNAL, "a journaled batch reported a conflict")
+                }
+            })?;
+        self.journal
+            .commit(&[&messages, &ids, &outbox, &crypto, &correspondents])
+            .map_err(|e| self.err(e))?;
+        Ok(result)
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, OutboxIndex> {
@@ -635,8 +714,9 @@ impl MessageStore {
     /// history, with their ids and the conversation summaries) and the outbox entries `items`,
     /// new or already queued, with whatever envelopes they carry, plus the Olm state `olm` that
     /// made those envelopes. A delivery run writes what was handed to it this way, together
-    /// with the envelopes it just made, so a message costs one transaction on the send path
-    /// instead of two (sled 0.34 pays two synchronous log writes per transaction).
+    /// with the envelopes it just made, so a message costs one batch on the send path. The
+    /// batch is journaled, not a sled transaction (which pays two synchronous log writes of its
+    /// own; see `journal.rs`): its writes reach the disk with the caller's flush.
     ///
     /// `messages` should be in id order: the conversation summary is the last one's.
     pub fn enqueue_batch<'m>(
@@ -645,36 +725,26 @@ impl MessageStore {
         items: &[OutboxItem],
         olm: Option<OlmSave<'_>>,
     ) -> Result<(), StoreError> {
-        crate::gate::transaction(|| {
-            (
-                &self.messages,
-                &self.ids,
-                &self.outbox,
-                &self.correspondents,
-                &self.crypto,
-            )
-                .transaction(|(messages_tree, ids, outbox, correspondents, crypto)| {
-                    for m in messages.clone() {
-                        messages_tree.insert(message_key(&m.peer_id, &m.id), m.stored_bytes())?;
-                        ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
-                        let mut c = tx_correspondent(correspondents, &m.peer_id)?;
-                        if c.trust == Trust::Unknown {
-                            c.trust = Trust::Accepted;
-                        }
-                        c.last_message_ms = m.sent_at_ms;
-                        c.last_text = preview(&m.text);
-                        correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
-                    }
-                    for item in items {
-                        outbox.insert(&item.id[..], encode_item(item))?;
-                    }
-                    if let Some(olm) = &olm {
-                        olm.write(crypto)?;
-                    }
-                    Ok(())
-                })
-        })
-        .map_err(|e| self.tx_err(e))?;
+        self.journaled(|messages_tree, ids, outbox, crypto, correspondents| {
+            for m in messages.clone() {
+                messages_tree.insert(message_key(&m.peer_id, &m.id), m.stored_bytes())?;
+                ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
+                let mut c = staged_correspondent(correspondents, &m.peer_id)?;
+                if c.trust == Trust::Unknown {
+                    c.trust = Trust::Accepted;
+                }
+                c.last_message_ms = m.sent_at_ms;
+                c.last_text = preview(&m.text);
+                correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
+            }
+            for item in items {
+                outbox.insert(&item.id[..], encode_item(item))?;
+            }
+            if let Some(olm) = &olm {
+                olm.write(crypto)?;
+            }
+            Ok(())
+        })?;
         for item in items {
             self.index_entry(item);
         }
@@ -684,6 +754,7 @@ impl MessageStore {
     /// Updates attempt count and time of an outbox entry if it is still there (in one atomic
     /// step: an entry completed meanwhile stays gone).
     pub fn reschedule(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        let _writing = self.writing();
         let encoded = encode_item(item);
         let was = self
             .outbox
@@ -711,6 +782,7 @@ impl MessageStore {
         // its log in order and stops at the first gap, so a crash in between leaves the entry
         // with the message already marked: the entry is sent again and acknowledged as a
         // duplicate. Never the reverse (an entry gone while its message still says queued).
+        let _writing = self.writing();
         if let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? {
             let mut key = conv.to_vec();
             key.extend_from_slice(id);
@@ -774,6 +846,7 @@ impl MessageStore {
 
     /// Records why an outgoing message is not getting through, without changing its status.
     pub fn note_failure(&self, id: &MessageId, reason: &str) -> Result<(), StoreError> {
+        let _writing = self.writing();
         let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? else {
             return Ok(());
         };
@@ -795,6 +868,7 @@ impl MessageStore {
         peer_id: &[u8],
         ids: &[MessageId],
     ) -> Result<usize, StoreError> {
+        let _writing = self.writing();
         let mut changed = 0;
         for id in ids {
             let key = message_key(peer_id, id);
@@ -862,107 +936,89 @@ impl MessageStore {
         batch: &Received<'_>,
         at_ms: u64,
     ) -> Result<ReceivedOutcome, StoreError> {
-        crate::gate::transaction(|| {
-            (
-                &self.messages,
-                &self.ids,
-                &self.outbox,
-                &self.crypto,
-                &self.correspondents,
-            )
-                .transaction(|(messages, ids, outbox, crypto, correspondents)| {
-                    let mut outcome = ReceivedOutcome {
-                        messages: Vec::with_capacity(batch.messages.len()),
-                        receipts: Vec::with_capacity(batch.receipts.len()),
+        self.journaled(|messages, ids, outbox, crypto, correspondents| {
+            let mut outcome = ReceivedOutcome {
+                messages: Vec::with_capacity(batch.messages.len()),
+                receipts: Vec::with_capacity(batch.receipts.len()),
+            };
+            let mut summary: Option<Correspondent> = None;
+            if let Some(key) = batch.identity_key {
+                let mut c = staged_correspondent(correspondents, batch.peer_id)?;
+                if c.identity_key.is_none() {
+                    c.identity_key = Some(key);
+                }
+                summary = Some(c);
+            }
+            for message in batch.messages {
+                // Duplicate means the same sender sent this id before: another peer reusing an
+                // id (it travels in clear) must not suppress the real message.
+                let key = message_key(&message.peer_id, &message.id);
+                if messages.get(&key)?.is_some() {
+                    outcome.messages.push(Incoming::Duplicate);
+                    continue;
+                }
+                messages.insert(key, message.stored_bytes())?;
+                // The id index keeps the first conversation an id was seen in (our own
+                // outgoing ids are never overwritten by someone else's message).
+                if ids.get(&message.id[..])?.is_none() {
+                    ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                }
+                let c = match &mut summary {
+                    Some(c) => c,
+                    None => summary.insert(staged_correspondent(correspondents, batch.peer_id)?),
+                };
+                c.unread = c.unread.saturating_add(1);
+                c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
+                c.last_text = preview(&message.text);
+                outcome.messages.push(Incoming::Stored);
+            }
+            if let Some(c) = &summary {
+                correspondents.insert(batch.peer_id, encode_correspondent(c))?;
+            }
+            for (kind, receipt_ids) in batch.receipts {
+                let mut ours = Vec::new();
+                for id in receipt_ids {
+                    let key = message_key(batch.peer_id, id);
+                    let Some(raw) = messages.get(&key)? else {
+                        continue;
                     };
-                    let mut summary: Option<Correspondent> = None;
-                    if let Some(key) = batch.identity_key {
-                        let mut c = tx_correspondent(correspondents, batch.peer_id)?;
-                        if c.identity_key.is_none() {
-                            c.identity_key = Some(key);
-                        }
-                        summary = Some(c);
+                    let mut m = decode_message(&raw).map_err(abort)?;
+                    if !m.outgoing {
+                        continue;
                     }
-                    for message in batch.messages {
-                        // Duplicate means the same sender sent this id before: another peer reusing an
-                        // id (it travels in clear) must not suppress the real message.
-                        let key = message_key(&message.peer_id, &message.id);
-                        if messages.get(&key)?.is_some() {
-                            outcome.messages.push(Incoming::Duplicate);
-                            continue;
+                    match kind {
+                        ReceiptKind::Delivered => {
+                            staged_complete(
+                                messages,
+                                ids,
+                                outbox,
+                                id,
+                                Status::Delivered,
+                                "",
+                                at_ms,
+                            )?;
                         }
-                        messages.insert(key, message.stored_bytes())?;
-                        // The id index keeps the first conversation an id was seen in (our own
-                        // outgoing ids are never overwritten by someone else's message).
-                        if ids.get(&message.id[..])?.is_none() {
-                            ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
-                        }
-                        let c = match &mut summary {
-                            Some(c) => c,
-                            None => {
-                                summary.insert(tx_correspondent(correspondents, batch.peer_id)?)
+                        ReceiptKind::Read => {
+                            if m.status != Status::Read {
+                                m.status = Status::Read;
+                                messages.insert(key, m.stored_bytes())?;
                             }
-                        };
-                        c.unread = c.unread.saturating_add(1);
-                        c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
-                        c.last_text = preview(&message.text);
-                        outcome.messages.push(Incoming::Stored);
-                    }
-                    if let Some(c) = &summary {
-                        correspondents.insert(batch.peer_id, encode_correspondent(c))?;
-                    }
-                    for (kind, receipt_ids) in batch.receipts {
-                        let mut ours = Vec::new();
-                        for id in receipt_ids {
-                            let key = message_key(batch.peer_id, id);
-                            let Some(raw) = messages.get(&key)? else {
-                                continue;
-                            };
-                            let mut m = decode_message(&raw).map_err(abort)?;
-                            if !m.outgoing {
-                                continue;
-                            }
-                            match kind {
-                                ReceiptKind::Delivered => {
-                                    tx_complete(
-                                        messages,
-                                        ids,
-                                        outbox,
-                                        id,
-                                        Status::Delivered,
-                                        "",
-                                        at_ms,
-                                    )?;
-                                }
-                                ReceiptKind::Read => {
-                                    if m.status != Status::Read {
-                                        m.status = Status::Read;
-                                        messages.insert(key, m.stored_bytes())?;
-                                    }
-                                }
-                            }
-                            ours.push(*id);
                         }
-                        outcome.receipts.push(ours);
                     }
-                    batch.olm.write(crypto)?;
-                    Ok(outcome)
-                })
+                    ours.push(*id);
+                }
+                outcome.receipts.push(ours);
+            }
+            batch.olm.write(crypto)?;
+            Ok(outcome)
         })
-        .map_err(|e| self.tx_err(e))
     }
 
     /// Saves Olm state alone: after decrypting something that changes nothing else (a group
     /// control message, whose effects the group store records), a fallback-key rotation, or a
     /// sessions reset.
     pub fn save_olm(&self, olm: OlmSave<'_>) -> Result<(), StoreError> {
-        crate::gate::transaction(|| {
-            self.crypto.transaction(|crypto| {
-                olm.write(crypto)?;
-                Ok(())
-            })
-        })
-        .map_err(|e| self.tx_err(e))
+        self.journaled(|_, _, _, crypto, _| olm.write(crypto))
     }
 
     /// Replaces a whole-state Olm pickle (stores from before per-peer sessions) by the account
@@ -973,6 +1029,7 @@ impl MessageStore {
         account: &[u8],
         sessions: &[([u8; 32], Vec<u8>)],
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         crate::gate::transaction(|| {
             self.crypto.transaction(|crypto| {
                 for (key, pickle) in sessions {
@@ -988,6 +1045,7 @@ impl MessageStore {
     /// Drops the saved sessions with the peer whose Olm identity key is `identity_key` (a reset:
     /// the next message to it starts a new session from its key bundle).
     pub fn remove_olm_sessions(&self, identity_key: &[u8; 32]) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.crypto
             .remove(sessions_key(identity_key))
             .map_err(|e| self.err(e))?;
@@ -1082,27 +1140,27 @@ impl MessageStore {
     /// receipts).
     pub fn mark_seen(&self, peer_id: &[u8]) -> Result<Vec<MessageId>, StoreError> {
         let conv = conv_key(peer_id);
-        let mut seen = Vec::new();
-        for item in self.messages.scan_prefix(conv) {
-            let (key, raw) = item.map_err(|e| self.err(e))?;
-            let mut m = decode_message(&raw)?;
-            if !m.outgoing && m.status == Status::Received {
-                m.status = Status::Seen;
-                self.messages
-                    .insert(key, m.stored_bytes())
-                    .map_err(|e| self.err(e))?;
-                seen.push(m.id);
+        // One batch: the statuses and the unread count change together.
+        self.journaled(|messages, _, _, _, correspondents| {
+            let mut seen = Vec::new();
+            // The tree itself: the write lock is held, and this batch wrote nothing yet.
+            for item in self.messages.scan_prefix(conv) {
+                let (key, raw) = item.map_err(ConflictableTransactionError::Storage)?;
+                let mut m = decode_message(&raw).map_err(abort)?;
+                if !m.outgoing && m.status == Status::Received {
+                    m.status = Status::Seen;
+                    messages.insert(key, m.stored_bytes())?;
+                    seen.push(m.id);
+                }
             }
-        }
-        // Marking read a conversation that does not exist must not invent one.
-        if self
-            .correspondents
-            .contains_key(peer_id)
-            .map_err(|e| self.err(e))?
-        {
-            self.update_correspondent(peer_id, |c| c.unread = 0)?;
-        }
-        Ok(seen)
+            // Marking read a conversation that does not exist must not invent one.
+            if correspondents.get(peer_id)?.is_some() {
+                let mut c = staged_correspondent(correspondents, peer_id)?;
+                c.unread = 0;
+                correspondents.insert(peer_id, encode_correspondent(&c))?;
+            }
+            Ok(seen)
+        })
     }
 
     /// Everyone we exchanged messages with, most recent first.
@@ -1139,15 +1197,12 @@ impl MessageStore {
         peer_id: &[u8],
         f: impl Fn(&mut Correspondent),
     ) -> Result<(), StoreError> {
-        crate::gate::transaction(|| {
-            self.correspondents.transaction(|tree| {
-                let mut c = tx_correspondent(tree, peer_id)?;
-                f(&mut c);
-                tree.insert(peer_id, encode_correspondent(&c))?;
-                Ok(())
-            })
+        // One record: under the write lock, a read and a write are as good as a transaction.
+        self.journaled(|_, _, _, _, correspondents| {
+            let mut c = staged_correspondent(correspondents, peer_id)?;
+            f(&mut c);
+            correspondents.insert(peer_id, encode_correspondent(&c))
         })
-        .map_err(|e| self.tx_err(e))
     }
 
     /// Every outbox entry.
