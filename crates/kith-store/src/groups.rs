@@ -13,20 +13,23 @@
 //! | `group_pending` | g ‖ session id ‖ h(s) ‖ seq | envelope key: held until the key arrives |
 //! | `group_messages` | g ‖ message id | `StoredGroupMessage` |
 //!
+//! | `group_journal` | sequence number (u64) | the writes of a batch being committed (see `journal.rs`) |
+//!
 //! An envelope is stored once per (sender, seq): that is the deduplication point. Our own sends
 //! write the envelope, the message, the advanced Megolm state and our next sequence in one
-//! transaction, so a crash can never reuse a message index or a sequence number.
+//! journaled batch, so a crash can never reuse a message index or a sequence number. Every change
+//! touching more than one record is such a batch (not a sled transaction, which costs two
+//! synchronous log writes of its own: see `journal.rs`), and every write takes the store's write
+//! lock.
 
 use std::path::PathBuf;
 
 use kith_proto::v1 as pb;
 use prost::Message as _;
-use sled::{
-    Transactional as _,
-    transaction::{ConflictableTransactionError, TransactionError},
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{corrupt, stored_id};
+use crate::journal::{Journal, Writes};
 use crate::{Incoming, MessageId, StoreError};
 
 /// A group's id: 16 random bytes chosen by its creator.
@@ -134,8 +137,13 @@ pub struct GroupStore {
     heads: sled::Tree,
     pending: sled::Tree,
     messages: sled::Tree,
+    /// Batches over the seven trees, in the order above, and the store's write lock.
+    journal: Journal<7>,
     path: PathBuf,
 }
+
+/// The journal tree of the group store.
+const JOURNAL: &str = "group_journal";
 
 fn sender_hash(sender: &[u8]) -> [u8; 16] {
     let h = blake3::hash(sender);
@@ -269,8 +277,8 @@ type Tx<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Advances the contiguous head of `sender` past every envelope already held.
 fn advance_head(
-    heads: &sled::transaction::TransactionalTree,
-    envelopes: &sled::transaction::TransactionalTree,
+    heads: &impl Writes,
+    envelopes: &impl Writes,
     group: &GroupId,
     sender: &[u8],
 ) -> Tx<()> {
@@ -303,14 +311,38 @@ impl GroupStore {
             db.open_tree(name)
                 .map_err(|e| StoreError::from_sled(&path, e))
         };
+        let trees = [
+            open(GROUPS)?,
+            open(SENDERS)?,
+            open(RECEIVERS)?,
+            open(ENVELOPES)?,
+            open(HEADS)?,
+            open(PENDING)?,
+            open(MESSAGES)?,
+        ];
+        let journal = Journal::new(open(JOURNAL)?, trees.clone());
+        // Before anything reads the trees: a batch a crash interrupted is completed first.
+        journal
+            .replay()
+            .map_err(|e| StoreError::from_sled(&path, e))?;
+        let [
+            groups,
+            senders,
+            receivers,
+            envelopes,
+            heads,
+            pending,
+            messages,
+        ] = trees;
         Ok(Self {
-            groups: open(GROUPS)?,
-            senders: open(SENDERS)?,
-            receivers: open(RECEIVERS)?,
-            envelopes: open(ENVELOPES)?,
-            heads: open(HEADS)?,
-            pending: open(PENDING)?,
-            messages: open(MESSAGES)?,
+            groups,
+            senders,
+            receivers,
+            envelopes,
+            heads,
+            pending,
+            messages,
+            journal,
             path,
         })
     }
@@ -328,6 +360,7 @@ impl GroupStore {
 
     /// Creates or replaces a group record.
     pub fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError> {
+        let _writing = self.journal.writing();
         self.groups
             .insert(group.id, encode_group(group))
             .map_err(|e| self.err(e))?;
@@ -342,6 +375,7 @@ impl GroupStore {
     ) -> Result<Option<GroupRecord>, StoreError> {
         let mut result = None;
         let mut failure = None;
+        let _writing = self.journal.writing();
         self.groups
             .update_and_fetch(id, |old| {
                 let old = old?;
@@ -398,6 +432,7 @@ impl GroupStore {
 
     /// Saves our outbound session (a new one, or who it was shared with).
     pub fn save_sender(&self, group: &GroupId, state: &SenderState) -> Result<(), StoreError> {
+        let _writing = self.journal.writing();
         self.senders
             .insert(group, encode_sender(state))
             .map_err(|e| self.err(e))?;
@@ -406,6 +441,7 @@ impl GroupStore {
 
     /// Drops our outbound session, so the next message starts a new one (after a removal).
     pub fn drop_sender(&self, group: &GroupId) -> Result<(), StoreError> {
+        let _writing = self.journal.writing();
         self.senders.remove(group).map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -458,23 +494,20 @@ impl GroupStore {
             first_seq: state.first_seq,
         }
         .encode_to_vec();
-        crate::gate::transaction(|| {
-            (&self.receivers, &self.heads, &self.envelopes).transaction(
-                |(receivers, heads, envelopes)| {
-                    receivers.insert(concat(group, session), value.clone())?;
-                    let hk = head_key(group, &state.sender);
-                    if heads.get(&hk)?.is_none() {
-                        heads.insert(
-                            hk,
-                            encode_head(state.first_seq.saturating_sub(1), &state.sender),
-                        )?;
-                        advance_head(heads, envelopes, group, &state.sender)?;
-                    }
-                    Ok(())
-                },
-            )
-        })
-        .map_err(|e| self.tx_err(e))
+        self.journal
+            .batch(|[_, _, receivers, envelopes, heads, _, _]| {
+                receivers.insert(concat(group, session), value.clone())?;
+                let hk = head_key(group, &state.sender);
+                if heads.get(&hk)?.is_none() {
+                    heads.insert(
+                        hk,
+                        encode_head(state.first_seq.saturating_sub(1), &state.sender),
+                    )?;
+                    advance_head(heads, envelopes, group, &state.sender)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
     }
 
     /// Whether this envelope (sender, seq) is already held.
@@ -501,42 +534,34 @@ impl GroupStore {
         session: &SessionId,
         decrypted: Option<&GroupMessage>,
     ) -> Result<Incoming, StoreError> {
-        crate::gate::transaction(|| {
-            (
-                &self.envelopes,
-                &self.heads,
-                &self.pending,
-                &self.messages,
-                &self.groups,
-            )
-                .transaction(|(envelopes, heads, pending, messages, groups)| {
-                    let ek = envelope_key(group, sender, seq);
-                    if envelopes.get(&ek)?.is_some() {
-                        return Ok(Incoming::Duplicate);
-                    }
-                    envelopes.insert(ek.clone(), envelope)?;
-                    match decrypted {
-                        Some(m) => {
-                            messages.insert(concat(group, &m.id), encode_message(m))?;
-                            if let Some(raw) = groups.get(group)? {
-                                let mut g = decode_group(group, &raw)
-                                    .map_err(ConflictableTransactionError::Abort)?;
-                                g.unread = g.unread.saturating_add(1);
-                                groups.insert(&group[..], encode_group(&g))?;
-                            }
-                        }
-                        None => {
-                            pending.insert(pending_key(group, session, sender, seq), ek)?;
+        self.journal
+            .batch(|[groups, _, _, envelopes, heads, pending, messages]| {
+                let ek = envelope_key(group, sender, seq);
+                if envelopes.get(&ek)?.is_some() {
+                    return Ok(Incoming::Duplicate);
+                }
+                envelopes.insert(ek.clone(), envelope)?;
+                match decrypted {
+                    Some(m) => {
+                        messages.insert(concat(group, &m.id), encode_message(m))?;
+                        if let Some(raw) = groups.get(group)? {
+                            let mut g = decode_group(group, &raw)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            g.unread = g.unread.saturating_add(1);
+                            groups.insert(&group[..], encode_group(&g))?;
                         }
                     }
-                    if heads.get(head_key(group, sender))?.is_none() {
-                        heads.insert(head_key(group, sender), encode_head(0, sender))?;
+                    None => {
+                        pending.insert(pending_key(group, session, sender, seq), ek)?;
                     }
-                    advance_head(heads, envelopes, group, sender)?;
-                    Ok(Incoming::Stored)
-                })
-        })
-        .map_err(|e| self.tx_err(e))
+                }
+                if heads.get(head_key(group, sender))?.is_none() {
+                    heads.insert(head_key(group, sender), encode_head(0, sender))?;
+                }
+                advance_head(heads, envelopes, group, sender)?;
+                Ok(Incoming::Stored)
+            })
+            .map_err(|e| self.tx_err(e))
     }
 
     /// Envelopes waiting for `session`'s key, in sequence order (at most `max`).
@@ -574,29 +599,26 @@ impl GroupStore {
         seq: u64,
         message: Option<&GroupMessage>,
     ) -> Result<Incoming, StoreError> {
-        crate::gate::transaction(|| {
-            (&self.pending, &self.messages, &self.groups).transaction(
-                |(pending, messages, groups)| {
-                    pending.remove(pending_key(group, session, sender, seq))?;
-                    let Some(m) = message else {
-                        return Ok(Incoming::Duplicate);
-                    };
-                    let mk = concat(group, &m.id);
-                    if messages.get(&mk)?.is_some() {
-                        return Ok(Incoming::Duplicate);
-                    }
-                    messages.insert(mk, encode_message(m))?;
-                    if let Some(raw) = groups.get(group)? {
-                        let mut g = decode_group(group, &raw)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        g.unread = g.unread.saturating_add(1);
-                        groups.insert(&group[..], encode_group(&g))?;
-                    }
-                    Ok(Incoming::Stored)
-                },
-            )
-        })
-        .map_err(|e| self.tx_err(e))
+        self.journal
+            .batch(|[groups, _, _, _, _, pending, messages]| {
+                pending.remove(pending_key(group, session, sender, seq))?;
+                let Some(m) = message else {
+                    return Ok(Incoming::Duplicate);
+                };
+                let mk = concat(group, &m.id);
+                if messages.get(&mk)?.is_some() {
+                    return Ok(Incoming::Duplicate);
+                }
+                messages.insert(mk, encode_message(m))?;
+                if let Some(raw) = groups.get(group)? {
+                    let mut g =
+                        decode_group(group, &raw).map_err(ConflictableTransactionError::Abort)?;
+                    g.unread = g.unread.saturating_add(1);
+                    groups.insert(&group[..], encode_group(&g))?;
+                }
+                Ok(Incoming::Stored)
+            })
+            .map_err(|e| self.tx_err(e))
     }
 
     /// Records one of our own messages: the envelope, the history entry, our next sequence and
@@ -609,43 +631,35 @@ impl GroupStore {
         sender_state: &SenderState,
     ) -> Result<(), StoreError> {
         let sender_value = encode_sender(sender_state);
-        crate::gate::transaction(|| {
-            (
-                &self.envelopes,
-                &self.heads,
-                &self.messages,
-                &self.groups,
-                &self.senders,
-            )
-                .transaction(|(envelopes, heads, messages, groups, senders)| {
-                    let ek = envelope_key(group, &message.sender, message.seq);
-                    if envelopes.get(&ek)?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(corrupt(
-                            ENVELOPES,
-                            format!("sequence {} was already used", message.seq),
-                        )));
-                    }
-                    envelopes.insert(ek, envelope)?;
-                    messages.insert(concat(group, &message.id), encode_message(message))?;
-                    let raw = groups.get(group)?.ok_or_else(|| {
-                        ConflictableTransactionError::Abort(corrupt(GROUPS, "group vanished"))
-                    })?;
-                    let mut g =
-                        decode_group(group, &raw).map_err(ConflictableTransactionError::Abort)?;
-                    g.next_seq = message.seq + 1;
-                    groups.insert(&group[..], encode_group(&g))?;
-                    senders.insert(&group[..], sender_value.clone())?;
-                    if heads.get(head_key(group, &message.sender))?.is_none() {
-                        heads.insert(
-                            head_key(group, &message.sender),
-                            encode_head(0, &message.sender),
-                        )?;
-                    }
-                    advance_head(heads, envelopes, group, &message.sender)?;
-                    Ok(())
-                })
-        })
-        .map_err(|e| self.tx_err(e))
+        self.journal
+            .batch(|[groups, senders, _, envelopes, heads, _, messages]| {
+                let ek = envelope_key(group, &message.sender, message.seq);
+                if envelopes.get(&ek)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(corrupt(
+                        ENVELOPES,
+                        format!("sequence {} was already used", message.seq),
+                    )));
+                }
+                envelopes.insert(ek, envelope)?;
+                messages.insert(concat(group, &message.id), encode_message(message))?;
+                let raw = groups.get(group)?.ok_or_else(|| {
+                    ConflictableTransactionError::Abort(corrupt(GROUPS, "group vanished"))
+                })?;
+                let mut g =
+                    decode_group(group, &raw).map_err(ConflictableTransactionError::Abort)?;
+                g.next_seq = message.seq + 1;
+                groups.insert(&group[..], encode_group(&g))?;
+                senders.insert(&group[..], sender_value.clone())?;
+                if heads.get(head_key(group, &message.sender))?.is_none() {
+                    heads.insert(
+                        head_key(group, &message.sender),
+                        encode_head(0, &message.sender),
+                    )?;
+                }
+                advance_head(heads, envelopes, group, &message.sender)?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
     }
 
     /// Every sender's contiguous high-water mark in a group: what a sync request says we have.

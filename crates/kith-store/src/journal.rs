@@ -26,12 +26,15 @@ use std::{
     cell::RefCell,
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use sled::{IVec, transaction::ConflictableTransactionError};
+use sled::{
+    IVec,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
 
 use crate::{StoreError, error::corrupt};
 
@@ -41,7 +44,10 @@ pub(crate) const JOURNAL: &str = "journal";
 /// What a batch's preparation sees of a tree: its reads see the batch's own writes first.
 pub(crate) trait Writes {
     /// The value under `key`, as this batch left it.
-    fn get(&self, key: &[u8]) -> Result<Option<IVec>, ConflictableTransactionError<StoreError>>;
+    fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<IVec>, ConflictableTransactionError<StoreError>>;
     /// Sets `key` to `value`.
     fn insert(
         &self,
@@ -72,7 +78,11 @@ impl<'t> Staged<'t> {
 }
 
 impl Writes for Staged<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<IVec>, ConflictableTransactionError<StoreError>> {
+    fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<IVec>, ConflictableTransactionError<StoreError>> {
+        let key = key.as_ref();
         if let Some(pending) = self.writes.borrow().get(key) {
             return Ok(pending.clone());
         }
@@ -101,26 +111,55 @@ impl Writes for Staged<'_> {
     }
 }
 
-/// The journal tree and the trees its records may write, by number.
+/// The journal tree, the `N` trees its records may write (a record names a tree by its index
+/// here), and the write lock of the store that owns them. Cheap to clone; clones share the lock.
 #[derive(Debug, Clone)]
-pub(crate) struct Journal {
+pub(crate) struct Journal<const N: usize> {
     tree: sled::Tree,
-    trees: Vec<sled::Tree>,
+    trees: [sled::Tree; N],
     next: Arc<AtomicU64>,
+    lock: Arc<Mutex<()>>,
 }
 
 /// One write of a record.
 type Op = (u8, Vec<u8>, Option<Vec<u8>>);
 
-impl Journal {
-    /// The journal over `trees` (a record's tree number is the index in this list). Call
-    /// [`Journal::replay`] before anything reads those trees.
-    pub(crate) fn new(tree: sled::Tree, trees: Vec<sled::Tree>) -> Self {
+impl<const N: usize> Journal<N> {
+    /// The journal over `trees`. Call [`Journal::replay`] before anything reads them.
+    pub(crate) fn new(tree: sled::Tree, trees: [sled::Tree; N]) -> Self {
         Self {
             tree,
             trees,
             next: Arc::new(AtomicU64::new(0)),
+            lock: Arc::default(),
         }
+    }
+
+    /// The store's write lock: every write to the journal's trees holds it (see the module doc).
+    /// Held for a few sled calls, never across an await.
+    pub(crate) fn writing(&self) -> MutexGuard<'_, ()> {
+        // Guards no data of its own: a panic while it was held leaves nothing half-written here.
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Prepares a batch with `prepare` against the trees (its reads see its own writes) and
+    /// commits it, under the write lock. Nothing is written when `prepare` fails.
+    pub(crate) fn batch<R>(
+        &self,
+        prepare: impl FnOnce(&[Staged<'_>; N]) -> Result<R, ConflictableTransactionError<StoreError>>,
+    ) -> Result<R, TransactionError<StoreError>> {
+        let _writing = self.writing();
+        let staged: [Staged<'_>; N] = std::array::from_fn(|i| Staged::new(&self.trees[i], i as u8));
+        let result = prepare(&staged).map_err(|e| match e {
+            ConflictableTransactionError::Abort(e) => TransactionError::Abort(e),
+            ConflictableTransactionError::Storage(e) => TransactionError::Storage(e),
+            // Staged trees never conflict.
+            _ => TransactionError::Abort(corrupt(JOURNAL, "a journaled batch reported a conflict")),
+        })?;
+        self.commit(&staged).map_err(TransactionError::Storage)?;
+        Ok(result)
     }
 
     /// Applies the records a crash left (each one's writes, then its removal) and returns how
@@ -149,9 +188,8 @@ impl Journal {
     }
 
     /// Commits a prepared batch: its record, its writes, its record's removal (see the module
-    /// doc). Nothing is on disk until the caller flushes. The caller holds the lock every writer
-    /// of these trees takes.
-    pub(crate) fn commit(&self, staged: &[&Staged<'_>]) -> Result<(), sled::Error> {
+    /// doc). Nothing is on disk until the caller flushes. Called under the write lock.
+    fn commit(&self, staged: &[Staged<'_>]) -> Result<(), sled::Error> {
         let ops: Vec<Op> = staged
             .iter()
             .flat_map(|s| {
@@ -253,11 +291,11 @@ fn decode(mut raw: &[u8]) -> Result<Vec<Op>, StoreError> {
 mod tests {
     use super::*;
 
-    fn trees() -> (sled::Db, Journal, sled::Tree, sled::Tree) {
+    fn trees() -> (sled::Db, Journal<2>, sled::Tree, sled::Tree) {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let a = db.open_tree("a").unwrap();
         let b = db.open_tree("b").unwrap();
-        let journal = Journal::new(db.open_tree(JOURNAL).unwrap(), vec![a.clone(), b.clone()]);
+        let journal = Journal::new(db.open_tree(JOURNAL).unwrap(), [a.clone(), b.clone()]);
         (db, journal, a, b)
     }
 
@@ -282,15 +320,16 @@ mod tests {
     fn a_batch_reads_its_own_writes_and_commits_them_all_with_no_record_left() {
         let (_db, journal, a, b) = trees();
         a.insert(b"gone", b"x").unwrap();
-        let sa = Staged::new(&a, 0);
-        let sb = Staged::new(&b, 1);
-        sa.insert(b"k", b"1").unwrap();
-        assert_eq!(sa.get(b"k").unwrap().as_deref(), Some(&b"1"[..]));
-        sa.remove(b"gone").unwrap();
-        assert_eq!(sa.get(b"gone").unwrap(), None);
-        assert_eq!(a.get(b"gone").unwrap().as_deref(), Some(&b"x"[..]));
-        sb.insert(b"other", b"2").unwrap();
-        journal.commit(&[&sa, &sb]).unwrap();
+        journal
+            .batch(|[sa, sb]| {
+                sa.insert(b"k", b"1")?;
+                assert_eq!(sa.get(b"k")?.as_deref(), Some(&b"1"[..]));
+                sa.remove(b"gone")?;
+                assert_eq!(sa.get(b"gone")?, None);
+                assert_eq!(a.get(b"gone").unwrap().as_deref(), Some(&b"x"[..]));
+                sb.insert(b"other", b"2")
+            })
+            .unwrap();
         assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(a.get(b"gone").unwrap(), None);
         assert_eq!(b.get(b"other").unwrap().as_deref(), Some(&b"2"[..]));
@@ -319,6 +358,18 @@ mod tests {
         assert_eq!(journal.replay().unwrap(), 0);
         // New records are numbered after the replayed one.
         assert_eq!(journal.next.load(Ordering::SeqCst), 6);
+    }
+
+    #[test]
+    fn a_failed_preparation_writes_nothing() {
+        let (_db, journal, a, _b) = trees();
+        let failed = journal.batch(|[sa, _]| {
+            sa.insert(b"k", b"1")?;
+            Err::<(), _>(ConflictableTransactionError::Abort(corrupt(JOURNAL, "no")))
+        });
+        assert!(matches!(failed, Err(TransactionError::Abort(_))));
+        assert_eq!(a.get(b"k").unwrap(), None);
+        assert!(journal.tree.is_empty());
     }
 
     #[test]

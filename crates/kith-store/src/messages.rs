@@ -267,20 +267,14 @@ pub struct MessageStore {
     /// whose entry is gone is dropped when a lookup misses it, so a stale id costs one miss,
     /// never a result.
     outbox_index: std::sync::Arc<std::sync::Mutex<OutboxIndex>>,
-    /// Taken by every write to these trees: a journaled batch's reads and writes must see no
-    /// other writer in between (see `journal.rs`), and read-modify-writes of one record (a
-    /// conversation summary, a message's status) must not lose each other's changes.
-    write_lock: std::sync::Arc<std::sync::Mutex<()>>,
-    journal: Journal,
+    /// The message path's batches, and the write lock every write to these trees takes: a
+    /// batch's reads and writes must see no other writer in between (see `journal.rs`), and
+    /// read-modify-writes of one record (a conversation summary, a message's status) must not
+    /// lose each other's changes. Trees in the order messages, ids, outbox, crypto,
+    /// correspondents.
+    journal: Journal<5>,
     path: PathBuf,
 }
-
-/// The trees' numbers in journal records (the order of [`MessageStore::journal`]'s list).
-const MESSAGES_NO: u8 = 0;
-const MESSAGE_IDS_NO: u8 = 1;
-const OUTBOX_NO: u8 = 2;
-const CRYPTO_NO: u8 = 3;
-const CORRESPONDENTS_NO: u8 = 4;
 
 /// See [`MessageStore::outbox_index`].
 type OutboxIndex =
@@ -491,7 +485,7 @@ impl MessageStore {
         let correspondents = open(CORRESPONDENTS)?;
         let journal = Journal::new(
             open(JOURNAL)?,
-            vec![
+            [
                 messages.clone(),
                 ids.clone(),
                 outbox.clone(),
@@ -520,24 +514,17 @@ impl MessageStore {
             crypto,
             correspondents,
             outbox_index: std::sync::Arc::new(std::sync::Mutex::new(index)),
-            write_lock: std::sync::Arc::default(),
             journal,
             path,
         })
     }
 
-    /// The store's write lock (see [`MessageStore::write_lock`]). Held for a few sled calls,
-    /// never across an await.
+    /// The store's write lock (see `journal.rs`).
     fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
-        // Guards no data of its own: a panic while it was held leaves nothing half-written here.
-        self.write_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.journal.writing()
     }
 
-    /// Prepares a batch with `prepare` against the five trees (its reads see its own writes) and
-    /// commits it through the journal, under the write lock. Nothing is written when `prepare`
-    /// fails.
+    /// A journaled batch over the five trees, in [`MessageStore::journal`]'s order.
     fn journaled<R>(
         &self,
         prepare: impl FnOnce(
@@ -548,25 +535,11 @@ impl MessageStore {
             &Staged<'_>,
         ) -> TxResult<R>,
     ) -> Result<R, StoreError> {
-        let _writing = self.writing();
-        let messages = Staged::new(&self.messages, MESSAGES_NO);
-        let ids = Staged::new(&self.ids, MESSAGE_IDS_NO);
-        let outbox = Staged::new(&self.outbox, OUTBOX_NO);
-        let crypto = Staged::new(&self.crypto, CRYPTO_NO);
-        let correspondents = Staged::new(&self.correspondents, CORRESPONDENTS_NO);
-        let result =
-            prepare(&messages, &ids, &outbox, &crypto, &correspondents).map_err(|e| match e {
-                ConflictableTransactionError::Abort(e) => e,
-                ConflictableTransactionError::Storage(e) => self.err(e),
-                // Staged trees never conflict.
-                ConflictableTransactionError::Conflict => {
-                    corrupt(JOURNAL, "a journaled batch reported a conflict")
-                }
-            })?;
         self.journal
-            .commit(&[&messages, &ids, &outbox, &crypto, &correspondents])
-            .map_err(|e| self.err(e))?;
-        Ok(result)
+            .batch(|[messages, ids, outbox, crypto, correspondents]| {
+                prepare(messages, ids, outbox, crypto, correspondents)
+            })
+            .map_err(|e| self.tx_err(e))
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, OutboxIndex> {
