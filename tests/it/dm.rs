@@ -1398,3 +1398,92 @@ async fn a_send_to_a_pinned_name_with_no_network_is_queued_and_delivered_when_it
     );
     shutdown_all(vec![owner, sender]).await.unwrap();
 }
+
+/// Messages on a direct-message link when their recipient stops are neither lost nor stored
+/// twice: the link breaks with envelopes unanswered, the sender sends them again (as requests,
+/// then on a new link once the recipient is back), and the recipient answers those it had
+/// stored as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_link_survives_the_recipients_restart_exactly_once() {
+    let mut nodes = network(3).await.into_iter();
+    let (hub, sender, recipient) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
+    let target = recipient.peer_id().to_string();
+    let warm = send(&sender, &target, "warm-up").await;
+    wait_status(&sender, warm.id, MessageStatus::Delivered).await;
+    // After a first message the sender opens a link, and the next ones go on it.
+    wait_until("the sender to open a link", MESH, POLL, async || {
+        sender
+            .node()
+            .status()
+            .await
+            .is_ok_and(|s| s.net.dm_link_peers == 1)
+    })
+    .await
+    .unwrap();
+
+    // Four senders of 20 messages each; the recipient stops once some have arrived.
+    const TASKS: usize = 4;
+    const EACH: usize = 20;
+    let sender = Arc::new(sender);
+    let sends: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (sender, target) = (Arc::clone(&sender), target.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..EACH {
+                    ids.push(send(&sender, &target, &format!("burst {t}-{i}")).await.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let sender_id = sender.peer_id();
+    wait_until(
+        "part of the burst to arrive",
+        DELIVERY,
+        Duration::from_millis(5),
+        async || conversation(&recipient, sender_id).len() > 10,
+    )
+    .await
+    .unwrap();
+    let recipient = recipient.stop_keeping_home().await.unwrap();
+    let mut ids = Vec::new();
+    for task in sends {
+        ids.extend(task.await.unwrap());
+    }
+    // The stop came in the middle of the burst: part of it had arrived, part had not.
+    let arrived = recipient
+        .with_store(|store, _| {
+            ids.iter()
+                .filter(|id| {
+                    store
+                        .messages()
+                        .is_known_from(&sender_id.to_bytes(), id)
+                        .unwrap()
+                })
+                .count()
+        })
+        .await
+        .unwrap();
+    assert!(
+        arrived > 0 && arrived < ids.len(),
+        "{arrived} of {} had arrived when the recipient stopped",
+        ids.len()
+    );
+    let recipient = recipient.start(vec![hub.tcp_addr()]).await.unwrap();
+    for id in &ids {
+        wait_status(&sender, *id, MessageStatus::Delivered).await;
+    }
+
+    // Every message once, on both sides.
+    let on_recipient = assert_same_conversation(&recipient, &sender);
+    assert_eq!(on_recipient.len(), 1 + TASKS * EACH);
+    let texts: HashSet<&str> = on_recipient.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts.len(), 1 + TASKS * EACH, "a text stored twice");
+    let sender = Arc::into_inner(sender).unwrap();
+    shutdown_all(vec![hub, sender, recipient]).await.unwrap();
+}

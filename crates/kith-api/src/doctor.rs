@@ -485,6 +485,7 @@ mod tests {
                     connections_trimmed: 0,
                     connections_idle_closed: 0,
                     hole_punch: Default::default(),
+                    dm_link_peers: 0,
                 },
                 version: "test",
                 uptime: Duration::from_secs(3600),

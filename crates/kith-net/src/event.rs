@@ -275,6 +275,8 @@ pub struct NetStatus {
     pub connections_idle_closed: u64,
     /// What DCUtR achieved since start.
     pub hole_punch: HolePunchStats,
+    /// Peers with an open direct-message link, either way (`/kith/dm-link/1.0.0`).
+    pub dm_link_peers: usize,
 }
 
 /// Hole punching (DCUtR) since start: whether relayed links became direct ones.

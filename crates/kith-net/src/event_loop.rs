@@ -2038,6 +2038,7 @@ impl EventLoop {
             connections_trimmed: self.connections_trimmed,
             connections_idle_closed: self.connections_idle_closed,
             hole_punch: self.hole_punch.clone(),
+            dm_link_peers: self.link_use.peers().len(),
         }
     }
 
