@@ -1,7 +1,7 @@
 //! `history.open` and `history.page`: a store holding many messages in one conversation, beside
 //! raw sled holding the same keys and values, measured in the same run.
 //!
-//! kith writes through `MessageStore::store_incoming` (one transaction over four trees per
+//! kith writes through `MessageStore::store_incoming` (one journaled batch over four trees per
 //! message, as the receive pipeline does); the baseline inserts the same key and value bytes into
 //! one raw sled tree. Then both are closed and reopened (`open`), and the last 50 messages are read
 //! repeatedly (`page`): kith through `MessageStore::history`, raw sled through a reverse range scan.
@@ -186,7 +186,7 @@ pub(crate) fn run(params: &Params, bar: &ProgressBar) -> Vec<Scenario> {
         )
     };
     let mut notes = vec![format!(
-        "{} messages in one conversation; kith: MessageStore (messages, ids, Olm state, correspondents in one transaction per message), open after a clean close (Store::close writes sled's snapshot; crash_open_ms: the open that replays the log instead, after a crash or inside that close); baseline: raw sled, one tree, same keys and values, closed by dropping it",
+        "{} messages in one conversation; kith: MessageStore (messages, ids, Olm state, correspondents in one journaled batch per message), open after a clean close (Store::close writes sled's snapshot; crash_open_ms: the open that replays the log instead, after a crash or inside that close); baseline: raw sled, one tree, same keys and values, closed by dropping it",
         params.messages
     )];
     match &k {
