@@ -93,6 +93,20 @@ impl Link {
     }
 }
 
+/// Ends a link when dropped while holding it: a frame was cut short or failed, so the stream
+/// can no longer be trusted. Its waiting senders are told (they send another way); the reading
+/// side stops at its next pass and frees the slot.
+struct Unfinished<'a>(Option<&'a Arc<Link>>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(link) = self.0 {
+            link.closed.store(true, Ordering::Release);
+            lock(&link.waiting).clear();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -194,18 +208,21 @@ impl DmLinks {
             // Queued under the writer lock, so the queue's order is the order on the wire.
             lock(&link.waiting).push_back(tx);
             let frame = encode_frame(bytes);
+            // Dropped before the frame is whole (the caller gave up mid-write): what follows on
+            // the stream could not be read, nor the acks matched to their senders.
+            let mut unfinished = Unfinished(Some(link));
             let written = async {
                 writer.write_all(&frame).await?;
                 writer.flush().await
             };
             if let Err(e) = written.await {
                 tracing::debug!(%peer, error = %e, "direct-message link broke while sending");
-                link.closed.store(true, Ordering::Release);
-                lock(&link.waiting).clear();
+                drop(unfinished);
                 drop(writer);
                 self.forget(peer, link);
                 return LinkSend::NoLink;
             }
+            unfinished.0 = None;
         }
         self.metrics.message_out(Kind::Dm);
         match answer.await {
