@@ -320,11 +320,8 @@ impl GroupStore {
             open(PENDING)?,
             open(MESSAGES)?,
         ];
-        let journal = Journal::new(open(JOURNAL)?, trees.clone());
         // Before anything reads the trees: a batch a crash interrupted is completed first.
-        journal
-            .replay()
-            .map_err(|e| StoreError::from_sled(&path, e))?;
+        let journal = Journal::open(db, &path, JOURNAL, trees.clone())?;
         let [
             groups,
             senders,

@@ -125,8 +125,26 @@ pub(crate) struct Journal<const N: usize> {
 type Op = (u8, Vec<u8>, Option<Vec<u8>>);
 
 impl<const N: usize> Journal<N> {
-    /// The journal over `trees`. Call [`Journal::replay`] before anything reads them.
-    pub(crate) fn new(tree: sled::Tree, trees: [sled::Tree; N]) -> Self {
+    /// Opens the journal tree `name` over `trees` and completes whatever batch a crash
+    /// interrupted ([`Journal::replay`]). Call it before anything reads those trees.
+    pub(crate) fn open(
+        db: &sled::Db,
+        path: &std::path::Path,
+        name: &str,
+        trees: [sled::Tree; N],
+    ) -> Result<Self, StoreError> {
+        let tree = db
+            .open_tree(name)
+            .map_err(|e| StoreError::from_sled(path, e))?;
+        let journal = Self::new(tree, trees);
+        journal
+            .replay()
+            .map_err(|e| StoreError::from_sled(path, e))?;
+        Ok(journal)
+    }
+
+    /// The journal over `trees`, without a replay.
+    fn new(tree: sled::Tree, trees: [sled::Tree; N]) -> Self {
         Self {
             tree,
             trees,

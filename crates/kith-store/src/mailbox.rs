@@ -142,11 +142,8 @@ impl MailboxStore {
         };
         let mail = open("mailbox")?;
         let usage = open("mailbox_usage")?;
-        let journal = Journal::new(open("mailbox_journal")?, [mail.clone(), usage.clone()]);
         // Before anything reads the trees: a batch a crash interrupted is completed first.
-        journal
-            .replay()
-            .map_err(|e| StoreError::from_sled(&path, e))?;
+        let journal = Journal::open(db, &path, "mailbox_journal", [mail.clone(), usage.clone()])?;
         Ok(Self {
             registrations: open("mailbox_registrations")?,
             mail,

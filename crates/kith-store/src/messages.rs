@@ -483,8 +483,11 @@ impl MessageStore {
         let outbox = open(OUTBOX)?;
         let crypto = open(CRYPTO)?;
         let correspondents = open(CORRESPONDENTS)?;
-        let journal = Journal::new(
-            open(JOURNAL)?,
+        // Before anything reads the trees: a batch a crash interrupted is completed first.
+        let journal = Journal::open(
+            db,
+            &path,
+            JOURNAL,
             [
                 messages.clone(),
                 ids.clone(),
@@ -492,11 +495,7 @@ impl MessageStore {
                 crypto.clone(),
                 correspondents.clone(),
             ],
-        );
-        // Before anything reads the trees: a batch a crash interrupted is completed first.
-        journal
-            .replay()
-            .map_err(|e| StoreError::from_sled(&path, e))?;
+        )?;
         let mut index = OutboxIndex::new();
         for entry in outbox.iter() {
             let (key, raw) = entry.map_err(|e| StoreError::from_sled(&path, e))?;
