@@ -3,7 +3,8 @@
 //! A sled 0.34 transaction writes and syncs the log's current buffer, then its own 24-byte batch
 //! marker, each on its own and before it returns (`pin_log`); the caller's flush then writes the
 //! data. On the direct-message path that made five disk syncs per message where two carry the
-//! data (BENCHMARKS.md, "Five disk syncs per message"). A journaled batch instead:
+//! data (BENCHMARKS.md, "Direct-message links, and five disk syncs per message"). A journaled
+//! batch instead:
 //!
 //! 1. inserts the batch's writes, encoded, under one key of the `journal` tree: one single-key
 //!    write, atomic by itself;
@@ -17,10 +18,10 @@
 //! without its removal, and [`Journal::replay`] applies its writes again at open (they are whole
 //! values and removals, so applying them twice is harmless) and removes it.
 //!
-//! Isolation is the caller's: a batch must be prepared and committed under a lock that every
-//! writer of the same trees takes. Then nothing writes between a batch's reads and its writes,
-//! and no later write to its keys can be on disk unless the batch's removal is too, so a replay
-//! never puts back an older value over a newer one.
+//! Isolation comes from the journal's write lock ([`Journal::writing`]), which [`Journal::batch`]
+//! holds and every other writer of the same trees must take too. Then nothing writes between a
+//! batch's reads and its writes, and no later write to its keys can be on disk unless the batch's
+//! removal is too, so a replay never puts back an older value over a newer one.
 
 use std::{
     cell::RefCell,
