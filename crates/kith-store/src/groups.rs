@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 use kith_proto::v1 as pb;
 use prost::Message as _;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
 use crate::error::{corrupt, stored_id};
 use crate::journal::{Journal, Writes};
@@ -348,13 +348,6 @@ impl GroupStore {
         StoreError::from_sled(&self.path, e)
     }
 
-    fn tx_err(&self, e: TransactionError<StoreError>) -> StoreError {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => self.err(e),
-        }
-    }
-
     /// Creates or replaces a group record.
     pub fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError> {
         let _writing = self.journal.writing();
@@ -504,7 +497,6 @@ impl GroupStore {
                 }
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
     }
 
     /// Whether this envelope (sender, seq) is already held.
@@ -558,7 +550,6 @@ impl GroupStore {
                 advance_head(heads, envelopes, group, sender)?;
                 Ok(Incoming::Stored)
             })
-            .map_err(|e| self.tx_err(e))
     }
 
     /// Envelopes waiting for `session`'s key, in sequence order (at most `max`).
@@ -615,7 +606,6 @@ impl GroupStore {
                 }
                 Ok(Incoming::Stored)
             })
-            .map_err(|e| self.tx_err(e))
     }
 
     /// Records one of our own messages: the envelope, the history entry, our next sequence and
@@ -656,7 +646,6 @@ impl GroupStore {
                 advance_head(heads, envelopes, group, &message.sender)?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(e))
     }
 
     /// Every sender's contiguous high-water mark in a group: what a sync request says we have.

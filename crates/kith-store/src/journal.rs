@@ -26,16 +26,14 @@
 use std::{
     cell::RefCell,
     collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use sled::{
-    IVec,
-    transaction::{ConflictableTransactionError, TransactionError},
-};
+use sled::{IVec, transaction::ConflictableTransactionError};
 
 use crate::{StoreError, error::corrupt};
 
@@ -120,6 +118,8 @@ pub(crate) struct Journal<const N: usize> {
     trees: [sled::Tree; N],
     next: Arc<AtomicU64>,
     lock: Arc<Mutex<()>>,
+    /// The store's directory, for errors.
+    path: PathBuf,
 }
 
 /// One write of a record.
@@ -130,28 +130,31 @@ impl<const N: usize> Journal<N> {
     /// interrupted ([`Journal::replay`]). Call it before anything reads those trees.
     pub(crate) fn open(
         db: &sled::Db,
-        path: &std::path::Path,
+        path: &Path,
         name: &str,
         trees: [sled::Tree; N],
     ) -> Result<Self, StoreError> {
         let tree = db
             .open_tree(name)
             .map_err(|e| StoreError::from_sled(path, e))?;
-        let journal = Self::new(tree, trees);
-        journal
-            .replay()
-            .map_err(|e| StoreError::from_sled(path, e))?;
+        let journal = Self::new(tree, trees, path.to_path_buf());
+        journal.replay()?;
         Ok(journal)
     }
 
     /// The journal over `trees`, without a replay.
-    fn new(tree: sled::Tree, trees: [sled::Tree; N]) -> Self {
+    fn new(tree: sled::Tree, trees: [sled::Tree; N], path: PathBuf) -> Self {
         Self {
             tree,
             trees,
             next: Arc::new(AtomicU64::new(0)),
             lock: Arc::default(),
+            path,
         }
+    }
+
+    fn err(&self, e: sled::Error) -> StoreError {
+        StoreError::from_sled(&self.path, e)
     }
 
     /// The store's write lock: every write to the journal's trees holds it (see the module doc).
@@ -164,34 +167,34 @@ impl<const N: usize> Journal<N> {
     }
 
     /// Prepares a batch with `prepare` against the trees (its reads see its own writes) and
-    /// commits it, under the write lock. Nothing is written when `prepare` fails.
+    /// commits it, under the write lock. Nothing is written when `prepare` fails; its error (an
+    /// abort's, or a failed read's) is returned as the store's.
     pub(crate) fn batch<R>(
         &self,
         prepare: impl FnOnce(&[Staged<'_>; N]) -> Result<R, ConflictableTransactionError<StoreError>>,
-    ) -> Result<R, TransactionError<StoreError>> {
+    ) -> Result<R, StoreError> {
         let _writing = self.writing();
         let staged: [Staged<'_>; N] = std::array::from_fn(|i| Staged::new(&self.trees[i], i as u8));
         let result = prepare(&staged).map_err(|e| match e {
-            ConflictableTransactionError::Abort(e) => TransactionError::Abort(e),
-            ConflictableTransactionError::Storage(e) => TransactionError::Storage(e),
+            ConflictableTransactionError::Abort(e) => e,
+            ConflictableTransactionError::Storage(e) => self.err(e),
             // Staged trees never conflict.
-            _ => TransactionError::Abort(corrupt(JOURNAL, "a journaled batch reported a conflict")),
+            _ => corrupt(JOURNAL, "a journaled batch reported a conflict"),
         })?;
-        self.commit(&staged).map_err(TransactionError::Storage)?;
+        self.commit(&staged)?;
         Ok(result)
     }
 
     /// Applies the records a crash left (each one's writes, then its removal) and returns how
     /// many there were. New records are numbered after the last one found.
-    pub(crate) fn replay(&self) -> Result<usize, sled::Error> {
+    pub(crate) fn replay(&self) -> Result<usize, StoreError> {
         let mut replayed = 0;
         let mut last = None;
         for entry in self.tree.iter() {
-            let (key, record) = entry?;
+            let (key, record) = entry.map_err(|e| self.err(e))?;
             last = Some(key.clone());
-            let ops = decode(&record).map_err(|e| sled::Error::Unsupported(e.to_string()))?;
-            self.apply(&ops)?;
-            self.tree.remove(&key)?;
+            self.apply(&decode(&record)?)?;
+            self.tree.remove(&key).map_err(|e| self.err(e))?;
             replayed += 1;
         }
         if let Some(key) = last
@@ -208,7 +211,7 @@ impl<const N: usize> Journal<N> {
 
     /// Commits a prepared batch: its record, its writes, its record's removal (see the module
     /// doc). Nothing is on disk until the caller flushes. Called under the write lock.
-    fn commit(&self, staged: &[Staged<'_>]) -> Result<(), sled::Error> {
+    fn commit(&self, staged: &[Staged<'_>]) -> Result<(), StoreError> {
         let ops: Vec<Op> = staged
             .iter()
             .flat_map(|s| {
@@ -226,23 +229,27 @@ impl<const N: usize> Journal<N> {
             _ => {}
         }
         let key = self.next.fetch_add(1, Ordering::SeqCst).to_be_bytes();
-        self.tree.insert(key, encode(&ops))?;
+        self.tree
+            .insert(key, encode(&ops))
+            .map_err(|e| self.err(e))?;
         self.apply(&ops)?;
-        self.tree.remove(key)?;
+        self.tree.remove(key).map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    fn apply(&self, ops: &[Op]) -> Result<(), sled::Error> {
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
         for (number, key, value) in ops {
             let Some(tree) = self.trees.get(usize::from(*number)) else {
-                return Err(sled::Error::Unsupported(format!(
-                    "journal record names tree {number}, which does not exist"
-                )));
+                return Err(corrupt(
+                    JOURNAL,
+                    format!("a record names tree {number}, which does not exist"),
+                ));
             };
             match value {
-                Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
-                None => tree.remove(key.as_slice())?,
-            };
+                Some(value) => tree.insert(key.as_slice(), value.as_slice()),
+                None => tree.remove(key.as_slice()),
+            }
+            .map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -314,7 +321,11 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let a = db.open_tree("a").unwrap();
         let b = db.open_tree("b").unwrap();
-        let journal = Journal::new(db.open_tree(JOURNAL).unwrap(), [a.clone(), b.clone()]);
+        let journal = Journal::new(
+            db.open_tree(JOURNAL).unwrap(),
+            [a.clone(), b.clone()],
+            PathBuf::from("test"),
+        );
         (db, journal, a, b)
     }
 
@@ -386,7 +397,7 @@ mod tests {
             sa.insert(b"k", b"1")?;
             Err::<(), _>(ConflictableTransactionError::Abort(corrupt(JOURNAL, "no")))
         });
-        assert!(matches!(failed, Err(TransactionError::Abort(_))));
+        assert!(matches!(failed, Err(StoreError::Corrupt { reason, .. }) if reason == "no"));
         assert_eq!(a.get(b"k").unwrap(), None);
         assert!(journal.tree.is_empty());
     }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use kith_proto::v1 as pb;
 use prost::Message as _;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
 use crate::StoreError;
 use crate::error::corrupt;
@@ -157,13 +157,6 @@ impl MailboxStore {
         StoreError::from_sled(&self.path, e)
     }
 
-    fn tx_err(&self, e: TransactionError<StoreError>) -> StoreError {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => self.err(e),
-        }
-    }
-
     /// Registers (or re-registers) a recipient.
     pub fn register(&self, recipient: &[u8], now_ms: u64) -> Result<(), StoreError> {
         self.registrations
@@ -199,17 +192,15 @@ impl MailboxStore {
         }
         .encode_to_vec();
         let size = envelope.len() as u64;
-        self.journal
-            .batch(|[mail, usage]| {
-                let (items, bytes) = parse_usage(usage.get(p)?.as_deref());
-                if items + 1 > quota.max_items || bytes + size > quota.max_bytes {
-                    return Ok(Deposit::Full { items, bytes });
-                }
-                mail.insert(key.as_slice(), value.as_slice())?;
-                usage.insert(&p[..], usage_value(items + 1, bytes + size))?;
-                Ok(Deposit::Stored(id))
-            })
-            .map_err(|e| self.tx_err(e))
+        self.journal.batch(|[mail, usage]| {
+            let (items, bytes) = parse_usage(usage.get(p)?.as_deref());
+            if items + 1 > quota.max_items || bytes + size > quota.max_bytes {
+                return Ok(Deposit::Full { items, bytes });
+            }
+            mail.insert(key.as_slice(), value.as_slice())?;
+            usage.insert(&p[..], usage_value(items + 1, bytes + size))?;
+            Ok(Deposit::Stored(id))
+        })
     }
 
     /// Up to `max` held items for `recipient`, oldest first, dropping those older than `ttl_ms`.
@@ -263,7 +254,6 @@ impl MailboxStore {
     fn remove_items(&self, p: &[u8; 32], keys: &[Vec<u8>]) -> Result<usize, StoreError> {
         self.journal
             .batch(|[mail, usage]| remove_staged(mail, usage, p, keys))
-            .map_err(|e| self.tx_err(e))
     }
 
     fn expire(&self, recipient: &[u8], now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {

@@ -28,7 +28,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::StoreError;
 use crate::error::{corrupt, stored_id};
-use crate::journal::{JOURNAL, Journal, Staged, Writes};
+use crate::journal::{JOURNAL, Journal, Writes};
 
 pub(crate) const MESSAGES: &str = "messages";
 pub(crate) const MESSAGE_IDS: &str = "message_ids";
@@ -523,24 +523,6 @@ impl MessageStore {
         self.journal.writing()
     }
 
-    /// A journaled batch over the five trees, in [`MessageStore::journal`]'s order.
-    fn journaled<R>(
-        &self,
-        prepare: impl FnOnce(
-            &Staged<'_>,
-            &Staged<'_>,
-            &Staged<'_>,
-            &Staged<'_>,
-            &Staged<'_>,
-        ) -> TxResult<R>,
-    ) -> Result<R, StoreError> {
-        self.journal
-            .batch(|[messages, ids, outbox, crypto, correspondents]| {
-                prepare(messages, ids, outbox, crypto, correspondents)
-            })
-            .map_err(|e| self.tx_err(e))
-    }
-
     fn index(&self) -> std::sync::MutexGuard<'_, OutboxIndex> {
         // A set of ids: a panic while it was held cannot leave it half-written.
         self.outbox_index
@@ -697,26 +679,27 @@ impl MessageStore {
         items: &[OutboxItem],
         olm: Option<OlmSave<'_>>,
     ) -> Result<(), StoreError> {
-        self.journaled(|messages_tree, ids, outbox, crypto, correspondents| {
-            for m in messages.clone() {
-                messages_tree.insert(message_key(&m.peer_id, &m.id), m.stored_bytes())?;
-                ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
-                let mut c = staged_correspondent(correspondents, &m.peer_id)?;
-                if c.trust == Trust::Unknown {
-                    c.trust = Trust::Accepted;
+        self.journal
+            .batch(|[messages_tree, ids, outbox, crypto, correspondents]| {
+                for m in messages.clone() {
+                    messages_tree.insert(message_key(&m.peer_id, &m.id), m.stored_bytes())?;
+                    ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
+                    let mut c = staged_correspondent(correspondents, &m.peer_id)?;
+                    if c.trust == Trust::Unknown {
+                        c.trust = Trust::Accepted;
+                    }
+                    c.last_message_ms = m.sent_at_ms;
+                    c.last_text = preview(&m.text);
+                    correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
                 }
-                c.last_message_ms = m.sent_at_ms;
-                c.last_text = preview(&m.text);
-                correspondents.insert(m.peer_id.as_slice(), encode_correspondent(&c))?;
-            }
-            for item in items {
-                outbox.insert(&item.id[..], encode_item(item))?;
-            }
-            if let Some(olm) = &olm {
-                olm.write(crypto)?;
-            }
-            Ok(())
-        })?;
+                for item in items {
+                    outbox.insert(&item.id[..], encode_item(item))?;
+                }
+                if let Some(olm) = &olm {
+                    olm.write(crypto)?;
+                }
+                Ok(())
+            })?;
         for item in items {
             self.index_entry(item);
         }
@@ -908,89 +891,92 @@ impl MessageStore {
         batch: &Received<'_>,
         at_ms: u64,
     ) -> Result<ReceivedOutcome, StoreError> {
-        self.journaled(|messages, ids, outbox, crypto, correspondents| {
-            let mut outcome = ReceivedOutcome {
-                messages: Vec::with_capacity(batch.messages.len()),
-                receipts: Vec::with_capacity(batch.receipts.len()),
-            };
-            let mut summary: Option<Correspondent> = None;
-            if let Some(key) = batch.identity_key {
-                let mut c = staged_correspondent(correspondents, batch.peer_id)?;
-                if c.identity_key.is_none() {
-                    c.identity_key = Some(key);
-                }
-                summary = Some(c);
-            }
-            for message in batch.messages {
-                // Duplicate means the same sender sent this id before: another peer reusing an
-                // id (it travels in clear) must not suppress the real message.
-                let key = message_key(&message.peer_id, &message.id);
-                if messages.get(&key)?.is_some() {
-                    outcome.messages.push(Incoming::Duplicate);
-                    continue;
-                }
-                messages.insert(key, message.stored_bytes())?;
-                // The id index keeps the first conversation an id was seen in (our own
-                // outgoing ids are never overwritten by someone else's message).
-                if ids.get(&message.id[..])?.is_none() {
-                    ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
-                }
-                let c = match &mut summary {
-                    Some(c) => c,
-                    None => summary.insert(staged_correspondent(correspondents, batch.peer_id)?),
+        self.journal
+            .batch(|[messages, ids, outbox, crypto, correspondents]| {
+                let mut outcome = ReceivedOutcome {
+                    messages: Vec::with_capacity(batch.messages.len()),
+                    receipts: Vec::with_capacity(batch.receipts.len()),
                 };
-                c.unread = c.unread.saturating_add(1);
-                c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
-                c.last_text = preview(&message.text);
-                outcome.messages.push(Incoming::Stored);
-            }
-            if let Some(c) = &summary {
-                correspondents.insert(batch.peer_id, encode_correspondent(c))?;
-            }
-            for (kind, receipt_ids) in batch.receipts {
-                let mut ours = Vec::new();
-                for id in receipt_ids {
-                    let key = message_key(batch.peer_id, id);
-                    let Some(raw) = messages.get(&key)? else {
-                        continue;
-                    };
-                    let mut m = decode_message(&raw).map_err(abort)?;
-                    if !m.outgoing {
+                let mut summary: Option<Correspondent> = None;
+                if let Some(key) = batch.identity_key {
+                    let mut c = staged_correspondent(correspondents, batch.peer_id)?;
+                    if c.identity_key.is_none() {
+                        c.identity_key = Some(key);
+                    }
+                    summary = Some(c);
+                }
+                for message in batch.messages {
+                    // Duplicate means the same sender sent this id before: another peer reusing an
+                    // id (it travels in clear) must not suppress the real message.
+                    let key = message_key(&message.peer_id, &message.id);
+                    if messages.get(&key)?.is_some() {
+                        outcome.messages.push(Incoming::Duplicate);
                         continue;
                     }
-                    match kind {
-                        ReceiptKind::Delivered => {
-                            staged_complete(
-                                messages,
-                                ids,
-                                outbox,
-                                id,
-                                Status::Delivered,
-                                "",
-                                at_ms,
-                            )?;
+                    messages.insert(key, message.stored_bytes())?;
+                    // The id index keeps the first conversation an id was seen in (our own
+                    // outgoing ids are never overwritten by someone else's message).
+                    if ids.get(&message.id[..])?.is_none() {
+                        ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
+                    }
+                    let c = match &mut summary {
+                        Some(c) => c,
+                        None => {
+                            summary.insert(staged_correspondent(correspondents, batch.peer_id)?)
                         }
-                        ReceiptKind::Read => {
-                            if m.status != Status::Read {
-                                m.status = Status::Read;
-                                messages.insert(key, m.stored_bytes())?;
+                    };
+                    c.unread = c.unread.saturating_add(1);
+                    c.last_message_ms = message.sent_at_ms.max(c.last_message_ms);
+                    c.last_text = preview(&message.text);
+                    outcome.messages.push(Incoming::Stored);
+                }
+                if let Some(c) = &summary {
+                    correspondents.insert(batch.peer_id, encode_correspondent(c))?;
+                }
+                for (kind, receipt_ids) in batch.receipts {
+                    let mut ours = Vec::new();
+                    for id in receipt_ids {
+                        let key = message_key(batch.peer_id, id);
+                        let Some(raw) = messages.get(&key)? else {
+                            continue;
+                        };
+                        let mut m = decode_message(&raw).map_err(abort)?;
+                        if !m.outgoing {
+                            continue;
+                        }
+                        match kind {
+                            ReceiptKind::Delivered => {
+                                staged_complete(
+                                    messages,
+                                    ids,
+                                    outbox,
+                                    id,
+                                    Status::Delivered,
+                                    "",
+                                    at_ms,
+                                )?;
+                            }
+                            ReceiptKind::Read => {
+                                if m.status != Status::Read {
+                                    m.status = Status::Read;
+                                    messages.insert(key, m.stored_bytes())?;
+                                }
                             }
                         }
+                        ours.push(*id);
                     }
-                    ours.push(*id);
+                    outcome.receipts.push(ours);
                 }
-                outcome.receipts.push(ours);
-            }
-            batch.olm.write(crypto)?;
-            Ok(outcome)
-        })
+                batch.olm.write(crypto)?;
+                Ok(outcome)
+            })
     }
 
     /// Saves Olm state alone: after decrypting something that changes nothing else (a group
     /// control message, whose effects the group store records), a fallback-key rotation, or a
     /// sessions reset.
     pub fn save_olm(&self, olm: OlmSave<'_>) -> Result<(), StoreError> {
-        self.journaled(|_, _, _, crypto, _| olm.write(crypto))
+        self.journal.batch(|[_, _, _, crypto, _]| olm.write(crypto))
     }
 
     /// Replaces a whole-state Olm pickle (stores from before per-peer sessions) by the account
@@ -1113,7 +1099,7 @@ impl MessageStore {
     pub fn mark_seen(&self, peer_id: &[u8]) -> Result<Vec<MessageId>, StoreError> {
         let conv = conv_key(peer_id);
         // One batch: the statuses and the unread count change together.
-        self.journaled(|messages, _, _, _, correspondents| {
+        self.journal.batch(|[messages, _, _, _, correspondents]| {
             let mut seen = Vec::new();
             // The tree itself: the write lock is held, and this batch wrote nothing yet.
             for item in self.messages.scan_prefix(conv) {
@@ -1170,7 +1156,7 @@ impl MessageStore {
         f: impl Fn(&mut Correspondent),
     ) -> Result<(), StoreError> {
         // One record: under the write lock, a read and a write are as good as a transaction.
-        self.journaled(|_, _, _, _, correspondents| {
+        self.journal.batch(|[_, _, _, _, correspondents]| {
             let mut c = staged_correspondent(correspondents, peer_id)?;
             f(&mut c);
             correspondents.insert(peer_id, encode_correspondent(&c))
