@@ -25,6 +25,7 @@ use std::{
     fmt,
     future::Future,
     io,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -105,6 +106,22 @@ impl Drop for Unfinished<'_> {
             lock(&link.waiting).clear();
         }
     }
+}
+
+/// The frames of at most `max` bytes arriving on a link's read half, as a stream: unlike a
+/// `read_frame` future, `next()` on it may be raced in a `select!` without losing a frame read
+/// half-way (the read in progress stays inside the stream).
+fn frames(
+    reader: ReadHalf<libp2p::Stream>,
+    max: usize,
+) -> Pin<Box<impl futures::Stream<Item = io::Result<Vec<u8>>>>> {
+    Box::pin(futures::stream::unfold(
+        BufReader::new(reader),
+        move |mut reader| async move {
+            let frame = read_frame(&mut reader, max).await;
+            Some((frame, reader))
+        },
+    ))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -254,26 +271,30 @@ impl DmLinks {
 
     async fn open(self, peer: PeerId) {
         let mut control = self.control.clone();
-        let stream = match tokio::time::timeout(
+        let opened = tokio::time::timeout(
             self.timeout,
             control.open_stream(peer, StreamProtocol::new(LINK_PROTOCOL)),
         )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
+        .await;
+        let stream_or_wait = match opened {
+            Ok(Ok(stream)) => Ok(stream),
             Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
                 tracing::debug!(%peer, "peer does not speak direct-message links");
-                lock(&self.slots).insert(peer, Slot::NotBefore(Instant::now() + UNSUPPORTED_FOR));
-                return;
+                Err(UNSUPPORTED_FOR)
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "could not open a direct-message link");
-                lock(&self.slots).insert(peer, Slot::NotBefore(Instant::now() + FAILED_FOR));
-                return;
+                Err(FAILED_FOR)
             }
             Err(_) => {
                 tracing::debug!(%peer, "opening a direct-message link timed out");
-                lock(&self.slots).insert(peer, Slot::NotBefore(Instant::now() + FAILED_FOR));
+                Err(FAILED_FOR)
+            }
+        };
+        let stream = match stream_or_wait {
+            Ok(stream) => stream,
+            Err(wait) => {
+                lock(&self.slots).insert(peer, Slot::NotBefore(Instant::now() + wait));
                 return;
             }
         };
@@ -293,13 +314,7 @@ impl DmLinks {
     /// Hands each ack to the oldest waiting sender, until the stream ends, breaks, carries
     /// something that is not an ack, or the link has been idle for the idle time.
     async fn read_acks(&self, peer: PeerId, link: Arc<Link>, reader: ReadHalf<libp2p::Stream>) {
-        let mut acks = Box::pin(futures::stream::unfold(
-            BufReader::new(reader),
-            |mut reader| async move {
-                let ack = read_frame(&mut reader, MAX_RESPONSE).await;
-                Some((ack, reader))
-            },
-        ));
+        let mut acks = frames(reader, MAX_RESPONSE);
         let check_every = (self.idle / 4).max(Duration::from_millis(10));
         // Bounded: every pass reads an ack or waits a quarter of the idle time, and an idle link
         // ends within an idle time and a quarter.
@@ -446,13 +461,7 @@ impl InboundDmLink {
         Fut: Future<Output = Vec<u8>>,
     {
         let (reader, mut writer) = futures::AsyncReadExt::split(self.stream);
-        let mut frames = Box::pin(futures::stream::unfold(
-            BufReader::new(reader),
-            |mut reader| async move {
-                let frame = read_frame(&mut reader, MAX_REQUEST).await;
-                Some((frame, reader))
-            },
-        ));
+        let mut frames = frames(reader, MAX_REQUEST);
         let mut answering = FuturesOrdered::new();
         let idle = self.idle * 4;
         let mut last = Instant::now();
