@@ -647,6 +647,19 @@ impl Node {
     }
 }
 
+/// The next inbound stream from `next`, or `None` once the node shuts down. The node's own
+/// network handle keeps the inbound side open, so a loop over inbound streams must end on the
+/// shutdown signal rather than on the end of the stream.
+async fn until_shutdown<T>(
+    next: impl std::future::Future<Output = Option<T>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::select! {
+        next = next => next,
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
 /// Hands every inbound blob stream to the mailbox relay's `HeldBlobs` (which serves our own
 /// blobs to whoever asks and, on a relay, keeps blobs for its users), one task per stream, held
 /// to the files component's serving rate.
@@ -668,16 +681,7 @@ async fn serve_blob_streams(inner: std::sync::Weak<Inner>) {
         }
     };
     let limits = kith_blob::ServeLimits::default();
-    loop {
-        // The node's own network handle keeps the inbound side open, so the loop ends on the
-        // shutdown signal rather than on the end of the stream.
-        let (peer, stream) = tokio::select! {
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-            _ = stop.wait_for(|s| *s) => return,
-        };
+    while let Some((peer, stream)) = until_shutdown(incoming.next(), &mut stop).await {
         let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
             return;
         };
@@ -726,15 +730,7 @@ async fn serve_dm_links(inner: std::sync::Weak<Inner>) {
             }
         }
     };
-    loop {
-        // As for blob streams, the loop ends on the shutdown signal.
-        let (peer, link) = tokio::select! {
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-            _ = stop.wait_for(|s| *s) => return,
-        };
+    while let Some((peer, link)) = until_shutdown(incoming.next(), &mut stop).await {
         // Weak, like the loop: an open link must not keep a stopped node's store alive.
         let inner = inner.clone();
         tokio::spawn(async move {
