@@ -77,6 +77,19 @@ fn answer_everything(node: &mut TestNode, links: bool) -> tokio::sync::watch::Re
     requests
 }
 
+/// A, answering everything (on links when `links`), and B dialing it, both configured by
+/// `configure` on a network of their own; with A's count of messages that came as requests.
+async fn pair(
+    configure: impl Fn(kith_net::Config) -> kith_net::Config,
+    links: bool,
+) -> (TestNode, TestNode, tokio::sync::watch::Receiver<usize>) {
+    let mut a = TestNode::start_with(None, |c| configure(c.with_network_id("links"))).await;
+    let b = TestNode::start_with(None, |c| configure(c.with_network_id("links"))).await;
+    let requests = answer_everything(&mut a, links);
+    b.client.dial(a.addr.clone()).await.unwrap();
+    (a, b, requests)
+}
+
 async fn send(from: &TestNode, to: &TestNode, body: &[u8]) -> Vec<u8> {
     tokio::time::timeout(
         WAIT,
@@ -97,10 +110,7 @@ async fn link_open(from: &TestNode, to: PeerId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_after_the_first_go_on_one_link_answered_in_order() {
-    let mut a = TestNode::start_with(None, |c| c.with_network_id("links")).await;
-    let b = TestNode::start_with(None, |c| c.with_network_id("links")).await;
-    let requests = answer_everything(&mut a, true);
-    b.client.dial(a.addr.clone()).await.unwrap();
+    let (a, b, requests) = pair(|c| c, true).await;
 
     assert_eq!(send(&b, &a, b"first").await, b"got first");
     assert_eq!(*requests.borrow(), 1, "the first message is a request");
@@ -126,15 +136,11 @@ async fn messages_after_the_first_go_on_one_link_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_link_closes_and_the_next_message_opens_another() {
-    let idle = |c: kith_net::Config| {
-        let mut c = c.with_network_id("links");
+    let idle = |mut c: kith_net::Config| {
         c.dm_link_idle = Duration::from_millis(300);
         c
     };
-    let mut a = TestNode::start_with(None, idle).await;
-    let b = TestNode::start_with(None, idle).await;
-    let requests = answer_everything(&mut a, true);
-    b.client.dial(a.addr.clone()).await.unwrap();
+    let (a, b, requests) = pair(idle, true).await;
     send(&b, &a, b"first").await;
     link_open(&b, a.peer_id).await;
     send(&b, &a, b"second").await;
@@ -160,11 +166,8 @@ async fn an_idle_link_closes_and_the_next_message_opens_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_links_is_reached_by_requests() {
-    let mut a = TestNode::start_with(None, |c| c.with_network_id("links")).await;
-    let b = TestNode::start_with(None, |c| c.with_network_id("links")).await;
     // A takes no links (an older node): B's attempt is refused and B keeps sending requests.
-    let requests = answer_everything(&mut a, false);
-    b.client.dial(a.addr.clone()).await.unwrap();
+    let (a, b, requests) = pair(|c| c, false).await;
     for i in 0..5u8 {
         assert_eq!(
             send(&b, &a, &[i]).await,
@@ -180,10 +183,7 @@ async fn a_peer_without_links_is_reached_by_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_on_a_link_is_refused_and_counted() {
-    let mut a = TestNode::start_with(None, |c| c.with_network_id("links")).await;
-    let b = TestNode::start_with(None, |c| c.with_network_id("links")).await;
-    let _requests = answer_everything(&mut a, true);
-    b.client.dial(a.addr.clone()).await.unwrap();
+    let (a, b, _requests) = pair(|c| c, true).await;
     poll_until("a connection", || async {
         b.connected(a.peer_id).await.then_some(())
     })
