@@ -212,14 +212,15 @@ impl<const N: usize> Journal<N> {
     /// Commits a prepared batch: its record, its writes, its record's removal (see the module
     /// doc). Nothing is on disk until the caller flushes. Called under the write lock.
     fn commit(&self, staged: &[Staged<'_>]) -> Result<(), StoreError> {
+        // Taken, not copied: the batch ends here.
         let ops: Vec<Op> = staged
             .iter()
             .flat_map(|s| {
+                let number = s.number;
                 s.writes
-                    .borrow()
-                    .iter()
-                    .map(|(k, v)| (s.number, k.clone(), v.as_ref().map(|v| v.to_vec())))
-                    .collect::<Vec<_>>()
+                    .take()
+                    .into_iter()
+                    .map(move |(k, v)| (number, k, v.map(|v| v.to_vec())))
             })
             .collect();
         match ops.len() {
