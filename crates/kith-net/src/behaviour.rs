@@ -3,7 +3,7 @@
 //! inconsistent state upstream (rust-libp2p #4773, #4870).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     ops::{Deref, DerefMut},
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -14,7 +14,7 @@ use libp2p::{
     identity::Keypair,
     kad, mdns, memory_connection_limits, ping, relay, request_response,
     swarm::{
-        ConnectionId, NetworkBehaviour, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        ConnectionId, NetworkBehaviour, NotifyHandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
         behaviour::toggle::Toggle,
     },
 };
@@ -283,11 +283,16 @@ pub(crate) struct TrackedKad {
     admission: DhtAdmission,
     /// Peers left out of our lookups because their id is not worked (a metric).
     refused: Counter,
+    /// Our answers to peers' FIND_NODE and GET_VALUE requests, waiting for the next poll.
+    answers: VecDeque<ToSwarm<kad::Event, KadHandlerIn>>,
 }
 
 /// What kad's connection handler reports to the behaviour: our lookups' answers among it. The
 /// type lives in a private module of libp2p-kad, so it is named through the trait.
 type KadHandlerEvent = THandlerOutEvent<kad::Behaviour<kad::store::MemoryStore>>;
+
+/// What the behaviour tells kad's connection handler (our answers among it), named likewise.
+type KadHandlerIn = THandlerInEvent<kad::Behaviour<kad::store::MemoryStore>>;
 
 impl TrackedKad {
     fn new(
@@ -300,7 +305,91 @@ impl TrackedKad {
             used: HashMap::new(),
             admission,
             refused,
+            answers: VecDeque::new(),
         }
+    }
+
+    /// Answers a peer's FIND_NODE or GET_VALUE request here instead of in kad, which would give
+    /// the same answer by a far costlier walk of its routing table (see [`crate::nearest`]);
+    /// hands every other event back. The answer is what kad's is: the record if we hold an
+    /// unexpired one, and the 20 table entries nearest the key other than the asker.
+    fn answer(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: KadHandlerEvent,
+    ) -> Option<KadHandlerEvent> {
+        let (request, answer) = match event {
+            KadHandlerEvent::FindNodeReq { key, request_id } => {
+                let closer_peers = self.nearest_to(&kad::KBucketKey::new(key), &peer);
+                (
+                    kad::InboundRequest::FindNode {
+                        num_closer_peers: closer_peers.len(),
+                    },
+                    KadHandlerIn::FindNodeRes {
+                        closer_peers,
+                        request_id,
+                    },
+                )
+            }
+            KadHandlerEvent::GetRecord { key, request_id } => {
+                let record = self.unexpired(&key);
+                let closer_peers = self.nearest_to(&kad::KBucketKey::new(key), &peer);
+                (
+                    kad::InboundRequest::GetRecord {
+                        num_closer_peers: closer_peers.len(),
+                        present_locally: record.is_some(),
+                    },
+                    KadHandlerIn::GetRecordRes {
+                        record,
+                        closer_peers,
+                        request_id,
+                    },
+                )
+            }
+            other => return Some(other),
+        };
+        self.answers
+            .push_back(ToSwarm::GenerateEvent(kad::Event::InboundRequest {
+                request,
+            }));
+        self.answers.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(connection),
+            event: answer,
+        });
+        None
+    }
+
+    fn nearest_to<T>(&mut self, key: &kad::KBucketKey<T>, asker: &PeerId) -> Vec<kad::KadPeer> {
+        crate::nearest::nearest(
+            &mut self.inner,
+            key,
+            Some(asker),
+            kad::K_VALUE.get(),
+            crate::nearest::kad_peer,
+        )
+    }
+
+    /// The record we hold under `key`, unless it has expired (then it is dropped, as kad does).
+    fn unexpired(&mut self, key: &kad::RecordKey) -> Option<kad::Record> {
+        use kad::store::RecordStore as _;
+        let store = self.inner.store_mut();
+        let record = store.get(key)?.into_owned();
+        if record.is_expired(Instant::now()) {
+            store.remove(key);
+            return None;
+        }
+        Some(record)
+    }
+
+    /// The `count` routing-table peers nearest `key`, nearest first (see [`crate::nearest`]).
+    pub(crate) fn nearest_keys<T>(
+        &mut self,
+        key: &kad::KBucketKey<T>,
+        count: usize,
+    ) -> Vec<kad::KBucketKey<PeerId>> {
+        crate::nearest::nearest(&mut self.inner, key, None, count, |e| e.key.clone())
     }
 
     /// The peers that exchanged a Kademlia message with us since the last call, with the time of
@@ -376,14 +465,20 @@ impl NetworkBehaviour for TrackedKad {
         self.note(peer_id);
         let mut event = event;
         self.refuse_referrals(peer_id, &mut event);
-        self.inner
-            .on_connection_handler_event(peer_id, connection_id, event);
+        if let Some(event) = self.answer(peer_id, connection_id, event) {
+            self.inner
+                .on_connection_handler_event(peer_id, connection_id, event);
+        }
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        // Our answers go first; the peer was noted when its request came.
+        if let Some(answer) = self.answers.pop_front() {
+            return Poll::Ready(answer);
+        }
         let polled = self.inner.poll(cx);
         match &polled {
             // A request to the peer or our answer to its request.

@@ -1600,8 +1600,8 @@ impl EventLoop {
             .swarm
             .behaviour_mut()
             .kad
-            .get_closest_local_peers(&local)
-            .take(kith_core::density::HOLDERS_PER_KEY)
+            .nearest_keys(&local, kith_core::density::HOLDERS_PER_KEY)
+            .iter()
             .map(|peer| {
                 kith_core::density::closeness_of_hashes(local.hashed_bytes(), peer.hashed_bytes())
             })

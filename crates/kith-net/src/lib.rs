@@ -38,6 +38,7 @@ mod event_loop;
 pub mod frame;
 mod listen;
 mod metrics;
+mod nearest;
 mod records;
 mod routing;
 mod scope;
