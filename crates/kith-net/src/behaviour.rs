@@ -389,7 +389,7 @@ impl TrackedKad {
         key: &kad::KBucketKey<T>,
         count: usize,
     ) -> Vec<kad::KBucketKey<PeerId>> {
-        crate::nearest::nearest(&mut self.inner, key, None, count, |e| e.key.clone())
+        crate::nearest::nearest(&mut self.inner, key, None, count, |e| *e.key)
     }
 
     /// The peers that exchanged a Kademlia message with us since the last call, with the time of

@@ -64,7 +64,7 @@ pub(crate) fn nearest<T, R>(
             }
         }
     }
-    kept.sort_by(|a, b| a.0.cmp(&b.0));
+    kept.sort_by_key(|a| a.0);
     kept.into_iter().map(|(_, r)| r).collect()
 }
 
