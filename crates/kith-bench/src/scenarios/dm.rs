@@ -181,14 +181,14 @@ impl Pair {
     }
 }
 
-/// The options every benchmark node runs with: a quick first re-publish (key bundle) and no
-/// inbound rate limit (benchmarks measure the pipeline, not the flood protection).
 /// Whether the pair's messages may go on direct-message links: on unless
 /// `KITH_BENCH_DM_LINKS=off`, which measures the one-request-per-message path in the same build.
 fn dm_links() -> bool {
     std::env::var("KITH_BENCH_DM_LINKS").map_or(true, |v| v != "off")
 }
 
+/// The options every benchmark node runs with: a quick first re-publish (key bundle) and no
+/// inbound rate limit (benchmarks measure the pipeline, not the flood protection).
 pub(crate) fn options() -> Options {
     Options {
         first_republish_after: Duration::from_millis(100),
