@@ -498,6 +498,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// What starts more nodes of this cluster, for a scenario that starts several at once.
+    pub(crate) fn spawner(&self) -> Spawner {
+        self.spawner.clone()
+    }
+
+    /// Adds a node a [`Cluster::spawner`] started.
+    pub(crate) fn push(&mut self, member: Member) {
+        self.members.push(member);
+    }
+
     /// The nodes and what starts more of them, for a scenario that changes the set while using it.
     pub(crate) fn into_parts(self) -> (Spawner, Vec<Member>) {
         (self.spawner, self.members)

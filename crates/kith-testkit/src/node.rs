@@ -431,27 +431,40 @@ pub async fn listen_addrs(
     transports: Transports,
 ) -> Result<(Multiaddr, Option<Multiaddr>)> {
     let peer_id = node.peer_id();
-    poll_until(
-        &format!("{peer_id} to report its listen addresses ({transports:?})"),
-        STEP,
-        Duration::from_millis(10),
-        async || {
-            let status = node.net_status().await.ok()?;
-            let find = |quic: bool| {
-                status
-                    .listen_addrs
-                    .iter()
-                    .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
-                    .map(|a| a.clone().with(Protocol::P2p(peer_id)))
-            };
-            match transports {
-                Transports::Tcp => Some((find(false)?, None)),
-                Transports::Quic => Some((find(true)?, None)),
-                Transports::TcpAndQuic => Some((find(false)?, Some(find(true)?))),
+    // A plain loop rather than `poll_until` with an async closure: the closure's borrows make
+    // the future `Send` only for one lifetime, so a node start could not run on a task of its
+    // own (kith-bench `scale` starts several at once).
+    let poll = Duration::from_millis(10);
+    let polling = async {
+        for _ in 0..STEP.as_millis() / poll.as_millis() + 1 {
+            if let Ok(status) = node.net_status().await {
+                let find = |quic: bool| {
+                    status
+                        .listen_addrs
+                        .iter()
+                        .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
+                        .map(|a| a.clone().with(Protocol::P2p(peer_id)))
+                };
+                let found = match transports {
+                    Transports::Tcp => find(false).map(|a| (a, None)),
+                    Transports::Quic => find(true).map(|a| (a, None)),
+                    Transports::TcpAndQuic => find(false).zip(find(true).map(Some)),
+                };
+                if found.is_some() {
+                    return found;
+                }
             }
-        },
-    )
-    .await
+            tokio::time::sleep(poll).await;
+        }
+        None
+    };
+    match tokio::time::timeout(STEP, polling).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) | Err(_) => Err(anyhow::anyhow!(
+            "timed out after {STEP:?} waiting for {peer_id} to report its listen addresses \
+             ({transports:?})"
+        )),
+    }
 }
 
 /// The network configuration of a node that only ever meets other test nodes: listeners on

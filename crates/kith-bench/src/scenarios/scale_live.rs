@@ -89,11 +89,6 @@ impl Live {
         }
     }
 
-    /// Slots ever used (alive or gone); the next joiner's home number.
-    pub(crate) fn slots(&self) -> usize {
-        lock(&self.slots).len()
-    }
-
     /// Indices of the live nodes.
     pub(crate) fn alive(&self) -> Vec<usize> {
         lock(&self.slots)
@@ -209,6 +204,7 @@ pub(crate) async fn churn(
     spawner: &Spawner,
     pct: f64,
     base: usize,
+    first_slot: usize,
     done: &AtomicBool,
 ) -> ChurnResult {
     let mut result = ChurnResult {
@@ -248,7 +244,10 @@ pub(crate) async fn churn(
                 bootstrap.push(m.addr);
             }
         }
-        match spawner.start(live.slots(), bootstrap, None).await {
+        // Homes are numbered on from every slot the growth used (a join that failed there used
+        // one too), one per attempt.
+        let slot = first_slot + result.joined + result.join_failures;
+        match spawner.start(slot, bootstrap, None).await {
             Ok(member) => {
                 live.push(member);
                 result.joined += 1;
