@@ -197,6 +197,8 @@ async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resul
         }
         let setup_ms = started.elapsed().as_secs_f64() * 1000.0;
         let peer_ids = cluster.peer_ids();
+        bar.set_message(format!("{NAME}: waiting for the kith network to settle"));
+        let settle_ms = settle().await;
         let mut m = KithMeasured {
             samples: Vec::new(),
             failures: 0,
@@ -204,10 +206,8 @@ async fn kith(params: &Params, mut rng: Rng, bar: &ProgressBar) -> anyhow::Resul
             connected_before: 0,
             record_len,
             setup_ms,
-            settle_ms: 0.0,
+            settle_ms,
         };
-        bar.set_message(format!("{NAME}: waiting for the kith network to settle"));
-        m.settle_ms = settle().await;
         for (k, (from, to)) in budgeted_pairs(n, &mut rng, params.samples) {
             bar.set_message(format!("{NAME}: kith first message {k}"));
             let sender = cluster.kith(from).context("missing kith node")?;
