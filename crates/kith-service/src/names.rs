@@ -287,10 +287,18 @@ impl NameCache {
 /// distinct record instead of twice per answer. Only the expiry depends on the time in a way that
 /// can turn a pass into a failure (the clock-skew and lifetime bounds only loosen as time goes
 /// on), so a remembered record is checked for expiry again on every use.
+///
+/// Key bundles are remembered the same way, by the hash of the peer id and the bytes: a first
+/// message's bundle lookup gets the same bundle from several holders, and holders check it again
+/// on every store. A bundle's check does not depend on the time, so a remembered pass stays one.
 #[derive(Debug, Default)]
 pub(crate) struct VerifiedRecords {
     records: std::sync::Mutex<HashMap<[u8; 32], NameRecord>>,
+    bundles: std::sync::Mutex<HashMap<[u8; 32], VerifiedBundle>>,
 }
+
+/// A key bundle that passed its check: for whom, its exact bytes and its creation time (unix ms).
+type VerifiedBundle = (PeerId, Vec<u8>, u64);
 
 impl VerifiedRecords {
     /// [`NameRecord::verify`], answered from memory for bytes verified before under `rules`
@@ -326,6 +334,30 @@ impl VerifiedRecords {
         records.insert(digest, record.clone());
         Ok(record)
     }
+
+    /// [`kith_crypto::KeyBundle::verify`] for `peer`, answered from memory for a bundle verified
+    /// before for the same peer; the bundle's creation time (unix ms).
+    fn verify_bundle(&self, bytes: &[u8], peer: &PeerId) -> Result<u64, String> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&peer.to_bytes());
+        hasher.update(bytes);
+        let digest = *hasher.finalize().as_bytes();
+        if let Some((seen_peer, seen, created_at_ms)) = guard(&self.bundles).get(&digest)
+            && seen_peer == peer
+            && seen.as_slice() == bytes
+        {
+            return Ok(*created_at_ms);
+        }
+        let created_at_ms = kith_crypto::KeyBundle::verify(bytes, peer)
+            .map(|b| b.created_at_ms())
+            .map_err(|e| e.to_string())?;
+        let mut bundles = guard(&self.bundles);
+        if bundles.len() >= MAX_VERIFIED {
+            bundles.clear();
+        }
+        bundles.insert(digest, (*peer, bytes.to_vec(), created_at_ms));
+        Ok(created_at_ms)
+    }
 }
 
 /// Most addresses put in a name record or an invite.
@@ -342,9 +374,7 @@ pub(crate) struct NameValidator {
 
 impl dht::Verifiers for NameValidator {
     fn key_bundle(&self, signed_bundle: &[u8], peer: &PeerId) -> Result<u64, String> {
-        kith_crypto::KeyBundle::verify(signed_bundle, peer)
-            .map(|b| b.created_at_ms())
-            .map_err(|e| e.to_string())
+        self.verified.verify_bundle(signed_bundle, peer)
     }
 
     fn name_record(&self, value: &[u8], rules: &NameRules, now_ms: u64) -> dht::NameCheck {
@@ -1400,6 +1430,32 @@ mod tests {
             verified.verify(&huge, &rules(), now),
             Err(RecordError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_remembered_key_bundle_passes_only_for_its_own_peer_and_bytes() {
+        let verified = VerifiedRecords::default();
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let other = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let bytes = kith_crypto::OlmAccount::new()
+            .key_bundle(&keypair, 1_234)
+            .unwrap()
+            .to_bytes();
+        assert_eq!(verified.verify_bundle(&bytes, &peer), Ok(1_234));
+        // Answered from memory, with the same answer.
+        assert_eq!(guard(&verified.bundles).len(), 1);
+        assert_eq!(verified.verify_bundle(&bytes, &peer), Ok(1_234));
+        assert_eq!(guard(&verified.bundles).len(), 1);
+        // Remembered for `peer` only: another peer id, or one changed byte, is checked and fails.
+        assert!(verified.verify_bundle(&bytes, &other).is_err());
+        let mut tampered = bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(verified.verify_bundle(&tampered, &peer).is_err());
+        assert_eq!(guard(&verified.bundles).len(), 1);
     }
 
     #[test]
