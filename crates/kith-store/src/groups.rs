@@ -350,7 +350,7 @@ impl GroupStore {
 
     /// Creates or replaces a group record.
     pub fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError> {
-        let _writing = self.journal.writing()?;
+        let _writing = self.journal.writing();
         self.groups
             .insert(group.id, encode_group(group))
             .map_err(|e| self.err(e))?;
@@ -365,7 +365,7 @@ impl GroupStore {
     ) -> Result<Option<GroupRecord>, StoreError> {
         let mut result = None;
         let mut failure = None;
-        let _writing = self.journal.writing()?;
+        let _writing = self.journal.writing();
         self.groups
             .update_and_fetch(id, |old| {
                 let old = old?;
@@ -422,7 +422,7 @@ impl GroupStore {
 
     /// Saves our outbound session (a new one, or who it was shared with).
     pub fn save_sender(&self, group: &GroupId, state: &SenderState) -> Result<(), StoreError> {
-        let _writing = self.journal.writing()?;
+        let _writing = self.journal.writing();
         self.senders
             .insert(group, encode_sender(state))
             .map_err(|e| self.err(e))?;
@@ -431,7 +431,7 @@ impl GroupStore {
 
     /// Drops our outbound session, so the next message starts a new one (after a removal).
     pub fn drop_sender(&self, group: &GroupId) -> Result<(), StoreError> {
-        let _writing = self.journal.writing()?;
+        let _writing = self.journal.writing();
         self.senders.remove(group).map_err(|e| self.err(e))?;
         Ok(())
     }

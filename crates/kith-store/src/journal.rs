@@ -6,37 +6,31 @@
 //! data (BENCHMARKS.md, "Direct-message links, and five disk syncs per message"). A journaled
 //! batch instead:
 //!
-//! 1. writes the batch's writes, encoded, under the journal tree's one key, [`OPEN`], replacing
-//!    the record of the batch before it: one single-key write, atomic by itself;
-//! 2. applies them to their trees with plain writes.
+//! 1. inserts the batch's writes, encoded, under one key of the `journal` tree: one single-key
+//!    write, atomic by itself;
+//! 2. applies them to their trees with plain writes;
+//! 3. removes its journal key.
 //!
-//! Both sit in the log's current buffer and reach the disk with the caller's next flush, in one
-//! write. sled replays its log in order and stops at the first gap, so after a crash either this
-//! batch's record is missing (and so is everything after it: nothing of the batch), or it is
-//! there, and [`Journal::replay`] applies its writes again at open (they are whole values and
-//! removals, so applying them twice is harmless) and removes it. The batch before it is whole in
-//! either case: its writes come before this record in the log.
+//! All three sit in the log's current buffer and reach the disk with the caller's next flush, in
+//! one write. sled replays its log in order and stops at the first gap, so after a crash either
+//! the journal record is missing (and so is everything after it: nothing of the batch), or its
+//! removal is there (and so is everything before it: all of the batch), or the record is there
+//! without its removal, and [`Journal::replay`] applies its writes again at open (they are whole
+//! values and removals, so applying them twice is harmless) and removes it.
 //!
-//! Applying the open record again at replay is only right if nothing wrote its keys after it.
-//! Later batches replace it, and every other write to the journal's trees first takes the write
-//! lock ([`Journal::writing`]), which removes the open record before the write. So the record is
-//! removed only when a plain write follows a batch, and a run of batches (a conversation
-//! arriving) writes one journal record per batch rather than a record and its removal: a sixth
-//! fewer log records for a received message, and that many fewer for sled to read back after a
-//! crash (BENCHMARKS.md, "`history.open` after a crash").
-//!
-//! Isolation comes from the same lock, which [`Journal::batch`] holds too. Then nothing writes
-//! between a batch's reads and its writes.
-//!
-//! Stores written by kith before the open record kept each batch under its own sequence number
-//! (u64, big-endian) and removed it after the writes; [`Journal::replay`] still applies such
-//! records, in order, before the open one.
+//! Isolation comes from the journal's write lock ([`Journal::writing`]), which [`Journal::batch`]
+//! holds and every other writer of the same trees must take too. Then nothing writes between a
+//! batch's reads and its writes, and no later write to its keys can be on disk unless the batch's
+//! removal is too, so a replay never puts back an older value over a newer one.
 
 use std::{
     cell::RefCell,
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use sled::{IVec, transaction::ConflictableTransactionError};
@@ -45,10 +39,6 @@ use crate::{StoreError, error::corrupt};
 
 /// The journal's tree name.
 pub(crate) const JOURNAL: &str = "journal";
-
-/// The journal tree's key for the last batch's record. Eight-byte keys are the numbered records
-/// of stores written before it.
-pub(crate) const OPEN: &[u8] = b"open";
 
 /// What a batch's preparation sees of a tree: its reads see the batch's own writes first.
 pub(crate) trait Writes {
@@ -126,9 +116,8 @@ impl Writes for Staged<'_> {
 pub(crate) struct Journal<const N: usize> {
     tree: sled::Tree,
     trees: [sled::Tree; N],
-    /// The write lock; what it guards says whether the log holds an open record (one that a
-    /// plain write must remove first).
-    lock: Arc<Mutex<bool>>,
+    next: Arc<AtomicU64>,
+    lock: Arc<Mutex<()>>,
     /// The store's directory, for errors.
     path: PathBuf,
 }
@@ -158,6 +147,7 @@ impl<const N: usize> Journal<N> {
         Self {
             tree,
             trees,
+            next: Arc::new(AtomicU64::new(0)),
             lock: Arc::default(),
             path,
         }
@@ -168,30 +158,12 @@ impl<const N: usize> Journal<N> {
     }
 
     /// The store's write lock: every write to the journal's trees holds it (see the module doc).
-    /// Held for a few sled calls, never across an await. Removes the open record first, if there
-    /// is one, so that a replay cannot apply it over the caller's writes.
-    pub(crate) fn writing(&self) -> Result<MutexGuard<'_, bool>, StoreError> {
-        let mut open = self.lock();
-        self.close_open_record(&mut open)?;
-        Ok(open)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, bool> {
-        // A panic while it was held leaves at worst an open record marked as none, or the
-        // reverse: the first costs a replay of whole values at the next open (see
-        // `close_open_record`), the second one removal.
+    /// Held for a few sled calls, never across an await.
+    pub(crate) fn writing(&self) -> MutexGuard<'_, ()> {
+        // Guards no data of its own: a panic while it was held leaves nothing half-written here.
         self.lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Removes the open record, if the log holds one.
-    fn close_open_record(&self, open: &mut MutexGuard<'_, bool>) -> Result<(), StoreError> {
-        if **open {
-            self.tree.remove(OPEN).map_err(|e| self.err(e))?;
-            **open = false;
-        }
-        Ok(())
     }
 
     /// Prepares a batch with `prepare` against the trees (its reads see its own writes) and
@@ -201,7 +173,7 @@ impl<const N: usize> Journal<N> {
         &self,
         prepare: impl FnOnce(&[Staged<'_>; N]) -> Result<R, ConflictableTransactionError<StoreError>>,
     ) -> Result<R, StoreError> {
-        let mut open = self.lock();
+        let _writing = self.writing();
         let staged: [Staged<'_>; N] = std::array::from_fn(|i| Staged::new(&self.trees[i], i as u8));
         let result = prepare(&staged).map_err(|e| match e {
             ConflictableTransactionError::Abort(e) => e,
@@ -209,50 +181,37 @@ impl<const N: usize> Journal<N> {
             // Staged trees never conflict.
             _ => corrupt(JOURNAL, "a journaled batch reported a conflict"),
         })?;
-        self.commit(&mut open, &staged)?;
+        self.commit(&staged)?;
         Ok(result)
     }
 
-    /// Applies what the journal holds at open and returns how many records there were: the
-    /// numbered records of an older store that a crash left (in order), then the open record (the
-    /// last batch before the store closed or crashed), each removed once applied.
+    /// Applies the records a crash left (each one's writes, then its removal) and returns how
+    /// many there were. New records are numbered after the last one found.
     pub(crate) fn replay(&self) -> Result<usize, StoreError> {
-        let mut numbered = Vec::new();
-        let mut open = None;
+        let mut replayed = 0;
+        let mut last = None;
         for entry in self.tree.iter() {
             let (key, record) = entry.map_err(|e| self.err(e))?;
-            if key.as_ref() == OPEN {
-                open = Some(record);
-            } else {
-                numbered.push((key, record));
-            }
+            last = Some(key.clone());
+            self.apply(&decode(&record)?)?;
+            self.tree.remove(&key).map_err(|e| self.err(e))?;
+            replayed += 1;
         }
-        // The tree iterates in key order: numbered records are already in sequence.
-        for (key, record) in &numbered {
-            self.apply(&decode(record)?)?;
-            self.tree.remove(key).map_err(|e| self.err(e))?;
+        if let Some(key) = last
+            && let Ok(bytes) = <[u8; 8]>::try_from(key.as_ref())
+        {
+            self.next
+                .store(u64::from_be_bytes(bytes).wrapping_add(1), Ordering::SeqCst);
         }
-        if !numbered.is_empty() {
-            tracing::info!(
-                records = numbered.len(),
-                "re-applied writes a crash interrupted"
-            );
+        if replayed > 0 {
+            tracing::info!(records = replayed, "re-applied writes a crash interrupted");
         }
-        let Some(record) = open else {
-            return Ok(numbered.len());
-        };
-        self.apply(&decode(&record)?)?;
-        self.tree.remove(OPEN).map_err(|e| self.err(e))?;
-        Ok(numbered.len() + 1)
+        Ok(replayed)
     }
 
-    /// Commits a prepared batch: its record in place of the open one, then its writes (see the
-    /// module doc). Nothing is on disk until the caller flushes. Called under the write lock.
-    fn commit(
-        &self,
-        open: &mut MutexGuard<'_, bool>,
-        staged: &[Staged<'_>],
-    ) -> Result<(), StoreError> {
+    /// Commits a prepared batch: its record, its writes, its record's removal (see the module
+    /// doc). Nothing is on disk until the caller flushes. Called under the write lock.
+    fn commit(&self, staged: &[Staged<'_>]) -> Result<(), StoreError> {
         // Taken, not copied: the batch ends here.
         let ops: Vec<Op> = staged
             .iter()
@@ -266,19 +225,17 @@ impl<const N: usize> Journal<N> {
             .collect();
         match ops.len() {
             0 => return Ok(()),
-            // One write is atomic by itself; like any plain write, it must not be followed by an
-            // open record that names its key.
-            1 => {
-                self.close_open_record(open)?;
-                return self.apply(&ops);
-            }
+            // One write is atomic by itself.
+            1 => return self.apply(&ops),
             _ => {}
         }
+        let key = self.next.fetch_add(1, Ordering::SeqCst).to_be_bytes();
         self.tree
-            .insert(OPEN, encode(&ops))
+            .insert(key, encode(&ops))
             .map_err(|e| self.err(e))?;
-        **open = true;
-        self.apply(&ops)
+        self.apply(&ops)?;
+        self.tree.remove(key).map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
@@ -390,20 +347,8 @@ mod tests {
         assert!(decode(&raw[..3]).is_err());
     }
 
-    /// The records the journal tree holds, by key.
-    fn records(journal: &Journal<2>) -> Vec<(Vec<u8>, Vec<Op>)> {
-        journal
-            .tree
-            .iter()
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                (k.to_vec(), decode(&v).unwrap())
-            })
-            .collect()
-    }
-
     #[test]
-    fn a_batch_reads_its_own_writes_and_commits_them_all_leaving_only_its_own_record() {
+    fn a_batch_reads_its_own_writes_and_commits_them_all_with_no_record_left() {
         let (_db, journal, a, b) = trees();
         a.insert(b"gone", b"x").unwrap();
         journal
@@ -419,88 +364,11 @@ mod tests {
         assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(a.get(b"gone").unwrap(), None);
         assert_eq!(b.get(b"other").unwrap().as_deref(), Some(&b"2"[..]));
-        assert_eq!(
-            records(&journal),
-            vec![(
-                OPEN.to_vec(),
-                vec![
-                    (0, b"gone".to_vec(), None),
-                    (0, b"k".to_vec(), Some(b"1".to_vec())),
-                    (1, b"other".to_vec(), Some(b"2".to_vec())),
-                ]
-            )]
-        );
-        // The next plain write removes it first.
-        drop(journal.writing().unwrap());
         assert!(journal.tree.is_empty());
     }
 
     #[test]
-    fn a_run_of_batches_keeps_one_record_the_last_batch() {
-        let (_db, journal, a, b) = trees();
-        for i in 0..5u8 {
-            journal
-                .batch(|[sa, sb]| {
-                    sa.insert([i], [i])?;
-                    sb.insert(b"count", [i])
-                })
-                .unwrap();
-        }
-        assert_eq!(
-            records(&journal),
-            vec![(
-                OPEN.to_vec(),
-                vec![
-                    (0, vec![4], Some(vec![4])),
-                    (1, b"count".to_vec(), Some(vec![4])),
-                ]
-            )]
-        );
-        assert_eq!(a.len(), 5);
-        assert_eq!(b.get(b"count").unwrap().as_deref(), Some(&[4u8][..]));
-        // A clean open applies it again (harmless: nothing wrote its keys since) and removes it.
-        assert_eq!(journal.replay().unwrap(), 1);
-        assert!(journal.tree.is_empty());
-        assert_eq!(b.get(b"count").unwrap().as_deref(), Some(&[4u8][..]));
-    }
-
-    #[test]
-    fn a_plain_write_after_a_batch_is_not_undone_by_a_replay() {
-        let (_db, journal, a, b) = trees();
-        journal
-            .batch(|[sa, sb]| {
-                sa.insert(b"k", b"batch")?;
-                sb.insert(b"other", b"batch")
-            })
-            .unwrap();
-        {
-            let _writing = journal.writing().unwrap();
-            a.insert(b"k", b"later").unwrap();
-        }
-        // A one-write batch is a plain write too.
-        journal
-            .batch(|[_, sb]| sb.insert(b"other", b"later"))
-            .unwrap();
-        assert_eq!(journal.replay().unwrap(), 0);
-        assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"later"[..]));
-        assert_eq!(b.get(b"other").unwrap().as_deref(), Some(&b"later"[..]));
-        // The same after a batch: a one-write batch removes the record before its write.
-        journal
-            .batch(|[sa, sb]| {
-                sa.insert(b"k", b"second")?;
-                sb.insert(b"other", b"second")
-            })
-            .unwrap();
-        journal
-            .batch(|[_, sb]| sb.insert(b"other", b"third"))
-            .unwrap();
-        assert!(journal.tree.is_empty());
-        assert_eq!(journal.replay().unwrap(), 0);
-        assert_eq!(b.get(b"other").unwrap().as_deref(), Some(&b"third"[..]));
-    }
-
-    #[test]
-    fn an_open_record_a_crash_left_half_applied_is_completed_at_replay() {
+    fn a_record_a_crash_left_is_applied_once_at_replay() {
         let (_db, journal, a, b) = trees();
         // The record is on disk, its writes only partly: what a crash between steps leaves.
         a.insert(b"k", b"old").unwrap();
@@ -509,27 +377,18 @@ mod tests {
             (0, b"k".to_vec(), Some(b"new".to_vec())),
             (1, b"gone".to_vec(), None),
         ];
-        journal.tree.insert(OPEN, encode(&ops)).unwrap();
+        journal
+            .tree
+            .insert(5u64.to_be_bytes(), encode(&ops))
+            .unwrap();
         journal.apply(&ops[..1]).unwrap();
         assert_eq!(journal.replay().unwrap(), 1);
         assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(b.get(b"gone").unwrap(), None);
         assert!(journal.tree.is_empty());
         assert_eq!(journal.replay().unwrap(), 0);
-    }
-
-    #[test]
-    fn numbered_records_of_an_older_store_are_applied_in_order_before_the_open_one() {
-        let (_db, journal, a, _b) = trees();
-        for (n, value) in [(7u64, b"seven"), (300u64, b"three")] {
-            let ops = vec![(0, b"k".to_vec(), Some(value.to_vec()))];
-            journal.tree.insert(n.to_be_bytes(), encode(&ops)).unwrap();
-        }
-        let ops = vec![(0, b"k".to_vec(), Some(b"open".to_vec()))];
-        journal.tree.insert(OPEN, encode(&ops)).unwrap();
-        assert_eq!(journal.replay().unwrap(), 3);
-        assert_eq!(a.get(b"k").unwrap().as_deref(), Some(&b"open"[..]));
-        assert!(journal.tree.is_empty());
+        // New records are numbered after the replayed one.
+        assert_eq!(journal.next.load(Ordering::SeqCst), 6);
     }
 
     #[test]
