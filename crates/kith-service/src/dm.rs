@@ -880,7 +880,7 @@ impl Dm {
         result
             .answers
             .iter()
-            .filter_map(|a| decode_bundle(&a.value, &peer))
+            .filter_map(|a| self.resolver.key_bundle(&a.value, &peer))
             .max_by_key(KeyBundle::created_at_ms)
             .ok_or(ServiceError::NoKeyBundle(peer))
     }
@@ -1996,11 +1996,6 @@ impl Node {
 }
 
 /// Decodes and verifies a key-bundle DHT value for `peer` (`None`: not a valid bundle of it).
-fn decode_bundle(value: &[u8], peer: &PeerId) -> Option<KeyBundle> {
-    let bytes = dht::key_bundle_bytes(value).ok()?;
-    KeyBundle::verify(&bytes, peer).ok()
-}
-
 /// The delivery worker: wakes on new outbox entries, on peers connecting, and when the earliest
 /// retry is due; runs one delivery per peer at a time. Ends when the node shuts down.
 pub(crate) async fn delivery_loop(

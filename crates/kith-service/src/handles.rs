@@ -30,6 +30,10 @@ use crate::{MessageEvent, Sent, ServiceError};
 pub(crate) trait Resolver: Send + Sync {
     /// The peer `target` (a petname, a name or a peer id) stands for.
     fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>>;
+    /// The key bundle of `peer` in a DHT value from its bundle key, if it passes its check.
+    /// Checked once per distinct bundle: the network's validator checked the same answer as it
+    /// arrived, and this answers from that memory.
+    fn key_bundle(&self, value: &[u8], peer: &PeerId) -> Option<kith_crypto::KeyBundle>;
 }
 
 /// Runs once a message's id is known and before the message is stored: records that must exist

@@ -163,6 +163,11 @@ impl Resolver for Names {
     fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<PeerId, ServiceError>> {
         Box::pin(self.resolve_recipient(target))
     }
+
+    fn key_bundle(&self, value: &[u8], peer: &PeerId) -> Option<kith_crypto::KeyBundle> {
+        let bytes = dht::key_bundle_bytes(value).ok()?;
+        self.shared.cache.verified.key_bundle(&bytes, peer).ok()
+    }
 }
 
 /// What the node knows about names between lookups: conflicts found on pinned names, the last
@@ -297,8 +302,8 @@ pub(crate) struct VerifiedRecords {
     bundles: std::sync::Mutex<HashMap<[u8; 32], VerifiedBundle>>,
 }
 
-/// A key bundle that passed its check: for whom, its exact bytes and its creation time (unix ms).
-type VerifiedBundle = (PeerId, Vec<u8>, u64);
+/// A key bundle that passed its check: for whom, its exact bytes, and the bundle.
+type VerifiedBundle = (PeerId, Vec<u8>, kith_crypto::KeyBundle);
 
 impl VerifiedRecords {
     /// [`NameRecord::verify`], answered from memory for bytes verified before under `rules`
@@ -336,27 +341,35 @@ impl VerifiedRecords {
     }
 
     /// [`kith_crypto::KeyBundle::verify`] for `peer`, answered from memory for a bundle verified
-    /// before for the same peer; the bundle's creation time (unix ms).
-    fn verify_bundle(&self, bytes: &[u8], peer: &PeerId) -> Result<u64, String> {
+    /// before for the same peer. The event loop's validator checks a bundle as it arrives from
+    /// the DHT, so the direct-message component, reading the same answer next, finds it here.
+    pub(crate) fn key_bundle(
+        &self,
+        bytes: &[u8],
+        peer: &PeerId,
+    ) -> Result<kith_crypto::KeyBundle, String> {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&peer.to_bytes());
         hasher.update(bytes);
         let digest = *hasher.finalize().as_bytes();
-        if let Some((seen_peer, seen, created_at_ms)) = guard(&self.bundles).get(&digest)
+        if let Some((seen_peer, seen, bundle)) = guard(&self.bundles).get(&digest)
             && seen_peer == peer
             && seen.as_slice() == bytes
         {
-            return Ok(*created_at_ms);
+            return Ok(bundle.clone());
         }
-        let created_at_ms = kith_crypto::KeyBundle::verify(bytes, peer)
-            .map(|b| b.created_at_ms())
-            .map_err(|e| e.to_string())?;
+        let bundle = kith_crypto::KeyBundle::verify(bytes, peer).map_err(|e| e.to_string())?;
         let mut bundles = guard(&self.bundles);
         if bundles.len() >= MAX_VERIFIED {
             bundles.clear();
         }
-        bundles.insert(digest, (*peer, bytes.to_vec(), created_at_ms));
-        Ok(created_at_ms)
+        bundles.insert(digest, (*peer, bytes.to_vec(), bundle.clone()));
+        Ok(bundle)
+    }
+
+    /// [`VerifiedRecords::key_bundle`]'s creation time (unix ms), as the DHT's rules take it.
+    fn verify_bundle(&self, bytes: &[u8], peer: &PeerId) -> Result<u64, String> {
+        self.key_bundle(bytes, peer).map(|b| b.created_at_ms())
     }
 }
 
@@ -1456,6 +1469,10 @@ mod tests {
         tampered[last] ^= 1;
         assert!(verified.verify_bundle(&tampered, &peer).is_err());
         assert_eq!(guard(&verified.bundles).len(), 1);
+        // The bundle itself comes back from memory for the direct-message component.
+        let bundle = verified.key_bundle(&bytes, &peer).unwrap();
+        assert_eq!((bundle.peer_id(), bundle.created_at_ms()), (peer, 1_234));
+        assert!(verified.key_bundle(&bytes, &other).is_err());
     }
 
     #[test]
