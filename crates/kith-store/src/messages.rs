@@ -5,13 +5,19 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `messages` | blake3(peer id) ‖ message id | `StoredMessage` |
-//! | `message_ids` | message id | blake3(peer id) (dedupe, status updates) |
+//! | `message_ids` | message id | blake3(peer id), for our own messages (status updates by id; stores written before session 15 have incoming messages here too) |
 //! | `outbox` | message id | `OutboxEntry` |
 //! | `crypto` | `olm` | the encrypted Olm account pickle (in stores from before per-peer sessions: the whole state, migrated by the node on start) |
 //! | `crypto` | `olm/s/` ‖ Curve25519 identity key (32) | the encrypted Olm sessions with that peer |
 //! | `correspondents` | peer id | `Correspondent` |
 //!
 //! | `journal` | sequence number (u64) | the writes of a batch being committed (see `journal.rs`) |
+//!
+//! Incoming messages are not in `message_ids`: their sender is known wherever they are looked up
+//! (deduplication, receipts, file offers), and the index cost more than the messages themselves
+//! in sled's log (a million received messages: 772 MB of store file with it, 511 MB without), so
+//! it was most of what the open after a crash reads. [`MessageStore::message`] still finds one by
+//! id alone, by trying each correspondent's conversation.
 //!
 //! Message ids are time-ordered, so a conversation scans in order on both sides. Every change that
 //! touches more than one tree is atomic: a journaled batch on the message path (queueing
@@ -913,12 +919,8 @@ impl MessageStore {
                         outcome.messages.push(Incoming::Duplicate);
                         continue;
                     }
+                    // Not in the id index (see the module doc).
                     messages.insert(key, message.stored_bytes())?;
-                    // The id index keeps the first conversation an id was seen in (our own
-                    // outgoing ids are never overwritten by someone else's message).
-                    if ids.get(&message.id[..])?.is_none() {
-                        ids.insert(&message.id[..], &conv_key(&message.peer_id)[..])?;
-                    }
                     let c = match &mut summary {
                         Some(c) => c,
                         None => {
@@ -1051,22 +1053,34 @@ impl MessageStore {
         }
     }
 
-    /// Whether a message id was seen before (either direction).
+    /// Whether a message with this id is stored (either direction).
     pub fn is_known(&self, id: &MessageId) -> Result<bool, StoreError> {
-        self.ids.contains_key(id).map_err(|e| self.err(e))
+        Ok(self.message(id)?.is_some())
     }
 
-    /// One message by id.
+    /// One message by id, either direction: our own through the id index, an incoming one by
+    /// trying each correspondent's conversation (one point read each; incoming messages are not
+    /// indexed, see the module doc). Where its sender is known, [`MessageStore::message_from`]
+    /// is one read.
     pub fn message(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? else {
-            return Ok(None);
-        };
-        let mut key = conv.to_vec();
-        key.extend_from_slice(id);
-        match self.messages.get(key).map_err(|e| self.err(e))? {
-            Some(raw) => Ok(Some(decode_message(&raw)?)),
-            None => Ok(None),
+        if let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? {
+            let mut key = conv.to_vec();
+            key.extend_from_slice(id);
+            if let Some(raw) = self.messages.get(key).map_err(|e| self.err(e))? {
+                return Ok(Some(decode_message(&raw)?));
+            }
         }
+        for entry in self.correspondents.iter().keys() {
+            let peer_id = entry.map_err(|e| self.err(e))?;
+            if let Some(raw) = self
+                .messages
+                .get(message_key(&peer_id, id))
+                .map_err(|e| self.err(e))?
+            {
+                return Ok(Some(decode_message(&raw)?));
+            }
+        }
+        Ok(None)
     }
 
     /// The last `limit` messages with `peer_id` (before `before`, if given), oldest first.

@@ -140,6 +140,32 @@ fn incoming_messages_are_deduplicated_and_start_as_requests() {
 }
 
 #[test]
+fn incoming_messages_are_found_by_id_without_an_index_entry() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let (ours, o) = outgoing(1, b"bob");
+    db.enqueue(Some(&ours), &o).unwrap();
+    for (n, peer) in [(2, &b"alice"[..]), (3, b"carol"), (4, b"carol")] {
+        db.store_incoming(
+            &incoming(n, peer),
+            OlmSave::sessions([n; 32], b"s"),
+            [n; 32],
+        )
+        .unwrap();
+    }
+    // Only our own message is indexed.
+    assert_eq!(db.ids.len(), 1);
+    assert_eq!(db.message(&id(1)).unwrap().unwrap().text, "msg 1");
+    for (n, peer) in [(2, &b"alice"[..]), (3, b"carol"), (4, b"carol")] {
+        let found = db.message(&id(n)).unwrap().unwrap();
+        assert_eq!((found.peer_id.as_slice(), found.outgoing), (peer, false));
+        assert!(db.is_known(&id(n)).unwrap());
+    }
+    assert!(db.message(&id(9)).unwrap().is_none());
+    assert!(!db.is_known(&id(9)).unwrap());
+}
+
+#[test]
 fn another_peers_message_under_the_same_id_is_stored_too() {
     let (_d, store) = store();
     let db = store.messages();
