@@ -1995,7 +1995,6 @@ impl Node {
     }
 }
 
-/// Decodes and verifies a key-bundle DHT value for `peer` (`None`: not a valid bundle of it).
 /// The delivery worker: wakes on new outbox entries, on peers connecting, and when the earliest
 /// retry is due; runs one delivery per peer at a time. Ends when the node shuts down.
 pub(crate) async fn delivery_loop(

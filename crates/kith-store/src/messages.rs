@@ -5,7 +5,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `messages` | blake3(peer id) ‖ message id | `StoredMessage` |
-//! | `message_ids` | message id | blake3(peer id), for our own messages (status updates by id; stores written before session 15 have incoming messages here too) |
+//! | `message_ids` | message id | blake3(peer id), for our own messages (status updates by id; older stores have incoming messages here too) |
 //! | `outbox` | message id | `OutboxEntry` |
 //! | `crypto` | `olm` | the encrypted Olm account pickle (in stores from before per-peer sessions: the whole state, migrated by the node on start) |
 //! | `crypto` | `olm/s/` ‖ Curve25519 identity key (32) | the encrypted Olm sessions with that peer |
