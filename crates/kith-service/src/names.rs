@@ -332,11 +332,7 @@ impl VerifiedRecords {
             return Ok(record.clone());
         }
         let record = NameRecord::verify(bytes, rules, now_ms)?;
-        let mut records = guard(&self.records);
-        if records.len() >= MAX_VERIFIED {
-            records.clear();
-        }
-        records.insert(digest, record.clone());
+        remember_bounded(&self.records, digest, record.clone());
         Ok(record)
     }
 
@@ -359,11 +355,11 @@ impl VerifiedRecords {
             return Ok(bundle.clone());
         }
         let bundle = kith_crypto::KeyBundle::verify(bytes, peer).map_err(|e| e.to_string())?;
-        let mut bundles = guard(&self.bundles);
-        if bundles.len() >= MAX_VERIFIED {
-            bundles.clear();
-        }
-        bundles.insert(digest, (*peer, bytes.to_vec(), bundle.clone()));
+        remember_bounded(
+            &self.bundles,
+            digest,
+            (*peer, bytes.to_vec(), bundle.clone()),
+        );
         Ok(bundle)
     }
 
@@ -371,6 +367,20 @@ impl VerifiedRecords {
     fn verify_bundle(&self, bytes: &[u8], peer: &PeerId) -> Result<u64, String> {
         self.key_bundle(bytes, peer).map(|b| b.created_at_ms())
     }
+}
+
+/// Adds a passed check to one of [`VerifiedRecords`]' memories, which start again empty when they
+/// reach [`MAX_VERIFIED`] entries: one bound for records and bundles alike.
+fn remember_bounded<V>(
+    memory: &std::sync::Mutex<HashMap<[u8; 32], V>>,
+    digest: [u8; 32],
+    value: V,
+) {
+    let mut memory = guard(memory);
+    if memory.len() >= MAX_VERIFIED {
+        memory.clear();
+    }
+    memory.insert(digest, value);
 }
 
 /// Most addresses put in a name record or an invite.
