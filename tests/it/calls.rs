@@ -634,6 +634,30 @@ async fn a_relay_hands_its_registered_users_turn_credentials_for_calls() {
     // Doctor says calls can get through NAT.
     let checkup = a.node().checkup().await.unwrap();
     assert_eq!(checkup.ice.servers.len(), 1);
+    // A page keeps the last ICE answer and asks again only when told it changed: every change
+    // is told, a setting that changes nothing is not.
+    let mut events = a.node().subscribe();
+    a.node().set_relay_only(true);
+    a.node().set_relay_only(true);
+    a.node().set_ice_servers(vec![kith_service::IceServer {
+        urls: vec!["stun:127.0.0.1:34781".to_owned()],
+        username: String::new(),
+        credential: String::new(),
+    }]);
+    let mut told = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, MessageEvent::Call(CallEvent::IceChanged)) {
+            told += 1;
+        }
+    }
+    assert_eq!(told, 2, "relay-only on, then the servers: two changes");
+    let ice = a.node().ice_config();
+    assert!(ice.relay_only);
+    assert_eq!(
+        ice.servers.len(),
+        2,
+        "the configured server, then the relay's TURN"
+    );
     a.shutdown().await.unwrap();
     relay.shutdown().await.unwrap();
 }

@@ -136,6 +136,7 @@ pub(crate) fn event_report(node: &Node, event: CallEvent) -> Option<EventReport>
             from: hex::encode(from),
             call: report(&call, &names),
         },
+        CallEvent::IceChanged => EventReport::CallIceChanged,
         _ => return None,
     })
 }

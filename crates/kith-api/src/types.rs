@@ -653,6 +653,10 @@ pub enum EventReport {
         /// The call we are in now.
         call: CallReport,
     },
+    /// What `GET /v1/calls/ice` answers changed (TURN credentials arrived or expired, servers
+    /// or "relay only" were set): a page that keeps the last answer asks again.
+    #[serde(rename = "call.ice_changed")]
+    CallIceChanged,
     /// Events were dropped because this client read too slowly; re-read history.
     Lagged {
         /// How many.

@@ -150,6 +150,10 @@ pub enum CallEvent {
         /// The call we are now in.
         call: CallInfo,
     },
+    /// What [`Node::ice_config`] answers changed (TURN credentials from a relay, servers or
+    /// "relay only" set): a client that keeps the last answer, so that "Call" need not ask
+    /// first, asks again.
+    IceChanged,
 }
 
 /// One WebRTC signal from the local browser (an SDP description or an ICE candidate, as JSON) for
@@ -337,7 +341,7 @@ impl std::fmt::Debug for Calls {
 }
 
 /// The RTCConfiguration pieces the web app needs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IceConfig {
     /// STUN/TURN servers.
     pub servers: Vec<IceServer>,
@@ -757,7 +761,20 @@ impl Calls {
                 ask_again_ms: now + 600_000,
             },
         };
-        lock(&self.calls_component().relay_turn).insert(relay, entry);
+        self.emit_if_ice_changed(|| {
+            lock(&self.calls_component().relay_turn).insert(relay, entry);
+        });
+    }
+
+    /// Runs `change`, then tells clients when the ICE configuration they would get differs.
+    fn emit_if_ice_changed(&self, change: impl FnOnce()) {
+        let before = self.ice_config();
+        change();
+        if self.ice_config() != before {
+            self.shared
+                .events
+                .emit(MessageEvent::Call(CallEvent::IceChanged));
+        }
     }
 
     /// Relay side: fresh TURN credentials for `peer`, if this node hands any out.
@@ -779,12 +796,12 @@ impl Calls {
 
     /// Replaces the ICE servers (TURN credentials are renewed by whoever issues them).
     pub(crate) fn set_ice_servers(&self, servers: Vec<IceServer>) {
-        lock(&self.calls_component().ice).servers = servers;
+        self.emit_if_ice_changed(|| lock(&self.calls_component().ice).servers = servers);
     }
 
     /// "Relay only": media only through TURN, so the other side never learns our addresses.
     pub(crate) fn set_relay_only(&self, relay_only: bool) {
-        lock(&self.calls_component().ice).relay_only = relay_only;
+        self.emit_if_ice_changed(|| lock(&self.calls_component().ice).relay_only = relay_only);
     }
 
     fn signal(&self, id: &CallId, kind: pb::CallSignalKind) -> pb::CallSignal {

@@ -277,7 +277,12 @@ export function dismissCall() {
 const ICE_FRESH_MS = 60_000;
 /** After this age the answer is still used, and a fresh one is asked for beside it. */
 const ICE_RENEW_MS = 30_000;
-/** `{ at, config }`: the last RTCConfiguration asked for (a promise), and when. */
+/**
+ * `{ at, config, value, servers }`: the last RTCConfiguration asked for (a promise), when, and
+ * once it answered, the answer itself (so that "Call" can make its offer before anything else).
+ * The node says when its answer changes (`call.ice_changed`), so an answer is kept until then
+ * or until it is a minute old, whatever it names.
+ */
 let iceCache = null;
 
 /** The RTCConfiguration from the node: its STUN/TURN servers, relay-only when it says so. */
@@ -287,9 +292,10 @@ async function askConfiguration() {
 }
 
 function renewConfiguration() {
-  const entry = { at: Date.now(), config: null, servers: null };
+  const entry = { at: Date.now(), config: null, value: null, servers: null };
   entry.config = askConfiguration().then((config) => {
     entry.servers = config.iceServers.length;
+    entry.value = config;
     return config;
   }, () => {
     // No TURN known, an older node, or the node is away: direct connections only, and the
@@ -302,17 +308,23 @@ function renewConfiguration() {
 }
 
 /**
- * The RTCConfiguration for a call: the one asked for in the last minute (see `ICE_FRESH_MS`)
- * if it named ICE servers, or a fresh one. Asked for ahead of need when the event socket connects and after each call.
+ * The RTCConfiguration for a call (a promise): the one asked for in the last minute (see
+ * `ICE_FRESH_MS`), or a fresh one. Asked for ahead of need when the event socket connects,
+ * whenever the node says its answer changed, and after each call.
  */
 function configuration() {
   const age = iceCache ? Date.now() - iceCache.at : Infinity;
-  // An answer with no servers is not kept: the node may get TURN credentials from its relay at
-  // any moment (a relay-only call made with it would gather no candidate at all).
-  if (age > ICE_FRESH_MS || (iceCache && iceCache.servers === 0)) return renewConfiguration();
+  if (age > ICE_FRESH_MS) return renewConfiguration();
   const { config } = iceCache;
   if (age > ICE_RENEW_MS) renewConfiguration();
   return config;
+}
+
+/** The RTCConfiguration for a call if one is known now (see `configuration`), else null. */
+function configurationNow() {
+  const value = iceCache && Date.now() - iceCache.at <= ICE_FRESH_MS ? iceCache.value : null;
+  if (value) configuration();
+  return value;
 }
 
 /** Our microphone (and camera), falling back to audio only, then to receiving only. */
@@ -596,6 +608,11 @@ onCalls((ev) => {
     ringFor(ev.call);
     return;
   }
+  if (ev.type === 'call.ice_changed') {
+    // New TURN credentials (or servers, or "relay only"): the next call uses them.
+    renewConfiguration();
+    return;
+  }
   const id = idOf(ev);
   if (ev.type === 'call.signal' && held && held.id === id && held.signals.length < 100) held.signals.push(ev);
   const inc = getState().incoming;
@@ -703,6 +720,15 @@ export async function placeCall(target, video) {
     : petnameOf(s, target.to) || (/^12D3/.test(target.to) ? displayName(s, target.to) : target.to);
   begin({ direction: 'outgoing', video: !!video, target, title, phase: 'calling' });
   const c = current;
+  // A call from a conversation names the peer id: our offer is made while the ring travels,
+  // first of all when the ICE servers are known already (the offer takes the browser longest).
+  const direct = target.to && /^12D3/.test(target.to) ? target.to : null;
+  const known = configurationNow();
+  if (known) {
+    c.config = known;
+    c.markConfigured();
+    if (direct) offerTo(direct, true);
+  }
   try {
     // The ring starts while the microphone and camera open: nothing here waits for the other.
     const ringing = api.startCall(target, video);
@@ -711,16 +737,16 @@ export async function placeCall(target, video) {
     // their places).
     const media = localMedia(video);
     const dropMedia = () => media.then(stopStream);
-    c.config = await configuration();
+    if (!known) c.config = await configuration();
     if (current !== c || c.hungUp) {
       dropMedia();
       ringing.then((r) => api.hangUp(r.call_id)).catch(() => {});
       return;
     }
-    c.markConfigured();
-    // A call from a conversation names the peer id: our offer is made while the ring travels.
-    const direct = target.to && /^12D3/.test(target.to) ? target.to : null;
-    if (direct) offerTo(direct, true);
+    if (!known) {
+      c.markConfigured();
+      if (direct) offerTo(direct, true);
+    }
     const report = await ringing;
     if (current !== c) {
       dropMedia();
