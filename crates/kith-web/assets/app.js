@@ -6,7 +6,7 @@ import { FilterDefs } from './components/files.js';
 import { go } from './components/hooks.js';
 import { IconLink, IconNode } from './components/icons.js';
 import { placeCall } from './calls.js';
-import { boot, chatItems, needsFirstRun, requestsOf, setOpen, takeLaunch, useStore } from './state.js';
+import { boot, CALL_KEYS, chatItems, needsFirstRun, requestsOf, setOpen, takeLaunch, useSelect, useStore } from './state.js';
 import { CallLayer, DeviceCheckDialog } from './views/call.js';
 import { Chats } from './views/chats.js';
 import { Conversation } from './views/conversation.js';
@@ -74,9 +74,9 @@ function ConnectionStatus({ socket }) {
   </p>`;
 }
 
-function TopBar({ s, route }) {
+function TopBar({ s, route, inCall }) {
   // Behind the call view (which covers the window) nothing can be reached by keyboard either.
-  return html`<header class="topbar" inert=${!!s.call}>
+  return html`<header class="topbar" inert=${inCall}>
     <h1 class="brand"><a href="#/" aria-label="kith, chats">kith</a></h1>
     <${ConnectionStatus} socket=${s.socket} />
     <p class="notice-area" aria-live="polite">${s.notice}</p>
@@ -122,7 +122,8 @@ function MainView({ route }) {
 let firstRunOffered = false;
 
 function App() {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
+  const inCall = useSelect((x) => !!x.call);
   const route = useRoute();
 
   // Tell the store what is on screen (it loads it, marks it read, follows it).
@@ -186,8 +187,8 @@ function App() {
 
   if (route.name === 'welcome') {
     return html`<div class="app one">
-      <${TopBar} s=${s} route=${route} />
-      <main class="main single" id="main" inert=${!!s.call}><${FirstRun} /></main>
+      <${TopBar} s=${s} route=${route} inCall=${inCall} />
+      <main class="main single" id="main" inert=${inCall}><${FirstRun} /></main>
       ${Dlg && html`<${Dlg} ...${s.dialog} />`}
       <${CallLayer} />
     </div>`;
@@ -195,8 +196,8 @@ function App() {
 
   const home = route.name === 'home';
   return html`<div class=${`app ${home ? 'at-home' : 'in-view'}`}>
-    <${TopBar} s=${s} route=${route} />
-    <main class="panes" id="main" inert=${!!s.call}>
+    <${TopBar} s=${s} route=${route} inCall=${inCall} />
+    <main class="panes" id="main" inert=${inCall}>
       <nav class="side" aria-label="Conversations">
         <${Chats} active=${route} />
       </nav>

@@ -2,7 +2,7 @@
 // API client and update the state. Views read the state through useStore() and call actions;
 // they never talk to the node themselves.
 
-import { useEffect, useReducer } from './vendor/preact-htm.js';
+import { useEffect, useReducer, useRef } from './vendor/preact-htm.js';
 import * as api from './api.js';
 import { shortId } from './format.js';
 
@@ -51,9 +51,12 @@ let state = {
 
 const subscribers = new Set();
 let notifyQueued = false;
+/** The state keys whose values changed since subscribers were last told. */
+let changedKeys = new Set();
 
 export const getState = () => state;
 
+/** Calls `fn(state, changedKeys)` after every batch of changes (once per microtask). */
 export function subscribe(fn) {
   subscribers.add(fn);
   return () => subscribers.delete(fn);
@@ -61,22 +64,64 @@ export function subscribe(fn) {
 
 function set(patch) {
   const next = typeof patch === 'function' ? patch(state) : patch;
+  for (const key of Object.keys(next)) if (next[key] !== state[key]) changedKeys.add(key);
   state = { ...state, ...next };
   if (!notifyQueued) {
     notifyQueued = true;
     queueMicrotask(() => {
       notifyQueued = false;
-      for (const fn of [...subscribers]) fn(state);
+      const keys = changedKeys;
+      changedKeys = new Set();
+      for (const fn of [...subscribers]) fn(state, keys);
     });
   }
 }
 
-/** The current state; re-renders the calling component on every change. */
-export function useStore() {
+/**
+ * The state keys a call changes many times a second while it starts (calls.js writes them).
+ * Views that do not show the call pass them as `except`, so that a call's set-up does not
+ * re-render the chat list and the conversation each time (on a small machine that work
+ * competed with the call's own for the CPU).
+ */
+export const CALL_KEYS = ['call', 'incoming'];
+
+/**
+ * The current state; re-renders the calling component when it changes, except when only keys
+ * in `except` changed (see `CALL_KEYS`; read those through `useSelect`).
+ */
+export function useStore({ except = null } = {}) {
   const [, tick] = useReducer((n) => n + 1, 0);
-  useEffect(() => subscribe(tick), []);
+  const rendered = state;
+  useEffect(() => {
+    const unsubscribe = subscribe((_, keys) => {
+      if (!except || !keys.size || [...keys].some((k) => !except.includes(k))) tick();
+    });
+    // A change between this render and the subscription is not lost.
+    if (state !== rendered) tick();
+    return unsubscribe;
+  }, []);
   return state;
 }
+
+/** `pick(state)`; re-renders the calling component only when that value changes (`Object.is`). */
+export function useSelect(pick) {
+  const [, tick] = useReducer((n) => n + 1, 0);
+  const picked = pick(state);
+  const last = useRef(null);
+  last.current = { pick, picked };
+  useEffect(() => {
+    const changed = () => !Object.is(last.current.pick(state), last.current.picked);
+    const unsubscribe = subscribe(() => {
+      if (changed()) tick();
+    });
+    if (changed()) tick();
+    return unsubscribe;
+  }, []);
+  return picked;
+}
+
+/** Whether a call is on screen (placing, ringing, going on; not its "ended" screen). */
+export const inCallNow = (s) => !!s.call && s.call.phase !== 'ended';
 
 // --- names -------------------------------------------------------------------------------------
 

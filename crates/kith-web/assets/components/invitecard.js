@@ -2,11 +2,11 @@
 // screen and the "Your invite" view.
 
 import { html, useEffect } from '../vendor/preact-htm.js';
-import { inviteQrUrl, loadInvite, useStore } from '../state.js';
+import { CALL_KEYS, inviteQrUrl, loadInvite, useStore } from '../state.js';
 import { CopyField } from './copy.js';
 
 export function InviteCard({ compact = false }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   useEffect(() => {
     loadInvite();
   }, []);

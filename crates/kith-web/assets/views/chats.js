@@ -7,7 +7,7 @@ import { useAction, InlineError } from '../components/form.js';
 import { go, useNow } from '../components/hooks.js';
 import { IconPlus, IconUsers } from '../components/icons.js';
 import { Row } from '../components/rows.js';
-import { chatItems, displayName, invitationsOf, joinGroup, openDialog, useStore } from '../state.js';
+import { CALL_KEYS, chatItems, displayName, invitationsOf, joinGroup, openDialog, useStore } from '../state.js';
 import { Requests } from './requests.js';
 
 function Invitation({ g, s }) {
@@ -30,7 +30,7 @@ function Invitation({ g, s }) {
 }
 
 export function Chats({ active }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const now = useNow();
   const items = chatItems(s);
   const invitations = invitationsOf(s);

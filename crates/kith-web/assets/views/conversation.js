@@ -15,14 +15,17 @@ import { Avatar } from '../components/rows.js';
 import {
   accept,
   block,
+  CALL_KEYS,
   conversationOf,
   displayName,
   filesOf,
+  inCallNow,
   loadOlder,
   openDialog,
   petnameOf,
   sendMessage,
   threadOf,
+  useSelect,
   useStore,
 } from '../state.js';
 
@@ -66,7 +69,8 @@ function TrustBanner({ s, peer, trust }) {
 }
 
 export function Conversation({ peer }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
+  const inCall = useSelect(inCallNow);
   const thread = threadOf(s, 'chat', peer);
   const conv = conversationOf(s, peer);
   const name = displayName(s, peer);
@@ -96,7 +100,7 @@ export function Conversation({ peer }) {
   const queued = lastOwn && lastOwn.status === 'queued';
 
   const canSend = !conv || conv.trust !== 'blocked';
-  const canCall = canSend && (!s.call || s.call.phase === 'ended');
+  const canCall = canSend && !inCall;
   const attach = (file) => openDialog('sendfile', { peer, file });
   const hasFiles = (e) => canSend && e.dataTransfer && [...(e.dataTransfer.types || [])].includes('Files');
   const onDragOver = (e) => {

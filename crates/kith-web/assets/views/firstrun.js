@@ -6,7 +6,7 @@ import { count, powEstimate } from '../format.js';
 import { ActionForm, Field } from '../components/form.js';
 import { go, useMounted } from '../components/hooks.js';
 import { InviteCard } from '../components/invitecard.js';
-import { powParams, registerName, skipFirstRun, useStore } from '../state.js';
+import { CALL_KEYS, powParams, registerName, skipFirstRun, useStore } from '../state.js';
 
 /** An estimated progress for work we cannot observe: approaches 1, never reaches it. */
 function PowProgress({ estimate }) {
@@ -48,7 +48,7 @@ function Done({ name }) {
 }
 
 export function FirstRun() {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const [name, setName] = useState('');
   const [estimate, setEstimate] = useState(null);
   const [skipped, setSkipped] = useState(false);

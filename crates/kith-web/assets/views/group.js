@@ -13,9 +13,11 @@ import { IconPhone, IconPlus, IconUsers, IconVideo } from '../components/icons.j
 import { MessageList } from '../components/messages.js';
 import { Avatar } from '../components/rows.js';
 import {
+  CALL_KEYS,
   closeDialog,
   displayName,
   groupOf,
+  inCallNow,
   inviteMember,
   joinGroup,
   leaveGroup,
@@ -25,12 +27,13 @@ import {
   sendMessage,
   setNotice,
   threadOf,
+  useSelect,
   useStore,
 } from '../state.js';
 
 /** "Invite": add a member by petname, name or peer id (admins only). */
 export function InviteMemberDialog({ group }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const [member, setMember] = useState('');
   const g = groupOf(s, group);
   const send = async () => {
@@ -91,7 +94,7 @@ function StateNote({ s, g }) {
 }
 
 export function GroupView({ id }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const g = groupOf(s, id);
   const thread = threadOf(s, 'group', id);
   const [membersOpen, setMembersOpen] = useState(false);
@@ -118,7 +121,7 @@ export function GroupView({ id }) {
   const joined = g && g.state === 'joined';
 
   const tooBig = members.length > MAX_CALL_SIZE;
-  const inCall = !!s.call && s.call.phase !== 'ended';
+  const inCall = useSelect(inCallNow);
   const callHint = useId('callhint');
   const callButton = (video, label, Icon) =>
     html`<button

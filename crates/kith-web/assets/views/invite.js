@@ -1,12 +1,12 @@
 // "Your invite": the link, QR code and peer id to give to friends.
 
 import { html } from '../vendor/preact-htm.js';
-import { useStore } from '../state.js';
+import { CALL_KEYS, useStore } from '../state.js';
 import { ViewHeader } from '../components/header.js';
 import { InviteCard } from '../components/invitecard.js';
 
 export function InviteView() {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const name = s.names && s.names[0] ? s.names[0].name : '';
   return html`<section class="view page-view" aria-labelledby="invite-title">
     <${ViewHeader} id="invite-title" title="Your invite" subtitle="Give this to a friend so they can start a chat with you" focus back="#/node" />

@@ -7,7 +7,7 @@ import { CopyField } from '../components/copy.js';
 import { useAction } from '../components/form.js';
 import { ViewHeader } from '../components/header.js';
 import { usePoll, useMounted } from '../components/hooks.js';
-import { displayName, loadNode, openDialog, signOut, useStore } from '../state.js';
+import { CALL_KEYS, displayName, loadNode, openDialog, signOut, useStore } from '../state.js';
 
 /** A relay multiaddr in words: its peer id (shortened) and where it is. */
 function relayWords(addr) {
@@ -59,7 +59,7 @@ function Health({ report }) {
 }
 
 export function NodeView() {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const [error, setError] = useState('');
   const mounted = useMounted();
   const out = useAction();

@@ -4,10 +4,10 @@ import { html, useState } from '../vendor/preact-htm.js';
 import { shortId } from '../format.js';
 import { Dialog } from '../components/dialog.js';
 import { ActionForm, Field } from '../components/form.js';
-import { closeDialog, petnameOf, setPetname, useStore } from '../state.js';
+import { CALL_KEYS, closeDialog, petnameOf, setPetname, useStore } from '../state.js';
 
 export function PetnameDialog({ peer }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const [value, setValue] = useState(petnameOf(s, peer));
   const save = async () => {
     await setPetname(peer, value);

@@ -3,11 +3,11 @@
 
 import { html } from '../vendor/preact-htm.js';
 import { Badge, Row } from '../components/rows.js';
-import { displayName, requestsOf, useStore } from '../state.js';
+import { CALL_KEYS, displayName, requestsOf, useStore } from '../state.js';
 import { TrustButtons } from './conversation.js';
 
 export function Requests({ now, active }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const list = requestsOf(s);
   if (!list.length) return null;
   return html`<section class="requests" aria-labelledby="requests-heading">

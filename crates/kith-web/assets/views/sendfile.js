@@ -8,7 +8,7 @@ import { Dialog } from '../components/dialog.js';
 import { filterStyle } from '../components/files.js';
 import { ActionForm, Field } from '../components/form.js';
 import { useId, useMounted } from '../components/hooks.js';
-import { closeDialog, contentUrl, getState, loadFilters, sendFile, useStore } from '../state.js';
+import { CALL_KEYS, closeDialog, contentUrl, getState, loadFilters, sendFile, useStore } from '../state.js';
 
 const isImage = (file) => /^image\//.test(file.type || '');
 
@@ -29,7 +29,7 @@ function FilterPicker({ filters, value, onChange, disabled }) {
 }
 
 export function SendFileDialog({ peer, file }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const image = isImage(file);
   const [caption, setCaption] = useState('');
   const [filter, setFilter] = useState('');

@@ -2,10 +2,10 @@
 
 import { html } from '../vendor/preact-htm.js';
 import { useAction } from '../components/form.js';
-import { retrySignIn, useStore } from '../state.js';
+import { CALL_KEYS, retrySignIn, useStore } from '../state.js';
 
 export function SignIn() {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const { busy, run } = useAction();
   return html`<main class="center-page" id="main">
     <section class="card narrow" aria-labelledby="signin-title">

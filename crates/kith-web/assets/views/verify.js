@@ -3,10 +3,10 @@
 import { html, useEffect, useState } from '../vendor/preact-htm.js';
 import { Dialog } from '../components/dialog.js';
 import { useMounted } from '../components/hooks.js';
-import { closeDialog, displayName, useStore, verify } from '../state.js';
+import { CALL_KEYS, closeDialog, displayName, useStore, verify } from '../state.js';
 
 export function VerifyDialog({ peer }) {
-  const s = useStore();
+  const s = useStore({ except: CALL_KEYS });
   const [report, setReport] = useState(null);
   const [error, setError] = useState('');
   const mounted = useMounted();
