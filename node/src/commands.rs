@@ -396,13 +396,14 @@ fn print_status(s: &StatusReport) {
         s.known_peers
     );
     outln!(
-        "connections    {} in, {} out (marks {}/{}); {} trimmed, {} closed idle",
+        "connections    {} in, {} out (marks {}/{}); {} trimmed, {} closed idle, {} refused at the mark",
         s.connections_inbound,
         s.connections_outbound,
         s.connections_low,
         s.connections_high,
         s.connections_trimmed,
-        s.connections_idle_closed
+        s.connections_idle_closed,
+        s.connections_refused
     );
     outln!(
         "dht            {} peers in routing table, {} records, {} ({} mode)",

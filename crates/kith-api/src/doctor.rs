@@ -484,6 +484,7 @@ mod tests {
                     connections_high: 96,
                     connections_trimmed: 0,
                     connections_idle_closed: 0,
+                    connections_refused: 0,
                     hole_punch: Default::default(),
                     dm_link_peers: 0,
                 },

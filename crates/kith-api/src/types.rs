@@ -64,6 +64,9 @@ pub struct StatusReport {
     /// Connections closed since start because nothing used them for the idle timeout.
     #[serde(default)]
     pub connections_idle_closed: u64,
+    /// Inbound connections refused since start at the high water mark.
+    #[serde(default)]
+    pub connections_refused: u64,
     /// Hole punching since start: relayed links DCUtR made direct.
     #[serde(default)]
     pub hole_punch: HolePunchReport,
@@ -176,6 +179,7 @@ impl From<Status> for StatusReport {
             connections_high: s.net.connections_high,
             connections_trimmed: s.net.connections_trimmed,
             connections_idle_closed: s.net.connections_idle_closed,
+            connections_refused: s.net.connections_refused,
             hole_punch: HolePunchReport::from(&s.net.hole_punch),
         }
     }

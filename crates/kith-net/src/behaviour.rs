@@ -56,6 +56,8 @@ pub fn gossip_settings() -> gossipsub::ConfigBuilder {
 pub(crate) struct Behaviour {
     /// Caps established and pending connections; first so it can refuse before anyone accepts.
     pub(crate) limits: connection_limits::Behaviour,
+    /// Refuses inbound connections from unprotected peers at the high water mark (`gate.rs`).
+    pub(crate) gate: crate::gate::InboundGate,
     /// Refuses new connections when the process uses more than 90% of system memory.
     pub(crate) memory: memory_connection_limits::Behaviour,
     /// Lets NATed nodes listen through a relay (reservations come with the relay issue).
@@ -185,6 +187,7 @@ impl Behaviour {
 
         Ok(Self {
             limits,
+            gate: crate::gate::InboundGate::new(config.connection_budget()),
             memory: memory_connection_limits::Behaviour::with_max_percentage(0.9),
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),

@@ -131,6 +131,17 @@ pub(crate) fn select_trims<K: Clone>(
         .collect()
 }
 
+/// Whether an inbound connection is taken while the node holds `established` connections:
+/// below the high mark, or from a protected peer (see `gate.rs`). Our own dials are not gated:
+/// what we dial, we need.
+pub(crate) fn admits_inbound(
+    established: usize,
+    budget: &ConnectionBudget,
+    protected: bool,
+) -> bool {
+    protected || established < budget.high
+}
+
 /// The connections nobody uses: not protected, sharing no topic with us, unused for
 /// `budget.idle_timeout`.
 pub(crate) fn select_idle<K: Clone>(

@@ -273,6 +273,9 @@ pub struct NetStatus {
     pub connections_trimmed: u64,
     /// Connections closed since start because nothing used them for the idle timeout.
     pub connections_idle_closed: u64,
+    /// Inbound connections refused since start because the node held its high water mark
+    /// (protected peers are let in).
+    pub connections_refused: u64,
     /// What DCUtR achieved since start.
     pub hole_punch: HolePunchStats,
     /// Peers with an open direct-message link, either way (`/kith/dm-link/1.0.0`).

@@ -137,6 +137,8 @@ pub struct EventLoop {
     conns_out: usize,
     connections_trimmed: u64,
     connections_idle_closed: u64,
+    /// The gate's refusals already added to the metrics.
+    refused_reported: u64,
     /// Peers mDNS found on our LAN (their inbound connections confirm our addresses).
     lan_peers: HashSet<PeerId>,
     /// Dials to LAN peers in flight, so a failure can be retried.
@@ -404,6 +406,7 @@ pub(crate) fn build(
         conns_out: 0,
         connections_trimmed: 0,
         connections_idle_closed: 0,
+        refused_reported: 0,
         hole_punch: HolePunchStats::default(),
         lan_peers: HashSet::new(),
         lan_dials: HashMap::new(),
@@ -668,6 +671,8 @@ impl EventLoop {
                 } else {
                     self.protected.insert(tag, peers.into_iter().collect());
                 }
+                let protected = self.protected_peers();
+                self.swarm.behaviour_mut().gate.set_protected(protected);
                 let _ = reply.send(());
             }
             // Handled in `run`, which has to leave the loop.
@@ -1739,6 +1744,13 @@ impl EventLoop {
             }
         }
         let candidates = self.candidates();
+        let protected = self.protected_peers();
+        let gate = &mut self.swarm.behaviour_mut().gate;
+        gate.set_protected(protected);
+        let refused = gate.refused();
+        self.metrics
+            .connections_refused(refused.saturating_sub(self.refused_reported));
+        self.refused_reported = refused;
         let trims = connmgr::select_trims(&candidates, &self.budget, now);
         let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
         let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)
@@ -2037,6 +2049,7 @@ impl EventLoop {
             connections_high: self.budget.high,
             connections_trimmed: self.connections_trimmed,
             connections_idle_closed: self.connections_idle_closed,
+            connections_refused: self.swarm.behaviour().gate.refused(),
             hole_punch: self.hole_punch.clone(),
             dm_link_peers: self.link_use.peers().len(),
         }

@@ -36,6 +36,7 @@ mod error;
 mod event;
 mod event_loop;
 pub mod frame;
+mod gate;
 mod listen;
 mod metrics;
 mod nearest;

@@ -77,6 +77,7 @@ struct Inner {
     peers_not_kith: Counter,
     connections: Family<DirectionLabel, Gauge>,
     connections_trimmed: Counter,
+    connections_refused: Counter,
     connections_idle_closed: Counter,
     hole_punches: Family<OutcomeLabel, Counter>,
 }
@@ -161,6 +162,11 @@ impl Metrics {
             i.connections_trimmed.clone(),
         );
         registry.register(
+            "connections_refused",
+            "Inbound connections refused at the high water mark (protected peers are let in)",
+            i.connections_refused.clone(),
+        );
+        registry.register(
             "connections_idle_closed",
             "Connections closed because nothing used them for the idle timeout",
             i.connections_idle_closed.clone(),
@@ -180,6 +186,9 @@ impl Metrics {
     }
     pub(crate) fn connection_trimmed(&self) {
         self.inner.connections_trimmed.inc();
+    }
+    pub(crate) fn connections_refused(&self, n: u64) {
+        self.inner.connections_refused.inc_by(n);
     }
     pub(crate) fn connection_idle_closed(&self) {
         self.inner.connections_idle_closed.inc();

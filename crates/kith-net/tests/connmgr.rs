@@ -1,5 +1,6 @@
-//! The connection manager on real swarms over loopback TCP: trimming to the water marks with a
-//! protected peer, and the idle timeout that gossipsub's handler would otherwise defeat.
+//! The connection manager on real swarms over loopback TCP: refusing strangers at the high mark,
+//! trimming to the low mark with protected peers, and the idle timeout that gossipsub's handler
+//! would otherwise defeat.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,17 +12,18 @@ use common::{POLL, TestNode, WAIT, metrics_text, poll_until};
 use kith_net::{Config, ConnectionBudget, DhtMode, Multiaddr, PeerId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
+async fn a_crowded_node_refuses_the_crowd_at_its_high_mark_lets_protected_peers_in_and_trims_to_its_low_mark()
+ {
     let budget = ConnectionBudget {
         low: 4,
         high: 6,
         grace: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(600),
     };
-    // Only the crowd's own dials may open connections here, so that every trim is counted against
-    // a known number: the hub's address is confirmed from the start (no AutoNAT probe dials back
-    // to the crowd), and the crowd is on another DHT (no Kademlia walks through the hub) and in
-    // relay mode (no AutoNAT client asking the hub for dial-backs).
+    // Only the crowd's own dials may open connections here, so that every connection is counted
+    // against a known number: the hub's address is confirmed from the start (no AutoNAT probe
+    // dials back to the crowd), and the crowd is on another DHT (no Kademlia walks through the
+    // hub) and in relay mode (no AutoNAT client asking the hub for dial-backs).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -39,8 +41,9 @@ async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
         c.with_network_id("crowd")
     };
     let keeper = TestNode::start_with(None, quiet).await;
+    let latecomer = TestNode::start_with(None, quiet).await;
     hub.client
-        .protect("test-keep", vec![keeper.peer_id])
+        .protect("test-keep", vec![keeper.peer_id, latecomer.peer_id])
         .await
         .unwrap();
     keeper.client.dial(hub.addr.clone()).await.unwrap();
@@ -49,27 +52,45 @@ async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
     })
     .await;
 
+    // Twelve strangers dial: the hub takes them up to its high mark and refuses the rest.
     let mut crowd = Vec::new();
     for _ in 0..12 {
         let peer = TestNode::start_with(None, quiet).await;
         peer.client.dial(hub.addr.clone()).await.unwrap();
         crowd.push(peer);
     }
-
-    // Until the crowd is trimmed away: the protected peer stays connected at every look.
-    let mut most = 0;
     let deadline = Instant::now() + WAIT;
-    let status = loop {
+    loop {
         let status = hub.client.status().await.unwrap();
         let open = status.connections_inbound + status.connections_outbound;
-        most = most.max(open);
+        assert!(open <= budget.high, "{open} open, above the high mark");
         assert!(
             hub.connected(keeper.peer_id).await,
             "the protected peer was disconnected"
         );
-        // Every peer came (13 connections were accepted overall) and the hub is back at its low
-        // mark.
-        if status.connections_trimmed >= 13 - budget.low as u64 && open <= budget.low {
+        if status.connections_refused >= 13 - budget.high as u64 {
+            assert_eq!(open, budget.high, "the first five strangers are in");
+            assert_eq!(status.connections_trimmed, 0, "nothing above the mark");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not refused in time: {open} open, {} refused",
+            status.connections_refused
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    // A protected peer is let in at the mark; above it, the manager trims the strangers away
+    // down to the low mark and keeps both protected peers. (The strangers' connections first
+    // pass the grace period, so that all of them may be trimmed in one round.)
+    tokio::time::sleep(budget.grace * 2).await;
+    latecomer.client.dial(hub.addr.clone()).await.unwrap();
+    let status = loop {
+        let status = hub.client.status().await.unwrap();
+        let open = status.connections_inbound + status.connections_outbound;
+        assert!(open <= budget.high + 1, "{open} open");
+        if hub.connected(latecomer.peer_id).await && open <= budget.low {
             break status;
         }
         assert!(
@@ -79,9 +100,9 @@ async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
         );
         tokio::time::sleep(POLL).await;
     };
-    assert!(
-        most > budget.high,
-        "the hub never went above its high mark ({most})"
+    assert_eq!(
+        status.connections_trimmed,
+        (budget.high + 1 - budget.low) as u64
     );
     assert_eq!(status.connections_low, 4);
     assert_eq!(status.connections_high, 6);
@@ -92,16 +113,21 @@ async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
     let settled = status.connections_trimmed;
     for _ in 0..10 {
         tokio::time::sleep(POLL).await;
-        assert!(hub.connections().await <= budget.high);
+        assert!(hub.connections().await <= budget.low);
     }
-    assert_eq!(
-        hub.client.status().await.unwrap().connections_trimmed,
-        settled
-    );
+    let status = hub.client.status().await.unwrap();
+    assert_eq!(status.connections_trimmed, settled);
 
     let text = metrics_text(&hub.metrics);
     assert!(
         text.contains(&format!("kith_connections_trimmed_total {settled}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "kith_connections_refused_total {}",
+            status.connections_refused
+        )),
         "{text}"
     );
     assert!(
@@ -113,6 +139,7 @@ async fn a_crowded_node_trims_to_its_low_mark_and_keeps_its_protected_peer() {
         peer.stop().await;
     }
     keeper.stop().await;
+    latecomer.stop().await;
     hub.stop().await;
 }
 

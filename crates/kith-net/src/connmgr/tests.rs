@@ -312,3 +312,14 @@ proptest! {
         prop_assert_eq!(conns.len() - closed.len(), 1);
     }
 }
+
+#[test]
+fn inbound_is_taken_below_the_high_mark_and_from_protected_peers_at_any_count() {
+    let b = budget(4, 6);
+    assert!(admits_inbound(0, &b, false));
+    assert!(admits_inbound(5, &b, false));
+    assert!(!admits_inbound(6, &b, false), "at the high mark");
+    assert!(!admits_inbound(9, &b, false));
+    assert!(admits_inbound(6, &b, true), "a protected peer at the mark");
+    assert!(admits_inbound(40, &b, true));
+}
