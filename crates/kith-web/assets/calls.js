@@ -278,7 +278,7 @@ const ICE_FRESH_MS = 60_000;
 /** After this age the answer is still used, and a fresh one is asked for beside it. */
 const ICE_RENEW_MS = 30_000;
 /**
- * `{ at, config, value, servers }`: the last RTCConfiguration asked for (a promise), when, and
+ * `{ at, config, value }`: the last RTCConfiguration asked for (a promise), when, and
  * once it answered, the answer itself (so that "Call" can make its offer before anything else).
  * The node says when its answer changes (`call.ice_changed`), so an answer is kept until then
  * or until it is a minute old, whatever it names.
@@ -292,9 +292,8 @@ async function askConfiguration() {
 }
 
 function renewConfiguration() {
-  const entry = { at: Date.now(), config: null, value: null, servers: null };
+  const entry = { at: Date.now(), config: null, value: null };
   entry.config = askConfiguration().then((config) => {
-    entry.servers = config.iceServers.length;
     entry.value = config;
     return config;
   }, () => {
