@@ -187,7 +187,10 @@ impl Behaviour {
 
         Ok(Self {
             limits,
-            gate: crate::gate::InboundGate::new(config.connection_budget()),
+            gate: crate::gate::InboundGate::new(
+                config.connection_budget(),
+                metrics.connections_refused_counter(),
+            ),
             memory: memory_connection_limits::Behaviour::with_max_percentage(0.9),
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),

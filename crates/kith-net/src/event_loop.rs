@@ -137,8 +137,6 @@ pub struct EventLoop {
     conns_out: usize,
     connections_trimmed: u64,
     connections_idle_closed: u64,
-    /// The gate's refusals already added to the metrics.
-    refused_reported: u64,
     /// Peers mDNS found on our LAN (their inbound connections confirm our addresses).
     lan_peers: HashSet<PeerId>,
     /// Dials to LAN peers in flight, so a failure can be retried.
@@ -406,7 +404,6 @@ pub(crate) fn build(
         conns_out: 0,
         connections_trimmed: 0,
         connections_idle_closed: 0,
-        refused_reported: 0,
         hole_punch: HolePunchStats::default(),
         lan_peers: HashSet::new(),
         lan_dials: HashMap::new(),
@@ -1681,7 +1678,7 @@ impl EventLoop {
     }
 
     /// Every open connection as the connection manager sees it.
-    fn candidates(&mut self) -> Vec<Candidate<ConnectionId>> {
+    fn candidates(&mut self, protected: &HashSet<PeerId>) -> Vec<Candidate<ConnectionId>> {
         let now = Instant::now();
         for peer in self
             .blob_use
@@ -1698,7 +1695,7 @@ impl EventLoop {
                 state.last_used = state.last_used.max(at);
             }
         }
-        let protected = self.protected_peers();
+
         let gossipsub = &self.swarm.behaviour().gossipsub;
         let ours: HashSet<&gossipsub::TopicHash> = gossipsub.topics().collect();
         let sharing: HashSet<PeerId> = if ours.is_empty() {
@@ -1743,14 +1740,9 @@ impl EventLoop {
                 self.metrics.connection_trimmed();
             }
         }
-        let candidates = self.candidates();
         let protected = self.protected_peers();
-        let gate = &mut self.swarm.behaviour_mut().gate;
-        gate.set_protected(protected);
-        let refused = gate.refused();
-        self.metrics
-            .connections_refused(refused.saturating_sub(self.refused_reported));
-        self.refused_reported = refused;
+        let candidates = self.candidates(&protected);
+        self.swarm.behaviour_mut().gate.set_protected(protected);
         let trims = connmgr::select_trims(&candidates, &self.budget, now);
         let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
         let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)

@@ -27,6 +27,8 @@ use libp2p::{
     },
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::connmgr::{self, ConnectionBudget};
 
 /// The gate: counts established connections and refuses inbound ones at the high mark.
@@ -34,17 +36,18 @@ pub(crate) struct InboundGate {
     budget: ConnectionBudget,
     established: usize,
     protected: HashSet<PeerId>,
-    refused: u64,
+    /// `kith_connections_refused_total`, also what `NetStatus` reports.
+    refused: Counter,
 }
 
 impl InboundGate {
-    /// A gate at `budget.high`.
-    pub(crate) fn new(budget: ConnectionBudget) -> Self {
+    /// A gate at `budget.high`, counting its refusals in `refused`.
+    pub(crate) fn new(budget: ConnectionBudget, refused: Counter) -> Self {
         Self {
             budget,
             established: 0,
             protected: HashSet::new(),
-            refused: 0,
+            refused,
         }
     }
 
@@ -56,7 +59,7 @@ impl InboundGate {
 
     /// Inbound connections refused since start.
     pub(crate) fn refused(&self) -> u64 {
-        self.refused
+        self.refused.get()
     }
 }
 
@@ -73,7 +76,7 @@ impl NetworkBehaviour for InboundGate {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         let protected = self.protected.contains(&peer);
         if !connmgr::admits_inbound(self.established, &self.budget, protected) {
-            self.refused += 1;
+            self.refused.inc();
             tracing::debug!(%peer, %remote_addr, established = self.established, high = self.budget.high, "inbound connection refused at the high water mark");
             return Err(ConnectionDenied::new(format!(
                 "this node holds {} connections, its high water mark",

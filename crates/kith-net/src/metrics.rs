@@ -187,9 +187,6 @@ impl Metrics {
     pub(crate) fn connection_trimmed(&self) {
         self.inner.connections_trimmed.inc();
     }
-    pub(crate) fn connections_refused(&self, n: u64) {
-        self.inner.connections_refused.inc_by(n);
-    }
     pub(crate) fn connection_idle_closed(&self) {
         self.inner.connections_idle_closed.inc();
     }
@@ -234,6 +231,11 @@ impl Metrics {
     /// it filters never reach the event loop.
     pub(crate) fn dht_referrals_refused_counter(&self) -> Counter {
         self.inner.dht_referrals_refused.clone()
+    }
+    /// The counter the inbound gate increments itself (`gate.rs`): its refusals never reach the
+    /// event loop as events of their own.
+    pub(crate) fn connections_refused_counter(&self) -> Counter {
+        self.inner.connections_refused.clone()
     }
     pub(crate) fn message_out(&self, kind: Kind) {
         self.inner
