@@ -959,6 +959,13 @@ export function qualityWords(q) {
 // --- ringing -------------------------------------------------------------------------------------
 
 let ring = null;
+/**
+ * The one AudioContext the ring plays through, made at the first ring and suspended (not
+ * closed) between rings: making a context starts an audio output stream and its thread, which on
+ * a slow machine costs the callee tens of milliseconds at the moment the call screen appears.
+ * Browsers also cap how many contexts a page may make.
+ */
+let ringCtx = null;
 
 function ringFor(report) {
   if (!report || report.state !== 'ringing') return;
@@ -974,13 +981,16 @@ function ringFor(report) {
 /** Two soft tones, twice, every three seconds (WebAudio oscillators: no sound file to load). */
 function startRing() {
   if (ring || typeof AudioContext === 'undefined') return;
-  let ctx;
-  try {
-    ctx = new AudioContext();
-  } catch {
-    return;
+  if (!ringCtx || ringCtx.state === 'closed') {
+    try {
+      ringCtx = new AudioContext();
+    } catch {
+      return;
+    }
   }
+  const ctx = ringCtx;
   ctx.resume().catch(() => {});
+  const voices = new Set();
   const burst = () => {
     const t0 = ctx.currentTime + 0.05;
     for (let i = 0; i < 4; i += 1) {
@@ -992,17 +1002,31 @@ function startRing() {
       gain.gain.linearRampToValueAtTime(0.15, t + 0.02);
       gain.gain.linearRampToValueAtTime(0, t + 0.2);
       osc.connect(gain).connect(ctx.destination);
+      voices.add(osc);
+      osc.onended = () => {
+        voices.delete(osc);
+        gain.disconnect();
+      };
       osc.start(t);
       osc.stop(t + 0.21);
     }
   };
   burst();
-  ring = { ctx, timer: setInterval(burst, 3000) };
+  ring = { ctx, voices, timer: setInterval(burst, 3000) };
 }
 
 function stopRing() {
   if (!ring) return;
   clearInterval(ring.timer);
-  ring.ctx.close().catch(() => {});
+  // Tones already scheduled must not sound in the next ring's context: stop them now.
+  for (const osc of ring.voices) {
+    try {
+      osc.stop();
+    } catch {
+      /* not started yet or already stopped */
+    }
+    osc.disconnect();
+  }
+  ring.ctx.suspend().catch(() => {});
   ring = null;
 }

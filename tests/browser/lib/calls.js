@@ -157,8 +157,9 @@ export async function waitStatus(page, who, want, timeout = UI_TIMEOUT_MS) {
 
 /**
  * An init script for the page: counts the event socket's messages by type
- * (`window.__kithEventCounts`) and remembers every AudioContext that made an oscillator, so a
- * test can tell whether the ring tone is playing (`window.__kithRinging()`). Instruments the page
+ * (`window.__kithEventCounts`) and remembers every AudioContext that made an oscillator and
+ * whether it was suspended or closed since, so a test can tell whether the ring tone is playing
+ * (`window.__kithRinging()`). Instruments the page
  * only; the app is unchanged.
  */
 export function instrument() {
@@ -178,17 +179,29 @@ export function instrument() {
       });
     }
   };
-  const tones = new Set();
+  // A context rings from its first oscillator until it is suspended or closed (the app keeps
+  // one context for the ring and suspends it between rings).
+  const tones = new Map();
   const Ctx = window.AudioContext;
   if (Ctx) {
     const make = Ctx.prototype.createOscillator;
     Ctx.prototype.createOscillator = function createOscillator(...args) {
-      tones.add(this);
+      tones.set(this, true);
       return make.apply(this, args);
     };
+    for (const quiet of ['suspend', 'close']) {
+      const orig = Ctx.prototype[quiet];
+      Ctx.prototype[quiet] = function silence(...args) {
+        if (tones.has(this)) tones.set(this, false);
+        return orig.apply(this, args);
+      };
+    }
   }
-  window.__kithRinging = () => [...tones].some((c) => c.state !== 'closed');
+  window.__kithRinging = () => [...tones].some(([c, on]) => on && c.state !== 'closed');
+  window.__kithRingContexts = () => tones.size;
 }
 
 export const ringing = (page) => page.evaluate(() => window.__kithRinging());
+/** How many AudioContexts have played a tone on the page (one: the app reuses its ring's). */
+export const ringContexts = (page) => page.evaluate(() => window.__kithRingContexts());
 export const eventCount = (page, type) => page.evaluate((t) => window.__kithEventCounts[t] || 0, type);

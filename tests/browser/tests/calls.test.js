@@ -53,6 +53,7 @@ import {
   eventCount,
   incoming,
   instrument,
+  ringContexts,
   ringing,
   rtc,
   waitConnected,
@@ -335,6 +336,10 @@ describe('kith web app: calls', { skip: namespaceReason() }, () => {
     await spaced(A, B);
     await button(pageA, 'Call').click();
     await shows(incoming(pageB), 'the second incoming call on Bob\'s phone', ARRIVAL_TIMEOUT_MS);
+    await poll('Bob\'s phone to ring again', UI_TIMEOUT_MS, () => ringing(pageB), 100);
+    // Every ring so far (the video call's, the declined one's, this one) played through one
+    // AudioContext, suspended between rings rather than made anew for each.
+    assert.equal(await ringContexts(pageB), 1, 'rings on Bob\'s page share one AudioContext');
     const started = Date.now();
     await waitStatus(pageA, 'Alice', /^No answer$/, (RING_SECS + 10) * 1000);
     await poll('Bob\'s incoming call to go away unanswered, ring stopped', (RING_SECS + 10) * 1000, async () => !(await incoming(pageB).count()) && !(await ringing(pageB)), 200);
