@@ -961,9 +961,9 @@ export function qualityWords(q) {
 let ring = null;
 /**
  * The one AudioContext the ring plays through, made at the first ring and suspended (not
- * closed) between rings: making a context starts an audio output stream and its thread, which on
- * a slow machine costs the callee tens of milliseconds at the moment the call screen appears.
- * Browsers also cap how many contexts a page may make.
+ * closed) between rings: each new context starts an audio output stream and its thread, and
+ * browsers warn about (or refuse) a page that keeps making them. (No change in call set-up time
+ * was measurable from it: BENCHMARKS.md, "Calls on this session's machine".)
  */
 let ringCtx = null;
 
