@@ -71,6 +71,8 @@ pub(crate) struct Candidate<K> {
     pub(crate) shares_topic: bool,
     /// The peer is in our Kademlia routing table.
     pub(crate) in_routing_table: bool,
+    /// A Kademlia request of ours waits for the peer's answer: closing would fail a query step.
+    pub(crate) busy: bool,
     /// When the connection was established.
     pub(crate) opened: Instant,
     /// When the peer last exchanged something we care about (a request, a response, a group
@@ -79,6 +81,14 @@ pub(crate) struct Candidate<K> {
 }
 
 impl<K> Candidate<K> {
+    /// Used since it opened and nothing of ours waits on it: the request or query it was dialed
+    /// for has had its answer. Inside the grace period such a connection may still be trimmed
+    /// above the high mark, which is what keeps a node's own Kademlia walks (20-30 dials in a
+    /// few seconds, each used once) from carrying it past the mark until the next quiet spell.
+    pub(crate) fn done(&self) -> bool {
+        !self.busy && self.last_used > self.opened
+    }
+
     /// How useful the connection is beyond recency; higher is kept longer.
     pub(crate) fn value(&self) -> u32 {
         let mut value = 0;
@@ -102,9 +112,10 @@ impl<K> Candidate<K> {
 pub(crate) const YOUNG_QUIET: Duration = Duration::from_secs(3);
 
 /// The connections to close when `conns.len()` is above `budget.high`: the least valuable (then
-/// least recently used, then oldest) unprotected connections past the grace period or quiet for
-/// [`YOUNG_QUIET`], at most as many as bring the count down to `budget.low`. Empty at or below
-/// the high mark.
+/// least recently used, then oldest) unprotected connections with no Kademlia request of ours
+/// waiting on them that are past the grace period, quiet for [`YOUNG_QUIET`], or were used since
+/// they opened (a walk's connection whose answer came is done with: [`Candidate::done`]), at most
+/// as many as bring the count down to `budget.low`. Empty at or below the high mark.
 pub(crate) fn select_trims<K: Clone>(
     conns: &[Candidate<K>],
     budget: &ConnectionBudget,
@@ -119,8 +130,10 @@ pub(crate) fn select_trims<K: Clone>(
         .iter()
         .filter(|c| {
             !c.protected
+                && !c.busy
                 && (now.saturating_duration_since(c.opened) >= budget.grace
-                    || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet)
+                    || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet
+                    || c.done())
         })
         .collect();
     eligible.sort_by_key(|c| (c.value(), c.last_used, c.opened));
@@ -142,8 +155,8 @@ pub(crate) fn admits_inbound(
     protected || established < budget.high
 }
 
-/// The connections nobody uses: not protected, sharing no topic with us, unused for
-/// `budget.idle_timeout`.
+/// The connections nobody uses: not protected, no request of ours waiting on them, sharing no
+/// topic with us, unused for `budget.idle_timeout`.
 pub(crate) fn select_idle<K: Clone>(
     conns: &[Candidate<K>],
     budget: &ConnectionBudget,
@@ -153,6 +166,7 @@ pub(crate) fn select_idle<K: Clone>(
         .iter()
         .filter(|c| {
             !c.protected
+                && !c.busy
                 && !c.shares_topic
                 && now.saturating_duration_since(c.last_used) >= budget.idle_timeout
         })

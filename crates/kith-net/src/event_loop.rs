@@ -147,8 +147,6 @@ pub struct EventLoop {
     hole_punch: HolePunchStats,
     /// Automatic DHT mode overridden to client: our only confirmed addresses are relay circuits.
     client_while_relayed: bool,
-    /// When connections were last checked, so a burst of new ones is not re-scanned for each.
-    last_managed: Instant,
 }
 
 /// What a circuit relay v2 server announces.
@@ -409,7 +407,6 @@ pub(crate) fn build(
         lan_dials: HashMap::new(),
         lan_redials: HashMap::new(),
         client_while_relayed: false,
-        last_managed: Instant::now(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
         event_loop.listen_via_relays();
@@ -709,12 +706,13 @@ impl EventLoop {
                     libp2p::core::ConnectedPoint::Listener { local_addr, .. } => Some(local_addr),
                     libp2p::core::ConnectedPoint::Dialer { .. } => None,
                 };
+                let opened = Instant::now();
                 let conn = Conn {
                     path: ConnectionPath::of(&addr, local),
                     local: local.cloned(),
                     addr: addr.clone(),
                     inbound,
-                    opened: Instant::now(),
+                    opened,
                     closing: false,
                 };
                 let first = match self.peers.entry(peer_id) {
@@ -728,7 +726,9 @@ impl EventLoop {
                             protocols: Vec::new(),
                             agent: String::new(),
                             since: SystemTime::now(),
-                            last_used: Instant::now(),
+                            // Not used yet: a later use is what makes the connection "done"
+                            // (see `Candidate::done`).
+                            last_used: opened,
                         });
                         true
                     }
@@ -738,10 +738,10 @@ impl EventLoop {
                 if self.lan_peers.contains(&peer_id) {
                     self.confirm_lan_addrs(peer_id);
                 }
-                if self.conns_in + self.conns_out > self.budget.high
-                    && self.last_managed.elapsed() >= Duration::from_secs(1)
-                {
-                    self.manage_connections();
+                // Above the mark, trim at once rather than at the next round: between rounds a
+                // node's own walks could otherwise hold it past the mark for seconds.
+                if self.conns_in + self.conns_out > self.budget.high {
+                    self.trim_to_budget(Instant::now());
                 }
                 if first && self.relay_listening {
                     self.listen_via(peer_id);
@@ -1708,6 +1708,7 @@ impl EventLoop {
                 .collect()
         };
         let routing: HashSet<PeerId> = self.routing_table().into_iter().collect();
+        let waiting = self.swarm.behaviour_mut().kad.waiting_on();
         let mut candidates = Vec::new();
         for (peer, state) in &self.peers {
             for (id, conn) in &state.connections {
@@ -1719,6 +1720,7 @@ impl EventLoop {
                     protected: protected.contains(peer),
                     shares_topic: sharing.contains(peer),
                     in_routing_table: routing.contains(peer),
+                    busy: waiting.contains(peer),
                     opened: conn.opened,
                     last_used: state.last_used.max(conn.opened).min(now),
                 });
@@ -1732,7 +1734,6 @@ impl EventLoop {
     /// follow.
     fn manage_connections(&mut self) {
         let now = Instant::now();
-        self.last_managed = now;
         self.redial_lan_peers(now);
         for id in self.duplicates(now) {
             if self.close(id) {
@@ -1740,27 +1741,51 @@ impl EventLoop {
                 self.metrics.connection_trimmed();
             }
         }
-        let protected = self.protected_peers();
-        let candidates = self.candidates(&protected);
-        self.swarm.behaviour_mut().gate.set_protected(protected);
-        let trims = connmgr::select_trims(&candidates, &self.budget, now);
-        let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
+        let candidates = self.current_candidates();
+        let trimmed = self.apply_trims(&candidates, now);
         let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)
             .into_iter()
             .filter(|id| !trimmed.contains(id))
             .collect();
-        for id in trims {
-            if self.close(id) {
-                self.connections_trimmed += 1;
-                self.metrics.connection_trimmed();
-            }
-        }
         for id in idle {
             if self.close(id) {
                 self.connections_idle_closed += 1;
                 self.metrics.connection_idle_closed();
             }
         }
+    }
+
+    /// Trims down to the low mark when above the high one (the first half of a manager round).
+    fn trim_to_budget(&mut self, now: Instant) {
+        let candidates = self.current_candidates();
+        self.apply_trims(&candidates, now);
+    }
+
+    /// The open connections as the manager sees them; hands the gate the protected set on the
+    /// way, so it refuses with the same view the trims are made with.
+    fn current_candidates(&mut self) -> Vec<Candidate<ConnectionId>> {
+        let protected = self.protected_peers();
+        let candidates = self.candidates(&protected);
+        self.swarm.behaviour_mut().gate.set_protected(protected);
+        candidates
+    }
+
+    /// Closes what [`connmgr::select_trims`] picks; returns what it closed.
+    fn apply_trims(
+        &mut self,
+        candidates: &[Candidate<ConnectionId>],
+        now: Instant,
+    ) -> HashSet<ConnectionId> {
+        let trims = connmgr::select_trims(candidates, &self.budget, now);
+        let mut trimmed = HashSet::new();
+        for id in trims {
+            if self.close(id) {
+                self.connections_trimmed += 1;
+                self.metrics.connection_trimmed();
+            }
+            trimmed.insert(id);
+        }
+        trimmed
     }
 
     /// Our second connections to the same peers that we should close (see

@@ -21,6 +21,7 @@ fn conn(key: u32, now: Instant, age: u64, unused: u64) -> Candidate<u32> {
         protected: false,
         shares_topic: false,
         in_routing_table: false,
+        busy: false,
         opened,
         last_used: (now - Duration::from_secs(unused)).max(opened),
     }
@@ -63,36 +64,61 @@ fn a_shared_topic_outweighs_the_routing_table_which_outweighs_nothing() {
 }
 
 #[test]
-fn protected_and_young_busy_connections_are_never_trimmed_even_if_the_low_mark_is_missed() {
+fn protected_busy_and_young_unanswered_connections_are_never_trimmed_even_if_the_low_mark_is_missed()
+ {
     let now = Instant::now() + Duration::from_secs(1000);
     let mut conns: Vec<_> = (0..8).map(|k| conn(k, now, 100, 100)).collect();
     for c in &mut conns[..4] {
         c.protected = true;
     }
-    // Young (5 s of a 20 s grace) and used a second ago.
+    // Young (5 s of a 20 s grace), used a second ago, a request of ours still waiting on it.
     conns[4].opened = now - Duration::from_secs(5);
     conns[4].last_used = now - Duration::from_secs(1);
-    // 8 > 6: the low mark (2) would need 6 trims, only 5, 6 and 7 may go.
-    check_trims(&conns, &budget(2, 6), now, &[5, 6, 7]);
+    conns[4].busy = true;
+    // Old but waiting for an answer: a query step would fail.
+    conns[5].busy = true;
+    // 8 > 6: the low mark (2) would need 6 trims, only 6 and 7 may go.
+    check_trims(&conns, &budget(2, 6), now, &[6, 7]);
 }
 
 #[test]
 fn above_the_high_mark_a_young_connection_gone_quiet_may_be_trimmed() {
     let now = Instant::now() + Duration::from_secs(1000);
     // All inside the 20 s grace: 0 just opened, 1 opened 2 s ago and unused since, 2 and 3
-    // answered a query 1 s and 4 s ago, 4 and 5 opened 10 s ago and never used.
-    let conns = vec![
+    // answered a query 1 s and 4 s ago, 4 and 5 opened 10 s ago and never used, 6 was used a
+    // second ago and still waits for an answer.
+    let mut conns = vec![
         conn(0, now, 0, 0),
         conn(1, now, 2, 2),
         conn(2, now, 10, 1),
         conn(3, now, 10, 4),
         conn(4, now, 10, 10),
         conn(5, now, 10, 10),
+        conn(6, now, 10, 1),
     ];
-    // Above the high mark (4) down to 1: only those quiet for YOUNG_QUIET (3 s) qualify.
-    check_trims(&conns, &budget(1, 4), now, &[3, 4, 5]);
+    conns[6].busy = true;
+    // Above the high mark (4) down to 1: those quiet for YOUNG_QUIET (3 s) and those whose
+    // answer came (2, used a second ago but done with) qualify; a dial not used yet (1) and one
+    // waiting for its answer (6) do not.
+    check_trims(&conns, &budget(1, 4), now, &[2, 3, 4, 5]);
     // At the high mark nothing goes, quiet or not.
     check_trims(&conns[..4], &budget(1, 4), now, &[]);
+}
+
+#[test]
+fn a_walk_past_the_high_mark_is_held_to_it_by_its_answered_connections() {
+    // A walk dials one peer after another, each used once: with the old connections trimmed
+    // first, then the answered ones, only the connections still waiting stay above the mark.
+    let now = Instant::now() + Duration::from_secs(1000);
+    let mut conns: Vec<_> = (0..4).map(|k| conn(k, now, 100, 50)).collect();
+    conns.extend((4..10).map(|k| conn(k, now, 2, 1)));
+    for c in &mut conns[7..] {
+        c.busy = true;
+    }
+    // 10 connections, high 6, low 6: four go, the oldest (least recently used) first.
+    check_trims(&conns, &budget(6, 6), now, &[0, 1, 2, 3]);
+    // High 3: of the walk's own, the three answered go too; the three waiting stay.
+    check_trims(&conns, &budget(3, 3), now, &[0, 1, 2, 3, 4, 5, 6]);
 }
 
 #[test]
@@ -112,6 +138,9 @@ fn idle_means_unprotected_no_topic_and_unused_for_the_timeout() {
     let mut idle = select_idle(&conns, &budget(64, 96), now);
     idle.sort_unstable();
     assert_eq!(idle, vec![0, 4]);
+    // A request of ours outstanding for the whole timeout still waits for its answer.
+    conns[0].busy = true;
+    assert_eq!(select_idle(&conns, &budget(64, 96), now), vec![4]);
 }
 
 #[test]
@@ -130,6 +159,7 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
             0u64..200,
             0u64..200,
         ),
@@ -139,9 +169,10 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
         specs
             .into_iter()
             .enumerate()
-            .map(|(i, (protected, shares_topic, in_rt, age, unused))| {
+            .map(|(i, (protected, busy, shares_topic, in_rt, age, unused))| {
                 let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
                 c.protected = protected;
+                c.busy = busy;
                 c.shares_topic = shares_topic;
                 c.in_routing_table = in_rt;
                 c
@@ -164,13 +195,15 @@ proptest! {
             .iter()
             .filter(|c| {
                 !c.protected
+                    && !c.busy
                     && (now.saturating_duration_since(c.opened) >= b.grace
-                        || now.saturating_duration_since(c.last_used) >= YOUNG_QUIET)
+                        || now.saturating_duration_since(c.last_used) >= YOUNG_QUIET
+                        || c.last_used > c.opened)
             })
             .collect();
 
-        // Never a protected connection nor a young one used in the last few seconds, never one
-        // twice.
+        // Never a protected connection, one waiting for an answer, nor a young one used in the
+        // last few seconds before its first answer; never one twice.
         let mut unique = trims.clone();
         unique.sort_unstable();
         unique.dedup();
