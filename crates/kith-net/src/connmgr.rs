@@ -73,6 +73,9 @@ pub(crate) struct Candidate<K> {
     pub(crate) in_routing_table: bool,
     /// A Kademlia request of ours waits for the peer's answer: closing would fail a query step.
     pub(crate) busy: bool,
+    /// Only Kademlia has used the connection to the peer: no direct message, group message,
+    /// blob or link has passed over it since it opened.
+    pub(crate) kad_only: bool,
     /// When the connection was established.
     pub(crate) opened: Instant,
     /// When the peer last exchanged something we care about (a request, a response, a group
@@ -81,12 +84,16 @@ pub(crate) struct Candidate<K> {
 }
 
 impl<K> Candidate<K> {
-    /// Used since it opened and nothing of ours waits on it: the request or query it was dialed
-    /// for has had its answer. Inside the grace period such a connection may still be trimmed
-    /// above the high mark, which is what keeps a node's own Kademlia walks (20-30 dials in a
-    /// few seconds, each used once) from carrying it past the mark until the next quiet spell.
+    /// A Kademlia-only connection, used since it opened, with nothing of ours waiting on it and
+    /// no topic shared: the walk step it was dialed for has had its answer. Inside the grace
+    /// period such a connection may still be trimmed above the high mark, which is what keeps a
+    /// node's own Kademlia walks (20-30 dials in a few seconds, each used once) from carrying it
+    /// past the mark until the next quiet spell. A connection a direct message, a group message,
+    /// a blob or a link has used is never done this way: the conversation it carries (a group
+    /// invitation, then the member list, then the keys) would have to dial again for each step,
+    /// and a 200-member group ran out of descriptors on the redials when it was.
     pub(crate) fn done(&self) -> bool {
-        !self.busy && self.last_used > self.opened
+        self.kad_only && !self.busy && !self.shares_topic && self.last_used > self.opened
     }
 
     /// How useful the connection is beyond recency; higher is kept longer.

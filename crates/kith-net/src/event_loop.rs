@@ -198,6 +198,10 @@ struct PeerState {
     since: SystemTime,
     /// Last request, response or group message exchanged with the peer.
     last_used: Instant,
+    /// Something other than Kademlia (a direct message, a group message, a blob, a link) has
+    /// used the peer's connections: they are no longer a walk's to be done with
+    /// (`Candidate::done`).
+    used_beyond_kad: bool,
 }
 
 /// One open connection.
@@ -729,6 +733,7 @@ impl EventLoop {
                             // Not used yet: a later use is what makes the connection "done"
                             // (see `Candidate::done`).
                             last_used: opened,
+                            used_beyond_kad: false,
                         });
                         true
                     }
@@ -1613,10 +1618,12 @@ impl EventLoop {
             .map(|n| n.round() as u64)
     }
 
-    /// Records that `peer` was just used, which postpones trimming and idle-closing it.
+    /// Records that `peer` was just used by something other than Kademlia, which postpones
+    /// trimming and idle-closing it and takes its connections out of the walk's.
     fn touch(&mut self, peer: &PeerId) {
         if let Some(state) = self.peers.get_mut(peer) {
             state.last_used = Instant::now();
+            state.used_beyond_kad = true;
         }
     }
 
@@ -1721,6 +1728,7 @@ impl EventLoop {
                     shares_topic: sharing.contains(peer),
                     in_routing_table: routing.contains(peer),
                     busy: waiting.contains(peer),
+                    kad_only: !state.used_beyond_kad,
                     opened: conn.opened,
                     last_used: state.last_used.max(conn.opened).min(now),
                 });

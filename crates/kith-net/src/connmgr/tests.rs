@@ -22,6 +22,7 @@ fn conn(key: u32, now: Instant, age: u64, unused: u64) -> Candidate<u32> {
         shares_topic: false,
         in_routing_table: false,
         busy: false,
+        kad_only: true,
         opened,
         last_used: (now - Duration::from_secs(unused)).max(opened),
     }
@@ -122,6 +123,21 @@ fn a_walk_past_the_high_mark_is_held_to_it_by_its_answered_connections() {
 }
 
 #[test]
+fn a_connection_a_message_or_a_topic_uses_is_never_done_with_inside_its_grace() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    // All opened 10 s ago (20 s grace) and used a second ago: 0 by a walk only, 1 by a direct
+    // message too (an invitation, say), 2 by a walk to a peer that shares a topic with us.
+    let mut conns: Vec<_> = (0..3).map(|k| conn(k, now, 10, 1)).collect();
+    conns[1].kad_only = false;
+    conns[2].shares_topic = true;
+    assert!(conns[0].done());
+    assert!(!conns[1].done());
+    assert!(!conns[2].done());
+    // Far above the high mark, only the walk's connection goes.
+    check_trims(&conns, &budget(0, 1), now, &[0]);
+}
+
+#[test]
 fn idle_means_unprotected_no_topic_and_unused_for_the_timeout() {
     let now = Instant::now() + Duration::from_secs(1000);
     let mut conns = vec![
@@ -160,6 +176,7 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
             0u64..200,
             0u64..200,
         ),
@@ -169,10 +186,11 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
         specs
             .into_iter()
             .enumerate()
-            .map(|(i, (protected, busy, shares_topic, in_rt, age, unused))| {
+            .map(|(i, (protected, busy, kad_only, shares_topic, in_rt, age, unused))| {
                 let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
                 c.protected = protected;
                 c.busy = busy;
+                c.kad_only = kad_only;
                 c.shares_topic = shares_topic;
                 c.in_routing_table = in_rt;
                 c
@@ -198,7 +216,7 @@ proptest! {
                     && !c.busy
                     && (now.saturating_duration_since(c.opened) >= b.grace
                         || now.saturating_duration_since(c.last_used) >= YOUNG_QUIET
-                        || c.last_used > c.opened)
+                        || (c.kad_only && !c.shares_topic && c.last_used > c.opened))
             })
             .collect();
 
