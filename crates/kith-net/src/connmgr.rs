@@ -2,15 +2,16 @@
 //!
 //! gossipsub keeps a stream open on every connection (rust-libp2p #5190), so libp2p's idle timeout
 //! never closes anything and a node ends up connected to nearly everyone it ever met. The event
-//! loop therefore describes each open connection as a [`Candidate`] every few seconds and closes
-//! what these functions pick:
+//! loop therefore describes each open connection as a [`Candidate`] every few seconds (and, for
+//! the trim, on every new connection above the high mark) and closes what these functions pick:
 //!
 //! - [`select_trims`]: above the high mark, close the least useful connections until the low mark
-//!   is reached (go-libp2p's connmgr rule). Protected connections are never picked, nor those
-//!   younger than the grace period that were used in the last few seconds ([`YOUNG_QUIET`]), so
-//!   trimming can stop above the low mark but never goes below it.
-//! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no topic
-//!   shared with us, and unused for the idle timeout.
+//!   is reached (go-libp2p's connmgr rule). Never picked: protected connections, those a Kademlia
+//!   request of ours still waits on, and those younger than the grace period that were used in
+//!   the last few seconds ([`YOUNG_QUIET`]), unless only Kademlia used them and its answer came
+//!   ([`Candidate::done`]), so trimming can stop above the low mark but never goes below it.
+//! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no
+//!   request of ours waiting on it, no topic shared with us, and unused for the idle timeout.
 //! - [`select_duplicates`]: keep one connection per peer. Two nodes that dial each other at once,
 //!   an AutoNAT server's dial-back and a hole punch next to its relayed connection each leave a
 //!   second connection to the same peer, which carries nothing the first cannot and would count
