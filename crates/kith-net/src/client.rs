@@ -89,6 +89,11 @@ pub(crate) enum Command {
         peers: Vec<PeerId>,
         reply: oneshot::Sender<()>,
     },
+    Welcome {
+        tag: &'static str,
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -361,6 +366,18 @@ impl Client {
     /// only keeps connections that exist. Returns once the loop applied it.
     pub async fn protect(&self, tag: &'static str, peers: Vec<PeerId>) -> Result<(), RequestError> {
         self.ask(|reply| Command::Protect { tag, peers, reply })
+            .await
+    }
+
+    /// Replaces the set of peers welcomed under `tag` (e.g. `"group-members"`): let in at the
+    /// high water mark like protected peers, and trimmed after strangers, but not kept whatever
+    /// the count. A large group's members are most of whom a node meets, and protecting them all
+    /// kept every connection a Kademlia walk made to one (a 200-member test ran out of
+    /// descriptors); the gossipsub mesh peers of our topics, the connections group delivery
+    /// needs, are protected by the loop itself. An empty list drops the tag. Returns once the
+    /// loop applied it.
+    pub async fn welcome(&self, tag: &'static str, peers: Vec<PeerId>) -> Result<(), RequestError> {
+        self.ask(|reply| Command::Welcome { tag, peers, reply })
             .await
     }
 

@@ -72,6 +72,9 @@ pub(crate) struct Candidate<K> {
     pub(crate) shares_topic: bool,
     /// The peer is in our Kademlia routing table.
     pub(crate) in_routing_table: bool,
+    /// The service welcomes the peer (a member of a group we take part in, see
+    /// `Client::welcome`): kept before strangers, never protected.
+    pub(crate) welcomed: bool,
     /// A Kademlia request of ours waits for the peer's answer: closing would fail a query step.
     pub(crate) busy: bool,
     /// Only Kademlia has used the connection to the peer: no direct message, group message,
@@ -102,6 +105,9 @@ impl<K> Candidate<K> {
         let mut value = 0;
         if self.shares_topic {
             value += 100;
+        }
+        if self.welcomed {
+            value += 50;
         }
         if self.in_routing_table {
             value += 10;

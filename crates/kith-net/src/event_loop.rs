@@ -124,6 +124,8 @@ pub struct EventLoop {
     budget: ConnectionBudget,
     /// Peers the service protects, by tag (see [`Client::protect`]).
     protected: HashMap<&'static str, HashSet<PeerId>>,
+    /// Peers the service welcomes, by tag (see [`Client::welcome`]).
+    welcomed: HashMap<&'static str, HashSet<PeerId>>,
     /// Relay role: reservations and circuits per peer we serve; those connections are protected.
     serving: HashMap<PeerId, usize>,
     /// Open blob streams per peer (they bypass the loop).
@@ -399,6 +401,7 @@ pub(crate) fn build(
         unreachable_bootstrap: HashSet::new(),
         budget: config.connection_budget(),
         protected: HashMap::new(),
+        welcomed: HashMap::new(),
         serving: HashMap::new(),
         blob_use,
         link_use,
@@ -669,8 +672,16 @@ impl EventLoop {
                 } else {
                     self.protected.insert(tag, peers.into_iter().collect());
                 }
-                let protected = self.protected_peers();
-                self.swarm.behaviour_mut().gate.set_protected(protected);
+                self.update_gate(self.protected_peers());
+                let _ = reply.send(());
+            }
+            Command::Welcome { tag, peers, reply } => {
+                if peers.is_empty() {
+                    self.welcomed.remove(tag);
+                } else {
+                    self.welcomed.insert(tag, peers.into_iter().collect());
+                }
+                self.update_gate(self.protected_peers());
                 let _ = reply.send(());
             }
             // Handled in `run`, which has to leave the loop.
@@ -1652,13 +1663,23 @@ impl EventLoop {
         }
     }
 
-    /// Peers whose connections the manager never closes: tagged by the service, relays we hold a
-    /// reservation on or listen through (or reach a peer through), peers with a request pending
-    /// either way, peers we serve a reservation or circuit to, peers with an open blob stream.
+    /// Peers whose connections the manager never closes: tagged by the service, our gossipsub
+    /// mesh peers (group delivery's path; at most the mesh's upper bound per topic), relays we
+    /// hold a reservation on or listen through (or reach a peer through), peers with a request
+    /// pending either way, peers we serve a reservation or circuit to, peers with an open blob
+    /// stream.
     fn protected_peers(&self) -> HashSet<PeerId> {
         let mut protected = self.pinned_peers();
         protected.extend(self.protected.values().flatten().copied());
+        protected.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
         protected
+    }
+
+    /// Hands the inbound gate the peers it lets in at the high mark: the protected ones and the
+    /// ones the service welcomes.
+    fn update_gate(&mut self, mut admitted: HashSet<PeerId>) {
+        admitted.extend(self.welcomed.values().flatten().copied());
+        self.swarm.behaviour_mut().gate.set_protected(admitted);
     }
 
     /// Peers with something bound to one of their connections: a relay we hold a reservation on
@@ -1729,6 +1750,7 @@ impl EventLoop {
                     in_routing_table: routing.contains(peer),
                     busy: waiting.contains(peer),
                     kad_only: !state.used_beyond_kad,
+                    welcomed: self.welcomed.values().any(|peers| peers.contains(peer)),
                     opened: conn.opened,
                     last_used: state.last_used.max(conn.opened).min(now),
                 });
@@ -1769,12 +1791,12 @@ impl EventLoop {
         self.apply_trims(&candidates, now);
     }
 
-    /// The open connections as the manager sees them; hands the gate the protected set on the
-    /// way, so it refuses with the same view the trims are made with.
+    /// The open connections as the manager sees them; hands the gate the protected and welcomed
+    /// sets on the way, so it refuses with the same view the trims are made with.
     fn current_candidates(&mut self) -> Vec<Candidate<ConnectionId>> {
         let protected = self.protected_peers();
         let candidates = self.candidates(&protected);
-        self.swarm.behaviour_mut().gate.set_protected(protected);
+        self.update_gate(protected);
         candidates
     }
 

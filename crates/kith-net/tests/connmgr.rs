@@ -362,3 +362,114 @@ async fn a_nodes_own_walk_is_held_to_its_high_mark_by_closing_the_connections_it
     }
     seed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_strangers_but_mesh_peers_stay()
+ {
+    // High mark 3, low 2. The hub's address is confirmed from the start and every other node is
+    // on another DHT in relay mode, so the only connections are the ones dialed here (see the
+    // first test).
+    let budget = ConnectionBudget {
+        low: 2,
+        high: 3,
+        grace: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(8),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let hub = TestNode::start_with(Some(budget), |mut c| {
+        c.external_addrs = vec![hub_addr.clone()];
+        c.with_listen(vec![hub_addr.clone()])
+            .with_dht_mode(DhtMode::Server)
+    })
+    .await;
+    let quiet = |mut c: Config| {
+        c.relay_server = true;
+        c.with_network_id("crowd")
+    };
+    let mut strangers = Vec::new();
+    for _ in 0..3 {
+        let stranger = TestNode::start_with(None, quiet).await;
+        stranger.client.dial(hub.addr.clone()).await.unwrap();
+        strangers.push(stranger);
+    }
+    poll_until("the hub to hold its high mark of strangers", || async {
+        (hub.connections().await == budget.high).then_some(())
+    })
+    .await;
+
+    // Four group members, welcomed by the hub as the service welcomes the members of its
+    // groups, subscribed to the group's topic like the hub.
+    let topic = "kith/v1/group/welcome".to_owned();
+    hub.client.subscribe(topic.clone()).await.unwrap();
+    let mut members = Vec::new();
+    for _ in 0..4 {
+        let member = TestNode::start_with(None, quiet).await;
+        member.client.subscribe(topic.clone()).await.unwrap();
+        members.push(member);
+    }
+    hub.client
+        .welcome("group-members", members.iter().map(|m| m.peer_id).collect())
+        .await
+        .unwrap();
+    for member in &members {
+        member.client.dial(hub.addr.clone()).await.unwrap();
+    }
+    // Let in at the mark, where a stranger would have been refused; above the mark the strangers
+    // go first, and the members, who each have the hub as their only subscribed peer and graft
+    // it, are all in the hub's mesh (at most 8), which the manager never trims: they stay
+    // although they alone are above the high mark.
+    let mut all_in = false;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut connected = 0;
+        for member in &members {
+            connected += usize::from(hub.connected(member.peer_id).await);
+        }
+        all_in |= connected == members.len();
+        let strangers_left = {
+            let mut left = 0;
+            for stranger in &strangers {
+                left += usize::from(hub.connected(stranger.peer_id).await);
+            }
+            left
+        };
+        if all_in {
+            assert_eq!(connected, members.len(), "a mesh peer was closed");
+        }
+        if all_in && strangers_left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{connected} members and {strangers_left} strangers connected"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let status = hub.client.status().await.unwrap();
+    assert_eq!(
+        status.connections_refused, 0,
+        "a welcomed member was refused"
+    );
+    // The members hold the hub above its high mark past their grace period (3 s) and several
+    // manager rounds (one a second with this idle timeout), and are not trimmed.
+    for _ in 0..60 {
+        tokio::time::sleep(POLL).await;
+        for member in &members {
+            assert!(
+                hub.connected(member.peer_id).await,
+                "a mesh peer was closed"
+            );
+        }
+    }
+    assert!(hub.connections().await > budget.high);
+
+    for node in strangers.into_iter().chain(members) {
+        node.stop().await;
+    }
+    hub.stop().await;
+}

@@ -520,8 +520,11 @@ impl Node {
     }
 
     /// Tells the connection manager which connections the features need kept (it trims the
-    /// rest above its high mark and closes idle ones): members of the groups we take part in,
-    /// everyone in a live call, and the people we exchanged messages with in the last 10 minutes.
+    /// rest above its high mark and closes idle ones): everyone in a live call and the people we
+    /// exchanged messages with in the last 10 minutes are protected; members of the groups we
+    /// take part in are welcomed (let in at the mark, trimmed after strangers), since in a large
+    /// group they are most of the network and the connections delivery needs, the gossipsub mesh,
+    /// are protected by kith-net itself.
     pub(crate) async fn refresh_protection(&self) {
         let me = self.peer_id();
         let mut members = std::collections::HashSet::new();
@@ -542,11 +545,10 @@ impl Node {
             .map(|c| c.peer)
             .collect();
         let in_calls = self.inner.calls.call_participants();
-        for (tag, peers) in [
-            ("group-members", members),
-            ("recent-contacts", recent),
-            ("calls", in_calls),
-        ] {
+        if let Err(e) = self.inner.client.welcome("group-members", members).await {
+            tracing::debug!(error = %e, "cannot update welcomed connections");
+        }
+        for (tag, peers) in [("recent-contacts", recent), ("calls", in_calls)] {
             if let Err(e) = self.inner.client.protect(tag, peers).await {
                 tracing::debug!(tag, error = %e, "cannot update protected connections");
             }

@@ -23,6 +23,7 @@ fn conn(key: u32, now: Instant, age: u64, unused: u64) -> Candidate<u32> {
         in_routing_table: false,
         busy: false,
         kad_only: true,
+        welcomed: false,
         opened,
         last_used: (now - Duration::from_secs(unused)).max(opened),
     }
@@ -53,15 +54,19 @@ fn above_the_high_mark_the_least_recently_used_go_down_to_the_low_mark() {
 }
 
 #[test]
-fn a_shared_topic_outweighs_the_routing_table_which_outweighs_nothing() {
+fn a_shared_topic_outweighs_a_welcome_which_outweighs_the_routing_table_which_outweighs_nothing() {
     let now = Instant::now() + Duration::from_secs(1000);
-    let mut conns: Vec<_> = (0..4).map(|k| conn(k, now, 100, 0)).collect();
+    let mut conns: Vec<_> = (0..5).map(|k| conn(k, now, 100, 0)).collect();
     conns[0].shares_topic = true;
     conns[1].in_routing_table = true;
+    // A group member in our routing table: still below a peer sharing a topic.
+    conns[4].welcomed = true;
+    conns[4].in_routing_table = true;
     // 2 and 3 are worth nothing; of them 3 was used longer ago.
     conns[3].last_used = now - Duration::from_secs(50);
-    check_trims(&conns, &budget(2, 3), now, &[2, 3]);
-    check_trims(&conns, &budget(1, 3), now, &[1, 2, 3]);
+    check_trims(&conns, &budget(3, 4), now, &[2, 3]);
+    check_trims(&conns, &budget(2, 4), now, &[1, 2, 3]);
+    check_trims(&conns, &budget(1, 4), now, &[1, 2, 3, 4]);
 }
 
 #[test]
@@ -186,15 +191,17 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
         specs
             .into_iter()
             .enumerate()
-            .map(|(i, (protected, busy, kad_only, shares_topic, in_rt, age, unused))| {
-                let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
-                c.protected = protected;
-                c.busy = busy;
-                c.kad_only = kad_only;
-                c.shares_topic = shares_topic;
-                c.in_routing_table = in_rt;
-                c
-            })
+            .map(
+                |(i, (protected, busy, kad_only, shares_topic, in_rt, age, unused))| {
+                    let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
+                    c.protected = protected;
+                    c.busy = busy;
+                    c.kad_only = kad_only;
+                    c.shares_topic = shares_topic;
+                    c.in_routing_table = in_rt;
+                    c
+                },
+            )
             .collect()
     })
 }
