@@ -3,7 +3,7 @@
 //! inconsistent state upstream (rust-libp2p #4773, #4870).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque, hash_map::Entry},
+    collections::{HashMap, VecDeque},
     ops::{Deref, DerefMut},
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -14,8 +14,8 @@ use libp2p::{
     identity::Keypair,
     kad, mdns, memory_connection_limits, ping, relay, request_response,
     swarm::{
-        ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
+        ConnectionId, NetworkBehaviour, NotifyHandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        behaviour::toggle::Toggle,
     },
 };
 
@@ -291,15 +291,7 @@ pub(crate) struct TrackedKad {
     refused: Counter,
     /// Our answers to peers' FIND_NODE and GET_VALUE requests, waiting for the next poll.
     answers: VecDeque<ToSwarm<kad::Event, KadHandlerIn>>,
-    /// Our requests each peer has not answered yet (query and when it was sent), so the
-    /// connection manager leaves their connections open ([`TrackedKad::waiting_on`]).
-    waiting: HashMap<PeerId, Vec<(kad::QueryId, Instant)>>,
 }
-
-/// A request of ours unanswered for this long is no longer counted as waiting: kad's handler
-/// gives up on a substream after 10 s by default and reports it, so only a request whose report
-/// we missed (its connection closed first) stays this long.
-const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// What kad's connection handler reports to the behaviour: our lookups' answers among it. The
 /// type lives in a private module of libp2p-kad, so it is named through the trait.
@@ -320,52 +312,6 @@ impl TrackedKad {
             admission,
             refused,
             answers: VecDeque::new(),
-            waiting: HashMap::new(),
-        }
-    }
-
-    /// Peers a request of ours waits on (see [`WAIT_LIMIT`]); forgets those past the limit.
-    pub(crate) fn waiting_on(&mut self) -> HashSet<PeerId> {
-        let now = Instant::now();
-        self.waiting.retain(|_, requests| {
-            requests.retain(|(_, sent)| now.saturating_duration_since(*sent) < WAIT_LIMIT);
-            !requests.is_empty()
-        });
-        self.waiting.keys().copied().collect()
-    }
-
-    /// Notes a request kad hands to a peer's handler; answers and replies are not requests.
-    fn note_request(&mut self, peer: PeerId, event: &KadHandlerIn) {
-        let (KadHandlerIn::FindNodeReq { query_id, .. }
-        | KadHandlerIn::GetProvidersReq { query_id, .. }
-        | KadHandlerIn::GetRecord { query_id, .. }
-        | KadHandlerIn::PutRecord { query_id, .. }) = event
-        else {
-            return;
-        };
-        self.waiting
-            .entry(peer)
-            .or_default()
-            .push((*query_id, Instant::now()));
-    }
-
-    /// Clears the request an answer (or the handler's report of its failure) closes.
-    fn note_answer(&mut self, peer: PeerId, event: &KadHandlerEvent) {
-        let (KadHandlerEvent::FindNodeRes { query_id, .. }
-        | KadHandlerEvent::GetProvidersRes { query_id, .. }
-        | KadHandlerEvent::GetRecordRes { query_id, .. }
-        | KadHandlerEvent::PutRecordRes { query_id, .. }
-        | KadHandlerEvent::QueryError { query_id, .. }) = event
-        else {
-            return;
-        };
-        if let Entry::Occupied(mut requests) = self.waiting.entry(peer) {
-            if let Some(at) = requests.get().iter().position(|(q, _)| q == query_id) {
-                requests.get_mut().swap_remove(at);
-            }
-            if requests.get().is_empty() {
-                requests.remove();
-            }
         }
     }
 
@@ -512,17 +458,8 @@ impl NetworkBehaviour for TrackedKad {
         handle_established_inbound_connection,
         handle_pending_outbound_connection,
         handle_established_outbound_connection,
+        on_swarm_event,
     );
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        // The peer's last connection closed: nothing of ours can be answered on it any more.
-        if let FromSwarm::ConnectionClosed(closed) = &event
-            && closed.remaining_established == 0
-        {
-            self.waiting.remove(&closed.peer_id);
-        }
-        self.inner.on_swarm_event(event);
-    }
 
     fn on_connection_handler_event(
         &mut self,
@@ -532,7 +469,6 @@ impl NetworkBehaviour for TrackedKad {
     ) {
         // A request from the peer, or its answer to ours.
         self.note(peer_id);
-        self.note_answer(peer_id, &event);
         let mut event = event;
         self.refuse_referrals(peer_id, &mut event);
         if let Some(event) = self.answer(peer_id, connection_id, event) {
@@ -552,11 +488,7 @@ impl NetworkBehaviour for TrackedKad {
         let polled = self.inner.poll(cx);
         match &polled {
             // A request to the peer or our answer to its request.
-            Poll::Ready(ToSwarm::NotifyHandler { peer_id, event, .. }) => {
-                let peer = *peer_id;
-                self.note(peer);
-                self.note_request(peer, event);
-            }
+            Poll::Ready(ToSwarm::NotifyHandler { peer_id, .. }) => self.note(*peer_id),
             // A query needs a peer it is not connected to; the request follows the connection.
             Poll::Ready(ToSwarm::Dial { opts }) => {
                 if let Some(peer) = opts.get_peer_id() {

@@ -2,16 +2,15 @@
 //!
 //! gossipsub keeps a stream open on every connection (rust-libp2p #5190), so libp2p's idle timeout
 //! never closes anything and a node ends up connected to nearly everyone it ever met. The event
-//! loop therefore describes each open connection as a [`Candidate`] every few seconds (and, for
-//! the trim, on every new connection above the high mark) and closes what these functions pick:
+//! loop therefore describes each open connection as a [`Candidate`] every few seconds and closes
+//! what these functions pick:
 //!
 //! - [`select_trims`]: above the high mark, close the least useful connections until the low mark
-//!   is reached (go-libp2p's connmgr rule). Never picked: protected connections, those a Kademlia
-//!   request of ours still waits on, and those younger than the grace period that were used in
-//!   the last few seconds ([`YOUNG_QUIET`]), unless only Kademlia used them and its answer came
-//!   ([`Candidate::done`]), so trimming can stop above the low mark but never goes below it.
-//! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no
-//!   request of ours waiting on it, no topic shared with us, and unused for the idle timeout.
+//!   is reached (go-libp2p's connmgr rule). Protected connections are never picked, nor those
+//!   younger than the grace period that were used in the last few seconds ([`YOUNG_QUIET`]), so
+//!   trimming can stop above the low mark but never goes below it.
+//! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no topic
+//!   shared with us, and unused for the idle timeout.
 //! - [`select_duplicates`]: keep one connection per peer. Two nodes that dial each other at once,
 //!   an AutoNAT server's dial-back and a hole punch next to its relayed connection each leave a
 //!   second connection to the same peer, which carries nothing the first cannot and would count
@@ -75,11 +74,6 @@ pub(crate) struct Candidate<K> {
     /// The service welcomes the peer (a member of a group we take part in, see
     /// `Client::welcome`): kept before strangers, never protected.
     pub(crate) welcomed: bool,
-    /// A Kademlia request of ours waits for the peer's answer: closing would fail a query step.
-    pub(crate) busy: bool,
-    /// Only Kademlia has used the connection to the peer: no direct message, group message,
-    /// blob or link has passed over it since it opened.
-    pub(crate) kad_only: bool,
     /// When the connection was established.
     pub(crate) opened: Instant,
     /// When the peer last exchanged something we care about (a request, a response, a group
@@ -88,18 +82,6 @@ pub(crate) struct Candidate<K> {
 }
 
 impl<K> Candidate<K> {
-    /// A Kademlia-only connection, used since it opened, with nothing of ours waiting on it and
-    /// no topic shared: the walk step it was dialed for has had its answer. Inside the grace
-    /// period such a connection may still be trimmed above the high mark, which is what keeps a
-    /// node's own Kademlia walks (20-30 dials in a few seconds, each used once) from carrying it
-    /// past the mark until the next quiet spell. A connection a direct message, a group message,
-    /// a blob or a link has used is never done this way: the conversation it carries (a group
-    /// invitation, then the member list, then the keys) would have to dial again for each step,
-    /// and a 200-member group ran out of descriptors on the redials when it was.
-    pub(crate) fn done(&self) -> bool {
-        self.kad_only && !self.busy && !self.shares_topic && self.last_used > self.opened
-    }
-
     /// How useful the connection is beyond recency; higher is kept longer.
     pub(crate) fn value(&self) -> u32 {
         let mut value = 0;
@@ -126,10 +108,9 @@ impl<K> Candidate<K> {
 pub(crate) const YOUNG_QUIET: Duration = Duration::from_secs(3);
 
 /// The connections to close when `conns.len()` is above `budget.high`: the least valuable (then
-/// least recently used, then oldest) unprotected connections with no Kademlia request of ours
-/// waiting on them that are past the grace period, quiet for [`YOUNG_QUIET`], or were used since
-/// they opened (a walk's connection whose answer came is done with: [`Candidate::done`]), at most
-/// as many as bring the count down to `budget.low`. Empty at or below the high mark.
+/// least recently used, then oldest) unprotected connections past the grace period or quiet for
+/// [`YOUNG_QUIET`], at most as many as bring the count down to `budget.low`. Empty at or below
+/// the high mark.
 pub(crate) fn select_trims<K: Clone>(
     conns: &[Candidate<K>],
     budget: &ConnectionBudget,
@@ -144,10 +125,8 @@ pub(crate) fn select_trims<K: Clone>(
         .iter()
         .filter(|c| {
             !c.protected
-                && !c.busy
                 && (now.saturating_duration_since(c.opened) >= budget.grace
-                    || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet
-                    || c.done())
+                    || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet)
         })
         .collect();
     eligible.sort_by_key(|c| (c.value(), c.last_used, c.opened));
@@ -169,8 +148,8 @@ pub(crate) fn admits_inbound(
     protected || established < budget.high
 }
 
-/// The connections nobody uses: not protected, no request of ours waiting on them, sharing no
-/// topic with us, unused for `budget.idle_timeout`.
+/// The connections nobody uses: not protected, sharing no topic with us, unused for
+/// `budget.idle_timeout`.
 pub(crate) fn select_idle<K: Clone>(
     conns: &[Candidate<K>],
     budget: &ConnectionBudget,
@@ -180,7 +159,6 @@ pub(crate) fn select_idle<K: Clone>(
         .iter()
         .filter(|c| {
             !c.protected
-                && !c.busy
                 && !c.shares_topic
                 && now.saturating_duration_since(c.last_used) >= budget.idle_timeout
         })

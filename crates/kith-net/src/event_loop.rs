@@ -149,6 +149,8 @@ pub struct EventLoop {
     hole_punch: HolePunchStats,
     /// Automatic DHT mode overridden to client: our only confirmed addresses are relay circuits.
     client_while_relayed: bool,
+    /// When connections were last checked, so a burst of new ones is not re-scanned for each.
+    last_managed: Instant,
 }
 
 /// What a circuit relay v2 server announces.
@@ -200,10 +202,6 @@ struct PeerState {
     since: SystemTime,
     /// Last request, response or group message exchanged with the peer.
     last_used: Instant,
-    /// Something other than Kademlia (a direct message, a group message, a blob, a link) has
-    /// used the peer's connections: they are no longer a walk's to be done with
-    /// (`Candidate::done`).
-    used_beyond_kad: bool,
 }
 
 /// One open connection.
@@ -414,6 +412,7 @@ pub(crate) fn build(
         lan_dials: HashMap::new(),
         lan_redials: HashMap::new(),
         client_while_relayed: false,
+        last_managed: Instant::now(),
     };
     if event_loop.relay_policy == RelayPolicy::Always {
         event_loop.listen_via_relays();
@@ -721,13 +720,12 @@ impl EventLoop {
                     libp2p::core::ConnectedPoint::Listener { local_addr, .. } => Some(local_addr),
                     libp2p::core::ConnectedPoint::Dialer { .. } => None,
                 };
-                let opened = Instant::now();
                 let conn = Conn {
                     path: ConnectionPath::of(&addr, local),
                     local: local.cloned(),
                     addr: addr.clone(),
                     inbound,
-                    opened,
+                    opened: Instant::now(),
                     closing: false,
                 };
                 let first = match self.peers.entry(peer_id) {
@@ -741,10 +739,7 @@ impl EventLoop {
                             protocols: Vec::new(),
                             agent: String::new(),
                             since: SystemTime::now(),
-                            // Not used yet: a later use is what makes the connection "done"
-                            // (see `Candidate::done`).
-                            last_used: opened,
-                            used_beyond_kad: false,
+                            last_used: Instant::now(),
                         });
                         true
                     }
@@ -754,10 +749,10 @@ impl EventLoop {
                 if self.lan_peers.contains(&peer_id) {
                     self.confirm_lan_addrs(peer_id);
                 }
-                // Above the mark, trim at once rather than at the next round: between rounds a
-                // node's own walks could otherwise hold it past the mark for seconds.
-                if self.conns_in + self.conns_out > self.budget.high {
-                    self.trim_to_budget(Instant::now());
+                if self.conns_in + self.conns_out > self.budget.high
+                    && self.last_managed.elapsed() >= Duration::from_secs(1)
+                {
+                    self.manage_connections();
                 }
                 if first && self.relay_listening {
                     self.listen_via(peer_id);
@@ -1629,12 +1624,10 @@ impl EventLoop {
             .map(|n| n.round() as u64)
     }
 
-    /// Records that `peer` was just used by something other than Kademlia, which postpones
-    /// trimming and idle-closing it and takes its connections out of the walk's.
+    /// Records that `peer` was just used, which postpones trimming and idle-closing it.
     fn touch(&mut self, peer: &PeerId) {
         if let Some(state) = self.peers.get_mut(peer) {
             state.last_used = Instant::now();
-            state.used_beyond_kad = true;
         }
     }
 
@@ -1736,7 +1729,6 @@ impl EventLoop {
                 .collect()
         };
         let routing: HashSet<PeerId> = self.routing_table().into_iter().collect();
-        let waiting = self.swarm.behaviour_mut().kad.waiting_on();
         let mut candidates = Vec::new();
         for (peer, state) in &self.peers {
             for (id, conn) in &state.connections {
@@ -1748,8 +1740,6 @@ impl EventLoop {
                     protected: protected.contains(peer),
                     shares_topic: sharing.contains(peer),
                     in_routing_table: routing.contains(peer),
-                    busy: waiting.contains(peer),
-                    kad_only: !state.used_beyond_kad,
                     welcomed: self.welcomed.values().any(|peers| peers.contains(peer)),
                     opened: conn.opened,
                     last_used: state.last_used.max(conn.opened).min(now),
@@ -1764,6 +1754,7 @@ impl EventLoop {
     /// follow.
     fn manage_connections(&mut self) {
         let now = Instant::now();
+        self.last_managed = now;
         self.redial_lan_peers(now);
         for id in self.duplicates(now) {
             if self.close(id) {
@@ -1771,51 +1762,27 @@ impl EventLoop {
                 self.metrics.connection_trimmed();
             }
         }
-        let candidates = self.current_candidates();
-        let trimmed = self.apply_trims(&candidates, now);
+        let protected = self.protected_peers();
+        let candidates = self.candidates(&protected);
+        self.update_gate(protected);
+        let trims = connmgr::select_trims(&candidates, &self.budget, now);
+        let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
         let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)
             .into_iter()
             .filter(|id| !trimmed.contains(id))
             .collect();
+        for id in trims {
+            if self.close(id) {
+                self.connections_trimmed += 1;
+                self.metrics.connection_trimmed();
+            }
+        }
         for id in idle {
             if self.close(id) {
                 self.connections_idle_closed += 1;
                 self.metrics.connection_idle_closed();
             }
         }
-    }
-
-    /// Trims down to the low mark when above the high one (the first half of a manager round).
-    fn trim_to_budget(&mut self, now: Instant) {
-        let candidates = self.current_candidates();
-        self.apply_trims(&candidates, now);
-    }
-
-    /// The open connections as the manager sees them; hands the gate the protected and welcomed
-    /// sets on the way, so it refuses with the same view the trims are made with.
-    fn current_candidates(&mut self) -> Vec<Candidate<ConnectionId>> {
-        let protected = self.protected_peers();
-        let candidates = self.candidates(&protected);
-        self.update_gate(protected);
-        candidates
-    }
-
-    /// Closes what [`connmgr::select_trims`] picks; returns what it closed.
-    fn apply_trims(
-        &mut self,
-        candidates: &[Candidate<ConnectionId>],
-        now: Instant,
-    ) -> HashSet<ConnectionId> {
-        let trims = connmgr::select_trims(candidates, &self.budget, now);
-        let mut trimmed = HashSet::new();
-        for id in trims {
-            if self.close(id) {
-                self.connections_trimmed += 1;
-                self.metrics.connection_trimmed();
-            }
-            trimmed.insert(id);
-        }
-        trimmed
     }
 
     /// Our second connections to the same peers that we should close (see

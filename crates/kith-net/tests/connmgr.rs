@@ -303,66 +303,6 @@ async fn kademlia_requests_count_as_use_of_a_connection() {
     walker.stop().await;
     hub.stop().await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nodes_own_walk_is_held_to_its_high_mark_by_closing_the_connections_it_is_done_with() {
-    // A walk dials every peer it asks and uses each once. Inside the grace period (a minute
-    // here) nothing would be trimmed for being old, and the walk is over before any of its
-    // connections has been quiet for long: only the rule that an answered connection is done
-    // with keeps the walker at its mark.
-    let budget = ConnectionBudget {
-        low: 3,
-        high: 5,
-        grace: Duration::from_secs(60),
-        idle_timeout: Duration::from_secs(600),
-    };
-    let seed = TestNode::start(None, DhtMode::Server).await;
-    let mut servers = Vec::new();
-    for _ in 0..13 {
-        let server = TestNode::start(None, DhtMode::Server).await;
-        server.client.dial(seed.addr.clone()).await.unwrap();
-        servers.push(server);
-    }
-    poll_until("every server in the seed's routing table", || async {
-        (seed.client.status().await.unwrap().routing_table_peers >= servers.len()).then_some(())
-    })
-    .await;
-    // Relay mode: no AutoNAT client, so every connection the walker holds is one its walk made.
-    let walker = TestNode::start_with(Some(budget), |mut c| {
-        c.relay_server = true;
-        c.with_dht_mode(DhtMode::Client)
-    })
-    .await;
-    walker.client.dial(seed.addr.clone()).await.unwrap();
-    poll_until("the seed in the walker's routing table", || async {
-        (walker.client.status().await.unwrap().routing_table_peers > 0).then_some(())
-    })
-    .await;
-
-    let found = walker
-        .client
-        .get_closest_peers(PeerId::random())
-        .await
-        .unwrap();
-    let status = walker.client.status().await.unwrap();
-    let open = status.connections_inbound + status.connections_outbound;
-    // The walk still reached the network: closing what it was done with did not end it early.
-    assert!(found.len() >= 10, "the walk found {} peers", found.len());
-    assert!(
-        status.connections_trimmed as usize >= found.len() - budget.high,
-        "{} trimmed for a walk through {} peers",
-        status.connections_trimmed,
-        found.len()
-    );
-    assert!(open <= budget.high, "{open} open after the walk");
-
-    walker.stop().await;
-    for server in servers {
-        server.stop().await;
-    }
-    seed.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_strangers_but_mesh_peers_stay()
  {

@@ -21,8 +21,6 @@ fn conn(key: u32, now: Instant, age: u64, unused: u64) -> Candidate<u32> {
         protected: false,
         shares_topic: false,
         in_routing_table: false,
-        busy: false,
-        kad_only: true,
         welcomed: false,
         opened,
         last_used: (now - Duration::from_secs(unused)).max(opened),
@@ -70,76 +68,36 @@ fn a_shared_topic_outweighs_a_welcome_which_outweighs_the_routing_table_which_ou
 }
 
 #[test]
-fn protected_busy_and_young_unanswered_connections_are_never_trimmed_even_if_the_low_mark_is_missed()
- {
+fn protected_and_young_busy_connections_are_never_trimmed_even_if_the_low_mark_is_missed() {
     let now = Instant::now() + Duration::from_secs(1000);
     let mut conns: Vec<_> = (0..8).map(|k| conn(k, now, 100, 100)).collect();
     for c in &mut conns[..4] {
         c.protected = true;
     }
-    // Young (5 s of a 20 s grace), used a second ago, a request of ours still waiting on it.
+    // Young (5 s of a 20 s grace) and used a second ago.
     conns[4].opened = now - Duration::from_secs(5);
     conns[4].last_used = now - Duration::from_secs(1);
-    conns[4].busy = true;
-    // Old but waiting for an answer: a query step would fail.
-    conns[5].busy = true;
-    // 8 > 6: the low mark (2) would need 6 trims, only 6 and 7 may go.
-    check_trims(&conns, &budget(2, 6), now, &[6, 7]);
+    // 8 > 6: the low mark (2) would need 6 trims, only 5, 6 and 7 may go.
+    check_trims(&conns, &budget(2, 6), now, &[5, 6, 7]);
 }
 
 #[test]
 fn above_the_high_mark_a_young_connection_gone_quiet_may_be_trimmed() {
     let now = Instant::now() + Duration::from_secs(1000);
     // All inside the 20 s grace: 0 just opened, 1 opened 2 s ago and unused since, 2 and 3
-    // answered a query 1 s and 4 s ago, 4 and 5 opened 10 s ago and never used, 6 was used a
-    // second ago and still waits for an answer.
-    let mut conns = vec![
+    // answered a query 1 s and 4 s ago, 4 and 5 opened 10 s ago and never used.
+    let conns = vec![
         conn(0, now, 0, 0),
         conn(1, now, 2, 2),
         conn(2, now, 10, 1),
         conn(3, now, 10, 4),
         conn(4, now, 10, 10),
         conn(5, now, 10, 10),
-        conn(6, now, 10, 1),
     ];
-    conns[6].busy = true;
-    // Above the high mark (4) down to 1: those quiet for YOUNG_QUIET (3 s) and those whose
-    // answer came (2, used a second ago but done with) qualify; a dial not used yet (1) and one
-    // waiting for its answer (6) do not.
-    check_trims(&conns, &budget(1, 4), now, &[2, 3, 4, 5]);
+    // Above the high mark (4) down to 1: only those quiet for YOUNG_QUIET (3 s) qualify.
+    check_trims(&conns, &budget(1, 4), now, &[3, 4, 5]);
     // At the high mark nothing goes, quiet or not.
     check_trims(&conns[..4], &budget(1, 4), now, &[]);
-}
-
-#[test]
-fn a_walk_past_the_high_mark_is_held_to_it_by_its_answered_connections() {
-    // A walk dials one peer after another, each used once: with the old connections trimmed
-    // first, then the answered ones, only the connections still waiting stay above the mark.
-    let now = Instant::now() + Duration::from_secs(1000);
-    let mut conns: Vec<_> = (0..4).map(|k| conn(k, now, 100, 50)).collect();
-    conns.extend((4..10).map(|k| conn(k, now, 2, 1)));
-    for c in &mut conns[7..] {
-        c.busy = true;
-    }
-    // 10 connections, high 6, low 6: four go, the oldest (least recently used) first.
-    check_trims(&conns, &budget(6, 6), now, &[0, 1, 2, 3]);
-    // High 3: of the walk's own, the three answered go too; the three waiting stay.
-    check_trims(&conns, &budget(3, 3), now, &[0, 1, 2, 3, 4, 5, 6]);
-}
-
-#[test]
-fn a_connection_a_message_or_a_topic_uses_is_never_done_with_inside_its_grace() {
-    let now = Instant::now() + Duration::from_secs(1000);
-    // All opened 10 s ago (20 s grace) and used a second ago: 0 by a walk only, 1 by a direct
-    // message too (an invitation, say), 2 by a walk to a peer that shares a topic with us.
-    let mut conns: Vec<_> = (0..3).map(|k| conn(k, now, 10, 1)).collect();
-    conns[1].kad_only = false;
-    conns[2].shares_topic = true;
-    assert!(conns[0].done());
-    assert!(!conns[1].done());
-    assert!(!conns[2].done());
-    // Far above the high mark, only the walk's connection goes.
-    check_trims(&conns, &budget(0, 1), now, &[0]);
 }
 
 #[test]
@@ -159,9 +117,6 @@ fn idle_means_unprotected_no_topic_and_unused_for_the_timeout() {
     let mut idle = select_idle(&conns, &budget(64, 96), now);
     idle.sort_unstable();
     assert_eq!(idle, vec![0, 4]);
-    // A request of ours outstanding for the whole timeout still waits for its answer.
-    conns[0].busy = true;
-    assert_eq!(select_idle(&conns, &budget(64, 96), now), vec![4]);
 }
 
 #[test]
@@ -180,8 +135,6 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
-            any::<bool>(),
-            any::<bool>(),
             0u64..200,
             0u64..200,
         ),
@@ -191,17 +144,13 @@ fn arb_conns() -> impl Strategy<Value = Vec<Candidate<u32>>> {
         specs
             .into_iter()
             .enumerate()
-            .map(
-                |(i, (protected, busy, kad_only, shares_topic, in_rt, age, unused))| {
-                    let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
-                    c.protected = protected;
-                    c.busy = busy;
-                    c.kad_only = kad_only;
-                    c.shares_topic = shares_topic;
-                    c.in_routing_table = in_rt;
-                    c
-                },
-            )
+            .map(|(i, (protected, shares_topic, in_rt, age, unused))| {
+                let mut c = conn(u32::try_from(i).unwrap_or(u32::MAX), now, age, unused);
+                c.protected = protected;
+                c.shares_topic = shares_topic;
+                c.in_routing_table = in_rt;
+                c
+            })
             .collect()
     })
 }
@@ -220,15 +169,13 @@ proptest! {
             .iter()
             .filter(|c| {
                 !c.protected
-                    && !c.busy
                     && (now.saturating_duration_since(c.opened) >= b.grace
-                        || now.saturating_duration_since(c.last_used) >= YOUNG_QUIET
-                        || (c.kad_only && !c.shares_topic && c.last_used > c.opened))
+                        || now.saturating_duration_since(c.last_used) >= YOUNG_QUIET)
             })
             .collect();
 
-        // Never a protected connection, one waiting for an answer, nor a young one used in the
-        // last few seconds before its first answer; never one twice.
+        // Never a protected connection nor a young one used in the last few seconds, never one
+        // twice.
         let mut unique = trims.clone();
         unique.sort_unstable();
         unique.dedup();
