@@ -217,6 +217,20 @@ struct Conn {
     closing: bool,
 }
 
+/// Replaces the peers a service tag names (`Client::protect`, `Client::welcome`); an empty list
+/// drops the tag.
+fn replace_tag(
+    sets: &mut HashMap<&'static str, HashSet<PeerId>>,
+    tag: &'static str,
+    peers: Vec<PeerId>,
+) {
+    if peers.is_empty() {
+        sets.remove(tag);
+    } else {
+        sets.insert(tag, peers.into_iter().collect());
+    }
+}
+
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoop")
@@ -666,20 +680,12 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Protect { tag, peers, reply } => {
-                if peers.is_empty() {
-                    self.protected.remove(tag);
-                } else {
-                    self.protected.insert(tag, peers.into_iter().collect());
-                }
+                replace_tag(&mut self.protected, tag, peers);
                 self.update_gate(self.protected_peers());
                 let _ = reply.send(());
             }
             Command::Welcome { tag, peers, reply } => {
-                if peers.is_empty() {
-                    self.welcomed.remove(tag);
-                } else {
-                    self.welcomed.insert(tag, peers.into_iter().collect());
-                }
+                replace_tag(&mut self.welcomed, tag, peers);
                 self.update_gate(self.protected_peers());
                 let _ = reply.send(());
             }

@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 use common::{POLL, TestNode, WAIT, metrics_text, poll_until};
 use kith_net::{Config, ConnectionBudget, DhtMode, Multiaddr, PeerId};
 
+/// A DHT server whose address is confirmed from the start, so no AutoNAT probe dials back to the
+/// peers that dial it: with [`crowd_config`] peers, the only connections are the ones a test dials.
+async fn confirmed_hub(budget: ConnectionBudget) -> TestNode {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    TestNode::start_with(Some(budget), |mut c| {
+        c.external_addrs = vec![hub_addr.clone()];
+        c.with_listen(vec![hub_addr.clone()])
+            .with_dht_mode(DhtMode::Server)
+    })
+    .await
+}
+
+/// Relay mode (no AutoNAT client) on another DHT than the hub's (no Kademlia walks through it).
+fn crowd_config(mut c: Config) -> Config {
+    c.relay_server = true;
+    c.with_network_id("crowd")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowded_node_refuses_the_crowd_at_its_high_mark_lets_protected_peers_in_and_trims_to_its_low_mark()
  {
@@ -24,24 +47,9 @@ async fn a_crowded_node_refuses_the_crowd_at_its_high_mark_lets_protected_peers_
     // against a known number: the hub's address is confirmed from the start (no AutoNAT probe
     // dials back to the crowd), and the crowd is on another DHT (no Kademlia walks through the
     // hub) and in relay mode (no AutoNAT client asking the hub for dial-backs).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let hub = TestNode::start_with(Some(budget), |mut c| {
-        c.external_addrs = vec![hub_addr.clone()];
-        c.with_listen(vec![hub_addr.clone()])
-            .with_dht_mode(DhtMode::Server)
-    })
-    .await;
-    let quiet = |mut c: Config| {
-        c.relay_server = true;
-        c.with_network_id("crowd")
-    };
-    let keeper = TestNode::start_with(None, quiet).await;
-    let latecomer = TestNode::start_with(None, quiet).await;
+    let hub = confirmed_hub(budget).await;
+    let keeper = TestNode::start_with(None, crowd_config).await;
+    let latecomer = TestNode::start_with(None, crowd_config).await;
     hub.client
         .protect("test-keep", vec![keeper.peer_id, latecomer.peer_id])
         .await
@@ -55,7 +63,7 @@ async fn a_crowded_node_refuses_the_crowd_at_its_high_mark_lets_protected_peers_
     // Twelve strangers dial: the hub takes them up to its high mark and refuses the rest.
     let mut crowd = Vec::new();
     for _ in 0..12 {
-        let peer = TestNode::start_with(None, quiet).await;
+        let peer = TestNode::start_with(None, crowd_config).await;
         peer.client.dial(hub.addr.clone()).await.unwrap();
         crowd.push(peer);
     }
@@ -315,25 +323,10 @@ async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_stranger
         grace: Duration::from_secs(3),
         idle_timeout: Duration::from_secs(8),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hub_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let hub = TestNode::start_with(Some(budget), |mut c| {
-        c.external_addrs = vec![hub_addr.clone()];
-        c.with_listen(vec![hub_addr.clone()])
-            .with_dht_mode(DhtMode::Server)
-    })
-    .await;
-    let quiet = |mut c: Config| {
-        c.relay_server = true;
-        c.with_network_id("crowd")
-    };
+    let hub = confirmed_hub(budget).await;
     let mut strangers = Vec::new();
     for _ in 0..3 {
-        let stranger = TestNode::start_with(None, quiet).await;
+        let stranger = TestNode::start_with(None, crowd_config).await;
         stranger.client.dial(hub.addr.clone()).await.unwrap();
         strangers.push(stranger);
     }
@@ -348,7 +341,7 @@ async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_stranger
     hub.client.subscribe(topic.clone()).await.unwrap();
     let mut members = Vec::new();
     for _ in 0..4 {
-        let member = TestNode::start_with(None, quiet).await;
+        let member = TestNode::start_with(None, crowd_config).await;
         member.client.subscribe(topic.clone()).await.unwrap();
         members.push(member);
     }
