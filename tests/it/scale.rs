@@ -14,7 +14,8 @@
 //! bundle walks opened was kept for the whole 20 s grace period: median 96 connections per node,
 //! 20,000 descriptors), then, once quiet young connections could be trimmed, because direct
 //! messages to members the sender had never met could not be dialed at all (no peer routing).
-//! It failed again, now and then, on 2026-12-07: every member protected every other member's
+//! On 2026-12-07, with a manager that trimmed answered connections (not kept), one failing run
+//! showed a problem the kept manager shared: every member protected every other member's
 //! connections, so any connection a Kademlia walk made to one stayed, and a run slow enough to
 //! meet the nodes' periodic bootstraps (5 minutes after their start) went from 31 connections per
 //! node to 162 and out of descriptors. Members are now welcomed, not protected; the gossipsub
