@@ -311,6 +311,16 @@ async fn kademlia_requests_count_as_use_of_a_connection() {
     walker.stop().await;
     hub.stop().await;
 }
+
+/// How many of `nodes` the hub is connected to.
+async fn connected_to(hub: &TestNode, nodes: &[TestNode]) -> usize {
+    let mut connected = 0;
+    for node in nodes {
+        connected += usize::from(hub.connected(node.peer_id).await);
+    }
+    connected
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_strangers_but_mesh_peers_stay()
  {
@@ -359,18 +369,9 @@ async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_stranger
     let mut all_in = false;
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut connected = 0;
-        for member in &members {
-            connected += usize::from(hub.connected(member.peer_id).await);
-        }
+        let connected = connected_to(&hub, &members).await;
         all_in |= connected == members.len();
-        let strangers_left = {
-            let mut left = 0;
-            for stranger in &strangers {
-                left += usize::from(hub.connected(stranger.peer_id).await);
-            }
-            left
-        };
+        let strangers_left = connected_to(&hub, &strangers).await;
         if all_in {
             assert_eq!(connected, members.len(), "a mesh peer was closed");
         }
