@@ -212,6 +212,69 @@ async fn five_members_get_every_message_once_in_order() {
     shutdown_all(nodes).await.unwrap();
 }
 
+/// A member whose key bundle no DHT peer holds (never published here; at scale, a lookup that
+/// misses) cannot be sent a Megolm key by a member it never talked to: the share waits in the
+/// sender's outbox for a bundle that never comes, and the member holds the sender's messages
+/// without being able to read them. It asks the sender for the key (an Olm message of its own,
+/// which gives the sender a session to answer on) and reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_messages() {
+    let admin = TestNode::start_with(Vec::new(), group_options(), Transports::Tcp)
+        .await
+        .unwrap();
+    let bootstrap = vec![admin.tcp_addr()];
+    let a = TestNode::start_with(bootstrap.clone(), group_options(), Transports::Tcp)
+        .await
+        .unwrap();
+    let silent = Options {
+        first_republish_after: Duration::from_secs(86_400),
+        ..group_options()
+    };
+    let b = TestNode::start_with(bootstrap, silent, Transports::Tcp)
+        .await
+        .unwrap();
+    let nodes = vec![admin, a, b];
+    wait_for_mesh(&nodes, &[], MESH).await.unwrap();
+    let (admin, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
+    // The admin can reach B only over the session B's first message opens.
+    b.node()
+        .send_text(&admin.peer_id().to_string(), "add me please")
+        .await
+        .unwrap();
+    wait_until("the admin to hold B's message", ARRIVAL, POLL, async || {
+        !admin
+            .node()
+            .probe()
+            .conversation(b.peer_id())
+            .unwrap()
+            .is_empty()
+    })
+    .await
+    .unwrap();
+    let id = group_of("no bundle", admin, &[a, b]).await;
+    let sent = a.node().send_group_text(&id, "hello B").await.unwrap();
+    assert!(
+        a.node()
+            .group_key_state(&gid(&id))
+            .unwrap()
+            .shared_with
+            .unwrap()
+            .contains(&b.peer_id()),
+        "A's key was not even queued for B"
+    );
+    // A's share to B waits for a bundle; B holds the message it cannot read, asks, and reads it.
+    wait_for_count(b.node(), &id, 1).await;
+    let held = history(b.node(), &id);
+    assert_eq!(held[0].id, sent.id);
+    assert_eq!(held[0].text, "hello B");
+    assert!(b.metric("kith_group_key_requests_sent_total") >= 1.0);
+    assert!(a.metric("kith_group_key_requests_answered_total") >= 1.0);
+    // The admin got A's key the usual way and never needed to ask.
+    wait_for_count(admin.node(), &id, 1).await;
+    assert_eq!(admin.metric("kith_group_key_requests_sent_total"), 0.0);
+    shutdown_all(nodes).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_offline_member_catches_up_on_100_messages() {
     let mut nodes = network(3).await;

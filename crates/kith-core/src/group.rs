@@ -451,5 +451,64 @@ pub fn first_readable(sent: &[(u64, u64)], added_at_ms: u64) -> Option<(u32, u64
     Some((u32::try_from(index).ok()?, sent[index].0))
 }
 
+/// When a member asks a sender again for a Megolm session key it lacks (a `GroupKeyRequest`):
+/// only once envelopes of that session have waited `after_ms` (the share usually arrives just
+/// behind its first messages, and is retried by the sender's outbox), then at most once per
+/// `every_ms` while they keep waiting, and at most `max_asks` times (a sender that moved on to a
+/// new session cannot answer for the old one). A session that stops waiting (its key came) is
+/// forgotten.
+///
+/// The sender's own retries cover a share that is merely slow; the request covers one that
+/// cannot arrive as sent: the sender found no key bundle for us in the DHT, cannot dial us, or
+/// the share was lost. The request is an Olm message from us, so it gives the sender a session
+/// with us and a connection to answer on.
+#[derive(Debug, Clone)]
+pub struct KeyRequests<K> {
+    after_ms: u64,
+    every_ms: u64,
+    max_asks: u32,
+    /// Per waiting session: when it was first seen waiting, when it was last asked for, and how
+    /// many times.
+    waiting: std::collections::HashMap<K, (u64, Option<u64>, u32)>,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> KeyRequests<K> {
+    /// Asks after `after_ms` of waiting, then every `every_ms`, `max_asks` times in all.
+    pub fn new(after_ms: u64, every_ms: u64, max_asks: u32) -> Self {
+        Self {
+            after_ms,
+            every_ms,
+            max_asks,
+            waiting: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Given the sessions whose envelopes wait for a key now, those to ask for at `now_ms`
+    /// (each is then counted as asked). Sessions not in `waiting` are forgotten.
+    pub fn due(&mut self, waiting: impl IntoIterator<Item = K>, now_ms: u64) -> Vec<K> {
+        let mut still = std::collections::HashMap::new();
+        let mut due = Vec::new();
+        for key in waiting {
+            if still.contains_key(&key) {
+                continue;
+            }
+            let (since, asked, asks) = self.waiting.remove(&key).unwrap_or((now_ms, None, 0));
+            let ask = asks < self.max_asks
+                && match asked {
+                    None => now_ms.saturating_sub(since) >= self.after_ms,
+                    Some(at) => now_ms.saturating_sub(at) >= self.every_ms,
+                };
+            if ask {
+                due.push(key.clone());
+                still.insert(key, (since, Some(now_ms), asks + 1));
+            } else {
+                still.insert(key, (since, asked, asks));
+            }
+        }
+        self.waiting = still;
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests;

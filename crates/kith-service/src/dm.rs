@@ -1740,7 +1740,8 @@ impl Dm {
                 Some(
                     body @ (pb::direct_payload::Body::GroupInvite(_)
                     | pb::direct_payload::Body::GroupUpdate(_)
-                    | pb::direct_payload::Body::GroupKey(_)),
+                    | pb::direct_payload::Body::GroupKey(_)
+                    | pb::direct_payload::Body::GroupKeyRequest(_)),
                 ) => controls.push((peer, body, inbound.reply)),
                 None => {
                     let _ = inbound

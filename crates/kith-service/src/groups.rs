@@ -58,6 +58,21 @@ const SYNC_MAX_PAGES: usize = 64;
 const FIRST_SEND_SYNC: Duration = Duration::from_secs(2);
 /// Members asked in one catch-up round before giving up until the next.
 const SYNC_MAX_PEERS: usize = 4;
+/// How long envelopes wait for their session's key before we ask its sender for it: longer than
+/// a share usually trails its first messages, short enough that a lost share costs seconds.
+const KEY_REQUEST_AFTER: Duration = Duration::from_secs(15);
+/// How often a key still missing is asked for again.
+const KEY_REQUEST_EVERY: Duration = Duration::from_secs(60);
+/// How many times one missing key is asked for while it stays missing.
+const KEY_REQUEST_ASKS: u32 = 5;
+/// The least time between two key shares we queue for one member on request.
+const KEY_ANSWER_EVERY: Duration = Duration::from_secs(10);
+/// Sessions per group considered in one round of key requests.
+const KEY_REQUEST_MAX_SESSIONS: usize = 64;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The gossipsub topic of a group.
 pub fn topic(group: &GroupId) -> String {
@@ -177,8 +192,15 @@ struct Shared {
     /// Groups a catch-up was tried for since start.
     tried: StdMutex<HashSet<GroupId>>,
     receivers: Mutex<HashMap<(GroupId, SessionId), GroupReceiver>>,
+    /// Sessions whose envelopes wait for a key, and when we asked their senders for it.
+    key_requests: StdMutex<kith_core::group::KeyRequests<(GroupId, SessionId)>>,
+    /// When we last answered a member's key request, per (group, member): a member cannot make
+    /// us encrypt and queue key shares faster than once per [`KEY_ANSWER_EVERY`].
+    key_answers: StdMutex<HashMap<(GroupId, PeerId), u64>>,
     rejected: prometheus_client::metrics::counter::Counter,
     received: prometheus_client::metrics::counter::Counter,
+    key_requests_sent: prometheus_client::metrics::counter::Counter,
+    key_requests_answered: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Groups {
@@ -205,6 +227,18 @@ impl Groups {
             "Group messages stored (from gossip or sync)",
             received.clone(),
         );
+        let key_requests_sent = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "group_key_requests_sent",
+            "Requests for a member's group key that never reached us (queued over Olm)",
+            key_requests_sent.clone(),
+        );
+        let key_requests_answered = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "group_key_requests_answered",
+            "Members' requests for our group key answered with a new share",
+            key_requests_answered.clone(),
+        );
         let me = parts.keypair.public().to_peer_id();
         Self {
             shared: Arc::new(Shared {
@@ -222,8 +256,16 @@ impl Groups {
                 syncing: StdMutex::new(HashSet::new()),
                 tried: StdMutex::new(HashSet::new()),
                 receivers: Mutex::new(HashMap::new()),
+                key_requests: StdMutex::new(kith_core::group::KeyRequests::new(
+                    millis(KEY_REQUEST_AFTER),
+                    millis(KEY_REQUEST_EVERY),
+                    KEY_REQUEST_ASKS,
+                )),
+                key_answers: StdMutex::new(HashMap::new()),
                 rejected,
                 received,
+                key_requests_sent,
+                key_requests_answered,
             }),
         }
     }
@@ -757,6 +799,9 @@ impl Groups {
                 self.consider_list(&list).map(|_| ())
             }
             pb::direct_payload::Body::GroupKey(share) => self.on_key_share(peer, share).await,
+            pb::direct_payload::Body::GroupKeyRequest(request) => {
+                self.on_key_request(peer, request).await
+            }
             _ => Err("not a group control message".into()),
         }
     }
@@ -852,6 +897,144 @@ impl Groups {
         let node = self.clone();
         tokio::spawn(async move { node.sync_group(group).await });
         Ok(())
+    }
+
+    /// A member asks for our session's key again (it holds our messages and cannot read them).
+    /// Answered like a first share, under the same rules: only to a current member, from the
+    /// index it may read, and only for the session we still write with (an older session's key
+    /// is gone with its ratchet).
+    async fn on_key_request(
+        &self,
+        peer: PeerId,
+        request: pb::GroupKeyRequest,
+    ) -> Result<(), String> {
+        let group: GroupId = request
+            .group_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| "group id is not 16 bytes")?;
+        let send_lock = lock(&self.shared.send_locks)
+            .entry(group)
+            .or_default()
+            .clone();
+        let _guard = send_lock.lock().await;
+        let record = self
+            .store()
+            .groups()
+            .group(&group)
+            .map_err(|e| e.to_string())?
+            .ok_or("key request for a group we do not know")?;
+        let list = self.list_of(&record).map_err(|e| e.to_string())?;
+        if !list.is_member(&peer) {
+            return Err(format!("{peer} asked for a key of a group it is not in"));
+        }
+        if !record.joined || record.left || record.removed {
+            return Err("key request for a group we no longer take part in".into());
+        }
+        let Some(mut state) = self
+            .store()
+            .groups()
+            .sender(&group)
+            .map_err(|e| e.to_string())?
+        else {
+            return Err("key request while we write with no session".into());
+        };
+        let sender = GroupSender::from_pickle(&state.pickle, &self.shared.pickle_key)
+            .map_err(|e| e.to_string())?;
+        let session = sender.session_id().map_err(|e| e.to_string())?;
+        if session.0.as_slice() != request.session_id.as_slice() {
+            return Err("key request for a session we no longer write with".into());
+        }
+        let now = now_ms();
+        {
+            let mut answers = lock(&self.shared.key_answers);
+            if answers
+                .get(&(group, peer))
+                .is_some_and(|at| now.saturating_sub(*at) < millis(KEY_ANSWER_EVERY))
+            {
+                return Ok(());
+            }
+            answers.insert((group, peer), now);
+        }
+        let bytes = peer.to_bytes();
+        state.shared_with.retain(|p| *p != bytes);
+        let next_seq = record.next_seq.max(1);
+        if self
+            .share_session(group, &list, &sender, &mut state, next_seq)
+            .map_err(|e| e.to_string())?
+        {
+            // Only `shared_with` changed: the ratchet is the one we just read, under the lock.
+            self.store()
+                .groups()
+                .save_sender(&group, &state)
+                .map_err(|e| e.to_string())?;
+            self.shared
+                .outbound
+                .send_staged()
+                .await
+                .map_err(|e| e.to_string())?;
+            self.shared.key_requests_answered.inc();
+            tracing::info!(group = %hex::encode(group), %peer, "shared our group key again on request");
+        }
+        Ok(())
+    }
+
+    /// Asks the senders of sessions whose envelopes have waited too long for a key to share it
+    /// again ([`kith_core::group::KeyRequests`] decides when). Part of the periodic round.
+    pub(crate) async fn request_missing_keys(&self) {
+        let groups = self.store().groups().groups().unwrap_or_default();
+        let me = self.peer_id();
+        let mut waiting = Vec::new();
+        let mut senders = HashMap::new();
+        for g in groups.iter().filter(|g| g.joined && !g.left && !g.removed) {
+            let Ok(list) = self.list_of(g) else {
+                continue;
+            };
+            let sessions = self
+                .store()
+                .groups()
+                .pending_sessions(&g.id, KEY_REQUEST_MAX_SESSIONS)
+                .unwrap_or_default();
+            for (session, first) in sessions {
+                let Ok(envelope) = GroupEnvelope::verify(&first.envelope) else {
+                    continue;
+                };
+                if envelope.sender != me && list.is_member(&envelope.sender) {
+                    waiting.push((g.id, session));
+                    senders.insert((g.id, session), envelope.sender);
+                }
+            }
+        }
+        let due = lock(&self.shared.key_requests).due(waiting, now_ms());
+        if due.is_empty() {
+            return;
+        }
+        let mut staged = 0usize;
+        for key in due {
+            let Some(sender) = senders.get(&key).copied() else {
+                continue;
+            };
+            let (group, session) = key;
+            tracing::info!(group = %hex::encode(group), %sender, "asking a member for its group key again");
+            match self.shared.outbound.stage(
+                sender,
+                pb::direct_payload::Body::GroupKeyRequest(pb::GroupKeyRequest {
+                    group_id: group.to_vec(),
+                    session_id: session.to_vec(),
+                }),
+            ) {
+                Ok(_) => {
+                    staged += 1;
+                    self.shared.key_requests_sent.inc();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot queue a group key request"),
+            }
+        }
+        if staged > 0
+            && let Err(e) = self.shared.outbound.send_staged().await
+        {
+            tracing::warn!(error = %e, "cannot send group key requests");
+        }
     }
 
     /// Decrypts envelopes that waited for `session`'s key.

@@ -846,6 +846,7 @@ async fn group_loop(inner: std::sync::Weak<Inner>, every: Duration) {
         let node = Node { inner: strong };
         node.refresh_protection().await;
         node.inner.groups.sync_joined().await;
+        node.inner.groups.request_missing_keys().await;
         delay = every;
     }
 }

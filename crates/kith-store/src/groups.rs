@@ -577,6 +577,47 @@ impl GroupStore {
         Ok(out)
     }
 
+    /// The sessions of `group` with envelopes waiting for their key (at most `max`), each with
+    /// its first waiting envelope: what a member asks the senders for again.
+    pub fn pending_sessions(
+        &self,
+        group: &GroupId,
+        max: usize,
+    ) -> Result<Vec<(SessionId, PendingEnvelope)>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = group.to_vec();
+        while out.len() < max {
+            let Some(item) = self.pending.range(from.clone()..).next() else {
+                break;
+            };
+            let (k, ek) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(group) {
+                break;
+            }
+            let session = k
+                .get(group.len()..group.len() + 32)
+                .and_then(|b| SessionId::try_from(b).ok())
+                .ok_or_else(|| corrupt(PENDING, "short key"))?;
+            let seq = k
+                .get(k.len().saturating_sub(8)..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(PENDING, "short key"))?;
+            if let Some(envelope) = self.envelopes.get(&ek).map_err(|e| self.err(e))? {
+                out.push((
+                    session,
+                    PendingEnvelope {
+                        seq,
+                        envelope: envelope.to_vec(),
+                    },
+                ));
+            }
+            // Past every key of this session (72 bytes each, all below this 73-byte one).
+            from = concat(&concat(group, &session), &[0xff; 25]);
+        }
+        Ok(out)
+    }
+
     /// Moves a held envelope into the history once its key arrived (or drops the marker when it
     /// can never be read: `message` = None).
     pub fn resolve_pending(
@@ -780,6 +821,45 @@ mod tests {
         let h = gs.history(&g, 10, None).unwrap();
         assert_eq!(h.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(gs.group(&g).unwrap().unwrap().unread, 3);
+    }
+
+    #[test]
+    fn pending_sessions_lists_each_waiting_session_once_with_its_first_envelope() {
+        let (_d, store) = open();
+        let g = [4u8; 16];
+        let other = [5u8; 16];
+        let (bob, carol) = (b"bob".to_vec(), b"carol".to_vec());
+        let gs = store.groups();
+        gs.put_group(&group(g)).unwrap();
+        gs.put_group(&group(other)).unwrap();
+        assert!(gs.pending_sessions(&g, 10).unwrap().is_empty());
+        for seq in [4, 2, 3] {
+            gs.store_envelope(&g, &bob, seq, &[b'b', seq as u8], &[1u8; 32], None)
+                .unwrap();
+        }
+        gs.store_envelope(&g, &carol, 7, b"c7", &[0xffu8; 32], None)
+            .unwrap();
+        gs.store_envelope(&other, &carol, 1, b"o1", &[0u8; 32], None)
+            .unwrap();
+        // Read here: not waiting.
+        gs.store_envelope(&g, &carol, 1, b"c1", &[2u8; 32], Some(&msg(1, &carol, 1)))
+            .unwrap();
+        let waiting = gs.pending_sessions(&g, 10).unwrap();
+        let summary: Vec<([u8; 32], u64, Vec<u8>)> = waiting
+            .into_iter()
+            .map(|(s, p)| (s, p.seq, p.envelope))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ([1u8; 32], 2, b"b\x02".to_vec()),
+                ([0xffu8; 32], 7, b"c7".to_vec())
+            ]
+        );
+        assert_eq!(gs.pending_sessions(&g, 1).unwrap().len(), 1);
+        gs.resolve_pending(&g, &[0xffu8; 32], &carol, 7, None)
+            .unwrap();
+        assert_eq!(gs.pending_sessions(&g, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -369,3 +369,27 @@ fn a_newcomer_reads_from_the_first_message_written_after_it_was_added() {
     assert_eq!(first_readable(&sent, NOW + 6), None);
     assert_eq!(first_readable(&[], NOW), None);
 }
+
+#[test]
+fn a_missing_key_is_asked_for_after_a_wait_then_at_most_once_per_period() {
+    let mut requests = KeyRequests::new(20_000, 60_000, 3);
+    // First seen waiting: too early to ask (the share may be just behind its messages).
+    assert!(requests.due(["a"], NOW).is_empty());
+    assert!(requests.due(["a"], NOW + 19_999).is_empty());
+    assert_eq!(requests.due(["a", "a"], NOW + 20_000), vec!["a"]);
+    // Asked: not again within the period, then again.
+    assert!(requests.due(["a"], NOW + 79_999).is_empty());
+    assert_eq!(requests.due(["a"], NOW + 80_000), vec!["a"]);
+    // Its key came (it no longer waits): forgotten, so a later wait starts over.
+    assert!(requests.due(Vec::<&str>::new(), NOW + 90_000).is_empty());
+    assert!(requests.due(["a"], NOW + 100_000).is_empty());
+    assert_eq!(requests.due(["a"], NOW + 120_000), vec!["a"]);
+    // Sessions are counted separately.
+    assert!(requests.due(["a", "b"], NOW + 130_000).is_empty());
+    assert_eq!(requests.due(["a", "b"], NOW + 150_000), vec!["b"]);
+    assert_eq!(requests.due(["b", "a"], NOW + 180_000), vec!["a"]);
+    // Three asks each at most while they keep waiting.
+    assert_eq!(requests.due(["a", "b"], NOW + 240_000), vec!["a", "b"]);
+    assert_eq!(requests.due(["a", "b"], NOW + 300_000), vec!["b"]);
+    assert!(requests.due(["a", "b"], NOW + 1_000_000).is_empty());
+}
