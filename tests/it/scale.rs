@@ -63,6 +63,8 @@ const PHASE: Duration = Duration::from_secs(240);
 struct Member {
     node: Node,
     addr: Multiaddr,
+    /// The node's store, read only when a run fails: what its outbox still holds.
+    store: kith_store::Store,
     _home: TempDir,
 }
 
@@ -81,11 +83,12 @@ async fn start(bootstrap: Vec<Multiaddr>) -> Result<Member> {
         bootstrap,
     )?);
     let options = kith_testkit::scale_options(crate::harness::TEST_NAME_DIFFICULTY);
-    let node = kith_testkit::start_node(config, store, options).await?;
+    let node = kith_testkit::start_node(config, store.clone(), options).await?;
     let (addr, _) = kith_testkit::listen_addrs(&node, Transports::Tcp).await?;
     Ok(Member {
         node,
         addr,
+        store,
         _home: home,
     })
 }
@@ -203,6 +206,75 @@ fn report_connections(
     })
 }
 
+/// Why member `short` lacks messages, sender by sender: what it holds of theirs, whether it
+/// holds their key, and what their outbox still holds for it (the key share travels there).
+async fn explain_shortfall(members: &[Member], short: usize, id: &str) -> String {
+    let node = &members[short].node;
+    let group: kith_store::GroupId = hex::decode(id).unwrap().try_into().unwrap();
+    let held = history(node, id);
+    let sessions = node
+        .group_key_state(&group)
+        .map(|k| k.sessions_held.len())
+        .unwrap_or(0);
+    let connected: Vec<kith_net::PeerId> = node
+        .peers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect();
+    let mut lines = vec![format!(
+        "member {short} ({}) holds the keys of {sessions} sessions",
+        node.peer_id()
+    )];
+    for (sender, m) in members.iter().enumerate().take(SENDERS) {
+        let from_sender = held
+            .iter()
+            .filter(|g| g.sender == m.node.peer_id().to_bytes())
+            .count();
+        let shared = m
+            .node
+            .group_key_state(&group)
+            .ok()
+            .and_then(|k| k.shared_with)
+            .is_some_and(|w| w.contains(&node.peer_id()));
+        let outbox: Vec<String> = m
+            .store
+            .messages()
+            .outbox_for(&node.peer_id().to_bytes())
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                format!(
+                    "[control {} encrypted {} attempts {} deposited {} age {} s]",
+                    i.control,
+                    i.envelope.is_some(),
+                    i.attempts,
+                    i.deposited,
+                    now_ms().saturating_sub(i.created_ms) / 1000
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "sender {sender}: {from_sender} of {EACH} held; key queued for it {shared}; \
+             connected {}; sender's outbox for it: {}",
+            connected.contains(&m.node.peer_id()),
+            if outbox.is_empty() {
+                "empty".to_owned()
+            } else {
+                outbox.join(" ")
+            }
+        ));
+    }
+    lines.join("\n")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn history(node: &Node, id: &str) -> Vec<GroupMessage> {
     node.group_history(id, 10_000, None).unwrap().1
 }
@@ -317,8 +389,9 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
     .await;
     if let Err(e) = complete {
         let first = short[0];
+        let why = explain_shortfall(&members, first, &id).await;
         panic!(
-            "{e}: {} members are short, e.g. member {first} holds {}",
+            "{e}: {} members are short, e.g. member {first} holds {}\n{why}",
             short.len(),
             history(nodes[first], &id).len()
         );
