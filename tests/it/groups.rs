@@ -212,13 +212,10 @@ async fn five_members_get_every_message_once_in_order() {
     shutdown_all(nodes).await.unwrap();
 }
 
-/// A member whose key bundle no DHT peer holds (never published here; at scale, a lookup that
-/// misses) cannot be sent a Megolm key by a member it never talked to: the share waits in the
-/// sender's outbox for a bundle that never comes, and the member holds the sender's messages
-/// without being able to read them. It asks the sender for the key (an Olm message of its own,
-/// which gives the sender a session to answer on) and reads them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_messages() {
+/// An admin, a member A and a member B whose key bundle no DHT peer holds (never published
+/// here; at scale, a lookup that misses), all meshed. B has written to the admin, so the admin
+/// has a session with B and can invite it; A has none and cannot be given one by the DHT.
+async fn trio_with_a_member_without_a_bundle() -> Vec<TestNode> {
     let admin = TestNode::start_with(Vec::new(), group_options(), Transports::Tcp)
         .await
         .unwrap();
@@ -235,8 +232,7 @@ async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_mess
         .unwrap();
     let nodes = vec![admin, a, b];
     wait_for_mesh(&nodes, &[], MESH).await.unwrap();
-    let (admin, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
-    // The admin can reach B only over the session B's first message opens.
+    let (admin, b) = (&nodes[0], &nodes[2]);
     b.node()
         .send_text(&admin.peer_id().to_string(), "add me please")
         .await
@@ -251,6 +247,16 @@ async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_mess
     })
     .await
     .unwrap();
+    nodes
+}
+
+/// A's Megolm key cannot be sent to B (the share waits in A's outbox for a bundle that never
+/// comes), so B holds A's message without being able to read it. B asks A for the key (an Olm
+/// message of its own, which gives A a session to answer on) and reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_messages() {
+    let nodes = trio_with_a_member_without_a_bundle().await;
+    let (admin, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
     let id = group_of("no bundle", admin, &[a, b]).await;
     let sent = a.node().send_group_text(&id, "hello B").await.unwrap();
     assert!(
@@ -262,7 +268,6 @@ async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_mess
             .contains(&b.peer_id()),
         "A's key was not even queued for B"
     );
-    // A's share to B waits for a bundle; B holds the message it cannot read, asks, and reads it.
     wait_for_count(b.node(), &id, 1).await;
     let held = history(b.node(), &id);
     assert_eq!(held[0].id, sent.id);
@@ -272,6 +277,45 @@ async fn a_member_without_a_key_bundle_asks_for_the_group_key_and_reads_the_mess
     // The admin got A's key the usual way and never needed to ask.
     wait_for_count(admin.node(), &id, 1).await;
     assert_eq!(admin.metric("kith_group_key_requests_sent_total"), 0.0);
+    shutdown_all(nodes).await.unwrap();
+}
+
+/// As above, but B joins only after A wrote: it holds neither A's key nor A's message, and so
+/// no head for A to catch up from. The admin's catch-up answer says A has written; B asks A for
+/// its current key, which starts its head, and the next catch-up brings the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_missed_both_a_key_and_its_messages_learns_of_them_and_reads_them() {
+    let nodes = trio_with_a_member_without_a_bundle().await;
+    let (admin, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
+    let id = hex::encode(admin.node().create_group("joined late").await.unwrap().id);
+    for member in [a, b] {
+        admin
+            .node()
+            .invite_to_group(&id, &member.peer_id().to_string())
+            .await
+            .unwrap();
+    }
+    join_when_invited(a.node(), &id, ARRIVAL).await;
+    wait_until("A to know all 3 members", ARRIVAL, POLL, async || {
+        a.node().group(&id).unwrap().members.len() == 3
+    })
+    .await
+    .unwrap();
+    let sent = a
+        .node()
+        .send_group_text(&id, "before you came")
+        .await
+        .unwrap();
+    wait_for_count(admin.node(), &id, 1).await;
+    // B was invited before A wrote, so it may read the message; it joins only now.
+    join_when_invited(b.node(), &id, ARRIVAL).await;
+    wait_for_count(b.node(), &id, 1).await;
+    let held = history(b.node(), &id);
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].id, sent.id);
+    assert_eq!(held[0].text, "before you came");
+    assert!(b.metric("kith_group_key_requests_sent_total") >= 1.0);
+    assert!(a.metric("kith_group_key_requests_answered_total") >= 1.0);
     shutdown_all(nodes).await.unwrap();
 }
 

@@ -70,6 +70,15 @@ const KEY_ANSWER_EVERY: Duration = Duration::from_secs(10);
 /// Sessions per group considered in one round of key requests.
 const KEY_REQUEST_MAX_SESSIONS: usize = 64;
 
+/// A Megolm key a member lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum WantedKey {
+    /// The session of envelopes we hold and cannot read.
+    Session(SessionId),
+    /// Whatever session this member writes with now: we hold nothing of theirs.
+    Current(PeerId),
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -192,8 +201,11 @@ struct Shared {
     /// Groups a catch-up was tried for since start.
     tried: StdMutex<HashSet<GroupId>>,
     receivers: Mutex<HashMap<(GroupId, SessionId), GroupReceiver>>,
-    /// Sessions whose envelopes wait for a key, and when we asked their senders for it.
-    key_requests: StdMutex<kith_core::group::KeyRequests<(GroupId, SessionId)>>,
+    /// Keys we lack, and when we asked their senders for them.
+    key_requests: StdMutex<kith_core::group::KeyRequests<(GroupId, WantedKey)>>,
+    /// Members a catch-up showed have written in a group, of whom we hold nothing (no head):
+    /// we missed their key and every message of theirs, so we ask them for their current key.
+    unheard: StdMutex<HashSet<(GroupId, PeerId)>>,
     /// When we last answered a member's key request, per (group, member): a member cannot make
     /// us encrypt and queue key shares faster than once per [`KEY_ANSWER_EVERY`].
     key_answers: StdMutex<HashMap<(GroupId, PeerId), u64>>,
@@ -262,6 +274,7 @@ impl Groups {
                     KEY_REQUEST_ASKS,
                 )),
                 key_answers: StdMutex::new(HashMap::new()),
+                unheard: StdMutex::new(HashSet::new()),
                 rejected,
                 received,
                 key_requests_sent,
@@ -942,7 +955,7 @@ impl Groups {
         let sender = GroupSender::from_pickle(&state.pickle, &self.shared.pickle_key)
             .map_err(|e| e.to_string())?;
         let session = sender.session_id().map_err(|e| e.to_string())?;
-        if session.0.as_slice() != request.session_id.as_slice() {
+        if !request.session_id.is_empty() && session.0.as_slice() != request.session_id.as_slice() {
             return Err("key request for a session we no longer write with".into());
         }
         let now = now_ms();
@@ -1000,9 +1013,29 @@ impl Groups {
                     continue;
                 };
                 if envelope.sender != me && list.is_member(&envelope.sender) {
-                    waiting.push((g.id, session));
-                    senders.insert((g.id, session), envelope.sender);
+                    let key = (g.id, WantedKey::Session(session));
+                    senders.insert(key.clone(), envelope.sender);
+                    waiting.push(key);
                 }
+            }
+            // Members we have heard nothing of: still nothing once we hold a head for them (a
+            // message, or a key, which starts one).
+            let heard: HashSet<Vec<u8>> = self
+                .store()
+                .groups()
+                .heads(&g.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(sender, _)| sender)
+                .collect();
+            let mut unheard = lock(&self.shared.unheard);
+            unheard.retain(|(group, peer)| {
+                *group != g.id || (list.is_member(peer) && !heard.contains(&peer.to_bytes()))
+            });
+            for (_, peer) in unheard.iter().filter(|(group, _)| *group == g.id) {
+                let key = (g.id, WantedKey::Current(*peer));
+                senders.insert(key.clone(), *peer);
+                waiting.push(key);
             }
         }
         let due = lock(&self.shared.key_requests).due(waiting, now_ms());
@@ -1014,13 +1047,17 @@ impl Groups {
             let Some(sender) = senders.get(&key).copied() else {
                 continue;
             };
-            let (group, session) = key;
+            let (group, wanted) = key;
+            let session_id = match wanted {
+                WantedKey::Session(session) => session.to_vec(),
+                WantedKey::Current(_) => Vec::new(),
+            };
             tracing::info!(group = %hex::encode(group), %sender, "asking a member for its group key again");
             match self.shared.outbound.stage(
                 sender,
                 pb::direct_payload::Body::GroupKeyRequest(pb::GroupKeyRequest {
                     group_id: group.to_vec(),
-                    session_id: session.to_vec(),
+                    session_id,
                 }),
             ) {
                 Ok(_) => {
@@ -1697,11 +1734,21 @@ impl Groups {
                 envelopes.push(e);
             }
         }
+        let heads = self
+            .store()
+            .groups()
+            .heads(&group)
+            .map_err(|e| bad(&e.to_string()))?
+            .into_iter()
+            .take(MAX_MEMBERS)
+            .map(|(sender, seq)| pb::SyncHave { sender, seq })
+            .collect();
         Ok(pb::SyncResponse {
             envelopes,
             more,
             list: pb::SignedMemberList::decode(list.signed()).ok(),
             error: String::new(),
+            heads,
         })
     }
 
@@ -1795,6 +1842,7 @@ impl Groups {
             {
                 let _ = self.consider_list(&list);
             }
+            self.note_unheard(group, &response.heads);
             let mut progress = false;
             for e in &response.envelopes {
                 match self.take_envelope(e, None).await {
@@ -1811,6 +1859,38 @@ impl Groups {
             }
         }
         Ok(())
+    }
+
+    /// Notes the members a responder holds messages of while we hold nothing of theirs (see
+    /// `Shared::unheard`); [`Groups::request_missing_keys`] asks them for their key.
+    fn note_unheard(&self, group: GroupId, theirs: &[pb::SyncHave]) {
+        let me = self.peer_id();
+        let Ok(Some(record)) = self.store().groups().group(&group) else {
+            return;
+        };
+        let Ok(list) = self.list_of(&record) else {
+            return;
+        };
+        let ours: HashSet<Vec<u8>> = self
+            .store()
+            .groups()
+            .heads(&group)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(sender, _)| sender)
+            .collect();
+        let mut unheard = lock(&self.shared.unheard);
+        for head in theirs.iter().take(MAX_MEMBERS) {
+            if head.seq == 0 || ours.contains(&head.sender) {
+                continue;
+            }
+            if let Ok(peer) = PeerId::from_bytes(&head.sender)
+                && peer != me
+                && list.is_member(&peer)
+            {
+                unheard.insert((group, peer));
+            }
+        }
     }
 
     /// A member subscribed to a group topic (it came online): catch up from it.
