@@ -224,8 +224,9 @@ async fn explain_shortfall(members: &[Member], short: usize, id: &str) -> String
         .map(|p| p.peer_id)
         .collect();
     let mut lines = vec![format!(
-        "member {short} ({}) holds the keys of {sessions} sessions",
-        node.peer_id()
+        "member {short} ({}) holds the keys of {sessions} sessions and asked for keys {} times",
+        node.peer_id(),
+        key_requests(node)
     )];
     for (sender, m) in members.iter().enumerate().take(SENDERS) {
         let from_sender = held
@@ -267,6 +268,15 @@ async fn explain_shortfall(members: &[Member], short: usize, id: &str) -> String
         ));
     }
     lines.join("\n")
+}
+
+/// How many times `node` asked a member for a group key it lacked.
+fn key_requests(node: &Node) -> u64 {
+    node.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("kith_group_key_requests_sent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 fn now_ms() -> u64 {
@@ -440,6 +450,11 @@ async fn a_group_of_200_members_gets_every_message_exactly_once() {
         w.abort();
     }
     reporter.abort();
+    // Keys that had to be asked for again: 0 when every share got through as sent.
+    eprintln!(
+        "group key requests: {}",
+        nodes.iter().map(|n| key_requests(n)).sum::<u64>()
+    );
     let seen = seen.lock().unwrap().clone();
     for (i, node) in nodes.iter().enumerate() {
         assert!(
