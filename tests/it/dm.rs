@@ -511,6 +511,10 @@ async fn two_nodes_chat_by_peer_id_name_and_petname() {
         assert_eq!(sent.peer, a_id, "{target} is A");
         from_b.push(sent.id);
     }
+    // Ids order by their millisecond, and two nodes' ids within one millisecond in an order of
+    // their own (the same on both sides): the reply starts in a later millisecond than B's last
+    // message, so "send order" below is one order.
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let reply = send(&a, &b_id.to_string(), "hello B, all three arrived").await;
     assert_eq!(reply.peer, b_id);
 
