@@ -70,6 +70,9 @@ const KEY_ANSWER_EVERY: Duration = Duration::from_secs(10);
 /// Sessions per group considered in one round of key requests.
 const KEY_REQUEST_MAX_SESSIONS: usize = 64;
 
+/// A member list's signed bytes and what verifying them gave.
+type VerifiedList = (Vec<u8>, Arc<MemberList>);
+
 /// A Megolm key a member lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum WantedKey {
@@ -201,6 +204,8 @@ struct Shared {
     /// Groups a catch-up was tried for since start.
     tried: StdMutex<HashSet<GroupId>>,
     receivers: Mutex<HashMap<(GroupId, SessionId), GroupReceiver>>,
+    /// The last verified member list per group.
+    lists: StdMutex<HashMap<GroupId, VerifiedList>>,
     /// Keys we lack, and when we asked their senders for them.
     key_requests: StdMutex<kith_core::group::KeyRequests<(GroupId, WantedKey)>>,
     /// Members a catch-up showed have written in a group, of whom we hold nothing (no head):
@@ -268,6 +273,7 @@ impl Groups {
                 syncing: StdMutex::new(HashSet::new()),
                 tried: StdMutex::new(HashSet::new()),
                 receivers: Mutex::new(HashMap::new()),
+                lists: StdMutex::new(HashMap::new()),
                 key_requests: StdMutex::new(kith_core::group::KeyRequests::new(
                     millis(KEY_REQUEST_AFTER),
                     millis(KEY_REQUEST_EVERY),
@@ -340,13 +346,23 @@ impl Groups {
             .unwrap_or_default()
     }
 
-    fn list_of(&self, record: &GroupRecord) -> Result<MemberList, ServiceError> {
-        MemberList::verify(&record.list).map_err(|e| {
+    /// The verified member list `record` holds. Verified once per list: the same bytes verify
+    /// the same way, and every envelope checked, every send and every catch-up page needs the
+    /// list (a signature check and, for 200 members, 200 peer ids decoded each time).
+    fn list_of(&self, record: &GroupRecord) -> Result<Arc<MemberList>, ServiceError> {
+        if let Some((bytes, list)) = lock(&self.shared.lists).get(&record.id)
+            && *bytes == record.list
+        {
+            return Ok(Arc::clone(list));
+        }
+        let list = Arc::new(MemberList::verify(&record.list).map_err(|e| {
             ServiceError::Store(kith_store::StoreError::Corrupt {
                 tree: "groups",
                 reason: e.to_string(),
             })
-        })
+        })?);
+        lock(&self.shared.lists).insert(record.id, (record.list.clone(), Arc::clone(&list)));
+        Ok(list)
     }
 
     fn info(&self, record: &GroupRecord) -> Result<GroupInfo, ServiceError> {
