@@ -1303,12 +1303,14 @@ impl Groups {
         next_seq: u64,
     ) -> Result<bool, ServiceError> {
         let me = self.peer_id();
+        let shared: HashSet<&[u8]> = state.shared_with.iter().map(Vec::as_slice).collect();
         let lacking: Vec<PeerId> = list
             .members()
             .keys()
-            .filter(|p| **p != me && !state.shared_with.contains(&p.to_bytes()))
+            .filter(|p| **p != me && !shared.contains(p.to_bytes().as_slice()))
             .copied()
             .collect();
+        drop(shared);
         if lacking.is_empty() {
             return Ok(false);
         }
@@ -1544,11 +1546,12 @@ impl Groups {
     ) -> Result<(), Refusal> {
         let sender_bytes = v.sender.to_bytes();
         let message = self.decrypt_envelope(&v).await.map_err(Refusal::Reject)?;
-        let head = self.store().groups().heads(&v.group).ok().and_then(|h| {
-            h.into_iter()
-                .find(|(s, _)| *s == sender_bytes)
-                .map(|(_, n)| n)
-        });
+        let head = self
+            .store()
+            .groups()
+            .head(&v.group, &sender_bytes)
+            .ok()
+            .flatten();
         let stored = self
             .store()
             .groups()

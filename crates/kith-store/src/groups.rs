@@ -700,6 +700,16 @@ impl GroupStore {
         Ok(out)
     }
 
+    /// One sender's contiguous high-water mark in a group (`None`: nothing of theirs held): what
+    /// a received envelope is compared with to see a gap, without reading every member's.
+    pub fn head(&self, group: &GroupId, sender: &[u8]) -> Result<Option<u64>, StoreError> {
+        self.heads
+            .get(head_key(group, sender))
+            .map_err(|e| self.err(e))?
+            .map(|raw| decode_head(&raw).map(|(seq, _)| seq))
+            .transpose()
+    }
+
     /// Up to `max` envelopes of `sender` after sequence `after`, in order (what a sync answers).
     pub fn envelopes_after(
         &self,
@@ -805,6 +815,8 @@ mod tests {
         );
         gs.store_envelope(&g, &s, 3, b"e3", &session, None).unwrap();
         assert_eq!(gs.heads(&g).unwrap(), vec![(s.clone(), 1)]);
+        assert_eq!(gs.head(&g, &s).unwrap(), Some(1));
+        assert_eq!(gs.head(&g, b"nobody").unwrap(), None);
         gs.store_envelope(&g, &s, 2, b"e2", &session, Some(&msg(2, &s, 2)))
             .unwrap();
         assert_eq!(gs.heads(&g).unwrap(), vec![(s.clone(), 3)]);
