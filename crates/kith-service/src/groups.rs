@@ -346,6 +346,15 @@ impl Groups {
             .unwrap_or_default()
     }
 
+    /// What serializes our writes to `group` (a send, a key shared again): the sequence and the
+    /// Megolm ratchet are advanced by one holder at a time.
+    fn send_lock(&self, group: GroupId) -> Arc<Mutex<()>> {
+        lock(&self.shared.send_locks)
+            .entry(group)
+            .or_default()
+            .clone()
+    }
+
     /// The verified member list `record` holds. Verified once per list: the same bytes verify
     /// the same way, and every envelope checked, every send and every catch-up page needs the
     /// list (a signature check and, for 200 members, 200 peer ids decoded each time).
@@ -942,10 +951,7 @@ impl Groups {
             .as_slice()
             .try_into()
             .map_err(|_| "group id is not 16 bytes")?;
-        let send_lock = lock(&self.shared.send_locks)
-            .entry(group)
-            .or_default()
-            .clone();
+        let send_lock = self.send_lock(group);
         let _guard = send_lock.lock().await;
         let record = self
             .store()
@@ -983,6 +989,9 @@ impl Groups {
             {
                 return Ok(());
             }
+            // Only answers within the last period matter: the map never outgrows the members
+            // who asked lately.
+            answers.retain(|_, at| now.saturating_sub(*at) < millis(KEY_ANSWER_EVERY));
             answers.insert((group, peer), now);
         }
         let bytes = peer.to_bytes();
@@ -1163,10 +1172,7 @@ impl Groups {
         if !lock(&self.shared.tried).contains(&group) {
             let _ = tokio::time::timeout(FIRST_SEND_SYNC, self.sync_group(group)).await;
         }
-        let send_lock = lock(&self.shared.send_locks)
-            .entry(group)
-            .or_default()
-            .clone();
+        let send_lock = self.send_lock(group);
         let _guard = send_lock.lock().await;
         // Re-read under the lock: the sequence and the session are ours to advance now.
         let record = self
@@ -1368,10 +1374,7 @@ impl Groups {
     }
 
     async fn share_with_newcomers_now(&self, group: GroupId) -> Result<(), ServiceError> {
-        let send_lock = lock(&self.shared.send_locks)
-            .entry(group)
-            .or_default()
-            .clone();
+        let send_lock = self.send_lock(group);
         let _guard = send_lock.lock().await;
         let Some(record) = self.store().groups().group(&group)? else {
             return Ok(());

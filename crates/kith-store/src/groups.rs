@@ -174,6 +174,14 @@ fn pending_key(group: &GroupId, session: &SessionId, sender: &[u8], seq: u64) ->
     k
 }
 
+/// The sequence number at the end of a `group_pending` key.
+fn pending_seq(key: &[u8]) -> Result<u64, StoreError> {
+    key.get(key.len().saturating_sub(8)..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(PENDING, "short key"))
+}
+
 fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len());
     k.extend_from_slice(a);
@@ -562,11 +570,7 @@ impl GroupStore {
         let mut out = Vec::new();
         for item in self.pending.scan_prefix(concat(group, session)).take(max) {
             let (k, ek) = item.map_err(|e| self.err(e))?;
-            let seq = k
-                .get(k.len().saturating_sub(8)..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt(PENDING, "short key"))?;
+            let seq = pending_seq(&k)?;
             if let Some(envelope) = self.envelopes.get(&ek).map_err(|e| self.err(e))? {
                 out.push(PendingEnvelope {
                     seq,
@@ -598,11 +602,7 @@ impl GroupStore {
                 .get(group.len()..group.len() + 32)
                 .and_then(|b| SessionId::try_from(b).ok())
                 .ok_or_else(|| corrupt(PENDING, "short key"))?;
-            let seq = k
-                .get(k.len().saturating_sub(8)..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt(PENDING, "short key"))?;
+            let seq = pending_seq(&k)?;
             if let Some(envelope) = self.envelopes.get(&ek).map_err(|e| self.err(e))? {
                 out.push((
                     session,
