@@ -41,7 +41,7 @@ use crate::{
     handles::{AddressBook, Resolver},
     health::HealthLog,
     mailbox::Deposit,
-    node::now_ms,
+    node::{millis, now_ms},
     olm_state::OlmState,
 };
 
@@ -2038,10 +2038,6 @@ pub(crate) async fn delivery_loop(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Dm {

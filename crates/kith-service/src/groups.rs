@@ -44,7 +44,7 @@ use tokio::sync::Mutex;
 use crate::{
     MessageEvent, Node, ServiceError,
     handles::{AddressBook, Events, Outbound, Resolver},
-    node::now_ms,
+    node::{millis, now_ms},
 };
 
 /// A Megolm session encrypts at most this many messages before a new one starts.
@@ -80,10 +80,6 @@ enum WantedKey {
     Session(SessionId),
     /// Whatever session this member writes with now: we hold nothing of theirs.
     Current(PeerId),
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The gossipsub topic of a group.
@@ -996,21 +992,11 @@ impl Groups {
         }
         let bytes = peer.to_bytes();
         state.shared_with.retain(|p| *p != bytes);
-        let next_seq = record.next_seq.max(1);
         if self
-            .share_session(group, &list, &sender, &mut state, next_seq)
+            .share_again(&record, &list, &sender, &mut state)
+            .await
             .map_err(|e| e.to_string())?
         {
-            // Only `shared_with` changed: the ratchet is the one we just read, under the lock.
-            self.store()
-                .groups()
-                .save_sender(&group, &state)
-                .map_err(|e| e.to_string())?;
-            self.shared
-                .outbound
-                .send_staged()
-                .await
-                .map_err(|e| e.to_string())?;
             self.shared.key_requests_answered.inc();
             tracing::info!(group = %hex::encode(group), %peer, "shared our group key again on request");
         }
@@ -1399,13 +1385,29 @@ impl Groups {
         }
         let sender = GroupSender::from_pickle(&state.pickle, &self.shared.pickle_key)
             .map_err(ServiceError::Crypto)?;
-        let next_seq = record.next_seq.max(1);
-        if self.share_session(group, &list, &sender, &mut state, next_seq)? {
-            // Only `shared_with` changed: the ratchet is the one we just read, under the lock.
-            self.store().groups().save_sender(&group, &state)?;
+        self.share_again(&record, &list, &sender, &mut state)
+            .await?;
+        Ok(())
+    }
+
+    /// Queues `sender`'s key for the members of `list` that `state` says lack it, outside a
+    /// send (a list update brought newcomers, a member asked again), then saves `state` and
+    /// sends. The caller holds the group's send lock and read `sender` from `state` under it.
+    /// Returns whether any key was queued.
+    async fn share_again(
+        &self,
+        record: &GroupRecord,
+        list: &MemberList,
+        sender: &GroupSender,
+        state: &mut SenderState,
+    ) -> Result<bool, ServiceError> {
+        let shared = self.share_session(record.id, list, sender, state, record.next_seq.max(1))?;
+        if shared {
+            // Only `shared_with` changed: the ratchet is the one the caller read, under the lock.
+            self.store().groups().save_sender(&record.id, state)?;
             self.shared.outbound.send_staged().await?;
         }
-        Ok(())
+        Ok(shared)
     }
 
     /// The last `limit` messages of a group, oldest first.
