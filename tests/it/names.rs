@@ -17,7 +17,7 @@
     clippy::result_large_err
 )]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kith_net::{Multiaddr, PeerId, RequestError};
 use kith_service::{Options, ResolvedFrom, ServiceError};
@@ -25,7 +25,7 @@ use libp2p::kad::KBucketKey;
 
 use crate::api::Served;
 use crate::harness::{
-    LyingHolder, POLL, STEP, TestNode, Transports, chain_with, name_options, shutdown_all,
+    LyingHolder, POLL, STEP, TestNode, Transports, chain_with, name_options, now_ms, shutdown_all,
     star_with, wait_for_mesh, wait_until,
 };
 
@@ -140,13 +140,6 @@ async fn lapse_and_claim(
     ))
     .await;
     register(newcomer, name).await.unwrap();
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Registers `names` on a node that knows no peers: the claims are signed, with valid proof of

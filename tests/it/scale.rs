@@ -43,7 +43,7 @@ use kith_store::StoreConfig;
 use kith_testkit::Transports;
 use tempfile::TempDir;
 
-use crate::harness::{NETWORK_ID, POLL, STEP, holds_for, wait_until};
+use crate::harness::{NETWORK_ID, POLL, STEP, holds_for, now_ms, wait_until};
 
 /// Members, the admin included.
 const MEMBERS: usize = 200;
@@ -277,12 +277,6 @@ fn key_requests(node: &Node) -> u64 {
         .find_map(|l| l.strip_prefix("kith_group_key_requests_sent_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn history(node: &Node, id: &str) -> Vec<GroupMessage> {

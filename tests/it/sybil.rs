@@ -29,7 +29,8 @@ use kith_service::ServiceError;
 use libp2p::kad::KBucketKey;
 
 use crate::harness::{
-    POLL, TestNode, Transports, name_options, shutdown_all, star_with, wait_for_mesh, wait_until,
+    POLL, TestNode, Transports, name_options, now_ms, shutdown_all, star_with, wait_for_mesh,
+    wait_until,
 };
 
 /// The contested name.
@@ -304,13 +305,6 @@ async fn attack(honest_n: usize, sybil_n: usize, resolvers: usize) -> Outcomes {
     network.extend(fresh);
     shutdown_all(network).await.unwrap();
     outcomes
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// 16 honest nodes, 4 attacker nodes (20%) ground to be the closest to the name's first key,
