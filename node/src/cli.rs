@@ -407,6 +407,10 @@ pub(crate) struct RunArgs {
     /// limit: raise it for a bot or service account that one node writes to heavily.
     #[arg(long, default_value_t = 200, value_name = "PER_SEC")]
     pub(crate) peer_message_rate: u32,
+    /// Memory the store may use to cache its pages, in MiB: lower it on a small device, raise it
+    /// for a relay or a bot with a large history.
+    #[arg(long, env = "KITH_STORE_CACHE_MB", value_name = "MIB", default_value_t = kith_store::StoreConfig::DEFAULT_CACHE_MB)]
+    pub(crate) store_cache_mb: u64,
 }
 
 #[cfg(test)]
@@ -447,6 +451,26 @@ mod tests {
         assert_eq!(run.listen.len(), 2);
         assert_eq!(run.bootstrap.len(), 1);
         assert!(run.no_mdns);
+    }
+
+    #[test]
+    fn the_store_cache_defaults_and_takes_mebibytes() {
+        let Command::Run(run) = Cli::try_parse_from(["kith", "run"]).unwrap().command else {
+            panic!("expected run")
+        };
+        assert_eq!(
+            run.store_cache_mb,
+            kith_store::StoreConfig::DEFAULT_CACHE_MB
+        );
+        let Command::Run(run) = Cli::try_parse_from(["kith", "run", "--store-cache-mb", "16"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected run")
+        };
+        assert_eq!(run.store_cache_mb, 16);
+        let err = Cli::try_parse_from(["kith", "run", "--store-cache-mb", "lots"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

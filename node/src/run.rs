@@ -47,8 +47,11 @@ pub(crate) async fn run(home: &Home, args: RunArgs, json_output: bool) -> anyhow
         );
     }
     let keypair = home.identity_worked(difficulty, &|_| {})?;
-    let store = Store::open(home.db_path(), &StoreConfig::default())
-        .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    let store = Store::open(
+        home.db_path(),
+        &StoreConfig::default().with_cache_mb(args.store_cache_mb),
+    )
+    .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     let token = home.token(true)?;
     let pickle_key = home.pickle_key()?;
 

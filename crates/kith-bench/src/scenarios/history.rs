@@ -131,7 +131,8 @@ fn raw(params: &Params, bar: &ProgressBar) -> anyhow::Result<Measured> {
     let config = || {
         sled::Config::new()
             .path(&path)
-            .cache_capacity(64 * 1024 * 1024)
+            // The same page cache kith's store gets, so the comparison is of everything else.
+            .cache_capacity(StoreConfig::default().cache_capacity)
     };
     let fill = Instant::now();
     {

@@ -14,7 +14,7 @@
 //! - Memory: `VmRSS` of both processes every few seconds. The figures are the larger of the two
 //!   nodes at the end of the first minute (or a third of a shorter run), at half time and at the
 //!   end, with the idle footprint (after the warm-up, before the load), the bound the issue sets
-//!   (idle + the store's 64 MiB page cache + 16 MB) and the spread over the last 10 minutes (or
+//!   (idle + the store's page cache budget, 64 MiB by default, + 16 MB) and the spread over the last 10 minutes (or
 //!   the second half of a shorter run).
 //!
 //! There is no baseline: raw libp2p stores nothing, so there is nothing like it to compare with.
@@ -40,8 +40,9 @@ use crate::{
 
 const NAME: &str = "soak";
 const UNIT: &str = "MB";
-/// The store's page cache budget (`StoreConfig::default().cache_capacity`), in MB.
-const CACHE_BUDGET_MB: f64 = 64.0 * 1.048_576;
+/// The store's page cache budget (`StoreConfig::DEFAULT_CACHE_MB`, memory in MiB), in MB: the
+/// nodes run with the default.
+const CACHE_BUDGET_MB: f64 = kith_store::StoreConfig::DEFAULT_CACHE_MB as f64 * 1.048_576;
 /// Headroom the issue allows above idle + cache.
 const HEADROOM_MB: f64 = 16.0;
 /// Pages of history read at once (the API's largest).

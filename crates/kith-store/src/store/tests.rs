@@ -15,6 +15,22 @@ fn open(dir: &Path) -> Result<Store, StoreError> {
 }
 
 #[test]
+fn a_cache_budget_gives_sled_the_serialized_share_that_fits_it_in_memory() {
+    let mib = 1024 * 1024;
+    // 64 MiB of memory: sled may cache 24 MiB of serialized pages (about 58 MiB decoded).
+    assert_eq!(StoreConfig::default().cache_capacity, 24 * mib);
+    assert_eq!(
+        StoreConfig::default().with_cache_mb(16).cache_capacity,
+        6 * mib
+    );
+    // Zero is taken as the least budget, not as "no cache" or sled's 1 GiB default.
+    assert_eq!(
+        StoreConfig::default().with_cache_mb(0).cache_capacity,
+        3 * mib / 8
+    );
+}
+
+#[test]
 fn fresh_store_records_the_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).unwrap();
