@@ -5,7 +5,7 @@
 //! loop therefore describes each open connection as a [`Candidate`] every few seconds and closes
 //! what these functions pick:
 //!
-//! - [`select_trims`]: above the high mark, close the least useful connections until the low mark
+//! - [`select_trims`]: above the high mark (or at it after a refusal), close the least useful connections until the low mark
 //!   is reached (go-libp2p's connmgr rule). Protected connections are never picked, nor those
 //!   younger than the grace period that were used in the last few seconds ([`YOUNG_QUIET`]), so
 //!   trimming can stop above the low mark but never goes below it.
@@ -107,16 +107,25 @@ impl<K> Candidate<K> {
 /// descriptors.
 pub(crate) const YOUNG_QUIET: Duration = Duration::from_secs(3);
 
-/// The connections to close when `conns.len()` is above `budget.high`: the least valuable (then
-/// least recently used, then oldest) unprotected connections past the grace period or quiet for
-/// [`YOUNG_QUIET`], at most as many as bring the count down to `budget.low`. Empty at or below
-/// the high mark.
+/// The connections to close when `conns.len()` is above `budget.high`, or at it while the gate
+/// refused someone since the last round (`refused_at_mark`): the least valuable (then least
+/// recently used, then oldest) unprotected connections past the grace period or quiet for
+/// [`YOUNG_QUIET`], at most as many as bring the count down to `budget.low`. Empty below the
+/// high mark, and at it when nobody was refused.
+///
+/// Why a refusal counts: the gate refuses strangers from the high mark on, and trimming used to
+/// start only above it, so a node that reached its mark exactly and whose connections stayed in
+/// use (Kademlia traffic, a shared topic) refused every newcomer for good: a group admin's
+/// invitation to such a node was retried for minutes and never got in. After a refusal the next
+/// round makes room down to the low mark, and the refused peer's retry finds it.
 pub(crate) fn select_trims<K: Clone>(
     conns: &[Candidate<K>],
     budget: &ConnectionBudget,
     now: Instant,
+    refused_at_mark: bool,
 ) -> Vec<K> {
-    if conns.len() <= budget.high {
+    let over = conns.len() > budget.high || (refused_at_mark && conns.len() >= budget.high);
+    if !over {
         return Vec::new();
     }
     let excess = conns.len().saturating_sub(budget.low);

@@ -139,6 +139,9 @@ pub struct EventLoop {
     conns_out: usize,
     connections_trimmed: u64,
     connections_idle_closed: u64,
+    /// The gate's refusal count at the last manager round: a rise since means someone was
+    /// refused at the high mark, and the round makes room (see [`connmgr::select_trims`]).
+    refused_seen: u64,
     /// Peers mDNS found on our LAN (their inbound connections confirm our addresses).
     lan_peers: HashSet<PeerId>,
     /// Dials to LAN peers in flight, so a failure can be retried.
@@ -421,6 +424,7 @@ pub(crate) fn build(
         conns_out: 0,
         connections_trimmed: 0,
         connections_idle_closed: 0,
+        refused_seen: 0,
         hole_punch: HolePunchStats::default(),
         lan_peers: HashSet::new(),
         lan_dials: HashMap::new(),
@@ -1755,9 +1759,9 @@ impl EventLoop {
         candidates
     }
 
-    /// Trims down to the low mark when above the high one, then closes idle connections. Only
-    /// asks the swarm to close (no await); the counts drop at once, the `ConnectionClosed` events
-    /// follow.
+    /// Trims down to the low mark when above the high one (or at it after a refusal), then
+    /// closes idle connections. Only asks the swarm to close (no await); the counts drop at
+    /// once, the `ConnectionClosed` events follow.
     fn manage_connections(&mut self) {
         let now = Instant::now();
         self.last_managed = now;
@@ -1771,7 +1775,10 @@ impl EventLoop {
         let protected = self.protected_peers();
         let candidates = self.candidates(&protected);
         self.update_gate(protected);
-        let trims = connmgr::select_trims(&candidates, &self.budget, now);
+        let refused = self.swarm.behaviour().gate.refused();
+        let refused_at_mark = refused > self.refused_seen;
+        self.refused_seen = refused;
+        let trims = connmgr::select_trims(&candidates, &self.budget, now, refused_at_mark);
         let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
         let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)
             .into_iter()

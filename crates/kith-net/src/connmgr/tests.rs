@@ -29,7 +29,7 @@ fn conn(key: u32, now: Instant, age: u64, unused: u64) -> Candidate<u32> {
 
 #[track_caller]
 fn check_trims(conns: &[Candidate<u32>], budget: &ConnectionBudget, now: Instant, expect: &[u32]) {
-    let mut got = select_trims(conns, budget, now);
+    let mut got = select_trims(conns, budget, now, false);
     got.sort_unstable();
     let mut expect = expect.to_vec();
     expect.sort_unstable();
@@ -41,6 +41,20 @@ fn nothing_is_trimmed_at_or_below_the_high_mark() {
     let now = Instant::now() + Duration::from_secs(1000);
     let conns: Vec<_> = (0..6).map(|k| conn(k, now, 100, 100)).collect();
     check_trims(&conns, &budget(4, 6), now, &[]);
+}
+
+#[test]
+fn at_the_high_mark_a_refusal_since_the_last_round_makes_room_down_to_the_low_mark() {
+    let now = Instant::now() + Duration::from_secs(1000);
+    let conns: Vec<_> = (0..6).map(|k| conn(k, now, 100, u64::from(k))).collect();
+    let b = budget(4, 6);
+    let mut trims = select_trims(&conns, &b, now, true);
+    trims.sort_unstable();
+    assert_eq!(trims, vec![4, 5]);
+    // Below the mark a refusal (counted a moment before a connection closed) changes nothing.
+    assert!(select_trims(&conns[..5], &b, now, true).is_empty());
+    // At the mark without a refusal: nothing, as before.
+    assert!(select_trims(&conns, &b, now, false).is_empty());
 }
 
 #[test]
@@ -164,7 +178,7 @@ proptest! {
     ) {
         let now = Instant::now() + Duration::from_secs(10_000);
         let b = budget(low, low + gap);
-        let trims = select_trims(&conns, &b, now);
+        let trims = select_trims(&conns, &b, now, false);
         let eligible: Vec<&Candidate<u32>> = conns
             .iter()
             .filter(|c| {
