@@ -14,8 +14,8 @@
 //! - Memory: `VmRSS` of both processes every few seconds. The figures are the larger of the two
 //!   nodes at the end of the first minute (or a third of a shorter run), at half time and at the
 //!   end, with the idle footprint (after the warm-up, before the load), the bound the issue sets
-//!   (idle + the store's page cache budget, 64 MiB by default, + 16 MB) and the spread over the last 10 minutes (or
-//!   the second half of a shorter run).
+//!   (idle + the store's page cache budget, 64 MiB by default, + 16 MB) and the spread over the
+//!   last 10 minutes (or the second half of a shorter run).
 //!
 //! There is no baseline: raw libp2p stores nothing, so there is nothing like it to compare with.
 
