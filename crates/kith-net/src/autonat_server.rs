@@ -32,7 +32,10 @@ use libp2p::{
     },
 };
 
-use crate::scope::{Scope, addr_scope};
+use crate::{
+    gate::OpenCount,
+    scope::{Scope, addr_scope},
+};
 
 type Inner = autonat::v2::server::Behaviour;
 
@@ -59,6 +62,8 @@ impl Default for Limits {
 enum Refused {
     #[error("AutoNAT dial-back refused: rate limit")]
     RateLimited,
+    #[error("AutoNAT dial-back refused: this node holds its high water mark of connections")]
+    Busy,
     #[error("AutoNAT dial-back refused: {0} is not a TCP or QUIC address on an IP")]
     NotDirect(Multiaddr),
     #[error("AutoNAT dial-back refused: {0} is private and the peer is not on our network")]
@@ -109,6 +114,11 @@ pub(crate) struct LimitedServer {
     dial_backs: HashSet<ConnectionId>,
     /// Refusals since start, for the logs.
     refused_total: u64,
+    /// Connections open and dials in flight.
+    open: OpenCount,
+    /// The connection manager's high mark: a dial-back would take the node past it, so the
+    /// server declines and the client asks another (`None`: no such limit).
+    busy_at: Option<usize>,
 }
 
 impl LimitedServer {
@@ -121,7 +131,15 @@ impl LimitedServer {
             remotes: HashMap::new(),
             dial_backs: HashSet::new(),
             refused_total: 0,
+            open: OpenCount::default(),
+            busy_at: None,
         }
+    }
+
+    /// Declines dial-backs while the node holds `high` connections (counting dials in flight).
+    pub(crate) fn busy_at(mut self, high: usize) -> Self {
+        self.busy_at = Some(high);
+        self
     }
 
     /// Decides whether a dial-back the inner server wants to make may go out.
@@ -129,6 +147,12 @@ impl LimitedServer {
         let Some(peer) = peer else {
             return Err(Refused::RateLimited);
         };
+        if self
+            .busy_at
+            .is_some_and(|high| self.open.with_dials() >= high)
+        {
+            return Err(Refused::Busy);
+        }
         for addr in addrs {
             let scope = addr_scope(addr).ok_or_else(|| Refused::NotDirect(addr.clone()))?;
             if !is_direct(addr) {
@@ -224,6 +248,7 @@ impl NetworkBehaviour for LimitedServer {
                 return Err(ConnectionDenied::new(reason));
             }
         }
+        self.open.dialing(connection_id);
         self.inner.handle_pending_outbound_connection(
             connection_id,
             maybe_peer,
@@ -233,6 +258,7 @@ impl NetworkBehaviour for LimitedServer {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.open.on_swarm_event(&event);
         if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = &event {
             self.remotes.remove(connection_id);
         }
@@ -284,6 +310,20 @@ mod tests {
         assert!(matches!(
             server.judge(Some(peer), &target),
             Err(Refused::RateLimited)
+        ));
+    }
+
+    #[test]
+    fn a_node_at_its_high_mark_dials_nobody_back() {
+        let mut server = LimitedServer::new(Limits::default()).busy_at(2);
+        let target = [addr("/ip4/198.18.0.7/tcp/4000")];
+        assert!(server.judge(Some(PeerId::random()), &target).is_ok());
+        // Two dials in flight (anyone's) put the count at the mark.
+        server.open.dialing(ConnectionId::new_unchecked(7));
+        server.open.dialing(ConnectionId::new_unchecked(8));
+        assert!(matches!(
+            server.judge(Some(PeerId::random()), &target),
+            Err(Refused::Busy)
         ));
     }
 

@@ -3,28 +3,31 @@
 //! inconsistent state upstream (rust-libp2p #4773, #4870).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     ops::{Deref, DerefMut},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use libp2p::{
-    PeerId, StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
+    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits,
+    core::Endpoint,
+    dcutr, gossipsub, identify,
     identity::Keypair,
     kad, mdns, memory_connection_limits, ping, relay, request_response,
     swarm::{
-        ConnectionId, NetworkBehaviour, NotifyHandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
-        behaviour::toggle::Toggle,
+        ConnectionDenied, ConnectionId, DialError, DialFailure, FromSwarm, NetworkBehaviour,
+        NotifyHandler, THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
     },
 };
 
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
-    Config, DhtMode, IDENTIFY_PROTOCOL, NetError,
+    Config, ConnectionBudget, DhtMode, IDENTIFY_PROTOCOL, NetError,
     admission::DhtAdmission,
     autonat_server::{self, LimitedServer},
+    gate::OpenCount,
 };
 
 /// Largest gossipsub message; group envelopes are capped below this by the service.
@@ -174,13 +177,15 @@ impl Behaviour {
                 LimitedServer::new(autonat_server::Limits {
                     global_per_minute: 600,
                     ..Default::default()
-                }),
+                })
+                .busy_at(config.connection_budget().high),
                 Toggle::from(None),
             )
         } else {
             (
                 Toggle::from(None),
-                LimitedServer::new(autonat_server::Limits::default()),
+                LimitedServer::new(autonat_server::Limits::default())
+                    .busy_at(config.connection_budget().high),
                 Toggle::from(Some(autonat::v2::client::Behaviour::default())),
             )
         };
@@ -199,7 +204,13 @@ impl Behaviour {
             autonat_server,
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
-            kad: TrackedKad::new(kad, admission, metrics.dht_referrals_refused_counter()),
+            kad: TrackedKad::new(
+                kad,
+                admission,
+                metrics.dht_referrals_refused_counter(),
+                config.connection_budget(),
+                metrics.dht_dials_held_back_counter(),
+            ),
             mailbox: request_response::Behaviour::with_codec(
                 crate::dm::Codec::mailbox(metrics.frames_rejected_counter()),
                 [(
@@ -291,7 +302,21 @@ pub(crate) struct TrackedKad {
     refused: Counter,
     /// Our answers to peers' FIND_NODE and GET_VALUE requests, waiting for the next poll.
     answers: VecDeque<ToSwarm<kad::Event, KadHandlerIn>>,
+    /// The connection manager's marks: a bootstrap does not dial past the high one.
+    budget: ConnectionBudget,
+    /// Connections open and dials in flight (anyone's), counted from the swarm's events.
+    open: OpenCount,
+    /// Walks nobody waits for (the join's walk to our own id, the search for a lost bootstrap
+    /// peer): at the high mark they get no new dial, like a bootstrap. Removed when they end.
+    background: HashSet<kad::QueryId>,
+    /// `kith_dht_dials_held_back_total`: dials a bootstrap wanted at the high mark; the event
+    /// loop reads it to make room (see [`crate::connmgr::admits_kad_dial`]).
+    held_back: Counter,
 }
+
+/// How many held-back dials one poll settles before yielding: each fails one peer of a bootstrap,
+/// which may then want the next one.
+const HELD_BACK_PER_POLL: usize = 64;
 
 /// What kad's connection handler reports to the behaviour: our lookups' answers among it. The
 /// type lives in a private module of libp2p-kad, so it is named through the trait.
@@ -305,6 +330,8 @@ impl TrackedKad {
         inner: kad::Behaviour<kad::store::MemoryStore>,
         admission: DhtAdmission,
         refused: Counter,
+        budget: ConnectionBudget,
+        held_back: Counter,
     ) -> Self {
         Self {
             inner,
@@ -312,7 +339,55 @@ impl TrackedKad {
             admission,
             refused,
             answers: VecDeque::new(),
+            budget,
+            open: OpenCount::default(),
+            background: HashSet::new(),
+            held_back,
         }
+    }
+
+    /// Dials a bootstrap wanted at the high mark and did not get, since start.
+    pub(crate) fn dials_held_back(&self) -> u64 {
+        self.held_back.get()
+    }
+
+    /// A walk towards `key` that nobody waits for: at the high mark it dials no new peer (see
+    /// [`Self::may_dial`]).
+    pub(crate) fn walk_in_background(&mut self, key: PeerId) -> kad::QueryId {
+        let id = self.inner.get_closest_peers(key);
+        self.background.insert(id);
+        id
+    }
+
+    /// Whether kad's dial goes ahead: yes unless the node holds its high mark and every query kad
+    /// runs is a bootstrap or a background walk (or none runs: a routing-table entry being
+    /// checked), see [`crate::connmgr::admits_kad_dial`]. A dial cannot be traced to the query
+    /// that wants it, so one lookup someone waits for lets every query dial.
+    fn may_dial(&self) -> bool {
+        let maintenance_only = self.inner.iter_queries().all(|q| {
+            matches!(q.info(), kad::QueryInfo::Bootstrap { .. })
+                || self.background.contains(&q.id())
+        });
+        crate::connmgr::admits_kad_dial(self.open.with_dials(), &self.budget, maintenance_only)
+    }
+
+    /// Tells kad the dial failed as if the swarm had denied it, so its query counts the peer as
+    /// failed and asks the next one (it forgets no address for a denied dial).
+    fn hold_back(&mut self, peer: PeerId, connection_id: ConnectionId) {
+        let error = DialError::Denied {
+            cause: ConnectionDenied::new(format!(
+                "a DHT bootstrap does not dial past the high water mark ({} connections)",
+                self.open.established()
+            )),
+        };
+        self.inner
+            .on_swarm_event(FromSwarm::DialFailure(DialFailure {
+                peer_id: Some(peer),
+                error: &error,
+                connection_id,
+            }));
+        self.held_back.inc();
+        tracing::trace!(%peer, established = self.open.established(), "held back a bootstrap dial at the high mark");
     }
 
     /// Answers a peer's FIND_NODE or GET_VALUE request here instead of in kad, which would give
@@ -456,10 +531,29 @@ impl NetworkBehaviour for TrackedKad {
     forward_to_inner!(
         handle_pending_inbound_connection,
         handle_established_inbound_connection,
-        handle_pending_outbound_connection,
         handle_established_outbound_connection,
-        on_swarm_event,
     );
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.open.dialing(connection_id);
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.open.on_swarm_event(&event);
+        self.inner.on_swarm_event(event);
+    }
 
     fn on_connection_handler_event(
         &mut self,
@@ -485,18 +579,35 @@ impl NetworkBehaviour for TrackedKad {
         if let Some(answer) = self.answers.pop_front() {
             return Poll::Ready(answer);
         }
-        let polled = self.inner.poll(cx);
-        match &polled {
-            // A request to the peer or our answer to its request.
-            Poll::Ready(ToSwarm::NotifyHandler { peer_id, .. }) => self.note(*peer_id),
-            // A query needs a peer it is not connected to; the request follows the connection.
-            Poll::Ready(ToSwarm::Dial { opts }) => {
-                if let Some(peer) = opts.get_peer_id() {
-                    self.note(peer);
+        for _ in 0..HELD_BACK_PER_POLL {
+            let polled = self.inner.poll(cx);
+            match &polled {
+                Poll::Ready(ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed {
+                    id,
+                    step,
+                    ..
+                })) if step.last => {
+                    self.background.remove(id);
                 }
+                // A request to the peer or our answer to its request.
+                Poll::Ready(ToSwarm::NotifyHandler { peer_id, .. }) => self.note(*peer_id),
+                // A query needs a peer it is not connected to; the request follows the
+                // connection, unless a bootstrap wants it at the high mark.
+                Poll::Ready(ToSwarm::Dial { opts }) => {
+                    if let Some(peer) = opts.get_peer_id() {
+                        if !self.may_dial() {
+                            self.hold_back(peer, opts.connection_id());
+                            continue;
+                        }
+                        self.note(peer);
+                    }
+                }
+                _ => {}
             }
-            _ => {}
+            return polled;
         }
-        polled
+        // More held back than one poll settles: come back on the next turn of the loop.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }

@@ -5,12 +5,15 @@
 //! loop therefore describes each open connection as a [`Candidate`] every few seconds and closes
 //! what these functions pick:
 //!
-//! - [`select_trims`]: above the high mark (or at it after a refusal), close the least useful connections until the low mark
-//!   is reached (go-libp2p's connmgr rule). Protected connections are never picked, nor those
+//! - [`select_trims`]: above the high mark (or at it after a refusal), close the least useful
+//!   connections until the low mark is reached (go-libp2p's connmgr rule). Protected connections are never picked, nor those
 //!   younger than the grace period that were used in the last few seconds ([`YOUNG_QUIET`]), so
 //!   trimming can stop above the low mark but never goes below it.
 //! - [`select_idle`]: whatever the count, close a connection nobody uses: not protected, no topic
 //!   shared with us, and unused for the idle timeout.
+//! - [`admits_inbound`] and [`admits_kad_dial`]: at the high mark, the gate lets in only protected
+//!   peers, and Kademlia's bootstrap (and walks nobody waits for) dials no new peer, so the count
+//!   stays at the mark between rounds; a lookup someone waits for may still pass it.
 //! - [`select_duplicates`]: keep one connection per peer. Two nodes that dial each other at once,
 //!   an AutoNAT server's dial-back and a hole punch next to its relayed connection each leave a
 //!   second connection to the same peer, which carries nothing the first cannot and would count
@@ -107,8 +110,9 @@ impl<K> Candidate<K> {
 /// descriptors.
 pub(crate) const YOUNG_QUIET: Duration = Duration::from_secs(3);
 
-/// The connections to close when `conns.len()` is above `budget.high`, or at it while the gate
-/// refused someone since the last round (`refused_at_mark`): the least valuable (then least
+/// The connections to close when `conns.len()` is above `budget.high`, or at it while someone was
+/// refused since the last round (`refused_at_mark`: a stranger at the gate, or a dial of our own
+/// Kademlia bootstrap held back, see [`admits_kad_dial`]): the least valuable (then least
 /// recently used, then oldest) unprotected connections past the grace period or quiet for
 /// [`YOUNG_QUIET`], at most as many as bring the count down to `budget.low`. Empty below the
 /// high mark, and at it when nobody was refused.
@@ -155,6 +159,25 @@ pub(crate) fn admits_inbound(
     protected: bool,
 ) -> bool {
     protected || established < budget.high
+}
+
+/// Whether Kademlia may dial a peer it is not connected to while the node holds `established`
+/// connections: always below the high mark, and at or above it only when a query that someone
+/// waits for may need the dial (`maintenance_only` is false: a lookup, a record get or put).
+///
+/// Why: a bootstrap (one walk per bucket, up to ten in a row) dials dozens of peers a step. On a
+/// node at its mark those dials pushed the count past it (young, just-used connections cannot be
+/// trimmed), and every peer at its own mark refused them after the handshake, which made the
+/// steps slower and the walks longer: 200 nodes spent their first minutes at 33-65 connections
+/// against a mark of 32. A held-back dial fails that peer for the bootstrap, which asks the peers
+/// it can reach; the refusal also makes the next manager round trim to the low mark (see
+/// [`select_trims`]), so the walk goes on there.
+pub(crate) fn admits_kad_dial(
+    established: usize,
+    budget: &ConnectionBudget,
+    maintenance_only: bool,
+) -> bool {
+    !maintenance_only || established < budget.high
 }
 
 /// The connections nobody uses: not protected, sharing no topic with us, unused for

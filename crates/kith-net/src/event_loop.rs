@@ -139,8 +139,9 @@ pub struct EventLoop {
     conns_out: usize,
     connections_trimmed: u64,
     connections_idle_closed: u64,
-    /// The gate's refusal count at the last manager round: a rise since means someone was
-    /// refused at the high mark, and the round makes room (see [`connmgr::select_trims`]).
+    /// The gate's refusals plus Kademlia's held-back bootstrap dials at the last manager round: a
+    /// rise since means someone waited at the high mark, and the round makes room (see
+    /// [`connmgr::select_trims`]).
     refused_seen: u64,
     /// Peers mDNS found on our LAN (their inbound connections confirm our addresses).
     lan_peers: HashSet<PeerId>,
@@ -344,7 +345,7 @@ pub(crate) fn build(
         // the walk, about half the joins run only one (BENCHMARKS, "The churn at rest was the
         // joins' own bootstraps"). Entries without /p2p are added once identified.
         let local = *swarm.local_peer_id();
-        let _ = swarm.behaviour_mut().kad.get_closest_peers(local);
+        let _ = swarm.behaviour_mut().kad.walk_in_background(local);
     }
 
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer.max(1));
@@ -1398,13 +1399,15 @@ impl EventLoop {
     /// handler, not the dial-request one). A node that others dialed first (the first member of a
     /// group, one side of an mDNS pair) would never get its address tested, so while no direct
     /// address of ours is confirmed we open one outbound connection to each of a few peers that
-    /// serve AutoNAT. It idles out after the probe.
+    /// serve AutoNAT. It idles out after the probe. Not at the high mark: the probe can wait for
+    /// a node with room (and for our next connection to a server).
     fn probe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if !self.swarm.behaviour().autonat_client.is_enabled()
             || addrs.is_empty()
             || self.probed.len() >= MAX_PROBE_DIALS
             || self.probed.contains(&peer)
             || self.swarm.external_addresses().any(|a| !is_circuit(a))
+            || self.conns_in + self.conns_out >= self.budget.high
         {
             return;
         }
@@ -1425,7 +1428,10 @@ impl EventLoop {
     fn handle_kad_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 kad::QueryResult::GetClosestPeers(result) => {
                     if let Some(target) = self.routing.target(&id) {
@@ -1472,6 +1478,9 @@ impl EventLoop {
                         local = %self.swarm.local_peer_id(),
                         query = ?id,
                         step = step.count,
+                        requests = stats.num_requests(),
+                        failed = stats.num_failures(),
+                        ms = stats.duration().map(|d| d.as_millis() as u64),
                         ?result,
                         "DHT bootstrap step"
                     );
@@ -1775,10 +1784,14 @@ impl EventLoop {
         let protected = self.protected_peers();
         let candidates = self.candidates(&protected);
         self.update_gate(protected);
-        let refused = self.swarm.behaviour().gate.refused();
+        let refused =
+            self.swarm.behaviour().gate.refused() + self.swarm.behaviour().kad.dials_held_back();
         let refused_at_mark = refused > self.refused_seen;
         self.refused_seen = refused;
         let trims = connmgr::select_trims(&candidates, &self.budget, now, refused_at_mark);
+        if candidates.len() - trims.len() > self.budget.high {
+            self.log_why_above_high(&candidates, trims.len(), now);
+        }
         let trimmed: HashSet<ConnectionId> = trims.iter().copied().collect();
         let idle: Vec<ConnectionId> = connmgr::select_idle(&candidates, &self.budget, now)
             .into_iter()
@@ -1796,6 +1809,77 @@ impl EventLoop {
                 self.metrics.connection_idle_closed();
             }
         }
+    }
+
+    /// Says (at debug) what keeps a node above its high mark after a round: how many of its
+    /// connections are protected, and by what, and how many are too young and in use to trim.
+    fn log_why_above_high(
+        &mut self,
+        candidates: &[Candidate<ConnectionId>],
+        trims: usize,
+        now: Instant,
+    ) {
+        if !tracing::enabled!(target: "kith_net::connmgr", tracing::Level::DEBUG) {
+            return;
+        }
+        let protected = candidates.iter().filter(|c| c.protected).count();
+        let quiet = self.budget.grace.min(connmgr::YOUNG_QUIET);
+        let young = candidates
+            .iter()
+            .filter(|c| {
+                !c.protected
+                    && now.saturating_duration_since(c.opened) < self.budget.grace
+                    && now.saturating_duration_since(c.last_used.max(c.opened)) < quiet
+            })
+            .count();
+        let mut queries: HashMap<&'static str, usize> = HashMap::new();
+        for query in self.swarm.behaviour_mut().kad.iter_queries() {
+            let kind = match query.info() {
+                kad::QueryInfo::Bootstrap { .. } => "bootstrap",
+                kad::QueryInfo::GetClosestPeers { .. } => "closest",
+                kad::QueryInfo::GetRecord { .. } => "get_record",
+                kad::QueryInfo::PutRecord { .. } => "put_record",
+                _ => "other",
+            };
+            *queries.entry(kind).or_default() += 1;
+        }
+        let inbound: HashSet<ConnectionId> = self
+            .peers
+            .values()
+            .flat_map(|state| state.connections.iter())
+            .filter(|(_, c)| c.inbound)
+            .map(|(id, _)| *id)
+            .collect();
+        let inbound_young = candidates
+            .iter()
+            .filter(|c| now.saturating_duration_since(c.opened) < self.budget.grace)
+            .filter(|c| inbound.contains(&c.key))
+            .count();
+        let tags: Vec<(&str, usize)> = self
+            .protected
+            .iter()
+            .map(|(tag, peers)| (*tag, peers.len()))
+            .collect();
+        tracing::debug!(
+            target: "kith_net::connmgr",
+            open = candidates.len(),
+            trims,
+            high = self.budget.high,
+            protected,
+            young,
+            mesh = self.swarm.behaviour().gossipsub.all_mesh_peers().count(),
+            dm_out = self.pending_dm_out.len(),
+            dm_in = self.pending_dm_in.len(),
+            serving = self.serving.len(),
+            reserved = self.reserved_on.len(),
+            links = self.link_use.peers().len(),
+            blobs = self.blob_use.peers().len(),
+            ?tags,
+            ?queries,
+            inbound_young,
+            lookups = self.lost_lookups.len(),
+            "above the high mark after a round"
+        );
     }
 
     /// Our second connections to the same peers that we should close (see
@@ -2008,7 +2092,7 @@ impl EventLoop {
         }
         for peer in due {
             tracing::debug!(%peer, "bootstrap peer not connected; looking it up in the DHT");
-            let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            let query = self.swarm.behaviour_mut().kad.walk_in_background(peer);
             self.lost_lookups.insert(query, peer);
         }
     }

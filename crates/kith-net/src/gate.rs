@@ -8,6 +8,9 @@
 //! 32). With the gate, the others' walks stop at the mark and only our own dials and protected
 //! peers can pass it, until the next trim.
 //!
+//! Our own dials in flight count against the mark too: a stranger let in beside a dial that then
+//! succeeds would put the node past it.
+//!
 //! The refusal comes after the handshake, not before: the dialer's dial succeeded, so Kademlia
 //! keeps our address in its routing table (it drops addresses only on failed dials); its request
 //! fails and its query asks another peer.
@@ -31,10 +34,56 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::connmgr::{self, ConnectionBudget};
 
+/// Connections open and our dials in flight, counted from the swarm's events, for the behaviours
+/// that decide by the count at the moment a connection or dial appears (the gate, Kademlia's
+/// bootstrap dials, AutoNAT dial-backs), before the event loop hears of it.
+#[derive(Debug, Default)]
+pub(crate) struct OpenCount {
+    established: usize,
+    /// Dials not yet established or failed: each may add a connection, so a decision made beside
+    /// one must count it (a stranger let in beside a dial that then succeeds would put the node
+    /// past the mark).
+    dialing: HashSet<ConnectionId>,
+}
+
+impl OpenCount {
+    /// A dial the swarm is about to make (from `handle_pending_outbound_connection`).
+    pub(crate) fn dialing(&mut self, connection_id: ConnectionId) {
+        self.dialing.insert(connection_id);
+    }
+
+    /// Follows the swarm's connection and dial events.
+    pub(crate) fn on_swarm_event(&mut self, event: &FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.dialing.remove(&e.connection_id);
+                self.established += 1;
+            }
+            FromSwarm::ConnectionClosed(_) => {
+                self.established = self.established.saturating_sub(1);
+            }
+            FromSwarm::DialFailure(f) => {
+                self.dialing.remove(&f.connection_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Connections open.
+    pub(crate) fn established(&self) -> usize {
+        self.established
+    }
+
+    /// What the count may reach once the dials in flight land.
+    pub(crate) fn with_dials(&self) -> usize {
+        self.established + self.dialing.len()
+    }
+}
+
 /// The gate: counts established connections and refuses inbound ones at the high mark.
 pub(crate) struct InboundGate {
     budget: ConnectionBudget,
-    established: usize,
+    open: OpenCount,
     protected: HashSet<PeerId>,
     /// `kith_connections_refused_total`, also what `NetStatus` reports.
     refused: Counter,
@@ -45,7 +94,7 @@ impl InboundGate {
     pub(crate) fn new(budget: ConnectionBudget, refused: Counter) -> Self {
         Self {
             budget,
-            established: 0,
+            open: OpenCount::default(),
             protected: HashSet::new(),
             refused,
         }
@@ -75,15 +124,27 @@ impl NetworkBehaviour for InboundGate {
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         let protected = self.protected.contains(&peer);
-        if !connmgr::admits_inbound(self.established, &self.budget, protected) {
+        let counted = self.open.with_dials();
+        if !connmgr::admits_inbound(counted, &self.budget, protected) {
             self.refused.inc();
-            tracing::debug!(%peer, %remote_addr, established = self.established, high = self.budget.high, "inbound connection refused at the high water mark");
+            tracing::debug!(%peer, %remote_addr, established = self.open.established(), with_dials = counted, high = self.budget.high, "inbound connection refused at the high water mark");
             return Err(ConnectionDenied::new(format!(
                 "this node holds {} connections, its high water mark",
-                self.established
+                self.open.established()
             )));
         }
         Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        _maybe_peer: Option<PeerId>,
+        _addresses: &[Multiaddr],
+        _effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.open.dialing(connection_id);
+        Ok(Vec::new())
     }
 
     fn handle_established_outbound_connection(
@@ -98,13 +159,7 @@ impl NetworkBehaviour for InboundGate {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        match event {
-            FromSwarm::ConnectionEstablished(_) => self.established += 1,
-            FromSwarm::ConnectionClosed(_) => {
-                self.established = self.established.saturating_sub(1);
-            }
-            _ => {}
-        }
+        self.open.on_swarm_event(&event);
     }
 
     fn on_connection_handler_event(

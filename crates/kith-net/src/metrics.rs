@@ -73,6 +73,7 @@ struct Inner {
     dht_puts_rejected: Counter,
     dht_answers_rejected: Counter,
     dht_referrals_refused: Counter,
+    dht_dials_held_back: Counter,
     dm_frames_rejected: Counter,
     peers_not_kith: Counter,
     connections: Family<DirectionLabel, Gauge>,
@@ -140,6 +141,11 @@ impl Metrics {
             "dht_referrals_refused",
             "Peers named in answers to our DHT lookups and left out of them: ids not worked at the network's peer-id difficulty",
             i.dht_referrals_refused.clone(),
+        );
+        registry.register(
+            "dht_dials_held_back",
+            "Dials a DHT bootstrap wanted while the node held its high water mark of connections, not made",
+            i.dht_dials_held_back.clone(),
         );
         registry.register(
             "dm_frames_rejected",
@@ -231,6 +237,11 @@ impl Metrics {
     /// it filters never reach the event loop.
     pub(crate) fn dht_referrals_refused_counter(&self) -> Counter {
         self.inner.dht_referrals_refused.clone()
+    }
+    /// The counter the Kademlia wrapper increments for the bootstrap dials it holds back at the
+    /// high mark: they never reach the swarm.
+    pub(crate) fn dht_dials_held_back_counter(&self) -> Counter {
+        self.inner.dht_dials_held_back.clone()
     }
     /// The counter the inbound gate increments itself (`gate.rs`): its refusals never reach the
     /// event loop as events of their own.

@@ -1,6 +1,7 @@
 //! The connection manager on real swarms over loopback TCP: refusing strangers at the high mark
-//! and then making room for their next dial, trimming to the low mark with protected peers, and the idle timeout that gossipsub's handler
-//! would otherwise defeat.
+//! and then making room for their next dial, trimming to the low mark with protected peers, the
+//! idle timeout that gossipsub's handler would otherwise defeat, and a DHT bootstrap that does
+//! not dial past the high mark.
 
 #![allow(clippy::unwrap_used)]
 
@@ -432,5 +433,78 @@ async fn welcomed_peers_pass_the_gate_at_the_mark_and_are_trimmed_after_stranger
     for node in strangers.into_iter().chain(members) {
         node.stop().await;
     }
+    hub.stop().await;
+}
+
+/// A DHT server in relay mode: no AutoNAT client, so it asks nobody to dial it back.
+fn quiet_server(mut c: Config) -> Config {
+    c.relay_server = true;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_at_the_high_mark_dials_nobody_new_but_a_lookup_does() {
+    // Seven DHT servers that know each other through a hub; a node with marks 1/2 connects to
+    // two of them, which puts it at its high mark, and bootstraps. The answers name five peers
+    // it is not connected to: the bootstrap may not dial them, so the count never passes the
+    // mark, and the held-back dials are counted. A lookup someone waits for still dials them.
+    let budget = ConnectionBudget {
+        low: 1,
+        high: 2,
+        grace: Duration::from_secs(600),
+        idle_timeout: Duration::from_secs(600),
+    };
+    let hub = TestNode::start_with(None, quiet_server).await;
+    let mut others = Vec::new();
+    for _ in 0..6 {
+        let node = TestNode::start_with(None, quiet_server).await;
+        node.client.dial(hub.addr.clone()).await.unwrap();
+        others.push(node);
+    }
+    poll_until("the hub to know the six others", || async {
+        (hub.client.status().await.unwrap().routing_table_peers >= 6).then_some(())
+    })
+    .await;
+
+    let node = TestNode::start_with(Some(budget), quiet_server).await;
+    node.client.dial(hub.addr.clone()).await.unwrap();
+    node.client.dial(others[0].addr.clone()).await.unwrap();
+    poll_until("the node at its high mark", || async {
+        (node.connections().await == budget.high).then_some(())
+    })
+    .await;
+    let _ = node.client.bootstrap().await;
+
+    let held_back = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("kith_dht_dials_held_back_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut samples = 0;
+    loop {
+        let open = node.connections().await;
+        assert!(
+            open <= budget.high,
+            "{open} open: the bootstrap dialed past the high mark"
+        );
+        samples += 1;
+        if held_back(&metrics_text(&node.metrics)) > 0 && samples >= 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no bootstrap dial held back");
+        tokio::time::sleep(POLL).await;
+    }
+
+    // A lookup is waited for: it dials whoever it needs, mark or not, and finds its target.
+    let target = others[5].peer_id;
+    let found = node.client.get_closest_peers(target).await.unwrap();
+    assert!(found.contains(&target), "the lookup did not reach {target}");
+
+    for other in others {
+        other.stop().await;
+    }
+    node.stop().await;
     hub.stop().await;
 }

@@ -342,3 +342,17 @@ fn inbound_is_taken_below_the_high_mark_and_from_protected_peers_at_any_count() 
     assert!(admits_inbound(6, &b, true), "a protected peer at the mark");
     assert!(admits_inbound(40, &b, true));
 }
+
+#[test]
+fn a_bootstrap_dials_below_the_high_mark_only_and_a_lookup_at_any_count() {
+    let b = budget(4, 6);
+    assert!(admits_kad_dial(0, &b, true));
+    assert!(admits_kad_dial(5, &b, true));
+    assert!(
+        !admits_kad_dial(6, &b, true),
+        "a bootstrap at the high mark"
+    );
+    assert!(!admits_kad_dial(9, &b, true));
+    assert!(admits_kad_dial(6, &b, false), "a lookup at the mark");
+    assert!(admits_kad_dial(40, &b, false));
+}
