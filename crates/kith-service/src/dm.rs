@@ -598,7 +598,12 @@ impl Outbox<'_> {
                 // (this call then reports the store's error, if it fails again).
                 Ok(Err(())) => self.store_myself(peer, &copy.0, &copy.1)?,
                 // The run ended without a word (the node is stopping): stored or not.
-                Err(_) => match self.dm.store.messages().message(&id)? {
+                Err(_) => match self
+                    .dm
+                    .store
+                    .messages()
+                    .message_from(&copy.0.peer_id, &id)?
+                {
                     Some(_) => self.dm.store.flush_ticket(),
                     None => self.store_myself(peer, &copy.0, &copy.1)?,
                 },
@@ -609,7 +614,7 @@ impl Outbox<'_> {
             .dm
             .store
             .messages()
-            .message(&id)?
+            .message_from(&copy.0.peer_id, &id)?
             .map_or(Status::Queued, |m| m.status);
         Ok(Sent { id, peer, status })
     }
@@ -1180,7 +1185,10 @@ impl Dm {
                 {
                     let deposited = mailboxes.deposit(peer, &mut item, relays).await;
                     if let Some(reason) = &deposited.full {
-                        let _ = self.store.messages().note_failure(&item.id, reason);
+                        let _ = self
+                            .store
+                            .messages()
+                            .note_failure(&item.peer_id, &item.id, reason);
                     }
                     if deposited.held {
                         // Held at the recipient's mailbox; keep trying directly, but rarely.
@@ -1205,10 +1213,10 @@ impl Dm {
     }
 
     fn finish(self: &Arc<Self>, peer: PeerId, item: &OutboxItem, status: Status, failure: &str) {
-        if let Err(e) = self
-            .store
-            .messages()
-            .complete(&item.id, status, failure, now_ms())
+        if let Err(e) =
+            self.store
+                .messages()
+                .complete(&item.peer_id, &item.id, status, failure, now_ms())
         {
             tracing::warn!(error = %e, "cannot record delivery");
             self.attempted(&item.id);
@@ -1904,7 +1912,13 @@ impl Dm {
             .outbox_for(&peer.to_bytes())
             .is_ok_and(|items| items.iter().any(|i| i.id == *id));
         if queued {
-            messages.complete(id, kith_store::Status::Failed, note, now_ms())?;
+            messages.complete(
+                &peer.to_bytes(),
+                id,
+                kith_store::Status::Failed,
+                note,
+                now_ms(),
+            )?;
         }
         Ok(queued)
     }
@@ -1921,8 +1935,15 @@ impl Dm {
 
     /// A message's failure note (a file a relay would not hold): the note stays on the message,
     /// which stays queued.
-    pub(crate) fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError> {
-        self.store.messages().note_failure(id, note)?;
+    pub(crate) fn note_failure(
+        &self,
+        peer: PeerId,
+        id: &MessageId,
+        note: &str,
+    ) -> Result<(), ServiceError> {
+        self.store
+            .messages()
+            .note_failure(&peer.to_bytes(), id, note)?;
         Ok(())
     }
 }

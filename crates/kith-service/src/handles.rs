@@ -87,8 +87,9 @@ pub(crate) trait Outbound: Send + Sync {
     /// offer): marked failed with `note`, never sent. `Ok(false)`: nothing was waiting.
     fn withdraw(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<bool, ServiceError>;
 
-    /// Notes `note` on message `id` (a file a relay would not hold): the message stays queued.
-    fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError>;
+    /// Notes `note` on message `id` to `peer` (a file a relay would not hold): the message stays
+    /// queued.
+    fn note_failure(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<(), ServiceError>;
 
     /// Queues a receipt (delivered, read) of messages `ids` for `peer` and wakes delivery.
     fn send_receipt(

@@ -411,7 +411,7 @@ impl FilePush {
                 tracing::info!(%peer, relay = %relay_peer, ?status, %reason, "relay refused to hold the file");
                 if status == Status::Full {
                     let note = format!("waiting: {reason}");
-                    let _ = self.outbound.note_failure(id, &note);
+                    let _ = self.outbound.note_failure(peer, id, &note);
                     self.files.note_push(id, record.state, &note);
                 }
                 false

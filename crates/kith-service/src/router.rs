@@ -161,8 +161,8 @@ impl Outbound for Links {
         })
     }
 
-    fn note_failure(&self, id: &MessageId, note: &str) -> Result<(), ServiceError> {
-        self.node()?.inner.dm.note_failure(id, note)
+    fn note_failure(&self, peer: PeerId, id: &MessageId, note: &str) -> Result<(), ServiceError> {
+        self.node()?.inner.dm.note_failure(peer, id, note)
     }
 
     fn send_receipt(

@@ -5,7 +5,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `messages` | blake3(peer id) ‖ message id | `StoredMessage` |
-//! | `message_ids` | message id | blake3(peer id), for our own messages (status updates by id; older stores have incoming messages here too) |
+//! | `message_ids` | message id | blake3(peer id): written by older versions only (see below); read as a fallback by [`MessageStore::message`] |
 //! | `outbox` | message id | `OutboxEntry` |
 //! | `crypto` | `olm` | the encrypted Olm account pickle (in stores from before per-peer sessions: the whole state, migrated by the node on start) |
 //! | `crypto` | `olm/s/` ‖ Curve25519 identity key (32) | the encrypted Olm sessions with that peer |
@@ -13,11 +13,16 @@
 //!
 //! | `journal` | sequence number (u64) | the writes of a batch being committed (see `journal.rs`) |
 //!
-//! Incoming messages are not in `message_ids`: their sender is known wherever they are looked up
-//! (deduplication, receipts, file offers), and the index cost more than the messages themselves
-//! in sled's log (a million received messages: 772 MB of store file with it, 511 MB without), so
-//! it was most of what the open after a crash reads. [`MessageStore::message`] still finds one by
-//! id alone, by trying each correspondent's conversation.
+//! No message is written to `message_ids` any more. Incoming messages left it first: their
+//! sender is known wherever they are looked up (deduplication, receipts, file offers), and the
+//! index cost more than the messages themselves in sled's log (a million received messages:
+//! 772 MB of store file with it, 511 MB without), so it was most of what the open after a crash
+//! reads. Our own messages followed: every status update (an acknowledgement, a receipt, a
+//! failure note) comes from a delivery to one peer, so the conversation's key is known there
+//! too, and each index entry stayed resident in sled 0.34's page table (about 10–18 bytes per
+//! entry for good), half of what a sender's memory grew by per message in a long soak.
+//! [`MessageStore::message`] still finds a message by id alone: through the index for messages
+//! older versions indexed, otherwise by trying each correspondent's conversation.
 //!
 //! Message ids are time-ordered, so a conversation scans in order on both sides. Every change that
 //! touches more than one tree is atomic: a journaled batch on the message path (queueing
@@ -442,32 +447,29 @@ fn staged_correspondent(tree: &impl Writes, peer_id: &[u8]) -> TxResult<Correspo
     })
 }
 
-/// Removes an outbox entry and sets its message's status, inside a batch.
+/// Removes an outbox entry to `peer_id` and sets its message's status, inside a batch.
 fn staged_complete<T: Writes>(
     messages: &T,
-    ids: &T,
     outbox: &T,
+    peer_id: &[u8],
     id: &MessageId,
     status: Status,
     failure: &str,
     at_ms: u64,
 ) -> TxResult<()> {
     outbox.remove(&id[..])?;
-    if let Some(conv) = ids.get(&id[..])? {
-        let mut key = conv.to_vec();
-        key.extend_from_slice(id);
-        if let Some(raw) = messages.get(&key)? {
-            let mut m = decode_message(&raw).map_err(abort)?;
-            // A read receipt may have arrived first; never step back.
-            if !(m.status == Status::Read && status == Status::Delivered) {
-                m.status = status;
-            }
-            m.failure = failure.to_owned();
-            if m.received_at_ms == 0 {
-                m.received_at_ms = at_ms;
-            }
-            messages.insert(key, m.stored_bytes())?;
+    let key = message_key(peer_id, id);
+    if let Some(raw) = messages.get(&key)? {
+        let mut m = decode_message(&raw).map_err(abort)?;
+        // A read receipt may have arrived first; never step back.
+        if !(m.status == Status::Read && status == Status::Delivered) {
+            m.status = status;
         }
+        m.failure = failure.to_owned();
+        if m.received_at_ms == 0 {
+            m.received_at_ms = at_ms;
+        }
+        messages.insert(key, m.stored_bytes())?;
     }
     Ok(())
 }
@@ -635,20 +637,14 @@ impl MessageStore {
             .insert(item.id, OutboxTiming::of(item));
     }
 
-    /// Drops an id from the index after its entry was removed.
-    fn unindex(&self, id: &MessageId) {
+    /// Drops an id of `peer_id`'s queue from the index after its entry was removed.
+    fn unindex(&self, peer_id: &[u8], id: &MessageId) {
         let mut index = self.index();
-        let mut emptied = None;
-        for (peer, ids) in index.iter_mut() {
-            if ids.remove(id).is_some() {
-                if ids.is_empty() {
-                    emptied = Some(peer.clone());
-                }
-                break;
+        if let Some(ids) = index.get_mut(peer_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                index.remove(peer_id);
             }
-        }
-        if let Some(peer) = emptied {
-            index.remove(&peer);
         }
     }
 
@@ -664,7 +660,7 @@ impl MessageStore {
     }
 
     /// Queues an outgoing message (or a receipt, with `message` = None) in one transaction:
-    /// the message, its id, the outbox entry and the conversation summary. Sending to someone
+    /// the message, the outbox entry and the conversation summary. Sending to someone
     /// accepts them.
     pub fn enqueue(&self, message: Option<&Message>, item: &OutboxItem) -> Result<(), StoreError> {
         self.enqueue_batch(message.into_iter(), std::slice::from_ref(item), None)
@@ -686,10 +682,10 @@ impl MessageStore {
         olm: Option<OlmSave<'_>>,
     ) -> Result<(), StoreError> {
         self.journal
-            .batch(|[messages_tree, ids, outbox, crypto, correspondents]| {
+            .batch(|[messages_tree, _, outbox, crypto, correspondents]| {
                 for m in messages.clone() {
+                    // Not in the id index (see the module doc).
                     messages_tree.insert(message_key(&m.peer_id, &m.id), m.stored_bytes())?;
-                    ids.insert(&m.id[..], &conv_key(&m.peer_id)[..])?;
                     let mut c = staged_correspondent(correspondents, &m.peer_id)?;
                     if c.trust == Trust::Unknown {
                         c.trust = Trust::Accepted;
@@ -727,9 +723,11 @@ impl MessageStore {
         Ok(())
     }
 
-    /// Ends an outbox entry: removes it and sets the message's status (delivered or failed).
+    /// Ends an outbox entry to `peer_id`: removes it and sets the message's status (delivered or
+    /// failed).
     pub fn complete(
         &self,
+        peer_id: &[u8],
         id: &MessageId,
         status: Status,
         failure: &str,
@@ -744,9 +742,10 @@ impl MessageStore {
         // with the message already marked: the entry is sent again and acknowledged as a
         // duplicate. Never the reverse (an entry gone while its message still says queued).
         let _writing = self.writing();
-        if let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? {
-            let mut key = conv.to_vec();
-            key.extend_from_slice(id);
+        let key = message_key(peer_id, id);
+        // Receipts and control bodies have no message in the history; a compare-and-swap of an
+        // absent key would still write a removal to the log.
+        if self.messages.contains_key(&key).map_err(|e| self.err(e))? {
             let mut corrupt = None;
             self.messages
                 .fetch_and_update(&key, |old| {
@@ -775,7 +774,7 @@ impl MessageStore {
             }
         }
         self.outbox.remove(&id[..]).map_err(|e| self.err(e))?;
-        self.unindex(id);
+        self.unindex(peer_id, id);
         Ok(())
     }
 
@@ -805,14 +804,16 @@ impl MessageStore {
         Ok(outcome.receipts.into_iter().next().unwrap_or_default())
     }
 
-    /// Records why an outgoing message is not getting through, without changing its status.
-    pub fn note_failure(&self, id: &MessageId, reason: &str) -> Result<(), StoreError> {
+    /// Records why an outgoing message to `peer_id` is not getting through, without changing
+    /// its status.
+    pub fn note_failure(
+        &self,
+        peer_id: &[u8],
+        id: &MessageId,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let _writing = self.writing();
-        let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? else {
-            return Ok(());
-        };
-        let mut key = conv.to_vec();
-        key.extend_from_slice(id);
+        let key = message_key(peer_id, id);
         if let Some(raw) = self.messages.get(&key).map_err(|e| self.err(e))? {
             let mut m = decode_message(&raw)?;
             m.failure = reason.to_owned();
@@ -898,7 +899,7 @@ impl MessageStore {
         at_ms: u64,
     ) -> Result<ReceivedOutcome, StoreError> {
         self.journal
-            .batch(|[messages, ids, outbox, crypto, correspondents]| {
+            .batch(|[messages, _, outbox, crypto, correspondents]| {
                 let mut outcome = ReceivedOutcome {
                     messages: Vec::with_capacity(batch.messages.len()),
                     receipts: Vec::with_capacity(batch.receipts.len()),
@@ -950,8 +951,8 @@ impl MessageStore {
                             ReceiptKind::Delivered => {
                                 staged_complete(
                                     messages,
-                                    ids,
                                     outbox,
+                                    batch.peer_id,
                                     id,
                                     Status::Delivered,
                                     "",
@@ -1058,10 +1059,10 @@ impl MessageStore {
         Ok(self.message(id)?.is_some())
     }
 
-    /// One message by id, either direction: our own through the id index, an incoming one by
-    /// trying each correspondent's conversation (one point read each; incoming messages are not
-    /// indexed, see the module doc). Where its sender is known, [`MessageStore::message_from`]
-    /// is one read.
+    /// One message by id, either direction: through the id index if an older version indexed
+    /// it, otherwise by trying each correspondent's conversation (one point read each; see the
+    /// module doc). Where the correspondent is known, [`MessageStore::message_from`] is one
+    /// read.
     pub fn message(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
         if let Some(conv) = self.ids.get(id).map_err(|e| self.err(e))? {
             let mut key = conv.to_vec();

@@ -70,7 +70,8 @@ fn queued_messages_are_in_history_and_outbox_until_completed() {
         Trust::Accepted
     );
 
-    db.complete(&id(2), Status::Delivered, "", 50).unwrap();
+    db.complete(b"bob", &id(2), Status::Delivered, "", 50)
+        .unwrap();
     assert_eq!(db.outbox_len(), 2);
     let m = db.message(&id(2)).unwrap().unwrap();
     assert_eq!(m.status, Status::Delivered);
@@ -140,7 +141,7 @@ fn incoming_messages_are_deduplicated_and_start_as_requests() {
 }
 
 #[test]
-fn incoming_messages_are_found_by_id_without_an_index_entry() {
+fn messages_are_found_by_id_without_an_index_entry() {
     let (_d, store) = store();
     let db = store.messages();
     let (ours, o) = outgoing(1, b"bob");
@@ -153,8 +154,8 @@ fn incoming_messages_are_found_by_id_without_an_index_entry() {
         )
         .unwrap();
     }
-    // Only our own message is indexed.
-    assert_eq!(db.ids.len(), 1);
+    // No message is indexed.
+    assert_eq!(db.ids.len(), 0);
     assert_eq!(db.message(&id(1)).unwrap().unwrap().text, "msg 1");
     for (n, peer) in [(2, &b"alice"[..]), (3, b"carol"), (4, b"carol")] {
         let found = db.message(&id(n)).unwrap().unwrap();
@@ -201,7 +202,8 @@ fn read_receipts_never_step_back_to_delivered() {
     let (m, o) = outgoing(1, b"bob");
     db.enqueue(Some(&m), &o).unwrap();
     assert_eq!(db.mark_read_by_peer(b"bob", &[id(1)]).unwrap(), 1);
-    db.complete(&id(1), Status::Delivered, "", 5).unwrap();
+    db.complete(b"bob", &id(1), Status::Delivered, "", 5)
+        .unwrap();
     assert_eq!(db.message(&id(1)).unwrap().unwrap().status, Status::Read);
 }
 
@@ -321,7 +323,8 @@ fn outbox_for_reads_one_peers_entries_in_id_order_and_survives_a_reopen() {
         assert_eq!(ids(b"amy"), [id(1)]);
         assert!(ids(b"cat").is_empty());
         // A completed entry is gone from the next read (the index drops it lazily).
-        db.complete(&id(3), Status::Delivered, "", 7).unwrap();
+        db.complete(b"bob", &id(3), Status::Delivered, "", 7)
+            .unwrap();
         assert_eq!(ids(b"bob"), [id(2), id(4)]);
         // Updates keep the entry (and its new fields) in place.
         let mut later = db.outbox_for(b"bob").unwrap().remove(0);
@@ -387,8 +390,10 @@ fn outbox_due_picks_the_oldest_entries_once_anything_is_due() {
         let flying: std::collections::HashSet<MessageId> = [id(4)].into();
         assert_eq!(due_ids(db, &flying, 10), (vec![id(3)], vec![]));
         // Completed entries are gone at once.
-        db.complete(&id(3), Status::Failed, "expired", now).unwrap();
-        db.complete(&id(1), Status::Delivered, "", now).unwrap();
+        db.complete(b"bob", &id(3), Status::Failed, "expired", now)
+            .unwrap();
+        db.complete(b"bob", &id(1), Status::Delivered, "", now)
+            .unwrap();
         assert_eq!(due_ids(db, &none, 10), (vec![], vec![id(4)]));
         // A reschedule of an entry completed meanwhile does not bring it back.
         let (_, mut one) = outgoing(1, b"bob");
@@ -466,5 +471,59 @@ fn new_messages_queued_entries_and_olm_state_are_stored_in_one_batch() {
     assert_eq!(
         db.olm_sessions(&[5; 32]).unwrap().unwrap(),
         b"sessions-after-two"
+    );
+}
+
+#[test]
+fn a_delivered_message_leaves_one_entry_behind_and_status_updates_need_no_index() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let (m, o) = outgoing(1, b"bob");
+    db.enqueue(Some(&m), &o).unwrap();
+    db.note_failure(b"bob", &id(1), "bob is offline").unwrap();
+    assert_eq!(
+        db.message_from(b"bob", &id(1)).unwrap().unwrap().failure,
+        "bob is offline"
+    );
+    // A note for another peer's message under the same id changes nothing.
+    db.note_failure(b"amy", &id(1), "wrong peer").unwrap();
+    assert_eq!(
+        db.message(&id(1)).unwrap().unwrap().failure,
+        "bob is offline"
+    );
+    db.complete(b"bob", &id(1), Status::Delivered, "", 9)
+        .unwrap();
+    let m = db.message_from(b"bob", &id(1)).unwrap().unwrap();
+    assert_eq!((m.status, m.failure.as_str()), (Status::Delivered, ""));
+    // The history entry is all that stays: sled keeps every entry's page in memory for good.
+    assert_eq!(
+        (db.messages.len(), db.ids.len(), db.outbox.len()),
+        (1, 0, 0)
+    );
+    // A receipt or control entry (no history message) completes without writing one.
+    let (_, mut receipt) = outgoing(2, b"bob");
+    receipt.receipt = true;
+    db.enqueue(None, &receipt).unwrap();
+    db.complete(b"bob", &id(2), Status::Delivered, "", 9)
+        .unwrap();
+    assert_eq!((db.messages.len(), db.outbox_len()), (1, 0));
+}
+
+#[test]
+fn a_message_an_older_version_indexed_is_still_found_by_id() {
+    let (_d, store) = store();
+    let db = store.messages();
+    let (m, o) = outgoing(1, b"bob");
+    db.enqueue(Some(&m), &o).unwrap();
+    // Older versions wrote the id index and may not list the conversation among
+    // correspondents any more (a removed contact): the index still finds it.
+    db.ids.insert(&id(1)[..], &conv_key(b"bob")[..]).unwrap();
+    db.correspondents.remove(&b"bob"[..]).unwrap();
+    assert_eq!(db.message(&id(1)).unwrap().unwrap().text, "msg 1");
+    db.complete(b"bob", &id(1), Status::Delivered, "", 3)
+        .unwrap();
+    assert_eq!(
+        db.message(&id(1)).unwrap().unwrap().status,
+        Status::Delivered
     );
 }
