@@ -213,7 +213,10 @@ fn figures(o: &Outcome, params: &Params) -> (Figures, Vec<String>) {
         .with("rss_idle_mb", round_to(idle, 1))
         .with("rss_bound_mb", round_to(bound, 1))
         .with("rss_spread_pct", round_to(spread_s.max(spread_r), 1))
-        .with("rss_deviation_pct", round_to(deviation_s.max(deviation_r), 1));
+        .with(
+            "rss_deviation_pct",
+            round_to(deviation_s.max(deviation_r), 1),
+        );
     let per_minute: Vec<String> = o
         .rss
         .iter()
