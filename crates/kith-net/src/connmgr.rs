@@ -133,14 +133,9 @@ pub(crate) fn select_trims<K: Clone>(
         return Vec::new();
     }
     let excess = conns.len().saturating_sub(budget.low);
-    let quiet = budget.grace.min(YOUNG_QUIET);
     let mut eligible: Vec<&Candidate<K>> = conns
         .iter()
-        .filter(|c| {
-            !c.protected
-                && (now.saturating_duration_since(c.opened) >= budget.grace
-                    || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet)
-        })
+        .filter(|c| !c.protected && past_youth(c, budget, now))
         .collect();
     eligible.sort_by_key(|c| (c.value(), c.last_used, c.opened));
     eligible
@@ -148,6 +143,15 @@ pub(crate) fn select_trims<K: Clone>(
         .take(excess)
         .map(|c| c.key.clone())
         .collect()
+}
+
+/// Whether a connection is old enough to trim above the high mark: past the grace period, or
+/// unused for [`YOUNG_QUIET`] (nor since it opened). [`select_trims`] picks among these, and the
+/// event loop's log of a node above its mark counts the others.
+pub(crate) fn past_youth<K>(c: &Candidate<K>, budget: &ConnectionBudget, now: Instant) -> bool {
+    let quiet = budget.grace.min(YOUNG_QUIET);
+    now.saturating_duration_since(c.opened) >= budget.grace
+        || now.saturating_duration_since(c.last_used.max(c.opened)) >= quiet
 }
 
 /// Whether an inbound connection is taken while the node holds `established` connections:

@@ -1823,14 +1823,9 @@ impl EventLoop {
             return;
         }
         let protected = candidates.iter().filter(|c| c.protected).count();
-        let quiet = self.budget.grace.min(connmgr::YOUNG_QUIET);
         let young = candidates
             .iter()
-            .filter(|c| {
-                !c.protected
-                    && now.saturating_duration_since(c.opened) < self.budget.grace
-                    && now.saturating_duration_since(c.last_used.max(c.opened)) < quiet
-            })
+            .filter(|c| !c.protected && !connmgr::past_youth(c, &self.budget, now))
             .count();
         let mut queries: HashMap<&'static str, usize> = HashMap::new();
         for query in self.swarm.behaviour_mut().kad.iter_queries() {
