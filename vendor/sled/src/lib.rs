@@ -83,7 +83,12 @@
 #![doc(
     html_logo_url = "https://raw.githubusercontent.com/spacejam/sled/master/art/tree_face_anti-transphobia.png"
 )]
-#![deny(
+// kith: as a path dependency this crate is built like a workspace crate, with its own lint
+// levels, where crates.io's copy is built with `--cap-lints allow`. Its `deny` lists (which name
+// lints newer compilers raise on this 2018-edition code) are `allow` here and every other warning is off,
+// so it builds exactly as quietly as the published crate. See KITH-PATCHES.md.
+#![allow(warnings)]
+#![allow(
     missing_docs,
     future_incompatible,
     nonstandard_style,
@@ -94,7 +99,7 @@
     unsafe_code,
     unused_qualifications
 )]
-#![deny(
+#![allow(
     // over time, consider enabling the commented-out lints below
     clippy::cast_lossless,
     clippy::cast_possible_truncation,
