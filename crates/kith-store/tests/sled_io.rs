@@ -1,9 +1,10 @@
 //! The vendored sled's I/O patches (vendor/sled/KITH-PATCHES.md), held to what they promise.
 //!
 //! - A flush writes the log buffer it seals on the thread that asked for it, so a run of flushes
-//!   wakes none of sled's I/O threads (beyond their own once-a-second wake when idle). crates.io's sled handed every sealed buffer to its pool
-//!   and woke all seven idle `sled-io` threads for it; with only `notify_one` the pool's threads
-//!   still switched twice per flush (399 times for these 200 flushes).
+//!   wakes none of sled's I/O threads (beyond their own once-a-second wake when idle).
+//!   crates.io's sled handed every sealed buffer to its pool and woke all seven idle `sled-io`
+//!   threads for it; with only `notify_one` the pool's threads still switched twice per flush
+//!   (399 times for these 200 flushes).
 //! - Flushes from many threads at once all return, and everything they flushed is there after the
 //!   database is opened again: no job is left in the pool's queue and no flusher waits forever.
 //!
@@ -104,7 +105,7 @@ fn flushes_wake_no_io_thread_and_concurrent_flushes_all_return_with_their_data()
                 for n in 0..50u128 {
                     let id = 1_000_000 + thread * 1_000 + n;
                     mailboxes
-                        .deposit(&[9u8; 32], id.to_be_bytes(), b"f", b"sealed", 2, quota)
+                        .deposit(&recipient, id.to_be_bytes(), b"f", b"sealed", 2, quota)
                         .unwrap();
                     store.flush_blocking().unwrap();
                 }
